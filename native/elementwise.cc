@@ -1,0 +1,132 @@
+// Elementwise kernels: add/mul with suffix broadcasting, scaling, the reduction that undoes broadcasting, and the
+// activations (exact erf GELU as torchscale's F.gelu, SiLU/swish) with their derivatives.
+#include <cmath>
+
+#include "common.h"
+
+namespace retnet {
+
+// binary(op, a, b, out, n, m): out[i] = a[i] (op) b[i % m]; op 0 = add, 1 = mul. m divides n (b is a shape suffix).
+static Napi::Value Binary(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    int64_t op = dim(info, 0, "op");
+    auto a = f32(info, 1, "a"), b = f32(info, 2, "b"), out = f32(info, 3, "out");
+    int64_t n = dim(info, 4, "n"), m = dim(info, 5, "m");
+    if (op > 1) throw ArgError{"binary: op must be 0 (add) or 1 (mul)"};
+    if (n > 0 && (m == 0 || n % m != 0)) throw ArgError{"binary: broadcast length must divide the length"};
+    require(a, n, "binary", "a");
+    require(b, m, "binary", "b");
+    require(out, n, "binary", "out");
+    const float *pa = a.data, *pb = b.data;
+    float* po = out.data;
+    int64_t rows = m == 0 ? 0 : n / m;
+#pragma omp parallel for if (n > kParallelGrain) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+      const float* x = pa + r * m;
+      float* y = po + r * m;
+      if (op == 0)
+        for (int64_t j = 0; j < m; j++) y[j] = x[j] + pb[j];
+      else
+        for (int64_t j = 0; j < m; j++) y[j] = x[j] * pb[j];
+    }
+  });
+}
+RETNET_KERNEL("binary", Binary);
+
+// scale(a, out, alpha, n): out = alpha * a.
+static Napi::Value Scale(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    auto a = f32(info, 0, "a"), out = f32(info, 1, "out");
+    float alpha = static_cast<float>(num(info, 2, "alpha"));
+    int64_t n = dim(info, 3, "n");
+    require(a, n, "scale", "a");
+    require(out, n, "scale", "out");
+    const float* pa = a.data;
+    float* po = out.data;
+#pragma omp parallel for if (n > kParallelGrain) schedule(static)
+    for (int64_t i = 0; i < n; i++) po[i] = alpha * pa[i];
+  });
+}
+RETNET_KERNEL("scale", Scale);
+
+// sumRows(g, out, rows, m): out[j] = sum_r g[r * m + j]. The gradient of a broadcast operand. Accumulates in double
+// so that long reductions (bias gradients over B*T rows) keep float32 accuracy.
+static Napi::Value SumRows(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    auto g = f32(info, 0, "g"), out = f32(info, 1, "out");
+    int64_t rows = dim(info, 2, "rows"), m = dim(info, 3, "m");
+    require(g, rows * m, "sumRows", "g");
+    require(out, m, "sumRows", "out");
+    const float* pg = g.data;
+    float* po = out.data;
+#pragma omp parallel for if (rows * m > kParallelGrain) schedule(static)
+    for (int64_t j = 0; j < m; j++) {
+      double s = 0;
+      for (int64_t r = 0; r < rows; r++) s += pg[r * m + j];
+      po[j] = static_cast<float>(s);
+    }
+  });
+}
+RETNET_KERNEL("sumRows", SumRows);
+
+enum Activation : int64_t { kGelu = 0, kSilu = 1, kRelu = 2 };
+
+static inline float act(int64_t kind, float x) {
+  switch (kind) {
+    case kGelu: return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f));
+    case kSilu: return x / (1.0f + std::exp(-x));
+    default: return x > 0.0f ? x : 0.0f;
+  }
+}
+
+static inline float actGrad(int64_t kind, float x) {
+  switch (kind) {
+    case kGelu: {
+      float cdf = 0.5f * (1.0f + std::erf(x * 0.70710678118654752f));
+      float pdf = 0.39894228040143268f * std::exp(-0.5f * x * x);
+      return cdf + x * pdf;
+    }
+    case kSilu: {
+      float s = 1.0f / (1.0f + std::exp(-x));
+      return s * (1.0f + x * (1.0f - s));
+    }
+    default: return x > 0.0f ? 1.0f : 0.0f;
+  }
+}
+
+// activation(kind, x, out, n): kind 0 = GELU (erf), 1 = SiLU, 2 = ReLU.
+static Napi::Value Activation(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    int64_t kind = dim(info, 0, "kind");
+    auto x = f32(info, 1, "x"), out = f32(info, 2, "out");
+    int64_t n = dim(info, 3, "n");
+    if (kind > 2) throw ArgError{"activation: unknown kind"};
+    require(x, n, "activation", "x");
+    require(out, n, "activation", "out");
+    const float* px = x.data;
+    float* po = out.data;
+#pragma omp parallel for if (n > kParallelGrain / 4) schedule(static)
+    for (int64_t i = 0; i < n; i++) po[i] = act(kind, px[i]);
+  });
+}
+RETNET_KERNEL("activation", Activation);
+
+// activationBackward(kind, x, g, dx, n): dx = g * act'(x).
+static Napi::Value ActivationBackward(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    int64_t kind = dim(info, 0, "kind");
+    auto x = f32(info, 1, "x"), g = f32(info, 2, "g"), dx = f32(info, 3, "dx");
+    int64_t n = dim(info, 4, "n");
+    if (kind > 2) throw ArgError{"activationBackward: unknown kind"};
+    require(x, n, "activationBackward", "x");
+    require(g, n, "activationBackward", "g");
+    require(dx, n, "activationBackward", "dx");
+    const float *px = x.data, *pg = g.data;
+    float* pd = dx.data;
+#pragma omp parallel for if (n > kParallelGrain / 4) schedule(static)
+    for (int64_t i = 0; i < n; i++) pd[i] = pg[i] * actGrad(kind, px[i]);
+  });
+}
+RETNET_KERNEL("activationBackward", ActivationBackward);
+
+}  // namespace retnet

@@ -1,0 +1,69 @@
+// Loads the native addon built by node-gyp at install. Missing or unloadable addon is not fatal: the caller falls back
+// to the reference backend and reports the reason once.
+
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The functions exported by native/*.cc (see each file for the argument order). */
+export interface NativeAddon {
+  sgemm(...args: (boolean | number | Float32Array)[]): void;
+  binary(op: number, a: Float32Array, b: Float32Array, out: Float32Array, n: number, m: number): void;
+  scale(a: Float32Array, out: Float32Array, alpha: number, n: number): void;
+  sumRows(g: Float32Array, out: Float32Array, rows: number, m: number): void;
+  activation(kind: number, x: Float32Array, out: Float32Array, n: number): void;
+  activationBackward(kind: number, x: Float32Array, g: Float32Array, dx: Float32Array, n: number): void;
+  rmsNorm(...args: (boolean | number | Float32Array)[]): void;
+  rmsNormBackward(...args: (boolean | number | Float32Array)[]): void;
+  layerNorm(...args: (number | Float32Array)[]): void;
+  layerNormBackward(...args: (number | Float32Array)[]): void;
+  softmax(x: Float32Array, y: Float32Array, rows: number, cols: number): void;
+  softmaxBackward(y: Float32Array, g: Float32Array, dx: Float32Array, rows: number, cols: number): void;
+  crossEntropy(...args: (number | Float32Array | Int32Array)[]): void;
+  crossEntropyBackward(...args: (number | Float32Array | Int32Array)[]): void;
+  embedding(...args: (number | Float32Array | Int32Array)[]): void;
+  embeddingBackward(...args: (number | Float32Array | Int32Array)[]): void;
+  permute(x: Float32Array | Int32Array, out: Float32Array | Int32Array, shape: Int32Array, perm: Int32Array): void;
+  copyBlocks(...args: (number | Float32Array)[]): void;
+  adamw(...args: (number | Float32Array)[]): void;
+  sumSquares(x: Float32Array, n: number): number;
+  setThreads(n: number): void;
+  info(): NativeInfo;
+  [kernel: string]: unknown;
+}
+
+export interface NativeInfo {
+  blas: string;
+  blasConfig: string;
+  blasCoreType: string;
+  blasThreads: number;
+  threads: number;
+  openmp: number;
+  compiler: string;
+  avx512: boolean;
+  avx2: boolean;
+}
+
+/** The package root (the folder holding this package's package.json), from either src/ (tsx) or dist/src/. */
+export function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const pkg = join(dir, 'package.json');
+    if (existsSync(pkg) && (JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name === 'retnet') return dir;
+    const up = dirname(dir);
+    if (up === dir) throw new Error('retnet: cannot find the package root');
+    dir = up;
+  }
+}
+
+export function loadAddon(): { addon: NativeAddon | null; error: string | null } {
+  const path = join(packageRoot(), 'build', 'Release', 'retnet_native.node');
+  if (!existsSync(path)) return { addon: null, error: `native addon not built (${path} missing)` };
+  try {
+    const require = createRequire(import.meta.url);
+    return { addon: require(path) as NativeAddon, error: null };
+  } catch (e) {
+    return { addon: null, error: `native addon failed to load: ${(e as Error).message}` };
+  }
+}

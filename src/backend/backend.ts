@@ -1,0 +1,92 @@
+// The kernel interface. An op (src/ops) validates shapes, calls one forward kernel here and records the matching
+// backward kernel on the tape. Each backend implements every kernel: `reference` in plain TypeScript (float32 and
+// float64), `native` through the C++ addon (float32). Kernels allocate their outputs; inputs are never modified
+// except by the explicitly in-place kernels (copyBlocks, adamw).
+
+import type { DType, DataArray } from '../tensor/dtype.js';
+import type { MemoryTracker } from '../tensor/memory.js';
+import type { Tensor } from '../tensor/tensor.js';
+
+export type BinaryOp = 'add' | 'mul';
+export type ActivationKind = 'gelu' | 'silu' | 'relu';
+
+export interface AdamWParams {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** 1-based step count, for bias correction. */
+  step: number;
+  /** Multiplies the gradient first (global-norm clipping folded into the update). */
+  gradScale: number;
+}
+
+export interface Backend {
+  readonly name: 'native' | 'reference';
+  readonly memory: MemoryTracker;
+  supportsDType(dtype: DType): boolean;
+
+  // Storage
+  /** A tensor holding a copy of `data` (converted to dtype). */
+  fromData(data: ArrayLike<number>, shape: readonly number[], dtype: DType): Tensor;
+  zeros(shape: readonly number[], dtype: DType): Tensor;
+  /** A host copy of the tensor's elements. */
+  read(t: Tensor): DataArray;
+  /** A tensor of the same shape sharing the storage (a reshape); the storage lives until both are disposed. */
+  view(t: Tensor, shape: readonly number[]): Tensor;
+  cast(t: Tensor, dtype: DType): Tensor;
+
+  // Products. a: [..., M, K] ([..., K, M] if transA); b: [..., K, N] ([..., N, K] if transB) with the same leading
+  // dims as a, or rank 2 (shared by every batch entry). Result [..., M, N].
+  matmul(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor;
+
+  // Elementwise. b's shape is a suffix of a's (broadcast over the leading dims).
+  binary(op: BinaryOp, a: Tensor, b: Tensor): Tensor;
+  scale(a: Tensor, alpha: number): Tensor;
+  /** Sums g over its leading dims down to `shape`, a suffix of g's shape (the gradient of a broadcast). */
+  sumToShape(g: Tensor, shape: readonly number[]): Tensor;
+  activation(kind: ActivationKind, x: Tensor): Tensor;
+  activationBackward(kind: ActivationKind, x: Tensor, g: Tensor): Tensor;
+
+  // Normalisation over the last dim; statistics are [rows] with rows = size / lastDim.
+  rmsNorm(x: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor };
+  rmsNormBackward(x: Tensor, w: Tensor | null, rstd: Tensor, g: Tensor): { dx: Tensor; dw: Tensor | null };
+  layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): { y: Tensor; mean: Tensor; rstd: Tensor };
+  layerNormBackward(
+    x: Tensor,
+    w: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    g: Tensor,
+  ): { dx: Tensor; dw: Tensor; db: Tensor };
+
+  softmax(x: Tensor): Tensor;
+  softmaxBackward(y: Tensor, g: Tensor): Tensor;
+  /** logits [N, V], targets int32 [N]. loss [N] (0 where ignored), lse [N] (log-sum-exp, kept for backward). */
+  crossEntropy(logits: Tensor, targets: Tensor, ignoreIndex: number): { loss: Tensor; lse: Tensor };
+  /** g: [N], the gradient of each row's loss. */
+  crossEntropyBackward(logits: Tensor, targets: Tensor, lse: Tensor, g: Tensor, ignoreIndex: number): Tensor;
+
+  /** table [V, D], ids int32 [...] -> [..., D]. */
+  embedding(table: Tensor, ids: Tensor): Tensor;
+  embeddingBackward(g: Tensor, ids: Tensor, vocab: number): Tensor;
+
+  // Layout
+  permute(x: Tensor, perm: readonly number[]): Tensor;
+  /** In place: for b < blocks, dst[dstOff + b*dstStride, +len) = src[srcOff + b*srcStride, +len). */
+  copyBlocks(
+    src: Tensor,
+    srcOff: number,
+    srcStride: number,
+    dst: Tensor,
+    dstOff: number,
+    dstStride: number,
+    blocks: number,
+    len: number,
+  ): void;
+
+  // Optimizer (in place on param, m, v).
+  adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, p: AdamWParams): void;
+  sumSquares(x: Tensor): number;
+}

@@ -1,0 +1,75 @@
+// What the two CPU backends share: storage in host typed arrays, creation, reads, views and casts. Kernels are each
+// backend's own.
+
+import { BackendError, DTypeError } from '../errors.js';
+import { allocArray, type DType, type DataArray, type FloatArray } from '../tensor/dtype.js';
+import { MemoryTracker } from '../tensor/memory.js';
+import { CpuStorage } from '../tensor/storage.js';
+import { Tensor, checkShape, shapeSize } from '../tensor/tensor.js';
+import type { Backend } from './backend.js';
+
+export abstract class CpuBackend implements Pick<Backend, 'fromData' | 'zeros' | 'read' | 'view' | 'cast'> {
+  abstract readonly name: 'native' | 'reference';
+  readonly memory = new MemoryTracker();
+
+  abstract supportsDType(dtype: DType): boolean;
+
+  protected checkDType(dtype: DType, what: string): void {
+    if (!this.supportsDType(dtype))
+      throw new DTypeError(`${what}: the ${this.name} backend does not hold ${dtype} tensors (use the reference backend)`);
+  }
+
+  /** Wraps a typed array the caller has just allocated (ownership passes to the tensor). */
+  wrap(data: DataArray, shape: readonly number[], dtype: DType): Tensor {
+    this.checkDType(dtype, 'tensor');
+    return new Tensor(this as unknown as Backend, new CpuStorage(dtype, data, this.memory), shape, dtype);
+  }
+
+  fromData(data: ArrayLike<number>, shape: readonly number[], dtype: DType): Tensor {
+    checkShape(shape, 'fromData');
+    const out = allocArray(dtype, shapeSize(shape));
+    if (data.length !== out.length)
+      throw new BackendError(`fromData: ${data.length} values given for shape [${shape.join(', ')}] (${out.length} elements)`);
+    if (dtype === 'int32')
+      for (let i = 0; i < out.length; i++) {
+        const v = data[i]!;
+        if (!Number.isInteger(v)) throw new DTypeError(`fromData: int32 tensor given non-integer value ${v} at ${i}`);
+        out[i] = v;
+      }
+    else out.set(data as ArrayLike<number>);
+    return this.wrap(out, shape, dtype);
+  }
+
+  zeros(shape: readonly number[], dtype: DType): Tensor {
+    checkShape(shape, 'zeros');
+    return this.wrap(allocArray(dtype, shapeSize(shape)), shape, dtype);
+  }
+
+  /** The tensor's own typed array (no copy), for this backend's kernels. */
+  raw(t: Tensor): DataArray {
+    if (t.backend !== (this as unknown as Backend))
+      throw new BackendError(`${this.name} backend: tensor ${t.toString()} belongs to another backend`);
+    return (t.storage as CpuStorage).data;
+  }
+
+  float(t: Tensor): FloatArray {
+    if (t.dtype === 'int32') throw new DTypeError(`${this.name} backend: expected a float tensor, got int32`);
+    return this.raw(t) as FloatArray;
+  }
+
+  read(t: Tensor): DataArray {
+    return this.raw(t).slice();
+  }
+
+  view(t: Tensor, shape: readonly number[]): Tensor {
+    const storage = t.storage;
+    storage.retain();
+    return new Tensor(this as unknown as Backend, storage, shape, t.dtype);
+  }
+
+  cast(t: Tensor, dtype: DType): Tensor {
+    const out = allocArray(dtype, t.size);
+    out.set(this.raw(t));
+    return this.wrap(out, t.shape, dtype);
+  }
+}

@@ -1,0 +1,222 @@
+// The native backend: float32 kernels in the C++ addon (OpenBLAS GEMMs, OpenMP loops). Outputs are allocated here
+// as typed arrays, so memory accounting is the same as the reference backend's.
+
+import { ShapeError } from '../errors.js';
+import type { DType } from '../tensor/dtype.js';
+import { type Tensor, shapeSize } from '../tensor/tensor.js';
+import type { NativeAddon } from './addon.js';
+import type { ActivationKind, AdamWParams, Backend, BinaryOp } from './backend.js';
+import { CpuBackend } from './cpu.js';
+
+const ACTIVATION_CODE: Record<ActivationKind, number> = { gelu: 0, silu: 1, relu: 2 };
+
+export class NativeBackend extends CpuBackend implements Backend {
+  readonly name = 'native' as const;
+
+  constructor(readonly addon: NativeAddon) {
+    super();
+  }
+
+  supportsDType(dtype: DType): boolean {
+    return dtype === 'float32' || dtype === 'int32';
+  }
+
+  f32(t: Tensor): Float32Array {
+    return this.float(t) as Float32Array;
+  }
+
+  i32(t: Tensor): Int32Array {
+    return this.raw(t) as Int32Array;
+  }
+
+  /** The storage as 4-byte words: layout kernels move int32 and float32 alike, as bit patterns. */
+  private words(t: Tensor): Float32Array {
+    const a = this.raw(t);
+    return a instanceof Float32Array ? a : new Float32Array(a.buffer, a.byteOffset, a.length);
+  }
+
+  private like(shape: readonly number[]): { t: Tensor; d: Float32Array } {
+    const t = this.zeros(shape, 'float32');
+    return { t, d: this.f32(t) };
+  }
+
+  matmul(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
+    const ra = a.rank;
+    const M = transA ? a.shape[ra - 1]! : a.shape[ra - 2]!;
+    const K = transA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
+    const N = transB ? b.shape[b.rank - 2]! : b.shape[b.rank - 1]!;
+    const batch = shapeSize(a.shape.slice(0, -2));
+    const { t, d } = this.like([...a.shape.slice(0, -2), M, N]);
+    if (batch === 0) return t;
+    const bStride = b.rank > 2 ? K * N : 0;
+    // Row-major leading dimensions are the stored row lengths.
+    const lda = Math.max(1, a.shape[ra - 1]!);
+    const ldb = Math.max(1, b.shape[b.rank - 1]!);
+    this.addon.sgemm(
+      transA, transB, M, N, K, 1, this.f32(a), 0, lda, M * K,
+      this.f32(b), 0, ldb, bStride, 0, d, 0, Math.max(1, N), M * N, batch,
+    ); // prettier-ignore
+    return t;
+  }
+
+  binary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
+    const { t, d } = this.like(a.shape);
+    this.addon.binary(op === 'add' ? 0 : 1, this.f32(a), this.f32(b), d, a.size, b.size);
+    return t;
+  }
+
+  scale(a: Tensor, alpha: number): Tensor {
+    const { t, d } = this.like(a.shape);
+    this.addon.scale(this.f32(a), d, alpha, a.size);
+    return t;
+  }
+
+  sumToShape(g: Tensor, shape: readonly number[]): Tensor {
+    const { t, d } = this.like(shape);
+    const m = shapeSize(shape);
+    if (m > 0) this.addon.sumRows(this.f32(g), d, g.size / m, m);
+    return t;
+  }
+
+  activation(kind: ActivationKind, x: Tensor): Tensor {
+    const { t, d } = this.like(x.shape);
+    this.addon.activation(ACTIVATION_CODE[kind], this.f32(x), d, x.size);
+    return t;
+  }
+
+  activationBackward(kind: ActivationKind, x: Tensor, g: Tensor): Tensor {
+    const { t, d } = this.like(x.shape);
+    this.addon.activationBackward(ACTIVATION_CODE[kind], this.f32(x), this.f32(g), d, x.size);
+    return t;
+  }
+
+  private rowsOf(x: Tensor): { rows: number; cols: number } {
+    const cols = x.shape[x.rank - 1] ?? 1;
+    return { rows: cols === 0 ? 0 : x.size / cols, cols };
+  }
+
+  private static readonly EMPTY = new Float32Array(0);
+
+  rmsNorm(x: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor } {
+    const { rows, cols } = this.rowsOf(x);
+    const y = this.like(x.shape);
+    const rstd = this.like([rows]);
+    const wd = w ? this.f32(w) : NativeBackend.EMPTY;
+    this.addon.rmsNorm(this.f32(x), wd, y.d, rstd.d, rows, cols, eps, w !== null);
+    return { y: y.t, rstd: rstd.t };
+  }
+
+  rmsNormBackward(x: Tensor, w: Tensor | null, rstd: Tensor, g: Tensor): { dx: Tensor; dw: Tensor | null } {
+    const { rows, cols } = this.rowsOf(x);
+    const dx = this.like(x.shape);
+    const dw = w ? this.like(w.shape) : null;
+    const wd = w ? this.f32(w) : NativeBackend.EMPTY;
+    this.addon.rmsNormBackward(
+      this.f32(x), wd, this.f32(rstd), this.f32(g), dx.d, dw ? dw.d : NativeBackend.EMPTY, rows, cols, w !== null,
+    ); // prettier-ignore
+    return { dx: dx.t, dw: dw ? dw.t : null };
+  }
+
+  layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): { y: Tensor; mean: Tensor; rstd: Tensor } {
+    const { rows, cols } = this.rowsOf(x);
+    const y = this.like(x.shape);
+    const mean = this.like([rows]);
+    const rstd = this.like([rows]);
+    this.addon.layerNorm(this.f32(x), this.f32(w), this.f32(b), y.d, mean.d, rstd.d, rows, cols, eps);
+    return { y: y.t, mean: mean.t, rstd: rstd.t };
+  }
+
+  layerNormBackward(
+    x: Tensor,
+    w: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    g: Tensor,
+  ): { dx: Tensor; dw: Tensor; db: Tensor } {
+    const { rows, cols } = this.rowsOf(x);
+    const dx = this.like(x.shape);
+    const dw = this.like(w.shape);
+    const db = this.like(w.shape);
+    this.addon.layerNormBackward(
+      this.f32(x), this.f32(w), this.f32(mean), this.f32(rstd), this.f32(g), dx.d, dw.d, db.d, rows, cols,
+    ); // prettier-ignore
+    return { dx: dx.t, dw: dw.t, db: db.t };
+  }
+
+  softmax(x: Tensor): Tensor {
+    const { rows, cols } = this.rowsOf(x);
+    const { t, d } = this.like(x.shape);
+    this.addon.softmax(this.f32(x), d, rows, cols);
+    return t;
+  }
+
+  softmaxBackward(y: Tensor, g: Tensor): Tensor {
+    const { rows, cols } = this.rowsOf(y);
+    const { t, d } = this.like(y.shape);
+    this.addon.softmaxBackward(this.f32(y), this.f32(g), d, rows, cols);
+    return t;
+  }
+
+  crossEntropy(logits: Tensor, targets: Tensor, ignoreIndex: number): { loss: Tensor; lse: Tensor } {
+    const [N, V] = logits.shape as [number, number];
+    const loss = this.like([N]);
+    const lse = this.like([N]);
+    this.addon.crossEntropy(this.f32(logits), this.i32(targets), loss.d, lse.d, N, V, ignoreIndex);
+    return { loss: loss.t, lse: lse.t };
+  }
+
+  crossEntropyBackward(logits: Tensor, targets: Tensor, lse: Tensor, g: Tensor, ignoreIndex: number): Tensor {
+    const [N, V] = logits.shape as [number, number];
+    const { t, d } = this.like(logits.shape);
+    this.addon.crossEntropyBackward(
+      this.f32(logits), this.i32(targets), this.f32(lse), this.f32(g), d, N, V, ignoreIndex,
+    ); // prettier-ignore
+    return t;
+  }
+
+  embedding(table: Tensor, ids: Tensor): Tensor {
+    const [V, D] = table.shape as [number, number];
+    const { t, d } = this.like([...ids.shape, D]);
+    this.addon.embedding(this.f32(table), this.i32(ids), d, ids.size, D, V);
+    return t;
+  }
+
+  embeddingBackward(g: Tensor, ids: Tensor, vocab: number): Tensor {
+    const D = g.shape[g.rank - 1]!;
+    const { t, d } = this.like([vocab, D]);
+    this.addon.embeddingBackward(this.f32(g), this.i32(ids), d, ids.size, D, vocab);
+    return t;
+  }
+
+  permute(x: Tensor, perm: readonly number[]): Tensor {
+    const outShape = perm.map((p) => x.shape[p]!);
+    const out = this.zeros(outShape, x.dtype);
+    if (x.rank > 8) throw new ShapeError(`permute: rank ${x.rank} exceeds the native limit of 8`);
+    this.addon.permute(this.words(x), this.words(out), Int32Array.from(x.shape), Int32Array.from(perm));
+    return out;
+  }
+
+  copyBlocks(
+    src: Tensor,
+    srcOff: number,
+    srcStride: number,
+    dst: Tensor,
+    dstOff: number,
+    dstStride: number,
+    blocks: number,
+    len: number,
+  ): void {
+    this.addon.copyBlocks(this.words(src), srcOff, srcStride, this.words(dst), dstOff, dstStride, blocks, len);
+  }
+
+  adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, p: AdamWParams): void {
+    this.addon.adamw(
+      this.f32(param), this.f32(grad), this.f32(m), this.f32(v), param.size,
+      p.lr, p.beta1, p.beta2, p.eps, p.weightDecay, p.step, p.gradScale,
+    ); // prettier-ignore
+  }
+
+  sumSquares(x: Tensor): number {
+    return this.addon.sumSquares(this.f32(x), x.size);
+  }
+}

@@ -1,0 +1,422 @@
+// The reference backend: every kernel as a plain TypeScript loop, in float64 arithmetic, stored in the tensor's
+// dtype (float32 or float64). It is the definition the native backend is tested against, and the backend that
+// reproduces torchscale's float64 vectors. Clarity over speed.
+
+import { BackendError } from '../errors.js';
+import { allocArray, type DType, type FloatArray } from '../tensor/dtype.js';
+import { type Tensor, shapeSize } from '../tensor/tensor.js';
+import type { ActivationKind, AdamWParams, Backend, BinaryOp } from './backend.js';
+import { CpuBackend } from './cpu.js';
+
+const SQRT1_2 = Math.SQRT1_2;
+const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
+
+/** erf with |error| < 1.2e-16 relative (W. J. Cody's rational approximations are overkill; this series/continued
+ * fraction pair is accurate to double precision over the whole line). */
+export function erf(x: number): number {
+  const ax = Math.abs(x);
+  if (ax < 2.5) {
+    // Maclaurin series: erf(x) = 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1)).
+    let term = ax;
+    let sum = ax;
+    const x2 = ax * ax;
+    for (let n = 1; n < 200; n++) {
+      term *= -x2 / n;
+      const add = term / (2 * n + 1);
+      sum += add;
+      if (Math.abs(add) < 1e-17 * Math.abs(sum)) break;
+    }
+    const r = (2 / Math.sqrt(Math.PI)) * sum;
+    return x < 0 ? -r : r;
+  }
+  // Continued fraction for erfc(x), x >= 2.5 (Lentz's method).
+  const tiny = 1e-300;
+  let f = ax;
+  let c = ax;
+  let d = 0;
+  for (let n = 1; n < 300; n++) {
+    const an = n / 2;
+    d = ax + an * d;
+    d = d === 0 ? tiny : 1 / d;
+    c = ax + an / c;
+    if (c === 0) c = tiny;
+    const delta = c * d;
+    f *= delta;
+    if (Math.abs(delta - 1) < 1e-16) break;
+  }
+  const erfc = Math.exp(-ax * ax) / (f * Math.sqrt(Math.PI));
+  return x < 0 ? erfc - 1 : 1 - erfc;
+}
+
+export function activationValue(kind: ActivationKind, x: number): number {
+  switch (kind) {
+    case 'gelu':
+      return 0.5 * x * (1 + erf(x * SQRT1_2));
+    case 'silu':
+      return x / (1 + Math.exp(-x));
+    case 'relu':
+      return x > 0 ? x : 0;
+  }
+}
+
+export function activationDerivative(kind: ActivationKind, x: number): number {
+  switch (kind) {
+    case 'gelu':
+      return 0.5 * (1 + erf(x * SQRT1_2)) + x * INV_SQRT_2PI * Math.exp(-0.5 * x * x);
+    case 'silu': {
+      const s = 1 / (1 + Math.exp(-x));
+      return s * (1 + x * (1 - s));
+    }
+    case 'relu':
+      return x > 0 ? 1 : 0;
+  }
+}
+
+export class ReferenceBackend extends CpuBackend implements Backend {
+  readonly name = 'reference' as const;
+
+  supportsDType(_dtype: DType): boolean {
+    return true;
+  }
+
+  private out(shape: readonly number[], like: Tensor): { t: Tensor; d: FloatArray } {
+    const t = this.zeros(shape, like.dtype);
+    return { t, d: this.float(t) };
+  }
+
+  matmul(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
+    const ra = a.rank;
+    const M = transA ? a.shape[ra - 1]! : a.shape[ra - 2]!;
+    const K = transA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
+    const N = transB ? b.shape[b.rank - 2]! : b.shape[b.rank - 1]!;
+    const batch = shapeSize(a.shape.slice(0, -2));
+    const bBatched = b.rank > 2;
+    const { t, d: c } = this.out([...a.shape.slice(0, -2), M, N], a);
+    const A = this.float(a);
+    const B = this.float(b);
+    for (let bi = 0; bi < batch; bi++) {
+      const ao = bi * M * K;
+      const bo = bBatched ? bi * K * N : 0;
+      const co = bi * M * N;
+      for (let i = 0; i < M; i++)
+        for (let j = 0; j < N; j++) {
+          let s = 0;
+          for (let k = 0; k < K; k++) {
+            const av = transA ? A[ao + k * M + i]! : A[ao + i * K + k]!;
+            const bv = transB ? B[bo + j * K + k]! : B[bo + k * N + j]!;
+            s += av * bv;
+          }
+          c[co + i * N + j] = s;
+        }
+    }
+    return t;
+  }
+
+  binary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
+    const { t, d: o } = this.out(a.shape, a);
+    const A = this.float(a);
+    const B = this.float(b);
+    const m = B.length;
+    for (let i = 0; i < A.length; i++) o[i] = op === 'add' ? A[i]! + B[i % m]! : A[i]! * B[i % m]!;
+    return t;
+  }
+
+  scale(a: Tensor, alpha: number): Tensor {
+    const { t, d: o } = this.out(a.shape, a);
+    const A = this.float(a);
+    for (let i = 0; i < A.length; i++) o[i] = alpha * A[i]!;
+    return t;
+  }
+
+  sumToShape(g: Tensor, shape: readonly number[]): Tensor {
+    const { t, d: o } = this.out(shape, g);
+    const G = this.float(g);
+    const m = o.length;
+    const acc = new Float64Array(m);
+    for (let i = 0; i < G.length; i++) acc[i % m] += G[i]!;
+    o.set(acc);
+    return t;
+  }
+
+  activation(kind: ActivationKind, x: Tensor): Tensor {
+    const { t, d: o } = this.out(x.shape, x);
+    const X = this.float(x);
+    for (let i = 0; i < X.length; i++) o[i] = activationValue(kind, X[i]!);
+    return t;
+  }
+
+  activationBackward(kind: ActivationKind, x: Tensor, g: Tensor): Tensor {
+    const { t, d: o } = this.out(x.shape, x);
+    const X = this.float(x);
+    const G = this.float(g);
+    for (let i = 0; i < X.length; i++) o[i] = G[i]! * activationDerivative(kind, X[i]!);
+    return t;
+  }
+
+  private rowsOf(x: Tensor): { rows: number; cols: number } {
+    const cols = x.shape[x.rank - 1] ?? 1;
+    return { rows: cols === 0 ? 0 : x.size / cols, cols };
+  }
+
+  rmsNorm(x: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor } {
+    const { rows, cols } = this.rowsOf(x);
+    const { t: y, d: Y } = this.out(x.shape, x);
+    const { t: rstd, d: R } = this.out([rows], x);
+    const X = this.float(x);
+    const W = w ? this.float(w) : null;
+    for (let r = 0; r < rows; r++) {
+      let ss = 0;
+      for (let j = 0; j < cols; j++) ss += X[r * cols + j]! ** 2;
+      const s = 1 / Math.sqrt(ss / cols + eps);
+      R[r] = s;
+      for (let j = 0; j < cols; j++) Y[r * cols + j] = X[r * cols + j]! * s * (W ? W[j]! : 1);
+    }
+    return { y, rstd };
+  }
+
+  rmsNormBackward(x: Tensor, w: Tensor | null, rstd: Tensor, g: Tensor): { dx: Tensor; dw: Tensor | null } {
+    const { rows, cols } = this.rowsOf(x);
+    const { t: dx, d: DX } = this.out(x.shape, x);
+    const dwT = w ? this.out(w.shape, w) : null;
+    const X = this.float(x);
+    const G = this.float(g);
+    const R = this.float(rstd);
+    const W = w ? this.float(w) : null;
+    const dwAcc = new Float64Array(cols);
+    for (let r = 0; r < rows; r++) {
+      const s = R[r]!;
+      let dot = 0;
+      for (let j = 0; j < cols; j++) dot += G[r * cols + j]! * (W ? W[j]! : 1) * X[r * cols + j]!;
+      const c = (s * s * s * dot) / cols;
+      for (let j = 0; j < cols; j++) {
+        const i = r * cols + j;
+        DX[i] = s * G[i]! * (W ? W[j]! : 1) - c * X[i]!;
+        dwAcc[j] += G[i]! * X[i]! * s;
+      }
+    }
+    if (dwT) dwT.d.set(dwAcc);
+    return { dx, dw: dwT ? dwT.t : null };
+  }
+
+  layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): { y: Tensor; mean: Tensor; rstd: Tensor } {
+    const { rows, cols } = this.rowsOf(x);
+    const { t: y, d: Y } = this.out(x.shape, x);
+    const { t: mean, d: Mn } = this.out([rows], x);
+    const { t: rstd, d: R } = this.out([rows], x);
+    const X = this.float(x);
+    const W = this.float(w);
+    const B = this.float(b);
+    for (let r = 0; r < rows; r++) {
+      let m = 0;
+      for (let j = 0; j < cols; j++) m += X[r * cols + j]!;
+      m /= cols;
+      let v = 0;
+      for (let j = 0; j < cols; j++) v += (X[r * cols + j]! - m) ** 2;
+      v /= cols;
+      const s = 1 / Math.sqrt(v + eps);
+      Mn[r] = m;
+      R[r] = s;
+      for (let j = 0; j < cols; j++) Y[r * cols + j] = (X[r * cols + j]! - m) * s * W[j]! + B[j]!;
+    }
+    return { y, mean, rstd };
+  }
+
+  layerNormBackward(
+    x: Tensor,
+    w: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    g: Tensor,
+  ): { dx: Tensor; dw: Tensor; db: Tensor } {
+    const { rows, cols } = this.rowsOf(x);
+    const { t: dx, d: DX } = this.out(x.shape, x);
+    const { t: dw, d: DW } = this.out(w.shape, w);
+    const { t: db, d: DB } = this.out(w.shape, w);
+    const X = this.float(x);
+    const W = this.float(w);
+    const Mn = this.float(mean);
+    const R = this.float(rstd);
+    const G = this.float(g);
+    const aw = new Float64Array(cols);
+    const ab = new Float64Array(cols);
+    for (let r = 0; r < rows; r++) {
+      const m = Mn[r]!;
+      const s = R[r]!;
+      let sumG = 0;
+      let sumGX = 0;
+      for (let j = 0; j < cols; j++) {
+        const i = r * cols + j;
+        const gh = G[i]! * W[j]!;
+        const xh = (X[i]! - m) * s;
+        sumG += gh;
+        sumGX += gh * xh;
+        aw[j] += G[i]! * xh;
+        ab[j] += G[i]!;
+      }
+      for (let j = 0; j < cols; j++) {
+        const i = r * cols + j;
+        const xh = (X[i]! - m) * s;
+        DX[i] = s * (G[i]! * W[j]! - sumG / cols - (xh * sumGX) / cols);
+      }
+    }
+    DW.set(aw);
+    DB.set(ab);
+    return { dx, dw, db };
+  }
+
+  softmax(x: Tensor): Tensor {
+    const { rows, cols } = this.rowsOf(x);
+    const { t, d: Y } = this.out(x.shape, x);
+    const X = this.float(x);
+    for (let r = 0; r < rows; r++) {
+      let mx = -Infinity;
+      for (let j = 0; j < cols; j++) mx = Math.max(mx, X[r * cols + j]!);
+      let sum = 0;
+      for (let j = 0; j < cols; j++) sum += Math.exp(X[r * cols + j]! - mx);
+      for (let j = 0; j < cols; j++) Y[r * cols + j] = Math.exp(X[r * cols + j]! - mx) / sum;
+    }
+    return t;
+  }
+
+  softmaxBackward(y: Tensor, g: Tensor): Tensor {
+    const { rows, cols } = this.rowsOf(y);
+    const { t, d: DX } = this.out(y.shape, y);
+    const Y = this.float(y);
+    const G = this.float(g);
+    for (let r = 0; r < rows; r++) {
+      let dot = 0;
+      for (let j = 0; j < cols; j++) dot += G[r * cols + j]! * Y[r * cols + j]!;
+      for (let j = 0; j < cols; j++) DX[r * cols + j] = Y[r * cols + j]! * (G[r * cols + j]! - dot);
+    }
+    return t;
+  }
+
+  private checkIds(ids: Int32Array, limit: number, what: string, kernel: string): void {
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i]!;
+      if (id < 0 || id >= limit)
+        throw new BackendError(`${kernel}: ${what} ${id} at position ${i} is outside the vocabulary [0, ${limit})`);
+    }
+  }
+
+  crossEntropy(logits: Tensor, targets: Tensor, ignoreIndex: number): { loss: Tensor; lse: Tensor } {
+    const [N, V] = logits.shape as [number, number];
+    const { t: loss, d: L } = this.out([N], logits);
+    const { t: lse, d: S } = this.out([N], logits);
+    const X = this.float(logits);
+    const T = this.raw(targets) as Int32Array;
+    this.checkIds(
+      T.filter((id) => id !== ignoreIndex),
+      V,
+      'target',
+      'crossEntropy',
+    );
+    for (let r = 0; r < N; r++) {
+      let mx = -Infinity;
+      for (let j = 0; j < V; j++) mx = Math.max(mx, X[r * V + j]!);
+      let sum = 0;
+      for (let j = 0; j < V; j++) sum += Math.exp(X[r * V + j]! - mx);
+      const l = mx + Math.log(sum);
+      S[r] = l;
+      L[r] = T[r] === ignoreIndex ? 0 : l - X[r * V + T[r]!]!;
+    }
+    return { loss, lse };
+  }
+
+  crossEntropyBackward(logits: Tensor, targets: Tensor, lse: Tensor, g: Tensor, ignoreIndex: number): Tensor {
+    const [N, V] = logits.shape as [number, number];
+    const { t, d: D } = this.out(logits.shape, logits);
+    const X = this.float(logits);
+    const T = this.raw(targets) as Int32Array;
+    const S = this.float(lse);
+    const G = this.float(g);
+    for (let r = 0; r < N; r++) {
+      if (T[r] === ignoreIndex) continue;
+      for (let j = 0; j < V; j++) D[r * V + j] = G[r]! * Math.exp(X[r * V + j]! - S[r]!);
+      D[r * V + T[r]!] -= G[r]!;
+    }
+    return t;
+  }
+
+  embedding(table: Tensor, ids: Tensor): Tensor {
+    const [V, D] = table.shape as [number, number];
+    const I = this.raw(ids) as Int32Array;
+    this.checkIds(I, V, 'token id', 'embedding');
+    const { t, d: O } = this.out([...ids.shape, D], table);
+    const W = this.float(table);
+    for (let i = 0; i < I.length; i++) O.set(W.subarray(I[i]! * D, I[i]! * D + D), i * D);
+    return t;
+  }
+
+  embeddingBackward(g: Tensor, ids: Tensor, vocab: number): Tensor {
+    const D = g.shape[g.rank - 1]!;
+    const I = this.raw(ids) as Int32Array;
+    this.checkIds(I, vocab, 'token id', 'embeddingBackward');
+    const { t, d: O } = this.out([vocab, D], g);
+    const G = this.float(g);
+    for (let i = 0; i < I.length; i++) for (let j = 0; j < D; j++) O[I[i]! * D + j] += G[i * D + j]!;
+    return t;
+  }
+
+  permute(x: Tensor, perm: readonly number[]): Tensor {
+    const rank = x.rank;
+    const inStride = new Array<number>(rank);
+    let s = 1;
+    for (let d = rank - 1; d >= 0; d--) {
+      inStride[d] = s;
+      s *= x.shape[d]!;
+    }
+    const outShape = perm.map((p) => x.shape[p]!);
+    const out = allocArray(x.dtype, x.size);
+    const X = this.raw(x);
+    const idx = new Array<number>(rank).fill(0);
+    for (let o = 0; o < x.size; o++) {
+      let src = 0;
+      for (let d = 0; d < rank; d++) src += idx[d]! * inStride[perm[d]!]!;
+      out[o] = X[src]!;
+      for (let d = rank - 1; d >= 0; d--) {
+        if (++idx[d]! < outShape[d]!) break;
+        idx[d] = 0;
+      }
+    }
+    return this.wrap(out, outShape, x.dtype);
+  }
+
+  copyBlocks(
+    src: Tensor,
+    srcOff: number,
+    srcStride: number,
+    dst: Tensor,
+    dstOff: number,
+    dstStride: number,
+    blocks: number,
+    len: number,
+  ): void {
+    const S = this.raw(src);
+    const D = this.raw(dst);
+    for (let b = 0; b < blocks; b++)
+      for (let j = 0; j < len; j++) D[dstOff + b * dstStride + j] = S[srcOff + b * srcStride + j]!;
+  }
+
+  adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, p: AdamWParams): void {
+    const P = this.float(param);
+    const G = this.float(grad);
+    const Mm = this.float(m);
+    const Vv = this.float(v);
+    const c1 = 1 / (1 - p.beta1 ** p.step);
+    const c2 = 1 / (1 - p.beta2 ** p.step);
+    for (let i = 0; i < P.length; i++) {
+      const g = G[i]! * p.gradScale;
+      Mm[i] = p.beta1 * Mm[i]! + (1 - p.beta1) * g;
+      Vv[i] = p.beta2 * Vv[i]! + (1 - p.beta2) * g * g;
+      P[i] = P[i]! * (1 - p.lr * p.weightDecay) - (p.lr * (Mm[i]! * c1)) / (Math.sqrt(Vv[i]! * c2) + p.eps);
+    }
+  }
+
+  sumSquares(x: Tensor): number {
+    const X = this.float(x);
+    let s = 0;
+    for (let i = 0; i < X.length; i++) s += X[i]! * X[i]!;
+    return s;
+  }
+}

@@ -1,0 +1,15 @@
+export { add, linear, matmul, mul, scale, sum, type MatmulOptions } from './math.js';
+export {
+  activation,
+  crossEntropy,
+  embedding,
+  gelu,
+  layerNorm,
+  relu,
+  rmsNorm,
+  silu,
+  softmax,
+  type CrossEntropyOptions,
+} from './nn.js';
+export { concat, permute, reshape, slice, transpose } from './shape.js';
+export { full, ones, randn, tensor, uniform, zeros, type CreateOptions } from './create.js';

@@ -1,0 +1,131 @@
+// Neural-network ops: activations, normalisations, softmax, the fused cross-entropy loss and embedding lookup.
+
+import type { ActivationKind } from '../backend/backend.js';
+import { needsGrad, record } from '../autograd/tape.js';
+import { ShapeError, formatShape } from '../errors.js';
+import type { Tensor } from '../tensor/tensor.js';
+import { backendOf, expectDType, expectFloat, expectShape, sameDType } from './check.js';
+
+export function activation(kind: ActivationKind, x: Tensor): Tensor {
+  const be = backendOf(kind, x);
+  expectFloat(kind, 'x', x);
+  const y = be.activation(kind, x);
+  if (needsGrad(x)) record(kind, [x], [y], ([g]) => [be.activationBackward(kind, x, g!)]);
+  return y;
+}
+
+/** GELU with the exact erf form (torchscale's F.gelu). */
+export const gelu = (x: Tensor): Tensor => activation('gelu', x);
+/** SiLU, also called swish: x * sigmoid(x). */
+export const silu = (x: Tensor): Tensor => activation('silu', x);
+export const relu = (x: Tensor): Tensor => activation('relu', x);
+
+function lastDim(op: string, x: Tensor): number {
+  if (x.rank < 1) throw new ShapeError(`${op}: input must have rank >= 1`);
+  return x.shape[x.rank - 1]!;
+}
+
+/** RMSNorm over the last dim: x / sqrt(mean(x²) + eps) · w. With w = null it is the per-head "group norm". */
+export function rmsNorm(x: Tensor, w: Tensor | null, eps: number): Tensor {
+  const be = backendOf('rmsNorm', x, ...(w ? [w] : []));
+  expectFloat('rmsNorm', 'x', x);
+  const d = lastDim('rmsNorm', x);
+  if (w) {
+    sameDType('rmsNorm', x, w);
+    expectShape('rmsNorm', 'weight', w, [d]);
+  }
+  const { y, rstd } = be.rmsNorm(x, w, eps);
+  if (needsGrad(x, w))
+    record('rmsNorm', w ? [x, w] : [x], [y], ([g]) => {
+      const { dx, dw } = be.rmsNormBackward(x, w, rstd, g!);
+      return w ? [dx, dw] : [dx];
+    });
+  else rstd.dispose();
+  return y;
+}
+
+/** LayerNorm over the last dim with weight and bias. */
+export function layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): Tensor {
+  const be = backendOf('layerNorm', x, w, b);
+  expectFloat('layerNorm', 'x', x);
+  const d = lastDim('layerNorm', x);
+  expectShape('layerNorm', 'weight', w, [d]);
+  expectShape('layerNorm', 'bias', b, [d]);
+  const { y, mean, rstd } = be.layerNorm(x, w, b, eps);
+  if (needsGrad(x, w, b))
+    record('layerNorm', [x, w, b], [y], ([g]) => {
+      const { dx, dw, db } = be.layerNormBackward(x, w, mean, rstd, g!);
+      return [dx, dw, db];
+    });
+  else {
+    mean.dispose();
+    rstd.dispose();
+  }
+  return y;
+}
+
+/** Softmax over the last dim. */
+export function softmax(x: Tensor): Tensor {
+  const be = backendOf('softmax', x);
+  expectFloat('softmax', 'x', x);
+  lastDim('softmax', x);
+  const y = be.softmax(x);
+  if (needsGrad(x)) record('softmax', [x], [y], ([g]) => [be.softmaxBackward(y, g!)]);
+  return y;
+}
+
+export interface CrossEntropyOptions {
+  /** Targets equal to this are skipped (PyTorch's default, -100). */
+  ignoreIndex?: number;
+}
+
+/**
+ * Mean cross-entropy of logits [..., V] against int32 targets [...], skipping ignored targets, as one fused op
+ * (log-softmax, gather and mean; the softmax is never stored). Returns a tensor of shape [].
+ */
+export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropyOptions = {}): Tensor {
+  const ignoreIndex = opts.ignoreIndex ?? -100;
+  const be = backendOf('crossEntropy', logits, targets);
+  expectFloat('crossEntropy', 'logits', logits);
+  expectDType('crossEntropy', 'targets', targets, 'int32');
+  const V = lastDim('crossEntropy', logits);
+  expectShape('crossEntropy', 'targets', targets, logits.shape.slice(0, -1));
+  const N = targets.size;
+  const logits2 = be.view(logits, [N, V]);
+  const targets1 = be.view(targets, [N]);
+  const { loss, lse } = be.crossEntropy(logits2, targets1, ignoreIndex);
+  const ids = be.read(targets1);
+  let count = 0;
+  for (let i = 0; i < N; i++) if (ids[i] !== ignoreIndex) count++;
+  const total = be.sumToShape(loss, []);
+  loss.dispose();
+  const y = be.scale(total, count > 0 ? 1 / count : 0);
+  total.dispose();
+  if (needsGrad(logits))
+    record('crossEntropy', [logits], [y], ([g]) => {
+      const perRow = (g!.item() * (count > 0 ? 1 : 0)) / Math.max(count, 1);
+      const gRows = be.fromData(new Array<number>(N).fill(perRow), [N], logits.dtype);
+      const d2 = be.crossEntropyBackward(logits2, targets1, lse, gRows, ignoreIndex);
+      gRows.dispose();
+      const dx = be.view(d2, logits.shape);
+      d2.dispose();
+      return [dx];
+    });
+  else {
+    logits2.dispose();
+    targets1.dispose();
+    lse.dispose();
+  }
+  return y;
+}
+
+/** Rows of table [V, D] picked by int32 ids [...] -> [..., D]. */
+export function embedding(table: Tensor, ids: Tensor): Tensor {
+  const be = backendOf('embedding', table, ids);
+  expectFloat('embedding', 'table', table);
+  expectDType('embedding', 'ids', ids, 'int32');
+  if (table.rank !== 2) throw new ShapeError(`embedding: table must be [V, D], got ${formatShape(table.shape)}`);
+  const y = be.embedding(table, ids);
+  if (needsGrad(table)) record('embedding', [table], [y], ([g]) => [be.embeddingBackward(g!, ids, table.shape[0]!)]);
+  return y;
+}

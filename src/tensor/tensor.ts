@@ -1,0 +1,91 @@
+// Tensor: a shape, a dtype and a reference-counted storage owned by a backend. Tensors are contiguous and row-major;
+// ops that change the layout (permute) copy. Autograd state lives here too: `requiresGrad`, `grad` for leaves, and
+// `fromOp` marking tensors produced by a recorded op.
+
+import type { Backend } from '../backend/backend.js';
+import { DisposedError, ShapeError, formatShape } from '../errors.js';
+import type { DType, DataArray } from './dtype.js';
+import { trackTensor } from './scope.js';
+import type { Storage } from './storage.js';
+
+export function shapeSize(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+export function checkShape(shape: readonly number[], what: string): void {
+  for (const d of shape)
+    if (!Number.isInteger(d) || d < 0)
+      throw new ShapeError(`${what}: shape ${formatShape(shape)} must hold non-negative integers`);
+}
+
+export class Tensor {
+  readonly isTensor = true;
+  readonly size: number;
+  requiresGrad = false;
+  /** Accumulated gradient of a leaf tensor after `backward`. */
+  grad: Tensor | null = null;
+  /** True when produced by an op recorded on the tape (not a leaf). */
+  fromOp = false;
+  /** Optional name, used in error messages and checkpoints. */
+  name: string | undefined;
+  private storageRef: Storage | null;
+
+  constructor(
+    readonly backend: Backend,
+    storage: Storage,
+    readonly shape: readonly number[],
+    readonly dtype: DType,
+  ) {
+    this.size = shapeSize(shape);
+    if (storage.size !== this.size)
+      throw new ShapeError(`tensor: shape ${formatShape(shape)} needs ${this.size} elements, storage has ${storage.size}`);
+    this.storageRef = storage;
+    trackTensor(this);
+  }
+
+  get rank(): number {
+    return this.shape.length;
+  }
+
+  get disposed(): boolean {
+    return this.storageRef === null;
+  }
+
+  get storage(): Storage {
+    if (this.storageRef === null)
+      throw new DisposedError(
+        `tensor${this.name ? ` '${this.name}'` : ''} of shape ${formatShape(this.shape)} was used after dispose()`,
+      );
+    return this.storageRef;
+  }
+
+  /** Releases the storage (and the gradient). Safe to call twice. */
+  dispose(): void {
+    if (this.storageRef === null) return;
+    this.storageRef.release();
+    this.storageRef = null;
+    this.grad?.dispose();
+    this.grad = null;
+  }
+
+  /** A host copy of the elements. */
+  data(): DataArray {
+    return this.backend.read(this);
+  }
+
+  toArray(): number[] {
+    return Array.from(this.data());
+  }
+
+  /** The single element of a tensor of size 1. */
+  item(): number {
+    if (this.size !== 1) throw new ShapeError(`item: tensor of shape ${formatShape(this.shape)} has ${this.size} elements`);
+    return this.data()[0]!;
+  }
+
+  toString(): string {
+    return `Tensor(${this.dtype}, ${formatShape(this.shape)}, ${this.backend.name})`;
+  }
+}

@@ -1,0 +1,110 @@
+// Test utilities: random tensors on either backend, closeness checks with stated tolerances, and central finite
+// differences in float64 on the reference backend.
+
+import assert from 'node:assert/strict';
+
+import { getBackend, referenceBackend } from '../src/backend/index.js';
+import type { Backend } from '../src/backend/backend.js';
+import type { DType } from '../src/tensor/dtype.js';
+import { Rng } from '../src/tensor/random.js';
+import { backward } from '../src/autograd/tape.js';
+import { mul, sum } from '../src/ops/math.js';
+import type { Tensor } from '../src/tensor/tensor.js';
+import { shapeSize } from '../src/tensor/tensor.js';
+import { tidy } from '../src/tensor/scope.js';
+
+export const ref = referenceBackend();
+
+/** The native backend; tests that need it fail loudly if the addon did not build. */
+export function nat(): Backend {
+  return getBackend('native');
+}
+
+export function randomData(rng: Rng, n: number, scale = 1): Float64Array {
+  const d = new Float64Array(n);
+  for (let i = 0; i < n; i++) d[i] = scale * rng.normal();
+  return d;
+}
+
+export function randomTensor(
+  be: Backend,
+  rng: Rng,
+  shape: readonly number[],
+  opts: { dtype?: DType; scale?: number; requiresGrad?: boolean } = {},
+): Tensor {
+  const t = be.fromData(randomData(rng, shapeSize(shape), opts.scale ?? 1), shape, opts.dtype ?? 'float32');
+  t.requiresGrad = opts.requiresGrad ?? false;
+  return t;
+}
+
+/** The same values on another backend/dtype. */
+export function copyTo(t: Tensor, be: Backend, dtype: DType = t.dtype, requiresGrad = t.requiresGrad): Tensor {
+  const c = be.fromData(t.data(), t.shape, dtype);
+  c.requiresGrad = requiresGrad;
+  return c;
+}
+
+/** max |a - b| / max(1, max |b|) <= tol, with a message naming the worst element. */
+export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tol: number, what: string): void {
+  assert.equal(actual.length, expected.length, `${what}: length ${actual.length} vs ${expected.length}`);
+  let maxAbs = 0;
+  for (let i = 0; i < expected.length; i++) maxAbs = Math.max(maxAbs, Math.abs(expected[i]!));
+  const denom = Math.max(1, maxAbs);
+  let worst = 0;
+  let at = -1;
+  for (let i = 0; i < expected.length; i++) {
+    const e = Math.abs(actual[i]! - expected[i]!) / denom;
+    if (!(e <= worst)) {
+      worst = e;
+      at = i;
+    }
+  }
+  assert.ok(
+    worst <= tol,
+    `${what}: relative error ${worst.toExponential(3)} > ${tol} at ${at} (got ${actual[at]}, expected ${expected[at]})`,
+  );
+}
+
+/**
+ * Checks the tape's gradients of sum(f(inputs) * R) against central finite differences, in float64 on the reference
+ * backend. Inputs are float64 reference tensors with requiresGrad set on those to check.
+ */
+export function checkGradients(
+  f: (inputs: Tensor[]) => Tensor,
+  inputs: Tensor[],
+  what: string,
+  opts: { h?: number; tol?: number; seed?: number } = {},
+): void {
+  const h = opts.h ?? 1e-6;
+  const tol = opts.tol ?? 1e-6;
+  const rng = new Rng(opts.seed ?? 99);
+  const out0 = tidy(() => f(inputs).shape);
+  const weights = ref.fromData(randomData(rng, shapeSize(out0)), out0, 'float64');
+  const objective = () => tidy(() => sum(mul(f(inputs), weights)).item());
+  for (const t of inputs) {
+    t.grad?.dispose();
+    t.grad = null;
+  }
+  tidy(() => {
+    const loss = sum(mul(f(inputs), weights));
+    backward(loss);
+  });
+  for (const [k, t] of inputs.entries()) {
+    if (!t.requiresGrad) continue;
+    assert.ok(t.grad, `${what}: input ${k} received no gradient`);
+    const analytic = t.grad.data();
+    const data = ref.raw(t) as Float64Array;
+    const numeric = new Float64Array(data.length);
+    for (let i = 0; i < data.length; i++) {
+      const v = data[i]!;
+      data[i] = v + h;
+      const up = objective();
+      data[i] = v - h;
+      const down = objective();
+      data[i] = v;
+      numeric[i] = (up - down) / (2 * h);
+    }
+    assertClose(analytic, numeric, tol, `${what}: gradient of input ${k}`);
+  }
+  weights.dispose();
+}
