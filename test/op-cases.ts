@@ -9,7 +9,13 @@ import * as ops from '../src/ops/index.js';
 import { randomData } from './helpers.js';
 
 export type InputSpec =
-  | { kind: 'float'; shape: number[]; grad?: boolean; scale?: number; positive?: boolean }
+  | {
+      kind: 'float';
+      shape: number[];
+      grad?: boolean;
+      scale?: number;
+      positive?: boolean;
+    }
   | { kind: 'ids'; shape: number[]; limit: number; ignore?: number };
 
 export interface OpCase {
@@ -32,73 +38,144 @@ const f = (shape: number[], extra: Partial<Extract<InputSpec, { kind: 'float' }>
 export const opCases: OpCase[] = [
   {
     name: 'add (same shape)',
-    variants: [[f([3, 5]), f([3, 5])], [f([1]), f([1])], [f([0, 4]), f([0, 4])]],
+    variants: [
+      [f([3, 5]), f([3, 5])],
+      [f([1]), f([1])],
+      [f([0, 4]), f([0, 4])],
+    ],
     f: ([a, b]) => ops.add(a!, b!),
   },
   {
     name: 'add (broadcast suffix)',
-    variants: [[f([2, 3, 7]), f([7])], [f([4, 1]), f([1])], [f([5, 3]), f([5, 3])], [f([2, 3]), f([])]],
+    variants: [
+      [f([2, 3, 7]), f([7])],
+      [f([4, 1]), f([1])],
+      [f([5, 3]), f([5, 3])],
+      [f([2, 3]), f([])],
+    ],
     f: ([a, b]) => ops.add(a!, b!),
   },
   {
     name: 'mul (broadcast suffix)',
-    variants: [[f([2, 3, 7]), f([3, 7])], [f([6]), f([6])], [f([1, 1]), f([1])]],
+    variants: [
+      [f([2, 3, 7]), f([3, 7])],
+      [f([6]), f([6])],
+      [f([1, 1]), f([1])],
+    ],
     f: ([a, b]) => ops.mul(a!, b!),
   },
-  { name: 'scale', variants: [[f([3, 4])], [f([1])], [f([0])]], f: ([a]) => ops.scale(a!, -1.75) },
-  { name: 'sum', variants: [[f([3, 4])], [f([1])], [f([2, 0])]], f: ([a]) => ops.sum(a!) },
+  {
+    name: 'scale',
+    variants: [[f([3, 4])], [f([1])], [f([0])]],
+    f: ([a]) => ops.scale(a!, -1.75),
+  },
+  {
+    name: 'sum',
+    variants: [[f([3, 4])], [f([1])], [f([2, 0])]],
+    f: ([a]) => ops.sum(a!),
+  },
   {
     name: 'matmul',
-    variants: [[f([5, 7]), f([7, 3])], [f([1, 1]), f([1, 1])], [f([2, 3, 4]), f([2, 4, 5])], [f([0, 3]), f([3, 2])]],
+    variants: [
+      [f([5, 7]), f([7, 3])],
+      [f([1, 1]), f([1, 1])],
+      [f([2, 3, 4]), f([2, 4, 5])],
+      [f([0, 3]), f([3, 2])],
+    ],
     f: ([a, b]) => ops.matmul(a!, b!),
     tol: 1e-5,
   },
   {
     name: 'matmul transA',
-    variants: [[f([7, 5]), f([7, 3])], [f([2, 4, 3]), f([2, 4, 5])]],
+    variants: [
+      [f([7, 5]), f([7, 3])],
+      [f([2, 4, 3]), f([2, 4, 5])],
+    ],
     f: ([a, b]) => ops.matmul(a!, b!, { transA: true }),
     tol: 1e-5,
   },
   {
     name: 'matmul transB',
-    variants: [[f([5, 7]), f([3, 7])], [f([2, 3, 4]), f([2, 5, 4])], [f([2, 3, 4]), f([5, 4])]],
+    variants: [
+      [f([5, 7]), f([3, 7])],
+      [f([2, 3, 4]), f([2, 5, 4])],
+      [f([2, 3, 4]), f([5, 4])],
+    ],
     f: ([a, b]) => ops.matmul(a!, b!, { transB: true }),
     tol: 1e-5,
   },
   {
     name: 'matmul transA transB',
-    variants: [[f([7, 5]), f([3, 7])], [f([3, 2, 1]), f([3, 4, 2])]],
+    variants: [
+      [f([7, 5]), f([3, 7])],
+      [f([3, 2, 1]), f([3, 4, 2])],
+    ],
     f: ([a, b]) => ops.matmul(a!, b!, { transA: true, transB: true }),
     tol: 1e-5,
   },
   {
     name: 'matmul shared b',
-    variants: [[f([2, 3, 4]), f([4, 5])], [f([1, 1, 1]), f([1, 2])]],
+    variants: [
+      [f([2, 3, 4]), f([4, 5])],
+      [f([1, 1, 1]), f([1, 2])],
+    ],
     f: ([a, b]) => ops.matmul(a!, b!),
     tol: 1e-5,
   },
   {
     name: 'linear with bias',
-    variants: [[f([2, 3, 5]), f([4, 5]), f([4])], [f([5]), f([1, 5]), f([1])], [f([0, 3]), f([2, 3]), f([2])]],
+    variants: [
+      [f([2, 3, 5]), f([4, 5]), f([4])],
+      [f([5]), f([1, 5]), f([1])],
+      [f([0, 3]), f([2, 3]), f([2])],
+    ],
     f: ([x, w, b]) => ops.linear(x!, w!, b!),
     tol: 1e-5,
   },
-  { name: 'linear without bias', variants: [[f([3, 6]), f([5, 6])]], f: ([x, w]) => ops.linear(x!, w!), tol: 1e-5 },
-  { name: 'gelu', variants: [[f([4, 9], { scale: 2 })], [f([1])], [f([0])]], f: ([x]) => ops.gelu(x!) },
-  { name: 'silu', variants: [[f([4, 9], { scale: 3 })], [f([1])]], f: ([x]) => ops.silu(x!) },
+  {
+    name: 'linear without bias',
+    variants: [[f([3, 6]), f([5, 6])]],
+    f: ([x, w]) => ops.linear(x!, w!),
+    tol: 1e-5,
+  },
+  {
+    name: 'gelu',
+    variants: [[f([4, 9], { scale: 2 })], [f([1])], [f([0])]],
+    f: ([x]) => ops.gelu(x!),
+  },
+  {
+    name: 'silu',
+    variants: [[f([4, 9], { scale: 3 })], [f([1])]],
+    f: ([x]) => ops.silu(x!),
+  },
   { name: 'relu', variants: [[f([5, 7])], [f([1])]], f: ([x]) => ops.relu(x!) },
   {
     name: 'rmsNorm with weight',
-    variants: [[f([3, 4, 9]), f([9])], [f([1, 1]), f([1])], [f([0, 5]), f([5])]],
+    variants: [
+      [f([3, 4, 9]), f([9])],
+      [f([1, 1]), f([1])],
+      [f([0, 5]), f([5])],
+    ],
     f: ([x, w]) => ops.rmsNorm(x!, w!, 1e-6),
   },
-  { name: 'rmsNorm without weight', variants: [[f([6, 7])], [f([1])]], f: ([x]) => ops.rmsNorm(x!, null, 1e-6) },
+  {
+    name: 'rmsNorm without weight',
+    variants: [[f([6, 7])], [f([1])]],
+    f: ([x]) => ops.rmsNorm(x!, null, 1e-6),
+  },
   {
     name: 'layerNorm',
-    variants: [[f([3, 11]), f([11]), f([11])], [f([2, 1, 2]), f([2]), f([2])]],
+    variants: [
+      [f([3, 11]), f([11]), f([11])],
+      [f([2, 1, 2]), f([2]), f([2])],
+    ],
     f: ([x, w, b]) => ops.layerNorm(x!, w!, b!, 1e-5),
   },
-  { name: 'softmax', variants: [[f([4, 13], { scale: 3 })], [f([1, 1])], [f([0, 3])]], f: ([x]) => ops.softmax(x!) },
+  {
+    name: 'softmax',
+    variants: [[f([4, 13], { scale: 3 })], [f([1, 1])], [f([0, 3])]],
+    f: ([x]) => ops.softmax(x!),
+  },
   {
     name: 'crossEntropy',
     variants: [
@@ -117,17 +194,32 @@ export const opCases: OpCase[] = [
     ],
     f: ([t, ids]) => ops.embedding(t!, ids!),
   },
-  { name: 'reshape', variants: [[f([2, 6])], [f([1])]], f: ([x]) => ops.reshape(x!, [-1]) },
+  {
+    name: 'reshape',
+    variants: [[f([2, 6])], [f([1])]],
+    f: ([x]) => ops.reshape(x!, [-1]),
+  },
   {
     name: 'permute',
     variants: [[f([2, 3, 4, 5])], [f([1, 1, 1, 1])], [f([3, 0, 2, 1])]],
     f: ([x]) => ops.permute(x!, [2, 0, 3, 1]),
   },
-  { name: 'transpose', variants: [[f([3, 5])], [f([1, 4])]], f: ([x]) => ops.transpose(x!, 0, 1) },
-  { name: 'slice', variants: [[f([4, 6, 3])], [f([1, 6, 1])]], f: ([x]) => ops.slice(x!, 1, 2, 5) },
+  {
+    name: 'transpose',
+    variants: [[f([3, 5])], [f([1, 4])]],
+    f: ([x]) => ops.transpose(x!, 0, 1),
+  },
+  {
+    name: 'slice',
+    variants: [[f([4, 6, 3])], [f([1, 6, 1])]],
+    f: ([x]) => ops.slice(x!, 1, 2, 5),
+  },
   {
     name: 'concat',
-    variants: [[f([2, 3, 4]), f([2, 1, 4]), f([2, 0, 4])], [f([1, 1, 1]), f([1, 2, 1])]],
+    variants: [
+      [f([2, 3, 4]), f([2, 1, 4]), f([2, 0, 4])],
+      [f([1, 1, 1]), f([1, 2, 1])],
+    ],
     f: (xs) => ops.concat(xs, 1),
   },
 ];

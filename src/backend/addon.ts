@@ -57,13 +57,19 @@ export function packageRoot(): string {
   }
 }
 
-export function loadAddon(): { addon: NativeAddon | null; error: string | null } {
+export function loadAddon(): {
+  addon: NativeAddon | null;
+  error: string | null;
+} {
   const path = join(packageRoot(), 'build', 'Release', 'retnet_native.node');
   if (!existsSync(path)) return { addon: null, error: `native addon not built (${path} missing)` };
   try {
     const require = createRequire(import.meta.url);
     return { addon: require(path) as NativeAddon, error: null };
   } catch (e) {
-    return { addon: null, error: `native addon failed to load: ${(e as Error).message}` };
+    return {
+      addon: null,
+      error: `native addon failed to load: ${(e as Error).message}`,
+    };
   }
 }

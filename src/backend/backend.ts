@@ -33,6 +33,8 @@ export interface Backend {
   zeros(shape: readonly number[], dtype: DType): Tensor;
   /** A host copy of the tensor's elements. */
   read(t: Tensor): DataArray;
+  /** In place: overwrites the tensor's elements with `data` (same length), converting to its dtype. */
+  write(t: Tensor, data: ArrayLike<number>): void;
   /** A tensor of the same shape sharing the storage (a reshape); the storage lives until both are disposed. */
   view(t: Tensor, shape: readonly number[]): Tensor;
   cast(t: Tensor, dtype: DType): Tensor;

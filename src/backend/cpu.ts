@@ -8,7 +8,7 @@ import { CpuStorage } from '../tensor/storage.js';
 import { Tensor, checkShape, shapeSize } from '../tensor/tensor.js';
 import type { Backend } from './backend.js';
 
-export abstract class CpuBackend implements Pick<Backend, 'fromData' | 'zeros' | 'read' | 'view' | 'cast'> {
+export abstract class CpuBackend implements Pick<Backend, 'fromData' | 'zeros' | 'read' | 'write' | 'view' | 'cast'> {
   abstract readonly name: 'native' | 'reference';
   readonly memory = new MemoryTracker();
 
@@ -16,7 +16,9 @@ export abstract class CpuBackend implements Pick<Backend, 'fromData' | 'zeros' |
 
   protected checkDType(dtype: DType, what: string): void {
     if (!this.supportsDType(dtype))
-      throw new DTypeError(`${what}: the ${this.name} backend does not hold ${dtype} tensors (use the reference backend)`);
+      throw new DTypeError(
+        `${what}: the ${this.name} backend does not hold ${dtype} tensors (use the reference backend)`,
+      );
   }
 
   /** Wraps a typed array the caller has just allocated (ownership passes to the tensor). */
@@ -29,7 +31,9 @@ export abstract class CpuBackend implements Pick<Backend, 'fromData' | 'zeros' |
     checkShape(shape, 'fromData');
     const out = allocArray(dtype, shapeSize(shape));
     if (data.length !== out.length)
-      throw new BackendError(`fromData: ${data.length} values given for shape [${shape.join(', ')}] (${out.length} elements)`);
+      throw new BackendError(
+        `fromData: ${data.length} values given for shape [${shape.join(', ')}] (${out.length} elements)`,
+      );
     if (dtype === 'int32')
       for (let i = 0; i < out.length; i++) {
         const v = data[i]!;
@@ -59,6 +63,13 @@ export abstract class CpuBackend implements Pick<Backend, 'fromData' | 'zeros' |
 
   read(t: Tensor): DataArray {
     return this.raw(t).slice();
+  }
+
+  write(t: Tensor, data: ArrayLike<number>): void {
+    const dst = this.raw(t);
+    if (data.length !== dst.length)
+      throw new BackendError(`write: ${data.length} values given for ${t.toString()} (${dst.length} elements)`);
+    dst.set(data);
   }
 
   view(t: Tensor, shape: readonly number[]): Tensor {

@@ -8,7 +8,11 @@ import type { NativeAddon } from './addon.js';
 import type { ActivationKind, AdamWParams, Backend, BinaryOp } from './backend.js';
 import { CpuBackend } from './cpu.js';
 
-const ACTIVATION_CODE: Record<ActivationKind, number> = { gelu: 0, silu: 1, relu: 2 };
+const ACTIVATION_CODE: Record<ActivationKind, number> = {
+  gelu: 0,
+  silu: 1,
+  relu: 2,
+};
 
 export class NativeBackend extends CpuBackend implements Backend {
   readonly name = 'native' as const;

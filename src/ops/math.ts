@@ -101,11 +101,7 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   if (needsGrad(a, b))
     record('matmul', [a, b], [y], ([g]) => {
       // C = op(A) op(B): d op(A) = G op(B)ᵀ, d op(B) = op(A)ᵀ G, transposed back where A or B was transposed.
-      const da = !a.requiresGrad
-        ? null
-        : transA
-          ? be.matmul(b, g!, transB, true)
-          : be.matmul(g!, b, false, !transB);
+      const da = !a.requiresGrad ? null : transA ? be.matmul(b, g!, transB, true) : be.matmul(g!, b, false, !transB);
       let db: Tensor | null = null;
       if (b.requiresGrad) {
         if (shared && a.rank > 2) {
@@ -128,7 +124,9 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
   expectFloat('linear', 'x', x);
   sameDType('linear', x, w);
   if (w.rank !== 2 || x.rank < 1 || x.shape[x.rank - 1] !== w.shape[1])
-    throw new ShapeError(`linear: input ${formatShape(x.shape)} does not fit weight ${formatShape(w.shape)} ([out, in])`);
+    throw new ShapeError(
+      `linear: input ${formatShape(x.shape)} does not fit weight ${formatShape(w.shape)} ([out, in])`,
+    );
   if (b && (b.rank !== 1 || b.shape[0] !== w.shape[0]))
     throw new ShapeError(`linear: bias ${formatShape(b.shape)} does not fit weight ${formatShape(w.shape)}`);
   const [out, inp] = w.shape as [number, number];

@@ -17,7 +17,9 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
     resolved[free] = x.size / known;
   }
   if (resolved.some((d) => !Number.isInteger(d) || d < 0) || shapeSize(resolved) !== x.size)
-    throw new ShapeError(`reshape: cannot reshape ${formatShape(x.shape)} (${x.size} elements) to ${formatShape(shape)}`);
+    throw new ShapeError(
+      `reshape: cannot reshape ${formatShape(x.shape)} (${x.size} elements) to ${formatShape(shape)}`,
+    );
   const y = b.view(x, resolved);
   if (needsGrad(x)) record('reshape', [x], [y], ([g]) => [b.view(g!, x.shape)]);
   return y;
@@ -27,7 +29,9 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
 export function permute(x: Tensor, perm: readonly number[]): Tensor {
   const b = backendOf('permute', x);
   if (perm.length !== x.rank || [...perm].sort((p, q) => p - q).some((p, i) => p !== i))
-    throw new ShapeError(`permute: [${perm.join(', ')}] is not a permutation of the ${x.rank} axes of ${formatShape(x.shape)}`);
+    throw new ShapeError(
+      `permute: [${perm.join(', ')}] is not a permutation of the ${x.rank} axes of ${formatShape(x.shape)}`,
+    );
   const y = b.permute(x, perm);
   if (needsGrad(x)) {
     const inverse = new Array<number>(perm.length);
@@ -48,7 +52,10 @@ export function transpose(x: Tensor, a: number, c: number): Tensor {
 
 // For a contiguous tensor, moving a range along `axis` is `outer` block copies of `count * inner` elements.
 function axisGeometry(shape: readonly number[], axis: number): { outer: number; inner: number } {
-  return { outer: shapeSize(shape.slice(0, axis)), inner: shapeSize(shape.slice(axis + 1)) };
+  return {
+    outer: shapeSize(shape.slice(0, axis)),
+    inner: shapeSize(shape.slice(axis + 1)),
+  };
 }
 
 /** Elements [start, end) along `axis`. */

@@ -40,7 +40,9 @@ export class Tensor {
   ) {
     this.size = shapeSize(shape);
     if (storage.size !== this.size)
-      throw new ShapeError(`tensor: shape ${formatShape(shape)} needs ${this.size} elements, storage has ${storage.size}`);
+      throw new ShapeError(
+        `tensor: shape ${formatShape(shape)} needs ${this.size} elements, storage has ${storage.size}`,
+      );
     this.storageRef = storage;
     trackTensor(this);
   }
@@ -81,7 +83,8 @@ export class Tensor {
 
   /** The single element of a tensor of size 1. */
   item(): number {
-    if (this.size !== 1) throw new ShapeError(`item: tensor of shape ${formatShape(this.shape)} has ${this.size} elements`);
+    if (this.size !== 1)
+      throw new ShapeError(`item: tensor of shape ${formatShape(this.shape)} has ${this.size} elements`);
     return this.data()[0]!;
   }
 
