@@ -28,6 +28,13 @@ export interface NativeAddon {
   copyBlocks(...args: (number | Float32Array)[]): void;
   adamw(...args: (number | Float32Array)[]): void;
   sumSquares(x: Float32Array, n: number): number;
+  retentionParallel(...args: (number | Float32Array | Float64Array)[]): void;
+  retentionChunkwise(...args: (number | Float32Array | Float64Array)[]): void;
+  retentionBackwardParallel(...args: (number | Float32Array | Float64Array)[]): void;
+  retentionBackwardChunkwise(...args: (number | Float32Array | Float64Array)[]): void;
+  retentionStep(...args: (number | Float32Array | Float64Array)[]): void;
+  retentionState(...args: (number | Float32Array | Float64Array)[]): void;
+  rotary(...args: (boolean | number | Float32Array)[]): void;
   setThreads(n: number): void;
   info(): NativeInfo;
   [kernel: string]: unknown;

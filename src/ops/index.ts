@@ -13,3 +13,4 @@ export {
 } from './nn.js';
 export { concat, permute, reshape, slice, transpose } from './shape.js';
 export { full, ones, randn, tensor, uniform, zeros, type CreateOptions } from './create.js';
+export { retention, retentionState, retentionStep, rotary, type RetentionOptions } from './retention.js';

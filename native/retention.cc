@@ -1,0 +1,428 @@
+// Multi-scale retention kernels (paper §2.1-2.2; torchscale's parallel, chunkwise and recurrent forms, spec §5).
+// Layouts: q, k [B, H, T, K]; v, o [B, H, T, V]; r [B, H, T]; state [B, H, K, V]; scale [B, H].
+// Every form computes o_n = r_n · U_n, U_n = Σ_{m≤n} γ^(n−m) (q_n·k_m) v_m, with a detached per-row factor r_n, so
+// the backward kernels take r and differentiate U only. Work is split over the B·H heads: with at least as many
+// heads as threads each thread takes whole heads and calls single-threaded BLAS; otherwise heads run one after the
+// other and OpenBLAS threads each product.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "common.h"
+
+namespace retnet {
+
+namespace {
+
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
+          int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (int64_t i = 0; i < M; i++)
+      for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B,
+              ldb, beta, C, ldc);
+}
+
+// Runs body(bh) for every head, choosing between head-parallel (single-threaded BLAS inside) and head-serial.
+template <typename Body>
+void forEachHead(int64_t heads, Body body) {
+  int threads = omp_get_max_threads();
+  if (heads >= threads && threads > 1) {
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t bh = 0; bh < heads; bh++) body(bh);
+    openblas_set_num_threads(saved);
+  } else {
+    for (int64_t bh = 0; bh < heads; bh++) body(bh);
+  }
+}
+
+// γ^e for e in [0, n), as exp(e·ln γ) (torchscale builds its masks that way).
+std::vector<double> powers(double gamma, int64_t n) {
+  std::vector<double> p(n);
+  double lambda = std::log(gamma);
+  for (int64_t e = 0; e < n; e++) p[e] = std::exp(lambda * static_cast<double>(e));
+  return p;
+}
+
+// sqrt(S(i)), S(i) = Σ_{t≤i} γ^t, for i in [0, n).
+std::vector<double> sqrtDecaySums(const std::vector<double>& pw, int64_t n) {
+  std::vector<double> s(n);
+  double acc = 0;
+  for (int64_t i = 0; i < n; i++) {
+    acc += pw[i];
+    s[i] = std::sqrt(acc);
+  }
+  return s;
+}
+
+struct Dims {
+  int64_t B, H, T, K, V;
+};
+
+Dims retentionDims(const Napi::CallbackInfo& info, size_t at) {
+  Dims d{dim(info, at, "B"), dim(info, at + 1, "H"), dim(info, at + 2, "T"), dim(info, at + 3, "K"),
+         dim(info, at + 4, "V")};
+  return d;
+}
+
+std::vector<double> gammaList(const Span<double>& g, int64_t H) {
+  std::vector<double> out(H);
+  for (int64_t h = 0; h < H; h++) {
+    double v = g.data[h];
+    if (!(v > 0.0 && v < 1.0)) throw ArgError{"retention: every decay gamma must lie in (0, 1)"};
+    out[h] = v;
+  }
+  return out;
+}
+
+}  // namespace
+
+// retentionParallel(q, k, v, gammas, o, r, B, H, T, K, V): the parallel form (spec §5a). gammas: Float64Array [H].
+static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
+    auto g = f64(info, 3, "gammas");
+    auto o = f32(info, 4, "o"), r = f32(info, 5, "r");
+    Dims d = retentionDims(info, 6);
+    int64_t BH = d.B * d.H, T = d.T, K = d.K, V = d.V;
+    require(q, BH * T * K, "retentionParallel", "q");
+    require(k, BH * T * K, "retentionParallel", "k");
+    require(v, BH * T * V, "retentionParallel", "v");
+    require(o, BH * T * V, "retentionParallel", "o");
+    require(r, BH * T, "retentionParallel", "r");
+    require(g, d.H, "retentionParallel", "gammas");
+    auto gammas = gammaList(g, d.H);
+    forEachHead(BH, [&](int64_t bh) {
+      int64_t h = bh % d.H;
+      auto pw = powers(gammas[h], T);
+      auto sq = sqrtDecaySums(pw, T);
+      std::vector<float> A(T * T);
+      const float *qh = q.data + bh * T * K, *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
+      gemm(false, true, T, T, K, 1.0f, qh, K, kh, K, 0.0f, A.data(), T);
+      for (int64_t n = 0; n < T; n++) {
+        float* row = A.data() + n * T;
+        double abs = 0;
+        for (int64_t m = 0; m <= n; m++) {
+          row[m] = static_cast<float>(row[m] * pw[n - m] / sq[n]);
+          abs += std::fabs(row[m]);
+        }
+        double c = std::min(std::max(abs, 1.0), 5e4);
+        float inv = static_cast<float>(1.0 / c);
+        for (int64_t m = 0; m <= n; m++) row[m] *= inv;
+        for (int64_t m = n + 1; m < T; m++) row[m] = 0.0f;
+        r.data[bh * T + n] = static_cast<float>(1.0 / (sq[n] * c));
+      }
+      gemm(false, false, T, V, T, 1.0f, A.data(), T, vh, V, 0.0f, o.data + bh * T * V, V);
+    });
+  });
+}
+RETNET_KERNEL("retentionParallel", RetentionParallel);
+
+// retentionChunkwise(q, k, v, gammas, o, r, B, H, T, K, V, C): the chunkwise form (spec §5c), parallel inside each
+// chunk of C positions and recurrent across chunks through the K×V state. A last chunk shorter than C gives exactly
+// the outputs of torchscale's zero padding.
+static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
+    auto g = f64(info, 3, "gammas");
+    auto o = f32(info, 4, "o"), r = f32(info, 5, "r");
+    Dims d = retentionDims(info, 6);
+    int64_t C = dim(info, 11, "chunkSize");
+    if (C < 1) throw ArgError{"retentionChunkwise: chunk size must be at least 1"};
+    int64_t BH = d.B * d.H, T = d.T, K = d.K, V = d.V;
+    require(q, BH * T * K, "retentionChunkwise", "q");
+    require(k, BH * T * K, "retentionChunkwise", "k");
+    require(v, BH * T * V, "retentionChunkwise", "v");
+    require(o, BH * T * V, "retentionChunkwise", "o");
+    require(r, BH * T, "retentionChunkwise", "r");
+    require(g, d.H, "retentionChunkwise", "gammas");
+    auto gammas = gammaList(g, d.H);
+    forEachHead(BH, [&](int64_t bh) {
+      int64_t h = bh % d.H;
+      auto pw = powers(gammas[h], C + 1);
+      auto sq = sqrtDecaySums(pw, C);
+      double SC = sq[C - 1] * sq[C - 1];
+      std::vector<float> A(C * C), cross(C * V), Z(K * V, 0.0f), vd(C * V);
+      double sigma = 1;
+      const float *qh = q.data + bh * T * K, *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
+      float* oh = o.data + bh * T * V;
+      for (int64_t s0 = 0; s0 < T; s0 += C) {
+        int64_t L = std::min(C, T - s0);
+        const float *qc = qh + s0 * K, *kc = kh + s0 * K, *vc = vh + s0 * V;
+        float* oc = oh + s0 * V;
+        gemm(false, true, L, L, K, 1.0f, qc, K, kc, K, 0.0f, A.data(), L);
+        std::vector<double> m(L);
+        for (int64_t i = 0; i < L; i++) {
+          float* row = A.data() + i * L;
+          double abs = 0;
+          for (int64_t j = 0; j <= i; j++) {
+            row[j] = static_cast<float>(row[j] * pw[i - j] / sq[i]);
+            abs += std::fabs(row[j]);
+          }
+          for (int64_t j = i + 1; j < L; j++) row[j] = 0.0f;
+          m[i] = std::max(std::max(abs, 1.0), sigma);
+          r.data[bh * T + s0 + i] = static_cast<float>(1.0 / (sq[i] * m[i]));
+        }
+        gemm(false, false, L, V, L, 1.0f, A.data(), L, vc, V, 0.0f, oc, V);             // inner: [L, V]
+        gemm(false, false, L, V, K, 1.0f, qc, K, Z.data(), V, 0.0f, cross.data(), V);  // q Z: [L, V]
+        for (int64_t i = 0; i < L; i++) {
+          double qd = pw[i + 1] * SC / sq[i];
+          for (int64_t y = 0; y < V; y++)
+            oc[i * V + y] = static_cast<float>((oc[i * V + y] + qd * cross[i * V + y]) / m[i]);
+        }
+        if (s0 + L >= T) break;  // the final state is not needed
+        // Z = γ^C Z + Σ_j k_jᵀ v_j γ^(C−1−j) / S(C−1)
+        for (int64_t j = 0; j < L; j++) {
+          float w = static_cast<float>(pw[C - 1 - j] / SC);
+          for (int64_t y = 0; y < V; y++) vd[j * V + y] = vc[j * V + y] * w;
+        }
+        gemm(true, false, K, V, L, 1.0f, kc, K, vd.data(), V, static_cast<float>(pw[C]), Z.data(), V);
+        sigma = 1;
+        for (int64_t y = 0; y < V; y++) {
+          double col = 0;
+          for (int64_t x = 0; x < K; x++) col += std::fabs(Z[x * V + y]);
+          sigma = std::max(sigma, col);
+        }
+      }
+    });
+  });
+}
+RETNET_KERNEL("retentionChunkwise", RetentionChunkwise);
+
+// retentionBackwardParallel(q, k, v, gammas, r, dO, dq, dk, dv, B, H, T, K, V): gradients of o = r ⊙ U with the
+// T×T score matrix recomputed: dU = r dO, dS = (dU vᵀ) ⊙ Γ, dq = dS k, dk = dSᵀ q, dv = ((q kᵀ) ⊙ Γ)ᵀ dU.
+static Napi::Value RetentionBackwardParallel(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
+    auto g = f64(info, 3, "gammas");
+    auto r = f32(info, 4, "r"), dO = f32(info, 5, "dO");
+    auto dq = f32(info, 6, "dq"), dk = f32(info, 7, "dk"), dv = f32(info, 8, "dv");
+    Dims d = retentionDims(info, 9);
+    int64_t BH = d.B * d.H, T = d.T, K = d.K, V = d.V;
+    for (auto* s : {&q, &k, &dq, &dk}) require(*s, BH * T * K, "retentionBackwardParallel", "q/k/dq/dk");
+    for (auto* s : {&v, &dO, &dv}) require(*s, BH * T * V, "retentionBackwardParallel", "v/dO/dv");
+    require(r, BH * T, "retentionBackwardParallel", "r");
+    require(g, d.H, "retentionBackwardParallel", "gammas");
+    auto gammas = gammaList(g, d.H);
+    forEachHead(BH, [&](int64_t bh) {
+      int64_t h = bh % d.H;
+      auto pw = powers(gammas[h], T);
+      const float *qh = q.data + bh * T * K, *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
+      const float *gh = dO.data + bh * T * V, *rh = r.data + bh * T;
+      std::vector<float> dU(T * V), S(T * T);
+      for (int64_t n = 0; n < T; n++)
+        for (int64_t y = 0; y < V; y++) dU[n * V + y] = gh[n * V + y] * rh[n];
+      auto mask = [&](float* M) {
+        for (int64_t n = 0; n < T; n++) {
+          for (int64_t m = 0; m <= n; m++) M[n * T + m] = static_cast<float>(M[n * T + m] * pw[n - m]);
+          for (int64_t m = n + 1; m < T; m++) M[n * T + m] = 0.0f;
+        }
+      };
+      gemm(false, true, T, T, V, 1.0f, dU.data(), V, vh, V, 0.0f, S.data(), T);  // dU vᵀ
+      mask(S.data());
+      gemm(false, false, T, K, T, 1.0f, S.data(), T, kh, K, 0.0f, dq.data + bh * T * K, K);
+      gemm(true, false, T, K, T, 1.0f, S.data(), T, qh, K, 0.0f, dk.data + bh * T * K, K);
+      gemm(false, true, T, T, K, 1.0f, qh, K, kh, K, 0.0f, S.data(), T);  // q kᵀ
+      mask(S.data());
+      gemm(true, false, T, V, T, 1.0f, S.data(), T, dU.data(), V, 0.0f, dv.data + bh * T * V, V);
+    });
+  });
+}
+RETNET_KERNEL("retentionBackwardParallel", RetentionBackwardParallel);
+
+// retentionBackwardChunkwise(q, k, v, gammas, r, dO, dq, dk, dv, B, H, T, K, V, C): the same gradients in linear
+// memory. dq needs the past (forward pass over chunks with Z = Σ_{m<s0} γ^(s0−1−m) k_mᵀ v_m); dk and dv need the future
+// (backward pass over chunks with G = Σ_{n≥e} γ^(n−e) q_nᵀ dU_n, e the end of the current chunk).
+static Napi::Value RetentionBackwardChunkwise(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
+    auto g = f64(info, 3, "gammas");
+    auto r = f32(info, 4, "r"), dO = f32(info, 5, "dO");
+    auto dq = f32(info, 6, "dq"), dk = f32(info, 7, "dk"), dv = f32(info, 8, "dv");
+    Dims d = retentionDims(info, 9);
+    int64_t C = dim(info, 14, "chunkSize");
+    if (C < 1) throw ArgError{"retentionBackwardChunkwise: chunk size must be at least 1"};
+    int64_t BH = d.B * d.H, T = d.T, K = d.K, V = d.V;
+    for (auto* s : {&q, &k, &dq, &dk}) require(*s, BH * T * K, "retentionBackwardChunkwise", "q/k/dq/dk");
+    for (auto* s : {&v, &dO, &dv}) require(*s, BH * T * V, "retentionBackwardChunkwise", "v/dO/dv");
+    require(r, BH * T, "retentionBackwardChunkwise", "r");
+    require(g, d.H, "retentionBackwardChunkwise", "gammas");
+    auto gammas = gammaList(g, d.H);
+    forEachHead(BH, [&](int64_t bh) {
+      int64_t h = bh % d.H;
+      auto pw = powers(gammas[h], C + 1);
+      const float *qh = q.data + bh * T * K, *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
+      const float *gh = dO.data + bh * T * V, *rh = r.data + bh * T;
+      float *dqh = dq.data + bh * T * K, *dkh = dk.data + bh * T * K, *dvh = dv.data + bh * T * V;
+      std::vector<float> dU(T * V), S(C * C), Z(K * V, 0.0f), G(K * V, 0.0f), tK(C * K), tV(C * V), scaled(C * K);
+      for (int64_t n = 0; n < T; n++)
+        for (int64_t y = 0; y < V; y++) dU[n * V + y] = gh[n * V + y] * rh[n];
+      auto mask = [&](float* M, int64_t L) {
+        for (int64_t i = 0; i < L; i++) {
+          for (int64_t j = 0; j <= i; j++) M[i * L + j] = static_cast<float>(M[i * L + j] * pw[i - j]);
+          for (int64_t j = i + 1; j < L; j++) M[i * L + j] = 0.0f;
+        }
+      };
+      // Forward over chunks: dq.
+      for (int64_t s0 = 0; s0 < T; s0 += C) {
+        int64_t L = std::min(C, T - s0);
+        const float *kc = kh + s0 * K, *vc = vh + s0 * V, *uc = dU.data() + s0 * V;
+        float* dqc = dqh + s0 * K;
+        gemm(false, true, L, L, V, 1.0f, uc, V, vc, V, 0.0f, S.data(), L);  // dU vᵀ
+        mask(S.data(), L);
+        gemm(false, false, L, K, L, 1.0f, S.data(), L, kc, K, 0.0f, dqc, K);
+        gemm(false, true, L, K, V, 1.0f, uc, V, Z.data(), V, 0.0f, tK.data(), K);  // dU Zᵀ
+        for (int64_t i = 0; i < L; i++)
+          for (int64_t x = 0; x < K; x++) dqc[i * K + x] += static_cast<float>(pw[i + 1] * tK[i * K + x]);
+        if (s0 + L >= T) break;
+        for (int64_t j = 0; j < L; j++)  // rows of k scaled by γ^(L−1−j)
+          for (int64_t x = 0; x < K; x++) scaled[j * K + x] = static_cast<float>(kc[j * K + x] * pw[L - 1 - j]);
+        gemm(true, false, K, V, L, 1.0f, scaled.data(), K, vc, V, static_cast<float>(pw[L]), Z.data(), V);
+      }
+      // Backward over chunks: dk, dv.
+      int64_t last = ((T - 1) / C) * C;
+      for (int64_t s0 = T == 0 ? -1 : last; s0 >= 0; s0 -= C) {
+        int64_t L = std::min(C, T - s0);
+        const float *qc = qh + s0 * K, *kc = kh + s0 * K, *vc = vh + s0 * V, *uc = dU.data() + s0 * V;
+        float *dkc = dkh + s0 * K, *dvc = dvh + s0 * V;
+        gemm(false, true, L, L, V, 1.0f, uc, V, vc, V, 0.0f, S.data(), L);  // dU vᵀ ⊙ Γ
+        mask(S.data(), L);
+        gemm(true, false, L, K, L, 1.0f, S.data(), L, qc, K, 0.0f, dkc, K);
+        gemm(false, true, L, L, K, 1.0f, qc, K, kc, K, 0.0f, S.data(), L);  // q kᵀ ⊙ Γ
+        mask(S.data(), L);
+        gemm(true, false, L, V, L, 1.0f, S.data(), L, uc, V, 0.0f, dvc, V);
+        // Contributions of later chunks through G: dk_j += γ^(L−j) (v_j Gᵀ), dv_j += γ^(L−j) (k_j G).
+        gemm(false, true, L, K, V, 1.0f, vc, V, G.data(), V, 0.0f, tK.data(), K);
+        gemm(false, false, L, V, K, 1.0f, kc, K, G.data(), V, 0.0f, tV.data(), V);
+        for (int64_t j = 0; j < L; j++) {
+          float w = static_cast<float>(pw[L - j]);
+          for (int64_t x = 0; x < K; x++) dkc[j * K + x] += w * tK[j * K + x];
+          for (int64_t y = 0; y < V; y++) dvc[j * V + y] += w * tV[j * V + y];
+        }
+        // G = γ^L G + Σ_i γ^i q_iᵀ dU_i
+        for (int64_t i = 0; i < L; i++)
+          for (int64_t x = 0; x < K; x++) scaled[i * K + x] = static_cast<float>(qc[i * K + x] * pw[i]);
+        gemm(true, false, K, V, L, 1.0f, scaled.data(), K, uc, V, static_cast<float>(pw[L]), G.data(), V);
+      }
+    });
+  });
+}
+RETNET_KERNEL("retentionBackwardChunkwise", RetentionBackwardChunkwise);
+
+// retentionStep(q, k, v, gammas, state, scale, o, B, H, K, V): one recurrent step (spec §5b), in place on state and
+// scale; scale 0 marks an empty state, so the first step needs no special case.
+static Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
+    auto g = f64(info, 3, "gammas");
+    auto st = f32(info, 4, "state"), sc = f32(info, 5, "scale"), o = f32(info, 6, "o");
+    int64_t B = dim(info, 7, "B"), H = dim(info, 8, "H"), K = dim(info, 9, "K"), V = dim(info, 10, "V");
+    int64_t BH = B * H;
+    require(q, BH * K, "retentionStep", "q");
+    require(k, BH * K, "retentionStep", "k");
+    require(v, BH * V, "retentionStep", "v");
+    require(st, BH * K * V, "retentionStep", "state");
+    require(sc, BH, "retentionStep", "scale");
+    require(o, BH * V, "retentionStep", "o");
+    require(g, H, "retentionStep", "gammas");
+    auto gammas = gammaList(g, H);
+#pragma omp parallel for if (BH * K * V > kParallelGrain) schedule(static)
+    for (int64_t bh = 0; bh < BH; bh++) {
+      double gamma = gammas[bh % H], prev = sc.data[bh], next = prev * gamma + 1;
+      float decay = static_cast<float>(std::sqrt(prev) * gamma / std::sqrt(next));
+      float inv = static_cast<float>(1.0 / std::sqrt(next));
+      sc.data[bh] = static_cast<float>(next);
+      float* S = st.data + bh * K * V;
+      const float *qh = q.data + bh * K, *kh = k.data + bh * K, *vh = v.data + bh * V;
+      float* oh = o.data + bh * V;
+      for (int64_t y = 0; y < V; y++) oh[y] = 0.0f;
+      for (int64_t x = 0; x < K; x++) {
+        float kx = kh[x] * inv, qx = qh[x];
+        float* row = S + x * V;
+        for (int64_t y = 0; y < V; y++) {
+          row[y] = row[y] * decay + kx * vh[y];
+          oh[y] += qx * row[y];
+        }
+      }
+    }
+  });
+}
+RETNET_KERNEL("retentionStep", RetentionStep);
+
+// retentionState(k, v, gammas, state, scale, B, H, T, K, V): the recurrent state after T positions (for continuing
+// a parallel or chunkwise prefill recurrently): S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s), s = Σ_{t<T} γ^t.
+static Napi::Value RetentionState(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    auto k = f32(info, 0, "k"), v = f32(info, 1, "v");
+    auto g = f64(info, 2, "gammas");
+    auto st = f32(info, 3, "state"), sc = f32(info, 4, "scale");
+    int64_t B = dim(info, 5, "B"), H = dim(info, 6, "H"), T = dim(info, 7, "T"), K = dim(info, 8, "K"),
+            V = dim(info, 9, "V");
+    int64_t BH = B * H;
+    require(k, BH * T * K, "retentionState", "k");
+    require(v, BH * T * V, "retentionState", "v");
+    require(st, BH * K * V, "retentionState", "state");
+    require(sc, BH, "retentionState", "scale");
+    require(g, H, "retentionState", "gammas");
+    auto gammas = gammaList(g, H);
+    forEachHead(BH, [&](int64_t bh) {
+      if (T == 0) {
+        sc.data[bh] = 0.0f;
+        std::fill(st.data + bh * K * V, st.data + (bh + 1) * K * V, 0.0f);
+        return;
+      }
+      auto pw = powers(gammas[bh % H], T);
+      double s = 0;
+      for (int64_t t = 0; t < T; t++) s += pw[t];
+      std::vector<float> scaled(T * K);
+      const float *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
+      for (int64_t m = 0; m < T; m++) {
+        float w = static_cast<float>(pw[T - 1 - m] / std::sqrt(s));
+        for (int64_t x = 0; x < K; x++) scaled[m * K + x] = kh[m * K + x] * w;
+      }
+      gemm(true, false, K, V, T, 1.0f, scaled.data(), K, vh, V, 0.0f, st.data + bh * K * V, V);
+      sc.data[bh] = static_cast<float>(s);
+    });
+  });
+}
+RETNET_KERNEL("retentionState", RetentionState);
+
+// rotary(x, cos, sin, y, B, T, H, K, perBatch, inverse): rotation of interleaved pairs by the position's angles
+// (torchscale's theta_shift, spec §4); tables [T, K] shared by the batch or [B, T, K] per row.
+static Napi::Value Rotary(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    auto x = f32(info, 0, "x"), c = f32(info, 1, "cos"), s = f32(info, 2, "sin"), y = f32(info, 3, "y");
+    int64_t B = dim(info, 4, "B"), T = dim(info, 5, "T"), H = dim(info, 6, "H"), K = dim(info, 7, "K");
+    bool perBatch = flag(info, 8, "perBatch"), inverse = flag(info, 9, "inverse");
+    if (K % 2 != 0) throw ArgError{"rotary: head dim must be even"};
+    require(x, B * T * H * K, "rotary", "x");
+    require(y, B * T * H * K, "rotary", "y");
+    require(c, (perBatch ? B : 1) * T * K, "rotary", "cos");
+    require(s, (perBatch ? B : 1) * T * K, "rotary", "sin");
+    float sign = inverse ? -1.0f : 1.0f;
+#pragma omp parallel for if (B * T * H * K > kParallelGrain) schedule(static)
+    for (int64_t bt = 0; bt < B * T; bt++) {
+      int64_t table = ((perBatch ? bt : bt % T)) * K;
+      for (int64_t h = 0; h < H; h++) {
+        const float* xr = x.data + (bt * H + h) * K;
+        float* yr = y.data + (bt * H + h) * K;
+        for (int64_t j = 0; j < K; j += 2) {
+          float cv = c.data[table + j], sv = sign * s.data[table + j];
+          float x0 = xr[j], x1 = xr[j + 1];
+          yr[j] = x0 * cv - x1 * sv;
+          yr[j + 1] = x1 * cv + x0 * sv;
+        }
+      }
+    }
+  });
+}
+RETNET_KERNEL("rotary", Rotary);
+
+}  // namespace retnet
