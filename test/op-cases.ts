@@ -225,21 +225,22 @@ export const opCases: OpCase[] = [
   },
   // Retention with small inputs keeps every normaliser at its clamp of 1, so the detached normalisers are constants
   // and finite differences see exactly the gradient the kernels compute.
-  ...(['parallel', 'chunkwise'] as const)
-    .flatMap((form) =>
-      [1, 3, 16].map((chunkSize): OpCase => ({
-        name: `retention ${form}${form === 'chunkwise' ? ` C=${chunkSize}` : ''}`,
-        variants: [
-          [f([2, 2, 7, 4], { scale: 0.2 }), f([2, 2, 7, 4], { scale: 0.2 }), f([2, 2, 7, 6], { scale: 0.2 })],
-          [f([1, 1, 1, 2], { scale: 0.2 }), f([1, 1, 1, 2], { scale: 0.2 }), f([1, 1, 1, 1], { scale: 0.2 })],
-          [f([1, 3, 5, 2], { scale: 0.3 }), f([1, 3, 5, 2], { scale: 0.3 }), f([1, 3, 5, 3], { scale: 0.3 })],
-          [f([1, 2, 0, 2]), f([1, 2, 0, 2]), f([1, 2, 0, 3])],
-        ],
-        f: ([q, k, v]) => ops.retention(q!, k!, v!, retentionGammas(q!.shape[1]!), { form, chunkSize }),
-        tol: 1e-5,
-      })),
-    )
-    .filter((c, i) => (i < 3 ? i === 0 : true)),
+  ...[
+    { form: 'parallel' as const, chunkSize: 0 },
+    { form: 'chunkwise' as const, chunkSize: 1 },
+    { form: 'chunkwise' as const, chunkSize: 3 },
+    { form: 'chunkwise' as const, chunkSize: 16 },
+  ].map(({ form, chunkSize }): OpCase => ({
+    name: `retention ${form}${chunkSize ? ` C=${chunkSize}` : ''}`,
+    variants: [
+      [f([2, 2, 7, 4], { scale: 0.2 }), f([2, 2, 7, 4], { scale: 0.2 }), f([2, 2, 7, 6], { scale: 0.2 })],
+      [f([1, 1, 1, 2], { scale: 0.2 }), f([1, 1, 1, 2], { scale: 0.2 }), f([1, 1, 1, 1], { scale: 0.2 })],
+      [f([1, 3, 5, 2], { scale: 0.3 }), f([1, 3, 5, 2], { scale: 0.3 }), f([1, 3, 5, 3], { scale: 0.3 })],
+      [f([1, 2, 0, 2]), f([1, 2, 0, 2]), f([1, 2, 0, 3])],
+    ],
+    f: ([q, k, v]) => ops.retention(q!, k!, v!, retentionGammas(q!.shape[1]!), { form, chunkSize }),
+    tol: 1e-5,
+  })),
   {
     name: 'retention chunkwise, active normalisers (forward)',
     variants: [[f([1, 2, 11, 4], { scale: 2 }), f([1, 2, 11, 4], { scale: 2 }), f([1, 2, 11, 3], { scale: 2 })]],
