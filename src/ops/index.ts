@@ -2,6 +2,7 @@ export { add, linear, matmul, mul, scale, sum, type MatmulOptions } from './math
 export {
   activation,
   crossEntropy,
+  dropout,
   embedding,
   gelu,
   layerNorm,
