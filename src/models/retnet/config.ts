@@ -63,16 +63,17 @@ export const RETNET_DEFAULTS: RetNetConfig = {
 type Shape = Pick<RetNetConfig, 'embedDim' | 'valueDim' | 'heads' | 'ffnDim' | 'layers'>;
 
 /**
- * Presets. The paper's sizes (arXiv v4 Tables 2 and 7: value and FFN width 2d, head dims 256/512) and small CPU sizes
- * of the same proportions (value dim 2d, FFN 2d).
+ * Presets. The paper's sizes as torchscale configures them (fairseq retnet_xl / retnet_3b / retnet_7b: GLU with value
+ * and FFN width ≈ 5/3·d, key head dim 256, about 12·d² parameters per layer, as the paper's allocation), and small
+ * CPU sizes with value and FFN width 2d.
  */
 export const RETNET_PRESETS: Record<string, Shape> = {
   tiny: { embedDim: 128, layers: 2, heads: 2, valueDim: 256, ffnDim: 256 },
   small: { embedDim: 256, layers: 4, heads: 4, valueDim: 512, ffnDim: 512 },
   base: { embedDim: 512, layers: 6, heads: 4, valueDim: 1024, ffnDim: 1024 },
-  '1.3B': { embedDim: 2048, layers: 24, heads: 8, valueDim: 4096, ffnDim: 4096 },
-  '2.7B': { embedDim: 2560, layers: 32, heads: 10, valueDim: 5120, ffnDim: 5120 },
-  '6.7B': { embedDim: 4096, layers: 32, heads: 16, valueDim: 8192, ffnDim: 8192 },
+  '1.3B': { embedDim: 2048, layers: 24, heads: 8, valueDim: 3456, ffnDim: 3456 },
+  '2.7B': { embedDim: 2560, layers: 32, heads: 10, valueDim: 4280, ffnDim: 4280 },
+  '6.7B': { embedDim: 4096, layers: 32, heads: 16, valueDim: 6912, ffnDim: 6912 },
 };
 
 export function retnetPreset(name: string, overrides: Partial<RetNetConfig> & { vocabSize: number }): RetNetConfig {

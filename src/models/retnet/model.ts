@@ -7,7 +7,7 @@ import type { Backend } from '../../backend/backend.js';
 import { getBackend } from '../../backend/index.js';
 import { retentionGammas } from '../../backend/retention-math.js';
 import type { RetentionForm } from '../../backend/backend.js';
-import { noGrad } from '../../autograd/tape.js';
+import { gradEnabled, noGrad } from '../../autograd/tape.js';
 import { ShapeError } from '../../errors.js';
 import type { DType } from '../../tensor/dtype.js';
 import { Rng } from '../../tensor/random.js';
@@ -429,7 +429,8 @@ export class RetNetModel extends Module implements CausalLM {
       release(x);
       x = next;
     }
-    release(cos, sin);
+    // The rotary tables are saved by the tape's rotary nodes when recording; otherwise free them now.
+    if (!gradEnabled()) release(cos, sin);
     return { x, states };
   }
 
@@ -451,6 +452,29 @@ export class RetNetModel extends Module implements CausalLM {
       this.layers.map(() => make([batch, H])),
       new Array<number>(batch).fill(0),
     );
+  }
+
+  /** A state restored from `RetNetDecodeState.toTensors()` output (e.g. read back from a safetensors file). */
+  stateFromTensors(
+    tensors: Map<string, { shape: readonly number[]; data: ArrayLike<number> }>,
+    positions: readonly number[],
+  ): RetNetDecodeState {
+    const state = this.emptyState(positions.length);
+    state.positions = [...positions];
+    const fill = (name: string, t: Tensor) => {
+      const v = tensors.get(name);
+      if (!v) throw new ShapeError(`decode state: missing tensor '${name}'`);
+      if (v.shape.length !== t.shape.length || v.shape.some((d, i) => d !== t.shape[i]))
+        throw new ShapeError(
+          `decode state: '${name}' has shape [${v.shape.join(', ')}], expected [${t.shape.join(', ')}]`,
+        );
+      t.backend.write(t, v.data);
+    };
+    this.layers.forEach((_, l) => {
+      fill(`layers.${l}.state`, state.states[l]!);
+      fill(`layers.${l}.scale`, state.scales[l]!);
+    });
+    return state;
   }
 
   /** Prefills each prompt with the chunkwise form (or `opts.form`) and returns the last logits [B, V] and the state. */
