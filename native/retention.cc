@@ -1,5 +1,6 @@
 // Multi-scale retention kernels (paper §2.1-2.2; torchscale's parallel, chunkwise and recurrent forms, spec §5).
-// Layouts: q, k [B, H, T, K]; v, o [B, H, T, V]; r [B, H, T]; state [B, H, K, V]; scale [B, H].
+// Layouts: q, k [B, H, T, K]; v, o [B, H, T, V]; r [B, H, T]; state [B, H, K, V]; scale [B, H]. Scratch memory is a
+// caller-provided workspace (see retentionWorkspace) so that the engine's memory accounting includes it.
 // Every form computes o_n = r_n · U_n, U_n = Σ_{m≤n} γ^(n−m) (q_n·k_m) v_m, with a detached per-row factor r_n, so
 // the backward kernels take r and differentiate U only. Work is split over the B·H heads: with at least as many
 // heads as threads each thread takes whole heads and calls single-threaded BLAS; otherwise heads run one after the
@@ -28,19 +29,55 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
               ldb, beta, C, ldc);
 }
 
-// Runs body(bh) for every head, choosing between head-parallel (single-threaded BLAS inside) and head-serial.
-template <typename Body>
-void forEachHead(int64_t heads, Body body) {
+// Scratch memory comes from the caller (the TypeScript backend allocates it as a tensor, so the engine's memory
+// accounting sees it): `workspaceFloats` per concurrently running head, one slot per thread that runs heads.
+enum class Work { ParallelForward, ChunkwiseForward, ParallelBackward, ChunkwiseBackward, State };
+
+int64_t workspacePerHead(Work w, int64_t T, int64_t K, int64_t V, int64_t C) {
+  int64_t c = std::max<int64_t>(1, std::min(C, T));
+  switch (w) {
+    case Work::ParallelForward: return T * T;
+    case Work::ChunkwiseForward: return c * c + 2 * c * V + K * V;
+    case Work::ParallelBackward: return T * V + T * T;
+    case Work::ChunkwiseBackward: return T * V + c * c + 2 * K * V + 2 * c * K + c * V;
+    case Work::State: return T * K;
+  }
+  return 0;
+}
+
+// Heads run in parallel (one per thread, single-threaded BLAS inside) when there are at least as many as threads;
+// otherwise one after the other with OpenBLAS threading each product.
+int64_t headSlots(int64_t heads) {
   int threads = omp_get_max_threads();
-  if (heads >= threads && threads > 1) {
+  return heads >= threads && threads > 1 ? threads : 1;
+}
+
+// Hands out consecutive pieces of one head's workspace.
+struct Carve {
+  float* next;
+  float* take(int64_t n) {
+    float* p = next;
+    next += n;
+    return p;
+  }
+};
+
+// Runs body(bh, scratch) for every head, scratch being that thread's slot of the workspace.
+template <typename Body>
+void forEachHead(int64_t heads, float* workspace, int64_t perHead, Body body) {
+  if (headSlots(heads) > 1) {
     int saved = openblas_get_num_threads();
     openblas_set_num_threads(1);
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < heads; bh++) body(bh);
+    for (int64_t bh = 0; bh < heads; bh++) body(bh, Carve{workspace + omp_get_thread_num() * perHead});
     openblas_set_num_threads(saved);
   } else {
-    for (int64_t bh = 0; bh < heads; bh++) body(bh);
+    for (int64_t bh = 0; bh < heads; bh++) body(bh, Carve{workspace});
   }
+}
+
+void requireWorkspace(const Span<float>& ws, int64_t heads, int64_t perHead, const char* kernel) {
+  require(ws, headSlots(heads) * perHead, kernel, "workspace");
 }
 
 // γ^e for e in [0, n), as exp(e·ln γ) (torchscale builds its masks that way).
@@ -84,14 +121,17 @@ std::vector<double> gammaList(const Span<double>& g, int64_t H) {
 
 }  // namespace
 
-// retentionParallel(q, k, v, gammas, o, r, B, H, T, K, V): the parallel form (spec §5a). gammas: Float64Array [H].
+// retentionParallel(q, k, v, gammas, o, r, workspace, B, H, T, K, V): the parallel form (spec §5a).
+// gammas: Float64Array [H].
 static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
     auto g = f64(info, 3, "gammas");
-    auto o = f32(info, 4, "o"), r = f32(info, 5, "r");
-    Dims d = retentionDims(info, 6);
+    auto o = f32(info, 4, "o"), r = f32(info, 5, "r"), ws = f32(info, 6, "workspace");
+    Dims d = retentionDims(info, 7);
     int64_t BH = d.B * d.H, T = d.T, K = d.K, V = d.V;
+    int64_t per = workspacePerHead(Work::ParallelForward, T, K, V, 1);
+    requireWorkspace(ws, BH, per, "retentionParallel");
     require(q, BH * T * K, "retentionParallel", "q");
     require(k, BH * T * K, "retentionParallel", "k");
     require(v, BH * T * V, "retentionParallel", "v");
@@ -99,15 +139,15 @@ static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
     require(r, BH * T, "retentionParallel", "r");
     require(g, d.H, "retentionParallel", "gammas");
     auto gammas = gammaList(g, d.H);
-    forEachHead(BH, [&](int64_t bh) {
+    forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       int64_t h = bh % d.H;
       auto pw = powers(gammas[h], T);
       auto sq = sqrtDecaySums(pw, T);
-      std::vector<float> A(T * T);
+      float* A = scratch.take(T * T);
       const float *qh = q.data + bh * T * K, *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
-      gemm(false, true, T, T, K, 1.0f, qh, K, kh, K, 0.0f, A.data(), T);
+      gemm(false, true, T, T, K, 1.0f, qh, K, kh, K, 0.0f, A, T);
       for (int64_t n = 0; n < T; n++) {
-        float* row = A.data() + n * T;
+        float* row = A + n * T;
         double abs = 0;
         for (int64_t m = 0; m <= n; m++) {
           row[m] = static_cast<float>(row[m] * pw[n - m] / sq[n]);
@@ -119,24 +159,26 @@ static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
         for (int64_t m = n + 1; m < T; m++) row[m] = 0.0f;
         r.data[bh * T + n] = static_cast<float>(1.0 / (sq[n] * c));
       }
-      gemm(false, false, T, V, T, 1.0f, A.data(), T, vh, V, 0.0f, o.data + bh * T * V, V);
+      gemm(false, false, T, V, T, 1.0f, A, T, vh, V, 0.0f, o.data + bh * T * V, V);
     });
   });
 }
 RETNET_KERNEL("retentionParallel", RetentionParallel);
 
-// retentionChunkwise(q, k, v, gammas, o, r, B, H, T, K, V, C): the chunkwise form (spec §5c), parallel inside each
+// retentionChunkwise(q, k, v, gammas, o, r, workspace, B, H, T, K, V, C): the chunkwise form (spec §5c), parallel inside each
 // chunk of C positions and recurrent across chunks through the K×V state. A last chunk shorter than C gives exactly
 // the outputs of torchscale's zero padding.
 static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
     auto g = f64(info, 3, "gammas");
-    auto o = f32(info, 4, "o"), r = f32(info, 5, "r");
-    Dims d = retentionDims(info, 6);
-    int64_t C = dim(info, 11, "chunkSize");
+    auto o = f32(info, 4, "o"), r = f32(info, 5, "r"), ws = f32(info, 6, "workspace");
+    Dims d = retentionDims(info, 7);
+    int64_t C = dim(info, 12, "chunkSize");
     if (C < 1) throw ArgError{"retentionChunkwise: chunk size must be at least 1"};
     int64_t BH = d.B * d.H, T = d.T, K = d.K, V = d.V;
+    int64_t per = workspacePerHead(Work::ChunkwiseForward, T, K, V, C);
+    requireWorkspace(ws, BH, per, "retentionChunkwise");
     require(q, BH * T * K, "retentionChunkwise", "q");
     require(k, BH * T * K, "retentionChunkwise", "k");
     require(v, BH * T * V, "retentionChunkwise", "v");
@@ -144,12 +186,15 @@ static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
     require(r, BH * T, "retentionChunkwise", "r");
     require(g, d.H, "retentionChunkwise", "gammas");
     auto gammas = gammaList(g, d.H);
-    forEachHead(BH, [&](int64_t bh) {
+    int64_t Cw = std::max<int64_t>(1, std::min(C, T));  // chunk rows that can exist
+    forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       int64_t h = bh % d.H;
       auto pw = powers(gammas[h], C + 1);
       auto sq = sqrtDecaySums(pw, C);
       double SC = sq[C - 1] * sq[C - 1];
-      std::vector<float> A(C * C), cross(C * V), Z(K * V, 0.0f), vd(C * V);
+      float *A = scratch.take(Cw * Cw), *cross = scratch.take(Cw * V), *vd = scratch.take(Cw * V);
+      float* Z = scratch.take(K * V);
+      std::fill(Z, Z + K * V, 0.0f);
       double sigma = 1;
       const float *qh = q.data + bh * T * K, *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
       float* oh = o.data + bh * T * V;
@@ -157,10 +202,10 @@ static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
         int64_t L = std::min(C, T - s0);
         const float *qc = qh + s0 * K, *kc = kh + s0 * K, *vc = vh + s0 * V;
         float* oc = oh + s0 * V;
-        gemm(false, true, L, L, K, 1.0f, qc, K, kc, K, 0.0f, A.data(), L);
+        gemm(false, true, L, L, K, 1.0f, qc, K, kc, K, 0.0f, A, L);
         std::vector<double> m(L);
         for (int64_t i = 0; i < L; i++) {
-          float* row = A.data() + i * L;
+          float* row = A + i * L;
           double abs = 0;
           for (int64_t j = 0; j <= i; j++) {
             row[j] = static_cast<float>(row[j] * pw[i - j] / sq[i]);
@@ -170,8 +215,8 @@ static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
           m[i] = std::max(std::max(abs, 1.0), sigma);
           r.data[bh * T + s0 + i] = static_cast<float>(1.0 / (sq[i] * m[i]));
         }
-        gemm(false, false, L, V, L, 1.0f, A.data(), L, vc, V, 0.0f, oc, V);             // inner: [L, V]
-        gemm(false, false, L, V, K, 1.0f, qc, K, Z.data(), V, 0.0f, cross.data(), V);  // q Z: [L, V]
+        gemm(false, false, L, V, L, 1.0f, A, L, vc, V, 0.0f, oc, V);      // inner: [L, V]
+        gemm(false, false, L, V, K, 1.0f, qc, K, Z, V, 0.0f, cross, V);  // q Z: [L, V]
         for (int64_t i = 0; i < L; i++) {
           double qd = pw[i + 1] * SC / sq[i];
           for (int64_t y = 0; y < V; y++)
@@ -183,7 +228,7 @@ static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
           float w = static_cast<float>(pw[C - 1 - j] / SC);
           for (int64_t y = 0; y < V; y++) vd[j * V + y] = vc[j * V + y] * w;
         }
-        gemm(true, false, K, V, L, 1.0f, kc, K, vd.data(), V, static_cast<float>(pw[C]), Z.data(), V);
+        gemm(true, false, K, V, L, 1.0f, kc, K, vd, V, static_cast<float>(pw[C]), Z, V);
         sigma = 1;
         for (int64_t y = 0; y < V; y++) {
           double col = 0;
@@ -196,27 +241,29 @@ static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionChunkwise", RetentionChunkwise);
 
-// retentionBackwardParallel(q, k, v, gammas, r, dO, dq, dk, dv, B, H, T, K, V): gradients of o = r ⊙ U with the
+// retentionBackwardParallel(q, k, v, gammas, r, dO, dq, dk, dv, workspace, B, H, T, K, V): gradients of o = r ⊙ U with the
 // T×T score matrix recomputed: dU = r dO, dS = (dU vᵀ) ⊙ Γ, dq = dS k, dk = dSᵀ q, dv = ((q kᵀ) ⊙ Γ)ᵀ dU.
 static Napi::Value RetentionBackwardParallel(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
     auto g = f64(info, 3, "gammas");
     auto r = f32(info, 4, "r"), dO = f32(info, 5, "dO");
-    auto dq = f32(info, 6, "dq"), dk = f32(info, 7, "dk"), dv = f32(info, 8, "dv");
-    Dims d = retentionDims(info, 9);
+    auto dq = f32(info, 6, "dq"), dk = f32(info, 7, "dk"), dv = f32(info, 8, "dv"), ws = f32(info, 9, "workspace");
+    Dims d = retentionDims(info, 10);
     int64_t BH = d.B * d.H, T = d.T, K = d.K, V = d.V;
+    int64_t per = workspacePerHead(Work::ParallelBackward, T, K, V, 1);
+    requireWorkspace(ws, BH, per, "retentionBackwardParallel");
     for (auto* s : {&q, &k, &dq, &dk}) require(*s, BH * T * K, "retentionBackwardParallel", "q/k/dq/dk");
     for (auto* s : {&v, &dO, &dv}) require(*s, BH * T * V, "retentionBackwardParallel", "v/dO/dv");
     require(r, BH * T, "retentionBackwardParallel", "r");
     require(g, d.H, "retentionBackwardParallel", "gammas");
     auto gammas = gammaList(g, d.H);
-    forEachHead(BH, [&](int64_t bh) {
+    forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       int64_t h = bh % d.H;
       auto pw = powers(gammas[h], T);
       const float *qh = q.data + bh * T * K, *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
       const float *gh = dO.data + bh * T * V, *rh = r.data + bh * T;
-      std::vector<float> dU(T * V), S(T * T);
+      float *dU = scratch.take(T * V), *S = scratch.take(T * T);
       for (int64_t n = 0; n < T; n++)
         for (int64_t y = 0; y < V; y++) dU[n * V + y] = gh[n * V + y] * rh[n];
       auto mask = [&](float* M) {
@@ -225,19 +272,19 @@ static Napi::Value RetentionBackwardParallel(const Napi::CallbackInfo& info) {
           for (int64_t m = n + 1; m < T; m++) M[n * T + m] = 0.0f;
         }
       };
-      gemm(false, true, T, T, V, 1.0f, dU.data(), V, vh, V, 0.0f, S.data(), T);  // dU vᵀ
-      mask(S.data());
-      gemm(false, false, T, K, T, 1.0f, S.data(), T, kh, K, 0.0f, dq.data + bh * T * K, K);
-      gemm(true, false, T, K, T, 1.0f, S.data(), T, qh, K, 0.0f, dk.data + bh * T * K, K);
-      gemm(false, true, T, T, K, 1.0f, qh, K, kh, K, 0.0f, S.data(), T);  // q kᵀ
-      mask(S.data());
-      gemm(true, false, T, V, T, 1.0f, S.data(), T, dU.data(), V, 0.0f, dv.data + bh * T * V, V);
+      gemm(false, true, T, T, V, 1.0f, dU, V, vh, V, 0.0f, S, T);  // dU vᵀ
+      mask(S);
+      gemm(false, false, T, K, T, 1.0f, S, T, kh, K, 0.0f, dq.data + bh * T * K, K);
+      gemm(true, false, T, K, T, 1.0f, S, T, qh, K, 0.0f, dk.data + bh * T * K, K);
+      gemm(false, true, T, T, K, 1.0f, qh, K, kh, K, 0.0f, S, T);  // q kᵀ
+      mask(S);
+      gemm(true, false, T, V, T, 1.0f, S, T, dU, V, 0.0f, dv.data + bh * T * V, V);
     });
   });
 }
 RETNET_KERNEL("retentionBackwardParallel", RetentionBackwardParallel);
 
-// retentionBackwardChunkwise(q, k, v, gammas, r, dO, dq, dk, dv, B, H, T, K, V, C): the same gradients in linear
+// retentionBackwardChunkwise(q, k, v, gammas, r, dO, dq, dk, dv, workspace, B, H, T, K, V, C): the same gradients in linear
 // memory. dq needs the past (forward pass over chunks with Z = Σ_{m<s0} γ^(s0−1−m) k_mᵀ v_m); dk and dv need the future
 // (backward pass over chunks with G = Σ_{n≥e} γ^(n−e) q_nᵀ dU_n, e the end of the current chunk).
 static Napi::Value RetentionBackwardChunkwise(const Napi::CallbackInfo& info) {
@@ -245,23 +292,29 @@ static Napi::Value RetentionBackwardChunkwise(const Napi::CallbackInfo& info) {
     auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
     auto g = f64(info, 3, "gammas");
     auto r = f32(info, 4, "r"), dO = f32(info, 5, "dO");
-    auto dq = f32(info, 6, "dq"), dk = f32(info, 7, "dk"), dv = f32(info, 8, "dv");
-    Dims d = retentionDims(info, 9);
-    int64_t C = dim(info, 14, "chunkSize");
+    auto dq = f32(info, 6, "dq"), dk = f32(info, 7, "dk"), dv = f32(info, 8, "dv"), ws = f32(info, 9, "workspace");
+    Dims d = retentionDims(info, 10);
+    int64_t C = dim(info, 15, "chunkSize");
     if (C < 1) throw ArgError{"retentionBackwardChunkwise: chunk size must be at least 1"};
     int64_t BH = d.B * d.H, T = d.T, K = d.K, V = d.V;
+    int64_t per = workspacePerHead(Work::ChunkwiseBackward, T, K, V, C);
+    requireWorkspace(ws, BH, per, "retentionBackwardChunkwise");
     for (auto* s : {&q, &k, &dq, &dk}) require(*s, BH * T * K, "retentionBackwardChunkwise", "q/k/dq/dk");
     for (auto* s : {&v, &dO, &dv}) require(*s, BH * T * V, "retentionBackwardChunkwise", "v/dO/dv");
     require(r, BH * T, "retentionBackwardChunkwise", "r");
     require(g, d.H, "retentionBackwardChunkwise", "gammas");
     auto gammas = gammaList(g, d.H);
-    forEachHead(BH, [&](int64_t bh) {
+    int64_t Cw = std::max<int64_t>(1, std::min(C, T));
+    forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       int64_t h = bh % d.H;
       auto pw = powers(gammas[h], C + 1);
       const float *qh = q.data + bh * T * K, *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
       const float *gh = dO.data + bh * T * V, *rh = r.data + bh * T;
       float *dqh = dq.data + bh * T * K, *dkh = dk.data + bh * T * K, *dvh = dv.data + bh * T * V;
-      std::vector<float> dU(T * V), S(C * C), Z(K * V, 0.0f), G(K * V, 0.0f), tK(C * K), tV(C * V), scaled(C * K);
+      float *dU = scratch.take(T * V), *S = scratch.take(Cw * Cw), *Z = scratch.take(K * V), *G = scratch.take(K * V);
+      float *tK = scratch.take(Cw * K), *scaled = scratch.take(Cw * K), *tV = scratch.take(Cw * V);
+      std::fill(Z, Z + K * V, 0.0f);
+      std::fill(G, G + K * V, 0.0f);
       for (int64_t n = 0; n < T; n++)
         for (int64_t y = 0; y < V; y++) dU[n * V + y] = gh[n * V + y] * rh[n];
       auto mask = [&](float* M, int64_t L) {
@@ -273,34 +326,34 @@ static Napi::Value RetentionBackwardChunkwise(const Napi::CallbackInfo& info) {
       // Forward over chunks: dq.
       for (int64_t s0 = 0; s0 < T; s0 += C) {
         int64_t L = std::min(C, T - s0);
-        const float *kc = kh + s0 * K, *vc = vh + s0 * V, *uc = dU.data() + s0 * V;
+        const float *kc = kh + s0 * K, *vc = vh + s0 * V, *uc = dU + s0 * V;
         float* dqc = dqh + s0 * K;
-        gemm(false, true, L, L, V, 1.0f, uc, V, vc, V, 0.0f, S.data(), L);  // dU vᵀ
-        mask(S.data(), L);
-        gemm(false, false, L, K, L, 1.0f, S.data(), L, kc, K, 0.0f, dqc, K);
-        gemm(false, true, L, K, V, 1.0f, uc, V, Z.data(), V, 0.0f, tK.data(), K);  // dU Zᵀ
+        gemm(false, true, L, L, V, 1.0f, uc, V, vc, V, 0.0f, S, L);  // dU vᵀ
+        mask(S, L);
+        gemm(false, false, L, K, L, 1.0f, S, L, kc, K, 0.0f, dqc, K);
+        gemm(false, true, L, K, V, 1.0f, uc, V, Z, V, 0.0f, tK, K);  // dU Zᵀ
         for (int64_t i = 0; i < L; i++)
           for (int64_t x = 0; x < K; x++) dqc[i * K + x] += static_cast<float>(pw[i + 1] * tK[i * K + x]);
         if (s0 + L >= T) break;
         for (int64_t j = 0; j < L; j++)  // rows of k scaled by γ^(L−1−j)
           for (int64_t x = 0; x < K; x++) scaled[j * K + x] = static_cast<float>(kc[j * K + x] * pw[L - 1 - j]);
-        gemm(true, false, K, V, L, 1.0f, scaled.data(), K, vc, V, static_cast<float>(pw[L]), Z.data(), V);
+        gemm(true, false, K, V, L, 1.0f, scaled, K, vc, V, static_cast<float>(pw[L]), Z, V);
       }
       // Backward over chunks: dk, dv.
       int64_t last = ((T - 1) / C) * C;
       for (int64_t s0 = T == 0 ? -1 : last; s0 >= 0; s0 -= C) {
         int64_t L = std::min(C, T - s0);
-        const float *qc = qh + s0 * K, *kc = kh + s0 * K, *vc = vh + s0 * V, *uc = dU.data() + s0 * V;
+        const float *qc = qh + s0 * K, *kc = kh + s0 * K, *vc = vh + s0 * V, *uc = dU + s0 * V;
         float *dkc = dkh + s0 * K, *dvc = dvh + s0 * V;
-        gemm(false, true, L, L, V, 1.0f, uc, V, vc, V, 0.0f, S.data(), L);  // dU vᵀ ⊙ Γ
-        mask(S.data(), L);
-        gemm(true, false, L, K, L, 1.0f, S.data(), L, qc, K, 0.0f, dkc, K);
-        gemm(false, true, L, L, K, 1.0f, qc, K, kc, K, 0.0f, S.data(), L);  // q kᵀ ⊙ Γ
-        mask(S.data(), L);
-        gemm(true, false, L, V, L, 1.0f, S.data(), L, uc, V, 0.0f, dvc, V);
+        gemm(false, true, L, L, V, 1.0f, uc, V, vc, V, 0.0f, S, L);  // dU vᵀ ⊙ Γ
+        mask(S, L);
+        gemm(true, false, L, K, L, 1.0f, S, L, qc, K, 0.0f, dkc, K);
+        gemm(false, true, L, L, K, 1.0f, qc, K, kc, K, 0.0f, S, L);  // q kᵀ ⊙ Γ
+        mask(S, L);
+        gemm(true, false, L, V, L, 1.0f, S, L, uc, V, 0.0f, dvc, V);
         // Contributions of later chunks through G: dk_j += γ^(L−j) (v_j Gᵀ), dv_j += γ^(L−j) (k_j G).
-        gemm(false, true, L, K, V, 1.0f, vc, V, G.data(), V, 0.0f, tK.data(), K);
-        gemm(false, false, L, V, K, 1.0f, kc, K, G.data(), V, 0.0f, tV.data(), V);
+        gemm(false, true, L, K, V, 1.0f, vc, V, G, V, 0.0f, tK, K);
+        gemm(false, false, L, V, K, 1.0f, kc, K, G, V, 0.0f, tV, V);
         for (int64_t j = 0; j < L; j++) {
           float w = static_cast<float>(pw[L - j]);
           for (int64_t x = 0; x < K; x++) dkc[j * K + x] += w * tK[j * K + x];
@@ -309,7 +362,7 @@ static Napi::Value RetentionBackwardChunkwise(const Napi::CallbackInfo& info) {
         // G = γ^L G + Σ_i γ^i q_iᵀ dU_i
         for (int64_t i = 0; i < L; i++)
           for (int64_t x = 0; x < K; x++) scaled[i * K + x] = static_cast<float>(qc[i * K + x] * pw[i]);
-        gemm(true, false, K, V, L, 1.0f, scaled.data(), K, uc, V, static_cast<float>(pw[L]), G.data(), V);
+        gemm(true, false, K, V, L, 1.0f, scaled, K, uc, V, static_cast<float>(pw[L]), G, V);
       }
     });
   });
@@ -356,23 +409,25 @@ static Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionStep", RetentionStep);
 
-// retentionState(k, v, gammas, state, scale, B, H, T, K, V): the recurrent state after T positions (for continuing
+// retentionState(k, v, gammas, state, scale, workspace, B, H, T, K, V): the recurrent state after T positions (for continuing
 // a parallel or chunkwise prefill recurrently): S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s), s = Σ_{t<T} γ^t.
 static Napi::Value RetentionState(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto k = f32(info, 0, "k"), v = f32(info, 1, "v");
     auto g = f64(info, 2, "gammas");
-    auto st = f32(info, 3, "state"), sc = f32(info, 4, "scale");
-    int64_t B = dim(info, 5, "B"), H = dim(info, 6, "H"), T = dim(info, 7, "T"), K = dim(info, 8, "K"),
-            V = dim(info, 9, "V");
+    auto st = f32(info, 3, "state"), sc = f32(info, 4, "scale"), ws = f32(info, 5, "workspace");
+    int64_t B = dim(info, 6, "B"), H = dim(info, 7, "H"), T = dim(info, 8, "T"), K = dim(info, 9, "K"),
+            V = dim(info, 10, "V");
     int64_t BH = B * H;
+    int64_t per = workspacePerHead(Work::State, T, K, V, 1);
+    requireWorkspace(ws, BH, per, "retentionState");
     require(k, BH * T * K, "retentionState", "k");
     require(v, BH * T * V, "retentionState", "v");
     require(st, BH * K * V, "retentionState", "state");
     require(sc, BH, "retentionState", "scale");
     require(g, H, "retentionState", "gammas");
     auto gammas = gammaList(g, H);
-    forEachHead(BH, [&](int64_t bh) {
+    forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       if (T == 0) {
         sc.data[bh] = 0.0f;
         std::fill(st.data + bh * K * V, st.data + (bh + 1) * K * V, 0.0f);
@@ -381,18 +436,34 @@ static Napi::Value RetentionState(const Napi::CallbackInfo& info) {
       auto pw = powers(gammas[bh % H], T);
       double s = 0;
       for (int64_t t = 0; t < T; t++) s += pw[t];
-      std::vector<float> scaled(T * K);
+      float* scaled = scratch.take(T * K);
       const float *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
       for (int64_t m = 0; m < T; m++) {
         float w = static_cast<float>(pw[T - 1 - m] / std::sqrt(s));
         for (int64_t x = 0; x < K; x++) scaled[m * K + x] = kh[m * K + x] * w;
       }
-      gemm(true, false, K, V, T, 1.0f, scaled.data(), K, vh, V, 0.0f, st.data + bh * K * V, V);
+      gemm(true, false, K, V, T, 1.0f, scaled, K, vh, V, 0.0f, st.data + bh * K * V, V);
       sc.data[bh] = static_cast<float>(s);
     });
   });
 }
 RETNET_KERNEL("retentionState", RetentionState);
+
+// retentionWorkspace(kernel, B, H, T, K, V, C) -> floats of workspace the kernel needs (kernel 0..4: parallel
+// forward, chunkwise forward, parallel backward, chunkwise backward, state).
+static Napi::Value RetentionWorkspace(const Napi::CallbackInfo& info) {
+  int64_t floats = 0;
+  Napi::Value r = guard(info, [&] {
+    int64_t kind = dim(info, 0, "kernel");
+    if (kind > 4) throw ArgError{"retentionWorkspace: kernel must be 0..4"};
+    int64_t B = dim(info, 1, "B"), H = dim(info, 2, "H"), T = dim(info, 3, "T"), K = dim(info, 4, "K"),
+            V = dim(info, 5, "V"), C = dim(info, 6, "C");
+    floats = headSlots(B * H) * workspacePerHead(static_cast<Work>(kind), T, K, V, C);
+  });
+  if (info.Env().IsExceptionPending()) return r;
+  return Napi::Number::New(info.Env(), static_cast<double>(floats));
+}
+RETNET_KERNEL("retentionWorkspace", RetentionWorkspace);
 
 // rotary(x, cos, sin, y, B, T, H, K, perBatch, inverse): rotation of interleaved pairs by the position's angles
 // (torchscale's theta_shift, spec §4); tables [T, K] shared by the batch or [B, T, K] per row.

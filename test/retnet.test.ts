@@ -7,6 +7,8 @@ import type { Backend } from '../src/backend/backend.js';
 import { backward, noGrad } from '../src/autograd/tape.js';
 import { ConfigError } from '../src/errors.js';
 import { crossEntropy } from '../src/ops/nn.js';
+import { sum } from '../src/ops/math.js';
+import { retention } from '../src/ops/retention.js';
 import {
   RETNET_DEFAULTS,
   type RetNetConfig,
@@ -282,5 +284,39 @@ describe('RetNetConfig', () => {
       /cfg.json: layers must be a positive integer, got "2"/,
     );
     assert.throws(() => retnetConfigFromJSON([], 'cfg.json'), /expected a JSON object/);
+  });
+});
+
+describe('retention memory (engine accounting, workspace included)', () => {
+  function peakBytes(form: 'parallel' | 'chunkwise', T: number): number {
+    const be = nat();
+    const rng = new Rng(T);
+    const make = (width: number) => {
+      const t = be.fromData(
+        Array.from({ length: 2 * T * width }, () => 0.1 * rng.normal()),
+        [1, 2, T, width],
+        'float32',
+      );
+      t.requiresGrad = true;
+      return t;
+    };
+    const [q, k, v] = [make(8), make(8), make(8)];
+    const base = be.memory.current;
+    be.memory.resetPeak();
+    tidy(() => {
+      const o = retention(q, k, v, [0.9, 0.99], { form, chunkSize: 64 });
+      backward(sum(o));
+    });
+    const peak = be.memory.peak - base;
+    for (const t of [q, k, v]) t.dispose();
+    return peak;
+  }
+
+  it('chunkwise grows linearly with T, parallel quadratically', () => {
+    const ratio = (form: 'parallel' | 'chunkwise') => peakBytes(form, 2048) / peakBytes(form, 1024);
+    const chunk = ratio('chunkwise');
+    const par = ratio('parallel');
+    assert.ok(chunk > 1.8 && chunk < 2.2, `chunkwise peak ratio for 2x length: ${chunk}`);
+    assert.ok(par > 3.5, `parallel peak ratio for 2x length: ${par}`);
   });
 });

@@ -34,6 +34,7 @@ export interface NativeAddon {
   retentionBackwardChunkwise(...args: (number | Float32Array | Float64Array)[]): void;
   retentionStep(...args: (number | Float32Array | Float64Array)[]): void;
   retentionState(...args: (number | Float32Array | Float64Array)[]): void;
+  retentionWorkspace(kernel: number, B: number, H: number, T: number, K: number, V: number, C: number): number;
   rotary(...args: (boolean | number | Float32Array)[]): void;
   setThreads(n: number): void;
   info(): NativeInfo;

@@ -224,6 +224,11 @@ export class NativeBackend extends CpuBackend implements Backend {
     return this.addon.sumSquares(this.f32(x), x.size);
   }
 
+  /** Scratch for a retention kernel, as a tensor so that memory accounting counts it while the kernel runs. */
+  private workspace(kernel: number, B: number, H: number, T: number, K: number, V: number, C: number) {
+    return this.like([this.addon.retentionWorkspace(kernel, B, H, T, K, V, C)]);
+  }
+
   retentionForward(
     form: RetentionForm,
     q: Tensor,
@@ -236,9 +241,11 @@ export class NativeBackend extends CpuBackend implements Backend {
     const V = v.shape[3]!;
     const o = this.like([B, H, T, V]);
     const r = this.like([B, H, T]);
-    const args = [this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), o.d, r.d, B, H, T, K, V] as const;
-    if (form === 'parallel') this.addon.retentionParallel(...args);
-    else this.addon.retentionChunkwise(...args, chunkSize);
+    const ws = this.workspace(form === 'parallel' ? 0 : 1, B, H, T, K, V, chunkSize);
+    const args = [this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), o.d, r.d, ws.d] as const;
+    if (form === 'parallel') this.addon.retentionParallel(...args, B, H, T, K, V);
+    else this.addon.retentionChunkwise(...args, B, H, T, K, V, chunkSize);
+    ws.t.dispose();
     return { o: o.t, r: r.t };
   }
 
@@ -257,12 +264,14 @@ export class NativeBackend extends CpuBackend implements Backend {
     const dq = this.like(q.shape);
     const dk = this.like(k.shape);
     const dv = this.like(v.shape);
+    const ws = this.workspace(form === 'parallel' ? 2 : 3, B, H, T, K, V, chunkSize);
     const args = [
       this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), this.f32(r), this.f32(dO),
-      dq.d, dk.d, dv.d, B, H, T, K, V,
+      dq.d, dk.d, dv.d, ws.d, B, H, T, K, V,
     ] as const; // prettier-ignore
     if (form === 'parallel') this.addon.retentionBackwardParallel(...args);
     else this.addon.retentionBackwardChunkwise(...args, chunkSize);
+    ws.t.dispose();
     return { dq: dq.t, dk: dk.t, dv: dv.t };
   }
 
@@ -282,7 +291,21 @@ export class NativeBackend extends CpuBackend implements Backend {
     const V = v.shape[3]!;
     const state = this.like([B, H, K, V]);
     const scale = this.like([B, H]);
-    this.addon.retentionState(this.f32(k), this.f32(v), Float64Array.from(gammas), state.d, scale.d, B, H, T, K, V);
+    const ws = this.workspace(4, B, H, T, K, V, 1);
+    this.addon.retentionState(
+      this.f32(k),
+      this.f32(v),
+      Float64Array.from(gammas),
+      state.d,
+      scale.d,
+      ws.d,
+      B,
+      H,
+      T,
+      K,
+      V,
+    );
+    ws.t.dispose();
     return { state: state.t, scale: scale.t };
   }
 
