@@ -3,7 +3,7 @@
 // reproduces torchscale's float64 vectors. Clarity over speed.
 
 import { BackendError } from '../errors.js';
-import { allocArray, type DType, type FloatArray } from '../tensor/dtype.js';
+import type { DType, FloatArray } from '../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../tensor/tensor.js';
 import type { ActivationKind, AdamWParams, Backend, BinaryOp, RetentionForm } from './backend.js';
 import { backwardHead, chunkwiseHead, decaySums, headLayout, parallelHead } from './retention-math.js';
@@ -368,7 +368,7 @@ export class ReferenceBackend extends CpuBackend implements Backend {
       s *= x.shape[d]!;
     }
     const outShape = perm.map((p) => x.shape[p]!);
-    const out = allocArray(x.dtype, x.size);
+    const out = this.alloc(x.dtype, x.size);
     const X = this.raw(x);
     const idx = new Array<number>(rank).fill(0);
     for (let o = 0; o < x.size; o++) {
