@@ -46,6 +46,14 @@ inline Span<float> f32(const Napi::CallbackInfo& info, size_t i, const char* wha
   return {a.Data(), a.ElementLength()};
 }
 
+inline Span<double> f64(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (i >= info.Length() || !info[i].IsTypedArray() ||
+      info[i].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+    throw ArgError{std::string("argument ") + std::to_string(i) + " (" + what + ") must be a Float64Array"};
+  auto a = info[i].As<Napi::Float64Array>();
+  return {a.Data(), a.ElementLength()};
+}
+
 inline Span<int32_t> i32(const Napi::CallbackInfo& info, size_t i, const char* what) {
   if (i >= info.Length() || !info[i].IsTypedArray() ||
       info[i].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)

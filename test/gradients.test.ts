@@ -6,7 +6,7 @@ import { checkGradients, ref } from './helpers.js';
 import { buildInputs, opCases } from './op-cases.js';
 
 describe('gradients match central finite differences (float64, tol 1e-6)', () => {
-  for (const c of opCases) {
+  for (const c of opCases.filter((c) => c.gradCheck !== false)) {
     it(c.name, () => {
       c.variants.forEach((specs, v) => {
         const inputs = buildInputs(ref, new Rng(1000 + v), specs, 'float64');

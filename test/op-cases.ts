@@ -7,6 +7,7 @@ import type { Rng } from '../src/tensor/random.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import * as ops from '../src/ops/index.js';
 import { randomData } from './helpers.js';
+import { retentionGammas } from '../src/backend/retention-math.js';
 
 export type InputSpec =
   | {
@@ -221,6 +222,41 @@ export const opCases: OpCase[] = [
       [f([1, 1, 1]), f([1, 2, 1])],
     ],
     f: (xs) => ops.concat(xs, 1),
+  },
+  // Retention with small inputs keeps every normaliser at its clamp of 1, so the detached normalisers are constants
+  // and finite differences see exactly the gradient the kernels compute.
+  ...[
+    { form: 'parallel' as const, chunkSize: 0 },
+    { form: 'chunkwise' as const, chunkSize: 1 },
+    { form: 'chunkwise' as const, chunkSize: 3 },
+    { form: 'chunkwise' as const, chunkSize: 16 },
+  ].map(({ form, chunkSize }): OpCase => ({
+    name: `retention ${form}${chunkSize ? ` C=${chunkSize}` : ''}`,
+    variants: [
+      // q, k: [B, T, H, K]; v: [B, T, H, V]
+      [f([2, 7, 2, 4], { scale: 0.2 }), f([2, 7, 2, 4], { scale: 0.2 }), f([2, 7, 2, 6], { scale: 0.2 })],
+      [f([1, 1, 1, 2], { scale: 0.2 }), f([1, 1, 1, 2], { scale: 0.2 }), f([1, 1, 1, 1], { scale: 0.2 })],
+      [f([1, 5, 3, 2], { scale: 0.3 }), f([1, 5, 3, 2], { scale: 0.3 }), f([1, 5, 3, 3], { scale: 0.3 })],
+      [f([1, 0, 2, 2]), f([1, 0, 2, 2]), f([1, 0, 2, 3])],
+    ],
+    f: ([q, k, v]) => ops.retention(q!, k!, v!, retentionGammas(q!.shape[2]!), { form, chunkSize }),
+    tol: 1e-5,
+  })),
+  {
+    name: 'retention chunkwise, active normalisers (forward)',
+    variants: [[f([1, 11, 2, 4], { scale: 2 }), f([1, 11, 2, 4], { scale: 2 }), f([1, 11, 2, 3], { scale: 2 })]],
+    f: ([q, k, v]) => ops.retention(q!, k!, v!, retentionGammas(2), { form: 'chunkwise', chunkSize: 4 }),
+    tol: 1e-5,
+    gradCheck: false,
+  },
+  {
+    name: 'rotary',
+    variants: [
+      [f([2, 3, 2, 4]), f([3, 4], { grad: false }), f([3, 4], { grad: false })],
+      [f([2, 1, 3, 2]), f([2, 1, 2], { grad: false }), f([2, 1, 2], { grad: false })],
+      [f([1, 0, 1, 2]), f([0, 2], { grad: false }), f([0, 2], { grad: false })],
+    ],
+    f: ([x, c, s]) => ops.rotary(x!, c!, s!),
   },
 ];
 

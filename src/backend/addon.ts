@@ -28,6 +28,14 @@ export interface NativeAddon {
   copyBlocks(...args: (number | Float32Array)[]): void;
   adamw(...args: (number | Float32Array)[]): void;
   sumSquares(x: Float32Array, n: number): number;
+  retentionParallel(...args: (number | Float32Array | Float64Array)[]): void;
+  retentionChunkwise(...args: (number | Float32Array | Float64Array)[]): void;
+  retentionBackwardParallel(...args: (number | Float32Array | Float64Array)[]): void;
+  retentionBackwardChunkwise(...args: (number | Float32Array | Float64Array)[]): void;
+  retentionStep(...args: (number | Float32Array | Float64Array)[]): void;
+  retentionState(...args: (number | Float32Array | Float64Array)[]): void;
+  retentionWorkspace(kernel: number, B: number, H: number, T: number, K: number, V: number, C: number): number;
+  rotary(...args: (boolean | number | Float32Array)[]): void;
   setThreads(n: number): void;
   info(): NativeInfo;
   [kernel: string]: unknown;
@@ -57,11 +65,9 @@ export function packageRoot(): string {
   }
 }
 
-export function loadAddon(): {
-  addon: NativeAddon | null;
-  error: string | null;
-} {
-  const path = join(packageRoot(), 'build', 'Release', 'retnet_native.node');
+/** Loads build/Release/retnet_native.node, or the file RETNET_ADDON names (to test another build or the fallback). */
+export function loadAddon(): { addon: NativeAddon | null; error: string | null } {
+  const path = process.env.RETNET_ADDON || join(packageRoot(), 'build', 'Release', 'retnet_native.node');
   if (!existsSync(path)) return { addon: null, error: `native addon not built (${path} missing)` };
   try {
     const require = createRequire(import.meta.url);

@@ -10,6 +10,8 @@ import type { Tensor } from '../tensor/tensor.js';
 export type BinaryOp = 'add' | 'mul';
 export type ActivationKind = 'gelu' | 'silu' | 'relu';
 
+export type RetentionForm = 'parallel' | 'chunkwise';
+
 export interface AdamWParams {
   lr: number;
   beta1: number;
@@ -91,4 +93,44 @@ export interface Backend {
   // Optimizer (in place on param, m, v).
   adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, p: AdamWParams): void;
   sumSquares(x: Tensor): number;
+
+  // Retention (RetNet's multi-scale retention, per head h with decay gammas[h]; see docs/retention.md and
+  // ../shared/retnet-spec.md §5). Time-major layouts, as projections produce them: q, k: [B, T, H, K] (already
+  // rotated, k already scaled by K^-0.5); v: [B, T, H, V].
+  // Every form computes o_n = r_n · U_n with U_n = Σ_{m≤n} γ^(n−m) (q_n·k_m) v_m; the forms differ only in the
+  // per-row factor r_n, which is detached (torchscale detaches its normalisers), so one backward serves all forms.
+  /** o: [B, T, H, V]; r: [B, H, T] (the row factors, kept for backward). chunkSize is used by 'chunkwise'. */
+  retentionForward(
+    form: RetentionForm,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gammas: readonly number[],
+    chunkSize: number,
+  ): { o: Tensor; r: Tensor };
+  /** Gradients of o = r ⊙ U for dO: [B, T, H, V]. 'chunkwise' never materialises a T×T matrix. */
+  retentionBackward(
+    form: RetentionForm,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gammas: readonly number[],
+    r: Tensor,
+    dO: Tensor,
+    chunkSize: number,
+  ): { dq: Tensor; dk: Tensor; dv: Tensor };
+  /**
+   * One recurrent step (torchscale's recurrent_forward, spec §5b) for q, k: [B, H, K], v: [B, H, V]. In place on
+   * state [B, H, K, V] and scale [B, H] (scale 0 = empty state): s' = sγ + 1, S' = S·sqrt(s)γ/sqrt(s') + kᵀv/sqrt(s').
+   * Returns o = q S': [B, H, V].
+   */
+  retentionStep(q: Tensor, k: Tensor, v: Tensor, state: Tensor, scale: Tensor, gammas: readonly number[]): Tensor;
+  /** The recurrent state after consuming k, v: [B, T, H, *]: S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s), s = Σ_{t<T} γ^t. */
+  retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor };
+  /**
+   * Rotation of interleaved pairs (torchscale's theta_shift, spec §4): y[2j] = x[2j]c − x[2j+1]s,
+   * y[2j+1] = x[2j+1]c + x[2j]s, with c, s the cos/sin tables [T, K] or [B, T, K]. x: [B, T, H, K]. inverse rotates by
+   * the opposite angle (the backward pass).
+   */
+  rotary(x: Tensor, cos: Tensor, sin: Tensor, inverse: boolean): Tensor;
 }

@@ -5,7 +5,7 @@ import { ShapeError } from '../errors.js';
 import type { DType } from '../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../tensor/tensor.js';
 import type { NativeAddon } from './addon.js';
-import type { ActivationKind, AdamWParams, Backend, BinaryOp } from './backend.js';
+import type { ActivationKind, AdamWParams, Backend, BinaryOp, RetentionForm } from './backend.js';
 import { CpuBackend } from './cpu.js';
 
 const ACTIVATION_CODE: Record<ActivationKind, number> = {
@@ -222,5 +222,97 @@ export class NativeBackend extends CpuBackend implements Backend {
 
   sumSquares(x: Tensor): number {
     return this.addon.sumSquares(this.f32(x), x.size);
+  }
+
+  /** Scratch for a retention kernel, as a tensor so that memory accounting counts it while the kernel runs. */
+  private workspace(kernel: number, B: number, H: number, T: number, K: number, V: number, C: number) {
+    return this.like([this.addon.retentionWorkspace(kernel, B, H, T, K, V, C)]);
+  }
+
+  retentionForward(
+    form: RetentionForm,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gammas: readonly number[],
+    chunkSize: number,
+  ): { o: Tensor; r: Tensor } {
+    const [B, T, H, K] = q.shape as [number, number, number, number];
+    const V = v.shape[3]!;
+    const o = this.like([B, T, H, V]);
+    const r = this.like([B, H, T]);
+    const ws = this.workspace(form === 'parallel' ? 0 : 1, B, H, T, K, V, chunkSize);
+    const args = [this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), o.d, r.d, ws.d] as const;
+    if (form === 'parallel') this.addon.retentionParallel(...args, B, H, T, K, V);
+    else this.addon.retentionChunkwise(...args, B, H, T, K, V, chunkSize);
+    ws.t.dispose();
+    return { o: o.t, r: r.t };
+  }
+
+  retentionBackward(
+    form: RetentionForm,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gammas: readonly number[],
+    r: Tensor,
+    dO: Tensor,
+    chunkSize: number,
+  ): { dq: Tensor; dk: Tensor; dv: Tensor } {
+    const [B, T, H, K] = q.shape as [number, number, number, number];
+    const V = v.shape[3]!;
+    const dq = this.like(q.shape);
+    const dk = this.like(k.shape);
+    const dv = this.like(v.shape);
+    const ws = this.workspace(form === 'parallel' ? 2 : 3, B, H, T, K, V, chunkSize);
+    const args = [
+      this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), this.f32(r), this.f32(dO),
+      dq.d, dk.d, dv.d, ws.d, B, H, T, K, V,
+    ] as const; // prettier-ignore
+    if (form === 'parallel') this.addon.retentionBackwardParallel(...args);
+    else this.addon.retentionBackwardChunkwise(...args, chunkSize);
+    ws.t.dispose();
+    return { dq: dq.t, dk: dk.t, dv: dv.t };
+  }
+
+  retentionStep(q: Tensor, k: Tensor, v: Tensor, state: Tensor, scale: Tensor, gammas: readonly number[]): Tensor {
+    const [B, H, K] = q.shape as [number, number, number];
+    const V = v.shape[2]!;
+    const o = this.like([B, H, V]);
+    this.addon.retentionStep(
+      this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), this.f32(state), this.f32(scale), o.d,
+      B, H, K, V,
+    ); // prettier-ignore
+    return o.t;
+  }
+
+  retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor } {
+    const [B, T, H, K] = k.shape as [number, number, number, number];
+    const V = v.shape[3]!;
+    const state = this.like([B, H, K, V]);
+    const scale = this.like([B, H]);
+    const ws = this.workspace(4, B, H, T, K, V, 1);
+    this.addon.retentionState(
+      this.f32(k),
+      this.f32(v),
+      Float64Array.from(gammas),
+      state.d,
+      scale.d,
+      ws.d,
+      B,
+      H,
+      T,
+      K,
+      V,
+    );
+    ws.t.dispose();
+    return { state: state.t, scale: scale.t };
+  }
+
+  rotary(x: Tensor, cos: Tensor, sin: Tensor, inverse: boolean): Tensor {
+    const [B, T, H, K] = x.shape as [number, number, number, number];
+    const y = this.like(x.shape);
+    this.addon.rotary(this.f32(x), this.f32(cos), this.f32(sin), y.d, B, T, H, K, cos.rank === 3, inverse);
+    return y.t;
   }
 }

@@ -3,9 +3,10 @@
 // reproduces torchscale's float64 vectors. Clarity over speed.
 
 import { BackendError } from '../errors.js';
-import { allocArray, type DType, type FloatArray } from '../tensor/dtype.js';
+import type { DType, FloatArray } from '../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../tensor/tensor.js';
-import type { ActivationKind, AdamWParams, Backend, BinaryOp } from './backend.js';
+import type { ActivationKind, AdamWParams, Backend, BinaryOp, RetentionForm } from './backend.js';
+import { backwardHead, chunkwiseHead, decaySums, headLayout, parallelHead } from './retention-math.js';
 import { CpuBackend } from './cpu.js';
 
 const SQRT1_2 = Math.SQRT1_2;
@@ -367,7 +368,7 @@ export class ReferenceBackend extends CpuBackend implements Backend {
       s *= x.shape[d]!;
     }
     const outShape = perm.map((p) => x.shape[p]!);
-    const out = allocArray(x.dtype, x.size);
+    const out = this.alloc(x.dtype, x.size);
     const X = this.raw(x);
     const idx = new Array<number>(rank).fill(0);
     for (let o = 0; o < x.size; o++) {
@@ -418,5 +419,133 @@ export class ReferenceBackend extends CpuBackend implements Backend {
     let s = 0;
     for (let i = 0; i < X.length; i++) s += X[i]! * X[i]!;
     return s;
+  }
+
+  retentionForward(
+    form: RetentionForm,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gammas: readonly number[],
+    chunkSize: number,
+  ): { o: Tensor; r: Tensor } {
+    const [B, T, H, K] = q.shape as [number, number, number, number];
+    const V = v.shape[3]!;
+    const { t: o, d: O } = this.out([B, T, H, V], q);
+    const { t: r, d: R } = this.out([B, H, T], q);
+    const Q = this.float(q);
+    const Kk = this.float(k);
+    const Vv = this.float(v);
+    for (let b = 0; b < B; b++)
+      for (let h = 0; h < H; h++) {
+        const layout = headLayout(b, h, T, H, K, V);
+        if (form === 'parallel') parallelHead(Q, Kk, Vv, O, R, layout, gammas[h]!);
+        else chunkwiseHead(Q, Kk, Vv, O, R, layout, gammas[h]!, chunkSize);
+      }
+    return { o, r };
+  }
+
+  retentionBackward(
+    _form: RetentionForm,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gammas: readonly number[],
+    r: Tensor,
+    dO: Tensor,
+    _chunkSize: number,
+  ): { dq: Tensor; dk: Tensor; dv: Tensor } {
+    // The reference computes every form's gradient by the one O(T²) definition.
+    const [B, T, H, K] = q.shape as [number, number, number, number];
+    const V = v.shape[3]!;
+    const dq = this.out(q.shape, q);
+    const dk = this.out(k.shape, k);
+    const dv = this.out(v.shape, v);
+    const args = [this.float(q), this.float(k), this.float(v), this.float(r), this.float(dO)] as const;
+    for (let b = 0; b < B; b++)
+      for (let h = 0; h < H; h++) backwardHead(...args, dq.d, dk.d, dv.d, headLayout(b, h, T, H, K, V), gammas[h]!);
+    return { dq: dq.t, dk: dk.t, dv: dv.t };
+  }
+
+  retentionStep(q: Tensor, k: Tensor, v: Tensor, state: Tensor, scale: Tensor, gammas: readonly number[]): Tensor {
+    const [B, H, K] = q.shape as [number, number, number];
+    const V = v.shape[2]!;
+    const { t: o, d: O } = this.out([B, H, V], q);
+    const Q = this.float(q);
+    const Kk = this.float(k);
+    const Vv = this.float(v);
+    const St = this.float(state);
+    const Sc = this.float(scale);
+    for (let b = 0; b < B; b++)
+      for (let h = 0; h < H; h++) {
+        const bh = b * H + h;
+        const g = gammas[h]!;
+        const prev = Sc[bh]!;
+        const next = prev * g + 1;
+        const decay = (Math.sqrt(prev) * g) / Math.sqrt(next);
+        const inv = 1 / Math.sqrt(next);
+        Sc[bh] = next;
+        for (let x = 0; x < K; x++)
+          for (let y = 0; y < V; y++) {
+            const e = bh * K * V + x * V + y;
+            St[e] = St[e]! * decay + Kk[bh * K + x]! * Vv[bh * V + y]! * inv;
+          }
+        for (let y = 0; y < V; y++) {
+          let acc = 0;
+          for (let x = 0; x < K; x++) acc += Q[bh * K + x]! * St[bh * K * V + x * V + y]!;
+          O[bh * V + y] = acc;
+        }
+      }
+    return o;
+  }
+
+  retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor } {
+    const [B, T, H, K] = k.shape as [number, number, number, number];
+    const V = v.shape[3]!;
+    const { t: state, d: St } = this.out([B, H, K, V], k);
+    const { t: scale, d: Sc } = this.out([B, H], k);
+    const Kk = this.float(k);
+    const Vv = this.float(v);
+    for (let b = 0; b < B; b++)
+      for (let h = 0; h < H; h++) {
+        const bh = b * H + h;
+        if (T === 0) continue;
+        const { qo, ldk, vo, ldv } = headLayout(b, h, T, H, K, V);
+        const lambda = Math.log(gammas[h]!);
+        const s = decaySums(gammas[h]!, T)[T - 1]!;
+        Sc[bh] = s;
+        for (let m = 0; m < T; m++) {
+          const w = Math.exp(lambda * (T - 1 - m)) / Math.sqrt(s);
+          for (let x = 0; x < K; x++)
+            for (let y = 0; y < V; y++) St[bh * K * V + x * V + y] += w * Kk[qo + m * ldk + x]! * Vv[vo + m * ldv + y]!;
+        }
+      }
+    return { state, scale };
+  }
+
+  rotary(x: Tensor, cos: Tensor, sin: Tensor, inverse: boolean): Tensor {
+    const [B, T, H, K] = x.shape as [number, number, number, number];
+    const { t, d: Y } = this.out(x.shape, x);
+    const X = this.float(x);
+    const Cs = this.float(cos);
+    const Sn = this.float(sin);
+    const perBatch = cos.rank === 3;
+    const sign = inverse ? -1 : 1;
+    for (let b = 0; b < B; b++)
+      for (let n = 0; n < T; n++) {
+        const table = ((perBatch ? b * T : 0) + n) * K;
+        for (let h = 0; h < H; h++) {
+          const base = ((b * T + n) * H + h) * K;
+          for (let j = 0; j < K; j += 2) {
+            const c = Cs[table + j]!;
+            const s = sign * Sn[table + j]!;
+            const x0 = X[base + j]!;
+            const x1 = X[base + j + 1]!;
+            Y[base + j] = x0 * c - x1 * s;
+            Y[base + j + 1] = x1 * c + x0 * s;
+          }
+        }
+      }
+    return t;
   }
 }

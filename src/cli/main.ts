@@ -4,8 +4,9 @@
 import { RetnetError } from '../errors.js';
 import { type Command, UsageError } from './command.js';
 import { infoCommand } from './info.js';
+import { logitsCommand } from './logits.js';
 
-const commands: Command[] = [infoCommand];
+const commands: Command[] = [infoCommand, logitsCommand];
 
 function help(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

@@ -50,10 +50,9 @@ export class Linear extends Module {
   readonly weight: Tensor;
   readonly bias: Tensor | null;
 
-  constructor(inFeatures: number, outFeatures: number, weight: Tensor, bias: Tensor | null = null) {
+  /** weight: [out, in]; bias: [out]. */
+  constructor(weight: Tensor, bias: Tensor | null = null) {
     super();
-    void inFeatures;
-    void outFeatures;
     this.weight = this.param('weight', weight);
     this.bias = bias ? this.param('bias', bias) : null;
   }
@@ -131,12 +130,34 @@ export class GLU extends Module {
     opts: ParamOptions,
   ) {
     super();
-    this.fc1 = this.child('fc1', new Linear(embedDim, ffnDim, linearDefault([ffnDim, embedDim], rng, opts)));
-    this.fc2 = this.child('fc2', new Linear(ffnDim, embedDim, linearDefault([embedDim, ffnDim], rng, opts)));
-    this.gate = this.child('gate', new Linear(embedDim, ffnDim, linearDefault([ffnDim, embedDim], rng, opts)));
+    this.fc1 = this.child('fc1', new Linear(linearDefault([ffnDim, embedDim], rng, opts)));
+    this.fc2 = this.child('fc2', new Linear(linearDefault([embedDim, ffnDim], rng, opts)));
+    this.gate = this.child('gate', new Linear(linearDefault([ffnDim, embedDim], rng, opts)));
   }
 
   forward(x: Tensor): Tensor {
     return this.fc2.forward(mul(activation(this.act, this.fc1.forward(x)), this.gate.forward(x)));
+  }
+}
+
+/** The paper's FFN without a gate: fc2(act(fc1 x)), bias-free (RetNetConfig.glu = false). */
+export class FeedForward extends Module {
+  readonly fc1: Linear;
+  readonly fc2: Linear;
+
+  constructor(
+    embedDim: number,
+    ffnDim: number,
+    readonly act: ActivationKind,
+    rng: Rng,
+    opts: ParamOptions,
+  ) {
+    super();
+    this.fc1 = this.child('fc1', new Linear(linearDefault([ffnDim, embedDim], rng, opts)));
+    this.fc2 = this.child('fc2', new Linear(linearDefault([embedDim, ffnDim], rng, opts)));
+  }
+
+  forward(x: Tensor): Tensor {
+    return this.fc2.forward(activation(this.act, this.fc1.forward(x)));
   }
 }

@@ -2,6 +2,7 @@ export { add, linear, matmul, mul, scale, sum, type MatmulOptions } from './math
 export {
   activation,
   crossEntropy,
+  dropout,
   embedding,
   gelu,
   layerNorm,
@@ -13,3 +14,4 @@ export {
 } from './nn.js';
 export { concat, permute, reshape, slice, transpose } from './shape.js';
 export { full, ones, randn, tensor, uniform, zeros, type CreateOptions } from './create.js';
+export { retention, retentionState, retentionStep, rotary, type RetentionOptions } from './retention.js';

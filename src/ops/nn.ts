@@ -5,6 +5,7 @@ import { needsGrad, record } from '../autograd/tape.js';
 import { ShapeError, formatShape } from '../errors.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { backendOf, expectDType, expectFloat, expectShape, sameDType } from './check.js';
+import type { Rng } from '../tensor/random.js';
 
 export function activation(kind: ActivationKind, x: Tensor): Tensor {
   const be = backendOf(kind, x);
@@ -127,5 +128,26 @@ export function embedding(table: Tensor, ids: Tensor): Tensor {
   if (table.rank !== 2) throw new ShapeError(`embedding: table must be [V, D], got ${formatShape(table.shape)}`);
   const y = be.embedding(table, ids);
   if (needsGrad(table)) record('embedding', [table], [y], ([g]) => [be.embeddingBackward(g!, ids, table.shape[0]!)]);
+  return y;
+}
+
+/**
+ * Inverted dropout: zeroes each element with probability p and scales the rest by 1/(1−p). With `perRow` the same
+ * decision covers whole rows of the leading dim (stochastic depth / drop path). Identity when p = 0.
+ */
+export function dropout(x: Tensor, p: number, rng: Rng, perRow = false): Tensor {
+  const be = backendOf('dropout', x);
+  expectFloat('dropout', 'x', x);
+  if (!(p >= 0 && p < 1)) throw new ShapeError(`dropout: probability ${p} is not in [0, 1)`);
+  const mask = new Float64Array(x.size);
+  const rowSize = perRow && x.rank > 0 ? x.size / (x.shape[0] || 1) : 1;
+  for (let i = 0; i < x.size; i += rowSize) {
+    const keep = rng.uniform() >= p ? 1 / (1 - p) : 0;
+    mask.fill(keep, i, i + rowSize);
+  }
+  const m = be.fromData(mask, x.shape, x.dtype);
+  const y = be.binary('mul', x, m);
+  if (needsGrad(x)) record('dropout', [x], [y], ([g]) => [be.binary('mul', g!, m)]);
+  else m.dispose();
   return y;
 }

@@ -1,0 +1,215 @@
+// RetNetConfig: the hyper-parameters of a RetNet, validated, with presets and the exact parameter count. On disk it
+// is torchscale's RetNetConfig JSON (snake_case keys, spec §1) plus "arch": "retnet", so torchscale's own config.json
+// loads as it is and ours loads in torchscale.
+
+import { ConfigError } from '../../errors.js';
+
+export interface RetNetConfig {
+  vocabSize: number;
+  /** d: model width, also the total query/key width. */
+  embedDim: number;
+  /** dv: total value width (v_proj, g_proj out, out_proj in). */
+  valueDim: number;
+  heads: number;
+  ffnDim: number;
+  layers: number;
+  /** GLU activation: gelu (exact erf), swish (SiLU) or relu. */
+  activation: 'gelu' | 'swish' | 'relu';
+  /** torchscale's gated FFN fc2(act(fc1 x) ⊙ gate x); false gives the paper's fc2(act(fc1 x)). */
+  glu: boolean;
+  /** Pre-norm (torchscale default) or post-norm blocks. */
+  normalizeBefore: boolean;
+  /** eps of every RMSNorm, the per-head group norm included. */
+  normEps: number;
+  /** Multiply embeddings by sqrt(d) (torchscale's no_scale_embedding = false). */
+  scaleEmbedding: boolean;
+  /** RMSNorm on the embeddings. */
+  layernormEmbedding: boolean;
+  /** DeepNet residual scaling α = (2L)^¼ (and init ÷ (8L)^¼). */
+  deepnorm: boolean;
+  dropout: number;
+  activationDropout: number;
+  dropPathRate: number;
+  /** Tie the output projection to the embedding table. */
+  tiedEmbeddings: boolean;
+  /** Full-sequence forward uses the chunkwise form (torchscale's chunkwise_recurrent). */
+  chunkwiseRecurrent: boolean;
+  /** C: chunk size of the chunkwise form. */
+  chunkSize: number;
+}
+
+export const RETNET_DEFAULTS: RetNetConfig = {
+  vocabSize: -1,
+  embedDim: 768,
+  valueDim: 1280,
+  heads: 3,
+  ffnDim: 1280,
+  layers: 12,
+  activation: 'gelu',
+  glu: true,
+  normalizeBefore: true,
+  normEps: 1e-6,
+  scaleEmbedding: false,
+  layernormEmbedding: false,
+  deepnorm: false,
+  dropout: 0,
+  activationDropout: 0,
+  dropPathRate: 0,
+  tiedEmbeddings: false,
+  chunkwiseRecurrent: false,
+  chunkSize: 512,
+};
+
+type Shape = Pick<RetNetConfig, 'embedDim' | 'valueDim' | 'heads' | 'ffnDim' | 'layers'>;
+
+/**
+ * Presets. The paper's sizes as torchscale configures them (fairseq retnet_xl / retnet_3b / retnet_7b: GLU with value
+ * and FFN width ≈ 5/3·d, key head dim 256, about 12·d² parameters per layer, as the paper's allocation), and small
+ * CPU sizes with value and FFN width 2d.
+ */
+export const RETNET_PRESETS: Record<string, Shape> = {
+  tiny: { embedDim: 128, layers: 2, heads: 2, valueDim: 256, ffnDim: 256 },
+  small: { embedDim: 256, layers: 4, heads: 4, valueDim: 512, ffnDim: 512 },
+  base: { embedDim: 512, layers: 6, heads: 4, valueDim: 1024, ffnDim: 1024 },
+  '1.3B': { embedDim: 2048, layers: 24, heads: 8, valueDim: 3456, ffnDim: 3456 },
+  '2.7B': { embedDim: 2560, layers: 32, heads: 10, valueDim: 4280, ffnDim: 4280 },
+  '6.7B': { embedDim: 4096, layers: 32, heads: 16, valueDim: 6912, ffnDim: 6912 },
+};
+
+export function retnetPreset(name: string, overrides: Partial<RetNetConfig> & { vocabSize: number }): RetNetConfig {
+  const shape = RETNET_PRESETS[name];
+  if (!shape)
+    throw new ConfigError(
+      `unknown RetNet preset '${name}' (expected one of ${Object.keys(RETNET_PRESETS).join(', ')})`,
+    );
+  return validateRetNetConfig({ ...RETNET_DEFAULTS, ...shape, ...overrides });
+}
+
+function positiveInt(c: RetNetConfig, field: keyof RetNetConfig, source: string): void {
+  const v = c[field];
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1)
+    throw new ConfigError(`${source}: ${field} must be a positive integer, got ${JSON.stringify(v)}`);
+}
+
+function probability(c: RetNetConfig, field: keyof RetNetConfig, source: string): void {
+  const v = c[field];
+  if (typeof v !== 'number' || !(v >= 0 && v < 1))
+    throw new ConfigError(`${source}: ${field} must be a number in [0, 1), got ${JSON.stringify(v)}`);
+}
+
+/** Checks every field; throws a ConfigError naming the first bad one. Returns the config. */
+export function validateRetNetConfig(c: RetNetConfig, source = 'RetNetConfig'): RetNetConfig {
+  for (const f of ['vocabSize', 'embedDim', 'valueDim', 'heads', 'ffnDim', 'layers', 'chunkSize'] as const)
+    positiveInt(c, f, source);
+  for (const f of ['dropout', 'activationDropout', 'dropPathRate'] as const) probability(c, f, source);
+  if (c.embedDim % c.heads !== 0)
+    throw new ConfigError(`${source}: embedDim ${c.embedDim} must be divisible by heads ${c.heads}`);
+  if (c.valueDim % c.heads !== 0)
+    throw new ConfigError(`${source}: valueDim ${c.valueDim} must be divisible by heads ${c.heads}`);
+  if ((c.embedDim / c.heads) % 2 !== 0)
+    throw new ConfigError(
+      `${source}: the key head dim embedDim/heads = ${c.embedDim / c.heads} must be even (rotation)`,
+    );
+  if (!['gelu', 'swish', 'relu'].includes(c.activation))
+    throw new ConfigError(`${source}: activation must be gelu, swish or relu, got ${JSON.stringify(c.activation)}`);
+  if (!(typeof c.normEps === 'number' && c.normEps > 0))
+    throw new ConfigError(`${source}: normEps must be a positive number, got ${JSON.stringify(c.normEps)}`);
+  for (const f of [
+    'glu',
+    'normalizeBefore',
+    'scaleEmbedding',
+    'layernormEmbedding',
+    'deepnorm',
+    'tiedEmbeddings',
+    'chunkwiseRecurrent',
+  ] as const)
+    if (typeof c[f] !== 'boolean')
+      throw new ConfigError(`${source}: ${f} must be true or false, got ${JSON.stringify(c[f])}`);
+  return c;
+}
+
+/** Key head dim K and value head dim V. */
+export function headDims(c: RetNetConfig): { K: number; V: number } {
+  return { K: c.embedDim / c.heads, V: c.valueDim / c.heads };
+}
+
+/** Exact parameter count: per layer 2d² + 3·d·dv (q, k, v, g, out) + FFN + 2d (norms), plus embeddings and norms. */
+export function retnetParameterCount(c: RetNetConfig): number {
+  const d = c.embedDim;
+  const ffn = (c.glu ? 3 : 2) * d * c.ffnDim;
+  const perLayer = 2 * d * d + 3 * d * c.valueDim + ffn + 2 * d;
+  const embeddings = c.vocabSize * d * (c.tiedEmbeddings ? 1 : 2);
+  return c.layers * perLayer + embeddings + (c.normalizeBefore ? d : 0) + (c.layernormEmbedding ? d : 0);
+}
+
+// torchscale's RetNetConfig keys (spec §1) and ours. Keys torchscale has that do not change a RetNet's math are
+// accepted and ignored; keys for features that do (MoE, multiway) are rejected unless off.
+const KEY_MAP: [keyof RetNetConfig, string][] = [
+  ['vocabSize', 'vocab_size'],
+  ['embedDim', 'decoder_embed_dim'],
+  ['valueDim', 'decoder_value_embed_dim'],
+  ['heads', 'decoder_retention_heads'],
+  ['ffnDim', 'decoder_ffn_embed_dim'],
+  ['layers', 'decoder_layers'],
+  ['activation', 'activation_fn'],
+  ['normalizeBefore', 'decoder_normalize_before'],
+  ['normEps', 'layernorm_eps'],
+  ['layernormEmbedding', 'layernorm_embedding'],
+  ['deepnorm', 'deepnorm'],
+  ['dropout', 'dropout'],
+  ['activationDropout', 'activation_dropout'],
+  ['dropPathRate', 'drop_path_rate'],
+  ['tiedEmbeddings', 'share_decoder_input_output_embed'],
+  ['chunkwiseRecurrent', 'chunkwise_recurrent'],
+  ['chunkSize', 'recurrent_chunk_size'],
+];
+
+const IGNORED_KEYS = new Set([
+  'arch', 'glu', 'no_scale_embedding', 'subln', 'encoder_normalize_before', 'checkpoint_activations', 'fsdp',
+  'ddp_rank', 'max_target_positions', 'rel_pos_buckets', 'max_rel_pos', 'xpos_rel_pos', 'xpos_scale_base',
+  'moe_freq', 'moe_top1_expert', 'moe_expert_count', 'moe_gating_use_fp32', 'moe_eval_capacity_token_fraction',
+  'moe_second_expert_policy', 'moe_normalize_gate_prob_before_dropping', 'use_xmoe', 'multiway', 'no_output_layer',
+]); // prettier-ignore
+
+/** Reads a config.json object (torchscale keys); `source` names the file in errors. */
+export function retnetConfigFromJSON(obj: unknown, source: string): RetNetConfig {
+  if (obj === null || typeof obj !== 'object' || Array.isArray(obj))
+    throw new ConfigError(`${source}: expected a JSON object`);
+  const j = obj as Record<string, unknown>;
+  const known = new Set([...KEY_MAP.map(([, k]) => k), ...IGNORED_KEYS]);
+  for (const key of Object.keys(j))
+    if (!known.has(key) && !key.startsWith('_')) throw new ConfigError(`${source}: unknown RetNet config key '${key}'`);
+  const unsupported: [string, unknown][] = [
+    ['moe_expert_count', 0],
+    ['use_xmoe', false],
+    ['multiway', false],
+    ['no_output_layer', false],
+  ];
+  for (const [key, off] of unsupported)
+    if (key in j && j[key] !== off && j[key] !== null)
+      throw new ConfigError(
+        `${source}: '${key}' = ${JSON.stringify(j[key])} is not supported (only ${JSON.stringify(off)})`,
+      );
+  if (j.arch !== undefined && j.arch !== 'retnet')
+    throw new ConfigError(`${source}: arch is ${JSON.stringify(j.arch)}, expected "retnet"`);
+  const c: Record<string, unknown> = { ...RETNET_DEFAULTS };
+  for (const [ours, theirs] of KEY_MAP) if (theirs in j) c[ours] = j[theirs];
+  if ('no_scale_embedding' in j) c.scaleEmbedding = j.no_scale_embedding === false;
+  if ('glu' in j) c.glu = j.glu;
+  if (c.activation === 'silu') c.activation = 'swish'; // PyTorch's name for swish
+  return validateRetNetConfig(c as unknown as RetNetConfig, source);
+}
+
+/** The config.json object: every torchscale RetNetConfig key (so torchscale builds the same model) plus arch/glu. */
+export function retnetConfigToJSON(c: RetNetConfig): Record<string, unknown> {
+  const j: Record<string, unknown> = { arch: 'retnet' };
+  for (const [ours, theirs] of KEY_MAP) j[theirs] = c[ours];
+  j.no_scale_embedding = !c.scaleEmbedding;
+  j.glu = c.glu;
+  j.subln = !c.deepnorm;
+  j.no_output_layer = false;
+  j.multiway = false;
+  j.moe_expert_count = 0;
+  j.use_xmoe = false;
+  return j;
+}

@@ -1,0 +1,537 @@
+// RetNet as torchscale's RetNetDecoder defines it (spec §5-§6): embedding, L blocks of multi-scale retention and a
+// GLU feed-forward with pre-RMSNorm residuals, a final RMSNorm and the LM head. Parameter names are torchscale's
+// state_dict keys, so checkpoints move both ways. Full sequences run in the parallel or chunkwise form; decoding runs
+// the recurrent form from a DecodeState whose size depends only on the config.
+
+import type { Backend } from '../../backend/backend.js';
+import { getBackend } from '../../backend/index.js';
+import { retentionGammas } from '../../backend/retention-math.js';
+import type { RetentionForm } from '../../backend/backend.js';
+import { gradEnabled, noGrad } from '../../autograd/tape.js';
+import { ShapeError } from '../../errors.js';
+import type { DType } from '../../tensor/dtype.js';
+import { Rng } from '../../tensor/random.js';
+import { tidy, keep } from '../../tensor/scope.js';
+import type { Tensor } from '../../tensor/tensor.js';
+import { add, mul, scale } from '../../ops/math.js';
+import { dropout, rmsNorm, silu } from '../../ops/nn.js';
+import { retention, retentionState, retentionStep, rotary } from '../../ops/retention.js';
+import { concat, reshape, slice } from '../../ops/shape.js';
+import { Module } from '../../nn/module.js';
+import {
+  Embedding,
+  FeedForward,
+  GLU,
+  Linear,
+  RMSNorm,
+  normal,
+  xavierUniform,
+  type ParamOptions,
+} from '../../nn/layers.js';
+import type { CausalLM, DecodeState } from '../lm.js';
+import { type RetNetConfig, headDims, validateRetNetConfig } from './config.js';
+
+export interface RetNetOptions {
+  backend?: Backend;
+  dtype?: DType;
+  /** Seed of the initial weights. */
+  seed?: number;
+}
+
+export interface ForwardOptions {
+  /** Default: chunkwise when config.chunkwiseRecurrent, else parallel. */
+  form?: RetentionForm;
+  /** Default: config.chunkSize. */
+  chunkSize?: number;
+}
+
+/** Frees an intermediate that no tape node needs (inference), leaving graph members to their scope. */
+function release(...ts: Tensor[]): void {
+  for (const t of ts) if (!t.requiresGrad) t.dispose();
+}
+
+/** θ of spec §4: angle[2j] = angle[2j+1] = 10000^(−j/(K/2−1)) (linspace including 1). */
+export function rotaryAngles(K: number): Float64Array {
+  const half = K / 2;
+  const angles = new Float64Array(K);
+  for (let j = 0; j < half; j++) {
+    const a = 1 / 10000 ** (half === 1 ? 0 : j / (half - 1));
+    angles[2 * j] = a;
+    angles[2 * j + 1] = a;
+  }
+  return angles;
+}
+
+/** cos/sin tables for the given positions: [N, K] (or [B, 1, K] when `perRow`). */
+function rotaryTables(
+  be: Backend,
+  dtype: DType,
+  angles: Float64Array,
+  positions: readonly number[],
+  perRow: boolean,
+): { cos: Tensor; sin: Tensor } {
+  const K = angles.length;
+  const c = new Float64Array(positions.length * K);
+  const s = new Float64Array(positions.length * K);
+  positions.forEach((p, i) => {
+    for (let x = 0; x < K; x++) {
+      c[i * K + x] = Math.cos(p * angles[x]!);
+      s[i * K + x] = Math.sin(p * angles[x]!);
+    }
+  });
+  const shape = perRow ? [positions.length, 1, K] : [positions.length, K];
+  return { cos: be.fromData(c, shape, dtype), sin: be.fromData(s, shape, dtype) };
+}
+
+/** Multi-scale retention (paper §2.2, spec §5): projections, rotation, retention, per-head RMSNorm, swish gate. */
+export class MultiScaleRetention extends Module {
+  readonly qProj: Linear;
+  readonly kProj: Linear;
+  readonly vProj: Linear;
+  readonly gProj: Linear;
+  readonly outProj: Linear;
+  readonly gammas: number[];
+  readonly K: number;
+  readonly V: number;
+
+  constructor(
+    readonly config: RetNetConfig,
+    rng: Rng,
+    opts: ParamOptions,
+  ) {
+    super();
+    const { embedDim: d, valueDim: dv, heads: H } = config;
+    ({ K: this.K, V: this.V } = headDims(config));
+    this.gammas = retentionGammas(H);
+    const deep = config.deepnorm ? (8 * config.layers) ** -0.25 : 1;
+    const xavier = (shape: [number, number], gain: number) => xavierUniform(shape, rng, gain, opts);
+    this.qProj = this.child('q_proj', new Linear(xavier([d, d], 2 ** -2.5)));
+    this.kProj = this.child('k_proj', new Linear(xavier([d, d], 2 ** -2.5)));
+    this.vProj = this.child('v_proj', new Linear(xavier([dv, d], 2 ** -2.5 * deep)));
+    this.gProj = this.child('g_proj', new Linear(xavier([dv, d], 2 ** -2.5)));
+    this.outProj = this.child('out_proj', new Linear(xavier([d, dv], 2 ** -1 * deep)));
+  }
+
+  /** q, k, v of x: [B, T, D] as [B, T, H, K] (rotated; k scaled by K^-0.5) and [B, T, H, V]. */
+  private qkv(x: Tensor, cos: Tensor, sin: Tensor): { q: Tensor; k: Tensor; v: Tensor } {
+    const [B, T] = x.shape as [number, number];
+    const H = this.config.heads;
+    const rotated = (t: Tensor) => {
+      const split = reshape(t, [B, T, H, this.K]);
+      release(t);
+      const out = rotary(split, cos, sin);
+      release(split);
+      return out;
+    };
+    const q = rotated(this.qProj.forward(x));
+    const kRaw = this.kProj.forward(x);
+    const k = rotated(scale(kRaw, this.K ** -0.5));
+    release(kRaw);
+    const vFlat = this.vProj.forward(x);
+    const v = reshape(vFlat, [B, T, H, this.V]);
+    release(vFlat);
+    return { q, k, v };
+  }
+
+  /** The gated output: out_proj(silu(g) ⊙ groupnorm(o)) for o: [B, T, H, V] -> [B, T, D]. */
+  private output(x: Tensor, o: Tensor): Tensor {
+    const [B, T, H, V] = o.shape as [number, number, number, number];
+    const normed = rmsNorm(o, null, this.config.normEps); // per-head RMSNorm over V, no affine
+    release(o);
+    const flat = reshape(normed, [B, T, H * V]);
+    release(normed);
+    const g = this.gProj.forward(x);
+    const gate = silu(g);
+    release(g);
+    const gated = mul(gate, flat);
+    release(gate, flat);
+    const y = this.outProj.forward(gated);
+    release(gated);
+    return y;
+  }
+
+  /** x: [B, T, D] -> [B, T, D]; with `capture`, also the recurrent state after the last position. */
+  forward(
+    x: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    form: RetentionForm,
+    chunkSize: number,
+    capture: boolean,
+  ): { y: Tensor; state: { state: Tensor; scale: Tensor } | null } {
+    const { q, k, v } = this.qkv(x, cos, sin);
+    const o = retention(q, k, v, this.gammas, { form, chunkSize });
+    const state = capture ? retentionState(k, v, this.gammas) : null;
+    release(q, k, v);
+    return { y: this.output(x, o), state };
+  }
+
+  /** One recurrent step: x: [B, 1, D] with per-row tables [B, 1, K]; updates state/scale in place. */
+  step(x: Tensor, cos: Tensor, sin: Tensor, state: Tensor, scaleT: Tensor): Tensor {
+    const B = x.shape[0]!;
+    const H = this.config.heads;
+    const { q, k, v } = this.qkv(x, cos, sin); // [B, 1, H, *]
+    const o = retentionStep(
+      reshape(q, [B, H, this.K]),
+      reshape(k, [B, H, this.K]),
+      reshape(v, [B, H, this.V]),
+      state,
+      scaleT,
+      this.gammas,
+    ); // [B, H, V]
+    return this.output(x, reshape(o, [B, 1, H, this.V]));
+  }
+}
+
+/** One RetNet block (torchscale's RetNetDecoderLayer). */
+export class RetNetLayer extends Module {
+  readonly retention: MultiScaleRetention;
+  readonly retentionLayerNorm: RMSNorm;
+  readonly ffn: GLU | FeedForward;
+  readonly finalLayerNorm: RMSNorm;
+  /** DeepNet residual scale α = (2L)^¼, else 1. */
+  readonly alpha: number;
+
+  constructor(
+    readonly config: RetNetConfig,
+    readonly index: number,
+    private readonly rng: Rng,
+    opts: ParamOptions,
+  ) {
+    super();
+    const c = config;
+    this.alpha = c.deepnorm ? (2 * c.layers) ** 0.25 : 1;
+    this.retention = this.child('retention', new MultiScaleRetention(c, rng, opts));
+    this.retentionLayerNorm = this.child('retention_layer_norm', new RMSNorm(c.embedDim, c.normEps, opts));
+    const act = c.activation === 'swish' ? 'silu' : c.activation;
+    this.ffn = this.child(
+      'ffn',
+      c.glu ? new GLU(c.embedDim, c.ffnDim, act, rng, opts) : new FeedForward(c.embedDim, c.ffnDim, act, rng, opts),
+    );
+    if (c.deepnorm) {
+      // DeepNet init: fc1/fc2 (and out_proj/v_proj above) scaled by (8L)^-¼; the GLU gate is not.
+      const beta = (8 * c.layers) ** -0.25;
+      for (const lin of [this.ffn.fc1, this.ffn.fc2]) {
+        const w = lin.weight;
+        w.backend.write(
+          w,
+          Array.from(w.data(), (x) => x * beta),
+        );
+      }
+    }
+    this.finalLayerNorm = this.child('final_layer_norm', new RMSNorm(c.embedDim, c.normEps, opts));
+  }
+
+  private dropPath(): number {
+    return this.config.layers > 1 ? (this.config.dropPathRate * this.index) / (this.config.layers - 1) : 0;
+  }
+
+  /** Dropout, drop path and the residual α·residual + h, as torchscale orders them. */
+  private residual(residual: Tensor, h: Tensor, withDropout: boolean): Tensor {
+    let branch = h;
+    if (this.training) {
+      if (withDropout && this.config.dropout > 0) branch = dropout(branch, this.config.dropout, this.rng);
+      if (this.dropPath() > 0) branch = dropout(branch, this.dropPath(), this.rng, true);
+    }
+    const base = this.alpha === 1 ? residual : scale(residual, this.alpha);
+    const out = add(base, branch);
+    if (base !== residual) release(base);
+    release(branch);
+    if (branch !== h) release(h);
+    return out;
+  }
+
+  private ffnForward(x: Tensor): Tensor {
+    const y = this.ffn.forward(x);
+    return this.training && this.config.dropout > 0 ? dropout(y, this.config.dropout, this.rng) : y;
+  }
+
+  /** Applies the block around a retention call (full sequence or one step). */
+  run(x: Tensor, msr: (normed: Tensor) => Tensor): Tensor {
+    const pre = this.config.normalizeBefore;
+    const normed = pre ? this.retentionLayerNorm.forward(x) : x;
+    const h = msr(normed);
+    if (normed !== x) release(normed);
+    let x1 = this.residual(x, h, true);
+    if (!pre) {
+      const n = this.retentionLayerNorm.forward(x1);
+      release(x1);
+      x1 = n;
+    }
+    const normed2 = pre ? this.finalLayerNorm.forward(x1) : x1;
+    const f = this.ffnForward(normed2);
+    if (normed2 !== x1) release(normed2);
+    let x2 = this.residual(x1, f, false);
+    release(x1);
+    if (!pre) {
+      const n = this.finalLayerNorm.forward(x2);
+      release(x2);
+      x2 = n;
+    }
+    return x2;
+  }
+}
+
+/** Recurrent decoding state: per layer S [B, H, K, V] and its decay-sum scale [B, H]; size independent of position. */
+export class RetNetDecodeState implements DecodeState {
+  constructor(
+    readonly states: Tensor[],
+    readonly scales: Tensor[],
+    public positions: number[],
+  ) {
+    for (const t of [...states, ...scales]) keep(t);
+  }
+
+  get batch(): number {
+    return this.positions.length;
+  }
+
+  bytes(): number {
+    let n = 0;
+    for (const t of [...this.states, ...this.scales]) n += t.storage.byteLength;
+    return n;
+  }
+
+  select(rows: readonly number[]): void {
+    for (const r of rows)
+      if (!Number.isInteger(r) || r < 0 || r >= this.batch)
+        throw new ShapeError(`DecodeState.select: row ${r} is outside the batch of ${this.batch}`);
+    const pick = (t: Tensor) =>
+      keep(
+        noGrad(() =>
+          tidy(() =>
+            rows.length === 0
+              ? t.backend.zeros([0, ...t.shape.slice(1)], t.dtype)
+              : concat(
+                  rows.map((r) => slice(t, 0, r, r + 1)),
+                  0,
+                ),
+          ),
+        ),
+      );
+    for (const list of [this.states, this.scales])
+      list.forEach((t, i) => {
+        list[i] = pick(t);
+        t.dispose();
+      });
+    this.positions = rows.map((r) => this.positions[r]!);
+  }
+
+  dispose(): void {
+    for (const t of [...this.states, ...this.scales]) t.dispose();
+  }
+
+  /** Named host copies for saving (layer l: `layers.l.state` [B, H, K, V], `layers.l.scale` [B, H]). */
+  toTensors(): Map<string, { shape: readonly number[]; data: ArrayLike<number> }> {
+    const out = new Map<string, { shape: readonly number[]; data: ArrayLike<number> }>();
+    this.states.forEach((t, l) => out.set(`layers.${l}.state`, { shape: t.shape, data: t.data() }));
+    this.scales.forEach((t, l) => out.set(`layers.${l}.scale`, { shape: t.shape, data: t.data() }));
+    return out;
+  }
+}
+
+export class RetNetModel extends Module implements CausalLM {
+  readonly arch = 'retnet' as const;
+  readonly embedTokens: Embedding;
+  readonly layernormEmbedding: RMSNorm | null;
+  readonly layers: RetNetLayer[];
+  readonly layerNorm: RMSNorm | null;
+  readonly outputProjection: Linear;
+  readonly backend: Backend;
+  readonly dtype: DType;
+  private readonly angles: Float64Array;
+  /** Draws dropout masks (training only). */
+  private readonly rng: Rng;
+
+  constructor(
+    readonly config: RetNetConfig,
+    opts: RetNetOptions = {},
+  ) {
+    super();
+    validateRetNetConfig(config);
+    const c = config;
+    this.backend = opts.backend ?? getBackend();
+    this.dtype = opts.dtype ?? 'float32';
+    const p: ParamOptions = { backend: this.backend, dtype: this.dtype };
+    const rng = new Rng(opts.seed ?? 0);
+    this.rng = rng;
+    this.embedTokens = this.child(
+      'embed_tokens',
+      new Embedding(normal([c.vocabSize, c.embedDim], rng, c.embedDim ** -0.5, p)),
+    );
+    this.layernormEmbedding = c.layernormEmbedding
+      ? this.child('layernorm_embedding', new RMSNorm(c.embedDim, c.normEps, p))
+      : null;
+    this.layers = Array.from({ length: c.layers }, (_, i) => this.child(`layers.${i}`, new RetNetLayer(c, i, rng, p)));
+    this.layerNorm = c.normalizeBefore ? this.child('layer_norm', new RMSNorm(c.embedDim, c.normEps, p)) : null;
+    this.outputProjection = this.child(
+      'output_projection',
+      new Linear(
+        c.tiedEmbeddings ? this.embedTokens.weight : normal([c.vocabSize, c.embedDim], rng, c.embedDim ** -0.5, p),
+      ),
+    );
+    this.angles = rotaryAngles(headDims(c).K);
+  }
+
+  get vocabSize(): number {
+    return this.config.vocabSize;
+  }
+
+  private checkIds(ids: Tensor): void {
+    if (ids.dtype !== 'int32' || ids.rank !== 2)
+      throw new ShapeError(`RetNet: token ids must be int32 [B, T], got ${ids.toString()}`);
+  }
+
+  private embed(ids: Tensor): Tensor {
+    const c = this.config;
+    let x = this.embedTokens.forward(ids);
+    if (c.scaleEmbedding) {
+      const s = scale(x, Math.sqrt(c.embedDim));
+      release(x);
+      x = s;
+    }
+    if (this.layernormEmbedding) {
+      const n = this.layernormEmbedding.forward(x);
+      release(x);
+      x = n;
+    }
+    if (this.training && c.dropout > 0) x = dropout(x, c.dropout, this.rng);
+    return x;
+  }
+
+  private head(x: Tensor): Tensor {
+    const normed = this.layerNorm ? this.layerNorm.forward(x) : x;
+    if (normed !== x) release(x);
+    const logits = this.outputProjection.forward(normed);
+    release(normed);
+    return logits;
+  }
+
+  private runLayers(
+    ids: Tensor,
+    form: RetentionForm,
+    chunkSize: number,
+    capture: boolean,
+  ): { x: Tensor; states: { state: Tensor; scale: Tensor }[] } {
+    const T = ids.shape[1]!;
+    const { cos, sin } = rotaryTables(this.backend, this.dtype, this.angles, [...Array(T).keys()], false);
+    let x = this.embed(ids);
+    const states: { state: Tensor; scale: Tensor }[] = [];
+    for (const layer of this.layers) {
+      const next = layer.run(x, (normed) => {
+        const { y, state } = layer.retention.forward(normed, cos, sin, form, chunkSize, capture);
+        if (state) states.push(state);
+        return y;
+      });
+      release(x);
+      x = next;
+    }
+    // The rotary tables are saved by the tape's rotary nodes when recording; otherwise free them now.
+    if (!gradEnabled()) release(cos, sin);
+    return { x, states };
+  }
+
+  /** ids int32 [B, T] -> logits [B, T, V]. */
+  forward(ids: Tensor, opts: ForwardOptions = {}): Tensor {
+    this.checkIds(ids);
+    const form = opts.form ?? (this.config.chunkwiseRecurrent ? 'chunkwise' : 'parallel');
+    const chunkSize = opts.chunkSize ?? this.config.chunkSize;
+    return this.head(this.runLayers(ids, form, chunkSize, false).x);
+  }
+
+  /** An empty state for `batch` rows (positions 0). */
+  emptyState(batch: number): RetNetDecodeState {
+    const { K, V } = headDims(this.config);
+    const H = this.config.heads;
+    const make = (shape: number[]) => this.backend.zeros(shape, this.dtype);
+    return new RetNetDecodeState(
+      this.layers.map(() => make([batch, H, K, V])),
+      this.layers.map(() => make([batch, H])),
+      new Array<number>(batch).fill(0),
+    );
+  }
+
+  /** A state restored from `RetNetDecodeState.toTensors()` output (e.g. read back from a safetensors file). */
+  stateFromTensors(
+    tensors: Map<string, { shape: readonly number[]; data: ArrayLike<number> }>,
+    positions: readonly number[],
+  ): RetNetDecodeState {
+    const state = this.emptyState(positions.length);
+    state.positions = [...positions];
+    const fill = (name: string, t: Tensor) => {
+      const v = tensors.get(name);
+      if (!v) throw new ShapeError(`decode state: missing tensor '${name}'`);
+      if (v.shape.length !== t.shape.length || v.shape.some((d, i) => d !== t.shape[i]))
+        throw new ShapeError(
+          `decode state: '${name}' has shape [${v.shape.join(', ')}], expected [${t.shape.join(', ')}]`,
+        );
+      t.backend.write(t, v.data);
+    };
+    this.layers.forEach((_, l) => {
+      fill(`layers.${l}.state`, state.states[l]!);
+      fill(`layers.${l}.scale`, state.scales[l]!);
+    });
+    return state;
+  }
+
+  /** Prefills each prompt with the chunkwise form (or `opts.form`) and returns the last logits [B, V] and the state. */
+  prefill(
+    prompts: readonly (readonly number[])[],
+    opts: ForwardOptions = {},
+  ): { logits: Tensor; state: RetNetDecodeState } {
+    const form = opts.form ?? 'chunkwise';
+    const chunkSize = opts.chunkSize ?? this.config.chunkSize;
+    for (const [i, p] of prompts.entries())
+      if (p.length === 0) throw new ShapeError(`prefill: prompt ${i} is empty (every prompt needs at least one token)`);
+    return noGrad(() =>
+      tidy(() => {
+        const lastLogits: Tensor[] = [];
+        const perPrompt = prompts.map((p) => {
+          const ids = this.backend.fromData(p, [1, p.length], 'int32');
+          const { x, states } = this.runLayers(ids, form, chunkSize, true);
+          const last = slice(x, 1, p.length - 1, p.length); // [1, 1, D]
+          lastLogits.push(reshape(this.head(last), [1, this.vocabSize]));
+          return states;
+        });
+        const join = (pick: (s: { state: Tensor; scale: Tensor }) => Tensor) =>
+          this.layers.map((_, l) =>
+            concat(
+              perPrompt.map((states) => pick(states[l]!)),
+              0,
+            ),
+          );
+        const state = new RetNetDecodeState(
+          join((s) => s.state),
+          join((s) => s.scale),
+          prompts.map((p) => p.length),
+        );
+        return { logits: concat(lastLogits, 0), state };
+      }),
+    );
+  }
+
+  /** One recurrent step for every row: tokens [B] -> logits [B, V]. */
+  step(tokens: readonly number[], state: DecodeState): Tensor {
+    if (!(state instanceof RetNetDecodeState)) throw new ShapeError('RetNet.step: the state is not a RetNet state');
+    if (tokens.length !== state.batch)
+      throw new ShapeError(`RetNet.step: ${tokens.length} tokens for a state of ${state.batch} rows`);
+    const logits = noGrad(() =>
+      tidy(() => {
+        const B = tokens.length;
+        const ids = this.backend.fromData(tokens, [B, 1], 'int32');
+        const { cos, sin } = rotaryTables(this.backend, this.dtype, this.angles, state.positions, true);
+        let x = this.embed(ids);
+        this.layers.forEach((layer, l) => {
+          const next = layer.run(x, (normed) =>
+            layer.retention.step(normed, cos, sin, state.states[l]!, state.scales[l]!),
+          );
+          release(x);
+          x = next;
+        });
+        return reshape(this.head(x), [B, this.vocabSize]);
+      }),
+    );
+    state.positions = state.positions.map((p) => p + 1);
+    return logits;
+  }
+}

@@ -1,0 +1,16 @@
+// Loads a tokenizer from its tokenizer.json text.
+
+import { FormatError } from '../errors.js';
+import { ByteTokenizer, type Tokenizer } from './tokenizer.js';
+
+export function loadTokenizer(json: string, source: string): Tokenizer {
+  let obj: { model?: { type?: string } };
+  try {
+    obj = JSON.parse(json) as typeof obj;
+  } catch (e) {
+    throw new FormatError(`${source}: not valid JSON (${(e as Error).message})`);
+  }
+  const type = obj.model?.type;
+  if (type === 'retnet-bytes') return new ByteTokenizer();
+  throw new FormatError(`${source}: unsupported tokenizer model type ${JSON.stringify(type)} (expected retnet-bytes)`);
+}

@@ -1,0 +1,358 @@
+// Engine behaviour beyond single kernels: error messages, memory accounting, scopes, the tape, AdamW, the RNG and
+// safetensors I/O.
+import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+
+import { backward, noGrad, tapeLength } from '../src/autograd/tape.js';
+import { DisposedError, DTypeError, FormatError, ShapeError, BackendError } from '../src/errors.js';
+import { parseSafetensors, readSafetensors, serializeSafetensors, writeSafetensors } from '../src/io/safetensors.js';
+import { add, linear, matmul, mul, sum } from '../src/ops/math.js';
+import { crossEntropy, embedding, rmsNorm } from '../src/ops/nn.js';
+import { reshape } from '../src/ops/shape.js';
+import { BufferPool } from '../src/tensor/pool.js';
+import { Rng } from '../src/tensor/random.js';
+import { keep, tidy } from '../src/tensor/scope.js';
+import { assertClose, nat, randomTensor, ref } from './helpers.js';
+
+describe('errors name the op and the shapes', () => {
+  it('shape mismatches', () => {
+    const be = nat();
+    const rng = new Rng(1);
+    tidy(() => {
+      const a = randomTensor(be, rng, [2, 3]);
+      const b = randomTensor(be, rng, [4, 5]);
+      assert.throws(
+        () => matmul(a, b),
+        (e: Error) => e instanceof ShapeError && /matmul: cannot multiply \[2, 3\] by \[4, 5\]/.test(e.message),
+      );
+      assert.throws(() => add(a, b), /add: shape \[4, 5\] of b must equal a's \[2, 3\] or be a suffix of it/);
+      assert.throws(() => linear(a, b), /linear: input \[2, 3\] does not fit weight \[4, 5\]/);
+      assert.throws(() => reshape(a, [4, 2]), /reshape: cannot reshape \[2, 3\] \(6 elements\) to \[4, 2\]/);
+      assert.throws(
+        () => rmsNorm(a, randomTensor(be, rng, [2]), 1e-6),
+        /rmsNorm: weight has shape \[2\], expected \[3\]/,
+      );
+    });
+  });
+
+  it('wrong dtypes and backends', () => {
+    tidy(() => {
+      const ids = nat().fromData([0, 1], [2], 'int32');
+      const x = randomTensor(nat(), new Rng(2), [2, 4]);
+      assert.throws(
+        () => add(ids, ids),
+        (e: Error) => e instanceof DTypeError && /add: a must be a float tensor, got int32/.test(e.message),
+      );
+      assert.throws(() => embedding(x, x), /embedding: ids must be int32, got float32/);
+      assert.throws(() => crossEntropy(x, x), /crossEntropy: targets must be int32/);
+      assert.throws(() => nat().zeros([2], 'float64'), /native backend does not hold float64/);
+      const r = randomTensor(ref, new Rng(3), [2, 4]);
+      assert.throws(
+        () => add(x, r),
+        (e: Error) => e instanceof BackendError && /different backends/.test(e.message),
+      );
+      r.dispose();
+    });
+  });
+
+  it('use after dispose', () => {
+    const t = randomTensor(nat(), new Rng(4), [3]);
+    t.name = 'weights';
+    t.dispose();
+    assert.throws(
+      () => add(t, t),
+      (e: Error) => e instanceof DisposedError && /'weights' of shape \[3\] was used after dispose/.test(e.message),
+    );
+    assert.throws(() => t.data(), DisposedError);
+    t.dispose(); // twice is fine
+  });
+
+  it('out-of-range token ids are caught before any kernel reads memory', () => {
+    for (const be of [ref, nat()])
+      tidy(() => {
+        const table = randomTensor(be, new Rng(5), [4, 2]);
+        assert.throws(
+          () => embedding(table, be.fromData([1, 4], [2], 'int32')),
+          /token id 4 at position 1 is outside the vocabulary \[0, 4\)/,
+        );
+        const logits = randomTensor(be, new Rng(6), [2, 3]);
+        assert.throws(
+          () => crossEntropy(logits, be.fromData([0, 7], [2], 'int32')),
+          /target 7 .*outside the vocabulary \[0, 3\)/,
+        );
+      });
+  });
+
+  it('native kernels reject short buffers with a TypeError, not a crash', () => {
+    const addon = (nat() as unknown as { addon: Record<string, (...a: unknown[]) => void> }).addon;
+    assert.throws(
+      () => addon.scale!(new Float32Array(2), new Float32Array(8), 1, 8),
+      /scale: a holds 2 elements, needs 8/,
+    );
+    assert.throws(() => addon.scale!(new Float64Array(8), new Float32Array(8), 1, 8), /must be a Float32Array/);
+  });
+});
+
+describe('memory accounting', () => {
+  it('counts live storage bytes exactly, shares storage across views, and tracks the peak', () => {
+    for (const be of [ref, nat()]) {
+      const base = be.memory.current;
+      be.memory.resetPeak();
+      const a = be.zeros([10, 10], 'float32');
+      assert.equal(be.memory.current - base, 400);
+      const v = reshape(a, [100]);
+      assert.equal(be.memory.current - base, 400, 'a view shares its storage');
+      a.dispose();
+      assert.equal(be.memory.current - base, 400, 'the storage lives while a view does');
+      v.dispose();
+      assert.equal(be.memory.current - base, 0);
+      const b = be.zeros([1000], 'float32');
+      b.dispose();
+      assert.equal(be.memory.peak - base, 4000);
+      be.memory.resetPeak();
+      assert.equal(be.memory.peak, be.memory.current);
+    }
+    assert.equal(ref.zeros([3], 'float64').storage.byteLength, 24);
+  });
+
+  it('tidy frees every intermediate and keeps the result; keep() exempts a tensor', () => {
+    const be = nat();
+    const base = be.memory.current;
+    const rng = new Rng(7);
+    let kept = null as unknown as ReturnType<typeof randomTensor>;
+    const out = tidy(() => {
+      const a = randomTensor(be, rng, [8, 8]);
+      const b = mul(a, a);
+      kept = keep(add(b, a));
+      return sum(b);
+    });
+    assert.equal(be.memory.current - base, 4 + 256, 'only the result and the kept tensor remain');
+    out.dispose();
+    kept.dispose();
+    assert.equal(be.memory.current, base);
+  });
+
+  it('a thrown error inside tidy still frees everything', () => {
+    const be = nat();
+    const base = be.memory.current;
+    assert.throws(() =>
+      tidy(() => {
+        be.zeros([100], 'float32');
+        throw new Error('boom');
+      }),
+    );
+    assert.equal(be.memory.current, base);
+  });
+});
+
+describe('autograd tape', () => {
+  it('records only when an input requires grad, not under noGrad, and backward clears it', () => {
+    const be = nat();
+    const rng = new Rng(8);
+    const w = randomTensor(be, rng, [3, 3], { requiresGrad: true });
+    tidy(() => {
+      const x = randomTensor(be, rng, [2, 3]);
+      noGrad(() => linear(x, w));
+      assert.equal(tapeLength(), 0);
+      const y = sum(linear(x, w));
+      assert.equal(tapeLength(), 2);
+      backward(y);
+      assert.equal(tapeLength(), 0);
+    });
+    assert.ok(w.grad);
+    // A second backward accumulates.
+    const first = w.grad.data();
+    tidy(() => backward(sum(linear(randomTensor(be, new Rng(8), [2, 3]), w))));
+    assert.ok(Math.abs(w.grad.data()[0]! - first[0]!) > 0);
+    w.dispose();
+  });
+
+  it('the tape forgets nodes whose outputs a scope disposed', () => {
+    const w = randomTensor(nat(), new Rng(9), [2, 2], { requiresGrad: true });
+    tidy(() => {
+      mul(w, w);
+    });
+    assert.equal(tapeLength(), 0);
+    w.dispose();
+  });
+});
+
+describe('AdamW kernel', () => {
+  it('native equals reference and the textbook update', () => {
+    const rng = new Rng(10);
+    const n = 1001;
+    const init = Array.from({ length: n }, () => rng.normal());
+    const grad = Array.from({ length: n }, () => rng.normal());
+    const hp = { lr: 1e-2, beta1: 0.9, beta2: 0.98, eps: 1e-8, weightDecay: 0.05, step: 3, gradScale: 0.5 };
+    const results = [ref, nat()].map((be) => {
+      const p = be.fromData(init, [n], 'float32');
+      const g = be.fromData(grad, [n], 'float32');
+      const m = be.fromData(
+        grad.map((x) => 0.1 * x),
+        [n],
+        'float32',
+      );
+      const v = be.fromData(
+        grad.map((x) => 0.01 * x * x),
+        [n],
+        'float32',
+      );
+      be.adamw(p, g, m, v, hp);
+      const out = p.data();
+      for (const t of [p, g, m, v]) t.dispose();
+      return out;
+    });
+    const expected = init.map((p0, i) => {
+      const g = grad[i]! * hp.gradScale;
+      const m = 0.9 * 0.1 * grad[i]! + 0.1 * g;
+      const v = 0.98 * 0.01 * grad[i]! ** 2 + 0.02 * g * g;
+      const mh = m / (1 - 0.9 ** 3);
+      const vh = v / (1 - 0.98 ** 3);
+      return p0 * (1 - hp.lr * hp.weightDecay) - (hp.lr * mh) / (Math.sqrt(vh) + hp.eps);
+    });
+    assertClose(results[0]!, expected, 1e-6, 'reference');
+    assertClose(results[1]!, expected, 1e-6, 'native');
+  });
+
+  it('sumSquares', () => {
+    const data = Array.from({ length: 100001 }, (_, i) => Math.sin(i));
+    const expected = data.reduce((s, x) => s + Math.fround(x) ** 2, 0);
+    for (const be of [ref, nat()]) {
+      const t = be.fromData(data, [data.length], 'float32');
+      assert.ok(Math.abs(be.sumSquares(t) - expected) < 1e-6 * expected);
+      t.dispose();
+    }
+  });
+});
+
+describe('Rng', () => {
+  it('is deterministic per seed and resumes from its state', () => {
+    const a = new Rng(42);
+    const b = new Rng(42);
+    for (let i = 0; i < 10; i++) assert.equal(a.nextU32(), b.nextU32());
+    const saved = a.getState();
+    const next = [a.uniform(), a.normal()];
+    const c = new Rng(0);
+    c.setState(saved);
+    assert.deepEqual([c.uniform(), c.normal()], next);
+    assert.notEqual(new Rng(1).nextU32(), new Rng(2).nextU32());
+    assert.throws(() => c.setState([1, 2]), /four 32-bit unsigned integers/);
+  });
+});
+
+describe('safetensors', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'retnet-st-'));
+
+  it('round-trips F64, F32 and I32 with metadata, written atomically', () => {
+    const path = join(dir, 'a.safetensors');
+    const tensors = new Map([
+      ['w', { dtype: 'F32' as const, shape: [2, 3], data: [1, 2, 3, 4, 5, 6.5] }],
+      ['d', { dtype: 'F64' as const, shape: [2], data: [Math.PI, -1e-300] }],
+      ['i', { dtype: 'I32' as const, shape: [0], data: [] }],
+    ]);
+    writeSafetensors(path, tensors, { note: 'x' });
+    const back = readSafetensors(path);
+    assert.deepEqual(back.metadata, { note: 'x' });
+    assert.deepEqual(Array.from(back.tensors.get('w')!.data), [1, 2, 3, 4, 5, 6.5]);
+    assert.deepEqual(Array.from(back.tensors.get('d')!.data), [Math.PI, -1e-300]);
+    assert.deepEqual(back.tensors.get('i')!.shape, [0]);
+    assert.deepEqual(readdirSync(dir), ['a.safetensors'], 'no temporary file is left behind');
+  });
+
+  it('decodes F16 and BF16', () => {
+    const header = JSON.stringify({
+      h: { dtype: 'F16', shape: [3], data_offsets: [0, 6] },
+      b: { dtype: 'BF16', shape: [2], data_offsets: [6, 10] },
+    });
+    const data = Buffer.alloc(10);
+    data.writeUInt16LE(0x3c00, 0); // 1.0
+    data.writeUInt16LE(0xc000, 2); // -2.0
+    data.writeUInt16LE(0x0001, 4); // 2^-24
+    data.writeUInt16LE(0x3fc0, 6); // 1.5
+    data.writeUInt16LE(0xc2f7, 8); // -123.5
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(header.length));
+    const f = parseSafetensors(Buffer.concat([len, Buffer.from(header), data]), 'mem');
+    assert.deepEqual(Array.from(f.tensors.get('h')!.data), [1, -2, 2 ** -24]);
+    assert.deepEqual(Array.from(f.tensors.get('b')!.data), [1.5, -123.5]);
+  });
+
+  it('rejects malformed files with the file and tensor named', () => {
+    const good = Buffer.concat(
+      serializeSafetensors(new Map([['w', { dtype: 'F32' as const, shape: [2], data: [1, 2] }]])),
+    );
+    assert.throws(
+      () => parseSafetensors(good.subarray(0, 4), 'f.st'),
+      (e: Error) => e instanceof FormatError && /f.st: not a safetensors file/.test(e.message),
+    );
+    assert.throws(
+      () => parseSafetensors(good.subarray(0, good.length - 1), 'f.st'),
+      /f.st: tensor 'w': data_offsets \[0, 8\] lie outside/,
+    );
+    const bad = (h: object) => {
+      const j = Buffer.from(JSON.stringify(h));
+      const l = Buffer.alloc(8);
+      l.writeBigUInt64LE(BigInt(j.length));
+      return Buffer.concat([l, j, Buffer.alloc(16)]);
+    };
+    assert.throws(
+      () => parseSafetensors(bad({ w: { dtype: 'Q4', shape: [1], data_offsets: [0, 1] } }), 'f.st'),
+      /tensor 'w': unsupported dtype "Q4"/,
+    );
+    assert.throws(
+      () => parseSafetensors(bad({ w: { dtype: 'F32', shape: [3], data_offsets: [0, 8] } }), 'f.st'),
+      /8 bytes of data for shape \[3\] of F32 \(need 12\)/,
+    );
+    assert.throws(
+      () =>
+        parseSafetensors(
+          bad({
+            a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] },
+            b: { dtype: 'F32', shape: [2], data_offsets: [4, 12] },
+          }),
+          'f.st',
+        ),
+      /'a' and 'b' overlap/,
+    );
+    const path = join(dir, 'junk.safetensors');
+    writeFileSync(path, 'not json at all, definitely');
+    assert.throws(() => readSafetensors(path), /junk.safetensors: header length .* exceeds the file/);
+    assert.throws(() => readSafetensors(join(dir, 'missing.safetensors')), /missing.safetensors: cannot read/);
+  });
+});
+
+describe('buffer pool', () => {
+  it('reuses freed buffers of the same size, zero-filled, and evicts the oldest beyond its capacity', () => {
+    const pool = new BufferPool(3 * 65536);
+    const a = pool.take('float32', 16384);
+    a.fill(7);
+    pool.give(a.buffer as ArrayBuffer);
+    const b = pool.take('float32', 16384);
+    assert.equal(b.buffer, a.buffer, 'the freed buffer comes back');
+    assert.ok(
+      b.every((x) => x === 0),
+      'zero-filled',
+    );
+    assert.equal(pool.hits, 1);
+    for (let i = 0; i < 4; i++) pool.give(new ArrayBuffer(65536));
+    assert.equal(pool.pooledBytes, 3 * 65536, 'capacity holds');
+    const tiny = pool.take('float32', 4);
+    pool.give(tiny.buffer as ArrayBuffer);
+    assert.equal(pool.pooledBytes, 3 * 65536, 'small buffers are not pooled');
+  });
+
+  it('tensors of a backend draw on it while the tracker counts only live tensors', () => {
+    const be = nat() as unknown as { pool: BufferPool; memory: { current: number } } & ReturnType<typeof nat>;
+    const base = be.memory.current;
+    const t = be.zeros([100000], 'float32');
+    const buffer = (t.storage as unknown as { data: Float32Array }).data.buffer;
+    t.dispose();
+    assert.equal(be.memory.current, base);
+    const u = be.zeros([100000], 'float32');
+    assert.equal((u.storage as unknown as { data: Float32Array }).data.buffer, buffer);
+    u.dispose();
+  });
+});
