@@ -71,6 +71,44 @@ export function gitCommit(): string | null {
   }
 }
 
+/** CPU time counters (clock ticks) of the whole machine and of this process with its waited-for children. */
+export interface CpuCounters {
+  busy: number;
+  total: number;
+  own: number;
+}
+
+/** Reads /proc/stat and /proc/self/stat; null where they do not exist. */
+export function cpuCounters(): CpuCounters | null {
+  try {
+    // cpu  user nice system idle iowait irq softirq steal ...
+    const [user, nice, system, idle, iowait, irq, softirq, steal] = readFileSync('/proc/stat', 'utf8')
+      .split('\n')[0]!
+      .trim()
+      .split(/\s+/)
+      .slice(1, 9)
+      .map(Number) as [number, number, number, number, number, number, number, number];
+    const busy = user + nice + system + irq + softirq + steal;
+    // After the command name (which may hold spaces): state is field 3, utime..cstime are fields 14..17.
+    const self = readFileSync('/proc/self/stat', 'utf8');
+    const f = self.slice(self.lastIndexOf(')') + 2).split(' ');
+    const own = Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+    return { busy, total: busy + idle + iowait, own };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The share of the machine's CPU time (0..1, all cores) that other processes used between two readings. Benchmarks
+ * record it because a shared machine makes timings slower: a figure taken at a load of 0.5 is not a ceiling.
+ */
+export function otherLoad(before: CpuCounters | null, after: CpuCounters | null): number | null {
+  if (!before || !after || after.total <= before.total) return null;
+  const other = after.busy - before.busy - (after.own - before.own);
+  return Math.min(1, Math.max(0, other / (after.total - before.total)));
+}
+
 // ---------------------------------------------------------------------------------------------------------------------
 // Timing
 
