@@ -15,11 +15,19 @@ export class BufferPool {
   pooledBytes = 0;
   hits = 0;
   misses = 0;
+  /**
+   * A test aid, like glibc's MALLOC_PERTURB_: arrays taken without zeroing come with every byte 0xff (NaN as float,
+   * -1 as int32), so a kernel that leaves an element of its output unwritten shows up instead of reading as 0.
+   */
+  poison = false;
 
   constructor(readonly capacityBytes: number) {}
 
-  /** A zero-filled array of `size` elements of dtype. */
-  take(dtype: DType, size: number): DataArray {
+  /**
+   * An array of `size` elements of dtype: zero-filled, or with `zeroed` false arbitrary contents, for a kernel that
+   * writes every element (a recycled buffer then skips the fill).
+   */
+  take(dtype: DType, size: number, zeroed = true): DataArray {
     const bytes = size * bytesPerElement(dtype);
     const list = bytes >= MIN_POOLED_BYTES ? this.free.get(bytes) : undefined;
     let buffer = list?.pop();
@@ -27,11 +35,12 @@ export class BufferPool {
       this.hits++;
       this.pooledBytes -= bytes;
       this.order.splice(this.order.indexOf(buffer), 1);
-      new Uint8Array(buffer).fill(0);
+      if (zeroed) new Uint8Array(buffer).fill(0);
     } else {
       if (bytes >= MIN_POOLED_BYTES) this.misses++;
       buffer = new ArrayBuffer(bytes);
     }
+    if (!zeroed && this.poison) new Uint8Array(buffer).fill(0xff);
     switch (dtype) {
       case 'float32':
         return new Float32Array(buffer);
