@@ -71,15 +71,26 @@ export function gitCommit(): string | null {
   }
 }
 
-/** CPU time counters (clock ticks) of the whole machine and of this process with its waited-for children. */
+/** CPU time counters (clock ticks) of the whole machine and of this benchmark's own processes. */
 export interface CpuCounters {
   busy: number;
   total: number;
   own: number;
 }
 
-/** Reads /proc/stat and /proc/self/stat; null where they do not exist. */
-export function cpuCounters(): CpuCounters | null {
+/** utime + stime (+ cutime + cstime: children waited for) of a process, from /proc/PID/stat. */
+function processTicks(pid: number | 'self', withChildren: boolean): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // After the command name (which may hold spaces) comes field 3; utime, stime, cutime, cstime are fields 14..17.
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(f[11]) + Number(f[12]) + (withChildren ? Number(f[13]) + Number(f[14]) : 0);
+}
+
+/**
+ * Reads /proc/stat and the stat files of this process and of `helpers` (running child processes, such as the C
+ * harness, whose time is not yet in this process's children's total); null where /proc does not exist.
+ */
+export function cpuCounters(helpers: readonly number[] = []): CpuCounters | null {
   try {
     // cpu  user nice system idle iowait irq softirq steal ...
     const [user, nice, system, idle, iowait, irq, softirq, steal] = readFileSync('/proc/stat', 'utf8')
@@ -89,10 +100,8 @@ export function cpuCounters(): CpuCounters | null {
       .slice(1, 9)
       .map(Number) as [number, number, number, number, number, number, number, number];
     const busy = user + nice + system + irq + softirq + steal;
-    // After the command name (which may hold spaces): state is field 3, utime..cstime are fields 14..17.
-    const self = readFileSync('/proc/self/stat', 'utf8');
-    const f = self.slice(self.lastIndexOf(')') + 2).split(' ');
-    const own = Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+    let own = processTicks('self', true);
+    for (const pid of helpers) own += processTicks(pid, false);
     return { busy, total: busy + idle + iowait, own };
   } catch {
     return null;
@@ -120,17 +129,31 @@ export function median(xs: readonly number[]): number {
 }
 
 export interface TimingOptions {
-  /** Untimed calls before measuring (at least 1: the last one calibrates the batch size). */
+  /** Single calls before measuring (at least 1: the last one sizes the samples). */
   warmup: number;
-  /** Keep sampling until this much time has been spent measuring... */
+  /** Keep sampling until the samples add up to this much time (all variants together)... */
   minTimeMs: number;
-  /** ...and at least this many samples were taken. */
+  /** ...and each variant has at least this many samples. */
   minSamples: number;
   /** Each sample times a batch of calls lasting about this long, so that timer resolution does not matter. */
   sampleTargetMs: number;
+  /** Variants take turns of this many samples. */
+  samplesPerTurn: number;
+  /**
+   * Idle pause before each turn when variants run in different processes: OpenBLAS worker threads spin for a while
+   * after a call (about 0.1 s), and would otherwise take cores from the next process's turn.
+   */
+  settleMs: number;
 }
 
-export const DEFAULT_TIMING: TimingOptions = { warmup: 2, minTimeMs: 500, minSamples: 5, sampleTargetMs: 20 };
+export const DEFAULT_TIMING: TimingOptions = {
+  warmup: 2,
+  minTimeMs: 500,
+  minSamples: 5,
+  sampleTargetMs: 20,
+  samplesPerTurn: 1,
+  settleMs: 0,
+};
 
 export interface Timing {
   /** Samples taken and calls per sample. */
@@ -141,28 +164,56 @@ export interface Timing {
   msMin: number;
 }
 
+/** Runs `calls` calls of something and returns the milliseconds they took (async where another process runs them). */
+export type Batch = (calls: number) => number | Promise<number>;
+
+const now = () => performance.now();
+
+/** A batch of calls of fn, timed with `clock` (ms). */
+export function batchOf(fn: () => void, clock = now): Batch {
+  return (calls) => {
+    const t0 = clock();
+    for (let i = 0; i < calls; i++) fn();
+    return clock() - t0;
+  };
+}
+
 /**
- * The timing rule (bench/gemm_direct.c implements the same one): `warmup` calls, the last one timed to choose a batch
- * of calls lasting about `sampleTargetMs`; then batches are timed until `minTimeMs` has passed and `minSamples` were
- * taken. Reports the per-call median and minimum. `clock` (ms) is replaceable for tests.
+ * The timing rule. Each batch gets `warmup` single calls, the last of which sizes its samples to about
+ * `sampleTargetMs`; then the batches take turns of `samplesPerTurn` samples (after `settleMs` idle), until the samples
+ * add up to `minTimeMs` and each batch has `minSamples`. Taking turns means that load from other processes falls on
+ * every variant alike, so ratios between them hold better on a shared machine. Reports per-call median and minimum.
  */
-export function measure(fn: () => void, opts: Partial<TimingOptions> = {}, clock = () => performance.now()): Timing {
+export async function measureEach(batches: readonly Batch[], opts: Partial<TimingOptions> = {}): Promise<Timing[]> {
   const o = { ...DEFAULT_TIMING, ...opts };
-  let single = 0;
-  for (let i = 0; i < Math.max(1, o.warmup); i++) {
-    const t0 = clock();
-    fn();
-    single = clock() - t0;
+  const callsPerSample: number[] = [];
+  for (const batch of batches) {
+    let single = 0;
+    for (let i = 0; i < Math.max(1, o.warmup); i++) single = await batch(1);
+    callsPerSample.push(Math.max(1, Math.ceil(o.sampleTargetMs / Math.max(single, 1e-6))));
   }
-  const callsPerSample = Math.max(1, Math.ceil(o.sampleTargetMs / Math.max(single, 1e-6)));
-  const perCall: number[] = [];
-  const start = clock();
-  while (perCall.length < o.minSamples || clock() - start < o.minTimeMs) {
-    const t0 = clock();
-    for (let i = 0; i < callsPerSample; i++) fn();
-    perCall.push((clock() - t0) / callsPerSample);
-  }
-  return { samples: perCall.length, callsPerSample, msMedian: median(perCall), msMin: Math.min(...perCall) };
+  const perCall: number[][] = batches.map(() => []);
+  let sampled = 0;
+  while (perCall[0]!.length < o.minSamples || sampled < o.minTimeMs)
+    for (const [v, batch] of batches.entries()) {
+      if (o.settleMs > 0) await new Promise((resolve) => setTimeout(resolve, o.settleMs));
+      for (let i = 0; i < Math.max(1, o.samplesPerTurn); i++) {
+        const ms = await batch(callsPerSample[v]!);
+        sampled += ms;
+        perCall[v]!.push(ms / callsPerSample[v]!);
+      }
+    }
+  return perCall.map((xs, v) => ({
+    samples: xs.length,
+    callsPerSample: callsPerSample[v]!,
+    msMedian: median(xs),
+    msMin: Math.min(...xs),
+  }));
+}
+
+/** The timing rule for one function; `clock` (ms) is replaceable for tests. */
+export async function measure(fn: () => void, opts: Partial<TimingOptions> = {}, clock = now): Promise<Timing> {
+  return (await measureEach([batchOf(fn, clock)], opts))[0]!;
 }
 
 /** GFLOP/s of a square n x n x n GEMM (2 n^3 flops) taking `ms`. */

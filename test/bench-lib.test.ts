@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import {
+  type Batch,
   type Machine,
   checkRecords,
   cpuModel,
@@ -11,6 +12,7 @@ import {
   gbPerS,
   gemmGflops,
   measure,
+  measureEach,
   median,
   otherLoad,
   resultFile,
@@ -26,14 +28,14 @@ describe('bench/lib statistics and timing', () => {
     assert.throws(() => median([]), /no values/);
   });
 
-  it('measure: warm-up sizes the batch, sampling runs to the minimum time and count, per-call median and min', () => {
+  it('measure: warm-up sizes the batch, sampling runs to the minimum time and count, per-call median and min', async () => {
     let now = 0;
     const costs = [3, 2, 2, 2, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2];
     let call = 0;
     const fn = () => {
       now += costs[call++ % costs.length]!;
     };
-    const t = measure(fn, { warmup: 2, minTimeMs: 20, minSamples: 3, sampleTargetMs: 5 }, () => now);
+    const t = await measure(fn, { warmup: 2, minTimeMs: 20, minSamples: 3, sampleTargetMs: 5 }, () => now);
     // Warm-up: 3 ms then 2 ms; the last (2 ms) sizes the batch to ceil(5 / 2) = 3 calls.
     assert.equal(t.callsPerSample, 3);
     // Samples: [2,2,1] = 5/3 ms, then 2 ms per call; 20 ms of sampling needs 4 samples (5 + 6 + 6 + 6 >= 20).
@@ -42,9 +44,9 @@ describe('bench/lib statistics and timing', () => {
     assert.equal(t.msMedian, 2);
   });
 
-  it('measure: a call slower than the target gets one call per sample, and minSamples holds', () => {
+  it('measure: a call slower than the target gets one call per sample, and minSamples holds', async () => {
     let now = 0;
-    const t = measure(
+    const t = await measure(
       () => (now += 50),
       { warmup: 1, minTimeMs: 0, minSamples: 5, sampleTargetMs: 10 },
       () => now,
@@ -52,6 +54,31 @@ describe('bench/lib statistics and timing', () => {
     assert.equal(t.callsPerSample, 1);
     assert.equal(t.samples, 5);
     assert.equal(t.msMedian, 50);
+  });
+
+  it('measureEach: batches take their samples in turn, each sized by its own warm-up', async () => {
+    const log: string[] = [];
+    const batch =
+      (name: string, msPerCall: number): Batch =>
+      async (calls) => {
+        log.push(`${name}${calls}`);
+        return calls * msPerCall;
+      };
+    const [a, b] = await measureEach([batch('a', 1), batch('b', 4)], {
+      warmup: 1,
+      minTimeMs: 0,
+      minSamples: 2,
+      sampleTargetMs: 8,
+    });
+    assert.deepEqual(log, ['a1', 'b1', 'a8', 'b2', 'a8', 'b2']);
+    assert.equal(a!.callsPerSample, 8);
+    assert.equal(b!.msMedian, 4);
+    assert.equal(b!.samples, 2);
+    log.length = 0;
+    const turns = { warmup: 1, minTimeMs: 30, minSamples: 1, sampleTargetMs: 8, samplesPerTurn: 2 };
+    await measureEach([batch('a', 1), batch('b', 4)], turns);
+    // Turns of two samples; 8 + 8 + 8 + 8 = 32 ms of samples reach minTimeMs after the first round.
+    assert.deepEqual(log, ['a1', 'b1', 'a8', 'a8', 'b2', 'b2']);
   });
 
   it('unit conversions', () => {
