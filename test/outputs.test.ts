@@ -13,6 +13,17 @@ import type { Tensor } from '../src/tensor/tensor.js';
 import { assertClose, nat, randomTensor, ref } from './helpers.js';
 
 describe('buffer pool without zero fill', () => {
+  it('reclaims only large arrays that own their whole buffer', () => {
+    const pool = new BufferPool(1 << 22);
+    pool.reclaim(new Float32Array(10));
+    pool.reclaim(new Float32Array(new ArrayBuffer(1 << 20), 4, 20000));
+    assert.equal(pool.pooledBytes, 0, 'small arrays and views into larger buffers stay out');
+    const big = new Float32Array(20000);
+    pool.reclaim(big);
+    assert.equal(pool.pooledBytes, 80000);
+    assert.equal(pool.take('float32', 20000).buffer, big.buffer);
+  });
+
   it('skips the fill of a recycled buffer only when asked, and poisons unfilled buffers when told', () => {
     const pool = new BufferPool(1 << 20);
     const a = pool.take('float32', 20000);

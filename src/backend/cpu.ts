@@ -27,7 +27,7 @@ export abstract class CpuBackend implements Pick<Backend, 'fromData' | 'zeros' |
   /** Wraps a typed array from `alloc` (ownership passes to the tensor; its buffer returns to the pool). */
   wrap(data: DataArray, shape: readonly number[], dtype: DType): Tensor {
     this.checkDType(dtype, 'tensor');
-    const storage = new CpuStorage(dtype, data, this.memory, (b) => this.pool.give(b));
+    const storage = new CpuStorage(dtype, data, this.memory, this.pool);
     return new Tensor(this as unknown as Backend, storage, shape, dtype);
   }
 
