@@ -60,12 +60,11 @@ interface Settings {
 }
 
 function settings(quick: boolean, sizes: number[] | null): Settings {
-  const turns = { settleMs: 100 };
   return {
     sizes: sizes ?? (quick ? QUICK_SIZES : ALL_SIZES),
     gemmTiming: quick
-      ? { ...turns, warmup: 1, minTimeMs: 400, minSamples: 4, sampleTargetMs: 20, samplesPerTurn: 2 }
-      : { ...turns, warmup: 1, minTimeMs: 1500, minSamples: 4, sampleTargetMs: 50, samplesPerTurn: 4 },
+      ? { warmup: 1, minTimeMs: 400, minSamples: 4, sampleTargetMs: 20, samplesPerTurn: 2, settleMs: 100 }
+      : { warmup: 1, minTimeMs: 1500, minSamples: 4, sampleTargetMs: 50, samplesPerTurn: 4, settleMs: 100 },
     smallTiming: quick
       ? { warmup: 1000, minTimeMs: 150, minSamples: 5, sampleTargetMs: 10 }
       : { warmup: 10000, minTimeMs: 500, minSamples: 9, sampleTargetMs: 20 },
