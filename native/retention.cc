@@ -5,29 +5,15 @@
 // the backward kernels take r and differentiate U only. Work is split over the B·H heads: with at least as many
 // heads as threads each thread takes whole heads and calls single-threaded BLAS; otherwise heads run one after the
 // other and OpenBLAS threads each product.
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "common.h"
+#include "heads.h"
 
 namespace retnet {
 
 namespace {
-
-void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
-          int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  if (K == 0) {
-    for (int64_t i = 0; i < M; i++)
-      for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
-    return;
-  }
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B,
-              ldb, beta, C, ldc);
-}
 
 // Scratch memory comes from the caller (the TypeScript backend allocates it as a tensor, so the engine's memory
 // accounting sees it): `workspaceFloats` per concurrently running head, one slot per thread that runs heads.
@@ -43,41 +29,6 @@ int64_t workspacePerHead(Work w, int64_t T, int64_t K, int64_t V, int64_t C) {
     case Work::State: return T * K;
   }
   return 0;
-}
-
-// Heads run in parallel (one per thread, single-threaded BLAS inside) when there are at least as many as threads;
-// otherwise one after the other with OpenBLAS threading each product.
-int64_t headSlots(int64_t heads) {
-  int threads = omp_get_max_threads();
-  return heads >= threads && threads > 1 ? threads : 1;
-}
-
-// Hands out consecutive pieces of one head's workspace.
-struct Carve {
-  float* next;
-  float* take(int64_t n) {
-    float* p = next;
-    next += n;
-    return p;
-  }
-};
-
-// Runs body(bh, scratch) for every head, scratch being that thread's slot of the workspace.
-template <typename Body>
-void forEachHead(int64_t heads, float* workspace, int64_t perHead, Body body) {
-  if (headSlots(heads) > 1) {
-    int saved = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < heads; bh++) body(bh, Carve{workspace + omp_get_thread_num() * perHead});
-    openblas_set_num_threads(saved);
-  } else {
-    for (int64_t bh = 0; bh < heads; bh++) body(bh, Carve{workspace});
-  }
-}
-
-void requireWorkspace(const Span<float>& ws, int64_t heads, int64_t perHead, const char* kernel) {
-  require(ws, headSlots(heads) * perHead, kernel, "workspace");
 }
 
 // γ^e for e in [0, n), as exp(e·ln γ) (torchscale builds its masks that way).
@@ -139,7 +90,7 @@ static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
     require(r, BH * T, "retentionParallel", "r");
     require(g, d.H, "retentionParallel", "gammas");
     auto gammas = gammaList(g, d.H);
-    forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
+    forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       int64_t h = bh % d.H;
       auto pw = powers(gammas[h], T);
       auto sq = sqrtDecaySums(pw, T);
@@ -187,7 +138,7 @@ static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
     require(g, d.H, "retentionChunkwise", "gammas");
     auto gammas = gammaList(g, d.H);
     int64_t Cw = std::max<int64_t>(1, std::min(C, T));  // chunk rows that can exist
-    forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
+    forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       int64_t h = bh % d.H;
       auto pw = powers(gammas[h], C + 1);
       auto sq = sqrtDecaySums(pw, C);
@@ -258,7 +209,7 @@ static Napi::Value RetentionBackwardParallel(const Napi::CallbackInfo& info) {
     require(r, BH * T, "retentionBackwardParallel", "r");
     require(g, d.H, "retentionBackwardParallel", "gammas");
     auto gammas = gammaList(g, d.H);
-    forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
+    forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       int64_t h = bh % d.H;
       auto pw = powers(gammas[h], T);
       const float *qh = q.data + bh * T * K, *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
@@ -305,7 +256,7 @@ static Napi::Value RetentionBackwardChunkwise(const Napi::CallbackInfo& info) {
     require(g, d.H, "retentionBackwardChunkwise", "gammas");
     auto gammas = gammaList(g, d.H);
     int64_t Cw = std::max<int64_t>(1, std::min(C, T));
-    forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
+    forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       int64_t h = bh % d.H;
       auto pw = powers(gammas[h], C + 1);
       const float *qh = q.data + bh * T * K, *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
@@ -427,7 +378,7 @@ static Napi::Value RetentionState(const Napi::CallbackInfo& info) {
     require(sc, BH, "retentionState", "scale");
     require(g, H, "retentionState", "gammas");
     auto gammas = gammaList(g, H);
-    forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
+    forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       if (T == 0) {
         sc.data[bh] = 0.0f;
         std::fill(st.data + bh * K * V, st.data + (bh + 1) * K * V, 0.0f);
@@ -458,7 +409,7 @@ static Napi::Value RetentionWorkspace(const Napi::CallbackInfo& info) {
     if (kind > 4) throw ArgError{"retentionWorkspace: kernel must be 0..4"};
     int64_t B = dim(info, 1, "B"), H = dim(info, 2, "H"), T = dim(info, 3, "T"), K = dim(info, 4, "K"),
             V = dim(info, 5, "V"), C = dim(info, 6, "C");
-    floats = headSlots(B * H) * workspacePerHead(static_cast<Work>(kind), T, K, V, C);
+    floats = workSlots(B * H) * workspacePerHead(static_cast<Work>(kind), T, K, V, C);
   });
   if (info.Env().IsExceptionPending()) return r;
   return Napi::Number::New(info.Env(), static_cast<double>(floats));

@@ -5,7 +5,7 @@
 import { BackendError } from '../errors.js';
 import { allocArray, type DType, type FloatArray } from '../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../tensor/tensor.js';
-import type { ActivationKind, AdamWParams, Backend, BinaryOp, RetentionForm } from './backend.js';
+import type { ActivationKind, AdamWParams, AttentionAlgorithm, Backend, BinaryOp, RetentionForm } from './backend.js';
 import { backwardHead, chunkwiseHead, decaySums, parallelHead } from './retention-math.js';
 import { CpuBackend } from './cpu.js';
 
@@ -71,6 +71,38 @@ export function activationDerivative(kind: ActivationKind, x: number): number {
     case 'relu':
       return x > 0 ? 1 : 0;
   }
+}
+
+/** q·k / sqrt(K) for the K-vectors at Q[qOff] and Kk[kOff]. */
+function attentionScore(Q: FloatArray, qOff: number, Kk: FloatArray, kOff: number, K: number): number {
+  let s = 0;
+  for (let x = 0; x < K; x++) s += Q[qOff + x]! * Kk[kOff + x]!;
+  return s / Math.sqrt(K);
+}
+
+/**
+ * Softmax of the scores of one query against the n keys starting at Kk[kOff] (rows of K) into p[0, n); returns their
+ * log-sum-exp.
+ */
+function attentionSoftmax(
+  Q: FloatArray,
+  qOff: number,
+  Kk: FloatArray,
+  kOff: number,
+  n: number,
+  K: number,
+  p: Float64Array,
+): number {
+  let mx = -Infinity;
+  for (let j = 0; j < n; j++) {
+    p[j] = attentionScore(Q, qOff, Kk, kOff + j * K, K);
+    mx = Math.max(mx, p[j]!);
+  }
+  let sum = 0;
+  for (let j = 0; j < n; j++) sum += Math.exp(p[j]! - mx);
+  const lse = mx + Math.log(sum);
+  for (let j = 0; j < n; j++) p[j] = Math.exp(p[j]! - lse);
+  return lse;
 }
 
 export class ReferenceBackend extends CpuBackend implements Backend {
@@ -550,5 +582,107 @@ export class ReferenceBackend extends CpuBackend implements Backend {
         }
       }
     return t;
+  }
+
+  // Attention: both algorithms by the definition, row by row. 'flash' differs only in what it keeps for backward
+  // (the log-sum-exp instead of P), which backward then uses to recompute P.
+  attentionForward(algorithm: AttentionAlgorithm, q: Tensor, k: Tensor, v: Tensor): { o: Tensor; stats: Tensor } {
+    const [B, H, T, K] = q.shape as [number, number, number, number];
+    const V = v.shape[3]!;
+    const { t: o, d: O } = this.out([B, H, T, V], q);
+    const { t: stats, d: S } = this.out(algorithm === 'naive' ? [B, H, T, T] : [B, H, T], q);
+    const Q = this.float(q);
+    const Kk = this.float(k);
+    const Vv = this.float(v);
+    const p = new Float64Array(T);
+    for (let bh = 0; bh < B * H; bh++)
+      for (let i = 0; i < T; i++) {
+        const row = bh * T + i;
+        const lse = attentionSoftmax(Q, row * K, Kk, bh * T * K, i + 1, K, p);
+        if (algorithm === 'naive') S.set(p.subarray(0, i + 1), row * T);
+        else S[row] = lse;
+        for (let x = 0; x < V; x++) {
+          let acc = 0;
+          for (let j = 0; j <= i; j++) acc += p[j]! * Vv[(bh * T + j) * V + x]!;
+          O[row * V + x] = acc;
+        }
+      }
+    return { o, stats };
+  }
+
+  attentionBackward(
+    algorithm: AttentionAlgorithm,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    _o: Tensor,
+    stats: Tensor,
+    dO: Tensor,
+  ): { dq: Tensor; dk: Tensor; dv: Tensor } {
+    const [B, H, T, K] = q.shape as [number, number, number, number];
+    const V = v.shape[3]!;
+    // Accumulated in float64, stored in the tensors' dtype at the end.
+    const dQ = new Float64Array(q.size);
+    const dK = new Float64Array(k.size);
+    const dV = new Float64Array(v.size);
+    const Q = this.float(q);
+    const Kk = this.float(k);
+    const Vv = this.float(v);
+    const S = this.float(stats);
+    const G = this.float(dO);
+    const p = new Float64Array(T);
+    const dP = new Float64Array(T);
+    for (let bh = 0; bh < B * H; bh++)
+      for (let i = 0; i < T; i++) {
+        const row = bh * T + i;
+        // P_ij from what the forward kept: read (naive) or recomputed from the log-sum-exp (flash).
+        for (let j = 0; j <= i; j++)
+          p[j] =
+            algorithm === 'naive'
+              ? S[row * T + j]!
+              : Math.exp(attentionScore(Q, row * K, Kk, (bh * T + j) * K, K) - S[row]!);
+        let D = 0;
+        for (let j = 0; j <= i; j++) {
+          let g = 0;
+          for (let x = 0; x < V; x++) g += G[row * V + x]! * Vv[(bh * T + j) * V + x]!;
+          dP[j] = g;
+          D += p[j]! * g;
+        }
+        for (let j = 0; j <= i; j++) {
+          const ds = (p[j]! * (dP[j]! - D)) / Math.sqrt(K);
+          const col = bh * T + j;
+          for (let x = 0; x < K; x++) {
+            dQ[row * K + x] += ds * Kk[col * K + x]!;
+            dK[col * K + x] += ds * Q[row * K + x]!;
+          }
+          for (let x = 0; x < V; x++) dV[col * V + x] += p[j]! * G[row * V + x]!;
+        }
+      }
+    const store = (acc: Float64Array, like: Tensor) => {
+      const { t, d } = this.out(like.shape, like);
+      d.set(acc);
+      return t;
+    };
+    return { dq: store(dQ, q), dk: store(dK, k), dv: store(dV, v) };
+  }
+
+  attentionDecode(q: Tensor, kCache: Tensor, vCache: Tensor, lengths: readonly number[]): Tensor {
+    const [B, H, C, K] = kCache.shape as [number, number, number, number];
+    const V = vCache.shape[3]!;
+    const { t: o, d: O } = this.out([B, H, V], q);
+    const Q = this.float(q);
+    const Kc = this.float(kCache);
+    const Vc = this.float(vCache);
+    const p = new Float64Array(C);
+    for (let bh = 0; bh < B * H; bh++) {
+      const n = lengths[Math.floor(bh / H)]!;
+      attentionSoftmax(Q, bh * K, Kc, bh * C * K, n, K, p);
+      for (let x = 0; x < V; x++) {
+        let acc = 0;
+        for (let j = 0; j < n; j++) acc += p[j]! * Vc[(bh * C + j) * V + x]!;
+        O[bh * V + x] = acc;
+      }
+    }
+    return o;
   }
 }
