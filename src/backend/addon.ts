@@ -71,11 +71,9 @@ export function packageRoot(): string {
   }
 }
 
-export function loadAddon(): {
-  addon: NativeAddon | null;
-  error: string | null;
-} {
-  const path = join(packageRoot(), 'build', 'Release', 'retnet_native.node');
+/** Loads build/Release/retnet_native.node, or the file RETNET_ADDON names (to test another build or the fallback). */
+export function loadAddon(): { addon: NativeAddon | null; error: string | null } {
+  const path = process.env.RETNET_ADDON || join(packageRoot(), 'build', 'Release', 'retnet_native.node');
   if (!existsSync(path)) return { addon: null, error: `native addon not built (${path} missing)` };
   try {
     const require = createRequire(import.meta.url);
