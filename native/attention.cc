@@ -5,8 +5,10 @@
 //    kTile, an online softmax (running max m and sum l per row, the partial output rescaled when m grows), and only
 //    o and the row log-sum-exp L = m + log l are kept. Backward recomputes P = exp(s − L) tile by tile. No buffer
 //    larger than a tile exists, so memory is linear in T.
-// Layouts: q, k [B, H, T, K]; v, o [B, H, T, V]; p [B, H, T, T]; lse [B, H, T]; caches [B, H, C, K|V].
-// Scratch comes from a caller-provided workspace (attentionWorkspace), so memory accounting sees it.
+// Layouts: q, k [B, T, H, K] and v, o [B, T, H, V], time-major as the projections produce them (one head's rows are
+// H·K or H·V apart, which BLAS takes as a leading dimension, so no permute is needed); p [B, H, T, T]; lse [B, H, T];
+// KV caches [B, H, C, K|V] (head-major: decoding reads one head's cached rows contiguously). Scratch comes from a
+// caller-provided workspace (attentionWorkspace), so memory accounting sees it.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -91,6 +93,8 @@ inline float dot(const float* a, const float* b, int64_t n) {
 struct Dims {
   int64_t B, H, T, K, V;
   int64_t heads() const { return B * H; }
+  // Offset of head bh's first row in a [B, T, H, W] tensor; its rows are H·W apart.
+  int64_t head(int64_t bh, int64_t W) const { return ((bh / H) * T * H + bh % H) * W; }
 };
 
 Dims attentionDims(const Napi::CallbackInfo& info, size_t at) {
@@ -118,16 +122,17 @@ static Napi::Value AttentionNaive(const Napi::CallbackInfo& info) {
     require(o, d.heads() * T * V, "attentionNaive", "o");
     require(p, d.heads() * T * T, "attentionNaive", "p");
     float scale = 1.0f / std::sqrt(static_cast<float>(K));
+    int64_t ldk = d.H * K, ldv = d.H * V;
     forEachItem(d.heads(), nullptr, 0, [&](int64_t bh, Carve) {
       float* P = p.data + bh * T * T;
       // The full T×T product, upper triangle included: the naive algorithm does not exploit causality.
-      gemm(false, true, T, T, K, scale, q.data + bh * T * K, K, k.data + bh * T * K, K, 0.0f, P, T);
+      gemm(false, true, T, T, K, scale, q.data + d.head(bh, K), ldk, k.data + d.head(bh, K), ldk, 0.0f, P, T);
       for (int64_t i = 0; i < T; i++) {
         float* row = P + i * T;
         float inv = 1.0f / expRow(row, i + 1, T, rowMax(row, i + 1, -INFINITY));
         for (int64_t j = 0; j <= i; j++) row[j] *= inv;
       }
-      gemm(false, false, T, V, T, 1.0f, P, T, v.data + bh * T * V, V, 0.0f, o.data + bh * T * V, V);
+      gemm(false, false, T, V, T, 1.0f, P, T, v.data + d.head(bh, V), ldv, 0.0f, o.data + d.head(bh, V), ldv);
     });
   });
 }
@@ -151,20 +156,21 @@ static Napi::Value AttentionNaiveBackward(const Napi::CallbackInfo& info) {
     require(dv, BH * T * V, "attentionNaiveBackward", "dv");
     requireWorkspace(ws, BH, per, "attentionNaiveBackward");
     float scale = 1.0f / std::sqrt(static_cast<float>(K));
+    int64_t ldk = d.H * K, ldv = d.H * V;
     forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
-      const float *P = p.data + bh * T * T, *qh = q.data + bh * T * K, *kh = k.data + bh * T * K;
-      const float *vh = v.data + bh * T * V, *gh = dO.data + bh * T * V;
+      int64_t hk = d.head(bh, K), hv = d.head(bh, V);
+      const float *P = p.data + bh * T * T, *qh = q.data + hk, *kh = k.data + hk, *vh = v.data + hv, *gh = dO.data + hv;
       float* dS = scratch.take(T * T);
-      gemm(true, false, T, V, T, 1.0f, P, T, gh, V, 0.0f, dv.data + bh * T * V, V);
-      gemm(false, true, T, T, V, 1.0f, gh, V, vh, V, 0.0f, dS, T);
+      gemm(true, false, T, V, T, 1.0f, P, T, gh, ldv, 0.0f, dv.data + hv, ldv);
+      gemm(false, true, T, T, V, 1.0f, gh, ldv, vh, ldv, 0.0f, dS, T);
       for (int64_t i = 0; i < T; i++) {
         const float* pr = P + i * T;
         float* sr = dS + i * T;
         float D = dot(pr, sr, T);
         for (int64_t j = 0; j < T; j++) sr[j] = pr[j] * (sr[j] - D) * scale;
       }
-      gemm(false, false, T, K, T, 1.0f, dS, T, kh, K, 0.0f, dq.data + bh * T * K, K);
-      gemm(true, false, T, K, T, 1.0f, dS, T, qh, K, 0.0f, dk.data + bh * T * K, K);
+      gemm(false, false, T, K, T, 1.0f, dS, T, kh, ldk, 0.0f, dq.data + hk, ldk);
+      gemm(true, false, T, K, T, 1.0f, dS, T, qh, ldk, 0.0f, dk.data + hk, ldk);
     });
   });
 }
@@ -184,19 +190,19 @@ static Napi::Value AttentionFlash(const Napi::CallbackInfo& info) {
     require(lse, BH * T, "attentionFlash", "lse");
     requireWorkspace(ws, items, per, "attentionFlash");
     float scale = 1.0f / std::sqrt(static_cast<float>(K));
-    int64_t nb = blocks(T);
+    int64_t nb = blocks(T), ldk = d.H * K, ldv = d.H * V;
     forEachItem(items, ws.data, per, [&](int64_t item, Carve scratch) {
       int64_t bh = item % BH, i0 = (nb - 1 - item / BH) * kTile, rows = std::min(kTile, T - i0);
       float *S = scratch.take(kTile * kTile), *acc = scratch.take(kTile * V);
       float *m = scratch.take(kTile), *l = scratch.take(kTile);
-      const float *qi = q.data + (bh * T + i0) * K, *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
+      const float *kh = k.data + d.head(bh, K), *vh = v.data + d.head(bh, V), *qi = q.data + d.head(bh, K) + i0 * ldk;
       std::fill(m, m + rows, -INFINITY);
       std::fill(l, l + rows, 0.0f);
       std::fill(acc, acc + rows * V, 0.0f);
       // Key tiles up to the last query row; only the diagonal tile is partly masked.
       for (int64_t j0 = 0; j0 < i0 + rows; j0 += kTile) {
         int64_t cols = std::min(kTile, i0 + rows - j0);
-        gemm(false, true, rows, cols, K, scale, qi, K, kh + j0 * K, K, 0.0f, S, cols);  // S: [rows, cols]
+        gemm(false, true, rows, cols, K, scale, qi, ldk, kh + j0 * ldk, ldk, 0.0f, S, cols);  // S: [rows, cols]
         for (int64_t r = 0; r < rows; r++) {
           float* row = S + r * cols;
           int64_t valid = std::min(cols, i0 + r - j0 + 1);
@@ -207,11 +213,11 @@ static Napi::Value AttentionFlash(const Napi::CallbackInfo& info) {
           if (rescale != 1.0f)
             for (float *a = acc + r * V, *end = a + V; a < end; a++) *a *= rescale;
         }
-        gemm(false, false, rows, V, cols, 1.0f, S, cols, vh + j0 * V, V, 1.0f, acc, V);  // acc += P v_j
+        gemm(false, false, rows, V, cols, 1.0f, S, cols, vh + j0 * ldv, ldv, 1.0f, acc, V);  // acc += P v_j
       }
       for (int64_t r = 0; r < rows; r++) {
         float inv = 1.0f / l[r];
-        float* out = o.data + (bh * T + i0 + r) * V;
+        float* out = o.data + d.head(bh, V) + (i0 + r) * ldv;
         for (int64_t x = 0; x < V; x++) out[x] = acc[r * V + x] * inv;
         lse.data[bh * T + i0 + r] = m[r] + std::log(l[r]);
       }
@@ -241,33 +247,37 @@ static Napi::Value AttentionFlashBackward(const Napi::CallbackInfo& info) {
     require(dv, BH * T * V, "attentionFlashBackward", "dv");
     requireWorkspace(ws, BH, per, "attentionFlashBackward");
     float scale = 1.0f / std::sqrt(static_cast<float>(K));
+    int64_t ldk = d.H * K, ldv = d.H * V;
     forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       float *P = scratch.take(kTile * kTile), *dS = scratch.take(kTile * kTile), *D = scratch.take(T);
-      const float *qh = q.data + bh * T * K, *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
-      const float *gh = dO.data + bh * T * V, *L = lse.data + bh * T;
-      float *dqh = dq.data + bh * T * K, *dkh = dk.data + bh * T * K, *dvh = dv.data + bh * T * V;
-      for (int64_t i = 0; i < T; i++) D[i] = dot(gh + i * V, o.data + (bh * T + i) * V, V);
-      std::fill(dqh, dqh + T * K, 0.0f);
-      std::fill(dkh, dkh + T * K, 0.0f);
-      std::fill(dvh, dvh + T * V, 0.0f);
+      int64_t hk = d.head(bh, K), hv = d.head(bh, V);
+      const float *qh = q.data + hk, *kh = k.data + hk, *vh = v.data + hv, *oh = o.data + hv, *gh = dO.data + hv;
+      const float* L = lse.data + bh * T;
+      float *dqh = dq.data + hk, *dkh = dk.data + hk, *dvh = dv.data + hv;
+      for (int64_t i = 0; i < T; i++) {
+        D[i] = dot(gh + i * ldv, oh + i * ldv, V);
+        std::fill(dqh + i * ldk, dqh + i * ldk + K, 0.0f);
+        std::fill(dkh + i * ldk, dkh + i * ldk + K, 0.0f);
+        std::fill(dvh + i * ldv, dvh + i * ldv + V, 0.0f);
+      }
       for (int64_t j0 = 0; j0 < T; j0 += kTile) {
         int64_t cols = std::min(kTile, T - j0);
-        const float *kj = kh + j0 * K, *vj = vh + j0 * V;
+        const float *kj = kh + j0 * ldk, *vj = vh + j0 * ldv;
         for (int64_t i0 = j0; i0 < T; i0 += kTile) {
           int64_t rows = std::min(kTile, T - i0);
-          const float *qi = qh + i0 * K, *gi = gh + i0 * V;
-          gemm(false, true, rows, cols, K, scale, qi, K, kj, K, 0.0f, P, cols);
+          const float *qi = qh + i0 * ldk, *gi = gh + i0 * ldv;
+          gemm(false, true, rows, cols, K, scale, qi, ldk, kj, ldk, 0.0f, P, cols);
           for (int64_t r = 0; r < rows; r++)
             expRow(P + r * cols, std::min(cols, i0 + r - j0 + 1), cols, L[i0 + r]);
-          gemm(true, false, cols, V, rows, 1.0f, P, cols, gi, V, 1.0f, dvh + j0 * V, V);  // dv_j += Pᵀ dO_i
-          gemm(false, true, rows, cols, V, 1.0f, gi, V, vj, V, 0.0f, dS, cols);           // dP = dO_i v_jᵀ
+          gemm(true, false, cols, V, rows, 1.0f, P, cols, gi, ldv, 1.0f, dvh + j0 * ldv, ldv);  // dv_j += Pᵀ dO_i
+          gemm(false, true, rows, cols, V, 1.0f, gi, ldv, vj, ldv, 0.0f, dS, cols);             // dP = dO_i v_jᵀ
           for (int64_t r = 0; r < rows; r++) {
             float Di = D[i0 + r];
             float *pr = P + r * cols, *sr = dS + r * cols;
             for (int64_t c = 0; c < cols; c++) sr[c] = pr[c] * (sr[c] - Di) * scale;
           }
-          gemm(false, false, rows, K, cols, 1.0f, dS, cols, kj, K, 1.0f, dqh + i0 * K, K);  // dq_i += dS k_j
-          gemm(true, false, cols, K, rows, 1.0f, dS, cols, qi, K, 1.0f, dkh + j0 * K, K);   // dk_j += dSᵀ q_i
+          gemm(false, false, rows, K, cols, 1.0f, dS, cols, kj, ldk, 1.0f, dqh + i0 * ldk, ldk);  // dq_i += dS k_j
+          gemm(true, false, cols, K, rows, 1.0f, dS, cols, qi, ldk, 1.0f, dkh + j0 * ldk, ldk);   // dk_j += dSᵀ q_i
         }
       }
     });

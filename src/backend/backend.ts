@@ -137,13 +137,14 @@ export interface Backend {
   rotary(x: Tensor, cos: Tensor, sin: Tensor, inverse: boolean): Tensor;
 
   // Attention (the Transformer baseline): causal multi-head softmax attention, per head
-  // o_i = Σ_{j≤i} P_ij v_j with P_ij = softmax_j(q_i·k_j / sqrt(K)) over j ≤ i, for q, k: [B, H, T, K] (rotated) and
-  // v: [B, H, T, V]. 'naive' materialises P [B, H, T, T] and keeps it for backward. 'flash' (FlashAttention) works in
-  // query × key tiles with an online softmax, keeps only the row log-sum-exp L [B, H, T] and recomputes P from it
-  // tile by tile in backward, so no T×T buffer ever exists and memory grows linearly with T.
-  /** o: [B, H, T, V]; stats: P [B, H, T, T] ('naive') or L [B, H, T] ('flash'), kept for backward. */
+  // o_i = Σ_{j≤i} P_ij v_j with P_ij = softmax_j(q_i·k_j / sqrt(K)) over j ≤ i. Time-major layouts, as projections
+  // produce them: q, k: [B, T, H, K] (rotated), v: [B, T, H, V]. 'naive' materialises P [B, H, T, T] and keeps it for
+  // backward. 'flash' (FlashAttention) works in query × key tiles with an online softmax, keeps only the row
+  // log-sum-exp L [B, H, T] and recomputes P from it tile by tile in backward, so no T×T buffer ever exists and memory
+  // grows linearly with T.
+  /** o: [B, T, H, V]; stats: P [B, H, T, T] ('naive') or L [B, H, T] ('flash'), kept for backward. */
   attentionForward(algorithm: AttentionAlgorithm, q: Tensor, k: Tensor, v: Tensor): { o: Tensor; stats: Tensor };
-  /** Gradients for dO: [B, H, T, V], given the forward's o and stats. */
+  /** Gradients for dO: [B, T, H, V], given the forward's o and stats. */
   attentionBackward(
     algorithm: AttentionAlgorithm,
     q: Tensor,

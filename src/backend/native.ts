@@ -322,9 +322,9 @@ export class NativeBackend extends CpuBackend implements Backend {
   }
 
   attentionForward(algorithm: AttentionAlgorithm, q: Tensor, k: Tensor, v: Tensor): { o: Tensor; stats: Tensor } {
-    const [B, H, T, K] = q.shape as [number, number, number, number];
+    const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
-    const o = this.like([B, H, T, V]);
+    const o = this.like([B, T, H, V]);
     if (algorithm === 'naive') {
       const p = this.like([B, H, T, T]);
       this.addon.attentionNaive(this.f32(q), this.f32(k), this.f32(v), o.d, p.d, B, H, T, K, V);
@@ -346,7 +346,7 @@ export class NativeBackend extends CpuBackend implements Backend {
     stats: Tensor,
     dO: Tensor,
   ): { dq: Tensor; dk: Tensor; dv: Tensor } {
-    const [B, H, T, K] = q.shape as [number, number, number, number];
+    const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
     const dq = this.like(q.shape);
     const dk = this.like(k.shape);

@@ -13,8 +13,8 @@ export interface AttentionOptions {
 }
 
 /**
- * o_i = Σ_{j≤i} softmax_j(q_i·k_j / sqrt(K)) v_j per head. q, k: [B, H, T, K] (already rotated), v: [B, H, T, V].
- * Returns o: [B, H, T, V].
+ * o_i = Σ_{j≤i} softmax_j(q_i·k_j / sqrt(K)) v_j per head. q, k: [B, T, H, K] (already rotated), v: [B, T, H, V].
+ * Returns o: [B, T, H, V].
  */
 export function causalAttention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor {
   const be = backendOf('causalAttention', q, k, v);
@@ -22,11 +22,11 @@ export function causalAttention(q: Tensor, k: Tensor, v: Tensor, opts: Attention
   sameDType('causalAttention', q, k);
   sameDType('causalAttention', q, v);
   if (q.rank !== 4 || q.shape[3] === 0)
-    throw new ShapeError(`causalAttention: q must be [B, H, T, K] with K ≥ 1, got ${formatShape(q.shape)}`);
-  const [B, H, T] = q.shape as [number, number, number];
+    throw new ShapeError(`causalAttention: q must be [B, T, H, K] with K ≥ 1, got ${formatShape(q.shape)}`);
+  const [B, T, H] = q.shape as [number, number, number];
   expectShape('causalAttention', 'k', k, q.shape);
-  if (v.rank !== 4 || v.shape[0] !== B || v.shape[1] !== H || v.shape[2] !== T)
-    throw new ShapeError(`causalAttention: v must be [${B}, ${H}, ${T}, V], got ${formatShape(v.shape)}`);
+  if (v.rank !== 4 || v.shape[0] !== B || v.shape[1] !== T || v.shape[2] !== H)
+    throw new ShapeError(`causalAttention: v must be [${B}, ${T}, ${H}, V], got ${formatShape(v.shape)}`);
   if (opts.algorithm !== 'naive' && opts.algorithm !== 'flash')
     throw new ShapeError(`causalAttention: algorithm must be 'naive' or 'flash', got '${String(opts.algorithm)}'`);
   const { o, stats } = be.attentionForward(opts.algorithm, q, k, v);

@@ -12,7 +12,7 @@ import { attentionDecode, causalAttention } from '../../ops/attention.js';
 import { add } from '../../ops/math.js';
 import { dropout } from '../../ops/nn.js';
 import { rotary } from '../../ops/retention.js';
-import { permute, reshape } from '../../ops/shape.js';
+import { reshape } from '../../ops/shape.js';
 import { Module } from '../../nn/module.js';
 import { Embedding, GLU, Linear, RMSNorm, normal, xavierUniform, type ParamOptions } from '../../nn/layers.js';
 import type { DType } from '../../tensor/dtype.js';
@@ -98,14 +98,14 @@ export class TransformerDecodeState implements DecodeState {
       );
   }
 
-  /** Stores layer l's new keys and values k, v: [B, H, 1, K] at each row's position. */
+  /** Stores layer l's new keys and values k, v: [B, 1, H, K] at each row's position. */
   write(l: number, k: Tensor, v: Tensor): void {
     const C = this.capacity;
     for (const [src, cache] of [
       [k, this.keys[l]!],
       [v, this.values[l]!],
     ] as const) {
-      const [B, H, , K] = src.shape as [number, number, number, number];
+      const [B, , H, K] = src.shape as [number, number, number, number];
       for (let b = 0; b < B; b++)
         src.backend.copyBlocks(src, b * H * K, K, cache, b * H * C * K + this.positions[b]! * K, C * K, H, K);
     }
@@ -149,35 +149,32 @@ export class SelfAttention extends Module {
     this.outProj = this.child('out_proj', new Linear(xavier(1)));
   }
 
-  /** q, k, v of x: [B, T, D] as [B, H, T, K], q and k rotated by the tables. */
+  /** q, k, v of x: [B, T, D] as [B, T, H, K] (the layout the projections produce), q and k rotated by the tables. */
   private qkv(x: Tensor, cos: Tensor, sin: Tensor): { q: Tensor; k: Tensor; v: Tensor } {
     const [B, T] = x.shape as [number, number];
     const heads = (proj: Linear, rotate: boolean) => {
       const y = proj.forward(x);
-      const split = reshape(y, [B, T, this.config.heads, this.K]); // [B, T, H, K]
+      const split = reshape(y, [B, T, this.config.heads, this.K]);
       release(y);
-      const rotated = rotate ? rotary(split, cos, sin) : split;
-      if (rotated !== split) release(split);
-      const out = permute(rotated, [0, 2, 1, 3]); // [B, H, T, K]
-      release(rotated);
-      return out;
+      if (!rotate) return split;
+      const rotated = rotary(split, cos, sin);
+      release(split);
+      return rotated;
     };
     return { q: heads(this.qProj, true), k: heads(this.kProj, true), v: heads(this.vProj, false) };
   }
 
-  /** out_proj of the concatenated heads of o: [B, H, T, K] -> [B, T, D]. */
+  /** out_proj of the concatenated heads of o: [B, T, H, K] -> [B, T, D]. */
   private output(o: Tensor): Tensor {
-    const [B, H, T, K] = o.shape as [number, number, number, number];
-    const oT = permute(o, [0, 2, 1, 3]); // [B, T, H, K]
+    const [B, T, H, K] = o.shape as [number, number, number, number];
+    const flat = reshape(o, [B, T, H * K]);
     release(o);
-    const flat = reshape(oT, [B, T, H * K]);
-    release(oT);
     const y = this.outProj.forward(flat);
     release(flat);
     return y;
   }
 
-  /** x: [B, T, D] -> [B, T, D]; with `keepKV`, also this layer's k and v [B, H, T, K] (else they are freed). */
+  /** x: [B, T, D] -> [B, T, D]; with `keepKV`, also this layer's k and v [B, T, H, K] (else they are freed). */
   forward(
     x: Tensor,
     cos: Tensor,
@@ -196,12 +193,12 @@ export class SelfAttention extends Module {
   step(x: Tensor, cos: Tensor, sin: Tensor, cache: TransformerDecodeState, l: number): Tensor {
     const B = x.shape[0]!;
     const H = this.config.heads;
-    const { q, k, v } = this.qkv(x, cos, sin); // [B, H, 1, K]
+    const { q, k, v } = this.qkv(x, cos, sin); // [B, 1, H, K]
     cache.write(l, k, v);
     release(k, v);
     const lengths = cache.positions.map((p) => p + 1);
     const o = attentionDecode(reshape(q, [B, H, this.K]), cache.keys[l]!, cache.values[l]!, lengths); // [B, H, K]
-    return this.output(reshape(o, [B, H, 1, this.K]));
+    return this.output(reshape(o, [B, 1, H, this.K]));
   }
 }
 
@@ -304,7 +301,7 @@ export class TransformerModel extends Module implements CausalLM {
     return logits;
   }
 
-  /** Hidden states [B, T, D] of ids [B, T]; with `keepKV`, every layer's k and v [B, H, T, K] too. */
+  /** Hidden states [B, T, D] of ids [B, T]; with `keepKV`, every layer's k and v [B, T, H, K] too. */
   private runLayers(
     ids: Tensor,
     algorithm: AttentionAlgorithm,
@@ -359,10 +356,13 @@ export class TransformerModel extends Module implements CausalLM {
           true,
         );
         const C = capacityFor(T);
+        // [B, T, H, K] -> head-major [B, H, C, K]: per (row, head), T vectors H·K apart become contiguous.
         const cache = (t: Tensor) => {
-          const [, H, , K] = t.shape as [number, number, number, number];
+          const [, , H, K] = t.shape as [number, number, number, number];
           const out = this.backend.zeros([B, H, C, K], this.dtype);
-          this.backend.copyBlocks(t, 0, T * K, out, 0, C * K, B * H, T * K);
+          for (let b = 0; b < B; b++)
+            for (let h = 0; h < H; h++)
+              this.backend.copyBlocks(t, (b * T * H + h) * K, H * K, out, (b * H + h) * C * K, K, T, K);
           return out;
         };
         const last = this.backend.zeros([B, 1, D], this.dtype);
