@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 
 import { ConfigError, FormatError } from '../errors.js';
-import { BYTE_SPECIAL_TOKENS, type Tokenizer } from './tokenizer.js';
+import { BYTE_SPECIAL_TOKENS, specialTokensJSON, type Tokenizer } from './tokenizer.js';
 
 /** GPT-2's byte-to-character table: printable Latin-1 bytes stand for themselves, the rest move to U+0100 and up. */
 export function byteLevelAlphabet(): string[] {
@@ -132,15 +132,7 @@ export function trainBpe(files: readonly string[], vocabSize: number): BpeTokeni
     version: '1.0',
     truncation: null,
     padding: null,
-    added_tokens: BYTE_SPECIAL_TOKENS.map((content, i) => ({
-      id: size + i,
-      content,
-      single_word: false,
-      lstrip: false,
-      rstrip: false,
-      normalized: false,
-      special: true,
-    })),
+    added_tokens: specialTokensJSON(size),
     normalizer: null,
     pre_tokenizer: BYTE_LEVEL,
     post_processor: null,
