@@ -51,7 +51,10 @@ export interface TrainConfig {
   clip: number;
   /** Seeds the data order. */
   seed: number;
-  /** Validate every N steps (0: only at the end), on at most evalBatches batches; the end uses the whole split. */
+  /**
+   * Validate every N steps (0: only at the end) and at the end, on the first evalBatches batches of the validation
+   * split (0: all of it), the same windows each time so the curve compares like with like.
+   */
   evalEvery: number;
   evalBatches: number;
   /** Checkpoint every N steps (0: only at the end or on a stop). */
@@ -76,7 +79,7 @@ export const TRAIN_DEFAULTS: Omit<TrainConfig, 'steps'> = {
   clip: 1,
   seed: 0,
   evalEvery: 0,
-  evalBatches: 16,
+  evalBatches: 0,
   checkpointEvery: 0,
   keepCheckpoints: 2,
   logEvery: 10,
@@ -250,12 +253,14 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     return r;
   };
 
+  const evalLimit = config.evalBatches > 0 ? config.evalBatches : Infinity;
   let lastLoss = NaN;
   let lastCheckpoint = latestCheckpoint(outDir);
-  let windowStart = performance.now();
-  let windowTokens = 0;
+  // Throughput: an exponential moving average of the training steps' own speed (validation and checkpoints excluded).
+  let tokensPerSec = 0;
   try {
     while (step < config.steps) {
+      const stepStart = performance.now();
       const lr = learningRate(schedule, step);
       const batches = Array.from({ length: config.accum }, () => sampler.next());
       const loss = accumulateGradients(model, forward, batches, config.seqLen);
@@ -276,18 +281,14 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       step++;
       const stepTokens = config.accum * config.batch * config.seqLen;
       tokens += stepTokens;
-      windowTokens += stepTokens;
       lastLoss = loss;
-      const now = performance.now();
-      const tokensPerSec = (windowTokens * 1000) / Math.max(now - windowStart, 1e-3);
-      if (now - windowStart > 2000) {
-        windowStart = now;
-        windowTokens = 0;
-      }
-      metric({ type: 'train', step, loss, lr, gradNorm, tokens, tokensPerSec, elapsedSec: elapsed() });
+      const stepSec = (performance.now() - stepStart) / 1000;
+      const speed = stepTokens / Math.max(stepSec, 1e-9);
+      tokensPerSec = tokensPerSec === 0 ? speed : 0.9 * tokensPerSec + 0.1 * speed;
+      metric({ type: 'train', step, loss, lr, gradNorm, tokens, stepSec, tokensPerSec, elapsedSec: elapsed() });
       progress.update({ step, loss, lr, gradNorm, tokensPerSec });
 
-      if (config.evalEvery > 0 && step % config.evalEvery === 0 && step < config.steps) validate(config.evalBatches);
+      if (config.evalEvery > 0 && step % config.evalEvery === 0 && step < config.steps) validate(evalLimit);
       const stopping = opts.stop?.requested === true || step === opts.stopAtStep;
       if (stopping || (config.checkpointEvery > 0 && step % config.checkpointEvery === 0 && step < config.steps)) {
         lastCheckpoint = checkpoint();
@@ -311,7 +312,7 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       await new Promise((resolve) => setImmediate(resolve));
     }
     progress.done();
-    const final = validate(Infinity);
+    const final = validate(evalLimit);
     lastCheckpoint = checkpoint();
     opts.writeModel(outDir);
     progress.message(`step ${step}: model written to ${outDir}`);
