@@ -79,6 +79,9 @@ describe('retnet train / eval / plot', () => {
       `${result.loss} vs ${summary.valLoss}`,
     );
     assert.ok(Math.abs((result.ppl as number) - Math.exp(result.loss as number)) < 1e-9);
+    const all = lastJSON(cli('eval', '--model', join(dir, 'straight'), '--data', corpus, '--split', 'all').stdout);
+    assert.equal(all.split, 'all');
+    assert.ok((all.tokens as number) > 8 * (result.tokens as number));
   });
 
   it('--resume after a stop continues exactly: the same weights as an uninterrupted run', () => {
