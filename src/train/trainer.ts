@@ -162,7 +162,13 @@ function truncateMetrics(path: string, step: number): void {
   if (!existsSync(path)) return;
   const kept = readFileSync(path, 'utf8')
     .split('\n')
-    .filter((line) => line.trim() !== '' && (JSON.parse(line) as { step: number }).step <= step);
+    .filter((line) => {
+      try {
+        return (JSON.parse(line) as { step: number }).step <= step;
+      } catch {
+        return false; // a blank line, or a record torn by a crash
+      }
+    });
   writeFileSync(path, kept.map((l) => `${l}\n`).join(''));
 }
 
@@ -183,7 +189,6 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   mkdirSync(outDir, { recursive: true });
   const metricsPath = join(outDir, 'metrics.jsonl');
   const metric = (record: Record<string, unknown>) => appendFileSync(metricsPath, `${JSON.stringify(record)}\n`);
-  const progress = new Progress(opts.progress ?? process.stderr, config.steps, 0, config.logEvery);
 
   const optimizer = new AdamW(model.namedParameters(), {
     beta1: config.beta1,
@@ -217,8 +222,9 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
     sampler.setPosition(state.sampler);
     if (rngOwner && state.modelRng) rngOwner.setRngState(state.modelRng);
     truncateMetrics(metricsPath, step);
-    progress.message(`resumed from ${dir} at step ${step}`);
   } else truncateMetrics(metricsPath, -1);
+  const progress = new Progress(opts.progress ?? process.stderr, config.steps, step, config.logEvery);
+  if (opts.resume) progress.message(`resumed from ${latestCheckpoint(outDir)} at step ${step}`);
   metric({ type: 'run', step, resumed: opts.resume === true, config, time: new Date().toISOString() });
 
   const started = performance.now();
