@@ -50,6 +50,20 @@ describe('data sources', () => {
     assert.equal(brownFiles().length, 500);
   });
 
+  it('prepares the built-in Brown corpus: 500 documents of plain text, reused on the second call', () => {
+    const cacheDir = join(tmp(), 'cache');
+    const data = prepareData({ source: 'brown', tokenizer: bytes, cacheDir });
+    assert.equal(data.manifest.counts.documents, 500);
+    assert.equal(data.manifest.inputs.length, 500);
+    assert.ok(data.manifest.counts.trainTokens > 5_000_000, `${data.manifest.counts.trainTokens} tokens`);
+    const head = new Int32Array(60);
+    const reader = new ShardReader(data.dir, data.manifest, 'train');
+    reader.read(0, 0, head);
+    reader.close();
+    assert.equal(bytes.decode(Array.from(head)), 'The Fulton County Grand Jury said Friday an investigation of');
+    assert.equal(prepareData({ source: 'brown', tokenizer: bytes, cacheDir }).reused, true);
+  });
+
   it('cuts documents into segments of whole lines and marks document ends', () => {
     const dir = tmp();
     const text = lines(300);

@@ -249,6 +249,10 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
       },
       config.keepCheckpoints,
     );
+  if (valReader.tokens < config.seqLen + 1)
+    progress.message(
+      `no validation: the validation split has ${valReader.tokens} tokens, fewer than one sequence of ${config.seqLen} + 1`,
+    );
   const validate = (maxBatches: number) => {
     model.setTraining(false);
     const r = evaluate(forward, model, valReader, config.batch, config.seqLen, maxBatches);
