@@ -5,8 +5,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 
-import { Resvg } from '@resvg/resvg-js';
-import * as vega from 'vega';
+import type { Spec } from 'vega';
 
 import { FormatError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
@@ -42,7 +41,7 @@ export function readCurves(runDir: string, label: string): CurvePoint[] {
 }
 
 /** The Vega specification of the chart: colour tells runs apart, dashes tell validation from training. */
-export function curvesSpec(points: readonly CurvePoint[], title: string): vega.Spec {
+export function curvesSpec(points: readonly CurvePoint[], title: string): Spec {
   const position = { x: { scale: 'x', field: 'step' }, y: { scale: 'y', field: 'loss' } };
   return {
     $schema: 'https://vega.github.io/schema/vega/v6.json',
@@ -121,7 +120,7 @@ export function curvesSpec(points: readonly CurvePoint[], title: string): vega.S
         ],
       },
     ],
-  } as vega.Spec;
+  } as Spec;
 }
 
 /** Renders the chart to an SVG string and PNG bytes. */
@@ -129,6 +128,9 @@ export async function renderCurves(
   points: readonly CurvePoint[],
   title: string,
 ): Promise<{ svg: string; png: Buffer }> {
+  // Loaded here, not at startup: every other command would pay for the charting libraries.
+  const vega = await import('vega');
+  const { Resvg } = await import('@resvg/resvg-js');
   const view = new vega.View(vega.parse(curvesSpec(points, title)), { renderer: 'none' });
   const svg = await view.toSVG();
   view.finalize();
