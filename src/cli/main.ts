@@ -4,9 +4,12 @@
 import { RetnetError } from '../errors.js';
 import { type Command, UsageError } from './command.js';
 import { infoCommand } from './info.js';
+import { evalCommand } from './eval.js';
 import { logitsCommand } from './logits.js';
+import { plotCommand } from './plot.js';
+import { trainCommand } from './train.js';
 
-const commands: Command[] = [infoCommand, logitsCommand];
+const commands: Command[] = [infoCommand, logitsCommand, trainCommand, evalCommand, plotCommand];
 
 function help(): string {
   const width = Math.max(...commands.map((c) => c.name.length));
