@@ -8,6 +8,7 @@ import { noGrad } from '../src/autograd/tape.js';
 import { ConfigError } from '../src/errors.js';
 import { DecodeBatch } from '../src/generate/batch.js';
 import { generate } from '../src/generate/generate.js';
+import { Scheduler } from '../src/generate/scheduler.js';
 import { Sampler, argmax, samplingSettings } from '../src/generate/sampler.js';
 import { Sequence, type GenerationEvent, type GenerationRequest } from '../src/generate/sequence.js';
 import { IncrementalDetokenizer, StopMatcher } from '../src/generate/text.js';
@@ -68,6 +69,39 @@ function assertGreedy(model: CausalLM, prompt: number[], generated: number[]): v
     const p = prompt.length - 1 + j;
     assert.equal(t, argmax(logits.subarray(p * V, (p + 1) * V)), `token ${j} (position ${p + 1})`);
   });
+}
+
+/**
+ * Records the model's prefill and step calls and every turn of the event loop (a self-renewing setImmediate) in one
+ * list, to check that nothing runs two model calls without letting the event loop turn.
+ */
+function watchModelCalls(model: CausalLM): { log: string[]; calls: () => string[]; stop: () => void } {
+  const log: string[] = [];
+  const prefill = model.prefill.bind(model);
+  const step = model.step.bind(model);
+  model.prefill = (prompts) => {
+    log.push(`prefill ${prompts.length}`);
+    return prefill(prompts);
+  };
+  model.step = (tokens, state) => {
+    log.push(`step ${tokens.length}`);
+    return step(tokens, state);
+  };
+  let ticking = true;
+  const tick = () => {
+    log.push('tick');
+    if (ticking) setImmediate(tick);
+  };
+  setImmediate(tick);
+  return { log, calls: () => log.filter((x) => x !== 'tick'), stop: () => (ticking = false) };
+}
+
+function assertTurnsBetweenCalls(log: readonly string[]): void {
+  for (let i = 1; i < log.length; i++)
+    assert.ok(
+      log[i] === 'tick' || log[i - 1] === 'tick',
+      `${log[i - 1]} then ${log[i]} without the event loop turning`,
+    );
 }
 
 describe('sampler', () => {
@@ -320,19 +354,8 @@ describe('generate', () => {
   });
 
   it('yields to the event loop between model calls', async () => {
-    const log: string[] = [];
     const model = new ToyLM(tok.vocabSize, 4, ref);
-    const step = model.step.bind(model);
-    model.step = (tokens, state) => {
-      log.push('step');
-      return step(tokens, state);
-    };
-    let ticking = true;
-    const tick = () => {
-      log.push('tick');
-      if (ticking) setImmediate(tick);
-    };
-    setImmediate(tick);
+    const { log, calls, stop } = watchModelCalls(model);
     await collect(
       generate(model, tok, [
         { prompt: 'hi', maxNewTokens: 20 },
@@ -340,10 +363,9 @@ describe('generate', () => {
       ]),
       2,
     );
-    ticking = false;
-    const steps = log.filter((x) => x === 'step').length;
-    assert.equal(steps, 19);
-    assert.ok(!log.join(',').includes('step,step'), 'two model steps without the event loop turning between them');
+    stop();
+    assert.equal(calls().length, 1 + 19);
+    assertTurnsBetweenCalls(log);
   });
 
   it('a long generation (20000 tokens) holds tensor memory flat', async () => {
@@ -379,5 +401,60 @@ describe('generate', () => {
     const events = batch.start();
     assert.equal(events.length, 2);
     batch.dispose();
+  });
+});
+
+describe('scheduler', () => {
+  it('batches requests of one turn, admits later ones as they come, and yields between every model call', async () => {
+    const model = new ToyLM(tok.vocabSize, 4, ref);
+    const { log, calls: modelCalls, stop } = watchModelCalls(model);
+    const before = ref.memory.current;
+    const scheduler = new Scheduler(model, tok, { maxActive: 8, maxQueued: 8 });
+    const request = (maxNewTokens: number) => ({ prompt: 'abc', maxNewTokens, ignoreEos: true });
+    const drain = async (events: AsyncIterable<GenerationEvent>) => {
+      let n = 0;
+      for await (const e of events) if (e.type === 'token') n++;
+      return n;
+    };
+    const first = [5, 8, 3].map((n) => drain(scheduler.submit(request(n))));
+    while (scheduler.activeCount < 3) await new Promise((resolve) => setImmediate(resolve));
+    const late = drain(scheduler.submit(request(6)));
+    assert.deepEqual(await Promise.all([...first, late]), [5, 8, 3, 6]);
+    stop();
+    const calls = modelCalls();
+    assert.equal(calls[0], 'prefill 3');
+    assert.ok(calls.includes('prefill 1'), 'the late request was admitted as its own batch');
+    assert.ok(calls.some((c, i) => c === 'step 1' && calls[i - 1]?.startsWith('step')));
+    assertTurnsBetweenCalls(log);
+    assert.equal(scheduler.activeCount, 0);
+    assert.equal(ref.memory.current, before);
+  });
+
+  it('refuses a full queue, cancels a queued request at once, and shuts down', async () => {
+    const model = new ToyLM(tok.vocabSize, 4, ref);
+    const scheduler = new Scheduler(model, tok, { maxActive: 1, maxQueued: 1 });
+    const running = scheduler.submit({ prompt: 'a', maxNewTokens: 100000, ignoreEos: true });
+    while (scheduler.activeCount === 0) await new Promise((resolve) => setImmediate(resolve));
+    const cancel = new AbortController();
+    const queued = scheduler.submit({ prompt: 'b', maxNewTokens: 5, signal: cancel.signal });
+    assert.throws(() => scheduler.submit({ prompt: 'c', maxNewTokens: 5 }), /1 requests are already waiting/);
+    assert.throws(() => scheduler.submit({ prompt: [999], maxNewTokens: 5 }), /request\.prompt token 0 \(999\)/);
+    cancel.abort();
+    assert.equal(scheduler.queuedCount, 0);
+    const ends: string[] = [];
+    for await (const e of queued) if (e.type === 'end') ends.push(e.finishReason);
+    assert.deepEqual(ends, ['abort']);
+    let tokens = 0;
+    const consume = (async () => {
+      for await (const e of running)
+        if (e.type === 'token') tokens++;
+        else ends.push(e.finishReason);
+    })();
+    while (tokens < 3) await new Promise((resolve) => setImmediate(resolve));
+    await scheduler.shutdown(0);
+    await consume;
+    assert.deepEqual(ends, ['abort', 'abort']);
+    assert.ok(tokens < 100000);
+    assert.throws(() => scheduler.submit({ prompt: 'a', maxNewTokens: 1 }), /shutting down/);
   });
 });

@@ -3,10 +3,12 @@
 
 import { RetnetError } from '../errors.js';
 import { type Command, UsageError } from './command.js';
+import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
 import { logitsCommand } from './logits.js';
+import { serveCommand } from './serve.js';
 
-const commands: Command[] = [infoCommand, logitsCommand];
+const commands: Command[] = [infoCommand, logitsCommand, generateCommand, serveCommand];
 
 function help(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

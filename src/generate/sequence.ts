@@ -45,6 +45,11 @@ export interface EndEvent {
 
 export type GenerationEvent = TokenEvent | EndEvent;
 
+/** The ids of a text prompt; an empty text becomes the end-of-text token (the start of a document). */
+export function encodePrompt(text: string, tokenizer: Tokenizer): number[] {
+  return text === '' ? [tokenizer.eosId] : tokenizer.encode(text);
+}
+
 export class Sequence {
   readonly promptIds: readonly number[];
   private readonly sampler: Sampler;
@@ -75,7 +80,7 @@ export class Sequence {
       throw new ConfigError(`${where}.stop must be an array of non-empty strings`);
     if (typeof prompt !== 'string' && !Array.isArray(prompt))
       throw new ConfigError(`${where}.prompt must be a string or an array of token ids`);
-    const ids = typeof prompt === 'string' ? (prompt === '' ? [tokenizer.eosId] : tokenizer.encode(prompt)) : prompt;
+    const ids = typeof prompt === 'string' ? encodePrompt(prompt, tokenizer) : prompt;
     if (ids.length === 0) throw new ConfigError(`${where}.prompt is an empty list of token ids`);
     const bad = ids.findIndex((t) => !Number.isInteger(t) || t < 0 || t >= vocabSize);
     if (bad >= 0)
