@@ -1,10 +1,10 @@
 // Multi-scale retention kernels (paper §2.1-2.2; torchscale's parallel, chunkwise and recurrent forms, spec §5).
-// Layouts: q, k [B, H, T, K]; v, o [B, H, T, V]; r [B, H, T]; state [B, H, K, V]; scale [B, H]. Scratch memory is a
-// caller-provided workspace (see retentionWorkspace) so that the engine's memory accounting includes it.
+// Layouts are time-major, as the projections produce them: q, k [B, T, H, K]; v, o [B, T, H, V]; r [B, H, T];
+// state [B, H, K, V]; scale [B, H]. One head's rows are strided (stride H·K or H·V), which BLAS takes as a leading
+// dimension, so no permute is ever needed. Scratch memory is a caller-provided workspace (see retentionWorkspace) so
+// that the engine's memory accounting includes it.
 // Every form computes o_n = r_n · U_n, U_n = Σ_{m≤n} γ^(n−m) (q_n·k_m) v_m, with a detached per-row factor r_n, so
-// the backward kernels take r and differentiate U only. Work is split over the B·H heads: with at least as many
-// heads as threads each thread takes whole heads and calls single-threaded BLAS; otherwise heads run one after the
-// other and OpenBLAS threads each product.
+// the backward kernels take r and differentiate U only (docs/retention.md).
 #include <cblas.h>
 
 #include <algorithm>
@@ -29,10 +29,9 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
               ldb, beta, C, ldc);
 }
 
-// Scratch memory comes from the caller (the TypeScript backend allocates it as a tensor, so the engine's memory
-// accounting sees it): `workspaceFloats` per concurrently running head, one slot per thread that runs heads.
 enum class Work { ParallelForward, ChunkwiseForward, ParallelBackward, ChunkwiseBackward, State };
 
+// Floats of scratch one head needs.
 int64_t workspacePerHead(Work w, int64_t T, int64_t K, int64_t V, int64_t C) {
   int64_t c = std::max<int64_t>(1, std::min(C, T));
   switch (w) {
@@ -46,7 +45,7 @@ int64_t workspacePerHead(Work w, int64_t T, int64_t K, int64_t V, int64_t C) {
 }
 
 // Heads run in parallel (one per thread, single-threaded BLAS inside) when there are at least as many as threads;
-// otherwise one after the other with OpenBLAS threading each product.
+// otherwise one after the other with OpenBLAS threading each product. One workspace slot per concurrent head.
 int64_t headSlots(int64_t heads) {
   int threads = omp_get_max_threads();
   return heads >= threads && threads > 1 ? threads : 1;
@@ -62,7 +61,6 @@ struct Carve {
   }
 };
 
-// Runs body(bh, scratch) for every head, scratch being that thread's slot of the workspace.
 template <typename Body>
 void forEachHead(int64_t heads, float* workspace, int64_t perHead, Body body) {
   if (headSlots(heads) > 1) {
@@ -74,10 +72,6 @@ void forEachHead(int64_t heads, float* workspace, int64_t perHead, Body body) {
   } else {
     for (int64_t bh = 0; bh < heads; bh++) body(bh, Carve{workspace});
   }
-}
-
-void requireWorkspace(const Span<float>& ws, int64_t heads, int64_t perHead, const char* kernel) {
-  require(ws, headSlots(heads) * perHead, kernel, "workspace");
 }
 
 // γ^e for e in [0, n), as exp(e·ln γ) (torchscale builds its masks that way).
@@ -99,24 +93,36 @@ std::vector<double> sqrtDecaySums(const std::vector<double>& pw, int64_t n) {
   return s;
 }
 
-struct Dims {
-  int64_t B, H, T, K, V;
-};
-
-Dims retentionDims(const Napi::CallbackInfo& info, size_t at) {
-  Dims d{dim(info, at, "B"), dim(info, at + 1, "H"), dim(info, at + 2, "T"), dim(info, at + 3, "K"),
-         dim(info, at + 4, "V")};
-  return d;
+// Masks a row-major L×L block in place: row i keeps columns j ≤ i scaled by γ^(i−j) (Γ of docs/retention.md).
+void decayMask(float* M, int64_t L, const std::vector<double>& pw) {
+  for (int64_t i = 0; i < L; i++) {
+    for (int64_t j = 0; j <= i; j++) M[i * L + j] = static_cast<float>(M[i * L + j] * pw[i - j]);
+    for (int64_t j = i + 1; j < L; j++) M[i * L + j] = 0.0f;
+  }
 }
 
-std::vector<double> gammaList(const Span<double>& g, int64_t H) {
-  std::vector<double> out(H);
-  for (int64_t h = 0; h < H; h++) {
-    double v = g.data[h];
-    if (!(v > 0.0 && v < 1.0)) throw ArgError{"retention: every decay gamma must lie in (0, 1)"};
-    out[h] = v;
+// The arguments every sequence kernel shares, checked once.
+struct Sequence {
+  int64_t B, H, T, K, V;
+  std::vector<double> gammas;
+  // Offset of head bh's first row in a [B, T, H, W] tensor; its rows are H·W apart.
+  int64_t head(int64_t bh, int64_t W) const { return ((bh / H) * T * H + bh % H) * W; }
+};
+
+Sequence sequenceArgs(const Napi::CallbackInfo& info, size_t dimsAt, const Span<double>& g, const char* kernel) {
+  Sequence s{dim(info, dimsAt, "B"), dim(info, dimsAt + 1, "H"), dim(info, dimsAt + 2, "T"),
+             dim(info, dimsAt + 3, "K"), dim(info, dimsAt + 4, "V"), {}};
+  require(g, s.H, kernel, "gammas");
+  for (int64_t h = 0; h < s.H; h++) {
+    if (!(g.data[h] > 0.0 && g.data[h] < 1.0))
+      throw ArgError{std::string(kernel) + ": every decay gamma must lie in (0, 1)"};
+    s.gammas.push_back(g.data[h]);
   }
-  return out;
+  return s;
+}
+
+void requireWorkspace(const Span<float>& ws, int64_t heads, int64_t perHead, const char* kernel) {
+  require(ws, headSlots(heads) * perHead, kernel, "workspace");
 }
 
 }  // namespace
@@ -128,24 +134,19 @@ static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
     auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
     auto g = f64(info, 3, "gammas");
     auto o = f32(info, 4, "o"), r = f32(info, 5, "r"), ws = f32(info, 6, "workspace");
-    Dims d = retentionDims(info, 7);
-    int64_t BH = d.B * d.H, T = d.T, K = d.K, V = d.V;
+    Sequence s = sequenceArgs(info, 7, g, "retentionParallel");
+    int64_t BH = s.B * s.H, T = s.T, K = s.K, V = s.V, ldk = s.H * K, ldv = s.H * V;
     int64_t per = workspacePerHead(Work::ParallelForward, T, K, V, 1);
     requireWorkspace(ws, BH, per, "retentionParallel");
-    require(q, BH * T * K, "retentionParallel", "q");
-    require(k, BH * T * K, "retentionParallel", "k");
-    require(v, BH * T * V, "retentionParallel", "v");
-    require(o, BH * T * V, "retentionParallel", "o");
+    for (auto* t : {&q, &k}) require(*t, BH * T * K, "retentionParallel", "q/k");
+    for (auto* t : {&v, &o}) require(*t, BH * T * V, "retentionParallel", "v/o");
     require(r, BH * T, "retentionParallel", "r");
-    require(g, d.H, "retentionParallel", "gammas");
-    auto gammas = gammaList(g, d.H);
     forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
-      int64_t h = bh % d.H;
-      auto pw = powers(gammas[h], T);
+      auto pw = powers(s.gammas[bh % s.H], T);
       auto sq = sqrtDecaySums(pw, T);
       float* A = scratch.take(T * T);
-      const float *qh = q.data + bh * T * K, *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
-      gemm(false, true, T, T, K, 1.0f, qh, K, kh, K, 0.0f, A, T);
+      const float *qh = q.data + s.head(bh, K), *kh = k.data + s.head(bh, K), *vh = v.data + s.head(bh, V);
+      gemm(false, true, T, T, K, 1.0f, qh, ldk, kh, ldk, 0.0f, A, T);
       for (int64_t n = 0; n < T; n++) {
         float* row = A + n * T;
         double abs = 0;
@@ -159,51 +160,46 @@ static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
         for (int64_t m = n + 1; m < T; m++) row[m] = 0.0f;
         r.data[bh * T + n] = static_cast<float>(1.0 / (sq[n] * c));
       }
-      gemm(false, false, T, V, T, 1.0f, A, T, vh, V, 0.0f, o.data + bh * T * V, V);
+      gemm(false, false, T, V, T, 1.0f, A, T, vh, ldv, 0.0f, o.data + s.head(bh, V), ldv);
     });
   });
 }
 RETNET_KERNEL("retentionParallel", RetentionParallel);
 
-// retentionChunkwise(q, k, v, gammas, o, r, workspace, B, H, T, K, V, C): the chunkwise form (spec §5c), parallel inside each
-// chunk of C positions and recurrent across chunks through the K×V state. A last chunk shorter than C gives exactly
-// the outputs of torchscale's zero padding.
+// retentionChunkwise(q, k, v, gammas, o, r, workspace, B, H, T, K, V, C): the chunkwise form (spec §5c), parallel
+// inside each chunk of C positions and recurrent across chunks through the K×V state. A last chunk shorter than C
+// gives exactly the outputs of torchscale's zero padding.
 static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
     auto g = f64(info, 3, "gammas");
     auto o = f32(info, 4, "o"), r = f32(info, 5, "r"), ws = f32(info, 6, "workspace");
-    Dims d = retentionDims(info, 7);
+    Sequence s = sequenceArgs(info, 7, g, "retentionChunkwise");
     int64_t C = dim(info, 12, "chunkSize");
     if (C < 1) throw ArgError{"retentionChunkwise: chunk size must be at least 1"};
-    int64_t BH = d.B * d.H, T = d.T, K = d.K, V = d.V;
+    int64_t BH = s.B * s.H, T = s.T, K = s.K, V = s.V, ldk = s.H * K, ldv = s.H * V;
     int64_t per = workspacePerHead(Work::ChunkwiseForward, T, K, V, C);
     requireWorkspace(ws, BH, per, "retentionChunkwise");
-    require(q, BH * T * K, "retentionChunkwise", "q");
-    require(k, BH * T * K, "retentionChunkwise", "k");
-    require(v, BH * T * V, "retentionChunkwise", "v");
-    require(o, BH * T * V, "retentionChunkwise", "o");
+    for (auto* t : {&q, &k}) require(*t, BH * T * K, "retentionChunkwise", "q/k");
+    for (auto* t : {&v, &o}) require(*t, BH * T * V, "retentionChunkwise", "v/o");
     require(r, BH * T, "retentionChunkwise", "r");
-    require(g, d.H, "retentionChunkwise", "gammas");
-    auto gammas = gammaList(g, d.H);
     int64_t Cw = std::max<int64_t>(1, std::min(C, T));  // chunk rows that can exist
     forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
-      int64_t h = bh % d.H;
-      auto pw = powers(gammas[h], C + 1);
+      auto pw = powers(s.gammas[bh % s.H], C + 1);
       auto sq = sqrtDecaySums(pw, C);
       double SC = sq[C - 1] * sq[C - 1];
       float *A = scratch.take(Cw * Cw), *cross = scratch.take(Cw * V), *vd = scratch.take(Cw * V);
-      float* Z = scratch.take(K * V);
+      float* Z = scratch.take(K * V);  // un-normalised cross-chunk state [K, V]
       std::fill(Z, Z + K * V, 0.0f);
       double sigma = 1;
-      const float *qh = q.data + bh * T * K, *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
-      float* oh = o.data + bh * T * V;
+      const float *qh = q.data + s.head(bh, K), *kh = k.data + s.head(bh, K), *vh = v.data + s.head(bh, V);
+      float* oh = o.data + s.head(bh, V);
+      std::vector<double> m(Cw);
       for (int64_t s0 = 0; s0 < T; s0 += C) {
         int64_t L = std::min(C, T - s0);
-        const float *qc = qh + s0 * K, *kc = kh + s0 * K, *vc = vh + s0 * V;
-        float* oc = oh + s0 * V;
-        gemm(false, true, L, L, K, 1.0f, qc, K, kc, K, 0.0f, A, L);
-        std::vector<double> m(L);
+        const float *qc = qh + s0 * ldk, *kc = kh + s0 * ldk, *vc = vh + s0 * ldv;
+        float* oc = oh + s0 * ldv;
+        gemm(false, true, L, L, K, 1.0f, qc, ldk, kc, ldk, 0.0f, A, L);
         for (int64_t i = 0; i < L; i++) {
           float* row = A + i * L;
           double abs = 0;
@@ -215,20 +211,20 @@ static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
           m[i] = std::max(std::max(abs, 1.0), sigma);
           r.data[bh * T + s0 + i] = static_cast<float>(1.0 / (sq[i] * m[i]));
         }
-        gemm(false, false, L, V, L, 1.0f, A, L, vc, V, 0.0f, oc, V);      // inner: [L, V]
-        gemm(false, false, L, V, K, 1.0f, qc, K, Z, V, 0.0f, cross, V);  // q Z: [L, V]
+        gemm(false, false, L, V, L, 1.0f, A, L, vc, ldv, 0.0f, oc, ldv);  // inner: [L, V]
+        gemm(false, false, L, V, K, 1.0f, qc, ldk, Z, V, 0.0f, cross, V);  // q Z: [L, V]
         for (int64_t i = 0; i < L; i++) {
           double qd = pw[i + 1] * SC / sq[i];
           for (int64_t y = 0; y < V; y++)
-            oc[i * V + y] = static_cast<float>((oc[i * V + y] + qd * cross[i * V + y]) / m[i]);
+            oc[i * ldv + y] = static_cast<float>((oc[i * ldv + y] + qd * cross[i * V + y]) / m[i]);
         }
         if (s0 + L >= T) break;  // the final state is not needed
         // Z = γ^C Z + Σ_j k_jᵀ v_j γ^(C−1−j) / S(C−1)
         for (int64_t j = 0; j < L; j++) {
           float w = static_cast<float>(pw[C - 1 - j] / SC);
-          for (int64_t y = 0; y < V; y++) vd[j * V + y] = vc[j * V + y] * w;
+          for (int64_t y = 0; y < V; y++) vd[j * V + y] = vc[j * ldv + y] * w;
         }
-        gemm(true, false, K, V, L, 1.0f, kc, K, vd, V, static_cast<float>(pw[C]), Z, V);
+        gemm(true, false, K, V, L, 1.0f, kc, ldk, vd, V, static_cast<float>(pw[C]), Z, V);
         sigma = 1;
         for (int64_t y = 0; y < V; y++) {
           double col = 0;
@@ -241,127 +237,112 @@ static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionChunkwise", RetentionChunkwise);
 
-// retentionBackwardParallel(q, k, v, gammas, r, dO, dq, dk, dv, workspace, B, H, T, K, V): gradients of o = r ⊙ U with the
-// T×T score matrix recomputed: dU = r dO, dS = (dU vᵀ) ⊙ Γ, dq = dS k, dk = dSᵀ q, dv = ((q kᵀ) ⊙ Γ)ᵀ dU.
+// dU = r ⊙ dO for one head, into a contiguous [T, V] buffer.
+static void scaleRows(const float* dO, int64_t ldv, const float* r, int64_t T, int64_t V, float* dU) {
+  for (int64_t n = 0; n < T; n++)
+    for (int64_t y = 0; y < V; y++) dU[n * V + y] = dO[n * ldv + y] * r[n];
+}
+
+// retentionBackwardParallel(q, k, v, gammas, r, dO, dq, dk, dv, workspace, B, H, T, K, V): gradients of o = r ⊙ U
+// with the T×T score matrix recomputed: dU = r dO, dS = (dU vᵀ) ⊙ Γ, dq = dS k, dk = dSᵀ q, dv = ((q kᵀ) ⊙ Γ)ᵀ dU.
 static Napi::Value RetentionBackwardParallel(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
     auto g = f64(info, 3, "gammas");
     auto r = f32(info, 4, "r"), dO = f32(info, 5, "dO");
     auto dq = f32(info, 6, "dq"), dk = f32(info, 7, "dk"), dv = f32(info, 8, "dv"), ws = f32(info, 9, "workspace");
-    Dims d = retentionDims(info, 10);
-    int64_t BH = d.B * d.H, T = d.T, K = d.K, V = d.V;
+    Sequence s = sequenceArgs(info, 10, g, "retentionBackwardParallel");
+    int64_t BH = s.B * s.H, T = s.T, K = s.K, V = s.V, ldk = s.H * K, ldv = s.H * V;
     int64_t per = workspacePerHead(Work::ParallelBackward, T, K, V, 1);
     requireWorkspace(ws, BH, per, "retentionBackwardParallel");
-    for (auto* s : {&q, &k, &dq, &dk}) require(*s, BH * T * K, "retentionBackwardParallel", "q/k/dq/dk");
-    for (auto* s : {&v, &dO, &dv}) require(*s, BH * T * V, "retentionBackwardParallel", "v/dO/dv");
+    for (auto* t : {&q, &k, &dq, &dk}) require(*t, BH * T * K, "retentionBackwardParallel", "q/k/dq/dk");
+    for (auto* t : {&v, &dO, &dv}) require(*t, BH * T * V, "retentionBackwardParallel", "v/dO/dv");
     require(r, BH * T, "retentionBackwardParallel", "r");
-    require(g, d.H, "retentionBackwardParallel", "gammas");
-    auto gammas = gammaList(g, d.H);
     forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
-      int64_t h = bh % d.H;
-      auto pw = powers(gammas[h], T);
-      const float *qh = q.data + bh * T * K, *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
-      const float *gh = dO.data + bh * T * V, *rh = r.data + bh * T;
+      auto pw = powers(s.gammas[bh % s.H], T);
+      int64_t ok = s.head(bh, K), ov = s.head(bh, V);
+      const float *qh = q.data + ok, *kh = k.data + ok, *vh = v.data + ov;
       float *dU = scratch.take(T * V), *S = scratch.take(T * T);
-      for (int64_t n = 0; n < T; n++)
-        for (int64_t y = 0; y < V; y++) dU[n * V + y] = gh[n * V + y] * rh[n];
-      auto mask = [&](float* M) {
-        for (int64_t n = 0; n < T; n++) {
-          for (int64_t m = 0; m <= n; m++) M[n * T + m] = static_cast<float>(M[n * T + m] * pw[n - m]);
-          for (int64_t m = n + 1; m < T; m++) M[n * T + m] = 0.0f;
-        }
-      };
-      gemm(false, true, T, T, V, 1.0f, dU, V, vh, V, 0.0f, S, T);  // dU vᵀ
-      mask(S);
-      gemm(false, false, T, K, T, 1.0f, S, T, kh, K, 0.0f, dq.data + bh * T * K, K);
-      gemm(true, false, T, K, T, 1.0f, S, T, qh, K, 0.0f, dk.data + bh * T * K, K);
-      gemm(false, true, T, T, K, 1.0f, qh, K, kh, K, 0.0f, S, T);  // q kᵀ
-      mask(S);
-      gemm(true, false, T, V, T, 1.0f, S, T, dU, V, 0.0f, dv.data + bh * T * V, V);
+      scaleRows(dO.data + ov, ldv, r.data + bh * T, T, V, dU);
+      gemm(false, true, T, T, V, 1.0f, dU, V, vh, ldv, 0.0f, S, T);  // dU vᵀ
+      decayMask(S, T, pw);
+      gemm(false, false, T, K, T, 1.0f, S, T, kh, ldk, 0.0f, dq.data + ok, ldk);
+      gemm(true, false, T, K, T, 1.0f, S, T, qh, ldk, 0.0f, dk.data + ok, ldk);
+      gemm(false, true, T, T, K, 1.0f, qh, ldk, kh, ldk, 0.0f, S, T);  // q kᵀ
+      decayMask(S, T, pw);
+      gemm(true, false, T, V, T, 1.0f, S, T, dU, V, 0.0f, dv.data + ov, ldv);
     });
   });
 }
 RETNET_KERNEL("retentionBackwardParallel", RetentionBackwardParallel);
 
-// retentionBackwardChunkwise(q, k, v, gammas, r, dO, dq, dk, dv, workspace, B, H, T, K, V, C): the same gradients in linear
-// memory. dq needs the past (forward pass over chunks with Z = Σ_{m<s0} γ^(s0−1−m) k_mᵀ v_m); dk and dv need the future
-// (backward pass over chunks with G = Σ_{n≥e} γ^(n−e) q_nᵀ dU_n, e the end of the current chunk).
+// retentionBackwardChunkwise(q, k, v, gammas, r, dO, dq, dk, dv, workspace, B, H, T, K, V, C): the same gradients in
+// linear memory. dq needs the past (forward over chunks with Z = Σ_{m<s0} γ^(s0−1−m) k_mᵀ v_m); dk and dv need the
+// future (backward over chunks with G = Σ_{n≥e} γ^(n−e) q_nᵀ dU_n, e the end of the current chunk).
 static Napi::Value RetentionBackwardChunkwise(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
     auto g = f64(info, 3, "gammas");
     auto r = f32(info, 4, "r"), dO = f32(info, 5, "dO");
     auto dq = f32(info, 6, "dq"), dk = f32(info, 7, "dk"), dv = f32(info, 8, "dv"), ws = f32(info, 9, "workspace");
-    Dims d = retentionDims(info, 10);
+    Sequence s = sequenceArgs(info, 10, g, "retentionBackwardChunkwise");
     int64_t C = dim(info, 15, "chunkSize");
     if (C < 1) throw ArgError{"retentionBackwardChunkwise: chunk size must be at least 1"};
-    int64_t BH = d.B * d.H, T = d.T, K = d.K, V = d.V;
+    int64_t BH = s.B * s.H, T = s.T, K = s.K, V = s.V, ldk = s.H * K, ldv = s.H * V;
     int64_t per = workspacePerHead(Work::ChunkwiseBackward, T, K, V, C);
     requireWorkspace(ws, BH, per, "retentionBackwardChunkwise");
-    for (auto* s : {&q, &k, &dq, &dk}) require(*s, BH * T * K, "retentionBackwardChunkwise", "q/k/dq/dk");
-    for (auto* s : {&v, &dO, &dv}) require(*s, BH * T * V, "retentionBackwardChunkwise", "v/dO/dv");
+    for (auto* t : {&q, &k, &dq, &dk}) require(*t, BH * T * K, "retentionBackwardChunkwise", "q/k/dq/dk");
+    for (auto* t : {&v, &dO, &dv}) require(*t, BH * T * V, "retentionBackwardChunkwise", "v/dO/dv");
     require(r, BH * T, "retentionBackwardChunkwise", "r");
-    require(g, d.H, "retentionBackwardChunkwise", "gammas");
-    auto gammas = gammaList(g, d.H);
     int64_t Cw = std::max<int64_t>(1, std::min(C, T));
     forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
-      int64_t h = bh % d.H;
-      auto pw = powers(gammas[h], C + 1);
-      const float *qh = q.data + bh * T * K, *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
-      const float *gh = dO.data + bh * T * V, *rh = r.data + bh * T;
-      float *dqh = dq.data + bh * T * K, *dkh = dk.data + bh * T * K, *dvh = dv.data + bh * T * V;
+      auto pw = powers(s.gammas[bh % s.H], C + 1);
+      int64_t ok = s.head(bh, K), ov = s.head(bh, V);
+      const float *qh = q.data + ok, *kh = k.data + ok, *vh = v.data + ov;
+      float *dqh = dq.data + ok, *dkh = dk.data + ok, *dvh = dv.data + ov;
       float *dU = scratch.take(T * V), *S = scratch.take(Cw * Cw), *Z = scratch.take(K * V), *G = scratch.take(K * V);
       float *tK = scratch.take(Cw * K), *scaled = scratch.take(Cw * K), *tV = scratch.take(Cw * V);
       std::fill(Z, Z + K * V, 0.0f);
       std::fill(G, G + K * V, 0.0f);
-      for (int64_t n = 0; n < T; n++)
-        for (int64_t y = 0; y < V; y++) dU[n * V + y] = gh[n * V + y] * rh[n];
-      auto mask = [&](float* M, int64_t L) {
-        for (int64_t i = 0; i < L; i++) {
-          for (int64_t j = 0; j <= i; j++) M[i * L + j] = static_cast<float>(M[i * L + j] * pw[i - j]);
-          for (int64_t j = i + 1; j < L; j++) M[i * L + j] = 0.0f;
-        }
-      };
+      scaleRows(dO.data + ov, ldv, r.data + bh * T, T, V, dU);
       // Forward over chunks: dq.
       for (int64_t s0 = 0; s0 < T; s0 += C) {
         int64_t L = std::min(C, T - s0);
-        const float *kc = kh + s0 * K, *vc = vh + s0 * V, *uc = dU + s0 * V;
-        float* dqc = dqh + s0 * K;
-        gemm(false, true, L, L, V, 1.0f, uc, V, vc, V, 0.0f, S, L);  // dU vᵀ
-        mask(S, L);
-        gemm(false, false, L, K, L, 1.0f, S, L, kc, K, 0.0f, dqc, K);
+        const float *kc = kh + s0 * ldk, *vc = vh + s0 * ldv, *uc = dU + s0 * V;
+        float* dqc = dqh + s0 * ldk;
+        gemm(false, true, L, L, V, 1.0f, uc, V, vc, ldv, 0.0f, S, L);  // dU vᵀ
+        decayMask(S, L, pw);
+        gemm(false, false, L, K, L, 1.0f, S, L, kc, ldk, 0.0f, dqc, ldk);
         gemm(false, true, L, K, V, 1.0f, uc, V, Z, V, 0.0f, tK, K);  // dU Zᵀ
         for (int64_t i = 0; i < L; i++)
-          for (int64_t x = 0; x < K; x++) dqc[i * K + x] += static_cast<float>(pw[i + 1] * tK[i * K + x]);
+          for (int64_t x = 0; x < K; x++) dqc[i * ldk + x] += static_cast<float>(pw[i + 1] * tK[i * K + x]);
         if (s0 + L >= T) break;
         for (int64_t j = 0; j < L; j++)  // rows of k scaled by γ^(L−1−j)
-          for (int64_t x = 0; x < K; x++) scaled[j * K + x] = static_cast<float>(kc[j * K + x] * pw[L - 1 - j]);
-        gemm(true, false, K, V, L, 1.0f, scaled, K, vc, V, static_cast<float>(pw[L]), Z, V);
+          for (int64_t x = 0; x < K; x++) scaled[j * K + x] = static_cast<float>(kc[j * ldk + x] * pw[L - 1 - j]);
+        gemm(true, false, K, V, L, 1.0f, scaled, K, vc, ldv, static_cast<float>(pw[L]), Z, V);
       }
       // Backward over chunks: dk, dv.
-      int64_t last = ((T - 1) / C) * C;
-      for (int64_t s0 = T == 0 ? -1 : last; s0 >= 0; s0 -= C) {
+      for (int64_t s0 = T == 0 ? -1 : ((T - 1) / C) * C; s0 >= 0; s0 -= C) {
         int64_t L = std::min(C, T - s0);
-        const float *qc = qh + s0 * K, *kc = kh + s0 * K, *vc = vh + s0 * V, *uc = dU + s0 * V;
-        float *dkc = dkh + s0 * K, *dvc = dvh + s0 * V;
-        gemm(false, true, L, L, V, 1.0f, uc, V, vc, V, 0.0f, S, L);  // dU vᵀ ⊙ Γ
-        mask(S, L);
-        gemm(true, false, L, K, L, 1.0f, S, L, qc, K, 0.0f, dkc, K);
-        gemm(false, true, L, L, K, 1.0f, qc, K, kc, K, 0.0f, S, L);  // q kᵀ ⊙ Γ
-        mask(S, L);
-        gemm(true, false, L, V, L, 1.0f, S, L, uc, V, 0.0f, dvc, V);
+        const float *qc = qh + s0 * ldk, *kc = kh + s0 * ldk, *vc = vh + s0 * ldv, *uc = dU + s0 * V;
+        float *dkc = dkh + s0 * ldk, *dvc = dvh + s0 * ldv;
+        gemm(false, true, L, L, V, 1.0f, uc, V, vc, ldv, 0.0f, S, L);  // dU vᵀ ⊙ Γ
+        decayMask(S, L, pw);
+        gemm(true, false, L, K, L, 1.0f, S, L, qc, ldk, 0.0f, dkc, ldk);
+        gemm(false, true, L, L, K, 1.0f, qc, ldk, kc, ldk, 0.0f, S, L);  // q kᵀ ⊙ Γ
+        decayMask(S, L, pw);
+        gemm(true, false, L, V, L, 1.0f, S, L, uc, V, 0.0f, dvc, ldv);
         // Contributions of later chunks through G: dk_j += γ^(L−j) (v_j Gᵀ), dv_j += γ^(L−j) (k_j G).
-        gemm(false, true, L, K, V, 1.0f, vc, V, G, V, 0.0f, tK, K);
-        gemm(false, false, L, V, K, 1.0f, kc, K, G, V, 0.0f, tV, V);
+        gemm(false, true, L, K, V, 1.0f, vc, ldv, G, V, 0.0f, tK, K);
+        gemm(false, false, L, V, K, 1.0f, kc, ldk, G, V, 0.0f, tV, V);
         for (int64_t j = 0; j < L; j++) {
           float w = static_cast<float>(pw[L - j]);
-          for (int64_t x = 0; x < K; x++) dkc[j * K + x] += w * tK[j * K + x];
-          for (int64_t y = 0; y < V; y++) dvc[j * V + y] += w * tV[j * V + y];
+          for (int64_t x = 0; x < K; x++) dkc[j * ldk + x] += w * tK[j * K + x];
+          for (int64_t y = 0; y < V; y++) dvc[j * ldv + y] += w * tV[j * V + y];
         }
         // G = γ^L G + Σ_i γ^i q_iᵀ dU_i
         for (int64_t i = 0; i < L; i++)
-          for (int64_t x = 0; x < K; x++) scaled[i * K + x] = static_cast<float>(qc[i * K + x] * pw[i]);
+          for (int64_t x = 0; x < K; x++) scaled[i * K + x] = static_cast<float>(qc[i * ldk + x] * pw[i]);
         gemm(true, false, K, V, L, 1.0f, scaled, K, uc, V, static_cast<float>(pw[L]), G, V);
       }
     });
@@ -369,8 +350,9 @@ static Napi::Value RetentionBackwardChunkwise(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionBackwardChunkwise", RetentionBackwardChunkwise);
 
-// retentionStep(q, k, v, gammas, state, scale, o, B, H, K, V): one recurrent step (spec §5b), in place on state and
-// scale; scale 0 marks an empty state, so the first step needs no special case.
+// retentionStep(q, k, v, gammas, state, scale, o, B, H, K, V): one recurrent step (spec §5b) for q, k [B, H, K] and
+// v, o [B, H, V] (one position of the [B, T, H, *] layout), in place on state and scale; scale 0 marks an empty
+// state, so the first step needs no special case.
 static Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
@@ -385,10 +367,11 @@ static Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
     require(sc, BH, "retentionStep", "scale");
     require(o, BH * V, "retentionStep", "o");
     require(g, H, "retentionStep", "gammas");
-    auto gammas = gammaList(g, H);
+    for (int64_t h = 0; h < H; h++)
+      if (!(g.data[h] > 0.0 && g.data[h] < 1.0)) throw ArgError{"retentionStep: every decay gamma must lie in (0, 1)"};
 #pragma omp parallel for if (BH * K * V > kParallelGrain) schedule(static)
     for (int64_t bh = 0; bh < BH; bh++) {
-      double gamma = gammas[bh % H], prev = sc.data[bh], next = prev * gamma + 1;
+      double gamma = g.data[bh % H], prev = sc.data[bh], next = prev * gamma + 1;
       float decay = static_cast<float>(std::sqrt(prev) * gamma / std::sqrt(next));
       float inv = static_cast<float>(1.0 / std::sqrt(next));
       sc.data[bh] = static_cast<float>(next);
@@ -409,41 +392,38 @@ static Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionStep", RetentionStep);
 
-// retentionState(k, v, gammas, state, scale, workspace, B, H, T, K, V): the recurrent state after T positions (for continuing
-// a parallel or chunkwise prefill recurrently): S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s), s = Σ_{t<T} γ^t.
+// retentionState(k, v, gammas, state, scale, workspace, B, H, T, K, V): the recurrent state after T positions (to
+// continue a parallel or chunkwise prefill recurrently): S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s), s = Σ_{t<T} γ^t.
 static Napi::Value RetentionState(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto k = f32(info, 0, "k"), v = f32(info, 1, "v");
     auto g = f64(info, 2, "gammas");
     auto st = f32(info, 3, "state"), sc = f32(info, 4, "scale"), ws = f32(info, 5, "workspace");
-    int64_t B = dim(info, 6, "B"), H = dim(info, 7, "H"), T = dim(info, 8, "T"), K = dim(info, 9, "K"),
-            V = dim(info, 10, "V");
-    int64_t BH = B * H;
+    Sequence s = sequenceArgs(info, 6, g, "retentionState");
+    int64_t BH = s.B * s.H, T = s.T, K = s.K, V = s.V, ldk = s.H * K, ldv = s.H * V;
     int64_t per = workspacePerHead(Work::State, T, K, V, 1);
     requireWorkspace(ws, BH, per, "retentionState");
     require(k, BH * T * K, "retentionState", "k");
     require(v, BH * T * V, "retentionState", "v");
     require(st, BH * K * V, "retentionState", "state");
     require(sc, BH, "retentionState", "scale");
-    require(g, H, "retentionState", "gammas");
-    auto gammas = gammaList(g, H);
     forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       if (T == 0) {
         sc.data[bh] = 0.0f;
         std::fill(st.data + bh * K * V, st.data + (bh + 1) * K * V, 0.0f);
         return;
       }
-      auto pw = powers(gammas[bh % H], T);
-      double s = 0;
-      for (int64_t t = 0; t < T; t++) s += pw[t];
+      auto pw = powers(s.gammas[bh % s.H], T);
+      double total = 0;
+      for (int64_t t = 0; t < T; t++) total += pw[t];
       float* scaled = scratch.take(T * K);
-      const float *kh = k.data + bh * T * K, *vh = v.data + bh * T * V;
+      const float *kh = k.data + s.head(bh, K), *vh = v.data + s.head(bh, V);
       for (int64_t m = 0; m < T; m++) {
-        float w = static_cast<float>(pw[T - 1 - m] / std::sqrt(s));
-        for (int64_t x = 0; x < K; x++) scaled[m * K + x] = kh[m * K + x] * w;
+        float w = static_cast<float>(pw[T - 1 - m] / std::sqrt(total));
+        for (int64_t x = 0; x < K; x++) scaled[m * K + x] = kh[m * ldk + x] * w;
       }
-      gemm(true, false, K, V, T, 1.0f, scaled, K, vh, V, 0.0f, st.data + bh * K * V, V);
-      sc.data[bh] = static_cast<float>(s);
+      gemm(true, false, K, V, T, 1.0f, scaled, K, vh, ldv, 0.0f, st.data + bh * K * V, V);
+      sc.data[bh] = static_cast<float>(total);
     });
   });
 }
@@ -480,7 +460,7 @@ static Napi::Value Rotary(const Napi::CallbackInfo& info) {
     float sign = inverse ? -1.0f : 1.0f;
 #pragma omp parallel for if (B * T * H * K > kParallelGrain) schedule(static)
     for (int64_t bt = 0; bt < B * T; bt++) {
-      int64_t table = ((perBatch ? bt : bt % T)) * K;
+      int64_t table = (perBatch ? bt : bt % T) * K;
       for (int64_t h = 0; h < H; h++) {
         const float* xr = x.data + (bt * H + h) * K;
         float* yr = y.data + (bt * H + h) * K;

@@ -12,6 +12,7 @@ import { parseSafetensors, readSafetensors, serializeSafetensors, writeSafetenso
 import { add, linear, matmul, mul, sum } from '../src/ops/math.js';
 import { crossEntropy, embedding, rmsNorm } from '../src/ops/nn.js';
 import { reshape } from '../src/ops/shape.js';
+import { BufferPool } from '../src/tensor/pool.js';
 import { Rng } from '../src/tensor/random.js';
 import { keep, tidy } from '../src/tensor/scope.js';
 import { assertClose, nat, randomTensor, ref } from './helpers.js';
@@ -320,5 +321,38 @@ describe('safetensors', () => {
     writeFileSync(path, 'not json at all, definitely');
     assert.throws(() => readSafetensors(path), /junk.safetensors: header length .* exceeds the file/);
     assert.throws(() => readSafetensors(join(dir, 'missing.safetensors')), /missing.safetensors: cannot read/);
+  });
+});
+
+describe('buffer pool', () => {
+  it('reuses freed buffers of the same size, zero-filled, and evicts the oldest beyond its capacity', () => {
+    const pool = new BufferPool(3 * 65536);
+    const a = pool.take('float32', 16384);
+    a.fill(7);
+    pool.give(a.buffer as ArrayBuffer);
+    const b = pool.take('float32', 16384);
+    assert.equal(b.buffer, a.buffer, 'the freed buffer comes back');
+    assert.ok(
+      b.every((x) => x === 0),
+      'zero-filled',
+    );
+    assert.equal(pool.hits, 1);
+    for (let i = 0; i < 4; i++) pool.give(new ArrayBuffer(65536));
+    assert.equal(pool.pooledBytes, 3 * 65536, 'capacity holds');
+    const tiny = pool.take('float32', 4);
+    pool.give(tiny.buffer as ArrayBuffer);
+    assert.equal(pool.pooledBytes, 3 * 65536, 'small buffers are not pooled');
+  });
+
+  it('tensors of a backend draw on it while the tracker counts only live tensors', () => {
+    const be = nat() as unknown as { pool: BufferPool; memory: { current: number } } & ReturnType<typeof nat>;
+    const base = be.memory.current;
+    const t = be.zeros([100000], 'float32');
+    const buffer = (t.storage as unknown as { data: Float32Array }).data.buffer;
+    t.dispose();
+    assert.equal(be.memory.current, base);
+    const u = be.zeros([100000], 'float32');
+    assert.equal((u.storage as unknown as { data: Float32Array }).data.buffer, buffer);
+    u.dispose();
   });
 });

@@ -233,17 +233,18 @@ export const opCases: OpCase[] = [
   ].map(({ form, chunkSize }): OpCase => ({
     name: `retention ${form}${chunkSize ? ` C=${chunkSize}` : ''}`,
     variants: [
-      [f([2, 2, 7, 4], { scale: 0.2 }), f([2, 2, 7, 4], { scale: 0.2 }), f([2, 2, 7, 6], { scale: 0.2 })],
+      // q, k: [B, T, H, K]; v: [B, T, H, V]
+      [f([2, 7, 2, 4], { scale: 0.2 }), f([2, 7, 2, 4], { scale: 0.2 }), f([2, 7, 2, 6], { scale: 0.2 })],
       [f([1, 1, 1, 2], { scale: 0.2 }), f([1, 1, 1, 2], { scale: 0.2 }), f([1, 1, 1, 1], { scale: 0.2 })],
-      [f([1, 3, 5, 2], { scale: 0.3 }), f([1, 3, 5, 2], { scale: 0.3 }), f([1, 3, 5, 3], { scale: 0.3 })],
-      [f([1, 2, 0, 2]), f([1, 2, 0, 2]), f([1, 2, 0, 3])],
+      [f([1, 5, 3, 2], { scale: 0.3 }), f([1, 5, 3, 2], { scale: 0.3 }), f([1, 5, 3, 3], { scale: 0.3 })],
+      [f([1, 0, 2, 2]), f([1, 0, 2, 2]), f([1, 0, 2, 3])],
     ],
-    f: ([q, k, v]) => ops.retention(q!, k!, v!, retentionGammas(q!.shape[1]!), { form, chunkSize }),
+    f: ([q, k, v]) => ops.retention(q!, k!, v!, retentionGammas(q!.shape[2]!), { form, chunkSize }),
     tol: 1e-5,
   })),
   {
     name: 'retention chunkwise, active normalisers (forward)',
-    variants: [[f([1, 2, 11, 4], { scale: 2 }), f([1, 2, 11, 4], { scale: 2 }), f([1, 2, 11, 3], { scale: 2 })]],
+    variants: [[f([1, 11, 2, 4], { scale: 2 }), f([1, 11, 2, 4], { scale: 2 }), f([1, 11, 2, 3], { scale: 2 })]],
     f: ([q, k, v]) => ops.retention(q!, k!, v!, retentionGammas(2), { form: 'chunkwise', chunkSize: 4 }),
     tol: 1e-5,
     gradCheck: false,

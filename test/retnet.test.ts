@@ -294,7 +294,7 @@ describe('retention memory (engine accounting, workspace included)', () => {
     const make = (width: number) => {
       const t = be.fromData(
         Array.from({ length: 2 * T * width }, () => 0.1 * rng.normal()),
-        [1, 2, T, width],
+        [1, T, 2, width],
         'float32',
       );
       t.requiresGrad = true;

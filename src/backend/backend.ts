@@ -95,10 +95,11 @@ export interface Backend {
   sumSquares(x: Tensor): number;
 
   // Retention (RetNet's multi-scale retention, per head h with decay gammas[h]; see docs/retention.md and
-  // ../shared/retnet-spec.md §5). q, k: [B, H, T, K] (already rotated, k already scaled by K^-0.5); v: [B, H, T, V].
+  // ../shared/retnet-spec.md §5). Time-major layouts, as projections produce them: q, k: [B, T, H, K] (already
+  // rotated, k already scaled by K^-0.5); v: [B, T, H, V].
   // Every form computes o_n = r_n · U_n with U_n = Σ_{m≤n} γ^(n−m) (q_n·k_m) v_m; the forms differ only in the
   // per-row factor r_n, which is detached (torchscale detaches its normalisers), so one backward serves all forms.
-  /** o: [B, H, T, V]; r: [B, H, T] (the row factors, kept for backward). chunkSize is used by 'chunkwise'. */
+  /** o: [B, T, H, V]; r: [B, H, T] (the row factors, kept for backward). chunkSize is used by 'chunkwise'. */
   retentionForward(
     form: RetentionForm,
     q: Tensor,
@@ -107,7 +108,7 @@ export interface Backend {
     gammas: readonly number[],
     chunkSize: number,
   ): { o: Tensor; r: Tensor };
-  /** Gradients of o = r ⊙ U for dO: [B, H, T, V]. 'chunkwise' never materialises a T×T matrix. */
+  /** Gradients of o = r ⊙ U for dO: [B, T, H, V]. 'chunkwise' never materialises a T×T matrix. */
   retentionBackward(
     form: RetentionForm,
     q: Tensor,
@@ -124,7 +125,7 @@ export interface Backend {
    * Returns o = q S': [B, H, V].
    */
   retentionStep(q: Tensor, k: Tensor, v: Tensor, state: Tensor, scale: Tensor, gammas: readonly number[]): Tensor;
-  /** The recurrent state after consuming k, v: [B, H, T, *]: S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s), s = Σ_{t<T} γ^t. */
+  /** The recurrent state after consuming k, v: [B, T, H, *]: S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s), s = Σ_{t<T} γ^t. */
   retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor };
   /**
    * Rotation of interleaved pairs (torchscale's theta_shift, spec §4): y[2j] = x[2j]c − x[2j+1]s,

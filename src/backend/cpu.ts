@@ -2,8 +2,9 @@
 // backend's own.
 
 import { BackendError, DTypeError } from '../errors.js';
-import { allocArray, type DType, type DataArray, type FloatArray } from '../tensor/dtype.js';
+import type { DType, DataArray, FloatArray } from '../tensor/dtype.js';
 import { MemoryTracker } from '../tensor/memory.js';
+import { BufferPool } from '../tensor/pool.js';
 import { CpuStorage } from '../tensor/storage.js';
 import { Tensor, checkShape, shapeSize } from '../tensor/tensor.js';
 import type { Backend } from './backend.js';
@@ -11,6 +12,8 @@ import type { Backend } from './backend.js';
 export abstract class CpuBackend implements Pick<Backend, 'fromData' | 'zeros' | 'read' | 'write' | 'view' | 'cast'> {
   abstract readonly name: 'native' | 'reference';
   readonly memory = new MemoryTracker();
+  /** Freed buffers kept for reuse (RETNET_POOL_MB, default 1024; 0 disables it). */
+  readonly pool = new BufferPool(poolCapacity());
 
   abstract supportsDType(dtype: DType): boolean;
 
@@ -21,15 +24,21 @@ export abstract class CpuBackend implements Pick<Backend, 'fromData' | 'zeros' |
       );
   }
 
-  /** Wraps a typed array the caller has just allocated (ownership passes to the tensor). */
+  /** Wraps a typed array from `alloc` (ownership passes to the tensor; its buffer returns to the pool). */
   wrap(data: DataArray, shape: readonly number[], dtype: DType): Tensor {
     this.checkDType(dtype, 'tensor');
-    return new Tensor(this as unknown as Backend, new CpuStorage(dtype, data, this.memory), shape, dtype);
+    const storage = new CpuStorage(dtype, data, this.memory, (b) => this.pool.give(b));
+    return new Tensor(this as unknown as Backend, storage, shape, dtype);
+  }
+
+  /** A zero-filled array, from the pool when a buffer of that size is free. */
+  alloc(dtype: DType, size: number): DataArray {
+    return this.pool.take(dtype, size);
   }
 
   fromData(data: ArrayLike<number>, shape: readonly number[], dtype: DType): Tensor {
     checkShape(shape, 'fromData');
-    const out = allocArray(dtype, shapeSize(shape));
+    const out = this.alloc(dtype, shapeSize(shape));
     if (data.length !== out.length)
       throw new BackendError(
         `fromData: ${data.length} values given for shape [${shape.join(', ')}] (${out.length} elements)`,
@@ -46,7 +55,7 @@ export abstract class CpuBackend implements Pick<Backend, 'fromData' | 'zeros' |
 
   zeros(shape: readonly number[], dtype: DType): Tensor {
     checkShape(shape, 'zeros');
-    return this.wrap(allocArray(dtype, shapeSize(shape)), shape, dtype);
+    return this.wrap(this.alloc(dtype, shapeSize(shape)), shape, dtype);
   }
 
   /** The tensor's own typed array (no copy), for this backend's kernels. */
@@ -79,8 +88,17 @@ export abstract class CpuBackend implements Pick<Backend, 'fromData' | 'zeros' |
   }
 
   cast(t: Tensor, dtype: DType): Tensor {
-    const out = allocArray(dtype, t.size);
+    const out = this.alloc(dtype, t.size);
     out.set(this.raw(t));
     return this.wrap(out, t.shape, dtype);
   }
+}
+
+function poolCapacity(): number {
+  const env = process.env.RETNET_POOL_MB;
+  if (env === undefined || env === '') return 1024 * 2 ** 20;
+  const mb = Number(env);
+  if (!Number.isFinite(mb) || mb < 0)
+    throw new BackendError(`RETNET_POOL_MB must be a non-negative number, got '${env}'`);
+  return mb * 2 ** 20;
 }

@@ -237,9 +237,9 @@ export class NativeBackend extends CpuBackend implements Backend {
     gammas: readonly number[],
     chunkSize: number,
   ): { o: Tensor; r: Tensor } {
-    const [B, H, T, K] = q.shape as [number, number, number, number];
+    const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
-    const o = this.like([B, H, T, V]);
+    const o = this.like([B, T, H, V]);
     const r = this.like([B, H, T]);
     const ws = this.workspace(form === 'parallel' ? 0 : 1, B, H, T, K, V, chunkSize);
     const args = [this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), o.d, r.d, ws.d] as const;
@@ -259,7 +259,7 @@ export class NativeBackend extends CpuBackend implements Backend {
     dO: Tensor,
     chunkSize: number,
   ): { dq: Tensor; dk: Tensor; dv: Tensor } {
-    const [B, H, T, K] = q.shape as [number, number, number, number];
+    const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
     const dq = this.like(q.shape);
     const dk = this.like(k.shape);
@@ -287,7 +287,7 @@ export class NativeBackend extends CpuBackend implements Backend {
   }
 
   retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor } {
-    const [B, H, T, K] = k.shape as [number, number, number, number];
+    const [B, T, H, K] = k.shape as [number, number, number, number];
     const V = v.shape[3]!;
     const state = this.like([B, H, K, V]);
     const scale = this.like([B, H]);

@@ -3,10 +3,10 @@
 // reproduces torchscale's float64 vectors. Clarity over speed.
 
 import { BackendError } from '../errors.js';
-import { allocArray, type DType, type FloatArray } from '../tensor/dtype.js';
+import type { DType, FloatArray } from '../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../tensor/tensor.js';
 import type { ActivationKind, AdamWParams, Backend, BinaryOp, RetentionForm } from './backend.js';
-import { backwardHead, chunkwiseHead, decaySums, parallelHead } from './retention-math.js';
+import { backwardHead, chunkwiseHead, decaySums, headLayout, parallelHead } from './retention-math.js';
 import { CpuBackend } from './cpu.js';
 
 const SQRT1_2 = Math.SQRT1_2;
@@ -368,7 +368,7 @@ export class ReferenceBackend extends CpuBackend implements Backend {
       s *= x.shape[d]!;
     }
     const outShape = perm.map((p) => x.shape[p]!);
-    const out = allocArray(x.dtype, x.size);
+    const out = this.alloc(x.dtype, x.size);
     const X = this.raw(x);
     const idx = new Array<number>(rank).fill(0);
     for (let o = 0; o < x.size; o++) {
@@ -429,18 +429,18 @@ export class ReferenceBackend extends CpuBackend implements Backend {
     gammas: readonly number[],
     chunkSize: number,
   ): { o: Tensor; r: Tensor } {
-    const [B, H, T, K] = q.shape as [number, number, number, number];
+    const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
-    const { t: o, d: O } = this.out([B, H, T, V], q);
+    const { t: o, d: O } = this.out([B, T, H, V], q);
     const { t: r, d: R } = this.out([B, H, T], q);
     const Q = this.float(q);
     const Kk = this.float(k);
     const Vv = this.float(v);
     for (let b = 0; b < B; b++)
       for (let h = 0; h < H; h++) {
-        const bh = b * H + h;
-        if (form === 'parallel') parallelHead(Q, Kk, Vv, O, R, bh * T * K, bh * T * V, bh * T, T, K, V, gammas[h]!);
-        else chunkwiseHead(Q, Kk, Vv, O, R, bh * T * K, bh * T * V, bh * T, T, K, V, gammas[h]!, chunkSize);
+        const layout = headLayout(b, h, T, H, K, V);
+        if (form === 'parallel') parallelHead(Q, Kk, Vv, O, R, layout, gammas[h]!);
+        else chunkwiseHead(Q, Kk, Vv, O, R, layout, gammas[h]!, chunkSize);
       }
     return { o, r };
   }
@@ -456,17 +456,14 @@ export class ReferenceBackend extends CpuBackend implements Backend {
     _chunkSize: number,
   ): { dq: Tensor; dk: Tensor; dv: Tensor } {
     // The reference computes every form's gradient by the one O(T²) definition.
-    const [B, H, T, K] = q.shape as [number, number, number, number];
+    const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
     const dq = this.out(q.shape, q);
     const dk = this.out(k.shape, k);
     const dv = this.out(v.shape, v);
     const args = [this.float(q), this.float(k), this.float(v), this.float(r), this.float(dO)] as const;
     for (let b = 0; b < B; b++)
-      for (let h = 0; h < H; h++) {
-        const bh = b * H + h;
-        backwardHead(...args, dq.d, dk.d, dv.d, bh * T * K, bh * T * V, bh * T, T, K, V, gammas[h]!);
-      }
+      for (let h = 0; h < H; h++) backwardHead(...args, dq.d, dk.d, dv.d, headLayout(b, h, T, H, K, V), gammas[h]!);
     return { dq: dq.t, dk: dk.t, dv: dv.t };
   }
 
@@ -503,7 +500,7 @@ export class ReferenceBackend extends CpuBackend implements Backend {
   }
 
   retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor } {
-    const [B, H, T, K] = k.shape as [number, number, number, number];
+    const [B, T, H, K] = k.shape as [number, number, number, number];
     const V = v.shape[3]!;
     const { t: state, d: St } = this.out([B, H, K, V], k);
     const { t: scale, d: Sc } = this.out([B, H], k);
@@ -513,14 +510,14 @@ export class ReferenceBackend extends CpuBackend implements Backend {
       for (let h = 0; h < H; h++) {
         const bh = b * H + h;
         if (T === 0) continue;
+        const { qo, ldk, vo, ldv } = headLayout(b, h, T, H, K, V);
         const lambda = Math.log(gammas[h]!);
         const s = decaySums(gammas[h]!, T)[T - 1]!;
         Sc[bh] = s;
         for (let m = 0; m < T; m++) {
           const w = Math.exp(lambda * (T - 1 - m)) / Math.sqrt(s);
           for (let x = 0; x < K; x++)
-            for (let y = 0; y < V; y++)
-              St[bh * K * V + x * V + y] += w * Kk[(bh * T + m) * K + x]! * Vv[(bh * T + m) * V + y]!;
+            for (let y = 0; y < V; y++) St[bh * K * V + x * V + y] += w * Kk[qo + m * ldk + x]! * Vv[vo + m * ldv + y]!;
         }
       }
     return { state, scale };

@@ -26,12 +26,30 @@ export function decayPow(lambda: number, e: number): number {
 type F = Float32Array | Float64Array;
 
 /**
- * Parallel form (spec §5a) for one (b, h): A = (q kᵀ) ⊙ D̃, c = clamp(Σ_m |A_nm|, 1, 5e4), o = (A / c) v.
- * q, k: offset into [T, K] rows; v, o: [T, V]; r: [T].
+ * Where one head's rows live in the time-major [B, T, H, W] layout: row n of the head starts at `off + n * ld`.
+ * `ro` is the head's offset in r: [B, H, T].
  */
-export function parallelHead(
-  q: F, k: F, v: F, o: F, r: F, qo: number, vo: number, ro: number, T: number, K: number, V: number, gamma: number,
-): void {
+export interface HeadLayout {
+  qo: number;
+  ldk: number;
+  vo: number;
+  ldv: number;
+  ro: number;
+  T: number;
+  K: number;
+  V: number;
+}
+
+/** The layout of head h of batch row b for q, k: [B, T, H, K] and v: [B, T, H, V]. */
+export function headLayout(b: number, h: number, T: number, H: number, K: number, V: number): HeadLayout {
+  return { qo: (b * T * H + h) * K, ldk: H * K, vo: (b * T * H + h) * V, ldv: H * V, ro: (b * H + h) * T, T, K, V };
+}
+
+/**
+ * Parallel form (spec §5a) for one head: A = (q kᵀ) ⊙ D̃, c = clamp(Σ_m |A_nm|, 1, 5e4), o = (A / c) v.
+ */
+export function parallelHead(q: F, k: F, v: F, o: F, r: F, L: HeadLayout, gamma: number): void {
+  const { qo, ldk, vo, ldv, ro, T, K, V } = L;
   const lambda = Math.log(gamma);
   const S = decaySums(gamma, T);
   const A = new Float64Array(T);
@@ -40,28 +58,26 @@ export function parallelHead(
     let absSum = 0;
     for (let m = 0; m <= n; m++) {
       let dot = 0;
-      for (let x = 0; x < K; x++) dot += q[qo + n * K + x]! * k[qo + m * K + x]!;
+      for (let x = 0; x < K; x++) dot += q[qo + n * ldk + x]! * k[qo + m * ldk + x]!;
       A[m] = (dot * decayPow(lambda, n - m)) / sq;
       absSum += Math.abs(A[m]!);
     }
     const c = Math.min(Math.max(absSum, 1), 5e4);
     for (let y = 0; y < V; y++) {
       let s = 0;
-      for (let m = 0; m <= n; m++) s += A[m]! * v[vo + m * V + y]!;
-      o[vo + n * V + y] = s / c;
+      for (let m = 0; m <= n; m++) s += A[m]! * v[vo + m * ldv + y]!;
+      o[vo + n * ldv + y] = s / c;
     }
     r[ro + n] = 1 / (sq * c);
   }
-} // prettier-ignore
+}
 
 /**
  * Chunkwise form (spec §5c) for one (b, h) with chunk size C; a last chunk shorter than C gives the same outputs as
  * torchscale's zero padding (outputs are causal and the padded rows only feed the unused final state).
  */
-export function chunkwiseHead(
-  q: F, k: F, v: F, o: F, r: F, qo: number, vo: number, ro: number, T: number, K: number, V: number, gamma: number,
-  C: number,
-): void {
+export function chunkwiseHead(q: F, k: F, v: F, o: F, r: F, L0: HeadLayout, gamma: number, C: number): void {
+  const { qo, ldk, vo, ldv, ro, T, K, V } = L0;
   const lambda = Math.log(gamma);
   const S = decaySums(gamma, C);
   const SC = S[C - 1]!;
@@ -76,7 +92,7 @@ export function chunkwiseHead(
       let absSum = 0;
       for (let j = 0; j <= i; j++) {
         let dot = 0;
-        for (let x = 0; x < K; x++) dot += q[qo + n * K + x]! * k[qo + (s0 + j) * K + x]!;
+        for (let x = 0; x < K; x++) dot += q[qo + n * ldk + x]! * k[qo + (s0 + j) * ldk + x]!;
         A[j] = (dot * decayPow(lambda, i - j)) / sq;
         absSum += Math.abs(A[j]!);
       }
@@ -85,10 +101,10 @@ export function chunkwiseHead(
       const m = Math.max(a, sigma);
       for (let y = 0; y < V; y++) {
         let inner = 0;
-        for (let j = 0; j <= i; j++) inner += A[j]! * v[vo + (s0 + j) * V + y]!;
+        for (let j = 0; j <= i; j++) inner += A[j]! * v[vo + (s0 + j) * ldv + y]!;
         let cross = 0;
-        for (let x = 0; x < K; x++) cross += q[qo + n * K + x]! * qd * Z[x * V + y]!;
-        o[vo + n * V + y] = (inner + cross) / m;
+        for (let x = 0; x < K; x++) cross += q[qo + n * ldk + x]! * qd * Z[x * V + y]!;
+        o[vo + n * ldv + y] = (inner + cross) / m;
       }
       r[ro + n] = 1 / (sq * m);
     }
@@ -97,7 +113,7 @@ export function chunkwiseHead(
     for (let j = 0; j < L; j++) {
       const vd = decayPow(lambda, C - 1 - j) / SC;
       for (let x = 0; x < K; x++)
-        for (let y = 0; y < V; y++) Z[x * V + y] += k[qo + (s0 + j) * K + x]! * v[vo + (s0 + j) * V + y]! * vd;
+        for (let y = 0; y < V; y++) Z[x * V + y] += k[qo + (s0 + j) * ldk + x]! * v[vo + (s0 + j) * ldv + y]! * vd;
     }
     sigma = 1;
     for (let y = 0; y < V; y++) {
@@ -106,27 +122,25 @@ export function chunkwiseHead(
       sigma = Math.max(sigma, col);
     }
   }
-} // prettier-ignore
+}
 
 /** Backward of o = r ⊙ U for one (b, h), the O(T²) definition: accumulates into dq, dk, dv. */
-export function backwardHead(
-  q: F, k: F, v: F, r: F, dO: F, dq: F, dk: F, dv: F, qo: number, vo: number, ro: number, T: number, K: number,
-  V: number, gamma: number,
-): void {
+export function backwardHead(q: F, k: F, v: F, r: F, dO: F, dq: F, dk: F, dv: F, L: HeadLayout, gamma: number): void {
+  const { qo, ldk, vo, ldv, ro, T, K, V } = L;
   const lambda = Math.log(gamma);
   for (let n = 0; n < T; n++) {
     const rn = r[ro + n]!;
     for (let m = 0; m <= n; m++) {
       const w = decayPow(lambda, n - m) * rn;
       let gv = 0; // dO_n · v_m
-      for (let y = 0; y < V; y++) gv += dO[vo + n * V + y]! * v[vo + m * V + y]!;
+      for (let y = 0; y < V; y++) gv += dO[vo + n * ldv + y]! * v[vo + m * ldv + y]!;
       let qk = 0;
-      for (let x = 0; x < K; x++) qk += q[qo + n * K + x]! * k[qo + m * K + x]!;
+      for (let x = 0; x < K; x++) qk += q[qo + n * ldk + x]! * k[qo + m * ldk + x]!;
       for (let x = 0; x < K; x++) {
-        dq[qo + n * K + x] += w * gv * k[qo + m * K + x]!;
-        dk[qo + m * K + x] += w * gv * q[qo + n * K + x]!;
+        dq[qo + n * ldk + x] += w * gv * k[qo + m * ldk + x]!;
+        dk[qo + m * ldk + x] += w * gv * q[qo + n * ldk + x]!;
       }
-      for (let y = 0; y < V; y++) dv[vo + m * V + y] += w * qk * dO[vo + n * V + y]!;
+      for (let y = 0; y < V; y++) dv[vo + m * ldv + y] += w * qk * dO[vo + n * ldv + y]!;
     }
   }
-} // prettier-ignore
+}

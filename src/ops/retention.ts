@@ -20,18 +20,18 @@ function checkGammas(op: string, gammas: readonly number[], H: number): void {
 
 /**
  * Multi-scale retention in the parallel (paper Eq. 5) or chunkwise (Eq. 7) form, with torchscale's normalisations.
- * q, k: [B, H, T, K] (rotated; k scaled by K^-0.5), v: [B, H, T, V], gammas: [H]. Returns o: [B, H, T, V].
+ * q, k: [B, T, H, K] (rotated; k scaled by K^-0.5), v: [B, T, H, V], gammas: [H]. Returns o: [B, T, H, V].
  */
 export function retention(q: Tensor, k: Tensor, v: Tensor, gammas: readonly number[], opts: RetentionOptions): Tensor {
   const be = backendOf('retention', q, k, v);
   expectFloat('retention', 'q', q);
   sameDType('retention', q, k);
   sameDType('retention', q, v);
-  if (q.rank !== 4) throw new ShapeError(`retention: q must be [B, H, T, K], got ${formatShape(q.shape)}`);
-  const [B, H, T] = q.shape as [number, number, number];
+  if (q.rank !== 4) throw new ShapeError(`retention: q must be [B, T, H, K], got ${formatShape(q.shape)}`);
+  const [B, T, H] = q.shape as [number, number, number];
   expectShape('retention', 'k', k, q.shape);
-  if (v.rank !== 4 || v.shape[0] !== B || v.shape[1] !== H || v.shape[2] !== T)
-    throw new ShapeError(`retention: v must be [${B}, ${H}, ${T}, V], got ${formatShape(v.shape)}`);
+  if (v.rank !== 4 || v.shape[0] !== B || v.shape[1] !== T || v.shape[2] !== H)
+    throw new ShapeError(`retention: v must be [${B}, ${T}, ${H}, V], got ${formatShape(v.shape)}`);
   checkGammas('retention', gammas, H);
   const chunkSize = opts.chunkSize ?? 0;
   if (opts.form === 'chunkwise' && (!Number.isInteger(chunkSize) || chunkSize < 1))
@@ -86,11 +86,11 @@ export function retentionStep(
   return be.retentionStep(q, k, v, state, scale, gammas);
 }
 
-/** The recurrent state after k: [B, H, T, K], v: [B, H, T, V] (inference only). */
+/** The recurrent state after k: [B, T, H, K], v: [B, T, H, V] (inference only). */
 export function retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor } {
   const be = backendOf('retentionState', k, v);
   if (k.rank !== 4 || v.rank !== 4 || k.shape.slice(0, 3).some((d, i) => d !== v.shape[i]))
     throw new ShapeError(`retentionState: k ${formatShape(k.shape)} and v ${formatShape(v.shape)} do not match`);
-  checkGammas('retentionState', gammas, k.shape[1]!);
+  checkGammas('retentionState', gammas, k.shape[2]!);
   return be.retentionState(k, v, gammas);
 }

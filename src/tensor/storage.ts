@@ -22,10 +22,12 @@ export class CpuStorage implements Storage {
   private refs = 1;
   private dataRef: DataArray | null;
 
+  /** `onFree` receives the buffer once the last reference is released (the backend's buffer pool). */
   constructor(
     readonly dtype: DType,
     data: DataArray,
     private readonly tracker: MemoryTracker,
+    private readonly onFree: ((buffer: ArrayBuffer) => void) | null = null,
   ) {
     this.dataRef = data;
     this.byteLength = data.length * bytesPerElement(dtype);
@@ -53,7 +55,10 @@ export class CpuStorage implements Storage {
   release(): void {
     if (this.dataRef === null) return;
     if (--this.refs > 0) return;
+    const data = this.dataRef;
     this.dataRef = null;
     this.tracker.released(this.byteLength);
+    if (this.onFree && data.byteOffset === 0 && data.byteLength === data.buffer.byteLength)
+      this.onFree(data.buffer as ArrayBuffer);
   }
 }

@@ -16,7 +16,7 @@ import type { Tensor } from '../../tensor/tensor.js';
 import { add, mul, scale } from '../../ops/math.js';
 import { dropout, rmsNorm, silu } from '../../ops/nn.js';
 import { retention, retentionState, retentionStep, rotary } from '../../ops/retention.js';
-import { concat, permute, reshape, slice } from '../../ops/shape.js';
+import { concat, reshape, slice } from '../../ops/shape.js';
 import { Module } from '../../nn/module.js';
 import {
   Embedding,
@@ -112,35 +112,32 @@ export class MultiScaleRetention extends Module {
     this.outProj = this.child('out_proj', new Linear(xavier([d, dv], 2 ** -1 * deep)));
   }
 
-  /** q, k, v of x: [B, T, D] rotated by the tables, as [B, H, T, K] / [B, H, T, V] (k scaled by K^-0.5). */
+  /** q, k, v of x: [B, T, D] as [B, T, H, K] (rotated; k scaled by K^-0.5) and [B, T, H, V]. */
   private qkv(x: Tensor, cos: Tensor, sin: Tensor): { q: Tensor; k: Tensor; v: Tensor } {
     const [B, T] = x.shape as [number, number];
     const H = this.config.heads;
-    const heads = (t: Tensor, width: number, rotate: boolean) => {
-      const split = reshape(t, [B, T, H, width]); // [B, T, H, *]
+    const rotated = (t: Tensor) => {
+      const split = reshape(t, [B, T, H, this.K]);
       release(t);
-      const rotated = rotate ? rotary(split, cos, sin) : split;
-      if (rotated !== split) release(split);
-      const out = permute(rotated, [0, 2, 1, 3]); // [B, H, T, *]
-      release(rotated);
+      const out = rotary(split, cos, sin);
+      release(split);
       return out;
     };
-    const q = heads(this.qProj.forward(x), this.K, true);
+    const q = rotated(this.qProj.forward(x));
     const kRaw = this.kProj.forward(x);
-    const kScaled = scale(kRaw, this.K ** -0.5);
+    const k = rotated(scale(kRaw, this.K ** -0.5));
     release(kRaw);
-    const k = heads(kScaled, this.K, true);
-    const v = heads(this.vProj.forward(x), this.V, false);
+    const vFlat = this.vProj.forward(x);
+    const v = reshape(vFlat, [B, T, H, this.V]);
+    release(vFlat);
     return { q, k, v };
   }
 
-  /** The gated output: out_proj(silu(g) ⊙ groupnorm(o)) for o: [B, H, T, V] -> [B, T, D]. */
+  /** The gated output: out_proj(silu(g) ⊙ groupnorm(o)) for o: [B, T, H, V] -> [B, T, D]. */
   private output(x: Tensor, o: Tensor): Tensor {
-    const [B, H, T, V] = o.shape as [number, number, number, number];
-    const oT = permute(o, [0, 2, 1, 3]); // [B, T, H, V]
+    const [B, T, H, V] = o.shape as [number, number, number, number];
+    const normed = rmsNorm(o, null, this.config.normEps); // per-head RMSNorm over V, no affine
     release(o);
-    const normed = rmsNorm(oT, null, this.config.normEps); // per-head RMSNorm over V, no affine
-    release(oT);
     const flat = reshape(normed, [B, T, H * V]);
     release(normed);
     const g = this.gProj.forward(x);
@@ -173,7 +170,7 @@ export class MultiScaleRetention extends Module {
   step(x: Tensor, cos: Tensor, sin: Tensor, state: Tensor, scaleT: Tensor): Tensor {
     const B = x.shape[0]!;
     const H = this.config.heads;
-    const { q, k, v } = this.qkv(x, cos, sin); // [B, H, 1, *]
+    const { q, k, v } = this.qkv(x, cos, sin); // [B, 1, H, *]
     const o = retentionStep(
       reshape(q, [B, H, this.K]),
       reshape(k, [B, H, this.K]),
@@ -182,7 +179,7 @@ export class MultiScaleRetention extends Module {
       scaleT,
       this.gammas,
     ); // [B, H, V]
-    return this.output(x, reshape(o, [B, H, 1, this.V]));
+    return this.output(x, reshape(o, [B, 1, H, this.V]));
   }
 }
 
