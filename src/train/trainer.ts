@@ -198,11 +198,11 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   });
   const trainReader = new ShardReader(data.dir, data.manifest, 'train');
   const valReader = new ShardReader(data.dir, data.manifest, 'val');
-  const sampler = new BatchSampler(trainReader, config.batch, config.seqLen, config.seed);
   const rngOwner = randomStateful(model);
   const progress = new Progress(opts.progress ?? process.stderr, config.steps, config.logEvery);
   model.setTraining(true);
   try {
+    const sampler = new BatchSampler(trainReader, config.batch, config.seqLen, config.seed);
     let step = 0;
     let tokens = 0;
     let elapsedBefore = 0;
