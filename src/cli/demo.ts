@@ -104,7 +104,7 @@ export const demoCommand: Command = {
     say(`== 1/4 training a ${preset} RetNet on the Brown corpus (${steps} steps of ${batch}×${seqLen} tokens)`);
     const trainArgs = ['--arch', 'retnet', '--preset', preset, '--data', 'brown', '--steps', String(steps)];
     trainArgs.push('--out', out, '--seq-len', String(seqLen), '--batch', String(batch), '--lr', String(lr));
-    trainArgs.push('--seed', String(seed), '--form', 'chunkwise', '--chunk-size', '64');
+    trainArgs.push('--seed', String(seed), '--form', 'parallel');
     trainArgs.push('--eval-every', String(steps), '--checkpoint-every', String(steps), '--log-every', '25');
     writeFileSync(join(resolveDir(out), MARKER), JSON.stringify({ createdBy: 'retnet demo', steps, preset }));
     const code = await trainCommand.run(trainArgs);
