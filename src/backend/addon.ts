@@ -36,6 +36,12 @@ export interface NativeAddon {
   retentionState(...args: (number | Float32Array | Float64Array)[]): void;
   retentionWorkspace(kernel: number, B: number, H: number, T: number, K: number, V: number, C: number): number;
   rotary(...args: (boolean | number | Float32Array)[]): void;
+  attentionNaive(...args: (number | Float32Array)[]): void;
+  attentionNaiveBackward(...args: (number | Float32Array)[]): void;
+  attentionFlash(...args: (number | Float32Array)[]): void;
+  attentionFlashBackward(...args: (number | Float32Array)[]): void;
+  attentionDecode(...args: (number | Float32Array | Int32Array)[]): void;
+  attentionWorkspace(kernel: number, B: number, H: number, T: number, V: number): number;
   setThreads(n: number): void;
   info(): NativeInfo;
   [kernel: string]: unknown;
@@ -69,6 +75,11 @@ export function packageRoot(): string {
 export function loadAddon(): { addon: NativeAddon | null; error: string | null } {
   const path = process.env.RETNET_ADDON || join(packageRoot(), 'build', 'Release', 'retnet_native.node');
   if (!existsSync(path)) return { addon: null, error: `native addon not built (${path} missing)` };
+  // Our OpenMP kernels and OpenBLAS's own threads take turns on the same cores. With libgomp's default, threads spin
+  // for a while after each parallel region and steal the cores OpenBLAS (or another process) needs next: a training
+  // step of the tiny preset measured 12x slower on a busy 2-core machine. Passive waiting sleeps at once instead.
+  // libgomp reads the variable when the addon loads it, so it is set here unless the user chose a policy.
+  process.env.OMP_WAIT_POLICY ??= 'passive';
   try {
     const require = createRequire(import.meta.url);
     return { addon: require(path) as NativeAddon, error: null };

@@ -5,7 +5,7 @@ import { ShapeError } from '../errors.js';
 import type { DType } from '../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../tensor/tensor.js';
 import type { NativeAddon } from './addon.js';
-import type { ActivationKind, AdamWParams, Backend, BinaryOp, RetentionForm } from './backend.js';
+import type { ActivationKind, AdamWParams, AttentionAlgorithm, Backend, BinaryOp, RetentionForm } from './backend.js';
 import { CpuBackend } from './cpu.js';
 
 const ACTIVATION_CODE: Record<ActivationKind, number> = {
@@ -325,5 +325,61 @@ export class NativeBackend extends CpuBackend implements Backend {
     const y = this.like(x.shape);
     this.addon.rotary(this.f32(x), this.f32(cos), this.f32(sin), y.d, B, T, H, K, cos.rank === 3, inverse);
     return y.t;
+  }
+
+  /** Scratch for an attention kernel (0..4: naive/flash forward/backward, decode), counted while the kernel runs. */
+  private attentionWorkspace(kernel: number, B: number, H: number, T: number, V: number) {
+    return this.like([this.addon.attentionWorkspace(kernel, B, H, T, V)]);
+  }
+
+  attentionForward(algorithm: AttentionAlgorithm, q: Tensor, k: Tensor, v: Tensor): { o: Tensor; stats: Tensor } {
+    const [B, T, H, K] = q.shape as [number, number, number, number];
+    const V = v.shape[3]!;
+    const o = this.like([B, T, H, V]);
+    if (algorithm === 'naive') {
+      const p = this.like([B, H, T, T]);
+      this.addon.attentionNaive(this.f32(q), this.f32(k), this.f32(v), o.d, p.d, B, H, T, K, V);
+      return { o: o.t, stats: p.t };
+    }
+    const lse = this.like([B, H, T]);
+    const ws = this.attentionWorkspace(2, B, H, T, V);
+    this.addon.attentionFlash(this.f32(q), this.f32(k), this.f32(v), o.d, lse.d, ws.d, B, H, T, K, V);
+    ws.t.dispose();
+    return { o: o.t, stats: lse.t };
+  }
+
+  attentionBackward(
+    algorithm: AttentionAlgorithm,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    stats: Tensor,
+    dO: Tensor,
+  ): { dq: Tensor; dk: Tensor; dv: Tensor } {
+    const [B, T, H, K] = q.shape as [number, number, number, number];
+    const V = v.shape[3]!;
+    const dq = this.like(q.shape);
+    const dk = this.like(k.shape);
+    const dv = this.like(v.shape);
+    const ws = this.attentionWorkspace(algorithm === 'naive' ? 1 : 3, B, H, T, V);
+    const [fq, fk, fv, fs, fg] = [this.f32(q), this.f32(k), this.f32(v), this.f32(stats), this.f32(dO)];
+    if (algorithm === 'naive')
+      this.addon.attentionNaiveBackward(fq, fk, fv, fs, fg, dq.d, dk.d, dv.d, ws.d, B, H, T, K, V);
+    else this.addon.attentionFlashBackward(fq, fk, fv, this.f32(o), fs, fg, dq.d, dk.d, dv.d, ws.d, B, H, T, K, V);
+    ws.t.dispose();
+    return { dq: dq.t, dk: dk.t, dv: dv.t };
+  }
+
+  attentionDecode(q: Tensor, kCache: Tensor, vCache: Tensor, lengths: readonly number[]): Tensor {
+    const [B, H, C, K] = kCache.shape as [number, number, number, number];
+    const V = vCache.shape[3]!;
+    const o = this.like([B, H, V]);
+    const ws = this.attentionWorkspace(4, B, H, C, V);
+    this.addon.attentionDecode(
+      this.f32(q), this.f32(kCache), this.f32(vCache), Int32Array.from(lengths), o.d, ws.d, B, H, C, K, V,
+    ); // prettier-ignore
+    ws.t.dispose();
+    return o.t;
   }
 }
