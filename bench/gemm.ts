@@ -63,8 +63,8 @@ function settings(quick: boolean, sizes: number[] | null): Settings {
   return {
     sizes: sizes ?? (quick ? QUICK_SIZES : ALL_SIZES),
     gemmTiming: quick
-      ? { warmup: 1, minTimeMs: 400, minSamples: 4, sampleTargetMs: 20, samplesPerTurn: 2, settleMs: 100 }
-      : { warmup: 1, minTimeMs: 1500, minSamples: 4, sampleTargetMs: 50, samplesPerTurn: 4, settleMs: 100 },
+      ? { warmup: 1, minTimeMs: 400, minSamples: 4, sampleTargetMs: 20, turnMs: 40, settleMs: 100 }
+      : { warmup: 1, minTimeMs: 1500, minSamples: 5, sampleTargetMs: 50, turnMs: 200, settleMs: 100 },
     smallTiming: quick
       ? { warmup: 1000, minTimeMs: 150, minSamples: 5, sampleTargetMs: 10 }
       : { warmup: 10000, minTimeMs: 500, minSamples: 9, sampleTargetMs: 20 },

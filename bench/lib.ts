@@ -144,8 +144,8 @@ export interface TimingOptions {
   minSamples: number;
   /** Each sample times a batch of calls lasting about this long, so that timer resolution does not matter. */
   sampleTargetMs: number;
-  /** Variants take turns of this many samples. */
-  samplesPerTurn: number;
+  /** Variants take turns of about this long: samples until their time reaches it, at least one. */
+  turnMs: number;
   /**
    * Idle pause before each turn when variants run in different processes: OpenBLAS worker threads spin for a while
    * after a call (about 0.1 s), and would otherwise take cores from the next process's turn.
@@ -158,7 +158,7 @@ export const DEFAULT_TIMING: TimingOptions = {
   minTimeMs: 500,
   minSamples: 5,
   sampleTargetMs: 20,
-  samplesPerTurn: 1,
+  turnMs: 0,
   settleMs: 0,
 };
 
@@ -187,7 +187,7 @@ export function batchOf(fn: () => void, clock = now): Batch {
 
 /**
  * The timing rule. Each batch gets `warmup` single calls, the last of which sizes its samples to about
- * `sampleTargetMs`; then the batches take turns of `samplesPerTurn` samples (after `settleMs` idle), until the samples
+ * `sampleTargetMs`; then the batches take turns of about `turnMs` (after `settleMs` idle), until the samples
  * add up to `minTimeMs` and each batch has `minSamples`. Taking turns means that load from other processes falls on
  * every variant alike, so ratios between them hold better on a shared machine. Reports per-call median and minimum.
  */
@@ -204,11 +204,13 @@ export async function measureEach(batches: readonly Batch[], opts: Partial<Timin
   while (perCall[0]!.length < o.minSamples || sampled < o.minTimeMs)
     for (const [v, batch] of batches.entries()) {
       if (o.settleMs > 0) await new Promise((resolve) => setTimeout(resolve, o.settleMs));
-      for (let i = 0; i < Math.max(1, o.samplesPerTurn); i++) {
+      let turn = 0;
+      do {
         const ms = await batch(callsPerSample[v]!);
-        sampled += ms;
+        turn += ms;
         perCall[v]!.push(ms / callsPerSample[v]!);
-      }
+      } while (turn < o.turnMs);
+      sampled += turn;
     }
   return perCall.map((xs, v) => ({
     samples: xs.length,

@@ -75,10 +75,10 @@ describe('bench/lib statistics and timing', () => {
     assert.equal(b!.msMedian, 4);
     assert.equal(b!.samples, 2);
     log.length = 0;
-    const turns = { warmup: 1, minTimeMs: 30, minSamples: 1, sampleTargetMs: 8, samplesPerTurn: 2 };
-    await measureEach([batch('a', 1), batch('b', 4)], turns);
-    // Turns of two samples; 8 + 8 + 8 + 8 = 32 ms of samples reach minTimeMs after the first round.
-    assert.deepEqual(log, ['a1', 'b1', 'a8', 'a8', 'b2', 'b2']);
+    const turns = { warmup: 1, minTimeMs: 30, minSamples: 1, sampleTargetMs: 8, turnMs: 12 };
+    await measureEach([batch('a', 1), batch('b', 16)], turns);
+    // a: samples of 8 ms, two per 12 ms turn; b: one call (16 ms) per sample, one per turn; 16 + 16 >= 30.
+    assert.deepEqual(log, ['a1', 'b1', 'a8', 'a8', 'b1']);
   });
 
   it('unit conversions', () => {
