@@ -40,21 +40,26 @@ function randomTensor(be: Backend, rng: Rng, shape: number[], requiresGrad = fal
 }
 
 /**
- * Minimum and median ms of fn over at least `minRuns` runs and `minMs` of timing, after one warm-up run. Rates are
- * computed from the minimum: on a shared machine an OpenMP barrier waits whenever another process holds a core, which
- * inflates some runs by whole scheduler slices (milliseconds) but never shortens one.
+ * Wall-clock minimum and median ms of fn over at least `minRuns` runs and `minMs` of timing, after one warm-up run,
+ * and the minimum process CPU ms of a run (all threads). Rates use the wall minimum: on a shared machine an OpenMP
+ * barrier waits whenever another process holds a core, which inflates some runs by whole scheduler slices but never
+ * shortens one. With RETNET_THREADS=1 the CPU time is the compute time, whatever else runs on the machine.
  */
-function timeMs(fn: () => void, minRuns: number, minMs: number): { min: number; median: number } {
+function timeMs(fn: () => void, minRuns: number, minMs: number): { min: number; median: number; cpu: number } {
   fn();
   const times: number[] = [];
+  let cpu = Infinity;
   const start = performance.now();
   while (times.length < minRuns || performance.now() - start < minMs) {
+    const c0 = process.cpuUsage();
     const t0 = performance.now();
     fn();
     times.push(performance.now() - t0);
+    const c = process.cpuUsage(c0);
+    cpu = Math.min(cpu, (c.user + c.system) / 1000);
   }
   times.sort((a, b) => a - b);
-  return { min: times[0]!, median: times[times.length >> 1]! };
+  return { min: times[0]!, median: times[times.length >> 1]!, cpu };
 }
 
 interface Inputs {
@@ -154,6 +159,7 @@ function timeSequence(B: number, T: number, H: number, K: number, algorithm: Att
     fwd_ms: fwdMs.min,
     fwd_bwd_ms: fwdBwdMs.min,
     fwd_bwd_ms_median: fwdBwdMs.median,
+    fwd_bwd_cpu_ms: fwdBwdMs.cpu,
     tokens_per_s: (B * T) / (fwdBwdMs.min / 1000),
     fwd_gflops: fwdFlops / (fwdMs.min * 1e6),
     fwd_bwd_gflops: (3.5 * fwdFlops) / (fwdBwdMs.min * 1e6),
@@ -255,6 +261,7 @@ table(`causal attention, native, B=${B} H=${H} K=${K}, ${threadCount()} threads`
   'fwd_bwd_gflops',
   'peak_mib',
   'fwd_bwd_ms_median',
+  'fwd_bwd_cpu_ms',
 ]);
 
 const decode = lengths.map((C) => timeDecode(B, C, H, K, quick));
