@@ -9,3 +9,52 @@ export { backward, noGrad, clearTape } from './autograd/tape.js';
 export type { Backend, ActivationKind, AdamWParams } from './backend/backend.js';
 export { getBackend, setBackend, nativeInfo, nativeUnavailableReason, type BackendName } from './backend/index.js';
 export * from './ops/index.js';
+export { ByteTokenizer, type Tokenizer } from './tokenizer/tokenizer.js';
+export { BpeTokenizer, trainBpe } from './tokenizer/bpe.js';
+export { loadTokenizer } from './tokenizer/load.js';
+export { DataError, type DataProblem } from './train/sources.js';
+export {
+  prepareData,
+  BatchSampler,
+  ShardReader,
+  type Manifest,
+  type PrepareOptions,
+  type PreparedData,
+} from './train/data.js';
+export { AdamW, type AdamWConfig } from './train/optimizer.js';
+export { learningRate, type LrSchedule, type DecayKind } from './train/schedule.js';
+export { evaluate, type EvalResult } from './train/evaluate.js';
+export {
+  train,
+  trainConfig,
+  TrainingError,
+  type TrainConfig,
+  type TrainOptions,
+  type TrainResult,
+} from './train/trainer.js';
+export type { CausalLM, DecodeState } from './models/lm.js';
+export {
+  ARCHS,
+  createModel,
+  loadModelDir,
+  saveModelDir,
+  modelFromConfig,
+  type Arch,
+  type ModelOptions,
+} from './models/registry.js';
+export {
+  type RetNetConfig,
+  RETNET_PRESETS,
+  retnetPreset,
+  retnetParameterCount,
+  retnetConfigFromJSON,
+  retnetConfigToJSON,
+} from './models/retnet/config.js';
+export { RetNetModel, RetNetDecodeState, type ForwardOptions } from './models/retnet/model.js';
+export { type TransformerConfig, transformerPreset, transformerParameterCount } from './models/transformer/config.js';
+export { TransformerModel } from './models/transformer/model.js';
+export { generate, type GenerateOptions } from './generate/generate.js';
+export type { GenerationRequest, GenerationEvent, FinishReason } from './generate/sequence.js';
+export type { SamplingOptions } from './generate/sampler.js';
+export { startServer, type ServerOptions, type RunningServer } from './server/server.js';
+export { readSafetensors, writeSafetensors } from './io/safetensors.js';

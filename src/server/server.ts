@@ -1,0 +1,285 @@
+// The HTTP server (fastify): POST /v1/completions in the OpenAI format, streamed as server-sent events or answered
+// whole, GET /v1/models and GET /health. Generation runs on a continuous-batching Scheduler in this process; it
+// yields to the event loop between model calls, so requests keep being accepted and streamed while it works.
+
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import type { ServerResponse } from 'node:http';
+
+import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+
+import { ConfigError } from '../errors.js';
+import { QueueFullError, Scheduler, ShuttingDownError } from '../generate/scheduler.js';
+import type { EndEvent, GenerationEvent } from '../generate/sequence.js';
+import type { CausalLM } from '../models/lm.js';
+import type { Tokenizer } from '../tokenizer/tokenizer.js';
+import {
+  ApiError,
+  type Choice,
+  type CompletionLimits,
+  type CompletionRequest,
+  completionObject,
+  finishReason,
+  parseCompletionRequest,
+} from './openai.js';
+
+export interface ServerOptions {
+  /** Name clients use in "model"; /v1/models lists it. */
+  modelId: string;
+  /** Default 127.0.0.1: reachable from this machine only unless told otherwise. */
+  host?: string;
+  /** Default 8000; 0 picks a free port. */
+  port?: number;
+  /** When set, /v1/* requires "Authorization: Bearer <apiKey>". */
+  apiKey?: string;
+  /** Largest request body in bytes (default 1 MiB); larger ones get 413. */
+  maxBodyBytes?: number;
+  /** Default 2048. */
+  maxPromptTokens?: number;
+  /** Largest max_tokens (default 2048). */
+  maxTokens?: number;
+  /** Most prompts in one request (default 8). */
+  maxPrompts?: number;
+  /** Most sequences decoding at once (default 16). */
+  maxActive?: number;
+  /** Most sequences waiting to start (default 64); beyond, 429. */
+  maxQueued?: number;
+}
+
+export interface RunningServer {
+  /** http://host:port */
+  url: string;
+  scheduler: Scheduler;
+  /**
+   * Stops accepting requests, lets generations in flight finish for up to graceMs, cancels the rest (their clients
+   * get an error), and resolves once every connection is closed and all model state is freed.
+   */
+  close(graceMs?: number): Promise<void>;
+}
+
+/** How long close() waits for responses to reach their clients once generation has stopped. */
+const FLUSH_WAIT_MS = 2000;
+
+const sha256 = (s: string) => createHash('sha256').update(s).digest();
+
+/** Constant-time check of an Authorization header against the key (hashes make the lengths equal). */
+function authorized(header: string | undefined, apiKey: string): boolean {
+  const match = /^Bearer (.+)$/.exec(header ?? '');
+  return match !== null && timingSafeEqual(sha256(match[1]!), sha256(apiKey));
+}
+
+/** Interleaves several event streams, tagging each event with the stream's position. */
+async function* merge(
+  streams: AsyncIterable<GenerationEvent>[],
+): AsyncGenerator<{ choice: number; event: GenerationEvent }> {
+  const iterators = streams.map((s) => s[Symbol.asyncIterator]());
+  const next = (choice: number) => iterators[choice]!.next().then((result) => ({ choice, result }));
+  const pending = new Map(iterators.map((_, i) => [i, next(i)]));
+  while (pending.size > 0) {
+    const { choice, result } = await Promise.race(pending.values());
+    if (result.done) pending.delete(choice);
+    else {
+      pending.set(choice, next(choice));
+      yield { choice, event: result.value };
+    }
+  }
+}
+
+/** Maps fastify's own request errors (body parsing, limits) to OpenAI-shaped ones with a clear message. */
+function apiErrorOf(err: FastifyError, maxBodyBytes: number): ApiError {
+  if (err instanceof ApiError) return err;
+  switch (err.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new ApiError(413, `the request body is larger than the limit of ${maxBodyBytes} bytes`);
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new ApiError(415, 'unsupported Content-Type; send the body as application/json');
+  }
+  const status = err.statusCode ?? 500;
+  if (status >= 400 && status < 500) return new ApiError(status, err.message);
+  return new ApiError(500, 'internal server error');
+}
+
+export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: ServerOptions): Promise<RunningServer> {
+  const maxBodyBytes = opts.maxBodyBytes ?? 1 << 20;
+  const limits: CompletionLimits = {
+    maxPromptTokens: opts.maxPromptTokens ?? 2048,
+    maxTokens: opts.maxTokens ?? 2048,
+    maxPrompts: opts.maxPrompts ?? 8,
+  };
+  const scheduler = new Scheduler(model, tokenizer, {
+    maxActive: opts.maxActive ?? 16,
+    maxQueued: opts.maxQueued ?? 64,
+  });
+  const created = Math.floor(Date.now() / 1000);
+  let closing = false;
+  // Completion responses not yet closed; close() waits for them so that it finds their connections idle.
+  let openResponses = 0;
+  let allClosed: (() => void) | null = null;
+
+  const app: FastifyInstance = Fastify({ bodyLimit: maxBodyBytes, logger: false, return503OnClosing: true });
+
+  // Bodies are JSON only, parsed here so that a syntax error can say where it is. (JSON.parse makes "__proto__" an
+  // own property, and the validation rejects unknown fields, so no prototype is touched.)
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, text, done) => {
+    if (text === '') return done(new ApiError(400, 'the request body is empty; expected a JSON object'));
+    try {
+      done(null, JSON.parse(text as string));
+    } catch (e) {
+      done(new ApiError(400, `the request body is not valid JSON: ${(e as Error).message}`));
+    }
+  });
+  app.setErrorHandler((err: FastifyError, _request, reply) => {
+    const api = apiErrorOf(err, maxBodyBytes);
+    if (api.status === 500) process.stderr.write(`retnet serve: ${err.stack ?? String(err)}\n`);
+    void reply.code(api.status).send(api.toJSON());
+  });
+  app.setNotFoundHandler((request, reply) => {
+    void reply.code(404).send(new ApiError(404, `no route ${request.method} ${request.url}`).toJSON());
+  });
+  app.addHook('onRequest', async (request) => {
+    if (
+      opts.apiKey !== undefined &&
+      request.url.startsWith('/v1/') &&
+      !authorized(request.headers.authorization, opts.apiKey)
+    )
+      throw new ApiError(
+        401,
+        'missing or invalid API key (send "Authorization: Bearer <key>")',
+        null,
+        'invalid_api_key',
+      );
+  });
+
+  app.get('/health', async () => ({
+    status: closing ? 'shutting_down' : 'ok',
+    model: opts.modelId,
+    active: scheduler.activeCount,
+    queued: scheduler.queuedCount,
+  }));
+
+  app.get('/v1/models', async () => ({
+    object: 'list',
+    data: [{ id: opts.modelId, object: 'model', created, owned_by: 'retnet' }],
+  }));
+
+  app.post('/v1/completions', async (request, reply) => {
+    if (closing) throw new ApiError(503, 'the server is shutting down');
+    const req = parseCompletionRequest(request.body, opts.modelId, tokenizer, limits);
+    // A client that goes away cancels its generation: 'close' before the response finished means a disconnect.
+    const disconnect = new AbortController();
+    openResponses++;
+    reply.raw.on('close', () => {
+      if (!reply.raw.writableFinished) disconnect.abort();
+      if (--openResponses === 0) allClosed?.();
+    });
+    const streams = submit(req, disconnect);
+    const id = `cmpl-${randomUUID()}`;
+    const now = Math.floor(Date.now() / 1000);
+    if (req.stream) {
+      reply.hijack();
+      await streamCompletion(reply.raw, streams, req, id, now, disconnect.signal);
+      return;
+    }
+    const choices: Choice[] = req.prompts.map((_, index) => ({ text: '', index, logprobs: null, finish_reason: null }));
+    const ends: EndEvent[] = [];
+    for await (const { choice, event } of merge(streams)) {
+      choices[choice]!.text += event.text;
+      if (event.type === 'end') {
+        choices[choice]!.finish_reason = finishReason(event.finishReason);
+        ends.push(event);
+      }
+    }
+    // Cancelled by a disconnect (then nobody reads this) or by shutdown.
+    if (ends.some((e) => e.finishReason === 'abort'))
+      throw new ApiError(503, 'the server is shutting down; the generation was cancelled');
+    return completionObject(id, now, opts.modelId, choices, usageOf(ends));
+  });
+
+  /** Queues one sequence per prompt; a refused one cancels those already queued. */
+  function submit(req: CompletionRequest, disconnect: AbortController): AsyncIterable<GenerationEvent>[] {
+    try {
+      return req.prompts.map((prompt, i) =>
+        scheduler.submit(
+          {
+            prompt,
+            maxNewTokens: req.maxTokens,
+            sampling: req.sampling,
+            stop: req.stop,
+            ignoreEos: req.ignoreEos,
+            signal: disconnect.signal,
+          },
+          `prompt[${i}]`,
+        ),
+      );
+    } catch (e) {
+      disconnect.abort();
+      if (e instanceof QueueFullError) throw new ApiError(429, e.message, null, 'queue_full');
+      if (e instanceof ShuttingDownError) throw new ApiError(503, e.message);
+      if (e instanceof ConfigError) throw new ApiError(400, e.message);
+      throw e;
+    }
+  }
+
+  async function streamCompletion(
+    res: ServerResponse,
+    streams: AsyncIterable<GenerationEvent>[],
+    req: CompletionRequest,
+    id: string,
+    now: number,
+    disconnected: AbortSignal,
+  ): Promise<void> {
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+    const send = (data: unknown) => {
+      if (!disconnected.aborted) res.write(`data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`);
+    };
+    const chunk = (choice: Choice) => completionObject(id, now, opts.modelId, [choice]);
+    const ends: EndEvent[] = [];
+    try {
+      for await (const { choice: index, event } of merge(streams)) {
+        if (event.type === 'token') {
+          if (event.text !== '') send(chunk({ text: event.text, index, logprobs: null, finish_reason: null }));
+          continue;
+        }
+        ends.push(event);
+        if (event.finishReason !== 'abort')
+          send(chunk({ text: event.text, index, logprobs: null, finish_reason: finishReason(event.finishReason) }));
+      }
+      if (ends.some((e) => e.finishReason === 'abort'))
+        send(new ApiError(503, 'the server is shutting down; the generation was cancelled').toJSON());
+      else if (req.includeUsage) send(completionObject(id, now, opts.modelId, [], usageOf(ends)));
+    } catch (e) {
+      process.stderr.write(`retnet serve: ${(e as Error).stack ?? String(e)}\n`);
+      send(new ApiError(500, 'internal server error during generation').toJSON());
+    }
+    send('[DONE]');
+    res.end();
+  }
+
+  const address = await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 8000 });
+  return {
+    url: address,
+    scheduler,
+    async close(graceMs = 5000) {
+      closing = true;
+      await scheduler.shutdown(graceMs);
+      // Every generation is over, so the responses are ending; once they have, their keep-alive connections are idle
+      // and app.close() ends them. A client too slow to take its last bytes is cut off after a short wait.
+      if (openResponses > 0) {
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([
+          new Promise<void>((resolve) => (allClosed = resolve)),
+          new Promise<void>((resolve) => (timer = setTimeout(resolve, FLUSH_WAIT_MS))),
+        ]);
+        clearTimeout(timer);
+        if (openResponses > 0) app.server.closeAllConnections();
+      }
+      await app.close();
+    },
+  };
+}
+
+function usageOf(ends: readonly EndEvent[]) {
+  const prompt = ends.reduce((n, e) => n + e.promptTokens, 0);
+  const completion = ends.reduce((n, e) => n + e.completionTokens, 0);
+  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
+}
