@@ -18,7 +18,7 @@ import type { RetNetModel } from '../src/models/retnet/model.js';
 import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
-import { ref } from './helpers.js';
+import { assertClose, ref } from './helpers.js';
 import { ScriptedLM, ToyLM } from './toy-lm.js';
 
 const tok = new ByteTokenizer();
@@ -268,6 +268,22 @@ describe('generate', () => {
       assert.deepEqual(alone[0]!.tokens, out[2]!.tokens);
     });
 
+  it('a RetNet state appended to another decodes as if prefilled together', () => {
+    const prompts = ['one', 'second prompt', 'x'].map(utf8);
+    const together = retnet.prefill(prompts);
+    const a = retnet.prefill(prompts.slice(0, 1));
+    const b = retnet.prefill(prompts.slice(1));
+    a.state.append!(b.state);
+    assert.deepEqual(a.state.positions, [3, 13, 1]);
+    const next = [65, 66, 67];
+    const expected = retnet.step(next, together.state);
+    const got = retnet.step(next, a.state);
+    assertClose(got.data(), expected.data(), 1e-12, 'logits after append');
+    for (const t of [together.logits, a.logits, b.logits, expected, got]) t.dispose();
+    together.state.dispose();
+    a.state.dispose();
+  });
+
   it('keeps per-sequence settings apart: a seeded row samples the same in any batch', async () => {
     const seeded: GenerationRequest = {
       prompt: 'xy',
@@ -405,30 +421,35 @@ describe('generate', () => {
 });
 
 describe('scheduler', () => {
-  it('batches requests of one turn, admits later ones as they come, and yields between every model call', async () => {
-    const model = new ToyLM(tok.vocabSize, 4, ref);
-    const { log, calls: modelCalls, stop } = watchModelCalls(model);
-    const before = ref.memory.current;
-    const scheduler = new Scheduler(model, tok, { maxActive: 8, maxQueued: 8 });
-    const request = (maxNewTokens: number) => ({ prompt: 'abc', maxNewTokens, ignoreEos: true });
-    const drain = async (events: AsyncIterable<GenerationEvent>) => {
-      let n = 0;
-      for await (const e of events) if (e.type === 'token') n++;
-      return n;
-    };
-    const first = [5, 8, 3].map((n) => drain(scheduler.submit(request(n))));
-    while (scheduler.activeCount < 3) await new Promise((resolve) => setImmediate(resolve));
-    const late = drain(scheduler.submit(request(6)));
-    assert.deepEqual(await Promise.all([...first, late]), [5, 8, 3, 6]);
-    stop();
-    const calls = modelCalls();
-    assert.equal(calls[0], 'prefill 3');
-    assert.ok(calls.includes('prefill 1'), 'the late request was admitted as its own batch');
-    assert.ok(calls.some((c, i) => c === 'step 1' && calls[i - 1]?.startsWith('step')));
-    assertTurnsBetweenCalls(log);
-    assert.equal(scheduler.activeCount, 0);
-    assert.equal(ref.memory.current, before);
-  });
+  for (const [name, makeModel, steps] of [
+    ['joining the running batch (state.append)', () => new ToyLM(tok.vocabSize, 4, ref), 7],
+    ['as a batch of its own (no state.append)', () => new ScriptedLM(tok.vocabSize, utf8('abc'), ref), 7 + 5],
+  ] as const)
+    it(`batches requests of one turn, admits a later one ${name}, and yields between model calls`, async () => {
+      const model: CausalLM = makeModel();
+      const { log, calls, stop } = watchModelCalls(model);
+      const before = ref.memory.current;
+      const scheduler = new Scheduler(model, tok, { maxActive: 8, maxQueued: 8 });
+      const request = (maxNewTokens: number) => ({ prompt: 'abc', maxNewTokens, ignoreEos: true });
+      const drain = async (events: AsyncIterable<GenerationEvent>) => {
+        let n = 0;
+        for await (const e of events) if (e.type === 'token') n++;
+        return n;
+      };
+      const first = [5, 8, 3].map((n) => drain(scheduler.submit(request(n))));
+      while (scheduler.activeCount < 3) await new Promise((resolve) => setImmediate(resolve));
+      const late = drain(scheduler.submit(request(6)));
+      assert.deepEqual(await Promise.all([...first, late]), [5, 8, 3, 6]);
+      stop();
+      // First batch: 7 steps after its prefill (8 tokens). The late request (6 tokens) joins within the first two
+      // steps, so joined it needs no step of its own; on its own it needs 5 more.
+      assert.deepEqual(calls().slice(0, 1), ['prefill 3']);
+      assert.ok(calls().includes('prefill 1'));
+      assert.equal(calls().filter((c) => c.startsWith('step')).length, steps);
+      assertTurnsBetweenCalls(log);
+      assert.equal(scheduler.activeCount, 0);
+      assert.equal(ref.memory.current, before);
+    });
 
   it('refuses a full queue, cancels a queued request at once, and shuts down', async () => {
     const model = new ToyLM(tok.vocabSize, 4, ref);

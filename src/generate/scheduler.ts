@@ -1,7 +1,8 @@
 // Continuous batching for a server: requests arrive at any time and each gets its own event stream. Waiting requests
-// are admitted together as a new DecodeBatch (one prefill) whenever there is room; every round then steps each batch
-// once, so every running sequence gets one token per round whatever its arrival time or length. Between model calls
-// the loop yields to the event loop, so HTTP keeps being served while generation runs.
+// are admitted together as a new DecodeBatch (one prefill) whenever there is room, and join the batch already
+// decoding when the model's state can append rows (else they decode as a batch of their own). Every round steps each
+// batch once, so every running sequence gets one token per round whatever its arrival time or length. Between model
+// calls the loop yields to the event loop, so HTTP keeps being served while generation runs.
 
 import { setImmediate as nextMacrotask } from 'node:timers/promises';
 
@@ -154,8 +155,9 @@ export class Scheduler {
             this.tokenizer,
             admitted.map((e) => e.sequence),
           );
-          this.batches.push(batch);
           this.dispatch(batch.start());
+          // Decode the newcomers in the same model call as the running rows when the state allows it.
+          if (batch.size > 0 && !this.batches.some((b) => b.size > 0 && b.absorb(batch))) this.batches.push(batch);
           await nextMacrotask();
         }
         for (const batch of this.batches) {
