@@ -422,10 +422,10 @@ describe('generate', () => {
 
 describe('scheduler', () => {
   for (const [name, makeModel, steps] of [
-    ['joining the running batch (state.append)', () => new ToyLM(tok.vocabSize, 4, ref), 7],
-    ['as a batch of its own (no state.append)', () => new ScriptedLM(tok.vocabSize, utf8('abc'), ref), 7 + 5],
+    ['into one batch (state.append)', () => new ToyLM(tok.vocabSize, 4, ref), 7],
+    ['as batches of their own (no state.append)', () => new ScriptedLM(tok.vocabSize, utf8('abc'), ref), 4 + 7 + 2 + 5],
   ] as const)
-    it(`batches requests of one turn, admits a later one ${name}, and yields between model calls`, async () => {
+    it(`prefills each request alone, decodes them ${name}, and yields between model calls`, async () => {
       const model: CausalLM = makeModel();
       const { log, calls, stop } = watchModelCalls(model);
       const before = ref.memory.current;
@@ -441,11 +441,12 @@ describe('scheduler', () => {
       const late = drain(scheduler.submit(request(6)));
       assert.deepEqual(await Promise.all([...first, late]), [5, 8, 3, 6]);
       stop();
-      // First batch: 7 steps after its prefill (8 tokens). The late request (6 tokens) joins within the first two
-      // steps, so joined it needs no step of its own; on its own it needs 5 more.
-      assert.deepEqual(calls().slice(0, 1), ['prefill 3']);
-      assert.ok(calls().includes('prefill 1'));
+      // Joined, the rows share the steps: 7 after the prefills for the longest (8 tokens), and the late one (6 tokens)
+      // arrives within its first two. Apart, each request takes maxNewTokens − 1 steps of its own.
+      assert.deepEqual(calls().slice(0, 3), ['prefill 1', 'prefill 1', 'prefill 1']);
+      assert.equal(calls().filter((c) => c === 'prefill 1').length, 4);
       assert.equal(calls().filter((c) => c.startsWith('step')).length, steps);
+      if (name.startsWith('into')) assert.ok(calls().includes('step 4'), 'all four rows in one step');
       assertTurnsBetweenCalls(log);
       assert.equal(scheduler.activeCount, 0);
       assert.equal(ref.memory.current, before);
