@@ -452,6 +452,29 @@ describe('scheduler', () => {
       assert.equal(ref.memory.current, before);
     });
 
+  it('a failing model call fails the streams it was serving and leaves the scheduler usable', async () => {
+    const model = new ToyLM(tok.vocabSize, 4, ref);
+    const before = ref.memory.current;
+    const step = model.step.bind(model);
+    let failNext = true;
+    model.step = (tokens, state) => {
+      if (failNext) {
+        failNext = false;
+        throw new Error('kernel exploded');
+      }
+      return step(tokens, state);
+    };
+    const scheduler = new Scheduler(model, tok, { maxActive: 4, maxQueued: 4 });
+    const drain = async (events: AsyncIterable<GenerationEvent>) => {
+      let n = 0;
+      for await (const e of events) if (e.type === 'token') n++;
+      return n;
+    };
+    await assert.rejects(drain(scheduler.submit({ prompt: 'a', maxNewTokens: 5 })), /kernel exploded/);
+    assert.equal(ref.memory.current, before, 'the failed batch freed its state');
+    assert.equal(await drain(scheduler.submit({ prompt: 'a', maxNewTokens: 5, ignoreEos: true })), 5);
+  });
+
   it('refuses a full queue, cancels a queued request at once, and shuts down', async () => {
     const model = new ToyLM(tok.vocabSize, 4, ref);
     const scheduler = new Scheduler(model, tok, { maxActive: 1, maxQueued: 1 });

@@ -62,6 +62,7 @@ class RunningSumState implements DecodeState {
 }
 
 export class ToyLM extends Module implements CausalLM {
+  /** The interface knows two architectures; this model is neither, and nothing here depends on the label. */
   readonly arch = 'transformer' as const;
   readonly embed: Embedding;
   readonly meanHead: Linear;
