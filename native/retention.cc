@@ -5,29 +5,15 @@
 // that the engine's memory accounting includes it.
 // Every form computes o_n = r_n · U_n, U_n = Σ_{m≤n} γ^(n−m) (q_n·k_m) v_m, with a detached per-row factor r_n, so
 // the backward kernels take r and differentiate U only (docs/retention.md).
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "common.h"
+#include "heads.h"
 
 namespace retnet {
 
 namespace {
-
-void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
-          int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  if (K == 0) {
-    for (int64_t i = 0; i < M; i++)
-      for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
-    return;
-  }
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B,
-              ldb, beta, C, ldc);
-}
 
 enum class Work { ParallelForward, ChunkwiseForward, ParallelBackward, ChunkwiseBackward, State };
 
@@ -42,36 +28,6 @@ int64_t workspacePerHead(Work w, int64_t T, int64_t K, int64_t V, int64_t C) {
     case Work::State: return T * K;
   }
   return 0;
-}
-
-// Heads run in parallel (one per thread, single-threaded BLAS inside) when there are at least as many as threads;
-// otherwise one after the other with OpenBLAS threading each product. One workspace slot per concurrent head.
-int64_t headSlots(int64_t heads) {
-  int threads = omp_get_max_threads();
-  return heads >= threads && threads > 1 ? threads : 1;
-}
-
-// Hands out consecutive pieces of one head's workspace.
-struct Carve {
-  float* next;
-  float* take(int64_t n) {
-    float* p = next;
-    next += n;
-    return p;
-  }
-};
-
-template <typename Body>
-void forEachHead(int64_t heads, float* workspace, int64_t perHead, Body body) {
-  if (headSlots(heads) > 1) {
-    int saved = openblas_get_num_threads();
-    openblas_set_num_threads(1);
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t bh = 0; bh < heads; bh++) body(bh, Carve{workspace + omp_get_thread_num() * perHead});
-    openblas_set_num_threads(saved);
-  } else {
-    for (int64_t bh = 0; bh < heads; bh++) body(bh, Carve{workspace});
-  }
 }
 
 // γ^e for e in [0, n), as exp(e·ln γ) (torchscale builds its masks that way).
@@ -121,10 +77,6 @@ Sequence sequenceArgs(const Napi::CallbackInfo& info, size_t dimsAt, const Span<
   return s;
 }
 
-void requireWorkspace(const Span<float>& ws, int64_t heads, int64_t perHead, const char* kernel) {
-  require(ws, headSlots(heads) * perHead, kernel, "workspace");
-}
-
 }  // namespace
 
 // retentionParallel(q, k, v, gammas, o, r, workspace, B, H, T, K, V): the parallel form (spec §5a).
@@ -141,7 +93,7 @@ static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
     for (auto* t : {&q, &k}) require(*t, BH * T * K, "retentionParallel", "q/k");
     for (auto* t : {&v, &o}) require(*t, BH * T * V, "retentionParallel", "v/o");
     require(r, BH * T, "retentionParallel", "r");
-    forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
+    forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       auto pw = powers(s.gammas[bh % s.H], T);
       auto sq = sqrtDecaySums(pw, T);
       float* A = scratch.take(T * T);
@@ -184,7 +136,7 @@ static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
     for (auto* t : {&v, &o}) require(*t, BH * T * V, "retentionChunkwise", "v/o");
     require(r, BH * T, "retentionChunkwise", "r");
     int64_t Cw = std::max<int64_t>(1, std::min(C, T));  // chunk rows that can exist
-    forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
+    forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       auto pw = powers(s.gammas[bh % s.H], C + 1);
       auto sq = sqrtDecaySums(pw, C);
       double SC = sq[C - 1] * sq[C - 1];
@@ -258,7 +210,7 @@ static Napi::Value RetentionBackwardParallel(const Napi::CallbackInfo& info) {
     for (auto* t : {&q, &k, &dq, &dk}) require(*t, BH * T * K, "retentionBackwardParallel", "q/k/dq/dk");
     for (auto* t : {&v, &dO, &dv}) require(*t, BH * T * V, "retentionBackwardParallel", "v/dO/dv");
     require(r, BH * T, "retentionBackwardParallel", "r");
-    forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
+    forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       auto pw = powers(s.gammas[bh % s.H], T);
       int64_t ok = s.head(bh, K), ov = s.head(bh, V);
       const float *qh = q.data + ok, *kh = k.data + ok, *vh = v.data + ov;
@@ -295,7 +247,7 @@ static Napi::Value RetentionBackwardChunkwise(const Napi::CallbackInfo& info) {
     for (auto* t : {&v, &dO, &dv}) require(*t, BH * T * V, "retentionBackwardChunkwise", "v/dO/dv");
     require(r, BH * T, "retentionBackwardChunkwise", "r");
     int64_t Cw = std::max<int64_t>(1, std::min(C, T));
-    forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
+    forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       auto pw = powers(s.gammas[bh % s.H], C + 1);
       int64_t ok = s.head(bh, K), ov = s.head(bh, V);
       const float *qh = q.data + ok, *kh = k.data + ok, *vh = v.data + ov;
@@ -407,7 +359,7 @@ static Napi::Value RetentionState(const Napi::CallbackInfo& info) {
     require(v, BH * T * V, "retentionState", "v");
     require(st, BH * K * V, "retentionState", "state");
     require(sc, BH, "retentionState", "scale");
-    forEachHead(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
+    forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       if (T == 0) {
         sc.data[bh] = 0.0f;
         std::fill(st.data + bh * K * V, st.data + (bh + 1) * K * V, 0.0f);
@@ -438,7 +390,7 @@ static Napi::Value RetentionWorkspace(const Napi::CallbackInfo& info) {
     if (kind > 4) throw ArgError{"retentionWorkspace: kernel must be 0..4"};
     int64_t B = dim(info, 1, "B"), H = dim(info, 2, "H"), T = dim(info, 3, "T"), K = dim(info, 4, "K"),
             V = dim(info, 5, "V"), C = dim(info, 6, "C");
-    floats = headSlots(B * H) * workspacePerHead(static_cast<Work>(kind), T, K, V, C);
+    floats = workSlots(B * H) * workspacePerHead(static_cast<Work>(kind), T, K, V, C);
   });
   if (info.Env().IsExceptionPending()) return r;
   return Napi::Number::New(info.Env(), static_cast<double>(floats));

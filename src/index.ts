@@ -9,3 +9,26 @@ export { backward, noGrad, clearTape } from './autograd/tape.js';
 export type { Backend, ActivationKind, AdamWParams } from './backend/backend.js';
 export { getBackend, setBackend, nativeInfo, nativeUnavailableReason, type BackendName } from './backend/index.js';
 export * from './ops/index.js';
+export { ByteTokenizer, type Tokenizer } from './tokenizer/tokenizer.js';
+export { BpeTokenizer, trainBpe } from './tokenizer/bpe.js';
+export { loadTokenizer } from './tokenizer/load.js';
+export { DataError, type DataProblem } from './train/sources.js';
+export {
+  prepareData,
+  BatchSampler,
+  ShardReader,
+  type Manifest,
+  type PrepareOptions,
+  type PreparedData,
+} from './train/data.js';
+export { AdamW, type AdamWConfig } from './train/optimizer.js';
+export { learningRate, type LrSchedule, type DecayKind } from './train/schedule.js';
+export { evaluate, type EvalResult } from './train/evaluate.js';
+export {
+  train,
+  trainConfig,
+  TrainingError,
+  type TrainConfig,
+  type TrainOptions,
+  type TrainResult,
+} from './train/trainer.js';

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 
 import { getBackend, referenceBackend } from '../src/backend/index.js';
 import type { Backend } from '../src/backend/backend.js';
+import type { NativeBackend } from '../src/backend/native.js';
 import type { DType } from '../src/tensor/dtype.js';
 import { Rng } from '../src/tensor/random.js';
 import { backward } from '../src/autograd/tape.js';
@@ -15,9 +16,14 @@ import { tidy } from '../src/tensor/scope.js';
 
 export const ref = referenceBackend();
 
-/** The native backend; tests that need it fail loudly if the addon did not build. */
+/**
+ * The native backend; tests that need it fail loudly if the addon did not build. Its pool is poisoned: outputs that
+ * kernels take without the zero fill start as NaN, so an element a kernel fails to write shows up in the comparison.
+ */
 export function nat(): Backend {
-  return getBackend('native');
+  const be = getBackend('native') as NativeBackend;
+  be.pool.poison = true;
+  return be;
 }
 
 export function randomData(rng: Rng, n: number, scale = 1): Float64Array {

@@ -94,6 +94,28 @@ describe('model directory', () => {
   });
 });
 
+describe('Transformer model directory', () => {
+  it('save then load gives the same logits; retnet logits runs it and rejects --form', () => {
+    const model = createModel('transformer', 'tiny', { vocabSize: 40, layers: 1 }, { backend: nat(), seed: 5 });
+    const dir = mkdtempSync(join(tmpdir(), 'retnet-tf-'));
+    saveModelDir(dir, model);
+    const { model: back } = loadModelDir(dir, { backend: nat() });
+    assert.equal(back.arch, 'transformer');
+    const ids = [1, 2, 3];
+    const run = (m: typeof model) => noGrad(() => tidy(() => m.forward(nat().fromData(ids, [1, 3], 'int32')).data()));
+    const expected = run(model);
+    assertClose(run(back), expected, 0, 'logits after reload');
+    const r = cli('logits', '--model', dir, '--tokens', '1,2,3');
+    assert.equal(r.code, 0, r.stderr);
+    assertClose((JSON.parse(r.stdout) as { logits: number[][] }).logits.flat(), expected, 1e-6, 'CLI logits');
+    const bad = cli('logits', '--model', dir, '--tokens', '1,2,3', '--form', 'recurrent');
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /--form and --chunk-size apply to RetNet models, not to a transformer/);
+    model.dispose();
+    back.dispose();
+  });
+});
+
 describe('retnet logits', () => {
   it('prints one row per position; float64 forms match torchscale to 1e-9', () => {
     const dir = torchscaleDir('dev_default');

@@ -258,6 +258,18 @@ export const opCases: OpCase[] = [
     ],
     f: ([x, c, s]) => ops.rotary(x!, c!, s!),
   },
+  ...(['naive', 'flash'] as const).map((algorithm): OpCase => ({
+    name: `causalAttention ${algorithm}`,
+    variants: [
+      // q, k: [B, T, H, K]; v: [B, T, H, V]
+      [f([2, 7, 2, 4]), f([2, 7, 2, 4]), f([2, 7, 2, 3])],
+      [f([1, 1, 1, 2]), f([1, 1, 1, 2]), f([1, 1, 1, 1])],
+      [f([1, 5, 3, 2], { scale: 2 }), f([1, 5, 3, 2], { scale: 2 }), f([1, 5, 3, 3])],
+      [f([1, 0, 2, 2]), f([1, 0, 2, 2]), f([1, 0, 2, 3])],
+    ],
+    f: ([q, k, v]) => ops.causalAttention(q!, k!, v!, { algorithm }),
+    tol: 1e-5,
+  })),
 ];
 
 /** Builds a case's inputs on a backend from one seeded draw, so every backend sees the same values. */

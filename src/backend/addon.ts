@@ -36,6 +36,12 @@ export interface NativeAddon {
   retentionState(...args: (number | Float32Array | Float64Array)[]): void;
   retentionWorkspace(kernel: number, B: number, H: number, T: number, K: number, V: number, C: number): number;
   rotary(...args: (boolean | number | Float32Array)[]): void;
+  attentionNaive(...args: (number | Float32Array)[]): void;
+  attentionNaiveBackward(...args: (number | Float32Array)[]): void;
+  attentionFlash(...args: (number | Float32Array)[]): void;
+  attentionFlashBackward(...args: (number | Float32Array)[]): void;
+  attentionDecode(...args: (number | Float32Array | Int32Array)[]): void;
+  attentionWorkspace(kernel: number, B: number, H: number, T: number, V: number): number;
   setThreads(n: number): void;
   info(): NativeInfo;
   [kernel: string]: unknown;

@@ -12,6 +12,8 @@ export type ActivationKind = 'gelu' | 'silu' | 'relu';
 
 export type RetentionForm = 'parallel' | 'chunkwise';
 
+export type AttentionAlgorithm = 'naive' | 'flash';
+
 export interface AdamWParams {
   lr: number;
   beta1: number;
@@ -133,4 +135,28 @@ export interface Backend {
    * the opposite angle (the backward pass).
    */
   rotary(x: Tensor, cos: Tensor, sin: Tensor, inverse: boolean): Tensor;
+
+  // Attention (the Transformer baseline): causal multi-head softmax attention, per head
+  // o_i = Σ_{j≤i} P_ij v_j with P_ij = softmax_j(q_i·k_j / sqrt(K)) over j ≤ i. Time-major layouts, as projections
+  // produce them: q, k: [B, T, H, K] (rotated), v: [B, T, H, V]. 'naive' materialises P [B, H, T, T] and keeps it for
+  // backward. 'flash' (FlashAttention) works in query × key tiles with an online softmax, keeps only the row
+  // log-sum-exp L [B, H, T] and recomputes P from it tile by tile in backward, so no T×T buffer ever exists and memory
+  // grows linearly with T.
+  /** o: [B, T, H, V]; stats: P [B, H, T, T] ('naive') or L [B, H, T] ('flash'), kept for backward. */
+  attentionForward(algorithm: AttentionAlgorithm, q: Tensor, k: Tensor, v: Tensor): { o: Tensor; stats: Tensor };
+  /** Gradients for dO: [B, T, H, V], given the forward's o and stats. */
+  attentionBackward(
+    algorithm: AttentionAlgorithm,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    stats: Tensor,
+    dO: Tensor,
+  ): { dq: Tensor; dk: Tensor; dv: Tensor };
+  /**
+   * KV-cache decoding: q [B, H, K] (one query per row) attends to the first lengths[b] positions of kCache
+   * [B, H, C, K] and vCache [B, H, C, V] (1 ≤ lengths[b] ≤ C). Returns o: [B, H, V].
+   */
+  attentionDecode(q: Tensor, kCache: Tensor, vCache: Tensor, lengths: readonly number[]): Tensor;
 }

@@ -27,18 +27,21 @@ export abstract class CpuBackend implements Pick<Backend, 'fromData' | 'zeros' |
   /** Wraps a typed array from `alloc` (ownership passes to the tensor; its buffer returns to the pool). */
   wrap(data: DataArray, shape: readonly number[], dtype: DType): Tensor {
     this.checkDType(dtype, 'tensor');
-    const storage = new CpuStorage(dtype, data, this.memory, (b) => this.pool.give(b));
+    const storage = new CpuStorage(dtype, data, this.memory, this.pool);
     return new Tensor(this as unknown as Backend, storage, shape, dtype);
   }
 
-  /** A zero-filled array, from the pool when a buffer of that size is free. */
-  alloc(dtype: DType, size: number): DataArray {
-    return this.pool.take(dtype, size);
+  /**
+   * An array from the pool when a buffer of that size is free: zero-filled, or with `zeroed` false arbitrary contents
+   * for a caller that writes every element.
+   */
+  alloc(dtype: DType, size: number, zeroed = true): DataArray {
+    return this.pool.take(dtype, size, zeroed);
   }
 
   fromData(data: ArrayLike<number>, shape: readonly number[], dtype: DType): Tensor {
     checkShape(shape, 'fromData');
-    const out = this.alloc(dtype, shapeSize(shape));
+    const out = this.alloc(dtype, shapeSize(shape), false);
     if (data.length !== out.length)
       throw new BackendError(
         `fromData: ${data.length} values given for shape [${shape.join(', ')}] (${out.length} elements)`,
@@ -88,7 +91,7 @@ export abstract class CpuBackend implements Pick<Backend, 'fromData' | 'zeros' |
   }
 
   cast(t: Tensor, dtype: DType): Tensor {
-    const out = this.alloc(dtype, t.size);
+    const out = this.alloc(dtype, t.size, false);
     out.set(this.raw(t));
     return this.wrap(out, t.shape, dtype);
   }

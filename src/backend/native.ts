@@ -5,7 +5,7 @@ import { ShapeError } from '../errors.js';
 import type { DType } from '../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../tensor/tensor.js';
 import type { NativeAddon } from './addon.js';
-import type { ActivationKind, AdamWParams, Backend, BinaryOp, RetentionForm } from './backend.js';
+import type { ActivationKind, AdamWParams, AttentionAlgorithm, Backend, BinaryOp, RetentionForm } from './backend.js';
 import { CpuBackend } from './cpu.js';
 
 const ACTIVATION_CODE: Record<ActivationKind, number> = {
@@ -39,9 +39,20 @@ export class NativeBackend extends CpuBackend implements Backend {
     return a instanceof Float32Array ? a : new Float32Array(a.buffer, a.byteOffset, a.length);
   }
 
+  /** A zero-filled output, for kernels that accumulate into it (+=) or that are not audited for full writes. */
   private like(shape: readonly number[]): { t: Tensor; d: Float32Array } {
     const t = this.zeros(shape, 'float32');
     return { t, d: this.f32(t) };
+  }
+
+  /**
+   * An output the kernel overwrites entirely (every element, every thread's share): a recycled buffer skips the zero
+   * fill. Tests poison these buffers (`pool.poison`) and compare against the reference, so a kernel that stops writing
+   * some element fails there.
+   */
+  private output(shape: readonly number[], dtype: DType = 'float32'): { t: Tensor; d: Float32Array } {
+    const t = this.wrap(this.alloc(dtype, shapeSize(shape), false), shape, dtype);
+    return { t, d: this.words(t) };
   }
 
   matmul(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
@@ -50,7 +61,7 @@ export class NativeBackend extends CpuBackend implements Backend {
     const K = transA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
     const N = transB ? b.shape[b.rank - 2]! : b.shape[b.rank - 1]!;
     const batch = shapeSize(a.shape.slice(0, -2));
-    const { t, d } = this.like([...a.shape.slice(0, -2), M, N]);
+    const { t, d } = this.output([...a.shape.slice(0, -2), M, N]);
     if (batch === 0) return t;
     const bStride = b.rank > 2 ? K * N : 0;
     // Row-major leading dimensions are the stored row lengths.
@@ -64,32 +75,32 @@ export class NativeBackend extends CpuBackend implements Backend {
   }
 
   binary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
-    const { t, d } = this.like(a.shape);
+    const { t, d } = this.output(a.shape);
     this.addon.binary(op === 'add' ? 0 : 1, this.f32(a), this.f32(b), d, a.size, b.size);
     return t;
   }
 
   scale(a: Tensor, alpha: number): Tensor {
-    const { t, d } = this.like(a.shape);
+    const { t, d } = this.output(a.shape);
     this.addon.scale(this.f32(a), d, alpha, a.size);
     return t;
   }
 
   sumToShape(g: Tensor, shape: readonly number[]): Tensor {
-    const { t, d } = this.like(shape);
+    const { t, d } = this.output(shape);
     const m = shapeSize(shape);
     if (m > 0) this.addon.sumRows(this.f32(g), d, g.size / m, m);
     return t;
   }
 
   activation(kind: ActivationKind, x: Tensor): Tensor {
-    const { t, d } = this.like(x.shape);
+    const { t, d } = this.output(x.shape);
     this.addon.activation(ACTIVATION_CODE[kind], this.f32(x), d, x.size);
     return t;
   }
 
   activationBackward(kind: ActivationKind, x: Tensor, g: Tensor): Tensor {
-    const { t, d } = this.like(x.shape);
+    const { t, d } = this.output(x.shape);
     this.addon.activationBackward(ACTIVATION_CODE[kind], this.f32(x), this.f32(g), d, x.size);
     return t;
   }
@@ -103,8 +114,8 @@ export class NativeBackend extends CpuBackend implements Backend {
 
   rmsNorm(x: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor } {
     const { rows, cols } = this.rowsOf(x);
-    const y = this.like(x.shape);
-    const rstd = this.like([rows]);
+    const y = this.output(x.shape);
+    const rstd = this.output([rows]);
     const wd = w ? this.f32(w) : NativeBackend.EMPTY;
     this.addon.rmsNorm(this.f32(x), wd, y.d, rstd.d, rows, cols, eps, w !== null);
     return { y: y.t, rstd: rstd.t };
@@ -112,7 +123,7 @@ export class NativeBackend extends CpuBackend implements Backend {
 
   rmsNormBackward(x: Tensor, w: Tensor | null, rstd: Tensor, g: Tensor): { dx: Tensor; dw: Tensor | null } {
     const { rows, cols } = this.rowsOf(x);
-    const dx = this.like(x.shape);
+    const dx = this.output(x.shape);
     const dw = w ? this.like(w.shape) : null;
     const wd = w ? this.f32(w) : NativeBackend.EMPTY;
     this.addon.rmsNormBackward(
@@ -123,9 +134,9 @@ export class NativeBackend extends CpuBackend implements Backend {
 
   layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): { y: Tensor; mean: Tensor; rstd: Tensor } {
     const { rows, cols } = this.rowsOf(x);
-    const y = this.like(x.shape);
-    const mean = this.like([rows]);
-    const rstd = this.like([rows]);
+    const y = this.output(x.shape);
+    const mean = this.output([rows]);
+    const rstd = this.output([rows]);
     this.addon.layerNorm(this.f32(x), this.f32(w), this.f32(b), y.d, mean.d, rstd.d, rows, cols, eps);
     return { y: y.t, mean: mean.t, rstd: rstd.t };
   }
@@ -138,7 +149,7 @@ export class NativeBackend extends CpuBackend implements Backend {
     g: Tensor,
   ): { dx: Tensor; dw: Tensor; db: Tensor } {
     const { rows, cols } = this.rowsOf(x);
-    const dx = this.like(x.shape);
+    const dx = this.output(x.shape);
     const dw = this.like(w.shape);
     const db = this.like(w.shape);
     this.addon.layerNormBackward(
@@ -149,29 +160,29 @@ export class NativeBackend extends CpuBackend implements Backend {
 
   softmax(x: Tensor): Tensor {
     const { rows, cols } = this.rowsOf(x);
-    const { t, d } = this.like(x.shape);
+    const { t, d } = this.output(x.shape);
     this.addon.softmax(this.f32(x), d, rows, cols);
     return t;
   }
 
   softmaxBackward(y: Tensor, g: Tensor): Tensor {
     const { rows, cols } = this.rowsOf(y);
-    const { t, d } = this.like(y.shape);
+    const { t, d } = this.output(y.shape);
     this.addon.softmaxBackward(this.f32(y), this.f32(g), d, rows, cols);
     return t;
   }
 
   crossEntropy(logits: Tensor, targets: Tensor, ignoreIndex: number): { loss: Tensor; lse: Tensor } {
     const [N, V] = logits.shape as [number, number];
-    const loss = this.like([N]);
-    const lse = this.like([N]);
+    const loss = this.output([N]);
+    const lse = this.output([N]);
     this.addon.crossEntropy(this.f32(logits), this.i32(targets), loss.d, lse.d, N, V, ignoreIndex);
     return { loss: loss.t, lse: lse.t };
   }
 
   crossEntropyBackward(logits: Tensor, targets: Tensor, lse: Tensor, g: Tensor, ignoreIndex: number): Tensor {
     const [N, V] = logits.shape as [number, number];
-    const { t, d } = this.like(logits.shape);
+    const { t, d } = this.output(logits.shape);
     this.addon.crossEntropyBackward(
       this.f32(logits), this.i32(targets), this.f32(lse), this.f32(g), d, N, V, ignoreIndex,
     ); // prettier-ignore
@@ -180,7 +191,7 @@ export class NativeBackend extends CpuBackend implements Backend {
 
   embedding(table: Tensor, ids: Tensor): Tensor {
     const [V, D] = table.shape as [number, number];
-    const { t, d } = this.like([...ids.shape, D]);
+    const { t, d } = this.output([...ids.shape, D]);
     this.addon.embedding(this.f32(table), this.i32(ids), d, ids.size, D, V);
     return t;
   }
@@ -194,10 +205,10 @@ export class NativeBackend extends CpuBackend implements Backend {
 
   permute(x: Tensor, perm: readonly number[]): Tensor {
     const outShape = perm.map((p) => x.shape[p]!);
-    const out = this.zeros(outShape, x.dtype);
     if (x.rank > 8) throw new ShapeError(`permute: rank ${x.rank} exceeds the native limit of 8`);
-    this.addon.permute(this.words(x), this.words(out), Int32Array.from(x.shape), Int32Array.from(perm));
-    return out;
+    const out = this.output(outShape, x.dtype);
+    this.addon.permute(this.words(x), out.d, Int32Array.from(x.shape), Int32Array.from(perm));
+    return out.t;
   }
 
   copyBlocks(
@@ -314,5 +325,61 @@ export class NativeBackend extends CpuBackend implements Backend {
     const y = this.like(x.shape);
     this.addon.rotary(this.f32(x), this.f32(cos), this.f32(sin), y.d, B, T, H, K, cos.rank === 3, inverse);
     return y.t;
+  }
+
+  /** Scratch for an attention kernel (0..4: naive/flash forward/backward, decode), counted while the kernel runs. */
+  private attentionWorkspace(kernel: number, B: number, H: number, T: number, V: number) {
+    return this.like([this.addon.attentionWorkspace(kernel, B, H, T, V)]);
+  }
+
+  attentionForward(algorithm: AttentionAlgorithm, q: Tensor, k: Tensor, v: Tensor): { o: Tensor; stats: Tensor } {
+    const [B, T, H, K] = q.shape as [number, number, number, number];
+    const V = v.shape[3]!;
+    const o = this.like([B, T, H, V]);
+    if (algorithm === 'naive') {
+      const p = this.like([B, H, T, T]);
+      this.addon.attentionNaive(this.f32(q), this.f32(k), this.f32(v), o.d, p.d, B, H, T, K, V);
+      return { o: o.t, stats: p.t };
+    }
+    const lse = this.like([B, H, T]);
+    const ws = this.attentionWorkspace(2, B, H, T, V);
+    this.addon.attentionFlash(this.f32(q), this.f32(k), this.f32(v), o.d, lse.d, ws.d, B, H, T, K, V);
+    ws.t.dispose();
+    return { o: o.t, stats: lse.t };
+  }
+
+  attentionBackward(
+    algorithm: AttentionAlgorithm,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    stats: Tensor,
+    dO: Tensor,
+  ): { dq: Tensor; dk: Tensor; dv: Tensor } {
+    const [B, T, H, K] = q.shape as [number, number, number, number];
+    const V = v.shape[3]!;
+    const dq = this.like(q.shape);
+    const dk = this.like(k.shape);
+    const dv = this.like(v.shape);
+    const ws = this.attentionWorkspace(algorithm === 'naive' ? 1 : 3, B, H, T, V);
+    const [fq, fk, fv, fs, fg] = [this.f32(q), this.f32(k), this.f32(v), this.f32(stats), this.f32(dO)];
+    if (algorithm === 'naive')
+      this.addon.attentionNaiveBackward(fq, fk, fv, fs, fg, dq.d, dk.d, dv.d, ws.d, B, H, T, K, V);
+    else this.addon.attentionFlashBackward(fq, fk, fv, this.f32(o), fs, fg, dq.d, dk.d, dv.d, ws.d, B, H, T, K, V);
+    ws.t.dispose();
+    return { dq: dq.t, dk: dk.t, dv: dv.t };
+  }
+
+  attentionDecode(q: Tensor, kCache: Tensor, vCache: Tensor, lengths: readonly number[]): Tensor {
+    const [B, H, C, K] = kCache.shape as [number, number, number, number];
+    const V = vCache.shape[3]!;
+    const o = this.like([B, H, V]);
+    const ws = this.attentionWorkspace(4, B, H, C, V);
+    this.addon.attentionDecode(
+      this.f32(q), this.f32(kCache), this.f32(vCache), Int32Array.from(lengths), o.d, ws.d, B, H, C, K, V,
+    ); // prettier-ignore
+    ws.t.dispose();
+    return o.t;
   }
 }

@@ -5,7 +5,7 @@
 import { BackendError } from '../errors.js';
 import type { DType, FloatArray } from '../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../tensor/tensor.js';
-import type { ActivationKind, AdamWParams, Backend, BinaryOp, RetentionForm } from './backend.js';
+import type { ActivationKind, AdamWParams, AttentionAlgorithm, Backend, BinaryOp, RetentionForm } from './backend.js';
 import { backwardHead, chunkwiseHead, decaySums, headLayout, parallelHead } from './retention-math.js';
 import { CpuBackend } from './cpu.js';
 
@@ -71,6 +71,39 @@ export function activationDerivative(kind: ActivationKind, x: number): number {
     case 'relu':
       return x > 0 ? 1 : 0;
   }
+}
+
+/** q·k / sqrt(K) for the K-vectors at Q[qOff] and Kk[kOff]. */
+function attentionScore(Q: FloatArray, qOff: number, Kk: FloatArray, kOff: number, K: number): number {
+  let s = 0;
+  for (let x = 0; x < K; x++) s += Q[qOff + x]! * Kk[kOff + x]!;
+  return s / Math.sqrt(K);
+}
+
+/**
+ * Softmax of one query's scores against n keys (key j at Kk[kOff + j·kStride]) into p[0, n); returns the log-sum-exp
+ * of the scores.
+ */
+function attentionSoftmax(
+  Q: FloatArray,
+  qOff: number,
+  Kk: FloatArray,
+  kOff: number,
+  kStride: number,
+  n: number,
+  K: number,
+  p: Float64Array,
+): number {
+  let mx = -Infinity;
+  for (let j = 0; j < n; j++) {
+    p[j] = attentionScore(Q, qOff, Kk, kOff + j * kStride, K);
+    mx = Math.max(mx, p[j]!);
+  }
+  let sum = 0;
+  for (let j = 0; j < n; j++) sum += Math.exp(p[j]! - mx);
+  const lse = mx + Math.log(sum);
+  for (let j = 0; j < n; j++) p[j] = Math.exp(p[j]! - lse);
+  return lse;
 }
 
 export class ReferenceBackend extends CpuBackend implements Backend {
@@ -547,5 +580,113 @@ export class ReferenceBackend extends CpuBackend implements Backend {
         }
       }
     return t;
+  }
+
+  // Attention: both algorithms by the definition, row by row. 'flash' differs only in what it keeps for backward
+  // (the log-sum-exp instead of P), which backward then uses to recompute P. Position t of head h of row b is at
+  // ((b·T + t)·H + h)·W in a [B, T, H, W] tensor; statistics are indexed (b·H + h)·T + t.
+  attentionForward(algorithm: AttentionAlgorithm, q: Tensor, k: Tensor, v: Tensor): { o: Tensor; stats: Tensor } {
+    const [B, T, H, K] = q.shape as [number, number, number, number];
+    const V = v.shape[3]!;
+    const { t: o, d: O } = this.out([B, T, H, V], q);
+    const { t: stats, d: S } = this.out(algorithm === 'naive' ? [B, H, T, T] : [B, H, T], q);
+    const Q = this.float(q);
+    const Kk = this.float(k);
+    const Vv = this.float(v);
+    const p = new Float64Array(T);
+    for (let b = 0; b < B; b++)
+      for (let h = 0; h < H; h++)
+        for (let i = 0; i < T; i++) {
+          const row = (b * H + h) * T + i;
+          const lse = attentionSoftmax(Q, ((b * T + i) * H + h) * K, Kk, (b * T * H + h) * K, H * K, i + 1, K, p);
+          if (algorithm === 'naive') S.set(p.subarray(0, i + 1), row * T);
+          else S[row] = lse;
+          for (let x = 0; x < V; x++) {
+            let acc = 0;
+            for (let j = 0; j <= i; j++) acc += p[j]! * Vv[((b * T + j) * H + h) * V + x]!;
+            O[((b * T + i) * H + h) * V + x] = acc;
+          }
+        }
+    return { o, stats };
+  }
+
+  attentionBackward(
+    algorithm: AttentionAlgorithm,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    _o: Tensor,
+    stats: Tensor,
+    dO: Tensor,
+  ): { dq: Tensor; dk: Tensor; dv: Tensor } {
+    const [B, T, H, K] = q.shape as [number, number, number, number];
+    const V = v.shape[3]!;
+    // Accumulated in float64, stored in the tensors' dtype at the end.
+    const dQ = new Float64Array(q.size);
+    const dK = new Float64Array(k.size);
+    const dV = new Float64Array(v.size);
+    const Q = this.float(q);
+    const Kk = this.float(k);
+    const Vv = this.float(v);
+    const S = this.float(stats);
+    const G = this.float(dO);
+    const p = new Float64Array(T);
+    const dP = new Float64Array(T);
+    for (let b = 0; b < B; b++)
+      for (let h = 0; h < H; h++)
+        for (let i = 0; i < T; i++) {
+          const row = (b * H + h) * T + i;
+          const qi = ((b * T + i) * H + h) * K;
+          const gi = ((b * T + i) * H + h) * V;
+          // P_ij from what the forward kept: read (naive) or recomputed from the log-sum-exp (flash).
+          for (let j = 0; j <= i; j++)
+            p[j] =
+              algorithm === 'naive'
+                ? S[row * T + j]!
+                : Math.exp(attentionScore(Q, qi, Kk, ((b * T + j) * H + h) * K, K) - S[row]!);
+          let D = 0;
+          for (let j = 0; j <= i; j++) {
+            let g = 0;
+            for (let x = 0; x < V; x++) g += G[gi + x]! * Vv[((b * T + j) * H + h) * V + x]!;
+            dP[j] = g;
+            D += p[j]! * g;
+          }
+          for (let j = 0; j <= i; j++) {
+            const ds = (p[j]! * (dP[j]! - D)) / Math.sqrt(K);
+            const kj = ((b * T + j) * H + h) * K;
+            const vj = ((b * T + j) * H + h) * V;
+            for (let x = 0; x < K; x++) {
+              dQ[qi + x] += ds * Kk[kj + x]!;
+              dK[kj + x] += ds * Q[qi + x]!;
+            }
+            for (let x = 0; x < V; x++) dV[vj + x] += p[j]! * G[gi + x]!;
+          }
+        }
+    const store = (acc: Float64Array, like: Tensor) => {
+      const { t, d } = this.out(like.shape, like);
+      d.set(acc);
+      return t;
+    };
+    return { dq: store(dQ, q), dk: store(dK, k), dv: store(dV, v) };
+  }
+
+  attentionDecode(q: Tensor, kCache: Tensor, vCache: Tensor, lengths: readonly number[]): Tensor {
+    const [B, H, C, K] = kCache.shape as [number, number, number, number];
+    const V = vCache.shape[3]!;
+    const { t: o, d: O } = this.out([B, H, V], q);
+    const Q = this.float(q);
+    const Kc = this.float(kCache);
+    const Vc = this.float(vCache);
+    const p = new Float64Array(C);
+    for (let bh = 0; bh < B * H; bh++) {
+      const n = lengths[Math.floor(bh / H)]!;
+      attentionSoftmax(Q, bh * K, Kc, bh * C * K, K, n, K, p);
+      for (let x = 0; x < V; x++) {
+        let acc = 0;
+        for (let j = 0; j < n; j++) acc += p[j]! * Vc[(bh * C + j) * V + x]!;
+        O[bh * V + x] = acc;
+      }
+    }
+    return o;
   }
 }

@@ -5,10 +5,21 @@ import { RetnetError } from '../errors.js';
 import { type Command, UsageError } from './command.js';
 import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
+import { evalCommand } from './eval.js';
 import { logitsCommand } from './logits.js';
+import { plotCommand } from './plot.js';
 import { serveCommand } from './serve.js';
+import { trainCommand } from './train.js';
 
-const commands: Command[] = [infoCommand, logitsCommand, generateCommand, serveCommand];
+const commands: Command[] = [
+  infoCommand,
+  trainCommand,
+  evalCommand,
+  generateCommand,
+  serveCommand,
+  logitsCommand,
+  plotCommand,
+];
 
 function help(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

@@ -15,10 +15,17 @@ import { loadTokenizer } from '../tokenizer/load.js';
 import type { CausalLM } from './lm.js';
 import { type RetNetConfig, retnetConfigFromJSON, retnetConfigToJSON, retnetPreset } from './retnet/config.js';
 import { RetNetModel, rotaryAngles } from './retnet/model.js';
+import {
+  type TransformerConfig,
+  transformerConfigFromJSON,
+  transformerConfigToJSON,
+  transformerPreset,
+} from './transformer/config.js';
+import { TransformerModel } from './transformer/model.js';
 import { retentionGammas } from '../backend/retention-math.js';
 
-export type Arch = 'retnet';
-export const ARCHS: readonly Arch[] = ['retnet'];
+export type Arch = 'retnet' | 'transformer';
+export const ARCHS: readonly Arch[] = ['retnet', 'transformer'];
 
 export interface ModelOptions {
   backend?: Backend;
@@ -36,6 +43,11 @@ export function createModel(
   switch (arch) {
     case 'retnet':
       return new RetNetModel(retnetPreset(preset, overrides as Partial<RetNetConfig> & { vocabSize: number }), opts);
+    case 'transformer':
+      return new TransformerModel(
+        transformerPreset(preset, overrides as Partial<TransformerConfig> & { vocabSize: number }),
+        opts,
+      );
     default:
       throw new ConfigError(`unknown architecture '${String(arch)}' (expected one of ${ARCHS.join(', ')})`);
   }
@@ -43,6 +55,7 @@ export function createModel(
 
 function configJSON(model: CausalLM): Record<string, unknown> {
   if (model instanceof RetNetModel) return retnetConfigToJSON(model.config);
+  if (model instanceof TransformerModel) return transformerConfigToJSON(model.config);
   throw new ConfigError(`saveModelDir: unsupported model architecture '${model.arch}'`);
 }
 
@@ -100,6 +113,8 @@ export function modelFromConfig(config: unknown, source: string, opts: ModelOpti
   switch (archOf(config as Record<string, unknown>, source)) {
     case 'retnet':
       return new RetNetModel(retnetConfigFromJSON(config, source), opts);
+    case 'transformer':
+      return new TransformerModel(transformerConfigFromJSON(config, source), opts);
   }
 }
 

@@ -15,3 +15,4 @@ export {
 export { concat, permute, reshape, slice, transpose } from './shape.js';
 export { full, ones, randn, tensor, uniform, zeros, type CreateOptions } from './create.js';
 export { retention, retentionState, retentionStep, rotary, type RetentionOptions } from './retention.js';
+export { attentionDecode, causalAttention, type AttentionOptions } from './attention.js';

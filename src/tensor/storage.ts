@@ -5,6 +5,7 @@
 import type { DType, DataArray } from './dtype.js';
 import { bytesPerElement } from './dtype.js';
 import type { MemoryTracker } from './memory.js';
+import type { BufferPool } from './pool.js';
 
 export interface Storage {
   readonly dtype: DType;
@@ -22,12 +23,12 @@ export class CpuStorage implements Storage {
   private refs = 1;
   private dataRef: DataArray | null;
 
-  /** `onFree` receives the buffer once the last reference is released (the backend's buffer pool). */
+  /** `pool` (the backend's) takes the array back once the last reference is released. */
   constructor(
     readonly dtype: DType,
     data: DataArray,
     private readonly tracker: MemoryTracker,
-    private readonly onFree: ((buffer: ArrayBuffer) => void) | null = null,
+    private readonly pool: BufferPool | null = null,
   ) {
     this.dataRef = data;
     this.byteLength = data.length * bytesPerElement(dtype);
@@ -58,7 +59,6 @@ export class CpuStorage implements Storage {
     const data = this.dataRef;
     this.dataRef = null;
     this.tracker.released(this.byteLength);
-    if (this.onFree && data.byteOffset === 0 && data.byteLength === data.buffer.byteLength)
-      this.onFree(data.buffer as ArrayBuffer);
+    this.pool?.reclaim(data);
   }
 }

@@ -1,6 +1,7 @@
-// Loads a tokenizer from its tokenizer.json text.
+// Loads a tokenizer from its tokenizer.json text: the byte tokenizer's own JSON or a Hugging Face byte-level BPE.
 
 import { FormatError } from '../errors.js';
+import { BpeTokenizer } from './bpe.js';
 import { ByteTokenizer, type Tokenizer } from './tokenizer.js';
 
 export function loadTokenizer(json: string, source: string): Tokenizer {
@@ -12,5 +13,8 @@ export function loadTokenizer(json: string, source: string): Tokenizer {
   }
   const type = obj.model?.type;
   if (type === 'retnet-bytes') return new ByteTokenizer();
-  throw new FormatError(`${source}: unsupported tokenizer model type ${JSON.stringify(type)} (expected retnet-bytes)`);
+  if (type === 'BPE') return new BpeTokenizer(json, source);
+  throw new FormatError(
+    `${source}: unsupported tokenizer model type ${JSON.stringify(type)} (expected retnet-bytes or BPE)`,
+  );
 }

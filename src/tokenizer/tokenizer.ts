@@ -15,6 +15,19 @@ export interface Tokenizer {
 
 export const BYTE_SPECIAL_TOKENS = ['<|endoftext|>', '<|pad|>', '<|unk|>'] as const;
 
+/** The "added_tokens" entries of tokenizer.json for the special tokens, numbered from `firstId`. */
+export function specialTokensJSON(firstId: number): object[] {
+  return BYTE_SPECIAL_TOKENS.map((content, i) => ({
+    id: firstId + i,
+    content,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
+  }));
+}
+
 export class ByteTokenizer implements Tokenizer {
   readonly vocabSize = 256 + BYTE_SPECIAL_TOKENS.length;
   readonly eosId = 256;
@@ -37,15 +50,7 @@ export class ByteTokenizer implements Tokenizer {
       version: '1.0',
       truncation: null,
       padding: null,
-      added_tokens: BYTE_SPECIAL_TOKENS.map((content, i) => ({
-        id: 256 + i,
-        content,
-        single_word: false,
-        lstrip: false,
-        rstrip: false,
-        normalized: false,
-        special: true,
-      })),
+      added_tokens: specialTokensJSON(256),
       normalizer: null,
       pre_tokenizer: null,
       model: { type: 'retnet-bytes', vocab },

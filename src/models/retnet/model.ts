@@ -46,7 +46,7 @@ export interface ForwardOptions {
 }
 
 /** Frees an intermediate that no tape node needs (inference), leaving graph members to their scope. */
-function release(...ts: Tensor[]): void {
+export function release(...ts: Tensor[]): void {
   for (const t of ts) if (!t.requiresGrad) t.dispose();
 }
 
@@ -63,7 +63,7 @@ export function rotaryAngles(K: number): Float64Array {
 }
 
 /** cos/sin tables for the given positions: [N, K] (or [B, 1, K] when `perRow`). */
-function rotaryTables(
+export function rotaryTables(
   be: Backend,
   dtype: DType,
   angles: Float64Array,

@@ -1,0 +1,338 @@
+// The benchmark harness every suite uses: a description of the machine, one timing rule, a table printer and the
+// JSON result file (bench/results/<suite>.json). Field names of records carry their units (`gflops`, `us_per_call`,
+// `gb_per_s`, `ms_median`), so a result file reads without this code.
+
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { availableParallelism, totalmem } from 'node:os';
+import { join, relative } from 'node:path';
+import { performance } from 'node:perf_hooks';
+
+import { nativeInfo, threadCount } from '../src/backend/index.js';
+import { packageRoot } from '../src/backend/addon.js';
+import { writeFileAtomic } from '../src/io/atomic.js';
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Machine
+
+export interface Machine {
+  cpu: string;
+  cores: number;
+  memory_gib: number;
+  node: string;
+  platform: string;
+  /** The environment variable as this process saw it (null: unset). */
+  openblas_coretype: string | null;
+  /** The kernel set OpenBLAS chose (from the addon), null without the addon. */
+  blas_core: string | null;
+  blas_config: string | null;
+  /** Threads of the native kernels and OpenBLAS (RETNET_THREADS, else all cores). */
+  threads: number;
+}
+
+/** The CPU model name from /proc/cpuinfo ('unknown' where there is none). */
+export function cpuModel(cpuinfo?: string): string {
+  let text = cpuinfo;
+  if (text === undefined)
+    try {
+      text = readFileSync('/proc/cpuinfo', 'utf8');
+    } catch {
+      return 'unknown';
+    }
+  const line = text.split('\n').find((l) => /^model name\s*:/.test(l));
+  return line ? line.slice(line.indexOf(':') + 1).trim() : 'unknown';
+}
+
+export function describeMachine(): Machine {
+  const info = nativeInfo();
+  return {
+    cpu: cpuModel(),
+    cores: availableParallelism(),
+    memory_gib: Math.round((totalmem() / 2 ** 30) * 10) / 10,
+    node: process.version,
+    platform: `${process.platform}-${process.arch}`,
+    openblas_coretype: process.env.OPENBLAS_CORETYPE ?? null,
+    blas_core: info?.blasCoreType ?? null,
+    blas_config: info?.blasConfig ?? null,
+    threads: threadCount(),
+  };
+}
+
+/** HEAD of the repository, with '-dirty' when the working tree has uncommitted changes; null outside git. */
+export function gitCommit(): string | null {
+  try {
+    const git = (...args: string[]) =>
+      execFileSync('git', args, { cwd: packageRoot(), encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const head = git('rev-parse', 'HEAD');
+    const dirty = git('status', '--porcelain', '--untracked-files=no') !== '';
+    return dirty ? `${head}-dirty` : head;
+  } catch {
+    return null;
+  }
+}
+
+/** CPU time counters (clock ticks) of the whole machine and of this benchmark's own processes. */
+export interface CpuCounters {
+  busy: number;
+  total: number;
+  own: number;
+}
+
+/** utime + stime (+ cutime + cstime: children waited for) of a process, from /proc/PID/stat. */
+function processTicks(pid: number | 'self', withChildren: boolean): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // After the command name (which may hold spaces) comes field 3; utime, stime, cutime, cstime are fields 14..17.
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(f[11]) + Number(f[12]) + (withChildren ? Number(f[13]) + Number(f[14]) : 0);
+}
+
+/**
+ * Reads /proc/stat and the stat files of this process and of `helpers` (running child processes, such as the C
+ * harness, whose time is not yet in this process's children's total); null where /proc does not exist.
+ */
+export function cpuCounters(helpers: readonly number[] = []): CpuCounters | null {
+  try {
+    // cpu  user nice system idle iowait irq softirq steal ...
+    const [user, nice, system, idle, iowait, irq, softirq, steal] = readFileSync('/proc/stat', 'utf8')
+      .split('\n')[0]!
+      .trim()
+      .split(/\s+/)
+      .slice(1, 9)
+      .map(Number) as [number, number, number, number, number, number, number, number];
+    const busy = user + nice + system + irq + softirq + steal;
+    let own = processTicks('self', true);
+    for (const pid of helpers) own += processTicks(pid, false);
+    return { busy, total: busy + idle + iowait, own };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The share of the machine's CPU time (0..1, all cores) that other processes used between two readings. Benchmarks
+ * record it because a shared machine makes timings slower: a figure taken at a load of 0.5 is not a ceiling.
+ */
+export function otherLoad(before: CpuCounters | null, after: CpuCounters | null): number | null {
+  if (!before || !after || after.total <= before.total) return null;
+  const other = after.busy - before.busy - (after.own - before.own);
+  return Math.min(1, Math.max(0, other / (after.total - before.total)));
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Timing
+
+export function median(xs: readonly number[]): number {
+  if (xs.length === 0) throw new Error('median of no values');
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+export interface TimingOptions {
+  /** Single calls before measuring (at least 1: the last one sizes the samples). */
+  warmup: number;
+  /** Keep sampling until the samples add up to this much time (all variants together)... */
+  minTimeMs: number;
+  /** ...and each variant has at least this many samples. */
+  minSamples: number;
+  /** Each sample times a batch of calls lasting about this long, so that timer resolution does not matter. */
+  sampleTargetMs: number;
+  /** Variants take turns of this many samples. */
+  samplesPerTurn: number;
+  /**
+   * Idle pause before each turn when variants run in different processes: OpenBLAS worker threads spin for a while
+   * after a call (about 0.1 s), and would otherwise take cores from the next process's turn.
+   */
+  settleMs: number;
+}
+
+export const DEFAULT_TIMING: TimingOptions = {
+  warmup: 2,
+  minTimeMs: 500,
+  minSamples: 5,
+  sampleTargetMs: 20,
+  samplesPerTurn: 1,
+  settleMs: 0,
+};
+
+export interface Timing {
+  /** Samples taken and calls per sample. */
+  samples: number;
+  callsPerSample: number;
+  /** Per-call time: median and minimum over the samples. */
+  msMedian: number;
+  msMin: number;
+}
+
+/** Runs `calls` calls of something and returns the milliseconds they took (async where another process runs them). */
+export type Batch = (calls: number) => number | Promise<number>;
+
+const now = () => performance.now();
+
+/** A batch of calls of fn, timed with `clock` (ms). */
+export function batchOf(fn: () => void, clock = now): Batch {
+  return (calls) => {
+    const t0 = clock();
+    for (let i = 0; i < calls; i++) fn();
+    return clock() - t0;
+  };
+}
+
+/**
+ * The timing rule. Each batch gets `warmup` single calls, the last of which sizes its samples to about
+ * `sampleTargetMs`; then the batches take turns of `samplesPerTurn` samples (after `settleMs` idle), until the samples
+ * add up to `minTimeMs` and each batch has `minSamples`. Taking turns means that load from other processes falls on
+ * every variant alike, so ratios between them hold better on a shared machine. Reports per-call median and minimum.
+ */
+export async function measureEach(batches: readonly Batch[], opts: Partial<TimingOptions> = {}): Promise<Timing[]> {
+  const o = { ...DEFAULT_TIMING, ...opts };
+  const callsPerSample: number[] = [];
+  for (const batch of batches) {
+    let single = 0;
+    for (let i = 0; i < Math.max(1, o.warmup); i++) single = await batch(1);
+    callsPerSample.push(Math.max(1, Math.ceil(o.sampleTargetMs / Math.max(single, 1e-6))));
+  }
+  const perCall: number[][] = batches.map(() => []);
+  let sampled = 0;
+  while (perCall[0]!.length < o.minSamples || sampled < o.minTimeMs)
+    for (const [v, batch] of batches.entries()) {
+      if (o.settleMs > 0) await new Promise((resolve) => setTimeout(resolve, o.settleMs));
+      for (let i = 0; i < Math.max(1, o.samplesPerTurn); i++) {
+        const ms = await batch(callsPerSample[v]!);
+        sampled += ms;
+        perCall[v]!.push(ms / callsPerSample[v]!);
+      }
+    }
+  return perCall.map((xs, v) => ({
+    samples: xs.length,
+    callsPerSample: callsPerSample[v]!,
+    msMedian: median(xs),
+    msMin: Math.min(...xs),
+  }));
+}
+
+/** The timing rule for one function; `clock` (ms) is replaceable for tests. */
+export async function measure(fn: () => void, opts: Partial<TimingOptions> = {}, clock = now): Promise<Timing> {
+  return (await measureEach([batchOf(fn, clock)], opts))[0]!;
+}
+
+/** GFLOP/s of a square n x n x n GEMM (2 n^3 flops) taking `ms`. */
+export function gemmGflops(n: number, ms: number): number {
+  return (2 * n ** 3) / (ms * 1e6);
+}
+
+/** GB/s (1e9 bytes) moving `bytes` in `ms`. */
+export function gbPerS(bytes: number, ms: number): number {
+  return bytes / (ms * 1e6);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Tables
+
+export interface Column {
+  key: string;
+  header?: string;
+  /** Digits after the point for numbers (default 2). */
+  digits?: number;
+}
+
+/** A plain-text table: headers, a rule, one line per row; numbers right-aligned, text left-aligned. */
+export function formatTable(rows: readonly Record<string, unknown>[], columns: readonly Column[]): string {
+  const cell = (v: unknown, c: Column): string =>
+    v === undefined || v === null ? '-' : typeof v === 'number' ? v.toFixed(c.digits ?? 2) : String(v);
+  const cells = rows.map((r) => columns.map((c) => cell(r[c.key], c)));
+  const headers = columns.map((c) => c.header ?? c.key);
+  const widths = headers.map((h, j) => Math.max(h.length, ...cells.map((r) => r[j]!.length)));
+  const numeric = columns.map((c) => rows.some((r) => typeof r[c.key] === 'number'));
+  const line = (vals: string[]) =>
+    vals
+      .map((v, j) => (numeric[j] ? v.padStart(widths[j]!) : v.padEnd(widths[j]!)))
+      .join('  ')
+      .trimEnd();
+  return [line(headers), widths.map((w) => '-'.repeat(w)).join('  '), ...cells.map(line)].join('\n');
+}
+
+export function printTable(title: string, rows: readonly Record<string, unknown>[], columns: readonly Column[]): void {
+  process.stdout.write(`\n${title}\n${formatTable(rows, columns)}\n`);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Result files
+
+/** One measurement: its parameters and figures, flat, with units in the field names. */
+export type BenchRecord = Record<string, string | number | boolean | null>;
+
+export interface ResultFile {
+  suite: string;
+  machine: Machine;
+  commit: string | null;
+  command: string;
+  createdAt: string;
+  records: BenchRecord[];
+}
+
+/** Throws unless every record is flat and every number finite (JSON would turn NaN and Infinity into null). */
+export function checkRecords(suite: string, records: readonly BenchRecord[]): void {
+  records.forEach((r, i) => {
+    if (r === null || typeof r !== 'object' || Array.isArray(r))
+      throw new Error(`${suite}: record ${i} must be an object of fields`);
+    for (const [k, v] of Object.entries(r)) {
+      const ok = v === null || ['string', 'boolean'].includes(typeof v) || (typeof v === 'number' && isFinite(v));
+      if (!ok) throw new Error(`${suite}: record ${i} field '${k}' must be a finite number, string, boolean or null`);
+    }
+  });
+}
+
+/** The command that produced this run, as one would type it again (paths relative to the package root). */
+export function commandLine(argv = process.argv, execArgv = process.execArgv): string {
+  const script = argv[1] ? relative(packageRoot(), argv[1]) : '';
+  return ['node', ...execArgv, script, ...argv.slice(2)].join(' ');
+}
+
+export function resultFile(
+  suite: string,
+  records: BenchRecord[],
+  context: { machine: Machine; commit: string | null; command: string; createdAt?: Date },
+): ResultFile {
+  checkRecords(suite, records);
+  return {
+    suite,
+    machine: context.machine,
+    commit: context.commit,
+    command: context.command,
+    createdAt: (context.createdAt ?? new Date()).toISOString(),
+    records,
+  };
+}
+
+/** Writes bench/results/<suite>.json (atomically) and returns its path. */
+export function writeResults(suite: string, records: BenchRecord[]): string {
+  const file = resultFile(suite, records, { machine: describeMachine(), commit: gitCommit(), command: commandLine() });
+  const dir = join(packageRoot(), 'bench', 'results');
+  mkdirSync(dir, { recursive: true });
+  const path = join(dir, `${suite}.json`);
+  writeFileAtomic(path, `${JSON.stringify(file, null, 2)}\n`);
+  return path;
+}
+
+/**
+ * Runs `suite` again in a child process (same Node flags, bench/run.ts) with the environment changed by `env`
+ * (undefined unsets a variable), and returns the records it prints as one JSON array on stdout. For settings that
+ * only take effect at process start, such as OPENBLAS_CORETYPE.
+ */
+export function childPass(suite: string, args: string[], env: Record<string, string | undefined>): BenchRecord[] {
+  const childEnv = { ...process.env };
+  for (const [k, v] of Object.entries(env))
+    if (v === undefined) delete childEnv[k];
+    else childEnv[k] = v;
+  const runner = join(packageRoot(), 'bench', 'run.ts');
+  const out = execFileSync(process.execPath, [...process.execArgv, runner, suite, ...args], {
+    env: childEnv,
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+    maxBuffer: 64 * 2 ** 20,
+  });
+  const records = JSON.parse(out) as BenchRecord[];
+  checkRecords(suite, records);
+  return records;
+}

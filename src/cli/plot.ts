@@ -1,0 +1,173 @@
+// `retnet plot RUN_DIR [RUN_DIR...]`: training and validation loss against step for one or several runs on one chart
+// (e.g. RetNet against the Transformer), drawn by Vega (a declarative charting library: scales, axes and legends are
+// its job) to SVG, and rasterised to PNG by resvg.
+
+import { existsSync, readFileSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
+
+import type { Spec } from 'vega';
+
+import { FormatError } from '../errors.js';
+import { writeFileAtomic } from '../io/atomic.js';
+import { type Command, UsageError, parseFlags } from './command.js';
+
+export interface CurvePoint {
+  run: string;
+  split: 'train' | 'validation';
+  step: number;
+  loss: number;
+}
+
+/** The train and val records of a run's metrics.jsonl, labelled `label`. */
+export function readCurves(runDir: string, label: string): CurvePoint[] {
+  const path = join(runDir, 'metrics.jsonl');
+  if (!existsSync(path)) throw new FormatError(`${runDir}: no metrics.jsonl (is it a training run directory?)`);
+  const points: CurvePoint[] = [];
+  readFileSync(path, 'utf8')
+    .split('\n')
+    .forEach((line, i) => {
+      if (line.trim() === '') return;
+      let r: { type?: string; step?: number; loss?: number };
+      try {
+        r = JSON.parse(line) as typeof r;
+      } catch {
+        throw new FormatError(`${path}:${i + 1}: not valid JSON`);
+      }
+      if ((r.type === 'train' || r.type === 'val') && Number.isFinite(r.step) && Number.isFinite(r.loss))
+        points.push({ run: label, split: r.type === 'train' ? 'train' : 'validation', step: r.step!, loss: r.loss! });
+    });
+  if (points.length === 0) throw new FormatError(`${path}: no train or val records`);
+  return points;
+}
+
+/** The Vega specification of the chart: colour tells runs apart, dashes tell validation from training. */
+export function curvesSpec(points: readonly CurvePoint[], title: string): Spec {
+  const position = { x: { scale: 'x', field: 'step' }, y: { scale: 'y', field: 'loss' } };
+  return {
+    $schema: 'https://vega.github.io/schema/vega/v6.json',
+    width: 720,
+    height: 400,
+    padding: 10,
+    background: 'white',
+    title: { text: title, fontSize: 15 },
+    config: {
+      text: { font: 'DejaVu Sans' },
+      axis: { labelFont: 'DejaVu Sans', titleFont: 'DejaVu Sans' },
+      legend: { labelFont: 'DejaVu Sans', titleFont: 'DejaVu Sans' },
+      title: { font: 'DejaVu Sans' },
+    },
+    data: [{ name: 'points', values: points as unknown as object[] }],
+    scales: [
+      { name: 'x', type: 'linear', domain: { data: 'points', field: 'step' }, range: 'width', nice: true, zero: false },
+      {
+        name: 'y',
+        type: 'linear',
+        domain: { data: 'points', field: 'loss' },
+        range: 'height',
+        nice: true,
+        zero: false,
+      },
+      { name: 'color', type: 'ordinal', domain: { data: 'points', field: 'run', sort: true }, range: 'category' },
+      {
+        name: 'dash',
+        type: 'ordinal',
+        domain: ['train', 'validation'],
+        range: [
+          [1, 0],
+          [6, 3],
+        ],
+      },
+    ],
+    axes: [
+      { orient: 'bottom', scale: 'x', title: 'step', grid: true, gridOpacity: 0.3 },
+      { orient: 'left', scale: 'y', title: 'loss (nats per token)', grid: true, gridOpacity: 0.3 },
+    ],
+    legends: [
+      { stroke: 'color', title: 'run', symbolType: 'stroke' },
+      { strokeDash: 'dash', title: 'split', symbolType: 'stroke' },
+    ],
+    marks: [
+      {
+        type: 'group',
+        from: { facet: { name: 'series', data: 'points', groupby: ['run', 'split'] } },
+        marks: [
+          {
+            type: 'line',
+            from: { data: 'series' },
+            sort: { field: 'datum.step' },
+            encode: {
+              enter: {
+                ...position,
+                stroke: { scale: 'color', field: 'run' },
+                strokeDash: { scale: 'dash', field: 'split' },
+                strokeWidth: { signal: "datum.split === 'validation' ? 2.5 : 1.2" },
+                strokeOpacity: { signal: "datum.split === 'validation' ? 1 : 0.75" },
+              },
+            },
+          },
+          {
+            type: 'symbol',
+            from: { data: 'series' },
+            encode: {
+              enter: {
+                ...position,
+                fill: { scale: 'color', field: 'run' },
+                size: { value: 30 },
+                opacity: { signal: "datum.split === 'validation' ? 1 : 0" },
+              },
+            },
+          },
+        ],
+      },
+    ],
+  } as Spec;
+}
+
+/** Renders the chart to an SVG string and PNG bytes. */
+export async function renderCurves(
+  points: readonly CurvePoint[],
+  title: string,
+): Promise<{ svg: string; png: Buffer }> {
+  // Loaded here, not at startup: every other command would pay for the charting libraries.
+  const vega = await import('vega');
+  const { Resvg } = await import('@resvg/resvg-js');
+  const view = new vega.View(vega.parse(curvesSpec(points, title)), { renderer: 'none' });
+  const svg = await view.toSVG();
+  view.finalize();
+  const png = new Resvg(svg, {
+    fitTo: { mode: 'zoom', value: 2 },
+    font: { loadSystemFonts: true, defaultFontFamily: 'DejaVu Sans' },
+  })
+    .render()
+    .asPng();
+  return { svg, png };
+}
+
+export const plotCommand: Command = {
+  name: 'plot',
+  summary: 'draw training and validation loss curves of one or more runs to SVG and PNG',
+  usage: 'retnet plot RUN_DIR [RUN_DIR...] [--out PATH_WITHOUT_EXTENSION] [--labels A,B,...] [--title TEXT]',
+  async run(argv) {
+    const { values, positionals } = parseFlags(
+      'plot',
+      argv,
+      { out: { type: 'string' }, labels: { type: 'string' }, title: { type: 'string' } },
+      true,
+    );
+    if (positionals.length === 0) throw new UsageError('plot: give at least one RUN_DIR');
+    const labels = values.labels?.split(',') ?? positionals.map((d) => basename(resolve(d)));
+    if (labels.length !== positionals.length)
+      throw new UsageError(`plot: --labels has ${labels.length} names for ${positionals.length} runs`);
+    if (new Set(labels).size !== labels.length)
+      throw new UsageError(`plot: the runs need distinct labels (got ${labels.join(', ')}); pass --labels`);
+    const points = positionals.flatMap((dir, i) => readCurves(dir, labels[i]!));
+    const out = resolve(values.out ?? join(positionals[0]!, 'curves'));
+    const { svg, png } = await renderCurves(points, values.title ?? 'Loss by step');
+    writeFileAtomic(`${out}.svg`, svg);
+    writeFileAtomic(`${out}.png`, png);
+    process.stdout.write(
+      `${JSON.stringify({ svg: `${out}.svg`, png: `${out}.png`, runs: labels, points: points.length })}\n`,
+    );
+    return 0;
+  },
+};

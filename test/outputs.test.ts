@@ -1,0 +1,151 @@
+// Native kernels take their outputs from the buffer pool without the zero fill (a recycled buffer holds old values).
+// With the pool poisoned (every such buffer starts as NaN), each kernel must still match the reference backend, at
+// sizes large enough for the multi-threaded paths (> kParallelGrain = 32768 elements) and at the edge cases.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import type { Backend } from '../src/backend/backend.js';
+import type { NativeBackend } from '../src/backend/native.js';
+import { BufferPool } from '../src/tensor/pool.js';
+import { Rng } from '../src/tensor/random.js';
+import { tidy } from '../src/tensor/scope.js';
+import type { Tensor } from '../src/tensor/tensor.js';
+import { assertClose, nat, randomTensor, ref } from './helpers.js';
+
+describe('buffer pool without zero fill', () => {
+  it('reclaims only large arrays that own their whole buffer', () => {
+    const pool = new BufferPool(1 << 22);
+    pool.reclaim(new Float32Array(10));
+    pool.reclaim(new Float32Array(new ArrayBuffer(1 << 20), 4, 20000));
+    assert.equal(pool.pooledBytes, 0, 'small arrays and views into larger buffers stay out');
+    const big = new Float32Array(20000);
+    pool.reclaim(big);
+    assert.equal(pool.pooledBytes, 80000);
+    assert.equal(pool.take('float32', 20000).buffer, big.buffer);
+  });
+
+  it('skips the fill of a recycled buffer only when asked, and poisons unfilled buffers when told', () => {
+    const pool = new BufferPool(1 << 20);
+    const a = pool.take('float32', 20000);
+    a.fill(3);
+    pool.give(a.buffer as ArrayBuffer);
+    const b = pool.take('float32', 20000, false);
+    assert.equal(b.buffer, a.buffer);
+    assert.equal(b[0], 3, 'recycled without the fill');
+    pool.give(b.buffer as ArrayBuffer);
+    assert.ok(
+      pool.take('float32', 20000).every((x) => x === 0),
+      'zeroed on request',
+    );
+    pool.poison = true;
+    assert.ok(
+      pool.take('float32', 20000, false).every((x) => Number.isNaN(x)),
+      'fresh buffers are poisoned too',
+    );
+    assert.ok(pool.take('int32', 7, false).every((x) => x === -1));
+    assert.ok(
+      pool.take('float32', 20000).every((x) => x === 0),
+      'zeroed buffers are never poisoned',
+    );
+  });
+});
+
+type Case = [name: string, run: (be: Backend, rng: Rng) => Tensor[]];
+
+const rand = (be: Backend, rng: Rng, shape: number[]) => randomTensor(be, rng, shape);
+const ids = (be: Backend, rng: Rng, n: number, limit: number, ignore?: number) =>
+  be.fromData(
+    Array.from({ length: n }, (_, i) => (ignore !== undefined && i % 5 === 2 ? ignore : rng.int(limit))),
+    [n],
+    'int32',
+  );
+
+const cases: Case[] = [
+  ['matmul 300x200 by 200x130', (be, r) => [be.matmul(rand(be, r, [300, 200]), rand(be, r, [200, 130]), false, false)]],
+  [
+    'matmul transposed, batched',
+    (be, r) => [be.matmul(rand(be, r, [3, 90, 70]), rand(be, r, [3, 50, 90]), true, true)],
+  ],
+  ['matmul with K = 0 gives zeros', (be, r) => [be.matmul(rand(be, r, [3, 0]), rand(be, r, [0, 4]), false, false)]],
+  ['add broadcast', (be, r) => [be.binary('add', rand(be, r, [400, 100]), rand(be, r, [100]))]],
+  ['mul', (be, r) => [be.binary('mul', rand(be, r, [70000]), rand(be, r, [70000]))]],
+  ['scale', (be, r) => [be.scale(rand(be, r, [70000]), 0.5)]],
+  ['sumToShape', (be, r) => [be.sumToShape(rand(be, r, [300, 200]), [200]), be.sumToShape(rand(be, r, [0, 5]), [5])]],
+  ...(['gelu', 'silu', 'relu'] as const).map((k): Case => [
+    `activation ${k} and backward`,
+    (be, r) => {
+      const x = rand(be, r, [70000]);
+      return [be.activation(k, x), be.activationBackward(k, x, rand(be, r, [70000]))];
+    },
+  ]),
+  [
+    'softmax and backward',
+    (be, r) => {
+      const y = be.softmax(rand(be, r, [300, 200]));
+      return [y, be.softmaxBackward(y, rand(be, r, [300, 200]))];
+    },
+  ],
+  [
+    'rmsNorm with and without weight, and dx',
+    (be, r) => {
+      const x = rand(be, r, [300, 200]);
+      const w = rand(be, r, [200]);
+      const a = be.rmsNorm(x, w, 1e-6);
+      const b = be.rmsNorm(x, null, 1e-6);
+      const g = be.rmsNormBackward(x, w, a.rstd, rand(be, r, [300, 200]));
+      return [a.y, a.rstd, b.y, b.rstd, g.dx, g.dw!];
+    },
+  ],
+  [
+    'layerNorm and backward',
+    (be, r) => {
+      const x = rand(be, r, [300, 200]);
+      const w = rand(be, r, [200]);
+      const f = be.layerNorm(x, w, rand(be, r, [200]), 1e-5);
+      const g = be.layerNormBackward(x, w, f.mean, f.rstd, rand(be, r, [300, 200]));
+      return [f.y, f.mean, f.rstd, g.dx, g.dw, g.db];
+    },
+  ],
+  [
+    'crossEntropy with ignored rows, and backward',
+    (be, r) => {
+      const logits = rand(be, r, [700, 60]);
+      const t = ids(be, r, 700, 60, -100);
+      const f = be.crossEntropy(logits, t, -100);
+      return [f.loss, f.lse, be.crossEntropyBackward(logits, t, f.lse, rand(be, r, [700]), -100)];
+    },
+  ],
+  [
+    'embedding and backward',
+    (be, r) => {
+      const i = be.view(ids(be, r, 700, 50), [7, 100]);
+      return [be.embedding(rand(be, r, [50, 100]), i), be.embeddingBackward(rand(be, r, [7, 100, 100]), i, 50)];
+    },
+  ],
+  [
+    'permute float32 and int32',
+    (be, r) => {
+      const i = be.fromData(
+        Array.from({ length: 60000 }, () => r.int(1000)),
+        [30, 40, 50],
+        'int32',
+      );
+      return [be.permute(rand(be, r, [30, 40, 50]), [2, 0, 1]), be.permute(i, [1, 2, 0])];
+    },
+  ],
+];
+
+describe('native kernels fill their unzeroed outputs completely (poisoned pool)', () => {
+  for (const [name, run] of cases)
+    it(name, () => {
+      const native = nat() as NativeBackend;
+      assert.ok(native.pool.poison, 'test/helpers.ts poisons the native pool');
+      const expected = tidy(() => run(ref, new Rng(5)).map((t) => t.data()));
+      const actual = tidy(() => run(native, new Rng(5)).map((t) => t.data()));
+      assert.equal(actual.length, expected.length);
+      actual.forEach((a, k) => {
+        assert.ok(!a.some((x) => Number.isNaN(x)), `${name}: output ${k} has unwritten (NaN) elements`);
+        assertClose(a, expected[k]!, 2e-5, `${name}: output ${k}`);
+      });
+    });
+});
