@@ -3,6 +3,7 @@
 
 import { RetnetError } from '../src/errors.js';
 import { gemmSuite } from './gemm.js';
+import { generateSuite } from './generate.js';
 
 interface Suite {
   summary: string;
@@ -13,6 +14,10 @@ const suites: Record<string, Suite> = {
   gemm: {
     summary: 'GEMM GFLOP/s vs OpenBLAS from C, tiny-op overhead, copy bandwidth [--quick] [--sizes 256,1024]',
     run: gemmSuite,
+  },
+  generate: {
+    summary: 'generate() prefill/decode tokens/s at batch 1/4/16; the server with 1/4/16 streaming clients [--quick]',
+    run: generateSuite,
   },
 };
 

@@ -236,9 +236,17 @@ describe('generate', () => {
     { backend: ref, dtype: 'float64', seed: 5 },
   ) as RetNetModel;
 
+  const transformer = createModel(
+    'transformer',
+    'tiny',
+    { vocabSize: tok.vocabSize, embedDim: 16, ffnDim: 32, heads: 2, layers: 2 },
+    { backend: ref, dtype: 'float64', seed: 6 },
+  );
+
   for (const [name, model] of [
     ['toy model', toy],
     ['RetNet (chunkwise prefill, recurrent decode, parallel forward)', retnet],
+    ['Transformer (batched prefill, KV-cache decode, full forward)', transformer],
   ] as const)
     it(`greedy decoding of a batch equals argmax over the parallel form's logits: ${name}`, async () => {
       const prompts = ['Hello', 'a', 'The quick brown fox jumps over'].map(utf8);
@@ -268,21 +276,31 @@ describe('generate', () => {
       assert.deepEqual(alone[0]!.tokens, out[2]!.tokens);
     });
 
-  it('a RetNet state appended to another decodes as if prefilled together', () => {
-    const prompts = ['one', 'second prompt', 'x'].map(utf8);
-    const together = retnet.prefill(prompts);
-    const a = retnet.prefill(prompts.slice(0, 1));
-    const b = retnet.prefill(prompts.slice(1));
-    a.state.append!(b.state);
-    assert.deepEqual(a.state.positions, [3, 13, 1]);
-    const next = [65, 66, 67];
-    const expected = retnet.step(next, together.state);
-    const got = retnet.step(next, a.state);
-    assertClose(got.data(), expected.data(), 1e-12, 'logits after append');
-    for (const t of [together.logits, a.logits, b.logits, expected, got]) t.dispose();
-    together.state.dispose();
-    a.state.dispose();
-  });
+  for (const [name, model] of [
+    ['RetNet', retnet],
+    ['Transformer (KV caches of different capacities)', transformer],
+  ] as const)
+    it(`a state appended to another decodes as if prefilled together: ${name}`, () => {
+      const prompts = ['one', 'x'.repeat(70), 'x'].map(utf8);
+      const together = model.prefill(prompts);
+      const a = model.prefill(prompts.slice(0, 1));
+      const b = model.prefill(prompts.slice(1));
+      a.state.append!(b.state);
+      assert.deepEqual(a.state.positions, [3, 70, 1]);
+      for (const next of [
+        [65, 66, 67],
+        [68, 69, 70],
+      ]) {
+        const expected = model.step(next, together.state);
+        const got = model.step(next, a.state);
+        assertClose(got.data(), expected.data(), 1e-12, 'logits after append');
+        expected.dispose();
+        got.dispose();
+      }
+      for (const t of [together.logits, a.logits, b.logits]) t.dispose();
+      together.state.dispose();
+      a.state.dispose();
+    });
 
   it('keeps per-sequence settings apart: a seeded row samples the same in any batch', async () => {
     const seeded: GenerationRequest = {
