@@ -392,8 +392,8 @@ describe('generate', () => {
     const { log, calls, stop } = watchModelCalls(model);
     await collect(
       generate(model, tok, [
-        { prompt: 'hi', maxNewTokens: 20 },
-        { prompt: 'x', maxNewTokens: 9 },
+        { prompt: 'hi', maxNewTokens: 20, ignoreEos: true },
+        { prompt: 'x', maxNewTokens: 9, ignoreEos: true },
       ]),
       2,
     );
@@ -488,7 +488,7 @@ describe('scheduler', () => {
       for await (const e of events) if (e.type === 'token') n++;
       return n;
     };
-    await assert.rejects(drain(scheduler.submit({ prompt: 'a', maxNewTokens: 5 })), /kernel exploded/);
+    await assert.rejects(drain(scheduler.submit({ prompt: 'a', maxNewTokens: 5, ignoreEos: true })), /kernel exploded/);
     assert.equal(ref.memory.current, before, 'the failed batch freed its state');
     assert.equal(await drain(scheduler.submit({ prompt: 'a', maxNewTokens: 5, ignoreEos: true })), 5);
   });
