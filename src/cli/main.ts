@@ -3,6 +3,7 @@
 
 import { RetnetError } from '../errors.js';
 import { type Command, UsageError } from './command.js';
+import { demoCommand } from './demo.js';
 import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
 import { evalCommand } from './eval.js';
@@ -12,6 +13,7 @@ import { serveCommand } from './serve.js';
 import { trainCommand } from './train.js';
 
 const commands: Command[] = [
+  demoCommand,
   infoCommand,
   trainCommand,
   evalCommand,

@@ -393,6 +393,15 @@ export class RetNetModel extends Module implements CausalLM {
     return this.config.vocabSize;
   }
 
+  /** The state of the generator behind dropout masks (the trainer saves it so a resumed run continues exactly). */
+  rngState(): number[] {
+    return this.rng.getState();
+  }
+
+  setRngState(state: readonly number[]): void {
+    this.rng.setState(state);
+  }
+
   private checkIds(ids: Tensor): void {
     if (ids.dtype !== 'int32' || ids.rank !== 2)
       throw new ShapeError(`RetNet: token ids must be int32 [B, T], got ${ids.toString()}`);

@@ -314,6 +314,15 @@ export class TransformerModel extends Module implements CausalLM {
     return this.config.vocabSize;
   }
 
+  /** The state of the generator behind dropout masks (the trainer saves it so a resumed run continues exactly). */
+  rngState(): number[] {
+    return this.rng.getState();
+  }
+
+  setRngState(state: readonly number[]): void {
+    this.rng.setState(state);
+  }
+
   private embed(ids: Tensor): Tensor {
     const x = this.embedTokens.forward(ids);
     return this.training && this.config.dropout > 0 ? dropout(x, this.config.dropout, this.rng) : x;
