@@ -26,8 +26,9 @@ export interface Machine {
   memory_gib: number;
   node: string;
   platform: string;
-  /** The environment variable as this process saw it (null: unset). */
+  /** The environment variables as this process saw them (null: unset). */
   openblas_coretype: string | null;
+  omp_wait_policy: string | null;
   /** The kernel set OpenBLAS chose (from the addon), null without the addon. */
   blas_core: string | null;
   blas_config: string | null;
@@ -57,6 +58,7 @@ export function describeMachine(): Machine {
     node: process.version,
     platform: `${process.platform}-${process.arch}`,
     openblas_coretype: process.env.OPENBLAS_CORETYPE ?? null,
+    omp_wait_policy: process.env.OMP_WAIT_POLICY ?? null,
     blas_core: info?.blasCoreType ?? null,
     blas_config: info?.blasConfig ?? null,
     threads: threadCount(),
