@@ -1,26 +1,21 @@
-// Generation and serving speed. Part 1: generate() on RetNet presets (native float32) at batch 1, 4 and 16 —
-// prefill tokens/s (chunkwise form) and decode tokens/s (recurrent form, all rows). Part 2: the HTTP server with
-// 1, 4 and 16 concurrent streaming clients — aggregate tokens/s, mean time to first token, and the longest the event
-// loop was blocked next to the longest single model call. Prints tables; writes bench/results/generate.json.
-//
-//   node --import tsx bench/generate.ts [--quick]
+// Generation and serving speed, RetNet and the Transformer at the same preset (native float32).
+// generate(): prefill tokens/s and decode tokens/s at batch 1, 4 and 16 (prompt 256 tokens). The HTTP server with 1, 4
+// and 16 concurrent streaming clients: aggregate tokens/s, mean time to first token, and the longest the event loop
+// was held next to the longest single model call (the server yields between model calls, so the two should match;
+// on a loaded machine the OS descheduling the process adds to the first). Writes bench/results/generate.json.
 
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { loadavg } from 'node:os';
-import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { parseArgs } from 'node:util';
 
-import { getBackend, threadCount } from '../src/backend/index.js';
 import { generate } from '../src/generate/generate.js';
 import type { CausalLM } from '../src/models/lm.js';
-import { createModel } from '../src/models/registry.js';
+import { type Arch, createModel } from '../src/models/registry.js';
 import { startServer } from '../src/server/server.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
+import { type BenchRecord, cpuCounters, otherLoad, printTable, writeResults } from './lib.js';
 
-const quick = process.argv.includes('--quick');
 const tok = new ByteTokenizer();
 const PROMPT_TOKENS = 256;
-const NEW_TOKENS = quick ? 32 : 128;
 
 /** A prompt of exactly n byte tokens. */
 const promptOf = (n: number, seed: number) =>
@@ -47,17 +42,17 @@ function timeCalls(model: CausalLM): { prefill: number[]; step: number[] } {
 }
 
 const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
-const fmt = (x: number, digits = 1) => x.toFixed(digits);
 
-async function benchGenerate(preset: string, batch: number) {
-  const model = createModel('retnet', preset, { vocabSize: tok.vocabSize }, { seed: 1 });
+async function benchGenerate(arch: Arch, preset: string, batch: number, newTokens: number): Promise<BenchRecord> {
+  const model = createModel(arch, preset, { vocabSize: tok.vocabSize }, { seed: 1 });
   const times = timeCalls(model);
   const requests = Array.from({ length: batch }, (_, i) => ({
     prompt: promptOf(PROMPT_TOKENS, i),
-    maxNewTokens: NEW_TOKENS,
+    maxNewTokens: newTokens,
     ignoreEos: true,
     sampling: { temperature: 0 },
   }));
+  const before = cpuCounters();
   // One warm-up run (kernel caches, buffer pool), then the measured one.
   for (let run = 0; run < 2; run++) {
     times.prefill.length = 0;
@@ -68,22 +63,25 @@ async function benchGenerate(preset: string, batch: number) {
   const prefillMs = sum(times.prefill);
   const decodeMs = sum(times.step);
   return {
+    arch,
     preset,
     batch,
-    promptTokens: PROMPT_TOKENS,
-    newTokens: NEW_TOKENS,
-    prefillMs,
-    prefillTokensPerS: (batch * PROMPT_TOKENS * 1000) / prefillMs,
-    decodeStepMs: decodeMs / times.step.length,
-    decodeTokensPerS: (batch * times.step.length * 1000) / decodeMs,
+    prompt_tokens: PROMPT_TOKENS,
+    new_tokens: newTokens,
+    prefill_ms: prefillMs,
+    prefill_tokens_per_s: (batch * PROMPT_TOKENS * 1000) / prefillMs,
+    decode_step_ms: decodeMs / times.step.length,
+    decode_tokens_per_s: (batch * times.step.length * 1000) / decodeMs,
+    other_load: otherLoad(before, cpuCounters()),
   };
 }
 
-async function benchServer(clients: number) {
-  const model = createModel('retnet', 'tiny', { vocabSize: tok.vocabSize }, { seed: 1 });
+async function benchServer(arch: Arch, preset: string, clients: number, newTokens: number): Promise<BenchRecord> {
+  const model = createModel(arch, preset, { vocabSize: tok.vocabSize }, { seed: 1 });
   const times = timeCalls(model);
   const server = await startServer(model, tok, { modelId: 'bench', port: 0, maxActive: 16 });
   const loop = monitorEventLoopDelay({ resolution: 1 });
+  const before = cpuCounters();
   loop.enable();
   const start = performance.now();
   const results = await Promise.all(
@@ -94,7 +92,7 @@ async function benchServer(clients: number) {
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({
           prompt: promptOf(PROMPT_TOKENS, i),
-          max_tokens: NEW_TOKENS,
+          max_tokens: newTokens,
           ignore_eos: true,
           temperature: 0,
           stream: true,
@@ -102,77 +100,75 @@ async function benchServer(clients: number) {
         }),
       });
       let firstMs = -1;
-      let tokens = 0;
-      const decoder = new TextDecoder();
       let text = '';
+      const decoder = new TextDecoder();
       for await (const bytes of r.body!) {
         if (firstMs < 0) firstMs = performance.now() - t0;
         text += decoder.decode(bytes as Uint8Array, { stream: true });
       }
       const usage = /"completion_tokens":(\d+)/.exec(text);
-      tokens = usage ? Number(usage[1]) : 0;
-      return { firstMs, tokens };
+      return { firstMs, tokens: usage ? Number(usage[1]) : 0 };
     }),
   );
   const wallMs = performance.now() - start;
   loop.disable();
+  const load = otherLoad(before, cpuCounters());
   await server.close();
   model.dispose();
   return {
+    arch,
+    preset,
     clients,
-    wallMs,
-    tokensPerS: (sum(results.map((r) => r.tokens)) * 1000) / wallMs,
-    meanTimeToFirstMs: sum(results.map((r) => r.firstMs)) / clients,
-    maxEventLoopBlockMs: loop.max / 1e6,
-    maxStepMs: Math.max(...times.step),
-    maxPrefillMs: Math.max(...times.prefill),
+    prompt_tokens: PROMPT_TOKENS,
+    new_tokens: newTokens,
+    wall_ms: wallMs,
+    tokens_per_s: (sum(results.map((r) => r.tokens)) * 1000) / wallMs,
+    ttft_ms_mean: sum(results.map((r) => r.firstMs)) / clients,
+    loop_block_ms_max: loop.max / 1e6,
+    step_ms_max: Math.max(...times.step),
+    prefill_ms_max: Math.max(...times.prefill),
+    other_load: load,
   };
 }
 
-const generateRows = [];
-for (const preset of quick ? ['tiny'] : ['tiny', 'small'])
-  for (const batch of [1, 4, 16]) generateRows.push(await benchGenerate(preset, batch));
-const serverRows = [];
-for (const clients of [1, 4, 16]) serverRows.push(await benchServer(clients));
+export async function generateSuite(argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: { quick: { type: 'boolean' } } });
+  const quick = values.quick ?? false;
+  const newTokens = quick ? 32 : 128;
+  const presets = quick ? ['tiny'] : ['tiny', 'small'];
+  const archs: Arch[] = ['retnet', 'transformer'];
+  const generateRows: BenchRecord[] = [];
+  for (const preset of presets)
+    for (const arch of archs)
+      for (const batch of [1, 4, 16]) generateRows.push(await benchGenerate(arch, preset, batch, newTokens));
+  const serverRows: BenchRecord[] = [];
+  for (const arch of archs)
+    for (const clients of [1, 4, 16]) serverRows.push(await benchServer(arch, 'tiny', clients, newTokens));
 
-const backend = getBackend();
-// The machine may be shared: the load average says how much else was running.
-const load = loadavg()[0]!;
-console.log(
-  `backend ${backend.name}, ${threadCount()} threads, OMP_WAIT_POLICY=${process.env.OMP_WAIT_POLICY ?? '(unset)'}, ` +
-    `load average ${load.toFixed(2)}, prompt ${PROMPT_TOKENS} tokens, ${NEW_TOKENS} new tokens`,
-);
-console.log('\ngenerate() on RetNet, float32');
-console.log('preset  batch  prefill ms  prefill tok/s  step ms  decode tok/s');
-for (const r of generateRows)
-  console.log(
-    `${r.preset.padEnd(6)}  ${String(r.batch).padStart(5)}  ${fmt(r.prefillMs).padStart(10)}  ${fmt(r.prefillTokensPerS, 0).padStart(13)}  ${fmt(r.decodeStepMs, 2).padStart(7)}  ${fmt(r.decodeTokensPerS, 0).padStart(12)}`,
-  );
-console.log('\nHTTP server, RetNet tiny, streaming clients');
-console.log('clients  wall ms  tok/s  mean TTFT ms  max loop block ms  max step ms  max prefill ms');
-for (const r of serverRows)
-  console.log(
-    `${String(r.clients).padStart(7)}  ${fmt(r.wallMs, 0).padStart(7)}  ${fmt(r.tokensPerS, 0).padStart(5)}  ${fmt(r.meanTimeToFirstMs).padStart(12)}  ${fmt(r.maxEventLoopBlockMs, 2).padStart(17)}  ${fmt(r.maxStepMs, 2).padStart(11)}  ${fmt(r.maxPrefillMs, 2).padStart(14)}`,
-  );
-
-const dir = join(import.meta.dirname, 'results');
-mkdirSync(dir, { recursive: true });
-const out = join(dir, 'generate.json');
-writeFileSync(
-  out,
-  `${JSON.stringify(
-    {
-      backend: backend.name,
-      threads: threadCount(),
-      ompWaitPolicy: process.env.OMP_WAIT_POLICY ?? null,
-      loadAverage: load,
-      node: process.version,
-      quick,
-      generate: generateRows,
-      server: serverRows,
-    },
-    null,
-    2,
-  )}\n`,
-);
-console.log(`\nwrote ${out}`);
+  printTable(`generate(): prompt ${PROMPT_TOKENS} tokens, ${newTokens} new tokens, float32`, generateRows, [
+    { key: 'arch' },
+    { key: 'preset' },
+    { key: 'batch', digits: 0 },
+    { key: 'prefill_ms', digits: 1 },
+    { key: 'prefill_tokens_per_s', header: 'prefill tok/s', digits: 0 },
+    { key: 'decode_step_ms', header: 'step ms', digits: 2 },
+    { key: 'decode_tokens_per_s', header: 'decode tok/s', digits: 0 },
+    { key: 'other_load', digits: 2 },
+  ]);
+  printTable('HTTP server, preset tiny, streaming clients', serverRows, [
+    { key: 'arch' },
+    { key: 'clients', digits: 0 },
+    { key: 'wall_ms', digits: 0 },
+    { key: 'tokens_per_s', header: 'tok/s', digits: 0 },
+    { key: 'ttft_ms_mean', header: 'mean TTFT ms', digits: 1 },
+    { key: 'loop_block_ms_max', header: 'max loop block ms', digits: 1 },
+    { key: 'step_ms_max', header: 'max step ms', digits: 1 },
+    { key: 'prefill_ms_max', header: 'max prefill ms', digits: 1 },
+    { key: 'other_load', digits: 2 },
+  ]);
+  const path = writeResults('generate', [
+    ...generateRows.map((r) => ({ kind: 'generate', ...r })),
+    ...serverRows.map((r) => ({ kind: 'server', ...r })),
+  ]);
+  process.stdout.write(`\nwrote ${path}\n`);
+}

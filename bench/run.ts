@@ -4,6 +4,7 @@
 import { RetnetError } from '../src/errors.js';
 import { attentionSuite } from './attention.js';
 import { gemmSuite } from './gemm.js';
+import { generateSuite } from './generate.js';
 
 interface Suite {
   summary: string;
@@ -18,6 +19,10 @@ const suites: Record<string, Suite> = {
   gemm: {
     summary: 'GEMM GFLOP/s vs OpenBLAS from C, tiny-op overhead, copy bandwidth [--quick] [--sizes 256,1024]',
     run: gemmSuite,
+  },
+  generate: {
+    summary: 'generate() prefill/decode tokens/s at batch 1/4/16; the server with 1/4/16 streaming clients [--quick]',
+    run: generateSuite,
   },
 };
 

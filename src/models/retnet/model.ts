@@ -317,6 +317,22 @@ export class RetNetDecodeState implements DecodeState {
     this.positions = rows.map((r) => this.positions[r]!);
   }
 
+  append(other: DecodeState): void {
+    if (!(other instanceof RetNetDecodeState) || other.states.length !== this.states.length)
+      throw new ShapeError('DecodeState.append: the other state is not from the same RetNet');
+    const join = (a: Tensor, b: Tensor) => keep(noGrad(() => tidy(() => concat([a, b], 0))));
+    for (const [mine, theirs] of [
+      [this.states, other.states],
+      [this.scales, other.scales],
+    ])
+      mine.forEach((t, i) => {
+        mine[i] = join(t, theirs[i]!);
+        t.dispose();
+      });
+    this.positions = [...this.positions, ...other.positions];
+    other.dispose();
+  }
+
   dispose(): void {
     for (const t of [...this.states, ...this.scales]) t.dispose();
   }

@@ -120,6 +120,32 @@ export class TransformerDecodeState implements DecodeState {
     this.positions = positions;
   }
 
+  /** Appends the other cache's rows after these, at the larger capacity of the two; disposes the other. */
+  append(other: DecodeState): void {
+    if (!(other instanceof TransformerDecodeState) || other.keys.length !== this.keys.length)
+      throw new ShapeError('DecodeState.append: the other state is not from the same Transformer');
+    const C = Math.max(this.capacity, other.capacity);
+    const join = (a: Tensor, b: Tensor) => {
+      const [B1, H, , K] = a.shape as [number, number, number, number];
+      const out = keep(a.backend.zeros([B1 + b.shape[0]!, H, C, K], a.dtype));
+      // Each source row (H blocks of its capacity · K) goes to its row of out, blocks C · K apart.
+      [a, b].forEach((src, part) => {
+        const [B, , Cs] = src.shape as [number, number, number];
+        for (let r = 0; r < B; r++)
+          src.backend.copyBlocks(src, r * H * Cs * K, Cs * K, out, (part * B1 + r) * H * C * K, C * K, H, Cs * K);
+      });
+      a.dispose();
+      return out;
+    };
+    for (const [mine, theirs] of [
+      [this.keys, other.keys],
+      [this.values, other.values],
+    ])
+      mine.forEach((t, l) => (mine[l] = join(t, theirs[l]!)));
+    this.positions = [...this.positions, ...other.positions];
+    other.dispose();
+  }
+
   dispose(): void {
     for (const t of [...this.keys, ...this.values]) t.dispose();
   }
