@@ -5,7 +5,8 @@
 // forward + backward at growing lengths T, with the peak tensor bytes of a forward + backward from the engine's memory
 // accounting (inputs excluded, workspace included). Then the KV-cache decode kernel: one query per head against
 // caches of growing length. Naive and flash take turns in the timing (bench/lib.ts), so load from other processes
-// falls on both alike; each row records that load. Prints tables and writes bench/results/attention.json.
+// falls on both alike; each row records that load, and the mean process CPU time of a forward + backward (with
+// RETNET_THREADS=1, the compute time). Prints tables and writes bench/results/attention.json.
 //
 // FLOP counts are the causal model FLOPs (the FlashAttention paper's convention, halved for the mask): forward
 // 2·B·H·T²·K (q kᵀ and P v over the lower triangle), backward 2.5× that.
@@ -20,6 +21,7 @@ import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import {
+  type Batch,
   type BenchRecord,
   type TimingOptions,
   batchOf,
@@ -122,6 +124,25 @@ function validate(): BenchRecord[] {
   return records;
 }
 
+/**
+ * A timed batch of fn that also adds up the process CPU time (all threads) it used. With RETNET_THREADS=1 the CPU time
+ * per call is the compute time, which other processes on the machine hardly change.
+ */
+function cpuTimedBatch(fn: () => void): { batch: Batch; cpuMsPerCall: () => number } {
+  let cpuMs = 0;
+  let calls = 0;
+  const wall = batchOf(fn);
+  const batch: Batch = (n) => {
+    const c0 = process.cpuUsage();
+    const ms = wall(n) as number;
+    const c = process.cpuUsage(c0);
+    cpuMs += (c.user + c.system) / 1000;
+    calls += n;
+    return ms;
+  };
+  return { batch, cpuMsPerCall: () => cpuMs / calls };
+}
+
 /** Peak tensor bytes of one forward + backward above what the inputs hold. */
 function peakBytes(x: Inputs, algorithm: AttentionAlgorithm): number {
   const be = x.q.backend;
@@ -144,8 +165,9 @@ async function timeSequences(
     ALGORITHMS.map((a) => batchOf(() => forward(x, a))),
     timing,
   );
+  const fwdBwdBatches = ALGORITHMS.map((a) => cpuTimedBatch(() => forwardBackward(x, a)));
   const fwdBwd = await measureEach(
-    ALGORITHMS.map((a) => batchOf(() => forwardBackward(x, a))),
+    fwdBwdBatches.map((b) => b.batch),
     timing,
   );
   const load = otherLoad(before, cpuCounters());
@@ -159,6 +181,7 @@ async function timeSequences(
       fwd_ms: f.msMin,
       fwd_bwd_ms: fb.msMin,
       fwd_bwd_ms_median: fb.msMedian,
+      fwd_bwd_cpu_ms: fwdBwdBatches[i]!.cpuMsPerCall(),
       tokens_per_s: (B * T) / (fb.msMin / 1000),
       fwd_gflops: fwdFlops / (f.msMin * 1e6),
       fwd_bwd_gflops: (3.5 * fwdFlops) / (fb.msMin * 1e6),
@@ -232,6 +255,7 @@ export async function attentionSuite(argv: string[]): Promise<void> {
     { key: 'fwd_ms' },
     { key: 'fwd_bwd_ms' },
     { key: 'fwd_bwd_ms_median', header: 'median' },
+    { key: 'fwd_bwd_cpu_ms', header: 'cpu ms' },
     { key: 'tokens_per_s', header: 'tokens/s', digits: 0 },
     { key: 'fwd_gflops', digits: 1 },
     { key: 'fwd_bwd_gflops', digits: 1 },
