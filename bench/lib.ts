@@ -1,6 +1,11 @@
 // The benchmark harness every suite uses: a description of the machine, one timing rule, a table printer and the
 // JSON result file (bench/results/<suite>.json). Field names of records carry their units (`gflops`, `us_per_call`,
 // `gb_per_s`, `ms_median`), so a result file reads without this code.
+//
+// A suite is `async (argv) => void` listed in bench/run.ts: it parses its flags (parseFlags from src/cli/command.ts),
+// times with `measure` / `measureEach`, prints with `printTable` and ends with `writeResults(name, records)`. Record
+// `other_load` (cpuCounters before and after, then otherLoad) beside timings: the machines are often shared, and a
+// figure taken while other processes ran is not a ceiling.
 
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';

@@ -2,6 +2,7 @@
 // bench/results/<SUITE>.json (see bench/lib.ts). Add a suite by adding a line to `suites`.
 
 import { RetnetError } from '../src/errors.js';
+import { attentionSuite } from './attention.js';
 import { gemmSuite } from './gemm.js';
 import { generateSuite } from './generate.js';
 
@@ -11,6 +12,10 @@ interface Suite {
 }
 
 const suites: Record<string, Suite> = {
+  attention: {
+    summary: 'causal attention naive vs flash: validation, fwd/fwd+bwd by length, peak bytes, decode [--quick]',
+    run: attentionSuite,
+  },
   gemm: {
     summary: 'GEMM GFLOP/s vs OpenBLAS from C, tiny-op overhead, copy bandwidth [--quick] [--sizes 256,1024]',
     run: gemmSuite,
