@@ -5,11 +5,13 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { availableParallelism, totalmem } from 'node:os';
-import { join, relative } from 'node:path';
+import { extname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 
 import { nativeInfo, threadCount } from '../src/backend/index.js';
 import { packageRoot } from '../src/backend/addon.js';
+import { RetnetError } from '../src/errors.js';
 import { writeFileAtomic } from '../src/io/atomic.js';
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -305,14 +307,34 @@ export function resultFile(
   };
 }
 
-/** Writes bench/results/<suite>.json (atomically) and returns its path. */
-export function writeResults(suite: string, records: BenchRecord[]): string {
+/**
+ * Where results, charts and BENCHMARKS.md go: the package root, or RETNET_BENCH_ROOT (tests run suites into a
+ * temporary folder so that they never touch the committed results).
+ */
+export function outputRoot(): string {
+  return process.env.RETNET_BENCH_ROOT ?? packageRoot();
+}
+
+/** Writes bench/results/<suite>.json (atomically, under the output root) and returns its path and contents. */
+export function writeResults(suite: string, records: BenchRecord[]): { path: string; file: ResultFile } {
   const file = resultFile(suite, records, { machine: describeMachine(), commit: gitCommit(), command: commandLine() });
-  const dir = join(packageRoot(), 'bench', 'results');
+  const dir = join(outputRoot(), 'bench', 'results');
   mkdirSync(dir, { recursive: true });
   const path = join(dir, `${suite}.json`);
   writeFileAtomic(path, `${JSON.stringify(file, null, 2)}\n`);
-  return path;
+  return { path, file };
+}
+
+/** A measured point that could not be completed; the suite still writes its results, then exits non-zero. */
+export class BenchFailure extends RetnetError {}
+
+/** Throws a BenchFailure listing the records whose status is 'failed'. */
+export function failOnFailedRecords(suite: string, records: readonly BenchRecord[]): void {
+  const failed = records.filter((r) => r.status === 'failed');
+  if (failed.length > 0)
+    throw new BenchFailure(
+      `${suite}: ${failed.length} of ${records.length} points failed: ${failed.map((r) => r.error).join('; ')}`,
+    );
 }
 
 /**
@@ -325,7 +347,8 @@ export function childPass(suite: string, args: string[], env: Record<string, str
   for (const [k, v] of Object.entries(env))
     if (v === undefined) delete childEnv[k];
     else childEnv[k] = v;
-  const runner = join(packageRoot(), 'bench', 'run.ts');
+  // The runner beside this file: bench/run.ts under tsx, dist/bench/run.js in the compiled CLI.
+  const runner = fileURLToPath(new URL(`./run${extname(fileURLToPath(import.meta.url))}`, import.meta.url));
   const out = execFileSync(process.execPath, [...process.execArgv, runner, suite, ...args], {
     env: childEnv,
     encoding: 'utf8',

@@ -1,0 +1,26 @@
+// The benchmark suites, one module each, run by `retnet bench SUITE` (src/cli/bench.ts) and `npm run bench -- SUITE`
+// (bench/run.ts). Each prints its tables, writes bench/results/<SUITE>.json (see bench/lib.ts) and, for the paper's
+// claims, a chart and its section of BENCHMARKS.md (bench/report.ts); it throws when a measured point failed.
+
+export interface Suite {
+  summary: string;
+  run(argv: string[]): Promise<void>;
+}
+
+// Suites load on demand: a run imports only the one it needs.
+export const suites: Record<string, Suite> = {
+  decode: {
+    summary: 'decode latency, tokens/s and memory vs context length: RetNet recurrent vs Transformer KV cache',
+    run: async (argv) => (await import('./decode.js')).decodeSuite(argv),
+  },
+  gemm: {
+    summary: 'GEMM GFLOP/s vs OpenBLAS from C, tiny-op overhead, copy bandwidth [--sizes 256,1024]',
+    run: async (argv) => (await import('./gemm.js')).gemmSuite(argv),
+  },
+};
+
+export function suitesUsage(command: string): string {
+  const width = Math.max(...Object.keys(suites).map((n) => n.length));
+  const lines = Object.entries(suites).map(([name, s]) => `  ${name.padEnd(width)}  ${s.summary}`);
+  return `usage: ${command} SUITE [--quick] [flags]\nsuites:\n${lines.join('\n')}\n`;
+}
