@@ -13,6 +13,14 @@ export const suites: Record<string, Suite> = {
     summary: 'decode latency, tokens/s and memory vs context length: RetNet recurrent vs Transformer KV cache',
     run: async (argv) => (await import('./decode.js')).decodeSuite(argv),
   },
+  batch: {
+    summary: 'decode latency and tokens/s vs batch size at a fixed context: RetNet vs Transformer',
+    run: async (argv) => (await import('./batch.js')).batchSuite(argv),
+  },
+  train: {
+    summary: 'training-step tokens/s, peak memory and MFU vs length: RetNet parallel/chunkwise vs Transformer',
+    run: async (argv) => (await import('./train.js')).trainSuite(argv),
+  },
   gemm: {
     summary: 'GEMM GFLOP/s vs OpenBLAS from C, tiny-op overhead, copy bandwidth [--sizes 256,1024]',
     run: async (argv) => (await import('./gemm.js')).gemmSuite(argv),

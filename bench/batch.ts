@@ -1,0 +1,100 @@
+// `retnet bench batch [--quick]`: decode latency and throughput against the batch size at a fixed context length,
+// RetNet's recurrent form against the Transformer's KV cache (the paper's Figure 6 claim that RetNet's latency stays
+// nearly flat as the batch grows). The same measurement as the decode suite (bench/decode.ts: synthetic contexts,
+// the two architectures in turns), swept over the batch instead of the length.
+
+import { parseFlags } from '../src/cli/command.js';
+import { DECODE_PRESET, DECODE_VOCAB, decodeModels, disposeModels, measureDecodePoint } from './decode.js';
+import {
+  type BenchRecord,
+  type Column,
+  type TimingOptions,
+  failOnFailedRecords,
+  printTable,
+  writeResults,
+} from './lib.js';
+import { markdownTable, sectionMarkdown, updateBenchmarksMd, writePlot } from './report.js';
+
+/** RetNet's latency at the largest batch over its latency at batch 1, the measure of "nearly flat". */
+export function latencyGrowth(records: readonly BenchRecord[], arch: string): number | null {
+  const rows = records
+    .filter((r) => r.arch === arch && r.status === 'ok')
+    .sort((a, b) => (a.batch as number) - (b.batch as number));
+  if (rows.length < 2) return null;
+  return (rows.at(-1)!.ms_per_token as number) / (rows[0]!.ms_per_token as number);
+}
+
+const COLUMNS: Column[] = [
+  { key: 'arch' },
+  { key: 'batch', digits: 0 },
+  { key: 'ms_per_token', header: 'latency ms/token', digits: 2 },
+  { key: 'tokens_per_s', header: 'tokens/s', digits: 1 },
+  { key: 'state_mib', header: 'state MiB', digits: 1 },
+  { key: 'decode_memory_mib', header: 'decode memory MiB', digits: 1 },
+  { key: 'slowdown_vs_retnet', header: 'slowdown vs RetNet', digits: 2 },
+  { key: 'other_load', header: 'other load', digits: 2 },
+];
+
+export async function batchSuite(argv: string[]): Promise<void> {
+  const { values } = parseFlags('bench batch', argv, { quick: { type: 'boolean' } });
+  const quick = values.quick === true;
+  const length = quick ? 512 : 4096;
+  const batches = quick ? [1, 4, 16] : [1, 2, 4, 8, 16, 32, 64];
+  const timing: Partial<TimingOptions> = quick
+    ? { warmup: 2, minTimeMs: 300, minSamples: 3, sampleTargetMs: 30 }
+    : { warmup: 3, minTimeMs: 2000, minSamples: 7, sampleTargetMs: 60 };
+  const models = decodeModels(DECODE_PRESET, DECODE_VOCAB);
+  const records: BenchRecord[] = [];
+  try {
+    for (const batch of batches) {
+      process.stderr.write(`batch: batch ${batch}, context ${length}\n`);
+      records.push(...(await measureDecodePoint(models, DECODE_PRESET, length, batch, timing)));
+    }
+  } finally {
+    disposeModels(models);
+  }
+  printTable(`Decode per token against batch size, context ${length}, ${DECODE_PRESET} preset`, records, COLUMNS);
+  const findings: string[] = [];
+  for (const arch of ['retnet', 'transformer']) {
+    const g = latencyGrowth(records, arch);
+    if (g !== null)
+      findings.push(
+        `${arch}: latency per token at batch ${batches.at(-1)} is ${g.toFixed(2)}× its latency at batch ${batches[0]}`,
+      );
+  }
+  for (const f of findings) process.stdout.write(`${f}\n`);
+  const { path, file } = writeResults('batch', records);
+  const ok = records.filter((r) => r.status === 'ok');
+  const x = { field: 'batch', title: 'batch size', log: true };
+  const series = (r: BenchRecord) => r.arch as string;
+  const plot = await writePlot(
+    'batch',
+    `Decoding at a ${length}-token context against batch size (${DECODE_PRESET} preset, float32, CPU)`,
+    [
+      { title: 'latency per token (ms)', records: ok, x, y: { field: 'ms_per_token', title: 'ms', log: true }, series },
+      {
+        title: 'throughput (tokens/s)',
+        records: ok,
+        x,
+        y: { field: 'tokens_per_s', title: 'tokens/s', log: true },
+        series,
+      },
+    ],
+  );
+  updateBenchmarksMd(
+    'batch',
+    sectionMarkdown({
+      title: 'Decoding: latency and throughput against batch size',
+      intro:
+        `The decode measurement above (same \`${DECODE_PRESET}\` models, synthetic contexts, architectures in turns) at a ` +
+        `fixed context of ${length} tokens, for batch sizes ${batches.join(', ')}. Latency is the time of one decode ` +
+        'step (every row gets its next token); throughput = batch / latency.',
+      file,
+      table: markdownTable(records, COLUMNS),
+      findings,
+      plot,
+    }),
+  );
+  process.stdout.write(`\nwrote ${path}, ${plot.png}, ${plot.svg} and the batch section of BENCHMARKS.md\n`);
+  failOnFailedRecords('batch', records);
+}
