@@ -23,6 +23,8 @@ export interface Axis {
 
 export interface Panel {
   title: string;
+  /** Bars over the categories of x.field (strings) instead of lines over numbers. */
+  bars?: boolean;
   /** The records to draw; those without a finite number in x.field or y.field are left out. */
   records: readonly BenchRecord[];
   x: Axis;
@@ -32,7 +34,7 @@ export interface Panel {
 }
 
 interface Point {
-  x: number;
+  x: number | string;
   y: number;
   series: string;
 }
@@ -41,10 +43,42 @@ function points(p: Panel): Point[] {
   const out: Point[] = [];
   for (const r of p.records) {
     const [x, y] = [r[p.x.field], r[p.y.field]];
-    if (typeof x === 'number' && typeof y === 'number' && isFinite(x) && isFinite(y))
-      out.push({ x, y, series: p.series(r) });
+    const xOk = p.bars ? typeof x === 'string' : typeof x === 'number' && isFinite(x);
+    if (xOk && typeof y === 'number' && isFinite(y)) out.push({ x: x as number | string, y, series: p.series(r) });
   }
   return out;
+}
+
+/** Marks of a bar panel: one bar per point, labelled by its category and series, coloured by series. */
+function barMarks(name: string): object[] {
+  return [
+    {
+      type: 'rect',
+      from: { data: name },
+      encode: {
+        enter: {
+          x: { scale: 'x', field: 'label' },
+          width: { scale: 'x', band: 1 },
+          y: { scale: 'y', field: 'y' },
+          y2: { scale: 'y', value: 0 },
+          fill: { scale: 'color', field: 'series' },
+        },
+      },
+    },
+    {
+      type: 'text',
+      from: { data: name },
+      encode: {
+        enter: {
+          x: { scale: 'x', field: 'label', band: 0.5 },
+          y: { scale: 'y', field: 'y', offset: -4 },
+          text: { signal: "format(datum.y, '.3~s')" },
+          align: { value: 'center' },
+          fontSize: { value: 10 },
+        },
+      },
+    },
+  ];
 }
 
 const PANEL_WIDTH = 360;
@@ -54,15 +88,24 @@ const PANEL_HEIGHT = 240;
 export function panelsSpec(title: string, panels: readonly Panel[], columns = 2): Spec {
   const data = panels.map(points);
   const names = [...new Set(data.flat().map((p) => p.series))];
-  const scale = (name: string, axis: Axis, data: string, field: 'x' | 'y') => ({
-    name,
-    type: axis.log ? 'log' : 'linear',
-    ...(axis.log ? { base: 2 } : { zero: field === 'y' }),
-    domain: { data, field },
-    // Explicit pixel ranges: 'width' and 'height' would name the top-level view's size, not the panel's.
-    range: field === 'x' ? [0, PANEL_WIDTH] : [PANEL_HEIGHT, 0],
-    nice: !axis.log,
-  });
+  const scale = (name: string, axis: Axis, data: string, field: 'x' | 'y', bars: boolean) =>
+    field === 'x' && bars
+      ? {
+          name,
+          type: 'band',
+          domain: { data, field: 'label' },
+          range: [0, PANEL_WIDTH],
+          padding: 0.2,
+        }
+      : {
+          name,
+          type: axis.log ? 'log' : 'linear',
+          ...(axis.log ? { base: 2 } : { zero: field === 'y' }),
+          domain: { data, field },
+          // Explicit pixel ranges: 'width' and 'height' would name the top-level view's size, not the panel's.
+          range: field === 'x' ? [0, PANEL_WIDTH] : [PANEL_HEIGHT, 0],
+          nice: !axis.log,
+        };
   return {
     $schema: 'https://vega.github.io/schema/vega/v6.json',
     padding: 10,
@@ -78,8 +121,13 @@ export function panelsSpec(title: string, panels: readonly Panel[], columns = 2)
         type: 'group',
         title: { text: panel.title, fontSize: 12 },
         encode: { update: { width: { value: PANEL_WIDTH }, height: { value: PANEL_HEIGHT } } },
-        data: [{ name, values: data[i] }],
-        scales: [scale('x', panel.x, name, 'x'), scale('y', panel.y, name, 'y')],
+        data: [
+          {
+            name,
+            values: data[i]!.map((p) => (panel.bars ? { ...p, label: `${p.x}: ${p.series}` } : p)),
+          },
+        ],
+        scales: [scale('x', panel.x, name, 'x', panel.bars === true), scale('y', panel.y, name, 'y', false)],
         axes: [
           // A log x axis is labelled at the measured values (lengths and batch sizes), not at every power.
           {
@@ -88,7 +136,7 @@ export function panelsSpec(title: string, panels: readonly Panel[], columns = 2)
             title: panel.x.title,
             grid: true,
             gridOpacity: 0.3,
-            ...(panel.x.log ? { values: [...new Set(data[i]!.map((p) => p.x))].sort((a, b) => a - b) } : {}),
+            ...(panel.x.log ? { values: [...new Set(data[i]!.map((p) => p.x as number))].sort((a, b) => a - b) } : {}),
           },
           {
             orient: 'left',
@@ -99,39 +147,41 @@ export function panelsSpec(title: string, panels: readonly Panel[], columns = 2)
             ...(panel.y.log ? { tickCount: 6, format: '~g' } : {}),
           },
         ],
-        marks: [
-          {
-            type: 'group',
-            from: { facet: { name: `${name}_series`, data: name, groupby: 'series' } },
-            marks: [
+        marks: panel.bars
+          ? barMarks(name)
+          : [
               {
-                type: 'line',
-                from: { data: `${name}_series` },
-                sort: { field: 'datum.x' },
-                encode: {
-                  enter: {
-                    x: { scale: 'x', field: 'x' },
-                    y: { scale: 'y', field: 'y' },
-                    stroke: { scale: 'color', field: 'series' },
-                    strokeWidth: { value: 2 },
+                type: 'group',
+                from: { facet: { name: `${name}_series`, data: name, groupby: 'series' } },
+                marks: [
+                  {
+                    type: 'line',
+                    from: { data: `${name}_series` },
+                    sort: { field: 'datum.x' },
+                    encode: {
+                      enter: {
+                        x: { scale: 'x', field: 'x' },
+                        y: { scale: 'y', field: 'y' },
+                        stroke: { scale: 'color', field: 'series' },
+                        strokeWidth: { value: 2 },
+                      },
+                    },
                   },
-                },
-              },
-              {
-                type: 'symbol',
-                from: { data: `${name}_series` },
-                encode: {
-                  enter: {
-                    x: { scale: 'x', field: 'x' },
-                    y: { scale: 'y', field: 'y' },
-                    fill: { scale: 'color', field: 'series' },
-                    size: { value: 25 },
+                  {
+                    type: 'symbol',
+                    from: { data: `${name}_series` },
+                    encode: {
+                      enter: {
+                        x: { scale: 'x', field: 'x' },
+                        y: { scale: 'y', field: 'y' },
+                        fill: { scale: 'color', field: 'series' },
+                        size: { value: 25 },
+                      },
+                    },
                   },
-                },
+                ],
               },
             ],
-          },
-        ],
       };
     }),
   } as Spec;

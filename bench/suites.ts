@@ -21,6 +21,10 @@ export const suites: Record<string, Suite> = {
     summary: 'training-step tokens/s, peak memory and MFU vs length: RetNet parallel/chunkwise vs Transformer',
     run: async (argv) => (await import('./train.js')).trainSuite(argv),
   },
+  peer: {
+    summary: 'our RetNet vs the same RetNet in PyTorch on the CPU: training-step and decode tokens/s',
+    run: async (argv) => (await import('./peer.js')).peerSuite(argv),
+  },
   gemm: {
     summary: 'GEMM GFLOP/s vs OpenBLAS from C, tiny-op overhead, copy bandwidth [--sizes 256,1024]',
     run: async (argv) => (await import('./gemm.js')).gemmSuite(argv),
