@@ -21,6 +21,10 @@ export const suites: Record<string, Suite> = {
     summary: 'training-step tokens/s, peak memory and MFU vs length: RetNet parallel/chunkwise vs Transformer',
     run: async (argv) => (await import('./train.js')).trainSuite(argv),
   },
+  quality: {
+    summary: 'validation perplexity of RetNet vs a parameter-matched Transformer trained alike on Brown, loss curves',
+    run: async (argv) => (await import('./quality.js')).qualitySuite(argv),
+  },
   peer: {
     summary: 'our RetNet vs the same RetNet in PyTorch on the CPU: training-step and decode tokens/s',
     run: async (argv) => (await import('./peer.js')).peerSuite(argv),
