@@ -4,7 +4,7 @@
 // the two architectures in turns), swept over the batch instead of the length.
 
 import { parseFlags } from '../src/cli/command.js';
-import { DECODE_PRESET, DECODE_VOCAB, decodeModels, disposeModels, measureDecodePoint } from './decode.js';
+import { DECODE_PRESET, DECODE_VOCAB, decodeModels, disposeModels, measureDecodePoints } from './decode.js';
 import {
   type BenchRecord,
   type Column,
@@ -38,18 +38,17 @@ const COLUMNS: Column[] = [
 export async function batchSuite(argv: string[]): Promise<void> {
   const { values } = parseFlags('bench batch', argv, { quick: { type: 'boolean' } });
   const quick = values.quick === true;
-  const length = quick ? 512 : 4096;
+  const length = quick ? 512 : 2048;
   const batches = quick ? [1, 4, 16] : [1, 2, 4, 8, 16, 32, 64];
   const timing: Partial<TimingOptions> = quick
-    ? { warmup: 2, minTimeMs: 300, minSamples: 3, sampleTargetMs: 30 }
-    : { warmup: 3, minTimeMs: 2000, minSamples: 7, sampleTargetMs: 60 };
+    ? { warmup: 2, minTimeMs: 1000, minSamples: 3, sampleTargetMs: 30 }
+    : { warmup: 3, minTimeMs: 30000, minSamples: 9, sampleTargetMs: 60 };
   const models = decodeModels(DECODE_PRESET, DECODE_VOCAB);
   const records: BenchRecord[] = [];
   try {
-    for (const batch of batches) {
-      process.stderr.write(`batch: batch ${batch}, context ${length}\n`);
-      records.push(...(await measureDecodePoint(models, DECODE_PRESET, length, batch, timing)));
-    }
+    process.stderr.write(`batch: batches ${batches.join(', ')} at context ${length}, in turns\n`);
+    const points = batches.map((batch) => ({ length, batch }));
+    records.push(...(await measureDecodePoints(models, DECODE_PRESET, points, timing)));
   } finally {
     disposeModels(models);
   }

@@ -29,6 +29,14 @@ export const suites: Record<string, Suite> = {
     summary: 'our RetNet vs the same RetNet in PyTorch on the CPU: training-step and decode tokens/s',
     run: async (argv) => (await import('./peer.js')).peerSuite(argv),
   },
+  generate: {
+    summary: 'generate() prefill/decode tokens/s by batch; HTTP server tokens/s, time to first token, loop blocking',
+    run: async (argv) => (await import('./generate.js')).generateSuite(argv),
+  },
+  attention: {
+    summary: 'attention kernels: validation, naive vs flash fwd/fwd+bwd by length, KV-cache decode kernel',
+    run: async (argv) => (await import('./attention.js')).attentionSuite(argv),
+  },
   gemm: {
     summary: 'GEMM GFLOP/s vs OpenBLAS from C, tiny-op overhead, copy bandwidth [--sizes 256,1024]',
     run: async (argv) => (await import('./gemm.js')).gemmSuite(argv),

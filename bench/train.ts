@@ -6,8 +6,8 @@
 // At each length the variants and a 2048³ sgemm through our matmul op take turns sample by sample (bench/lib.ts
 // measureEach), so load from other processes falls on all of them alike. Peak memory is the engine's tensor
 // accounting over one step (weights, gradients and activations). A variant whose peak at the next length, fitted as
-// a·T + b·T² to its last two measured peaks, would pass MEMORY_LIMIT is not run there: it is recorded as skipped,
-// with the prediction.
+// a·T + b·T² to its last two measured peaks (see predictPeak), would pass MEMORY_LIMIT is not run there: it is
+// recorded as skipped, with the prediction.
 //
 // FLOPs per trained token (trainFlopsPerToken) are counted analytically for the algorithm that runs: 6·N_matmul
 // (the weight matrices every token goes through, the LM head included, the embedding lookup not: 2 forward, 4
@@ -45,7 +45,7 @@ import {
 import { markdownTable, sectionMarkdown, updateBenchmarksMd, writePlot } from './report.js';
 
 const MIB = 2 ** 20;
-/** Lengths whose predicted peak passes this are skipped (the machine has 24 GiB and is shared). */
+/** The default skip limit of step memory (the machine has 24 GiB and is shared). */
 export const MEMORY_LIMIT = 8 * 2 ** 30;
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -95,8 +95,10 @@ export function trainFlopsPerToken(variant: Variant, c: RetNetConfig | Transform
 }
 
 /**
- * The peak a variant would reach at length T, from its peaks at two shorter lengths, fitted as a·T + b·T² (the
- * linear part: weights' share aside, activations; the quadratic part: T×T score matrices). Null without two points.
+ * The peak a variant would reach at length T, from its peaks at the two previous lengths: fitted as a·T + b·T² (the
+ * linear part: activations; the quadratic part: T×T score matrices), or, where the two points grow more slowly than
+ * that allows (b < 0: a constant part such as the gradients dominates), along the line through them. Null without
+ * two points.
  */
 export function predictPeak(points: readonly { length: number; peak: number }[], T: number): number | null {
   if (points.length < 2) return null;
@@ -105,13 +107,14 @@ export function predictPeak(points: readonly { length: number; peak: number }[],
   const det = p.length * q.length ** 2 - q.length * p.length ** 2;
   const a = (p.peak * q.length ** 2 - q.peak * p.length ** 2) / det;
   const b = (p.length * q.peak - q.length * p.peak) / det;
-  return a * T + Math.max(0, b) * T * T;
+  if (b >= 0) return a * T + b * T * T;
+  return q.peak + ((q.peak - p.peak) / (q.length - p.length)) * (T - q.length);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Measurement
 
-interface Settings {
+export interface TrainSettings {
   preset: string;
   layers: number;
   vocab: number;
@@ -120,9 +123,11 @@ interface Settings {
   batch: number;
   gemmN: number;
   samples: number;
+  /** Lengths whose predicted step memory (above what is live) passes this many bytes are skipped. */
+  memoryLimit: number;
 }
 
-function settings(quick: boolean): Settings {
+function settings(quick: boolean): TrainSettings {
   return quick
     ? {
         preset: 'small',
@@ -133,6 +138,7 @@ function settings(quick: boolean): Settings {
         batch: 1,
         gemmN: 1024,
         samples: 2,
+        memoryLimit: MEMORY_LIMIT,
       }
     : {
         preset: 'base',
@@ -143,6 +149,7 @@ function settings(quick: boolean): Settings {
         batch: 1,
         gemmN: 2048,
         samples: 2,
+        memoryLimit: MEMORY_LIMIT,
       };
 }
 
@@ -185,7 +192,7 @@ function progress(msg: string): void {
   process.stderr.write(`train: ${msg}\n`);
 }
 
-async function measureTrain(s: Settings): Promise<BenchRecord[]> {
+export async function measureTrain(s: TrainSettings): Promise<BenchRecord[]> {
   const be = getBackend();
   const models: Models = {
     retnet: createModel('retnet', s.preset, { vocabSize: s.vocab, layers: s.layers }, { seed: 1 }) as RetNetModel,
@@ -233,13 +240,15 @@ async function measureTrain(s: Settings): Promise<BenchRecord[]> {
           continue;
         }
         const predicted = predictPeak(peaks.get(variant)!, T);
-        if (predicted !== null && predicted > MEMORY_LIMIT) {
+        if (predicted !== null && predicted > s.memoryLimit) {
           given.add(variant);
           records.push({
             ...record,
             status: 'skipped',
             predicted_peak_mib: predicted / MIB,
-            reason: `predicted peak ${(predicted / 2 ** 30).toFixed(1)} GiB > ${MEMORY_LIMIT / 2 ** 30} GiB (fitted to the measured peaks)`,
+            reason:
+              `predicted step memory ${(predicted / 2 ** 30).toFixed(2)} GiB > ${(s.memoryLimit / 2 ** 30).toFixed(2)} GiB ` +
+              '(extrapolated from its peaks at the two previous lengths)',
           });
           continue;
         }
@@ -302,7 +311,7 @@ const GOAL_MFU = 0.5;
 const GOAL_MFU_LENGTH = 2048;
 const GOAL_LENGTH = 8192;
 
-function findings(records: BenchRecord[], s: Settings): string[] {
+function findings(records: BenchRecord[], s: TrainSettings): string[] {
   const out: string[] = [];
   const find = (variant: Variant, T: number) =>
     records.find((r) => r.variant === variant && r.length === T && r.status === 'ok');
