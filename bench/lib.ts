@@ -285,10 +285,14 @@ export function checkRecords(suite: string, records: readonly BenchRecord[]): vo
   });
 }
 
+/** Environment variables that change what a benchmark measures; a command line shows those that are set. */
+const SETTINGS_ENV = ['RETNET_THREADS', 'OPENBLAS_CORETYPE', 'OMP_WAIT_POLICY'];
+
 /** The command that produced this run, as one would type it again (paths relative to the package root). */
-export function commandLine(argv = process.argv, execArgv = process.execArgv): string {
+export function commandLine(argv = process.argv, execArgv = process.execArgv, env = process.env): string {
   const script = argv[1] ? relative(packageRoot(), argv[1]) : '';
-  return ['node', ...execArgv, script, ...argv.slice(2)].join(' ');
+  const settings = SETTINGS_ENV.filter((k) => env[k] !== undefined).map((k) => `${k}=${env[k]}`);
+  return [...settings, 'node', ...execArgv, script, ...argv.slice(2)].join(' ');
 }
 
 export function resultFile(

@@ -29,6 +29,10 @@ export const suites: Record<string, Suite> = {
     summary: 'our RetNet vs the same RetNet in PyTorch on the CPU: training-step and decode tokens/s',
     run: async (argv) => (await import('./peer.js')).peerSuite(argv),
   },
+  data: {
+    summary: 'tokenising Brown into shards (bytes, BPE 4096): cold and reused',
+    run: async (argv) => (await import('./data.js')).dataSuite(argv),
+  },
   generate: {
     summary: 'generate() prefill/decode tokens/s by batch; HTTP server tokens/s, time to first token, loop blocking',
     run: async (argv) => (await import('./generate.js')).generateSuite(argv),

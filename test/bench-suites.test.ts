@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
 import { DECODE_VOCAB, FORM, decodeModels, disposeModels, flatness, measureDecodePoints } from '../bench/decode.js';
-import { BenchFailure, checkRecords, failOnFailedRecords } from '../bench/lib.js';
+import { BenchFailure, checkRecords, commandLine, failOnFailedRecords } from '../bench/lib.js';
 import { checkTorch, peerArgs } from '../bench/peer.js';
 import { markdownTable, panelsSpec, replaceSection } from '../bench/report.js';
 import {
@@ -227,6 +227,14 @@ describe('bench reports', () => {
     assert.ok(png.length > 1000);
   });
 
+  it('the command line shows the settings taken from the environment', () => {
+    const argv = ['/usr/bin/node', join(ROOT, 'bench', 'run.ts'), 'decode', '--quick'];
+    assert.equal(
+      commandLine(argv, ['--import', 'tsx'], { RETNET_THREADS: '1', HOME: '/root' }),
+      'RETNET_THREADS=1 node --import tsx bench/run.ts decode --quick',
+    );
+  });
+
   it('failed records make the suite fail after writing', () => {
     assert.doesNotThrow(() => failOnFailedRecords('x', [{ status: 'ok' }, { status: 'skipped' }]));
     assert.throws(
@@ -260,7 +268,7 @@ describe('bench peer and the CLI', () => {
       });
     const list = cli(['--list']);
     assert.equal(list.status, 0, list.stderr);
-    for (const s of ['decode', 'batch', 'train', 'quality', 'peer', 'gemm', 'attention', 'generate'])
+    for (const s of ['decode', 'batch', 'train', 'quality', 'peer', 'gemm', 'attention', 'generate', 'data'])
       assert.match(list.stdout, new RegExp(`\\n  ${s} `));
     const bad = cli(['nope']);
     assert.equal(bad.status, 2);
