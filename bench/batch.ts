@@ -4,6 +4,7 @@
 // the two architectures in turns), swept over the batch instead of the length.
 
 import { parseFlags } from '../src/cli/command.js';
+import { retnetPreset } from '../src/models/retnet/config.js';
 import { DECODE_PRESET, DECODE_VOCAB, decodeModels, disposeModels, measureDecodePoints } from './decode.js';
 import {
   type BenchRecord,
@@ -14,20 +15,26 @@ import {
   writeResults,
 } from './lib.js';
 import { markdownTable, sectionMarkdown, updateBenchmarksMd, writePlot } from './report.js';
+import { matmulParameters } from './train.js';
 
-/** RetNet's latency at the largest batch over its latency at batch 1, the measure of "nearly flat". */
-export function latencyGrowth(records: readonly BenchRecord[], arch: string): number | null {
+/** An architecture's latency at the largest batch over its latency at the smallest: the measure of "nearly flat". */
+export function latencyGrowth(
+  records: readonly BenchRecord[],
+  arch: string,
+  key: 'ms_per_token' | 'ms_per_token_min' = 'ms_per_token',
+): number | null {
   const rows = records
     .filter((r) => r.arch === arch && r.status === 'ok')
     .sort((a, b) => (a.batch as number) - (b.batch as number));
   if (rows.length < 2) return null;
-  return (rows.at(-1)!.ms_per_token as number) / (rows[0]!.ms_per_token as number);
+  return (rows.at(-1)![key] as number) / (rows[0]![key] as number);
 }
 
 const COLUMNS: Column[] = [
   { key: 'arch' },
   { key: 'batch', digits: 0 },
   { key: 'ms_per_token', header: 'latency ms/token', digits: 2 },
+  { key: 'ms_per_token_min', header: 'best ms/token', digits: 2 },
   { key: 'tokens_per_s', header: 'tokens/s', digits: 1 },
   { key: 'state_mib', header: 'state MiB', digits: 1 },
   { key: 'decode_memory_mib', header: 'decode memory MiB', digits: 1 },
@@ -56,10 +63,25 @@ export async function batchSuite(argv: string[]): Promise<void> {
   const findings: string[] = [];
   for (const arch of ['retnet', 'transformer']) {
     const g = latencyGrowth(records, arch);
-    if (g !== null)
+    const gBest = latencyGrowth(records, arch, 'ms_per_token_min');
+    if (g !== null && gBest !== null)
       findings.push(
-        `${arch}: latency per token at batch ${batches.at(-1)} is ${g.toFixed(2)}× its latency at batch ${batches[0]}`,
+        `${arch}: latency per token at batch ${batches.at(-1)} is ${g.toFixed(2)}× its latency at batch ` +
+          `${batches[0]} (${gBest.toFixed(2)}× from best times)`,
       );
+  }
+  // Why RetNet's latency grows on a CPU: a step multiplies B rows by every weight matrix, 2·N·B FLOPs. At batch 1
+  // that is bound by reading the weights; as B grows it becomes bound by the arithmetic.
+  const big = records.find((r) => r.arch === 'retnet' && r.batch === batches.at(-1) && r.status === 'ok');
+  if (big) {
+    const n = matmulParameters('retnet', retnetPreset(DECODE_PRESET, { vocabSize: DECODE_VOCAB }));
+    const gflop = (2 * n * (big.batch as number)) / 1e9;
+    findings.push(
+      `why RetNet's latency is not flat here: at batch ${big.batch} its step does 2·N·B = ${gflop.toFixed(2)} GFLOP ` +
+        `of matrix products (N = ${(n / 1e6).toFixed(1)}M weights) in ${(big.ms_per_token_min as number).toFixed(1)} ms ` +
+        `(best), ${(gflop / ((big.ms_per_token_min as number) / 1000)).toFixed(0)} GFLOP/s: the step is bound by ` +
+        'arithmetic, which grows with the batch, where a GPU (the paper) still waits on memory reads',
+    );
   }
   for (const f of findings) process.stdout.write(`${f}\n`);
   const { path, file } = writeResults('batch', records);

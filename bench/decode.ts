@@ -166,39 +166,57 @@ const GOAL_SLOWDOWN = 8.4;
 const GOAL_MEMORY = 1.7;
 const GOAL_LENGTH = 8192;
 
-/** The largest relative deviation of RetNet's per-token latency from its mean over the lengths, per batch. */
-export function flatness(records: readonly BenchRecord[], batch: number): number | null {
+/**
+ * The largest relative deviation of RetNet's per-token latency (`key`: the median or the best step time) from its
+ * mean over the lengths, at one batch size.
+ */
+export function flatness(
+  records: readonly BenchRecord[],
+  batch: number,
+  key: 'ms_per_token' | 'ms_per_token_min' = 'ms_per_token',
+): number | null {
   const ms = records
     .filter((r) => r.arch === 'retnet' && r.batch === batch && r.status === 'ok')
-    .map((r) => r.ms_per_token as number);
+    .map((r) => r[key] as number);
   if (ms.length < 2) return null;
   const mean = ms.reduce((a, b) => a + b, 0) / ms.length;
   return Math.max(...ms.map((x) => Math.abs(x / mean - 1)));
 }
 
+const verdict = (ok: boolean) => (ok ? 'met' : 'NOT met');
+
+/**
+ * The goals, judged on the median step times and on the best ones: on a machine shared with other processes the
+ * median carries their load (which comes in bursts that can fall on some lengths more than others), while the best
+ * time of many samples is what a step costs when it gets the cores.
+ */
 function findings(records: BenchRecord[], batches: number[]): string[] {
   const out: string[] = [];
   const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
   for (const b of batches) {
     const f = flatness(records, b);
-    if (f !== null)
+    const fBest = flatness(records, b, 'ms_per_token_min');
+    if (f !== null && fBest !== null)
       out.push(
-        `RetNet latency flat within ±${pct(GOAL_FLAT)} at batch ${b}: ${f <= GOAL_FLAT ? 'met' : 'NOT met'} ` +
-          `(largest deviation from the mean over the lengths: ${pct(f)})`,
+        `RetNet latency flat within ±${pct(GOAL_FLAT)} across lengths at batch ${b}: largest deviation from the ` +
+          `mean ${pct(f)} from median times (${verdict(f <= GOAL_FLAT)}), ${pct(fBest)} from best times ` +
+          `(${verdict(fBest <= GOAL_FLAT)})`,
       );
     const at = records.find((r) => r.arch === 'transformer' && r.batch === b && r.length === GOAL_LENGTH);
     const ret = records.find((r) => r.arch === 'retnet' && r.batch === b && r.length === GOAL_LENGTH);
     if (at && ret && at.status === 'ok' && ret.status === 'ok') {
       const slow = at.slowdown_vs_retnet as number;
+      const slowBest = at.slowdown_vs_retnet_best as number;
       const mem = at.memory_vs_retnet as number;
       // A step reads every weight once and the whole state: the ratio of bytes read is what a memory-bound step
       // costs, the yardstick for the measured slowdown.
       const read = (r: BenchRecord) => (r.weight_bytes as number) + (r.state_bytes as number);
       out.push(
-        `at ${GOAL_LENGTH} tokens, batch ${b}: the Transformer is ${slow.toFixed(2)}× slower per token ` +
-          `(goal ≥ ${GOAL_SLOWDOWN}×: ${slow >= GOAL_SLOWDOWN ? 'met' : 'NOT met'}) and needs ` +
-          `${pct(mem - 1)} more decode memory (goal ≥ ${pct(GOAL_MEMORY - 1)}: ${mem >= GOAL_MEMORY ? 'met' : 'NOT met'}); ` +
-          `a step reads weights + state: ${(read(at) / MIB).toFixed(0)} MiB against ${(read(ret) / MIB).toFixed(0)} MiB ` +
+        `at ${GOAL_LENGTH} tokens, batch ${b}: the Transformer is ${slow.toFixed(2)}× slower per token from ` +
+          `median times, ${slowBest.toFixed(2)}× from best times (goal ≥ ${GOAL_SLOWDOWN}×: ` +
+          `${verdict(slow >= GOAL_SLOWDOWN)}, ${verdict(slowBest >= GOAL_SLOWDOWN)}) and needs ${pct(mem - 1)} more ` +
+          `decode memory (goal ≥ ${pct(GOAL_MEMORY - 1)}: ${verdict(mem >= GOAL_MEMORY)}); a step reads weights + ` +
+          `state: ${(read(at) / MIB).toFixed(0)} MiB against ${(read(ret) / MIB).toFixed(0)} MiB ` +
           `(${(read(at) / read(ret)).toFixed(2)}×)`,
       );
     }
@@ -211,6 +229,7 @@ const COLUMNS = [
   { key: 'batch', digits: 0 },
   { key: 'length', digits: 0 },
   { key: 'ms_per_token', header: 'ms/token', digits: 2 },
+  { key: 'ms_per_token_min', header: 'ms/token (best)', digits: 2 },
   { key: 'tokens_per_s', header: 'tokens/s', digits: 1 },
   { key: 'state_mib', header: 'state MiB', digits: 2 },
   { key: 'decode_memory_mib', header: 'decode memory MiB', digits: 1 },

@@ -274,20 +274,27 @@ export async function measureTrain(s: TrainSettings): Promise<BenchRecord[]> {
         { warmup: 1, minTimeMs: 0, minSamples: s.samples, sampleTargetMs: 0 },
       );
       const load = otherLoad(before, cpuCounters());
-      const ceiling = gemmGflops(s.gemmN, timings[running.length]!.msMedian);
+      const gemm = timings[running.length]!;
+      const ceiling = gemmGflops(s.gemmN, gemm.msMedian);
+      const ceilingBest = gemmGflops(s.gemmN, gemm.msMin);
       running.forEach(({ record }, i) => {
         const t = timings[i]!;
+        const flops = record.train_flops_per_token as number;
         const tokensPerS = (B * T * 1000) / t.msMedian;
-        const gflops = ((record.train_flops_per_token as number) * tokensPerS) / 1e9;
+        const gflops = (flops * tokensPerS) / 1e9;
+        const gflopsBest = (flops * B * T) / (t.msMin * 1e6);
         records.push({
           ...record,
           status: 'ok',
           ms_per_step: t.msMedian,
           ms_per_step_min: t.msMin,
           tokens_per_s: tokensPerS,
+          tokens_per_s_best: (B * T * 1000) / t.msMin,
           model_gflops: gflops,
           gemm_ceiling_gflops: ceiling,
           mfu: gflops / ceiling,
+          // The same from the best step and the best sgemm: what is reached when the cores are not taken.
+          mfu_best: gflopsBest / ceilingBest,
           samples: t.samples,
           other_load: load,
         });
@@ -318,21 +325,25 @@ function findings(records: BenchRecord[], s: TrainSettings): string[] {
   const chunk = find('retnet-chunkwise', GOAL_MFU_LENGTH);
   if (chunk && s.layers === 12 && s.preset === 'base') {
     const mfu = chunk.mfu as number;
+    const best = chunk.mfu_best as number;
     out.push(
       `MFU of the 12-layer d=512 RetNet, chunkwise, at ${GOAL_MFU_LENGTH}: ${(mfu * 100).toFixed(1)}% of the ` +
-        `${(chunk.gemm_ceiling_gflops as number).toFixed(0)} GFLOP/s sgemm ceiling measured alongside ` +
-        `(goal ≥ ${GOAL_MFU * 100}%: ${mfu >= GOAL_MFU ? 'met' : 'NOT met'})`,
+        `${(chunk.gemm_ceiling_gflops as number).toFixed(0)} GFLOP/s sgemm ceiling measured alongside from median ` +
+        `times, ${(best * 100).toFixed(1)}% from best times (goal ≥ ${GOAL_MFU * 100}%: ` +
+        `${mfu >= GOAL_MFU ? 'met' : 'NOT met'}, ${best >= GOAL_MFU ? 'met' : 'NOT met'})`,
     );
   }
   const r = find('retnet-chunkwise', GOAL_LENGTH);
   const t = find('transformer-flash', GOAL_LENGTH);
   if (r && t) {
     const speed = (r.tokens_per_s as number) / (t.tokens_per_s as number);
+    const speedBest = (r.tokens_per_s_best as number) / (t.tokens_per_s_best as number);
     const mem = (t.peak_bytes as number) / (r.peak_bytes as number);
     out.push(
       `at ${GOAL_LENGTH}: RetNet chunkwise trains ${speed.toFixed(2)}× as fast as the flash-attention Transformer ` +
+        `(${speedBest.toFixed(2)}× from best times) ` +
         `and its peak memory is ${(1 / mem).toFixed(2)}× the Transformer's (goal: faster and smaller: ` +
-        `${speed > 1 && mem > 1 ? 'met' : 'NOT met'})`,
+        `${speed > 1 && speedBest > 1 && mem > 1 ? 'met' : 'NOT met'})`,
     );
   }
   for (const x of records.filter((x) => x.status === 'skipped' && x.predicted_peak_mib !== undefined))
@@ -350,6 +361,7 @@ const COLUMNS: Column[] = [
   { key: 'model_gflops', header: 'model GFLOP/s', digits: 1 },
   { key: 'gemm_ceiling_gflops', header: 'sgemm GFLOP/s', digits: 1 },
   { key: 'mfu', header: 'MFU', digits: 3 },
+  { key: 'mfu_best', header: 'MFU (best)', digits: 3 },
   { key: 'other_load', header: 'other load', digits: 2 },
 ];
 

@@ -164,8 +164,15 @@ describe('bench decode: synthetic contexts and one measured point', () => {
   });
 
   it('flatness is the largest deviation of RetNet latency from its mean', () => {
-    const rec = (ms: number) => ({ arch: 'retnet', batch: 1, status: 'ok', ms_per_token: ms });
+    const rec = (ms: number) => ({
+      arch: 'retnet',
+      batch: 1,
+      status: 'ok',
+      ms_per_token: ms,
+      ms_per_token_min: ms / 2,
+    });
     assert.ok(Math.abs(flatness([rec(9), rec(10), rec(11)], 1)! - 0.1) < 1e-12);
+    assert.ok(Math.abs(flatness([rec(8), rec(12)], 1, 'ms_per_token_min')! - 0.2) < 1e-12);
     assert.equal(flatness([rec(9)], 1), null);
   });
 });
