@@ -80,7 +80,8 @@ export async function batchSuite(argv: string[]): Promise<void> {
       `why RetNet's latency is not flat here: at batch ${big.batch} its step does 2·N·B = ${gflop.toFixed(2)} GFLOP ` +
         `of matrix products (N = ${(n / 1e6).toFixed(1)}M weights) in ${(big.ms_per_token_min as number).toFixed(1)} ms ` +
         `(best), ${(gflop / ((big.ms_per_token_min as number) / 1000)).toFixed(0)} GFLOP/s: the step is bound by ` +
-        'arithmetic, which grows with the batch, where a GPU (the paper) still waits on memory reads',
+        'arithmetic, which grows with the batch (a GPU, with far more arithmetic per byte of memory bandwidth, ' +
+        'stays bound by memory reads up to larger batches)',
     );
   }
   for (const f of findings) process.stdout.write(`${f}\n`);

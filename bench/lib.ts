@@ -131,7 +131,7 @@ export function median(xs: readonly number[]): number {
 }
 
 export interface TimingOptions {
-  /** Single calls before measuring (at least 1: the last one sizes the samples). */
+  /** Single calls before measuring; the last one sizes the samples. 0: no warm-up, one call per sample. */
   warmup: number;
   /** Keep sampling until the samples add up to this much time (all variants together)... */
   minTimeMs: number;
@@ -182,7 +182,7 @@ export function batchOf(fn: () => void, clock = now): Batch {
 
 /**
  * The timing rule. Each batch gets `warmup` single calls, the last of which sizes its samples to about
- * `sampleTargetMs`; then the batches take turns of `samplesPerTurn` samples (after `settleMs` idle), until the samples
+ * `sampleTargetMs` (without warm-up, a sample is one call); then the batches take turns of `samplesPerTurn` samples (after `settleMs` idle), until the samples
  * add up to `minTimeMs` and each batch has `minSamples`. Taking turns means that load from other processes falls on
  * every variant alike, so ratios between them hold better on a shared machine. Reports per-call median and minimum.
  */
@@ -190,8 +190,8 @@ export async function measureEach(batches: readonly Batch[], opts: Partial<Timin
   const o = { ...DEFAULT_TIMING, ...opts };
   const callsPerSample: number[] = [];
   for (const batch of batches) {
-    let single = 0;
-    for (let i = 0; i < Math.max(1, o.warmup); i++) single = await batch(1);
+    let single = Infinity;
+    for (let i = 0; i < o.warmup; i++) single = await batch(1);
     callsPerSample.push(Math.max(1, Math.ceil(o.sampleTargetMs / Math.max(single, 1e-6))));
   }
   const perCall: number[][] = batches.map(() => []);
