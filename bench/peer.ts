@@ -30,7 +30,7 @@ import {
   printTable,
   writeResults,
 } from './lib.js';
-import { markdownTable, sectionMarkdown, updateBenchmarksMd, writePlot } from './report.js';
+import { markdownTable, plural, sectionMarkdown, updateBenchmarksMd, writePlot } from './report.js';
 
 /** Debian's interpreter, which has python3-torch (a pyenv python3 may come first on PATH, without torch). */
 export const PYTHON = process.env.RETNET_PEER_PYTHON ?? '/usr/bin/python3';
@@ -233,7 +233,7 @@ export async function peerSuite(argv: string[]): Promise<void> {
   });
   const plot = await writePlot(
     'peer',
-    `Ours vs PyTorch ${torchVersion} on the CPU (RetNet ${shape.preset}, ${threads} threads)`,
+    `Ours vs PyTorch ${torchVersion} on the CPU (RetNet ${shape.preset}, ${plural(threads, 'thread')})`,
     [panel('train', `training step, B=${shape.batch} T=${shape.seq}`), panel('decode', 'recurrent decoding, B=1')],
   );
   updateBenchmarksMd(
@@ -244,7 +244,7 @@ export async function peerSuite(argv: string[]): Promise<void> {
         `The same RetNet (\`${shape.preset}\` preset: d = ${c.embedDim}, ${c.layers} layers, ${c.heads} heads, ` +
         `dv = ffn = ${c.valueDim}, vocabulary ${c.vocabSize}; ${(model.parameterCount() / 1e6).toFixed(1)}M ` +
         `parameters) in our engine and in PyTorch ${torchVersion} (Debian's python3-torch, bench/peer_torch.py: ` +
-        `torchscale's math written directly in PyTorch), both float32 with ${threads} threads. Training step: ` +
+        `torchscale's math written directly in PyTorch), both float32 with ${plural(threads, 'thread')}. Training step: ` +
         `parallel form, batch ${shape.batch} × ${shape.seq} tokens, forward + cross-entropy + backward + AdamW, ` +
         `mean of ${shape.steps} steps after one warm-up. Decoding: greedy, batch 1, recurrent form, mean of ` +
         `${shape.decode} steps after 8 warm-up steps. The two sides alternate by rounds; each reports its best round.`,

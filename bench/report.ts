@@ -253,6 +253,8 @@ export interface Section {
   plot: { svg: string; png: string } | null;
 }
 
+export const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
+
 /** The Markdown of a section: title, provenance (machine, commit, command, load), intro, table, findings, chart. */
 export function sectionMarkdown(s: Section): string {
   const m = s.file.machine;
@@ -260,13 +262,14 @@ export function sectionMarkdown(s: Section): string {
   const loadText =
     load.length === 0
       ? 'not measured'
-      : `${(Math.min(...load) * 100).toFixed(0)}-${(Math.max(...load) * 100).toFixed(0)}% of the machine's CPU`;
+      : `${[...new Set([Math.min(...load), Math.max(...load)].map((x) => (x * 100).toFixed(0)))].join('-')}% ` +
+        "of the machine's CPU";
   const lines = [
     `### ${s.title}`,
     '',
     `- command: \`${s.file.command}\``,
     `- commit: \`${s.file.commit ?? 'unknown'}\`, run ${s.file.createdAt}`,
-    `- machine: ${m.cpu}, ${m.cores} cores, ${m.memory_gib} GiB, Node ${m.node}, ${m.threads} threads, ` +
+    `- machine: ${m.cpu}, ${m.cores} cores, ${m.memory_gib} GiB, Node ${m.node}, ${plural(m.threads, 'thread')}, ` +
       `OpenBLAS ${m.blas_core ?? '-'} (OPENBLAS_CORETYPE ${m.openblas_coretype ?? 'unset'})`,
     `- other processes' load during the measurements: ${loadText}`,
     '',
