@@ -5,8 +5,8 @@
 // prefill of `length` tokens leaves, filled with random values. A decode step's cost depends on that shape only, so a
 // real prefill of 16k tokens is not needed. Every timed step decodes at exactly `length`: the positions are set back
 // after each step, so the step overwrites the same cache slot instead of growing the context while it is timed.
-// The two architectures take turns sample by sample (bench/lib.ts measureEach), so load from other processes falls
-// on both alike and their ratio is measured side by side.
+// All lengths of a batch size and both architectures take turns sample by sample (bench/lib.ts measureEach), so
+// load from other processes falls on all of them alike: the ratios and the flatness are measured side by side.
 //
 // Memory is the engine's tensor accounting: the decode state (state.bytes()), the extra bytes a step allocates on top
 // of it (backend.memory.peak during one step), and the weights, reported separately and summed as decode memory.
@@ -305,8 +305,10 @@ export async function decodeSuite(argv: string[]): Promise<void> {
         'row of the batch gets one token per step), tokens/s = batch / step time. Contexts are **synthetic**: the ' +
         'RetNet state or KV cache of a given length is filled with random values (the cost of a step depends on its ' +
         'shape only), and every step decodes at exactly that length. Decode memory = weights + decode state + the ' +
-        "step's workspace, from the engine's tensor accounting; the state alone is listed too. The two " +
-        'architectures take turns sample by sample, so the ratios are measured side by side.',
+        "step's workspace, from the engine's tensor accounting; the state alone is listed too. All lengths of a " +
+        'batch size and both architectures take turns sample by sample, so the ratios and the flatness are ' +
+        'measured side by side. Goals are judged on median step times and on best (minimum) ones: on a shared ' +
+        "machine the median carries the other processes' load, the best time is what a step costs with the core.",
       file,
       table: markdownTable(records, COLUMNS),
       findings: goals,
