@@ -41,8 +41,8 @@ function settings(quick: boolean): Settings {
         finalEvalBatches: 16,
       }
     : {
-        preset: 'tiny',
-        config: trainConfig({ ...shared, steps: 400, batch: 16, seqLen: 128, evalEvery: 40 }),
+        preset: 'small',
+        config: trainConfig({ ...shared, steps: 300, batch: 16, seqLen: 128, evalEvery: 30 }),
         finalEvalBatches: 0,
       };
 }
