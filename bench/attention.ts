@@ -1,48 +1,29 @@
-// `npm run bench -- attention [--quick] [--lengths 256,512] [--batch 1] [--heads 8] [--head-dim 64]`
+// `retnet bench attention [--quick] [--lengths 256,512] [--batch 1] [--heads 8] [--head-dim 64]`
 //
 // Causal attention kernels, in the manner of llm.c's dev/cuda benchmarks: first validate (native flash against
 // native naive and against the reference backend, forward and gradients), then time each algorithm's forward and
-// forward + backward at growing lengths T, with the peak tensor bytes of a forward + backward from the engine's memory
-// accounting (inputs excluded, workspace included). Then the KV-cache decode kernel: one query per head against
-// caches of growing length. Naive and flash take turns in the timing (bench/lib.ts), so load from other processes
-// falls on both alike; each row records that load, and the mean process CPU time of a forward + backward (with
-// RETNET_THREADS=1, the compute time). Prints tables and writes bench/results/attention.json.
+// forward + backward at growing lengths T, with the peak tensor bytes of a forward + backward from the engine's
+// memory accounting (inputs excluded, workspace included). Then the KV-cache decode kernel: one query per head
+// against caches of growing length. Prints tables and writes bench/results/attention.json. Rates come from the
+// minimum time over the samples (medians are recorded too): on a shared machine an OpenMP barrier waits whenever
+// another process holds a core, which inflates some runs by whole scheduler slices but never shortens one.
 //
-// FLOP counts are the causal model FLOPs (the FlashAttention paper's convention, halved for the mask): forward
+// FLOP counts are the causal model FLOPs (FlashAttention paper convention, halved for the mask): forward
 // 2·B·H·T²·K (q kᵀ and P v over the lower triangle), backward 2.5× that.
 
 import type { AttentionAlgorithm, Backend } from '../src/backend/backend.js';
 import { getBackend, referenceBackend, threadCount } from '../src/backend/index.js';
 import { backward, noGrad } from '../src/autograd/tape.js';
 import { intFlag, parseFlags } from '../src/cli/command.js';
-import { RetnetError } from '../src/errors.js';
 import { attentionDecode, causalAttention } from '../src/ops/attention.js';
 import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
 import type { Tensor } from '../src/tensor/tensor.js';
-import {
-  type Batch,
-  type BenchRecord,
-  type TimingOptions,
-  batchOf,
-  cpuCounters,
-  gbPerS,
-  measure,
-  measureEach,
-  otherLoad,
-  printTable,
-  writeResults,
-} from './lib.js';
+import { type BenchRecord, BenchFailure, cpuCounters, measure, otherLoad, printTable, writeResults } from './lib.js';
+
+type Row = BenchRecord;
 
 const ALGORITHMS: AttentionAlgorithm[] = ['naive', 'flash'];
-
-interface Inputs {
-  q: Tensor;
-  k: Tensor;
-  v: Tensor;
-  /** The output gradient. */
-  g: Tensor;
-}
 
 function randomTensor(be: Backend, rng: Rng, shape: number[], requiresGrad = false): Tensor {
   const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
@@ -52,45 +33,46 @@ function randomTensor(be: Backend, rng: Rng, shape: number[], requiresGrad = fal
   return t;
 }
 
-/** q, k, v, g: [B, T, H, K] of seeded normal values. */
+/** Minimum and median ms of fn over at least `minRuns` runs and `minMs` of timing, after one warm-up run. */
+async function timeMs(fn: () => void, minRuns: number, minMs: number): Promise<{ min: number; median: number }> {
+  const t = await measure(fn, { warmup: 1, minTimeMs: minMs, minSamples: minRuns, sampleTargetMs: 0 });
+  return { min: t.msMin, median: t.msMedian };
+}
+
+interface Inputs {
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+  g: Tensor;
+}
+
 function inputs(be: Backend, B: number, T: number, H: number, K: number, seed: number): Inputs {
   const rng = new Rng(seed);
   const shape = [B, T, H, K];
-  const [q, k, v] = [0, 1, 2].map(() => randomTensor(be, rng, shape, true)) as [Tensor, Tensor, Tensor];
-  return { q, k, v, g: randomTensor(be, rng, shape) };
+  return {
+    q: randomTensor(be, rng, shape, true),
+    k: randomTensor(be, rng, shape, true),
+    v: randomTensor(be, rng, shape, true),
+    g: randomTensor(be, rng, shape),
+  };
 }
 
 function dispose(x: Inputs): void {
   for (const t of [x.q, x.k, x.v, x.g]) t.dispose();
 }
 
-function forward(x: Inputs, algorithm: AttentionAlgorithm): void {
-  noGrad(() => tidy(() => void causalAttention(x.q, x.k, x.v, { algorithm })));
-}
-
-/** One forward + backward; the gradients are dropped again. */
-function forwardBackward(x: Inputs, algorithm: AttentionAlgorithm): void {
-  tidy(() => backward(causalAttention(x.q, x.k, x.v, { algorithm }), x.g));
+/** o, dq, dk, dv of one forward + backward. */
+function outputs(x: Inputs, algorithm: AttentionAlgorithm): Float32Array[] {
   for (const t of [x.q, x.k, x.v]) {
     t.grad?.dispose();
     t.grad = null;
   }
-}
-
-/** o, dq, dk, dv of one forward + backward. */
-function outputs(x: Inputs, algorithm: AttentionAlgorithm): Float32Array[] {
   const o = tidy(() => {
     const out = causalAttention(x.q, x.k, x.v, { algorithm });
     backward(out, x.g);
     return out.data() as Float32Array;
   });
-  const grads = [x.q, x.k, x.v].map((t) => {
-    const g = t.grad!.data() as Float32Array;
-    t.grad!.dispose();
-    t.grad = null;
-    return g;
-  });
-  return [o, ...grads];
+  return [o, ...[x.q, x.k, x.v].map((t) => t.grad!.data() as Float32Array)];
 }
 
 /** max |a − b| / max(1, max |b|) over o, dq, dk, dv. */
@@ -105,123 +87,97 @@ function maxRelError(a: Float32Array[], b: Float32Array[]): number {
   return worst;
 }
 
-/** Native flash and naive against each other and the reference, on a shape spanning several tiles. */
-function validate(): BenchRecord[] {
+function validate(): Row[] {
+  const nat = getBackend('native');
+  const ref = referenceBackend();
   const [B, T, H, K] = [2, 150, 3, 64];
-  const nat = inputs(getBackend('native'), B, T, H, K, 1);
-  const ref = inputs(referenceBackend(), B, T, H, K, 1);
-  const native = { naive: outputs(nat, 'naive'), flash: outputs(nat, 'flash') };
-  const records: BenchRecord[] = ALGORITHMS.map((algorithm) => ({
-    check: `native ${algorithm} vs reference ${algorithm}`,
-    max_rel_error: maxRelError(native[algorithm], outputs(ref, algorithm)),
-  }));
-  records.push({ check: 'native flash vs native naive', max_rel_error: maxRelError(native.flash, native.naive) });
-  dispose(nat);
-  dispose(ref);
-  const bad = records.filter((r) => !((r.max_rel_error as number) <= 1e-5));
+  const rows: Row[] = [];
+  const natIn = inputs(nat, B, T, H, K, 1);
+  const refIn = inputs(ref, B, T, H, K, 1);
+  const naive = outputs(natIn, 'naive');
+  for (const algorithm of ALGORITHMS) {
+    const n = outputs(natIn, algorithm);
+    const r = outputs(refIn, algorithm);
+    rows.push({ check: `native ${algorithm} vs reference ${algorithm}`, max_rel_error: maxRelError(n, r) });
+    if (algorithm === 'flash')
+      rows.push({ check: 'native flash vs native naive', max_rel_error: maxRelError(n, naive) });
+  }
+  dispose(natIn);
+  dispose(refIn);
+  const bad = rows.filter((r) => !((r.max_rel_error as number) <= 1e-5));
   if (bad.length > 0)
-    throw new RetnetError(`validation failed: ${bad.map((r) => `${r.check} ${r.max_rel_error}`).join('; ')}`);
-  return records;
+    throw new BenchFailure(
+      `attention: validation failed: ${bad.map((r) => `${r.check} ${r.max_rel_error}`).join('; ')}`,
+    );
+  return rows;
 }
 
-/**
- * A timed batch of fn that also adds up the process CPU time (all threads) it used. With RETNET_THREADS=1 the CPU time
- * per call is the compute time, which other processes on the machine hardly change.
- */
-function cpuTimedBatch(fn: () => void): { batch: Batch; cpuMsPerCall: () => number } {
-  let cpuMs = 0;
-  let calls = 0;
-  const wall = batchOf(fn);
-  const batch: Batch = (n) => {
-    const c0 = process.cpuUsage();
-    const ms = wall(n) as number;
-    const c = process.cpuUsage(c0);
-    cpuMs += (c.user + c.system) / 1000;
-    calls += n;
-    return ms;
-  };
-  return { batch, cpuMsPerCall: () => cpuMs / calls };
-}
-
-/** Peak tensor bytes of one forward + backward above what the inputs hold. */
-function peakBytes(x: Inputs, algorithm: AttentionAlgorithm): number {
-  const be = x.q.backend;
-  const base = be.memory.current;
-  be.memory.resetPeak();
-  forwardBackward(x, algorithm);
-  return be.memory.peak - base;
-}
-
-async function timeSequences(
+async function timeSequence(
   B: number,
   T: number,
   H: number,
   K: number,
-  timing: Partial<TimingOptions>,
-): Promise<BenchRecord[]> {
-  const x = inputs(getBackend('native'), B, T, H, K, 2);
-  const before = cpuCounters();
-  const fwd = await measureEach(
-    ALGORITHMS.map((a) => batchOf(() => forward(x, a))),
-    timing,
+  algorithm: AttentionAlgorithm,
+  quick: boolean,
+): Promise<Row> {
+  const be = getBackend('native');
+  const x = inputs(be, B, T, H, K, 2);
+  const runs = quick ? 3 : 5;
+  const minMs = quick ? 200 : 1000;
+  const fwdMs = await timeMs(
+    () => noGrad(() => tidy(() => void causalAttention(x.q, x.k, x.v, { algorithm }))),
+    runs,
+    minMs,
   );
-  const fwdBwdBatches = ALGORITHMS.map((a) => cpuTimedBatch(() => forwardBackward(x, a)));
-  const fwdBwd = await measureEach(
-    fwdBwdBatches.map((b) => b.batch),
-    timing,
-  );
-  const load = otherLoad(before, cpuCounters());
-  const fwdFlops = 2 * B * H * T * T * K;
-  const records = ALGORITHMS.map((algorithm, i) => {
-    const f = fwd[i]!;
-    const fb = fwdBwd[i]!;
-    return {
-      T,
-      algorithm,
-      fwd_ms: f.msMin,
-      fwd_bwd_ms: fb.msMin,
-      fwd_bwd_ms_median: fb.msMedian,
-      fwd_bwd_cpu_ms: fwdBwdBatches[i]!.cpuMsPerCall(),
-      tokens_per_s: (B * T) / (fb.msMin / 1000),
-      fwd_gflops: fwdFlops / (f.msMin * 1e6),
-      fwd_bwd_gflops: (3.5 * fwdFlops) / (fb.msMin * 1e6),
-      peak_mib: peakBytes(x, algorithm) / 2 ** 20,
-      other_load: load,
-    };
-  });
+  const step = () => {
+    tidy(() => backward(causalAttention(x.q, x.k, x.v, { algorithm }), x.g));
+    for (const t of [x.q, x.k, x.v]) {
+      t.grad?.dispose();
+      t.grad = null;
+    }
+  };
+  const fwdBwdMs = await timeMs(step, runs, minMs);
+  const base = be.memory.current;
+  be.memory.resetPeak();
+  step();
+  const peak = be.memory.peak - base;
   dispose(x);
-  return records;
+  const fwdFlops = 2 * B * H * T * T * K;
+  return {
+    T,
+    algorithm,
+    fwd_ms: fwdMs.min,
+    fwd_bwd_ms: fwdBwdMs.min,
+    fwd_bwd_ms_median: fwdBwdMs.median,
+    tokens_per_s: (B * T) / (fwdBwdMs.min / 1000),
+    fwd_gflops: fwdFlops / (fwdMs.min * 1e6),
+    fwd_bwd_gflops: (3.5 * fwdFlops) / (fwdBwdMs.min * 1e6),
+    peak_mib: peak / 2 ** 20,
+    peak_bytes: peak,
+  };
 }
 
-async function timeDecode(
-  B: number,
-  C: number,
-  H: number,
-  K: number,
-  timing: Partial<TimingOptions>,
-): Promise<BenchRecord> {
+async function timeDecode(B: number, C: number, H: number, K: number, quick: boolean): Promise<Row> {
   const be = getBackend('native');
   const rng = new Rng(3);
   const q = randomTensor(be, rng, [B, H, K]);
-  const [kc, vc] = [0, 1].map(() => randomTensor(be, rng, [B, H, C, K])) as [Tensor, Tensor];
+  const kc = randomTensor(be, rng, [B, H, C, K]);
+  const vc = randomTensor(be, rng, [B, H, C, K]);
   const lengths = new Array<number>(B).fill(C);
-  const before = cpuCounters();
-  const t = await measure(() => attentionDecode(q, kc, vc, lengths).dispose(), timing);
-  const load = otherLoad(before, cpuCounters());
-  for (const x of [q, kc, vc]) x.dispose();
+  const ms = await timeMs(() => attentionDecode(q, kc, vc, lengths).dispose(), quick ? 5 : 20, quick ? 100 : 500);
+  for (const t of [q, kc, vc]) t.dispose();
+  // Each call reads the whole K and V cache once.
+  const bytes = 2 * B * H * C * K * 4;
   return {
     cache_length: C,
-    us_per_step: t.msMin * 1000,
-    us_per_step_median: t.msMedian * 1000,
-    // Each step reads the whole key and value cache once.
-    cache_read_gb_per_s: gbPerS(2 * B * H * C * K * 4, t.msMin),
-    other_load: load,
+    us_per_step: ms.min * 1000,
+    us_per_step_median: ms.median * 1000,
+    cache_read_gb_per_s: bytes / (ms.min * 1e6),
   };
 }
 
 export async function attentionSuite(argv: string[]): Promise<void> {
-  const cmd = 'bench attention';
-  const { values } = parseFlags(cmd, argv, {
+  const { values } = parseFlags('bench attention', argv, {
     quick: { type: 'boolean' },
     lengths: { type: 'string' },
     batch: { type: 'string' },
@@ -229,55 +185,48 @@ export async function attentionSuite(argv: string[]): Promise<void> {
     'head-dim': { type: 'string' },
   });
   const quick = values.quick === true;
-  const B = intFlag(cmd, 'batch', values.batch, 1);
-  const H = intFlag(cmd, 'heads', values.heads, 8);
-  const K = intFlag(cmd, 'head-dim', values['head-dim'], 64);
+  const B = intFlag('bench attention', 'batch', values.batch, 1);
+  const H = intFlag('bench attention', 'heads', values.heads, 8);
+  const K = intFlag('bench attention', 'head-dim', values['head-dim'], 64);
   const lengths = values.lengths
-    ? values.lengths.split(',').map((s) => intFlag(cmd, 'lengths', s, 0))
+    ? values.lengths.split(',').map((v) => intFlag('bench attention', 'lengths', v, 0))
     : quick
       ? [256, 512, 1024]
       : [256, 512, 1024, 2048, 4096];
-  const timing: Partial<TimingOptions> = quick
-    ? { warmup: 1, minTimeMs: 200, minSamples: 3 }
-    : { warmup: 1, minTimeMs: 1000, minSamples: 5 };
 
-  const checks = validate();
-  printTable('validation (B=2 T=150 H=3 K=64, float32; o, dq, dk, dv)', checks, [
+  const checks = validate().map((r) => ({ kind: 'validation', ...r }));
+  printTable('validation (B=2 T=150 H=3 K=64, float32, o and gradients)', checks, [
     { key: 'check' },
     { key: 'max_rel_error', digits: 9 },
   ]);
 
-  const sequences: BenchRecord[] = [];
-  for (const T of lengths) sequences.push(...(await timeSequences(B, T, H, K, timing)));
-  printTable(`causal attention, native, B=${B} H=${H} K=${K}, ${threadCount()} threads (times: minimum)`, sequences, [
+  const before = cpuCounters();
+  const sequence: Row[] = [];
+  for (const T of lengths)
+    for (const algorithm of ALGORITHMS)
+      sequence.push({ kind: 'sequence', B, H, K, ...(await timeSequence(B, T, H, K, algorithm, quick)) });
+  const decode: Row[] = [];
+  for (const C of lengths) decode.push({ kind: 'decode', B, H, K, ...(await timeDecode(B, C, H, K, quick)) });
+  const load = otherLoad(before, cpuCounters());
+  for (const r of [...sequence, ...decode]) r.other_load = load;
+
+  printTable(`causal attention, native, B=${B} H=${H} K=${K}, ${threadCount()} threads`, sequence, [
     { key: 'T', digits: 0 },
     { key: 'algorithm' },
-    { key: 'fwd_ms' },
-    { key: 'fwd_bwd_ms' },
-    { key: 'fwd_bwd_ms_median', header: 'median' },
-    { key: 'fwd_bwd_cpu_ms', header: 'cpu ms' },
-    { key: 'tokens_per_s', header: 'tokens/s', digits: 0 },
+    { key: 'fwd_ms', digits: 3 },
+    { key: 'fwd_bwd_ms', digits: 3 },
+    { key: 'tokens_per_s', digits: 0 },
     { key: 'fwd_gflops', digits: 1 },
     { key: 'fwd_bwd_gflops', digits: 1 },
-    { key: 'peak_mib', header: 'peak MiB', digits: 1 },
-    { key: 'other_load', digits: 2 },
+    { key: 'peak_mib', digits: 1 },
+    { key: 'fwd_bwd_ms_median', digits: 3 },
   ]);
-
-  const decode: BenchRecord[] = [];
-  for (const C of lengths) decode.push(await timeDecode(B, C, H, K, timing));
   printTable(`KV-cache decode attention, native, B=${B} H=${H} K=${K}`, decode, [
     { key: 'cache_length', digits: 0 },
-    { key: 'us_per_step' },
-    { key: 'us_per_step_median', header: 'median' },
-    { key: 'cache_read_gb_per_s', digits: 1 },
-    { key: 'other_load', digits: 2 },
+    { key: 'us_per_step', digits: 1 },
+    { key: 'cache_read_gb_per_s', digits: 2 },
+    { key: 'us_per_step_median', digits: 1 },
   ]);
-
-  const shape = { B, H, K, threads: threadCount() };
-  const records: BenchRecord[] = [
-    ...checks.map((r) => ({ kind: 'validation', ...r })),
-    ...sequences.map((r) => ({ kind: 'sequence', ...shape, ...r })),
-    ...decode.map((r) => ({ kind: 'decode', ...shape, ...r })),
-  ];
-  process.stdout.write(`\nwrote ${writeResults('attention', records)}\n`);
+  const { path } = writeResults('attention', [...checks, ...sequence, ...decode]);
+  process.stdout.write(`\nwrote ${path}\n`);
 }

@@ -1,15 +1,15 @@
-// Generation and serving speed, RetNet and the Transformer at the same preset (native float32).
-// generate(): prefill tokens/s and decode tokens/s at batch 1, 4 and 16 (prompt 256 tokens). The HTTP server with 1, 4
-// and 16 concurrent streaming clients: aggregate tokens/s, mean time to first token, and the longest the event loop
-// was held next to the longest single model call (the server yields between model calls, so the two should match;
-// on a loaded machine the OS descheduling the process adds to the first). Writes bench/results/generate.json.
+// `retnet bench generate [--quick]`: generation and serving speed. Part 1: generate() on RetNet presets (native
+// float32) at batch 1, 4 and 16 — prefill tokens/s (chunkwise form) and decode tokens/s (recurrent form, all rows).
+// Part 2: the HTTP server with 1, 4 and 16 concurrent streaming clients — aggregate tokens/s, mean time to first
+// token, and the longest the event loop was blocked next to the longest single model call. Prints tables; writes
+// bench/results/generate.json.
 
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { parseArgs } from 'node:util';
 
+import { parseFlags } from '../src/cli/command.js';
 import { generate } from '../src/generate/generate.js';
 import type { CausalLM } from '../src/models/lm.js';
-import { type Arch, createModel } from '../src/models/registry.js';
+import { createModel } from '../src/models/registry.js';
 import { startServer } from '../src/server/server.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
 import { type BenchRecord, cpuCounters, otherLoad, printTable, writeResults } from './lib.js';
@@ -43,8 +43,8 @@ function timeCalls(model: CausalLM): { prefill: number[]; step: number[] } {
 
 const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
 
-async function benchGenerate(arch: Arch, preset: string, batch: number, newTokens: number): Promise<BenchRecord> {
-  const model = createModel(arch, preset, { vocabSize: tok.vocabSize }, { seed: 1 });
+async function benchGenerate(preset: string, batch: number, newTokens: number): Promise<BenchRecord> {
+  const model = createModel('retnet', preset, { vocabSize: tok.vocabSize }, { seed: 1 });
   const times = timeCalls(model);
   const requests = Array.from({ length: batch }, (_, i) => ({
     prompt: promptOf(PROMPT_TOKENS, i),
@@ -52,7 +52,6 @@ async function benchGenerate(arch: Arch, preset: string, batch: number, newToken
     ignoreEos: true,
     sampling: { temperature: 0 },
   }));
-  const before = cpuCounters();
   // One warm-up run (kernel caches, buffer pool), then the measured one.
   for (let run = 0; run < 2; run++) {
     times.prefill.length = 0;
@@ -63,25 +62,22 @@ async function benchGenerate(arch: Arch, preset: string, batch: number, newToken
   const prefillMs = sum(times.prefill);
   const decodeMs = sum(times.step);
   return {
-    arch,
     preset,
     batch,
-    prompt_tokens: PROMPT_TOKENS,
-    new_tokens: newTokens,
-    prefill_ms: prefillMs,
-    prefill_tokens_per_s: (batch * PROMPT_TOKENS * 1000) / prefillMs,
-    decode_step_ms: decodeMs / times.step.length,
-    decode_tokens_per_s: (batch * times.step.length * 1000) / decodeMs,
-    other_load: otherLoad(before, cpuCounters()),
+    promptTokens: PROMPT_TOKENS,
+    newTokens: newTokens,
+    prefillMs,
+    prefillTokensPerS: (batch * PROMPT_TOKENS * 1000) / prefillMs,
+    decodeStepMs: decodeMs / times.step.length,
+    decodeTokensPerS: (batch * times.step.length * 1000) / decodeMs,
   };
 }
 
-async function benchServer(arch: Arch, preset: string, clients: number, newTokens: number): Promise<BenchRecord> {
-  const model = createModel(arch, preset, { vocabSize: tok.vocabSize }, { seed: 1 });
+async function benchServer(clients: number, newTokens: number): Promise<BenchRecord> {
+  const model = createModel('retnet', 'tiny', { vocabSize: tok.vocabSize }, { seed: 1 });
   const times = timeCalls(model);
   const server = await startServer(model, tok, { modelId: 'bench', port: 0, maxActive: 16 });
   const loop = monitorEventLoopDelay({ resolution: 1 });
-  const before = cpuCounters();
   loop.enable();
   const start = performance.now();
   const results = await Promise.all(
@@ -100,75 +96,65 @@ async function benchServer(arch: Arch, preset: string, clients: number, newToken
         }),
       });
       let firstMs = -1;
-      let text = '';
+      let tokens = 0;
       const decoder = new TextDecoder();
+      let text = '';
       for await (const bytes of r.body!) {
         if (firstMs < 0) firstMs = performance.now() - t0;
         text += decoder.decode(bytes as Uint8Array, { stream: true });
       }
       const usage = /"completion_tokens":(\d+)/.exec(text);
-      return { firstMs, tokens: usage ? Number(usage[1]) : 0 };
+      tokens = usage ? Number(usage[1]) : 0;
+      return { firstMs, tokens };
     }),
   );
   const wallMs = performance.now() - start;
   loop.disable();
-  const load = otherLoad(before, cpuCounters());
   await server.close();
   model.dispose();
   return {
-    arch,
-    preset,
     clients,
-    prompt_tokens: PROMPT_TOKENS,
-    new_tokens: newTokens,
-    wall_ms: wallMs,
-    tokens_per_s: (sum(results.map((r) => r.tokens)) * 1000) / wallMs,
-    ttft_ms_mean: sum(results.map((r) => r.firstMs)) / clients,
-    loop_block_ms_max: loop.max / 1e6,
-    step_ms_max: Math.max(...times.step),
-    prefill_ms_max: Math.max(...times.prefill),
-    other_load: load,
+    wallMs,
+    tokensPerS: (sum(results.map((r) => r.tokens)) * 1000) / wallMs,
+    meanTimeToFirstMs: sum(results.map((r) => r.firstMs)) / clients,
+    maxEventLoopBlockMs: loop.max / 1e6,
+    maxStepMs: Math.max(...times.step),
+    maxPrefillMs: Math.max(...times.prefill),
   };
 }
 
 export async function generateSuite(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { quick: { type: 'boolean' } } });
-  const quick = values.quick ?? false;
+  const { values } = parseFlags('bench generate', argv, { quick: { type: 'boolean' } });
+  const quick = values.quick === true;
   const newTokens = quick ? 32 : 128;
-  const presets = quick ? ['tiny'] : ['tiny', 'small'];
-  const archs: Arch[] = ['retnet', 'transformer'];
+  const before = cpuCounters();
   const generateRows: BenchRecord[] = [];
-  for (const preset of presets)
-    for (const arch of archs)
-      for (const batch of [1, 4, 16]) generateRows.push(await benchGenerate(arch, preset, batch, newTokens));
+  for (const preset of quick ? ['tiny'] : ['tiny', 'small'])
+    for (const batch of [1, 4, 16]) generateRows.push(await benchGenerate(preset, batch, newTokens));
   const serverRows: BenchRecord[] = [];
-  for (const arch of archs)
-    for (const clients of [1, 4, 16]) serverRows.push(await benchServer(arch, 'tiny', clients, newTokens));
-
-  printTable(`generate(): prompt ${PROMPT_TOKENS} tokens, ${newTokens} new tokens, float32`, generateRows, [
-    { key: 'arch' },
+  for (const clients of [1, 4, 16]) serverRows.push(await benchServer(clients, newTokens));
+  const load = otherLoad(before, cpuCounters());
+  printTable(`generate() on RetNet, float32, prompt ${PROMPT_TOKENS} tokens, ${newTokens} new tokens`, generateRows, [
     { key: 'preset' },
     { key: 'batch', digits: 0 },
-    { key: 'prefill_ms', digits: 1 },
-    { key: 'prefill_tokens_per_s', header: 'prefill tok/s', digits: 0 },
-    { key: 'decode_step_ms', header: 'step ms', digits: 2 },
-    { key: 'decode_tokens_per_s', header: 'decode tok/s', digits: 0 },
-    { key: 'other_load', digits: 2 },
+    { key: 'prefillMs', header: 'prefill ms', digits: 1 },
+    { key: 'prefillTokensPerS', header: 'prefill tok/s', digits: 0 },
+    { key: 'decodeStepMs', header: 'step ms', digits: 2 },
+    { key: 'decodeTokensPerS', header: 'decode tok/s', digits: 0 },
   ]);
-  printTable('HTTP server, preset tiny, streaming clients', serverRows, [
-    { key: 'arch' },
+  printTable('HTTP server, RetNet tiny, streaming clients', serverRows, [
     { key: 'clients', digits: 0 },
-    { key: 'wall_ms', digits: 0 },
-    { key: 'tokens_per_s', header: 'tok/s', digits: 0 },
-    { key: 'ttft_ms_mean', header: 'mean TTFT ms', digits: 1 },
-    { key: 'loop_block_ms_max', header: 'max loop block ms', digits: 1 },
-    { key: 'step_ms_max', header: 'max step ms', digits: 1 },
-    { key: 'prefill_ms_max', header: 'max prefill ms', digits: 1 },
-    { key: 'other_load', digits: 2 },
+    { key: 'wallMs', header: 'wall ms', digits: 0 },
+    { key: 'tokensPerS', header: 'tok/s', digits: 0 },
+    { key: 'meanTimeToFirstMs', header: 'mean TTFT ms', digits: 1 },
+    { key: 'maxEventLoopBlockMs', header: 'max loop block ms', digits: 2 },
+    { key: 'maxStepMs', header: 'max step ms', digits: 2 },
+    { key: 'maxPrefillMs', header: 'max prefill ms', digits: 2 },
   ]);
-  const path = writeResults('generate', [
-    ...generateRows.map((r) => ({ kind: 'generate', ...r })),
-    ...serverRows.map((r) => ({ kind: 'server', ...r })),
-  ]);
+  const records = [
+    ...generateRows.map((r) => ({ kind: 'generate', arch: 'retnet', ...r, other_load: load })),
+    ...serverRows.map((r) => ({ kind: 'server', arch: 'retnet', preset: 'tiny', ...r, other_load: load })),
+  ];
+  const { path } = writeResults('generate', records);
   process.stdout.write(`\nwrote ${path}\n`);
 }

@@ -16,7 +16,7 @@ import { reshape } from '../../ops/shape.js';
 import { Module } from '../../nn/module.js';
 import { Embedding, GLU, Linear, RMSNorm, normal, xavierUniform, type ParamOptions } from '../../nn/layers.js';
 import type { DType } from '../../tensor/dtype.js';
-import { Rng } from '../../tensor/random.js';
+import { Rng, tiledNormal } from '../../tensor/random.js';
 import { keep, tidy } from '../../tensor/scope.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import type { CausalLM, DecodeState } from '../lm.js';
@@ -411,6 +411,26 @@ export class TransformerModel extends Module implements CausalLM {
         return { logits: reshape(this.head(last), [B, this.vocabSize]), state };
       }),
     );
+  }
+
+  /**
+   * A KV cache as if each of `batch` rows had consumed `length` tokens, with random keys and values, and room for the
+   * next token: for measuring the per-token decode cost at a context length, which depends on the cache's shape, not
+   * on its values (benchmarks). Its bytes are those of a real cache once the next step has reserved its position
+   * (capacity length + 1 rounded up to whole blocks of 64 positions).
+   */
+  syntheticState(batch: number, length: number, rng: Rng): TransformerDecodeState {
+    const H = this.config.heads;
+    const K = this.config.embedDim / H;
+    const C = capacityFor(length + 1);
+    const make = () => {
+      const t = this.backend.zeros([batch, H, C, K], this.dtype);
+      t.backend.write(t, tiledNormal(rng, t.size, 1));
+      return t;
+    };
+    const keys = this.layers.map(make);
+    const values = this.layers.map(make);
+    return new TransformerDecodeState(keys, values, new Array<number>(batch).fill(length));
   }
 
   /** One step for every row: tokens [B] -> logits [B, V]; appends to the KV cache. */
