@@ -12,7 +12,7 @@ import {
   type TimingOptions,
   failOnFailedRecords,
   printTable,
-  writeResults,
+  suiteResults,
 } from './lib.js';
 import { markdownTable, sectionMarkdown, updateBenchmarksMd, writePlot } from './report.js';
 import { matmulParameters } from './train.js';
@@ -43,22 +43,24 @@ const COLUMNS: Column[] = [
 ];
 
 export async function batchSuite(argv: string[]): Promise<void> {
-  const { values } = parseFlags('bench batch', argv, { quick: { type: 'boolean' } });
+  const { values } = parseFlags('bench batch', argv, { quick: { type: 'boolean' }, report: { type: 'boolean' } });
   const quick = values.quick === true;
   const length = quick ? 512 : 2048;
   const batches = quick ? [1, 4, 16] : [1, 2, 4, 8, 16, 32, 64];
   const timing: Partial<TimingOptions> = quick
     ? { warmup: 2, minTimeMs: 1000, minSamples: 3, sampleTargetMs: 30 }
     : { warmup: 3, minTimeMs: 30000, minSamples: 9, sampleTargetMs: 60 };
-  const models = decodeModels(DECODE_PRESET, DECODE_VOCAB);
-  const records: BenchRecord[] = [];
-  try {
-    process.stderr.write(`batch: batches ${batches.join(', ')} at context ${length}, in turns\n`);
-    const points = batches.map((batch) => ({ length, batch }));
-    records.push(...(await measureDecodePoints(models, DECODE_PRESET, points, timing)));
-  } finally {
-    disposeModels(models);
-  }
+  const { path, file } = await suiteResults('batch', { report: values.report === true, quick }, async () => {
+    const models = decodeModels(DECODE_PRESET, DECODE_VOCAB);
+    try {
+      process.stderr.write(`batch: batches ${batches.join(', ')} at context ${length}, in turns\n`);
+      const points = batches.map((batch) => ({ length, batch }));
+      return await measureDecodePoints(models, DECODE_PRESET, points, timing);
+    } finally {
+      disposeModels(models);
+    }
+  });
+  const records = file.records;
   printTable(`Decode per token against batch size, context ${length}, ${DECODE_PRESET} preset`, records, COLUMNS);
   const findings: string[] = [];
   for (const arch of ['retnet', 'transformer']) {
@@ -90,7 +92,6 @@ export async function batchSuite(argv: string[]): Promise<void> {
     );
   }
   for (const f of findings) process.stdout.write(`${f}\n`);
-  const { path, file } = writeResults('batch', records);
   const ok = records.filter((r) => r.status === 'ok');
   const x = { field: 'batch', title: 'batch size', log: true };
   const series = (r: BenchRecord) => r.arch as string;

@@ -28,7 +28,7 @@ import {
   measureEach,
   otherLoad,
   printTable,
-  writeResults,
+  suiteResults,
 } from './lib.js';
 import { markdownTable, sectionMarkdown, updateBenchmarksMd, writePlot } from './report.js';
 
@@ -242,28 +242,31 @@ const COLUMNS = [
 export const decodeSeries = (r: BenchRecord) => `${r.arch} B=${r.batch}`;
 
 export async function decodeSuite(argv: string[]): Promise<void> {
-  const { values } = parseFlags('bench decode', argv, { quick: { type: 'boolean' } });
+  const { values } = parseFlags('bench decode', argv, { quick: { type: 'boolean' }, report: { type: 'boolean' } });
   const quick = values.quick === true;
   const lengths = quick ? [512, 2048] : [512, 1024, 2048, 4096, 8192, 16384];
   const batches = [1, 8];
   const timing: Partial<TimingOptions> = quick
     ? { warmup: 2, minTimeMs: 1000, minSamples: 3, sampleTargetMs: 30 }
     : { warmup: 3, minTimeMs: 30000, minSamples: 9, sampleTargetMs: 60 };
-  const models = decodeModels(DECODE_PRESET, DECODE_VOCAB);
-  const records: BenchRecord[] = [];
-  try {
-    for (const batch of batches) {
-      progress('decode', `batch ${batch}, contexts ${lengths.join(', ')} in turns`);
-      const points = lengths.map((length) => ({ length, batch }));
-      records.push(...(await measureDecodePoints(models, DECODE_PRESET, points, timing)));
+  const { path, file } = await suiteResults('decode', { report: values.report === true, quick }, async () => {
+    const models = decodeModels(DECODE_PRESET, DECODE_VOCAB);
+    const records: BenchRecord[] = [];
+    try {
+      for (const batch of batches) {
+        progress('decode', `batch ${batch}, contexts ${lengths.join(', ')} in turns`);
+        const points = lengths.map((length) => ({ length, batch }));
+        records.push(...(await measureDecodePoints(models, DECODE_PRESET, points, timing)));
+      }
+    } finally {
+      disposeModels(models);
     }
-  } finally {
-    disposeModels(models);
-  }
+    return records;
+  });
+  const records = file.records;
   printTable(`Decode per token, ${DECODE_PRESET} preset, float32, synthetic contexts`, records, COLUMNS);
   const goals = findings(records, batches);
   for (const g of goals) process.stdout.write(`${g}\n`);
-  const { path, file } = writeResults('decode', records);
   const ok = records.filter((r) => r.status === 'ok');
   const plot = await writePlot(
     'decode',

@@ -336,6 +336,36 @@ export function writeResults(suite: string, records: BenchRecord[]): { path: str
   return { path, file };
 }
 
+/**
+ * The results of a suite: measured now (and written), or with `report`, read back from the saved
+ * bench/results/<suite>.json to draw its chart and section again without measuring (the file keeps the command,
+ * commit and machine of the run that measured it). `quick` must match the saved run's.
+ */
+export async function suiteResults(
+  suite: string,
+  opts: { report: boolean; quick: boolean },
+  measure: () => Promise<BenchRecord[]>,
+): Promise<{ path: string; file: ResultFile }> {
+  if (!opts.report) return writeResults(suite, await measure());
+  const path = join(outputRoot(), 'bench', 'results', `${suite}.json`);
+  let file: ResultFile;
+  try {
+    file = JSON.parse(readFileSync(path, 'utf8')) as ResultFile;
+  } catch (e) {
+    throw new BenchFailure(`${suite} --report: cannot read ${path} (${(e as Error).message.split('\n')[0]})`);
+  }
+  if (file.suite !== suite || !Array.isArray(file.records))
+    throw new BenchFailure(`${suite} --report: ${path} holds no results of suite '${suite}'`);
+  checkRecords(suite, file.records);
+  const savedQuick = / --quick\b/.test(file.command);
+  if (savedQuick !== opts.quick)
+    throw new BenchFailure(
+      `${suite} --report: ${path} comes from ${savedQuick ? 'a --quick run' : 'a full run'}; ` +
+        `${savedQuick ? 'add' : 'leave out'} --quick`,
+    );
+  return { path, file };
+}
+
 /** A measured point that could not be completed; the suite still writes its results, then exits non-zero. */
 export class BenchFailure extends RetnetError {}
 

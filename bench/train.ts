@@ -40,7 +40,7 @@ import {
   measureEach,
   otherLoad,
   printTable,
-  writeResults,
+  suiteResults,
 } from './lib.js';
 import { markdownTable, sectionMarkdown, updateBenchmarksMd, writePlot } from './report.js';
 
@@ -351,6 +351,23 @@ function findings(records: BenchRecord[], s: TrainSettings): string[] {
         `${speed > 1 && speedBest > 1 && mem > 1 ? 'met' : 'NOT met'})`,
     );
   }
+  // Where the memory goes: with chunkwise retention and flash attention both hold O(T) activations, so what
+  // decides is the bytes per token, the slope of the peak between the two longest lengths.
+  const slope = (variant: Variant) => {
+    const ok = records.filter((x) => x.variant === variant && x.status === 'ok').slice(-2);
+    if (ok.length < 2) return null;
+    const [p, q] = ok as [BenchRecord, BenchRecord];
+    return ((q.peak_bytes as number) - (p.peak_bytes as number)) / ((q.length as number) - (p.length as number));
+  };
+  const [sr, st] = [slope('retnet-chunkwise'), slope('transformer-flash')];
+  if (sr !== null && st !== null)
+    out.push(
+      `peak memory per token of sequence (slope between the two longest lengths): RetNet chunkwise ` +
+        `${(sr / 1024).toFixed(0)} KiB, flash-attention Transformer ${(st / 1024).toFixed(0)} KiB; both grow ` +
+        "linearly in T, and RetNet's activations per token are wider (v, g, the retention output and its norm are " +
+        "dv = 2d wide, the Transformer's v and attention output d), which the Transformer's wider FFN does not " +
+        'make up for',
+    );
   for (const x of records.filter((x) => x.status === 'skipped' && x.predicted_peak_mib !== undefined))
     out.push(`${x.variant} at ${x.length}: skipped, ${x.reason}`);
   return out;
@@ -371,9 +388,11 @@ const COLUMNS: Column[] = [
 ];
 
 export async function trainSuite(argv: string[]): Promise<void> {
-  const { values } = parseFlags('bench train', argv, { quick: { type: 'boolean' } });
-  const s = settings(values.quick === true);
-  const records = await measureTrain(s);
+  const { values } = parseFlags('bench train', argv, { quick: { type: 'boolean' }, report: { type: 'boolean' } });
+  const quick = values.quick === true;
+  const s = settings(quick);
+  const { path, file } = await suiteResults('train', { report: values.report === true, quick }, () => measureTrain(s));
+  const records = file.records;
   printTable(
     `Training step (forward + backward), ${s.preset} preset with ${s.layers} layers, batch ${s.batch}`,
     records,
@@ -381,7 +400,6 @@ export async function trainSuite(argv: string[]): Promise<void> {
   );
   const goals = findings(records, s);
   for (const g of goals) process.stdout.write(`${g}\n`);
-  const { path, file } = writeResults('train', records);
   const ok = records.filter((r) => r.status === 'ok');
   const series = (r: BenchRecord) => r.variant as string;
   const length = { field: 'length', title: 'sequence length (tokens)', log: true };
