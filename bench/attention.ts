@@ -1,33 +1,27 @@
-// `node --import tsx bench/attention.ts [--quick] [--lengths 256,512] [--batch 1] [--heads 8] [--head-dim 64]`
+// `retnet bench attention [--quick] [--lengths 256,512] [--batch 1] [--heads 8] [--head-dim 64]`
 //
 // Causal attention kernels, in the manner of llm.c's dev/cuda benchmarks: first validate (native flash against
 // native naive and against the reference backend, forward and gradients), then time each algorithm's forward and
 // forward + backward at growing lengths T, with the peak tensor bytes of a forward + backward from the engine's
 // memory accounting (inputs excluded, workspace included). Then the KV-cache decode kernel: one query per head
-// against caches of growing length. Prints tables and writes bench/results/attention.json. Times are the minimum
-// over the runs (medians are recorded too; see timeMs).
+// against caches of growing length. Prints tables and writes bench/results/attention.json. Rates come from the
+// minimum time over the samples (medians are recorded too): on a shared machine an OpenMP barrier waits whenever
+// another process holds a core, which inflates some runs by whole scheduler slices but never shortens one.
 //
 // FLOP counts are the causal model FLOPs (FlashAttention paper convention, halved for the mask): forward
 // 2·B·H·T²·K (q kᵀ and P v over the lower triangle), backward 2.5× that.
 
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync } from 'node:fs';
-import { availableParallelism, loadavg } from 'node:os';
-import { join } from 'node:path';
-import { performance } from 'node:perf_hooks';
-
 import type { AttentionAlgorithm, Backend } from '../src/backend/backend.js';
-import { packageRoot } from '../src/backend/addon.js';
-import { getBackend, nativeInfo, referenceBackend, threadCount } from '../src/backend/index.js';
+import { getBackend, referenceBackend, threadCount } from '../src/backend/index.js';
 import { backward, noGrad } from '../src/autograd/tape.js';
 import { intFlag, parseFlags } from '../src/cli/command.js';
-import { writeFileAtomic } from '../src/io/atomic.js';
 import { attentionDecode, causalAttention } from '../src/ops/attention.js';
 import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
 import type { Tensor } from '../src/tensor/tensor.js';
+import { type BenchRecord, BenchFailure, cpuCounters, measure, otherLoad, printTable, writeResults } from './lib.js';
 
-type Row = Record<string, string | number>;
+type Row = BenchRecord;
 
 const ALGORITHMS: AttentionAlgorithm[] = ['naive', 'flash'];
 
@@ -39,22 +33,10 @@ function randomTensor(be: Backend, rng: Rng, shape: number[], requiresGrad = fal
   return t;
 }
 
-/**
- * Minimum and median ms of fn over at least `minRuns` runs and `minMs` of timing, after one warm-up run. Rates are
- * computed from the minimum: on a shared machine an OpenMP barrier waits whenever another process holds a core, which
- * inflates some runs by whole scheduler slices (milliseconds) but never shortens one.
- */
-function timeMs(fn: () => void, minRuns: number, minMs: number): { min: number; median: number } {
-  fn();
-  const times: number[] = [];
-  const start = performance.now();
-  while (times.length < minRuns || performance.now() - start < minMs) {
-    const t0 = performance.now();
-    fn();
-    times.push(performance.now() - t0);
-  }
-  times.sort((a, b) => a - b);
-  return { min: times[0]!, median: times[times.length >> 1]! };
+/** Minimum and median ms of fn over at least `minRuns` runs and `minMs` of timing, after one warm-up run. */
+async function timeMs(fn: () => void, minRuns: number, minMs: number): Promise<{ min: number; median: number }> {
+  const t = await measure(fn, { warmup: 1, minTimeMs: minMs, minSamples: minRuns, sampleTargetMs: 0 });
+  return { min: t.msMin, median: t.msMedian };
 }
 
 interface Inputs {
@@ -124,16 +106,29 @@ function validate(): Row[] {
   dispose(refIn);
   const bad = rows.filter((r) => !((r.max_rel_error as number) <= 1e-5));
   if (bad.length > 0)
-    throw new Error(`validation failed: ${bad.map((r) => `${r.check} ${r.max_rel_error}`).join('; ')}`);
+    throw new BenchFailure(
+      `attention: validation failed: ${bad.map((r) => `${r.check} ${r.max_rel_error}`).join('; ')}`,
+    );
   return rows;
 }
 
-function timeSequence(B: number, T: number, H: number, K: number, algorithm: AttentionAlgorithm, quick: boolean): Row {
+async function timeSequence(
+  B: number,
+  T: number,
+  H: number,
+  K: number,
+  algorithm: AttentionAlgorithm,
+  quick: boolean,
+): Promise<Row> {
   const be = getBackend('native');
   const x = inputs(be, B, T, H, K, 2);
   const runs = quick ? 3 : 5;
   const minMs = quick ? 200 : 1000;
-  const fwdMs = timeMs(() => noGrad(() => tidy(() => void causalAttention(x.q, x.k, x.v, { algorithm }))), runs, minMs);
+  const fwdMs = await timeMs(
+    () => noGrad(() => tidy(() => void causalAttention(x.q, x.k, x.v, { algorithm }))),
+    runs,
+    minMs,
+  );
   const step = () => {
     tidy(() => backward(causalAttention(x.q, x.k, x.v, { algorithm }), x.g));
     for (const t of [x.q, x.k, x.v]) {
@@ -141,7 +136,7 @@ function timeSequence(B: number, T: number, H: number, K: number, algorithm: Att
       t.grad = null;
     }
   };
-  const fwdBwdMs = timeMs(step, runs, minMs);
+  const fwdBwdMs = await timeMs(step, runs, minMs);
   const base = be.memory.current;
   be.memory.resetPeak();
   step();
@@ -162,14 +157,14 @@ function timeSequence(B: number, T: number, H: number, K: number, algorithm: Att
   };
 }
 
-function timeDecode(B: number, C: number, H: number, K: number, quick: boolean): Row {
+async function timeDecode(B: number, C: number, H: number, K: number, quick: boolean): Promise<Row> {
   const be = getBackend('native');
   const rng = new Rng(3);
   const q = randomTensor(be, rng, [B, H, K]);
   const kc = randomTensor(be, rng, [B, H, C, K]);
   const vc = randomTensor(be, rng, [B, H, C, K]);
   const lengths = new Array<number>(B).fill(C);
-  const ms = timeMs(() => attentionDecode(q, kc, vc, lengths).dispose(), quick ? 5 : 20, quick ? 100 : 500);
+  const ms = await timeMs(() => attentionDecode(q, kc, vc, lengths).dispose(), quick ? 5 : 20, quick ? 100 : 500);
   for (const t of [q, kc, vc]) t.dispose();
   // Each call reads the whole K and V cache once.
   const bytes = 2 * B * H * C * K * 4;
@@ -181,103 +176,57 @@ function timeDecode(B: number, C: number, H: number, K: number, quick: boolean):
   };
 }
 
-function table(title: string, rows: Row[], columns: string[]): void {
-  const cell = (v: string | number | undefined) =>
-    v === undefined ? '-' : typeof v === 'number' ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : v;
-  const cells = rows.map((r) => columns.map((c) => cell(r[c])));
-  const widths = columns.map((c, j) => Math.max(c.length, ...cells.map((r) => r[j]!.length)));
-  const line = (vals: string[]) => vals.map((v, j) => v.padStart(widths[j]!)).join('  ');
-  process.stdout.write(`\n${title}\n${line(columns)}\n${line(widths.map((w) => '-'.repeat(w)))}\n`);
-  for (const r of cells) process.stdout.write(`${line(r)}\n`);
+export async function attentionSuite(argv: string[]): Promise<void> {
+  const { values } = parseFlags('bench attention', argv, {
+    quick: { type: 'boolean' },
+    lengths: { type: 'string' },
+    batch: { type: 'string' },
+    heads: { type: 'string' },
+    'head-dim': { type: 'string' },
+  });
+  const quick = values.quick === true;
+  const B = intFlag('bench attention', 'batch', values.batch, 1);
+  const H = intFlag('bench attention', 'heads', values.heads, 8);
+  const K = intFlag('bench attention', 'head-dim', values['head-dim'], 64);
+  const lengths = values.lengths
+    ? values.lengths.split(',').map((v) => intFlag('bench attention', 'lengths', v, 0))
+    : quick
+      ? [256, 512, 1024]
+      : [256, 512, 1024, 2048, 4096];
+
+  const checks = validate().map((r) => ({ kind: 'validation', ...r }));
+  printTable('validation (B=2 T=150 H=3 K=64, float32, o and gradients)', checks, [
+    { key: 'check' },
+    { key: 'max_rel_error', digits: 9 },
+  ]);
+
+  const before = cpuCounters();
+  const sequence: Row[] = [];
+  for (const T of lengths)
+    for (const algorithm of ALGORITHMS)
+      sequence.push({ kind: 'sequence', B, H, K, ...(await timeSequence(B, T, H, K, algorithm, quick)) });
+  const decode: Row[] = [];
+  for (const C of lengths) decode.push({ kind: 'decode', B, H, K, ...(await timeDecode(B, C, H, K, quick)) });
+  const load = otherLoad(before, cpuCounters());
+  for (const r of [...sequence, ...decode]) r.other_load = load;
+
+  printTable(`causal attention, native, B=${B} H=${H} K=${K}, ${threadCount()} threads`, sequence, [
+    { key: 'T', digits: 0 },
+    { key: 'algorithm' },
+    { key: 'fwd_ms', digits: 3 },
+    { key: 'fwd_bwd_ms', digits: 3 },
+    { key: 'tokens_per_s', digits: 0 },
+    { key: 'fwd_gflops', digits: 1 },
+    { key: 'fwd_bwd_gflops', digits: 1 },
+    { key: 'peak_mib', digits: 1 },
+    { key: 'fwd_bwd_ms_median', digits: 3 },
+  ]);
+  printTable(`KV-cache decode attention, native, B=${B} H=${H} K=${K}`, decode, [
+    { key: 'cache_length', digits: 0 },
+    { key: 'us_per_step', digits: 1 },
+    { key: 'cache_read_gb_per_s', digits: 2 },
+    { key: 'us_per_step_median', digits: 1 },
+  ]);
+  const { path } = writeResults('attention', [...checks, ...sequence, ...decode]);
+  process.stdout.write(`\nwrote ${path}\n`);
 }
-
-function machine(): Record<string, unknown> {
-  let cpu = 'unknown';
-  try {
-    const line = readFileSync('/proc/cpuinfo', 'utf8')
-      .split('\n')
-      .find((l) => l.startsWith('model name'));
-    if (line) cpu = line.slice(line.indexOf(':') + 1).trim();
-  } catch {
-    // not Linux
-  }
-  const info = nativeInfo();
-  return {
-    cpu,
-    cores: availableParallelism(),
-    threads: threadCount(),
-    node: process.version,
-    openblas_coretype: process.env.OPENBLAS_CORETYPE ?? null,
-    blas_core: info?.blasCoreType ?? null,
-    // Run-queue load of the whole machine when the run ended (1, 5, 15 minutes): above the core count, other
-    // processes competed for the cores and medians are inflated.
-    loadavg: loadavg(),
-  };
-}
-
-function gitCommit(): string | null {
-  try {
-    return execFileSync('git', ['rev-parse', 'HEAD'], { cwd: packageRoot(), encoding: 'utf8' }).trim();
-  } catch {
-    return null;
-  }
-}
-
-const { values } = parseFlags('bench attention', process.argv.slice(2), {
-  quick: { type: 'boolean' },
-  lengths: { type: 'string' },
-  batch: { type: 'string' },
-  heads: { type: 'string' },
-  'head-dim': { type: 'string' },
-});
-const quick = values.quick === true;
-const B = intFlag('bench attention', 'batch', values.batch, 1);
-const H = intFlag('bench attention', 'heads', values.heads, 8);
-const K = intFlag('bench attention', 'head-dim', values['head-dim'], 64);
-const lengths = values.lengths
-  ? values.lengths.split(',').map((s) => Number(s))
-  : quick
-    ? [256, 512, 1024]
-    : [256, 512, 1024, 2048, 4096];
-
-const checks = validate();
-table('validation (B=2 T=150 H=3 K=64, float32, o and gradients)', checks, ['check', 'max_rel_error']);
-
-const sequence: Row[] = [];
-for (const T of lengths) for (const algorithm of ALGORITHMS) sequence.push(timeSequence(B, T, H, K, algorithm, quick));
-table(`causal attention, native, B=${B} H=${H} K=${K}, ${threadCount()} threads`, sequence, [
-  'T',
-  'algorithm',
-  'fwd_ms',
-  'fwd_bwd_ms',
-  'tokens_per_s',
-  'fwd_gflops',
-  'fwd_bwd_gflops',
-  'peak_mib',
-  'fwd_bwd_ms_median',
-]);
-
-const decode = lengths.map((C) => timeDecode(B, C, H, K, quick));
-table(`KV-cache decode attention, native, B=${B} H=${H} K=${K}`, decode, [
-  'cache_length',
-  'us_per_step',
-  'cache_read_gb_per_s',
-  'us_per_step_median',
-]);
-
-const dir = join(packageRoot(), 'bench', 'results');
-mkdirSync(dir, { recursive: true });
-const path = join(dir, 'attention.json');
-const result = {
-  suite: 'attention',
-  command: `node --import tsx bench/attention.ts ${process.argv.slice(2).join(' ')}`.trim(),
-  commit: gitCommit(),
-  createdAt: new Date().toISOString(),
-  machine: machine(),
-  shape: { B, H, K },
-  validation: checks,
-  sequence,
-  decode,
-};
-writeFileAtomic(path, `${JSON.stringify(result, null, 2)}\n`);
-process.stdout.write(`\nwrote ${path}\n`);

@@ -392,6 +392,6 @@ export async function gemmSuite(argv: string[]): Promise<void> {
     records.push(...childPass('gemm', [...argv, '--child'], { OPENBLAS_CORETYPE: undefined }));
   }
   report(records);
-  const path = writeResults('gemm', records);
+  const { path } = writeResults('gemm', records);
   process.stdout.write(`\nwrote ${path}\n`);
 }

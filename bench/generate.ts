@@ -1,26 +1,21 @@
-// Generation and serving speed. Part 1: generate() on RetNet presets (native float32) at batch 1, 4 and 16 —
-// prefill tokens/s (chunkwise form) and decode tokens/s (recurrent form, all rows). Part 2: the HTTP server with
-// 1, 4 and 16 concurrent streaming clients — aggregate tokens/s, mean time to first token, and the longest the event
-// loop was blocked next to the longest single model call. Prints tables; writes bench/results/generate.json.
-//
-//   node --import tsx bench/generate.ts [--quick]
+// `retnet bench generate [--quick]`: generation and serving speed. Part 1: generate() on RetNet presets (native
+// float32) at batch 1, 4 and 16 — prefill tokens/s (chunkwise form) and decode tokens/s (recurrent form, all rows).
+// Part 2: the HTTP server with 1, 4 and 16 concurrent streaming clients — aggregate tokens/s, mean time to first
+// token, and the longest the event loop was blocked next to the longest single model call. Prints tables; writes
+// bench/results/generate.json.
 
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { loadavg } from 'node:os';
-import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 
-import { getBackend, threadCount } from '../src/backend/index.js';
+import { parseFlags } from '../src/cli/command.js';
 import { generate } from '../src/generate/generate.js';
 import type { CausalLM } from '../src/models/lm.js';
 import { createModel } from '../src/models/registry.js';
 import { startServer } from '../src/server/server.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
+import { type BenchRecord, cpuCounters, otherLoad, printTable, writeResults } from './lib.js';
 
-const quick = process.argv.includes('--quick');
 const tok = new ByteTokenizer();
 const PROMPT_TOKENS = 256;
-const NEW_TOKENS = quick ? 32 : 128;
 
 /** A prompt of exactly n byte tokens. */
 const promptOf = (n: number, seed: number) =>
@@ -47,14 +42,13 @@ function timeCalls(model: CausalLM): { prefill: number[]; step: number[] } {
 }
 
 const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
-const fmt = (x: number, digits = 1) => x.toFixed(digits);
 
-async function benchGenerate(preset: string, batch: number) {
+async function benchGenerate(preset: string, batch: number, newTokens: number): Promise<BenchRecord> {
   const model = createModel('retnet', preset, { vocabSize: tok.vocabSize }, { seed: 1 });
   const times = timeCalls(model);
   const requests = Array.from({ length: batch }, (_, i) => ({
     prompt: promptOf(PROMPT_TOKENS, i),
-    maxNewTokens: NEW_TOKENS,
+    maxNewTokens: newTokens,
     ignoreEos: true,
     sampling: { temperature: 0 },
   }));
@@ -71,7 +65,7 @@ async function benchGenerate(preset: string, batch: number) {
     preset,
     batch,
     promptTokens: PROMPT_TOKENS,
-    newTokens: NEW_TOKENS,
+    newTokens: newTokens,
     prefillMs,
     prefillTokensPerS: (batch * PROMPT_TOKENS * 1000) / prefillMs,
     decodeStepMs: decodeMs / times.step.length,
@@ -79,7 +73,7 @@ async function benchGenerate(preset: string, batch: number) {
   };
 }
 
-async function benchServer(clients: number) {
+async function benchServer(clients: number, newTokens: number): Promise<BenchRecord> {
   const model = createModel('retnet', 'tiny', { vocabSize: tok.vocabSize }, { seed: 1 });
   const times = timeCalls(model);
   const server = await startServer(model, tok, { modelId: 'bench', port: 0, maxActive: 16 });
@@ -94,7 +88,7 @@ async function benchServer(clients: number) {
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({
           prompt: promptOf(PROMPT_TOKENS, i),
-          max_tokens: NEW_TOKENS,
+          max_tokens: newTokens,
           ignore_eos: true,
           temperature: 0,
           stream: true,
@@ -129,50 +123,38 @@ async function benchServer(clients: number) {
   };
 }
 
-const generateRows = [];
-for (const preset of quick ? ['tiny'] : ['tiny', 'small'])
-  for (const batch of [1, 4, 16]) generateRows.push(await benchGenerate(preset, batch));
-const serverRows = [];
-for (const clients of [1, 4, 16]) serverRows.push(await benchServer(clients));
-
-const backend = getBackend();
-// The machine may be shared: the load average says how much else was running.
-const load = loadavg()[0]!;
-console.log(
-  `backend ${backend.name}, ${threadCount()} threads, OMP_WAIT_POLICY=${process.env.OMP_WAIT_POLICY ?? '(unset)'}, ` +
-    `load average ${load.toFixed(2)}, prompt ${PROMPT_TOKENS} tokens, ${NEW_TOKENS} new tokens`,
-);
-console.log('\ngenerate() on RetNet, float32');
-console.log('preset  batch  prefill ms  prefill tok/s  step ms  decode tok/s');
-for (const r of generateRows)
-  console.log(
-    `${r.preset.padEnd(6)}  ${String(r.batch).padStart(5)}  ${fmt(r.prefillMs).padStart(10)}  ${fmt(r.prefillTokensPerS, 0).padStart(13)}  ${fmt(r.decodeStepMs, 2).padStart(7)}  ${fmt(r.decodeTokensPerS, 0).padStart(12)}`,
-  );
-console.log('\nHTTP server, RetNet tiny, streaming clients');
-console.log('clients  wall ms  tok/s  mean TTFT ms  max loop block ms  max step ms  max prefill ms');
-for (const r of serverRows)
-  console.log(
-    `${String(r.clients).padStart(7)}  ${fmt(r.wallMs, 0).padStart(7)}  ${fmt(r.tokensPerS, 0).padStart(5)}  ${fmt(r.meanTimeToFirstMs).padStart(12)}  ${fmt(r.maxEventLoopBlockMs, 2).padStart(17)}  ${fmt(r.maxStepMs, 2).padStart(11)}  ${fmt(r.maxPrefillMs, 2).padStart(14)}`,
-  );
-
-const dir = join(import.meta.dirname, 'results');
-mkdirSync(dir, { recursive: true });
-const out = join(dir, 'generate.json');
-writeFileSync(
-  out,
-  `${JSON.stringify(
-    {
-      backend: backend.name,
-      threads: threadCount(),
-      ompWaitPolicy: process.env.OMP_WAIT_POLICY ?? null,
-      loadAverage: load,
-      node: process.version,
-      quick,
-      generate: generateRows,
-      server: serverRows,
-    },
-    null,
-    2,
-  )}\n`,
-);
-console.log(`\nwrote ${out}`);
+export async function generateSuite(argv: string[]): Promise<void> {
+  const { values } = parseFlags('bench generate', argv, { quick: { type: 'boolean' } });
+  const quick = values.quick === true;
+  const newTokens = quick ? 32 : 128;
+  const before = cpuCounters();
+  const generateRows: BenchRecord[] = [];
+  for (const preset of quick ? ['tiny'] : ['tiny', 'small'])
+    for (const batch of [1, 4, 16]) generateRows.push(await benchGenerate(preset, batch, newTokens));
+  const serverRows: BenchRecord[] = [];
+  for (const clients of [1, 4, 16]) serverRows.push(await benchServer(clients, newTokens));
+  const load = otherLoad(before, cpuCounters());
+  printTable(`generate() on RetNet, float32, prompt ${PROMPT_TOKENS} tokens, ${newTokens} new tokens`, generateRows, [
+    { key: 'preset' },
+    { key: 'batch', digits: 0 },
+    { key: 'prefillMs', header: 'prefill ms', digits: 1 },
+    { key: 'prefillTokensPerS', header: 'prefill tok/s', digits: 0 },
+    { key: 'decodeStepMs', header: 'step ms', digits: 2 },
+    { key: 'decodeTokensPerS', header: 'decode tok/s', digits: 0 },
+  ]);
+  printTable('HTTP server, RetNet tiny, streaming clients', serverRows, [
+    { key: 'clients', digits: 0 },
+    { key: 'wallMs', header: 'wall ms', digits: 0 },
+    { key: 'tokensPerS', header: 'tok/s', digits: 0 },
+    { key: 'meanTimeToFirstMs', header: 'mean TTFT ms', digits: 1 },
+    { key: 'maxEventLoopBlockMs', header: 'max loop block ms', digits: 2 },
+    { key: 'maxStepMs', header: 'max step ms', digits: 2 },
+    { key: 'maxPrefillMs', header: 'max prefill ms', digits: 2 },
+  ]);
+  const records = [
+    ...generateRows.map((r) => ({ kind: 'generate', arch: 'retnet', ...r, other_load: load })),
+    ...serverRows.map((r) => ({ kind: 'server', arch: 'retnet', preset: 'tiny', ...r, other_load: load })),
+  ];
+  const { path } = writeResults('generate', records);
+  process.stdout.write(`\nwrote ${path}\n`);
+}

@@ -10,11 +10,13 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { availableParallelism, totalmem } from 'node:os';
-import { join, relative } from 'node:path';
+import { extname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 
 import { nativeInfo, threadCount } from '../src/backend/index.js';
 import { packageRoot } from '../src/backend/addon.js';
+import { RetnetError } from '../src/errors.js';
 import { writeFileAtomic } from '../src/io/atomic.js';
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -136,7 +138,7 @@ export function median(xs: readonly number[]): number {
 }
 
 export interface TimingOptions {
-  /** Single calls before measuring (at least 1: the last one sizes the samples). */
+  /** Single calls before measuring; the last one sizes the samples. 0: no warm-up, one call per sample. */
   warmup: number;
   /** Keep sampling until the samples add up to this much time (all variants together)... */
   minTimeMs: number;
@@ -187,16 +189,17 @@ export function batchOf(fn: () => void, clock = now): Batch {
 
 /**
  * The timing rule. Each batch gets `warmup` single calls, the last of which sizes its samples to about
- * `sampleTargetMs`; then the batches take turns of about `turnMs` (after `settleMs` idle), until the samples
- * add up to `minTimeMs` and each batch has `minSamples`. Taking turns means that load from other processes falls on
- * every variant alike, so ratios between them hold better on a shared machine. Reports per-call median and minimum.
+ * `sampleTargetMs` (without warm-up, a sample is one call); then the batches take turns of about `turnMs` (after
+ * `settleMs` idle), until the samples add up to `minTimeMs` and each batch has `minSamples`. Taking turns means that
+ * load from other processes falls on every variant alike, so ratios between them hold better on a shared machine.
+ * Reports per-call median and minimum.
  */
 export async function measureEach(batches: readonly Batch[], opts: Partial<TimingOptions> = {}): Promise<Timing[]> {
   const o = { ...DEFAULT_TIMING, ...opts };
   const callsPerSample: number[] = [];
   for (const batch of batches) {
-    let single = 0;
-    for (let i = 0; i < Math.max(1, o.warmup); i++) single = await batch(1);
+    let single = Infinity;
+    for (let i = 0; i < o.warmup; i++) single = await batch(1);
     callsPerSample.push(Math.max(1, Math.ceil(o.sampleTargetMs / Math.max(single, 1e-6))));
   }
   const perCall: number[][] = batches.map(() => []);
@@ -292,10 +295,14 @@ export function checkRecords(suite: string, records: readonly BenchRecord[]): vo
   });
 }
 
+/** Environment variables that change what a benchmark measures; a command line shows those that are set. */
+const SETTINGS_ENV = ['RETNET_THREADS', 'OPENBLAS_CORETYPE', 'OMP_WAIT_POLICY'];
+
 /** The command that produced this run, as one would type it again (paths relative to the package root). */
-export function commandLine(argv = process.argv, execArgv = process.execArgv): string {
+export function commandLine(argv = process.argv, execArgv = process.execArgv, env = process.env): string {
   const script = argv[1] ? relative(packageRoot(), argv[1]) : '';
-  return ['node', ...execArgv, script, ...argv.slice(2)].join(' ');
+  const settings = SETTINGS_ENV.filter((k) => env[k] !== undefined).map((k) => `${k}=${env[k]}`);
+  return [...settings, 'node', ...execArgv, script, ...argv.slice(2)].join(' ');
 }
 
 export function resultFile(
@@ -314,14 +321,64 @@ export function resultFile(
   };
 }
 
-/** Writes bench/results/<suite>.json (atomically) and returns its path. */
-export function writeResults(suite: string, records: BenchRecord[]): string {
+/**
+ * Where results, charts and BENCHMARKS.md go: the package root, or RETNET_BENCH_ROOT (tests run suites into a
+ * temporary folder so that they never touch the committed results).
+ */
+export function outputRoot(): string {
+  return process.env.RETNET_BENCH_ROOT ?? packageRoot();
+}
+
+/** Writes bench/results/<suite>.json (atomically, under the output root) and returns its path and contents. */
+export function writeResults(suite: string, records: BenchRecord[]): { path: string; file: ResultFile } {
   const file = resultFile(suite, records, { machine: describeMachine(), commit: gitCommit(), command: commandLine() });
-  const dir = join(packageRoot(), 'bench', 'results');
+  const dir = join(outputRoot(), 'bench', 'results');
   mkdirSync(dir, { recursive: true });
   const path = join(dir, `${suite}.json`);
   writeFileAtomic(path, `${JSON.stringify(file, null, 2)}\n`);
-  return path;
+  return { path, file };
+}
+
+/**
+ * The results of a suite: measured now (and written), or with `report`, read back from the saved
+ * bench/results/<suite>.json to draw its chart and section again without measuring (the file keeps the command,
+ * commit and machine of the run that measured it). `quick` must match the saved run's.
+ */
+export async function suiteResults(
+  suite: string,
+  opts: { report: boolean; quick: boolean },
+  measure: () => Promise<BenchRecord[]>,
+): Promise<{ path: string; file: ResultFile }> {
+  if (!opts.report) return writeResults(suite, await measure());
+  const path = join(outputRoot(), 'bench', 'results', `${suite}.json`);
+  let file: ResultFile;
+  try {
+    file = JSON.parse(readFileSync(path, 'utf8')) as ResultFile;
+  } catch (e) {
+    throw new BenchFailure(`${suite} --report: cannot read ${path} (${(e as Error).message.split('\n')[0]})`);
+  }
+  if (file.suite !== suite || !Array.isArray(file.records))
+    throw new BenchFailure(`${suite} --report: ${path} holds no results of suite '${suite}'`);
+  checkRecords(suite, file.records);
+  const savedQuick = / --quick\b/.test(file.command);
+  if (savedQuick !== opts.quick)
+    throw new BenchFailure(
+      `${suite} --report: ${path} comes from ${savedQuick ? 'a --quick run' : 'a full run'}; ` +
+        `${savedQuick ? 'add' : 'leave out'} --quick`,
+    );
+  return { path, file };
+}
+
+/** A measured point that could not be completed; the suite still writes its results, then exits non-zero. */
+export class BenchFailure extends RetnetError {}
+
+/** Throws a BenchFailure listing the records whose status is 'failed'. */
+export function failOnFailedRecords(suite: string, records: readonly BenchRecord[]): void {
+  const failed = records.filter((r) => r.status === 'failed');
+  if (failed.length > 0)
+    throw new BenchFailure(
+      `${suite}: ${failed.length} of ${records.length} points failed: ${failed.map((r) => r.error).join('; ')}`,
+    );
 }
 
 /**
@@ -334,7 +391,8 @@ export function childPass(suite: string, args: string[], env: Record<string, str
   for (const [k, v] of Object.entries(env))
     if (v === undefined) delete childEnv[k];
     else childEnv[k] = v;
-  const runner = join(packageRoot(), 'bench', 'run.ts');
+  // The runner beside this file: bench/run.ts under tsx, dist/bench/run.js in the compiled CLI.
+  const runner = fileURLToPath(new URL(`./run${extname(fileURLToPath(import.meta.url))}`, import.meta.url));
   const out = execFileSync(process.execPath, [...process.execArgv, runner, suite, ...args], {
     env: childEnv,
     encoding: 'utf8',

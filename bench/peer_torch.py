@@ -2,7 +2,8 @@
 """The peer benchmark's PyTorch side: the same RetNet shapes as `retnet bench peer`, written directly in PyTorch on the
 CPU (torchscale's math: RMSNorm, rotated q/k, decay mask with sqrt(S(n)) row normalisation and the |.|-sum score
 normaliser, per-head RMSNorm, swish gate, GLU FFN). Measures a training step (parallel form, forward + backward +
-AdamW) and recurrent decoding, and prints one JSON object. Run by bench/suites/peer.ts; needs Debian's python3-torch."""
+AdamW) and recurrent decoding, and prints one JSON object. Run by bench/peer.ts (`retnet bench peer`); needs Debian's
+python3-torch."""
 
 import argparse
 import json

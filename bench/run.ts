@@ -1,30 +1,16 @@
-// `npm run bench -- SUITE [flags]`: runs one benchmark suite. Each suite prints its tables and writes
-// bench/results/<SUITE>.json (see bench/lib.ts). Add a suite by adding a line to `suites`.
+// `npm run bench -- SUITE [flags]`: runs one benchmark suite (the same as `retnet bench SUITE`; see bench/suites.ts).
 
 import { RetnetError } from '../src/errors.js';
-import { gemmSuite } from './gemm.js';
-
-interface Suite {
-  summary: string;
-  run(argv: string[]): Promise<void>;
-}
-
-const suites: Record<string, Suite> = {
-  gemm: {
-    summary: 'GEMM GFLOP/s vs OpenBLAS from C, tiny-op overhead, copy bandwidth [--quick] [--sizes 256,1024]',
-    run: gemmSuite,
-  },
-};
-
-function usage(): string {
-  const lines = Object.entries(suites).map(([name, s]) => `  ${name.padEnd(10)} ${s.summary}`);
-  return `usage: npm run bench -- SUITE [flags]\nsuites:\n${lines.join('\n')}\n`;
-}
+import { suites, suitesUsage } from './suites.js';
 
 const [name, ...argv] = process.argv.slice(2);
 const suite = name === undefined ? undefined : suites[name];
 if (suite === undefined) {
-  process.stderr.write(name === undefined ? usage() : `bench: unknown suite '${name}'\n${usage()}`);
+  process.stderr.write(
+    name === undefined
+      ? suitesUsage('npm run bench --')
+      : `bench: unknown suite '${name}'\n${suitesUsage('npm run bench --')}`,
+  );
   process.exit(2);
 }
 try {

@@ -56,6 +56,19 @@ describe('bench/lib statistics and timing', () => {
     assert.equal(t.msMedian, 50);
   });
 
+  it('measureEach without warm-up takes one call per sample from the start', async () => {
+    const log: number[] = [];
+    const [t] = await measureEach([async (calls) => (log.push(calls), 30 * calls)], {
+      warmup: 0,
+      minTimeMs: 0,
+      minSamples: 3,
+      sampleTargetMs: 100,
+    });
+    assert.deepEqual(log, [1, 1, 1]);
+    assert.equal(t!.callsPerSample, 1);
+    assert.equal(t!.msMedian, 30);
+  });
+
   it('measureEach: batches take their samples in turn, each sized by its own warm-up', async () => {
     const log: string[] = [];
     const batch =

@@ -41,7 +41,7 @@ describe('README', () => {
     const command = `${setup} --steps 3 --max-tokens 20`;
     const r = spawnSync('bash', ['-c', command], { cwd: copy, encoding: 'utf8', timeout: 600_000 });
     assert.equal(r.status, 0, `"${command}" failed:\n${r.stdout.slice(-3000)}\n${r.stderr.slice(-3000)}`);
-    assert.match(r.stdout, /validation loss [\d.]+ ppl [\d.]+/);
+    assert.match(r.stdout + r.stderr, /validation loss [\d.]+ ppl [\d.]+/);
     assert.match(r.stdout, /per-head norm eps → 0: +chunkwise \(C=16\) [\d.e+-]+ {3}recurrent [\d.e+-]+/);
     assert.ok(existsSync(join(copy, 'runs', 'demo', 'model.safetensors')));
     assert.ok(existsSync(join(copy, 'runs', 'demo', 'tokenizer.json')));

@@ -2,6 +2,7 @@
 // line print as one line on stderr; anything else is a bug and prints its stack.
 
 import { RetnetError } from '../errors.js';
+import { benchCommand } from './bench.js';
 import { type Command, UsageError } from './command.js';
 import { demoCommand } from './demo.js';
 import { generateCommand } from './generate.js';
@@ -21,6 +22,7 @@ const commands: Command[] = [
   serveCommand,
   logitsCommand,
   plotCommand,
+  benchCommand,
 ];
 
 function help(): string {

@@ -40,6 +40,14 @@ export function readCurves(runDir: string, label: string): CurvePoint[] {
   return points;
 }
 
+/** Vega config: one font (DejaVu Sans, which resvg finds on the system) for every text. */
+export const FONT_CONFIG = {
+  text: { font: 'DejaVu Sans' },
+  axis: { labelFont: 'DejaVu Sans', titleFont: 'DejaVu Sans' },
+  legend: { labelFont: 'DejaVu Sans', titleFont: 'DejaVu Sans' },
+  title: { font: 'DejaVu Sans' },
+};
+
 /** The Vega specification of the chart: colour tells runs apart, dashes tell validation from training. */
 export function curvesSpec(points: readonly CurvePoint[], title: string): Spec {
   const position = { x: { scale: 'x', field: 'step' }, y: { scale: 'y', field: 'loss' } };
@@ -50,12 +58,7 @@ export function curvesSpec(points: readonly CurvePoint[], title: string): Spec {
     padding: 10,
     background: 'white',
     title: { text: title, fontSize: 15 },
-    config: {
-      text: { font: 'DejaVu Sans' },
-      axis: { labelFont: 'DejaVu Sans', titleFont: 'DejaVu Sans' },
-      legend: { labelFont: 'DejaVu Sans', titleFont: 'DejaVu Sans' },
-      title: { font: 'DejaVu Sans' },
-    },
+    config: FONT_CONFIG,
     data: [{ name: 'points', values: points as unknown as object[] }],
     scales: [
       { name: 'x', type: 'linear', domain: { data: 'points', field: 'step' }, range: 'width', nice: true, zero: false },
@@ -123,15 +126,12 @@ export function curvesSpec(points: readonly CurvePoint[], title: string): Spec {
   } as Spec;
 }
 
-/** Renders the chart to an SVG string and PNG bytes. */
-export async function renderCurves(
-  points: readonly CurvePoint[],
-  title: string,
-): Promise<{ svg: string; png: Buffer }> {
+/** Renders a Vega specification to an SVG string and PNG bytes (at twice the size, for sharp text). */
+export async function renderSpec(spec: Spec): Promise<{ svg: string; png: Buffer }> {
   // Loaded here, not at startup: every other command would pay for the charting libraries.
   const vega = await import('vega');
   const { Resvg } = await import('@resvg/resvg-js');
-  const view = new vega.View(vega.parse(curvesSpec(points, title)), { renderer: 'none' });
+  const view = new vega.View(vega.parse(spec), { renderer: 'none' });
   const svg = await view.toSVG();
   view.finalize();
   const png = new Resvg(svg, {
@@ -141,6 +141,11 @@ export async function renderCurves(
     .render()
     .asPng();
   return { svg, png };
+}
+
+/** Renders the loss chart to an SVG string and PNG bytes. */
+export function renderCurves(points: readonly CurvePoint[], title: string): Promise<{ svg: string; png: Buffer }> {
+  return renderSpec(curvesSpec(points, title));
 }
 
 export const plotCommand: Command = {

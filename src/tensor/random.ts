@@ -65,3 +65,18 @@ export class Rng {
 function rotl(x: number, k: number): number {
   return ((x << k) | (x >>> (32 - k))) >>> 0;
 }
+
+/** Values drawn per block: enough that a tensor filled by `tiledNormal` has no short period a kernel could exploit. */
+const TILE = 1 << 16;
+
+/**
+ * n values for filling large tensors quickly where only their shape matters (benchmark contexts): a block of up to
+ * 65,536 draws of normal(0, std), repeated.
+ */
+export function tiledNormal(rng: Rng, n: number, std: number): Float32Array {
+  const out = new Float32Array(n);
+  const block = Math.min(n, TILE);
+  for (let i = 0; i < block; i++) out[i] = std * rng.normal();
+  for (let filled = block; filled < n; filled *= 2) out.copyWithin(filled, 0, Math.min(filled, n - filled));
+  return out;
+}

@@ -10,7 +10,7 @@ import type { RetentionForm } from '../../backend/backend.js';
 import { gradEnabled, noGrad } from '../../autograd/tape.js';
 import { ShapeError } from '../../errors.js';
 import type { DType } from '../../tensor/dtype.js';
-import { Rng } from '../../tensor/random.js';
+import { Rng, tiledNormal } from '../../tensor/random.js';
 import { tidy, keep } from '../../tensor/scope.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import { add, mul, scale } from '../../ops/math.js';
@@ -317,6 +317,22 @@ export class RetNetDecodeState implements DecodeState {
     this.positions = rows.map((r) => this.positions[r]!);
   }
 
+  append(other: DecodeState): void {
+    if (!(other instanceof RetNetDecodeState) || other.states.length !== this.states.length)
+      throw new ShapeError('DecodeState.append: the other state is not from the same RetNet');
+    const join = (a: Tensor, b: Tensor) => keep(noGrad(() => tidy(() => concat([a, b], 0))));
+    for (const [mine, theirs] of [
+      [this.states, other.states],
+      [this.scales, other.scales],
+    ])
+      mine.forEach((t, i) => {
+        mine[i] = join(t, theirs[i]!);
+        t.dispose();
+      });
+    this.positions = [...this.positions, ...other.positions];
+    other.dispose();
+  }
+
   dispose(): void {
     for (const t of [...this.states, ...this.scales]) t.dispose();
   }
@@ -458,6 +474,21 @@ export class RetNetModel extends Module implements CausalLM {
       this.layers.map(() => make([batch, H])),
       new Array<number>(batch).fill(0),
     );
+  }
+
+  /**
+   * A state as if each of `batch` rows had consumed `length` tokens, with random contents: for measuring the per-token
+   * decode cost at a context length, which depends on the state's shape, not on its values (benchmarks). Each scale
+   * holds the decay sum Σ_{i<length} γ^i that a real prefill leaves; the states hold normal(0, 1/K) values.
+   */
+  syntheticState(batch: number, length: number, rng: Rng): RetNetDecodeState {
+    const { K } = headDims(this.config);
+    const state = this.emptyState(batch);
+    state.positions = new Array<number>(batch).fill(length);
+    const sums = this.layers[0]!.retention.gammas.map((g) => (1 - g ** length) / (1 - g));
+    for (const t of state.states) t.backend.write(t, tiledNormal(rng, t.size, K ** -0.5));
+    for (const t of state.scales) t.backend.write(t, Array.from({ length: batch }, () => sums).flat());
+    return state;
   }
 
   /** A state restored from `RetNetDecodeState.toTensors()` output (e.g. read back from a safetensors file). */

@@ -1,0 +1,284 @@
+// The benchmark suites' own logic, on the smallest configurations so that they cannot rot: FLOP counting against the
+// exact parameter counts, the memory prediction that skips lengths, synthetic decode contexts, one decode point and
+// a tiny training sweep end to end (record shapes), chart specs rendered by Vega, BENCHMARKS.md section replacement,
+// the PyTorch peer's arguments and its missing-torch error, and the `retnet bench` command.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+
+import { DECODE_VOCAB, FORM, decodeModels, disposeModels, flatness, measureDecodePoints } from '../bench/decode.js';
+import { BenchFailure, checkRecords, commandLine, failOnFailedRecords } from '../bench/lib.js';
+import { checkTorch, peerArgs } from '../bench/peer.js';
+import { markdownTable, panelsSpec, replaceSection } from '../bench/report.js';
+import {
+  VARIANTS,
+  matmulParameters,
+  measureTrain,
+  mixerFlopsPerToken,
+  predictPeak,
+  trainFlopsPerToken,
+} from '../bench/train.js';
+import { getBackend } from '../src/backend/index.js';
+import { renderSpec } from '../src/cli/plot.js';
+import { retnetParameterCount, retnetPreset } from '../src/models/retnet/config.js';
+import { transformerParameterCount, transformerPreset } from '../src/models/transformer/config.js';
+import { Rng, tiledNormal } from '../src/tensor/random.js';
+
+const ROOT = join(import.meta.dirname, '..');
+
+describe('bench train: FLOP counting and memory prediction', () => {
+  const r = retnetPreset('small', { vocabSize: 300 });
+  const t = transformerPreset('small', { vocabSize: 300 });
+
+  it('matmul parameters are the parameter count less the embedding table and the norm gains', () => {
+    const d = r.embedDim;
+    assert.equal(matmulParameters('retnet', r), retnetParameterCount(r) - 300 * d - r.layers * 2 * d - d);
+    assert.equal(matmulParameters('transformer', t), transformerParameterCount(t) - 300 * d - t.layers * 2 * d - d);
+  });
+
+  it('mixer FLOPs: parallel T(d+dv), chunkwise C(d+dv) + 4·d·dv/H, attention 2Td; training 6N + 3L·mixer', () => {
+    // small: d 256, dv 512, 4 heads, 4 layers.
+    assert.equal(mixerFlopsPerToken('retnet-parallel', r, 1000), 1000 * 768);
+    assert.equal(mixerFlopsPerToken('retnet-chunkwise', r, 1000, 64), 64 * 768 + (4 * 256 * 512) / 4);
+    // A chunk longer than the sequence is the sequence.
+    assert.equal(mixerFlopsPerToken('retnet-chunkwise', r, 32, 64), 32 * 768 + (4 * 256 * 512) / 4);
+    assert.equal(mixerFlopsPerToken('transformer-naive', t, 1000), 1000 * 512);
+    assert.equal(mixerFlopsPerToken('transformer-flash', t, 1000), 1000 * 512);
+    assert.equal(
+      trainFlopsPerToken('retnet-chunkwise', r, 2048, 64),
+      6 * matmulParameters('retnet', r) + 3 * 4 * (64 * 768 + 131072),
+    );
+  });
+
+  it('predictPeak recovers a·T + b·T² from two lengths and needs two', () => {
+    const peak = (T: number) => 1000 * T + 3 * T * T;
+    assert.equal(predictPeak([{ length: 512, peak: peak(512) }], 1024), null);
+    const p = predictPeak(
+      [
+        { length: 256, peak: 1 },
+        { length: 512, peak: peak(512) },
+        { length: 1024, peak: peak(1024) },
+      ],
+      4096,
+    );
+    assert.ok(Math.abs(p! / peak(4096) - 1) < 1e-12);
+    // Growth slower than a·T + b·T² with b ≥ 0 allows extrapolates along the line through the two points.
+    const line = [
+      { length: 100, peak: 100 },
+      { length: 200, peak: 150 },
+    ];
+    assert.equal(predictPeak(line, 400), 250);
+  });
+
+  it('a tiny sweep measures all four variants, records their figures, and skips on predicted memory', async () => {
+    const records = await measureTrain({
+      preset: 'tiny',
+      layers: 1,
+      vocab: 64,
+      chunkSize: 8,
+      lengths: [16, 32, 64],
+      batch: 1,
+      gemmN: 32,
+      samples: 1,
+      memoryLimit: 1, // one byte: every variant is predicted past it at the third length
+    });
+    checkRecords('train', records);
+    assert.equal(records.length, 12);
+    for (const rec of records.slice(0, 8)) {
+      assert.equal(rec.status, 'ok', JSON.stringify(rec));
+      for (const k of ['tokens_per_s', 'peak_bytes', 'mfu', 'gemm_ceiling_gflops', 'train_flops_per_token'])
+        assert.ok((rec[k] as number) > 0, `${rec.variant} ${k}`);
+    }
+    assert.deepEqual(
+      records.slice(8).map((x) => [x.variant, x.length, x.status]),
+      VARIANTS.map((v) => [v, 64, 'skipped']),
+    );
+    assert.match(records[8]!.reason as string, /predicted step memory/);
+    // The parallel form at 32 holds more than at 16 (the peaks are real measurements).
+    const par = records.filter((x) => x.variant === 'retnet-parallel' && x.status === 'ok');
+    assert.ok((par[1]!.peak_bytes as number) > (par[0]!.peak_bytes as number));
+  });
+});
+
+describe('bench decode: synthetic contexts and one measured point', () => {
+  it('tiledNormal fills n values from a repeated block', () => {
+    const a = tiledNormal(new Rng(1), 200000, 2);
+    assert.equal(a.length, 200000);
+    assert.equal(a[65536], a[0]);
+    assert.equal(a[199999], a[199999 - 3 * 65536]);
+    assert.notEqual(a[1], a[0]);
+  });
+
+  it('synthetic states have the shapes, positions and scales of a real context', () => {
+    const m = decodeModels('tiny', 50);
+    try {
+      const s = m.retnet.syntheticState(3, 100, new Rng(2));
+      const empty = m.retnet.emptyState(3);
+      assert.equal(s.bytes(), empty.bytes());
+      assert.deepEqual(s.positions, [100, 100, 100]);
+      const g = m.retnet.layers[0]!.retention.gammas;
+      const scale = s.scales[0]!.data();
+      g.forEach((gamma, h) => assert.ok(Math.abs(scale[h]! - (1 - gamma ** 100) / (1 - gamma)) < 1e-3));
+      m.retnet.step([1, 2, 3], s).dispose();
+      assert.deepEqual(s.positions, [101, 101, 101]);
+      s.dispose();
+      empty.dispose();
+
+      const kv = m.transformer.syntheticState(2, 128, new Rng(3));
+      const { heads: H, embedDim: d, layers: L } = m.transformer.config;
+      assert.equal(kv.capacity, 192); // room for position 128, in blocks of 64
+      assert.equal(kv.bytes(), 2 * L * 2 * H * 192 * (d / H) * 4);
+      m.transformer.step([4, 5], kv).dispose();
+      assert.equal(kv.capacity, 192, 'the step found room without growing the cache');
+      kv.dispose();
+    } finally {
+      disposeModels(m);
+    }
+  });
+
+  it('measureDecodePoints gives one record per architecture and point with figures, units and ratios', async () => {
+    const live = getBackend().memory.current;
+    const m = decodeModels('tiny', DECODE_VOCAB);
+    try {
+      const timing = { warmup: 1, minTimeMs: 0, minSamples: 2, sampleTargetMs: 0 };
+      const records = await measureDecodePoints(m, 'tiny', [{ length: 96, batch: 2 }], timing);
+      checkRecords('decode', records);
+      const [r, t] = records as [Record<string, unknown>, Record<string, unknown>];
+      assert.deepEqual([r.arch, r.form, t.arch, t.form], ['retnet', FORM.retnet, 'transformer', FORM.transformer]);
+      for (const rec of records) {
+        assert.equal(rec.status, 'ok');
+        assert.equal(rec.length, 96);
+        assert.equal(rec.batch, 2);
+        assert.ok((rec.ms_per_token as number) > 0 && (rec.tokens_per_s as number) > 0);
+        assert.equal(
+          rec.decode_memory_bytes,
+          (rec.state_bytes as number) + (rec.step_workspace_bytes as number) + (rec.weight_bytes as number),
+        );
+      }
+      assert.equal(t.memory_vs_retnet, (t.decode_memory_bytes as number) / (r.decode_memory_bytes as number));
+    } finally {
+      disposeModels(m);
+    }
+    assert.equal(getBackend().memory.current, live, 'the states and models were freed');
+  });
+
+  it('flatness is the largest deviation of RetNet latency from its mean', () => {
+    const rec = (ms: number) => ({
+      arch: 'retnet',
+      batch: 1,
+      status: 'ok',
+      ms_per_token: ms,
+      ms_per_token_min: ms / 2,
+    });
+    assert.ok(Math.abs(flatness([rec(9), rec(10), rec(11)], 1)! - 0.1) < 1e-12);
+    assert.ok(Math.abs(flatness([rec(8), rec(12)], 1, 'ms_per_token_min')! - 0.2) < 1e-12);
+    assert.equal(flatness([rec(9)], 1), null);
+  });
+});
+
+describe('bench reports', () => {
+  it('replaceSection appends, replaces between markers, keeps the rest, and refuses broken markers', () => {
+    const a = replaceSection('# Benchmarks\n\nintro\n', 'decode', 'first');
+    assert.equal(a, '# Benchmarks\n\nintro\n\n<!-- bench:decode:start -->\nfirst\n<!-- bench:decode:end -->\n');
+    const b = replaceSection(replaceSection(a, 'train', 'T'), 'decode', 'second\n');
+    assert.match(
+      b,
+      /intro\n\n<!-- bench:decode:start -->\nsecond\n<!-- bench:decode:end -->\n\n<!-- bench:train:start -->\nT\n/,
+    );
+    assert.doesNotMatch(b, /first/);
+    assert.throws(
+      () => replaceSection('<!-- bench:decode:end --> <!-- bench:decode:start -->', 'decode', 'x'),
+      /markers/,
+    );
+    assert.throws(() => replaceSection('<!-- bench:decode:start -->', 'decode', 'x'), /markers/);
+  });
+
+  it('markdownTable aligns numbers right and escapes pipes', () => {
+    const md = markdownTable(
+      [
+        { a: 'x|y', n: 1.234 },
+        { a: 'z', n: null },
+      ],
+      [{ key: 'a' }, { key: 'n', header: 'N', digits: 1 }],
+    );
+    assert.equal(md, '| a | N |\n| --- | --: |\n| x\\|y | 1.2 |\n| z | - |');
+  });
+
+  it('panelsSpec renders lines and bars through Vega', async () => {
+    const records = [
+      { length: 512, ms: 2, arch: 'retnet', what: 'train' },
+      { length: 1024, ms: 2.1, arch: 'retnet', what: 'train' },
+      { length: 512, ms: 3, arch: 'transformer', what: 'train' },
+    ];
+    const spec = panelsSpec('t', [
+      {
+        title: 'lines',
+        records,
+        x: { field: 'length', title: 'T', log: true },
+        y: { field: 'ms', title: 'ms' },
+        series: (r) => r.arch as string,
+      },
+      {
+        title: 'bars',
+        bars: true,
+        records,
+        x: { field: 'what', title: '' },
+        y: { field: 'ms', title: 'ms' },
+        series: (r) => r.arch as string,
+      },
+    ]);
+    const { svg, png } = await renderSpec(spec);
+    assert.match(svg, /^<svg/);
+    assert.match(svg, /transformer/);
+    assert.ok(png.length > 1000);
+  });
+
+  it('the command line shows the settings taken from the environment', () => {
+    const argv = ['/usr/bin/node', join(ROOT, 'bench', 'run.ts'), 'decode', '--quick'];
+    assert.equal(
+      commandLine(argv, ['--import', 'tsx'], { RETNET_THREADS: '1', HOME: '/root' }),
+      'RETNET_THREADS=1 node --import tsx bench/run.ts decode --quick',
+    );
+  });
+
+  it('failed records make the suite fail after writing', () => {
+    assert.doesNotThrow(() => failOnFailedRecords('x', [{ status: 'ok' }, { status: 'skipped' }]));
+    assert.throws(
+      () => failOnFailedRecords('x', [{ status: 'failed', error: 'boom' }]),
+      (e) => e instanceof BenchFailure && /boom/.test(e.message),
+    );
+  });
+});
+
+describe('bench peer and the CLI', () => {
+  it('peerArgs passes the RetNet shape to peer_torch.py', () => {
+    const c = retnetPreset('small', { vocabSize: 4096 });
+    const shape = { preset: 'small', vocab: 4096, seq: 128, batch: 2, steps: 2, decode: 16 };
+    assert.deepEqual(peerArgs(c, shape, 2), [
+      '--vocab', '4096', '--d', '256', '--dv', '512', '--heads', '4', '--ffn', '512', '--layers', '4',
+      '--seq', '128', '--batch', '2', '--steps', '2', '--decode', '16', '--threads', '2',
+    ]); // prettier-ignore
+  });
+
+  it('a python without torch is a clear failure naming the apt package', () => {
+    assert.throws(
+      () => checkTorch('/nonexistent/python3'),
+      (e) => e instanceof BenchFailure && /apt-get install python3-torch/.test(e.message),
+    );
+  });
+
+  it('retnet bench lists the suites and rejects unknown ones', () => {
+    const cli = (args: string[]) =>
+      spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'src', 'cli', 'run.ts'), 'bench', ...args], {
+        encoding: 'utf8',
+      });
+    const list = cli(['--list']);
+    assert.equal(list.status, 0, list.stderr);
+    for (const s of ['decode', 'batch', 'train', 'quality', 'peer', 'gemm', 'attention', 'generate', 'data'])
+      assert.match(list.stdout, new RegExp(`\\n  ${s} `));
+    const bad = cli(['nope']);
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /unknown suite 'nope'/);
+  });
+});
