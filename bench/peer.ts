@@ -225,7 +225,7 @@ export async function peerSuite(argv: string[]): Promise<void> {
       `${(weightBytes / 2 ** 20).toFixed(0)} MiB of weights, so the two sides stream weights at ` +
       `${gbps(decode.ours_tokens_per_s as number)} GB/s (ours) and ${gbps(decode.pytorch_tokens_per_s as number)} GB/s ` +
       '(PyTorch): at this model size both are bound by memory bandwidth, and what PyTorch spends beyond it (Python ' +
-      'and per-op dispatch) is a small share of a step; the lead grows as the model shrinks (see --quick)',
+      'and per-op dispatch) is a small share of a step at this size',
   ];
   for (const f of findings) process.stdout.write(`${f}\n`);
   const { path, file } = writeResults('peer', records);
