@@ -1,6 +1,11 @@
 // The benchmark harness every suite uses: a description of the machine, one timing rule, a table printer and the
 // JSON result file (bench/results/<suite>.json). Field names of records carry their units (`gflops`, `us_per_call`,
 // `gb_per_s`, `ms_median`), so a result file reads without this code.
+//
+// A suite is `async (argv) => void` listed in bench/run.ts: it parses its flags (parseFlags from src/cli/command.ts),
+// times with `measure` / `measureEach`, prints with `printTable` and ends with `writeResults(name, records)`. Record
+// `other_load` (cpuCounters before and after, then otherLoad) beside timings: the machines are often shared, and a
+// figure taken while other processes ran is not a ceiling.
 
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';
@@ -23,8 +28,9 @@ export interface Machine {
   memory_gib: number;
   node: string;
   platform: string;
-  /** The environment variable as this process saw it (null: unset). */
+  /** The environment variables as this process saw them (null: unset). */
   openblas_coretype: string | null;
+  omp_wait_policy: string | null;
   /** The kernel set OpenBLAS chose (from the addon), null without the addon. */
   blas_core: string | null;
   blas_config: string | null;
@@ -54,6 +60,7 @@ export function describeMachine(): Machine {
     node: process.version,
     platform: `${process.platform}-${process.arch}`,
     openblas_coretype: process.env.OPENBLAS_CORETYPE ?? null,
+    omp_wait_policy: process.env.OMP_WAIT_POLICY ?? null,
     blas_core: info?.blasCoreType ?? null,
     blas_config: info?.blasConfig ?? null,
     threads: threadCount(),

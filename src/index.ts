@@ -32,3 +32,29 @@ export {
   type TrainOptions,
   type TrainResult,
 } from './train/trainer.js';
+export type { CausalLM, DecodeState } from './models/lm.js';
+export {
+  ARCHS,
+  createModel,
+  loadModelDir,
+  saveModelDir,
+  modelFromConfig,
+  type Arch,
+  type ModelOptions,
+} from './models/registry.js';
+export {
+  type RetNetConfig,
+  RETNET_PRESETS,
+  retnetPreset,
+  retnetParameterCount,
+  retnetConfigFromJSON,
+  retnetConfigToJSON,
+} from './models/retnet/config.js';
+export { RetNetModel, RetNetDecodeState, type ForwardOptions } from './models/retnet/model.js';
+export { type TransformerConfig, transformerPreset, transformerParameterCount } from './models/transformer/config.js';
+export { TransformerModel } from './models/transformer/model.js';
+export { generate, type GenerateOptions } from './generate/generate.js';
+export type { GenerationRequest, GenerationEvent, FinishReason } from './generate/sequence.js';
+export type { SamplingOptions } from './generate/sampler.js';
+export { startServer, type ServerOptions, type RunningServer } from './server/server.js';
+export { readSafetensors, writeSafetensors } from './io/safetensors.js';

@@ -137,6 +137,7 @@ describe('bench/lib tables and result files', () => {
     node: 'v20.0.0',
     platform: 'linux-x64',
     openblas_coretype: null,
+    omp_wait_policy: 'passive',
     blas_core: 'Haswell',
     blas_config: null,
     threads: 2,

@@ -1,7 +1,7 @@
 // The data pipeline: sources, bad-data reports with file and line, the deterministic split, shards + manifest and
 // their reuse, and the streaming batch sampler with a serialisable position.
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -62,6 +62,7 @@ describe('data sources', () => {
     reader.close();
     assert.equal(bytes.decode(Array.from(head)), 'The Fulton County Grand Jury said Friday an investigation of');
     assert.equal(prepareData({ source: 'brown', tokenizer: bytes, cacheDir }).reused, true);
+    rmSync(cacheDir, { recursive: true }); // 12 MB of shards
   });
 
   it('cuts documents into segments of whole lines and marks document ends', () => {

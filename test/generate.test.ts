@@ -18,7 +18,7 @@ import type { RetNetModel } from '../src/models/retnet/model.js';
 import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
-import { ref } from './helpers.js';
+import { assertClose, ref } from './helpers.js';
 import { ScriptedLM, ToyLM } from './toy-lm.js';
 
 const tok = new ByteTokenizer();
@@ -236,9 +236,17 @@ describe('generate', () => {
     { backend: ref, dtype: 'float64', seed: 5 },
   ) as RetNetModel;
 
+  const transformer = createModel(
+    'transformer',
+    'tiny',
+    { vocabSize: tok.vocabSize, embedDim: 16, ffnDim: 32, heads: 2, layers: 2 },
+    { backend: ref, dtype: 'float64', seed: 6 },
+  );
+
   for (const [name, model] of [
     ['toy model', toy],
     ['RetNet (chunkwise prefill, recurrent decode, parallel forward)', retnet],
+    ['Transformer (batched prefill, KV-cache decode, full forward)', transformer],
   ] as const)
     it(`greedy decoding of a batch equals argmax over the parallel form's logits: ${name}`, async () => {
       const prompts = ['Hello', 'a', 'The quick brown fox jumps over'].map(utf8);
@@ -266,6 +274,32 @@ describe('generate', () => {
       // Each row alone gives the same tokens as in the batch.
       const alone = await collect(generate(model, tok, [requests[2]!]), 1);
       assert.deepEqual(alone[0]!.tokens, out[2]!.tokens);
+    });
+
+  for (const [name, model] of [
+    ['RetNet', retnet],
+    ['Transformer (KV caches of different capacities)', transformer],
+  ] as const)
+    it(`a state appended to another decodes as if prefilled together: ${name}`, () => {
+      const prompts = ['one', 'x'.repeat(70), 'x'].map(utf8);
+      const together = model.prefill(prompts);
+      const a = model.prefill(prompts.slice(0, 1));
+      const b = model.prefill(prompts.slice(1));
+      a.state.append!(b.state);
+      assert.deepEqual(a.state.positions, [3, 70, 1]);
+      for (const next of [
+        [65, 66, 67],
+        [68, 69, 70],
+      ]) {
+        const expected = model.step(next, together.state);
+        const got = model.step(next, a.state);
+        assertClose(got.data(), expected.data(), 1e-12, 'logits after append');
+        expected.dispose();
+        got.dispose();
+      }
+      for (const t of [together.logits, a.logits, b.logits]) t.dispose();
+      together.state.dispose();
+      a.state.dispose();
     });
 
   it('keeps per-sequence settings apart: a seeded row samples the same in any batch', async () => {
@@ -358,8 +392,8 @@ describe('generate', () => {
     const { log, calls, stop } = watchModelCalls(model);
     await collect(
       generate(model, tok, [
-        { prompt: 'hi', maxNewTokens: 20 },
-        { prompt: 'x', maxNewTokens: 9 },
+        { prompt: 'hi', maxNewTokens: 20, ignoreEos: true },
+        { prompt: 'x', maxNewTokens: 9, ignoreEos: true },
       ]),
       2,
     );
@@ -405,29 +439,58 @@ describe('generate', () => {
 });
 
 describe('scheduler', () => {
-  it('batches requests of one turn, admits later ones as they come, and yields between every model call', async () => {
+  for (const [name, makeModel, steps] of [
+    ['into one batch (state.append)', () => new ToyLM(tok.vocabSize, 4, ref), 7],
+    ['as batches of their own (no state.append)', () => new ScriptedLM(tok.vocabSize, utf8('abc'), ref), 4 + 7 + 2 + 5],
+  ] as const)
+    it(`prefills each request alone, decodes them ${name}, and yields between model calls`, async () => {
+      const model: CausalLM = makeModel();
+      const { log, calls, stop } = watchModelCalls(model);
+      const before = ref.memory.current;
+      const scheduler = new Scheduler(model, tok, { maxActive: 8, maxQueued: 8 });
+      const request = (maxNewTokens: number) => ({ prompt: 'abc', maxNewTokens, ignoreEos: true });
+      const drain = async (events: AsyncIterable<GenerationEvent>) => {
+        let n = 0;
+        for await (const e of events) if (e.type === 'token') n++;
+        return n;
+      };
+      const first = [5, 8, 3].map((n) => drain(scheduler.submit(request(n))));
+      while (scheduler.activeCount < 3) await new Promise((resolve) => setImmediate(resolve));
+      const late = drain(scheduler.submit(request(6)));
+      assert.deepEqual(await Promise.all([...first, late]), [5, 8, 3, 6]);
+      stop();
+      // Joined, the rows share the steps: 7 after the prefills for the longest (8 tokens), and the late one (6 tokens)
+      // arrives within its first two. Apart, each request takes maxNewTokens − 1 steps of its own.
+      assert.deepEqual(calls().slice(0, 3), ['prefill 1', 'prefill 1', 'prefill 1']);
+      assert.equal(calls().filter((c) => c === 'prefill 1').length, 4);
+      assert.equal(calls().filter((c) => c.startsWith('step')).length, steps);
+      if (name.startsWith('into')) assert.ok(calls().includes('step 4'), 'all four rows in one step');
+      assertTurnsBetweenCalls(log);
+      assert.equal(scheduler.activeCount, 0);
+      assert.equal(ref.memory.current, before);
+    });
+
+  it('a failing model call fails the streams it was serving and leaves the scheduler usable', async () => {
     const model = new ToyLM(tok.vocabSize, 4, ref);
-    const { log, calls: modelCalls, stop } = watchModelCalls(model);
     const before = ref.memory.current;
-    const scheduler = new Scheduler(model, tok, { maxActive: 8, maxQueued: 8 });
-    const request = (maxNewTokens: number) => ({ prompt: 'abc', maxNewTokens, ignoreEos: true });
+    const step = model.step.bind(model);
+    let failNext = true;
+    model.step = (tokens, state) => {
+      if (failNext) {
+        failNext = false;
+        throw new Error('kernel exploded');
+      }
+      return step(tokens, state);
+    };
+    const scheduler = new Scheduler(model, tok, { maxActive: 4, maxQueued: 4 });
     const drain = async (events: AsyncIterable<GenerationEvent>) => {
       let n = 0;
       for await (const e of events) if (e.type === 'token') n++;
       return n;
     };
-    const first = [5, 8, 3].map((n) => drain(scheduler.submit(request(n))));
-    while (scheduler.activeCount < 3) await new Promise((resolve) => setImmediate(resolve));
-    const late = drain(scheduler.submit(request(6)));
-    assert.deepEqual(await Promise.all([...first, late]), [5, 8, 3, 6]);
-    stop();
-    const calls = modelCalls();
-    assert.equal(calls[0], 'prefill 3');
-    assert.ok(calls.includes('prefill 1'), 'the late request was admitted as its own batch');
-    assert.ok(calls.some((c, i) => c === 'step 1' && calls[i - 1]?.startsWith('step')));
-    assertTurnsBetweenCalls(log);
-    assert.equal(scheduler.activeCount, 0);
-    assert.equal(ref.memory.current, before);
+    await assert.rejects(drain(scheduler.submit({ prompt: 'a', maxNewTokens: 5, ignoreEos: true })), /kernel exploded/);
+    assert.equal(ref.memory.current, before, 'the failed batch freed its state');
+    assert.equal(await drain(scheduler.submit({ prompt: 'a', maxNewTokens: 5, ignoreEos: true })), 5);
   });
 
   it('refuses a full queue, cancels a queued request at once, and shuts down', async () => {

@@ -13,9 +13,21 @@ import type { Tensor } from '../src/tensor/tensor.js';
 import { assertClose, nat, randomTensor, ref } from './helpers.js';
 
 describe('buffer pool without zero fill', () => {
+  it('evicts the oldest buffers, of any size, to stay within its capacity', () => {
+    const K = 16384;
+    const pool = new BufferPool(4 * K);
+    const [a, b, c, d] = [K, 2 * K, K, 2 * K].map((bytes) => new ArrayBuffer(bytes));
+    for (const x of [a, b, c, d]) pool.give(x!);
+    assert.equal(pool.pooledBytes, 3 * K, 'a and b went to make room for d');
+    assert.equal(pool.take('float32', K / 4).buffer, c);
+    assert.equal(pool.take('float32', K / 2).buffer, d);
+    assert.equal(pool.pooledBytes, 0);
+    assert.notEqual(pool.take('float32', K / 4).buffer, a, 'evicted buffers do not come back');
+  });
+
   it('reclaims only large arrays that own their whole buffer', () => {
     const pool = new BufferPool(1 << 22);
-    pool.reclaim(new Float32Array(10));
+    pool.reclaim(new Float32Array(1000));
     pool.reclaim(new Float32Array(new ArrayBuffer(1 << 20), 4, 20000));
     assert.equal(pool.pooledBytes, 0, 'small arrays and views into larger buffers stay out');
     const big = new Float32Array(20000);

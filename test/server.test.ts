@@ -25,6 +25,15 @@ function retnet(): CausalLM {
   );
 }
 
+function transformer(): CausalLM {
+  return createModel(
+    'transformer',
+    'tiny',
+    { vocabSize: tok.vocabSize, embedDim: 16, ffnDim: 32, heads: 2, layers: 2 },
+    { backend: ref, dtype: 'float64', seed: 2 },
+  );
+}
+
 /** A scripted model that counts its decode steps. */
 function scripted(): ScriptedLM & { steps: number } {
   const model = Object.assign(new ScriptedLM(tok.vocabSize, utf8(SCRIPT), ref), { steps: 0 });
@@ -230,42 +239,45 @@ describe('server: auth', () => {
 });
 
 describe('server: concurrency, disconnects, shutdown', () => {
-  it('serves concurrent clients together and fairly: a short request overtakes a long one', async () => {
-    const model = retnet();
-    const server = await serve(model, { maxActive: 8 });
-    try {
-      const prompts = ['first prompt', 'b', 'another one here', 'zz'];
-      const solo = await Promise.all(
-        prompts.map(async (prompt) => {
-          const r = (await (await post(server, { prompt, max_tokens: 15, temperature: 0 })).json()) as Chunk;
-          return r.choices[0]!.text;
-        }),
-      );
-      // The same prompts at once, streamed, give the same text.
-      const streamed = await Promise.all(
-        prompts.map(async (prompt) => {
-          const { chunks } = await readStream(
-            await post(server, { prompt, max_tokens: 15, temperature: 0, stream: true }),
-          );
-          return chunks.map((c) => c.choices[0]!.text).join('');
-        }),
-      );
-      assert.deepEqual(streamed, solo);
-      const order: string[] = [];
-      const long = post(server, { prompt: 'long', max_tokens: 400, stream: true, ignore_eos: true }).then(async (r) => {
-        await readStream(r);
-        order.push('long');
-      });
-      await until(async () => (await health(server)).active === 1, 'the long request to start');
-      const short = (await (await post(server, { prompt: 'short', max_tokens: 3 })).json()) as Chunk;
-      order.push('short');
-      assert.equal(short.choices.length, 1);
-      await long;
-      assert.deepEqual(order, ['short', 'long']);
-    } finally {
-      await server.close();
-    }
-  });
+  for (const makeModel of [retnet, transformer])
+    it(`serves concurrent clients together and fairly: a short request overtakes a long one (${makeModel.name})`, async () => {
+      const model = makeModel();
+      const server = await serve(model, { maxActive: 8 });
+      try {
+        const prompts = ['first prompt', 'b', 'another one here', 'zz'];
+        const solo = await Promise.all(
+          prompts.map(async (prompt) => {
+            const r = (await (await post(server, { prompt, max_tokens: 15, temperature: 0 })).json()) as Chunk;
+            return r.choices[0]!.text;
+          }),
+        );
+        // The same prompts at once, streamed, give the same text.
+        const streamed = await Promise.all(
+          prompts.map(async (prompt) => {
+            const { chunks } = await readStream(
+              await post(server, { prompt, max_tokens: 15, temperature: 0, stream: true }),
+            );
+            return chunks.map((c) => c.choices[0]!.text).join('');
+          }),
+        );
+        assert.deepEqual(streamed, solo);
+        const order: string[] = [];
+        const long = post(server, { prompt: 'long', max_tokens: 400, stream: true, ignore_eos: true }).then(
+          async (r) => {
+            await readStream(r);
+            order.push('long');
+          },
+        );
+        await until(async () => (await health(server)).active === 1, 'the long request to start');
+        const short = (await (await post(server, { prompt: 'short', max_tokens: 3 })).json()) as Chunk;
+        order.push('short');
+        assert.equal(short.choices.length, 1);
+        await long;
+        assert.deepEqual(order, ['short', 'long']);
+      } finally {
+        await server.close();
+      }
+    });
 
   it('refuses requests beyond the queue with 429', async () => {
     const server = await serve(scripted(), { maxActive: 1, maxQueued: 1, maxTokens: 100000 });

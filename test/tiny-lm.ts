@@ -67,13 +67,18 @@ export class TinyLM extends Module implements CausalLM {
 
   /** A model directory of this test model: model.safetensors and a small config.json. */
   writeDir(dir: string): void {
-    mkdirSync(dir, { recursive: true });
-    const tensors = new Map<string, TensorToSave>();
-    for (const [name, t] of this.namedParameters()) tensors.set(name, { dtype: 'F32', shape: t.shape, data: t.data() });
-    writeSafetensors(join(dir, 'model.safetensors'), tensors);
+    writeParameters(this, dir);
     writeFileAtomic(
       join(dir, 'config.json'),
       JSON.stringify({ arch: 'tiny-test', vocabSize: this.vocabSize, dim: this.dim }),
     );
   }
+}
+
+/** model.safetensors of any module's parameters (for trainer tests of models the registry cannot save). */
+export function writeParameters(model: Module, dir: string): void {
+  mkdirSync(dir, { recursive: true });
+  const tensors = new Map<string, TensorToSave>();
+  for (const [name, t] of model.namedParameters()) tensors.set(name, { dtype: 'F32', shape: t.shape, data: t.data() });
+  writeSafetensors(join(dir, 'model.safetensors'), tensors);
 }

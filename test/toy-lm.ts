@@ -47,12 +47,22 @@ class RunningSumState implements DecodeState {
     this.positions = rows.map((r) => this.positions[r]!);
   }
 
+  append(other: DecodeState): void {
+    if (!(other instanceof RunningSumState)) throw new ShapeError('append: not a ToyLM state');
+    const joined = keep(noGrad(() => tidy(() => concat([this.sum, other.sum], 0))));
+    this.sum.dispose();
+    this.sum = joined;
+    this.positions = [...this.positions, ...other.positions];
+    other.dispose();
+  }
+
   dispose(): void {
     this.sum.dispose();
   }
 }
 
 export class ToyLM extends Module implements CausalLM {
+  /** The interface knows two architectures; this model is neither, and nothing here depends on the label. */
   readonly arch = 'transformer' as const;
   readonly embed: Embedding;
   readonly meanHead: Linear;
@@ -130,6 +140,7 @@ export class ToyLM extends Module implements CausalLM {
   }
 }
 
+/** Without `append`: a server decodes each admission as a batch of its own. */
 class ScriptState implements DecodeState {
   constructor(
     public positions: number[],

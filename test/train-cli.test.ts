@@ -84,6 +84,21 @@ describe('retnet train / eval / plot', () => {
     assert.ok((all.tokens as number) > 8 * (result.tokens as number));
   });
 
+  it('trains the Transformer baseline with the same command (--arch transformer), and eval accepts it', () => {
+    const out = join(dir, 'transformer');
+    const args = ['train', '--arch', 'transformer', '--preset', 'tiny', '--data', corpus, '--seq-len', '16'];
+    const t = cli(...args, '--batch', '2', ...more, '--steps', '3', '--out', out);
+    assert.equal(t.code, 0, t.stderr);
+    assert.equal(lastJSON(t.stdout).finished, true);
+    assert.equal(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).arch, 'transformer');
+    const e = cli('eval', '--model', out, '--data', corpus, '--max-batches', '2');
+    assert.equal(e.code, 0, e.stderr);
+    assert.ok(typeof lastJSON(e.stdout).ppl === 'number');
+    const bad = cli(...args, '--batch', '2', ...more, '--steps', '3', '--out', join(dir, 'tf2'), '--form', 'chunkwise');
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /--form and --chunk-size apply to RetNet, not to a transformer/);
+  });
+
   it('--resume after a stop continues exactly: the same weights as an uninterrupted run', () => {
     const first = cli(...trainArgs('parted', 6, '--stop-at', '3'));
     assert.equal(first.code, 0, first.stderr);

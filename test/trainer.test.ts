@@ -28,7 +28,9 @@ import {
 import { crossEntropy } from '../src/ops/nn.js';
 import { noGrad } from '../src/autograd/tape.js';
 import { assertClose, ref } from './helpers.js';
-import { TinyLM } from './tiny-lm.js';
+import { TinyLM, writeParameters } from './tiny-lm.js';
+import { TransformerModel } from '../src/models/transformer/model.js';
+import { transformerPreset } from '../src/models/transformer/config.js';
 
 const be = getBackend();
 const tokenizer = new ByteTokenizer();
@@ -257,6 +259,30 @@ describe('training runs', () => {
       steps(parted).map((r) => r.loss),
       steps(straight).map((r) => r.loss),
     );
+  });
+
+  it('trains the Transformer baseline and resumes it exactly', async () => {
+    const make = (seed: number) =>
+      new TransformerModel(transformerPreset('tiny', { vocabSize: tokenizer.vocabSize, layers: 1 }), { seed });
+    const config = baseConfig({ steps: 4, batch: 2, seqLen: 16 });
+    const runT = (m: TransformerModel, out: string, over: Partial<TrainOptions> = {}) =>
+      train({
+        model: m,
+        data,
+        outDir: out,
+        config,
+        writeModel: (d) => writeParameters(m, d),
+        progress: silent,
+        ...over,
+      });
+    const straight = tmp();
+    const r = await runT(make(1), straight);
+    assert.ok(r.valLoss! < Math.log(tokenizer.vocabSize), `val loss ${r.valLoss}`);
+    const parted = tmp();
+    await runT(make(1), parted, { stopAtStep: 2 });
+    await runT(make(5), parted, { resume: true });
+    const weights = (d: string) => readFileSync(join(d, 'model.safetensors'));
+    assert.ok(weights(parted).equals(weights(straight)));
   });
 
   it('without the model RNG in the checkpoint, dropout would differ (the test can fail)', async () => {

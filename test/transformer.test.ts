@@ -205,6 +205,29 @@ describe('Transformer forward', () => {
     }
   });
 
+  it('training memory grows linearly with T under flash attention, faster under naive', () => {
+    // Peak tensor bytes of one forward + backward of a 1-layer model, above the parameters.
+    const peak = (attention: AttentionAlgorithm, T: number) => {
+      const be = nat();
+      const model = new TransformerModel(config({ layers: 1, embedDim: 32, heads: 4, attention }), { backend: be });
+      const rng = new Rng(13);
+      const ids = be.fromData(randomTokens(rng, T, 37), [1, T], 'int32');
+      const targets = be.fromData(randomTokens(rng, T, 37), [1, T], 'int32');
+      const base = be.memory.current;
+      be.memory.resetPeak();
+      tidy(() => backward(crossEntropy(model.forward(ids), targets)));
+      const bytes = be.memory.peak - base;
+      for (const t of [ids, targets]) t.dispose();
+      model.dispose();
+      return bytes;
+    };
+    const ratio = (attention: AttentionAlgorithm) => peak(attention, 2048) / peak(attention, 1024);
+    const flash = ratio('flash');
+    const naive = ratio('naive');
+    assert.ok(flash > 1.9 && flash < 2.1, `flash peak ratio for 2x length: ${flash}`);
+    assert.ok(naive > 3, `naive peak ratio for 2x length: ${naive}`);
+  });
+
   it('rejects ids that are not int32 [B, T]', () => {
     const model = new TransformerModel(config(), { backend: nat() });
     const bad = nat().fromData([1, 2], [2], 'int32');

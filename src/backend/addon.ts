@@ -75,6 +75,11 @@ export function packageRoot(): string {
 export function loadAddon(): { addon: NativeAddon | null; error: string | null } {
   const path = process.env.RETNET_ADDON || join(packageRoot(), 'build', 'Release', 'retnet_native.node');
   if (!existsSync(path)) return { addon: null, error: `native addon not built (${path} missing)` };
+  // Our OpenMP kernels and OpenBLAS's own threads take turns on the same cores. With libgomp's default, threads spin
+  // for a while after each parallel region and steal the cores OpenBLAS (or another process) needs next: a training
+  // step of the tiny preset measured 12x slower on a busy 2-core machine. Passive waiting sleeps at once instead.
+  // libgomp reads the variable when the addon loads it, so it is set here unless the user chose a policy.
+  process.env.OMP_WAIT_POLICY ??= 'passive';
   try {
     const require = createRequire(import.meta.url);
     return { addon: require(path) as NativeAddon, error: null };

@@ -21,6 +21,7 @@ export const infoCommand: Command = {
       blasCoreType: native?.blasCoreType ?? null,
       OPENBLAS_CORETYPE: process.env.OPENBLAS_CORETYPE ?? null,
       blasThreads: native?.blasThreads ?? null,
+      OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? null,
       addonBuild: native
         ? {
             compiler: `g++ ${native.compiler}`,

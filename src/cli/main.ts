@@ -4,6 +4,7 @@
 import { RetnetError } from '../errors.js';
 import { benchCommand } from './bench.js';
 import { type Command, UsageError } from './command.js';
+import { demoCommand } from './demo.js';
 import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
 import { evalCommand } from './eval.js';
@@ -13,6 +14,7 @@ import { serveCommand } from './serve.js';
 import { trainCommand } from './train.js';
 
 const commands: Command[] = [
+  demoCommand,
   infoCommand,
   trainCommand,
   evalCommand,

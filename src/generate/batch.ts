@@ -50,6 +50,19 @@ export class DecodeBatch {
     return events.concat(this.sample(logits));
   }
 
+  /**
+   * Moves every row of another started batch into this one, when the model's state can append (DecodeState.append).
+   * Returns false, changing nothing, when it cannot.
+   */
+  absorb(other: DecodeBatch): boolean {
+    if (!this.state?.append || !other.state) return false;
+    this.state.append(other.state);
+    this.rows.push(...other.rows);
+    other.rows = [];
+    other.state = null;
+    return true;
+  }
+
   /** Frees the decode state (rows still going are left unfinished). */
   dispose(): void {
     this.state?.dispose();

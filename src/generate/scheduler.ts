@@ -1,7 +1,8 @@
-// Continuous batching for a server: requests arrive at any time and each gets its own event stream. Waiting requests
-// are admitted together as a new DecodeBatch (one prefill) whenever there is room; every round then steps each batch
-// once, so every running sequence gets one token per round whatever its arrival time or length. Between model calls
-// the loop yields to the event loop, so HTTP keeps being served while generation runs.
+// Continuous batching for a server: requests arrive at any time and each gets its own event stream. At the start of
+// every round the waiting requests that fit are prefilled, one model call each, and join the batch already decoding
+// when the model's state can append rows (DecodeState.append; else each decodes as a batch of its own). Every round
+// then steps each batch once, so every running sequence gets one token per round whatever its arrival time or length.
+// Between model calls the loop yields to the event loop, so HTTP keeps being served while generation runs.
 
 import { setImmediate as nextMacrotask } from 'node:timers/promises';
 
@@ -145,17 +146,14 @@ export class Scheduler {
     await nextMacrotask();
     try {
       while (this.queue.length > 0 || this.batches.length > 0) {
+        // Admit what fits, one prefill per request (a model call is the longest the loop holds the thread, so the
+        // longest block is one prompt's prefill); each joins the batch already decoding when the state allows it.
         const room = this.opts.maxActive - this.running.size;
-        if (this.queue.length > 0 && room > 0) {
-          const admitted = this.queue.splice(0, room);
-          for (const { sequence, stream } of admitted) this.running.set(sequence.index, stream);
-          const batch = new DecodeBatch(
-            this.model,
-            this.tokenizer,
-            admitted.map((e) => e.sequence),
-          );
-          this.batches.push(batch);
+        for (const { sequence, stream } of this.queue.splice(0, Math.max(room, 0))) {
+          this.running.set(sequence.index, stream);
+          const batch = new DecodeBatch(this.model, this.tokenizer, [sequence]);
           this.dispatch(batch.start());
+          if (batch.size > 0 && !this.batches.some((b) => b.size > 0 && b.absorb(batch))) this.batches.push(batch);
           await nextMacrotask();
         }
         for (const batch of this.batches) {

@@ -13,6 +13,11 @@ export interface DecodeState {
   bytes(): number;
   /** Keeps only the given rows, in that order (rows that finished generating are dropped). In place. */
   select(rows: readonly number[]): void;
+  /**
+   * Optional: appends the rows of another state of the same model after this one's, and disposes it. Lets a server
+   * add newly prefilled requests to the batch already decoding (continuous batching).
+   */
+  append?(other: DecodeState): void;
   dispose(): void;
 }
 

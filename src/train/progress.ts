@@ -28,15 +28,21 @@ export class Progress {
   private readonly tty: boolean;
   private lastDraw = 0;
   private drawn = false;
-  private readonly started = performance.now();
+  private started = performance.now();
+  private firstStep = 0;
 
   constructor(
     private readonly out: ProgressStream,
     private readonly totalSteps: number,
-    private readonly firstStep: number,
     private readonly logEvery: number,
   ) {
     this.tty = out.isTTY === true;
+  }
+
+  /** Training starts (or resumes) at `step` now: the ETA counts from here. */
+  begin(step: number): void {
+    this.firstStep = step;
+    this.started = performance.now();
   }
 
   /** Seconds left, from the average time per step of this run so far. */

@@ -198,77 +198,79 @@ export async function train(opts: TrainOptions): Promise<TrainResult> {
   });
   const trainReader = new ShardReader(data.dir, data.manifest, 'train');
   const valReader = new ShardReader(data.dir, data.manifest, 'val');
-  const sampler = new BatchSampler(trainReader, config.batch, config.seqLen, config.seed);
   const rngOwner = randomStateful(model);
+  const progress = new Progress(opts.progress ?? process.stderr, config.steps, config.logEvery);
   model.setTraining(true);
-
-  let step = 0;
-  let tokens = 0;
-  let elapsedBefore = 0;
-  removeIncompleteCheckpoints(outDir);
-  if (opts.resume) {
-    const dir = latestCheckpoint(outDir);
-    if (!dir) throw new TrainingError(`${outDir}: no checkpoint to resume from`);
-    const state = loadCheckpoint(dir, model, optimizer);
-    if (state.dataKey !== data.manifest.key)
-      throw new TrainingError(
-        `${dir}: the checkpoint was trained on other data or another tokenizer (data key ${state.dataKey.slice(0, 16)}, now ${data.manifest.key.slice(0, 16)})`,
-      );
-    if (state.step > config.steps)
-      throw new TrainingError(`${dir}: the checkpoint is at step ${state.step}, past --steps ${config.steps}`);
-    step = state.step;
-    tokens = state.tokens;
-    elapsedBefore = state.elapsedSec;
-    sampler.setPosition(state.sampler);
-    if (rngOwner && state.modelRng) rngOwner.setRngState(state.modelRng);
-    truncateMetrics(metricsPath, step);
-  } else truncateMetrics(metricsPath, -1);
-  const progress = new Progress(opts.progress ?? process.stderr, config.steps, step, config.logEvery);
-  if (opts.resume) progress.message(`resumed from ${latestCheckpoint(outDir)} at step ${step}`);
-  metric({ type: 'run', step, resumed: opts.resume === true, config, time: new Date().toISOString() });
-
-  const started = performance.now();
-  const elapsed = () => elapsedBefore + (performance.now() - started) / 1000;
-  const checkpoint = () =>
-    saveCheckpoint(
-      outDir,
-      {
-        writeModel: opts.writeModel,
-        optimizer,
-        state: {
-          format: 'retnet-trainer-state',
-          version: 1,
-          step,
-          tokens,
-          elapsedSec: elapsed(),
-          sampler: sampler.getPosition(),
-          modelRng: rngOwner ? rngOwner.rngState() : null,
-          dataKey: data.manifest.key,
-          config: { ...config },
-        } satisfies TrainerState,
-      },
-      config.keepCheckpoints,
-    );
-  if (valReader.tokens < config.seqLen + 1)
-    progress.message(
-      `no validation: the validation split has ${valReader.tokens} tokens, fewer than one sequence of ${config.seqLen} + 1`,
-    );
-  const validate = (maxBatches: number) => {
-    model.setTraining(false);
-    const r = evaluate(forward, model, valReader, config.batch, config.seqLen, maxBatches);
-    model.setTraining(true);
-    if (r === null) return null;
-    metric({ type: 'val', step, loss: r.loss, ppl: r.ppl, tokens: r.tokens });
-    progress.message(`step ${step}: validation loss ${r.loss.toFixed(4)} ppl ${r.ppl.toFixed(2)} (${r.tokens} tokens)`);
-    return r;
-  };
-
-  const evalLimit = config.evalBatches > 0 ? config.evalBatches : Infinity;
-  let lastLoss = NaN;
-  let lastCheckpoint = latestCheckpoint(outDir);
-  // Throughput: an exponential moving average of the training steps' own speed (validation and checkpoints excluded).
-  let tokensPerSec = 0;
   try {
+    const sampler = new BatchSampler(trainReader, config.batch, config.seqLen, config.seed);
+    let step = 0;
+    let tokens = 0;
+    let elapsedBefore = 0;
+    removeIncompleteCheckpoints(outDir);
+    if (opts.resume) {
+      const dir = latestCheckpoint(outDir);
+      if (!dir) throw new TrainingError(`${outDir}: no checkpoint to resume from`);
+      const state = loadCheckpoint(dir, model, optimizer);
+      if (state.dataKey !== data.manifest.key)
+        throw new TrainingError(
+          `${dir}: the checkpoint was trained on other data or another tokenizer (data key ${state.dataKey.slice(0, 16)}, now ${data.manifest.key.slice(0, 16)})`,
+        );
+      if (state.step > config.steps)
+        throw new TrainingError(`${dir}: the checkpoint is at step ${state.step}, past --steps ${config.steps}`);
+      step = state.step;
+      tokens = state.tokens;
+      elapsedBefore = state.elapsedSec;
+      sampler.setPosition(state.sampler);
+      if (rngOwner && state.modelRng) rngOwner.setRngState(state.modelRng);
+      truncateMetrics(metricsPath, step);
+    } else truncateMetrics(metricsPath, -1);
+    progress.begin(step);
+    if (opts.resume) progress.message(`resumed from ${latestCheckpoint(outDir)} at step ${step}`);
+    metric({ type: 'run', step, resumed: opts.resume === true, config, time: new Date().toISOString() });
+
+    const started = performance.now();
+    const elapsed = () => elapsedBefore + (performance.now() - started) / 1000;
+    const checkpoint = () =>
+      saveCheckpoint(
+        outDir,
+        {
+          writeModel: opts.writeModel,
+          optimizer,
+          state: {
+            format: 'retnet-trainer-state',
+            version: 1,
+            step,
+            tokens,
+            elapsedSec: elapsed(),
+            sampler: sampler.getPosition(),
+            modelRng: rngOwner ? rngOwner.rngState() : null,
+            dataKey: data.manifest.key,
+            config: { ...config },
+          } satisfies TrainerState,
+        },
+        config.keepCheckpoints,
+      );
+    if (valReader.tokens < config.seqLen + 1)
+      progress.message(
+        `no validation: the validation split has ${valReader.tokens} tokens, fewer than one sequence of ${config.seqLen} + 1`,
+      );
+    const validate = (maxBatches: number) => {
+      model.setTraining(false);
+      const r = evaluate(forward, model, valReader, config.batch, config.seqLen, maxBatches);
+      model.setTraining(true);
+      if (r === null) return null;
+      metric({ type: 'val', step, loss: r.loss, ppl: r.ppl, tokens: r.tokens });
+      progress.message(
+        `step ${step}: validation loss ${r.loss.toFixed(4)} ppl ${r.ppl.toFixed(2)} (${r.tokens} tokens)`,
+      );
+      return r;
+    };
+
+    const evalLimit = config.evalBatches > 0 ? config.evalBatches : Infinity;
+    let lastLoss = NaN;
+    let lastCheckpoint = latestCheckpoint(outDir);
+    // Throughput: an exponential moving average of the training steps' own speed (validation and checkpoints excluded).
+    let tokensPerSec = 0;
     while (step < config.steps) {
       const stepStart = performance.now();
       const lr = learningRate(schedule, step);

@@ -317,6 +317,22 @@ export class RetNetDecodeState implements DecodeState {
     this.positions = rows.map((r) => this.positions[r]!);
   }
 
+  append(other: DecodeState): void {
+    if (!(other instanceof RetNetDecodeState) || other.states.length !== this.states.length)
+      throw new ShapeError('DecodeState.append: the other state is not from the same RetNet');
+    const join = (a: Tensor, b: Tensor) => keep(noGrad(() => tidy(() => concat([a, b], 0))));
+    for (const [mine, theirs] of [
+      [this.states, other.states],
+      [this.scales, other.scales],
+    ])
+      mine.forEach((t, i) => {
+        mine[i] = join(t, theirs[i]!);
+        t.dispose();
+      });
+    this.positions = [...this.positions, ...other.positions];
+    other.dispose();
+  }
+
   dispose(): void {
     for (const t of [...this.states, ...this.scales]) t.dispose();
   }
@@ -375,6 +391,15 @@ export class RetNetModel extends Module implements CausalLM {
 
   get vocabSize(): number {
     return this.config.vocabSize;
+  }
+
+  /** The state of the generator behind dropout masks (the trainer saves it so a resumed run continues exactly). */
+  rngState(): number[] {
+    return this.rng.getState();
+  }
+
+  setRngState(state: readonly number[]): void {
+    this.rng.setState(state);
   }
 
   private checkIds(ids: Tensor): void {

@@ -40,7 +40,7 @@ export const TRANSFORMER_DEFAULTS: Omit<TransformerConfig, 'vocabSize' | 'embedD
 
 type Shape = Pick<TransformerConfig, 'embedDim' | 'layers' | 'heads' | 'ffnDim'>;
 
-/** Largest head dim of the matched presets (GPT-3 1.3B-6.7B and LLaMA use 128). */
+/** Largest head dim of the matched presets. */
 const MAX_HEAD_DIM = 128;
 
 /**
@@ -50,9 +50,10 @@ const MAX_HEAD_DIM = 128;
  * feed-forward; they differ in the token mixer and the FFN width. Per layer:
  *   RetNet      2d² (W_Q, W_K) + 3·d·dv (W_V, W_G, W_O) + 3·d·dffn (GLU fc1, gate, fc2) + 2d (norms)
  *   Transformer 4d² (W_Q, W_K, W_V, W_O)                + 3·d·f    (GLU fc1, gate, fc2) + 2d (norms)
- * so equal counts need f = dffn + dv − 2d/3, rounded to the nearest multiple of 8 (the count then differs by at most
- * 12·d per layer, under 0.01% for every preset). d and L are RetNet's. Heads do not change the count: the Transformer
- * takes RetNet's head count, raised where needed so that the head dim is at most 128.
+ * so equal counts need f = dffn + dv − 2d/3, rounded to the nearest multiple of 8: the counts then differ by at most
+ * 12·d per layer, under 1/d of the non-embedding count (0.45% for tiny, 0.03% for 1.3B; `bench/params.ts` prints both
+ * counts for every preset). d and L are RetNet's. Heads do not change the count: the Transformer takes RetNet's head
+ * count, raised where needed so that the head dim is at most 128 (as GPT-3 1.3B-6.7B and LLaMA).
  */
 export function matchRetNetShape(
   r: Pick<RetNetConfig, 'embedDim' | 'valueDim' | 'heads' | 'ffnDim' | 'layers'>,

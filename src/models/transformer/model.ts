@@ -120,6 +120,32 @@ export class TransformerDecodeState implements DecodeState {
     this.positions = positions;
   }
 
+  /** Appends the other cache's rows after these, at the larger capacity of the two; disposes the other. */
+  append(other: DecodeState): void {
+    if (!(other instanceof TransformerDecodeState) || other.keys.length !== this.keys.length)
+      throw new ShapeError('DecodeState.append: the other state is not from the same Transformer');
+    const C = Math.max(this.capacity, other.capacity);
+    const join = (a: Tensor, b: Tensor) => {
+      const [B1, H, , K] = a.shape as [number, number, number, number];
+      const out = keep(a.backend.zeros([B1 + b.shape[0]!, H, C, K], a.dtype));
+      // Each source row (H blocks of its capacity · K) goes to its row of out, blocks C · K apart.
+      [a, b].forEach((src, part) => {
+        const [B, , Cs] = src.shape as [number, number, number];
+        for (let r = 0; r < B; r++)
+          src.backend.copyBlocks(src, r * H * Cs * K, Cs * K, out, (part * B1 + r) * H * C * K, C * K, H, Cs * K);
+      });
+      a.dispose();
+      return out;
+    };
+    for (const [mine, theirs] of [
+      [this.keys, other.keys],
+      [this.values, other.values],
+    ])
+      mine.forEach((t, l) => (mine[l] = join(t, theirs[l]!)));
+    this.positions = [...this.positions, ...other.positions];
+    other.dispose();
+  }
+
   dispose(): void {
     for (const t of [...this.keys, ...this.values]) t.dispose();
   }
@@ -288,6 +314,15 @@ export class TransformerModel extends Module implements CausalLM {
     return this.config.vocabSize;
   }
 
+  /** The state of the generator behind dropout masks (the trainer saves it so a resumed run continues exactly). */
+  rngState(): number[] {
+    return this.rng.getState();
+  }
+
+  setRngState(state: readonly number[]): void {
+    this.rng.setState(state);
+  }
+
   private embed(ids: Tensor): Tensor {
     const x = this.embedTokens.forward(ids);
     return this.training && this.config.dropout > 0 ? dropout(x, this.config.dropout, this.rng) : x;
@@ -301,35 +336,33 @@ export class TransformerModel extends Module implements CausalLM {
     return logits;
   }
 
-  /** Hidden states [B, T, D] of ids [B, T]; with `keepKV`, every layer's k and v [B, T, H, K] too. */
-  private runLayers(
-    ids: Tensor,
-    algorithm: AttentionAlgorithm,
-    keepKV: boolean,
-  ): { x: Tensor; kv: { k: Tensor; v: Tensor }[] } {
+  /** Hidden states [B, T, D] of ids [B, T]; `onKV`, when given, receives each layer's k and v [B, T, H, K]. */
+  private runLayers(ids: Tensor, algorithm: AttentionAlgorithm, onKV?: (k: Tensor, v: Tensor) => void): Tensor {
     const T = ids.shape[1]!;
     const { cos, sin } = rotaryTables(this.backend, this.dtype, this.angles, [...Array(T).keys()], false);
     let x = this.embed(ids);
-    const kv: { k: Tensor; v: Tensor }[] = [];
     for (const layer of this.layers) {
       const next = layer.run(x, (normed) => {
-        const out = layer.selfAttn.forward(normed, cos, sin, algorithm, keepKV);
-        if (out.kv) kv.push(out.kv);
-        return out.y;
+        const { y, kv } = layer.selfAttn.forward(normed, cos, sin, algorithm, onKV !== undefined);
+        if (kv) {
+          onKV!(kv.k, kv.v);
+          release(kv.k, kv.v);
+        }
+        return y;
       });
       release(x);
       x = next;
     }
     // The rotary tables are saved by the tape's rotary nodes when recording; otherwise free them now.
     if (!gradEnabled()) release(cos, sin);
-    return { x, kv };
+    return x;
   }
 
   /** ids int32 [B, T] -> logits [B, T, V]. */
   forward(ids: Tensor, opts: TransformerForwardOptions = {}): Tensor {
     if (ids.dtype !== 'int32' || ids.rank !== 2)
       throw new ShapeError(`Transformer: token ids must be int32 [B, T], got ${ids.toString()}`);
-    return this.head(this.runLayers(ids, opts.attention ?? this.config.attention, false).x);
+    return this.head(this.runLayers(ids, opts.attention ?? this.config.attention));
   }
 
   /**
@@ -350,13 +383,11 @@ export class TransformerModel extends Module implements CausalLM {
       tidy(() => {
         const ids = new Int32Array(B * T); // padding: token 0
         prompts.forEach((p, b) => ids.set(p, b * T));
-        const { x, kv } = this.runLayers(
-          this.backend.fromData(ids, [B, T], 'int32'),
-          opts.attention ?? this.config.attention,
-          true,
-        );
+        // Each layer's k, v [B, T, H, K] move into a head-major cache [B, H, C, K] as soon as they exist: per (row,
+        // head), T vectors H·K apart become contiguous.
         const C = capacityFor(T);
-        // [B, T, H, K] -> head-major [B, H, C, K]: per (row, head), T vectors H·K apart become contiguous.
+        const keys: Tensor[] = [];
+        const values: Tensor[] = [];
         const cache = (t: Tensor) => {
           const [, , H, K] = t.shape as [number, number, number, number];
           const out = this.backend.zeros([B, H, C, K], this.dtype);
@@ -365,13 +396,18 @@ export class TransformerModel extends Module implements CausalLM {
               this.backend.copyBlocks(t, (b * T * H + h) * K, H * K, out, (b * H + h) * C * K, K, T, K);
           return out;
         };
+        const x = this.runLayers(
+          this.backend.fromData(ids, [B, T], 'int32'),
+          opts.attention ?? this.config.attention,
+          (k, v) => {
+            keys.push(cache(k));
+            values.push(cache(v));
+          },
+        );
         const last = this.backend.zeros([B, 1, D], this.dtype);
         lengths.forEach((n, b) => this.backend.copyBlocks(x, (b * T + n - 1) * D, 0, last, b * D, 0, 1, D));
-        const state = new TransformerDecodeState(
-          kv.map(({ k }) => cache(k)),
-          kv.map(({ v }) => cache(v)),
-          lengths,
-        );
+        release(x);
+        const state = new TransformerDecodeState(keys, values, lengths);
         return { logits: reshape(this.head(last), [B, this.vocabSize]), state };
       }),
     );
