@@ -215,7 +215,16 @@ export async function peerSuite(argv: string[]): Promise<void> {
   const [train, decode] = records as [BenchRecord, BenchRecord];
   const verdict = (r: BenchRecord, goal: number) =>
     `ours / PyTorch = ${(r.ours_vs_pytorch as number).toFixed(2)} (goal ≥ ${goal}: ${(r.ours_vs_pytorch as number) >= goal ? 'met' : 'NOT met'})`;
-  const findings = [`training step: ${verdict(train, GOAL_TRAIN)}`, `decoding: ${verdict(decode, GOAL_DECODE)}`];
+  // A decode step at batch 1 reads every weight once: the weight bytes times tokens/s is the memory bandwidth each
+  // side reaches, to compare with the machine's (bench gemm measures copies).
+  const weightBytes = model.parameterCount() * 4;
+  const gbps = (tokensPerS: number) => ((weightBytes * tokensPerS) / 1e9).toFixed(1);
+  const findings = [
+    `training step: ${verdict(train, GOAL_TRAIN)}`,
+    `decoding: ${verdict(decode, GOAL_DECODE)}; each token reads the ${(weightBytes / 2 ** 20).toFixed(0)} MiB ` +
+      `of weights: ours streams them at ${gbps(decode.ours_tokens_per_s as number)} GB/s, PyTorch at ` +
+      `${gbps(decode.pytorch_tokens_per_s as number)} GB/s`,
+  ];
   for (const f of findings) process.stdout.write(`${f}\n`);
   const { path, file } = writeResults('peer', records);
   // One bar per side and measure: the best round's tokens/s.

@@ -166,7 +166,7 @@ export async function qualitySuite(argv: string[]): Promise<void> {
           `Both models are the \`${s.preset}\` preset (the Transformer parameter-matched to RetNet), trained by ` +
           `\`src/train\` on the Brown corpus as bytes (vocabulary ${data.tokenizer.vocabSize}, 1% of it held out) ` +
           `with identical data order, tokens and schedule: ${c.steps} steps of ${c.batch} × ${c.seqLen} tokens, ` +
-          `AdamW (lr ${c.lr}, ${c.warmupSteps} warmup steps, ${c.decay} decay to ${c.minLrRatio}× , weight decay ` +
+          `AdamW (lr ${c.lr}, ${c.warmupSteps} warmup steps, ${c.decay} decay to ${c.minLrRatio}× the peak, weight decay ` +
           `${c.weightDecay}, clip ${c.clip}), seed ${c.seed} for weights and data. Validation loss is the mean over ` +
           `${s.finalEvalBatches > 0 ? `the first ${s.finalEvalBatches} batches of` : 'the whole'} validation split after training; the curve shows validation on its first ` +
           `${c.evalBatches} batches every ${c.evalEvery} steps.`,
