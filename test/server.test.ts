@@ -1,6 +1,7 @@
 // The HTTP server, tested over real HTTP against servers started on 127.0.0.1 with a free port: OpenAI completions
 // (whole and streamed), validation errors, auth, limits, concurrent clients, disconnects and shutdown.
 import assert from 'node:assert/strict';
+import { connect } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -223,10 +224,30 @@ describe('server: completions', () => {
   });
 });
 
+/** Sends bytes as they are over a raw socket (fetch would normalise the request target) and returns the response. */
+async function raw(server: RunningServer, request: string): Promise<{ status: number; head: string; body: string }> {
+  const { port } = new URL(server.url);
+  const socket = connect(Number(port), '127.0.0.1');
+  socket.write(request); // not end(): a half-closed connection reads as a client that went away
+  let text = '';
+  for await (const bytes of socket) text += (bytes as Buffer).toString('latin1');
+  const split = text.indexOf('\r\n\r\n');
+  const head = split < 0 ? text : text.slice(0, split);
+  return { status: Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1] ?? 0), head, body: text.slice(split + 4) };
+}
+
+/** An HTTP/1.1 request with a JSON body, closing the connection after the response. */
+function rawRequest(method: string, target: string, body = '', headers: string[] = []): string {
+  const lines = [`${method} ${target} HTTP/1.1`, 'Host: 127.0.0.1', 'Connection: close', ...headers];
+  if (body !== '') lines.push('Content-Type: application/json', `Content-Length: ${Buffer.byteLength(body)}`);
+  return `${lines.join('\r\n')}\r\n\r\n${body}`;
+}
+
 describe('server: auth', () => {
   let server: RunningServer;
   before(async () => (server = await serve(scripted(), { apiKey: 'sekrit-key' })));
   after(async () => server.close());
+  const KEY = 'Authorization: Bearer sekrit-key';
 
   it('requires the bearer key on /v1/*, not on /health', async () => {
     await expectError(await post(server, { prompt: 'a' }), 401, /missing or invalid API key/);
@@ -235,6 +256,61 @@ describe('server: auth', () => {
     await expectError(await fetch(`${server.url}/v1/models`), 401, /API key/);
     assert.equal((await post(server, { prompt: 'a' }, { authorization: 'Bearer sekrit-key' })).status, 200);
     assert.equal((await fetch(`${server.url}/health`)).status, 200);
+  });
+
+  it('no spelling of a request target gets past the key: encoded, absolute-form, dot-segment, //, case', async () => {
+    const { host } = new URL(server.url);
+    const body = JSON.stringify({ prompt: 'a', max_tokens: 2 });
+    const targets = [
+      '/v1/completions',
+      '/%76%31/completions',
+      '/v1/%63ompletions',
+      '/%2576%2531/completions',
+      `http://${host}/v1/completions`,
+      `HTTP://${host}/v1/completions`,
+      `http://${host}/%76%31/completions`,
+      `http://evil.example/v1/completions`,
+      '/v1/./completions',
+      '/x/../v1/completions',
+      '/v1/completions/',
+      '/v1/completions?x=1',
+      '/v1/completions;x',
+      '/v1/completions#frag',
+      '//v1/completions',
+      '/v1//completions',
+      '/V1/completions',
+      '/v1/COMPLETIONS',
+      '*',
+    ];
+    for (const target of targets) {
+      const r = await raw(server, rawRequest('POST', target, body));
+      assert.ok(r.status === 401 || r.status === 400, `POST ${target} without the key: ${r.head.split('\r\n')[0]}`);
+      assert.doesNotMatch(r.body, /text_completion/, `POST ${target}`);
+    }
+    for (const target of ['/%76%31/models', `http://${host}/v1/models`, '/v1/models/', '//v1/models'])
+      for (const method of ['GET', 'HEAD']) {
+        const r = await raw(server, rawRequest(method, target));
+        assert.equal(r.status, 401, `${method} ${target} without the key: ${r.head.split('\r\n')[0]}`);
+      }
+    // The routed forms are the completions route: with the key they are served.
+    for (const target of ['/%76%31/completions', `http://${host}/v1/completions`]) {
+      const r = await raw(server, rawRequest('POST', target, body, [KEY]));
+      assert.equal(r.status, 200, `POST ${target} with the key`);
+      assert.match(r.body, /text_completion/);
+    }
+  });
+
+  it('every registered route but the public ones needs the key', async () => {
+    const open = server.routes.filter((r) => r.public).map((r) => `${r.method} ${r.url}`);
+    assert.deepEqual(open.sort(), ['GET /health', 'HEAD /health']);
+    const guarded = server.routes.filter((r) => !r.public);
+    assert.ok(guarded.length >= 3, `${guarded.length} guarded routes`);
+    for (const route of guarded) {
+      const target = route.url.replace(/:[^/]+/g, 'test-model');
+      const r = await raw(server, rawRequest(route.method, target, route.method === 'POST' ? '{}' : ''));
+      assert.equal(r.status, 401, `${route.method} ${target}`);
+    }
+    assert.equal((await raw(server, rawRequest('GET', '/no/such/route'))).status, 401);
   });
 });
 

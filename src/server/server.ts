@@ -29,7 +29,7 @@ export interface ServerOptions {
   host?: string;
   /** Default 8000; 0 picks a free port. */
   port?: number;
-  /** When set, /v1/* requires "Authorization: Bearer <apiKey>". */
+  /** When set, every route but /health requires "Authorization: Bearer <apiKey>" (unknown routes too). */
   apiKey?: string;
   /** Largest request body in bytes (default 1 MiB); larger ones get 413. */
   maxBodyBytes?: number;
@@ -45,9 +45,25 @@ export interface ServerOptions {
   maxQueued?: number;
 }
 
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Served without the API key (every other route, present or future, requires it when one is set). */
+    public?: boolean;
+  }
+}
+
+/** A route the server answers, and whether it is served without the API key. */
+export interface RouteInfo {
+  method: string;
+  url: string;
+  public: boolean;
+}
+
 export interface RunningServer {
   /** http://host:port */
   url: string;
+  /** Every route registered (HEAD routes included). */
+  routes: readonly RouteInfo[];
   scheduler: Scheduler;
   /**
    * Stops accepting requests, lets generations in flight finish for up to graceMs, cancels the rest (their clients
@@ -136,12 +152,17 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
   app.setNotFoundHandler((request, reply) => {
     void reply.code(404).send(new ApiError(404, `no route ${request.method} ${request.url}`).toJSON());
   });
+  // Authorisation is decided on the routed request: find-my-way has already decoded the path, stripped an absolute-form
+  // target and picked the route, so "/%76%31/completions" and "http://host/v1/completions" reach this check as the
+  // completions route. Every route, the 404 handler included, needs the key unless it says `config: { public: true }`.
+  const routes: RouteInfo[] = [];
+  app.addHook('onRoute', (route) => {
+    const methods = Array.isArray(route.method) ? route.method : [route.method];
+    for (const method of methods) routes.push({ method, url: route.url, public: route.config?.public === true });
+  });
   app.addHook('onRequest', async (request) => {
-    if (
-      opts.apiKey !== undefined &&
-      request.url.startsWith('/v1/') &&
-      !authorized(request.headers.authorization, opts.apiKey)
-    )
+    if (opts.apiKey === undefined || request.routeOptions.config.public === true) return;
+    if (!authorized(request.headers.authorization, opts.apiKey))
       throw new ApiError(
         401,
         'missing or invalid API key (send "Authorization: Bearer <key>")',
@@ -150,7 +171,7 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
       );
   });
 
-  app.get('/health', async () => ({
+  app.get('/health', { config: { public: true } }, async () => ({
     status: closing ? 'shutting_down' : 'ok',
     model: opts.modelId,
     active: scheduler.activeCount,
@@ -258,6 +279,7 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
   const address = await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 8000 });
   return {
     url: address,
+    routes,
     scheduler,
     async close(graceMs = 5000) {
       closing = true;
