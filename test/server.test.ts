@@ -47,7 +47,7 @@ function scripted(): ScriptedLM & { steps: number } {
 }
 
 async function serve(model: CausalLM, opts: Partial<ServerOptions> = {}): Promise<RunningServer> {
-  return startServer(model, tok, { modelId: 'test-model', port: 0, ...opts });
+  return startServer(model, tok, { modelId: 'test-model', port: 0, logLevel: 'silent', ...opts });
 }
 
 function post(server: RunningServer, body: unknown, headers: Record<string, string> = {}, signal?: AbortSignal) {
@@ -311,6 +311,88 @@ describe('server: auth', () => {
       assert.equal(r.status, 401, `${route.method} ${target}`);
     }
     assert.equal((await raw(server, rawRequest('GET', '/no/such/route'))).status, 401);
+  });
+});
+
+describe('server: HTTP edges', () => {
+  let server: RunningServer;
+  const log: string[] = [];
+  const logStream = { write: (line: string) => log.push(line) };
+  before(async () => {
+    const model = scripted();
+    // A model that fails on one prompt: an internal error, to see what reaches the client and the log.
+    const prefill = model.prefill.bind(model);
+    model.prefill = (prompts) => {
+      if (prompts.some((p) => p[0] === 0x21 /* ! */)) throw new Error('kernel exploded');
+      return prefill(prompts);
+    };
+    server = await serve(model, { logLevel: 'info', logStream });
+  });
+  after(async () => server.close());
+
+  it('refuses deeply nested JSON with a 400 that says so, wherever the nesting is', async () => {
+    for (const field of ['prompt', 'model', 'stop', 'stream_options', 'logit_bias']) {
+      const body = `{"${field}": ${'['.repeat(200000)}${']'.repeat(200000)}}`;
+      const r = await raw(server, rawRequest('POST', '/v1/completions', body));
+      assert.equal(r.status, 400, field);
+      assert.match(r.body, /nests arrays and objects deeper than 64 levels/);
+    }
+    // Brackets inside strings are text, not nesting.
+    const r = await post(server, { prompt: '['.repeat(100) + '"\\"{', max_tokens: 1 });
+    assert.equal(r.status, 200);
+  });
+
+  it('refuses a body that is not UTF-8 with a 400 naming the byte', async () => {
+    const body = Buffer.concat([Buffer.from('{"prompt": "ab'), Buffer.from([0xff, 0xfe]), Buffer.from('"}')]);
+    const bad = await fetch(`${server.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body,
+    });
+    await expectError(bad, 400, /not valid UTF-8 \(invalid byte sequence at byte 14\)/);
+    for (const bytes of [
+      [0xc0, 0xaf],
+      [0xed, 0xa0, 0x80],
+      [0xe2, 0x82],
+    ]) {
+      const overlong = Buffer.concat([Buffer.from('{"prompt": "'), Buffer.from(bytes), Buffer.from('"}')]);
+      const r2 = await fetch(`${server.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: overlong,
+      });
+      await expectError(r2, 400, /not valid UTF-8 \(invalid byte sequence at byte 12\)/);
+    }
+  });
+
+  it('refuses too many headers (431) and an HTTP/0.9-style request line', async () => {
+    const many = Array.from({ length: 2000 }, (_, i) => `x-h${i}: v`);
+    const r = await raw(server, rawRequest('GET', '/health', '', many));
+    assert.equal(r.status, 431);
+    assert.match(r.body, /more than 100 header fields/);
+    assert.equal((await raw(server, rawRequest('GET', '/health', '', many.slice(0, 90)))).status, 200);
+    const old = await raw(server, 'GET /health\r\n\r\n');
+    assert.notEqual(old.status, 200, old.head);
+    assert.doesNotMatch(old.body, /"status":"ok"/);
+  });
+
+  it('keeps stack traces out of responses and out of the log at the default level', async () => {
+    log.length = 0;
+    const r = await post(server, { prompt: '!boom', max_tokens: 2 });
+    await expectError(r, 500, /^internal server error$/);
+    const s = await readStream(await post(server, { prompt: '!boom', max_tokens: 2, stream: true }));
+    assert.match(JSON.stringify(s.chunks), /internal server error/);
+    assert.doesNotMatch(JSON.stringify(s.chunks), /exploded|at .*\.ts/);
+    const lines = log.map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.ok(
+      lines.some((l) => l.error === 'kernel exploded'),
+      'the error is logged',
+    );
+    assert.ok(
+      lines.some((l) => l.msg === 'request completed'),
+      'requests are logged',
+    );
+    assert.doesNotMatch(log.join(''), /\n\s+at |stack/);
   });
 });
 

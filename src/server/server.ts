@@ -5,13 +5,14 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 
-import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 
 import { ConfigError } from '../errors.js';
 import { QueueFullError, Scheduler, ShuttingDownError } from '../generate/scheduler.js';
 import type { EndEvent, GenerationEvent } from '../generate/sequence.js';
 import type { CausalLM } from '../models/lm.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
+import { guardHttp } from './http.js';
 import {
   ApiError,
   type Choice,
@@ -43,7 +44,14 @@ export interface ServerOptions {
   maxActive?: number;
   /** Most sequences waiting to start (default 64); beyond, 429. */
   maxQueued?: number;
+  /** pino level of the request log (default 'info': one line per request and response; 'silent' for none). */
+  logLevel?: LogLevel;
+  /** Where the log's JSON lines go (default stderr). */
+  logStream?: { write(line: string): unknown };
 }
+
+export const LOG_LEVELS = ['silent', 'fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -100,20 +108,6 @@ async function* merge(
   }
 }
 
-/** Maps fastify's own request errors (body parsing, limits) to OpenAI-shaped ones with a clear message. */
-function apiErrorOf(err: FastifyError, maxBodyBytes: number): ApiError {
-  if (err instanceof ApiError) return err;
-  switch (err.code) {
-    case 'FST_ERR_CTP_BODY_TOO_LARGE':
-      return new ApiError(413, `the request body is larger than the limit of ${maxBodyBytes} bytes`);
-    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
-      return new ApiError(415, 'unsupported Content-Type; send the body as application/json');
-  }
-  const status = err.statusCode ?? 500;
-  if (status >= 400 && status < 500) return new ApiError(status, err.message);
-  return new ApiError(500, 'internal server error');
-}
-
 export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: ServerOptions): Promise<RunningServer> {
   const maxBodyBytes = opts.maxBodyBytes ?? 1 << 20;
   const limits: CompletionLimits = {
@@ -131,27 +125,14 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
   let openResponses = 0;
   let allClosed: (() => void) | null = null;
 
-  const app: FastifyInstance = Fastify({ bodyLimit: maxBodyBytes, logger: false, return503OnClosing: true });
+  const app: FastifyInstance = Fastify({
+    bodyLimit: maxBodyBytes,
+    logger: { level: opts.logLevel ?? 'info', stream: opts.logStream ?? process.stderr },
+    return503OnClosing: true,
+  });
 
-  // Bodies are JSON only, parsed here so that a syntax error can say where it is. (JSON.parse makes "__proto__" an
-  // own property, and the validation rejects unknown fields, so no prototype is touched.)
-  app.removeAllContentTypeParsers();
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, text, done) => {
-    if (text === '') return done(new ApiError(400, 'the request body is empty; expected a JSON object'));
-    try {
-      done(null, JSON.parse(text as string));
-    } catch (e) {
-      done(new ApiError(400, `the request body is not valid JSON: ${(e as Error).message}`));
-    }
-  });
-  app.setErrorHandler((err: FastifyError, _request, reply) => {
-    const api = apiErrorOf(err, maxBodyBytes);
-    if (api.status === 500) process.stderr.write(`retnet serve: ${err.stack ?? String(err)}\n`);
-    void reply.code(api.status).send(api.toJSON());
-  });
-  app.setNotFoundHandler((request, reply) => {
-    void reply.code(404).send(new ApiError(404, `no route ${request.method} ${request.url}`).toJSON());
-  });
+  guardHttp(app, maxBodyBytes);
+
   // Authorisation is decided on the routed request: find-my-way has already decoded the path, stripped an absolute-form
   // target and picked the route, so "/%76%31/completions" and "http://host/v1/completions" reach this check as the
   // completions route. Every route, the 404 handler included, needs the key unless it says `config: { public: true }`.
@@ -198,7 +179,7 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
     const now = Math.floor(Date.now() / 1000);
     if (req.stream) {
       reply.hijack();
-      await streamCompletion(reply.raw, streams, req, id, now, disconnect.signal);
+      await streamCompletion(reply.raw, streams, req, id, now, disconnect.signal, request.log);
       return;
     }
     const choices: Choice[] = req.prompts.map((_, index) => ({ text: '', index, logprobs: null, finish_reason: null }));
@@ -248,6 +229,7 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
     id: string,
     now: number,
     disconnected: AbortSignal,
+    log: FastifyBaseLogger,
   ): Promise<void> {
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
     const send = (data: unknown) => {
@@ -269,7 +251,8 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
         send(new ApiError(503, 'the server is shutting down; the generation was cancelled').toJSON());
       else if (req.includeUsage) send(completionObject(id, now, opts.modelId, [], usageOf(ends)));
     } catch (e) {
-      process.stderr.write(`retnet serve: ${(e as Error).stack ?? String(e)}\n`);
+      log.error({ error: (e as Error).message }, 'internal error during generation');
+      log.debug({ stack: (e as Error).stack }, 'internal error during generation: stack');
       send(new ApiError(500, 'internal server error during generation').toJSON());
     }
     send('[DONE]');
