@@ -10,7 +10,8 @@ export type { Backend, ActivationKind, AdamWParams } from './backend/backend.js'
 export { getBackend, setBackend, nativeInfo, nativeUnavailableReason, type BackendName } from './backend/index.js';
 export * from './ops/index.js';
 export { ByteTokenizer, type Tokenizer } from './tokenizer/tokenizer.js';
-export { BpeTokenizer, trainBpe } from './tokenizer/bpe.js';
+export { trainBpe } from './tokenizer/bpe.js';
+export { HfTokenizer, type TokenizerContext } from './tokenizer/hf.js';
 export { loadTokenizer } from './tokenizer/load.js';
 export { DataError, type DataProblem } from './train/sources.js';
 export {

@@ -8,7 +8,7 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 
 import { writeFileAtomic } from '../io/atomic.js';
-import { loadModelDir, saveModelDir } from '../io/model-dir.js';
+import { loadModelDir, readTokenizerFile, saveModelDir } from '../io/model-dir.js';
 import { ARCHS, type Arch, createModel } from '../models/registry.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { ByteTokenizer } from '../tokenizer/tokenizer.js';
@@ -21,6 +21,18 @@ import { type Command, UsageError, choiceFlag, intFlag, numberFlag, parseFlags }
 const FORMS = ['parallel', 'chunkwise'] as const;
 const TOKENIZERS = ['bytes', 'bpe'] as const;
 
+/** --tokenizer: a built-in kind, or an existing tokenizer.json to reuse (its path is kept absolute in run.json). */
+function tokenizerFlag(value: string | undefined, fallback: string): string {
+  if (value === undefined) return fallback;
+  if ((TOKENIZERS as readonly string[]).includes(value)) return value;
+  const path = resolve(value);
+  if (!existsSync(path))
+    throw new UsageError(
+      `train: --tokenizer: expected ${TOKENIZERS.join(', ')} or a tokenizer.json file, got ${value}`,
+    );
+  return path;
+}
+
 /** Everything a run was started with, saved as run.json. */
 export interface RunSettings {
   arch: Arch;
@@ -30,7 +42,8 @@ export interface RunSettings {
   chunkSize: number | null;
   data: {
     source: string;
-    tokenizer: (typeof TOKENIZERS)[number];
+    /** bytes, bpe (trained on the data), or the absolute path of an existing tokenizer.json. */
+    tokenizer: string;
     /** BPE vocabulary size. */
     vocab: number;
     valFraction: number;
@@ -115,7 +128,7 @@ function settingsFromFlags(v: Values, base: RunSettings | null): RunSettings {
     chunkSize: isRetNet ? intFlag(c, 'chunk-size', v['chunk-size'], base?.chunkSize ?? 64) : null,
     data: {
       source,
-      tokenizer: choiceFlag(c, 'tokenizer', v.tokenizer, TOKENIZERS, d?.tokenizer ?? 'bytes'),
+      tokenizer: tokenizerFlag(v.tokenizer, d?.tokenizer ?? 'bytes'),
       vocab: intFlag(c, 'vocab', v.vocab, d?.vocab ?? 4096, 259),
       valFraction: numberFlag(c, 'val-fraction', v['val-fraction'], d?.valFraction ?? 0.01, 0, 0.5),
       jsonlField: v['jsonl-field'] ?? d?.jsonlField ?? 'text',
@@ -182,7 +195,7 @@ export const trainCommand: Command = {
     '[--seq-len N --batch N --lr X --form parallel|chunkwise --seed N --resume] ' +
     '[--accum N --warmup N --decay cosine|linear|constant --min-lr-ratio X --weight-decay X --clip X ' +
     '--eval-every N --eval-batches N --checkpoint-every N --keep-checkpoints N --log-every N --stop-at N ' +
-    '--tokenizer bytes|bpe --vocab N --val-fraction X --jsonl-field NAME --skip-bad-data --cache DIR --chunk-size N]',
+    '--tokenizer bytes|bpe|FILE --vocab N --val-fraction X --jsonl-field NAME --skip-bad-data --cache DIR --chunk-size N]',
   async run(argv) {
     const { values } = parseFlags('train', argv, FLAGS);
     if (!values.out) throw new UsageError('train: --out DIR is required');
@@ -205,7 +218,12 @@ export const trainCommand: Command = {
     const d = settings.data;
     const data = prepareData({
       source: d.source,
-      tokenizer: d.tokenizer === 'bpe' ? { bpeVocabSize: d.vocab } : new ByteTokenizer(),
+      tokenizer:
+        d.tokenizer === 'bpe'
+          ? { bpeVocabSize: d.vocab }
+          : d.tokenizer === 'bytes'
+            ? new ByteTokenizer()
+            : readTokenizerFile(d.tokenizer),
       cacheDir: d.cacheDir,
       valFraction: d.valFraction,
       jsonlField: d.jsonlField,

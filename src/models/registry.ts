@@ -5,12 +5,19 @@ import type { Backend } from '../backend/backend.js';
 import { ConfigError } from '../errors.js';
 import type { DType } from '../tensor/dtype.js';
 import type { CausalLM } from './lm.js';
-import { type RetNetConfig, retnetConfigFromJSON, retnetConfigToJSON, retnetPreset } from './retnet/config.js';
+import {
+  type RetNetConfig,
+  retnetConfigFromJSON,
+  retnetConfigToJSON,
+  retnetParameterCount,
+  retnetPreset,
+} from './retnet/config.js';
 import { RetNetModel } from './retnet/model.js';
 import {
   type TransformerConfig,
   transformerConfigFromJSON,
   transformerConfigToJSON,
+  transformerParameterCount,
   transformerPreset,
 } from './transformer/config.js';
 import { TransformerModel } from './transformer/model.js';
@@ -22,6 +29,8 @@ export interface ModelOptions {
   backend?: Backend;
   dtype?: DType;
   seed?: number;
+  /** false: parameters start as zeros, not random draws (the loader fills them from a checkpoint). Default true. */
+  init?: boolean;
 }
 
 /** A fresh model of a preset. `overrides` may change any config field (vocabSize is required). */
@@ -51,8 +60,22 @@ export function modelConfigJSON(model: CausalLM): Record<string, unknown> {
   throw new ConfigError(`unsupported model architecture '${model.arch}'`);
 }
 
-/** The architecture named by a config object: "arch" if present, else torchscale's RetNet keys. */
+/**
+ * Hugging Face `model_type` values (config.json of a Hugging Face directory) -> the architecture that reads them.
+ * fla's RetNet (`model_type: "retnet"`) registers here with its config variant.
+ */
+export const HF_MODEL_TYPES: Record<string, Arch> = {};
+
+/** The architecture named by a config object: "arch" if present, else `model_type`, else torchscale's RetNet keys. */
 function archOf(config: Record<string, unknown>, source: string): Arch {
+  if (config.arch === undefined && config.model_type !== undefined) {
+    const type = config.model_type;
+    if (typeof type !== 'string' || !Object.hasOwn(HF_MODEL_TYPES, type))
+      throw new ConfigError(
+        `${source}: model_type ${JSON.stringify(type)} is not supported (known: ${Object.keys(HF_MODEL_TYPES).join(', ') || 'none yet'})`,
+      );
+    return HF_MODEL_TYPES[type]!;
+  }
   const arch = config.arch ?? ('decoder_retention_heads' in config ? 'retnet' : undefined);
   if (arch === undefined) throw new ConfigError(`${source}: no "arch" field and no torchscale RetNet keys`);
   if (!ARCHS.includes(arch as Arch))
@@ -60,14 +83,31 @@ function archOf(config: Record<string, unknown>, source: string): Arch {
   return arch as Arch;
 }
 
-/** Builds a model from a config object (e.g. a parsed config.json). */
-export function modelFromConfig(config: unknown, source: string, opts: ModelOptions = {}): CausalLM {
+/** A parsed config: the architecture and its validated config. */
+export type ModelSpec = { arch: 'retnet'; config: RetNetConfig } | { arch: 'transformer'; config: TransformerConfig };
+
+/** Parses and validates a config object (e.g. a parsed config.json) without building anything. */
+export function parseModelConfig(config: unknown, source: string): ModelSpec {
   if (config === null || typeof config !== 'object' || Array.isArray(config))
     throw new ConfigError(`${source}: expected a JSON object`);
   switch (archOf(config as Record<string, unknown>, source)) {
     case 'retnet':
-      return new RetNetModel(retnetConfigFromJSON(config, source), opts);
+      return { arch: 'retnet', config: retnetConfigFromJSON(config, source) };
     case 'transformer':
-      return new TransformerModel(transformerConfigFromJSON(config, source), opts);
+      return { arch: 'transformer', config: transformerConfigFromJSON(config, source) };
   }
+}
+
+/** Number of scalar parameters the spec's model holds (tied tensors once), computed without building it. */
+export function specParameterCount(spec: ModelSpec): number {
+  return spec.arch === 'retnet' ? retnetParameterCount(spec.config) : transformerParameterCount(spec.config);
+}
+
+export function buildModel(spec: ModelSpec, opts: ModelOptions = {}): CausalLM {
+  return spec.arch === 'retnet' ? new RetNetModel(spec.config, opts) : new TransformerModel(spec.config, opts);
+}
+
+/** Builds a model from a config object (e.g. a parsed config.json). */
+export function modelFromConfig(config: unknown, source: string, opts: ModelOptions = {}): CausalLM {
+  return buildModel(parseModelConfig(config, source), opts);
 }

@@ -28,6 +28,8 @@ export interface TransformerOptions {
   dtype?: DType;
   /** Seed of the initial weights (and of dropout masks while training). */
   seed?: number;
+  /** false: parameters start as zeros (a checkpoint fills them next). */
+  init?: boolean;
 }
 
 export interface TransformerForwardOptions {
@@ -294,7 +296,7 @@ export class TransformerModel extends Module implements CausalLM {
     const c = config;
     this.backend = opts.backend ?? getBackend();
     this.dtype = opts.dtype ?? 'float32';
-    const p: ParamOptions = { backend: this.backend, dtype: this.dtype };
+    const p: ParamOptions = { backend: this.backend, dtype: this.dtype, init: opts.init };
     const rng = new Rng(opts.seed ?? 0);
     this.rng = rng;
     const embedding = () => normal([c.vocabSize, c.embedDim], rng, c.embedDim ** -0.5, p);
