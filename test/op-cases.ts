@@ -249,15 +249,16 @@ export const opCases: OpCase[] = [
     tol: 1e-5,
     gradCheck: false,
   },
-  {
-    name: 'rotary',
+  ...(['interleaved', 'halves'] as const).map((pairs): OpCase => ({
+    name: `rotary ${pairs}`,
     variants: [
       [f([2, 3, 2, 4]), f([3, 4], { grad: false }), f([3, 4], { grad: false })],
       [f([2, 1, 3, 2]), f([2, 1, 2], { grad: false }), f([2, 1, 2], { grad: false })],
+      [f([1, 5, 3, 6]), f([1, 5, 6], { grad: false }), f([1, 5, 6], { grad: false })],
       [f([1, 0, 1, 2]), f([0, 2], { grad: false }), f([0, 2], { grad: false })],
     ],
-    f: ([x, c, s]) => ops.rotary(x!, c!, s!),
-  },
+    f: ([x, c, s]) => ops.rotary(x!, c!, s!, pairs),
+  })),
   ...(['naive', 'flash'] as const).map((algorithm): OpCase => ({
     name: `causalAttention ${algorithm}`,
     variants: [

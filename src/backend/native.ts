@@ -5,7 +5,15 @@ import { ShapeError } from '../errors.js';
 import type { DType } from '../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../tensor/tensor.js';
 import type { NativeAddon } from './addon.js';
-import type { ActivationKind, AdamWParams, AttentionAlgorithm, Backend, BinaryOp, RetentionForm } from './backend.js';
+import type {
+  ActivationKind,
+  AdamWParams,
+  AttentionAlgorithm,
+  Backend,
+  BinaryOp,
+  RetentionForm,
+  RotaryPairs,
+} from './backend.js';
 import { CpuBackend } from './cpu.js';
 
 const ACTIVATION_CODE: Record<ActivationKind, number> = {
@@ -320,10 +328,11 @@ export class NativeBackend extends CpuBackend implements Backend {
     return { state: state.t, scale: scale.t };
   }
 
-  rotary(x: Tensor, cos: Tensor, sin: Tensor, inverse: boolean): Tensor {
+  rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs, inverse: boolean): Tensor {
     const [B, T, H, K] = x.shape as [number, number, number, number];
     const y = this.like(x.shape);
-    this.addon.rotary(this.f32(x), this.f32(cos), this.f32(sin), y.d, B, T, H, K, cos.rank === 3, inverse);
+    const halves = pairs === 'halves';
+    this.addon.rotary(this.f32(x), this.f32(cos), this.f32(sin), y.d, B, T, H, K, cos.rank === 3, halves, inverse);
     return y.t;
   }
 

@@ -1,7 +1,7 @@
 // Retention ops (RetNet's multi-scale retention core and its rotary positions). The normalisers of each form are
 // detached (as in torchscale), so the gradient is that of the un-normalised retention scaled by the saved row factors.
 
-import type { RetentionForm } from '../backend/backend.js';
+import type { RetentionForm, RotaryPairs } from '../backend/backend.js';
 import { needsGrad, record } from '../autograd/tape.js';
 import { ShapeError, formatShape } from '../errors.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -47,10 +47,11 @@ export function retention(q: Tensor, k: Tensor, v: Tensor, gammas: readonly numb
 }
 
 /**
- * Rotates interleaved pairs of x: [B, T, H, K] by per-position angles (torchscale's theta_shift): cos, sin are
- * [T, K] (shared by the batch) or [B, T, K] (per row, for decoding rows at different positions).
+ * Rotates pairs of x: [B, T, H, K] by per-position angles: cos, sin are [T, K] (shared by the batch) or [B, T, K] (per
+ * row, for decoding rows at different positions). `pairs`: interleaved (x[2j], x[2j+1]) as torchscale's theta_shift,
+ * or halves (x[i], x[i+K/2]) as fla's rotate_half; the tables hold each pair's angle at its first element's index.
  */
-export function rotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
+export function rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs = 'interleaved'): Tensor {
   const be = backendOf('rotary', x, cos, sin);
   expectFloat('rotary', 'x', x);
   sameDType('rotary', x, cos);
@@ -60,8 +61,8 @@ export function rotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
   const table = cos.rank === 3 ? [B, T, K] : [T, K];
   expectShape('rotary', 'cos', cos, table);
   expectShape('rotary', 'sin', sin, table);
-  const y = be.rotary(x, cos, sin, false);
-  if (needsGrad(x)) record('rotary', [x], [y], ([g]) => [be.rotary(g!, cos, sin, true)]);
+  const y = be.rotary(x, cos, sin, pairs, false);
+  if (needsGrad(x)) record('rotary', [x], [y], ([g]) => [be.rotary(g!, cos, sin, pairs, true)]);
   return y;
 }
 
