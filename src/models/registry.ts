@@ -15,6 +15,7 @@ import { loadTokenizer } from '../tokenizer/load.js';
 import type { CausalLM } from './lm.js';
 import { type RetNetConfig, retnetConfigFromJSON, retnetConfigToJSON, retnetPreset } from './retnet/config.js';
 import { RetNetModel, rotaryAngles } from './retnet/model.js';
+import { flaConfigFromJSON, flaConfigToJSON, isFlaConfig } from './retnet/fla.js';
 import {
   type TransformerConfig,
   transformerConfigFromJSON,
@@ -54,7 +55,8 @@ export function createModel(
 }
 
 function configJSON(model: CausalLM): Record<string, unknown> {
-  if (model instanceof RetNetModel) return retnetConfigToJSON(model.config);
+  if (model instanceof RetNetModel)
+    return model.config.format === 'fla' ? flaConfigToJSON(model.config) : retnetConfigToJSON(model.config);
   if (model instanceof TransformerModel) return transformerConfigToJSON(model.config);
   throw new ConfigError(`saveModelDir: unsupported model architecture '${model.arch}'`);
 }
@@ -77,7 +79,8 @@ export function saveModelDir(dir: string, model: CausalLM, tokenizer?: Tokenizer
   const tensors = new Map<string, TensorToSave>();
   for (const [name, t] of model.namedParameters())
     tensors.set(name, { dtype: t.dtype === 'float64' ? 'F64' : 'F32', shape: t.shape, data: t.data() });
-  if (model instanceof RetNetModel) for (const [n, t] of torchscaleBuffers(model)) tensors.set(n, t);
+  if (model instanceof RetNetModel && model.config.format === 'torchscale')
+    for (const [n, t] of torchscaleBuffers(model)) tensors.set(n, t);
   writeSafetensors(join(dir, 'model.safetensors'), tensors, { format: 'pt', arch: model.arch });
   if (tokenizer) writeFileAtomic(join(dir, 'tokenizer.json'), tokenizer.toJSON());
   writeFileAtomic(join(dir, 'config.json'), `${JSON.stringify(configJSON(model), null, 2)}\n`);
@@ -97,9 +100,10 @@ function readJSON(path: string): unknown {
   }
 }
 
-/** The architecture named by a config object: "arch" if present, else torchscale's RetNet keys. */
+/** The architecture named by a config object: "arch" or HF's "model_type" if present, else torchscale's RetNet keys. */
 function archOf(config: Record<string, unknown>, source: string): Arch {
-  const arch = config.arch ?? ('decoder_retention_heads' in config ? 'retnet' : undefined);
+  const arch =
+    config.arch ?? (isFlaConfig(config) || 'decoder_retention_heads' in config ? 'retnet' : config.model_type);
   if (arch === undefined) throw new ConfigError(`${source}: no "arch" field and no torchscale RetNet keys`);
   if (!ARCHS.includes(arch as Arch))
     throw new ConfigError(`${source}: unknown arch ${JSON.stringify(arch)} (expected one of ${ARCHS.join(', ')})`);
@@ -112,7 +116,12 @@ export function modelFromConfig(config: unknown, source: string, opts: ModelOpti
     throw new ConfigError(`${source}: expected a JSON object`);
   switch (archOf(config as Record<string, unknown>, source)) {
     case 'retnet':
-      return new RetNetModel(retnetConfigFromJSON(config, source), opts);
+      return new RetNetModel(
+        isFlaConfig(config as Record<string, unknown>)
+          ? flaConfigFromJSON(config as Record<string, unknown>, source)
+          : retnetConfigFromJSON(config, source),
+        opts,
+      );
     case 'transformer':
       return new TransformerModel(transformerConfigFromJSON(config, source), opts);
   }

@@ -6,7 +6,7 @@
 import type { Backend } from '../../backend/backend.js';
 import { getBackend } from '../../backend/index.js';
 import { retentionGammas } from '../../backend/retention-math.js';
-import type { RetentionForm } from '../../backend/backend.js';
+import type { RetentionForm, RotaryPairs } from '../../backend/backend.js';
 import { gradEnabled, noGrad } from '../../autograd/tape.js';
 import { ShapeError } from '../../errors.js';
 import type { DType } from '../../tensor/dtype.js';
@@ -14,7 +14,7 @@ import { Rng, tiledNormal } from '../../tensor/random.js';
 import { tidy, keep } from '../../tensor/scope.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import { add, mul, scale } from '../../ops/math.js';
-import { dropout, rmsNorm, silu } from '../../ops/nn.js';
+import { activation, dropout, rmsNorm, silu } from '../../ops/nn.js';
 import { retention, retentionState, retentionStep, rotary } from '../../ops/retention.js';
 import { concat, reshape, slice } from '../../ops/shape.js';
 import { Module } from '../../nn/module.js';
@@ -30,6 +30,7 @@ import {
 } from '../../nn/layers.js';
 import type { CausalLM, DecodeState } from '../lm.js';
 import { type RetNetConfig, headDims, validateRetNetConfig } from './config.js';
+import { flaParamName, splitFusedGateProj } from './fla.js';
 
 export interface RetNetOptions {
   backend?: Backend;
@@ -50,14 +51,23 @@ export function release(...ts: Tensor[]): void {
   for (const t of ts) if (!t.requiresGrad) t.dispose();
 }
 
-/** θ of spec §4: angle[2j] = angle[2j+1] = 10000^(−j/(K/2−1)) (linspace including 1). */
-export function rotaryAngles(K: number): Float64Array {
+/**
+ * The rotary angle of every element of a head of K dims (the table layout the rotary op reads: each pair's angle at
+ * both of its elements). Angles θ_j: torchscale's 10000^(−j/(K/2−1)) (spec §4, linspace including 1) or RoPE's
+ * 10000^(−2j/K) (fla-spec §4.3); pair j is (2j, 2j+1) when interleaved, (j, j+K/2) for halves.
+ */
+export function rotaryAngles(
+  K: number,
+  kind: RetNetConfig['rotaryAngles'] = 'retnet',
+  pairs: RotaryPairs = 'interleaved',
+): Float64Array {
   const half = K / 2;
   const angles = new Float64Array(K);
   for (let j = 0; j < half; j++) {
-    const a = 1 / 10000 ** (half === 1 ? 0 : j / (half - 1));
-    angles[2 * j] = a;
-    angles[2 * j + 1] = a;
+    const a = kind === 'rope' ? 10000 ** ((-2 * j) / K) : 1 / 10000 ** (half === 1 ? 0 : j / (half - 1));
+    const [i0, i1] = pairs === 'halves' ? [j, j + half] : [2 * j, 2 * j + 1];
+    angles[i0] = a;
+    angles[i1] = a;
   }
   return angles;
 }
@@ -83,16 +93,24 @@ export function rotaryTables(
   return { cos: be.fromData(c, shape, dtype), sin: be.fromData(s, shape, dtype) };
 }
 
-/** Multi-scale retention (paper §2.2, spec §5): projections, rotation, retention, per-head RMSNorm, swish gate. */
+/**
+ * Multi-scale retention (paper §2.2, spec §5; fla-spec §4.3): projections, optional feature map, rotation, grouped
+ * key/value heads, retention, per-head RMSNorm (optionally with a learned weight), optional swish gate.
+ */
 export class MultiScaleRetention extends Module {
   readonly qProj: Linear;
   readonly kProj: Linear;
   readonly vProj: Linear;
-  readonly gProj: Linear;
+  readonly gProj: Linear | null;
   readonly outProj: Linear;
+  /** The per-head norm's learned weight [V], shared by the heads (fla's g_norm), or none (torchscale). */
+  readonly groupNorm: RMSNorm | null;
   readonly gammas: number[];
   readonly K: number;
   readonly V: number;
+  /** Query heads per key/value head. */
+  private readonly groups: number;
+  private readonly normalize: boolean;
 
   constructor(
     readonly config: RetNetConfig,
@@ -100,51 +118,84 @@ export class MultiScaleRetention extends Module {
     opts: ParamOptions,
   ) {
     super();
-    const { embedDim: d, valueDim: dv, heads: H } = config;
+    const { embedDim: d, keyDim: dk, valueDim: dv, heads: H, kvHeads } = config;
     ({ K: this.K, V: this.V } = headDims(config));
+    this.groups = H / kvHeads;
+    this.normalize = config.retentionNorm === 'torchscale';
     this.gammas = retentionGammas(H);
     const deep = config.deepnorm ? (8 * config.layers) ** -0.25 : 1;
     const xavier = (shape: [number, number], gain: number) => xavierUniform(shape, rng, gain, opts);
-    this.qProj = this.child('q_proj', new Linear(xavier([d, d], 2 ** -2.5)));
-    this.kProj = this.child('k_proj', new Linear(xavier([d, d], 2 ** -2.5)));
-    this.vProj = this.child('v_proj', new Linear(xavier([dv, d], 2 ** -2.5 * deep)));
-    this.gProj = this.child('g_proj', new Linear(xavier([dv, d], 2 ** -2.5)));
+    this.qProj = this.child('q_proj', new Linear(xavier([dk, d], 2 ** -2.5)));
+    this.kProj = this.child('k_proj', new Linear(xavier([dk / this.groups, d], 2 ** -2.5)));
+    this.vProj = this.child('v_proj', new Linear(xavier([dv / this.groups, d], 2 ** -2.5 * deep)));
+    this.gProj = config.outputGate ? this.child('g_proj', new Linear(xavier([dv, d], 2 ** -2.5))) : null;
     this.outProj = this.child('out_proj', new Linear(xavier([d, dv], 2 ** -1 * deep)));
+    this.groupNorm = config.groupNormWeight
+      ? this.child('group_norm', new RMSNorm(this.V, config.normEps, opts))
+      : null;
   }
 
-  /** q, k, v of x: [B, T, D] as [B, T, H, K] (rotated; k scaled by K^-0.5) and [B, T, H, V]. */
+  /** [B, T, Hkv, W] -> [B, T, H, W]: each key/value head repeated for its `groups` query heads (fla's repeat). */
+  private repeatHeads(t: Tensor): Tensor {
+    if (this.groups === 1) return t;
+    const [B, T, Hkv, W] = t.shape as [number, number, number, number];
+    const one = reshape(t, [B, T, Hkv, 1, W]);
+    release(t);
+    const copies = concat(new Array<Tensor>(this.groups).fill(one), 3); // [B, T, Hkv, G, W]
+    release(one);
+    const out = reshape(copies, [B, T, Hkv * this.groups, W]);
+    release(copies);
+    return out;
+  }
+
+  /**
+   * q, k, v of x: [B, T, D] as [B, T, H, K] (feature-mapped, rotated; the K^-½ factor on k, or on q in fla's
+   * format) and [B, T, H, V].
+   */
   private qkv(x: Tensor, cos: Tensor, sin: Tensor): { q: Tensor; k: Tensor; v: Tensor } {
     const [B, T] = x.shape as [number, number];
-    const H = this.config.heads;
-    const rotated = (t: Tensor) => {
-      const split = reshape(t, [B, T, H, this.K]);
-      release(t);
-      const out = rotary(split, cos, sin);
-      release(split);
-      return out;
+    const c = this.config;
+    const Hkv = c.kvHeads;
+    const s = this.K ** -0.5;
+    const scaled = c.format === 'fla' ? 'q' : 'k';
+    const heads = (flat: Tensor, H: number, which: 'q' | 'k') => {
+      let t = reshape(flat, [B, T, H, this.K]);
+      release(flat);
+      const steps = [
+        (u: Tensor) => (c.featureMap ? activation(c.featureMap, u) : u),
+        (u: Tensor) => (which === scaled ? scale(u, s) : u),
+        (u: Tensor) => rotary(u, cos, sin, c.rotaryPairs),
+      ];
+      for (const step of steps) {
+        const next = step(t);
+        if (next !== t) release(t);
+        t = next;
+      }
+      return t;
     };
-    const q = rotated(this.qProj.forward(x));
-    const kRaw = this.kProj.forward(x);
-    const k = rotated(scale(kRaw, this.K ** -0.5));
-    release(kRaw);
+    const q = heads(this.qProj.forward(x), c.heads, 'q');
+    const k = this.repeatHeads(heads(this.kProj.forward(x), Hkv, 'k'));
     const vFlat = this.vProj.forward(x);
-    const v = reshape(vFlat, [B, T, H, this.V]);
+    const v = this.repeatHeads(reshape(vFlat, [B, T, Hkv, this.V]));
     release(vFlat);
     return { q, k, v };
   }
 
-  /** The gated output: out_proj(silu(g) ⊙ groupnorm(o)) for o: [B, T, H, V] -> [B, T, D]. */
+  /** The output: out_proj(silu(g) ⊙ groupnorm(o)) (or out_proj(groupnorm(o)) without the gate), o: [B, T, H, V]. */
   private output(x: Tensor, o: Tensor): Tensor {
     const [B, T, H, V] = o.shape as [number, number, number, number];
-    const normed = rmsNorm(o, null, this.config.normEps); // per-head RMSNorm over V, no affine
+    const normed = rmsNorm(o, this.groupNorm?.weight ?? null, this.config.normEps); // per head, over V
     release(o);
     const flat = reshape(normed, [B, T, H * V]);
     release(normed);
-    const g = this.gProj.forward(x);
-    const gate = silu(g);
-    release(g);
-    const gated = mul(gate, flat);
-    release(gate, flat);
+    let gated = flat;
+    if (this.gProj) {
+      const g = this.gProj.forward(x);
+      const gate = silu(g);
+      release(g);
+      gated = mul(gate, flat);
+      release(gate, flat);
+    }
     const y = this.outProj.forward(gated);
     release(gated);
     return y;
@@ -160,8 +211,8 @@ export class MultiScaleRetention extends Module {
     capture: boolean,
   ): { y: Tensor; state: { state: Tensor; scale: Tensor } | null } {
     const { q, k, v } = this.qkv(x, cos, sin);
-    const o = retention(q, k, v, this.gammas, { form, chunkSize });
-    const state = capture ? retentionState(k, v, this.gammas) : null;
+    const o = retention(q, k, v, this.gammas, { form, chunkSize, normalize: this.normalize });
+    const state = capture ? retentionState(k, v, this.gammas, this.normalize) : null;
     release(q, k, v);
     return { y: this.output(x, o), state };
   }
@@ -178,6 +229,7 @@ export class MultiScaleRetention extends Module {
       state,
       scaleT,
       this.gammas,
+      this.normalize,
     ); // [B, H, V]
     return this.output(x, reshape(o, [B, 1, H, this.V]));
   }
@@ -386,7 +438,30 @@ export class RetNetModel extends Module implements CausalLM {
         c.tiedEmbeddings ? this.embedTokens.weight : normal([c.vocabSize, c.embedDim], rng, c.embedDim ** -0.5, p),
       ),
     );
-    this.angles = rotaryAngles(headDims(c).K);
+    this.angles = rotaryAngles(headDims(c).K, c.rotaryAngles, c.rotaryPairs);
+  }
+
+  /**
+   * Parameter names: torchscale's tree, or in fla's format fla's state-dict names (fla-spec §3); a tied head is then
+   * only `model.embeddings.weight` (fla does not save lm_head when tied).
+   */
+  override namedParameters(prefix = ''): [string, Tensor][] {
+    const ours = super.namedParameters(prefix);
+    if (this.config.format !== 'fla') return ours;
+    const c = this.config;
+    return ours
+      .filter(([n]) => !(c.tiedEmbeddings && n === `${prefix}output_projection.weight`))
+      .map(([n, t]) => [prefix + flaParamName(c, n.slice(prefix.length)), t]);
+  }
+
+  /** As Module.loadValues; in fla's format the old fused `mlp.gate_proj` [2I, D] is accepted too (fla-spec §10). */
+  override loadValues(
+    values: Map<string, { shape: readonly number[]; data: ArrayLike<number> }>,
+    source: string,
+    ignore?: (name: string) => boolean,
+  ): void {
+    const v = this.config.format === 'fla' ? splitFusedGateProj(values, this.config.ffnDim, source) : values;
+    super.loadValues(v, source, ignore);
   }
 
   get vocabSize(): number {
