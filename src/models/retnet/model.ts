@@ -44,6 +44,81 @@ export interface ForwardOptions {
   form?: RetentionForm;
   /** Default: config.chunkSize. */
   chunkSize?: number;
+  /**
+   * Padding mask [B][T] (1 = token, 0 = padding; Hugging Face's attention_mask). Padded tokens neither enter the
+   * retention state nor advance positions (a token's position is the number of real tokens before it in its row), so
+   * each row's logits at its real positions equal those of its real tokens alone, with left, right or inner padding
+   * (fla's convention, fla-spec §6). Logits at padded positions are computed (embedding, norms and feed-forward run
+   * there, retention gives 0) but mean nothing.
+   */
+  mask?: readonly (readonly number[])[];
+}
+
+/** The real tokens of a padded batch: per row the runs [start, end) of mask 1, and every token's position [B·T]. */
+export interface Padding {
+  runs: [number, number][][];
+  positions: number[];
+}
+
+/** The padding described by `mask` for ids [B, T], or null when every token is real. `op` names the caller in errors. */
+export function paddingOf(mask: readonly (readonly number[])[], B: number, T: number, op: string): Padding | null {
+  if (mask.length !== B) throw new ShapeError(`${op}: mask has ${mask.length} rows for a batch of ${B}`);
+  const runs: [number, number][][] = [];
+  const positions: number[] = [];
+  let padded = false;
+  mask.forEach((row, b) => {
+    if (row.length !== T) throw new ShapeError(`${op}: mask row ${b} has ${row.length} entries for ${T} tokens`);
+    const mine: [number, number][] = [];
+    let seen = 0;
+    row.forEach((m, t) => {
+      if (m !== 0 && m !== 1) throw new ShapeError(`${op}: mask[${b}][${t}] is ${m}, expected 0 or 1`);
+      positions.push(seen);
+      if (m === 0) return void (padded = true);
+      seen++;
+      const last = mine[mine.length - 1];
+      if (last && last[1] === t) last[1] = t + 1;
+      else mine.push([t, t + 1]);
+    });
+    runs.push(mine);
+  });
+  return padded ? { runs, positions } : null;
+}
+
+/** Row b's real tokens of t: [B, T, ...] as [1, n_b, ...]. */
+function gatherRow(t: Tensor, b: number, runs: readonly [number, number][]): Tensor {
+  const row = slice(t, 0, b, b + 1);
+  if (runs.length === 1 && runs[0]![0] === 0 && runs[0]![1] === t.shape[1]) return row;
+  const parts = runs.map(([s, e]) => slice(row, 1, s, e));
+  const out = parts.length === 0 ? slice(row, 1, 0, 0) : parts.length === 1 ? parts[0]! : concat(parts, 1);
+  release(row);
+  if (parts.length > 1) release(...parts);
+  return out;
+}
+
+/** The inverse of gatherRow for every row: rows [1, n_b, ...] back into [B, T, ...], zeros at padded positions. */
+function scatterRows(rows: readonly Tensor[], padding: Padding, T: number): Tensor {
+  const first = rows[0]!;
+  const tail = first.shape.slice(2);
+  const be = first.backend;
+  const pieces: Tensor[] = [];
+  const out = concat(
+    rows.map((r, b) => {
+      const parts: Tensor[] = [];
+      let t = 0;
+      let at = 0;
+      for (const [s, e] of [...padding.runs[b]!, [T, T] as [number, number]]) {
+        if (s > t) parts.push(be.zeros([1, s - t, ...tail], first.dtype));
+        if (e > s) parts.push(slice(r, 1, at, at + e - s));
+        at += e - s;
+        t = e;
+      }
+      pieces.push(...parts);
+      return parts.length === 1 ? parts[0]! : concat(parts, 1);
+    }),
+    0,
+  );
+  release(...pieces);
+  return out;
 }
 
 /** Frees an intermediate that no tape node needs (inference), leaving graph members to their scope. */
@@ -72,13 +147,14 @@ export function rotaryAngles(
   return angles;
 }
 
-/** cos/sin tables for the given positions: [N, K] (or [B, 1, K] when `perRow`). */
+/** cos/sin tables for the given positions: [N, K], or [B, N/B, K] per row when `perRow` (default B = N). */
 export function rotaryTables(
   be: Backend,
   dtype: DType,
   angles: Float64Array,
   positions: readonly number[],
   perRow: boolean,
+  rows = positions.length,
 ): { cos: Tensor; sin: Tensor } {
   const K = angles.length;
   const c = new Float64Array(positions.length * K);
@@ -89,7 +165,7 @@ export function rotaryTables(
       s[i * K + x] = Math.sin(p * angles[x]!);
     }
   });
-  const shape = perRow ? [positions.length, 1, K] : [positions.length, K];
+  const shape = perRow ? [rows, positions.length / rows, K] : [positions.length, K];
   return { cos: be.fromData(c, shape, dtype), sin: be.fromData(s, shape, dtype) };
 }
 
@@ -201,7 +277,10 @@ export class MultiScaleRetention extends Module {
     return y;
   }
 
-  /** x: [B, T, D] -> [B, T, D]; with `capture`, also the recurrent state after the last position. */
+  /**
+   * x: [B, T, D] -> [B, T, D]; with `capture`, also the recurrent state after the last position. With `padding`,
+   * each row's real tokens run alone (the tables hold their positions) and padded positions get retention output 0.
+   */
   forward(
     x: Tensor,
     cos: Tensor,
@@ -209,10 +288,43 @@ export class MultiScaleRetention extends Module {
     form: RetentionForm,
     chunkSize: number,
     capture: boolean,
+    padding: Padding | null = null,
   ): { y: Tensor; state: { state: Tensor; scale: Tensor } | null } {
     const { q, k, v } = this.qkv(x, cos, sin);
-    const o = retention(q, k, v, this.gammas, { form, chunkSize, normalize: this.normalize });
-    const state = capture ? retentionState(k, v, this.gammas, this.normalize) : null;
+    const run = (q: Tensor, k: Tensor, v: Tensor) => ({
+      o: retention(q, k, v, this.gammas, { form, chunkSize, normalize: this.normalize }),
+      state: capture ? retentionState(k, v, this.gammas, this.normalize) : null,
+    });
+    let o: Tensor;
+    let state: { state: Tensor; scale: Tensor } | null;
+    if (!padding) ({ o, state } = run(q, k, v));
+    else {
+      const rows = padding.runs.map((runs, b) => {
+        const [qb, kb, vb] = [q, k, v].map((t) => gatherRow(t, b, runs)) as [Tensor, Tensor, Tensor];
+        const out = run(qb, kb, vb);
+        release(qb, kb, vb);
+        return out;
+      });
+      o = scatterRows(
+        rows.map((r) => r.o),
+        padding,
+        x.shape[1]!,
+      );
+      release(...rows.map((r) => r.o));
+      state = capture
+        ? {
+            state: concat(
+              rows.map((r) => r.state!.state),
+              0,
+            ),
+            scale: concat(
+              rows.map((r) => r.state!.scale),
+              0,
+            ),
+          }
+        : null;
+      if (capture) release(...rows.flatMap((r) => [r.state!.state, r.state!.scale]));
+    }
     release(q, k, v);
     return { y: this.output(x, o), state };
   }
@@ -342,6 +454,32 @@ export class RetNetDecodeState implements DecodeState {
     let n = 0;
     for (const t of [...this.states, ...this.scales]) n += t.storage.byteLength;
     return n;
+  }
+
+  /** A copy of the given rows (valid row indices), as a new state. */
+  rows(rows: readonly number[]): RetNetDecodeState {
+    const copy = (t: Tensor) => {
+      const per = t.size / this.batch;
+      const out = t.backend.zeros([rows.length, ...t.shape.slice(1)], t.dtype);
+      rows.forEach((r, i) => t.backend.copyBlocks(t, r * per, 0, out, i * per, 0, 1, per));
+      return out;
+    };
+    return new RetNetDecodeState(
+      this.states.map(copy),
+      this.scales.map(copy),
+      rows.map((r) => this.positions[r]!),
+    );
+  }
+
+  /** In place: row rows[i] takes row i of `from` (a state of rows.length rows, e.g. from `rows`); positions too. */
+  setRows(rows: readonly number[], from: RetNetDecodeState): void {
+    const put = (src: Tensor, dst: Tensor) => {
+      const per = src.size / from.batch;
+      rows.forEach((r, i) => dst.backend.copyBlocks(src, i * per, 0, dst, r * per, 0, 1, per));
+    };
+    from.states.forEach((t, l) => put(t, this.states[l]!));
+    from.scales.forEach((t, l) => put(t, this.scales[l]!));
+    rows.forEach((r, i) => (this.positions[r] = from.positions[i]!));
   }
 
   select(rows: readonly number[]): void {
@@ -512,18 +650,23 @@ export class RetNetModel extends Module implements CausalLM {
     form: RetentionForm,
     chunkSize: number,
     capture: boolean,
+    padding: Padding | null = null,
+    inputs: Tensor[] | null = null,
   ): { x: Tensor; states: { state: Tensor; scale: Tensor }[] } {
-    const T = ids.shape[1]!;
-    const { cos, sin } = rotaryTables(this.backend, this.dtype, this.angles, [...Array(T).keys()], false);
+    const [B, T] = ids.shape as [number, number];
+    const { cos, sin } = padding
+      ? rotaryTables(this.backend, this.dtype, this.angles, padding.positions, true, B)
+      : rotaryTables(this.backend, this.dtype, this.angles, [...Array(T).keys()], false);
     let x = this.embed(ids);
     const states: { state: Tensor; scale: Tensor }[] = [];
     for (const layer of this.layers) {
+      inputs?.push(x);
       const next = layer.run(x, (normed) => {
-        const { y, state } = layer.retention.forward(normed, cos, sin, form, chunkSize, capture);
+        const { y, state } = layer.retention.forward(normed, cos, sin, form, chunkSize, capture, padding);
         if (state) states.push(state);
         return y;
       });
-      release(x);
+      if (!inputs) release(x);
       x = next;
     }
     // The rotary tables are saved by the tape's rotary nodes when recording; otherwise free them now.
@@ -531,12 +674,31 @@ export class RetNetModel extends Module implements CausalLM {
     return { x, states };
   }
 
-  /** ids int32 [B, T] -> logits [B, T, V]. */
+  /** ids int32 [B, T] -> logits [B, T, V] (with `opts.mask`, a padded batch: see ForwardOptions.mask). */
   forward(ids: Tensor, opts: ForwardOptions = {}): Tensor {
     this.checkIds(ids);
     const form = opts.form ?? (this.config.chunkwiseRecurrent ? 'chunkwise' : 'parallel');
     const chunkSize = opts.chunkSize ?? this.config.chunkSize;
-    return this.head(this.runLayers(ids, form, chunkSize, false).x);
+    const [B, T] = ids.shape as [number, number];
+    const padding = opts.mask ? paddingOf(opts.mask, B, T, 'RetNet.forward') : null;
+    return this.head(this.runLayers(ids, form, chunkSize, false, padding).x);
+  }
+
+  /**
+   * The residual stream of ids [B, T] (opts as forward): the input of each layer (0: the embeddings), the output of
+   * the last layer, and that output after the final norm; each [B, T, D]. Not differentiable.
+   */
+  hiddenStates(ids: Tensor, opts: ForwardOptions = {}): { layers: Tensor[]; final: Tensor } {
+    this.checkIds(ids);
+    const form = opts.form ?? (this.config.chunkwiseRecurrent ? 'chunkwise' : 'parallel');
+    const [B, T] = ids.shape as [number, number];
+    const padding = opts.mask ? paddingOf(opts.mask, B, T, 'RetNet.hiddenStates') : null;
+    return noGrad(() => {
+      const layers: Tensor[] = [];
+      const { x } = this.runLayers(ids, form, opts.chunkSize ?? this.config.chunkSize, false, padding, layers);
+      layers.push(x);
+      return { layers, final: this.layerNorm ? this.layerNorm.forward(x) : x };
+    });
   }
 
   /** An empty state for `batch` rows (positions 0). */
@@ -625,11 +787,18 @@ export class RetNetModel extends Module implements CausalLM {
     );
   }
 
-  /** One recurrent step for every row: tokens [B] -> logits [B, V]. */
-  step(tokens: readonly number[], state: DecodeState): Tensor {
+  /**
+   * One recurrent step for every row: tokens [B] -> logits [B, V]. `mask` [B] (1 = token, 0 = padding) marks rows
+   * whose token is padding: their state and position stay as they were (their logits mean nothing).
+   */
+  step(tokens: readonly number[], state: DecodeState, mask?: readonly number[]): Tensor {
     if (!(state instanceof RetNetDecodeState)) throw new ShapeError('RetNet.step: the state is not a RetNet state');
     if (tokens.length !== state.batch)
       throw new ShapeError(`RetNet.step: ${tokens.length} tokens for a state of ${state.batch} rows`);
+    const padded = mask ? paddingOf([mask], 1, tokens.length, 'RetNet.step') : null;
+    const keepRows = padded ? mask!.flatMap((m, b) => (m === 0 ? [b] : [])) : [];
+    // The padded rows' states, put back after the step.
+    const saved = keepRows.length > 0 ? state.rows(keepRows) : null;
     const logits = noGrad(() =>
       tidy(() => {
         const B = tokens.length;
@@ -646,7 +815,11 @@ export class RetNetModel extends Module implements CausalLM {
         return reshape(this.head(x), [B, this.vocabSize]);
       }),
     );
-    state.positions = state.positions.map((p) => p + 1);
+    if (saved) {
+      state.setRows(keepRows, saved);
+      saved.dispose();
+    }
+    state.positions = state.positions.map((p, b) => (mask && mask[b] === 0 ? p : p + 1));
     return logits;
   }
 }
