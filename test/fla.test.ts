@@ -15,7 +15,7 @@ import { ConfigError } from '../src/errors.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { crossEntropy } from '../src/ops/nn.js';
 import { slice } from '../src/ops/shape.js';
-import { loadModelDir, saveModelDir } from '../src/models/registry.js';
+import { loadModelDir, saveModelDir } from '../src/io/model-dir.js';
 import { RETNET_DEFAULTS, retnetParameterCount, validateRetNetConfig } from '../src/models/retnet/config.js';
 import {
   flaConfigFromJSON,
