@@ -151,8 +151,10 @@ export function validateRetNetConfig(c: RetNetConfig, source = 'RetNetConfig'): 
     positiveInt(c, f, source);
   for (const f of ['keyDim', 'kvHeads'] as const) positiveInt(c, f, source);
   for (const f of ['dropout', 'activationDropout', 'dropPathRate'] as const) probability(c, f, source);
-  if (c.keyDim % c.heads !== 0)
-    throw new ConfigError(`${source}: keyDim ${c.keyDim} must be divisible by heads ${c.heads}`);
+  if (c.keyDim % c.heads !== 0) {
+    const field = c.keyDim === c.embedDim ? 'embedDim' : 'keyDim'; // the key width is embedDim unless set
+    throw new ConfigError(`${source}: ${field} ${c.keyDim} must be divisible by heads ${c.heads}`);
+  }
   if (c.valueDim % c.heads !== 0)
     throw new ConfigError(`${source}: valueDim ${c.valueDim} must be divisible by heads ${c.heads}`);
   if (c.heads % c.kvHeads !== 0)
