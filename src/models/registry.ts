@@ -13,6 +13,7 @@ import {
   retnetPreset,
 } from './retnet/config.js';
 import { RetNetModel } from './retnet/model.js';
+import { flaConfigFromJSON, flaConfigToJSON, isFlaConfig } from './retnet/fla.js';
 import {
   type TransformerConfig,
   transformerConfigFromJSON,
@@ -53,30 +54,18 @@ export function createModel(
   }
 }
 
-/** The config.json object of a model (the inverse of modelFromConfig). */
+/** The config.json object of a model (the inverse of modelFromConfig): fla's keys for a RetNet in fla's format. */
 export function modelConfigJSON(model: CausalLM): Record<string, unknown> {
-  if (model instanceof RetNetModel) return retnetConfigToJSON(model.config);
+  if (model instanceof RetNetModel)
+    return model.config.format === 'fla' ? flaConfigToJSON(model.config) : retnetConfigToJSON(model.config);
   if (model instanceof TransformerModel) return transformerConfigToJSON(model.config);
   throw new ConfigError(`unsupported model architecture '${model.arch}'`);
 }
 
-/**
- * Hugging Face `model_type` values (config.json of a Hugging Face directory) -> the architecture that reads them.
- * fla's RetNet (`model_type: "retnet"`) registers here with its config variant.
- */
-export const HF_MODEL_TYPES: Record<string, Arch> = {};
-
-/** The architecture named by a config object: "arch" if present, else `model_type`, else torchscale's RetNet keys. */
+/** The architecture named by a config object: "arch" or HF's "model_type" if present, else torchscale's RetNet keys. */
 function archOf(config: Record<string, unknown>, source: string): Arch {
-  if (config.arch === undefined && config.model_type !== undefined) {
-    const type = config.model_type;
-    if (typeof type !== 'string' || !Object.hasOwn(HF_MODEL_TYPES, type))
-      throw new ConfigError(
-        `${source}: model_type ${JSON.stringify(type)} is not supported (known: ${Object.keys(HF_MODEL_TYPES).join(', ') || 'none yet'})`,
-      );
-    return HF_MODEL_TYPES[type]!;
-  }
-  const arch = config.arch ?? ('decoder_retention_heads' in config ? 'retnet' : undefined);
+  const arch =
+    config.arch ?? (isFlaConfig(config) || 'decoder_retention_heads' in config ? 'retnet' : config.model_type);
   if (arch === undefined) throw new ConfigError(`${source}: no "arch" field and no torchscale RetNet keys`);
   if (!ARCHS.includes(arch as Arch))
     throw new ConfigError(`${source}: unknown arch ${JSON.stringify(arch)} (expected one of ${ARCHS.join(', ')})`);
@@ -92,7 +81,12 @@ export function parseModelConfig(config: unknown, source: string): ModelSpec {
     throw new ConfigError(`${source}: expected a JSON object`);
   switch (archOf(config as Record<string, unknown>, source)) {
     case 'retnet':
-      return { arch: 'retnet', config: retnetConfigFromJSON(config, source) };
+      return {
+        arch: 'retnet',
+        config: isFlaConfig(config as Record<string, unknown>)
+          ? flaConfigFromJSON(config as Record<string, unknown>, source)
+          : retnetConfigFromJSON(config, source),
+      };
     case 'transformer':
       return { arch: 'transformer', config: transformerConfigFromJSON(config, source) };
   }
