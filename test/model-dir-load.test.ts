@@ -15,7 +15,7 @@ import { type TensorToSave, WEIGHTS_INDEX, readSafetensors, toBf16, writeSafeten
 import { createModel } from '../src/models/registry.js';
 import { Rng } from '../src/tensor/random.js';
 import { HfTokenizer } from '../src/tokenizer/hf.js';
-import { nat } from './helpers.js';
+import { nat, ref } from './helpers.js';
 
 const SHARED = join(import.meta.dirname, '..', '..', 'shared');
 const TOK = join(SHARED, 'fla-vectors', 'tokenizer');
@@ -120,6 +120,22 @@ describe('Hugging Face style directories', () => {
     withIndex({ weight_map: { ...weightMap, x: '../model.safetensors' } }, /weight_map\['x'\] must be a file name/);
     withIndex({ weight_map: { ...weightMap, x: 'model-00004-of-00003.safetensors' } }, /model-00004.*cannot read/);
     withIndex({ weight_map: null }, /expected an object with a "weight_map" object/);
+  });
+
+  it("fla's F64, BF16 and sharded copies load to bit-identical float64 weights; BF16 stays BF16 on disk", () => {
+    const dev = join(SHARED, 'fla-vectors', 'dev');
+    const load = (d: string) => loadModelDir(d, { backend: ref, dtype: 'float64' });
+    const [f64, bf16, sharded] = [dev, join(dev, 'bf16'), join(dev, 'sharded')].map(load);
+    assert.equal(f64!.modelType, 'retnet');
+    assert.deepEqual([f64!.storedDType, bf16!.storedDType, sharded!.storedDType], ['float64', 'bfloat16', 'bfloat16']);
+    assert.deepEqual(f64!.generation.eosTokenIds, [2]);
+    const a = f64!.model.namedParameters();
+    assert.equal(a.length, 25);
+    for (const other of [bf16!, sharded!]) {
+      const b = new Map(other.model.namedParameters());
+      for (const [name, t] of a) assert.deepEqual(b.get(name)!.data(), t.data(), name);
+    }
+    for (const l of [f64!, bf16!, sharded!]) l.model.dispose();
   });
 
   it('recognises model_type and rejects the ones it does not know', () => {

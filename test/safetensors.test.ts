@@ -215,7 +215,7 @@ describe('safetensors', () => {
     }
   });
 
-  it('reads a 320 MB BF16 file with peak RSS within 1.25x its size (child process, VmHWM)', () => {
+  it('reads a 320 MB BF16 file with peak RSS within 1.25x its size (child process, VmHWM)', (t) => {
     const path = join(dir, 'bf16.safetensors');
     const tensors = new Map<string, { dtype: 'BF16'; shape: number[]; data: Uint16Array }>();
     const rows = 4096;
@@ -246,6 +246,8 @@ describe('safetensors', () => {
     const m = JSON.parse(out.trim().split('\n').pop()!) as { base: number; peak: number; size: number; check: number };
     assert.equal(m.check, 20 * 0x3f80 + 190, 'every tensor was read');
     const grown = m.peak - m.base;
+    const mib = (x: number) => `${(x / 2 ** 20).toFixed(1)} MiB`;
+    t.diagnostic(`file ${mib(m.size)}, RSS before ${mib(m.base)}, peak ${mib(m.peak)}, grown ${mib(grown)}`);
     assert.ok(
       grown <= 1.25 * m.size,
       `peak RSS grew by ${(grown / 2 ** 20).toFixed(0)} MiB while loading ${(m.size / 2 ** 20).toFixed(0)} MiB`,
