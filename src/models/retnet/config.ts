@@ -3,6 +3,7 @@
 // loads as it is and ours loads in torchscale.
 
 import { ConfigError } from '../../errors.js';
+import { checkSize } from '../bounds.js';
 
 export interface RetNetConfig {
   vocabSize: number;
@@ -85,12 +86,6 @@ export function retnetPreset(name: string, overrides: Partial<RetNetConfig> & { 
   return validateRetNetConfig({ ...RETNET_DEFAULTS, ...shape, ...overrides });
 }
 
-function positiveInt(c: RetNetConfig, field: keyof RetNetConfig, source: string): void {
-  const v = c[field];
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1)
-    throw new ConfigError(`${source}: ${field} must be a positive integer, got ${JSON.stringify(v)}`);
-}
-
 function probability(c: RetNetConfig, field: keyof RetNetConfig, source: string): void {
   const v = c[field];
   if (typeof v !== 'number' || !(v >= 0 && v < 1))
@@ -100,7 +95,7 @@ function probability(c: RetNetConfig, field: keyof RetNetConfig, source: string)
 /** Checks every field; throws a ConfigError naming the first bad one. Returns the config. */
 export function validateRetNetConfig(c: RetNetConfig, source = 'RetNetConfig'): RetNetConfig {
   for (const f of ['vocabSize', 'embedDim', 'valueDim', 'heads', 'ffnDim', 'layers', 'chunkSize'] as const)
-    positiveInt(c, f, source);
+    checkSize(source, f, c[f]);
   for (const f of ['dropout', 'activationDropout', 'dropPathRate'] as const) probability(c, f, source);
   if (c.embedDim % c.heads !== 0)
     throw new ConfigError(`${source}: embedDim ${c.embedDim} must be divisible by heads ${c.heads}`);
@@ -112,8 +107,8 @@ export function validateRetNetConfig(c: RetNetConfig, source = 'RetNetConfig'): 
     );
   if (!['gelu', 'swish', 'relu'].includes(c.activation))
     throw new ConfigError(`${source}: activation must be gelu, swish or relu, got ${JSON.stringify(c.activation)}`);
-  if (!(typeof c.normEps === 'number' && c.normEps > 0))
-    throw new ConfigError(`${source}: normEps must be a positive number, got ${JSON.stringify(c.normEps)}`);
+  if (!(typeof c.normEps === 'number' && c.normEps > 0 && c.normEps < 1))
+    throw new ConfigError(`${source}: normEps must be a positive number less than 1, got ${JSON.stringify(c.normEps)}`);
   for (const f of [
     'glu',
     'normalizeBefore',
