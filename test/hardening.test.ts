@@ -18,7 +18,8 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 
 import { describeSystemError } from '../src/errors.js';
-import { createModel, saveModelDir } from '../src/models/registry.js';
+import { saveModelDir } from '../src/io/model-dir.js';
+import { createModel } from '../src/models/registry.js';
 import { DataError, sourceFiles } from '../src/train/sources.js';
 import { latestCheckpoint, removeIncompleteCheckpoints } from '../src/train/checkpoint.js';
 

@@ -3,8 +3,8 @@
 
 import { getBackend } from '../backend/index.js';
 import { noGrad } from '../autograd/tape.js';
+import { loadModelDir } from '../io/model-dir.js';
 import { SIZE_BOUNDS } from '../models/bounds.js';
-import { loadModelDir } from '../models/registry.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { tidy } from '../tensor/scope.js';
 import { type Command, UsageError, choiceFlag, intFlag, parseFlags } from './command.js';
