@@ -223,7 +223,7 @@ describe('sizes from a config or a flag never reach a native allocation unchecke
       writeFileSync(join(bad, 'config.json'), JSON.stringify({ ...config, [key]: value }));
       const r = cli('logits', '--model', bad, '--tokens', '1,2,3');
       assert.equal(r.code, 1, `${key}: ${r.stderr}`);
-      assert.match(r.stderr, new RegExp(`must be a positive integer \\(at most \\d+\\), got ${value}`));
+      assert.match(r.stderr, new RegExp(`must be at most \\d+, got ${value}`));
       assertNoStack(r.stderr);
     }
   });

@@ -22,8 +22,7 @@ export type SizeField = keyof typeof SIZE_BOUNDS;
 /** Checks that `value` is an integer in [1, SIZE_BOUNDS[field]]; the message names the field and the value. */
 export function checkSize(source: string, field: SizeField, value: unknown): void {
   const max = SIZE_BOUNDS[field];
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > max)
-    throw new ConfigError(
-      `${source}: ${field} must be a positive integer (at most ${max}), got ${JSON.stringify(value)}`,
-    );
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1)
+    throw new ConfigError(`${source}: ${field} must be a positive integer, got ${JSON.stringify(value)}`);
+  if (value > max) throw new ConfigError(`${source}: ${field} must be at most ${max}, got ${value}`);
 }

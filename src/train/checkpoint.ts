@@ -42,8 +42,8 @@ export function checkpointsDir(runDir: string): string {
   return join(runDir, 'checkpoints');
 }
 
-/** The files every complete checkpoint holds (tokenizer.json is optional). */
-const CHECKPOINT_FILES = ['trainer.json', 'config.json', 'model.safetensors', 'optimizer.safetensors'];
+/** The files a complete checkpoint holds and `loadCheckpoint` reads (writeModel may add config.json and others). */
+const CHECKPOINT_FILES = ['trainer.json', 'model.safetensors', 'optimizer.safetensors'];
 
 const isComplete = (folder: string) => CHECKPOINT_FILES.every((f) => existsSync(join(folder, f)));
 
