@@ -9,9 +9,11 @@ import { ConfigError } from '../errors.js';
 export const SIZE_BOUNDS = {
   vocabSize: 1 << 22,
   embedDim: 1 << 16,
+  keyDim: 1 << 16,
   valueDim: 1 << 17,
   ffnDim: 1 << 18,
   heads: 1 << 10,
+  kvHeads: 1 << 10,
   layers: 1 << 10,
   /** The chunkwise form keeps C×C decay and score tiles per head: 8192² floats are 256 MiB. */
   chunkSize: 1 << 13,
