@@ -42,7 +42,14 @@ export {
   type Arch,
   type ModelOptions,
 } from './models/registry.js';
-export { loadModelDir, saveModelDir } from './io/model-dir.js';
+export {
+  loadModelDir,
+  saveModelDir,
+  readTokenizerFile,
+  type LoadedModelDir,
+  type LoadModelOptions,
+  type GenerationDefaults,
+} from './io/model-dir.js';
 export {
   type RetNetConfig,
   RETNET_PRESETS,
@@ -58,4 +65,11 @@ export { generate, type GenerateOptions } from './generate/generate.js';
 export type { GenerationRequest, GenerationEvent, FinishReason } from './generate/sequence.js';
 export type { SamplingOptions } from './generate/sampler.js';
 export { startServer, type ServerOptions, type RunningServer } from './server/server.js';
-export { readSafetensors, writeSafetensors } from './io/safetensors.js';
+export {
+  readSafetensors,
+  writeSafetensors,
+  SafetensorsReader,
+  Weights,
+  type LoadedTensor,
+  type TensorToSave,
+} from './io/safetensors.js';
