@@ -15,7 +15,7 @@ import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { getBackend } from '../backend/index.js';
-import { retentionGammas } from '../backend/retention-math.js';
+import { retentionGammas } from '../backend/reference/retention-math.js';
 import { ConfigError, FormatError, ShapeError, formatShape } from '../errors.js';
 import type { CausalLM } from '../models/lm.js';
 import {
@@ -402,6 +402,6 @@ function fill(
       continue;
     }
     firstName.set(t, n);
-    t.backend.write(t, values);
+    t.device.write(t, values);
   }
 }
