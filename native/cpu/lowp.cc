@@ -188,6 +188,41 @@ void gemv(const Weights& w, const float* x, int64_t B, float* y, int64_t ldy, vo
   });
 }
 
+void dequantRows(const Weights& w, int64_t n0, int64_t n1, float* out, int threads) {
+  const int64_t K = w.K, Kp = q4PaddedK(K);
+  workers::forChunks(n1 - n0, threads, [&](int64_t i) {
+    int64_t n = n0 + i;
+    float* o = out + i * K;
+    switch (w.format) {
+      case Format::f32: std::memcpy(o, static_cast<const float*>(w.data) + n * K, 4 * K); break;
+      case Format::bf16: {
+        const uint16_t* r = static_cast<const uint16_t*>(w.data) + n * K;
+        for (int64_t k = 0; k < K; k++) o[k] = fromBF16(r[k]);
+        break;
+      }
+      case Format::int8: {
+        const int8_t* r = static_cast<const int8_t*>(w.data) + n * K;
+        float s = static_cast<const float*>(w.scales)[n];
+        for (int64_t k = 0; k < K; k++) o[k] = s * static_cast<float>(r[k]);
+        break;
+      }
+      case Format::q4: {
+        const uint8_t* r = static_cast<const uint8_t*>(w.data) + n * (Kp / 2);
+        const uint16_t* d = static_cast<const uint16_t*>(w.scales) + n * (Kp / kQ4Block);
+        for (int64_t j = 0; j * kQ4Block < K; j++) {
+          float dj = fromF16(d[j]);
+          for (int64_t i2 = 0; i2 < kQ4Block && j * kQ4Block + i2 < K; i2++) {
+            uint8_t byte = r[j * 16 + (i2 & 15)];
+            int u = i2 < 16 ? byte & 15 : byte >> 4;
+            o[j * kQ4Block + i2] = dj * static_cast<float>(u - 8);
+          }
+        }
+        break;
+      }
+    }
+  });
+}
+
 float streamRead(const void* data, int64_t bytes, int threads) {
   const char* p = static_cast<const char*>(data);
   int64_t lines = bytes / 64, chunks = bytes / kChunkBytes < 1 ? 1 : bytes / kChunkBytes;

@@ -61,8 +61,11 @@ struct Weights {
 int64_t workspaceBytes(Format f, Isa isa, int64_t B, int64_t K);
 
 // y[b·ldy + n] = Σ_k x[b·K + k] W[n, k] for b < B, n < N, on up to `threads` threads (rows of W split between them).
-// workspace: workspaceBytes(...) bytes, 64-byte aligned. isa must satisfy cpuHas (callers check).
+// workspace: workspaceBytes(...) bytes (any alignment). isa must satisfy cpuHas (callers check).
 void gemv(const Weights& w, const float* x, int64_t B, float* y, int64_t ldy, void* workspace, Isa isa, int threads);
+
+// Rows [n0, n1) of W as float32 into out [(n1 − n0), K]: the tiles that prefill-size products hand to sgemm.
+void dequantRows(const Weights& w, int64_t n0, int64_t n1, float* out, int threads);
 
 // float32 → bfloat16 bits, round to nearest even (NaN stays NaN).
 uint16_t toBF16(float f);
