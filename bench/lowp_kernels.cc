@@ -2,7 +2,8 @@
 // every variant is validated against a float64 reference on the same inputs, then timed streaming weights from
 // memory. The shipped kernels are the winners; the losing variants live only here, with their measured times, so
 // the choice can be rerun:
-//   g++ -std=c++17 -O3 -fopenmp -Inative/cpu bench/lowp_kernels.cc native/cpu/lowp*.cc -o /tmp/lowp_kernels
+//   cd native/cpu && g++ -std=c++17 -O3 -fopenmp -I. ../../bench/lowp_kernels.cc lowp.cc lowp_avx2.cc lowp_avx512.cc
+//       workers.cc -o /tmp/lowp_kernels   (one line)
 //   /tmp/lowp_kernels [FORMAT|all] [B] [threads]
 // Variants: FORMAT/ISA for each shipped ISA the CPU has, plus bf16/widen (8 weights widened to float32 at a time,
 // instead of 16 split into even and odd elements) and int8/cvt-f32 (each int8 weight converted to float32
@@ -31,9 +32,6 @@ namespace dev {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 namespace {
-#define LOWP_DOT2(a0, b0, a1, b1) _mm256_add_epi32(_mm256_madd_epi16(a0, b0), _mm256_madd_epi16(a1, b1))
-#define LOWP_DOTU8(a0, b0, a1, b1) \
-  _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(a0, b0), _mm256_maddubs_epi16(a1, b1)), _mm256_set1_epi16(1))
 #include "lowp_kernels.inc"
 #undef LOWP_DOT2
 #undef LOWP_DOTU8

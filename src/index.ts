@@ -41,7 +41,11 @@ export {
   modelFromConfig,
   type Arch,
   type ModelOptions,
+  type LoadOptions,
 } from './models/registry.js';
+export { WEIGHT_FORMATS, type WeightFormat, quantize, dequantize } from './quant/formats.js';
+export { quantizeModel, weightBytes } from './quant/model.js';
+export { LowpWeight, lowpLinear } from './quant/linear.js';
 export {
   type RetNetConfig,
   RETNET_PRESETS,

@@ -43,15 +43,22 @@ lowp::Isa isaOf(const Napi::CallbackInfo& info, size_t i, lowp::Format f) {
   return isa;
 }
 
-// Bytes of W and of its scales for a format and shape.
-void expectedBytes(lowp::Format f, int64_t N, int64_t K, int64_t& data, int64_t& scales) {
-  int64_t Kp = lowp::q4PaddedK(K);
+// The weight of a call: W and its scales (arguments i, i + 1), checked against the bytes the format needs.
+lowp::Weights weightsOf(const Napi::CallbackInfo& info, size_t i, lowp::Format f, int64_t N, int64_t K,
+                        const char* kernel) {
+  Bytes w = bytesOf(info, i, "W"), s = bytesOf(info, i + 1, "scales");
+  int64_t Kp = lowp::q4PaddedK(K), data = 0, scales = 0;
   switch (f) {
-    case lowp::Format::f32: data = 4 * N * K, scales = 0; break;
-    case lowp::Format::bf16: data = 2 * N * K, scales = 0; break;
+    case lowp::Format::f32: data = 4 * N * K; break;
+    case lowp::Format::bf16: data = 2 * N * K; break;
     case lowp::Format::int8: data = N * K, scales = 4 * N; break;
     case lowp::Format::q4: data = N * Kp / 2, scales = 2 * N * (Kp / lowp::kQ4Block); break;
   }
+  if (static_cast<int64_t>(w.length) != data || static_cast<int64_t>(s.length) != scales)
+    throw ArgError{std::string(kernel) + ": W holds " + std::to_string(w.length) + " bytes and scales " +
+                   std::to_string(s.length) + ", a [" + std::to_string(N) + ", " + std::to_string(K) +
+                   "] weight needs " + std::to_string(data) + " and " + std::to_string(scales)};
+  return {f, N, K, w.data, s.length > 0 ? s.data : nullptr};
 }
 
 Napi::Value LowpGemv(const Napi::CallbackInfo& info) {
@@ -59,21 +66,14 @@ Napi::Value LowpGemv(const Napi::CallbackInfo& info) {
     lowp::Format f = formatOf(info, 0);
     lowp::Isa isa = isaOf(info, 1, f);
     int64_t N = dim(info, 2, "N"), K = dim(info, 3, "K"), B = dim(info, 4, "B");
-    Bytes w = bytesOf(info, 5, "W"), s = bytesOf(info, 6, "scales");
+    lowp::Weights wt = weightsOf(info, 5, f, N, K, "lowpGemv");
     auto x = f32(info, 7, "x"), y = f32(info, 8, "y");
     Bytes ws = bytesOf(info, 9, "workspace");
-    int64_t wantData = 0, wantScales = 0;
-    expectedBytes(f, N, K, wantData, wantScales);
-    if (static_cast<int64_t>(w.length) != wantData || static_cast<int64_t>(s.length) != wantScales)
-      throw ArgError{"lowpGemv: W holds " + std::to_string(w.length) + " bytes and scales " + std::to_string(s.length) +
-                     ", a [" + std::to_string(N) + ", " + std::to_string(K) + "] weight needs " +
-                     std::to_string(wantData) + " and " + std::to_string(wantScales)};
     require(x, B * K, "lowpGemv", "x");
     require(y, B * N, "lowpGemv", "y");
     int64_t need = lowp::workspaceBytes(f, isa, B, K);
     if (static_cast<int64_t>(ws.length) < need)
       throw ArgError{"lowpGemv: workspace holds " + std::to_string(ws.length) + " bytes, needs " + std::to_string(need)};
-    lowp::Weights wt{f, N, K, w.data, s.length > 0 ? s.data : nullptr};
     lowp::gemv(wt, x.data, B, y.data, N, const_cast<uint8_t*>(ws.data), isa, omp_get_max_threads());
   });
 }
@@ -84,17 +84,11 @@ Napi::Value LowpDequant(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     lowp::Format f = formatOf(info, 0);
     int64_t N = dim(info, 1, "N"), K = dim(info, 2, "K");
-    Bytes w = bytesOf(info, 3, "W"), s = bytesOf(info, 4, "scales");
+    lowp::Weights wt = weightsOf(info, 3, f, N, K, "lowpDequant");
     int64_t n0 = dim(info, 5, "n0"), n1 = dim(info, 6, "n1");
     auto out = f32(info, 7, "out");
-    int64_t wantData = 0, wantScales = 0;
-    expectedBytes(f, N, K, wantData, wantScales);
-    if (static_cast<int64_t>(w.length) != wantData || static_cast<int64_t>(s.length) != wantScales)
-      throw ArgError{"lowpDequant: W or scales do not hold a [" + std::to_string(N) + ", " + std::to_string(K) +
-                     "] weight of this format"};
     if (n0 > n1 || n1 > N) throw ArgError{"lowpDequant: rows [n0, n1) out of range"};
     require(out, (n1 - n0) * K, "lowpDequant", "out");
-    lowp::Weights wt{f, N, K, w.data, s.length > 0 ? s.data : nullptr};
     lowp::dequantRows(wt, n0, n1, out.data, omp_get_max_threads());
   });
 }

@@ -13,9 +13,6 @@
 namespace retnet::lowp {
 namespace {
 
-#define LOWP_DOT2(a0, b0, a1, b1) _mm256_add_epi32(_mm256_madd_epi16(a0, b0), _mm256_madd_epi16(a1, b1))
-#define LOWP_DOTU8(a0, b0, a1, b1) \
-  _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(a0, b0), _mm256_maddubs_epi16(a1, b1)), _mm256_set1_epi16(1))
 #include "lowp_kernels.inc"
 #undef LOWP_DOT2
 #undef LOWP_DOTU8

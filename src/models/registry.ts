@@ -1,6 +1,8 @@
 // Model construction and the model directory: `config.json` (the architecture's config, with "arch") +
 // `model.safetensors` (parameters under torchscale/PyTorch names) + `tokenizer.json` when there is one.
 
+import type { WeightFormat } from '../quant/formats.js';
+import { quantizeModel } from '../quant/model.js';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -118,8 +120,16 @@ export function modelFromConfig(config: unknown, source: string, opts: ModelOpti
   }
 }
 
-/** Loads a model directory. Tensors of F64/F32/F16/BF16 load into the requested dtype (default float32). */
-export function loadModelDir(dir: string, opts: ModelOptions = {}): { model: CausalLM; tokenizer: Tokenizer | null } {
+export interface LoadOptions extends ModelOptions {
+  /** Converts every Linear's weight to this format after loading (src/quant/model.ts). */
+  weights?: WeightFormat;
+}
+
+/**
+ * Loads a model directory. Tensors of F64/F32/F16/BF16 load into the requested dtype (default float32); with
+ * `weights`, every Linear is then quantised to that format.
+ */
+export function loadModelDir(dir: string, opts: LoadOptions = {}): { model: CausalLM; tokenizer: Tokenizer | null } {
   if (!existsSync(dir)) throw new FormatError(`${dir}: model directory does not exist`);
   const configPath = join(dir, 'config.json');
   const weightsPath = join(dir, 'model.safetensors');
@@ -127,6 +137,7 @@ export function loadModelDir(dir: string, opts: ModelOptions = {}): { model: Cau
   const model = modelFromConfig(readJSON(configPath), configPath, { ...opts, backend: opts.backend ?? getBackend() });
   const { tensors } = readSafetensors(weightsPath);
   model.loadValues(tensors, weightsPath, (name) => name.startsWith('retnet_rel_pos.'));
+  if (opts.weights) quantizeModel(model, opts.weights);
   const tokPath = join(dir, 'tokenizer.json');
   const tokenizer = existsSync(tokPath) ? loadTokenizer(readFileSync(tokPath, 'utf8'), tokPath) : null;
   return { model, tokenizer };
