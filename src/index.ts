@@ -36,13 +36,12 @@ export type { CausalLM, DecodeState } from './models/lm.js';
 export {
   ARCHS,
   createModel,
-  loadModelDir,
-  saveModelDir,
   modelFromConfig,
+  modelConfigJSON,
   type Arch,
   type ModelOptions,
-  type LoadOptions,
 } from './models/registry.js';
+export { loadModelDir, saveModelDir, type LoadOptions } from './io/model-dir.js';
 export { WEIGHT_FORMATS, type WeightFormat, quantize, dequantize } from './quant/formats.js';
 export { quantizeModel, weightBytes } from './quant/model.js';
 export { LowpWeight, lowpLinear } from './quant/linear.js';
