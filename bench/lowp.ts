@@ -17,8 +17,8 @@ import { extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { noGrad } from '../src/autograd/tape.js';
-import { packageRoot } from '../src/backend/addon.js';
-import { nativeBackend, threadCount } from '../src/backend/index.js';
+import { packageRoot } from '../src/backend/cpu/load.js';
+import { cpuBackend, threadCount } from '../src/backend/index.js';
 import { parseFlags } from '../src/cli/command.js';
 import { createModel } from '../src/models/registry.js';
 import type { RetNetModel } from '../src/models/retnet/model.js';
@@ -62,7 +62,7 @@ function buildModel(s: Shape): RetNetModel {
 
 /** Median and best ms of one decode step at batch B, taking turns with a read of `probe` (GB/s alongside). */
 async function measure(model: RetNetModel, B: number, probe: Uint8Array, quick: boolean) {
-  const be = nativeBackend()!;
+  const be = cpuBackend()!;
   const addon = lowpAddon(be);
   const threads = threadCount();
   const state = model.emptyState(B);
@@ -207,8 +207,8 @@ export async function lowpSuite(argv: string[]): Promise<void> {
   const quick = values.quick === true;
   const names = (values.models ?? (quick ? 'base' : 'base,1.3B')).split(',');
   for (const n of names) if (!SHAPES[n]) throw new BenchFailure(`bench lowp: unknown model '${n}' (base, 1.3B)`);
-  const be = nativeBackend();
-  if (!be) throw new BenchFailure('bench lowp: needs the native backend');
+  const be = cpuBackend();
+  if (!be) throw new BenchFailure('bench lowp: needs the cpu device (the native addon)');
   const torchVersion = checkTorch();
   const threads = threadCount();
   const probe = new Uint8Array((quick ? 128 : 512) << 20).fill(1);

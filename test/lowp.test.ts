@@ -7,8 +7,8 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
 import { noGrad } from '../src/autograd/tape.js';
-import type { Backend } from '../src/backend/backend.js';
-import type { NativeBackend } from '../src/backend/native.js';
+import type { CpuDevice } from '../src/backend/cpu/device.js';
+import type { Device } from '../src/backend/device.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { modelFromConfig } from '../src/models/registry.js';
 import type { RetNetModel } from '../src/models/retnet/model.js';
@@ -154,7 +154,7 @@ const SHAPES: [number, number, number][] = [
 ];
 
 describe('low-precision products: every native variant against the reference', () => {
-  const be = nat() as NativeBackend;
+  const be = nat() as CpuDevice;
   const addon = lowpAddon(be);
   const variants = addon.lowpVariants();
   const all = ['scalar', 'avx2', 'avx512bf16', 'avx512vnni'];
@@ -211,7 +211,7 @@ describe('low-precision products: every native variant against the reference', (
         const xd = randomData(rng, R * K);
         const p = quantize(format, randomData(rng, N * K), N, K);
         const w = dequantize(p);
-        const run = (b: Backend) =>
+        const run = (b: Device) =>
           tidy(() => {
             const lw = new LowpWeight(b, p);
             const y = lowpLinear(b.fromData(xd, [R, K], 'float32'), lw).data();
@@ -281,7 +281,7 @@ describe('models with low-precision weights', () => {
       const config = JSON.parse(readFileSync(join(VECTORS, `config_${name}.json`), 'utf8')) as Record<string, unknown>;
       const tokens = JSON.parse(readFileSync(join(VECTORS, `tokens_${name}.json`), 'utf8')) as number[];
       const weights = readSafetensors(join(VECTORS, `weights_${name}.safetensors`)).tensors;
-      const logits = (b: Backend, format: WeightFormat | null, decode: boolean) => {
+      const logits = (b: Device, format: WeightFormat | null, decode: boolean) => {
         const model = modelFromConfig(config, name, { backend: b, dtype: 'float32' }) as RetNetModel;
         model.loadValues(weights, name, (n) => n.startsWith('retnet_rel_pos.'));
         const before = weightBytes(model);

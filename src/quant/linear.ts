@@ -1,17 +1,18 @@
 // Linear layers with low-precision weights (inference only): y = x Wᵀ (+ b) with W in a format of ./formats.ts and
 // x, y float32.
 //
-// On the native backend, up to DECODE_ROWS rows of x (a decode step of up to 16 sequences) take the
+// On the cpu device, up to DECODE_ROWS rows of x (a decode step of up to 16 sequences) take the
 // bandwidth-bound kernels of native/cpu/lowp.h, which read W once in its stored format; more rows (prefill) convert
 // W to float32 a tile of rows at a time and hand each tile to sgemm, so the float copy never exists whole. On the
-// reference backend the product is the definition: W dequantised, then matmul.
+// reference device the product is the definition: W dequantised, then matmul.
 
 import { needsGrad } from '../autograd/tape.js';
-import type { Backend } from '../backend/backend.js';
-import type { NativeBackend } from '../backend/native.js';
+import { CpuDevice } from '../backend/cpu/device.js';
+import type { Device } from '../backend/device.js';
+import type { HostStorage } from '../backend/host/device.js';
+import { kernels } from '../backend/kernels.js';
 import { BackendError, ShapeError, formatShape } from '../errors.js';
 import { keep } from '../tensor/scope.js';
-import type { CpuStorage } from '../tensor/storage.js';
 import { type Tensor, shapeSize } from '../tensor/tensor.js';
 import { FORMAT_CODE, type Packed, type PackedData, type WeightFormat, dequantize, packedBytes } from './formats.js';
 
@@ -33,7 +34,7 @@ export interface LowpAddon {
 }
 
 /** The lowp functions of the native backend's addon. */
-export function lowpAddon(be: NativeBackend): LowpAddon {
+export function lowpAddon(be: CpuDevice): LowpAddon {
   return be.addon as unknown as LowpAddon;
 }
 
@@ -44,7 +45,7 @@ export class LowpWeight implements Packed {
   private readonly holders: Tensor[];
 
   constructor(
-    readonly backend: Backend,
+    readonly backend: Device,
     packed: Packed,
   ) {
     this.format = packed.format;
@@ -80,16 +81,21 @@ export class LowpWeight implements Packed {
 
 /** A copy of `src` in the storage of `holder` (an int32 tensor of at least `bytes` bytes), as src's array type. */
 function view<A extends PackedData | Uint16Array | Float32Array>(src: A, holder: Tensor, bytes: number): A {
-  const words = (holder.storage as CpuStorage).data;
+  const words = (holder.storage as HostStorage).data;
   const Ctor = src.constructor as new (b: ArrayBuffer, offset: number, length: number) => A;
   const out = new Ctor(words.buffer as ArrayBuffer, words.byteOffset, bytes / src.BYTES_PER_ELEMENT);
   out.set(src as never);
   return out;
 }
 
+/** The float32 array of a host tensor. */
+function f32(t: Tensor): Float32Array {
+  return (t.storage as HostStorage).data as Float32Array;
+}
+
 /** y = x Wᵀ (+ bias): x [..., K] float32 -> [..., N]. Not differentiable (quantised weights are for inference). */
 export function lowpLinear(x: Tensor, w: LowpWeight, bias: Tensor | null = null): Tensor {
-  const be = x.backend;
+  const be = x.device;
   if (be !== w.backend) throw new BackendError('lowpLinear: x and the weight live on different backends');
   if (x.dtype !== 'float32') throw new ShapeError(`lowpLinear: x must be float32, got ${x.dtype}`);
   if (x.rank < 1 || x.shape[x.rank - 1] !== w.K)
@@ -104,9 +110,9 @@ export function lowpLinear(x: Tensor, w: LowpWeight, bias: Tensor | null = null)
     );
   const rows = shapeSize(x.shape.slice(0, -1));
   const x2 = be.view(x, [rows, w.K]);
-  const y2 = be.name === 'native' ? nativeProduct(be as unknown as NativeBackend, x2, w) : referenceProduct(be, x2, w);
+  const y2 = be instanceof CpuDevice ? nativeProduct(be, x2, w) : referenceProduct(be, x2, w);
   x2.dispose();
-  const yb = bias ? be.binary('add', y2, bias) : y2;
+  const yb = bias ? kernels(be, 'float32').binary('add', y2, bias) : y2;
   if (bias) y2.dispose();
   const y = be.view(yb, [...x.shape.slice(0, -1), w.N]);
   yb.dispose();
@@ -114,14 +120,14 @@ export function lowpLinear(x: Tensor, w: LowpWeight, bias: Tensor | null = null)
 }
 
 /** The definition: W dequantised to float32, then the backend's matmul. x: [R, K] -> [R, N]. */
-function referenceProduct(be: Backend, x: Tensor, w: LowpWeight): Tensor {
+function referenceProduct(be: Device, x: Tensor, w: LowpWeight): Tensor {
   const wt = be.fromData(dequantize(w), [w.N, w.K], 'float32');
-  const y = be.matmul(x, wt, false, true);
+  const y = kernels(be, 'float32').matmul(x, wt, false, true);
   wt.dispose();
   return y;
 }
 
-function nativeProduct(be: NativeBackend, x: Tensor, w: LowpWeight): Tensor {
+function nativeProduct(be: CpuDevice, x: Tensor, w: LowpWeight): Tensor {
   const R = x.shape[0]!;
   const y = be.zeros([R, w.N], 'float32');
   if (R === 0 || w.N === 0) return y;
@@ -131,18 +137,18 @@ function nativeProduct(be: NativeBackend, x: Tensor, w: LowpWeight): Tensor {
   if (R <= DECODE_ROWS) {
     const bytes = addon.lowpWorkspace(code, -1, R, w.K);
     const ws = be.zeros([Math.ceil(bytes / 4)], 'int32');
-    const words = (ws.storage as CpuStorage).data;
+    const words = (ws.storage as HostStorage).data;
     const scratch = new Uint8Array(words.buffer, words.byteOffset, bytes);
-    addon.lowpGemv(code, -1, w.N, w.K, R, w.data, scales, be.f32(x), be.f32(y), scratch);
+    addon.lowpGemv(code, -1, w.N, w.K, R, w.data, scales, f32(x), f32(y), scratch);
     ws.dispose();
     return y;
   }
   // Prefill: tiles of rows of W in float32, y[:, n0:n1] = x · tileᵀ.
   const tileRows = Math.max(1, Math.min(w.N, Math.floor(TILE_BYTES / Math.max(1, 4 * w.K))));
   const tile = be.zeros([tileRows * w.K], 'float32');
-  const td = be.f32(tile);
-  const xd = be.f32(x);
-  const yd = be.f32(y);
+  const td = f32(tile);
+  const xd = f32(x);
+  const yd = f32(y);
   for (let n0 = 0; n0 < w.N; n0 += tileRows) {
     const n1 = Math.min(w.N, n0 + tileRows);
     addon.lowpDequant(code, w.N, w.K, w.data, scales, n0, n1, td);

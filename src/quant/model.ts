@@ -20,7 +20,7 @@ export function quantizeModel(model: Module, format: WeightFormat): number {
     if (!(m instanceof Linear) || m.lowp) continue;
     const w = m.weight;
     const [N, K] = w.shape as [number, number];
-    m.useLowp(new LowpWeight(w.backend, quantize(format, w.backend.read(w), N, K, `${name}.weight`)));
+    m.useLowp(new LowpWeight(w.device, quantize(format, w.device.read(w), N, K, `${name}.weight`)));
     const left = uses.get(w)! - 1;
     uses.set(w, left);
     if (left === 0) w.dispose();
