@@ -21,6 +21,7 @@ import {
   flaConfigFromJSON,
   flaConfigToJSON,
   flaIntermediateSize,
+  flaParameterShapes,
   splitFusedGateProj,
 } from '../src/models/retnet/fla.js';
 import { RetNetModel } from '../src/models/retnet/model.js';
@@ -305,6 +306,8 @@ describe('fla config and names', () => {
     );
     const model = new RetNetModel(c, { backend: ref, dtype: 'float64', seed: 3 });
     const names = model.namedParameters().map(([n]) => n);
+    const byName = (xs: [string, readonly number[]][]) => [...xs].map(([n, s]) => [n, [...s]]).sort();
+    assert.deepEqual(byName(flaParameterShapes(c)), byName(model.namedParameters().map(([n, t]) => [n, t.shape])));
     assert.ok(!names.includes('lm_head.weight') && !names.some((n) => /g_proj|g_norm/.test(n)), names.join(', '));
     assert.deepEqual(
       model.namedParameters().find(([n]) => n === 'model.layers.0.attn.k_proj.weight')![1].shape,
