@@ -306,8 +306,18 @@ export async function lowpSuite(argv: string[]): Promise<void> {
   );
 }
 
+/** Above this share of the CPU used by other processes, the findings say that ratios to the bound do not hold. */
+const BUSY_LOAD = 0.5;
+
 function judge(records: BenchRecord[], threads: number): string[] {
   const out: string[] = [];
+  const loads = records.map((r) => r.other_load).filter((v): v is number => typeof v === 'number');
+  if (loads.length > 0 && Math.max(...loads) > BUSY_LOAD)
+    out.push(
+      `other processes used up to ${(100 * Math.max(...loads)).toFixed(0)}% of the CPU during these measurements: ` +
+        'the read probe and the decode steps were slowed by different, unknown shares, so the ratios to the bound ' +
+        '(some below 1) and the 1-vs-2-thread comparison are not measures of the kernels; rerun on a quiet machine',
+    );
   const at = (model: string, format: WeightFormat, batch: number, t: number) =>
     records.find(
       (r) => r.what !== 'quality' && r.model === model && r.format === format && r.batch === batch && r.threads === t,
