@@ -58,9 +58,12 @@ export {
   saveModelDir,
   readTokenizerFile,
   type LoadedModelDir,
-  type LoadModelOptions,
+  type LoadOptions,
   type GenerationDefaults,
 } from './io/model-dir.js';
+export { WEIGHT_FORMATS, type WeightFormat, quantize, dequantize } from './quant/formats.js';
+export { quantizeModel, weightBytes } from './quant/model.js';
+export { LowpWeight, lowpLinear } from './quant/linear.js';
 export {
   type RetNetConfig,
   RETNET_PRESETS,

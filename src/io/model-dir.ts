@@ -27,6 +27,8 @@ import {
   specParameterCount,
 } from '../models/registry.js';
 import { RetNetModel, rotaryAngles } from '../models/retnet/model.js';
+import type { WeightFormat } from '../quant/formats.js';
+import { quantizeModel } from '../quant/model.js';
 import type { TokenizerContext } from '../tokenizer/hf.js';
 import { loadTokenizer } from '../tokenizer/load.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
@@ -127,9 +129,11 @@ export interface LoadedModelDir {
   chatTemplate: string | null;
 }
 
-export interface LoadModelOptions extends Omit<ModelOptions, 'init' | 'seed'> {
+export interface LoadOptions extends Omit<ModelOptions, 'init' | 'seed'> {
   /** Accept NaN/Inf weights (default false: rejected with the tensor's name). */
   allowNonFinite?: boolean;
+  /** Converts every Linear's weight to this format after loading (src/quant/model.ts; `--weights`). */
+  weights?: WeightFormat;
 }
 
 function tokenId(v: unknown, field: string, source: string): number | null {
@@ -253,7 +257,7 @@ function nonFiniteIndex(t: LoadedTensor): number {
  * Loads a model directory (either layout; see the top of this file). Tensors of F64/F32/F16/BF16 load into the
  * requested dtype (default float32). Everything is checked against everything else before the model exists.
  */
-export function loadModelDir(dir: string, opts: LoadModelOptions = {}): LoadedModelDir {
+export function loadModelDir(dir: string, opts: LoadOptions = {}): LoadedModelDir {
   if (!existsSync(dir)) throw new FormatError(`${dir}: model directory does not exist`);
   if (!statSync(dir).isDirectory()) throw new FormatError(`${dir}: not a directory (expected a model directory)`);
   const configPath = join(dir, 'config.json');
@@ -289,6 +293,7 @@ export function loadModelDir(dir: string, opts: LoadModelOptions = {}): LoadedMo
     const model = buildModel(spec, { ...opts, backend: opts.backend ?? getBackend(), init: false });
     try {
       fill(model, weights, opts.allowNonFinite ?? false, config, configPath);
+      if (opts.weights) quantizeModel(model, opts.weights);
     } catch (e) {
       model.dispose();
       throw e;
