@@ -203,3 +203,34 @@ export class ScriptedLM extends Module implements CausalLM {
     return this.logits(state.positions.map((p, r) => p - state.starts[r]!));
   }
 }
+
+/**
+ * A ToyLM whose prefill can continue a state (`opts.state`: each row's prompt follows what it consumed), as the
+ * scheduler's piecewise prefill expects: the running sum just keeps growing.
+ */
+export class ContinuingToyLM extends ToyLM {
+  readonly continuesPrefill = true;
+
+  override prefill(
+    prompts: readonly (readonly number[])[],
+    opts: { state?: DecodeState } = {},
+  ): { logits: Tensor; state: DecodeState } {
+    const given = opts.state;
+    if (!given) return super.prefill(prompts);
+    if (!(given instanceof RunningSumState) || given.batch !== prompts.length)
+      throw new ShapeError('ContinuingToyLM.prefill: state and prompts do not match');
+    // Feed each piece token by token through step(): the same sums, whatever the split.
+    let logits: Tensor | null = null;
+    const longest = Math.max(...prompts.map((p) => p.length));
+    if (prompts.some((p) => p.length !== longest))
+      throw new ShapeError('ContinuingToyLM.prefill: continued pieces must have one length');
+    for (let j = 0; j < longest; j++) {
+      logits?.dispose();
+      logits = this.step(
+        prompts.map((p) => p[j]!),
+        given,
+      );
+    }
+    return { logits: logits!, state: given };
+  }
+}

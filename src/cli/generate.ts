@@ -10,13 +10,16 @@ import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import { type Command, UsageError, intFlag, numberFlag, parseFlags } from './command.js';
 
 /** Loads a model directory for generation, which needs its tokenizer. */
-export function loadForGeneration(dir: string): { model: CausalLM; tokenizer: Tokenizer } {
-  const { model, tokenizer } = loadModelDir(dir);
+export function loadForGeneration(dir: string): { model: CausalLM; tokenizer: Tokenizer; chatTemplate?: string } {
+  const loaded = loadModelDir(dir);
+  const { model, tokenizer } = loaded;
   if (!tokenizer) {
     model.dispose();
     throw new ConfigError(`${dir}: no tokenizer.json; generation needs the tokenizer the model was trained with`);
   }
-  return { model, tokenizer };
+  // tokenizer_config.json's chat_template, once the model-directory loader reads it.
+  const { chatTemplate } = loaded as { chatTemplate?: unknown };
+  return { model, tokenizer, ...(typeof chatTemplate === 'string' ? { chatTemplate } : {}) };
 }
 
 export interface GenerateTextOptions {
