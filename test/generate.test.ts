@@ -12,7 +12,7 @@ import { Scheduler } from '../src/generate/scheduler.js';
 import { Sampler, argmax, logSoftmaxTop, samplingSettings } from '../src/generate/sampler.js';
 import { Sequence, type GenerationEvent, type GenerationRequest } from '../src/generate/sequence.js';
 import { IncrementalDetokenizer, StopMatcher } from '../src/generate/text.js';
-import type { CausalLM } from '../src/models/lm.js';
+import type { CausalLM, DecodeState } from '../src/models/lm.js';
 import { createModel } from '../src/models/registry.js';
 import type { RetNetModel } from '../src/models/retnet/model.js';
 import { Rng } from '../src/tensor/random.js';
@@ -516,59 +516,65 @@ describe('scheduler', () => {
       assert.equal(ref.memory.current, before);
     });
 
-  it('prefills a long prompt in pieces between the decode steps of the running batch; the tokens do not change', async () => {
-    const model = new ContinuingToyLM(tok.vocabSize, 4, ref);
-    const calls: string[] = [];
-    const prefill = model.prefill.bind(model);
-    const step = model.step.bind(model);
-    let inPrefill = false;
-    model.prefill = (prompts, opts = {}) => {
-      calls.push(`prefill ${prompts.map((p) => p.length).join('+')}${opts.state ? ' (continued)' : ''}`);
-      inPrefill = true;
-      try {
-        return prefill(prompts, opts);
-      } finally {
-        inPrefill = false;
-      }
-    };
-    model.step = (tokens, state) => {
-      if (!inPrefill) calls.push(`step ${tokens.length}`);
-      return step(tokens, state);
-    };
-    const before = ref.memory.current;
-    const scheduler = new Scheduler(model, tok, { maxActive: 4, maxQueued: 4, prefillChunk: 8 });
-    const tokens = async (events: AsyncIterable<GenerationEvent>) => {
-      const out: number[] = [];
-      for await (const e of events) if (e.type === 'token') out.push(e.token);
-      return out;
-    };
-    const long = 'a long prompt of thirty-one toks';
-    const greedy = { temperature: 0 };
-    const running = tokens(scheduler.submit({ prompt: 'x', maxNewTokens: 20, ignoreEos: true }));
-    while (!calls.includes('step 1')) await new Promise((resolve) => setImmediate(resolve));
-    const late = await tokens(scheduler.submit({ prompt: long, maxNewTokens: 5, ignoreEos: true, sampling: greedy }));
-    await running;
-    assert.equal(ref.memory.current, before, 'every piece state freed');
-    const at = calls.indexOf('step 1');
-    // 32 tokens in pieces of 8: a fresh prefill, then three continuations, each followed by a decode step.
-    assert.deepEqual(calls.slice(at + 1, at + 8), [
-      'prefill 8',
-      'step 1',
-      'prefill 8 (continued)',
-      'step 1',
-      'prefill 8 (continued)',
-      'step 1',
-      'prefill 8 (continued)',
-    ]);
-    assert.equal(calls[at + 8], 'step 2', 'then both decode together');
-    const alone = await collect(
-      generate(new ToyLM(tok.vocabSize, 4, ref), tok, [
-        { prompt: long, maxNewTokens: 5, ignoreEos: true, sampling: greedy },
-      ]),
-      1,
-    );
-    assert.deepEqual(late, alone[0]!.tokens);
-  });
+  for (const continuing of [true, false])
+    it(`prefills a long prompt in pieces between the decode steps of the running batch (${continuing ? 'prefill continues a state' : 'pieces fed through step()'}); the tokens do not change`, async () => {
+      const model = continuing ? new ContinuingToyLM(tok.vocabSize, 4, ref) : new ToyLM(tok.vocabSize, 4, ref);
+      // The calls as the scheduler makes them: prefill (rows, tokens, continued?) and step (rows).
+      const calls: string[] = [];
+      const prefill = model.prefill.bind(model) as ContinuingToyLM['prefill'];
+      const step = model.step.bind(model);
+      let inPrefill = false;
+      model.prefill = (prompts: readonly (readonly number[])[], opts: { state?: DecodeState } = {}) => {
+        calls.push(`prefill ${prompts.map((p) => p.length).join('+')}${opts.state ? ' (continued)' : ''}`);
+        inPrefill = true;
+        try {
+          return prefill(prompts, opts);
+        } finally {
+          inPrefill = false;
+        }
+      };
+      model.step = (tokens, state) => {
+        if (!inPrefill) calls.push(`step ${tokens.length}`);
+        return step(tokens, state);
+      };
+      const before = ref.memory.current;
+      const scheduler = new Scheduler(model, tok, { maxActive: 4, maxQueued: 4, prefillChunk: 8 });
+      const tokens = async (events: AsyncIterable<GenerationEvent>) => {
+        const out: number[] = [];
+        for await (const e of events) if (e.type === 'token') out.push(e.token);
+        return out;
+      };
+      const long = 'a long prompt of thirty-one toks';
+      const greedy = { temperature: 0 };
+      // Two rows decoding (steps of 2), so that a piece fed through step() (1 row) shows apart from them.
+      const running = ['x', 'y'].map((prompt) =>
+        tokens(scheduler.submit({ prompt, maxNewTokens: 30, ignoreEos: true })),
+      );
+      while (!calls.includes('step 2')) await new Promise((resolve) => setImmediate(resolve));
+      const late = await tokens(scheduler.submit({ prompt: long, maxNewTokens: 5, ignoreEos: true, sampling: greedy }));
+      await Promise.all(running);
+      assert.equal(ref.memory.current, before, 'every piece state freed');
+      const at = calls.indexOf('step 2');
+      // 32 tokens in pieces of 8: a fresh prefill, then three continuations, each followed by a decode step.
+      const piece = continuing ? ['prefill 8 (continued)'] : Array<string>(8).fill('step 1');
+      assert.deepEqual(calls.slice(at + 1, at + 6 + 3 * piece.length), [
+        'prefill 8',
+        'step 2',
+        ...piece,
+        'step 2',
+        ...piece,
+        'step 2',
+        ...piece,
+        'step 3',
+      ]);
+      const alone = await collect(
+        generate(new ToyLM(tok.vocabSize, 4, ref), tok, [
+          { prompt: long, maxNewTokens: 5, ignoreEos: true, sampling: greedy },
+        ]),
+        1,
+      );
+      assert.deepEqual(late, alone[0]!.tokens);
+    });
 
   it('a failing model call fails the streams it was serving and leaves the scheduler usable', async () => {
     const model = new ToyLM(tok.vocabSize, 4, ref);

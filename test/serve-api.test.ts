@@ -9,24 +9,17 @@ import OpenAI from 'openai';
 
 import { noGrad } from '../src/autograd/tape.js';
 import type { CausalLM } from '../src/models/lm.js';
-import { createModel } from '../src/models/registry.js';
 import { DEFAULT_CHAT_TEMPLATE } from '../src/server/chat.js';
 import { IGNORED_FIELDS_HEADER, type RunningServer, type ServerOptions, startServer } from '../src/server/server.js';
 import { tidy } from '../src/tensor/scope.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
 import { ref } from './helpers.js';
+import { tinyServingModel } from './toy-lm.js';
 
 const tok = new ByteTokenizer();
 const MODEL = 'test-model';
 
-function retnet(): CausalLM {
-  return createModel(
-    'retnet',
-    'tiny',
-    { vocabSize: tok.vocabSize, embedDim: 16, valueDim: 32, ffnDim: 32, heads: 2, layers: 2 },
-    { backend: ref, dtype: 'float64', seed: 2 },
-  );
-}
+const retnet = () => tinyServingModel('retnet');
 
 /** The model's prefill calls, as [rows, tokens] each. */
 function countingPrefills(model: CausalLM): [number, number][] {

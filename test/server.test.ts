@@ -6,34 +6,18 @@ import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { generate } from '../src/generate/generate.js';
-import { createModel } from '../src/models/registry.js';
 import { type RunningServer, type ServerOptions, startServer } from '../src/server/server.js';
 import type { CausalLM } from '../src/models/lm.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
 import { ref } from './helpers.js';
-import { ScriptedLM } from './toy-lm.js';
+import { ScriptedLM, tinyServingModel } from './toy-lm.js';
 
 const tok = new ByteTokenizer();
 const utf8 = (s: string) => Array.from(new TextEncoder().encode(s));
 const SCRIPT = 'Grüße, 世界! 🙂 The end. ';
 
-function retnet(): CausalLM {
-  return createModel(
-    'retnet',
-    'tiny',
-    { vocabSize: tok.vocabSize, embedDim: 16, valueDim: 32, ffnDim: 32, heads: 2, layers: 2 },
-    { backend: ref, dtype: 'float64', seed: 2 },
-  );
-}
-
-function transformer(): CausalLM {
-  return createModel(
-    'transformer',
-    'tiny',
-    { vocabSize: tok.vocabSize, embedDim: 16, ffnDim: 32, heads: 2, layers: 2 },
-    { backend: ref, dtype: 'float64', seed: 2 },
-  );
-}
+const retnet = () => tinyServingModel('retnet');
+const transformer = () => tinyServingModel('transformer');
 
 /** A scripted model that counts its decode steps. */
 function scripted(): ScriptedLM & { steps: number } {

@@ -15,6 +15,8 @@ import type { DType } from '../src/tensor/dtype.js';
 import { Rng } from '../src/tensor/random.js';
 import { keep, tidy } from '../src/tensor/scope.js';
 import type { Tensor } from '../src/tensor/tensor.js';
+import { createModel } from '../src/models/registry.js';
+import { ref } from './helpers.js';
 
 class RunningSumState implements DecodeState {
   constructor(
@@ -233,4 +235,15 @@ export class ContinuingToyLM extends ToyLM {
     }
     return { logits: logits!, state: given };
   }
+}
+
+/** The small float64 RetNet and Transformer the server tests serve, on the byte tokenizer's vocabulary (259). */
+export function tinyServingModel(arch: 'retnet' | 'transformer'): CausalLM {
+  const dims = arch === 'retnet' ? { embedDim: 16, valueDim: 32, ffnDim: 32 } : { embedDim: 16, ffnDim: 32 };
+  return createModel(
+    arch,
+    'tiny',
+    { vocabSize: 259, ...dims, heads: 2, layers: 2 },
+    { backend: ref, dtype: 'float64', seed: 2 },
+  );
 }

@@ -1,7 +1,7 @@
 // Continuous batching for a server: requests arrive at any time and each gets its own event stream. Each round does
 // one piece of prefill work, then steps the running batch once, so a decode step never waits longer than one piece:
 //  - a long prompt is prefilled in pieces of at most `prefillChunk` tokens, each continuing the state of the last
-//    (when the model's prefill can continue a state; else in one call), and
+//    (one prefill call when the model's prefill can continue a state, else the piece's tokens fed through step()), and
 //  - prompts admitted together, while they fit in one piece, are prefilled together in one call (one GEMM over all
 //    their tokens beats several small ones); the n samples of a request share their prompt's prefill.
 // A prefilled prompt joins the batch already decoding when the model's state can append rows (DecodeState.append;
@@ -97,6 +97,25 @@ interface ContinuingPrefill {
 
 function continuesPrefill(model: CausalLM): model is CausalLM & ContinuingPrefill {
   return (model as Partial<ContinuingPrefill>).continuesPrefill === true;
+}
+
+/**
+ * The next piece of one row's prompt after `state`: one prefill call when the model continues a state, else one
+ * step() per token (the recurrent form / the KV cache consume a token exactly as a prefill would, only slower, so a
+ * piece still bounds the wait of the decode steps between pieces). Returns the logits after the piece's last token.
+ */
+function continuePrefill(
+  model: CausalLM,
+  piece: readonly number[],
+  state: DecodeState,
+): { logits: Tensor; state: DecodeState } {
+  if (continuesPrefill(model)) return model.prefill([piece], { state });
+  let logits: Tensor | null = null;
+  for (const token of piece) {
+    logits?.dispose();
+    logits = model.step([token], state);
+  }
+  return { logits: logits!, state };
 }
 
 export class Scheduler {
@@ -278,7 +297,6 @@ export class Scheduler {
     }
     const chunk = this.prefillChunk;
     const ids = (job: PrefillJob) => job.sequences[0]!.promptIds;
-    const continues = continuesPrefill(this.model);
     let jobs: PrefillJob[];
     if (first.done > 0 || ids(first).length > chunk) jobs = [first];
     else {
@@ -292,11 +310,10 @@ export class Scheduler {
         total += n;
       }
     }
-    const pieces = jobs.map((job) => ids(job).slice(job.done, continues ? job.done + chunk : undefined));
-    const model = this.model;
+    const pieces = jobs.map((job) => ids(job).slice(job.done, job.done + chunk));
     const state = jobs[0]!.state;
     const { logits, state: after } = this.timed('prefill', jobs.length, () =>
-      state && continuesPrefill(model) ? model.prefill(pieces, { state }) : model.prefill(pieces),
+      state ? continuePrefill(this.model, pieces[0]!, state) : this.model.prefill(pieces),
     );
     first.state = null; // advanced in place into `after`
     jobs.forEach((job, i) => (job.done += pieces[i]!.length));
