@@ -8,7 +8,7 @@ import { noGrad } from '../src/autograd/tape.js';
 import { ConfigError } from '../src/errors.js';
 import { DecodeBatch } from '../src/generate/batch.js';
 import { generate } from '../src/generate/generate.js';
-import { Scheduler } from '../src/generate/scheduler.js';
+import { STEP_PREFILL_COST, Scheduler } from '../src/generate/scheduler.js';
 import { Sampler, argmax, logSoftmaxTop, samplingSettings } from '../src/generate/sampler.js';
 import { Sequence, type GenerationEvent, type GenerationRequest } from '../src/generate/sequence.js';
 import { IncrementalDetokenizer, StopMatcher } from '../src/generate/text.js';
@@ -555,18 +555,16 @@ describe('scheduler', () => {
       await Promise.all(running);
       assert.equal(ref.memory.current, before, 'every piece state freed');
       const at = calls.indexOf('step 2');
-      // 32 tokens in pieces of 8: a fresh prefill, then three continuations, each followed by a decode step.
-      const piece = continuing ? ['prefill 8 (continued)'] : Array<string>(8).fill('step 1');
-      assert.deepEqual(calls.slice(at + 1, at + 6 + 3 * piece.length), [
-        'prefill 8',
-        'step 2',
-        ...piece,
-        'step 2',
-        ...piece,
-        'step 2',
-        ...piece,
-        'step 3',
-      ]);
+      // 32 tokens: a fresh prefill of 8, then the other 24 in pieces, each followed by a decode step of the two
+      // running rows (of all three after the last). A continuing prefill takes pieces of 8 in one call; step() takes
+      // 8 / STEP_PREFILL_COST tokens (at least 1) per piece, one call each.
+      const size = continuing ? 8 : Math.max(1, Math.floor(8 / STEP_PREFILL_COST));
+      const expected = ['prefill 8', 'step 2'];
+      for (let done = 8; done < 32; done += size) {
+        expected.push(...(continuing ? [`prefill ${size} (continued)`] : Array<string>(size).fill('step 1')));
+        expected.push(done + size < 32 ? 'step 2' : 'step 3');
+      }
+      assert.deepEqual(calls.slice(at + 1, at + 1 + expected.length), expected);
       const alone = await collect(
         generate(new ToyLM(tok.vocabSize, 4, ref), tok, [
           { prompt: long, maxNewTokens: 5, ignoreEos: true, sampling: greedy },
