@@ -5,7 +5,7 @@
 
 import { noGrad } from '../autograd/tape.js';
 import type { CausalLM, DecodeState } from '../models/lm.js';
-import { tidy } from '../tensor/scope.js';
+import { keep, tidy } from '../tensor/scope.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { GenerationEvent } from './sequence.js';
@@ -32,19 +32,27 @@ export function distinctPrompts(sequences: readonly Sequence[]): { prompts: (rea
  * (logits [1, T, V]: a prefill keeps only the last position's). Then the sequences that generate nothing end; their
  * end events are returned.
  */
-export function scorePrompts(model: CausalLM, vocabLimit: number, sequences: readonly Sequence[]): GenerationEvent[] {
+export async function scorePrompts(
+  model: CausalLM,
+  vocabLimit: number,
+  sequences: readonly Sequence[],
+): Promise<GenerationEvent[]> {
   const events: GenerationEvent[] = [];
   const scoring = sequences.filter((s) => s.promptLogprobs !== undefined && !s.finished);
   const { prompts, rowOf } = distinctPrompts(scoring);
-  prompts.forEach((ids, row) => {
+  for (const [row, ids] of prompts.entries()) {
     const V = model.vocabSize;
-    const logits = noGrad(() =>
-      tidy(() => model.forward(model.backend.fromData(ids, [1, ids.length], 'int32')).data()),
-    );
+    const out = noGrad(() => tidy(() => keep(model.forward(model.backend.fromData(ids, [1, ids.length], 'int32')))));
+    let logits;
+    try {
+      logits = await out.dataAsync();
+    } finally {
+      out.dispose();
+    }
     scoring.forEach((s, i) => {
       if (rowOf[i] === row) s.scorePrompt(logits as Float32Array | Float64Array, V, vocabLimit);
     });
-  });
+  }
   for (const s of sequences) if (s.promptOnly && !s.finished) events.push(s.finishPromptOnly());
   return events;
 }
@@ -70,22 +78,22 @@ export class DecodeBatch {
   }
 
   /** Scores the prompts that ask for it, prefills every distinct prompt in one call and samples each first token. */
-  start(): GenerationEvent[] {
+  async start(): Promise<GenerationEvent[]> {
     if (this.state) throw new Error('DecodeBatch.start: already started');
     const events = this.dropCancelled();
-    events.push(...scorePrompts(this.model, this.vocabLimit, this.rows));
+    events.push(...(await scorePrompts(this.model, this.vocabLimit, this.rows)));
     this.keepUnfinished();
     if (this.rows.length === 0) return events;
     const { prompts, rowOf } = distinctPrompts(this.rows);
     const { logits, state } = this.model.prefill(prompts);
-    return events.concat(this.begin(logits, state, rowOf));
+    return events.concat(await this.begin(logits, state, rowOf));
   }
 
   /**
    * Starts from a prefill done elsewhere (the scheduler's, in pieces): logits [P, V] and state of P rows after the
    * distinct prompts, rowOf[i] the row of sequence i. Samples each first token; the state is taken over.
    */
-  begin(logits: Tensor, state: DecodeState, rowOf: readonly number[]): GenerationEvent[] {
+  async begin(logits: Tensor, state: DecodeState, rowOf: readonly number[]): Promise<GenerationEvent[]> {
     if (this.state) throw new Error('DecodeBatch.begin: already started');
     // n samples of one prompt: copy its state row n times (cheap next to the prefill it saves).
     if (rowOf.length !== state.batch || rowOf.some((r, i) => r !== i)) state.select(rowOf);
@@ -94,7 +102,7 @@ export class DecodeBatch {
   }
 
   /** Feeds each row its last token and samples the next. */
-  step(): GenerationEvent[] {
+  async step(): Promise<GenerationEvent[]> {
     const events = this.dropCancelled();
     if (this.rows.length === 0) return events;
     if (!this.state) throw new Error('DecodeBatch.step: call start() first');
@@ -102,7 +110,7 @@ export class DecodeBatch {
       this.rows.map((s) => s.lastToken),
       this.state,
     );
-    return events.concat(this.sample(logits));
+    return events.concat(await this.sample(logits));
   }
 
   /**
@@ -125,11 +133,14 @@ export class DecodeBatch {
     this.rows = [];
   }
 
-  /** logits: [P, V], row rowOf[r] for sequence r (default r); disposed here. */
-  private sample(logits: Tensor, rowOf?: readonly number[]): GenerationEvent[] {
+  /**
+   * logits: [P, V], row rowOf[r] for sequence r (default r); disposed here. Read with dataAsync, so a GPU device does
+   * not block.
+   */
+  private async sample(logits: Tensor, rowOf?: readonly number[]): Promise<GenerationEvent[]> {
     let data;
     try {
-      data = logits.data();
+      data = await logits.dataAsync();
     } finally {
       logits.dispose();
     }

@@ -235,9 +235,9 @@ export class Scheduler {
   }
 
   /** Runs a model call, reporting its duration. */
-  private timed<T>(kind: 'prefill' | 'score' | 'step', rows: number, call: () => T): T {
+  private async timed<T>(kind: 'prefill' | 'score' | 'step', rows: number, call: () => T | Promise<T>): Promise<T> {
     const start = performance.now();
-    const result = call();
+    const result = await call();
     this.opts.onModelCall?.(kind, performance.now() - start, rows);
     return result;
   }
@@ -249,12 +249,12 @@ export class Scheduler {
       while (this.queue.length > 0 || this.prefilling.length > 0 || this.batches.length > 0) {
         this.admit();
         if (this.prefilling.length > 0) {
-          this.dispatch(this.prefillWork());
+          this.dispatch(await this.prefillWork());
           await nextMacrotask();
         }
         for (const batch of this.batches) {
           if (batch.size === 0) continue;
-          this.dispatch(this.timed('step', batch.size, () => batch.step()));
+          this.dispatch(await this.timed('step', batch.size, () => batch.step()));
           await nextMacrotask();
         }
         for (const b of this.batches) if (b.size === 0) b.dispose();
@@ -289,7 +289,7 @@ export class Scheduler {
    * the next piece of the first job's prompt, or (fresh short prompts) several whole prompts in one call. Jobs whose
    * prefill completes start decoding.
    */
-  private prefillWork(): GenerationEvent[] {
+  private async prefillWork(): Promise<GenerationEvent[]> {
     const events: GenerationEvent[] = [];
     for (const job of this.prefilling) for (const s of job.sequences) if (s.signal?.aborted) events.push(s.abort());
     this.keepJobs((job) => job.sequences.some((s) => !s.finished));
@@ -298,7 +298,9 @@ export class Scheduler {
     if (!first.scored) {
       first.scored = true;
       const rows = first.sequences.filter((s) => s.promptLogprobs !== undefined).length;
-      events.push(...this.timed('score', rows, () => scorePrompts(this.model, this.vocabLimit, first.sequences)));
+      events.push(
+        ...(await this.timed('score', rows, () => scorePrompts(this.model, this.vocabLimit, first.sequences))),
+      );
       this.keepJobs((job) => job.sequences.some((s) => !s.finished));
       return events;
     }
@@ -322,7 +324,7 @@ export class Scheduler {
     const size = continued ? Math.max(1, Math.floor(chunk / STEP_PREFILL_COST)) : chunk;
     const pieces = jobs.map((job) => ids(job).slice(job.done, job.done + size));
     const state = jobs[0]!.state;
-    const { logits, state: after } = this.timed('prefill', jobs.length, () =>
+    const { logits, state: after } = await this.timed('prefill', jobs.length, () =>
       state ? continuePrefill(this.model, pieces[0]!, state) : this.model.prefill(pieces),
     );
     first.state = null; // advanced in place into `after`
@@ -337,7 +339,7 @@ export class Scheduler {
     const sequences = jobs.flatMap((job) => job.sequences.filter((s) => !s.finished));
     const rowOf = jobs.flatMap((job, row) => job.sequences.filter((s) => !s.finished).map(() => row));
     const batch = new DecodeBatch(this.model, this.tokenizer, sequences);
-    events.push(...batch.begin(logits, after, rowOf));
+    events.push(...(await batch.begin(logits, after, rowOf)));
     if (batch.size > 0 && !this.batches.some((b) => b.size > 0 && b.absorb(batch))) this.batches.push(batch);
     return events;
   }
