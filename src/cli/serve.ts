@@ -1,12 +1,21 @@
-// `retnet serve`: the OpenAI-compatible server (completions, chat completions) for a model directory. Prints the URL once it listens;
-// SIGTERM (or Ctrl-C) lets generations in flight finish for a grace period, cancels the rest and exits 0.
+// `retnet serve`: the OpenAI-compatible server (completions, chat completions) for a model directory. Prints the
+// URL once it listens; SIGTERM (or Ctrl-C) lets generations in flight finish for a grace period, cancels the rest and exits 0.
 
 import { readFileSync } from 'node:fs';
 import { basename, resolve } from 'node:path';
 
 import { PREFILL_CHUNK } from '../generate/scheduler.js';
 import { LOG_LEVELS, startServer } from '../server/server.js';
-import { type Command, UsageError, choiceFlag, intFlag, parseFlags } from './command.js';
+import {
+  type Command,
+  UsageError,
+  choiceFlag,
+  intFlag,
+  parseFlags,
+  WEIGHTS_FLAG,
+  WEIGHTS_USAGE,
+  weightsFlag,
+} from './command.js';
 import { loadForGeneration } from './generate.js';
 
 export const serveCommand: Command = {
@@ -18,7 +27,7 @@ export const serveCommand: Command = {
     'retnet serve --model DIR [--port N] [--host H] [--api-key K] [--model-id NAME] [--max-body-bytes N] ' +
     '[--max-prompt-tokens N] [--max-tokens N] [--max-active N] [--max-queued N] [--shutdown-grace-ms N] ' +
     `[--prefill-chunk N] [--strict] [--cors ORIGIN[,ORIGIN...]|'*'] [--chat-template FILE] ` +
-    `[--log-level ${LOG_LEVELS.join('|')}]  ` +
+    `[--log-level ${LOG_LEVELS.join('|')}] ${WEIGHTS_USAGE}  ` +
     '(the key may also come from RETNET_API_KEY)',
   async run(argv) {
     const { values } = parseFlags('serve', argv, {
@@ -38,6 +47,7 @@ export const serveCommand: Command = {
       strict: { type: 'boolean' },
       cors: { type: 'string' },
       'chat-template': { type: 'string' },
+      ...WEIGHTS_FLAG,
     });
     if (!values.model) throw new UsageError('serve: --model DIR is required');
     const int = (flag: keyof typeof values, fallback: number, min = 1, max?: number) =>
@@ -56,7 +66,7 @@ export const serveCommand: Command = {
       } catch (e) {
         throw new UsageError(`serve: --chat-template ${values['chat-template']}: ${(e as Error).message}`);
       }
-    const { model, tokenizer, chatTemplate } = loadForGeneration(values.model);
+    const { model, tokenizer, chatTemplate } = loadForGeneration(values.model, weightsFlag('serve', values.weights));
     const server = await startServer(model, tokenizer, {
       modelId: values['model-id'] ?? basename(resolve(values.model)),
       host: values.host ?? '127.0.0.1',
