@@ -6,7 +6,6 @@
 
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 
-import { parseFlags } from '../src/cli/command.js';
 import { generate } from '../src/generate/generate.js';
 import type { CausalLM } from '../src/models/lm.js';
 import { createModel } from '../src/models/registry.js';
@@ -123,9 +122,8 @@ async function benchServer(clients: number, newTokens: number): Promise<BenchRec
   };
 }
 
-export async function generateSuite(argv: string[]): Promise<void> {
-  const { values } = parseFlags('bench generate', argv, { quick: { type: 'boolean' } });
-  const quick = values.quick === true;
+export async function generateSuite(values: { quick: boolean }): Promise<void> {
+  const quick = values.quick;
   const newTokens = quick ? 32 : 128;
   const before = cpuCounters();
   const generateRows: BenchRecord[] = [];

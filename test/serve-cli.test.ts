@@ -57,10 +57,10 @@ describe('retnet generate / serve', () => {
   it('generate reports bad usage and a model without a tokenizer in one line', () => {
     const noModel = cli('generate', '--prompt', 'x');
     assert.equal(noModel.code, 2);
-    assert.match(noModel.stderr, /--model DIR is required/);
+    assert.match(noModel.stderr, /retnet generate: --model is required/);
     const badTemp = cli('generate', '--model', dir, '--prompt', 'x', '--temperature=-1');
     assert.equal(badTemp.code, 2);
-    assert.match(badTemp.stderr, /--temperature must be a number in \[0, Infinity\], got '-1'/);
+    assert.match(badTemp.stderr, /'--temperature <number>' argument '-1' is invalid\. expected a number in \[0, 100\]/);
     const noTok = cli('generate', '--model', bare, '--prompt', 'x');
     assert.equal(noTok.code, 1);
     assert.match(noTok.stderr, /no tokenizer\.json/);

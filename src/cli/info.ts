@@ -1,15 +1,13 @@
 // `retnet info`: which backend is in use, the BLAS library and its core type, threads and the addon's build flags.
 
 import { getBackend, nativeInfo, nativeUnavailableReason, threadCount } from '../backend/index.js';
-import type { Command } from './command.js';
-import { parseFlags } from './command.js';
+import { bool, defineCommand } from './command.js';
 
-export const infoCommand: Command = {
+export const infoCommand = defineCommand({
   name: 'info',
   summary: 'print the backend, BLAS library, core type, threads and addon build flags',
-  usage: 'retnet info [--json]',
-  async run(argv) {
-    const { values } = parseFlags('info', argv, { json: { type: 'boolean' } });
+  flags: { json: bool('print one JSON object') },
+  async run({ values }) {
     const backend = getBackend();
     const native = nativeInfo();
     const report = {
@@ -41,4 +39,4 @@ export const infoCommand: Command = {
         );
     return 0;
   },
-};
+});
