@@ -8,8 +8,8 @@ import { basename, resolve } from 'node:path';
 import { InvalidArgumentError } from 'commander';
 
 import { RetnetError } from '../errors.js';
-import { startServer } from '../server/server.js';
-import { type Flag, UsageError, defineCommand, int, text } from './command.js';
+import { LOG_LEVELS, startServer } from '../server/server.js';
+import { type Flag, UsageError, choice, defineCommand, int, text } from './command.js';
 import { loadForGeneration } from './generate.js';
 
 const HOSTNAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i;
@@ -52,6 +52,7 @@ export const serveCommand = defineCommand({
       max: 3_600_000,
       default: 5000,
     }),
+    'log-level': choice('request logs on stderr; stack traces only at debug', LOG_LEVELS, { default: 'info' }),
   },
   async run({ values }) {
     const host = values.host;
@@ -72,6 +73,7 @@ export const serveCommand = defineCommand({
       maxTokens: values['max-tokens'],
       maxActive: values['max-active'],
       maxQueued: values['max-queued'],
+      logLevel: values['log-level'],
     }).catch((e: NodeJS.ErrnoException) => {
       model.dispose();
       const why: Record<string, string> = {
