@@ -53,34 +53,29 @@ interface Bounds {
 type Defaults<T> = { default: T; defaultHelp?: string } | { default?: undefined; defaultHelp?: string };
 type Required = { required: true; default?: undefined };
 
-const range = (integer: boolean, { min, max }: Bounds) => `${integer ? 'integer' : 'number'} in [${min}, ${max}]`;
+function numeric(help: string, o: Bounds & Defaults<number>, integer: boolean): Flag<number | undefined> {
+  return {
+    placeholder: integer ? 'int' : 'number',
+    help: `${help} (${integer ? 'integer' : 'number'} in [${o.min}, ${o.max}])`,
+    range: { min: o.min, max: o.max, integer },
+    parse: (raw) => readNumber(raw, integer, o.min, o.max),
+    default: o.default,
+    defaultHelp: o.defaultHelp,
+  };
+}
 
 /** An integer flag within [min, max]. */
 export function int(help: string, o: Bounds & { default: number; defaultHelp?: string }): Flag<number>;
 export function int(help: string, o: Bounds & Defaults<number>): Flag<number | undefined>;
 export function int(help: string, o: Bounds & Defaults<number>): Flag<number | undefined> {
-  return {
-    placeholder: 'int',
-    help: `${help} (${range(true, o)})`,
-    range: { min: o.min, max: o.max, integer: true },
-    parse: (raw) => readNumber(raw, true, o.min, o.max),
-    default: o.default,
-    defaultHelp: o.defaultHelp,
-  };
+  return numeric(help, o, true);
 }
 
 /** A finite number flag within [min, max]. */
 export function num(help: string, o: Bounds & { default: number; defaultHelp?: string }): Flag<number>;
 export function num(help: string, o: Bounds & Defaults<number>): Flag<number | undefined>;
 export function num(help: string, o: Bounds & Defaults<number>): Flag<number | undefined> {
-  return {
-    placeholder: 'number',
-    help: `${help} (${range(false, o)})`,
-    range: { min: o.min, max: o.max, integer: false },
-    parse: (raw) => readNumber(raw, false, o.min, o.max),
-    default: o.default,
-    defaultHelp: o.defaultHelp,
-  };
+  return numeric(help, o, false);
 }
 
 type TextOptions = { placeholder?: string; env?: string; nonEmpty?: boolean };
