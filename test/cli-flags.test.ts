@@ -76,8 +76,8 @@ describe('help and errors', () => {
     const serve = cli(['serve', '--help']);
     assert.equal(serve.code, 0);
     assert.match(
-      serve.stdout,
-      /--port <int> +the TCP port; 0 picks a free one \(integer in \[0, 65535\]\); default: 8000/,
+      serve.stdout.replace(/\s+/g, ' '),
+      /--port <int> the TCP port; 0 picks a free one \(integer in \[0, 65535\]\); default: 8000/,
     );
   });
 

@@ -2,8 +2,6 @@
 // equals the library's, the server prints its URL once ready and exits cleanly on SIGTERM mid-stream.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
@@ -11,6 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { generate } from '../src/generate/generate.js';
 import { createModel, loadModelDir, saveModelDir } from '../src/models/registry.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
+import { tempDir } from './temp.js';
 
 const ROOT = join(import.meta.dirname, '..');
 const RUN = [join(ROOT, 'src', 'cli', 'run.ts')];
@@ -26,9 +25,9 @@ describe('retnet generate / serve', () => {
   let dir: string;
   let bare: string;
   before(() => {
-    dir = mkdtempSync(join(tmpdir(), 'retnet-gen-'));
+    dir = tempDir('retnet-gen-');
     saveModelDir(dir, createModel('retnet', 'tiny', tiny, { seed: 4 }), new ByteTokenizer());
-    bare = mkdtempSync(join(tmpdir(), 'retnet-gen-bare-'));
+    bare = tempDir('retnet-gen-bare-');
     saveModelDir(bare, createModel('retnet', 'tiny', tiny, { seed: 4 }));
   });
 

@@ -9,6 +9,7 @@ import type { Spec } from 'vega';
 
 import { FormatError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
+import { importOptional } from '../optional.js';
 import { UsageError, defineCommand, list, text } from './command.js';
 
 export interface CurvePoint {
@@ -128,9 +129,9 @@ export function curvesSpec(points: readonly CurvePoint[], title: string): Spec {
 
 /** Renders a Vega specification to an SVG string and PNG bytes (at twice the size, for sharp text). */
 export async function renderSpec(spec: Spec): Promise<{ svg: string; png: Buffer }> {
-  // Loaded here, not at startup: every other command would pay for the charting libraries.
-  const vega = await import('vega');
-  const { Resvg } = await import('@resvg/resvg-js');
+  // Loaded here, not at startup (optional dependencies: every other command would pay for them).
+  const vega = await importOptional<typeof import('vega')>('vega');
+  const { Resvg } = await importOptional<typeof import('@resvg/resvg-js')>('@resvg/resvg-js');
   const view = new vega.View(vega.parse(spec), { renderer: 'none' });
   const svg = await view.toSVG();
   view.finalize();

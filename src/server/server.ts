@@ -5,7 +5,7 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 
 import { ConfigError } from '../errors.js';
 import { QueueFullError, Scheduler, ShuttingDownError } from '../generate/scheduler.js';
@@ -125,6 +125,8 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
   let openResponses = 0;
   let allClosed: (() => void) | null = null;
 
+  // Loaded here: `import 'retnet'` does not load the HTTP server.
+  const { default: Fastify } = await import('fastify');
   const app: FastifyInstance = Fastify({
     bodyLimit: maxBodyBytes,
     logger: { level: opts.logLevel ?? 'info', stream: opts.logStream ?? process.stderr },
