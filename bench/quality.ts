@@ -8,7 +8,8 @@ import { join } from 'node:path';
 
 import { readCurves, renderCurves } from '../src/cli/plot.js';
 import { DEFAULT_CACHE } from '../src/cli/train.js';
-import { type Arch, createModel, saveModelDir } from '../src/models/registry.js';
+import { saveModelDir } from '../src/io/model-dir.js';
+import { type Arch, createModel } from '../src/models/registry.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
 import { ShardReader, prepareData } from '../src/train/data.js';
 import { evaluate } from '../src/train/evaluate.js';
