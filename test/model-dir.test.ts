@@ -152,11 +152,23 @@ describe('retnet logits', () => {
     const dir = torchscaleDir('dev_default');
     const cases: [string[], RegExp][] = [
       [['--model', dir], /--tokens is required/],
-      [['--model', dir, '--tokens', '1,x'], /'--tokens <ids>' argument '1,x' is invalid\. item 1 \('x'\): expected an integer/],
+      [
+        ['--model', dir, '--tokens', '1,x'],
+        /'--tokens <ids>' argument '1,x' is invalid\. item 1 \('x'\): expected an integer/,
+      ],
       [['--model', dir, '--tokens', '1,80'], /token 80 at position 1 is outside the vocabulary \[0, 80\)/],
-      [['--model', dir, '--tokens', '1', '--form', 'sideways'], /'--form <parallel\|recurrent\|chunkwise>' argument 'sideways' is invalid/],
-      [['--model', dir, '--tokens', '1', '--dtype', 'int8'], /argument 'int8' is invalid\. expected one of float32, float64/],
-      [['--model', dir, '--tokens', '1', '--chunk-size', '0'], /'--chunk-size <int>' argument '0' is invalid\. expected an integer in \[1, 65536\]/],
+      [
+        ['--model', dir, '--tokens', '1', '--form', 'sideways'],
+        /'--form <parallel\|recurrent\|chunkwise>' argument 'sideways' is invalid/,
+      ],
+      [
+        ['--model', dir, '--tokens', '1', '--dtype', 'int8'],
+        /argument 'int8' is invalid\. expected one of float32, float64/,
+      ],
+      [
+        ['--model', dir, '--tokens', '1', '--chunk-size', '0'],
+        /'--chunk-size <int>' argument '0' is invalid\. expected an integer in \[1, 65536\]/,
+      ],
       [['--tokens', '1'], /retnet logits: --model is required/],
       [['--model', join(dir, 'missing'), '--tokens', '1'], /model directory does not exist/],
     ];
