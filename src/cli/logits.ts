@@ -4,11 +4,32 @@
 import { getBackend } from '../backend/index.js';
 import { noGrad } from '../autograd/tape.js';
 import { loadModelDir } from '../io/model-dir.js';
+import { SIZE_BOUNDS } from '../models/bounds.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { tidy } from '../tensor/scope.js';
 import { UsageError, choice, defineCommand, int, intItem, list, text } from './command.js';
 
 const FORMS = ['parallel', 'recurrent', 'chunkwise'] as const;
+
+/**
+ * Streams `{"logits": [[...], ...]}` to stdout a few rows per write, so the cost is linear in the number of values and
+ * no second copy of the logits (as JSON) is ever held whole. (Writes to a pipe or file are synchronous on Linux.)
+ */
+function writeRows(flat: ArrayLike<number>, rows: number, V: number): void {
+  const ROWS_PER_WRITE = 64;
+  let pending: string[] = ['{"logits":['];
+  for (let i = 0; i < rows; i++) {
+    const row: number[] = new Array<number>(V);
+    for (let j = 0; j < V; j++) row[j] = flat[i * V + j]!;
+    pending.push(`${i > 0 ? ',' : ''}${JSON.stringify(row)}`);
+    if (pending.length >= ROWS_PER_WRITE) {
+      process.stdout.write(pending.join(''));
+      pending = [];
+    }
+  }
+  pending.push(']}\n');
+  process.stdout.write(pending.join(''));
+}
 
 export const logitsCommand = defineCommand({
   name: 'logits',
@@ -22,7 +43,7 @@ export const logitsCommand = defineCommand({
     form: choice('RetNet only: the form of the pass', FORMS, { default: 'parallel' }),
     'chunk-size': int('RetNet only: the chunk size of the chunkwise form', {
       min: 1,
-      max: 65536,
+      max: SIZE_BOUNDS.chunkSize,
       defaultHelp: "the model's",
     }),
     dtype: choice('float64 runs on the reference backend', ['float32', 'float64'] as const, { default: 'float32' }),
@@ -62,8 +83,7 @@ export const logitsCommand = defineCommand({
       flat = noGrad(() => tidy(() => model.forward(backend.fromData(tokens, [1, tokens.length], 'int32')).data()));
     }
     model.dispose();
-    const rows = tokens.map((_, i) => Array.from(flat).slice(i * V, (i + 1) * V));
-    process.stdout.write(`${JSON.stringify({ logits: rows })}\n`);
+    writeRows(flat, tokens.length, V);
     return 0;
   },
 });

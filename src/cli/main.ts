@@ -1,5 +1,6 @@
-// `retnet <command> [flags]`: dispatches to the subcommands. Errors of the command line (exit code 2) and of the
-// library (RetnetError, exit code 1) print as one line on stderr; anything else is a bug and prints its stack.
+// `retnet <command> [flags]`: dispatches to the subcommands. Errors of the command line (exit code 2), of the library
+// (RetnetError, exit code 1) and of the filesystem (ENOSPC, EROFS, ..., exit code 1) print as one line on stderr;
+// anything else is a bug and prints its stack.
 
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -7,7 +8,7 @@ import { join } from 'node:path';
 import { Command as Commander, CommanderError } from 'commander';
 
 import { packageRoot } from '../backend/addon.js';
-import { RetnetError } from '../errors.js';
+import { RetnetError, describeSystemError } from '../errors.js';
 import { benchCommand } from './bench.js';
 import { type Command, UsageError, configure } from './command.js';
 import { demoCommand } from './demo.js';
@@ -62,6 +63,11 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (e instanceof RetnetError) {
       process.stderr.write(`retnet ${name}: ${e.message}\n`);
+      return 1;
+    }
+    const system = describeSystemError(e);
+    if (system !== null) {
+      process.stderr.write(`retnet ${name}: ${system}\n`);
       return 1;
     }
     throw e;

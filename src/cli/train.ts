@@ -3,13 +3,14 @@
 // a checkpoint; `--resume` continues it exactly. The run's settings are kept in DIR/run.json, so a resumed command
 // may repeat them (or leave them out); only --steps and the reporting cadence may change on a resume.
 
-import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 
 import { writeFileAtomic } from '../io/atomic.js';
 import { loadModelDir, saveModelDir } from '../io/model-dir.js';
 import { ARCHS, type Arch, createModel } from '../models/registry.js';
+import { SIZE_BOUNDS } from '../models/bounds.js';
 import { RETNET_PRESETS, retnetPreset } from '../models/retnet/config.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { transformerPreset } from '../models/transformer/config.js';
@@ -77,7 +78,11 @@ export const DATA_FLAGS = {
   'seq-len': int('tokens per sequence', { min: 1, max: 65536, default: D.seqLen }),
   batch: int('sequences per micro-batch', { min: 1, max: 4096, default: D.batch }),
   form: choice('RetNet only: the form of the full-sequence pass', FORMS, { default: 'parallel' }),
-  'chunk-size': int('RetNet only: the chunk size of the chunkwise form', { min: 1, max: 65536, default: 64 }),
+  'chunk-size': int('RetNet only: the chunk size of the chunkwise form', {
+    min: 1,
+    max: SIZE_BOUNDS.chunkSize,
+    default: 64,
+  }),
 };
 
 const FLAGS = {
@@ -110,6 +115,31 @@ const FLAGS = {
   }),
   vocab: int('BPE vocabulary size', { min: 259, max: 65536, default: 4096 }),
 };
+
+/**
+ * Checks before any long work that `path` can be (or become) a directory: it is one, or nothing exists there and its
+ * nearest existing ancestor is a directory. (Otherwise the run would fail with ENOTDIR/EEXIST after tokenising.)
+ */
+export function checkDirFlag(command: string, flag: string, path: string): void {
+  for (let p = path; ; p = dirname(p)) {
+    let st;
+    try {
+      st = statSync(p, { throwIfNoEntry: false });
+    } catch (e) {
+      if ((e as { code?: string }).code !== 'ENOTDIR') throw e;
+    }
+    if (st !== undefined) {
+      if (!st.isDirectory())
+        throw new UsageError(
+          p === path
+            ? `${command}: --${flag} ${path} is a file, not a directory; choose a directory`
+            : `${command}: --${flag} ${path}: ${p} is a file, not a directory; choose another path`,
+        );
+      return;
+    }
+    if (dirname(p) === p) return;
+  }
+}
 
 /** Checks batch × seq-len against MAX_BATCH_TOKENS. */
 export function checkBatchTokens(command: string, batch: number, seqLen: number): void {
@@ -224,6 +254,11 @@ export const trainCommand = defineCommand({
   async run(parsed) {
     const { values } = parsed;
     const out = resolve(values.out);
+    checkDirFlag('train', 'out', out);
+    // A run directory whose run stopped before its first checkpoint has nothing to lose: it starts again from step 0
+    // (with its saved settings under --resume, with the flags' settings without it).
+    const hasRun = existsSync(join(out, 'run.json')) || existsSync(join(out, 'checkpoints'));
+    const hasCheckpoint = hasRun && latestCheckpoint(out) !== null;
     const resume = values.resume;
     let settings: RunSettings;
     if (resume) {
@@ -232,11 +267,14 @@ export const trainCommand = defineCommand({
       const changed = changedSetting(saved, settings);
       if (changed) throw new UsageError(`train: --resume: ${changed}; a resumed run keeps its settings`);
     } else {
-      if (existsSync(join(out, 'run.json')) || (existsSync(out) && readdirSync(out).includes('checkpoints')))
+      if (hasCheckpoint)
         throw new UsageError(`train: ${out} already holds a run; pass --resume to continue it or choose another --out`);
       settings = settingsFromFlags(parsed, null);
       checkModelSettings(settings);
     }
+    if (hasRun && !hasCheckpoint)
+      process.stderr.write(`train: ${out} holds a run that stopped before its first checkpoint; starting it again\n`);
+    checkDirFlag('train', 'cache', settings.data.cacheDir);
     const stopAt = values['stop-at'];
     const log = (line: string) => process.stderr.write(`${line}\n`);
     const d = settings.data;
@@ -251,8 +289,7 @@ export const trainCommand = defineCommand({
     });
 
     // A resumed run rebuilds its model from the checkpoint's config.json; a new one from the preset.
-    const checkpoint = resume ? latestCheckpoint(out) : null;
-    if (resume && !checkpoint) throw new UsageError(`train: --resume: ${out} holds no checkpoint`);
+    const checkpoint = resume && hasCheckpoint ? latestCheckpoint(out) : null;
     const model = checkpoint
       ? loadModelDir(checkpoint).model
       : createModel(
@@ -267,7 +304,7 @@ export const trainCommand = defineCommand({
           { seed: settings.train.seed },
         );
     mkdirSync(out, { recursive: true });
-    if (!resume) writeFileAtomic(join(out, 'run.json'), `${JSON.stringify(settings, null, 2)}\n`);
+    if (!checkpoint) writeFileAtomic(join(out, 'run.json'), `${JSON.stringify(settings, null, 2)}\n`);
     log(
       `model: ${settings.arch} ${settings.preset}, ${model.parameterCount()} parameters, vocabulary ${model.vocabSize}` +
         (model instanceof RetNetModel ? `, ${settings.form} form` : ''),
@@ -287,7 +324,7 @@ export const trainCommand = defineCommand({
         outDir: out,
         config: settings.train,
         writeModel: (dir) => saveModelDir(dir, model, data.tokenizer),
-        resume,
+        resume: checkpoint !== null,
         stop,
         stopAtStep: stopAt,
       });
