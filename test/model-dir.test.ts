@@ -167,7 +167,7 @@ describe('retnet logits', () => {
       ],
       [
         ['--model', dir, '--tokens', '1', '--chunk-size', '0'],
-        /'--chunk-size <int>' argument '0' is invalid\. expected an integer in \[1, 65536\]/,
+        /'--chunk-size <int>' argument '0' is invalid\. expected an integer in \[1, 8192\]/,
       ],
       [['--tokens', '1'], /retnet logits: --model is required/],
       [['--model', join(dir, 'missing'), '--tokens', '1'], /model directory does not exist/],
