@@ -5,7 +5,7 @@
 
 import { resolve } from 'node:path';
 
-import { packageRoot } from '../src/backend/addon.js';
+import { packageRoot } from '../src/backend/cpu/load.js';
 import {
   type Command,
   type FlagValues,

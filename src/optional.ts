@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 
-import { packageRoot } from './backend/addon.js';
+import { packageRoot } from './backend/cpu/load.js';
 import { RetnetError } from './errors.js';
 
 /** An optional dependency is not installed. */

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
-import type { Backend } from '../src/backend/backend.js';
+import type { Device } from '../src/backend/device.js';
 import { noGrad } from '../src/autograd/tape.js';
 import { ConfigError } from '../src/errors.js';
 import { readSafetensors } from '../src/io/safetensors.js';
@@ -103,7 +103,7 @@ for (const [backendName, dtype, tol] of [
   ['reference', 'float64', 1e-10],
   ['native', 'float32', 1e-4],
 ] as const) {
-  const be = (): Backend => (backendName === 'reference' ? ref : nat());
+  const be = (): Device => (backendName === 'reference' ? ref : nat());
   for (const copy of COPIES)
     describe(`fla vectors, ${copy.name} checkpoint, ${backendName} backend, ${dtype} (tol ${tol})`, () => {
       const load = () => loadModelDir(copy.dir, { backend: be(), dtype: dtype as DType }).model as RetNetModel;

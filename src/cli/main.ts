@@ -7,7 +7,7 @@ import { join } from 'node:path';
 
 import { Command as Commander, CommanderError } from 'commander';
 
-import { packageRoot } from '../backend/addon.js';
+import { packageRoot } from '../backend/cpu/load.js';
 import { RetnetError, describeSystemError } from '../errors.js';
 import { benchCommand } from './bench.js';
 import { type Command, UsageError, configure } from './command.js';

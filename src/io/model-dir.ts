@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { getBackend } from '../backend/index.js';
-import { retentionGammas } from '../backend/retention-math.js';
+import { retentionGammas } from '../backend/reference/retention-math.js';
 import { FormatError } from '../errors.js';
 import type { CausalLM } from '../models/lm.js';
 import { type ModelOptions, modelConfigJSON, modelFromConfig } from '../models/registry.js';
