@@ -2,7 +2,7 @@
 // optional packages (the HTTP server, charts, the BPE trainer), and a missing optional package is a clear error.
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { describe, it } from 'node:test';
@@ -28,6 +28,8 @@ describe('npm package', () => {
     for (const f of files.filter((p) => p.startsWith('dist/src/') && p.endsWith('.js'))) {
       assert.ok(files.includes(f.replace(/\.js$/, '.d.ts')), `${f} has its types`);
       assert.ok(files.includes(`${f}.map`), `${f} has its source map`);
+      const source = join(ROOT, f.replace(/^dist\//, '').replace(/\.js$/, '.ts'));
+      assert.ok(existsSync(source), `${f} is built from ${source} (npm run build clears stale output)`);
     }
     const unwanted = [
       /^test\//,
