@@ -87,6 +87,12 @@ export const suites: Command[] = [
     { quick },
     async (v) => (await import('./peer.js')).peerSuite(v),
   ),
+  suite(
+    'lowp',
+    'decode with f32/bf16/int8/q4 weights vs the memory bound and PyTorch',
+    { quick, models: list('models to measure (base, 1.3B)', (s) => s, { placeholder: 'names', maxItems: 2 }) },
+    async (v) => (await import('./lowp.js')).lowpSuite(v),
+  ),
   suite('data', 'tokenising Brown into shards (bytes, BPE 4096): cold and reused', { quick }, async (v) =>
     (await import('./data.js')).dataSuite(v),
   ),

@@ -7,6 +7,7 @@
 import { Command as Commander, CommanderError, InvalidArgumentError, Option } from 'commander';
 
 import { RetnetError } from '../errors.js';
+import { WEIGHT_FORMATS } from '../quant/formats.js';
 
 /** A user error on the command line: printed as one line with a pointer to the command's help, exit code 2. */
 export class UsageError extends RetnetError {}
@@ -164,6 +165,13 @@ export function list<T>(
 
 /** An integer list item within [min, max] (for `list`). */
 export const intItem = (min: number, max: number) => (raw: string) => readNumber(raw, true, min, max);
+
+/** `--weights` (generate, serve, eval, logits): the format every Linear's weight is converted to at load (src/quant). */
+export const WEIGHTS_FLAG = {
+  weights: choice("convert every Linear's weight to this format at load", WEIGHT_FORMATS, {
+    defaultHelp: 'as the checkpoint holds them',
+  }),
+};
 
 /** What a command's `run` receives: the flag values (defaults applied), positionals, and which flags were given. */
 export interface Parsed<F extends Flags> {

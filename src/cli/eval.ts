@@ -12,7 +12,7 @@ import { RetNetModel } from '../models/retnet/model.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { ShardReader, prepareData } from '../train/data.js';
 import { evaluate } from '../train/evaluate.js';
-import { UsageError, choice, defineCommand, int, text } from './command.js';
+import { UsageError, WEIGHTS_FLAG, choice, defineCommand, int, text } from './command.js';
 import { DATA_FLAGS, DEFAULT_CACHE, type RunSettings, checkBatchTokens } from './train.js';
 
 const SPLITS = ['val', 'train', 'all'] as const;
@@ -25,6 +25,7 @@ export const evalCommand = defineCommand({
     ...DATA_FLAGS,
     data: text(DATA_FLAGS.data.help, { placeholder: 'path|brown', required: true, nonEmpty: true }),
     split: choice('which split to evaluate', SPLITS, { default: 'val' }),
+    ...WEIGHTS_FLAG,
     'max-batches': int('stop after this many batches', { min: 1, max: Number.MAX_SAFE_INTEGER, defaultHelp: 'all' }),
   },
   epilog:
@@ -43,7 +44,7 @@ export const evalCommand = defineCommand({
     if (split !== 'all' && valFraction === 0)
       throw new UsageError(`eval: --split ${split} needs a validation fraction above 0 (or use --split all)`);
 
-    const { model, tokenizer } = loadModelDir(dir);
+    const { model, tokenizer } = loadModelDir(dir, { weights: v.weights });
     if (!tokenizer)
       throw new FormatError(`${dir}: no tokenizer.json; eval needs the tokenizer the model was trained with`);
     let forward = (ids: Tensor) => model.forward(ids);

@@ -9,11 +9,12 @@ import type { SamplingOptions } from '../generate/sampler.js';
 import type { CausalLM } from '../models/lm.js';
 import { loadModelDir } from '../io/model-dir.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
-import { UsageError, bool, defineCommand, int, num, text } from './command.js';
+import type { WeightFormat } from '../quant/formats.js';
+import { UsageError, WEIGHTS_FLAG, bool, defineCommand, int, num, text } from './command.js';
 
-/** Loads a model directory for generation, which needs its tokenizer. */
-export function loadForGeneration(dir: string): { model: CausalLM; tokenizer: Tokenizer } {
-  const { model, tokenizer } = loadModelDir(dir);
+/** Loads a model directory for generation, which needs its tokenizer (weights: as `--weights`). */
+export function loadForGeneration(dir: string, weights?: WeightFormat): { model: CausalLM; tokenizer: Tokenizer } {
+  const { model, tokenizer } = loadModelDir(dir, { weights });
   if (!tokenizer) {
     model.dispose();
     throw new ConfigError(`${dir}: no tokenizer.json; generation needs the tokenizer the model was trained with`);
@@ -141,6 +142,7 @@ export const generateCommand = defineCommand({
     seed: int('seeds the sampler', { min: 0, max: 2 ** 32 - 1, defaultHelp: 'random' }),
     stop: text('stop when the text contains this string'),
     'ignore-eos': bool('keep generating past the end-of-text token'),
+    ...WEIGHTS_FLAG,
   },
   async run({ values }) {
     const sampling: SamplingOptions = {
@@ -157,7 +159,7 @@ export const generateCommand = defineCommand({
       stop: values.stop === undefined || values.stop === '' ? [] : [values.stop],
       ignoreEos: values['ignore-eos'],
     };
-    const { model, tokenizer } = loadForGeneration(values.model);
+    const { model, tokenizer } = loadForGeneration(values.model, values.weights);
     // Ctrl-C ends the generation cleanly (the text so far and the speed line are still printed).
     const interrupt = new AbortController();
     const onSigint = () => interrupt.abort();

@@ -7,7 +7,7 @@ import { loadModelDir } from '../io/model-dir.js';
 import { SIZE_BOUNDS } from '../models/bounds.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { tidy } from '../tensor/scope.js';
-import { UsageError, choice, defineCommand, int, intItem, list, text } from './command.js';
+import { UsageError, WEIGHTS_FLAG, choice, defineCommand, int, intItem, list, text } from './command.js';
 
 const FORMS = ['parallel', 'recurrent', 'chunkwise'] as const;
 
@@ -46,6 +46,7 @@ export const logitsCommand = defineCommand({
       max: SIZE_BOUNDS.chunkSize,
       defaultHelp: "the model's",
     }),
+    ...WEIGHTS_FLAG,
     dtype: choice('float64 runs on the reference backend', ['float32', 'float64'] as const, { default: 'float32' }),
   },
   async run({ values, given }) {
@@ -53,7 +54,10 @@ export const logitsCommand = defineCommand({
     const dtype = values.dtype;
     // float64 runs on the reference backend, the only one that holds it.
     const backend = dtype === 'float64' ? getBackend('reference') : getBackend();
-    const { model } = loadModelDir(values.model, { backend, dtype });
+    const weights = values.weights;
+    if (weights && dtype !== 'float32')
+      throw new UsageError(`logits: --weights ${weights} computes in float32; leave out --dtype ${dtype}`);
+    const { model } = loadModelDir(values.model, { backend, dtype, weights });
     for (const [i, t] of tokens.entries())
       if (t >= model.vocabSize)
         throw new UsageError(`logits: token ${t} at position ${i} is outside the vocabulary [0, ${model.vocabSize})`);

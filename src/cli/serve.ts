@@ -9,7 +9,7 @@ import { InvalidArgumentError } from 'commander';
 
 import { RetnetError } from '../errors.js';
 import { LOG_LEVELS, startServer } from '../server/server.js';
-import { type Flag, UsageError, choice, defineCommand, int, text } from './command.js';
+import { type Flag, UsageError, WEIGHTS_FLAG, choice, defineCommand, int, text } from './command.js';
 import { loadForGeneration } from './generate.js';
 
 const HOSTNAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i;
@@ -52,6 +52,7 @@ export const serveCommand = defineCommand({
       max: 3_600_000,
       default: 5000,
     }),
+    ...WEIGHTS_FLAG,
     'log-level': choice('request logs on stderr; stack traces only at debug', LOG_LEVELS, { default: 'info' }),
   },
   async run({ values }) {
@@ -62,7 +63,7 @@ export const serveCommand = defineCommand({
         throw new UsageError(`serve: --host '${host}' does not resolve (${e.code ?? e.message})`);
       });
     const graceMs = values['shutdown-grace-ms'];
-    const { model, tokenizer } = loadForGeneration(values.model);
+    const { model, tokenizer } = loadForGeneration(values.model, values.weights);
     const server = await startServer(model, tokenizer, {
       modelId: values['model-id'] ?? basename(resolve(values.model)),
       host,
