@@ -99,7 +99,7 @@ export const suites: Command[] = [
   suite(
     'generate',
     'generate() prefill/decode tokens/s by batch; HTTP server tokens/s, time to first token, loop blocking',
-    { quick },
+    { quick, 'prefill-only': bool('only the prefill-interference measurement') },
     async (v) => (await import('./generate.js')).generateSuite(v),
   ),
   suite(

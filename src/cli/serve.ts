@@ -1,15 +1,17 @@
-// `retnet serve`: the OpenAI-compatible completions server for a model directory. Prints the URL once it listens;
-// SIGTERM (or Ctrl-C) lets generations in flight finish for a grace period, cancels the rest and exits 0.
+// `retnet serve`: the OpenAI-compatible server (completions, chat completions) for a model directory. Prints the
+// URL once it listens; SIGTERM (or Ctrl-C) lets generations in flight finish for a grace period, cancels the rest and exits 0.
 
 import { lookup } from 'node:dns/promises';
+import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { basename, resolve } from 'node:path';
 
 import { InvalidArgumentError } from 'commander';
 
 import { RetnetError } from '../errors.js';
+import { PREFILL_CHUNK } from '../generate/scheduler.js';
 import { LOG_LEVELS, startServer } from '../server/server.js';
-import { type Flag, UsageError, WEIGHTS_FLAG, choice, defineCommand, int, text } from './command.js';
+import { type Flag, UsageError, WEIGHTS_FLAG, bool, choice, defineCommand, int, list, text } from './command.js';
 import { loadForGeneration } from './generate.js';
 
 const HOSTNAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i;
@@ -27,7 +29,9 @@ const hostFlag: Flag<string> = {
 
 export const serveCommand = defineCommand({
   name: 'serve',
-  summary: 'serve a model over HTTP: OpenAI /v1/completions (streaming or not), /v1/models, /health',
+  summary:
+    'serve a model over HTTP: OpenAI /v1/completions and /v1/chat/completions (streaming or not), /v1/models, ' +
+    '/tokenize, /detokenize, /metrics, /health',
   flags: {
     model: text('the model directory', { placeholder: 'dir', required: true, nonEmpty: true }),
     port: int('the TCP port; 0 picks a free one', { min: 0, max: 65535, default: 8000 }),
@@ -52,6 +56,17 @@ export const serveCommand = defineCommand({
       max: 3_600_000,
       default: 5000,
     }),
+    'prefill-chunk': int('most prompt tokens in one prefill call', { min: 1, max: 1 << 20, default: PREFILL_CHUNK }),
+    strict: bool('reject request fields this server does not implement'),
+    cors: list(
+      "allowed browser origins, such as http://localhost:3000 (or '*')",
+      (o) => {
+        if (o !== '*' && !/^https?:\/\/[^/\s]+$/.test(o)) throw new Error(`expected an origin or '*', got '${o}'`);
+        return o;
+      },
+      { placeholder: 'origins', maxItems: 64 },
+    ),
+    'chat-template': text('a chat template file', { placeholder: 'file', defaultHelp: "the model directory's" }),
     ...WEIGHTS_FLAG,
     'log-level': choice('request logs on stderr; stack traces only at debug', LOG_LEVELS, { default: 'info' }),
   },
@@ -63,7 +78,14 @@ export const serveCommand = defineCommand({
         throw new UsageError(`serve: --host '${host}' does not resolve (${e.code ?? e.message})`);
       });
     const graceMs = values['shutdown-grace-ms'];
-    const { model, tokenizer } = loadForGeneration(values.model, values.weights);
+    let templateFile: string | undefined;
+    if (values['chat-template'] !== undefined)
+      try {
+        templateFile = readFileSync(values['chat-template'], 'utf8');
+      } catch (e) {
+        throw new UsageError(`serve: --chat-template ${values['chat-template']}: ${(e as Error).message}`);
+      }
+    const { model, tokenizer, chatTemplate } = loadForGeneration(values.model, values.weights);
     const server = await startServer(model, tokenizer, {
       modelId: values['model-id'] ?? basename(resolve(values.model)),
       host,
@@ -74,6 +96,10 @@ export const serveCommand = defineCommand({
       maxTokens: values['max-tokens'],
       maxActive: values['max-active'],
       maxQueued: values['max-queued'],
+      prefillChunk: values['prefill-chunk'],
+      strict: values.strict,
+      corsOrigins: values.cors,
+      chatTemplate: templateFile ?? chatTemplate,
       logLevel: values['log-level'],
     }).catch((e: NodeJS.ErrnoException) => {
       model.dispose();
