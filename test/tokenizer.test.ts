@@ -1,9 +1,8 @@
 // Tokenizers: the byte tokenizer and the trained byte-level BPE round-trip arbitrary Unicode; BPE training is
 // deterministic, honours the vocabulary size, and the pure-JS encoder agrees with the Rust library it was trained by.
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
@@ -14,6 +13,7 @@ import { HfTokenizer } from '../src/tokenizer/hf.js';
 import { loadTokenizer } from '../src/tokenizer/load.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
 import { randomUnicode } from './helpers.js';
+import { tempDir } from './temp.js';
 
 const CORPUS = Array.from(
   { length: 400 },
@@ -22,7 +22,7 @@ const CORPUS = Array.from(
 ).join('\n');
 
 function corpusFile(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'retnet-tok-'));
+  const dir = tempDir('retnet-tok-');
   const path = join(dir, 'corpus.txt');
   writeFileSync(path, CORPUS);
   return path;

@@ -12,11 +12,11 @@
 //   libraries give the same ids.
 
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { ConfigError } from '../errors.js';
+import { requireOptional } from '../optional.js';
 import { HfTokenizer } from './hf.js';
 import { BYTE_SPECIAL_TOKENS, specialTokensJSON } from './tokenizer.js';
 
@@ -41,8 +41,8 @@ export function trainBpe(files: readonly string[], vocabSize: number): HfTokeniz
   const minimum = 256 + BYTE_SPECIAL_TOKENS.length;
   if (!Number.isInteger(vocabSize) || vocabSize < minimum)
     throw new ConfigError(`BPE vocabulary size must be an integer >= ${minimum} (256 bytes + special tokens)`);
-  // Loaded on demand: the native library is only needed to train.
-  const native = createRequire(import.meta.url)('tokenizers') as NativeTokenizers;
+  // Loaded on demand: the native library (an optional dependency) is only needed to train.
+  const native = requireOptional<NativeTokenizers>('tokenizers');
   const trainer = new native.Tokenizer(native.BPE.empty());
   trainer.setPreTokenizer(native.byteLevelPreTokenizer(false, true));
   trainer.train([...files]);
