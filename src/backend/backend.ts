@@ -27,7 +27,7 @@ export interface AdamWParams {
 }
 
 export interface Backend {
-  readonly name: 'native' | 'reference';
+  readonly name: 'native' | 'reference' | 'cuda';
   readonly memory: MemoryTracker;
   supportsDType(dtype: DType): boolean;
 

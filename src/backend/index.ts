@@ -7,10 +7,12 @@ import { availableParallelism } from 'node:os';
 import { BackendError } from '../errors.js';
 import { type NativeInfo, loadAddon } from './addon.js';
 import type { Backend } from './backend.js';
+import { CudaBackend } from './cuda/backend.js';
+import { loadCudaAddon } from './cuda/addon.js';
 import { NativeBackend } from './native.js';
 import { ReferenceBackend } from './reference.js';
 
-export type BackendName = 'native' | 'reference';
+export type BackendName = 'native' | 'reference' | 'cuda';
 
 let reference: ReferenceBackend | null = null;
 let native: NativeBackend | null | undefined;
@@ -34,6 +36,21 @@ export function nativeBackend(): NativeBackend | null {
   return native;
 }
 
+let cuda: CudaBackend | null | undefined;
+
+/** The cuda device, or null when its addon is not built or no CUDA device is present (see `cudaUnavailableReason`). */
+export function cudaBackend(): CudaBackend | null {
+  if (cuda === undefined) {
+    const { addon } = loadCudaAddon();
+    cuda = addon ? new CudaBackend(addon) : null;
+  }
+  return cuda;
+}
+
+export function cudaUnavailableReason(): string | null {
+  return loadCudaAddon().error;
+}
+
 export function nativeUnavailableReason(): string | null {
   nativeBackend();
   return nativeError;
@@ -50,6 +67,11 @@ export function threadCount(): number {
 
 export function getBackend(name?: BackendName): Backend {
   if (name === 'reference') return referenceBackend();
+  if (name === 'cuda') {
+    const b = cudaBackend();
+    if (!b) throw new BackendError(`the cuda device is unavailable: ${cudaUnavailableReason()}`);
+    return b;
+  }
   if (name === 'native') {
     const b = nativeBackend();
     if (!b) throw new BackendError(`the native backend is unavailable: ${nativeError}`);
@@ -58,8 +80,8 @@ export function getBackend(name?: BackendName): Backend {
   if (current) return current;
   const forced = process.env.RETNET_BACKEND;
   if (forced !== undefined && forced !== '') {
-    if (forced !== 'native' && forced !== 'reference')
-      throw new BackendError(`RETNET_BACKEND must be 'native' or 'reference', got '${forced}'`);
+    if (forced !== 'native' && forced !== 'reference' && forced !== 'cuda')
+      throw new BackendError(`RETNET_BACKEND must be 'native', 'reference' or 'cuda', got '${forced}'`);
     current = getBackend(forced);
     return current;
   }
