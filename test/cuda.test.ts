@@ -6,8 +6,9 @@ import { describe, it } from 'node:test';
 
 import { backward } from '../src/autograd/tape.js';
 import { cudaBackend, cudaUnavailableReason } from '../src/backend/index.js';
-import { retentionGammas } from '../src/backend/retention-math.js';
-import type { Backend } from '../src/backend/backend.js';
+import { kernels } from '../src/backend/kernels.js';
+import { retentionGammas } from '../src/backend/reference/retention-math.js';
+import type { Device } from '../src/backend/device.js';
 import { mul, sum } from '../src/ops/math.js';
 import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
@@ -19,7 +20,7 @@ const cuda = cudaBackend();
 const skip = cuda ? false : `no cuda device: ${cudaUnavailableReason()}`;
 if (cuda) cuda.poison = true;
 
-function run(be: Backend, c: (typeof opCases)[number], specs: Parameters<typeof buildInputs>[2], seed: number) {
+function run(be: Device, c: (typeof opCases)[number], specs: Parameters<typeof buildInputs>[2], seed: number) {
   const inputs = buildInputs(be, new Rng(seed), specs, 'float32');
   const out = tidy(() => {
     const y = c.f(inputs);
@@ -49,7 +50,10 @@ describe('cuda kernels equal the reference backend (float32, op cases)', { skip 
   }
 });
 
-/** The same random tensors on both backends. */
+const R = kernels(ref, 'float32');
+const G = cuda ? kernels(cuda, 'float32') : R;
+
+/** The same random tensors on both devices. */
 function pair(rng: Rng, shape: number[], scale = 1): [Tensor, Tensor] {
   const d = randomData(
     rng,
@@ -76,12 +80,12 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
       const [g, gc] = pair(rng, [s.B, s.T, s.H, s.V]);
       const gammas = retentionGammas(s.H);
       for (const form of ['parallel', 'chunkwise'] as const) {
-        const a = ref.retentionForward(form, q, k, v, gammas, s.C);
-        const b = cuda!.retentionForward(form, qc, kc, vc, gammas, s.C);
+        const a = R.retentionForward(form, q, k, v, gammas, s.C);
+        const b = G.retentionForward(form, qc, kc, vc, gammas, s.C);
         assertClose(b.o.data(), a.o.data(), 2e-5, `${form} o`);
         assertClose(b.r.data(), a.r.data(), 2e-5, `${form} r`);
-        const da = ref.retentionBackward(form, q, k, v, gammas, a.r, g, s.C);
-        const db = cuda!.retentionBackward(form, qc, kc, vc, gammas, b.r, gc, s.C);
+        const da = R.retentionBackward(form, q, k, v, gammas, a.r, g, s.C);
+        const db = G.retentionBackward(form, qc, kc, vc, gammas, b.r, gc, s.C);
         for (const x of ['dq', 'dk', 'dv'] as const) assertClose(db[x].data(), da[x].data(), 2e-5, `${form} ${x}`);
       }
     });
@@ -92,12 +96,12 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
       const [v, vc] = pair(rng, [s.B, s.T, s.H, s.V]);
       const [g, gc] = pair(rng, [s.B, s.T, s.H, s.V]);
       for (const alg of ['naive', 'flash'] as const) {
-        const a = ref.attentionForward(alg, q, k, v);
-        const b = cuda!.attentionForward(alg, qc, kc, vc);
+        const a = R.attentionForward(alg, q, k, v);
+        const b = G.attentionForward(alg, qc, kc, vc);
         assertClose(b.o.data(), a.o.data(), 2e-5, `${alg} o`);
         assertClose(b.stats.data(), a.stats.data(), 2e-5, `${alg} stats`);
-        const da = ref.attentionBackward(alg, q, k, v, a.o, a.stats, g);
-        const db = cuda!.attentionBackward(alg, qc, kc, vc, b.o, b.stats, gc);
+        const da = R.attentionBackward(alg, q, k, v, a.o, a.stats, g);
+        const db = G.attentionBackward(alg, qc, kc, vc, b.o, b.stats, gc);
         for (const x of ['dq', 'dk', 'dv'] as const) assertClose(db[x].data(), da[x].data(), 2e-5, `${alg} ${x}`);
       }
     });
@@ -109,16 +113,16 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
     const gammas = retentionGammas(H);
     const [k, kc] = pair(rng, [B, T, H, K], 0.5);
     const [v, vc] = pair(rng, [B, T, H, V], 0.5);
-    const a = ref.retentionState(k, v, gammas);
-    const b = cuda!.retentionState(kc, vc, gammas);
+    const a = R.retentionState(k, v, gammas);
+    const b = G.retentionState(kc, vc, gammas);
     assertClose(b.state.data(), a.state.data(), 2e-5, 'state');
     assertClose(b.scale.data(), a.scale.data(), 2e-6, 'scale');
     for (let step = 0; step < 3; step++) {
       const [q1, q1c] = pair(rng, [B, H, K]);
       const [k1, k1c] = pair(rng, [B, H, K]);
       const [v1, v1c] = pair(rng, [B, H, V]);
-      const oa = ref.retentionStep(q1, k1, v1, a.state, a.scale, gammas);
-      const ob = cuda!.retentionStep(q1c, k1c, v1c, b.state, b.scale, gammas);
+      const oa = R.retentionStep(q1, k1, v1, a.state, a.scale, gammas);
+      const ob = G.retentionStep(q1c, k1c, v1c, b.state, b.scale, gammas);
       assertClose(ob.data(), oa.data(), 2e-5, `step ${step} o`);
       assertClose(b.state.data(), a.state.data(), 2e-5, `step ${step} state`);
     }
@@ -127,7 +131,7 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
     const [kk, kkc] = pair(rng, [B, H, C, K]);
     const [vv, vvc] = pair(rng, [B, H, C, V]);
     const lengths = [1, 157, 300];
-    assertClose(cuda!.attentionDecode(qc, kkc, vvc, lengths).data(), ref.attentionDecode(q, kk, vv, lengths).data(),
+    assertClose(G.attentionDecode(qc, kkc, vvc, lengths).data(), R.attentionDecode(q, kk, vv, lengths).data(),
       2e-5, 'decode'); // prettier-ignore
   });
 
@@ -143,7 +147,7 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
       const [a, ac] = pair(rng, [batch, ta ? K : M, ta ? M : K]);
       const bShape = tb ? [N, K] : [K, N];
       const [b, bc] = pair(rng, shared ? bShape : [batch, ...bShape]);
-      assertClose(cuda!.matmul(ac, bc, ta, tb).data(), ref.matmul(a, b, ta, tb).data(), 2e-5,
+      assertClose(G.matmul(ac, bc, ta, tb).data(), R.matmul(a, b, ta, tb).data(), 2e-5,
         `matmul ${ta} ${tb} ${batch}x${M}x${N}x${K}`); // prettier-ignore
     }
   });
@@ -172,13 +176,16 @@ describe('cuda device memory and errors', { skip }, () => {
     const be = cuda!;
     const table = be.zeros([4, 2], 'float32');
     const ids = be.fromData([0, 3, 4], [3], 'int32');
-    assert.throws(() => be.embedding(table, ids), /token id 4 at position 2 is outside the vocabulary \[0, 4\)/);
+    assert.throws(() => G.embedding(table, ids), /token id 4 at position 2 is outside the vocabulary \[0, 4\)/);
   });
 
   it('rejects a kernel call whose buffer is too small', () => {
     const be = cuda!;
     const x = be.zeros([1000], 'float32');
     const out = be.zeros([10], 'float32'); // one 512-byte block
-    assert.throws(() => be.addon.scale(be.ptr(x), be.ptr(out), 2, 1000), /out: the device buffer holds 512 bytes from there, 4000 needed/);
+    assert.throws(
+      () => be.addon.scale(be.ptr(x), be.ptr(out), 2, 1000),
+      /out: the device buffer holds 512 bytes from there, 4000 needed/,
+    );
   });
 });

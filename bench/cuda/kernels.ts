@@ -7,15 +7,17 @@ import { writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 
 import { getBackend } from '../../src/backend/index.js';
-import { retentionGammas } from '../../src/backend/retention-math.js';
-import type { CudaBackend } from '../../src/backend/cuda/backend.js';
+import { kernels } from '../../src/backend/kernels.js';
+import { retentionGammas } from '../../src/backend/reference/retention-math.js';
+import type { CudaDevice } from '../../src/backend/cuda/device.js';
 import { Rng } from '../../src/tensor/random.js';
 import type { Tensor } from '../../src/tensor/tensor.js';
 
 const args = process.argv.slice(2);
 const outPath = args.includes('--out') ? args[args.indexOf('--out') + 1]! : null;
 const quick = args.includes('--quick');
-const be = getBackend('cuda') as CudaBackend;
+const be = getBackend('cuda') as CudaDevice;
+const kern = kernels(be, 'float32');
 const rng = new Rng(1);
 const records: Record<string, unknown>[] = [];
 
@@ -56,14 +58,14 @@ process.stdout.write(`${JSON.stringify(info)}\n`);
   const b = random([n, n]);
   for (const tf32 of [false, true]) {
     be.tf32 = tf32;
-    const ms = time(() => be.matmul(a, b, false, false).dispose());
+    const ms = time(() => kern.matmul(a, b, false, false).dispose());
     record({ what: tf32 ? 'gemm_tf32' : 'gemm_fp32', n, ms_median: ms, tflops: (2 * n ** 3) / ms / 1e9 });
   }
   be.tf32 = false;
   a.dispose();
   b.dispose();
-  const x = be.empty([2 ** 29]);
-  const y = be.empty([2 ** 29]);
+  const x = be.empty([2 ** 29], 'float32');
+  const y = be.empty([2 ** 29], 'float32');
   const bytes = 2 * 4 * 2 ** 29;
   const ms = time(() => be.addon.copy(be.ptr(y), be.ptr(x), 4 * 2 ** 29));
   record({ what: 'copy', bytes, ms_median: ms, gb_per_s: bytes / ms / 1e6 });
@@ -86,13 +88,13 @@ for (const { B, H, T, D } of shapes) {
   const gammas = retentionGammas(H);
   const C = 64;
   const fwd = time(() => {
-    const { o, r } = be.retentionForward('chunkwise', q, k, v, gammas, C);
+    const { o, r } = kern.retentionForward('chunkwise', q, k, v, gammas, C);
     o.dispose();
     r.dispose();
   });
-  const { o, r } = be.retentionForward('chunkwise', q, k, v, gammas, C);
+  const { o, r } = kern.retentionForward('chunkwise', q, k, v, gammas, C);
   const bwd = time(() => {
-    const d = be.retentionBackward('chunkwise', q, k, v, gammas, r, g, C);
+    const d = kern.retentionBackward('chunkwise', q, k, v, gammas, r, g, C);
     d.dq.dispose();
     d.dk.dispose();
     d.dv.dispose();
@@ -113,17 +115,17 @@ for (const { B, H, T, D } of shapes) {
   });
   const afwd = time(
     () => {
-      const f = be.attentionForward('flash', q, k, v);
+      const f = kern.attentionForward('flash', q, k, v);
       f.o.dispose();
       f.stats.dispose();
     },
     quick ? 3 : 3,
     1,
   );
-  const f = be.attentionForward('flash', q, k, v);
+  const f = kern.attentionForward('flash', q, k, v);
   const abwd = time(
     () => {
-      const d = be.attentionBackward('flash', q, k, v, f.o, f.stats, g);
+      const d = kern.attentionBackward('flash', q, k, v, f.o, f.stats, g);
       d.dq.dispose();
       d.dk.dispose();
       d.dv.dispose();
@@ -156,7 +158,7 @@ for (const Bd of [1, 8]) {
   const k = random([Bd, H, K]);
   const v = random([Bd, H, V]);
   const gammas = retentionGammas(H);
-  const ms = time(() => be.retentionStep(q, k, v, state, scale, gammas).dispose(), quick ? 5 : 50, 5);
+  const ms = time(() => kern.retentionStep(q, k, v, state, scale, gammas).dispose(), quick ? 5 : 50, 5);
   const bytes = Bd * H * K * V * 4 * 2;
   record({ what: 'retention_step', B: Bd, H, K, V, ms_median: ms, gb_per_s: bytes / ms / 1e6 });
 }

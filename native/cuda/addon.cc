@@ -9,7 +9,8 @@
 #include <cstring>
 #include <vector>
 
-#include "../common.h"
+#include "codes.h"
+#include "common.h"
 #include "device.h"
 
 namespace retnet {
@@ -21,8 +22,13 @@ std::vector<std::pair<std::string, KernelFn>>& kernelRegistry() {
 
 namespace {
 
+using codes::AttentionWork;
+using codes::RetentionWork;
 using cuda::CudaError;
 using cuda::Dims;
+
+int64_t code(AttentionWork w) { return static_cast<int64_t>(w); }
+int64_t code(RetentionWork w) { return static_cast<int64_t>(w); }
 
 // A device pointer argument with room for `bytes` from it.
 void* dev(const Napi::CallbackInfo& info, size_t i, const char* what, int64_t bytes) {
@@ -291,7 +297,7 @@ RETNET_KERNEL("gemm", Gemm);
 Napi::Value Binary(const Napi::CallbackInfo& info) {
   return run(info, [&] {
     int64_t op = dim(info, 0, "op"), n = dim(info, 4, "n"), m = dim(info, 5, "m");
-    if (op > 1) throw ArgError{"binary: op must be 0 (add) or 1 (mul)"};
+    if (op >= codes::kBinaryOpCount) throw ArgError{"binary: unknown op"};
     if (n > 0 && (m == 0 || n % m != 0)) throw ArgError{"binary: broadcast length must divide the length"};
     cuda::binary(static_cast<int>(op), f(info, 1, "a", n), f(info, 2, "b", m), f(info, 3, "out", n), n, m);
   });
@@ -320,7 +326,7 @@ RETNET_KERNEL("sumRows", SumRows);
 Napi::Value Activation(const Napi::CallbackInfo& info) {
   return run(info, [&] {
     int64_t kind = dim(info, 0, "kind"), n = dim(info, 3, "n");
-    if (kind > 2) throw ArgError{"activation: unknown kind"};
+    if (kind >= codes::kActivationCount) throw ArgError{"activation: unknown kind"};
     cuda::activation(static_cast<int>(kind), f(info, 1, "x", n), f(info, 2, "out", n), n);
   });
 }
@@ -329,7 +335,7 @@ RETNET_KERNEL("activation", Activation);
 Napi::Value ActivationBackward(const Napi::CallbackInfo& info) {
   return run(info, [&] {
     int64_t kind = dim(info, 0, "kind"), n = dim(info, 4, "n");
-    if (kind > 2) throw ArgError{"activationBackward: unknown kind"};
+    if (kind >= codes::kActivationCount) throw ArgError{"activationBackward: unknown kind"};
     cuda::activationBackward(static_cast<int>(kind), f(info, 1, "x", n), f(info, 2, "g", n), f(info, 3, "dx", n), n);
   });
 }
@@ -569,7 +575,7 @@ Napi::Value RetentionWorkspace(const Napi::CallbackInfo& info) {
   int64_t n = 0;
   Napi::Value r = run(info, [&] {
     int64_t kernel = dim(info, 0, "kernel");
-    if (kernel > 4) throw ArgError{"retentionWorkspace: kernel must be 0..4"};
+    if (kernel >= codes::kRetentionWorkCount) throw ArgError{"retentionWorkspace: unknown kernel"};
     n = cuda::retentionWorkspace(static_cast<int>(kernel), dims(info, 1), std::max<int64_t>(1, dim(info, 6, "C")));
   });
   if (info.Env().IsExceptionPending()) return r;
@@ -577,19 +583,21 @@ Napi::Value RetentionWorkspace(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionWorkspace", RetentionWorkspace);
 
-// retentionForward(form 0 parallel | 1 chunkwise, q, k, v, gammas, o, r, ws, B, H, T, K, V, C)
+// retentionForward(work ParallelForward | ChunkwiseForward, q, k, v, gammas, o, r, ws, B, H, T, K, V, C)
 Napi::Value RetentionForward(const Napi::CallbackInfo& info) {
   return run(info, [&] {
-    int64_t form = dim(info, 0, "form");
+    int64_t form = dim(info, 0, "work");
+    if (form != code(RetentionWork::ParallelForward) && form != code(RetentionWork::ChunkwiseForward))
+      throw ArgError{"retentionForward: work must be a forward kernel"};
     Dims d = dims(info, 8);
     int64_t C = dim(info, 13, "C");
     if (form == 1 && C < 1) throw ArgError{"retention: chunk size must be at least 1"};
     auto g = gammas(info, 4, d.H, "retention");
     int64_t nq = d.B * d.T * d.H * d.K, nv = d.B * d.T * d.H * d.V;
-    int64_t ws = cuda::retentionWorkspace(static_cast<int>(form == 0 ? 0 : 1), d, C);
+    int64_t ws = cuda::retentionWorkspace(static_cast<int>(form), d, C);
     const float *q = f(info, 1, "q", nq), *k = f(info, 2, "k", nq), *v = f(info, 3, "v", nv);
     float *o = f(info, 5, "o", nv), *r = f(info, 6, "r", d.B * d.H * d.T), *w = f(info, 7, "workspace", ws);
-    if (form == 0) cuda::retentionParallel(q, k, v, g.data(), o, r, w, d);
+    if (form == code(RetentionWork::ParallelForward)) cuda::retentionParallel(q, k, v, g.data(), o, r, w, d);
     else cuda::retentionChunkwise(q, k, v, g.data(), o, r, w, d, C);
   });
 }
@@ -605,7 +613,7 @@ Napi::Value RetentionBackward(const Napi::CallbackInfo& info) {
     cuda::retentionBackward(f(info, 0, "q", nq), f(info, 1, "k", nq), f(info, 2, "v", nv), g.data(),
                             f(info, 4, "r", d.B * d.H * d.T), f(info, 5, "dO", nv), f(info, 6, "dq", nq),
                             f(info, 7, "dk", nq), f(info, 8, "dv", nv),
-                            f(info, 9, "workspace", cuda::retentionWorkspace(3, d, C)), d, C);
+                            f(info, 9, "workspace", cuda::retentionWorkspace(static_cast<int>(RetentionWork::ChunkwiseBackward), d, C)), d, C);
   });
 }
 RETNET_KERNEL("retentionBackward", RetentionBackward);
@@ -637,37 +645,45 @@ RETNET_KERNEL("retentionState", RetentionState);
 // attentionWorkspace(kernel, B, H, T, K, V) -> floats of scratch
 Napi::Value AttentionWorkspace(const Napi::CallbackInfo& info) {
   int64_t n = 0;
-  Napi::Value r = run(info, [&] { n = cuda::attentionWorkspace(static_cast<int>(dim(info, 0, "kernel")), dims(info, 1)); });
+  Napi::Value r = run(info, [&] {
+    int64_t kernel = dim(info, 0, "kernel");
+    if (kernel >= codes::kAttentionWorkCount) throw ArgError{"attentionWorkspace: unknown kernel"};
+    n = cuda::attentionWorkspace(static_cast<int>(kernel), dims(info, 1));
+  });
   if (info.Env().IsExceptionPending()) return r;
   return Napi::Number::New(info.Env(), static_cast<double>(n));
 }
 RETNET_KERNEL("attentionWorkspace", AttentionWorkspace);
 
-// attentionForward(algorithm 0 naive | 1 flash, q, k, v, o, stats, B, H, T, K, V)
+// attentionForward(work NaiveForward | FlashForward, q, k, v, o, stats, B, H, T, K, V)
 Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   return run(info, [&] {
-    int64_t alg = dim(info, 0, "algorithm");
+    int64_t w = dim(info, 0, "work");
+    bool naive = w == code(AttentionWork::NaiveForward);
+    if (!naive && w != code(AttentionWork::FlashForward)) throw ArgError{"attentionForward: work must be a forward kernel"};
     Dims d = dims(info, 6);
     int64_t nq = d.B * d.T * d.H * d.K, nv = d.B * d.T * d.H * d.V, bht = d.B * d.H * d.T;
     const float *q = f(info, 1, "q", nq), *k = f(info, 2, "k", nq), *v = f(info, 3, "v", nv);
     float* o = f(info, 4, "o", nv);
-    if (alg == 0) cuda::attentionNaive(q, k, v, o, f(info, 5, "p", bht * d.T), d);
+    if (naive) cuda::attentionNaive(q, k, v, o, f(info, 5, "p", bht * d.T), d);
     else cuda::attentionFlash(q, k, v, o, f(info, 5, "lse", bht), d);
   });
 }
 RETNET_KERNEL("attentionForward", AttentionForward);
 
-// attentionBackward(algorithm, q, k, v, o, stats, dO, dq, dk, dv, ws, B, H, T, K, V)
+// attentionBackward(work NaiveBackward | FlashBackward, q, k, v, o, stats, dO, dq, dk, dv, ws, B, H, T, K, V)
 Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   return run(info, [&] {
-    int64_t alg = dim(info, 0, "algorithm");
+    int64_t w = dim(info, 0, "work");
+    bool naive = w == code(AttentionWork::NaiveBackward);
+    if (!naive && w != code(AttentionWork::FlashBackward)) throw ArgError{"attentionBackward: work must be a backward kernel"};
     Dims d = dims(info, 11);
     int64_t nq = d.B * d.T * d.H * d.K, nv = d.B * d.T * d.H * d.V, bht = d.B * d.H * d.T;
     const float *q = f(info, 1, "q", nq), *k = f(info, 2, "k", nq), *v = f(info, 3, "v", nv);
     const float* g = f(info, 6, "dO", nv);
     float *dq = f(info, 7, "dq", nq), *dk = f(info, 8, "dk", nq), *dv = f(info, 9, "dv", nv);
     float* ws = f(info, 10, "workspace", bht);
-    if (alg == 0) cuda::attentionNaiveBackward(q, k, v, f(info, 5, "p", bht * d.T), g, dq, dk, dv, ws, d);
+    if (naive) cuda::attentionNaiveBackward(q, k, v, f(info, 5, "p", bht * d.T), g, dq, dk, dv, ws, d);
     else cuda::attentionFlashBackward(q, k, v, f(info, 4, "o", nv), f(info, 5, "lse", bht), g, dq, dk, dv, ws, d);
   });
 }

@@ -6,6 +6,7 @@
 #   sanitize  the same under compute-sanitizer memcheck
 #   bench     bench/cuda/kernels.ts (quick: bench-quick)
 #   peer      bench/cuda/peer.py (fla chunk_retention, PyTorch SDPA, the ceilings)
+#   curve     bench/cuda/train-curve.ts (the first training steps on the reference and cuda devices)
 # Logs and JSON go to $OUT (the device tool brings them back).
 set -uo pipefail
 carry=$(pwd)/.cuda-carry
@@ -35,12 +36,13 @@ for stage in "$@"; do
       ;;
     test) $node --test --test-reporter=spec dist/test/cuda.test.js 2>&1 | tee "$out/test.log" | tail -40 ;;
     sanitize)
-      timeout 400 compute-sanitizer --tool memcheck --print-limit 20 $node dist/test/cuda.test.js >"$out/sanitize.log" 2>&1
+      timeout ${SANITIZE_TIMEOUT:-300} compute-sanitizer --tool memcheck --print-limit 20 $node dist/test/cuda.test.js >"$out/sanitize.log" 2>&1
       echo "compute-sanitizer exit $?"; grep -E "ERROR SUMMARY|^# (pass|fail)" "$out/sanitize.log" | tail -5
       ;;
     bench) $node dist/bench/cuda/kernels.js --out "$out/cuda-kernels.json" 2>&1 | tee "$out/bench.log" ;;
     bench-quick) $node dist/bench/cuda/kernels.js --quick --out "$out/cuda-kernels-quick.json" 2>&1 | tee "$out/bench.log" ;;
     peer) PYTHONUNBUFFERED=1 FLA_PATH=/tmp/rn/fla python3 bench/cuda/peer.py "$out/cuda-peer.json" 2>&1 | tee "$out/peer.log" | tail -30 ;;
+    curve) $node dist/bench/cuda/train-curve.js --devices reference,cuda --steps 20 --out "$out/cuda-train-curve.json" 2>&1 | tee "$out/curve.log" | cut -c1-600 ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

@@ -4,7 +4,7 @@
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import type { Backend } from '../backend/backend.js';
+import type { Device } from '../backend/device.js';
 import { getBackend } from '../backend/index.js';
 import { ConfigError, FormatError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
@@ -22,13 +22,13 @@ import {
   transformerPreset,
 } from './transformer/config.js';
 import { TransformerModel } from './transformer/model.js';
-import { retentionGammas } from '../backend/retention-math.js';
+import { retentionGammas } from '../backend/reference/retention-math.js';
 
 export type Arch = 'retnet' | 'transformer';
 export const ARCHS: readonly Arch[] = ['retnet', 'transformer'];
 
 export interface ModelOptions {
-  backend?: Backend;
+  backend?: Device;
   dtype?: DType;
   seed?: number;
 }

@@ -1,11 +1,12 @@
 // Retention ops (RetNet's multi-scale retention core and its rotary positions). The normalisers of each form are
 // detached (as in torchscale), so the gradient is that of the un-normalised retention scaled by the saved row factors.
 
-import type { RetentionForm } from '../backend/backend.js';
+import type { RetentionForm } from '../backend/kernels.js';
 import { needsGrad, record } from '../autograd/tape.js';
 import { ShapeError, formatShape } from '../errors.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { backendOf, expectFloat, expectShape, sameDType } from './check.js';
+import { deviceOf, expectFloat, expectShape, sameDType } from './check.js';
+import { kernels } from '../backend/kernels.js';
 
 export interface RetentionOptions {
   form: RetentionForm;
@@ -23,7 +24,8 @@ function checkGammas(op: string, gammas: readonly number[], H: number): void {
  * q, k: [B, T, H, K] (rotated; k scaled by K^-0.5), v: [B, T, H, V], gammas: [H]. Returns o: [B, T, H, V].
  */
 export function retention(q: Tensor, k: Tensor, v: Tensor, gammas: readonly number[], opts: RetentionOptions): Tensor {
-  const be = backendOf('retention', q, k, v);
+  const be = deviceOf('retention', q, k, v);
+  const kern = kernels(be, q.dtype);
   expectFloat('retention', 'q', q);
   sameDType('retention', q, k);
   sameDType('retention', q, v);
@@ -36,10 +38,10 @@ export function retention(q: Tensor, k: Tensor, v: Tensor, gammas: readonly numb
   const chunkSize = opts.chunkSize ?? 0;
   if (opts.form === 'chunkwise' && (!Number.isInteger(chunkSize) || chunkSize < 1))
     throw new ShapeError(`retention: the chunkwise form needs a positive integer chunkSize, got ${opts.chunkSize}`);
-  const { o, r } = be.retentionForward(opts.form, q, k, v, gammas, chunkSize);
+  const { o, r } = kern.retentionForward(opts.form, q, k, v, gammas, chunkSize);
   if (needsGrad(q, k, v))
     record(`retention.${opts.form}`, [q, k, v], [o], ([g]) => {
-      const { dq, dk, dv } = be.retentionBackward(opts.form, q, k, v, gammas, r, g!, chunkSize);
+      const { dq, dk, dv } = kern.retentionBackward(opts.form, q, k, v, gammas, r, g!, chunkSize);
       return [dq, dk, dv];
     });
   else r.dispose();
@@ -51,7 +53,8 @@ export function retention(q: Tensor, k: Tensor, v: Tensor, gammas: readonly numb
  * [T, K] (shared by the batch) or [B, T, K] (per row, for decoding rows at different positions).
  */
 export function rotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
-  const be = backendOf('rotary', x, cos, sin);
+  const be = deviceOf('rotary', x, cos, sin);
+  const kern = kernels(be, x.dtype);
   expectFloat('rotary', 'x', x);
   sameDType('rotary', x, cos);
   if (x.rank !== 4 || x.shape[3]! % 2 !== 0)
@@ -60,8 +63,8 @@ export function rotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
   const table = cos.rank === 3 ? [B, T, K] : [T, K];
   expectShape('rotary', 'cos', cos, table);
   expectShape('rotary', 'sin', sin, table);
-  const y = be.rotary(x, cos, sin, false);
-  if (needsGrad(x)) record('rotary', [x], [y], ([g]) => [be.rotary(g!, cos, sin, true)]);
+  const y = kern.rotary(x, cos, sin, false);
+  if (needsGrad(x)) record('rotary', [x], [y], ([g]) => [kern.rotary(g!, cos, sin, true)]);
   return y;
 }
 
@@ -74,7 +77,8 @@ export function retentionStep(
   scale: Tensor,
   gammas: readonly number[],
 ): Tensor {
-  const be = backendOf('retentionStep', q, k, v, state, scale);
+  const be = deviceOf('retentionStep', q, k, v, state, scale);
+  const kern = kernels(be, q.dtype);
   if (q.rank !== 3) throw new ShapeError(`retentionStep: q must be [B, H, K], got ${formatShape(q.shape)}`);
   const [B, H, K] = q.shape as [number, number, number];
   expectShape('retentionStep', 'k', k, q.shape);
@@ -83,14 +87,15 @@ export function retentionStep(
   expectShape('retentionStep', 'state', state, [B, H, K, v.shape[2]!]);
   expectShape('retentionStep', 'scale', scale, [B, H]);
   checkGammas('retentionStep', gammas, H);
-  return be.retentionStep(q, k, v, state, scale, gammas);
+  return kern.retentionStep(q, k, v, state, scale, gammas);
 }
 
 /** The recurrent state after k: [B, T, H, K], v: [B, T, H, V] (inference only). */
 export function retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor } {
-  const be = backendOf('retentionState', k, v);
+  const be = deviceOf('retentionState', k, v);
+  const kern = kernels(be, k.dtype);
   if (k.rank !== 4 || v.rank !== 4 || k.shape.slice(0, 3).some((d, i) => d !== v.shape[i]))
     throw new ShapeError(`retentionState: k ${formatShape(k.shape)} and v ${formatShape(v.shape)} do not match`);
   checkGammas('retentionState', gammas, k.shape[2]!);
-  return be.retentionState(k, v, gammas);
+  return kern.retentionState(k, v, gammas);
 }

@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 
-import { packageRoot } from '../addon.js';
+import { packageRoot } from '../cpu/load.js';
 
 type Ptr = number;
 type Arg = number | boolean | Float64Array | Int32Array | ArrayBufferView | readonly number[];

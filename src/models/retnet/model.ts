@@ -3,10 +3,10 @@
 // state_dict keys, so checkpoints move both ways. Full sequences run in the parallel or chunkwise form; decoding runs
 // the recurrent form from a DecodeState whose size depends only on the config.
 
-import type { Backend } from '../../backend/backend.js';
+import type { Device } from '../../backend/device.js';
 import { getBackend } from '../../backend/index.js';
-import { retentionGammas } from '../../backend/retention-math.js';
-import type { RetentionForm } from '../../backend/backend.js';
+import { retentionGammas } from '../../backend/reference/retention-math.js';
+import type { RetentionForm } from '../../backend/kernels.js';
 import { gradEnabled, noGrad } from '../../autograd/tape.js';
 import { ShapeError } from '../../errors.js';
 import type { DType } from '../../tensor/dtype.js';
@@ -32,7 +32,7 @@ import type { CausalLM, DecodeState } from '../lm.js';
 import { type RetNetConfig, headDims, validateRetNetConfig } from './config.js';
 
 export interface RetNetOptions {
-  backend?: Backend;
+  backend?: Device;
   dtype?: DType;
   /** Seed of the initial weights. */
   seed?: number;
@@ -64,7 +64,7 @@ export function rotaryAngles(K: number): Float64Array {
 
 /** cos/sin tables for the given positions: [N, K] (or [B, 1, K] when `perRow`). */
 export function rotaryTables(
-  be: Backend,
+  be: Device,
   dtype: DType,
   angles: Float64Array,
   positions: readonly number[],
@@ -213,7 +213,7 @@ export class RetNetLayer extends Module {
       const beta = (8 * c.layers) ** -0.25;
       for (const lin of [this.ffn.fc1, this.ffn.fc2]) {
         const w = lin.weight;
-        w.backend.write(
+        w.device.write(
           w,
           Array.from(w.data(), (x) => x * beta),
         );
@@ -301,7 +301,7 @@ export class RetNetDecodeState implements DecodeState {
         noGrad(() =>
           tidy(() =>
             rows.length === 0
-              ? t.backend.zeros([0, ...t.shape.slice(1)], t.dtype)
+              ? t.device.zeros([0, ...t.shape.slice(1)], t.dtype)
               : concat(
                   rows.map((r) => slice(t, 0, r, r + 1)),
                   0,
@@ -353,7 +353,7 @@ export class RetNetModel extends Module implements CausalLM {
   readonly layers: RetNetLayer[];
   readonly layerNorm: RMSNorm | null;
   readonly outputProjection: Linear;
-  readonly backend: Backend;
+  readonly backend: Device;
   readonly dtype: DType;
   private readonly angles: Float64Array;
   /** Draws dropout masks (training only). */
@@ -486,8 +486,8 @@ export class RetNetModel extends Module implements CausalLM {
     const state = this.emptyState(batch);
     state.positions = new Array<number>(batch).fill(length);
     const sums = this.layers[0]!.retention.gammas.map((g) => (1 - g ** length) / (1 - g));
-    for (const t of state.states) t.backend.write(t, tiledNormal(rng, t.size, K ** -0.5));
-    for (const t of state.scales) t.backend.write(t, Array.from({ length: batch }, () => sums).flat());
+    for (const t of state.states) t.device.write(t, tiledNormal(rng, t.size, K ** -0.5));
+    for (const t of state.scales) t.device.write(t, Array.from({ length: batch }, () => sums).flat());
     return state;
   }
 
@@ -505,7 +505,7 @@ export class RetNetModel extends Module implements CausalLM {
         throw new ShapeError(
           `decode state: '${name}' has shape [${v.shape.join(', ')}], expected [${t.shape.join(', ')}]`,
         );
-      t.backend.write(t, v.data);
+      t.device.write(t, v.data);
     };
     this.layers.forEach((_, l) => {
       fill(`layers.${l}.state`, state.states[l]!);
