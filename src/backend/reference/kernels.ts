@@ -7,14 +7,7 @@ import { BackendError } from '../../errors.js';
 import type { DataArray, FloatArray } from '../../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../../tensor/tensor.js';
 import type { HostDevice } from '../host/device.js';
-import type {
-  ActivationKind,
-  AdamWParams,
-  AttentionAlgorithm,
-  BinaryOp,
-  Kernels,
-  RetentionForm,
-} from '../kernels.js';
+import type { ActivationKind, AdamWParams, AttentionAlgorithm, BinaryOp, Kernels, RetentionForm } from '../kernels.js';
 import { backwardHead, chunkwiseHead, decaySums, headLayout, parallelHead } from './retention-math.js';
 
 const SQRT1_2 = Math.SQRT1_2;
