@@ -115,9 +115,10 @@ __global__ void parallelKernel(const float* q, const float* k, const float* v, H
 }
 
 // ---- chunk-local state: Δ[x, y] = Σ_{j<L} w_j X_j[x] Y_j[y] (rY_j scales Y_j when given), written to slot dst ----
+// Transposed writes Δ as [V, K] (Δᵀ[y, x]), the layout in which the backward reads it along x.
 // Forward: X = k, Y = v, w_j = γ^(C−j), into slot c + 1. Reverse: X = q, Y = r ⊙ dO, w_j = γ^(j+1), into slot c − 1.
 // One block per (b·H + h, chunk, 32-row slab of x); rows of the chunk staged through shared memory.
-template <bool Reverse>
+template <bool Reverse, bool Transposed>
 __global__ void localStateKernel(const float* X, const float* Y, const float* rY, Heads hs, float* slots, int64_t H,
                                  int64_t T, int64_t K, int64_t V, int64_t C, int64_t nC) {
   extern __shared__ float sm[];
@@ -138,12 +139,13 @@ __global__ void localStateKernel(const float* X, const float* Y, const float* rY
     Ys[e] = Y[rowAt(bh, H, T, c0 + j, V) + y] * (rY ? rY[bh * T + c0 + j] : 1.0f);
   }
   __syncthreads();
-  float* out = slots + ((bh * nC + dst) * K + x0) * V;
+  float* out = slots + (bh * nC + dst) * K * V;
   for (int64_t e = threadIdx.x; e < xs * V; e += blockDim.x) {
     int64_t x = e / V, y = e % V;
     float acc = 0;
     for (int64_t j = 0; j < L; j++) acc += Xs[j * 32 + x] * Ys[j * V + y];
-    out[x * V + y] = acc;
+    if (Transposed) out[y * K + x0 + x] = acc;
+    else out[(x0 + x) * V + y] = acc;
   }
 }
 
@@ -242,7 +244,7 @@ __global__ void chunkOutputKernel(const float* q, const float* k, const float* v
 
 // ---- chunk gradients (backward): one block per (bh, chunk) ----
 __global__ void chunkGradKernel(const float* q, const float* k, const float* v, const float* r, const float* dO,
-                                const float* S, const float* R, Heads hs, float* dq, float* dk, float* dv, int64_t H,
+                                const float* ST, const float* R, const float* RT, Heads hs, float* dq, float* dk, float* dv, int64_t H,
                                 int64_t T, int64_t K, int64_t V, int64_t C, int64_t nC) {
   extern __shared__ float sm[];
   int64_t bh = blockIdx.x, c = blockIdx.y, c0 = c * C, L = min(C, T - c0);
@@ -278,16 +280,17 @@ __global__ void chunkGradKernel(const float* q, const float* k, const float* v, 
     Ns[e] = n;
   }
   __syncthreads();
-  const float* Sc = S + (bh * nC + c) * K * V;
-  const float* Rc = R + (bh * nC + c) * K * V;
+  const float* STc = ST + (bh * nC + c) * K * V;  // [V, K]
+  const float* Rc = R + (bh * nC + c) * K * V;    // [K, V]
+  const float* RTc = RT + (bh * nC + c) * K * V;  // [V, K]
   for (int64_t e = threadIdx.x; e < L * K; e += blockDim.x) {
     int64_t i = e / K, x = e % K;
     float aq = 0, ak = 0, cq = 0, ck = 0;
     for (int64_t j = 0; j <= i; j++) aq += Ms[i * L + j] * Ks[j * K + x];
     for (int64_t n = i; n < L; n++) ak += Ms[n * L + i] * Qs[n * K + x];
     for (int64_t y = 0; y < V; y++) {
-      cq += Sc[x * V + y] * Gs[i * V + y];
-      ck += Rc[x * V + y] * Vs[i * V + y];
+      cq += STc[y * K + x] * Gs[i * V + y];
+      ck += RTc[y * K + x] * Vs[i * V + y];
     }
     dq[rowAt(bh, H, T, c0 + i, K) + x] = aq + dpow(lambda, static_cast<float>(i)) * cq;
     dk[rowAt(bh, H, T, c0 + i, K) + x] = ak + dpow(lambda, static_cast<float>(C - 1 - i)) * ck;
@@ -332,18 +335,23 @@ size_t smemOrThrow(size_t bytes, const char* kernel, const void* fn) {
   return bytes;
 }
 
+template <bool Reverse, bool Transposed>
+void localStates(dim3 grid, size_t bytes, const float* X, const float* Y, const float* rY, const Heads& hs,
+                 float* slots, Dims d, int64_t C, int64_t nC) {
+  smemOrThrow(bytes, "retention", reinterpret_cast<const void*>(localStateKernel<Reverse, Transposed>));
+  localStateKernel<Reverse, Transposed>
+      <<<grid, kThreads, bytes, stream()>>>(X, Y, rY, hs, slots, d.H, d.T, d.K, d.V, C, nC);
+}
+
 void states(const float* X, const float* Y, const float* rY, const Heads& hs, float* slots, Dims d, int64_t C,
-            bool reverse) {
+            bool reverse, bool transposed) {
   int64_t nC = chunks(d.T, C);
   dim3 grid(static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(nC), static_cast<unsigned>((d.K + 31) / 32));
   size_t bytes = (C * 32 + C * d.V) * sizeof(float);
-  if (reverse) {
-    smemOrThrow(bytes, "retention", reinterpret_cast<const void*>(localStateKernel<true>));
-    localStateKernel<true><<<grid, kThreads, bytes, stream()>>>(X, Y, rY, hs, slots, d.H, d.T, d.K, d.V, C, nC);
-  } else {
-    smemOrThrow(bytes, "retention", reinterpret_cast<const void*>(localStateKernel<false>));
-    localStateKernel<false><<<grid, kThreads, bytes, stream()>>>(X, Y, rY, hs, slots, d.H, d.T, d.K, d.V, C, nC);
-  }
+  if (reverse && transposed) localStates<true, true>(grid, bytes, X, Y, rY, hs, slots, d, C, nC);
+  else if (reverse) localStates<true, false>(grid, bytes, X, Y, rY, hs, slots, d, C, nC);
+  else if (transposed) localStates<false, true>(grid, bytes, X, Y, rY, hs, slots, d, C, nC);
+  else localStates<false, false>(grid, bytes, X, Y, rY, hs, slots, d, C, nC);
   checkLaunch("retention local states");
   dim3 sg(static_cast<unsigned>((d.K * d.V + kThreads - 1) / kThreads), static_cast<unsigned>(d.B * d.H));
   if (reverse) scanKernel<true><<<sg, kThreads, 0, stream()>>>(slots, hs, d.H, d.K * d.V, C, nC);
@@ -359,7 +367,7 @@ int64_t retentionWorkspace(int kernel, Dims d, int64_t C) {
   if (kernel == 0 || kernel == 4 || d.T == 0) return 0;
   C = clampChunk(C, d.T);
   int64_t nC = chunks(d.T, C), slots = bh * nC * d.K * d.V;
-  return kernel == 1 ? slots + bh * nC : 2 * slots;
+  return kernel == 1 ? slots + bh * nC : 3 * slots;
 }
 
 void retentionParallel(const float* q, const float* k, const float* v, const double* gammas, float* o, float* r,
@@ -381,7 +389,7 @@ void retentionChunkwise(const float* q, const float* k, const float* v, const do
   int64_t nC = chunks(d.T, C);
   float* slots = ws;
   float* sigma = ws + d.B * d.H * nC * d.K * d.V;
-  states(k, v, nullptr, hs, slots, d, C, false);
+  states(k, v, nullptr, hs, slots, d, C, false, false);
   sigmaKernel<<<dim3(static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(nC)), kThreads, 0, stream()>>>(
       slots, hs, sigma, d.H, d.K, d.V, C, nC);
   checkLaunch("retention sigma");
@@ -398,14 +406,17 @@ void retentionBackward(const float* q, const float* k, const float* v, const dou
   Heads hs = headsOf(gammas, d.H);
   C = clampChunk(C, d.T);
   int64_t nC = chunks(d.T, C);
-  float* S = ws;
-  float* R = ws + d.B * d.H * nC * d.K * d.V;
-  states(k, v, nullptr, hs, S, d, C, false);
-  states(q, dO, r, hs, R, d, C, true);
+  // Sᵀ and Rᵀ for dq and dk (read along x: coalesced), R for dv (read along y). Measured (v1 → v2, bench/cuda/NOTES.md):
+  // reading S and R along x in the [K, V] layout cost about half of the backward.
+  int64_t slots = d.B * d.H * nC * d.K * d.V;
+  float *ST = ws, *R = ws + slots, *RT = ws + 2 * slots;
+  states(k, v, nullptr, hs, ST, d, C, false, true);
+  states(q, dO, r, hs, R, d, C, true, false);
+  states(q, dO, r, hs, RT, d, C, true, true);
   size_t bytes = (2 * C * d.K + 2 * C * d.V + 2 * C * C) * sizeof(float);
   smemOrThrow(bytes, "retention backward", reinterpret_cast<const void*>(chunkGradKernel));
   chunkGradKernel<<<dim3(static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(nC)), kThreads, bytes, stream()>>>(
-      q, k, v, r, dO, S, R, hs, dq, dk, dv, d.H, d.T, d.K, d.V, C, nC);
+      q, k, v, r, dO, ST, R, RT, hs, dq, dk, dv, d.H, d.T, d.K, d.V, C, nC);
   checkLaunch("retention backward");
 }
 

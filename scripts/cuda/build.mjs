@@ -1,6 +1,7 @@
-// Builds the CUDA addon, build/Release/retnet_cuda.node, from native/cuda/ when a CUDA toolkit (nvcc: CUDA_HOME or
-// PATH) and cuBLAS (CUBLAS_HOME, the toolkit's own, or the nvidia-cublas Python package) are found; otherwise says
-// why and exits 0, so that `npm install` and CI on machines without them are unaffected. The kernels are built for
+// `npm run build:cuda`: builds the CUDA addon, build/Release/retnet_cuda.node, from native/cuda/ when a CUDA toolkit
+// (nvcc: CUDA_HOME or PATH) and cuBLAS (CUBLAS_HOME, the toolkit's own, or the nvidia-cublas Python package) are
+// found; otherwise says why and exits 0, as it does when the build fails, so that machines without them (CI) are
+// unaffected. Run it after `node-gyp rebuild`, which empties build/. The kernels are built for
 // sm_90 (Hopper) with PTX for newer GPUs; RETNET_CUDA_ARCH overrides the gencode list (e.g. "80,90").
 // cudart is linked statically (it loads the driver at run time), cuBLAS dynamically: where cuBLAS lives somewhere
 // other than at build time, put its lib folder on LD_LIBRARY_PATH.

@@ -18,7 +18,7 @@ cd "$root"
 npx tsc -p tsconfig.json
 [ -f build/Release/retnet_cuda.node ] || { echo "build the CUDA addon first: node scripts/cuda/build.mjs"; exit 1; }
 tar cJf "$carry/tree.tar.xz" --transform 's,^,tree/,' dist/src dist/test dist/bench package.json \
-  build/Release/retnet_cuda.node bench/cuda scripts/cuda
+  build/Release/retnet_cuda.node bench/cuda scripts/cuda node_modules/@huggingface/tokenizers
 if [ -n "${FLA_SRC:-}" ]; then
   tar cJf "$carry/fla.tar.xz" -C "$FLA_SRC" fla
 fi
