@@ -79,9 +79,13 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
       const [v, vc] = pair(rng, [s.B, s.T, s.H, s.V], s.scale);
       const [g, gc] = pair(rng, [s.B, s.T, s.H, s.V]);
       const gammas = retentionGammas(s.H);
-      for (const form of ['parallel', 'chunkwise'] as const) {
-        const a = R.retentionForward(form, q, k, v, gammas, s.C);
-        const b = G.retentionForward(form, qc, kc, vc, gammas, s.C);
+      for (const [form, normalize] of [
+        ['parallel', true],
+        ['chunkwise', true],
+        ['chunkwise', false],
+      ] as const) {
+        const a = R.retentionForward(form, q, k, v, gammas, s.C, normalize);
+        const b = G.retentionForward(form, qc, kc, vc, gammas, s.C, normalize);
         assertClose(b.o.data(), a.o.data(), 2e-5, `${form} o`);
         assertClose(b.r.data(), a.r.data(), 2e-5, `${form} r`);
         const da = R.retentionBackward(form, q, k, v, gammas, a.r, g, s.C);
@@ -113,18 +117,20 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
     const gammas = retentionGammas(H);
     const [k, kc] = pair(rng, [B, T, H, K], 0.5);
     const [v, vc] = pair(rng, [B, T, H, V], 0.5);
-    const a = R.retentionState(k, v, gammas);
-    const b = G.retentionState(kc, vc, gammas);
-    assertClose(b.state.data(), a.state.data(), 2e-5, 'state');
-    assertClose(b.scale.data(), a.scale.data(), 2e-6, 'scale');
-    for (let step = 0; step < 3; step++) {
-      const [q1, q1c] = pair(rng, [B, H, K]);
-      const [k1, k1c] = pair(rng, [B, H, K]);
-      const [v1, v1c] = pair(rng, [B, H, V]);
-      const oa = R.retentionStep(q1, k1, v1, a.state, a.scale, gammas);
-      const ob = G.retentionStep(q1c, k1c, v1c, b.state, b.scale, gammas);
-      assertClose(ob.data(), oa.data(), 2e-5, `step ${step} o`);
-      assertClose(b.state.data(), a.state.data(), 2e-5, `step ${step} state`);
+    for (const normalize of [true, false]) {
+      const a = R.retentionState(k, v, gammas, normalize);
+      const b = G.retentionState(kc, vc, gammas, normalize);
+      assertClose(b.state.data(), a.state.data(), 2e-5, `state (normalize ${normalize})`);
+      assertClose(b.scale.data(), a.scale.data(), 2e-6, 'scale');
+      for (let step = 0; step < 3; step++) {
+        const [q1, q1c] = pair(rng, [B, H, K]);
+        const [k1, k1c] = pair(rng, [B, H, K]);
+        const [v1, v1c] = pair(rng, [B, H, V]);
+        const oa = R.retentionStep(q1, k1, v1, a.state, a.scale, gammas, normalize);
+        const ob = G.retentionStep(q1c, k1c, v1c, b.state, b.scale, gammas, normalize);
+        assertClose(ob.data(), oa.data(), 2e-5, `step ${step} o`);
+        assertClose(b.state.data(), a.state.data(), 2e-5, `step ${step} state`);
+      }
     }
     const C = 300;
     const [q, qc] = pair(rng, [B, H, K]);
@@ -133,6 +139,17 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
     const lengths = [1, 157, 300];
     assertClose(G.attentionDecode(qc, kkc, vvc, lengths).data(), R.attentionDecode(q, kk, vv, lengths).data(),
       2e-5, 'decode'); // prettier-ignore
+  });
+
+  it('rotary in halves (the fla variant) and interleaved pairs', () => {
+    const rng = new Rng(11);
+    const [x, xc] = pair(rng, [2, 9, 3, 8]);
+    const [c, cc] = pair(rng, [9, 8]);
+    const [sn, snc] = pair(rng, [9, 8]);
+    for (const pairs of ['halves', 'interleaved'] as const)
+      for (const inverse of [false, true])
+        assertClose(G.rotary(xc, cc, snc, pairs, inverse).data(), R.rotary(x, c, sn, pairs, inverse).data(), 2e-6,
+          `rotary ${pairs} ${inverse}`); // prettier-ignore
   });
 
   it('GEMM shapes: batched, shared right operand, transposes, K = 0', () => {

@@ -88,11 +88,11 @@ for (const { B, H, T, D } of shapes) {
   const gammas = retentionGammas(H);
   const C = 64;
   const fwd = time(() => {
-    const { o, r } = kern.retentionForward('chunkwise', q, k, v, gammas, C);
+    const { o, r } = kern.retentionForward('chunkwise', q, k, v, gammas, C, true);
     o.dispose();
     r.dispose();
   });
-  const { o, r } = kern.retentionForward('chunkwise', q, k, v, gammas, C);
+  const { o, r } = kern.retentionForward('chunkwise', q, k, v, gammas, C, true);
   const bwd = time(() => {
     const d = kern.retentionBackward('chunkwise', q, k, v, gammas, r, g, C);
     d.dq.dispose();
@@ -158,7 +158,7 @@ for (const Bd of [1, 8]) {
   const k = random([Bd, H, K]);
   const v = random([Bd, H, V]);
   const gammas = retentionGammas(H);
-  const ms = time(() => kern.retentionStep(q, k, v, state, scale, gammas).dispose(), quick ? 5 : 50, 5);
+  const ms = time(() => kern.retentionStep(q, k, v, state, scale, gammas, true).dispose(), quick ? 5 : 50, 5);
   const bytes = Bd * H * K * V * 4 * 2;
   record({ what: 'retention_step', B: Bd, H, K, V, ms_median: ms, gb_per_s: bytes / ms / 1e6 });
 }

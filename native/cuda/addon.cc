@@ -557,7 +557,7 @@ Napi::Value SumSquares(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("sumSquares", SumSquares);
 
-// rotary(x, cos, sin, y, B, T, H, K, perBatch, inverse)
+// rotary(x, cos, sin, y, B, T, H, K, perBatch, inverse, halves)
 Napi::Value Rotary(const Napi::CallbackInfo& info) {
   return run(info, [&] {
     int64_t B = dim(info, 4, "B"), T = dim(info, 5, "T"), H = dim(info, 6, "H"), K = dim(info, 7, "K");
@@ -565,7 +565,8 @@ Napi::Value Rotary(const Napi::CallbackInfo& info) {
     if (K % 2 != 0) throw ArgError{"rotary: head dim must be even"};
     int64_t table = (perBatch ? B : 1) * T * K;
     cuda::rotary(f(info, 0, "x", B * T * H * K), f(info, 1, "cos", table), f(info, 2, "sin", table),
-                 f(info, 3, "y", B * T * H * K), B, T, H, K, perBatch, flag(info, 9, "inverse"));
+                 f(info, 3, "y", B * T * H * K), B, T, H, K, perBatch, flag(info, 10, "halves"),
+                 flag(info, 9, "inverse"));
   });
 }
 RETNET_KERNEL("rotary", Rotary);
@@ -583,7 +584,8 @@ Napi::Value RetentionWorkspace(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionWorkspace", RetentionWorkspace);
 
-// retentionForward(work ParallelForward | ChunkwiseForward, q, k, v, gammas, o, r, ws, B, H, T, K, V, C)
+// retentionForward(work ParallelForward | ChunkwiseForward, q, k, v, gammas, o, r, ws, B, H, T, K, V, C, normalize):
+// without normalisation every form is the parallel one (o = U, r = 1), as on the reference device.
 Napi::Value RetentionForward(const Napi::CallbackInfo& info) {
   return run(info, [&] {
     int64_t form = dim(info, 0, "work");
@@ -597,7 +599,9 @@ Napi::Value RetentionForward(const Napi::CallbackInfo& info) {
     int64_t ws = cuda::retentionWorkspace(static_cast<int>(form), d, C);
     const float *q = f(info, 1, "q", nq), *k = f(info, 2, "k", nq), *v = f(info, 3, "v", nv);
     float *o = f(info, 5, "o", nv), *r = f(info, 6, "r", d.B * d.H * d.T), *w = f(info, 7, "workspace", ws);
-    if (form == code(RetentionWork::ParallelForward)) cuda::retentionParallel(q, k, v, g.data(), o, r, w, d);
+    bool normalize = flag(info, 14, "normalize");
+    if (form == code(RetentionWork::ParallelForward) || !normalize)
+      cuda::retentionParallel(q, k, v, g.data(), o, r, w, d, normalize);
     else cuda::retentionChunkwise(q, k, v, g.data(), o, r, w, d, C);
   });
 }
@@ -618,26 +622,26 @@ Napi::Value RetentionBackward(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionBackward", RetentionBackward);
 
-// retentionStep(q, k, v, gammas, state, scale, o, B, H, K, V)
+// retentionStep(q, k, v, gammas, state, scale, o, B, H, K, V, normalize)
 Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
   return run(info, [&] {
     int64_t B = dim(info, 7, "B"), H = dim(info, 8, "H"), K = dim(info, 9, "K"), V = dim(info, 10, "V");
     auto g = gammas(info, 3, H, "retentionStep");
     cuda::retentionStep(f(info, 0, "q", B * H * K), f(info, 1, "k", B * H * K), f(info, 2, "v", B * H * V), g.data(),
                         f(info, 4, "state", B * H * K * V), f(info, 5, "scale", B * H), f(info, 6, "o", B * H * V), B,
-                        H, K, V);
+                        H, K, V, flag(info, 11, "normalize"));
   });
 }
 RETNET_KERNEL("retentionStep", RetentionStep);
 
-// retentionState(k, v, gammas, state, scale, B, H, T, K, V): outputs zero-filled by the caller.
+// retentionState(k, v, gammas, state, scale, B, H, T, K, V, normalize): outputs zero-filled by the caller.
 Napi::Value RetentionState(const Napi::CallbackInfo& info) {
   return run(info, [&] {
     Dims d = dims(info, 5);
     auto g = gammas(info, 2, d.H, "retentionState");
     int64_t nq = d.B * d.T * d.H * d.K, nv = d.B * d.T * d.H * d.V;
     cuda::retentionState(f(info, 0, "k", nq), f(info, 1, "v", nv), g.data(), f(info, 3, "state", d.B * d.H * d.K * d.V),
-                         f(info, 4, "scale", d.B * d.H), nullptr, d);
+                         f(info, 4, "scale", d.B * d.H), nullptr, d, flag(info, 10, "normalize"));
   });
 }
 RETNET_KERNEL("retentionState", RetentionState);

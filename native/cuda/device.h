@@ -92,23 +92,25 @@ void adamwMany(float* const* params, const float* const* grads, float* const* m,
 void sumSquares(const float* x, int64_t n, double* out);
 
 // ---- rotary, retention, attention (sequence.cu) ----
+// halves: pairs (i, i + K/2) (fla's rotate_half) instead of (2j, 2j + 1) (torchscale's theta_shift).
 void rotary(const float* x, const float* cos, const float* sin, float* y, int64_t B, int64_t T, int64_t H, int64_t K,
-            bool perBatch, bool inverse);
+            bool perBatch, bool halves, bool inverse);
 struct Dims {
   int64_t B, H, T, K, V;
 };
 // Scratch floats each kernel needs (callers allocate it, so the engine's accounting sees it).
 int64_t retentionWorkspace(int kernel, Dims d, int64_t C);
+// normalize false (the fla variant): no normalisers, o = U and r = 1.
 void retentionParallel(const float* q, const float* k, const float* v, const double* gammas, float* o, float* r,
-                       float* ws, Dims d);
+                       float* ws, Dims d, bool normalize);
 void retentionChunkwise(const float* q, const float* k, const float* v, const double* gammas, float* o, float* r,
                         float* ws, Dims d, int64_t C);
 void retentionBackward(const float* q, const float* k, const float* v, const double* gammas, const float* r,
                        const float* dO, float* dq, float* dk, float* dv, float* ws, Dims d, int64_t C);
 void retentionStep(const float* q, const float* k, const float* v, const double* gammas, float* state, float* scale,
-                   float* o, int64_t B, int64_t H, int64_t K, int64_t V);
+                   float* o, int64_t B, int64_t H, int64_t K, int64_t V, bool normalize);
 void retentionState(const float* k, const float* v, const double* gammas, float* state, float* scale, float* ws,
-                    Dims d);
+                    Dims d, bool normalize);
 int64_t attentionWorkspace(int kernel, Dims d);
 void attentionNaive(const float* q, const float* k, const float* v, float* o, float* p, Dims d);
 void attentionNaiveBackward(const float* q, const float* k, const float* v, const float* p, const float* dO,

@@ -191,28 +191,31 @@ namespace retnet::cuda {
 
 namespace {
 
-// Rotation of interleaved pairs (torchscale's theta_shift): x [B, T, H, K]; cos, sin [T, K] or [B, T, K].
+// Rotation of pairs (2j, 2j+1) (torchscale's theta_shift) or (i, i+K/2) (fla's rotate_half): x [B, T, H, K]; cos,
+// sin [T, K] or [B, T, K], read at the pair's first index.
 __global__ void rotaryKernel(const float* x, const float* cs, const float* sn, float* y, int64_t B, int64_t T,
-                             int64_t H, int64_t K, bool perBatch, float sign) {
+                             int64_t H, int64_t K, bool perBatch, bool halves, float sign) {
   int64_t pairs = B * T * H * (K / 2);
   for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < pairs; p += int64_t(gridDim.x) * blockDim.x) {
-    int64_t j = (p % (K / 2)) * 2, row = p / (K / 2);  // row = (b·T + n)·H + h
+    int64_t j = p % (K / 2), row = p / (K / 2);  // row = (b·T + n)·H + h
+    int64_t a = halves ? j : 2 * j, off = halves ? K / 2 : 1;  // the pair (a, a + off)
     int64_t bt = row / H, n = bt % T, b = bt / T;
-    int64_t table = ((perBatch ? b * T : 0) + n) * K + j;
+    int64_t table = ((perBatch ? b * T : 0) + n) * K + a;
     float c = cs[table], s = sign * sn[table];
-    float x0 = x[row * K + j], x1 = x[row * K + j + 1];
-    y[row * K + j] = x0 * c - x1 * s;
-    y[row * K + j + 1] = x1 * c + x0 * s;
+    float x0 = x[row * K + a], x1 = x[row * K + a + off];
+    y[row * K + a] = x0 * c - x1 * s;
+    y[row * K + a + off] = x1 * c + x0 * s;
   }
 }
 
 }  // namespace
 
 void rotary(const float* x, const float* cos, const float* sin, float* y, int64_t B, int64_t T, int64_t H, int64_t K,
-            bool perBatch, bool inverse) {
+            bool perBatch, bool halves, bool inverse) {
   int64_t pairs = B * T * H * (K / 2);
   if (pairs == 0) return;
-  rotaryKernel<<<gridFor(pairs), kThreads, 0, stream()>>>(x, cos, sin, y, B, T, H, K, perBatch, inverse ? -1.0f : 1.0f);
+  rotaryKernel<<<gridFor(pairs), kThreads, 0, stream()>>>(x, cos, sin, y, B, T, H, K, perBatch, halves,
+                                                          inverse ? -1.0f : 1.0f);
   checkLaunch("rotary");
 }
 

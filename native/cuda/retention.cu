@@ -51,11 +51,11 @@ __device__ __forceinline__ int64_t rowAt(int64_t bh, int64_t H, int64_t T, int64
 
 // ---- recurrent step: one block per (b, h), one thread per value column y ----
 __global__ void stepKernel(const float* q, const float* k, const float* v, Heads hs, float* state, float* scale,
-                           float* o, int64_t H, int64_t K, int64_t V) {
+                           float* o, int64_t H, int64_t K, int64_t V, bool normalize) {
   int64_t bh = blockIdx.x;
   float g = expf(hs.lambda[bh % H]);
   float prev = scale[bh], next = prev * g + 1.0f;
-  float decay = sqrtf(prev) * g / sqrtf(next), inv = 1.0f / sqrtf(next);
+  float decay = normalize ? sqrtf(prev) * g / sqrtf(next) : g, inv = normalize ? 1.0f / sqrtf(next) : 1.0f;
   __syncthreads();
   if (threadIdx.x == 0) scale[bh] = next;
   for (int64_t y = threadIdx.x; y < V; y += blockDim.x) {
@@ -76,11 +76,11 @@ __global__ void stepKernel(const float* q, const float* k, const float* v, Heads
 constexpr int kParallelThreads = 128, kParallelTile = 256, kParallelCols = 4;
 
 __global__ void parallelKernel(const float* q, const float* k, const float* v, Heads hs, float* o, float* r,
-                               int64_t H, int64_t T, int64_t K, int64_t V) {
+                               int64_t H, int64_t T, int64_t K, int64_t V, bool normalize) {
   __shared__ float A[kParallelTile];
   int64_t bh = blockIdx.x, n = blockIdx.y;
   float lambda = hs.lambda[bh % H];
-  float sq = sqrtf(decaySum(lambda, static_cast<float>(n + 1)));
+  float sq = normalize ? sqrtf(decaySum(lambda, static_cast<float>(n + 1))) : 1.0f;
   const float* qn = q + rowAt(bh, H, T, n, K);
   float abs = 0, acc[kParallelCols] = {0, 0, 0, 0};
   for (int64_t m0 = 0; m0 <= n; m0 += kParallelTile) {
@@ -105,7 +105,7 @@ __global__ void parallelKernel(const float* q, const float* k, const float* v, H
     __syncthreads();
   }
   abs = blockSum(abs);
-  float cl = fminf(fmaxf(abs, 1.0f), 5e4f);
+  float cl = normalize ? fminf(fmaxf(abs, 1.0f), 5e4f) : 1.0f;
 #pragma unroll
   for (int c = 0; c < kParallelCols; c++) {
     int64_t y = threadIdx.x + c * int64_t(kParallelThreads);
@@ -306,11 +306,11 @@ __global__ void chunkGradKernel(const float* q, const float* k, const float* v, 
 
 // The state after T rows for the recurrent form: S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s), s = Σ_{t<T} γ^t.
 __global__ void stateKernel(const float* k, const float* v, Heads hs, float* state, float* scale, int64_t H,
-                            int64_t T, int64_t K, int64_t V) {
+                            int64_t T, int64_t K, int64_t V, bool normalize) {
   int64_t bh = blockIdx.x, x = blockIdx.y;
   float lambda = hs.lambda[bh % H];
   float s = decaySum(lambda, static_cast<float>(T));
-  float inv = 1.0f / sqrtf(s);
+  float inv = normalize ? 1.0f / sqrtf(s) : 1.0f;
   if (x == 0 && threadIdx.x == 0) scale[bh] = s;
   if (x >= K) return;
   for (int64_t y = threadIdx.x; y < V; y += blockDim.x) {
@@ -371,13 +371,13 @@ int64_t retentionWorkspace(int kernel, Dims d, int64_t C) {
 }
 
 void retentionParallel(const float* q, const float* k, const float* v, const double* gammas, float* o, float* r,
-                       float*, Dims d) {
+                       float*, Dims d, bool normalize) {
   if (d.B * d.H * d.T == 0) return;
   if (d.V > kParallelThreads * kParallelCols)
     throw CudaError("retention (parallel): value dims up to 512 on cuda, got " + std::to_string(d.V));
   Heads hs = headsOf(gammas, d.H);
   dim3 grid(static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(d.T));
-  parallelKernel<<<grid, kParallelThreads, 0, stream()>>>(q, k, v, hs, o, r, d.H, d.T, d.K, d.V);
+  parallelKernel<<<grid, kParallelThreads, 0, stream()>>>(q, k, v, hs, o, r, d.H, d.T, d.K, d.V, normalize);
   checkLaunch("retention (parallel)");
 }
 
@@ -421,19 +421,20 @@ void retentionBackward(const float* q, const float* k, const float* v, const dou
 }
 
 void retentionStep(const float* q, const float* k, const float* v, const double* gammas, float* state, float* scale,
-                   float* o, int64_t B, int64_t H, int64_t K, int64_t V) {
+                   float* o, int64_t B, int64_t H, int64_t K, int64_t V, bool normalize) {
   if (B * H == 0) return;
   Heads hs = headsOf(gammas, H);
   stepKernel<<<static_cast<unsigned>(B * H), static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(32, (V + 31) / 32 * 32), 1024)), 0,
-               stream()>>>(q, k, v, hs, state, scale, o, H, K, V);
+               stream()>>>(q, k, v, hs, state, scale, o, H, K, V, normalize);
   checkLaunch("retention step");
 }
 
-void retentionState(const float* k, const float* v, const double* gammas, float* state, float* scale, float*, Dims d) {
+void retentionState(const float* k, const float* v, const double* gammas, float* state, float* scale, float*, Dims d,
+                    bool normalize) {
   if (d.B * d.H == 0 || d.T == 0) return;  // the zeroed outputs are the empty state (scale 0)
   Heads hs = headsOf(gammas, d.H);
   stateKernel<<<dim3(static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(std::max<int64_t>(d.K, 1))), 128, 0, stream()>>>(
-      k, v, hs, state, scale, d.H, d.T, d.K, d.V);
+      k, v, hs, state, scale, d.H, d.T, d.K, d.V, normalize);
   checkLaunch("retention state");
 }
 

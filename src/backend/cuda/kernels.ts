@@ -6,7 +6,15 @@
 import { BackendError, DTypeError, ShapeError } from '../../errors.js';
 import type { DType } from '../../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../../tensor/tensor.js';
-import type { ActivationKind, AdamWParams, AttentionAlgorithm, BinaryOp, Kernels, RetentionForm } from '../kernels.js';
+import type {
+  ActivationKind,
+  AdamWParams,
+  AttentionAlgorithm,
+  BinaryOp,
+  Kernels,
+  RetentionForm,
+  RotaryPairs,
+} from '../kernels.js';
 import { ACTIVATION, ATTENTION_WORK, BINARY_OP, RETENTION_WORK } from '../cpu/addon.js';
 import type { CudaDevice } from './device.js';
 
@@ -259,6 +267,7 @@ export class CudaKernels implements Kernels {
     v: Tensor,
     gammas: readonly number[],
     chunkSize: number,
+    normalize: boolean,
   ): { o: Tensor; r: Tensor } {
     const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
@@ -267,7 +276,7 @@ export class CudaKernels implements Kernels {
     const f = form === 'parallel' ? RETENTION_WORK.parallelForward : RETENTION_WORK.chunkwiseForward;
     const ws = this.scratch(this.d.addon.retentionWorkspace(f, B, H, T, K, V, chunkSize));
     this.d.addon.retentionForward(f, this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas),
-      this.d.ptr(o), this.d.ptr(r), this.d.ptr(ws), B, H, T, K, V, chunkSize); // prettier-ignore
+      this.d.ptr(o), this.d.ptr(r), this.d.ptr(ws), B, H, T, K, V, chunkSize, normalize); // prettier-ignore
     ws.dispose();
     return { o, r };
   }
@@ -297,29 +306,43 @@ export class CudaKernels implements Kernels {
     return { dq, dk, dv };
   }
 
-  retentionStep(q: Tensor, k: Tensor, v: Tensor, state: Tensor, scale: Tensor, gammas: readonly number[]): Tensor {
+  retentionStep(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    state: Tensor,
+    scale: Tensor,
+    gammas: readonly number[],
+    normalize: boolean,
+  ): Tensor {
     const [B, H, K] = q.shape as [number, number, number];
     const V = v.shape[2]!;
     const o = this.out([B, H, V]);
     this.d.addon.retentionStep(this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), this.f32(state),
-      this.f32(scale), this.d.ptr(o), B, H, K, V); // prettier-ignore
+      this.f32(scale), this.d.ptr(o), B, H, K, V, normalize); // prettier-ignore
     return o;
   }
 
-  retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor } {
+  retentionState(
+    k: Tensor,
+    v: Tensor,
+    gammas: readonly number[],
+    normalize: boolean,
+  ): { state: Tensor; scale: Tensor } {
     const [B, T, H, K] = k.shape as [number, number, number, number];
     const V = v.shape[3]!;
     const state = this.d.zeros([B, H, K, V], 'float32');
     const scale = this.d.zeros([B, H], 'float32');
     this.d.addon.retentionState(this.f32(k), this.f32(v), Float64Array.from(gammas), this.d.ptr(state), this.d.ptr(scale),
-      B, H, T, K, V); // prettier-ignore
+      B, H, T, K, V, normalize); // prettier-ignore
     return { state, scale };
   }
 
-  rotary(x: Tensor, cos: Tensor, sin: Tensor, inverse: boolean): Tensor {
+  rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs, inverse: boolean): Tensor {
     const [B, T, H, K] = x.shape as [number, number, number, number];
     const y = this.out(x.shape);
-    this.d.addon.rotary(this.f32(x), this.f32(cos), this.f32(sin), this.d.ptr(y), B, T, H, K, cos.rank === 3, inverse);
+    this.d.addon.rotary(this.f32(x), this.f32(cos), this.f32(sin), this.d.ptr(y), B, T, H, K, cos.rank === 3, inverse,
+      pairs === 'halves'); // prettier-ignore
     return y;
   }
 
