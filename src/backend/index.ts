@@ -105,7 +105,12 @@ export function getBackend(name?: BackendName): Device {
     current = referenceBackend();
     if (!warned) {
       warned = true;
-      process.stderr.write(`retnet: using the reference backend (${cpuError})\n`);
+      // Loud and once: everything still works, but training and generation run tens of times slower.
+      process.stderr.write(
+        `retnet: using the reference backend (${cpuError}); the native cpu backend is many times faster. ` +
+          'Fix: install OpenBLAS, g++ and make (Debian: apt-get install libopenblas-dev g++ make) and run ' +
+          "'npm rebuild retnet'; 'retnet info' shows the state\n",
+      );
     }
   }
   return current;

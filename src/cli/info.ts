@@ -13,8 +13,7 @@ import {
 } from '../backend/index.js';
 import type { CudaInfo } from '../backend/cuda/addon.js';
 import { implementedKernels } from '../backend/kernels.js';
-import type { Command } from './command.js';
-import { parseFlags } from './command.js';
+import { bool, defineCommand } from './command.js';
 
 /** The GPU, its driver and the toolkit the cuda addon was built with (versions as major.minor). */
 function cudaSummary(i: CudaInfo) {
@@ -30,12 +29,11 @@ function cudaSummary(i: CudaInfo) {
   };
 }
 
-export const infoCommand: Command = {
+export const infoCommand = defineCommand({
   name: 'info',
   summary: 'print the backend, BLAS library, core type, threads, addon build flags and kernels per device',
-  usage: 'retnet info [--json]',
-  async run(argv) {
-    const { values } = parseFlags('info', argv, { json: { type: 'boolean' } });
+  flags: { json: bool('print one JSON object') },
+  async run({ values }) {
     const backend = getBackend();
     const native = cpuInfo();
     const cuda = cudaBackend();
@@ -81,4 +79,4 @@ export const infoCommand: Command = {
     }
     return 0;
   },
-};
+});
