@@ -12,7 +12,7 @@
 // in `KERNEL_INFO[name].inPlace`.
 
 import { DTypeError } from '../errors.js';
-import { type DType, computeDType, dtypeInfo } from '../tensor/dtype.js';
+import { type DType, computeDType, dtypeKind } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { Device, DeviceName } from './device.js';
 
@@ -298,7 +298,7 @@ function mapResult(result: unknown, f: (t: Tensor) => Tensor): unknown {
 
 /** Case 2: cast the dispatch-dtype tensors to the compute dtype, run that kernel, cast the results back. */
 function viaCast(name: KernelName, device: Device, dtype: DType, compute: DType): AnyKernel {
-  const backTo = dtypeInfo(dtype).kind === 'float' ? dtype : null;
+  const backTo = dtypeKind(dtype) === 'float' ? dtype : null;
   return (...args: Args) => {
     const cast = kernels(device, dtype).cast;
     const copies = args.map((a) => (isTensor(a) && a.dtype === dtype ? cast(a, compute) : a));

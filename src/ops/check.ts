@@ -3,7 +3,7 @@
 
 import type { Device } from '../backend/device.js';
 import { BackendError, DTypeError, ShapeError, formatShape } from '../errors.js';
-import type { DType } from '../tensor/dtype.js';
+import { type DType, dtypeKind } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
 
 /** The common device of the inputs (also checks none is disposed). */
@@ -17,7 +17,7 @@ export function deviceOf(op: string, ...ts: Tensor[]): Device {
 }
 
 export function expectFloat(op: string, what: string, t: Tensor): void {
-  if (t.dtype === 'int32') throw new DTypeError(`${op}: ${what} must be a float tensor, got int32`);
+  if (dtypeKind(t.dtype) !== 'float') throw new DTypeError(`${op}: ${what} must be a float tensor, got ${t.dtype}`);
 }
 
 export function expectDType(op: string, what: string, t: Tensor, dtype: DType): void {

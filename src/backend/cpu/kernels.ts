@@ -5,14 +5,7 @@ import { ShapeError } from '../../errors.js';
 import type { DType } from '../../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../../tensor/tensor.js';
 import type { HostDevice } from '../host/device.js';
-import type {
-  ActivationKind,
-  AdamWParams,
-  AttentionAlgorithm,
-  BinaryOp,
-  Kernels,
-  RetentionForm,
-} from '../kernels.js';
+import type { ActivationKind, AdamWParams, AttentionAlgorithm, BinaryOp, Kernels, RetentionForm } from '../kernels.js';
 import { type CpuAddon, ACTIVATION, ATTENTION_WORK, BINARY_OP, RETENTION_WORK } from './addon.js';
 
 export class CpuKernels implements Omit<Kernels, 'cast'> {
@@ -232,7 +225,15 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
   }
 
   /** Scratch for a retention kernel, as a tensor so that memory accounting counts it while the kernel runs. */
-  private workspace(kernel: (typeof RETENTION_WORK)[keyof typeof RETENTION_WORK], B: number, H: number, T: number, K: number, V: number, C: number) {
+  private workspace(
+    kernel: (typeof RETENTION_WORK)[keyof typeof RETENTION_WORK],
+    B: number,
+    H: number,
+    T: number,
+    K: number,
+    V: number,
+    C: number,
+  ) {
     return this.like([this.addon.retentionWorkspace(kernel, B, H, T, K, V, C)]);
   }
 
@@ -248,7 +249,15 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
     const V = v.shape[3]!;
     const o = this.like([B, T, H, V]);
     const r = this.like([B, H, T]);
-    const ws = this.workspace(form === 'parallel' ? RETENTION_WORK.parallelForward : RETENTION_WORK.chunkwiseForward, B, H, T, K, V, chunkSize);
+    const ws = this.workspace(
+      form === 'parallel' ? RETENTION_WORK.parallelForward : RETENTION_WORK.chunkwiseForward,
+      B,
+      H,
+      T,
+      K,
+      V,
+      chunkSize,
+    );
     const args = [this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), o.d, r.d, ws.d] as const;
     if (form === 'parallel') this.addon.retentionParallel(...args, B, H, T, K, V);
     else this.addon.retentionChunkwise(...args, B, H, T, K, V, chunkSize);
@@ -271,7 +280,15 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
     const dq = this.like(q.shape);
     const dk = this.like(k.shape);
     const dv = this.like(v.shape);
-    const ws = this.workspace(form === 'parallel' ? RETENTION_WORK.parallelBackward : RETENTION_WORK.chunkwiseBackward, B, H, T, K, V, chunkSize);
+    const ws = this.workspace(
+      form === 'parallel' ? RETENTION_WORK.parallelBackward : RETENTION_WORK.chunkwiseBackward,
+      B,
+      H,
+      T,
+      K,
+      V,
+      chunkSize,
+    );
     const args = [
       this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), this.f32(r), this.f32(dO),
       dq.d, dk.d, dv.d, ws.d, B, H, T, K, V,
@@ -324,7 +341,13 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
   }
 
   /** Scratch for an attention kernel, counted while the kernel runs. */
-  private attentionWorkspace(kernel: (typeof ATTENTION_WORK)[keyof typeof ATTENTION_WORK], B: number, H: number, T: number, V: number) {
+  private attentionWorkspace(
+    kernel: (typeof ATTENTION_WORK)[keyof typeof ATTENTION_WORK],
+    B: number,
+    H: number,
+    T: number,
+    V: number,
+  ) {
     return this.like([this.addon.attentionWorkspace(kernel, B, H, T, V)]);
   }
 
@@ -358,7 +381,13 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
     const dq = this.like(q.shape);
     const dk = this.like(k.shape);
     const dv = this.like(v.shape);
-    const ws = this.attentionWorkspace(algorithm === 'naive' ? ATTENTION_WORK.naiveBackward : ATTENTION_WORK.flashBackward, B, H, T, V);
+    const ws = this.attentionWorkspace(
+      algorithm === 'naive' ? ATTENTION_WORK.naiveBackward : ATTENTION_WORK.flashBackward,
+      B,
+      H,
+      T,
+      V,
+    );
     const [fq, fk, fv, fs, fg] = [this.f32(q), this.f32(k), this.f32(v), this.f32(stats), this.f32(dO)];
     if (algorithm === 'naive')
       this.addon.attentionNaiveBackward(fq, fk, fv, fs, fg, dq.d, dk.d, dv.d, ws.d, B, H, T, K, V);

@@ -7,14 +7,7 @@ import { BackendError } from '../../errors.js';
 import type { DataArray, FloatArray } from '../../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../../tensor/tensor.js';
 import type { HostDevice } from '../host/device.js';
-import type {
-  ActivationKind,
-  AdamWParams,
-  AttentionAlgorithm,
-  BinaryOp,
-  Kernels,
-  RetentionForm,
-} from '../kernels.js';
+import type { ActivationKind, AdamWParams, AttentionAlgorithm, BinaryOp, Kernels, RetentionForm } from '../kernels.js';
 import { backwardHead, chunkwiseHead, decaySums, headLayout, parallelHead } from './retention-math.js';
 
 const SQRT1_2 = Math.SQRT1_2;
@@ -413,7 +406,7 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
       s *= x.shape[d]!;
     }
     const outShape = perm.map((p) => x.shape[p]!);
-    const out = host(x).alloc(x.dtype, x.size);
+    const out = host(x).alloc(x.dtype, outShape);
     const X = this.raw(x);
     const idx = new Array<number>(rank).fill(0);
     for (let o = 0; o < x.size; o++) {
