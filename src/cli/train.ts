@@ -8,7 +8,8 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 
 import { writeFileAtomic } from '../io/atomic.js';
-import { ARCHS, type Arch, createModel, loadModelDir, saveModelDir } from '../models/registry.js';
+import { loadModelDir, saveModelDir } from '../io/model-dir.js';
+import { ARCHS, type Arch, createModel } from '../models/registry.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { ByteTokenizer } from '../tokenizer/tokenizer.js';
 import { latestCheckpoint } from '../train/checkpoint.js';

@@ -1,20 +1,12 @@
-// Model construction and the model directory: `config.json` (the architecture's config, with "arch") +
-// `model.safetensors` (parameters under torchscale/PyTorch names) + `tokenizer.json` when there is one.
-
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+// Model construction from an architecture name + preset or from a config object (a parsed config.json). Core code:
+// no file I/O here; model directories are read and written by src/io/model-dir.ts.
 
 import type { Device } from '../backend/device.js';
-import { getBackend } from '../backend/index.js';
-import { ConfigError, FormatError } from '../errors.js';
-import { writeFileAtomic } from '../io/atomic.js';
-import { type TensorToSave, readSafetensors, writeSafetensors } from '../io/safetensors.js';
+import { ConfigError } from '../errors.js';
 import type { DType } from '../tensor/dtype.js';
-import { type Tokenizer } from '../tokenizer/tokenizer.js';
-import { loadTokenizer } from '../tokenizer/load.js';
 import type { CausalLM } from './lm.js';
 import { type RetNetConfig, retnetConfigFromJSON, retnetConfigToJSON, retnetPreset } from './retnet/config.js';
-import { RetNetModel, rotaryAngles } from './retnet/model.js';
+import { RetNetModel } from './retnet/model.js';
 import {
   type TransformerConfig,
   transformerConfigFromJSON,
@@ -22,7 +14,6 @@ import {
   transformerPreset,
 } from './transformer/config.js';
 import { TransformerModel } from './transformer/model.js';
-import { retentionGammas } from '../backend/reference/retention-math.js';
 
 export type Arch = 'retnet' | 'transformer';
 export const ARCHS: readonly Arch[] = ['retnet', 'transformer'];
@@ -53,48 +44,11 @@ export function createModel(
   }
 }
 
-function configJSON(model: CausalLM): Record<string, unknown> {
+/** The config.json object of a model (the inverse of modelFromConfig). */
+export function modelConfigJSON(model: CausalLM): Record<string, unknown> {
   if (model instanceof RetNetModel) return retnetConfigToJSON(model.config);
   if (model instanceof TransformerModel) return transformerConfigToJSON(model.config);
-  throw new ConfigError(`saveModelDir: unsupported model architecture '${model.arch}'`);
-}
-
-/** Buffers torchscale keeps in its state_dict (persistent, so `load_state_dict(strict=True)` needs them). */
-function torchscaleBuffers(model: RetNetModel): Map<string, TensorToSave> {
-  const H = model.config.heads;
-  const K = model.config.embedDim / H;
-  // torchscale computes both in float32; store them as it would.
-  const f32 = (xs: ArrayLike<number>) => Array.from(Float32Array.from(xs));
-  return new Map<string, TensorToSave>([
-    ['retnet_rel_pos.angle', { dtype: 'F32', shape: [K], data: f32(rotaryAngles(K)) }],
-    ['retnet_rel_pos.decay', { dtype: 'F32', shape: [H], data: f32(retentionGammas(H).map(Math.log)) }],
-  ]);
-}
-
-/** Writes config.json, model.safetensors (atomically) and tokenizer.json (when given) into dir. */
-export function saveModelDir(dir: string, model: CausalLM, tokenizer?: Tokenizer): void {
-  mkdirSync(dir, { recursive: true });
-  const tensors = new Map<string, TensorToSave>();
-  for (const [name, t] of model.namedParameters())
-    tensors.set(name, { dtype: t.dtype === 'float64' ? 'F64' : 'F32', shape: t.shape, data: t.data() });
-  if (model instanceof RetNetModel) for (const [n, t] of torchscaleBuffers(model)) tensors.set(n, t);
-  writeSafetensors(join(dir, 'model.safetensors'), tensors, { format: 'pt', arch: model.arch });
-  if (tokenizer) writeFileAtomic(join(dir, 'tokenizer.json'), tokenizer.toJSON());
-  writeFileAtomic(join(dir, 'config.json'), `${JSON.stringify(configJSON(model), null, 2)}\n`);
-}
-
-function readJSON(path: string): unknown {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new FormatError(`${path}: cannot read (${(e as Error).message})`);
-  }
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new FormatError(`${path}: not valid JSON (${(e as Error).message})`);
-  }
+  throw new ConfigError(`unsupported model architecture '${model.arch}'`);
 }
 
 /** The architecture named by a config object: "arch" if present, else torchscale's RetNet keys. */
@@ -116,18 +70,4 @@ export function modelFromConfig(config: unknown, source: string, opts: ModelOpti
     case 'transformer':
       return new TransformerModel(transformerConfigFromJSON(config, source), opts);
   }
-}
-
-/** Loads a model directory. Tensors of F64/F32/F16/BF16 load into the requested dtype (default float32). */
-export function loadModelDir(dir: string, opts: ModelOptions = {}): { model: CausalLM; tokenizer: Tokenizer | null } {
-  if (!existsSync(dir)) throw new FormatError(`${dir}: model directory does not exist`);
-  const configPath = join(dir, 'config.json');
-  const weightsPath = join(dir, 'model.safetensors');
-  for (const p of [configPath, weightsPath]) if (!existsSync(p)) throw new FormatError(`${dir}: missing ${p}`);
-  const model = modelFromConfig(readJSON(configPath), configPath, { ...opts, backend: opts.backend ?? getBackend() });
-  const { tensors } = readSafetensors(weightsPath);
-  model.loadValues(tensors, weightsPath, (name) => name.startsWith('retnet_rel_pos.'));
-  const tokPath = join(dir, 'tokenizer.json');
-  const tokenizer = existsSync(tokPath) ? loadTokenizer(readFileSync(tokPath, 'utf8'), tokPath) : null;
-  return { model, tokenizer };
 }
