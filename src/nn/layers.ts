@@ -1,7 +1,7 @@
 // The layers shared by RetNet and the Transformer baseline. Names follow torchscale / PyTorch so that state_dict keys
 // line up: Linear.weight is [out, in], RMSNorm.weight is [D].
 
-import { getBackend } from '../backend/index.js';
+import { getBackend } from '../backend/select.js';
 import type { Device } from '../backend/device.js';
 import type { ActivationKind } from '../backend/kernels.js';
 import type { DType } from '../tensor/dtype.js';
