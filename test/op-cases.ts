@@ -242,6 +242,21 @@ export const opCases: OpCase[] = [
     f: ([q, k, v]) => ops.retention(q!, k!, v!, retentionGammas(q!.shape[2]!), { form, chunkSize }),
     tol: 1e-5,
   })),
+  // fla's retention (no normalisers): any scale of inputs.
+  ...[
+    { form: 'parallel' as const, chunkSize: 0 },
+    { form: 'chunkwise' as const, chunkSize: 3 },
+    { form: 'chunkwise' as const, chunkSize: 16 },
+  ].map(({ form, chunkSize }): OpCase => ({
+    name: `retention ${form}${chunkSize ? ` C=${chunkSize}` : ''}, not normalised`,
+    variants: [
+      [f([2, 7, 2, 4]), f([2, 7, 2, 4]), f([2, 7, 2, 6])],
+      [f([1, 1, 1, 2]), f([1, 1, 1, 2]), f([1, 1, 1, 1])],
+      [f([1, 0, 2, 2]), f([1, 0, 2, 2]), f([1, 0, 2, 3])],
+    ],
+    f: ([q, k, v]) => ops.retention(q!, k!, v!, retentionGammas(q!.shape[2]!), { form, chunkSize, normalize: false }),
+    tol: 1e-5,
+  })),
   {
     name: 'retention chunkwise, active normalisers (forward)',
     variants: [[f([1, 11, 2, 4], { scale: 2 }), f([1, 11, 2, 4], { scale: 2 }), f([1, 11, 2, 3], { scale: 2 })]],
@@ -249,15 +264,16 @@ export const opCases: OpCase[] = [
     tol: 1e-5,
     gradCheck: false,
   },
-  {
-    name: 'rotary',
+  ...(['interleaved', 'halves'] as const).map((pairs): OpCase => ({
+    name: `rotary ${pairs}`,
     variants: [
       [f([2, 3, 2, 4]), f([3, 4], { grad: false }), f([3, 4], { grad: false })],
       [f([2, 1, 3, 2]), f([2, 1, 2], { grad: false }), f([2, 1, 2], { grad: false })],
+      [f([1, 5, 3, 6]), f([1, 5, 6], { grad: false }), f([1, 5, 6], { grad: false })],
       [f([1, 0, 1, 2]), f([0, 2], { grad: false }), f([0, 2], { grad: false })],
     ],
-    f: ([x, c, s]) => ops.rotary(x!, c!, s!),
-  },
+    f: ([x, c, s]) => ops.rotary(x!, c!, s!, pairs),
+  })),
   ...(['naive', 'flash'] as const).map((algorithm): OpCase => ({
     name: `causalAttention ${algorithm}`,
     variants: [

@@ -4,7 +4,9 @@
 // dimension, so no permute is ever needed. Scratch memory is a caller-provided workspace (see retentionWorkspace) so
 // that the engine's memory accounting includes it.
 // Every form computes o_n = r_n · U_n, U_n = Σ_{m≤n} γ^(n−m) (q_n·k_m) v_m, with a detached per-row factor r_n, so
-// the backward kernels take r and differentiate U only (docs/retention.md).
+// the backward kernels take r and differentiate U only (docs/retention.md). Each forward kernel takes a `normalize`
+// flag: false drops torchscale's normalisers (r_n = 1, state S_t = γ S_{t−1} + k_tᵀ v_t: fla's retention,
+// fla-spec §4.3), where every form is the same function.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -38,11 +40,11 @@ std::vector<double> powers(double gamma, int64_t n) {
   return p;
 }
 
-// sqrt(S(i)), S(i) = Σ_{t≤i} γ^t, for i in [0, n).
-std::vector<double> sqrtDecaySums(const std::vector<double>& pw, int64_t n) {
-  std::vector<double> s(n);
+// sqrt(S(i)), S(i) = Σ_{t≤i} γ^t, for i in [0, n); all 1 without normalisation.
+std::vector<double> sqrtDecaySums(const std::vector<double>& pw, int64_t n, bool normalize) {
+  std::vector<double> s(n, 1.0);
   double acc = 0;
-  for (int64_t i = 0; i < n; i++) {
+  for (int64_t i = 0; i < n && normalize; i++) {
     acc += pw[i];
     s[i] = std::sqrt(acc);
   }
@@ -79,7 +81,7 @@ Sequence sequenceArgs(const Napi::CallbackInfo& info, size_t dimsAt, const Span<
 
 }  // namespace
 
-// retentionParallel(q, k, v, gammas, o, r, workspace, B, H, T, K, V): the parallel form (spec §5a).
+// retentionParallel(q, k, v, gammas, o, r, workspace, B, H, T, K, V, normalize): the parallel form (spec §5a).
 // gammas: Float64Array [H].
 static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
@@ -87,6 +89,7 @@ static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
     auto g = f64(info, 3, "gammas");
     auto o = f32(info, 4, "o"), r = f32(info, 5, "r"), ws = f32(info, 6, "workspace");
     Sequence s = sequenceArgs(info, 7, g, "retentionParallel");
+    bool normalize = flag(info, 12, "normalize");
     int64_t BH = s.B * s.H, T = s.T, K = s.K, V = s.V, ldk = s.H * K, ldv = s.H * V;
     int64_t per = workspacePerHead(Work::ParallelForward, T, K, V, 1);
     requireWorkspace(ws, BH, per, "retentionParallel");
@@ -95,7 +98,7 @@ static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
     require(r, BH * T, "retentionParallel", "r");
     forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       auto pw = powers(s.gammas[bh % s.H], T);
-      auto sq = sqrtDecaySums(pw, T);
+      auto sq = sqrtDecaySums(pw, T, normalize);
       float* A = scratch.take(T * T);
       const float *qh = q.data + s.head(bh, K), *kh = k.data + s.head(bh, K), *vh = v.data + s.head(bh, V);
       gemm(false, true, T, T, K, 1.0f, qh, ldk, kh, ldk, 0.0f, A, T);
@@ -106,7 +109,7 @@ static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
           row[m] = static_cast<float>(row[m] * pw[n - m] / sq[n]);
           abs += std::fabs(row[m]);
         }
-        double c = std::min(std::max(abs, 1.0), 5e4);
+        double c = normalize ? std::min(std::max(abs, 1.0), 5e4) : 1.0;
         float inv = static_cast<float>(1.0 / c);
         for (int64_t m = 0; m <= n; m++) row[m] *= inv;
         for (int64_t m = n + 1; m < T; m++) row[m] = 0.0f;
@@ -118,7 +121,7 @@ static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionParallel", RetentionParallel);
 
-// retentionChunkwise(q, k, v, gammas, o, r, workspace, B, H, T, K, V, C): the chunkwise form (spec §5c), parallel
+// retentionChunkwise(q, k, v, gammas, o, r, workspace, B, H, T, K, V, C, normalize): the chunkwise form (spec §5c), parallel
 // inside each chunk of C positions and recurrent across chunks through the K×V state. A last chunk shorter than C
 // gives exactly the outputs of torchscale's zero padding.
 static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
@@ -129,6 +132,7 @@ static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
     Sequence s = sequenceArgs(info, 7, g, "retentionChunkwise");
     int64_t C = dim(info, 12, "chunkSize");
     if (C < 1) throw ArgError{"retentionChunkwise: chunk size must be at least 1"};
+    bool normalize = flag(info, 13, "normalize");
     int64_t BH = s.B * s.H, T = s.T, K = s.K, V = s.V, ldk = s.H * K, ldv = s.H * V;
     int64_t per = workspacePerHead(Work::ChunkwiseForward, T, K, V, C);
     requireWorkspace(ws, BH, per, "retentionChunkwise");
@@ -138,7 +142,7 @@ static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
     int64_t Cw = std::max<int64_t>(1, std::min(C, T));  // chunk rows that can exist
     forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
       auto pw = powers(s.gammas[bh % s.H], C + 1);
-      auto sq = sqrtDecaySums(pw, C);
+      auto sq = sqrtDecaySums(pw, C, normalize);
       double SC = sq[C - 1] * sq[C - 1];
       float *A = scratch.take(Cw * Cw), *cross = scratch.take(Cw * V), *vd = scratch.take(Cw * V);
       float* Z = scratch.take(K * V);  // un-normalised cross-chunk state [K, V]
@@ -160,7 +164,7 @@ static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
             abs += std::fabs(row[j]);
           }
           for (int64_t j = i + 1; j < L; j++) row[j] = 0.0f;
-          m[i] = std::max(std::max(abs, 1.0), sigma);
+          m[i] = normalize ? std::max(std::max(abs, 1.0), sigma) : 1.0;
           r.data[bh * T + s0 + i] = static_cast<float>(1.0 / (sq[i] * m[i]));
         }
         gemm(false, false, L, V, L, 1.0f, A, L, vc, ldv, 0.0f, oc, ldv);  // inner: [L, V]
@@ -178,7 +182,7 @@ static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
         }
         gemm(true, false, K, V, L, 1.0f, kc, ldk, vd, V, static_cast<float>(pw[C]), Z, V);
         sigma = 1;
-        for (int64_t y = 0; y < V; y++) {
+        for (int64_t y = 0; y < V && normalize; y++) {
           double col = 0;
           for (int64_t x = 0; x < K; x++) col += std::fabs(Z[x * V + y]);
           sigma = std::max(sigma, col);
@@ -302,15 +306,16 @@ static Napi::Value RetentionBackwardChunkwise(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionBackwardChunkwise", RetentionBackwardChunkwise);
 
-// retentionStep(q, k, v, gammas, state, scale, o, B, H, K, V): one recurrent step (spec §5b) for q, k [B, H, K] and
-// v, o [B, H, V] (one position of the [B, T, H, *] layout), in place on state and scale; scale 0 marks an empty
-// state, so the first step needs no special case.
+// retentionStep(q, k, v, gammas, state, scale, o, B, H, K, V, normalize): one recurrent step (spec §5b) for q, k
+// [B, H, K] and v, o [B, H, V] (one position of the [B, T, H, *] layout), in place on state and scale; scale 0 marks
+// an empty state, so the first step needs no special case. Without normalisation S' = γ S + kᵀv (scale still counts).
 static Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
     auto g = f64(info, 3, "gammas");
     auto st = f32(info, 4, "state"), sc = f32(info, 5, "scale"), o = f32(info, 6, "o");
     int64_t B = dim(info, 7, "B"), H = dim(info, 8, "H"), K = dim(info, 9, "K"), V = dim(info, 10, "V");
+    bool normalize = flag(info, 11, "normalize");
     int64_t BH = B * H;
     require(q, BH * K, "retentionStep", "q");
     require(k, BH * K, "retentionStep", "k");
@@ -324,8 +329,8 @@ static Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
 #pragma omp parallel for if (BH * K * V > kParallelGrain) schedule(static)
     for (int64_t bh = 0; bh < BH; bh++) {
       double gamma = g.data[bh % H], prev = sc.data[bh], next = prev * gamma + 1;
-      float decay = static_cast<float>(std::sqrt(prev) * gamma / std::sqrt(next));
-      float inv = static_cast<float>(1.0 / std::sqrt(next));
+      float decay = static_cast<float>(normalize ? std::sqrt(prev) * gamma / std::sqrt(next) : gamma);
+      float inv = static_cast<float>(normalize ? 1.0 / std::sqrt(next) : 1.0);
       sc.data[bh] = static_cast<float>(next);
       float* S = st.data + bh * K * V;
       const float *qh = q.data + bh * K, *kh = k.data + bh * K, *vh = v.data + bh * V;
@@ -344,14 +349,16 @@ static Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionStep", RetentionStep);
 
-// retentionState(k, v, gammas, state, scale, workspace, B, H, T, K, V): the recurrent state after T positions (to
-// continue a parallel or chunkwise prefill recurrently): S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s), s = Σ_{t<T} γ^t.
+// retentionState(k, v, gammas, state, scale, workspace, B, H, T, K, V, normalize): the recurrent state after T
+// positions (to continue a parallel or chunkwise prefill recurrently): S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s),
+// s = Σ_{t<T} γ^t (without normalisation, the same sum without the 1/sqrt(s)).
 static Napi::Value RetentionState(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto k = f32(info, 0, "k"), v = f32(info, 1, "v");
     auto g = f64(info, 2, "gammas");
     auto st = f32(info, 3, "state"), sc = f32(info, 4, "scale"), ws = f32(info, 5, "workspace");
     Sequence s = sequenceArgs(info, 6, g, "retentionState");
+    bool normalize = flag(info, 11, "normalize");
     int64_t BH = s.B * s.H, T = s.T, K = s.K, V = s.V, ldk = s.H * K, ldv = s.H * V;
     int64_t per = workspacePerHead(Work::State, T, K, V, 1);
     requireWorkspace(ws, BH, per, "retentionState");
@@ -371,7 +378,7 @@ static Napi::Value RetentionState(const Napi::CallbackInfo& info) {
       float* scaled = scratch.take(T * K);
       const float *kh = k.data + s.head(bh, K), *vh = v.data + s.head(bh, V);
       for (int64_t m = 0; m < T; m++) {
-        float w = static_cast<float>(pw[T - 1 - m] / std::sqrt(total));
+        float w = static_cast<float>(normalize ? pw[T - 1 - m] / std::sqrt(total) : pw[T - 1 - m]);
         for (int64_t x = 0; x < K; x++) scaled[m * K + x] = kh[m * ldk + x] * w;
       }
       gemm(true, false, K, V, T, 1.0f, scaled, K, vh, ldv, 0.0f, st.data + bh * K * V, V);
@@ -397,30 +404,33 @@ static Napi::Value RetentionWorkspace(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionWorkspace", RetentionWorkspace);
 
-// rotary(x, cos, sin, y, B, T, H, K, perBatch, inverse): rotation of interleaved pairs by the position's angles
-// (torchscale's theta_shift, spec §4); tables [T, K] shared by the batch or [B, T, K] per row.
+// rotary(x, cos, sin, y, B, T, H, K, perBatch, halves, inverse): rotation of pairs (a, b) of each head by the angle
+// at index a of the tables [T, K] (shared by the batch) or [B, T, K] (per row). Pairs are interleaved (2j, 2j+1)
+// (torchscale's theta_shift, spec §4) or, with halves, (i, i+K/2) (fla's rotate_half, fla-spec §4.3).
 static Napi::Value Rotary(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto x = f32(info, 0, "x"), c = f32(info, 1, "cos"), s = f32(info, 2, "sin"), y = f32(info, 3, "y");
     int64_t B = dim(info, 4, "B"), T = dim(info, 5, "T"), H = dim(info, 6, "H"), K = dim(info, 7, "K");
-    bool perBatch = flag(info, 8, "perBatch"), inverse = flag(info, 9, "inverse");
+    bool perBatch = flag(info, 8, "perBatch"), halves = flag(info, 9, "halves"), inverse = flag(info, 10, "inverse");
     if (K % 2 != 0) throw ArgError{"rotary: head dim must be even"};
     require(x, B * T * H * K, "rotary", "x");
     require(y, B * T * H * K, "rotary", "y");
     require(c, (perBatch ? B : 1) * T * K, "rotary", "cos");
     require(s, (perBatch ? B : 1) * T * K, "rotary", "sin");
     float sign = inverse ? -1.0f : 1.0f;
+    const int64_t offset = halves ? K / 2 : 1, step = halves ? 1 : 2;
 #pragma omp parallel for if (B * T * H * K > kParallelGrain) schedule(static)
     for (int64_t bt = 0; bt < B * T; bt++) {
       int64_t table = (perBatch ? bt : bt % T) * K;
       for (int64_t h = 0; h < H; h++) {
         const float* xr = x.data + (bt * H + h) * K;
         float* yr = y.data + (bt * H + h) * K;
-        for (int64_t j = 0; j < K; j += 2) {
-          float cv = c.data[table + j], sv = sign * s.data[table + j];
-          float x0 = xr[j], x1 = xr[j + 1];
-          yr[j] = x0 * cv - x1 * sv;
-          yr[j + 1] = x1 * cv + x0 * sv;
+        for (int64_t j = 0; j < K / 2; j++) {
+          const int64_t a = j * step;
+          float cv = c.data[table + a], sv = sign * s.data[table + a];
+          float x0 = xr[a], x1 = xr[a + offset];
+          yr[a] = x0 * cv - x1 * sv;
+          yr[a + offset] = x1 * cv + x0 * sv;
         }
       }
     }

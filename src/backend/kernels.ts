@@ -19,6 +19,11 @@ import type { Device, DeviceName } from './device.js';
 export type BinaryOp = 'add' | 'mul';
 export type ActivationKind = 'gelu' | 'silu' | 'relu';
 export type RetentionForm = 'parallel' | 'chunkwise';
+/**
+ * Which elements of a head the rotary op rotates together: 'interleaved' pairs (x[2j], x[2j+1]) (torchscale's
+ * theta_shift, RoPE's original layout) or 'halves' (x[i], x[i+K/2]) (GPT-NeoX's rotate_half, fla's RetNet).
+ */
+export type RotaryPairs = 'interleaved' | 'halves';
 export type AttentionAlgorithm = 'naive' | 'flash';
 
 export interface AdamWParams {
@@ -96,6 +101,8 @@ export interface Kernels {
   // q, k: [B, T, H, K] (already rotated, k already scaled by K^-0.5); v: [B, T, H, V].
   // Every form computes o_n = r_n · U_n with U_n = Σ_{m≤n} γ^(n−m) (q_n·k_m) v_m; the forms differ only in the
   // per-row factor r_n, which is detached (torchscale detaches its normalisers), so one backward serves all forms.
+  // `normalize` false drops the normalisers (r_n = 1; states S_t = γ S_{t−1} + k_tᵀ v_t): fla's retention
+  // (fla/layers/multiscale_retention.py), the same function in every form.
   /** o: [B, T, H, V]; r: [B, H, T] (the row factors, kept for backward). chunkSize is used by 'chunkwise'. */
   retentionForward(
     form: RetentionForm,
@@ -104,6 +111,7 @@ export interface Kernels {
     v: Tensor,
     gammas: readonly number[],
     chunkSize: number,
+    normalize: boolean,
   ): { o: Tensor; r: Tensor };
   /** Gradients of o = r ⊙ U for dO: [B, T, H, V]. 'chunkwise' never materialises a T×T matrix. */
   retentionBackward(
@@ -119,17 +127,30 @@ export interface Kernels {
   /**
    * One recurrent step (torchscale's MultiScaleRetention.recurrent_forward) for q, k: [B, H, K], v: [B, H, V]. In
    * place on state [B, H, K, V] and scale [B, H] (scale 0 = empty state): s' = sγ + 1,
-   * S' = S·sqrt(s)γ/sqrt(s') + kᵀv/sqrt(s'). Returns o = q S': [B, H, V].
+   * S' = S·sqrt(s)γ/sqrt(s') + kᵀv/sqrt(s'). Returns o = q S': [B, H, V]. Without normalisation S' = γS + kᵀv (scale
+   * is still counted).
    */
-  retentionStep(q: Tensor, k: Tensor, v: Tensor, state: Tensor, scale: Tensor, gammas: readonly number[]): Tensor;
-  /** The recurrent state after consuming k, v: [B, T, H, *]: S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s), s = Σ_{t<T} γ^t. */
-  retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor };
+  retentionStep(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    state: Tensor,
+    scale: Tensor,
+    gammas: readonly number[],
+    normalize: boolean,
+  ): Tensor;
   /**
-   * Rotation of interleaved pairs (torchscale/architecture/retnet.py, theta_shift): y[2j] = x[2j]c − x[2j+1]s,
-   * y[2j+1] = x[2j+1]c + x[2j]s, with c, s the cos/sin tables [T, K] or [B, T, K]. x: [B, T, H, K]. inverse rotates by
-   * the opposite angle (the backward pass).
+   * The recurrent state after consuming k, v: [B, T, H, *]: S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s), s = Σ_{t<T} γ^t
+   * (without normalisation, S is the plain sum).
    */
-  rotary(x: Tensor, cos: Tensor, sin: Tensor, inverse: boolean): Tensor;
+  retentionState(k: Tensor, v: Tensor, gammas: readonly number[], normalize: boolean): { state: Tensor; scale: Tensor };
+  /**
+   * Rotation of pairs (a, b) of each head, x: [B, T, H, K]: y_a = x_a c − x_b s, y_b = x_b c + x_a s, with c, s read
+   * at index a of the cos/sin tables [T, K] or [B, T, K]. 'interleaved': (a, b) = (2j, 2j+1) (torchscale's
+   * theta_shift in torchscale/architecture/retnet.py); 'halves': (a, b) = (i, i+K/2) (fla's rotate_half). inverse
+   * rotates by the opposite angle (the backward pass).
+   */
+  rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs, inverse: boolean): Tensor;
 
   // Attention (the Transformer baseline): causal multi-head softmax attention, per head
   // o_i = Σ_{j≤i} P_ij v_j with P_ij = softmax_j(q_i·k_j / sqrt(K)) over j ≤ i. Time-major layouts, as projections

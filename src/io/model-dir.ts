@@ -33,7 +33,8 @@ export function saveModelDir(dir: string, model: CausalLM, tokenizer?: Tokenizer
   const tensors = new Map<string, TensorToSave>();
   for (const [name, t] of model.namedParameters())
     tensors.set(name, { dtype: t.dtype === 'float64' ? 'F64' : 'F32', shape: t.shape, data: t.data() });
-  if (model instanceof RetNetModel) for (const [n, t] of torchscaleBuffers(model)) tensors.set(n, t);
+  if (model instanceof RetNetModel && model.config.format === 'torchscale')
+    for (const [n, t] of torchscaleBuffers(model)) tensors.set(n, t);
   writeSafetensors(join(dir, 'model.safetensors'), tensors, { format: 'pt', arch: model.arch });
   if (tokenizer) writeFileAtomic(join(dir, 'tokenizer.json'), tokenizer.toJSON());
   writeFileAtomic(join(dir, 'config.json'), `${JSON.stringify(modelConfigJSON(model), null, 2)}\n`);

@@ -7,6 +7,7 @@ import type { DType } from '../tensor/dtype.js';
 import type { CausalLM } from './lm.js';
 import { type RetNetConfig, retnetConfigFromJSON, retnetConfigToJSON, retnetPreset } from './retnet/config.js';
 import { RetNetModel } from './retnet/model.js';
+import { flaConfigFromJSON, flaConfigToJSON, isFlaConfig } from './retnet/fla.js';
 import {
   type TransformerConfig,
   transformerConfigFromJSON,
@@ -44,16 +45,18 @@ export function createModel(
   }
 }
 
-/** The config.json object of a model (the inverse of modelFromConfig). */
+/** The config.json object of a model (the inverse of modelFromConfig): fla's keys for a RetNet in fla's format. */
 export function modelConfigJSON(model: CausalLM): Record<string, unknown> {
-  if (model instanceof RetNetModel) return retnetConfigToJSON(model.config);
+  if (model instanceof RetNetModel)
+    return model.config.format === 'fla' ? flaConfigToJSON(model.config) : retnetConfigToJSON(model.config);
   if (model instanceof TransformerModel) return transformerConfigToJSON(model.config);
   throw new ConfigError(`unsupported model architecture '${model.arch}'`);
 }
 
-/** The architecture named by a config object: "arch" if present, else torchscale's RetNet keys. */
+/** The architecture named by a config object: "arch" or HF's "model_type" if present, else torchscale's RetNet keys. */
 function archOf(config: Record<string, unknown>, source: string): Arch {
-  const arch = config.arch ?? ('decoder_retention_heads' in config ? 'retnet' : undefined);
+  const arch =
+    config.arch ?? (isFlaConfig(config) || 'decoder_retention_heads' in config ? 'retnet' : config.model_type);
   if (arch === undefined) throw new ConfigError(`${source}: no "arch" field and no torchscale RetNet keys`);
   if (!ARCHS.includes(arch as Arch))
     throw new ConfigError(`${source}: unknown arch ${JSON.stringify(arch)} (expected one of ${ARCHS.join(', ')})`);
@@ -66,7 +69,12 @@ export function modelFromConfig(config: unknown, source: string, opts: ModelOpti
     throw new ConfigError(`${source}: expected a JSON object`);
   switch (archOf(config as Record<string, unknown>, source)) {
     case 'retnet':
-      return new RetNetModel(retnetConfigFromJSON(config, source), opts);
+      return new RetNetModel(
+        isFlaConfig(config as Record<string, unknown>)
+          ? flaConfigFromJSON(config as Record<string, unknown>, source)
+          : retnetConfigFromJSON(config, source),
+        opts,
+      );
     case 'transformer':
       return new TransformerModel(transformerConfigFromJSON(config, source), opts);
   }

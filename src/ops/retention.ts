@@ -1,7 +1,7 @@
 // Retention ops (RetNet's multi-scale retention core and its rotary positions). The normalisers of each form are
 // detached (as in torchscale), so the gradient is that of the un-normalised retention scaled by the saved row factors.
 
-import type { RetentionForm } from '../backend/kernels.js';
+import type { RetentionForm, RotaryPairs } from '../backend/kernels.js';
 import { needsGrad, record } from '../autograd/tape.js';
 import { ShapeError, formatShape } from '../errors.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -12,6 +12,8 @@ export interface RetentionOptions {
   form: RetentionForm;
   /** Chunk size of the chunkwise form (any positive size; it need not divide T). */
   chunkSize?: number;
+  /** torchscale's normalisers (default true); false: fla's plain retention, the same function in every form. */
+  normalize?: boolean;
 }
 
 function checkGammas(op: string, gammas: readonly number[], H: number): void {
@@ -38,7 +40,7 @@ export function retention(q: Tensor, k: Tensor, v: Tensor, gammas: readonly numb
   const chunkSize = opts.chunkSize ?? 0;
   if (opts.form === 'chunkwise' && (!Number.isInteger(chunkSize) || chunkSize < 1))
     throw new ShapeError(`retention: the chunkwise form needs a positive integer chunkSize, got ${opts.chunkSize}`);
-  const { o, r } = kern.retentionForward(opts.form, q, k, v, gammas, chunkSize);
+  const { o, r } = kern.retentionForward(opts.form, q, k, v, gammas, chunkSize, opts.normalize ?? true);
   if (needsGrad(q, k, v))
     record(`retention.${opts.form}`, [q, k, v], [o], ([g]) => {
       const { dq, dk, dv } = kern.retentionBackward(opts.form, q, k, v, gammas, r, g!, chunkSize);
@@ -49,10 +51,11 @@ export function retention(q: Tensor, k: Tensor, v: Tensor, gammas: readonly numb
 }
 
 /**
- * Rotates interleaved pairs of x: [B, T, H, K] by per-position angles (torchscale's theta_shift): cos, sin are
- * [T, K] (shared by the batch) or [B, T, K] (per row, for decoding rows at different positions).
+ * Rotates pairs of x: [B, T, H, K] by per-position angles: cos, sin are [T, K] (shared by the batch) or [B, T, K] (per
+ * row, for decoding rows at different positions). `pairs`: interleaved (x[2j], x[2j+1]) as torchscale's theta_shift,
+ * or halves (x[i], x[i+K/2]) as fla's rotate_half; the tables hold each pair's angle at its first element's index.
  */
-export function rotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
+export function rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs = 'interleaved'): Tensor {
   const be = deviceOf('rotary', x, cos, sin);
   const kern = kernels(be, x.dtype);
   expectFloat('rotary', 'x', x);
@@ -63,12 +66,15 @@ export function rotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
   const table = cos.rank === 3 ? [B, T, K] : [T, K];
   expectShape('rotary', 'cos', cos, table);
   expectShape('rotary', 'sin', sin, table);
-  const y = kern.rotary(x, cos, sin, false);
-  if (needsGrad(x)) record('rotary', [x], [y], ([g]) => [kern.rotary(g!, cos, sin, true)]);
+  const y = kern.rotary(x, cos, sin, pairs, false);
+  if (needsGrad(x)) record('rotary', [x], [y], ([g]) => [kern.rotary(g!, cos, sin, pairs, true)]);
   return y;
 }
 
-/** One recurrent retention step (inference only; updates state [B, H, K, V] and scale [B, H] in place). */
+/**
+ * One recurrent retention step (inference only; updates state [B, H, K, V] and scale [B, H] in place); `normalize`
+ * false: fla's S' = γS + kᵀv.
+ */
 export function retentionStep(
   q: Tensor,
   k: Tensor,
@@ -76,6 +82,7 @@ export function retentionStep(
   state: Tensor,
   scale: Tensor,
   gammas: readonly number[],
+  normalize = true,
 ): Tensor {
   const be = deviceOf('retentionStep', q, k, v, state, scale);
   const kern = kernels(be, q.dtype);
@@ -87,15 +94,20 @@ export function retentionStep(
   expectShape('retentionStep', 'state', state, [B, H, K, v.shape[2]!]);
   expectShape('retentionStep', 'scale', scale, [B, H]);
   checkGammas('retentionStep', gammas, H);
-  return kern.retentionStep(q, k, v, state, scale, gammas);
+  return kern.retentionStep(q, k, v, state, scale, gammas, normalize);
 }
 
-/** The recurrent state after k: [B, T, H, K], v: [B, T, H, V] (inference only). */
-export function retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor } {
+/** The recurrent state after k: [B, T, H, K], v: [B, T, H, V] (inference only; `normalize` as retentionStep). */
+export function retentionState(
+  k: Tensor,
+  v: Tensor,
+  gammas: readonly number[],
+  normalize = true,
+): { state: Tensor; scale: Tensor } {
   const be = deviceOf('retentionState', k, v);
   const kern = kernels(be, k.dtype);
   if (k.rank !== 4 || v.rank !== 4 || k.shape.slice(0, 3).some((d, i) => d !== v.shape[i]))
     throw new ShapeError(`retentionState: k ${formatShape(k.shape)} and v ${formatShape(v.shape)} do not match`);
   checkGammas('retentionState', gammas, k.shape[2]!);
-  return kern.retentionState(k, v, gammas);
+  return kern.retentionState(k, v, gammas, normalize);
 }

@@ -85,12 +85,12 @@ export interface CpuAddon {
   // prettier-ignore
   retentionParallel(
     q: F32, k: F32, v: F32, gammas: F64, o: F32, r: F32, ws: F32, B: number, H: number, T: number, K: number,
-    V: number,
+    V: number, normalize: boolean,
   ): void;
   // prettier-ignore
   retentionChunkwise(
     q: F32, k: F32, v: F32, gammas: F64, o: F32, r: F32, ws: F32, B: number, H: number, T: number, K: number,
-    V: number, C: number,
+    V: number, C: number, normalize: boolean,
   ): void;
   // prettier-ignore
   retentionBackwardParallel(
@@ -105,11 +105,12 @@ export interface CpuAddon {
   // prettier-ignore
   retentionStep(
     q: F32, k: F32, v: F32, gammas: F64, state: F32, scale: F32, o: F32, B: number, H: number, K: number, V: number,
+    normalize: boolean,
   ): void;
   // prettier-ignore
   retentionState(
     k: F32, v: F32, gammas: F64, state: F32, scale: F32, ws: F32, B: number, H: number, T: number, K: number,
-    V: number,
+    V: number, normalize: boolean,
   ): void;
   /** Floats of scratch the retention kernel `kind` needs. */
   // prettier-ignore
@@ -119,7 +120,7 @@ export interface CpuAddon {
   // prettier-ignore
   rotary(
     x: F32, cos: F32, sin: F32, y: F32, B: number, T: number, H: number, K: number, perBatch: boolean,
-    inverse: boolean,
+    halves: boolean, inverse: boolean,
   ): void;
   // prettier-ignore
   attentionNaive(q: F32, k: F32, v: F32, o: F32, p: F32, B: number, H: number, T: number, K: number, V: number): void;

@@ -5,7 +5,15 @@ import { ShapeError } from '../../errors.js';
 import type { DType } from '../../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../../tensor/tensor.js';
 import type { HostDevice } from '../host/device.js';
-import type { ActivationKind, AdamWParams, AttentionAlgorithm, BinaryOp, Kernels, RetentionForm } from '../kernels.js';
+import type {
+  ActivationKind,
+  AdamWParams,
+  AttentionAlgorithm,
+  BinaryOp,
+  Kernels,
+  RetentionForm,
+  RotaryPairs,
+} from '../kernels.js';
 import { type CpuAddon, ACTIVATION, ATTENTION_WORK, BINARY_OP, RETENTION_WORK } from './addon.js';
 
 export class CpuKernels implements Omit<Kernels, 'cast'> {
@@ -244,6 +252,7 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
     v: Tensor,
     gammas: readonly number[],
     chunkSize: number,
+    normalize: boolean,
   ): { o: Tensor; r: Tensor } {
     const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
@@ -259,8 +268,8 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
       chunkSize,
     );
     const args = [this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), o.d, r.d, ws.d] as const;
-    if (form === 'parallel') this.addon.retentionParallel(...args, B, H, T, K, V);
-    else this.addon.retentionChunkwise(...args, B, H, T, K, V, chunkSize);
+    if (form === 'parallel') this.addon.retentionParallel(...args, B, H, T, K, V, normalize);
+    else this.addon.retentionChunkwise(...args, B, H, T, K, V, chunkSize, normalize);
     ws.t.dispose();
     return { o: o.t, r: r.t };
   }
@@ -299,18 +308,31 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
     return { dq: dq.t, dk: dk.t, dv: dv.t };
   }
 
-  retentionStep(q: Tensor, k: Tensor, v: Tensor, state: Tensor, scale: Tensor, gammas: readonly number[]): Tensor {
+  retentionStep(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    state: Tensor,
+    scale: Tensor,
+    gammas: readonly number[],
+    normalize: boolean,
+  ): Tensor {
     const [B, H, K] = q.shape as [number, number, number];
     const V = v.shape[2]!;
     const o = this.like([B, H, V]);
     this.addon.retentionStep(
       this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), this.f32(state), this.f32(scale), o.d,
-      B, H, K, V,
+      B, H, K, V, normalize,
     ); // prettier-ignore
     return o.t;
   }
 
-  retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor } {
+  retentionState(
+    k: Tensor,
+    v: Tensor,
+    gammas: readonly number[],
+    normalize: boolean,
+  ): { state: Tensor; scale: Tensor } {
     const [B, T, H, K] = k.shape as [number, number, number, number];
     const V = v.shape[3]!;
     const state = this.like([B, H, K, V]);
@@ -328,15 +350,17 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
       T,
       K,
       V,
+      normalize,
     );
     ws.t.dispose();
     return { state: state.t, scale: scale.t };
   }
 
-  rotary(x: Tensor, cos: Tensor, sin: Tensor, inverse: boolean): Tensor {
+  rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs, inverse: boolean): Tensor {
     const [B, T, H, K] = x.shape as [number, number, number, number];
     const y = this.like(x.shape);
-    this.addon.rotary(this.f32(x), this.f32(cos), this.f32(sin), y.d, B, T, H, K, cos.rank === 3, inverse);
+    const halves = pairs === 'halves';
+    this.addon.rotary(this.f32(x), this.f32(cos), this.f32(sin), y.d, B, T, H, K, cos.rank === 3, halves, inverse);
     return y.t;
   }
 

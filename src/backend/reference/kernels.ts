@@ -7,7 +7,15 @@ import { BackendError } from '../../errors.js';
 import type { DataArray, FloatArray } from '../../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../../tensor/tensor.js';
 import type { HostDevice } from '../host/device.js';
-import type { ActivationKind, AdamWParams, AttentionAlgorithm, BinaryOp, Kernels, RetentionForm } from '../kernels.js';
+import type {
+  ActivationKind,
+  AdamWParams,
+  AttentionAlgorithm,
+  BinaryOp,
+  Kernels,
+  RetentionForm,
+  RotaryPairs,
+} from '../kernels.js';
 import { backwardHead, chunkwiseHead, decaySums, headLayout, parallelHead } from './retention-math.js';
 
 const SQRT1_2 = Math.SQRT1_2;
@@ -466,6 +474,7 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
     v: Tensor,
     gammas: readonly number[],
     chunkSize: number,
+    normalize: boolean,
   ): { o: Tensor; r: Tensor } {
     const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
@@ -477,7 +486,8 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
     for (let b = 0; b < B; b++)
       for (let h = 0; h < H; h++) {
         const layout = headLayout(b, h, T, H, K, V);
-        if (form === 'parallel') parallelHead(Q, Kk, Vv, O, R, layout, gammas[h]!);
+        // Without normalisation every form is the same function: the reference computes its definition.
+        if (form === 'parallel' || !normalize) parallelHead(Q, Kk, Vv, O, R, layout, gammas[h]!, normalize);
         else chunkwiseHead(Q, Kk, Vv, O, R, layout, gammas[h]!, chunkSize);
       }
     return { o, r };
@@ -505,7 +515,15 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
     return { dq: dq.t, dk: dk.t, dv: dv.t };
   }
 
-  retentionStep(q: Tensor, k: Tensor, v: Tensor, state: Tensor, scale: Tensor, gammas: readonly number[]): Tensor {
+  retentionStep(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    state: Tensor,
+    scale: Tensor,
+    gammas: readonly number[],
+    normalize: boolean,
+  ): Tensor {
     const [B, H, K] = q.shape as [number, number, number];
     const V = v.shape[2]!;
     const { t: o, d: O } = this.out([B, H, V], q);
@@ -520,8 +538,8 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
         const g = gammas[h]!;
         const prev = Sc[bh]!;
         const next = prev * g + 1;
-        const decay = (Math.sqrt(prev) * g) / Math.sqrt(next);
-        const inv = 1 / Math.sqrt(next);
+        const decay = normalize ? (Math.sqrt(prev) * g) / Math.sqrt(next) : g;
+        const inv = normalize ? 1 / Math.sqrt(next) : 1;
         Sc[bh] = next;
         for (let x = 0; x < K; x++)
           for (let y = 0; y < V; y++) {
@@ -537,7 +555,12 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
     return o;
   }
 
-  retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor } {
+  retentionState(
+    k: Tensor,
+    v: Tensor,
+    gammas: readonly number[],
+    normalize: boolean,
+  ): { state: Tensor; scale: Tensor } {
     const [B, T, H, K] = k.shape as [number, number, number, number];
     const V = v.shape[3]!;
     const { t: state, d: St } = this.out([B, H, K, V], k);
@@ -553,7 +576,7 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
         const s = decaySums(gammas[h]!, T)[T - 1]!;
         Sc[bh] = s;
         for (let m = 0; m < T; m++) {
-          const w = Math.exp(lambda * (T - 1 - m)) / Math.sqrt(s);
+          const w = Math.exp(lambda * (T - 1 - m)) / (normalize ? Math.sqrt(s) : 1);
           for (let x = 0; x < K; x++)
             for (let y = 0; y < V; y++) St[bh * K * V + x * V + y] += w * Kk[qo + m * ldk + x]! * Vv[vo + m * ldv + y]!;
         }
@@ -561,7 +584,7 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
     return { state, scale };
   }
 
-  rotary(x: Tensor, cos: Tensor, sin: Tensor, inverse: boolean): Tensor {
+  rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs, inverse: boolean): Tensor {
     const [B, T, H, K] = x.shape as [number, number, number, number];
     const { t, d: Y } = this.out(x.shape, x);
     const X = this.float(x);
@@ -569,18 +592,22 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
     const Sn = this.float(sin);
     const perBatch = cos.rank === 3;
     const sign = inverse ? -1 : 1;
+    // Pair j rotates elements a = first(j) and b = a + offset.
+    const halves = pairs === 'halves';
+    const offset = halves ? K / 2 : 1;
     for (let b = 0; b < B; b++)
       for (let n = 0; n < T; n++) {
         const table = ((perBatch ? b * T : 0) + n) * K;
         for (let h = 0; h < H; h++) {
           const base = ((b * T + n) * H + h) * K;
-          for (let j = 0; j < K; j += 2) {
-            const c = Cs[table + j]!;
-            const s = sign * Sn[table + j]!;
-            const x0 = X[base + j]!;
-            const x1 = X[base + j + 1]!;
-            Y[base + j] = x0 * c - x1 * s;
-            Y[base + j + 1] = x1 * c + x0 * s;
+          for (let j = 0; j < K / 2; j++) {
+            const a = halves ? j : 2 * j;
+            const c = Cs[table + a]!;
+            const s = sign * Sn[table + a]!;
+            const x0 = X[base + a]!;
+            const x1 = X[base + a + offset]!;
+            Y[base + a] = x0 * c - x1 * s;
+            Y[base + a + offset] = x1 * c + x0 * s;
           }
         }
       }

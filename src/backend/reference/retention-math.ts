@@ -46,15 +46,16 @@ export function headLayout(b: number, h: number, T: number, H: number, K: number
 }
 
 /**
- * Parallel form (spec §5a) for one head: A = (q kᵀ) ⊙ D̃, c = clamp(Σ_m |A_nm|, 1, 5e4), o = (A / c) v.
+ * Parallel form (spec §5a) for one head: A = (q kᵀ) ⊙ D̃, c = clamp(Σ_m |A_nm|, 1, 5e4), o = (A / c) v. Without
+ * normalisation (fla-spec §4.3): A = (q kᵀ) ⊙ D with D_nm = γ^(n−m), o = A v, r = 1.
  */
-export function parallelHead(q: F, k: F, v: F, o: F, r: F, L: HeadLayout, gamma: number): void {
+export function parallelHead(q: F, k: F, v: F, o: F, r: F, L: HeadLayout, gamma: number, normalize = true): void {
   const { qo, ldk, vo, ldv, ro, T, K, V } = L;
   const lambda = Math.log(gamma);
   const S = decaySums(gamma, T);
   const A = new Float64Array(T);
   for (let n = 0; n < T; n++) {
-    const sq = Math.sqrt(S[n]!);
+    const sq = normalize ? Math.sqrt(S[n]!) : 1;
     let absSum = 0;
     for (let m = 0; m <= n; m++) {
       let dot = 0;
@@ -62,7 +63,7 @@ export function parallelHead(q: F, k: F, v: F, o: F, r: F, L: HeadLayout, gamma:
       A[m] = (dot * decayPow(lambda, n - m)) / sq;
       absSum += Math.abs(A[m]!);
     }
-    const c = Math.min(Math.max(absSum, 1), 5e4);
+    const c = normalize ? Math.min(Math.max(absSum, 1), 5e4) : 1;
     for (let y = 0; y < V; y++) {
       let s = 0;
       for (let m = 0; m <= n; m++) s += A[m]! * v[vo + m * ldv + y]!;

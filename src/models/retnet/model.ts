@@ -6,7 +6,7 @@
 import type { Device } from '../../backend/device.js';
 import { getBackend } from '../../backend/select.js';
 import { retentionGammas } from '../../backend/reference/retention-math.js';
-import type { RetentionForm } from '../../backend/kernels.js';
+import { type RetentionForm, type RotaryPairs, kernelsOf } from '../../backend/kernels.js';
 import { gradEnabled, noGrad } from '../../autograd/tape.js';
 import { ShapeError } from '../../errors.js';
 import type { DType } from '../../tensor/dtype.js';
@@ -14,7 +14,7 @@ import { Rng, tiledNormal } from '../../tensor/random.js';
 import { tidy, keep } from '../../tensor/scope.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import { add, mul, scale } from '../../ops/math.js';
-import { dropout, rmsNorm, silu } from '../../ops/nn.js';
+import { activation, dropout, rmsNorm, silu } from '../../ops/nn.js';
 import { retention, retentionState, retentionStep, rotary } from '../../ops/retention.js';
 import { concat, reshape, slice } from '../../ops/shape.js';
 import { Module } from '../../nn/module.js';
@@ -30,6 +30,7 @@ import {
 } from '../../nn/layers.js';
 import type { CausalLM, DecodeState } from '../lm.js';
 import { type RetNetConfig, headDims, validateRetNetConfig } from './config.js';
+import { flaParamName, splitFusedGateProj } from './fla.js';
 
 export interface RetNetOptions {
   backend?: Device;
@@ -43,6 +44,81 @@ export interface ForwardOptions {
   form?: RetentionForm;
   /** Default: config.chunkSize. */
   chunkSize?: number;
+  /**
+   * Padding mask [B][T] (1 = token, 0 = padding; Hugging Face's attention_mask). Padded tokens neither enter the
+   * retention state nor advance positions (a token's position is the number of real tokens before it in its row), so
+   * each row's logits at its real positions equal those of its real tokens alone, with left, right or inner padding
+   * (fla's convention, fla-spec §6). Logits at padded positions are computed (embedding, norms and feed-forward run
+   * there, retention gives 0) but mean nothing.
+   */
+  mask?: readonly (readonly number[])[];
+}
+
+/** The real tokens of a padded batch: per row the runs [start, end) of mask 1, and every token's position [B·T]. */
+export interface Padding {
+  runs: [number, number][][];
+  positions: number[];
+}
+
+/** The padding described by `mask` for ids [B, T], or null when every token is real. `op` names the caller in errors. */
+export function paddingOf(mask: readonly (readonly number[])[], B: number, T: number, op: string): Padding | null {
+  if (mask.length !== B) throw new ShapeError(`${op}: mask has ${mask.length} rows for a batch of ${B}`);
+  const runs: [number, number][][] = [];
+  const positions: number[] = [];
+  let padded = false;
+  mask.forEach((row, b) => {
+    if (row.length !== T) throw new ShapeError(`${op}: mask row ${b} has ${row.length} entries for ${T} tokens`);
+    const mine: [number, number][] = [];
+    let seen = 0;
+    row.forEach((m, t) => {
+      if (m !== 0 && m !== 1) throw new ShapeError(`${op}: mask[${b}][${t}] is ${m}, expected 0 or 1`);
+      positions.push(seen);
+      if (m === 0) return void (padded = true);
+      seen++;
+      const last = mine[mine.length - 1];
+      if (last && last[1] === t) last[1] = t + 1;
+      else mine.push([t, t + 1]);
+    });
+    runs.push(mine);
+  });
+  return padded ? { runs, positions } : null;
+}
+
+/** Row b's real tokens of t: [B, T, ...] as [1, n_b, ...]. */
+function gatherRow(t: Tensor, b: number, runs: readonly [number, number][]): Tensor {
+  const row = slice(t, 0, b, b + 1);
+  if (runs.length === 1 && runs[0]![0] === 0 && runs[0]![1] === t.shape[1]) return row;
+  const parts = runs.map(([s, e]) => slice(row, 1, s, e));
+  const out = parts.length === 0 ? slice(row, 1, 0, 0) : parts.length === 1 ? parts[0]! : concat(parts, 1);
+  release(row);
+  if (parts.length > 1) release(...parts);
+  return out;
+}
+
+/** The inverse of gatherRow for every row: rows [1, n_b, ...] back into [B, T, ...], zeros at padded positions. */
+function scatterRows(rows: readonly Tensor[], padding: Padding, T: number): Tensor {
+  const first = rows[0]!;
+  const tail = first.shape.slice(2);
+  const be = first.device;
+  const pieces: Tensor[] = [];
+  const out = concat(
+    rows.map((r, b) => {
+      const parts: Tensor[] = [];
+      let t = 0;
+      let at = 0;
+      for (const [s, e] of [...padding.runs[b]!, [T, T] as [number, number]]) {
+        if (s > t) parts.push(be.zeros([1, s - t, ...tail], first.dtype));
+        if (e > s) parts.push(slice(r, 1, at, at + e - s));
+        at += e - s;
+        t = e;
+      }
+      pieces.push(...parts);
+      return parts.length === 1 ? parts[0]! : concat(parts, 1);
+    }),
+    0,
+  );
+  release(...pieces);
+  return out;
 }
 
 /** Frees an intermediate that no tape node needs (inference), leaving graph members to their scope. */
@@ -50,25 +126,35 @@ export function release(...ts: Tensor[]): void {
   for (const t of ts) if (!t.requiresGrad) t.dispose();
 }
 
-/** θ of spec §4: angle[2j] = angle[2j+1] = 10000^(−j/(K/2−1)) (linspace including 1). */
-export function rotaryAngles(K: number): Float64Array {
+/**
+ * The rotary angle of every element of a head of K dims (the table layout the rotary op reads: each pair's angle at
+ * both of its elements). Angles θ_j: torchscale's 10000^(−j/(K/2−1)) (spec §4, linspace including 1) or RoPE's
+ * 10000^(−2j/K) (fla-spec §4.3); pair j is (2j, 2j+1) when interleaved, (j, j+K/2) for halves.
+ */
+export function rotaryAngles(
+  K: number,
+  kind: RetNetConfig['rotaryAngles'] = 'retnet',
+  pairs: RotaryPairs = 'interleaved',
+): Float64Array {
   const half = K / 2;
   const angles = new Float64Array(K);
   for (let j = 0; j < half; j++) {
-    const a = 1 / 10000 ** (half === 1 ? 0 : j / (half - 1));
-    angles[2 * j] = a;
-    angles[2 * j + 1] = a;
+    const a = kind === 'rope' ? 10000 ** ((-2 * j) / K) : 1 / 10000 ** (half === 1 ? 0 : j / (half - 1));
+    const [i0, i1] = pairs === 'halves' ? [j, j + half] : [2 * j, 2 * j + 1];
+    angles[i0] = a;
+    angles[i1] = a;
   }
   return angles;
 }
 
-/** cos/sin tables for the given positions: [N, K] (or [B, 1, K] when `perRow`). */
+/** cos/sin tables for the given positions: [N, K], or [B, N/B, K] per row when `perRow` (default B = N). */
 export function rotaryTables(
   be: Device,
   dtype: DType,
   angles: Float64Array,
   positions: readonly number[],
   perRow: boolean,
+  rows = positions.length,
 ): { cos: Tensor; sin: Tensor } {
   const K = angles.length;
   const c = new Float64Array(positions.length * K);
@@ -79,20 +165,28 @@ export function rotaryTables(
       s[i * K + x] = Math.sin(p * angles[x]!);
     }
   });
-  const shape = perRow ? [positions.length, 1, K] : [positions.length, K];
+  const shape = perRow ? [rows, positions.length / rows, K] : [positions.length, K];
   return { cos: be.fromData(c, shape, dtype), sin: be.fromData(s, shape, dtype) };
 }
 
-/** Multi-scale retention (paper §2.2, spec §5): projections, rotation, retention, per-head RMSNorm, swish gate. */
+/**
+ * Multi-scale retention (paper §2.2, spec §5; fla-spec §4.3): projections, optional feature map, rotation, grouped
+ * key/value heads, retention, per-head RMSNorm (optionally with a learned weight), optional swish gate.
+ */
 export class MultiScaleRetention extends Module {
   readonly qProj: Linear;
   readonly kProj: Linear;
   readonly vProj: Linear;
-  readonly gProj: Linear;
+  readonly gProj: Linear | null;
   readonly outProj: Linear;
+  /** The per-head norm's learned weight [V], shared by the heads (fla's g_norm), or none (torchscale). */
+  readonly groupNorm: RMSNorm | null;
   readonly gammas: number[];
   readonly K: number;
   readonly V: number;
+  /** Query heads per key/value head. */
+  private readonly groups: number;
+  private readonly normalize: boolean;
 
   constructor(
     readonly config: RetNetConfig,
@@ -100,57 +194,93 @@ export class MultiScaleRetention extends Module {
     opts: ParamOptions,
   ) {
     super();
-    const { embedDim: d, valueDim: dv, heads: H } = config;
+    const { embedDim: d, keyDim: dk, valueDim: dv, heads: H, kvHeads } = config;
     ({ K: this.K, V: this.V } = headDims(config));
+    this.groups = H / kvHeads;
+    this.normalize = config.retentionNorm === 'torchscale';
     this.gammas = retentionGammas(H);
     const deep = config.deepnorm ? (8 * config.layers) ** -0.25 : 1;
     const xavier = (shape: [number, number], gain: number) => xavierUniform(shape, rng, gain, opts);
-    this.qProj = this.child('q_proj', new Linear(xavier([d, d], 2 ** -2.5)));
-    this.kProj = this.child('k_proj', new Linear(xavier([d, d], 2 ** -2.5)));
-    this.vProj = this.child('v_proj', new Linear(xavier([dv, d], 2 ** -2.5 * deep)));
-    this.gProj = this.child('g_proj', new Linear(xavier([dv, d], 2 ** -2.5)));
+    this.qProj = this.child('q_proj', new Linear(xavier([dk, d], 2 ** -2.5)));
+    this.kProj = this.child('k_proj', new Linear(xavier([dk / this.groups, d], 2 ** -2.5)));
+    this.vProj = this.child('v_proj', new Linear(xavier([dv / this.groups, d], 2 ** -2.5 * deep)));
+    this.gProj = config.outputGate ? this.child('g_proj', new Linear(xavier([dv, d], 2 ** -2.5))) : null;
     this.outProj = this.child('out_proj', new Linear(xavier([d, dv], 2 ** -1 * deep)));
+    this.groupNorm = config.groupNormWeight
+      ? this.child('group_norm', new RMSNorm(this.V, config.normEps, opts))
+      : null;
   }
 
-  /** q, k, v of x: [B, T, D] as [B, T, H, K] (rotated; k scaled by K^-0.5) and [B, T, H, V]. */
+  /** [B, T, Hkv, W] -> [B, T, H, W]: each key/value head repeated for its `groups` query heads (fla's repeat). */
+  private repeatHeads(t: Tensor): Tensor {
+    if (this.groups === 1) return t;
+    const [B, T, Hkv, W] = t.shape as [number, number, number, number];
+    const one = reshape(t, [B, T, Hkv, 1, W]);
+    release(t);
+    const copies = concat(new Array<Tensor>(this.groups).fill(one), 3); // [B, T, Hkv, G, W]
+    release(one);
+    const out = reshape(copies, [B, T, Hkv * this.groups, W]);
+    release(copies);
+    return out;
+  }
+
+  /**
+   * q, k, v of x: [B, T, D] as [B, T, H, K] (feature-mapped, rotated; the K^-½ factor on k, or on q in fla's
+   * format) and [B, T, H, V].
+   */
   private qkv(x: Tensor, cos: Tensor, sin: Tensor): { q: Tensor; k: Tensor; v: Tensor } {
     const [B, T] = x.shape as [number, number];
-    const H = this.config.heads;
-    const rotated = (t: Tensor) => {
-      const split = reshape(t, [B, T, H, this.K]);
-      release(t);
-      const out = rotary(split, cos, sin);
-      release(split);
-      return out;
+    const c = this.config;
+    const Hkv = c.kvHeads;
+    const s = this.K ** -0.5;
+    const scaled = c.format === 'fla' ? 'q' : 'k';
+    const heads = (flat: Tensor, H: number, which: 'q' | 'k') => {
+      let t = reshape(flat, [B, T, H, this.K]);
+      release(flat);
+      const steps = [
+        (u: Tensor) => (c.featureMap ? activation(c.featureMap, u) : u),
+        (u: Tensor) => (which === scaled ? scale(u, s) : u),
+        (u: Tensor) => rotary(u, cos, sin, c.rotaryPairs),
+      ];
+      for (const step of steps) {
+        const next = step(t);
+        if (next !== t) release(t);
+        t = next;
+      }
+      return t;
     };
-    const q = rotated(this.qProj.forward(x));
-    const kRaw = this.kProj.forward(x);
-    const k = rotated(scale(kRaw, this.K ** -0.5));
-    release(kRaw);
+    const q = heads(this.qProj.forward(x), c.heads, 'q');
+    const k = this.repeatHeads(heads(this.kProj.forward(x), Hkv, 'k'));
     const vFlat = this.vProj.forward(x);
-    const v = reshape(vFlat, [B, T, H, this.V]);
+    const v = this.repeatHeads(reshape(vFlat, [B, T, Hkv, this.V]));
     release(vFlat);
     return { q, k, v };
   }
 
-  /** The gated output: out_proj(silu(g) ⊙ groupnorm(o)) for o: [B, T, H, V] -> [B, T, D]. */
+  /** The output: out_proj(silu(g) ⊙ groupnorm(o)) (or out_proj(groupnorm(o)) without the gate), o: [B, T, H, V]. */
   private output(x: Tensor, o: Tensor): Tensor {
     const [B, T, H, V] = o.shape as [number, number, number, number];
-    const normed = rmsNorm(o, null, this.config.normEps); // per-head RMSNorm over V, no affine
+    const normed = rmsNorm(o, this.groupNorm?.weight ?? null, this.config.normEps); // per head, over V
     release(o);
     const flat = reshape(normed, [B, T, H * V]);
     release(normed);
-    const g = this.gProj.forward(x);
-    const gate = silu(g);
-    release(g);
-    const gated = mul(gate, flat);
-    release(gate, flat);
+    let gated = flat;
+    if (this.gProj) {
+      const g = this.gProj.forward(x);
+      const gate = silu(g);
+      release(g);
+      gated = mul(gate, flat);
+      release(gate, flat);
+    }
     const y = this.outProj.forward(gated);
     release(gated);
     return y;
   }
 
-  /** x: [B, T, D] -> [B, T, D]; with `capture`, also the recurrent state after the last position. */
+  /**
+   * x: [B, T, D] -> [B, T, D]; with `capture`, also the recurrent state after the last position. With `padding`,
+   * each row's real tokens run alone (the tables hold their positions) and padded positions get retention output 0.
+   */
   forward(
     x: Tensor,
     cos: Tensor,
@@ -158,10 +288,43 @@ export class MultiScaleRetention extends Module {
     form: RetentionForm,
     chunkSize: number,
     capture: boolean,
+    padding: Padding | null = null,
   ): { y: Tensor; state: { state: Tensor; scale: Tensor } | null } {
     const { q, k, v } = this.qkv(x, cos, sin);
-    const o = retention(q, k, v, this.gammas, { form, chunkSize });
-    const state = capture ? retentionState(k, v, this.gammas) : null;
+    const run = (q: Tensor, k: Tensor, v: Tensor) => ({
+      o: retention(q, k, v, this.gammas, { form, chunkSize, normalize: this.normalize }),
+      state: capture ? retentionState(k, v, this.gammas, this.normalize) : null,
+    });
+    let o: Tensor;
+    let state: { state: Tensor; scale: Tensor } | null;
+    if (!padding) ({ o, state } = run(q, k, v));
+    else {
+      const rows = padding.runs.map((runs, b) => {
+        const [qb, kb, vb] = [q, k, v].map((t) => gatherRow(t, b, runs)) as [Tensor, Tensor, Tensor];
+        const out = run(qb, kb, vb);
+        release(qb, kb, vb);
+        return out;
+      });
+      o = scatterRows(
+        rows.map((r) => r.o),
+        padding,
+        x.shape[1]!,
+      );
+      release(...rows.map((r) => r.o));
+      state = capture
+        ? {
+            state: concat(
+              rows.map((r) => r.state!.state),
+              0,
+            ),
+            scale: concat(
+              rows.map((r) => r.state!.scale),
+              0,
+            ),
+          }
+        : null;
+      if (capture) release(...rows.flatMap((r) => [r.state!.state, r.state!.scale]));
+    }
     release(q, k, v);
     return { y: this.output(x, o), state };
   }
@@ -178,6 +341,7 @@ export class MultiScaleRetention extends Module {
       state,
       scaleT,
       this.gammas,
+      this.normalize,
     ); // [B, H, V]
     return this.output(x, reshape(o, [B, 1, H, this.V]));
   }
@@ -292,6 +456,32 @@ export class RetNetDecodeState implements DecodeState {
     return n;
   }
 
+  /** A copy of the given rows (valid row indices), as a new state. */
+  rows(rows: readonly number[]): RetNetDecodeState {
+    const copy = (t: Tensor) => {
+      const per = t.size / this.batch;
+      const out = t.device.zeros([rows.length, ...t.shape.slice(1)], t.dtype);
+      rows.forEach((r, i) => kernelsOf(t).copyBlocks(t, r * per, 0, out, i * per, 0, 1, per));
+      return out;
+    };
+    return new RetNetDecodeState(
+      this.states.map(copy),
+      this.scales.map(copy),
+      rows.map((r) => this.positions[r]!),
+    );
+  }
+
+  /** In place: row rows[i] takes row i of `from` (a state of rows.length rows, e.g. from `rows`); positions too. */
+  setRows(rows: readonly number[], from: RetNetDecodeState): void {
+    const put = (src: Tensor, dst: Tensor) => {
+      const per = src.size / from.batch;
+      rows.forEach((r, i) => kernelsOf(dst).copyBlocks(src, i * per, 0, dst, r * per, 0, 1, per));
+    };
+    from.states.forEach((t, l) => put(t, this.states[l]!));
+    from.scales.forEach((t, l) => put(t, this.scales[l]!));
+    rows.forEach((r, i) => (this.positions[r] = from.positions[i]!));
+  }
+
   select(rows: readonly number[]): void {
     for (const r of rows)
       if (!Number.isInteger(r) || r < 0 || r >= this.batch)
@@ -386,7 +576,30 @@ export class RetNetModel extends Module implements CausalLM {
         c.tiedEmbeddings ? this.embedTokens.weight : normal([c.vocabSize, c.embedDim], rng, c.embedDim ** -0.5, p),
       ),
     );
-    this.angles = rotaryAngles(headDims(c).K);
+    this.angles = rotaryAngles(headDims(c).K, c.rotaryAngles, c.rotaryPairs);
+  }
+
+  /**
+   * Parameter names: torchscale's tree, or in fla's format fla's state-dict names (fla-spec §3); a tied head is then
+   * only `model.embeddings.weight` (fla does not save lm_head when tied).
+   */
+  override namedParameters(prefix = ''): [string, Tensor][] {
+    const ours = super.namedParameters(prefix);
+    if (this.config.format !== 'fla') return ours;
+    const c = this.config;
+    return ours
+      .filter(([n]) => !(c.tiedEmbeddings && n === `${prefix}output_projection.weight`))
+      .map(([n, t]) => [prefix + flaParamName(c, n.slice(prefix.length)), t]);
+  }
+
+  /** As Module.loadValues; in fla's format the old fused `mlp.gate_proj` [2I, D] is accepted too (fla-spec §10). */
+  override loadValues(
+    values: Map<string, { shape: readonly number[]; data: ArrayLike<number> }>,
+    source: string,
+    ignore?: (name: string) => boolean,
+  ): void {
+    const v = this.config.format === 'fla' ? splitFusedGateProj(values, this.config.ffnDim, source) : values;
+    super.loadValues(v, source, ignore);
   }
 
   get vocabSize(): number {
@@ -437,18 +650,23 @@ export class RetNetModel extends Module implements CausalLM {
     form: RetentionForm,
     chunkSize: number,
     capture: boolean,
+    padding: Padding | null = null,
+    inputs: Tensor[] | null = null,
   ): { x: Tensor; states: { state: Tensor; scale: Tensor }[] } {
-    const T = ids.shape[1]!;
-    const { cos, sin } = rotaryTables(this.backend, this.dtype, this.angles, [...Array(T).keys()], false);
+    const [B, T] = ids.shape as [number, number];
+    const { cos, sin } = padding
+      ? rotaryTables(this.backend, this.dtype, this.angles, padding.positions, true, B)
+      : rotaryTables(this.backend, this.dtype, this.angles, [...Array(T).keys()], false);
     let x = this.embed(ids);
     const states: { state: Tensor; scale: Tensor }[] = [];
     for (const layer of this.layers) {
+      inputs?.push(x);
       const next = layer.run(x, (normed) => {
-        const { y, state } = layer.retention.forward(normed, cos, sin, form, chunkSize, capture);
+        const { y, state } = layer.retention.forward(normed, cos, sin, form, chunkSize, capture, padding);
         if (state) states.push(state);
         return y;
       });
-      release(x);
+      if (!inputs) release(x);
       x = next;
     }
     // The rotary tables are saved by the tape's rotary nodes when recording; otherwise free them now.
@@ -456,12 +674,31 @@ export class RetNetModel extends Module implements CausalLM {
     return { x, states };
   }
 
-  /** ids int32 [B, T] -> logits [B, T, V]. */
+  /** ids int32 [B, T] -> logits [B, T, V] (with `opts.mask`, a padded batch: see ForwardOptions.mask). */
   forward(ids: Tensor, opts: ForwardOptions = {}): Tensor {
     this.checkIds(ids);
     const form = opts.form ?? (this.config.chunkwiseRecurrent ? 'chunkwise' : 'parallel');
     const chunkSize = opts.chunkSize ?? this.config.chunkSize;
-    return this.head(this.runLayers(ids, form, chunkSize, false).x);
+    const [B, T] = ids.shape as [number, number];
+    const padding = opts.mask ? paddingOf(opts.mask, B, T, 'RetNet.forward') : null;
+    return this.head(this.runLayers(ids, form, chunkSize, false, padding).x);
+  }
+
+  /**
+   * The residual stream of ids [B, T] (opts as forward): the input of each layer (0: the embeddings), the output of
+   * the last layer, and that output after the final norm; each [B, T, D]. Not differentiable.
+   */
+  hiddenStates(ids: Tensor, opts: ForwardOptions = {}): { layers: Tensor[]; final: Tensor } {
+    this.checkIds(ids);
+    const form = opts.form ?? (this.config.chunkwiseRecurrent ? 'chunkwise' : 'parallel');
+    const [B, T] = ids.shape as [number, number];
+    const padding = opts.mask ? paddingOf(opts.mask, B, T, 'RetNet.hiddenStates') : null;
+    return noGrad(() => {
+      const layers: Tensor[] = [];
+      const { x } = this.runLayers(ids, form, opts.chunkSize ?? this.config.chunkSize, false, padding, layers);
+      layers.push(x);
+      return { layers, final: this.layerNorm ? this.layerNorm.forward(x) : x };
+    });
   }
 
   /** An empty state for `batch` rows (positions 0). */
@@ -550,11 +787,18 @@ export class RetNetModel extends Module implements CausalLM {
     );
   }
 
-  /** One recurrent step for every row: tokens [B] -> logits [B, V]. */
-  step(tokens: readonly number[], state: DecodeState): Tensor {
+  /**
+   * One recurrent step for every row: tokens [B] -> logits [B, V]. `mask` [B] (1 = token, 0 = padding) marks rows
+   * whose token is padding: their state and position stay as they were (their logits mean nothing).
+   */
+  step(tokens: readonly number[], state: DecodeState, mask?: readonly number[]): Tensor {
     if (!(state instanceof RetNetDecodeState)) throw new ShapeError('RetNet.step: the state is not a RetNet state');
     if (tokens.length !== state.batch)
       throw new ShapeError(`RetNet.step: ${tokens.length} tokens for a state of ${state.batch} rows`);
+    const padded = mask ? paddingOf([mask], 1, tokens.length, 'RetNet.step') : null;
+    const keepRows = padded ? mask!.flatMap((m, b) => (m === 0 ? [b] : [])) : [];
+    // The padded rows' states, put back after the step.
+    const saved = keepRows.length > 0 ? state.rows(keepRows) : null;
     const logits = noGrad(() =>
       tidy(() => {
         const B = tokens.length;
@@ -571,7 +815,11 @@ export class RetNetModel extends Module implements CausalLM {
         return reshape(this.head(x), [B, this.vocabSize]);
       }),
     );
-    state.positions = state.positions.map((p) => p + 1);
+    if (saved) {
+      state.setRows(keepRows, saved);
+      saved.dispose();
+    }
+    state.positions = state.positions.map((p, b) => (mask && mask[b] === 0 ? p : p + 1));
     return logits;
   }
 }
