@@ -58,14 +58,6 @@ export interface Kernels {
   // Normalisation over the last dim; statistics are [rows].
   rmsNorm(x: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor };
   rmsNormBackward(x: Tensor, w: Tensor | null, rstd: Tensor, g: Tensor): { dx: Tensor; dw: Tensor | null };
-  layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): { y: Tensor; mean: Tensor; rstd: Tensor };
-  layerNormBackward(
-    x: Tensor,
-    w: Tensor,
-    mean: Tensor,
-    rstd: Tensor,
-    g: Tensor,
-  ): { dx: Tensor; dw: Tensor; db: Tensor };
 
   softmax(x: Tensor): Tensor;
   softmaxBackward(y: Tensor, g: Tensor): Tensor;
@@ -195,8 +187,6 @@ export const KERNEL_INFO: Record<KernelName, { inPlace: readonly number[]; stats
   activationBackward: { inPlace: [] },
   rmsNorm: { inPlace: [], stats: ['rstd'] },
   rmsNormBackward: { inPlace: [] },
-  layerNorm: { inPlace: [], stats: ['mean', 'rstd'] },
-  layerNormBackward: { inPlace: [] },
   softmax: { inPlace: [] },
   softmaxBackward: { inPlace: [] },
   crossEntropy: { inPlace: [], stats: ['lse'] },

@@ -8,7 +8,7 @@ import type { DType } from '../tensor/dtype.js';
 import type { Rng } from '../tensor/random.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { linear, mul } from '../ops/math.js';
-import { activation, embedding, layerNorm, rmsNorm } from '../ops/nn.js';
+import { activation, embedding, rmsNorm } from '../ops/nn.js';
 import { Module } from './module.js';
 
 /** Where parameters are created and how. */
@@ -91,25 +91,6 @@ export class RMSNorm extends Module {
 
   forward(x: Tensor): Tensor {
     return rmsNorm(x, this.weight, this.eps);
-  }
-}
-
-export class LayerNorm extends Module {
-  readonly weight: Tensor;
-  readonly bias: Tensor;
-
-  constructor(
-    dim: number,
-    readonly eps: number,
-    opts: ParamOptions,
-  ) {
-    super();
-    this.weight = this.param('weight', constant([dim], 1, opts));
-    this.bias = this.param('bias', constant([dim], 0, opts));
-  }
-
-  forward(x: Tensor): Tensor {
-    return layerNorm(x, this.weight, this.bias, this.eps);
   }
 }
 

@@ -37,13 +37,6 @@ export function expectShape(op: string, what: string, t: Tensor, shape: readonly
     throw new ShapeError(`${op}: ${what} has shape ${formatShape(t.shape)}, expected ${formatShape(shape)}`);
 }
 
-export function expectRank(op: string, what: string, t: Tensor, min: number, max = min): void {
-  if (t.rank < min || t.rank > max)
-    throw new ShapeError(
-      `${op}: ${what} must have rank ${min === max ? min : `${min}..${max}`}, got ${formatShape(t.shape)}`,
-    );
-}
-
 /** True when `suffix` equals the trailing dims of `shape`. */
 export function isSuffix(suffix: readonly number[], shape: readonly number[]): boolean {
   if (suffix.length > shape.length) return false;

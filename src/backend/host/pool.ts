@@ -74,11 +74,4 @@ export class BufferPool {
     this.order.delete(buffer);
     this.pooledBytes -= buffer.byteLength;
   }
-
-  /** Drops every cached buffer (they are then garbage). */
-  clear(): void {
-    this.free.clear();
-    this.order.clear();
-    this.pooledBytes = 0;
-  }
 }
