@@ -4,6 +4,7 @@
 import { getBackend } from '../backend/index.js';
 import { noGrad } from '../autograd/tape.js';
 import { loadModelDir } from '../io/model-dir.js';
+import { SIZE_BOUNDS } from '../models/bounds.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { tidy } from '../tensor/scope.js';
 import { type Command, UsageError, choiceFlag, intFlag, parseFlags } from './command.js';
@@ -19,6 +20,26 @@ function parseTokens(text: string | undefined): number[] {
       throw new UsageError(`logits: --tokens entry ${i} ('${s}') is not a non-negative integer`);
     return n;
   });
+}
+
+/**
+ * Streams `{"logits": [[...], ...]}` to stdout a few rows per write, so the cost is linear in the number of values and
+ * no second copy of the logits (as JSON) is ever held whole. (Writes to a pipe or file are synchronous on Linux.)
+ */
+function writeRows(flat: ArrayLike<number>, rows: number, V: number): void {
+  const ROWS_PER_WRITE = 64;
+  let pending: string[] = ['{"logits":['];
+  for (let i = 0; i < rows; i++) {
+    const row: number[] = new Array<number>(V);
+    for (let j = 0; j < V; j++) row[j] = flat[i * V + j]!;
+    pending.push(`${i > 0 ? ',' : ''}${JSON.stringify(row)}`);
+    if (pending.length >= ROWS_PER_WRITE) {
+      process.stdout.write(pending.join(''));
+      pending = [];
+    }
+  }
+  pending.push(']}\n');
+  process.stdout.write(pending.join(''));
 }
 
 export const logitsCommand: Command = {
@@ -47,7 +68,14 @@ export const logitsCommand: Command = {
     let flat: ArrayLike<number>;
     if (model instanceof RetNetModel) {
       const form = choiceFlag('logits', 'form', values.form, FORMS, 'parallel');
-      const chunkSize = intFlag('logits', 'chunk-size', values['chunk-size'], model.config.chunkSize);
+      const chunkSize = intFlag(
+        'logits',
+        'chunk-size',
+        values['chunk-size'],
+        model.config.chunkSize,
+        1,
+        SIZE_BOUNDS.chunkSize,
+      );
       if (form === 'recurrent') {
         const state = model.emptyState(1);
         const out = new Float64Array(tokens.length * V);
@@ -69,8 +97,7 @@ export const logitsCommand: Command = {
       flat = noGrad(() => tidy(() => model.forward(backend.fromData(tokens, [1, tokens.length], 'int32')).data()));
     }
     model.dispose();
-    const rows = tokens.map((_, i) => Array.from(flat).slice(i * V, (i + 1) * V));
-    process.stdout.write(`${JSON.stringify({ logits: rows })}\n`);
+    writeRows(flat, tokens.length, V);
     return 0;
   },
 };

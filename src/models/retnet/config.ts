@@ -4,6 +4,7 @@
 
 import type { ActivationKind, RotaryPairs } from '../../backend/kernels.js';
 import { ConfigError } from '../../errors.js';
+import { checkSize } from '../bounds.js';
 
 export interface RetNetConfig {
   vocabSize: number;
@@ -121,12 +122,6 @@ export function retnetPreset(name: string, overrides: Partial<RetNetConfig> & { 
   return validateRetNetConfig({ ...RETNET_DEFAULTS, ...shape, ...overrides });
 }
 
-function positiveInt(c: RetNetConfig, field: keyof RetNetConfig, source: string): void {
-  const v = c[field];
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1)
-    throw new ConfigError(`${source}: ${field} must be a positive integer, got ${JSON.stringify(v)}`);
-}
-
 function probability(c: RetNetConfig, field: keyof RetNetConfig, source: string): void {
   const v = c[field];
   if (typeof v !== 'number' || !(v >= 0 && v < 1))
@@ -148,8 +143,8 @@ export function validateRetNetConfig(c: RetNetConfig, source = 'RetNetConfig'): 
   if (c.keyDim === -1 || c.keyDim === undefined) c.keyDim = c.embedDim;
   if (c.kvHeads === -1 || c.kvHeads === undefined) c.kvHeads = c.heads;
   for (const f of ['vocabSize', 'embedDim', 'valueDim', 'heads', 'ffnDim', 'layers', 'chunkSize'] as const)
-    positiveInt(c, f, source);
-  for (const f of ['keyDim', 'kvHeads'] as const) positiveInt(c, f, source);
+    checkSize(source, f, c[f]);
+  for (const f of ['keyDim', 'kvHeads'] as const) checkSize(source, f, c[f]);
   for (const f of ['dropout', 'activationDropout', 'dropPathRate'] as const) probability(c, f, source);
   if (c.keyDim % c.heads !== 0) {
     const field = c.keyDim === c.embedDim ? 'embedDim' : 'keyDim'; // the key width is embedDim unless set
@@ -163,8 +158,8 @@ export function validateRetNetConfig(c: RetNetConfig, source = 'RetNetConfig'): 
     throw new ConfigError(`${source}: the key head dim keyDim/heads = ${c.keyDim / c.heads} must be even (rotation)`);
   if (!['gelu', 'swish', 'relu'].includes(c.activation))
     throw new ConfigError(`${source}: activation must be gelu, swish or relu, got ${JSON.stringify(c.activation)}`);
-  if (!(typeof c.normEps === 'number' && c.normEps > 0))
-    throw new ConfigError(`${source}: normEps must be a positive number, got ${JSON.stringify(c.normEps)}`);
+  if (!(typeof c.normEps === 'number' && c.normEps > 0 && c.normEps < 1))
+    throw new ConfigError(`${source}: normEps must be a positive number less than 1, got ${JSON.stringify(c.normEps)}`);
   for (const f of [
     'glu',
     'normalizeBefore',
