@@ -3,7 +3,6 @@
 // a repetition penalty. Each sequence has its own seeded Rng, so a seeded request gives the same text whatever else
 // is in the batch.
 
-import { randomInt } from 'node:crypto';
 
 import { ConfigError } from '../errors.js';
 import { Rng } from '../tensor/random.js';
@@ -37,7 +36,7 @@ export function samplingSettings(opts: SamplingOptions = {}, where = 'sampling')
     topK: opts.topK ?? 0,
     topP: opts.topP ?? 1,
     repetitionPenalty: opts.repetitionPenalty ?? 1,
-    seed: opts.seed ?? randomInt(2 ** 32 - 1),
+    seed: opts.seed ?? globalThis.crypto.getRandomValues(new Uint32Array(1))[0]!,
   };
   const finite = (v: number) => typeof v === 'number' && Number.isFinite(v);
   check(finite(s.temperature) && s.temperature >= 0, `${where}.temperature`, 'a number >= 0', s.temperature);

@@ -4,7 +4,7 @@
 // then steps each batch once, so every running sequence gets one token per round whatever its arrival time or length.
 // Between model calls the loop yields to the event loop, so HTTP keeps being served while generation runs.
 
-import { setImmediate as nextMacrotask } from 'node:timers/promises';
+import { nextMacrotask } from './macrotask.js';
 
 import { RetnetError } from '../errors.js';
 import type { CausalLM } from '../models/lm.js';
