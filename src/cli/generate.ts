@@ -20,13 +20,19 @@ import {
 } from './command.js';
 
 /** Loads a model directory for generation, which needs its tokenizer (weights: as `--weights`). */
-export function loadForGeneration(dir: string, weights?: WeightFormat): { model: CausalLM; tokenizer: Tokenizer } {
-  const { model, tokenizer } = loadModelDir(dir, { weights });
+export function loadForGeneration(
+  dir: string,
+  weights?: WeightFormat,
+): { model: CausalLM; tokenizer: Tokenizer; chatTemplate?: string } {
+  const loaded = loadModelDir(dir, { weights });
+  const { model, tokenizer } = loaded;
   if (!tokenizer) {
     model.dispose();
     throw new ConfigError(`${dir}: no tokenizer.json; generation needs the tokenizer the model was trained with`);
   }
-  return { model, tokenizer };
+  // tokenizer_config.json's chat_template, once the model-directory loader reads it.
+  const { chatTemplate } = loaded as { chatTemplate?: unknown };
+  return { model, tokenizer, ...(typeof chatTemplate === 'string' ? { chatTemplate } : {}) };
 }
 
 export interface GenerateTextOptions {
