@@ -8,7 +8,6 @@
 
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 
-import { parseFlags } from '../src/cli/command.js';
 import { generate } from '../src/generate/generate.js';
 import type { CausalLM } from '../src/models/lm.js';
 import { createModel } from '../src/models/registry.js';
@@ -254,13 +253,9 @@ async function benchTimeToFirst(clients: number, prefillChunk: number, promptTok
   };
 }
 
-export async function generateSuite(argv: string[]): Promise<void> {
-  const { values } = parseFlags('bench generate', argv, {
-    quick: { type: 'boolean' },
-    'prefill-only': { type: 'boolean' },
-  });
-  const quick = values.quick === true;
-  const all = values['prefill-only'] !== true;
+export async function generateSuite(values: { quick: boolean; 'prefill-only': boolean }): Promise<void> {
+  const quick = values.quick;
+  const all = !values['prefill-only'];
   const newTokens = quick ? 32 : 128;
   const before = cpuCounters();
   const generateRows: BenchRecord[] = [];

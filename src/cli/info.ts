@@ -10,15 +10,13 @@ import {
   threadCount,
 } from '../backend/index.js';
 import { implementedKernels } from '../backend/kernels.js';
-import type { Command } from './command.js';
-import { parseFlags } from './command.js';
+import { bool, defineCommand } from './command.js';
 
-export const infoCommand: Command = {
+export const infoCommand = defineCommand({
   name: 'info',
   summary: 'print the backend, BLAS library, core type, threads, addon build flags and kernels per device',
-  usage: 'retnet info [--json]',
-  async run(argv) {
-    const { values } = parseFlags('info', argv, { json: { type: 'boolean' } });
+  flags: { json: bool('print one JSON object') },
+  async run({ values }) {
     const backend = getBackend();
     const native = cpuInfo();
     const devices = [referenceBackend(), cpuBackend()].filter((d) => d !== null);
@@ -62,4 +60,4 @@ export const infoCommand: Command = {
     }
     return 0;
   },
-};
+});

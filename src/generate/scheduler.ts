@@ -27,7 +27,7 @@ export class ShuttingDownError extends RetnetError {}
 export interface SchedulerOptions {
   /** Most sequences decoding at once (over all batches). */
   maxActive: number;
-  /** Most requests waiting for admission; more are refused with QueueFullError. */
+  /** Most requests waiting for a free decoding slot (0: none wait); more are refused with QueueFullError. */
   maxQueued: number;
   /** Most prompt tokens in one prefill call (default 512): the longest a decode step waits for prefill work. */
   prefillChunk?: number;
@@ -192,8 +192,11 @@ export class Scheduler {
           where,
         ),
     );
-    if (this.queue.length >= this.opts.maxQueued)
-      throw new QueueFullError(`${this.queue.length} requests are already waiting; try again later`);
+    // Queued requests that free decoding slots will admit at the next turn are not waiting: with maxQueued 0 an idle
+    // server still takes maxActive requests at once.
+    const waiting = this.queue.length - Math.max(this.opts.maxActive - this.running.size, 0);
+    if (waiting >= this.opts.maxQueued)
+      throw new QueueFullError(`${Math.max(waiting, 0)} requests are already waiting; try again later`);
     this.nextIndex += n;
     const entry: Entry = { sequences, streams: sequences.map(() => new EventStream()) };
     this.queue.push(entry);

@@ -6,8 +6,7 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 
-import cors from '@fastify/cors';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
+import type { FastifyBaseLogger, FastifyInstance, FastifyReply } from 'fastify';
 
 import { ConfigError } from '../errors.js';
 import type { TokenLogprob } from '../generate/sampler.js';
@@ -171,6 +170,8 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
   let openResponses = 0;
   let allClosed: (() => void) | null = null;
 
+  // Loaded here: `import 'retnet'` does not load the HTTP server.
+  const { default: Fastify } = await import('fastify');
   const app: FastifyInstance = Fastify({
     bodyLimit: maxBodyBytes,
     logger: { level: opts.logLevel ?? 'info', stream: opts.logStream ?? process.stderr },
@@ -181,7 +182,7 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
   // CORS before the key check: a browser's preflight (OPTIONS) carries no Authorization, and @fastify/cors answers it
   // in its own onRequest hook. Without origins, no CORS headers are sent and a browser refuses the response.
   if (opts.corsOrigins && opts.corsOrigins.length > 0)
-    await app.register(cors, {
+    await app.register((await import('@fastify/cors')).default, {
       origin: opts.corsOrigins.includes('*') ? '*' : [...opts.corsOrigins],
       methods: ['GET', 'POST', 'OPTIONS'],
       allowedHeaders: ['authorization', 'content-type'],

@@ -41,4 +41,12 @@ export function cpuInfo(): CpuAddonInfo | null {
   return cpuBackend()?.addon.info() ?? null;
 }
 
-registerDevice('cpu', () => cpuBackend() ?? cpuError!);
+// Why the cpu device is unavailable, with the fix: the fallback still works, but training and generation run tens
+// of times slower, so the one line says so loudly.
+registerDevice(
+  'cpu',
+  () =>
+    cpuBackend() ??
+    `${cpuError}; the native cpu backend is many times faster. Fix: install OpenBLAS, g++ and make (Debian: ` +
+      "apt-get install libopenblas-dev g++ make) and run 'npm rebuild retnet'; 'retnet info' shows the state",
+);
