@@ -16,16 +16,22 @@ export type BackendName = 'cpu' | 'reference' | 'native' | (string & {});
 export type DeviceLoader = () => Device | string;
 
 const loaders = new Map<string, DeviceLoader>();
+/** Devices chosen only when named (never the default). */
+const byNameOnly = new Set<string>();
 const loaded = new Map<string, Device | string>();
 let current: Device | null = null;
 let warned = false;
 let deprecationSaid = false;
 
-/** Makes a device selectable by name (and a candidate for the default, in registration order). */
-export function registerDevice(name: string, load: DeviceLoader): void {
+/**
+ * Makes a device selectable by name, and a candidate for the default in registration order unless `byNameOnly`.
+ */
+export function registerDevice(name: string, load: DeviceLoader, opts: { byNameOnly?: boolean } = {}): void {
   if (name === 'reference' || name === 'native') throw new BackendError(`registerDevice: '${name}' is reserved`);
   loaders.set(name, load);
   loaded.delete(name);
+  if (opts.byNameOnly) byNameOnly.add(name);
+  else byNameOnly.delete(name);
 }
 
 export function referenceBackend(): HostDevice {
@@ -81,6 +87,7 @@ export function getBackend(name?: BackendName): Device {
   }
   let reason: string | null = null;
   for (const n of loaders.keys()) {
+    if (byNameOnly.has(n)) continue;
     const d = load(n);
     if (typeof d !== 'string') return (current = d);
     reason ??= d;
