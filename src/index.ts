@@ -6,8 +6,19 @@ export { MemoryTracker } from './tensor/memory.js';
 export { tidy, keep } from './tensor/scope.js';
 export { Rng } from './tensor/random.js';
 export { backward, noGrad, clearTape } from './autograd/tape.js';
-export type { Backend, ActivationKind, AdamWParams } from './backend/backend.js';
-export { getBackend, setBackend, nativeInfo, nativeUnavailableReason, type BackendName } from './backend/index.js';
+export type { Device, DeviceName } from './backend/device.js';
+export {
+  kernels,
+  kernelsOf,
+  registerKernels,
+  supports,
+  implementedKernels,
+  type Kernels,
+  type KernelName,
+  type ActivationKind,
+  type AdamWParams,
+} from './backend/kernels.js';
+export { getBackend, setBackend, cpuInfo, cpuUnavailableReason, type BackendName } from './backend/index.js';
 export * from './ops/index.js';
 export { ByteTokenizer, type Tokenizer } from './tokenizer/tokenizer.js';
 export { BpeTokenizer, trainBpe } from './tokenizer/bpe.js';
@@ -41,7 +52,10 @@ export {
   type Arch,
   type ModelOptions,
 } from './models/registry.js';
-export { loadModelDir, saveModelDir } from './io/model-dir.js';
+export { loadModelDir, saveModelDir, type LoadOptions } from './io/model-dir.js';
+export { WEIGHT_FORMATS, type WeightFormat, quantize, dequantize } from './quant/formats.js';
+export { quantizeModel, weightBytes } from './quant/model.js';
+export { LowpWeight, lowpLinear } from './quant/linear.js';
 export {
   type RetNetConfig,
   RETNET_PRESETS,

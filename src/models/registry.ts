@@ -1,7 +1,7 @@
 // Model construction from an architecture name + preset or from a config object (a parsed config.json). Core code:
 // no file I/O here; model directories are read and written by src/io/model-dir.ts.
 
-import type { Backend } from '../backend/backend.js';
+import type { Device } from '../backend/device.js';
 import { ConfigError } from '../errors.js';
 import type { DType } from '../tensor/dtype.js';
 import type { CausalLM } from './lm.js';
@@ -20,7 +20,7 @@ export type Arch = 'retnet' | 'transformer';
 export const ARCHS: readonly Arch[] = ['retnet', 'transformer'];
 
 export interface ModelOptions {
-  backend?: Backend;
+  backend?: Device;
   dtype?: DType;
   seed?: number;
 }

@@ -1,11 +1,12 @@
 // Retention ops (RetNet's multi-scale retention core and its rotary positions). The normalisers of each form are
 // detached (as in torchscale), so the gradient is that of the un-normalised retention scaled by the saved row factors.
 
-import type { RetentionForm, RotaryPairs } from '../backend/backend.js';
+import type { RetentionForm, RotaryPairs } from '../backend/kernels.js';
 import { needsGrad, record } from '../autograd/tape.js';
 import { ShapeError, formatShape } from '../errors.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { backendOf, expectFloat, expectShape, sameDType } from './check.js';
+import { deviceOf, expectFloat, expectShape, sameDType } from './check.js';
+import { kernels } from '../backend/kernels.js';
 
 export interface RetentionOptions {
   form: RetentionForm;
@@ -25,7 +26,8 @@ function checkGammas(op: string, gammas: readonly number[], H: number): void {
  * q, k: [B, T, H, K] (rotated; k scaled by K^-0.5), v: [B, T, H, V], gammas: [H]. Returns o: [B, T, H, V].
  */
 export function retention(q: Tensor, k: Tensor, v: Tensor, gammas: readonly number[], opts: RetentionOptions): Tensor {
-  const be = backendOf('retention', q, k, v);
+  const be = deviceOf('retention', q, k, v);
+  const kern = kernels(be, q.dtype);
   expectFloat('retention', 'q', q);
   sameDType('retention', q, k);
   sameDType('retention', q, v);
@@ -38,10 +40,10 @@ export function retention(q: Tensor, k: Tensor, v: Tensor, gammas: readonly numb
   const chunkSize = opts.chunkSize ?? 0;
   if (opts.form === 'chunkwise' && (!Number.isInteger(chunkSize) || chunkSize < 1))
     throw new ShapeError(`retention: the chunkwise form needs a positive integer chunkSize, got ${opts.chunkSize}`);
-  const { o, r } = be.retentionForward(opts.form, q, k, v, gammas, chunkSize, opts.normalize ?? true);
+  const { o, r } = kern.retentionForward(opts.form, q, k, v, gammas, chunkSize, opts.normalize ?? true);
   if (needsGrad(q, k, v))
     record(`retention.${opts.form}`, [q, k, v], [o], ([g]) => {
-      const { dq, dk, dv } = be.retentionBackward(opts.form, q, k, v, gammas, r, g!, chunkSize);
+      const { dq, dk, dv } = kern.retentionBackward(opts.form, q, k, v, gammas, r, g!, chunkSize);
       return [dq, dk, dv];
     });
   else r.dispose();
@@ -54,7 +56,8 @@ export function retention(q: Tensor, k: Tensor, v: Tensor, gammas: readonly numb
  * or halves (x[i], x[i+K/2]) as fla's rotate_half; the tables hold each pair's angle at its first element's index.
  */
 export function rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs = 'interleaved'): Tensor {
-  const be = backendOf('rotary', x, cos, sin);
+  const be = deviceOf('rotary', x, cos, sin);
+  const kern = kernels(be, x.dtype);
   expectFloat('rotary', 'x', x);
   sameDType('rotary', x, cos);
   if (x.rank !== 4 || x.shape[3]! % 2 !== 0)
@@ -63,8 +66,8 @@ export function rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs =
   const table = cos.rank === 3 ? [B, T, K] : [T, K];
   expectShape('rotary', 'cos', cos, table);
   expectShape('rotary', 'sin', sin, table);
-  const y = be.rotary(x, cos, sin, pairs, false);
-  if (needsGrad(x)) record('rotary', [x], [y], ([g]) => [be.rotary(g!, cos, sin, pairs, true)]);
+  const y = kern.rotary(x, cos, sin, pairs, false);
+  if (needsGrad(x)) record('rotary', [x], [y], ([g]) => [kern.rotary(g!, cos, sin, pairs, true)]);
   return y;
 }
 
@@ -81,7 +84,8 @@ export function retentionStep(
   gammas: readonly number[],
   normalize = true,
 ): Tensor {
-  const be = backendOf('retentionStep', q, k, v, state, scale);
+  const be = deviceOf('retentionStep', q, k, v, state, scale);
+  const kern = kernels(be, q.dtype);
   if (q.rank !== 3) throw new ShapeError(`retentionStep: q must be [B, H, K], got ${formatShape(q.shape)}`);
   const [B, H, K] = q.shape as [number, number, number];
   expectShape('retentionStep', 'k', k, q.shape);
@@ -90,7 +94,7 @@ export function retentionStep(
   expectShape('retentionStep', 'state', state, [B, H, K, v.shape[2]!]);
   expectShape('retentionStep', 'scale', scale, [B, H]);
   checkGammas('retentionStep', gammas, H);
-  return be.retentionStep(q, k, v, state, scale, gammas, normalize);
+  return kern.retentionStep(q, k, v, state, scale, gammas, normalize);
 }
 
 /** The recurrent state after k: [B, T, H, K], v: [B, T, H, V] (inference only; `normalize` as retentionStep). */
@@ -100,9 +104,10 @@ export function retentionState(
   gammas: readonly number[],
   normalize = true,
 ): { state: Tensor; scale: Tensor } {
-  const be = backendOf('retentionState', k, v);
+  const be = deviceOf('retentionState', k, v);
+  const kern = kernels(be, k.dtype);
   if (k.rank !== 4 || v.rank !== 4 || k.shape.slice(0, 3).some((d, i) => d !== v.shape[i]))
     throw new ShapeError(`retentionState: k ${formatShape(k.shape)} and v ${formatShape(v.shape)} do not match`);
   checkGammas('retentionState', gammas, k.shape[2]!);
-  return be.retentionState(k, v, gammas, normalize);
+  return kern.retentionState(k, v, gammas, normalize);
 }

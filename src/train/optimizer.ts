@@ -2,11 +2,12 @@
 // applied only to matrices (linear and embedding weights); norm gains and biases (rank < 2) are not decayed. The
 // update runs in the backend's fused adamw kernel; global-norm clipping is folded into it as a gradient scale.
 
-import type { Backend } from '../backend/backend.js';
+import type { Device } from '../backend/device.js';
 import { FormatError } from '../errors.js';
 import type { TensorToSave } from '../io/safetensors.js';
 import { keep } from '../tensor/scope.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { kernelsOf } from '../backend/kernels.js';
 
 export interface AdamWConfig {
   beta1: number;
@@ -52,7 +53,7 @@ export class AdamW {
   /** The global L2 norm of all gradients (parameters without a gradient count as zero). */
   gradNorm(): number {
     let sum = 0;
-    for (const s of this.slots) if (s.param.grad) sum += s.param.backend.sumSquares(s.param.grad);
+    for (const s of this.slots) if (s.param.grad) sum += kernelsOf(s.param).sumSquares(s.param.grad);
     return Math.sqrt(sum);
   }
 
@@ -65,11 +66,11 @@ export class AdamW {
     for (const s of this.slots) {
       const { param } = s;
       if (!param.grad) continue;
-      const be: Backend = param.backend;
+      const be: Device = param.device;
       // Moments live as long as the optimizer, whatever scope the update runs in.
       s.m ??= keep(be.zeros(param.shape, param.dtype));
       s.v ??= keep(be.zeros(param.shape, param.dtype));
-      be.adamw(param, param.grad, s.m, s.v, {
+      kernelsOf(param).adamw(param, param.grad, s.m, s.v, {
         lr,
         beta1: this.config.beta1,
         beta2: this.config.beta2,
@@ -119,7 +120,7 @@ export class AdamW {
           throw new FormatError(
             `${source}: ${what}.${s.name} has shape [${t.shape.join(', ')}], the parameter [${s.param.shape.join(', ')}]`,
           );
-      const be = s.param.backend;
+      const be = s.param.device;
       s.m = keep(be.fromData(m.data, s.param.shape, s.param.dtype));
       s.v = keep(be.fromData(v.data, s.param.shape, s.param.dtype));
     }

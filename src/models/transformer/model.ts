@@ -4,7 +4,8 @@
 // naive or the FlashAttention kernel; decoding keeps a KV cache per layer. Parameter names follow PyTorch/fairseq
 // (`layers.0.self_attn.q_proj.weight`).
 
-import type { AttentionAlgorithm, Backend } from '../../backend/backend.js';
+import type { Device } from '../../backend/device.js';
+import type { AttentionAlgorithm } from '../../backend/kernels.js';
 import { getBackend } from '../../backend/index.js';
 import { gradEnabled, noGrad } from '../../autograd/tape.js';
 import { ShapeError } from '../../errors.js';
@@ -22,9 +23,10 @@ import type { Tensor } from '../../tensor/tensor.js';
 import type { CausalLM, DecodeState } from '../lm.js';
 import { release, rotaryTables } from '../retnet/model.js';
 import { type TransformerConfig, validateTransformerConfig } from './config.js';
+import { kernelsOf } from '../../backend/kernels.js';
 
 export interface TransformerOptions {
-  backend?: Backend;
+  backend?: Device;
   dtype?: DType;
   /** Seed of the initial weights (and of dropout masks while training). */
   seed?: number;
@@ -79,9 +81,9 @@ export class TransformerDecodeState implements DecodeState {
   private rebuild(rows: readonly number[], C: number): void {
     const copy = (t: Tensor) => {
       const [, H, oldC, K] = t.shape as [number, number, number, number];
-      const out = keep(t.backend.zeros([rows.length, H, C, K], t.dtype));
+      const out = keep(t.device.zeros([rows.length, H, C, K], t.dtype));
       const len = Math.min(oldC, C) * K;
-      rows.forEach((r, i) => t.backend.copyBlocks(t, r * H * oldC * K, oldC * K, out, i * H * C * K, C * K, H, len));
+      rows.forEach((r, i) => kernelsOf(t).copyBlocks(t, r * H * oldC * K, oldC * K, out, i * H * C * K, C * K, H, len));
       t.dispose();
       return out;
     };
@@ -107,7 +109,7 @@ export class TransformerDecodeState implements DecodeState {
     ] as const) {
       const [B, , H, K] = src.shape as [number, number, number, number];
       for (let b = 0; b < B; b++)
-        src.backend.copyBlocks(src, b * H * K, K, cache, b * H * C * K + this.positions[b]! * K, C * K, H, K);
+        kernelsOf(src).copyBlocks(src, b * H * K, K, cache, b * H * C * K + this.positions[b]! * K, C * K, H, K);
     }
   }
 
@@ -127,12 +129,12 @@ export class TransformerDecodeState implements DecodeState {
     const C = Math.max(this.capacity, other.capacity);
     const join = (a: Tensor, b: Tensor) => {
       const [B1, H, , K] = a.shape as [number, number, number, number];
-      const out = keep(a.backend.zeros([B1 + b.shape[0]!, H, C, K], a.dtype));
+      const out = keep(a.device.zeros([B1 + b.shape[0]!, H, C, K], a.dtype));
       // Each source row (H blocks of its capacity · K) goes to its row of out, blocks C · K apart.
       [a, b].forEach((src, part) => {
         const [B, , Cs] = src.shape as [number, number, number];
         for (let r = 0; r < B; r++)
-          src.backend.copyBlocks(src, r * H * Cs * K, Cs * K, out, (part * B1 + r) * H * C * K, C * K, H, Cs * K);
+          kernelsOf(src).copyBlocks(src, r * H * Cs * K, Cs * K, out, (part * B1 + r) * H * C * K, C * K, H, Cs * K);
       });
       a.dispose();
       return out;
@@ -279,7 +281,7 @@ export class TransformerModel extends Module implements CausalLM {
   readonly layers: TransformerLayer[];
   readonly layerNorm: RMSNorm;
   readonly outputProjection: Linear;
-  readonly backend: Backend;
+  readonly backend: Device;
   readonly dtype: DType;
   private readonly angles: Float64Array;
   /** Draws dropout masks (training only). */
@@ -393,7 +395,7 @@ export class TransformerModel extends Module implements CausalLM {
           const out = this.backend.zeros([B, H, C, K], this.dtype);
           for (let b = 0; b < B; b++)
             for (let h = 0; h < H; h++)
-              this.backend.copyBlocks(t, (b * T * H + h) * K, H * K, out, (b * H + h) * C * K, K, T, K);
+              kernelsOf(t).copyBlocks(t, (b * T * H + h) * K, H * K, out, (b * H + h) * C * K, K, T, K);
           return out;
         };
         const x = this.runLayers(
@@ -405,7 +407,7 @@ export class TransformerModel extends Module implements CausalLM {
           },
         );
         const last = this.backend.zeros([B, 1, D], this.dtype);
-        lengths.forEach((n, b) => this.backend.copyBlocks(x, (b * T + n - 1) * D, 0, last, b * D, 0, 1, D));
+        lengths.forEach((n, b) => kernelsOf(x).copyBlocks(x, (b * T + n - 1) * D, 0, last, b * D, 0, 1, D));
         release(x);
         const state = new TransformerDecodeState(keys, values, lengths);
         return { logits: reshape(this.head(last), [B, this.vocabSize]), state };
@@ -425,7 +427,7 @@ export class TransformerModel extends Module implements CausalLM {
     const C = capacityFor(length + 1);
     const make = () => {
       const t = this.backend.zeros([batch, H, C, K], this.dtype);
-      t.backend.write(t, tiledNormal(rng, t.size, 1));
+      t.device.write(t, tiledNormal(rng, t.size, 1));
       return t;
     };
     const keys = this.layers.map(make);
