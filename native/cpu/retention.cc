@@ -1,4 +1,5 @@
-// Multi-scale retention kernels (paper §2.1-2.2; torchscale's parallel, chunkwise and recurrent forms, spec §5).
+// Multi-scale retention kernels (paper §2.1-2.2; torchscale/architecture/retnet.py, MultiScaleRetention's
+// parallel_forward, chunk_recurrent_forward and recurrent_forward).
 // Layouts are time-major, as the projections produce them: q, k [B, T, H, K]; v, o [B, T, H, V]; r [B, H, T];
 // state [B, H, K, V]; scale [B, H]. One head's rows are strided (stride H·K or H·V), which BLAS takes as a leading
 // dimension, so no permute is ever needed. Scratch memory is a caller-provided workspace (see retentionWorkspace) so
@@ -81,7 +82,7 @@ Sequence sequenceArgs(const Napi::CallbackInfo& info, size_t dimsAt, const Span<
 
 }  // namespace
 
-// retentionParallel(q, k, v, gammas, o, r, workspace, B, H, T, K, V, normalize): the parallel form (spec §5a).
+// retentionParallel(q, k, v, gammas, o, r, workspace, B, H, T, K, V, normalize): the parallel form (torchscale's parallel_forward).
 // gammas: Float64Array [H].
 static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
@@ -121,7 +122,7 @@ static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionParallel", RetentionParallel);
 
-// retentionChunkwise(q, k, v, gammas, o, r, workspace, B, H, T, K, V, C, normalize): the chunkwise form (spec §5c), parallel
+// retentionChunkwise(q, k, v, gammas, o, r, workspace, B, H, T, K, V, C, normalize): the chunkwise form (chunk_recurrent_forward), parallel
 // inside each chunk of C positions and recurrent across chunks through the K×V state. A last chunk shorter than C
 // gives exactly the outputs of torchscale's zero padding.
 static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
@@ -306,7 +307,7 @@ static Napi::Value RetentionBackwardChunkwise(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionBackwardChunkwise", RetentionBackwardChunkwise);
 
-// retentionStep(q, k, v, gammas, state, scale, o, B, H, K, V, normalize): one recurrent step (spec §5b) for q, k
+// retentionStep(q, k, v, gammas, state, scale, o, B, H, K, V, normalize): one recurrent step (recurrent_forward) for q, k
 // [B, H, K] and v, o [B, H, V] (one position of the [B, T, H, *] layout), in place on state and scale; scale 0 marks
 // an empty state, so the first step needs no special case. Without normalisation S' = γ S + kᵀv (scale still counts).
 static Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
@@ -406,7 +407,7 @@ RETNET_KERNEL("retentionWorkspace", RetentionWorkspace);
 
 // rotary(x, cos, sin, y, B, T, H, K, perBatch, halves, inverse): rotation of pairs (a, b) of each head by the angle
 // at index a of the tables [T, K] (shared by the batch) or [B, T, K] (per row). Pairs are interleaved (2j, 2j+1)
-// (torchscale's theta_shift, spec §4) or, with halves, (i, i+K/2) (fla's rotate_half, fla-spec §4.3).
+// (torchscale's theta_shift) or, with halves, (i, i+K/2) (fla's rotate_half, fla-spec §4.3).
 static Napi::Value Rotary(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto x = f32(info, 0, "x"), c = f32(info, 1, "cos"), s = f32(info, 2, "sin"), y = f32(info, 3, "y");

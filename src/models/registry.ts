@@ -5,13 +5,20 @@ import type { Device } from '../backend/device.js';
 import { ConfigError } from '../errors.js';
 import type { DType } from '../tensor/dtype.js';
 import type { CausalLM } from './lm.js';
-import { type RetNetConfig, retnetConfigFromJSON, retnetConfigToJSON, retnetPreset } from './retnet/config.js';
+import {
+  type RetNetConfig,
+  retnetConfigFromJSON,
+  retnetConfigToJSON,
+  retnetParameterCount,
+  retnetPreset,
+} from './retnet/config.js';
 import { RetNetModel } from './retnet/model.js';
 import { flaConfigFromJSON, flaConfigToJSON, isFlaConfig } from './retnet/fla.js';
 import {
   type TransformerConfig,
   transformerConfigFromJSON,
   transformerConfigToJSON,
+  transformerParameterCount,
   transformerPreset,
 } from './transformer/config.js';
 import { TransformerModel } from './transformer/model.js';
@@ -23,6 +30,8 @@ export interface ModelOptions {
   backend?: Device;
   dtype?: DType;
   seed?: number;
+  /** false: parameters start as zeros, not random draws (the loader fills them from a checkpoint). Default true. */
+  init?: boolean;
 }
 
 /** A fresh model of a preset. `overrides` may change any config field (vocabSize is required). */
@@ -63,19 +72,36 @@ function archOf(config: Record<string, unknown>, source: string): Arch {
   return arch as Arch;
 }
 
-/** Builds a model from a config object (e.g. a parsed config.json). */
-export function modelFromConfig(config: unknown, source: string, opts: ModelOptions = {}): CausalLM {
+/** A parsed config: the architecture and its validated config. */
+export type ModelSpec = { arch: 'retnet'; config: RetNetConfig } | { arch: 'transformer'; config: TransformerConfig };
+
+/** Parses and validates a config object (e.g. a parsed config.json) without building anything. */
+export function parseModelConfig(config: unknown, source: string): ModelSpec {
   if (config === null || typeof config !== 'object' || Array.isArray(config))
     throw new ConfigError(`${source}: expected a JSON object`);
   switch (archOf(config as Record<string, unknown>, source)) {
     case 'retnet':
-      return new RetNetModel(
-        isFlaConfig(config as Record<string, unknown>)
+      return {
+        arch: 'retnet',
+        config: isFlaConfig(config as Record<string, unknown>)
           ? flaConfigFromJSON(config as Record<string, unknown>, source)
           : retnetConfigFromJSON(config, source),
-        opts,
-      );
+      };
     case 'transformer':
-      return new TransformerModel(transformerConfigFromJSON(config, source), opts);
+      return { arch: 'transformer', config: transformerConfigFromJSON(config, source) };
   }
+}
+
+/** Number of scalar parameters the spec's model holds (tied tensors once), computed without building it. */
+export function specParameterCount(spec: ModelSpec): number {
+  return spec.arch === 'retnet' ? retnetParameterCount(spec.config) : transformerParameterCount(spec.config);
+}
+
+export function buildModel(spec: ModelSpec, opts: ModelOptions = {}): CausalLM {
+  return spec.arch === 'retnet' ? new RetNetModel(spec.config, opts) : new TransformerModel(spec.config, opts);
+}
+
+/** Builds a model from a config object (e.g. a parsed config.json). */
+export function modelFromConfig(config: unknown, source: string, opts: ModelOptions = {}): CausalLM {
+  return buildModel(parseModelConfig(config, source), opts);
 }

@@ -1,4 +1,5 @@
-// Retention math shared by the backends' reference code: the decay sums and per-head constants of spec §3/§5, and
+// Retention math shared by the backends' reference code: the decay sums and per-head constants of torchscale's
+// RetNetRelPos and MultiScaleRetention (torchscale/architecture/retnet.py), and
 // the plain-loop definition of each form used by the reference backend. Everything here is float64.
 
 /** γ_h = 1 − 2^(−5−h) (paper Eq. 8; torchscale's RetNetRelPos). */
@@ -46,7 +47,7 @@ export function headLayout(b: number, h: number, T: number, H: number, K: number
 }
 
 /**
- * Parallel form (spec §5a) for one head: A = (q kᵀ) ⊙ D̃, c = clamp(Σ_m |A_nm|, 1, 5e4), o = (A / c) v. Without
+ * Parallel form (torchscale's parallel_forward) for one head: A = (q kᵀ) ⊙ D̃, c = clamp(Σ_m |A_nm|, 1, 5e4), o = (A / c) v. Without
  * normalisation (fla-spec §4.3): A = (q kᵀ) ⊙ D with D_nm = γ^(n−m), o = A v, r = 1.
  */
 export function parallelHead(q: F, k: F, v: F, o: F, r: F, L: HeadLayout, gamma: number, normalize = true): void {
@@ -74,7 +75,7 @@ export function parallelHead(q: F, k: F, v: F, o: F, r: F, L: HeadLayout, gamma:
 }
 
 /**
- * Chunkwise form (spec §5c) for one (b, h) with chunk size C; a last chunk shorter than C gives the same outputs as
+ * Chunkwise form (torchscale's chunk_recurrent_forward) for one (b, h) with chunk size C; a last chunk shorter than C gives the same outputs as
  * torchscale's zero padding (outputs are causal and the padded rows only feed the unused final state).
  */
 export function chunkwiseHead(q: F, k: F, v: F, o: F, r: F, L0: HeadLayout, gamma: number, C: number): void {

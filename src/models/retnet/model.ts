@@ -4,7 +4,7 @@
 // the recurrent form from a DecodeState whose size depends only on the config.
 
 import type { Device } from '../../backend/device.js';
-import { getBackend } from '../../backend/index.js';
+import { getBackend } from '../../backend/select.js';
 import { retentionGammas } from '../../backend/reference/retention-math.js';
 import { type RetentionForm, type RotaryPairs, kernelsOf } from '../../backend/kernels.js';
 import { gradEnabled, noGrad } from '../../autograd/tape.js';
@@ -37,6 +37,8 @@ export interface RetNetOptions {
   dtype?: DType;
   /** Seed of the initial weights. */
   seed?: number;
+  /** false: parameters start as zeros (a checkpoint fills them next). */
+  init?: boolean;
 }
 
 export interface ForwardOptions {
@@ -558,7 +560,7 @@ export class RetNetModel extends Module implements CausalLM {
     const c = config;
     this.backend = opts.backend ?? getBackend();
     this.dtype = opts.dtype ?? 'float32';
-    const p: ParamOptions = { backend: this.backend, dtype: this.dtype };
+    const p: ParamOptions = { backend: this.backend, dtype: this.dtype, init: opts.init };
     const rng = new Rng(opts.seed ?? 0);
     this.rng = rng;
     this.embedTokens = this.child(

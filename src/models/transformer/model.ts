@@ -6,7 +6,7 @@
 
 import type { Device } from '../../backend/device.js';
 import type { AttentionAlgorithm } from '../../backend/kernels.js';
-import { getBackend } from '../../backend/index.js';
+import { getBackend } from '../../backend/select.js';
 import { gradEnabled, noGrad } from '../../autograd/tape.js';
 import { ShapeError } from '../../errors.js';
 import { attentionDecode, causalAttention } from '../../ops/attention.js';
@@ -30,6 +30,8 @@ export interface TransformerOptions {
   dtype?: DType;
   /** Seed of the initial weights (and of dropout masks while training). */
   seed?: number;
+  /** false: parameters start as zeros (a checkpoint fills them next). */
+  init?: boolean;
 }
 
 export interface TransformerForwardOptions {
@@ -296,7 +298,7 @@ export class TransformerModel extends Module implements CausalLM {
     const c = config;
     this.backend = opts.backend ?? getBackend();
     this.dtype = opts.dtype ?? 'float32';
-    const p: ParamOptions = { backend: this.backend, dtype: this.dtype };
+    const p: ParamOptions = { backend: this.backend, dtype: this.dtype, init: opts.init };
     const rng = new Rng(opts.seed ?? 0);
     this.rng = rng;
     const embedding = () => normal([c.vocabSize, c.embedDim], rng, c.embedDim ** -0.5, p);
