@@ -2,7 +2,8 @@
 
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
-import { RetnetError } from '../errors.js';
+import { ConfigError, RetnetError } from '../errors.js';
+import { type CliForm, type RetNetConfig, parseFormFlags } from '../models/retnet/config.js';
 
 export interface Command {
   name: string;
@@ -80,4 +81,18 @@ export function choiceFlag<C extends string>(
   if (!(choices as readonly string[]).includes(value))
     throw new UsageError(`${command}: --${flag} must be one of ${choices.join(', ')}, got '${value}'`);
   return value as C;
+}
+
+/** `--form` and `--chunk-size` through the model config's one parser (parseFormFlags), its errors as usage errors. */
+export function formFlags<F extends CliForm>(
+  command: string,
+  flags: { form?: string; 'chunk-size'?: string },
+  base: Pick<RetNetConfig, 'chunkwiseRecurrent' | 'chunkSize'>,
+  forms: readonly F[],
+): { form: F; chunkSize: number } {
+  try {
+    return parseFormFlags(command, flags, base, forms);
+  } catch (e) {
+    throw e instanceof ConfigError ? new UsageError(e.message) : e;
+  }
 }

@@ -8,11 +8,12 @@ import { join, resolve } from 'node:path';
 
 import { FormatError } from '../errors.js';
 import { loadModelDir } from '../models/registry.js';
+import { RETENTION_FORMS } from '../models/retnet/config.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { ShardReader, prepareData } from '../train/data.js';
 import { evaluate } from '../train/evaluate.js';
-import { type Command, UsageError, choiceFlag, intFlag, numberFlag, parseFlags } from './command.js';
+import { type Command, UsageError, choiceFlag, intFlag, numberFlag, parseFlags, formFlags } from './command.js';
 import { DATA_FLAGS, DEFAULT_CACHE, type RunSettings } from './train.js';
 
 const SPLITS = ['val', 'train', 'all'] as const;
@@ -48,15 +49,8 @@ export const evalCommand: Command = {
       throw new FormatError(`${dir}: no tokenizer.json; eval needs the tokenizer the model was trained with`);
     let forward = (ids: Tensor) => model.forward(ids);
     if (model instanceof RetNetModel) {
-      const form = choiceFlag(
-        'eval',
-        'form',
-        v.form,
-        ['parallel', 'chunkwise'] as const,
-        model.config.chunkwiseRecurrent ? 'chunkwise' : 'parallel',
-      );
-      const chunkSize = intFlag('eval', 'chunk-size', v['chunk-size'], model.config.chunkSize);
-      forward = (ids) => model.forward(ids, { form, chunkSize });
+      const pass = formFlags('eval', v, model.config, RETENTION_FORMS);
+      forward = (ids) => model.forward(ids, pass);
     } else if (v.form !== undefined || v['chunk-size'] !== undefined)
       throw new UsageError(`eval: --form and --chunk-size apply to RetNet models, not to a ${model.arch}`);
 

@@ -4,11 +4,12 @@
 import { getBackend } from '../backend/index.js';
 import { noGrad } from '../autograd/tape.js';
 import { loadModelDir } from '../models/registry.js';
+import type { CliForm } from '../models/retnet/config.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { tidy } from '../tensor/scope.js';
-import { type Command, UsageError, choiceFlag, intFlag, parseFlags } from './command.js';
+import { type Command, UsageError, choiceFlag, parseFlags, formFlags } from './command.js';
 
-const FORMS = ['parallel', 'recurrent', 'chunkwise'] as const;
+const FORMS = ['parallel', 'recurrent', 'chunkwise'] as const satisfies readonly CliForm[];
 
 function parseTokens(text: string | undefined): number[] {
   if (text === undefined || text.trim() === '')
@@ -46,8 +47,7 @@ export const logitsCommand: Command = {
     const V = model.vocabSize;
     let flat: ArrayLike<number>;
     if (model instanceof RetNetModel) {
-      const form = choiceFlag('logits', 'form', values.form, FORMS, 'parallel');
-      const chunkSize = intFlag('logits', 'chunk-size', values['chunk-size'], model.config.chunkSize);
+      const { form, chunkSize } = formFlags('logits', values, model.config, FORMS);
       if (form === 'recurrent') {
         const state = model.emptyState(1);
         const out = new Float64Array(tokens.length * V);

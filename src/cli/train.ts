@@ -9,15 +9,15 @@ import { join, resolve } from 'node:path';
 
 import { writeFileAtomic } from '../io/atomic.js';
 import { ARCHS, type Arch, createModel, loadModelDir, saveModelDir } from '../models/registry.js';
+import { RETENTION_FORMS, RETNET_DEFAULTS } from '../models/retnet/config.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { ByteTokenizer } from '../tokenizer/tokenizer.js';
 import { latestCheckpoint } from '../train/checkpoint.js';
 import { prepareData } from '../train/data.js';
 import { DECAY_KINDS } from '../train/schedule.js';
 import { TRAIN_DEFAULTS, type TrainConfig, train, trainConfig } from '../train/trainer.js';
-import { type Command, UsageError, choiceFlag, intFlag, numberFlag, parseFlags } from './command.js';
+import { type Command, UsageError, choiceFlag, intFlag, numberFlag, parseFlags, formFlags } from './command.js';
 
-const FORMS = ['parallel', 'chunkwise'] as const;
 const TOKENIZERS = ['bytes', 'bpe'] as const;
 
 /** Everything a run was started with, saved as run.json. */
@@ -25,7 +25,7 @@ export interface RunSettings {
   arch: Arch;
   preset: string;
   /** RetNet only: the form of the full-sequence forward pass, and the chunk size of the chunkwise form. */
-  form: (typeof FORMS)[number] | null;
+  form: (typeof RETENTION_FORMS)[number] | null;
   chunkSize: number | null;
   data: {
     source: string;
@@ -100,7 +100,17 @@ function settingsFromFlags(v: Values, base: RunSettings | null): RunSettings {
   const isRetNet = arch === 'retnet';
   if (!isRetNet && (v.form !== undefined || v['chunk-size'] !== undefined))
     throw new UsageError(`train: --form and --chunk-size apply to RetNet, not to a ${arch}`);
-  const form = isRetNet ? choiceFlag(c, 'form', v.form, FORMS, base?.form ?? 'parallel') : null;
+  const pass = isRetNet
+    ? formFlags(
+        c,
+        v,
+        {
+          chunkwiseRecurrent: base?.form === 'chunkwise',
+          chunkSize: base?.chunkSize ?? RETNET_DEFAULTS.chunkSize,
+        },
+        RETENTION_FORMS,
+      )
+    : null;
   const steps = intFlag(c, 'steps', v.steps, t?.steps ?? 0);
   if (steps === 0) throw new UsageError('train: --steps N is required');
   const source = v.data === undefined ? base?.data.source : v.data === 'brown' ? 'brown' : resolve(v.data);
@@ -110,8 +120,8 @@ function settingsFromFlags(v: Values, base: RunSettings | null): RunSettings {
   return {
     arch,
     preset: v.preset ?? base?.preset ?? 'tiny',
-    form,
-    chunkSize: isRetNet ? intFlag(c, 'chunk-size', v['chunk-size'], base?.chunkSize ?? 64) : null,
+    form: pass?.form ?? null,
+    chunkSize: pass?.chunkSize ?? null,
     data: {
       source,
       tokenizer: choiceFlag(c, 'tokenizer', v.tokenizer, TOKENIZERS, d?.tokenizer ?? 'bytes'),

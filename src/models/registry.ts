@@ -14,7 +14,8 @@ import { type Tokenizer } from '../tokenizer/tokenizer.js';
 import { loadTokenizer } from '../tokenizer/load.js';
 import type { CausalLM } from './lm.js';
 import { type RetNetConfig, retnetConfigFromJSON, retnetConfigToJSON, retnetPreset } from './retnet/config.js';
-import { RetNetModel, rotaryAngles } from './retnet/model.js';
+import { RetNetModel } from './retnet/model.js';
+import { retnetAngles } from '../nn/rotary.js';
 import {
   type TransformerConfig,
   transformerConfigFromJSON,
@@ -66,7 +67,7 @@ function torchscaleBuffers(model: RetNetModel): Map<string, TensorToSave> {
   // torchscale computes both in float32; store them as it would.
   const f32 = (xs: ArrayLike<number>) => Array.from(Float32Array.from(xs));
   return new Map<string, TensorToSave>([
-    ['retnet_rel_pos.angle', { dtype: 'F32', shape: [K], data: f32(rotaryAngles(K)) }],
+    ['retnet_rel_pos.angle', { dtype: 'F32', shape: [K], data: f32(retnetAngles(K)) }],
     ['retnet_rel_pos.decay', { dtype: 'F32', shape: [H], data: f32(retentionGammas(H).map(Math.log)) }],
   ]);
 }

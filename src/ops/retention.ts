@@ -1,4 +1,4 @@
-// Retention ops (RetNet's multi-scale retention core and its rotary positions). The normalisers of each form are
+// Retention ops (RetNet's multi-scale retention core). The normalisers of each form are
 // detached (as in torchscale), so the gradient is that of the un-normalised retention scaled by the saved row factors.
 
 import type { RetentionForm } from '../backend/backend.js';
@@ -44,25 +44,6 @@ export function retention(q: Tensor, k: Tensor, v: Tensor, gammas: readonly numb
     });
   else r.dispose();
   return o;
-}
-
-/**
- * Rotates interleaved pairs of x: [B, T, H, K] by per-position angles (torchscale's theta_shift): cos, sin are
- * [T, K] (shared by the batch) or [B, T, K] (per row, for decoding rows at different positions).
- */
-export function rotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
-  const be = backendOf('rotary', x, cos, sin);
-  expectFloat('rotary', 'x', x);
-  sameDType('rotary', x, cos);
-  if (x.rank !== 4 || x.shape[3]! % 2 !== 0)
-    throw new ShapeError(`rotary: x must be [B, T, H, K] with even K, got ${formatShape(x.shape)}`);
-  const [B, T, , K] = x.shape as [number, number, number, number];
-  const table = cos.rank === 3 ? [B, T, K] : [T, K];
-  expectShape('rotary', 'cos', cos, table);
-  expectShape('rotary', 'sin', sin, table);
-  const y = be.rotary(x, cos, sin, false);
-  if (needsGrad(x)) record('rotary', [x], [y], ([g]) => [be.rotary(g!, cos, sin, true)]);
-  return y;
 }
 
 /** One recurrent retention step (inference only; updates state [B, H, K, V] and scale [B, H] in place). */

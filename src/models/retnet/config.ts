@@ -2,6 +2,7 @@
 // is torchscale's RetNetConfig JSON (snake_case keys, spec §1) plus "arch": "retnet", so torchscale's own config.json
 // loads as it is and ours loads in torchscale.
 
+import type { RetentionForm } from '../../backend/backend.js';
 import { ConfigError } from '../../errors.js';
 
 export interface RetNetConfig {
@@ -126,6 +127,47 @@ export function validateRetNetConfig(c: RetNetConfig, source = 'RetNetConfig'): 
     if (typeof c[f] !== 'boolean')
       throw new ConfigError(`${source}: ${f} must be true or false, got ${JSON.stringify(c[f])}`);
   return c;
+}
+
+/** The forms a full-sequence pass can take, and those a CLI may ask for (recurrent: one token at a time). */
+export const RETENTION_FORMS = ['parallel', 'chunkwise'] as const satisfies readonly RetentionForm[];
+export const CLI_FORMS = ['parallel', 'chunkwise', 'recurrent'] as const;
+export type CliForm = (typeof CLI_FORMS)[number];
+
+/**
+ * The form and chunk size of a pass: the given ones over the config's (the one owner of both). A full-sequence
+ * forward defaults to the config's form; a prefill to the chunkwise form (linear in the prompt length).
+ */
+export function retnetPass(
+  c: RetNetConfig,
+  opts: { form?: RetentionForm; chunkSize?: number },
+  purpose: 'forward' | 'prefill',
+): { form: RetentionForm; chunkSize: number } {
+  const fallback = purpose === 'prefill' || c.chunkwiseRecurrent ? 'chunkwise' : 'parallel';
+  return { form: opts.form ?? fallback, chunkSize: opts.chunkSize ?? c.chunkSize };
+}
+
+/**
+ * The one parser of the `--form` and `--chunk-size` flags (train, eval, logits, demo): their values as config
+ * fields over `base` (the model's or the resumed run's config). `forms` lists the forms the command accepts.
+ * Throws an Error naming the command and the flag; the CLI turns it into a usage error.
+ */
+export function parseFormFlags<F extends CliForm>(
+  command: string,
+  flags: { form?: string; 'chunk-size'?: string },
+  base: Pick<RetNetConfig, 'chunkwiseRecurrent' | 'chunkSize'>,
+  forms: readonly F[],
+): { form: F; chunkSize: number } {
+  const form = flags.form ?? (base.chunkwiseRecurrent ? 'chunkwise' : 'parallel');
+  if (!(forms as readonly string[]).includes(form))
+    throw new ConfigError(`${command}: --form must be one of ${forms.join(', ')}, got '${form}'`);
+  const raw = flags['chunk-size'];
+  const chunkSize = raw === undefined ? base.chunkSize : Number(raw);
+  if (!Number.isInteger(chunkSize) || chunkSize < 1)
+    throw new ConfigError(
+      `${command}: --chunk-size must be an integer in [1, ${Number.MAX_SAFE_INTEGER}], got '${raw}'`,
+    );
+  return { form: form as F, chunkSize };
 }
 
 /** Key head dim K and value head dim V. */

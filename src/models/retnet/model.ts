@@ -1,90 +1,41 @@
-// RetNet as torchscale's RetNetDecoder defines it (spec §5-§6): embedding, L blocks of multi-scale retention and a
-// GLU feed-forward with pre-RMSNorm residuals, a final RMSNorm and the LM head. Parameter names are torchscale's
-// state_dict keys, so checkpoints move both ways. Full sequences run in the parallel or chunkwise form; decoding runs
-// the recurrent form from a DecodeState whose size depends only on the config.
+// RetNet as torchscale's RetNetDecoder defines it (spec §5-§6): the decoder trunk (src/models/decoder.ts) with
+// multi-scale retention as its token mixer. Parameter names are torchscale's state_dict keys, so checkpoints move both
+// ways. Full sequences run in the parallel or chunkwise form; decoding runs the recurrent form from a DecodeState
+// whose size depends only on the config.
 
-import type { Backend } from '../../backend/backend.js';
-import { getBackend } from '../../backend/index.js';
-import { retentionGammas } from '../../backend/retention-math.js';
 import type { RetentionForm } from '../../backend/backend.js';
-import { gradEnabled, noGrad } from '../../autograd/tape.js';
+import { retentionGammas } from '../../backend/retention-math.js';
+import { noGrad } from '../../autograd/tape.js';
 import { ShapeError } from '../../errors.js';
-import type { DType } from '../../tensor/dtype.js';
 import { Rng, tiledNormal } from '../../tensor/random.js';
 import { tidy, keep } from '../../tensor/scope.js';
 import type { Tensor } from '../../tensor/tensor.js';
-import { add, mul, scale } from '../../ops/math.js';
-import { dropout, rmsNorm, silu } from '../../ops/nn.js';
-import { retention, retentionState, retentionStep, rotary } from '../../ops/retention.js';
+import { mul, scale } from '../../ops/math.js';
+import { rmsNorm, silu } from '../../ops/nn.js';
+import { retention, retentionState, retentionStep } from '../../ops/retention.js';
+import { rotary } from '../../ops/rotary.js';
 import { concat, reshape, slice } from '../../ops/shape.js';
 import { Module } from '../../nn/module.js';
-import {
-  Embedding,
-  FeedForward,
-  GLU,
-  Linear,
-  RMSNorm,
-  normal,
-  xavierUniform,
-  type ParamOptions,
-} from '../../nn/layers.js';
-import type { CausalLM, DecodeState } from '../lm.js';
-import { type RetNetConfig, headDims, validateRetNetConfig } from './config.js';
+import { Linear, xavierUniform, type ParamOptions } from '../../nn/layers.js';
+import { retnetAngles, type RotaryTables } from '../../nn/rotary.js';
+import { Decoder, type DecoderOptions, type Mixer, release } from '../decoder.js';
+import type { DecodeState } from '../lm.js';
+import { type RetNetConfig, headDims, retnetPass, validateRetNetConfig } from './config.js';
 
-export interface RetNetOptions {
-  backend?: Backend;
-  dtype?: DType;
-  /** Seed of the initial weights. */
-  seed?: number;
-}
+export type RetNetOptions = DecoderOptions;
 
+/** How a full-sequence pass runs retention. */
 export interface ForwardOptions {
-  /** Default: chunkwise when config.chunkwiseRecurrent, else parallel. */
+  /** Default: chunkwise when config.chunkwiseRecurrent, else parallel (prefill: chunkwise). */
   form?: RetentionForm;
   /** Default: config.chunkSize. */
   chunkSize?: number;
 }
 
-/** Frees an intermediate that no tape node needs (inference), leaving graph members to their scope. */
-export function release(...ts: Tensor[]): void {
-  for (const t of ts) if (!t.requiresGrad) t.dispose();
-}
-
-/** θ of spec §4: angle[2j] = angle[2j+1] = 10000^(−j/(K/2−1)) (linspace including 1). */
-export function rotaryAngles(K: number): Float64Array {
-  const half = K / 2;
-  const angles = new Float64Array(K);
-  for (let j = 0; j < half; j++) {
-    const a = 1 / 10000 ** (half === 1 ? 0 : j / (half - 1));
-    angles[2 * j] = a;
-    angles[2 * j + 1] = a;
-  }
-  return angles;
-}
-
-/** cos/sin tables for the given positions: [N, K] (or [B, 1, K] when `perRow`). */
-export function rotaryTables(
-  be: Backend,
-  dtype: DType,
-  angles: Float64Array,
-  positions: readonly number[],
-  perRow: boolean,
-): { cos: Tensor; sin: Tensor } {
-  const K = angles.length;
-  const c = new Float64Array(positions.length * K);
-  const s = new Float64Array(positions.length * K);
-  positions.forEach((p, i) => {
-    for (let x = 0; x < K; x++) {
-      c[i * K + x] = Math.cos(p * angles[x]!);
-      s[i * K + x] = Math.sin(p * angles[x]!);
-    }
-  });
-  const shape = perRow ? [positions.length, 1, K] : [positions.length, K];
-  return { cos: be.fromData(c, shape, dtype), sin: be.fromData(s, shape, dtype) };
-}
+type RetNetPass = Required<ForwardOptions>;
 
 /** Multi-scale retention (paper §2.2, spec §5): projections, rotation, retention, per-head RMSNorm, swish gate. */
-export class MultiScaleRetention extends Module {
+export class MultiScaleRetention extends Module implements Mixer<RetNetDecodeState, RetNetPass> {
   readonly qProj: Linear;
   readonly kProj: Linear;
   readonly vProj: Linear;
@@ -113,13 +64,13 @@ export class MultiScaleRetention extends Module {
   }
 
   /** q, k, v of x: [B, T, D] as [B, T, H, K] (rotated; k scaled by K^-0.5) and [B, T, H, V]. */
-  private qkv(x: Tensor, cos: Tensor, sin: Tensor): { q: Tensor; k: Tensor; v: Tensor } {
+  private qkv(x: Tensor, rope: RotaryTables): { q: Tensor; k: Tensor; v: Tensor } {
     const [B, T] = x.shape as [number, number];
     const H = this.config.heads;
     const rotated = (t: Tensor) => {
       const split = reshape(t, [B, T, H, this.K]);
       release(t);
-      const out = rotary(split, cos, sin);
+      const out = rotary(split, rope.cos, rope.sin);
       release(split);
       return out;
     };
@@ -150,125 +101,58 @@ export class MultiScaleRetention extends Module {
     return y;
   }
 
-  /** x: [B, T, D] -> [B, T, D]; with `capture`, also the recurrent state after the last position. */
-  forward(
-    x: Tensor,
-    cos: Tensor,
-    sin: Tensor,
-    form: RetentionForm,
-    chunkSize: number,
-    capture: boolean,
-  ): { y: Tensor; state: { state: Tensor; scale: Tensor } | null } {
-    const { q, k, v } = this.qkv(x, cos, sin);
-    const o = retention(q, k, v, this.gammas, { form, chunkSize });
-    const state = capture ? retentionState(k, v, this.gammas) : null;
+  forward(x: Tensor, rope: RotaryTables, pass: RetNetPass): Tensor {
+    const { q, k, v } = this.qkv(x, rope);
+    const o = retention(q, k, v, this.gammas, pass);
     release(q, k, v);
-    return { y: this.output(x, o), state };
+    return this.output(x, o);
   }
 
-  /** One recurrent step: x: [B, 1, D] with per-row tables [B, 1, K]; updates state/scale in place. */
-  step(x: Tensor, cos: Tensor, sin: Tensor, state: Tensor, scaleT: Tensor): Tensor {
+  prefill(
+    x: Tensor,
+    rope: RotaryTables,
+    pass: RetNetPass,
+    state: RetNetDecodeState,
+    layer: number,
+    lengths: readonly number[],
+  ): Tensor {
+    if (state.positions.some((p) => p !== 0))
+      throw new ShapeError('RetNet.prefill: continuing a state is not supported yet');
+    const { q, k, v } = this.qkv(x, rope); // packed: [1, ΣT, H, *]
+    const outs: Tensor[] = [];
+    const states: Tensor[] = [];
+    const scales: Tensor[] = [];
+    let start = 0;
+    for (const n of lengths) {
+      const [qs, ks, vs] = [q, k, v].map((t) => slice(t, 1, start, start + n)) as [Tensor, Tensor, Tensor];
+      outs.push(retention(qs, ks, vs, this.gammas, pass));
+      const s = retentionState(ks, vs, this.gammas);
+      states.push(s.state);
+      scales.push(s.scale);
+      release(qs, ks, vs);
+      start += n;
+    }
+    release(q, k, v);
+    state.replace(layer, concat(states, 0), concat(scales, 0));
+    release(...states, ...scales);
+    const o = concat(outs, 1);
+    release(...outs);
+    return this.output(x, o);
+  }
+
+  step(x: Tensor, rope: RotaryTables, state: RetNetDecodeState, layer: number): Tensor {
     const B = x.shape[0]!;
     const H = this.config.heads;
-    const { q, k, v } = this.qkv(x, cos, sin); // [B, 1, H, *]
+    const { q, k, v } = this.qkv(x, rope); // [B, 1, H, *]
     const o = retentionStep(
       reshape(q, [B, H, this.K]),
       reshape(k, [B, H, this.K]),
       reshape(v, [B, H, this.V]),
-      state,
-      scaleT,
+      state.states[layer]!,
+      state.scales[layer]!,
       this.gammas,
     ); // [B, H, V]
     return this.output(x, reshape(o, [B, 1, H, this.V]));
-  }
-}
-
-/** One RetNet block (torchscale's RetNetDecoderLayer). */
-export class RetNetLayer extends Module {
-  readonly retention: MultiScaleRetention;
-  readonly retentionLayerNorm: RMSNorm;
-  readonly ffn: GLU | FeedForward;
-  readonly finalLayerNorm: RMSNorm;
-  /** DeepNet residual scale α = (2L)^¼, else 1. */
-  readonly alpha: number;
-
-  constructor(
-    readonly config: RetNetConfig,
-    readonly index: number,
-    private readonly rng: Rng,
-    opts: ParamOptions,
-  ) {
-    super();
-    const c = config;
-    this.alpha = c.deepnorm ? (2 * c.layers) ** 0.25 : 1;
-    this.retention = this.child('retention', new MultiScaleRetention(c, rng, opts));
-    this.retentionLayerNorm = this.child('retention_layer_norm', new RMSNorm(c.embedDim, c.normEps, opts));
-    const act = c.activation === 'swish' ? 'silu' : c.activation;
-    this.ffn = this.child(
-      'ffn',
-      c.glu ? new GLU(c.embedDim, c.ffnDim, act, rng, opts) : new FeedForward(c.embedDim, c.ffnDim, act, rng, opts),
-    );
-    if (c.deepnorm) {
-      // DeepNet init: fc1/fc2 (and out_proj/v_proj above) scaled by (8L)^-¼; the GLU gate is not.
-      const beta = (8 * c.layers) ** -0.25;
-      for (const lin of [this.ffn.fc1, this.ffn.fc2]) {
-        const w = lin.weight;
-        w.backend.write(
-          w,
-          Array.from(w.data(), (x) => x * beta),
-        );
-      }
-    }
-    this.finalLayerNorm = this.child('final_layer_norm', new RMSNorm(c.embedDim, c.normEps, opts));
-  }
-
-  private dropPath(): number {
-    return this.config.layers > 1 ? (this.config.dropPathRate * this.index) / (this.config.layers - 1) : 0;
-  }
-
-  /** Dropout, drop path and the residual α·residual + h, as torchscale orders them. */
-  private residual(residual: Tensor, h: Tensor, withDropout: boolean): Tensor {
-    let branch = h;
-    if (this.training) {
-      if (withDropout && this.config.dropout > 0) branch = dropout(branch, this.config.dropout, this.rng);
-      if (this.dropPath() > 0) branch = dropout(branch, this.dropPath(), this.rng, true);
-    }
-    const base = this.alpha === 1 ? residual : scale(residual, this.alpha);
-    const out = add(base, branch);
-    if (base !== residual) release(base);
-    release(branch);
-    if (branch !== h) release(h);
-    return out;
-  }
-
-  private ffnForward(x: Tensor): Tensor {
-    const y = this.ffn.forward(x);
-    return this.training && this.config.dropout > 0 ? dropout(y, this.config.dropout, this.rng) : y;
-  }
-
-  /** Applies the block around a retention call (full sequence or one step). */
-  run(x: Tensor, msr: (normed: Tensor) => Tensor): Tensor {
-    const pre = this.config.normalizeBefore;
-    const normed = pre ? this.retentionLayerNorm.forward(x) : x;
-    const h = msr(normed);
-    if (normed !== x) release(normed);
-    let x1 = this.residual(x, h, true);
-    if (!pre) {
-      const n = this.retentionLayerNorm.forward(x1);
-      release(x1);
-      x1 = n;
-    }
-    const normed2 = pre ? this.finalLayerNorm.forward(x1) : x1;
-    const f = this.ffnForward(normed2);
-    if (normed2 !== x1) release(normed2);
-    let x2 = this.residual(x1, f, false);
-    release(x1);
-    if (!pre) {
-      const n = this.finalLayerNorm.forward(x2);
-      release(x2);
-      x2 = n;
-    }
-    return x2;
   }
 }
 
@@ -333,6 +217,14 @@ export class RetNetDecodeState implements DecodeState {
     other.dispose();
   }
 
+  /** Replaces layer l's state and scale (kept; the old ones are disposed). */
+  replace(l: number, state: Tensor, scaleT: Tensor): void {
+    this.states[l]!.dispose();
+    this.scales[l]!.dispose();
+    this.states[l] = keep(state);
+    this.scales[l] = keep(scaleT);
+  }
+
   dispose(): void {
     for (const t of [...this.states, ...this.scales]) t.dispose();
   }
@@ -346,122 +238,32 @@ export class RetNetDecodeState implements DecodeState {
   }
 }
 
-export class RetNetModel extends Module implements CausalLM {
+export class RetNetModel extends Decoder<MultiScaleRetention, RetNetDecodeState, RetNetPass> {
   readonly arch = 'retnet' as const;
-  readonly embedTokens: Embedding;
-  readonly layernormEmbedding: RMSNorm | null;
-  readonly layers: RetNetLayer[];
-  readonly layerNorm: RMSNorm | null;
-  readonly outputProjection: Linear;
-  readonly backend: Backend;
-  readonly dtype: DType;
-  private readonly angles: Float64Array;
-  /** Draws dropout masks (training only). */
-  private readonly rng: Rng;
+  protected readonly packedPrefill = true;
+  /** γ of each head. */
+  readonly gammas: number[];
 
   constructor(
     readonly config: RetNetConfig,
     opts: RetNetOptions = {},
   ) {
-    super();
     validateRetNetConfig(config);
-    const c = config;
-    this.backend = opts.backend ?? getBackend();
-    this.dtype = opts.dtype ?? 'float32';
-    const p: ParamOptions = { backend: this.backend, dtype: this.dtype };
-    const rng = new Rng(opts.seed ?? 0);
-    this.rng = rng;
-    this.embedTokens = this.child(
-      'embed_tokens',
-      new Embedding(normal([c.vocabSize, c.embedDim], rng, c.embedDim ** -0.5, p)),
+    super(
+      { ...config, activation: config.activation === 'swish' ? 'silu' : config.activation },
+      {
+        name: 'retention',
+        normName: 'retention_layer_norm',
+        build: (_l, rng, p) => new MultiScaleRetention(config, rng, p),
+        angles: retnetAngles(headDims(config).K),
+      },
+      opts,
     );
-    this.layernormEmbedding = c.layernormEmbedding
-      ? this.child('layernorm_embedding', new RMSNorm(c.embedDim, c.normEps, p))
-      : null;
-    this.layers = Array.from({ length: c.layers }, (_, i) => this.child(`layers.${i}`, new RetNetLayer(c, i, rng, p)));
-    this.layerNorm = c.normalizeBefore ? this.child('layer_norm', new RMSNorm(c.embedDim, c.normEps, p)) : null;
-    this.outputProjection = this.child(
-      'output_projection',
-      new Linear(
-        c.tiedEmbeddings ? this.embedTokens.weight : normal([c.vocabSize, c.embedDim], rng, c.embedDim ** -0.5, p),
-      ),
-    );
-    this.angles = rotaryAngles(headDims(c).K);
+    this.gammas = retentionGammas(config.heads);
   }
 
-  get vocabSize(): number {
-    return this.config.vocabSize;
-  }
-
-  /** The state of the generator behind dropout masks (the trainer saves it so a resumed run continues exactly). */
-  rngState(): number[] {
-    return this.rng.getState();
-  }
-
-  setRngState(state: readonly number[]): void {
-    this.rng.setState(state);
-  }
-
-  private checkIds(ids: Tensor): void {
-    if (ids.dtype !== 'int32' || ids.rank !== 2)
-      throw new ShapeError(`RetNet: token ids must be int32 [B, T], got ${ids.toString()}`);
-  }
-
-  private embed(ids: Tensor): Tensor {
-    const c = this.config;
-    let x = this.embedTokens.forward(ids);
-    if (c.scaleEmbedding) {
-      const s = scale(x, Math.sqrt(c.embedDim));
-      release(x);
-      x = s;
-    }
-    if (this.layernormEmbedding) {
-      const n = this.layernormEmbedding.forward(x);
-      release(x);
-      x = n;
-    }
-    if (this.training && c.dropout > 0) x = dropout(x, c.dropout, this.rng);
-    return x;
-  }
-
-  private head(x: Tensor): Tensor {
-    const normed = this.layerNorm ? this.layerNorm.forward(x) : x;
-    if (normed !== x) release(x);
-    const logits = this.outputProjection.forward(normed);
-    release(normed);
-    return logits;
-  }
-
-  private runLayers(
-    ids: Tensor,
-    form: RetentionForm,
-    chunkSize: number,
-    capture: boolean,
-  ): { x: Tensor; states: { state: Tensor; scale: Tensor }[] } {
-    const T = ids.shape[1]!;
-    const { cos, sin } = rotaryTables(this.backend, this.dtype, this.angles, [...Array(T).keys()], false);
-    let x = this.embed(ids);
-    const states: { state: Tensor; scale: Tensor }[] = [];
-    for (const layer of this.layers) {
-      const next = layer.run(x, (normed) => {
-        const { y, state } = layer.retention.forward(normed, cos, sin, form, chunkSize, capture);
-        if (state) states.push(state);
-        return y;
-      });
-      release(x);
-      x = next;
-    }
-    // The rotary tables are saved by the tape's rotary nodes when recording; otherwise free them now.
-    if (!gradEnabled()) release(cos, sin);
-    return { x, states };
-  }
-
-  /** ids int32 [B, T] -> logits [B, T, V]. */
-  forward(ids: Tensor, opts: ForwardOptions = {}): Tensor {
-    this.checkIds(ids);
-    const form = opts.form ?? (this.config.chunkwiseRecurrent ? 'chunkwise' : 'parallel');
-    const chunkSize = opts.chunkSize ?? this.config.chunkSize;
-    return this.head(this.runLayers(ids, form, chunkSize, false).x);
+  protected passOptions(opts: ForwardOptions, purpose: 'forward' | 'prefill'): RetNetPass {
+    return retnetPass(this.config, opts, purpose);
   }
 
   /** An empty state for `batch` rows (positions 0). */
@@ -476,6 +278,12 @@ export class RetNetModel extends Module implements CausalLM {
     );
   }
 
+  protected stepState(state: DecodeState, op: string): RetNetDecodeState {
+    if (!(state instanceof RetNetDecodeState) || state.states.length !== this.layers.length)
+      throw new ShapeError(`RetNet.${op}: the state is not a state of this RetNet`);
+    return state;
+  }
+
   /**
    * A state as if each of `batch` rows had consumed `length` tokens, with random contents: for measuring the per-token
    * decode cost at a context length, which depends on the state's shape, not on its values (benchmarks). Each scale
@@ -485,7 +293,7 @@ export class RetNetModel extends Module implements CausalLM {
     const { K } = headDims(this.config);
     const state = this.emptyState(batch);
     state.positions = new Array<number>(batch).fill(length);
-    const sums = this.layers[0]!.retention.gammas.map((g) => (1 - g ** length) / (1 - g));
+    const sums = this.gammas.map((g) => (1 - g ** length) / (1 - g));
     for (const t of state.states) t.backend.write(t, tiledNormal(rng, t.size, K ** -0.5));
     for (const t of state.scales) t.backend.write(t, Array.from({ length: batch }, () => sums).flat());
     return state;
@@ -512,66 +320,5 @@ export class RetNetModel extends Module implements CausalLM {
       fill(`layers.${l}.scale`, state.scales[l]!);
     });
     return state;
-  }
-
-  /** Prefills each prompt with the chunkwise form (or `opts.form`) and returns the last logits [B, V] and the state. */
-  prefill(
-    prompts: readonly (readonly number[])[],
-    opts: ForwardOptions = {},
-  ): { logits: Tensor; state: RetNetDecodeState } {
-    const form = opts.form ?? 'chunkwise';
-    const chunkSize = opts.chunkSize ?? this.config.chunkSize;
-    for (const [i, p] of prompts.entries())
-      if (p.length === 0) throw new ShapeError(`prefill: prompt ${i} is empty (every prompt needs at least one token)`);
-    return noGrad(() =>
-      tidy(() => {
-        const lastLogits: Tensor[] = [];
-        const perPrompt = prompts.map((p) => {
-          const ids = this.backend.fromData(p, [1, p.length], 'int32');
-          const { x, states } = this.runLayers(ids, form, chunkSize, true);
-          const last = slice(x, 1, p.length - 1, p.length); // [1, 1, D]
-          lastLogits.push(reshape(this.head(last), [1, this.vocabSize]));
-          return states;
-        });
-        const join = (pick: (s: { state: Tensor; scale: Tensor }) => Tensor) =>
-          this.layers.map((_, l) =>
-            concat(
-              perPrompt.map((states) => pick(states[l]!)),
-              0,
-            ),
-          );
-        const state = new RetNetDecodeState(
-          join((s) => s.state),
-          join((s) => s.scale),
-          prompts.map((p) => p.length),
-        );
-        return { logits: concat(lastLogits, 0), state };
-      }),
-    );
-  }
-
-  /** One recurrent step for every row: tokens [B] -> logits [B, V]. */
-  step(tokens: readonly number[], state: DecodeState): Tensor {
-    if (!(state instanceof RetNetDecodeState)) throw new ShapeError('RetNet.step: the state is not a RetNet state');
-    if (tokens.length !== state.batch)
-      throw new ShapeError(`RetNet.step: ${tokens.length} tokens for a state of ${state.batch} rows`);
-    const logits = noGrad(() =>
-      tidy(() => {
-        const B = tokens.length;
-        const ids = this.backend.fromData(tokens, [B, 1], 'int32');
-        const { cos, sin } = rotaryTables(this.backend, this.dtype, this.angles, state.positions, true);
-        let x = this.embed(ids);
-        this.layers.forEach((layer, l) => {
-          const next = layer.run(x, (normed) =>
-            layer.retention.step(normed, cos, sin, state.states[l]!, state.scales[l]!),
-          );
-          release(x);
-          x = next;
-        });
-        return reshape(this.head(x), [B, this.vocabSize]);
-      }),
-    );
-    state.positions = state.positions.map((p) => p + 1);
-    return logits;
   }
 }

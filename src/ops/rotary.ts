@@ -1,0 +1,26 @@
+// Rotary positions (torchscale's theta_shift, spec §4): rotation of interleaved pairs of each head by per-position
+// angles. Used by RetNet (xPos-free rotation of q and k) and the Transformer baseline (RoPE).
+
+import { needsGrad, record } from '../autograd/tape.js';
+import { ShapeError, formatShape } from '../errors.js';
+import type { Tensor } from '../tensor/tensor.js';
+import { backendOf, expectFloat, expectShape, sameDType } from './check.js';
+
+/**
+ * Rotates interleaved pairs of x: [B, T, H, K] by per-position angles: cos, sin are [T, K] (shared by the batch) or
+ * [B, T, K] (per row, for decoding rows at different positions).
+ */
+export function rotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
+  const be = backendOf('rotary', x, cos, sin);
+  expectFloat('rotary', 'x', x);
+  sameDType('rotary', x, cos);
+  if (x.rank !== 4 || x.shape[3]! % 2 !== 0)
+    throw new ShapeError(`rotary: x must be [B, T, H, K] with even K, got ${formatShape(x.shape)}`);
+  const [B, T, , K] = x.shape as [number, number, number, number];
+  const table = cos.rank === 3 ? [B, T, K] : [T, K];
+  expectShape('rotary', 'cos', cos, table);
+  expectShape('rotary', 'sin', sin, table);
+  const y = be.rotary(x, cos, sin, false);
+  if (needsGrad(x)) record('rotary', [x], [y], ([g]) => [be.rotary(g!, cos, sin, true)]);
+  return y;
+}
