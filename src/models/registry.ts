@@ -13,7 +13,13 @@ import type { DType } from '../tensor/dtype.js';
 import { type Tokenizer } from '../tokenizer/tokenizer.js';
 import { loadTokenizer } from '../tokenizer/load.js';
 import type { CausalLM } from './lm.js';
-import { type RetNetConfig, retnetConfigFromJSON, retnetConfigToJSON, retnetPreset } from './retnet/config.js';
+import {
+  RETNET_PRESETS,
+  type RetNetConfig,
+  retnetConfigFromJSON,
+  retnetConfigToJSON,
+  retnetPreset,
+} from './retnet/config.js';
 import { RetNetModel } from './retnet/model.js';
 import { retnetAngles } from '../nn/rotary.js';
 import {
@@ -25,13 +31,77 @@ import {
 import { TransformerModel } from './transformer/model.js';
 import { retentionGammas } from '../backend/retention-math.js';
 
-export type Arch = 'retnet' | 'transformer';
-export const ARCHS: readonly Arch[] = ['retnet', 'transformer'];
-
 export interface ModelOptions {
   backend?: Backend;
   dtype?: DType;
   seed?: number;
+}
+
+/** What the project knows of one architecture: its config's on-disk form, its presets, and how to build it. */
+export interface ArchEntry<C> {
+  /** A config from a config.json object (`source` names the file in errors). */
+  fromJSON(obj: unknown, source: string): C;
+  toJSON(config: C): Record<string, unknown>;
+  presets: readonly string[];
+  /** A validated config of a preset with `overrides` (vocabSize required). */
+  preset(name: string, overrides: { vocabSize: number } & Record<string, unknown>): C;
+  build(config: C, opts: ModelOptions): CausalLM;
+  /** The model's config when the model is of this architecture, else null. */
+  configOf(model: CausalLM): C | null;
+  /** Tensors saved beside the parameters (persistent buffers another implementation expects); ignored on load. */
+  buffers(config: C): Map<string, TensorToSave>;
+  isBuffer(name: string): boolean;
+  /** Whether a config object without "arch" is this architecture's. */
+  recognises(obj: Record<string, unknown>): boolean;
+}
+
+/** Buffers torchscale keeps in its state_dict (persistent, so `load_state_dict(strict=True)` needs them). */
+function torchscaleBuffers(c: RetNetConfig): Map<string, TensorToSave> {
+  const H = c.heads;
+  const K = c.embedDim / H;
+  // torchscale computes both in float32; store them as it would.
+  const f32 = (xs: ArrayLike<number>) => Array.from(Float32Array.from(xs));
+  return new Map<string, TensorToSave>([
+    ['retnet_rel_pos.angle', { dtype: 'F32', shape: [K], data: f32(retnetAngles(K)) }],
+    ['retnet_rel_pos.decay', { dtype: 'F32', shape: [H], data: f32(retentionGammas(H).map(Math.log)) }],
+  ]);
+}
+
+const retnet: ArchEntry<RetNetConfig> = {
+  fromJSON: retnetConfigFromJSON,
+  toJSON: retnetConfigToJSON,
+  presets: Object.keys(RETNET_PRESETS),
+  preset: (name, overrides) => retnetPreset(name, overrides as Partial<RetNetConfig> & { vocabSize: number }),
+  build: (c, opts) => new RetNetModel(c, opts),
+  configOf: (m) => (m instanceof RetNetModel ? m.config : null),
+  buffers: torchscaleBuffers,
+  isBuffer: (name) => name.startsWith('retnet_rel_pos.'),
+  // torchscale's own config.json has no "arch".
+  recognises: (obj) => 'decoder_retention_heads' in obj,
+};
+
+const transformer: ArchEntry<TransformerConfig> = {
+  fromJSON: transformerConfigFromJSON,
+  toJSON: transformerConfigToJSON,
+  presets: Object.keys(RETNET_PRESETS), // parameter-matched to the RetNet presets
+  preset: (name, overrides) => transformerPreset(name, overrides as Partial<TransformerConfig> & { vocabSize: number }),
+  build: (c, opts) => new TransformerModel(c, opts),
+  configOf: (m) => (m instanceof TransformerModel ? m.config : null),
+  buffers: () => new Map(),
+  isBuffer: () => false,
+  recognises: () => false,
+};
+
+/** The architectures by name (the "arch" of a config.json). */
+export const ARCH_TABLE = { retnet, transformer } as const;
+export type Arch = keyof typeof ARCH_TABLE;
+export const ARCHS = Object.keys(ARCH_TABLE) as Arch[];
+
+/** The entry of an architecture name; a ConfigError naming `source` for an unknown one. */
+export function archEntry(arch: unknown, source: string): ArchEntry<unknown> {
+  if (typeof arch !== 'string' || !Object.hasOwn(ARCH_TABLE, arch))
+    throw new ConfigError(`${source}: unknown arch ${JSON.stringify(arch)} (expected one of ${ARCHS.join(', ')})`);
+  return ARCH_TABLE[arch as Arch] as ArchEntry<unknown>;
 }
 
 /** A fresh model of a preset. `overrides` may change any config field (vocabSize is required). */
@@ -41,35 +111,22 @@ export function createModel(
   overrides: { vocabSize: number } & Record<string, unknown>,
   opts: ModelOptions = {},
 ): CausalLM {
-  switch (arch) {
-    case 'retnet':
-      return new RetNetModel(retnetPreset(preset, overrides as Partial<RetNetConfig> & { vocabSize: number }), opts);
-    case 'transformer':
-      return new TransformerModel(
-        transformerPreset(preset, overrides as Partial<TransformerConfig> & { vocabSize: number }),
-        opts,
-      );
-    default:
-      throw new ConfigError(`unknown architecture '${String(arch)}' (expected one of ${ARCHS.join(', ')})`);
-  }
+  const entry = archEntry(arch, 'createModel');
+  return entry.build(entry.preset(preset, overrides), opts);
 }
 
-function configJSON(model: CausalLM): Record<string, unknown> {
-  if (model instanceof RetNetModel) return retnetConfigToJSON(model.config);
-  if (model instanceof TransformerModel) return transformerConfigToJSON(model.config);
-  throw new ConfigError(`saveModelDir: unsupported model architecture '${model.arch}'`);
+/** The entry and config of a model. */
+function modelEntry(model: CausalLM): { entry: ArchEntry<unknown>; config: unknown } {
+  const entry = archEntry(model.arch, 'model');
+  const config = entry.configOf(model);
+  if (config === null) throw new ConfigError(`unsupported model architecture '${model.arch}'`);
+  return { entry, config };
 }
 
-/** Buffers torchscale keeps in its state_dict (persistent, so `load_state_dict(strict=True)` needs them). */
-function torchscaleBuffers(model: RetNetModel): Map<string, TensorToSave> {
-  const H = model.config.heads;
-  const K = model.config.embedDim / H;
-  // torchscale computes both in float32; store them as it would.
-  const f32 = (xs: ArrayLike<number>) => Array.from(Float32Array.from(xs));
-  return new Map<string, TensorToSave>([
-    ['retnet_rel_pos.angle', { dtype: 'F32', shape: [K], data: f32(retnetAngles(K)) }],
-    ['retnet_rel_pos.decay', { dtype: 'F32', shape: [H], data: f32(retentionGammas(H).map(Math.log)) }],
-  ]);
+/** The config.json object of a model (the inverse of modelFromConfig). */
+export function modelConfigJSON(model: CausalLM): Record<string, unknown> {
+  const { entry, config } = modelEntry(model);
+  return entry.toJSON(config);
 }
 
 /** Writes config.json, model.safetensors (atomically) and tokenizer.json (when given) into dir. */
@@ -78,10 +135,11 @@ export function saveModelDir(dir: string, model: CausalLM, tokenizer?: Tokenizer
   const tensors = new Map<string, TensorToSave>();
   for (const [name, t] of model.namedParameters())
     tensors.set(name, { dtype: t.dtype === 'float64' ? 'F64' : 'F32', shape: t.shape, data: t.data() });
-  if (model instanceof RetNetModel) for (const [n, t] of torchscaleBuffers(model)) tensors.set(n, t);
+  const { entry, config } = modelEntry(model);
+  for (const [n, t] of entry.buffers(config)) tensors.set(n, t);
   writeSafetensors(join(dir, 'model.safetensors'), tensors, { format: 'pt', arch: model.arch });
   if (tokenizer) writeFileAtomic(join(dir, 'tokenizer.json'), tokenizer.toJSON());
-  writeFileAtomic(join(dir, 'config.json'), `${JSON.stringify(configJSON(model), null, 2)}\n`);
+  writeFileAtomic(join(dir, 'config.json'), `${JSON.stringify(entry.toJSON(config), null, 2)}\n`);
 }
 
 function readJSON(path: string): unknown {
@@ -98,25 +156,20 @@ function readJSON(path: string): unknown {
   }
 }
 
-/** The architecture named by a config object: "arch" if present, else torchscale's RetNet keys. */
-function archOf(config: Record<string, unknown>, source: string): Arch {
-  const arch = config.arch ?? ('decoder_retention_heads' in config ? 'retnet' : undefined);
-  if (arch === undefined) throw new ConfigError(`${source}: no "arch" field and no torchscale RetNet keys`);
-  if (!ARCHS.includes(arch as Arch))
-    throw new ConfigError(`${source}: unknown arch ${JSON.stringify(arch)} (expected one of ${ARCHS.join(', ')})`);
-  return arch as Arch;
+/** The architecture of a config object: its "arch", else the one that recognises its keys (torchscale's RetNet). */
+function archOf(config: Record<string, unknown>, source: string): ArchEntry<unknown> {
+  if (config.arch !== undefined) return archEntry(config.arch, source);
+  const found = ARCHS.find((a) => ARCH_TABLE[a].recognises(config));
+  if (found === undefined) throw new ConfigError(`${source}: no "arch" field and no torchscale RetNet keys`);
+  return ARCH_TABLE[found] as ArchEntry<unknown>;
 }
 
 /** Builds a model from a config object (e.g. a parsed config.json). */
 export function modelFromConfig(config: unknown, source: string, opts: ModelOptions = {}): CausalLM {
   if (config === null || typeof config !== 'object' || Array.isArray(config))
     throw new ConfigError(`${source}: expected a JSON object`);
-  switch (archOf(config as Record<string, unknown>, source)) {
-    case 'retnet':
-      return new RetNetModel(retnetConfigFromJSON(config, source), opts);
-    case 'transformer':
-      return new TransformerModel(transformerConfigFromJSON(config, source), opts);
-  }
+  const entry = archOf(config as Record<string, unknown>, source);
+  return entry.build(entry.fromJSON(config, source), opts);
 }
 
 /** Loads a model directory. Tensors of F64/F32/F16/BF16 load into the requested dtype (default float32). */
@@ -127,7 +180,7 @@ export function loadModelDir(dir: string, opts: ModelOptions = {}): { model: Cau
   for (const p of [configPath, weightsPath]) if (!existsSync(p)) throw new FormatError(`${dir}: missing ${p}`);
   const model = modelFromConfig(readJSON(configPath), configPath, { ...opts, backend: opts.backend ?? getBackend() });
   const { tensors } = readSafetensors(weightsPath);
-  model.loadValues(tensors, weightsPath, (name) => name.startsWith('retnet_rel_pos.'));
+  model.loadValues(tensors, weightsPath, (name) => archEntry(model.arch, configPath).isBuffer(name));
   const tokPath = join(dir, 'tokenizer.json');
   const tokenizer = existsSync(tokPath) ? loadTokenizer(readFileSync(tokPath, 'utf8'), tokPath) : null;
   return { model, tokenizer };
