@@ -78,6 +78,18 @@ export function softmax(x: Tensor): Tensor {
 export interface CrossEntropyOptions {
   /** Targets equal to this are skipped (PyTorch's default, -100). */
   ignoreIndex?: number;
+  /**
+   * How many targets are not ignoreIndex, when the caller counts them on its host copy of the batch (the trainer
+   * does); otherwise they are read back from the device and counted here.
+   */
+  count?: number;
+}
+
+/** Targets that are not ignoreIndex. */
+export function countTargets(targets: ArrayLike<number>, ignoreIndex = -100): number {
+  let count = 0;
+  for (let i = 0; i < targets.length; i++) if (targets[i] !== ignoreIndex) count++;
+  return count;
 }
 
 /**
@@ -95,17 +107,19 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
   const logits2 = be.view(logits, [N, V]);
   const targets1 = be.view(targets, [N]);
   const { loss, lse } = be.crossEntropy(logits2, targets1, ignoreIndex);
-  const ids = be.read(targets1);
-  let count = 0;
-  for (let i = 0; i < N; i++) if (ids[i] !== ignoreIndex) count++;
+  const count = opts.count ?? countTargets(be.read(targets1), ignoreIndex);
+  if (!Number.isInteger(count) || count < 0 || count > N)
+    throw new ShapeError(`crossEntropy: count ${count} of non-ignored targets is not in [0, ${N}]`);
   const total = be.sumToShape(loss, []);
   loss.dispose();
   const y = be.scale(total, count > 0 ? 1 / count : 0);
   total.dispose();
   if (needsGrad(logits))
     record('crossEntropy', [logits], [y], ([g]) => {
-      const perRow = (g!.item() * (count > 0 ? 1 : 0)) / Math.max(count, 1);
-      const gRows = be.fromData(new Array<number>(N).fill(perRow), [N], logits.dtype);
+      // g: [] stays on the device; each row's gradient is g / count (the kernel zeroes the ignored rows).
+      const perRow = be.fromData(new Array<number>(N).fill(count > 0 ? 1 / count : 0), [N], logits.dtype);
+      const gRows = be.binary('mul', perRow, g!);
+      perRow.dispose();
       const d2 = be.crossEntropyBackward(logits2, targets1, lse, gRows, ignoreIndex);
       gRows.dispose();
       const dx = be.view(d2, logits.shape);
