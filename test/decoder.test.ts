@@ -1,0 +1,119 @@
+// The decoder trunk: what both architectures get from it (activation dropout, the DeepNet init gain, the rotary table
+// cache, the arch table) and the --form/--chunk-size parser next to the RetNet config.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { noGrad } from '../src/autograd/tape.js';
+import { ConfigError } from '../src/errors.js';
+import { ARCHS, ARCH_TABLE, createModel, modelConfigJSON, modelFromConfig } from '../src/models/registry.js';
+import {
+  CLI_FORMS,
+  RETENTION_FORMS,
+  RETNET_DEFAULTS,
+  type RetNetConfig,
+  parseFormFlags,
+  validateRetNetConfig,
+} from '../src/models/retnet/config.js';
+import { RetNetModel } from '../src/models/retnet/model.js';
+import { TransformerModel } from '../src/models/transformer/model.js';
+import { tidy } from '../src/tensor/scope.js';
+import { ref } from './helpers.js';
+
+function config(overrides: Partial<RetNetConfig> = {}): RetNetConfig {
+  return validateRetNetConfig({
+    ...RETNET_DEFAULTS,
+    vocabSize: 29,
+    embedDim: 16,
+    valueDim: 24,
+    heads: 2,
+    ffnDim: 20,
+    layers: 2,
+    ...overrides,
+  });
+}
+
+const run = (m: RetNetModel, ids: number[]) =>
+  noGrad(() => tidy(() => Array.from(m.forward(m.backend.fromData(ids, [1, ids.length], 'int32')).data())));
+
+describe('decoder trunk', () => {
+  it('applies activationDropout in training only', () => {
+    const ids = [1, 2, 3, 4, 5, 6];
+    const plain = new RetNetModel(config(), { backend: ref, dtype: 'float64', seed: 3 });
+    const dropped = new RetNetModel(config({ activationDropout: 0.5 }), { backend: ref, dtype: 'float64', seed: 3 });
+    assert.deepEqual(run(dropped, ids), run(plain, ids), 'no dropout in eval mode');
+    dropped.setTraining(true);
+    plain.setTraining(true);
+    const a = run(dropped, ids);
+    assert.notDeepEqual(a, run(plain, ids), 'dropout changes the training forward');
+    assert.ok(a.every(Number.isFinite));
+    plain.dispose();
+    dropped.dispose();
+  });
+
+  it('applies the DeepNet gain to fc1 and fc2 at initialisation, not to the gate', () => {
+    const c = config({ layers: 3 });
+    const plain = new RetNetModel(c, { backend: ref, dtype: 'float64', seed: 4 });
+    const deep = new RetNetModel({ ...c, deepnorm: true }, { backend: ref, dtype: 'float64', seed: 4 });
+    const beta = (8 * 3) ** -0.25;
+    const params = new Map(plain.namedParameters());
+    for (const [name, t] of deep.namedParameters()) {
+      const ratio = /ffn\.fc[12]|v_proj|out_proj/.test(name) ? beta : 1;
+      const base = params.get(name)!.data();
+      t.data().forEach((x, i) => assert.ok(Math.abs(x - ratio * base[i]!) <= 1e-15, `${name}[${i}]`));
+    }
+    plain.dispose();
+    deep.dispose();
+  });
+
+  it('caches the rotary tables of a length and frees them on dispose', () => {
+    const before = ref.memory.current;
+    const m = new RetNetModel(config(), { backend: ref, dtype: 'float64', seed: 5 });
+    const params = ref.memory.current;
+    const first = run(m, [1, 2, 3, 4]);
+    const cached = ref.memory.current;
+    assert.ok(cached > params, 'the tables of T = 4 stay');
+    assert.deepEqual(run(m, [1, 2, 3, 4]), first);
+    assert.equal(ref.memory.current, cached, 'the same length reuses them');
+    m.dispose();
+    assert.equal(ref.memory.current, before, 'dispose frees parameters and tables');
+  });
+
+  it('builds, names and round-trips every arch through the arch table', () => {
+    for (const arch of ARCHS) {
+      const m = createModel(arch, 'tiny', { vocabSize: 40, layers: 1 }, { backend: ref });
+      assert.equal(m.arch, arch);
+      assert.ok(ARCH_TABLE[arch].presets.includes('tiny'));
+      const back = modelFromConfig(modelConfigJSON(m), 'config.json', { backend: ref });
+      assert.deepEqual(modelConfigJSON(back), modelConfigJSON(m));
+      assert.ok(arch === 'retnet' ? back instanceof RetNetModel : back instanceof TransformerModel);
+      m.dispose();
+      back.dispose();
+    }
+    assert.throws(() => modelFromConfig({ arch: 'mamba' }, 'c.json'), /c.json: unknown arch "mamba"/);
+  });
+});
+
+describe('--form and --chunk-size', () => {
+  const base = { chunkwiseRecurrent: false, chunkSize: 512 };
+
+  it('default to the config', () => {
+    assert.deepEqual(parseFormFlags('eval', {}, base, RETENTION_FORMS), { form: 'parallel', chunkSize: 512 });
+    assert.deepEqual(parseFormFlags('eval', {}, { chunkwiseRecurrent: true, chunkSize: 9 }, RETENTION_FORMS), {
+      form: 'chunkwise',
+      chunkSize: 9,
+    });
+    assert.deepEqual(parseFormFlags('logits', { form: 'recurrent', 'chunk-size': '7' }, base, CLI_FORMS), {
+      form: 'recurrent',
+      chunkSize: 7,
+    });
+  });
+
+  it('reject bad values naming the command and the flag', () => {
+    assert.throws(
+      () => parseFormFlags('train', { form: 'recurrent' }, base, RETENTION_FORMS),
+      (e: Error) => e instanceof ConfigError && /train: --form must be one of parallel, chunkwise/.test(e.message),
+    );
+    for (const bad of ['0', '-3', '2.5', 'x', ''])
+      assert.throws(() => parseFormFlags('eval', { 'chunk-size': bad }, base, RETENTION_FORMS), /--chunk-size must be/);
+  });
+});
