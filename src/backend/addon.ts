@@ -28,12 +28,11 @@ export interface NativeAddon {
   copyBlocks(...args: (number | Float32Array)[]): void;
   adamw(...args: (number | Float32Array)[]): void;
   sumSquares(x: Float32Array, n: number): number;
-  retentionParallel(...args: (number | Float32Array | Float64Array)[]): void;
-  retentionChunkwise(...args: (number | Float32Array | Float64Array)[]): void;
+  retentionParallel(...args: (boolean | number | Float32Array | Float64Array)[]): void;
+  retentionChunkwise(...args: (boolean | number | Float32Array | Float64Array)[]): void;
   retentionBackwardParallel(...args: (number | Float32Array | Float64Array)[]): void;
   retentionBackwardChunkwise(...args: (number | Float32Array | Float64Array)[]): void;
-  retentionStep(...args: (number | Float32Array | Float64Array)[]): void;
-  retentionState(...args: (number | Float32Array | Float64Array)[]): void;
+  retentionStep(...args: (boolean | number | Float32Array | Float64Array)[]): void;
   retentionWorkspace(kernel: number, B: number, H: number, T: number, K: number, V: number, C: number): number;
   rotary(...args: (boolean | number | Float32Array)[]): void;
   attentionNaive(...args: (number | Float32Array)[]): void;

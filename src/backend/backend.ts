@@ -14,6 +14,30 @@ export type RetentionForm = 'parallel' | 'chunkwise';
 
 export type AttentionAlgorithm = 'naive' | 'flash';
 
+/** A retention state per sequence: state [N, H, K, V] and its decay sum scale [N, H] (0: empty). */
+export interface RetentionState {
+  state: Tensor;
+  scale: Tensor;
+}
+
+/**
+ * How a retention call runs (docs/retention.md). A sequence is a batch row, or with `segments` one of the packed
+ * sequences of a batch of one row (fla's cu_seqlens, as lengths summing to T).
+ */
+export interface RetentionRun {
+  /** Chunk size of the chunkwise form. */
+  chunkSize: number;
+  /**
+   * torchscale's normalisers (the state carries S̃ = Z/sqrt(s), Z = Σ_m γ^(n−m) k_mᵀ v_m), or none (fla's RetNet:
+   * o = q S, S_t = γ S_{t−1} + k_tᵀ v_t, r = 1; the state is Z itself). Without them every form is the same function.
+   */
+  normalize: boolean;
+  /** The state each sequence continues ([N, H, K, V], [N, H]); null: empty states. */
+  initialState: RetentionState | null;
+  segments: readonly number[] | null;
+  returnFinalState: boolean;
+}
+
 export interface AdamWParams {
   lr: number;
   beta1: number;
@@ -101,15 +125,18 @@ export interface Backend {
   // rotated, k already scaled by K^-0.5); v: [B, T, H, V].
   // Every form computes o_n = r_n · U_n with U_n = Σ_{m≤n} γ^(n−m) (q_n·k_m) v_m; the forms differ only in the
   // per-row factor r_n, which is detached (torchscale detaches its normalisers), so one backward serves all forms.
-  /** o: [B, T, H, V]; r: [B, H, T] (the row factors, kept for backward). chunkSize is used by 'chunkwise'. */
+  /**
+   * o: [B, T, H, V]; r: [B, H, T] (the row factors, kept for backward); with `run.returnFinalState`, the state after
+   * each sequence. See RetentionRun for states, segments and the un-normalised mode.
+   */
   retentionForward(
     form: RetentionForm,
     q: Tensor,
     k: Tensor,
     v: Tensor,
     gammas: readonly number[],
-    chunkSize: number,
-  ): { o: Tensor; r: Tensor };
+    run: RetentionRun,
+  ): { o: Tensor; r: Tensor; finalState: RetentionState | null };
   /** Gradients of o = r ⊙ U for dO: [B, T, H, V]. 'chunkwise' never materialises a T×T matrix. */
   retentionBackward(
     form: RetentionForm,
@@ -124,11 +151,17 @@ export interface Backend {
   /**
    * One recurrent step (torchscale's recurrent_forward, spec §5b) for q, k: [B, H, K], v: [B, H, V]. In place on
    * state [B, H, K, V] and scale [B, H] (scale 0 = empty state): s' = sγ + 1, S' = S·sqrt(s)γ/sqrt(s') + kᵀv/sqrt(s').
-   * Returns o = q S': [B, H, V].
+   * Without normalisation S' = γS + kᵀv (the scale is still counted). Returns o = q S': [B, H, V].
    */
-  retentionStep(q: Tensor, k: Tensor, v: Tensor, state: Tensor, scale: Tensor, gammas: readonly number[]): Tensor;
-  /** The recurrent state after consuming k, v: [B, T, H, *]: S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s), s = Σ_{t<T} γ^t. */
-  retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor };
+  retentionStep(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    state: Tensor,
+    scale: Tensor,
+    gammas: readonly number[],
+    normalize: boolean,
+  ): Tensor;
   /**
    * Rotation of interleaved pairs (torchscale's theta_shift, spec §4): y[2j] = x[2j]c − x[2j+1]s,
    * y[2j+1] = x[2j+1]c + x[2j]s, with c, s the cos/sin tables [T, K] or [B, T, K]. x: [B, T, H, K]. inverse rotates by

@@ -5,7 +5,16 @@ import { ShapeError } from '../errors.js';
 import type { DType } from '../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../tensor/tensor.js';
 import type { NativeAddon } from './addon.js';
-import type { ActivationKind, AdamWParams, AttentionAlgorithm, Backend, BinaryOp, RetentionForm } from './backend.js';
+import type {
+  ActivationKind,
+  AdamWParams,
+  AttentionAlgorithm,
+  Backend,
+  BinaryOp,
+  RetentionForm,
+  RetentionRun,
+  RetentionState,
+} from './backend.js';
 import { CpuBackend } from './cpu.js';
 
 const ACTIVATION_CODE: Record<ActivationKind, number> = {
@@ -246,18 +255,27 @@ export class NativeBackend extends CpuBackend implements Backend {
     k: Tensor,
     v: Tensor,
     gammas: readonly number[],
-    chunkSize: number,
-  ): { o: Tensor; r: Tensor } {
+    run: RetentionRun,
+  ): { o: Tensor; r: Tensor; finalState: RetentionState | null } {
     const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
+    const N = run.segments ? run.segments.length : B;
     const o = this.like([B, T, H, V]);
     const r = this.like([B, H, T]);
-    const ws = this.workspace(form === 'parallel' ? 0 : 1, B, H, T, K, V, chunkSize);
-    const args = [this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), o.d, r.d, ws.d] as const;
-    if (form === 'parallel') this.addon.retentionParallel(...args, B, H, T, K, V);
-    else this.addon.retentionChunkwise(...args, B, H, T, K, V, chunkSize);
+    const final = run.returnFinalState ? { state: this.like([N, H, K, V]), scale: this.like([N, H]) } : null;
+    const ws = this.workspace(form === 'parallel' ? 0 : 1, N, H, T, K, V, run.chunkSize);
+    const none = new Float32Array(0);
+    const args = [
+      this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), o.d, r.d, ws.d,
+      run.initialState ? this.f32(run.initialState.state) : none,
+      run.initialState ? this.f32(run.initialState.scale) : none,
+      final ? final.state.d : none, final ? final.scale.d : none,
+      Float64Array.from(run.segments ?? []), B, H, T, K, V, run.normalize,
+    ] as const; // prettier-ignore
+    if (form === 'parallel') this.addon.retentionParallel(...args);
+    else this.addon.retentionChunkwise(...args, run.chunkSize);
     ws.t.dispose();
-    return { o: o.t, r: r.t };
+    return { o: o.t, r: r.t, finalState: final ? { state: final.state.t, scale: final.scale.t } : null };
   }
 
   retentionBackward(
@@ -286,38 +304,23 @@ export class NativeBackend extends CpuBackend implements Backend {
     return { dq: dq.t, dk: dk.t, dv: dv.t };
   }
 
-  retentionStep(q: Tensor, k: Tensor, v: Tensor, state: Tensor, scale: Tensor, gammas: readonly number[]): Tensor {
+  retentionStep(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    state: Tensor,
+    scale: Tensor,
+    gammas: readonly number[],
+    normalize: boolean,
+  ): Tensor {
     const [B, H, K] = q.shape as [number, number, number];
     const V = v.shape[2]!;
     const o = this.like([B, H, V]);
     this.addon.retentionStep(
       this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), this.f32(state), this.f32(scale), o.d,
-      B, H, K, V,
+      B, H, K, V, normalize,
     ); // prettier-ignore
     return o.t;
-  }
-
-  retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor } {
-    const [B, T, H, K] = k.shape as [number, number, number, number];
-    const V = v.shape[3]!;
-    const state = this.like([B, H, K, V]);
-    const scale = this.like([B, H]);
-    const ws = this.workspace(4, B, H, T, K, V, 1);
-    this.addon.retentionState(
-      this.f32(k),
-      this.f32(v),
-      Float64Array.from(gammas),
-      state.d,
-      scale.d,
-      ws.d,
-      B,
-      H,
-      T,
-      K,
-      V,
-    );
-    ws.t.dispose();
-    return { state: state.t, scale: scale.t };
   }
 
   rotary(x: Tensor, cos: Tensor, sin: Tensor, inverse: boolean): Tensor {

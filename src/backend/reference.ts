@@ -5,8 +5,17 @@
 import { BackendError } from '../errors.js';
 import type { DType, FloatArray } from '../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../tensor/tensor.js';
-import type { ActivationKind, AdamWParams, AttentionAlgorithm, Backend, BinaryOp, RetentionForm } from './backend.js';
-import { backwardHead, chunkwiseHead, decaySums, headLayout, parallelHead } from './retention-math.js';
+import type {
+  ActivationKind,
+  AdamWParams,
+  AttentionAlgorithm,
+  Backend,
+  BinaryOp,
+  RetentionForm,
+  RetentionRun,
+  RetentionState,
+} from './backend.js';
+import { backwardHead, forwardHead, headLayout, sequences } from './retention-math.js';
 import { CpuBackend } from './cpu.js';
 
 const SQRT1_2 = Math.SQRT1_2;
@@ -460,8 +469,8 @@ export class ReferenceBackend extends CpuBackend implements Backend {
     k: Tensor,
     v: Tensor,
     gammas: readonly number[],
-    chunkSize: number,
-  ): { o: Tensor; r: Tensor } {
+    run: RetentionRun,
+  ): { o: Tensor; r: Tensor; finalState: RetentionState | null } {
     const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
     const { t: o, d: O } = this.out([B, T, H, V], q);
@@ -469,13 +478,30 @@ export class ReferenceBackend extends CpuBackend implements Backend {
     const Q = this.float(q);
     const Kk = this.float(k);
     const Vv = this.float(v);
-    for (let b = 0; b < B; b++)
-      for (let h = 0; h < H; h++) {
-        const layout = headLayout(b, h, T, H, K, V);
-        if (form === 'parallel') parallelHead(Q, Kk, Vv, O, R, layout, gammas[h]!);
-        else chunkwiseHead(Q, Kk, Vv, O, R, layout, gammas[h]!, chunkSize);
-      }
-    return { o, r };
+    const seqs = sequences(B, T, run.segments);
+    const N = seqs.length;
+    const final = run.returnFinalState
+      ? { state: this.out([N, H, K, V], q), scale: this.out([N, H], q) }
+      : null;
+    const S0 = run.initialState ? this.float(run.initialState.state) : null;
+    const s0 = run.initialState ? this.float(run.initialState.scale) : null;
+    seqs.forEach(({ b, start, length }, i) =>
+      gammas.forEach((gamma, h) => {
+        const nh = i * H + h;
+        // The kernels work on the raw state Z; a normalised state is S̃ = Z / sqrt(s).
+        const unscale = (s: number) => (run.normalize ? Math.sqrt(s) : 1);
+        const begin = S0
+          ? { Z: Float64Array.from(S0.subarray(nh * K * V, (nh + 1) * K * V), (x) => x * unscale(s0![nh]!)), s: s0![nh]! }
+          : null;
+        const layout = headLayout(b, h, T, H, K, V, start, length);
+        const end = forwardHead(form, Q, Kk, Vv, O, R, layout, gamma, run.chunkSize, run.normalize, begin);
+        if (!final) return;
+        const div = end.s > 0 ? unscale(end.s) : 1;
+        for (let e = 0; e < K * V; e++) final.state.d[nh * K * V + e] = end.Z[e]! / div;
+        final.scale.d[nh] = end.s;
+      }),
+    );
+    return { o, r, finalState: final ? { state: final.state.t, scale: final.scale.t } : null };
   }
 
   retentionBackward(
@@ -500,7 +526,15 @@ export class ReferenceBackend extends CpuBackend implements Backend {
     return { dq: dq.t, dk: dk.t, dv: dv.t };
   }
 
-  retentionStep(q: Tensor, k: Tensor, v: Tensor, state: Tensor, scale: Tensor, gammas: readonly number[]): Tensor {
+  retentionStep(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    state: Tensor,
+    scale: Tensor,
+    gammas: readonly number[],
+    normalize: boolean,
+  ): Tensor {
     const [B, H, K] = q.shape as [number, number, number];
     const V = v.shape[2]!;
     const { t: o, d: O } = this.out([B, H, V], q);
@@ -515,8 +549,8 @@ export class ReferenceBackend extends CpuBackend implements Backend {
         const g = gammas[h]!;
         const prev = Sc[bh]!;
         const next = prev * g + 1;
-        const decay = (Math.sqrt(prev) * g) / Math.sqrt(next);
-        const inv = 1 / Math.sqrt(next);
+        const decay = normalize ? (Math.sqrt(prev) * g) / Math.sqrt(next) : g;
+        const inv = normalize ? 1 / Math.sqrt(next) : 1;
         Sc[bh] = next;
         for (let x = 0; x < K; x++)
           for (let y = 0; y < V; y++) {
@@ -530,30 +564,6 @@ export class ReferenceBackend extends CpuBackend implements Backend {
         }
       }
     return o;
-  }
-
-  retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor } {
-    const [B, T, H, K] = k.shape as [number, number, number, number];
-    const V = v.shape[3]!;
-    const { t: state, d: St } = this.out([B, H, K, V], k);
-    const { t: scale, d: Sc } = this.out([B, H], k);
-    const Kk = this.float(k);
-    const Vv = this.float(v);
-    for (let b = 0; b < B; b++)
-      for (let h = 0; h < H; h++) {
-        const bh = b * H + h;
-        if (T === 0) continue;
-        const { qo, ldk, vo, ldv } = headLayout(b, h, T, H, K, V);
-        const lambda = Math.log(gammas[h]!);
-        const s = decaySums(gammas[h]!, T)[T - 1]!;
-        Sc[bh] = s;
-        for (let m = 0; m < T; m++) {
-          const w = Math.exp(lambda * (T - 1 - m)) / Math.sqrt(s);
-          for (let x = 0; x < K; x++)
-            for (let y = 0; y < V; y++) St[bh * K * V + x * V + y] += w * Kk[qo + m * ldk + x]! * Vv[vo + m * ldv + y]!;
-        }
-      }
-    return { state, scale };
   }
 
   rotary(x: Tensor, cos: Tensor, sin: Tensor, inverse: boolean): Tensor {

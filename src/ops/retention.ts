@@ -1,16 +1,33 @@
-// Retention ops (RetNet's multi-scale retention core). The normalisers of each form are
-// detached (as in torchscale), so the gradient is that of the un-normalised retention scaled by the saved row factors.
+// Retention ops (RetNet's multi-scale retention core). The normalisers of each form are detached (as in torchscale),
+// so the gradient is that of the un-normalised retention scaled by the saved row factors. The kernels carry state as
+// fla's and ggml's do: a call may continue a state per sequence, return the state after each sequence, and take
+// packed sequences of different lengths (docs/retention.md).
 
-import type { RetentionForm } from '../backend/backend.js';
+import type { RetentionForm, RetentionState } from '../backend/backend.js';
 import { needsGrad, record } from '../autograd/tape.js';
-import { ShapeError, formatShape } from '../errors.js';
+import { RetnetError, ShapeError, formatShape } from '../errors.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { backendOf, expectFloat, expectShape, sameDType } from './check.js';
 
+export type { RetentionState } from '../backend/backend.js';
+
 export interface RetentionOptions {
-  form: RetentionForm;
   /** Chunk size of the chunkwise form (any positive size; it need not divide T). */
   chunkSize?: number;
+  /** torchscale's normalisers (default true); false: fla's plain retention o = q S, the same function in every form. */
+  normalize?: boolean;
+  /**
+   * The state each sequence continues: state [N, H, K, V] and scale [N, H] (a RetNet decode state's layer), N the
+   * batch or the number of segments. Not differentiable: the call must run without gradients.
+   */
+  initialState?: RetentionState | null;
+  /** Also return the state after each sequence ([N, H, K, V], [N, H]). */
+  returnFinalState?: boolean;
+  /**
+   * Lengths of packed sequences along T (fla's cu_seqlens, as lengths): q, k, v are [1, T, H, *] with sequence i at
+   * positions [Σ_{j<i} len_j, Σ_{j≤i} len_j); each starts from its own state. Not differentiable.
+   */
+  segments?: readonly number[] | null;
 }
 
 function checkGammas(op: string, gammas: readonly number[], H: number): void {
@@ -19,34 +36,90 @@ function checkGammas(op: string, gammas: readonly number[], H: number): void {
 }
 
 /**
- * Multi-scale retention in the parallel (paper Eq. 5) or chunkwise (Eq. 7) form, with torchscale's normalisations.
- * q, k: [B, T, H, K] (rotated; k scaled by K^-0.5), v: [B, T, H, V], gammas: [H]. Returns o: [B, T, H, V].
+ * Multi-scale retention in the parallel (paper Eq. 5) or chunkwise (Eq. 7) form, with torchscale's normalisations
+ * unless `normalize` is false. q, k: [B, T, H, K] (rotated; k scaled by K^-0.5), v: [B, T, H, V], gammas: [H].
+ * Returns o: [B, T, H, V] and, with `returnFinalState`, the state after each sequence.
  */
-export function retention(q: Tensor, k: Tensor, v: Tensor, gammas: readonly number[], opts: RetentionOptions): Tensor {
-  const be = backendOf('retention', q, k, v);
-  expectFloat('retention', 'q', q);
-  sameDType('retention', q, k);
-  sameDType('retention', q, v);
-  if (q.rank !== 4) throw new ShapeError(`retention: q must be [B, T, H, K], got ${formatShape(q.shape)}`);
-  const [B, T, H] = q.shape as [number, number, number];
-  expectShape('retention', 'k', k, q.shape);
+export function retentionForward(
+  form: RetentionForm,
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  gammas: readonly number[],
+  opts: RetentionOptions = {},
+): { o: Tensor; finalState: RetentionState | null } {
+  const op = 'retention';
+  const be = backendOf(op, q, k, v);
+  expectFloat(op, 'q', q);
+  sameDType(op, q, k);
+  sameDType(op, q, v);
+  if (q.rank !== 4) throw new ShapeError(`${op}: q must be [B, T, H, K], got ${formatShape(q.shape)}`);
+  const [B, T, H, K] = q.shape as [number, number, number, number];
+  expectShape(op, 'k', k, q.shape);
   if (v.rank !== 4 || v.shape[0] !== B || v.shape[1] !== T || v.shape[2] !== H)
-    throw new ShapeError(`retention: v must be [${B}, ${T}, ${H}, V], got ${formatShape(v.shape)}`);
-  checkGammas('retention', gammas, H);
+    throw new ShapeError(`${op}: v must be [${B}, ${T}, ${H}, V], got ${formatShape(v.shape)}`);
+  const V = v.shape[3]!;
+  checkGammas(op, gammas, H);
+  if (form !== 'parallel' && form !== 'chunkwise')
+    throw new ShapeError(`${op}: form must be 'parallel' or 'chunkwise', got ${JSON.stringify(form)}`);
   const chunkSize = opts.chunkSize ?? 0;
-  if (opts.form === 'chunkwise' && (!Number.isInteger(chunkSize) || chunkSize < 1))
-    throw new ShapeError(`retention: the chunkwise form needs a positive integer chunkSize, got ${opts.chunkSize}`);
-  const { o, r } = be.retentionForward(opts.form, q, k, v, gammas, chunkSize);
-  if (needsGrad(q, k, v))
-    record(`retention.${opts.form}`, [q, k, v], [o], ([g]) => {
-      const { dq, dk, dv } = be.retentionBackward(opts.form, q, k, v, gammas, r, g!, chunkSize);
+  if (form === 'chunkwise' && (!Number.isInteger(chunkSize) || chunkSize < 1))
+    throw new ShapeError(`${op}: the chunkwise form needs a positive integer chunkSize, got ${opts.chunkSize}`);
+  const segments = opts.segments ?? null;
+  if (segments) {
+    if (B !== 1) throw new ShapeError(`${op}: packed segments need a batch of one row, got q ${formatShape(q.shape)}`);
+    if (segments.some((n) => !Number.isInteger(n) || n < 0))
+      throw new ShapeError(`${op}: segment lengths must be non-negative integers, got [${segments.join(', ')}]`);
+    const total = segments.reduce((a, n) => a + n, 0);
+    if (total !== T) throw new ShapeError(`${op}: segment lengths sum to ${total}, but T is ${T}`);
+  }
+  const N = segments ? segments.length : B;
+  const initialState = opts.initialState ?? null;
+  if (initialState) {
+    backendOf(op, q, initialState.state, initialState.scale);
+    sameDType(op, q, initialState.state);
+    sameDType(op, q, initialState.scale);
+    expectShape(op, 'initialState.state', initialState.state, [N, H, K, V]);
+    expectShape(op, 'initialState.scale', initialState.scale, [N, H]);
+  }
+  const differentiable = needsGrad(q, k, v);
+  if (differentiable && (initialState || segments))
+    throw new RetnetError(
+      `${op}: training through ${initialState ? 'an initial state' : 'packed segments'} is not supported; ` +
+        'run it without gradients (noGrad), or train on whole sequences',
+    );
+  const normalize = opts.normalize ?? true;
+  const { o, r, finalState } = be.retentionForward(form, q, k, v, gammas, {
+    chunkSize,
+    normalize,
+    initialState,
+    segments,
+    returnFinalState: opts.returnFinalState === true,
+  });
+  if (differentiable)
+    record(`retention.${form}`, [q, k, v], [o], ([g]) => {
+      const { dq, dk, dv } = be.retentionBackward(form, q, k, v, gammas, r, g!, chunkSize);
       return [dq, dk, dv];
     });
   else r.dispose();
-  return o;
+  return { o, finalState };
 }
 
-/** One recurrent retention step (inference only; updates state [B, H, K, V] and scale [B, H] in place). */
+/** retentionForward's output alone, for whole sequences from empty states (differentiable). */
+export function retention(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  gammas: readonly number[],
+  opts: { form: RetentionForm; chunkSize?: number; normalize?: boolean },
+): Tensor {
+  return retentionForward(opts.form, q, k, v, gammas, opts).o;
+}
+
+/**
+ * One recurrent retention step (inference only; updates state [B, H, K, V] and scale [B, H] in place); `normalize`
+ * false: fla's S' = γS + kᵀv.
+ */
 export function retentionStep(
   q: Tensor,
   k: Tensor,
@@ -54,6 +127,7 @@ export function retentionStep(
   state: Tensor,
   scale: Tensor,
   gammas: readonly number[],
+  normalize = true,
 ): Tensor {
   const be = backendOf('retentionStep', q, k, v, state, scale);
   if (q.rank !== 3) throw new ShapeError(`retentionStep: q must be [B, H, K], got ${formatShape(q.shape)}`);
@@ -64,14 +138,5 @@ export function retentionStep(
   expectShape('retentionStep', 'state', state, [B, H, K, v.shape[2]!]);
   expectShape('retentionStep', 'scale', scale, [B, H]);
   checkGammas('retentionStep', gammas, H);
-  return be.retentionStep(q, k, v, state, scale, gammas);
-}
-
-/** The recurrent state after k: [B, T, H, K], v: [B, T, H, V] (inference only). */
-export function retentionState(k: Tensor, v: Tensor, gammas: readonly number[]): { state: Tensor; scale: Tensor } {
-  const be = backendOf('retentionState', k, v);
-  if (k.rank !== 4 || v.rank !== 4 || k.shape.slice(0, 3).some((d, i) => d !== v.shape[i]))
-    throw new ShapeError(`retentionState: k ${formatShape(k.shape)} and v ${formatShape(v.shape)} do not match`);
-  checkGammas('retentionState', gammas, k.shape[2]!);
-  return be.retentionState(k, v, gammas);
+  return be.retentionStep(q, k, v, state, scale, gammas, normalize);
 }

@@ -12,7 +12,7 @@ import { tidy, keep } from '../../tensor/scope.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import { mul, scale } from '../../ops/math.js';
 import { rmsNorm, silu } from '../../ops/nn.js';
-import { retention, retentionState, retentionStep } from '../../ops/retention.js';
+import { retention, retentionForward, retentionStep } from '../../ops/retention.js';
 import { rotary } from '../../ops/rotary.js';
 import { concat, reshape, slice } from '../../ops/shape.js';
 import { Module } from '../../nn/module.js';
@@ -108,6 +108,7 @@ export class MultiScaleRetention extends Module implements Mixer<RetNetDecodeSta
     return this.output(x, o);
   }
 
+  /** Packed prompts x: [1, ΣT, D], one retention call over their segments continuing layer l of the state. */
   prefill(
     x: Tensor,
     rope: RotaryTables,
@@ -116,27 +117,15 @@ export class MultiScaleRetention extends Module implements Mixer<RetNetDecodeSta
     layer: number,
     lengths: readonly number[],
   ): Tensor {
-    if (state.positions.some((p) => p !== 0))
-      throw new ShapeError('RetNet.prefill: continuing a state is not supported yet');
-    const { q, k, v } = this.qkv(x, rope); // packed: [1, ΣT, H, *]
-    const outs: Tensor[] = [];
-    const states: Tensor[] = [];
-    const scales: Tensor[] = [];
-    let start = 0;
-    for (const n of lengths) {
-      const [qs, ks, vs] = [q, k, v].map((t) => slice(t, 1, start, start + n)) as [Tensor, Tensor, Tensor];
-      outs.push(retention(qs, ks, vs, this.gammas, pass));
-      const s = retentionState(ks, vs, this.gammas);
-      states.push(s.state);
-      scales.push(s.scale);
-      release(qs, ks, vs);
-      start += n;
-    }
+    const { q, k, v } = this.qkv(x, rope); // [1, ΣT, H, *]
+    const { o, finalState } = retentionForward(pass.form, q, k, v, this.gammas, {
+      chunkSize: pass.chunkSize,
+      initialState: { state: state.states[layer]!, scale: state.scales[layer]! },
+      returnFinalState: true,
+      segments: lengths,
+    });
     release(q, k, v);
-    state.replace(layer, concat(states, 0), concat(scales, 0));
-    release(...states, ...scales);
-    const o = concat(outs, 1);
-    release(...outs);
+    state.replace(layer, finalState!.state, finalState!.scale);
     return this.output(x, o);
   }
 
@@ -151,6 +140,7 @@ export class MultiScaleRetention extends Module implements Mixer<RetNetDecodeSta
       state.states[layer]!,
       state.scales[layer]!,
       this.gammas,
+      true,
     ); // [B, H, V]
     return this.output(x, reshape(o, [B, 1, H, this.V]));
   }
