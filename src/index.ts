@@ -36,12 +36,12 @@ export type { CausalLM, DecodeState } from './models/lm.js';
 export {
   ARCHS,
   createModel,
-  loadModelDir,
-  saveModelDir,
   modelFromConfig,
+  modelConfigJSON,
   type Arch,
   type ModelOptions,
 } from './models/registry.js';
+export { loadModelDir, saveModelDir } from './io/model-dir.js';
 export {
   type RetNetConfig,
   RETNET_PRESETS,

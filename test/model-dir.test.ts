@@ -8,7 +8,8 @@ import { describe, it } from 'node:test';
 
 import { noGrad } from '../src/autograd/tape.js';
 import { readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
-import { createModel, loadModelDir, saveModelDir } from '../src/models/registry.js';
+import { loadModelDir, saveModelDir } from '../src/io/model-dir.js';
+import { createModel } from '../src/models/registry.js';
 import { RetNetModel } from '../src/models/retnet/model.js';
 import { tidy } from '../src/tensor/scope.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';

@@ -9,7 +9,8 @@ import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 
 import { generate } from '../src/generate/generate.js';
-import { createModel, loadModelDir, saveModelDir } from '../src/models/registry.js';
+import { loadModelDir, saveModelDir } from '../src/io/model-dir.js';
+import { createModel } from '../src/models/registry.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
 
 const ROOT = join(import.meta.dirname, '..');

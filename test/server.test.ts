@@ -1,6 +1,7 @@
 // The HTTP server, tested over real HTTP against servers started on 127.0.0.1 with a free port: OpenAI completions
 // (whole and streamed), validation errors, auth, limits, concurrent clients, disconnects and shutdown.
 import assert from 'node:assert/strict';
+import { connect } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -46,7 +47,7 @@ function scripted(): ScriptedLM & { steps: number } {
 }
 
 async function serve(model: CausalLM, opts: Partial<ServerOptions> = {}): Promise<RunningServer> {
-  return startServer(model, tok, { modelId: 'test-model', port: 0, ...opts });
+  return startServer(model, tok, { modelId: 'test-model', port: 0, logLevel: 'silent', ...opts });
 }
 
 function post(server: RunningServer, body: unknown, headers: Record<string, string> = {}, signal?: AbortSignal) {
@@ -223,10 +224,30 @@ describe('server: completions', () => {
   });
 });
 
+/** Sends bytes as they are over a raw socket (fetch would normalise the request target) and returns the response. */
+async function raw(server: RunningServer, request: string): Promise<{ status: number; head: string; body: string }> {
+  const { port } = new URL(server.url);
+  const socket = connect(Number(port), '127.0.0.1');
+  socket.write(request); // not end(): a half-closed connection reads as a client that went away
+  let text = '';
+  for await (const bytes of socket) text += (bytes as Buffer).toString('latin1');
+  const split = text.indexOf('\r\n\r\n');
+  const head = split < 0 ? text : text.slice(0, split);
+  return { status: Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1] ?? 0), head, body: text.slice(split + 4) };
+}
+
+/** An HTTP/1.1 request with a JSON body, closing the connection after the response. */
+function rawRequest(method: string, target: string, body = '', headers: string[] = []): string {
+  const lines = [`${method} ${target} HTTP/1.1`, 'Host: 127.0.0.1', 'Connection: close', ...headers];
+  if (body !== '') lines.push('Content-Type: application/json', `Content-Length: ${Buffer.byteLength(body)}`);
+  return `${lines.join('\r\n')}\r\n\r\n${body}`;
+}
+
 describe('server: auth', () => {
   let server: RunningServer;
   before(async () => (server = await serve(scripted(), { apiKey: 'sekrit-key' })));
   after(async () => server.close());
+  const KEY = 'Authorization: Bearer sekrit-key';
 
   it('requires the bearer key on /v1/*, not on /health', async () => {
     await expectError(await post(server, { prompt: 'a' }), 401, /missing or invalid API key/);
@@ -235,6 +256,143 @@ describe('server: auth', () => {
     await expectError(await fetch(`${server.url}/v1/models`), 401, /API key/);
     assert.equal((await post(server, { prompt: 'a' }, { authorization: 'Bearer sekrit-key' })).status, 200);
     assert.equal((await fetch(`${server.url}/health`)).status, 200);
+  });
+
+  it('no spelling of a request target gets past the key: encoded, absolute-form, dot-segment, //, case', async () => {
+    const { host } = new URL(server.url);
+    const body = JSON.stringify({ prompt: 'a', max_tokens: 2 });
+    const targets = [
+      '/v1/completions',
+      '/%76%31/completions',
+      '/v1/%63ompletions',
+      '/%2576%2531/completions',
+      `http://${host}/v1/completions`,
+      `HTTP://${host}/v1/completions`,
+      `http://${host}/%76%31/completions`,
+      `http://evil.example/v1/completions`,
+      '/v1/./completions',
+      '/x/../v1/completions',
+      '/v1/completions/',
+      '/v1/completions?x=1',
+      '/v1/completions;x',
+      '/v1/completions#frag',
+      '//v1/completions',
+      '/v1//completions',
+      '/V1/completions',
+      '/v1/COMPLETIONS',
+      '*',
+    ];
+    for (const target of targets) {
+      const r = await raw(server, rawRequest('POST', target, body));
+      assert.ok(r.status === 401 || r.status === 400, `POST ${target} without the key: ${r.head.split('\r\n')[0]}`);
+      assert.doesNotMatch(r.body, /text_completion/, `POST ${target}`);
+    }
+    for (const target of ['/%76%31/models', `http://${host}/v1/models`, '/v1/models/', '//v1/models'])
+      for (const method of ['GET', 'HEAD']) {
+        const r = await raw(server, rawRequest(method, target));
+        assert.equal(r.status, 401, `${method} ${target} without the key: ${r.head.split('\r\n')[0]}`);
+      }
+    // The routed forms are the completions route: with the key they are served.
+    for (const target of ['/%76%31/completions', `http://${host}/v1/completions`]) {
+      const r = await raw(server, rawRequest('POST', target, body, [KEY]));
+      assert.equal(r.status, 200, `POST ${target} with the key`);
+      assert.match(r.body, /text_completion/);
+    }
+  });
+
+  it('every registered route but the public ones needs the key', async () => {
+    const open = server.routes.filter((r) => r.public).map((r) => `${r.method} ${r.url}`);
+    assert.deepEqual(open.sort(), ['GET /health', 'HEAD /health']);
+    const guarded = server.routes.filter((r) => !r.public);
+    assert.ok(guarded.length >= 3, `${guarded.length} guarded routes`);
+    for (const route of guarded) {
+      const target = route.url.replace(/:[^/]+/g, 'test-model');
+      const r = await raw(server, rawRequest(route.method, target, route.method === 'POST' ? '{}' : ''));
+      assert.equal(r.status, 401, `${route.method} ${target}`);
+    }
+    assert.equal((await raw(server, rawRequest('GET', '/no/such/route'))).status, 401);
+  });
+});
+
+describe('server: HTTP edges', () => {
+  let server: RunningServer;
+  const log: string[] = [];
+  const logStream = { write: (line: string) => log.push(line) };
+  before(async () => {
+    const model = scripted();
+    // A model that fails on one prompt: an internal error, to see what reaches the client and the log.
+    const prefill = model.prefill.bind(model);
+    model.prefill = (prompts) => {
+      if (prompts.some((p) => p[0] === 0x21 /* ! */)) throw new Error('kernel exploded');
+      return prefill(prompts);
+    };
+    server = await serve(model, { logLevel: 'info', logStream });
+  });
+  after(async () => server.close());
+
+  it('refuses deeply nested JSON with a 400 that says so, wherever the nesting is', async () => {
+    for (const field of ['prompt', 'model', 'stop', 'stream_options', 'logit_bias']) {
+      const body = `{"${field}": ${'['.repeat(200000)}${']'.repeat(200000)}}`;
+      const r = await raw(server, rawRequest('POST', '/v1/completions', body));
+      assert.equal(r.status, 400, field);
+      assert.match(r.body, /nests arrays and objects deeper than 64 levels/);
+    }
+    // Brackets inside strings are text, not nesting.
+    const r = await post(server, { prompt: '['.repeat(100) + '"\\"{', max_tokens: 1 });
+    assert.equal(r.status, 200);
+  });
+
+  it('refuses a body that is not UTF-8 with a 400 naming the byte', async () => {
+    const body = Buffer.concat([Buffer.from('{"prompt": "ab'), Buffer.from([0xff, 0xfe]), Buffer.from('"}')]);
+    const bad = await fetch(`${server.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body,
+    });
+    await expectError(bad, 400, /not valid UTF-8 \(invalid byte sequence at byte 14\)/);
+    for (const bytes of [
+      [0xc0, 0xaf],
+      [0xed, 0xa0, 0x80],
+      [0xe2, 0x82],
+    ]) {
+      const overlong = Buffer.concat([Buffer.from('{"prompt": "'), Buffer.from(bytes), Buffer.from('"}')]);
+      const r2 = await fetch(`${server.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: overlong,
+      });
+      await expectError(r2, 400, /not valid UTF-8 \(invalid byte sequence at byte 12\)/);
+    }
+  });
+
+  it('refuses too many headers (431) and an HTTP/0.9-style request line', async () => {
+    const many = Array.from({ length: 2000 }, (_, i) => `x-h${i}: v`);
+    const r = await raw(server, rawRequest('GET', '/health', '', many));
+    assert.equal(r.status, 431);
+    assert.match(r.body, /more than 100 header fields/);
+    assert.equal((await raw(server, rawRequest('GET', '/health', '', many.slice(0, 90)))).status, 200);
+    const old = await raw(server, 'GET /health\r\n\r\n');
+    assert.notEqual(old.status, 200, old.head);
+    assert.doesNotMatch(old.body, /"status":"ok"/);
+  });
+
+  it('keeps stack traces out of responses and out of the log at the default level', async () => {
+    log.length = 0;
+    const r = await post(server, { prompt: '!boom', max_tokens: 2 });
+    await expectError(r, 500, /^internal server error$/);
+    const s = await readStream(await post(server, { prompt: '!boom', max_tokens: 2, stream: true }));
+    assert.match(JSON.stringify(s.chunks), /internal server error/);
+    assert.doesNotMatch(JSON.stringify(s.chunks), /exploded|at .*\.ts/);
+    const lines = log.map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.ok(
+      lines.some((l) => l.error === 'kernel exploded'),
+      'the error is logged',
+    );
+    assert.ok(
+      lines.some((l) => l.msg === 'request completed'),
+      'requests are logged',
+    );
+    assert.doesNotMatch(log.join(''), /\n\s+at |stack/);
   });
 });
 

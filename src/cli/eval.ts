@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 import { FormatError } from '../errors.js';
-import { loadModelDir } from '../models/registry.js';
+import { loadModelDir } from '../io/model-dir.js';
 import { RETENTION_FORMS } from '../models/retnet/config.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import type { Tensor } from '../tensor/tensor.js';

@@ -5,7 +5,7 @@ import { ConfigError } from '../errors.js';
 import { generate } from '../generate/generate.js';
 import type { SamplingOptions } from '../generate/sampler.js';
 import type { CausalLM } from '../models/lm.js';
-import { loadModelDir } from '../models/registry.js';
+import { loadModelDir } from '../io/model-dir.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import { type Command, UsageError, intFlag, numberFlag, parseFlags } from './command.js';
 

@@ -3,7 +3,7 @@
 
 import { getBackend } from '../backend/index.js';
 import { noGrad } from '../autograd/tape.js';
-import { loadModelDir } from '../models/registry.js';
+import { loadModelDir } from '../io/model-dir.js';
 import type { CliForm } from '../models/retnet/config.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { tidy } from '../tensor/scope.js';

@@ -3,8 +3,8 @@
 
 import { basename, resolve } from 'node:path';
 
-import { startServer } from '../server/server.js';
-import { type Command, UsageError, intFlag, parseFlags } from './command.js';
+import { LOG_LEVELS, startServer } from '../server/server.js';
+import { type Command, UsageError, choiceFlag, intFlag, parseFlags } from './command.js';
 import { loadForGeneration } from './generate.js';
 
 export const serveCommand: Command = {
@@ -12,7 +12,8 @@ export const serveCommand: Command = {
   summary: 'serve a model over HTTP: OpenAI /v1/completions (streaming or not), /v1/models, /health',
   usage:
     'retnet serve --model DIR [--port N] [--host H] [--api-key K] [--model-id NAME] [--max-body-bytes N] ' +
-    '[--max-prompt-tokens N] [--max-tokens N] [--max-active N] [--max-queued N] [--shutdown-grace-ms N]  ' +
+    '[--max-prompt-tokens N] [--max-tokens N] [--max-active N] [--max-queued N] [--shutdown-grace-ms N] ' +
+    `[--log-level ${LOG_LEVELS.join('|')}]  ` +
     '(the key may also come from RETNET_API_KEY)',
   async run(argv) {
     const { values } = parseFlags('serve', argv, {
@@ -27,6 +28,7 @@ export const serveCommand: Command = {
       'max-active': { type: 'string' },
       'max-queued': { type: 'string' },
       'shutdown-grace-ms': { type: 'string' },
+      'log-level': { type: 'string' },
     });
     if (!values.model) throw new UsageError('serve: --model DIR is required');
     const int = (flag: keyof typeof values, fallback: number, min = 1, max?: number) =>
@@ -45,6 +47,7 @@ export const serveCommand: Command = {
       maxTokens: int('max-tokens', 2048),
       maxActive: int('max-active', 16),
       maxQueued: int('max-queued', 64, 0),
+      logLevel: choiceFlag('serve', 'log-level', values['log-level'], LOG_LEVELS, 'info'),
     });
     process.stdout.write(`retnet serve: listening on ${server.url}\n`);
     const signal = await new Promise<string>((done) => {

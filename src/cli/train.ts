@@ -8,7 +8,8 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 
 import { writeFileAtomic } from '../io/atomic.js';
-import { ARCHS, type Arch, createModel, loadModelDir, saveModelDir } from '../models/registry.js';
+import { loadModelDir, saveModelDir } from '../io/model-dir.js';
+import { ARCHS, type Arch, createModel } from '../models/registry.js';
 import { RETENTION_FORMS, RETNET_DEFAULTS } from '../models/retnet/config.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { ByteTokenizer } from '../tokenizer/tokenizer.js';

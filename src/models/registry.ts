@@ -1,17 +1,10 @@
-// Model construction and the model directory: `config.json` (the architecture's config, with "arch") +
-// `model.safetensors` (parameters under torchscale/PyTorch names) + `tokenizer.json` when there is one.
-
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+// Model construction from an architecture name + preset or from a config object (a parsed config.json). Core code:
+// no file I/O here; model directories are read and written by src/io/model-dir.ts.
 
 import type { Backend } from '../backend/backend.js';
-import { getBackend } from '../backend/index.js';
-import { ConfigError, FormatError } from '../errors.js';
-import { writeFileAtomic } from '../io/atomic.js';
-import { type TensorToSave, readSafetensors, writeSafetensors } from '../io/safetensors.js';
+import { ConfigError } from '../errors.js';
+import type { TensorToSave } from '../io/safetensors.js';
 import type { DType } from '../tensor/dtype.js';
-import { type Tokenizer } from '../tokenizer/tokenizer.js';
-import { loadTokenizer } from '../tokenizer/load.js';
 import type { CausalLM } from './lm.js';
 import {
   RETNET_PRESETS,
@@ -22,6 +15,7 @@ import {
 } from './retnet/config.js';
 import { RetNetModel } from './retnet/model.js';
 import { retnetAngles } from '../nn/rotary.js';
+import { retentionGammas } from '../backend/retention-math.js';
 import {
   type TransformerConfig,
   transformerConfigFromJSON,
@@ -29,7 +23,6 @@ import {
   transformerPreset,
 } from './transformer/config.js';
 import { TransformerModel } from './transformer/model.js';
-import { retentionGammas } from '../backend/retention-math.js';
 
 export interface ModelOptions {
   backend?: Backend;
@@ -129,31 +122,15 @@ export function modelConfigJSON(model: CausalLM): Record<string, unknown> {
   return entry.toJSON(config);
 }
 
-/** Writes config.json, model.safetensors (atomically) and tokenizer.json (when given) into dir. */
-export function saveModelDir(dir: string, model: CausalLM, tokenizer?: Tokenizer): void {
-  mkdirSync(dir, { recursive: true });
-  const tensors = new Map<string, TensorToSave>();
-  for (const [name, t] of model.namedParameters())
-    tensors.set(name, { dtype: t.dtype === 'float64' ? 'F64' : 'F32', shape: t.shape, data: t.data() });
+/** Tensors a model directory saves beside the parameters (the arch's persistent buffers). */
+export function modelBuffers(model: CausalLM): Map<string, TensorToSave> {
   const { entry, config } = modelEntry(model);
-  for (const [n, t] of entry.buffers(config)) tensors.set(n, t);
-  writeSafetensors(join(dir, 'model.safetensors'), tensors, { format: 'pt', arch: model.arch });
-  if (tokenizer) writeFileAtomic(join(dir, 'tokenizer.json'), tokenizer.toJSON());
-  writeFileAtomic(join(dir, 'config.json'), `${JSON.stringify(entry.toJSON(config), null, 2)}\n`);
+  return entry.buffers(config);
 }
 
-function readJSON(path: string): unknown {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new FormatError(`${path}: cannot read (${(e as Error).message})`);
-  }
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new FormatError(`${path}: not valid JSON (${(e as Error).message})`);
-  }
+/** Whether a tensor name in a weights file is one of the arch's buffers (ignored on load). */
+export function isModelBuffer(model: CausalLM, name: string): boolean {
+  return archEntry(model.arch, 'model').isBuffer(name);
 }
 
 /** The architecture of a config object: its "arch", else the one that recognises its keys (torchscale's RetNet). */
@@ -170,18 +147,4 @@ export function modelFromConfig(config: unknown, source: string, opts: ModelOpti
     throw new ConfigError(`${source}: expected a JSON object`);
   const entry = archOf(config as Record<string, unknown>, source);
   return entry.build(entry.fromJSON(config, source), opts);
-}
-
-/** Loads a model directory. Tensors of F64/F32/F16/BF16 load into the requested dtype (default float32). */
-export function loadModelDir(dir: string, opts: ModelOptions = {}): { model: CausalLM; tokenizer: Tokenizer | null } {
-  if (!existsSync(dir)) throw new FormatError(`${dir}: model directory does not exist`);
-  const configPath = join(dir, 'config.json');
-  const weightsPath = join(dir, 'model.safetensors');
-  for (const p of [configPath, weightsPath]) if (!existsSync(p)) throw new FormatError(`${dir}: missing ${p}`);
-  const model = modelFromConfig(readJSON(configPath), configPath, { ...opts, backend: opts.backend ?? getBackend() });
-  const { tensors } = readSafetensors(weightsPath);
-  model.loadValues(tensors, weightsPath, (name) => archEntry(model.arch, configPath).isBuffer(name));
-  const tokPath = join(dir, 'tokenizer.json');
-  const tokenizer = existsSync(tokPath) ? loadTokenizer(readFileSync(tokPath, 'utf8'), tokPath) : null;
-  return { model, tokenizer };
 }

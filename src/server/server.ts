@@ -5,13 +5,14 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 
-import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 
 import { ConfigError } from '../errors.js';
 import { QueueFullError, Scheduler, ShuttingDownError } from '../generate/scheduler.js';
 import type { EndEvent, GenerationEvent } from '../generate/sequence.js';
 import type { CausalLM } from '../models/lm.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
+import { guardHttp } from './http.js';
 import {
   ApiError,
   type Choice,
@@ -29,7 +30,7 @@ export interface ServerOptions {
   host?: string;
   /** Default 8000; 0 picks a free port. */
   port?: number;
-  /** When set, /v1/* requires "Authorization: Bearer <apiKey>". */
+  /** When set, every route but /health requires "Authorization: Bearer <apiKey>" (unknown routes too). */
   apiKey?: string;
   /** Largest request body in bytes (default 1 MiB); larger ones get 413. */
   maxBodyBytes?: number;
@@ -43,11 +44,34 @@ export interface ServerOptions {
   maxActive?: number;
   /** Most sequences waiting to start (default 64); beyond, 429. */
   maxQueued?: number;
+  /** pino level of the request log (default 'info': one line per request and response; 'silent' for none). */
+  logLevel?: LogLevel;
+  /** Where the log's JSON lines go (default stderr). */
+  logStream?: { write(line: string): unknown };
+}
+
+export const LOG_LEVELS = ['silent', 'fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Served without the API key (every other route, present or future, requires it when one is set). */
+    public?: boolean;
+  }
+}
+
+/** A route the server answers, and whether it is served without the API key. */
+export interface RouteInfo {
+  method: string;
+  url: string;
+  public: boolean;
 }
 
 export interface RunningServer {
   /** http://host:port */
   url: string;
+  /** Every route registered (HEAD routes included). */
+  routes: readonly RouteInfo[];
   scheduler: Scheduler;
   /**
    * Stops accepting requests, lets generations in flight finish for up to graceMs, cancels the rest (their clients
@@ -84,20 +108,6 @@ async function* merge(
   }
 }
 
-/** Maps fastify's own request errors (body parsing, limits) to OpenAI-shaped ones with a clear message. */
-function apiErrorOf(err: FastifyError, maxBodyBytes: number): ApiError {
-  if (err instanceof ApiError) return err;
-  switch (err.code) {
-    case 'FST_ERR_CTP_BODY_TOO_LARGE':
-      return new ApiError(413, `the request body is larger than the limit of ${maxBodyBytes} bytes`);
-    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
-      return new ApiError(415, 'unsupported Content-Type; send the body as application/json');
-  }
-  const status = err.statusCode ?? 500;
-  if (status >= 400 && status < 500) return new ApiError(status, err.message);
-  return new ApiError(500, 'internal server error');
-}
-
 export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: ServerOptions): Promise<RunningServer> {
   const maxBodyBytes = opts.maxBodyBytes ?? 1 << 20;
   const limits: CompletionLimits = {
@@ -115,33 +125,25 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
   let openResponses = 0;
   let allClosed: (() => void) | null = null;
 
-  const app: FastifyInstance = Fastify({ bodyLimit: maxBodyBytes, logger: false, return503OnClosing: true });
+  const app: FastifyInstance = Fastify({
+    bodyLimit: maxBodyBytes,
+    logger: { level: opts.logLevel ?? 'info', stream: opts.logStream ?? process.stderr },
+    return503OnClosing: true,
+  });
 
-  // Bodies are JSON only, parsed here so that a syntax error can say where it is. (JSON.parse makes "__proto__" an
-  // own property, and the validation rejects unknown fields, so no prototype is touched.)
-  app.removeAllContentTypeParsers();
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, text, done) => {
-    if (text === '') return done(new ApiError(400, 'the request body is empty; expected a JSON object'));
-    try {
-      done(null, JSON.parse(text as string));
-    } catch (e) {
-      done(new ApiError(400, `the request body is not valid JSON: ${(e as Error).message}`));
-    }
-  });
-  app.setErrorHandler((err: FastifyError, _request, reply) => {
-    const api = apiErrorOf(err, maxBodyBytes);
-    if (api.status === 500) process.stderr.write(`retnet serve: ${err.stack ?? String(err)}\n`);
-    void reply.code(api.status).send(api.toJSON());
-  });
-  app.setNotFoundHandler((request, reply) => {
-    void reply.code(404).send(new ApiError(404, `no route ${request.method} ${request.url}`).toJSON());
+  guardHttp(app, maxBodyBytes);
+
+  // Authorisation is decided on the routed request: find-my-way has already decoded the path, stripped an absolute-form
+  // target and picked the route, so "/%76%31/completions" and "http://host/v1/completions" reach this check as the
+  // completions route. Every route, the 404 handler included, needs the key unless it says `config: { public: true }`.
+  const routes: RouteInfo[] = [];
+  app.addHook('onRoute', (route) => {
+    const methods = Array.isArray(route.method) ? route.method : [route.method];
+    for (const method of methods) routes.push({ method, url: route.url, public: route.config?.public === true });
   });
   app.addHook('onRequest', async (request) => {
-    if (
-      opts.apiKey !== undefined &&
-      request.url.startsWith('/v1/') &&
-      !authorized(request.headers.authorization, opts.apiKey)
-    )
+    if (opts.apiKey === undefined || request.routeOptions.config.public === true) return;
+    if (!authorized(request.headers.authorization, opts.apiKey))
       throw new ApiError(
         401,
         'missing or invalid API key (send "Authorization: Bearer <key>")',
@@ -150,7 +152,7 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
       );
   });
 
-  app.get('/health', async () => ({
+  app.get('/health', { config: { public: true } }, async () => ({
     status: closing ? 'shutting_down' : 'ok',
     model: opts.modelId,
     active: scheduler.activeCount,
@@ -177,7 +179,7 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
     const now = Math.floor(Date.now() / 1000);
     if (req.stream) {
       reply.hijack();
-      await streamCompletion(reply.raw, streams, req, id, now, disconnect.signal);
+      await streamCompletion(reply.raw, streams, req, id, now, disconnect.signal, request.log);
       return;
     }
     const choices: Choice[] = req.prompts.map((_, index) => ({ text: '', index, logprobs: null, finish_reason: null }));
@@ -227,6 +229,7 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
     id: string,
     now: number,
     disconnected: AbortSignal,
+    log: FastifyBaseLogger,
   ): Promise<void> {
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
     const send = (data: unknown) => {
@@ -248,7 +251,8 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
         send(new ApiError(503, 'the server is shutting down; the generation was cancelled').toJSON());
       else if (req.includeUsage) send(completionObject(id, now, opts.modelId, [], usageOf(ends)));
     } catch (e) {
-      process.stderr.write(`retnet serve: ${(e as Error).stack ?? String(e)}\n`);
+      log.error({ error: (e as Error).message }, 'internal error during generation');
+      log.debug({ stack: (e as Error).stack }, 'internal error during generation: stack');
       send(new ApiError(500, 'internal server error during generation').toJSON());
     }
     send('[DONE]');
@@ -258,6 +262,7 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
   const address = await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 8000 });
   return {
     url: address,
+    routes,
     scheduler,
     async close(graceMs = 5000) {
       closing = true;

@@ -111,7 +111,7 @@ export interface TrainOptions {
   config: TrainConfig;
   /** ids int32 [B, T] -> logits [B, T, V]. Default: model.forward (its form is the model config's; tests wrap it). */
   forward?: (ids: Tensor) => Tensor;
-  /** Writes the model directory files into a folder (the CLI passes the registry's saveModelDir). */
+  /** Writes the model directory files into a folder (the CLI passes io/model-dir's saveModelDir). */
   writeModel: (dir: string) => void;
   /** Continue from the latest checkpoint in outDir. */
   resume?: boolean;
