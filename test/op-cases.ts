@@ -3,7 +3,7 @@
 
 import type { Backend } from '../src/backend/backend.js';
 import type { DType } from '../src/tensor/dtype.js';
-import type { Rng } from '../src/tensor/random.js';
+import { Rng } from '../src/tensor/random.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import * as ops from '../src/ops/index.js';
 import { randomData } from './helpers.js';
@@ -318,6 +318,12 @@ export const opCases: OpCase[] = [
       gradCheck: false,
     };
   }),
+  // Dropout masks come from a seeded counter-based kernel: the same seed gives the same mask on every device.
+  ...[false, true].map((perRow): OpCase => ({
+    name: `dropout${perRow ? ' per row' : ''} (seeded mask kernel)`,
+    variants: [[f([3, 5, 7])], [f([1])], [f([0, 4])]],
+    f: ([x]) => ops.dropout(x!, 0.4, new Rng(11), perRow),
+  })),
   {
     name: 'rotary',
     variants: [

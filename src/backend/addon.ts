@@ -27,7 +27,8 @@ export interface NativeAddon {
   permute(x: Float32Array | Int32Array, out: Float32Array | Int32Array, shape: Int32Array, perm: Int32Array): void;
   copyBlocks(...args: (number | Float32Array)[]): void;
   adamw(...args: (number | Float32Array)[]): void;
-  sumSquares(x: Float32Array, n: number): number;
+  sumSquares(xs: Float32Array[]): number;
+  dropoutMask(out: Float32Array, n: number, rowSize: number, p: number, seed: number): void;
   retentionParallel(...args: (boolean | number | Float32Array | Float64Array)[]): void;
   retentionChunkwise(...args: (boolean | number | Float32Array | Float64Array)[]): void;
   retentionBackwardParallel(...args: (number | Float32Array | Float64Array)[]): void;

@@ -77,6 +77,11 @@ export interface Backend {
   /** Sums g over its leading dims down to `shape`, a suffix of g's shape (the gradient of a broadcast). */
   sumToShape(g: Tensor, shape: readonly number[]): Tensor;
   activation(kind: ActivationKind, x: Tensor): Tensor;
+  /**
+   * An inverted-dropout mask of `shape`: each row of `rowSize` elements is 1/(1−p) where u ≥ p, else 0, with
+   * u = fmix32(seed ⊕ row·0x9E3779B9) / 2³² (a counter-based generator: the same mask for a seed on every device).
+   */
+  dropoutMask(shape: readonly number[], p: number, seed: number, rowSize: number, dtype: DType): Tensor;
   activationBackward(kind: ActivationKind, x: Tensor, g: Tensor): Tensor;
 
   // Normalisation over the last dim; statistics are [rows] with rows = size / lastDim.
@@ -118,7 +123,8 @@ export interface Backend {
 
   // Optimizer (in place on param, m, v).
   adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, p: AdamWParams): void;
-  sumSquares(x: Tensor): number;
+  /** Σ x² over every element of every tensor, in one call (the global gradient norm²). */
+  sumSquares(xs: readonly Tensor[]): number;
 
   // Retention (RetNet's multi-scale retention, per head h with decay gammas[h]; see docs/retention.md and
   // ../shared/retnet-spec.md §5). Time-major layouts, as projections produce them: q, k: [B, T, H, K] (already

@@ -240,8 +240,14 @@ export class NativeBackend extends CpuBackend implements Backend {
     ); // prettier-ignore
   }
 
-  sumSquares(x: Tensor): number {
-    return this.addon.sumSquares(this.f32(x), x.size);
+  dropoutMask(shape: readonly number[], p: number, seed: number, rowSize: number): Tensor {
+    const out = this.like(shape);
+    this.addon.dropoutMask(out.d, out.t.size, rowSize, p, seed >>> 0);
+    return out.t;
+  }
+
+  sumSquares(xs: readonly Tensor[]): number {
+    return this.addon.sumSquares(xs.map((x) => this.f32(x)));
   }
 
   /** Scratch for a retention kernel, as a tensor so that memory accounting counts it while the kernel runs. */

@@ -18,6 +18,17 @@ import type {
 import { backwardHead, forwardHead, headLayout, sequences } from './retention-math.js';
 import { CpuBackend } from './cpu.js';
 
+/** u of row `row` for `seed` (murmur3's fmix32 of seed ⊕ row·golden ratio), uniform in [0, 1); native's too. */
+export function dropoutUniform(seed: number, row: number): number {
+  let h = (seed ^ Math.imul(row, 0x9e3779b9)) >>> 0;
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b) >>> 0;
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35) >>> 0;
+  h ^= h >>> 16;
+  return (h >>> 0) * 2 ** -32;
+}
+
 const SQRT1_2 = Math.SQRT1_2;
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 
@@ -456,10 +467,21 @@ export class ReferenceBackend extends CpuBackend implements Backend {
     }
   }
 
-  sumSquares(x: Tensor): number {
-    const X = this.float(x);
+  dropoutMask(shape: readonly number[], p: number, seed: number, rowSize: number, dtype: DType): Tensor {
+    const t = this.zeros(shape, dtype);
+    const M = this.float(t);
+    const keep = 1 / (1 - p);
+    for (let e = 0, row = 0; e < M.length; e += rowSize, row++)
+      M.fill(dropoutUniform(seed, row) >= p ? keep : 0, e, e + rowSize);
+    return t;
+  }
+
+  sumSquares(xs: readonly Tensor[]): number {
     let s = 0;
-    for (let i = 0; i < X.length; i++) s += X[i]! * X[i]!;
+    for (const x of xs) {
+      const X = this.float(x);
+      for (let i = 0; i < X.length; i++) s += X[i]! * X[i]!;
+    }
     return s;
   }
 
@@ -480,9 +502,7 @@ export class ReferenceBackend extends CpuBackend implements Backend {
     const Vv = this.float(v);
     const seqs = sequences(B, T, run.segments);
     const N = seqs.length;
-    const final = run.returnFinalState
-      ? { state: this.out([N, H, K, V], q), scale: this.out([N, H], q) }
-      : null;
+    const final = run.returnFinalState ? { state: this.out([N, H, K, V], q), scale: this.out([N, H], q) } : null;
     const S0 = run.initialState ? this.float(run.initialState.state) : null;
     const s0 = run.initialState ? this.float(run.initialState.scale) : null;
     seqs.forEach(({ b, start, length }, i) =>
@@ -491,7 +511,10 @@ export class ReferenceBackend extends CpuBackend implements Backend {
         // The kernels work on the raw state Z; a normalised state is S̃ = Z / sqrt(s).
         const unscale = (s: number) => (run.normalize ? Math.sqrt(s) : 1);
         const begin = S0
-          ? { Z: Float64Array.from(S0.subarray(nh * K * V, (nh + 1) * K * V), (x) => x * unscale(s0![nh]!)), s: s0![nh]! }
+          ? {
+              Z: Float64Array.from(S0.subarray(nh * K * V, (nh + 1) * K * V), (x) => x * unscale(s0![nh]!)),
+              s: s0![nh]!,
+            }
           : null;
         const layout = headLayout(b, h, T, H, K, V, start, length);
         const end = forwardHead(form, Q, Kk, Vv, O, R, layout, gamma, run.chunkSize, run.normalize, begin);

@@ -57,7 +57,16 @@ export function headLayout(
   length = T,
 ): HeadLayout {
   const row = b * T + start;
-  return { qo: (row * H + h) * K, ldk: H * K, vo: (row * H + h) * V, ldv: H * V, ro: (b * H + h) * T + start, T: length, K, V };
+  return {
+    qo: (row * H + h) * K,
+    ldk: H * K,
+    vo: (row * H + h) * V,
+    ldv: H * V,
+    ro: (b * H + h) * T + start,
+    T: length,
+    K,
+    V,
+  };
 }
 
 /** The sequences of a retention call: each batch row, or the packed segments of row 0. */
@@ -127,7 +136,11 @@ export function forwardHead(
     for (let i = 0; i < len; i++) {
       const n = c0 + i;
       // √ of the row's decay sum: chunkwise counts from the chunk start, parallel from the sequence's first token.
-      const sq = !normalize ? 1 : form === 'parallel' ? Math.sqrt(s0 * decayPow(lambda, i + 1) + S[i]!) : Math.sqrt(S[i]!);
+      const sq = !normalize
+        ? 1
+        : form === 'parallel'
+          ? Math.sqrt(s0 * decayPow(lambda, i + 1) + S[i]!)
+          : Math.sqrt(S[i]!);
       let absSum = 0;
       for (let j = 0; j <= i; j++) {
         let dot = 0;

@@ -153,13 +153,9 @@ export function dropout(x: Tensor, p: number, rng: Rng, perRow = false): Tensor 
   const be = backendOf('dropout', x);
   expectFloat('dropout', 'x', x);
   if (!(p >= 0 && p < 1)) throw new ShapeError(`dropout: probability ${p} is not in [0, 1)`);
-  const mask = new Float64Array(x.size);
-  const rowSize = perRow && x.rank > 0 ? x.size / (x.shape[0] || 1) : 1;
-  for (let i = 0; i < x.size; i += rowSize) {
-    const keep = rng.uniform() >= p ? 1 / (1 - p) : 0;
-    mask.fill(keep, i, i + rowSize);
-  }
-  const m = be.fromData(mask, x.shape, x.dtype);
+  // One 32-bit seed per mask from the caller's generator (host); the mask itself comes from a seeded kernel.
+  const rowSize = perRow && x.rank > 0 ? Math.max(1, x.size / (x.shape[0] || 1)) : 1;
+  const m = be.dropoutMask(x.shape, p, rng.nextU32(), rowSize, x.dtype);
   const y = be.binary('mul', x, m);
   if (needsGrad(x)) record('dropout', [x], [y], ([g]) => [be.binary('mul', g!, m)]);
   else m.dispose();

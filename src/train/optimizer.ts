@@ -49,10 +49,20 @@ export class AdamW {
     }
   }
 
-  /** The global L2 norm of all gradients (parameters without a gradient count as zero). */
+  /**
+   * The global L2 norm of all gradients (parameters without a gradient count as zero): one fused kernel call per
+   * backend, so a step reads one number from the device here, not one per parameter.
+   */
   gradNorm(): number {
+    const byBackend = new Map<Backend, Tensor[]>();
+    for (const s of this.slots)
+      if (s.param.grad) {
+        const list = byBackend.get(s.param.backend) ?? [];
+        list.push(s.param.grad);
+        byBackend.set(s.param.backend, list);
+      }
     let sum = 0;
-    for (const s of this.slots) if (s.param.grad) sum += s.param.backend.sumSquares(s.param.grad);
+    for (const [be, grads] of byBackend) sum += be.sumSquares(grads);
     return Math.sqrt(sum);
   }
 
