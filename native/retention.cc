@@ -483,30 +483,33 @@ static Napi::Value RetentionWorkspace(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionWorkspace", RetentionWorkspace);
 
-// rotary(x, cos, sin, y, B, T, H, K, perBatch, inverse): rotation of interleaved pairs by the position's angles
-// (torchscale's theta_shift, spec §4); tables [T, K] shared by the batch or [B, T, K] per row.
+// rotary(x, cos, sin, y, B, T, H, K, perBatch, halves, inverse): rotation of pairs (a, b) of each head by the angle
+// at index a of the tables [T, K] (shared by the batch) or [B, T, K] (per row). Pairs are interleaved (2j, 2j+1)
+// (torchscale's theta_shift, spec §4) or, with halves, (i, i+K/2) (fla's rotate_half, fla-spec §4.3).
 static Napi::Value Rotary(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto x = f32(info, 0, "x"), c = f32(info, 1, "cos"), s = f32(info, 2, "sin"), y = f32(info, 3, "y");
     int64_t B = dim(info, 4, "B"), T = dim(info, 5, "T"), H = dim(info, 6, "H"), K = dim(info, 7, "K");
-    bool perBatch = flag(info, 8, "perBatch"), inverse = flag(info, 9, "inverse");
+    bool perBatch = flag(info, 8, "perBatch"), halves = flag(info, 9, "halves"), inverse = flag(info, 10, "inverse");
     if (K % 2 != 0) throw ArgError{"rotary: head dim must be even"};
     require(x, B * T * H * K, "rotary", "x");
     require(y, B * T * H * K, "rotary", "y");
     require(c, (perBatch ? B : 1) * T * K, "rotary", "cos");
     require(s, (perBatch ? B : 1) * T * K, "rotary", "sin");
     float sign = inverse ? -1.0f : 1.0f;
+    const int64_t offset = halves ? K / 2 : 1, step = halves ? 1 : 2;
 #pragma omp parallel for if (B * T * H * K > kParallelGrain) schedule(static)
     for (int64_t bt = 0; bt < B * T; bt++) {
       int64_t table = (perBatch ? bt : bt % T) * K;
       for (int64_t h = 0; h < H; h++) {
         const float* xr = x.data + (bt * H + h) * K;
         float* yr = y.data + (bt * H + h) * K;
-        for (int64_t j = 0; j < K; j += 2) {
-          float cv = c.data[table + j], sv = sign * s.data[table + j];
-          float x0 = xr[j], x1 = xr[j + 1];
-          yr[j] = x0 * cv - x1 * sv;
-          yr[j + 1] = x1 * cv + x0 * sv;
+        for (int64_t j = 0; j < K / 2; j++) {
+          const int64_t a = j * step;
+          float cv = c.data[table + a], sv = sign * s.data[table + a];
+          float x0 = xr[a], x1 = xr[a + offset];
+          yr[a] = x0 * cv - x1 * sv;
+          yr[a + offset] = x1 * cv + x0 * sv;
         }
       }
     }

@@ -28,3 +28,33 @@ export class FormatError extends RetnetError {}
 export function formatShape(shape: readonly number[]): string {
   return `[${shape.join(', ')}]`;
 }
+
+/** What to do about a filesystem error, by its code. */
+const SYSTEM_ERROR_ADVICE: Record<string, string> = {
+  ENOSPC: 'no space left on the device: free some space or choose another location',
+  EDQUOT: 'disk quota exceeded: free some space or choose another location',
+  EROFS: 'the filesystem is read-only: choose a writable location',
+  EACCES: 'permission denied: check the permissions or choose another location',
+  EPERM: 'operation not permitted: check the permissions or choose another location',
+  ENOTDIR: 'a part of this path is a file, not a directory: choose another path',
+  EISDIR: 'this path is a directory, where a file was expected',
+  ENOENT: 'no such file or directory (a dangling symbolic link?)',
+  ELOOP: 'too many levels of symbolic links (a symlink loop?)',
+  EEXIST: 'the path already exists',
+  EMFILE: 'too many open files: raise the limit (ulimit -n) or close other programs',
+  ENFILE: 'too many open files in the system',
+  EIO: 'an input/output error from the device',
+  ENAMETOOLONG: 'the path is too long',
+};
+
+/**
+ * A one-line description of a Node.js filesystem error (one with a `code` such as ENOSPC and usually a `path`), or
+ * null for any other error. The CLI prints it instead of a stack trace.
+ */
+export function describeSystemError(e: unknown): string | null {
+  if (!(e instanceof Error)) return null;
+  const { code, path, dest } = e as Error & { code?: unknown; path?: unknown; dest?: unknown };
+  if (typeof code !== 'string' || !(code in SYSTEM_ERROR_ADVICE)) return null;
+  const where = typeof path === 'string' ? `${path}${typeof dest === 'string' ? ` -> ${dest}` : ''}: ` : '';
+  return `${where}${SYSTEM_ERROR_ADVICE[code]} (${code})`;
+}

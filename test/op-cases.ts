@@ -242,6 +242,21 @@ export const opCases: OpCase[] = [
     f: ([q, k, v]) => ops.retention(q!, k!, v!, retentionGammas(q!.shape[2]!), { form, chunkSize }),
     tol: 1e-5,
   })),
+  // fla's retention (no normalisers): any scale of inputs.
+  ...[
+    { form: 'parallel' as const, chunkSize: 0 },
+    { form: 'chunkwise' as const, chunkSize: 3 },
+    { form: 'chunkwise' as const, chunkSize: 16 },
+  ].map(({ form, chunkSize }): OpCase => ({
+    name: `retention ${form}${chunkSize ? ` C=${chunkSize}` : ''}, not normalised`,
+    variants: [
+      [f([2, 7, 2, 4]), f([2, 7, 2, 4]), f([2, 7, 2, 6])],
+      [f([1, 1, 1, 2]), f([1, 1, 1, 2]), f([1, 1, 1, 1])],
+      [f([1, 0, 2, 2]), f([1, 0, 2, 2]), f([1, 0, 2, 3])],
+    ],
+    f: ([q, k, v]) => ops.retention(q!, k!, v!, retentionGammas(q!.shape[2]!), { form, chunkSize, normalize: false }),
+    tol: 1e-5,
+  })),
   {
     name: 'retention chunkwise, active normalisers (forward)',
     variants: [[f([1, 11, 2, 4], { scale: 2 }), f([1, 11, 2, 4], { scale: 2 }), f([1, 11, 2, 3], { scale: 2 })]],
@@ -249,20 +264,6 @@ export const opCases: OpCase[] = [
     tol: 1e-5,
     gradCheck: false,
   },
-  // Un-normalised retention (fla's): r = 1 in every form, so finite differences see the kernels' exact gradient.
-  ...[
-    { form: 'parallel' as const, chunkSize: 0 },
-    { form: 'chunkwise' as const, chunkSize: 3 },
-  ].map(({ form, chunkSize }): OpCase => ({
-    name: `retention ${form}${chunkSize ? ` C=${chunkSize}` : ''}, un-normalised`,
-    variants: [
-      [f([2, 7, 2, 4], { scale: 0.5 }), f([2, 7, 2, 4], { scale: 0.5 }), f([2, 7, 2, 3], { scale: 0.5 })],
-      [f([1, 1, 1, 2]), f([1, 1, 1, 2]), f([1, 1, 1, 1])],
-      [f([1, 0, 2, 2]), f([1, 0, 2, 2]), f([1, 0, 2, 3])],
-    ],
-    f: ([q, k, v]) => ops.retention(q!, k!, v!, retentionGammas(q!.shape[2]!), { form, chunkSize, normalize: false }),
-    tol: 1e-5,
-  })),
   // State-carrying retention over packed segments (inference only): o, the final states and their scales, flattened.
   ...[
     { form: 'parallel' as const, chunkSize: 0, normalize: true },
@@ -324,15 +325,16 @@ export const opCases: OpCase[] = [
     variants: [[f([3, 5, 7])], [f([1])], [f([0, 4])]],
     f: ([x]) => ops.dropout(x!, 0.4, new Rng(11), perRow),
   })),
-  {
-    name: 'rotary',
+  ...(['interleaved', 'halves'] as const).map((pairs): OpCase => ({
+    name: `rotary ${pairs}`,
     variants: [
       [f([2, 3, 2, 4]), f([3, 4], { grad: false }), f([3, 4], { grad: false })],
       [f([2, 1, 3, 2]), f([2, 1, 2], { grad: false }), f([2, 1, 2], { grad: false })],
+      [f([1, 5, 3, 6]), f([1, 5, 6], { grad: false }), f([1, 5, 6], { grad: false })],
       [f([1, 0, 1, 2]), f([0, 2], { grad: false }), f([0, 2], { grad: false })],
     ],
-    f: ([x, c, s]) => ops.rotary(x!, c!, s!),
-  },
+    f: ([x, c, s]) => ops.rotary(x!, c!, s!, pairs),
+  })),
   ...(['naive', 'flash'] as const).map((algorithm): OpCase => ({
     name: `causalAttention ${algorithm}`,
     variants: [

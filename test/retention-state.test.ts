@@ -216,7 +216,7 @@ describe('RetNet prefill with state', () => {
       state.dispose();
     });
 
-  it('a batch of prompts of different lengths is one packed call equal to each prompt alone', () => {
+  it('a batch of prompts of different lengths equals each prompt alone, and each row continues its own state', () => {
     const prompts = [tokens.slice(0, 9), tokens.slice(3, 4), tokens.slice(2, 17)];
     const together = model.prefill(prompts);
     assert.deepEqual(together.state.positions, [9, 1, 15]);

@@ -12,6 +12,12 @@ export type ActivationKind = 'gelu' | 'silu' | 'relu';
 
 export type RetentionForm = 'parallel' | 'chunkwise';
 
+/**
+ * Which elements of a head the rotary op rotates together: 'interleaved' pairs (x[2j], x[2j+1]) (torchscale's
+ * theta_shift, RoPE's original layout) or 'halves' (x[i], x[i+K/2]) (GPT-NeoX's rotate_half, fla's RetNet).
+ */
+export type RotaryPairs = 'interleaved' | 'halves';
+
 export type AttentionAlgorithm = 'naive' | 'flash';
 
 /** A retention state per sequence: state [N, H, K, V] and its decay sum scale [N, H] (0: empty). */
@@ -169,11 +175,12 @@ export interface Backend {
     normalize: boolean,
   ): Tensor;
   /**
-   * Rotation of interleaved pairs (torchscale's theta_shift, spec §4): y[2j] = x[2j]c − x[2j+1]s,
-   * y[2j+1] = x[2j+1]c + x[2j]s, with c, s the cos/sin tables [T, K] or [B, T, K]. x: [B, T, H, K]. inverse rotates by
-   * the opposite angle (the backward pass).
+   * Rotation of pairs (a, b) of each head, x: [B, T, H, K]: y_a = x_a c − x_b s, y_b = x_b c + x_a s, with c, s read
+   * at index a of the cos/sin tables [T, K] or [B, T, K]. 'interleaved': (a, b) = (2j, 2j+1) (torchscale's
+   * theta_shift, spec §4); 'halves': (a, b) = (i, i+K/2) (fla-spec §4.3). inverse rotates by the opposite angle (the
+   * backward pass).
    */
-  rotary(x: Tensor, cos: Tensor, sin: Tensor, inverse: boolean): Tensor;
+  rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs, inverse: boolean): Tensor;
 
   // Attention (the Transformer baseline): causal multi-head softmax attention, per head
   // o_i = Σ_{j≤i} P_ij v_j with P_ij = softmax_j(q_i·k_j / sqrt(K)) over j ≤ i. Time-major layouts, as projections

@@ -13,6 +13,7 @@ import type {
   BinaryOp,
   RetentionForm,
   RetentionRun,
+  RotaryPairs,
   RetentionState,
 } from './backend.js';
 import { CpuBackend } from './cpu.js';
@@ -329,10 +330,11 @@ export class NativeBackend extends CpuBackend implements Backend {
     return o.t;
   }
 
-  rotary(x: Tensor, cos: Tensor, sin: Tensor, inverse: boolean): Tensor {
+  rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs, inverse: boolean): Tensor {
     const [B, T, H, K] = x.shape as [number, number, number, number];
     const y = this.like(x.shape);
-    this.addon.rotary(this.f32(x), this.f32(cos), this.f32(sin), y.d, B, T, H, K, cos.rank === 3, inverse);
+    const halves = pairs === 'halves';
+    this.addon.rotary(this.f32(x), this.f32(cos), this.f32(sin), y.d, B, T, H, K, cos.rank === 3, halves, inverse);
     return y.t;
   }
 

@@ -13,6 +13,7 @@ import type {
   BinaryOp,
   RetentionForm,
   RetentionRun,
+  RotaryPairs,
   RetentionState,
 } from './backend.js';
 import { backwardHead, forwardHead, headLayout, sequences } from './retention-math.js';
@@ -589,7 +590,7 @@ export class ReferenceBackend extends CpuBackend implements Backend {
     return o;
   }
 
-  rotary(x: Tensor, cos: Tensor, sin: Tensor, inverse: boolean): Tensor {
+  rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs, inverse: boolean): Tensor {
     const [B, T, H, K] = x.shape as [number, number, number, number];
     const { t, d: Y } = this.out(x.shape, x);
     const X = this.float(x);
@@ -597,18 +598,22 @@ export class ReferenceBackend extends CpuBackend implements Backend {
     const Sn = this.float(sin);
     const perBatch = cos.rank === 3;
     const sign = inverse ? -1 : 1;
+    // Pair j rotates elements a = first(j) and b = a + offset.
+    const halves = pairs === 'halves';
+    const offset = halves ? K / 2 : 1;
     for (let b = 0; b < B; b++)
       for (let n = 0; n < T; n++) {
         const table = ((perBatch ? b * T : 0) + n) * K;
         for (let h = 0; h < H; h++) {
           const base = ((b * T + n) * H + h) * K;
-          for (let j = 0; j < K; j += 2) {
-            const c = Cs[table + j]!;
-            const s = sign * Sn[table + j]!;
-            const x0 = X[base + j]!;
-            const x1 = X[base + j + 1]!;
-            Y[base + j] = x0 * c - x1 * s;
-            Y[base + j + 1] = x1 * c + x0 * s;
+          for (let j = 0; j < K / 2; j++) {
+            const a = halves ? j : 2 * j;
+            const c = Cs[table + a]!;
+            const s = sign * Sn[table + a]!;
+            const x0 = X[base + a]!;
+            const x1 = X[base + a + offset]!;
+            Y[base + a] = x0 * c - x1 * s;
+            Y[base + a + offset] = x1 * c + x0 * s;
           }
         }
       }

@@ -22,6 +22,26 @@ function parseTokens(text: string | undefined): number[] {
   });
 }
 
+/**
+ * Streams `{"logits": [[...], ...]}` to stdout a few rows per write, so the cost is linear in the number of values and
+ * no second copy of the logits (as JSON) is ever held whole. (Writes to a pipe or file are synchronous on Linux.)
+ */
+function writeRows(flat: ArrayLike<number>, rows: number, V: number): void {
+  const ROWS_PER_WRITE = 64;
+  let pending: string[] = ['{"logits":['];
+  for (let i = 0; i < rows; i++) {
+    const row: number[] = new Array<number>(V);
+    for (let j = 0; j < V; j++) row[j] = flat[i * V + j]!;
+    pending.push(`${i > 0 ? ',' : ''}${JSON.stringify(row)}`);
+    if (pending.length >= ROWS_PER_WRITE) {
+      process.stdout.write(pending.join(''));
+      pending = [];
+    }
+  }
+  pending.push(']}\n');
+  process.stdout.write(pending.join(''));
+}
+
 export const logitsCommand: Command = {
   name: 'logits',
   summary: 'print the logits of a token sequence as JSON ({"logits": [[...], ...]})',
@@ -69,8 +89,7 @@ export const logitsCommand: Command = {
       flat = noGrad(() => tidy(() => model.forward(backend.fromData(tokens, [1, tokens.length], 'int32')).data()));
     }
     model.dispose();
-    const rows = tokens.map((_, i) => Array.from(flat).slice(i * V, (i + 1) * V));
-    process.stdout.write(`${JSON.stringify({ logits: rows })}\n`);
+    writeRows(flat, tokens.length, V);
     return 0;
   },
 };

@@ -1,7 +1,7 @@
-// `retnet <command> [flags]`: dispatches to the subcommands. Errors of the library (RetnetError) and of the command
-// line print as one line on stderr; anything else is a bug and prints its stack.
+// `retnet <command> [flags]`: dispatches to the subcommands. Errors of the library (RetnetError), of the command line
+// and of the filesystem (ENOSPC, EROFS, ...) print as one line on stderr; anything else is a bug and prints its stack.
 
-import { RetnetError } from '../errors.js';
+import { RetnetError, describeSystemError } from '../errors.js';
 import { benchCommand } from './bench.js';
 import { type Command, UsageError } from './command.js';
 import { demoCommand } from './demo.js';
@@ -60,6 +60,11 @@ export async function main(argv: string[]): Promise<number> {
     }
     if (e instanceof RetnetError) {
       process.stderr.write(`retnet ${name}: ${e.message}\n`);
+      return 1;
+    }
+    const system = describeSystemError(e);
+    if (system !== null) {
+      process.stderr.write(`retnet ${name}: ${system}\n`);
       return 1;
     }
     throw e;

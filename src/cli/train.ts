@@ -3,9 +3,9 @@
 // a checkpoint; `--resume` continues it exactly. The run's settings are kept in DIR/run.json, so a resumed command
 // may repeat them (or leave them out); only --steps and the reporting cadence may change on a resume.
 
-import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 
 import { writeFileAtomic } from '../io/atomic.js';
 import { loadModelDir, saveModelDir } from '../io/model-dir.js';
@@ -92,6 +92,31 @@ const FLAGS = {
 } as const;
 
 type Values = ReturnType<typeof parseFlags<typeof FLAGS>>['values'];
+
+/**
+ * Checks before any long work that `path` can be (or become) a directory: it is one, or nothing exists there and its
+ * nearest existing ancestor is a directory. (Otherwise the run would fail with ENOTDIR/EEXIST after tokenising.)
+ */
+export function checkDirFlag(command: string, flag: string, path: string): void {
+  for (let p = path; ; p = dirname(p)) {
+    let st;
+    try {
+      st = statSync(p, { throwIfNoEntry: false });
+    } catch (e) {
+      if ((e as { code?: string }).code !== 'ENOTDIR') throw e;
+    }
+    if (st !== undefined) {
+      if (!st.isDirectory())
+        throw new UsageError(
+          p === path
+            ? `${command}: --${flag} ${path} is a file, not a directory; choose a directory`
+            : `${command}: --${flag} ${path}: ${p} is a file, not a directory; choose another path`,
+        );
+      return;
+    }
+    if (dirname(p) === p) return;
+  }
+}
 
 /** Settings from the flags, with `base` (defaults, or the saved run on a resume) for flags not given. */
 function settingsFromFlags(v: Values, base: RunSettings | null): RunSettings {
@@ -197,6 +222,11 @@ export const trainCommand: Command = {
     const { values } = parseFlags('train', argv, FLAGS);
     if (!values.out) throw new UsageError('train: --out DIR is required');
     const out = resolve(values.out);
+    checkDirFlag('train', 'out', out);
+    // A run directory whose run stopped before its first checkpoint has nothing to lose: it starts again from step 0
+    // (with its saved settings under --resume, with the flags' settings without it).
+    const hasRun = existsSync(join(out, 'run.json')) || existsSync(join(out, 'checkpoints'));
+    const hasCheckpoint = hasRun && latestCheckpoint(out) !== null;
     const resume = values.resume === true;
     let settings: RunSettings;
     if (resume) {
@@ -205,10 +235,13 @@ export const trainCommand: Command = {
       const changed = changedSetting(saved, settings);
       if (changed) throw new UsageError(`train: --resume: ${changed}; a resumed run keeps its settings`);
     } else {
-      if (existsSync(join(out, 'run.json')) || (existsSync(out) && readdirSync(out).includes('checkpoints')))
+      if (hasCheckpoint)
         throw new UsageError(`train: ${out} already holds a run; pass --resume to continue it or choose another --out`);
       settings = settingsFromFlags(values, null);
     }
+    if (hasRun && !hasCheckpoint)
+      process.stderr.write(`train: ${out} holds a run that stopped before its first checkpoint; starting it again\n`);
+    checkDirFlag('train', 'cache', settings.data.cacheDir);
     const stopAt = values['stop-at'] === undefined ? undefined : intFlag('train', 'stop-at', values['stop-at'], 1);
     const log = (line: string) => process.stderr.write(`${line}\n`);
 
@@ -224,8 +257,7 @@ export const trainCommand: Command = {
     });
 
     // A resumed run rebuilds its model from the checkpoint's config.json; a new one from the preset.
-    const checkpoint = resume ? latestCheckpoint(out) : null;
-    if (resume && !checkpoint) throw new UsageError(`train: --resume: ${out} holds no checkpoint`);
+    const checkpoint = resume && hasCheckpoint ? latestCheckpoint(out) : null;
     const model = checkpoint
       ? loadModelDir(checkpoint).model
       : createModel(
@@ -240,7 +272,7 @@ export const trainCommand: Command = {
           { seed: settings.train.seed },
         );
     mkdirSync(out, { recursive: true });
-    if (!resume) writeFileAtomic(join(out, 'run.json'), `${JSON.stringify(settings, null, 2)}\n`);
+    if (!checkpoint) writeFileAtomic(join(out, 'run.json'), `${JSON.stringify(settings, null, 2)}\n`);
     log(
       `model: ${settings.arch} ${settings.preset}, ${model.parameterCount()} parameters, vocabulary ${model.vocabSize}` +
         (model instanceof RetNetModel ? `, ${settings.form} form` : ''),
@@ -260,7 +292,7 @@ export const trainCommand: Command = {
         outDir: out,
         config: settings.train,
         writeModel: (dir) => saveModelDir(dir, model, data.tokenizer),
-        resume,
+        resume: checkpoint !== null,
         stop,
         stopAtStep: stopAt,
       });

@@ -16,6 +16,7 @@ import {
 import { RetNetModel } from './retnet/model.js';
 import { retnetAngles } from '../nn/rotary.js';
 import { retentionGammas } from '../backend/retention-math.js';
+import { flaConfigFromJSON, flaConfigToJSON, isFlaConfig } from './retnet/fla.js';
 import {
   type TransformerConfig,
   transformerConfigFromJSON,
@@ -61,16 +62,20 @@ function torchscaleBuffers(c: RetNetConfig): Map<string, TensorToSave> {
 }
 
 const retnet: ArchEntry<RetNetConfig> = {
-  fromJSON: retnetConfigFromJSON,
-  toJSON: retnetConfigToJSON,
+  // Two on-disk forms: torchscale's keys (ours) and fla's (HF's retnet config.json).
+  fromJSON: (obj, source) =>
+    isFlaConfig(obj as Record<string, unknown>)
+      ? flaConfigFromJSON(obj as Record<string, unknown>, source)
+      : retnetConfigFromJSON(obj, source),
+  toJSON: (c) => (c.format === 'fla' ? flaConfigToJSON(c) : retnetConfigToJSON(c)),
   presets: Object.keys(RETNET_PRESETS),
   preset: (name, overrides) => retnetPreset(name, overrides as Partial<RetNetConfig> & { vocabSize: number }),
   build: (c, opts) => new RetNetModel(c, opts),
   configOf: (m) => (m instanceof RetNetModel ? m.config : null),
-  buffers: torchscaleBuffers,
+  buffers: (c) => (c.format === 'torchscale' ? torchscaleBuffers(c) : new Map()),
   isBuffer: (name) => name.startsWith('retnet_rel_pos.'),
-  // torchscale's own config.json has no "arch".
-  recognises: (obj) => 'decoder_retention_heads' in obj,
+  // torchscale's own config.json has no "arch"; fla's has model_type "retnet".
+  recognises: (obj) => isFlaConfig(obj) || 'decoder_retention_heads' in obj,
 };
 
 const transformer: ArchEntry<TransformerConfig> = {
@@ -116,7 +121,7 @@ function modelEntry(model: CausalLM): { entry: ArchEntry<unknown>; config: unkno
   return { entry, config };
 }
 
-/** The config.json object of a model (the inverse of modelFromConfig). */
+/** The config.json object of a model (the inverse of modelFromConfig): fla's keys for a RetNet in fla's format. */
 export function modelConfigJSON(model: CausalLM): Record<string, unknown> {
   const { entry, config } = modelEntry(model);
   return entry.toJSON(config);
@@ -133,12 +138,13 @@ export function isModelBuffer(model: CausalLM, name: string): boolean {
   return archEntry(model.arch, 'model').isBuffer(name);
 }
 
-/** The architecture of a config object: its "arch", else the one that recognises its keys (torchscale's RetNet). */
+/** The architecture of a config object: its "arch", else the one that recognises its keys (torchscale's or fla's RetNet), else HF's "model_type". */
 function archOf(config: Record<string, unknown>, source: string): ArchEntry<unknown> {
   if (config.arch !== undefined) return archEntry(config.arch, source);
   const found = ARCHS.find((a) => ARCH_TABLE[a].recognises(config));
-  if (found === undefined) throw new ConfigError(`${source}: no "arch" field and no torchscale RetNet keys`);
-  return ARCH_TABLE[found] as ArchEntry<unknown>;
+  if (found !== undefined) return ARCH_TABLE[found] as ArchEntry<unknown>;
+  if (config.model_type !== undefined) return archEntry(config.model_type, source); // HF's name for it
+  throw new ConfigError(`${source}: no "arch" field and no torchscale RetNet keys`);
 }
 
 /** Builds a model from a config object (e.g. a parsed config.json). */

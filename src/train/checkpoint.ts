@@ -4,6 +4,8 @@
 //   latest          the name of the newest complete checkpoint
 // A checkpoint is written into a hidden temporary folder, every file fsynced, then renamed into place, and only then
 // does `latest` move (itself written atomically). A crash at any point leaves `latest` naming a complete checkpoint.
+// Old checkpoints are pruned the same way in reverse: renamed to a hidden folder first, then deleted, so a crash
+// while pruning never leaves a half-deleted step-N folder that looks like a checkpoint.
 
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -40,13 +42,18 @@ export function checkpointsDir(runDir: string): string {
   return join(runDir, 'checkpoints');
 }
 
-/** Complete checkpoints (those with trainer.json) of a run, oldest first. */
+/** The files a complete checkpoint holds and `loadCheckpoint` reads (writeModel may add config.json and others). */
+const CHECKPOINT_FILES = ['trainer.json', 'model.safetensors', 'optimizer.safetensors'];
+
+const isComplete = (folder: string) => CHECKPOINT_FILES.every((f) => existsSync(join(folder, f)));
+
+/** Complete checkpoints of a run, oldest first. */
 function completeCheckpoints(runDir: string): { name: string; step: number }[] {
   const dir = checkpointsDir(runDir);
   if (!existsSync(dir)) return [];
   return readdirSync(dir)
     .map((name) => ({ name, match: STEP_DIR.exec(name) }))
-    .filter((e) => e.match && existsSync(join(dir, e.name, 'trainer.json')))
+    .filter((e) => e.match && isComplete(join(dir, e.name)))
     .map((e) => ({ name: e.name, step: Number(e.match![1]) }))
     .sort((a, b) => a.step - b.step);
 }
@@ -57,17 +64,25 @@ export function latestCheckpoint(runDir: string): string | null {
   const pointer = join(dir, 'latest');
   if (existsSync(pointer)) {
     const name = readFileSync(pointer, 'utf8').trim();
-    if (STEP_DIR.test(name) && existsSync(join(dir, name, 'trainer.json'))) return join(dir, name);
+    if (STEP_DIR.test(name) && isComplete(join(dir, name))) return join(dir, name);
   }
   const all = completeCheckpoints(runDir);
   return all.length > 0 ? join(dir, all[all.length - 1]!.name) : null;
 }
 
-/** Removes temporary folders a crash may have left behind. */
+/** Removes the hidden folders (half-written or half-pruned checkpoints) a crash may have left behind. */
 export function removeIncompleteCheckpoints(runDir: string): void {
   const dir = checkpointsDir(runDir);
   if (!existsSync(dir)) return;
-  for (const name of readdirSync(dir)) if (name.startsWith('.step-')) rmSync(join(dir, name), { recursive: true });
+  for (const name of readdirSync(dir))
+    if (name.startsWith('.step-') || name.startsWith('.pruned-')) rmSync(join(dir, name), { recursive: true });
+}
+
+/** Deletes a checkpoint folder atomically as far as readers are concerned: rename it away, then delete it. */
+function pruneCheckpoint(dir: string, name: string): void {
+  const trash = join(dir, `.pruned-${name}-${process.pid}`);
+  renameSync(join(dir, name), trash);
+  rmSync(trash, { recursive: true, force: true });
 }
 
 export interface CheckpointContents {
@@ -84,7 +99,7 @@ export function saveCheckpoint(runDir: string, c: CheckpointContents, keep: numb
   const name = stepName(c.state.step);
   const final = join(dir, name);
   // The same step holds the same weights (training is deterministic), so an existing checkpoint stands.
-  if (!existsSync(join(final, 'trainer.json'))) {
+  if (!isComplete(final)) {
     const tmp = join(dir, `.${name}.tmp-${process.pid}`);
     rmSync(tmp, { recursive: true, force: true });
     rmSync(final, { recursive: true, force: true });
@@ -98,8 +113,7 @@ export function saveCheckpoint(runDir: string, c: CheckpointContents, keep: numb
   }
   writeFileAtomic(join(dir, 'latest'), `${name}\n`);
   const all = completeCheckpoints(runDir);
-  for (const old of all.slice(0, Math.max(0, all.length - keep)))
-    if (old.name !== name) rmSync(join(dir, old.name), { recursive: true, force: true });
+  for (const old of all.slice(0, Math.max(0, all.length - keep))) if (old.name !== name) pruneCheckpoint(dir, old.name);
   return final;
 }
 

@@ -3,7 +3,7 @@
 // the train/validation split. Bad data is never mangled: binary files, invalid UTF-8, control characters, empty
 // files and JSONL lines without the text field are reported with file and line, then skipped or rejected.
 
-import { closeSync, openSync, readSync, readdirSync, statSync } from 'node:fs';
+import { type Stats, closeSync, lstatSync, openSync, readSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { extname, join } from 'node:path';
 
 import { RetnetError } from '../errors.js';
@@ -200,33 +200,66 @@ function* jsonlSegments(path: string, opts: SourceOptions, report: (p: DataProbl
   }
 }
 
-/** Every regular file under dir, hidden ones excepted, in sorted order. */
-function walk(dir: string): string[] {
+/** What a non-regular, non-directory file is, for messages. */
+function kindOf(st: Stats): string {
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isCharacterDevice() || st.isBlockDevice()) return 'a device';
+  if (st.isSocket()) return 'a socket';
+  return 'not a regular file';
+}
+
+/** stat that follows symbolic links, with dangling links and loops named as such. */
+function statFollowing(path: string): Stats {
+  try {
+    return statSync(path);
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code === 'ELOOP') throw new DataError(`${path}: a symbolic link loop; remove or fix the link`);
+    if (code === 'ENOENT' && lstatSync(path, { throwIfNoEntry: false })?.isSymbolicLink())
+      throw new DataError(
+        `${path}: a dangling symbolic link (its target ${readlinkSync(path)} is missing); remove or fix it`,
+      );
+    throw e;
+  }
+}
+
+/**
+ * Every regular file under dir, hidden ones excepted, in sorted order. Symbolic links are followed; a directory
+ * reached twice (a link back up the tree) is a loop and an error, as are dangling links and files that are not regular
+ * (FIFOs, devices, sockets: reading one could block forever or never end).
+ */
+function walk(dir: string, seen = new Set<string>()): string[] {
+  const dirStat = statFollowing(dir);
+  const id = `${dirStat.dev}:${dirStat.ino}`;
+  if (seen.has(id))
+    throw new DataError(`${dir}: a symbolic link loop (this directory is already being read); remove the link`);
+  seen.add(id);
   const out: string[] = [];
   for (const entry of readdirSync(dir).sort()) {
     if (entry.startsWith('.')) continue;
     const path = join(dir, entry);
-    const st = statSync(path);
-    if (st.isDirectory()) out.push(...walk(path));
+    const st = statFollowing(path);
+    if (st.isDirectory()) out.push(...walk(path, seen));
     else if (st.isFile()) out.push(path);
+    else throw new DataError(`${path}: ${kindOf(st)}, not a regular file; remove it from the data directory`);
   }
+  seen.delete(id);
   return out;
 }
 
 /** The files a data source reads, in order ('brown' is the built-in corpus). */
 export function sourceFiles(source: string): string[] {
   if (source === 'brown') return brownFiles();
-  let st;
-  try {
-    st = statSync(source);
-  } catch {
+  if (lstatSync(source, { throwIfNoEntry: false }) === undefined)
     throw new DataError(`${source}: no such file or directory (expected a text file, a directory, JSONL or 'brown')`);
-  }
+  const st = statFollowing(source);
   if (st.isDirectory()) {
     const files = walk(source);
     if (files.length === 0) throw new DataError(`${source}: the directory holds no files`);
     return files;
   }
+  if (!st.isFile())
+    throw new DataError(`${source}: ${kindOf(st)}; --data takes a regular file, a directory of files, or 'brown'`);
   return [source];
 }
 

@@ -2,8 +2,9 @@
 // is torchscale's RetNetConfig JSON (snake_case keys, spec §1) plus "arch": "retnet", so torchscale's own config.json
 // loads as it is and ours loads in torchscale.
 
-import type { RetentionForm } from '../../backend/backend.js';
+import type { ActivationKind, RetentionForm, RotaryPairs } from '../../backend/backend.js';
 import { ConfigError } from '../../errors.js';
+import { SIZE_BOUNDS, checkSize } from '../bounds.js';
 
 export interface RetNetConfig {
   vocabSize: number;
@@ -37,6 +38,31 @@ export interface RetNetConfig {
   chunkwiseRecurrent: boolean;
   /** C: chunk size of the chunkwise form. */
   chunkSize: number;
+  // The options below default to torchscale's RetNet; fla's RetNet (../shared/fla-spec.md, the format of the public
+  // fla-hub checkpoints) sets them as `flaConfigFromJSON` (fla.ts) reads them from its config.json.
+  /** Total key width (q_proj out; k_proj out × heads/kvHeads); torchscale: embedDim, fla: D·expand_k. */
+  keyDim: number;
+  /** Hkv: key/value heads; fewer than `heads` groups them (query head j reads kv head ⌊j·Hkv/H⌋). */
+  kvHeads: number;
+  /** Retention normalisation: torchscale's (each form its own) or none (fla: o = q·S in every form). */
+  retentionNorm: 'torchscale' | 'none';
+  /** Rotary pairing: torchscale's interleaved pairs or fla's halves (rotate_half). */
+  rotaryPairs: RotaryPairs;
+  /** Rotary angles θ_j: torchscale's 10000^−j/(K/2−1) or RoPE's 10000^−2j/K (fla). */
+  rotaryAngles: 'retnet' | 'rope';
+  /** A learned weight [V] in the per-head RMSNorm, shared by the heads (fla's elementwise_affine). */
+  groupNormWeight: boolean;
+  /** The swish output gate g_proj (fla's use_output_gate; torchscale always has it). */
+  outputGate: boolean;
+  /** An activation of q and k after the head split, before rotary (fla's feature_map); null: none. */
+  featureMap: ActivationKind | null;
+  /**
+   * Parameter names and config.json keys: torchscale's, or fla's (model.layers.l.attn.q_proj, …; fla-spec §1, §3).
+   * fla's layout also puts the K^−½ factor on q rather than k (the same product; placed as each reference does).
+   */
+  format: 'torchscale' | 'fla';
+  /** config.json keys the model does not use, kept to be written back (fla's bos/eos ids, attn_mode, …). */
+  extra: Record<string, unknown>;
 }
 
 export const RETNET_DEFAULTS: RetNetConfig = {
@@ -59,6 +85,16 @@ export const RETNET_DEFAULTS: RetNetConfig = {
   tiedEmbeddings: false,
   chunkwiseRecurrent: false,
   chunkSize: 512,
+  keyDim: -1, // -1: embedDim (filled in by validateRetNetConfig)
+  kvHeads: -1, // -1: heads
+  retentionNorm: 'torchscale',
+  rotaryPairs: 'interleaved',
+  rotaryAngles: 'retnet',
+  groupNormWeight: false,
+  outputGate: true,
+  featureMap: null,
+  format: 'torchscale',
+  extra: {},
 };
 
 type Shape = Pick<RetNetConfig, 'embedDim' | 'valueDim' | 'heads' | 'ffnDim' | 'layers'>;
@@ -86,35 +122,44 @@ export function retnetPreset(name: string, overrides: Partial<RetNetConfig> & { 
   return validateRetNetConfig({ ...RETNET_DEFAULTS, ...shape, ...overrides });
 }
 
-function positiveInt(c: RetNetConfig, field: keyof RetNetConfig, source: string): void {
-  const v = c[field];
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1)
-    throw new ConfigError(`${source}: ${field} must be a positive integer, got ${JSON.stringify(v)}`);
-}
-
 function probability(c: RetNetConfig, field: keyof RetNetConfig, source: string): void {
   const v = c[field];
   if (typeof v !== 'number' || !(v >= 0 && v < 1))
     throw new ConfigError(`${source}: ${field} must be a number in [0, 1), got ${JSON.stringify(v)}`);
 }
 
-/** Checks every field; throws a ConfigError naming the first bad one. Returns the config. */
+function oneOf<T>(c: RetNetConfig, field: keyof RetNetConfig, allowed: readonly T[], source: string): void {
+  if (!allowed.includes(c[field] as T))
+    throw new ConfigError(
+      `${source}: ${field} must be one of ${allowed.map((a) => JSON.stringify(a)).join(', ')}, got ${JSON.stringify(c[field])}`,
+    );
+}
+
+/**
+ * Checks every field; throws a ConfigError naming the first bad one. Returns the config, with keyDim and kvHeads
+ * filled in when left at -1 (torchscale's: embedDim, heads).
+ */
 export function validateRetNetConfig(c: RetNetConfig, source = 'RetNetConfig'): RetNetConfig {
+  if (c.keyDim === -1 || c.keyDim === undefined) c.keyDim = c.embedDim;
+  if (c.kvHeads === -1 || c.kvHeads === undefined) c.kvHeads = c.heads;
   for (const f of ['vocabSize', 'embedDim', 'valueDim', 'heads', 'ffnDim', 'layers', 'chunkSize'] as const)
-    positiveInt(c, f, source);
+    checkSize(source, f, c[f]);
+  for (const f of ['keyDim', 'kvHeads'] as const) checkSize(source, f, c[f]);
   for (const f of ['dropout', 'activationDropout', 'dropPathRate'] as const) probability(c, f, source);
-  if (c.embedDim % c.heads !== 0)
-    throw new ConfigError(`${source}: embedDim ${c.embedDim} must be divisible by heads ${c.heads}`);
+  if (c.keyDim % c.heads !== 0) {
+    const field = c.keyDim === c.embedDim ? 'embedDim' : 'keyDim'; // the key width is embedDim unless set
+    throw new ConfigError(`${source}: ${field} ${c.keyDim} must be divisible by heads ${c.heads}`);
+  }
   if (c.valueDim % c.heads !== 0)
     throw new ConfigError(`${source}: valueDim ${c.valueDim} must be divisible by heads ${c.heads}`);
-  if ((c.embedDim / c.heads) % 2 !== 0)
-    throw new ConfigError(
-      `${source}: the key head dim embedDim/heads = ${c.embedDim / c.heads} must be even (rotation)`,
-    );
+  if (c.heads % c.kvHeads !== 0)
+    throw new ConfigError(`${source}: heads ${c.heads} must be a multiple of kvHeads ${c.kvHeads}`);
+  if ((c.keyDim / c.heads) % 2 !== 0)
+    throw new ConfigError(`${source}: the key head dim keyDim/heads = ${c.keyDim / c.heads} must be even (rotation)`);
   if (!['gelu', 'swish', 'relu'].includes(c.activation))
     throw new ConfigError(`${source}: activation must be gelu, swish or relu, got ${JSON.stringify(c.activation)}`);
-  if (!(typeof c.normEps === 'number' && c.normEps > 0))
-    throw new ConfigError(`${source}: normEps must be a positive number, got ${JSON.stringify(c.normEps)}`);
+  if (!(typeof c.normEps === 'number' && c.normEps > 0 && c.normEps < 1))
+    throw new ConfigError(`${source}: normEps must be a positive number less than 1, got ${JSON.stringify(c.normEps)}`);
   for (const f of [
     'glu',
     'normalizeBefore',
@@ -123,9 +168,18 @@ export function validateRetNetConfig(c: RetNetConfig, source = 'RetNetConfig'): 
     'deepnorm',
     'tiedEmbeddings',
     'chunkwiseRecurrent',
+    'groupNormWeight',
+    'outputGate',
   ] as const)
     if (typeof c[f] !== 'boolean')
       throw new ConfigError(`${source}: ${f} must be true or false, got ${JSON.stringify(c[f])}`);
+  oneOf(c, 'retentionNorm', ['torchscale', 'none'], source);
+  oneOf(c, 'rotaryPairs', ['interleaved', 'halves'], source);
+  oneOf(c, 'rotaryAngles', ['retnet', 'rope'], source);
+  oneOf(c, 'featureMap', [null, 'gelu', 'silu', 'relu'], source);
+  oneOf(c, 'format', ['torchscale', 'fla'], source);
+  if (c.extra === null || typeof c.extra !== 'object' || Array.isArray(c.extra))
+    throw new ConfigError(`${source}: extra must be an object of config.json keys`);
   return c;
 }
 
@@ -133,19 +187,6 @@ export function validateRetNetConfig(c: RetNetConfig, source = 'RetNetConfig'): 
 export const RETENTION_FORMS = ['parallel', 'chunkwise'] as const satisfies readonly RetentionForm[];
 export const CLI_FORMS = ['parallel', 'chunkwise', 'recurrent'] as const;
 export type CliForm = (typeof CLI_FORMS)[number];
-
-/**
- * The form and chunk size of a pass: the given ones over the config's (the one owner of both). A full-sequence
- * forward defaults to the config's form; a prefill to the chunkwise form (linear in the prompt length).
- */
-export function retnetPass(
-  c: RetNetConfig,
-  opts: { form?: RetentionForm; chunkSize?: number },
-  purpose: 'forward' | 'prefill',
-): { form: RetentionForm; chunkSize: number } {
-  const fallback = purpose === 'prefill' || c.chunkwiseRecurrent ? 'chunkwise' : 'parallel';
-  return { form: opts.form ?? fallback, chunkSize: opts.chunkSize ?? c.chunkSize };
-}
 
 /**
  * The one parser of the `--form` and `--chunk-size` flags (train, eval, logits, demo): their values as config
@@ -163,23 +204,30 @@ export function parseFormFlags<F extends CliForm>(
     throw new ConfigError(`${command}: --form must be one of ${forms.join(', ')}, got '${form}'`);
   const raw = flags['chunk-size'];
   const chunkSize = raw === undefined ? base.chunkSize : Number(raw);
-  if (!Number.isInteger(chunkSize) || chunkSize < 1)
-    throw new ConfigError(
-      `${command}: --chunk-size must be an integer in [1, ${Number.MAX_SAFE_INTEGER}], got '${raw}'`,
-    );
+  const max = SIZE_BOUNDS.chunkSize;
+  if (!Number.isInteger(chunkSize) || chunkSize < 1 || chunkSize > max)
+    throw new ConfigError(`${command}: --chunk-size must be an integer in [1, ${max}], got '${raw}'`);
   return { form: form as F, chunkSize };
 }
 
 /** Key head dim K and value head dim V. */
 export function headDims(c: RetNetConfig): { K: number; V: number } {
-  return { K: c.embedDim / c.heads, V: c.valueDim / c.heads };
+  return { K: c.keyDim / c.heads, V: c.valueDim / c.heads };
 }
 
-/** Exact parameter count: per layer 2d² + 3·d·dv (q, k, v, g, out) + FFN + 2d (norms), plus embeddings and norms. */
+/**
+ * Exact parameter count: per layer the projections q (dk·d), k (dk·d·Hkv/H), v (dv·d·Hkv/H), g (dv·d, with the
+ * output gate), out (d·dv), the FFN, 2d (norms) and V (the group-norm weight, if any); plus embeddings and norms.
+ */
 export function retnetParameterCount(c: RetNetConfig): number {
   const d = c.embedDim;
   const ffn = (c.glu ? 3 : 2) * d * c.ffnDim;
-  const perLayer = 2 * d * d + 3 * d * c.valueDim + ffn + 2 * d;
+  const kv = c.kvHeads / c.heads;
+  const mixer =
+    d * c.keyDim * (1 + kv) +
+    d * c.valueDim * (kv + (c.outputGate ? 1 : 0) + 1) +
+    (c.groupNormWeight ? c.valueDim / c.heads : 0);
+  const perLayer = mixer + ffn + 2 * d;
   const embeddings = c.vocabSize * d * (c.tiedEmbeddings ? 1 : 2);
   return c.layers * perLayer + embeddings + (c.normalizeBefore ? d : 0) + (c.layernormEmbedding ? d : 0);
 }
@@ -242,8 +290,22 @@ export function retnetConfigFromJSON(obj: unknown, source: string): RetNetConfig
   return validateRetNetConfig(c as unknown as RetNetConfig, source);
 }
 
-/** The config.json object: every torchscale RetNetConfig key (so torchscale builds the same model) plus arch/glu. */
+/**
+ * The config.json object: every torchscale RetNetConfig key (so torchscale builds the same model) plus arch/glu.
+ * Configs with fla's options are written by flaConfigToJSON (fla.ts); torchscale's keys cannot express them.
+ */
 export function retnetConfigToJSON(c: RetNetConfig): Record<string, unknown> {
+  const fla = (Object.keys(RETNET_DEFAULTS) as (keyof RetNetConfig)[]).filter(
+    (f) =>
+      ['retentionNorm', 'rotaryPairs', 'rotaryAngles', 'groupNormWeight', 'outputGate', 'featureMap'].includes(f) &&
+      c[f] !== RETNET_DEFAULTS[f],
+  );
+  if (c.keyDim !== c.embedDim) fla.push('keyDim');
+  if (c.kvHeads !== c.heads) fla.push('kvHeads');
+  if (fla.length > 0 || c.format !== 'torchscale')
+    throw new ConfigError(
+      `retnetConfigToJSON: torchscale's config keys cannot express ${[...fla, 'format'].slice(0, fla.length || 1).join(', ')}; use format 'fla'`,
+    );
   const j: Record<string, unknown> = { arch: 'retnet' };
   for (const [ours, theirs] of KEY_MAP) j[theirs] = c[ours];
   j.no_scale_embedding = !c.scaleEmbedding;

@@ -4,6 +4,7 @@
 
 import type { AttentionAlgorithm } from '../../backend/backend.js';
 import { ConfigError } from '../../errors.js';
+import { checkSize } from '../bounds.js';
 import { RETNET_PRESETS, type RetNetConfig } from '../retnet/config.js';
 
 export interface TransformerConfig {
@@ -93,11 +94,7 @@ export function transformerParameterCount(c: TransformerConfig): number {
 /** Checks every field; throws a ConfigError naming the first bad one. Returns the config. */
 export function validateTransformerConfig(c: TransformerConfig, source = 'TransformerConfig'): TransformerConfig {
   const show = (v: unknown) => JSON.stringify(v) ?? String(v);
-  for (const f of ['vocabSize', 'embedDim', 'layers', 'heads', 'ffnDim'] as const) {
-    const v = c[f];
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 1)
-      throw new ConfigError(`${source}: ${f} must be a positive integer, got ${show(v)}`);
-  }
+  for (const f of ['vocabSize', 'embedDim', 'layers', 'heads', 'ffnDim'] as const) checkSize(source, f, c[f]);
   if (c.embedDim % c.heads !== 0)
     throw new ConfigError(`${source}: embedDim ${c.embedDim} must be divisible by heads ${c.heads}`);
   if ((c.embedDim / c.heads) % 2 !== 0)
@@ -107,7 +104,7 @@ export function validateTransformerConfig(c: TransformerConfig, source = 'Transf
   if (c.activation !== 'gelu' && c.activation !== 'swish')
     throw new ConfigError(`${source}: activation must be gelu or swish, got ${show(c.activation)}`);
   if (!(typeof c.normEps === 'number' && c.normEps > 0 && Number.isFinite(c.normEps)))
-    throw new ConfigError(`${source}: normEps must be a positive number, got ${show(c.normEps)}`);
+    throw new ConfigError(`${source}: normEps must be a positive number less than 1, got ${show(c.normEps)}`);
   if (typeof c.tiedEmbeddings !== 'boolean')
     throw new ConfigError(`${source}: tiedEmbeddings must be true or false, got ${show(c.tiedEmbeddings)}`);
   if (c.attention !== 'naive' && c.attention !== 'flash')
