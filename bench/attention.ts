@@ -11,7 +11,8 @@
 // FLOP counts are the causal model FLOPs (FlashAttention paper convention, halved for the mask): forward
 // 2·B·H·T²·K (q kᵀ and P v over the lower triangle), backward 2.5× that.
 
-import type { AttentionAlgorithm, Backend } from '../src/backend/backend.js';
+import type { Device } from '../src/backend/device.js';
+import type { AttentionAlgorithm } from '../src/backend/kernels.js';
 import { getBackend, referenceBackend, threadCount } from '../src/backend/index.js';
 import { backward, noGrad } from '../src/autograd/tape.js';
 import { intFlag, parseFlags } from '../src/cli/command.js';
@@ -25,7 +26,7 @@ type Row = BenchRecord;
 
 const ALGORITHMS: AttentionAlgorithm[] = ['naive', 'flash'];
 
-function randomTensor(be: Backend, rng: Rng, shape: number[], requiresGrad = false): Tensor {
+function randomTensor(be: Device, rng: Rng, shape: number[], requiresGrad = false): Tensor {
   const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
   for (let i = 0; i < data.length; i++) data[i] = rng.normal();
   const t = be.fromData(data, shape, 'float32');
@@ -46,7 +47,7 @@ interface Inputs {
   g: Tensor;
 }
 
-function inputs(be: Backend, B: number, T: number, H: number, K: number, seed: number): Inputs {
+function inputs(be: Device, B: number, T: number, H: number, K: number, seed: number): Inputs {
   const rng = new Rng(seed);
   const shape = [B, T, H, K];
   return {
@@ -88,7 +89,7 @@ function maxRelError(a: Float32Array[], b: Float32Array[]): number {
 }
 
 function validate(): Row[] {
-  const nat = getBackend('native');
+  const nat = getBackend('cpu');
   const ref = referenceBackend();
   const [B, T, H, K] = [2, 150, 3, 64];
   const rows: Row[] = [];
@@ -120,7 +121,7 @@ async function timeSequence(
   algorithm: AttentionAlgorithm,
   quick: boolean,
 ): Promise<Row> {
-  const be = getBackend('native');
+  const be = getBackend('cpu');
   const x = inputs(be, B, T, H, K, 2);
   const runs = quick ? 3 : 5;
   const minMs = quick ? 200 : 1000;
@@ -158,7 +159,7 @@ async function timeSequence(
 }
 
 async function timeDecode(B: number, C: number, H: number, K: number, quick: boolean): Promise<Row> {
-  const be = getBackend('native');
+  const be = getBackend('cpu');
   const rng = new Rng(3);
   const q = randomTensor(be, rng, [B, H, K]);
   const kc = randomTensor(be, rng, [B, H, C, K]);

@@ -19,9 +19,11 @@ import type { Readable, Writable } from 'node:stream';
 
 import { intFlag, parseFlags } from '../src/cli/command.js';
 import { noGrad } from '../src/autograd/tape.js';
-import { packageRoot } from '../src/backend/addon.js';
+import { packageRoot } from '../src/backend/cpu/load.js';
 import { getBackend } from '../src/backend/index.js';
-import type { NativeBackend } from '../src/backend/native.js';
+import type { CpuDevice } from '../src/backend/cpu/device.js';
+import { BINARY_OP } from '../src/backend/cpu/addon.js';
+import { kernels } from '../src/backend/kernels.js';
 import { add, matmul, scale, tensor } from '../src/ops/index.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import {
@@ -149,10 +151,12 @@ class DirectHarness {
 // ---------------------------------------------------------------------------------------------------------------------
 // Measurements
 
+const f32 = (be: CpuDevice, t: Tensor) => be.float(t) as Float32Array;
+
 /** The inputs gemm_direct.c uses: small exact values, no denormals. */
-function filled(be: NativeBackend, shape: number[]): Tensor {
+function filled(be: CpuDevice, shape: number[]): Tensor {
   const t = be.zeros(shape, 'float32');
-  const d = be.f32(t);
+  const d = f32(be, t);
   for (let i = 0; i < d.length; i++) d[i] = ((i % 17) - 8) * 0.125;
   return t;
 }
@@ -162,7 +166,7 @@ function progress(msg: string): void {
 }
 
 interface Context {
-  be: NativeBackend;
+  be: CpuDevice;
   direct: DirectHarness;
   threads: number;
   pass: string;
@@ -184,7 +188,7 @@ async function measureGemm(c: Context): Promise<BenchRecord[]> {
     const a = filled(be, [n, n]);
     const b = filled(be, [n, n]);
     const out = be.zeros([n, n], 'float32');
-    const [da, db, dout] = [be.f32(a), be.f32(b), be.f32(out)];
+    const [da, db, dout] = [f32(be, a), f32(be, b), f32(be, out)];
     // direct: cblas_sgemm from C; op: our matmul op (output allocated, validated, disposed); addon: the bare addon
     // call into a preallocated output (what the op costs beyond it is allocation and bookkeeping).
     const { timings, otherLoad } = await measured(
@@ -228,14 +232,14 @@ async function measureOverhead(c: Context): Promise<BenchRecord[]> {
   const x = tensor([1.5], [1], { backend: be });
   const y = tensor([2.5], [1], { backend: be });
   const m = tensor([1.5], [1, 1], { backend: be });
-  const [dx, dy, dout] = [be.f32(x), be.f32(y), new Float32Array(1)];
+  const [dx, dy, dout] = [f32(be, x), f32(be, y), new Float32Array(1)];
   const cases: [string, () => void][] = [
     ['tensor([v], [1]) + dispose', () => tensor([1], [1], { backend: be }).dispose()],
     ['add op [1] + [1] (alloc + dispose)', () => add(x, y).dispose()],
     ['scale op [1] (alloc + dispose)', () => scale(x, 2).dispose()],
     ['matmul op [1,1] x [1,1] (alloc + dispose)', () => matmul(m, m).dispose()],
-    ['backend.binary add [1] (alloc + dispose)', () => be.binary('add', x, y).dispose()],
-    ['addon.binary add, preallocated (bare call)', () => be.addon.binary(0, dx, dy, dout, 1, 1)],
+    ['kernel table binary add [1] (alloc + dispose)', () => kernels(be, 'float32').binary('add', x, y).dispose()],
+    ['addon.binary add, preallocated (bare call)', () => be.addon.binary(BINARY_OP.add, dx, dy, dout, 1, 1)],
     ['addon.scale, preallocated (bare call)', () => be.addon.scale(dx, dout, 2, 1)],
   ];
   const records: BenchRecord[] = [];
@@ -267,10 +271,13 @@ async function measureBandwidth(c: Context): Promise<BenchRecord[]> {
   const cases: [string, Batch][] = [
     [
       `copyBlocks, ${blocks} blocks (${threads} threads)`,
-      batchOf(() => be.copyBlocks(src, 0, block, dst, 0, block, blocks, block)),
+      batchOf(() => kernels(be, 'float32').copyBlocks(src, 0, block, dst, 0, block, blocks, block)),
     ],
-    ['copyBlocks, 1 block (1 thread)', batchOf(() => be.copyBlocks(src, 0, len, dst, 0, len, 1, len))],
-    ['addon.scale, preallocated', batchOf(() => be.addon.scale(be.f32(src), be.f32(dst), 1.5, len))],
+    [
+      'copyBlocks, 1 block (1 thread)',
+      batchOf(() => kernels(be, 'float32').copyBlocks(src, 0, len, dst, 0, len, 1, len)),
+    ],
+    ['addon.scale, preallocated', batchOf(() => be.addon.scale(f32(be, src), f32(be, dst), 1.5, len))],
     ['scale op (output from the pool)', batchOf(() => noGrad(() => scale(src, 1.5)).dispose())],
     ['C memcpy (1 thread)', c.direct.memcpy(bytes, 1)],
     [`C memcpy, ${blocks} chunks (${threads} threads)`, c.direct.memcpy(bytes, blocks)],
@@ -295,7 +302,7 @@ async function measureBandwidth(c: Context): Promise<BenchRecord[]> {
 }
 
 async function measurePass(s: Settings): Promise<BenchRecord[]> {
-  const be = getBackend('native') as NativeBackend;
+  const be = getBackend('cpu') as CpuDevice;
   const threads = describeMachine().threads;
   const direct = await DirectHarness.start(buildDirect(), threads);
   const c: Context = { be, direct, threads, pass: passLabel(), s };

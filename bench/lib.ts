@@ -14,8 +14,8 @@ import { extname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 
-import { nativeInfo, threadCount } from '../src/backend/index.js';
-import { packageRoot } from '../src/backend/addon.js';
+import { cpuInfo, threadCount } from '../src/backend/index.js';
+import { packageRoot } from '../src/backend/cpu/load.js';
 import { RetnetError } from '../src/errors.js';
 import { writeFileAtomic } from '../src/io/atomic.js';
 
@@ -52,7 +52,7 @@ export function cpuModel(cpuinfo?: string): string {
 }
 
 export function describeMachine(): Machine {
-  const info = nativeInfo();
+  const info = cpuInfo();
   return {
     cpu: cpuModel(),
     cores: availableParallelism(),

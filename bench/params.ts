@@ -6,7 +6,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { packageRoot } from '../src/backend/addon.js';
+import { packageRoot } from '../src/backend/cpu/load.js';
 import { intFlag, parseFlags } from '../src/cli/command.js';
 import { writeFileAtomic } from '../src/io/atomic.js';
 import { RETNET_PRESETS, retnetParameterCount, retnetPreset } from '../src/models/retnet/config.js';

@@ -11,7 +11,7 @@ import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 
 import { backward } from '../src/autograd/tape.js';
-import { packageRoot } from '../src/backend/addon.js';
+import { packageRoot } from '../src/backend/cpu/load.js';
 import { threadCount } from '../src/backend/index.js';
 import { parseFlags } from '../src/cli/command.js';
 import { createModel } from '../src/models/registry.js';

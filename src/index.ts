@@ -6,8 +6,19 @@ export { MemoryTracker } from './tensor/memory.js';
 export { tidy, keep } from './tensor/scope.js';
 export { Rng } from './tensor/random.js';
 export { backward, noGrad, clearTape } from './autograd/tape.js';
-export type { Backend, ActivationKind, AdamWParams } from './backend/backend.js';
-export { getBackend, setBackend, nativeInfo, nativeUnavailableReason, type BackendName } from './backend/index.js';
+export type { Device, DeviceName } from './backend/device.js';
+export {
+  kernels,
+  kernelsOf,
+  registerKernels,
+  supports,
+  implementedKernels,
+  type Kernels,
+  type KernelName,
+  type ActivationKind,
+  type AdamWParams,
+} from './backend/kernels.js';
+export { getBackend, setBackend, cpuInfo, cpuUnavailableReason, type BackendName } from './backend/index.js';
 export * from './ops/index.js';
 export { ByteTokenizer, type Tokenizer } from './tokenizer/tokenizer.js';
 export { BpeTokenizer, trainBpe } from './tokenizer/bpe.js';

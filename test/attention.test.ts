@@ -5,7 +5,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import type { AttentionAlgorithm, Backend } from '../src/backend/backend.js';
+import type { Device } from '../src/backend/device.js';
+import type { AttentionAlgorithm } from '../src/backend/kernels.js';
 import { backward } from '../src/autograd/tape.js';
 import { ShapeError } from '../src/errors.js';
 import { attentionDecode, causalAttention } from '../src/ops/attention.js';
@@ -35,7 +36,7 @@ interface Result {
 }
 
 /** Forward and backward (with a fixed random output gradient) of one algorithm on one backend, same seeded inputs. */
-function run(be: Backend, dtype: DType, algorithm: AttentionAlgorithm, shape: number[], seed: number): Result {
+function run(be: Device, dtype: DType, algorithm: AttentionAlgorithm, shape: number[], seed: number): Result {
   const [B, T, H, K, V] = shape as [number, number, number, number, number];
   const rng = new Rng(seed);
   const q = randomTensor(be, rng, [B, T, H, K], { dtype, requiresGrad: true });
@@ -128,7 +129,7 @@ describe('causal attention', () => {
 describe('KV-cache decode attention', () => {
   // Row b of a batch has lengths[b] cached positions in a cache of capacity C; entries past the length hold junk
   // that must be ignored. Each row's output must equal the last row of full causal attention over its prefix.
-  function check(be: Backend, dtype: DType, tol: number): void {
+  function check(be: Device, dtype: DType, tol: number): void {
     const [B, C, H, K, V] = [3, 9, 2, 6, 5];
     const lengths = [1, 9, 4];
     const rng = new Rng(7);

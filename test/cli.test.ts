@@ -19,7 +19,7 @@ describe('retnet CLI', () => {
     const r = cli(['info', '--json'], { RETNET_THREADS: '2' });
     assert.equal(r.code, 0, r.stderr);
     const info = JSON.parse(r.stdout);
-    assert.equal(info.backend, 'native');
+    assert.equal(info.backend, 'cpu');
     assert.equal(info.blas, 'OpenBLAS');
     assert.ok(typeof info.blasCoreType === 'string' && info.blasCoreType.length > 0);
     assert.equal(info.threads, 2);
@@ -27,12 +27,12 @@ describe('retnet CLI', () => {
   });
 
   it('without the addon the library falls back to the reference backend and says so once', () => {
-    const r = cli(['info', '--json'], { RETNET_ADDON: '/nonexistent/retnet_native.node' });
+    const r = cli(['info', '--json'], { RETNET_ADDON: '/nonexistent/retnet_cpu.node' });
     assert.equal(r.code, 0, r.stderr);
     assert.equal(JSON.parse(r.stdout).backend, 'reference');
     const lines = r.stderr.trim().split('\n');
     assert.equal(lines.length, 1);
-    assert.match(lines[0]!, /using the reference backend \(native addon not built/);
+    assert.match(lines[0]!, /using the reference backend \(cpu addon not built/);
   });
 
   it('bad thread counts, unknown commands and flags are clear errors', () => {

@@ -6,12 +6,12 @@ import { backward } from '../src/autograd/tape.js';
 import { mul, sum } from '../src/ops/math.js';
 import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
-import type { Backend } from '../src/backend/backend.js';
+import type { Device } from '../src/backend/device.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import { assertClose, nat, randomData, ref } from './helpers.js';
 import { buildInputs, opCases } from './op-cases.js';
 
-function run(be: Backend, c: (typeof opCases)[number], specs: Parameters<typeof buildInputs>[2], seed: number) {
+function run(be: Device, c: (typeof opCases)[number], specs: Parameters<typeof buildInputs>[2], seed: number) {
   const inputs = buildInputs(be, new Rng(seed), specs, 'float32');
   const out = tidy(() => {
     const y = c.f(inputs);

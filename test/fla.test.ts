@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
-import type { Backend } from '../src/backend/backend.js';
+import type { Device } from '../src/backend/device.js';
 import { noGrad } from '../src/autograd/tape.js';
 import { ConfigError } from '../src/errors.js';
 import { readSafetensors } from '../src/io/safetensors.js';
@@ -21,6 +21,7 @@ import {
   flaConfigFromJSON,
   flaConfigToJSON,
   flaIntermediateSize,
+  flaParameterShapes,
   splitFusedGateProj,
 } from '../src/models/retnet/fla.js';
 import { RetNetModel } from '../src/models/retnet/model.js';
@@ -103,7 +104,7 @@ for (const [backendName, dtype, tol] of [
   ['reference', 'float64', 1e-10],
   ['native', 'float32', 1e-4],
 ] as const) {
-  const be = (): Backend => (backendName === 'reference' ? ref : nat());
+  const be = (): Device => (backendName === 'reference' ? ref : nat());
   for (const copy of COPIES)
     describe(`fla vectors, ${copy.name} checkpoint, ${backendName} backend, ${dtype} (tol ${tol})`, () => {
       const load = () => loadModelDir(copy.dir, { backend: be(), dtype: dtype as DType }).model as RetNetModel;
@@ -305,6 +306,8 @@ describe('fla config and names', () => {
     );
     const model = new RetNetModel(c, { backend: ref, dtype: 'float64', seed: 3 });
     const names = model.namedParameters().map(([n]) => n);
+    const byName = (xs: [string, readonly number[]][]) => [...xs].map(([n, s]) => [n, [...s]]).sort();
+    assert.deepEqual(byName(flaParameterShapes(c)), byName(model.namedParameters().map(([n, t]) => [n, t.shape])));
     assert.ok(!names.includes('lm_head.weight') && !names.some((n) => /g_proj|g_norm/.test(n)), names.join(', '));
     assert.deepEqual(
       model.namedParameters().find(([n]) => n === 'model.layers.0.attn.k_proj.weight')![1].shape,
@@ -344,4 +347,69 @@ describe('fla config and names', () => {
     assert.deepEqual(Array.from(split.get('model.layers.0.mlp.gate_proj.weight')!.data), Array.from(w.subarray(0, 12)));
     assert.deepEqual(Array.from(split.get('model.layers.0.mlp.up_proj.weight')!.data), Array.from(w.subarray(12)));
   });
+});
+
+describe('padding masks (HF attention_mask): each row of a padded batch equals the row alone', () => {
+  const variants = {
+    torchscale: validateRetNetConfig({
+      ...RETNET_DEFAULTS,
+      ...{ vocabSize: 31, embedDim: 16, valueDim: 24, heads: 2, ffnDim: 20, layers: 2 },
+    }),
+    fla: flaConfigFromJSON(
+      { model_type: 'retnet', vocab_size: 31, hidden_size: 16, num_hidden_layers: 2, num_heads: 2, num_kv_heads: 1 },
+      'cfg.json',
+    ),
+  };
+  for (const [name, c] of Object.entries(variants))
+    it(`${name}: left, right and inner padding, every form; masked decode steps keep the state`, () => {
+      const model = new RetNetModel(c, { backend: ref, dtype: 'float64', seed: 2 });
+      const rows = [
+        [5, 3, 8, 1, 9, 2, 7],
+        [4, 4, 6, 2],
+        [1, 30, 12, 7, 5],
+      ];
+      // torchscale's forms differ from each other (its normalisers), so each is compared with itself.
+      const alone = (opts: Parameters<RetNetModel['forward']>[1]) => rows.map((r) => forwardLogits(model, [r], opts));
+      const T = 9;
+      // Row 0 left-padded, row 1 right-padded, row 2 with holes.
+      const layouts = [
+        [0, 0, 1, 1, 1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 0, 0, 0, 0, 0],
+        [0, 1, 1, 0, 1, 0, 0, 1, 1],
+      ];
+      const ids = layouts.map((m, b) => {
+        let j = 0;
+        return m.map((x) => (x ? rows[b]![j++]! : 0));
+      });
+      const V = c.vocabSize;
+      for (const opts of [{ form: 'parallel' as const }, { form: 'chunkwise' as const, chunkSize: 2 }]) {
+        const got = forwardLogits(model, ids, { ...opts, mask: layouts });
+        const want = alone(opts);
+        layouts.forEach((m, b) => {
+          const picked: number[] = [];
+          m.forEach((x, t) => {
+            if (x) picked.push(...got.subarray((b * T + t) * V, (b * T + t + 1) * V));
+          });
+          const err = relErr(picked, want[b]!);
+          assert.ok(err < 1e-12, `${name} ${JSON.stringify(opts)} row ${b}: ${err}`);
+        });
+      }
+      // Token by token with the mask: the same logits at real positions; rows end with their own positions.
+      const { out, state } = decodeLogits(model, ids, layouts);
+      layouts.forEach((m, b) => {
+        const picked: number[] = [];
+        m.forEach((x, t) => {
+          if (x) picked.push(...out.subarray((b * T + t) * V, (b * T + t + 1) * V));
+        });
+        assert.ok(relErr(picked, decodeLogits(model, [rows[b]!]).out) < 1e-12, `${name} decode row ${b}`);
+      });
+      assert.deepEqual(state.positions, [7, 4, 5]);
+      state.dispose();
+      assert.throws(() => forwardLogits(model, ids, { mask: [[1, 1]] }), /mask has 1 rows for a batch of 3/);
+      assert.throws(
+        () => forwardLogits(model, ids, { mask: layouts.map((m) => m.map((x) => x * 2)) }),
+        /mask\[0\]\[2\] is 2, expected 0 or 1/,
+      );
+      model.dispose();
+    });
 });

@@ -428,11 +428,11 @@ describe('generate', () => {
     assert.throws(bad({ sampling: { topP: 2 } }), /requests\[1\]\.sampling\.topP/);
   });
 
-  it('an empty text prompt starts from the end-of-text token', () => {
+  it('an empty text prompt starts from the end-of-text token', async () => {
     const s = new Sequence(0, { prompt: '', maxNewTokens: 1 }, tok, toy.vocabSize);
     assert.deepEqual(s.promptIds, [tok.eosId]);
     const batch = new DecodeBatch(toy, tok, [s]);
-    const events = batch.start();
+    const events = await batch.start();
     assert.equal(events.length, 2);
     batch.dispose();
   });

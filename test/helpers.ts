@@ -4,8 +4,8 @@
 import assert from 'node:assert/strict';
 
 import { getBackend, referenceBackend } from '../src/backend/index.js';
-import type { Backend } from '../src/backend/backend.js';
-import type { NativeBackend } from '../src/backend/native.js';
+import type { Device } from '../src/backend/device.js';
+import type { CpuDevice } from '../src/backend/cpu/device.js';
 import type { DType } from '../src/tensor/dtype.js';
 import { Rng } from '../src/tensor/random.js';
 import { backward } from '../src/autograd/tape.js';
@@ -20,8 +20,8 @@ export const ref = referenceBackend();
  * The native backend; tests that need it fail loudly if the addon did not build. Its pool is poisoned: outputs that
  * kernels take without the zero fill start as NaN, so an element a kernel fails to write shows up in the comparison.
  */
-export function nat(): Backend {
-  const be = getBackend('native') as NativeBackend;
+export function nat(): Device {
+  const be = getBackend('cpu') as CpuDevice;
   be.pool.poison = true;
   return be;
 }
@@ -33,7 +33,7 @@ export function randomData(rng: Rng, n: number, scale = 1): Float64Array {
 }
 
 export function randomTensor(
-  be: Backend,
+  be: Device,
   rng: Rng,
   shape: readonly number[],
   opts: { dtype?: DType; scale?: number; requiresGrad?: boolean } = {},
@@ -44,7 +44,7 @@ export function randomTensor(
 }
 
 /** The same values on another backend/dtype. */
-export function copyTo(t: Tensor, be: Backend, dtype: DType = t.dtype, requiresGrad = t.requiresGrad): Tensor {
+export function copyTo(t: Tensor, be: Device, dtype: DType = t.dtype, requiresGrad = t.requiresGrad): Tensor {
   const c = be.fromData(t.data(), t.shape, dtype);
   c.requiresGrad = requiresGrad;
   return c;

@@ -1,13 +1,13 @@
 // One table of op cases, used twice: native against reference (conformance.test.ts) and every backward against
 // finite differences (gradients.test.ts). Each case lists shape variants: odd sizes, size 1, and empty where legal.
 
-import type { Backend } from '../src/backend/backend.js';
+import type { Device } from '../src/backend/device.js';
 import type { DType } from '../src/tensor/dtype.js';
 import { Rng } from '../src/tensor/random.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import * as ops from '../src/ops/index.js';
 import { randomData } from './helpers.js';
-import { retentionGammas } from '../src/backend/retention-math.js';
+import { retentionGammas } from '../src/backend/reference/retention-math.js';
 
 export type InputSpec =
   | {
@@ -350,7 +350,7 @@ export const opCases: OpCase[] = [
 ];
 
 /** Builds a case's inputs on a backend from one seeded draw, so every backend sees the same values. */
-export function buildInputs(be: Backend, rng: Rng, specs: InputSpec[], dtype: DType): Tensor[] {
+export function buildInputs(be: Device, rng: Rng, specs: InputSpec[], dtype: DType): Tensor[] {
   return specs.map((s) => {
     if (s.kind === 'ids') {
       const n = s.shape.reduce((a, b) => a * b, 1);

@@ -4,13 +4,14 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import type { Backend } from '../src/backend/backend.js';
-import type { NativeBackend } from '../src/backend/native.js';
-import { BufferPool } from '../src/tensor/pool.js';
+import type { Device } from '../src/backend/device.js';
+import type { CpuDevice } from '../src/backend/cpu/device.js';
+import { BufferPool } from '../src/backend/host/pool.js';
 import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import { assertClose, nat, randomTensor, ref } from './helpers.js';
+import { kernels } from '../src/backend/kernels.js';
 
 describe('buffer pool without zero fill', () => {
   it('evicts the oldest buffers, of any size, to stay within its capacity', () => {
@@ -62,10 +63,10 @@ describe('buffer pool without zero fill', () => {
   });
 });
 
-type Case = [name: string, run: (be: Backend, rng: Rng) => Tensor[]];
+type Case = [name: string, run: (be: Device, rng: Rng) => Tensor[]];
 
-const rand = (be: Backend, rng: Rng, shape: number[]) => randomTensor(be, rng, shape);
-const ids = (be: Backend, rng: Rng, n: number, limit: number, ignore?: number) =>
+const rand = (be: Device, rng: Rng, shape: number[]) => randomTensor(be, rng, shape);
+const ids = (be: Device, rng: Rng, n: number, limit: number, ignore?: number) =>
   be.fromData(
     Array.from({ length: n }, (_, i) => (ignore !== undefined && i % 5 === 2 ? ignore : rng.int(limit))),
     [n],
@@ -73,28 +74,43 @@ const ids = (be: Backend, rng: Rng, n: number, limit: number, ignore?: number) =
   );
 
 const cases: Case[] = [
-  ['matmul 300x200 by 200x130', (be, r) => [be.matmul(rand(be, r, [300, 200]), rand(be, r, [200, 130]), false, false)]],
+  [
+    'matmul 300x200 by 200x130',
+    (be, r) => [kernels(be, 'float32').matmul(rand(be, r, [300, 200]), rand(be, r, [200, 130]), false, false)],
+  ],
   [
     'matmul transposed, batched',
-    (be, r) => [be.matmul(rand(be, r, [3, 90, 70]), rand(be, r, [3, 50, 90]), true, true)],
+    (be, r) => [kernels(be, 'float32').matmul(rand(be, r, [3, 90, 70]), rand(be, r, [3, 50, 90]), true, true)],
   ],
-  ['matmul with K = 0 gives zeros', (be, r) => [be.matmul(rand(be, r, [3, 0]), rand(be, r, [0, 4]), false, false)]],
-  ['add broadcast', (be, r) => [be.binary('add', rand(be, r, [400, 100]), rand(be, r, [100]))]],
-  ['mul', (be, r) => [be.binary('mul', rand(be, r, [70000]), rand(be, r, [70000]))]],
-  ['scale', (be, r) => [be.scale(rand(be, r, [70000]), 0.5)]],
-  ['sumToShape', (be, r) => [be.sumToShape(rand(be, r, [300, 200]), [200]), be.sumToShape(rand(be, r, [0, 5]), [5])]],
+  [
+    'matmul with K = 0 gives zeros',
+    (be, r) => [kernels(be, 'float32').matmul(rand(be, r, [3, 0]), rand(be, r, [0, 4]), false, false)],
+  ],
+  ['add broadcast', (be, r) => [kernels(be, 'float32').binary('add', rand(be, r, [400, 100]), rand(be, r, [100]))]],
+  ['mul', (be, r) => [kernels(be, 'float32').binary('mul', rand(be, r, [70000]), rand(be, r, [70000]))]],
+  ['scale', (be, r) => [kernels(be, 'float32').scale(rand(be, r, [70000]), 0.5)]],
+  [
+    'sumToShape',
+    (be, r) => [
+      kernels(be, 'float32').sumToShape(rand(be, r, [300, 200]), [200]),
+      kernels(be, 'float32').sumToShape(rand(be, r, [0, 5]), [5]),
+    ],
+  ],
   ...(['gelu', 'silu', 'relu'] as const).map((k): Case => [
     `activation ${k} and backward`,
     (be, r) => {
       const x = rand(be, r, [70000]);
-      return [be.activation(k, x), be.activationBackward(k, x, rand(be, r, [70000]))];
+      return [
+        kernels(be, 'float32').activation(k, x),
+        kernels(be, 'float32').activationBackward(k, x, rand(be, r, [70000])),
+      ];
     },
   ]),
   [
     'softmax and backward',
     (be, r) => {
-      const y = be.softmax(rand(be, r, [300, 200]));
-      return [y, be.softmaxBackward(y, rand(be, r, [300, 200]))];
+      const y = kernels(be, 'float32').softmax(rand(be, r, [300, 200]));
+      return [y, kernels(be, 'float32').softmaxBackward(y, rand(be, r, [300, 200]))];
     },
   ],
   [
@@ -102,9 +118,9 @@ const cases: Case[] = [
     (be, r) => {
       const x = rand(be, r, [300, 200]);
       const w = rand(be, r, [200]);
-      const a = be.rmsNorm(x, w, 1e-6);
-      const b = be.rmsNorm(x, null, 1e-6);
-      const g = be.rmsNormBackward(x, w, a.rstd, rand(be, r, [300, 200]));
+      const a = kernels(be, 'float32').rmsNorm(x, w, 1e-6);
+      const b = kernels(be, 'float32').rmsNorm(x, null, 1e-6);
+      const g = kernels(be, 'float32').rmsNormBackward(x, w, a.rstd, rand(be, r, [300, 200]));
       return [a.y, a.rstd, b.y, b.rstd, g.dx, g.dw!];
     },
   ],
@@ -113,8 +129,8 @@ const cases: Case[] = [
     (be, r) => {
       const x = rand(be, r, [300, 200]);
       const w = rand(be, r, [200]);
-      const f = be.layerNorm(x, w, rand(be, r, [200]), 1e-5);
-      const g = be.layerNormBackward(x, w, f.mean, f.rstd, rand(be, r, [300, 200]));
+      const f = kernels(be, 'float32').layerNorm(x, w, rand(be, r, [200]), 1e-5);
+      const g = kernels(be, 'float32').layerNormBackward(x, w, f.mean, f.rstd, rand(be, r, [300, 200]));
       return [f.y, f.mean, f.rstd, g.dx, g.dw, g.db];
     },
   ],
@@ -123,15 +139,18 @@ const cases: Case[] = [
     (be, r) => {
       const logits = rand(be, r, [700, 60]);
       const t = ids(be, r, 700, 60, -100);
-      const f = be.crossEntropy(logits, t, -100);
-      return [f.loss, f.lse, be.crossEntropyBackward(logits, t, f.lse, rand(be, r, [700]), -100)];
+      const f = kernels(be, 'float32').crossEntropy(logits, t, -100);
+      return [f.loss, f.lse, kernels(be, 'float32').crossEntropyBackward(logits, t, f.lse, rand(be, r, [700]), -100)];
     },
   ],
   [
     'embedding and backward',
     (be, r) => {
       const i = be.view(ids(be, r, 700, 50), [7, 100]);
-      return [be.embedding(rand(be, r, [50, 100]), i), be.embeddingBackward(rand(be, r, [7, 100, 100]), i, 50)];
+      return [
+        kernels(be, 'float32').embedding(rand(be, r, [50, 100]), i),
+        kernels(be, 'float32').embeddingBackward(rand(be, r, [7, 100, 100]), i, 50),
+      ];
     },
   ],
   [
@@ -142,7 +161,10 @@ const cases: Case[] = [
         [30, 40, 50],
         'int32',
       );
-      return [be.permute(rand(be, r, [30, 40, 50]), [2, 0, 1]), be.permute(i, [1, 2, 0])];
+      return [
+        kernels(be, 'float32').permute(rand(be, r, [30, 40, 50]), [2, 0, 1]),
+        kernels(be, 'int32').permute(i, [1, 2, 0]),
+      ];
     },
   ],
 ];
@@ -150,7 +172,7 @@ const cases: Case[] = [
 describe('native kernels fill their unzeroed outputs completely (poisoned pool)', () => {
   for (const [name, run] of cases)
     it(name, () => {
-      const native = nat() as NativeBackend;
+      const native = nat() as CpuDevice;
       assert.ok(native.pool.poison, 'test/helpers.ts poisons the native pool');
       const expected = tidy(() => run(ref, new Rng(5)).map((t) => t.data()));
       const actual = tidy(() => run(native, new Rng(5)).map((t) => t.data()));

@@ -4,8 +4,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import type { Backend, RetentionForm } from '../src/backend/backend.js';
-import { retentionGammas } from '../src/backend/retention-math.js';
+import type { Device } from '../src/backend/device.js';
+import type { RetentionForm } from '../src/backend/kernels.js';
+import { retentionGammas } from '../src/backend/reference/retention-math.js';
 import { noGrad } from '../src/autograd/tape.js';
 import { RetnetError, ShapeError } from '../src/errors.js';
 import { RETNET_DEFAULTS, validateRetNetConfig } from '../src/models/retnet/config.js';
@@ -22,7 +23,7 @@ const K = 4;
 const V = 3;
 const gammas = retentionGammas(H);
 
-function qkv(be: Backend, rng: Rng, T: number, scale = 1): Tensor[] {
+function qkv(be: Device, rng: Rng, T: number, scale = 1): Tensor[] {
   return [
     randomTensor(be, rng, [1, T, H, K], { dtype: 'float64', scale }),
     randomTensor(be, rng, [1, T, H, K], { dtype: 'float64', scale }),
@@ -152,7 +153,7 @@ describe('state-carrying retention: native against the reference (float32)', () 
     tidy(() => {
       for (const normalize of [true, false])
         for (const form of ['parallel', 'chunkwise'] as const) {
-          const run = (be: Backend) => {
+          const run = (be: Device) => {
             const rng = new Rng(5);
             const to32 = (t: Tensor) => be.fromData(t.data(), t.shape, 'float32');
             const [q, k, v] = qkv(ref, rng, 12).map(to32);

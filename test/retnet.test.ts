@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import type { Backend } from '../src/backend/backend.js';
+import type { Device } from '../src/backend/device.js';
 import { backward, noGrad } from '../src/autograd/tape.js';
 import { ConfigError } from '../src/errors.js';
 import { crossEntropy } from '../src/ops/nn.js';
@@ -42,12 +42,12 @@ function randomTokens(rng: Rng, n: number, vocab: number): number[] {
 }
 
 /** Scales the weights up so that the score normalisers of every form are active (rows with Σ|A| > 1). */
-function makeModel(c: RetNetConfig, be: Backend, dtype: DType, seed: number): RetNetModel {
+function makeModel(c: RetNetConfig, be: Device, dtype: DType, seed: number): RetNetModel {
   const model = new RetNetModel(c, { backend: be, dtype, seed });
   const rng = new Rng(seed + 1);
   for (const [name, t] of model.namedParameters())
     if (/(q|k|v)_proj/.test(name))
-      t.backend.write(
+      t.device.write(
         t,
         Array.from(t.data(), (x) => x * (3 + rng.uniform())),
       );

@@ -7,7 +7,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
-import type { Backend } from '../src/backend/backend.js';
+import type { Device } from '../src/backend/device.js';
 import { writeFileAtomic } from '../src/io/atomic.js';
 import { type TensorToSave, writeSafetensors } from '../src/io/safetensors.js';
 import type { CausalLM, DecodeState } from '../src/models/lm.js';
@@ -30,7 +30,7 @@ export class TinyLM extends Module implements CausalLM {
     readonly dim: number,
     readonly dropoutRate: number,
     seed: number,
-    backend: Backend,
+    backend: Device,
   ) {
     super();
     const opts = { backend, dtype: 'float32' as const };

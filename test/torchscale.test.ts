@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
-import type { Backend } from '../src/backend/backend.js';
+import type { Device } from '../src/backend/device.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { modelFromConfig } from '../src/models/registry.js';
 import { RetNetModel } from '../src/models/retnet/model.js';
@@ -16,7 +16,7 @@ import { assertClose, nat, ref } from './helpers.js';
 
 const VECTORS = join(import.meta.dirname, '..', '..', 'shared', 'torchscale-vectors');
 
-function loadCase(name: string, be: Backend, dtype: DType) {
+function loadCase(name: string, be: Device, dtype: DType) {
   const config = JSON.parse(readFileSync(join(VECTORS, `config_${name}.json`), 'utf8')) as Record<string, unknown>;
   const model = modelFromConfig(config, `config_${name}.json`, { backend: be, dtype }) as RetNetModel;
   const weights = join(VECTORS, `weights_${name}.safetensors`);

@@ -3,7 +3,7 @@
 // matrix); prefill() and step() carry the running sum, so the incremental path is a different computation that must
 // agree with the full one — what the "decoding equals argmax over forward" tests check.
 
-import type { Backend } from '../src/backend/backend.js';
+import type { Device } from '../src/backend/device.js';
 import { noGrad } from '../src/autograd/tape.js';
 import { ShapeError } from '../src/errors.js';
 import type { CausalLM, DecodeState } from '../src/models/lm.js';
@@ -71,7 +71,7 @@ export class ToyLM extends Module implements CausalLM {
   constructor(
     readonly vocabSize: number,
     readonly dim: number,
-    readonly backend: Backend,
+    readonly backend: Device,
     readonly dtype: DType = 'float64',
     seed = 0,
   ) {
@@ -175,7 +175,7 @@ export class ScriptedLM extends Module implements CausalLM {
   constructor(
     readonly vocabSize: number,
     readonly script: readonly number[],
-    readonly backend: Backend,
+    readonly backend: Device,
   ) {
     super();
   }

@@ -8,6 +8,7 @@ import { describe, it } from 'node:test';
 
 import { record } from '../src/autograd/tape.js';
 import { getBackend } from '../src/backend/index.js';
+import { kernelsOf } from '../src/backend/kernels.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { Rng } from '../src/tensor/random.js';
 import type { Tensor } from '../src/tensor/tensor.js';
@@ -427,14 +428,14 @@ describe('evaluation', () => {
 
 /** logits · NaN as a fresh tensor on the tape (the loss becomes NaN). */
 function noGradScale(t: Tensor, s: number): Tensor {
-  const y = t.backend.scale(t, s);
-  record('nanScale', [t], [y], ([g]) => [t.backend.scale(g!, s)]);
+  const y = kernelsOf(t).scale(t, s);
+  record('nanScale', [t], [y], ([g]) => [kernelsOf(t).scale(g!, s)]);
   return y;
 }
 
 /** The identity in the forward pass whose gradient is NaN: a finite loss with non-finite gradients. */
 function nanGradient(t: Tensor): Tensor {
-  const y = t.backend.scale(t, 1);
-  record('nanGradient', [t], [y], ([g]) => [t.backend.scale(g!, NaN)]);
+  const y = kernelsOf(t).scale(t, 1);
+  record('nanGradient', [t], [y], ([g]) => [kernelsOf(t).scale(g!, NaN)]);
   return y;
 }

@@ -4,7 +4,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import type { AttentionAlgorithm, Backend } from '../src/backend/backend.js';
+import type { Device } from '../src/backend/device.js';
+import type { AttentionAlgorithm } from '../src/backend/kernels.js';
 import { backward, noGrad } from '../src/autograd/tape.js';
 import { ConfigError, ShapeError } from '../src/errors.js';
 import { crossEntropy } from '../src/ops/nn.js';
@@ -175,7 +176,7 @@ describe('Transformer forward', () => {
   it('a few training steps on a repeated sequence reduce the loss', () => {
     const c = config({ vocabSize: 11 });
     for (const attention of ['naive', 'flash'] as const) {
-      const be: Backend = nat();
+      const be: Device = nat();
       const model = new TransformerModel({ ...c, attention }, { backend: be, seed: 12 });
       const seq = Array.from({ length: 33 }, (_, i) => [1, 5, 2, 9, 3][i % 5]!);
       const inputs = be.fromData(seq.slice(0, -1), [1, 32], 'int32');

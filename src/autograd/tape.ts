@@ -5,6 +5,7 @@
 import { RetnetError, ShapeError, formatShape } from '../errors.js';
 import { keep, onScopeExit } from '../tensor/scope.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { kernelsOf } from '../backend/kernels.js';
 
 export type BackwardFn = (grads: (Tensor | null)[]) => (Tensor | null)[];
 
@@ -85,12 +86,12 @@ export function backward(loss: Tensor, seed?: Tensor): void {
     const prev = grads.get(t);
     if (prev === undefined) grads.set(t, g);
     else {
-      grads.set(t, t.backend.binary('add', prev, g));
+      grads.set(t, kernelsOf(t).binary('add', prev, g));
       release(prev);
       release(g);
     }
   };
-  add(loss, seed ?? loss.backend.fromData([1], loss.shape, loss.dtype));
+  add(loss, seed ?? loss.device.fromData([1], loss.shape, loss.dtype));
   const nodes = tape;
   tape = [];
   for (let i = nodes.length - 1; i >= 0; i--) {
@@ -118,7 +119,7 @@ export function backward(loss: Tensor, seed?: Tensor): void {
     keep(g);
     if (t.grad === null) t.grad = g;
     else {
-      const sum = keep(t.backend.binary('add', t.grad, g));
+      const sum = keep(kernelsOf(t).binary('add', t.grad, g));
       t.grad.dispose();
       release(g);
       t.grad = sum;

@@ -1,45 +1,48 @@
-// Backend selection. The default is the native backend when its addon loads, else the reference backend (with one
-// line on stderr saying why). RETNET_BACKEND=reference|native forces a choice; RETNET_THREADS sets the thread count
-// of the native kernels and OpenBLAS (default: all cores).
+// Device selection. The default is the cpu device when its addon loads, else the reference device (with one line on
+// stderr saying why). RETNET_BACKEND=reference|cpu forces a choice ('native', the cpu device's old name, is accepted
+// for one release with a deprecation line); RETNET_THREADS sets the thread count of the cpu kernels and OpenBLAS
+// (default: all cores).
 
 import { availableParallelism } from 'node:os';
 
 import { BackendError } from '../errors.js';
-import { type NativeInfo, loadAddon } from './addon.js';
-import type { Backend } from './backend.js';
-import { NativeBackend } from './native.js';
-import { ReferenceBackend } from './reference.js';
+import type { CpuAddonInfo } from './cpu/addon.js';
+import { type CpuDevice, createCpuDevice } from './cpu/device.js';
+import { loadAddon } from './cpu/load.js';
+import type { Device } from './device.js';
+import type { HostDevice } from './host/device.js';
+import { referenceDevice } from './reference/device.js';
 
-export type BackendName = 'native' | 'reference';
+/** The devices RETNET_BACKEND and `getBackend` name; 'native' is the deprecated alias of 'cpu'. */
+export type BackendName = 'cpu' | 'reference' | 'native';
 
-let reference: ReferenceBackend | null = null;
-let native: NativeBackend | null | undefined;
-let nativeError: string | null = null;
-let current: Backend | null = null;
+let cpu: CpuDevice | null | undefined;
+let cpuError: string | null = null;
+let current: Device | null = null;
 let warned = false;
+let deprecationSaid = false;
 
-export function referenceBackend(): ReferenceBackend {
-  reference ??= new ReferenceBackend();
-  return reference;
+export function referenceBackend(): HostDevice {
+  return referenceDevice();
 }
 
-/** The native backend, or null when its addon is unavailable (see `nativeUnavailableReason`). */
-export function nativeBackend(): NativeBackend | null {
-  if (native === undefined) {
+/** The cpu device, or null when its addon is unavailable (see `cpuUnavailableReason`). */
+export function cpuBackend(): CpuDevice | null {
+  if (cpu === undefined) {
     const { addon, error } = loadAddon();
-    nativeError = error;
-    native = addon ? new NativeBackend(addon) : null;
-    if (native) native.addon.setThreads(threadCount());
+    cpuError = error;
+    cpu = addon ? createCpuDevice(addon) : null;
+    if (cpu) cpu.addon.setThreads(threadCount());
   }
-  return native;
+  return cpu;
 }
 
-export function nativeUnavailableReason(): string | null {
-  nativeBackend();
-  return nativeError;
+export function cpuUnavailableReason(): string | null {
+  cpuBackend();
+  return cpuError;
 }
 
-/** Threads for native kernels: RETNET_THREADS, else the number of cores. */
+/** Threads for cpu kernels: RETNET_THREADS, else the number of cores. */
 export function threadCount(): number {
   const env = process.env.RETNET_THREADS;
   if (env === undefined || env === '') return availableParallelism();
@@ -48,39 +51,49 @@ export function threadCount(): number {
   return n;
 }
 
-export function getBackend(name?: BackendName): Backend {
-  if (name === 'reference') return referenceBackend();
+function canonical(name: string, where: string): 'cpu' | 'reference' {
   if (name === 'native') {
-    const b = nativeBackend();
-    if (!b) throw new BackendError(`the native backend is unavailable: ${nativeError}`);
+    if (!deprecationSaid) {
+      deprecationSaid = true;
+      process.stderr.write(`retnet: ${where} 'native' is deprecated: the device is now called 'cpu'\n`);
+    }
+    return 'cpu';
+  }
+  if (name === 'cpu' || name === 'reference') return name;
+  throw new BackendError(`${where} must be 'cpu' or 'reference', got '${name}'`);
+}
+
+export function getBackend(name?: BackendName): Device {
+  if (name !== undefined) {
+    if (canonical(name, 'the backend') === 'reference') return referenceBackend();
+    const b = cpuBackend();
+    if (!b) throw new BackendError(`the cpu device is unavailable: ${cpuError}`);
     return b;
   }
   if (current) return current;
   const forced = process.env.RETNET_BACKEND;
   if (forced !== undefined && forced !== '') {
-    if (forced !== 'native' && forced !== 'reference')
-      throw new BackendError(`RETNET_BACKEND must be 'native' or 'reference', got '${forced}'`);
-    current = getBackend(forced);
+    current = getBackend(canonical(forced, 'RETNET_BACKEND'));
     return current;
   }
-  const b = nativeBackend();
+  const b = cpuBackend();
   if (b) current = b;
   else {
     current = referenceBackend();
     if (!warned) {
       warned = true;
-      process.stderr.write(`retnet: using the reference backend (${nativeError})\n`);
+      process.stderr.write(`retnet: using the reference backend (${cpuError})\n`);
     }
   }
   return current;
 }
 
-/** Makes `name` the default backend for tensors created without an explicit backend. */
-export function setBackend(name: BackendName): Backend {
+/** Makes `name` the default device for tensors created without an explicit one. */
+export function setBackend(name: BackendName): Device {
   current = getBackend(name);
   return current;
 }
 
-export function nativeInfo(): NativeInfo | null {
-  return nativeBackend()?.addon.info() ?? null;
+export function cpuInfo(): CpuAddonInfo | null {
+  return cpuBackend()?.addon.info() ?? null;
 }

@@ -29,17 +29,17 @@ export class DecodeBatch {
   }
 
   /** Prefills every prompt and samples each row's first token. */
-  start(): GenerationEvent[] {
+  async start(): Promise<GenerationEvent[]> {
     if (this.state) throw new Error('DecodeBatch.start: already started');
     const events = this.dropCancelled();
     if (this.rows.length === 0) return events;
     const { logits, state } = this.model.prefill(this.rows.map((s) => s.promptIds));
     this.state = state;
-    return events.concat(this.sample(logits));
+    return events.concat(await this.sample(logits));
   }
 
   /** Feeds each row its last token and samples the next. */
-  step(): GenerationEvent[] {
+  async step(): Promise<GenerationEvent[]> {
     const events = this.dropCancelled();
     if (this.rows.length === 0) return events;
     if (!this.state) throw new Error('DecodeBatch.step: call start() first');
@@ -47,7 +47,7 @@ export class DecodeBatch {
       this.rows.map((s) => s.lastToken),
       this.state,
     );
-    return events.concat(this.sample(logits));
+    return events.concat(await this.sample(logits));
   }
 
   /**
@@ -70,11 +70,11 @@ export class DecodeBatch {
     this.rows = [];
   }
 
-  /** logits: [B, V], one row per sequence; disposed here. */
-  private sample(logits: Tensor): GenerationEvent[] {
+  /** logits: [B, V], one row per sequence; disposed here. Read with readAsync, so a GPU device does not block. */
+  private async sample(logits: Tensor): Promise<GenerationEvent[]> {
     let data;
     try {
-      data = logits.data();
+      data = await logits.dataAsync();
     } finally {
       logits.dispose();
     }

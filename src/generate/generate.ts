@@ -47,10 +47,10 @@ export function generate(
 
 async function* run(batch: DecodeBatch): AsyncGenerator<GenerationEvent> {
   try {
-    yield* batch.start();
+    yield* await batch.start();
     while (batch.size > 0) {
       await nextMacrotask();
-      yield* batch.step();
+      yield* await batch.step();
     }
   } finally {
     batch.dispose();

@@ -152,13 +152,13 @@ export class Scheduler {
         for (const { sequence, stream } of this.queue.splice(0, Math.max(room, 0))) {
           this.running.set(sequence.index, stream);
           const batch = new DecodeBatch(this.model, this.tokenizer, [sequence]);
-          this.dispatch(batch.start());
+          this.dispatch(await batch.start());
           if (batch.size > 0 && !this.batches.some((b) => b.size > 0 && b.absorb(batch))) this.batches.push(batch);
           await nextMacrotask();
         }
         for (const batch of this.batches) {
           if (batch.size === 0) continue;
-          this.dispatch(batch.step());
+          this.dispatch(await batch.step());
           await nextMacrotask();
         }
         for (const b of this.batches) if (b.size === 0) b.dispose();

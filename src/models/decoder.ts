@@ -5,7 +5,8 @@
 // decode state. Parameter names are torchscale's state_dict keys: `embed_tokens`, `layers.<l>.<mixer>`,
 // `layers.<l>.<mixer norm>`, `layers.<l>.ffn`, `layers.<l>.final_layer_norm`, `layer_norm`, `output_projection`.
 
-import type { ActivationKind, Backend } from '../backend/backend.js';
+import type { Device } from '../backend/device.js';
+import { type ActivationKind, kernelsOf } from '../backend/kernels.js';
 import { getBackend } from '../backend/index.js';
 import { gradEnabled, noGrad } from '../autograd/tape.js';
 import { ShapeError } from '../errors.js';
@@ -82,7 +83,7 @@ function releaseTables(rope: RotaryTables): void {
 }
 
 export interface DecoderOptions {
-  backend?: Backend;
+  backend?: Device;
   dtype?: DType;
   /** Seed of the initial weights, then of the dropout masks while training. */
   seed?: number;
@@ -186,7 +187,7 @@ export abstract class Decoder<M extends Module & Mixer<S, P>, S extends TrunkSta
   readonly layers: DecoderLayer<M>[];
   readonly layerNorm: RMSNorm | null;
   readonly outputProjection: Linear;
-  readonly backend: Backend;
+  readonly backend: Device;
   readonly dtype: DType;
   protected readonly rotary: Rotary;
   /** Draws the initial weights, then the dropout masks (training only). */
@@ -337,7 +338,7 @@ export abstract class Decoder<M extends Module & Mixer<S, P>, S extends TrunkSta
         const x = this.hidden(ids, (layer, l, normed) => layer.mixer.prefill(normed, rope, pass, state, l, lengths));
         releaseTables(rope);
         const last = this.backend.zeros([B, 1, D], this.dtype);
-        for (let b = 0; b < B; b++) this.backend.copyBlocks(x, lastRow(b) * D, 0, last, b * D, 0, 1, D);
+        for (let b = 0; b < B; b++) kernelsOf(x).copyBlocks(x, lastRow(b) * D, 0, last, b * D, 0, 1, D);
         release(x);
         return reshape(this.head(last), [B, this.vocabSize]);
       }),

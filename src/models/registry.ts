@@ -1,7 +1,7 @@
 // Model construction from an architecture name + preset or from a config object (a parsed config.json). Core code:
 // no file I/O here; model directories are read and written by src/io/model-dir.ts.
 
-import type { Backend } from '../backend/backend.js';
+import type { Device } from '../backend/device.js';
 import { ConfigError } from '../errors.js';
 import type { TensorToSave } from '../io/safetensors.js';
 import type { DType } from '../tensor/dtype.js';
@@ -15,7 +15,7 @@ import {
 } from './retnet/config.js';
 import { RetNetModel } from './retnet/model.js';
 import { retnetAngles } from '../nn/rotary.js';
-import { retentionGammas } from '../backend/retention-math.js';
+import { retentionGammas } from '../backend/reference/retention-math.js';
 import { flaConfigFromJSON, flaConfigToJSON, isFlaConfig } from './retnet/fla.js';
 import {
   type TransformerConfig,
@@ -26,7 +26,7 @@ import {
 import { TransformerModel } from './transformer/model.js';
 
 export interface ModelOptions {
-  backend?: Backend;
+  backend?: Device;
   dtype?: DType;
   seed?: number;
 }

@@ -2,8 +2,8 @@
 // line up: Linear.weight is [out, in], RMSNorm.weight is [D].
 
 import { getBackend } from '../backend/index.js';
-import type { Backend } from '../backend/backend.js';
-import type { ActivationKind } from '../backend/backend.js';
+import type { Device } from '../backend/device.js';
+import type { ActivationKind } from '../backend/kernels.js';
 import type { DType } from '../tensor/dtype.js';
 import type { Rng } from '../tensor/random.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -14,7 +14,7 @@ import { Module } from './module.js';
 
 /** Where parameters are created and how. */
 export interface ParamOptions {
-  backend?: Backend;
+  backend?: Device;
   dtype?: DType;
 }
 

@@ -76,7 +76,7 @@ export abstract class Module {
         throw new ShapeError(
           `${source}: tensor '${n}' has shape ${formatShape(v.shape)}, the model expects ${formatShape(t.shape)}`,
         );
-      t.backend.write(t, v.data);
+      t.device.write(t, v.data);
     }
   }
 

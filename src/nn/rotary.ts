@@ -2,7 +2,7 @@
 // positions a pass needs. Tables of positions 0..T−1 are cached per T (a training run asks for the same T every
 // step); tables of arbitrary positions (decoding, prefill continuing a state) are built per call.
 
-import type { Backend } from '../backend/backend.js';
+import type { Device } from '../backend/device.js';
 import type { DType } from '../tensor/dtype.js';
 import { keep } from '../tensor/scope.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -42,7 +42,7 @@ export class Rotary {
 
   constructor(
     readonly angles: Float64Array,
-    private readonly backend: Backend,
+    private readonly backend: Device,
     private readonly dtype: DType,
   ) {}
 

@@ -1,11 +1,12 @@
 // Attention ops (the Transformer baseline): causal multi-head softmax attention over whole sequences, in the naive
 // or the FlashAttention algorithm, and one decoding step against a KV cache.
 
-import type { AttentionAlgorithm } from '../backend/backend.js';
+import type { AttentionAlgorithm } from '../backend/kernels.js';
 import { needsGrad, record } from '../autograd/tape.js';
 import { ShapeError, formatShape } from '../errors.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { backendOf, expectFloat, expectShape, sameDType } from './check.js';
+import { deviceOf, expectFloat, expectShape, sameDType } from './check.js';
+import { kernels } from '../backend/kernels.js';
 
 export interface AttentionOptions {
   /** 'naive' keeps the T×T probabilities for backward; 'flash' keeps only the row log-sum-exp (linear memory). */
@@ -17,7 +18,8 @@ export interface AttentionOptions {
  * Returns o: [B, T, H, V].
  */
 export function causalAttention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor {
-  const be = backendOf('causalAttention', q, k, v);
+  const be = deviceOf('causalAttention', q, k, v);
+  const kern = kernels(be, q.dtype);
   expectFloat('causalAttention', 'q', q);
   sameDType('causalAttention', q, k);
   sameDType('causalAttention', q, v);
@@ -29,10 +31,10 @@ export function causalAttention(q: Tensor, k: Tensor, v: Tensor, opts: Attention
     throw new ShapeError(`causalAttention: v must be [${B}, ${T}, ${H}, V], got ${formatShape(v.shape)}`);
   if (opts.algorithm !== 'naive' && opts.algorithm !== 'flash')
     throw new ShapeError(`causalAttention: algorithm must be 'naive' or 'flash', got '${String(opts.algorithm)}'`);
-  const { o, stats } = be.attentionForward(opts.algorithm, q, k, v);
+  const { o, stats } = kern.attentionForward(opts.algorithm, q, k, v);
   if (needsGrad(q, k, v))
     record(`attention.${opts.algorithm}`, [q, k, v], [o], ([g]) => {
-      const { dq, dk, dv } = be.attentionBackward(opts.algorithm, q, k, v, o, stats, g!);
+      const { dq, dk, dv } = kern.attentionBackward(opts.algorithm, q, k, v, o, stats, g!);
       return [dq, dk, dv];
     });
   else stats.dispose();
@@ -44,7 +46,8 @@ export function causalAttention(q: Tensor, k: Tensor, v: Tensor, opts: Attention
  * kCache: [B, H, C, K] and vCache: [B, H, C, V] (the current token's k, v already written). Returns [B, H, V].
  */
 export function attentionDecode(q: Tensor, kCache: Tensor, vCache: Tensor, lengths: readonly number[]): Tensor {
-  const be = backendOf('attentionDecode', q, kCache, vCache);
+  const be = deviceOf('attentionDecode', q, kCache, vCache);
+  const kern = kernels(be, q.dtype);
   expectFloat('attentionDecode', 'q', q);
   sameDType('attentionDecode', q, kCache);
   sameDType('attentionDecode', q, vCache);
@@ -61,5 +64,5 @@ export function attentionDecode(q: Tensor, kCache: Tensor, vCache: Tensor, lengt
     if (!Number.isInteger(n) || n < 1 || n > C)
       throw new ShapeError(`attentionDecode: length ${n} of row ${b} is outside [1, ${C}] (the cache capacity)`);
   });
-  return be.attentionDecode(q, kCache, vCache, lengths);
+  return kern.attentionDecode(q, kCache, vCache, lengths);
 }

@@ -1,19 +1,19 @@
 // Validation shared by the ops: every op checks its inputs here before any kernel runs, so a mistake surfaces as a
 // message naming the op and the shapes, never as a wrong answer or a crash inside a kernel.
 
-import type { Backend } from '../backend/backend.js';
+import type { Device } from '../backend/device.js';
 import { BackendError, DTypeError, ShapeError, formatShape } from '../errors.js';
 import type { DType } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
 
-/** The common backend of the inputs (also checks none is disposed). */
-export function backendOf(op: string, ...ts: Tensor[]): Backend {
+/** The common device of the inputs (also checks none is disposed). */
+export function deviceOf(op: string, ...ts: Tensor[]): Device {
   for (const t of ts) void t.storage; // throws DisposedError for a disposed input
-  const b = ts[0]!.backend;
+  const d = ts[0]!.device;
   for (const t of ts)
-    if (t.backend !== b)
-      throw new BackendError(`${op}: inputs live on different backends (${b.name} and ${t.backend.name})`);
-  return b;
+    if (t.device !== d)
+      throw new BackendError(`${op}: inputs live on different backends (${d.name} and ${t.device.name})`);
+  return d;
 }
 
 export function expectFloat(op: string, what: string, t: Tensor): void {

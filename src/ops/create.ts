@@ -1,6 +1,6 @@
 // Tensor creation on the default backend (or one passed in the options).
 
-import type { Backend } from '../backend/backend.js';
+import type { Device } from '../backend/device.js';
 import { getBackend } from '../backend/index.js';
 import type { DType } from '../tensor/dtype.js';
 import type { Rng } from '../tensor/random.js';
@@ -8,7 +8,7 @@ import { type Tensor, checkShape, shapeSize } from '../tensor/tensor.js';
 
 export interface CreateOptions {
   dtype?: DType;
-  backend?: Backend;
+  backend?: Device;
   requiresGrad?: boolean;
 }
 

@@ -3,7 +3,8 @@
 import { needsGrad, record } from '../autograd/tape.js';
 import { ShapeError, formatShape } from '../errors.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { backendOf, expectFloat, isSuffix, sameDType, sameShape } from './check.js';
+import { deviceOf, expectFloat, isSuffix, sameDType, sameShape } from './check.js';
+import { kernels } from '../backend/kernels.js';
 
 function checkBroadcast(op: string, a: Tensor, b: Tensor): void {
   expectFloat(op, 'a', a);
@@ -17,53 +18,57 @@ function checkBroadcast(op: string, a: Tensor, b: Tensor): void {
 
 /** a + b, where b's shape equals a's or is a suffix of it (broadcast over leading dims). */
 export function add(a: Tensor, b: Tensor): Tensor {
-  const be = backendOf('add', a, b);
+  const be = deviceOf('add', a, b);
+  const kern = kernels(be, a.dtype);
   checkBroadcast('add', a, b);
-  const y = be.binary('add', a, b);
+  const y = kern.binary('add', a, b);
   if (needsGrad(a, b))
     record('add', [a, b], [y], ([g]) => [
       a.requiresGrad ? be.view(g!, a.shape) : null,
-      b.requiresGrad ? (sameShape(a.shape, b.shape) ? be.view(g!, b.shape) : be.sumToShape(g!, b.shape)) : null,
+      b.requiresGrad ? (sameShape(a.shape, b.shape) ? be.view(g!, b.shape) : kern.sumToShape(g!, b.shape)) : null,
     ]);
   return y;
 }
 
 /** a * b elementwise, with b broadcast as in `add`. */
 export function mul(a: Tensor, b: Tensor): Tensor {
-  const be = backendOf('mul', a, b);
+  const be = deviceOf('mul', a, b);
+  const kern = kernels(be, a.dtype);
   checkBroadcast('mul', a, b);
-  const y = be.binary('mul', a, b);
+  const y = kern.binary('mul', a, b);
   if (needsGrad(a, b))
     record('mul', [a, b], [y], ([g]) => {
       let db: Tensor | null = null;
       if (b.requiresGrad) {
-        const ga = be.binary('mul', g!, a);
-        db = sameShape(a.shape, b.shape) ? ga : be.sumToShape(ga, b.shape);
+        const ga = kern.binary('mul', g!, a);
+        db = sameShape(a.shape, b.shape) ? ga : kern.sumToShape(ga, b.shape);
         if (db !== ga) ga.dispose();
       }
-      return [a.requiresGrad ? be.binary('mul', g!, b) : null, db];
+      return [a.requiresGrad ? kern.binary('mul', g!, b) : null, db];
     });
   return y;
 }
 
 /** alpha * a. */
 export function scale(a: Tensor, alpha: number): Tensor {
-  const be = backendOf('scale', a);
+  const be = deviceOf('scale', a);
+  const kern = kernels(be, a.dtype);
   expectFloat('scale', 'a', a);
-  const y = be.scale(a, alpha);
-  if (needsGrad(a)) record('scale', [a], [y], ([g]) => [be.scale(g!, alpha)]);
+  const y = kern.scale(a, alpha);
+  if (needsGrad(a)) record('scale', [a], [y], ([g]) => [kern.scale(g!, alpha)]);
   return y;
 }
 
 /** The sum of all elements, as a tensor of shape []. */
 export function sum(a: Tensor): Tensor {
-  const be = backendOf('sum', a);
+  const be = deviceOf('sum', a);
+  const kern = kernels(be, a.dtype);
   expectFloat('sum', 'a', a);
-  const y = be.sumToShape(a, []);
+  const y = kern.sumToShape(a, []);
   if (needsGrad(a))
     record('sum', [a], [y], ([g]) => {
       const zeros = be.zeros(a.shape, a.dtype);
-      const dx = be.binary('add', zeros, g!);
+      const dx = kern.binary('add', zeros, g!);
       zeros.dispose();
       return [dx];
     });
@@ -80,7 +85,8 @@ export interface MatmulOptions {
  * either with a's leading dims or rank 2, shared by every batch entry (then transA is not allowed). Result [..., M, N].
  */
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
-  const be = backendOf('matmul', a, b);
+  const be = deviceOf('matmul', a, b);
+  const kern = kernels(be, a.dtype);
   const transA = opts.transA ?? false;
   const transB = opts.transB ?? false;
   expectFloat('matmul', 'a', a);
@@ -97,21 +103,25 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     );
   if (shared && transA && a.rank > 2)
     throw new ShapeError('matmul: transA with a batched a and a rank-2 b is not supported');
-  const y = be.matmul(a, b, transA, transB);
+  const y = kern.matmul(a, b, transA, transB);
   if (needsGrad(a, b))
     record('matmul', [a, b], [y], ([g]) => {
       // C = op(A) op(B): d op(A) = G op(B)ᵀ, d op(B) = op(A)ᵀ G, transposed back where A or B was transposed.
-      const da = !a.requiresGrad ? null : transA ? be.matmul(b, g!, transB, true) : be.matmul(g!, b, false, !transB);
+      const da = !a.requiresGrad
+        ? null
+        : transA
+          ? kern.matmul(b, g!, transB, true)
+          : kern.matmul(g!, b, false, !transB);
       let db: Tensor | null = null;
       if (b.requiresGrad) {
         if (shared && a.rank > 2) {
           // b was shared by every batch entry: its gradient sums over them, one GEMM on the flattened rows.
           const a2 = be.view(a, [a.size / K, K]);
           const g2 = be.view(g!, [g!.size / g!.shape[g!.rank - 1]!, g!.shape[g!.rank - 1]!]);
-          db = transB ? be.matmul(g2, a2, true, false) : be.matmul(a2, g2, true, false);
+          db = transB ? kern.matmul(g2, a2, true, false) : kern.matmul(a2, g2, true, false);
           a2.dispose();
           g2.dispose();
-        } else db = transB ? be.matmul(g!, a, true, transA) : be.matmul(a, g!, !transA, false);
+        } else db = transB ? kern.matmul(g!, a, true, transA) : kern.matmul(a, g!, !transA, false);
       }
       return [da, db];
     });
@@ -120,7 +130,8 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
 
 /** y = x wᵀ + b, PyTorch's nn.Linear layout. x: [..., in], w: [out, in], b: [out] or null. One tape node. */
 export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
-  const be = backendOf('linear', x, w, ...(b ? [b] : []));
+  const be = deviceOf('linear', x, w, ...(b ? [b] : []));
+  const kern = kernels(be, x.dtype);
   expectFloat('linear', 'x', x);
   sameDType('linear', x, w);
   if (w.rank !== 2 || x.rank < 1 || x.shape[x.rank - 1] !== w.shape[1])
@@ -132,8 +143,8 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
   const [out, inp] = w.shape as [number, number];
   const rows = x.size / inp || 0;
   const x2 = be.view(x, [rows, inp]); // x2: [R, in]
-  const xw = be.matmul(x2, w, false, true); // [R, out]
-  const y2 = b ? be.binary('add', xw, b) : xw;
+  const xw = kern.matmul(x2, w, false, true); // [R, out]
+  const y2 = b ? kern.binary('add', xw, b) : xw;
   if (b) xw.dispose();
   const y = be.view(y2, [...x.shape.slice(0, -1), out]);
   y2.dispose();
@@ -141,16 +152,16 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
   if (needsGrad(x, w, b))
     record('linear', b ? [x, w, b] : [x, w], [y], ([g]) => {
       const g2 = be.view(g!, [rows, out]);
-      const gx = x.requiresGrad ? be.matmul(g2, w, false, false) : null; // [R, in]
+      const gx = x.requiresGrad ? kern.matmul(g2, w, false, false) : null; // [R, in]
       const dx = gx ? be.view(gx, x.shape) : null;
       gx?.dispose();
       let dw: Tensor | null = null;
       if (w.requiresGrad) {
         const xr = be.view(x, [rows, inp]);
-        dw = be.matmul(g2, xr, true, false); // [out, in]
+        dw = kern.matmul(g2, xr, true, false); // [out, in]
         xr.dispose();
       }
-      const db = b?.requiresGrad ? be.sumToShape(g2, [out]) : null;
+      const db = b?.requiresGrad ? kern.sumToShape(g2, [out]) : null;
       g2.dispose();
       return b ? [dx, dw, db] : [dx, dw];
     });

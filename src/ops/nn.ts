@@ -1,17 +1,18 @@
 // Neural-network ops: activations, normalisations, softmax, the fused cross-entropy loss and embedding lookup.
 
-import type { ActivationKind } from '../backend/backend.js';
+import type { ActivationKind } from '../backend/kernels.js';
 import { needsGrad, record } from '../autograd/tape.js';
 import { ShapeError, formatShape } from '../errors.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { backendOf, expectDType, expectFloat, expectShape, sameDType } from './check.js';
+import { deviceOf, expectDType, expectFloat, expectShape, sameDType } from './check.js';
+import { kernels } from '../backend/kernels.js';
 import type { Rng } from '../tensor/random.js';
 
 export function activation(kind: ActivationKind, x: Tensor): Tensor {
-  const be = backendOf(kind, x);
+  const kern = kernels(deviceOf(kind, x), x.dtype);
   expectFloat(kind, 'x', x);
-  const y = be.activation(kind, x);
-  if (needsGrad(x)) record(kind, [x], [y], ([g]) => [be.activationBackward(kind, x, g!)]);
+  const y = kern.activation(kind, x);
+  if (needsGrad(x)) record(kind, [x], [y], ([g]) => [kern.activationBackward(kind, x, g!)]);
   return y;
 }
 
@@ -28,17 +29,18 @@ function lastDim(op: string, x: Tensor): number {
 
 /** RMSNorm over the last dim: x / sqrt(mean(x²) + eps) · w. With w = null it is the per-head "group norm". */
 export function rmsNorm(x: Tensor, w: Tensor | null, eps: number): Tensor {
-  const be = backendOf('rmsNorm', x, ...(w ? [w] : []));
+  const be = deviceOf('rmsNorm', x, ...(w ? [w] : []));
+  const kern = kernels(be, x.dtype);
   expectFloat('rmsNorm', 'x', x);
   const d = lastDim('rmsNorm', x);
   if (w) {
     sameDType('rmsNorm', x, w);
     expectShape('rmsNorm', 'weight', w, [d]);
   }
-  const { y, rstd } = be.rmsNorm(x, w, eps);
+  const { y, rstd } = kern.rmsNorm(x, w, eps);
   if (needsGrad(x, w))
     record('rmsNorm', w ? [x, w] : [x], [y], ([g]) => {
-      const { dx, dw } = be.rmsNormBackward(x, w, rstd, g!);
+      const { dx, dw } = kern.rmsNormBackward(x, w, rstd, g!);
       return w ? [dx, dw] : [dx];
     });
   else rstd.dispose();
@@ -47,15 +49,16 @@ export function rmsNorm(x: Tensor, w: Tensor | null, eps: number): Tensor {
 
 /** LayerNorm over the last dim with weight and bias. */
 export function layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): Tensor {
-  const be = backendOf('layerNorm', x, w, b);
+  const be = deviceOf('layerNorm', x, w, b);
+  const kern = kernels(be, x.dtype);
   expectFloat('layerNorm', 'x', x);
   const d = lastDim('layerNorm', x);
   expectShape('layerNorm', 'weight', w, [d]);
   expectShape('layerNorm', 'bias', b, [d]);
-  const { y, mean, rstd } = be.layerNorm(x, w, b, eps);
+  const { y, mean, rstd } = kern.layerNorm(x, w, b, eps);
   if (needsGrad(x, w, b))
     record('layerNorm', [x, w, b], [y], ([g]) => {
-      const { dx, dw, db } = be.layerNormBackward(x, w, mean, rstd, g!);
+      const { dx, dw, db } = kern.layerNormBackward(x, w, mean, rstd, g!);
       return [dx, dw, db];
     });
   else {
@@ -67,11 +70,12 @@ export function layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): Tensor 
 
 /** Softmax over the last dim. */
 export function softmax(x: Tensor): Tensor {
-  const be = backendOf('softmax', x);
+  const be = deviceOf('softmax', x);
+  const kern = kernels(be, x.dtype);
   expectFloat('softmax', 'x', x);
   lastDim('softmax', x);
-  const y = be.softmax(x);
-  if (needsGrad(x)) record('softmax', [x], [y], ([g]) => [be.softmaxBackward(y, g!)]);
+  const y = kern.softmax(x);
+  if (needsGrad(x)) record('softmax', [x], [y], ([g]) => [kern.softmaxBackward(y, g!)]);
   return y;
 }
 
@@ -98,7 +102,8 @@ export function countTargets(targets: ArrayLike<number>, ignoreIndex = -100): nu
  */
 export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropyOptions = {}): Tensor {
   const ignoreIndex = opts.ignoreIndex ?? -100;
-  const be = backendOf('crossEntropy', logits, targets);
+  const be = deviceOf('crossEntropy', logits, targets);
+  const kern = kernels(be, logits.dtype);
   expectFloat('crossEntropy', 'logits', logits);
   expectDType('crossEntropy', 'targets', targets, 'int32');
   const V = lastDim('crossEntropy', logits);
@@ -106,21 +111,21 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
   const N = targets.size;
   const logits2 = be.view(logits, [N, V]);
   const targets1 = be.view(targets, [N]);
-  const { loss, lse } = be.crossEntropy(logits2, targets1, ignoreIndex);
+  const { loss, lse } = kern.crossEntropy(logits2, targets1, ignoreIndex);
   const count = opts.count ?? countTargets(be.read(targets1), ignoreIndex);
   if (!Number.isInteger(count) || count < 0 || count > N)
     throw new ShapeError(`crossEntropy: count ${count} of non-ignored targets is not in [0, ${N}]`);
-  const total = be.sumToShape(loss, []);
+  const total = kern.sumToShape(loss, []);
   loss.dispose();
-  const y = be.scale(total, count > 0 ? 1 / count : 0);
+  const y = kern.scale(total, count > 0 ? 1 / count : 0);
   total.dispose();
   if (needsGrad(logits))
     record('crossEntropy', [logits], [y], ([g]) => {
       // g: [] stays on the device; each row's gradient is g / count (the kernel zeroes the ignored rows).
       const perRow = be.fromData(new Array<number>(N).fill(count > 0 ? 1 / count : 0), [N], logits.dtype);
-      const gRows = be.binary('mul', perRow, g!);
+      const gRows = kern.binary('mul', perRow, g!);
       perRow.dispose();
-      const d2 = be.crossEntropyBackward(logits2, targets1, lse, gRows, ignoreIndex);
+      const d2 = kern.crossEntropyBackward(logits2, targets1, lse, gRows, ignoreIndex);
       gRows.dispose();
       const dx = be.view(d2, logits.shape);
       d2.dispose();
@@ -136,12 +141,13 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
 
 /** Rows of table [V, D] picked by int32 ids [...] -> [..., D]. */
 export function embedding(table: Tensor, ids: Tensor): Tensor {
-  const be = backendOf('embedding', table, ids);
+  const be = deviceOf('embedding', table, ids);
+  const kern = kernels(be, table.dtype);
   expectFloat('embedding', 'table', table);
   expectDType('embedding', 'ids', ids, 'int32');
   if (table.rank !== 2) throw new ShapeError(`embedding: table must be [V, D], got ${formatShape(table.shape)}`);
-  const y = be.embedding(table, ids);
-  if (needsGrad(table)) record('embedding', [table], [y], ([g]) => [be.embeddingBackward(g!, ids, table.shape[0]!)]);
+  const y = kern.embedding(table, ids);
+  if (needsGrad(table)) record('embedding', [table], [y], ([g]) => [kern.embeddingBackward(g!, ids, table.shape[0]!)]);
   return y;
 }
 
@@ -150,14 +156,15 @@ export function embedding(table: Tensor, ids: Tensor): Tensor {
  * decision covers whole rows of the leading dim (stochastic depth / drop path). Identity when p = 0.
  */
 export function dropout(x: Tensor, p: number, rng: Rng, perRow = false): Tensor {
-  const be = backendOf('dropout', x);
+  const be = deviceOf('dropout', x);
+  const kern = kernels(be, x.dtype);
   expectFloat('dropout', 'x', x);
   if (!(p >= 0 && p < 1)) throw new ShapeError(`dropout: probability ${p} is not in [0, 1)`);
   // One 32-bit seed per mask from the caller's generator (host); the mask itself comes from a seeded kernel.
   const rowSize = perRow && x.rank > 0 ? Math.max(1, x.size / (x.shape[0] || 1)) : 1;
-  const m = be.dropoutMask(x.shape, p, rng.nextU32(), rowSize, x.dtype);
-  const y = be.binary('mul', x, m);
-  if (needsGrad(x)) record('dropout', [x], [y], ([g]) => [be.binary('mul', g!, m)]);
+  const m = kern.dropoutMask(x, p, rng.nextU32(), rowSize);
+  const y = kern.binary('mul', x, m);
+  if (needsGrad(x)) record('dropout', [x], [y], ([g]) => [kern.binary('mul', g!, m)]);
   else m.dispose();
   return y;
 }

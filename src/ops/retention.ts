@@ -3,13 +3,13 @@
 // fla's and ggml's do: a call may continue a state per sequence, return the state after each sequence, and take
 // packed sequences of different lengths (docs/retention.md).
 
-import type { RetentionForm, RetentionState } from '../backend/backend.js';
+import { type RetentionForm, type RetentionState, kernels } from '../backend/kernels.js';
 import { needsGrad, record } from '../autograd/tape.js';
 import { RetnetError, ShapeError, formatShape } from '../errors.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { backendOf, expectFloat, expectShape, sameDType } from './check.js';
+import { deviceOf, expectFloat, expectShape, sameDType } from './check.js';
 
-export type { RetentionState } from '../backend/backend.js';
+export type { RetentionState } from '../backend/kernels.js';
 
 export interface RetentionOptions {
   /** Chunk size of the chunkwise form (any positive size; it need not divide T). */
@@ -49,7 +49,8 @@ export function retentionForward(
   opts: RetentionOptions = {},
 ): { o: Tensor; finalState: RetentionState | null } {
   const op = 'retention';
-  const be = backendOf(op, q, k, v);
+  const be = deviceOf(op, q, k, v);
+  const kern = kernels(be, q.dtype);
   expectFloat(op, 'q', q);
   sameDType(op, q, k);
   sameDType(op, q, v);
@@ -76,7 +77,7 @@ export function retentionForward(
   const N = segments ? segments.length : B;
   const initialState = opts.initialState ?? null;
   if (initialState) {
-    backendOf(op, q, initialState.state, initialState.scale);
+    deviceOf(op, q, initialState.state, initialState.scale);
     sameDType(op, q, initialState.state);
     sameDType(op, q, initialState.scale);
     expectShape(op, 'initialState.state', initialState.state, [N, H, K, V]);
@@ -89,7 +90,7 @@ export function retentionForward(
         'run it without gradients (noGrad), or train on whole sequences',
     );
   const normalize = opts.normalize ?? true;
-  const { o, r, finalState } = be.retentionForward(form, q, k, v, gammas, {
+  const { o, r, finalState } = kern.retentionForward(form, q, k, v, gammas, {
     chunkSize,
     normalize,
     initialState,
@@ -98,7 +99,7 @@ export function retentionForward(
   });
   if (differentiable)
     record(`retention.${form}`, [q, k, v], [o], ([g]) => {
-      const { dq, dk, dv } = be.retentionBackward(form, q, k, v, gammas, r, g!, chunkSize);
+      const { dq, dk, dv } = kern.retentionBackward(form, q, k, v, gammas, r, g!, chunkSize);
       return [dq, dk, dv];
     });
   else r.dispose();
@@ -129,7 +130,7 @@ export function retentionStep(
   gammas: readonly number[],
   normalize = true,
 ): Tensor {
-  const be = backendOf('retentionStep', q, k, v, state, scale);
+  const kern = kernels(deviceOf('retentionStep', q, k, v, state, scale), q.dtype);
   if (q.rank !== 3) throw new ShapeError(`retentionStep: q must be [B, H, K], got ${formatShape(q.shape)}`);
   const [B, H, K] = q.shape as [number, number, number];
   expectShape('retentionStep', 'k', k, q.shape);
@@ -138,5 +139,5 @@ export function retentionStep(
   expectShape('retentionStep', 'state', state, [B, H, K, v.shape[2]!]);
   expectShape('retentionStep', 'scale', scale, [B, H]);
   checkGammas('retentionStep', gammas, H);
-  return be.retentionStep(q, k, v, state, scale, gammas, normalize);
+  return kern.retentionStep(q, k, v, state, scale, gammas, normalize);
 }

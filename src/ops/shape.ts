@@ -3,11 +3,12 @@
 import { type BackwardFn, needsGrad, record } from '../autograd/tape.js';
 import { ShapeError, formatShape } from '../errors.js';
 import { type Tensor, shapeSize } from '../tensor/tensor.js';
-import { backendOf, normalizeAxis } from './check.js';
+import { deviceOf, normalizeAxis } from './check.js';
+import { kernels } from '../backend/kernels.js';
 
 /** Reshape to `shape` (one entry may be -1). Shares storage with x. */
 export function reshape(x: Tensor, shape: readonly number[]): Tensor {
-  const b = backendOf('reshape', x);
+  const b = deviceOf('reshape', x);
   const free = shape.indexOf(-1);
   const resolved = [...shape];
   if (free >= 0) {
@@ -27,16 +28,17 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
 
 /** Reorders the axes: result axis i is x's axis perm[i]. */
 export function permute(x: Tensor, perm: readonly number[]): Tensor {
-  const b = backendOf('permute', x);
+  const b = deviceOf('permute', x);
+  const kern = kernels(b, x.dtype);
   if (perm.length !== x.rank || [...perm].sort((p, q) => p - q).some((p, i) => p !== i))
     throw new ShapeError(
       `permute: [${perm.join(', ')}] is not a permutation of the ${x.rank} axes of ${formatShape(x.shape)}`,
     );
-  const y = b.permute(x, perm);
+  const y = kern.permute(x, perm);
   if (needsGrad(x)) {
     const inverse = new Array<number>(perm.length);
     perm.forEach((p, i) => (inverse[p] = i));
-    record('permute', [x], [y], ([g]) => [b.permute(g!, inverse)]);
+    record('permute', [x], [y], ([g]) => [kern.permute(g!, inverse)]);
   }
   return y;
 }
@@ -60,7 +62,8 @@ function axisGeometry(shape: readonly number[], axis: number): { outer: number; 
 
 /** Elements [start, end) along `axis`. */
 export function slice(x: Tensor, axis: number, start: number, end: number): Tensor {
-  const b = backendOf('slice', x);
+  const b = deviceOf('slice', x);
+  const kern = kernels(b, x.dtype);
   const ax = normalizeAxis('slice', axis, x.rank);
   const n = x.shape[ax]!;
   if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > n || start > end)
@@ -70,11 +73,11 @@ export function slice(x: Tensor, axis: number, start: number, end: number): Tens
   const y = b.zeros(outShape, x.dtype);
   const { outer, inner } = axisGeometry(x.shape, ax);
   const len = (end - start) * inner;
-  b.copyBlocks(x, start * inner, n * inner, y, 0, len, outer, len);
+  kern.copyBlocks(x, start * inner, n * inner, y, 0, len, outer, len);
   if (needsGrad(x))
     record('slice', [x], [y], ([g]) => {
       const dx = b.zeros(x.shape, x.dtype);
-      b.copyBlocks(g!, 0, len, dx, start * inner, n * inner, outer, len);
+      kern.copyBlocks(g!, 0, len, dx, start * inner, n * inner, outer, len);
       return [dx];
     });
   return y;
@@ -83,7 +86,8 @@ export function slice(x: Tensor, axis: number, start: number, end: number): Tens
 /** Joins tensors along `axis`; all other dims must agree. */
 export function concat(xs: readonly Tensor[], axis: number): Tensor {
   if (xs.length === 0) throw new ShapeError('concat: no tensors given');
-  const b = backendOf('concat', ...xs);
+  const b = deviceOf('concat', ...xs);
+  const kern = kernels(b, xs[0]!.dtype);
   const first = xs[0]!;
   const ax = normalizeAxis('concat', axis, first.rank);
   for (const t of xs) {
@@ -103,7 +107,7 @@ export function concat(xs: readonly Tensor[], axis: number): Tensor {
   for (const t of xs) {
     offsets.push(offset);
     const len = t.shape[ax]! * inner;
-    b.copyBlocks(t, 0, len, y, offset * inner, total * inner, outer, len);
+    kern.copyBlocks(t, 0, len, y, offset * inner, total * inner, outer, len);
     offset += t.shape[ax]!;
   }
   if (needsGrad(...xs)) {
@@ -112,7 +116,7 @@ export function concat(xs: readonly Tensor[], axis: number): Tensor {
         if (!t.requiresGrad) return null;
         const dx = b.zeros(t.shape, t.dtype);
         const len = t.shape[ax]! * inner;
-        b.copyBlocks(g!, offsets[i]! * inner, total * inner, dx, 0, len, outer, len);
+        kern.copyBlocks(g!, offsets[i]! * inner, total * inner, dx, 0, len, outer, len);
         return dx;
       });
     record('concat', [...xs], [y], backwardFn);

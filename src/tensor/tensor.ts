@@ -1,8 +1,8 @@
-// Tensor: a shape, a dtype and a reference-counted storage owned by a backend. Tensors are contiguous and row-major;
+// Tensor: a shape, a dtype and a reference-counted storage owned by a device. Tensors are contiguous and row-major;
 // ops that change the layout (permute) copy. Autograd state lives here too: `requiresGrad`, `grad` for leaves, and
 // `fromOp` marking tensors produced by a recorded op.
 
-import type { Backend } from '../backend/backend.js';
+import type { Device } from '../backend/device.js';
 import { DisposedError, ShapeError, formatShape } from '../errors.js';
 import type { DType, DataArray } from './dtype.js';
 import { trackTensor } from './scope.js';
@@ -33,7 +33,7 @@ export class Tensor {
   private storageRef: Storage | null;
 
   constructor(
-    readonly backend: Backend,
+    readonly device: Device,
     storage: Storage,
     readonly shape: readonly number[],
     readonly dtype: DType,
@@ -72,9 +72,14 @@ export class Tensor {
     this.grad = null;
   }
 
-  /** A host copy of the elements. */
+  /** A host copy of the elements (synchronous: for the host devices; see `dataAsync`). */
   data(): DataArray {
-    return this.backend.read(this);
+    return this.device.read(this);
+  }
+
+  /** A host copy of the elements, without blocking on a device that computes asynchronously. */
+  dataAsync(): Promise<DataArray> {
+    return this.device.readAsync(this);
   }
 
   toArray(): number[] {
@@ -89,6 +94,6 @@ export class Tensor {
   }
 
   toString(): string {
-    return `Tensor(${this.dtype}, ${formatShape(this.shape)}, ${this.backend.name})`;
+    return `Tensor(${this.dtype}, ${formatShape(this.shape)}, ${this.device.name})`;
   }
 }

@@ -9,7 +9,7 @@ import { type Batch, type ShardReader, sequentialBatches } from './data.js';
 
 /** A batch as int32 tensors [rows, T] on the model's backend. */
 export function batchTensors(model: CausalLM, batch: Batch, T: number): { ids: Tensor; targets: Tensor } {
-  const be = model.parameters()[0]!.backend;
+  const be = model.parameters()[0]!.device;
   return {
     ids: be.fromData(batch.inputs, [batch.rows, T], 'int32'),
     targets: be.fromData(batch.targets, [batch.rows, T], 'int32'),

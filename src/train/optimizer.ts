@@ -2,11 +2,12 @@
 // applied only to matrices (linear and embedding weights); norm gains and biases (rank < 2) are not decayed. The
 // update runs in the backend's fused adamw kernel; global-norm clipping is folded into it as a gradient scale.
 
-import type { Backend } from '../backend/backend.js';
+import type { Device } from '../backend/device.js';
 import { FormatError } from '../errors.js';
 import type { TensorToSave } from '../io/safetensors.js';
 import { keep } from '../tensor/scope.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { kernelsOf } from '../backend/kernels.js';
 
 export interface AdamWConfig {
   beta1: number;
@@ -51,18 +52,18 @@ export class AdamW {
 
   /**
    * The global L2 norm of all gradients (parameters without a gradient count as zero): one fused kernel call per
-   * backend, so a step reads one number from the device here, not one per parameter.
+   * device, so a step reads one number from the device here, not one per parameter.
    */
   gradNorm(): number {
-    const byBackend = new Map<Backend, Tensor[]>();
+    const byDevice = new Map<Device, Tensor[]>();
     for (const s of this.slots)
       if (s.param.grad) {
-        const list = byBackend.get(s.param.backend) ?? [];
+        const list = byDevice.get(s.param.device) ?? [];
         list.push(s.param.grad);
-        byBackend.set(s.param.backend, list);
+        byDevice.set(s.param.device, list);
       }
     let sum = 0;
-    for (const [be, grads] of byBackend) sum += be.sumSquares(grads);
+    for (const grads of byDevice.values()) sum += kernelsOf(grads[0]!).sumSquares(grads);
     return Math.sqrt(sum);
   }
 
@@ -75,11 +76,11 @@ export class AdamW {
     for (const s of this.slots) {
       const { param } = s;
       if (!param.grad) continue;
-      const be: Backend = param.backend;
+      const be: Device = param.device;
       // Moments live as long as the optimizer, whatever scope the update runs in.
       s.m ??= keep(be.zeros(param.shape, param.dtype));
       s.v ??= keep(be.zeros(param.shape, param.dtype));
-      be.adamw(param, param.grad, s.m, s.v, {
+      kernelsOf(param).adamw(param, param.grad, s.m, s.v, {
         lr,
         beta1: this.config.beta1,
         beta2: this.config.beta2,
@@ -129,7 +130,7 @@ export class AdamW {
           throw new FormatError(
             `${source}: ${what}.${s.name} has shape [${t.shape.join(', ')}], the parameter [${s.param.shape.join(', ')}]`,
           );
-      const be = s.param.backend;
+      const be = s.param.device;
       s.m = keep(be.fromData(m.data, s.param.shape, s.param.dtype));
       s.v = keep(be.fromData(v.data, s.param.shape, s.param.dtype));
     }

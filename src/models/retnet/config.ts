@@ -2,7 +2,7 @@
 // is torchscale's RetNetConfig JSON (snake_case keys, spec §1) plus "arch": "retnet", so torchscale's own config.json
 // loads as it is and ours loads in torchscale.
 
-import type { ActivationKind, RetentionForm, RotaryPairs } from '../../backend/backend.js';
+import type { ActivationKind, RetentionForm, RotaryPairs } from '../../backend/kernels.js';
 import { ConfigError } from '../../errors.js';
 import { SIZE_BOUNDS, checkSize } from '../bounds.js';
 

@@ -239,3 +239,33 @@ export function splitFusedGateProj(values: Values, ffnDim: number, source: strin
   }
   return out;
 }
+
+/**
+ * Every parameter of a RetNet in fla's format as [fla name, shape], in the model's order, without building the model
+ * (the 1.3B stand-in writes 1.35 B values it never holds as one model). Must list what RetNetModel.namedParameters
+ * does; test/fla.test.ts checks that it does.
+ */
+export function flaParameterShapes(c: RetNetConfig): [string, number[]][] {
+  const { embedDim: D, keyDim: dk, valueDim: dv, ffnDim: I, vocabSize } = c;
+  const G = c.heads / c.kvHeads;
+  const ours: [string, number[]][] = [['embed_tokens.weight', [vocabSize, D]]];
+  for (let l = 0; l < c.layers; l++) {
+    const p = `layers.${l}.`;
+    ours.push(
+      [`${p}retention.q_proj.weight`, [dk, D]],
+      [`${p}retention.k_proj.weight`, [dk / G, D]],
+      [`${p}retention.v_proj.weight`, [dv / G, D]],
+      ...(c.outputGate ? [[`${p}retention.g_proj.weight`, [dv, D]] as [string, number[]]] : []),
+      [`${p}retention.out_proj.weight`, [D, dv]],
+      ...(c.groupNormWeight ? [[`${p}retention.group_norm.weight`, [dv / c.heads]] as [string, number[]]] : []),
+      [`${p}retention_layer_norm.weight`, [D]],
+      [`${p}ffn.fc1.weight`, [I, D]],
+      [`${p}ffn.fc2.weight`, [D, I]],
+      [`${p}ffn.gate.weight`, [I, D]],
+      [`${p}final_layer_norm.weight`, [D]],
+    );
+  }
+  ours.push(['layer_norm.weight', [D]]);
+  if (!c.tiedEmbeddings) ours.push(['output_projection.weight', [vocabSize, D]]);
+  return ours.map(([n, s]) => [flaParamName(c, n), s]);
+}

@@ -3,10 +3,10 @@
 // state_dict keys, so checkpoints move both ways. Full sequences run in the parallel or chunkwise form; decoding runs
 // the recurrent form from a DecodeState whose size depends only on the config.
 
-import type { Backend } from '../../backend/backend.js';
+import type { Device } from '../../backend/device.js';
 import { getBackend } from '../../backend/index.js';
-import { retentionGammas } from '../../backend/retention-math.js';
-import type { RetentionForm, RotaryPairs } from '../../backend/backend.js';
+import { retentionGammas } from '../../backend/reference/retention-math.js';
+import { type RetentionForm, type RotaryPairs, kernelsOf } from '../../backend/kernels.js';
 import { gradEnabled, noGrad } from '../../autograd/tape.js';
 import { ShapeError } from '../../errors.js';
 import type { DType } from '../../tensor/dtype.js';
@@ -26,7 +26,7 @@ import { type RetNetConfig, headDims, validateRetNetConfig } from './config.js';
 import { flaParamName, splitFusedGateProj } from './fla.js';
 
 export interface RetNetOptions {
-  backend?: Backend;
+  backend?: Device;
   dtype?: DType;
   /** Seed of the initial weights. */
   seed?: number;
@@ -92,7 +92,7 @@ function gatherRow(t: Tensor, b: number, runs: readonly [number, number][]): Ten
 function scatterRows(rows: readonly Tensor[], padding: Padding, T: number): Tensor {
   const first = rows[0]!;
   const tail = first.shape.slice(2);
-  const be = first.backend;
+  const be = first.device;
   const pieces: Tensor[] = [];
   const out = concat(
     rows.map((r, b) => {
@@ -137,7 +137,7 @@ export function rotaryAngles(
 
 /** cos/sin tables for the given positions: [N, K], or [B, N/B, K] per row when `perRow` (default B = N). */
 export function rotaryTables(
-  be: Backend,
+  be: Device,
   dtype: DType,
   angles: Float64Array,
   positions: readonly number[],
@@ -450,8 +450,8 @@ export class RetNetDecodeState implements DecodeState {
   rows(rows: readonly number[]): RetNetDecodeState {
     const copy = (t: Tensor) => {
       const per = t.size / this.batch;
-      const out = t.backend.zeros([rows.length, ...t.shape.slice(1)], t.dtype);
-      rows.forEach((r, i) => t.backend.copyBlocks(t, r * per, 0, out, i * per, 0, 1, per));
+      const out = t.device.zeros([rows.length, ...t.shape.slice(1)], t.dtype);
+      rows.forEach((r, i) => kernelsOf(t).copyBlocks(t, r * per, 0, out, i * per, 0, 1, per));
       return out;
     };
     return new RetNetDecodeState(
@@ -465,7 +465,7 @@ export class RetNetDecodeState implements DecodeState {
   setRows(rows: readonly number[], from: RetNetDecodeState): void {
     const put = (src: Tensor, dst: Tensor) => {
       const per = src.size / from.batch;
-      rows.forEach((r, i) => dst.backend.copyBlocks(src, i * per, 0, dst, r * per, 0, 1, per));
+      rows.forEach((r, i) => kernelsOf(dst).copyBlocks(src, i * per, 0, dst, r * per, 0, 1, per));
     };
     from.states.forEach((t, l) => put(t, this.states[l]!));
     from.scales.forEach((t, l) => put(t, this.scales[l]!));
@@ -481,7 +481,7 @@ export class RetNetDecodeState implements DecodeState {
         noGrad(() =>
           tidy(() =>
             rows.length === 0
-              ? t.backend.zeros([0, ...t.shape.slice(1)], t.dtype)
+              ? t.device.zeros([0, ...t.shape.slice(1)], t.dtype)
               : concat(
                   rows.map((r) => slice(t, 0, r, r + 1)),
                   0,
@@ -541,7 +541,7 @@ export class RetNetModel extends Module implements CausalLM {
   readonly layers: RetNetLayer[];
   readonly layerNorm: RMSNorm | null;
   readonly outputProjection: Linear;
-  readonly backend: Backend;
+  readonly backend: Device;
   readonly dtype: DType;
   private readonly angles: Float64Array;
   /** Draws dropout masks (training only). */
@@ -730,8 +730,8 @@ export class RetNetModel extends Module implements CausalLM {
     const state = this.emptyState(batch);
     state.positions = new Array<number>(batch).fill(length);
     const sums = this.layers[0]!.retention.gammas.map((g) => (1 - g ** length) / (1 - g));
-    for (const t of state.states) t.backend.write(t, tiledNormal(rng, t.size, K ** -0.5));
-    for (const t of state.scales) t.backend.write(t, Array.from({ length: batch }, () => sums).flat());
+    for (const t of state.states) t.device.write(t, tiledNormal(rng, t.size, K ** -0.5));
+    for (const t of state.scales) t.device.write(t, Array.from({ length: batch }, () => sums).flat());
     return state;
   }
 
@@ -749,7 +749,7 @@ export class RetNetModel extends Module implements CausalLM {
         throw new ShapeError(
           `decode state: '${name}' has shape [${v.shape.join(', ')}], expected [${t.shape.join(', ')}]`,
         );
-      t.backend.write(t, v.data);
+      t.device.write(t, v.data);
     };
     this.layers.forEach((_, l) => {
       fill(`layers.${l}.state`, state.states[l]!);

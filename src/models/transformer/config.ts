@@ -2,7 +2,7 @@
 // presets and the exact parameter count. On disk (config.json) it uses torchscale-style snake_case keys plus
 // "arch": "transformer".
 
-import type { AttentionAlgorithm } from '../../backend/backend.js';
+import type { AttentionAlgorithm } from '../../backend/kernels.js';
 import { ConfigError } from '../../errors.js';
 import { checkSize } from '../bounds.js';
 import { RETNET_PRESETS, type RetNetConfig } from '../retnet/config.js';

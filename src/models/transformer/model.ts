@@ -3,7 +3,7 @@
 // feed-forward. Full sequences run the naive or the FlashAttention kernel; decoding keeps a KV cache per layer.
 // Parameter names follow PyTorch/fairseq (`layers.0.self_attn.q_proj.weight`).
 
-import type { AttentionAlgorithm } from '../../backend/backend.js';
+import type { AttentionAlgorithm } from '../../backend/kernels.js';
 import { ShapeError } from '../../errors.js';
 import { attentionDecode, causalAttention } from '../../ops/attention.js';
 import { rotary } from '../../ops/rotary.js';
@@ -17,6 +17,7 @@ import type { Tensor } from '../../tensor/tensor.js';
 import { Decoder, type DecoderOptions, type Mixer, release } from '../decoder.js';
 import type { DecodeState } from '../lm.js';
 import { type TransformerConfig, validateTransformerConfig } from './config.js';
+import { kernelsOf } from '../../backend/kernels.js';
 
 export type TransformerOptions = DecoderOptions;
 
@@ -62,9 +63,9 @@ export class TransformerDecodeState implements DecodeState {
   private rebuild(rows: readonly number[], C: number): void {
     const copy = (t: Tensor) => {
       const [, H, oldC, K] = t.shape as [number, number, number, number];
-      const out = keep(t.backend.zeros([rows.length, H, C, K], t.dtype));
+      const out = keep(t.device.zeros([rows.length, H, C, K], t.dtype));
       const len = Math.min(oldC, C) * K;
-      rows.forEach((r, i) => t.backend.copyBlocks(t, r * H * oldC * K, oldC * K, out, i * H * C * K, C * K, H, len));
+      rows.forEach((r, i) => kernelsOf(t).copyBlocks(t, r * H * oldC * K, oldC * K, out, i * H * C * K, C * K, H, len));
       t.dispose();
       return out;
     };
@@ -77,10 +78,10 @@ export class TransformerDecodeState implements DecodeState {
     const C = capacityFor(T);
     // Per (row, head), T vectors H·K apart become contiguous.
     const cache = (t: Tensor) => {
-      const out = keep(t.backend.zeros([B, H, C, K], t.dtype));
+      const out = keep(t.device.zeros([B, H, C, K], t.dtype));
       for (let b = 0; b < B; b++)
         for (let h = 0; h < H; h++)
-          t.backend.copyBlocks(t, (b * T * H + h) * K, H * K, out, (b * H + h) * C * K, K, T, K);
+          kernelsOf(t).copyBlocks(t, (b * T * H + h) * K, H * K, out, (b * H + h) * C * K, K, T, K);
       return out;
     };
     this.keys[l]!.dispose();
@@ -108,7 +109,7 @@ export class TransformerDecodeState implements DecodeState {
     ] as const) {
       const [B, , H, K] = src.shape as [number, number, number, number];
       for (let b = 0; b < B; b++)
-        src.backend.copyBlocks(src, b * H * K, K, cache, b * H * C * K + this.positions[b]! * K, C * K, H, K);
+        kernelsOf(src).copyBlocks(src, b * H * K, K, cache, b * H * C * K + this.positions[b]! * K, C * K, H, K);
     }
   }
 
@@ -128,12 +129,12 @@ export class TransformerDecodeState implements DecodeState {
     const C = Math.max(this.capacity, other.capacity);
     const join = (a: Tensor, b: Tensor) => {
       const [B1, H, , K] = a.shape as [number, number, number, number];
-      const out = keep(a.backend.zeros([B1 + b.shape[0]!, H, C, K], a.dtype));
+      const out = keep(a.device.zeros([B1 + b.shape[0]!, H, C, K], a.dtype));
       // Each source row (H blocks of its capacity · K) goes to its row of out, blocks C · K apart.
       [a, b].forEach((src, part) => {
         const [B, , Cs] = src.shape as [number, number, number];
         for (let r = 0; r < B; r++)
-          src.backend.copyBlocks(src, r * H * Cs * K, Cs * K, out, (part * B1 + r) * H * C * K, C * K, H, Cs * K);
+          kernelsOf(src).copyBlocks(src, r * H * Cs * K, Cs * K, out, (part * B1 + r) * H * C * K, C * K, H, Cs * K);
       });
       a.dispose();
       return out;
@@ -295,7 +296,7 @@ export class TransformerModel extends Decoder<SelfAttention, TransformerDecodeSt
     const C = capacityFor(length + 1);
     const make = () => {
       const t = this.backend.zeros([batch, H, C, K], this.dtype);
-      t.backend.write(t, tiledNormal(rng, t.size, 1));
+      t.device.write(t, tiledNormal(rng, t.size, 1));
       return t;
     };
     const keys = this.layers.map(make);

@@ -14,6 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include "codes.h"
+
 namespace retnet {
 
 using KernelFn = Napi::Value (*)(const Napi::CallbackInfo&);

@@ -1,7 +1,7 @@
 // Retention math shared by the backends' reference code: the decay sums and per-head constants of spec §3/§5, and
 // the plain-loop definition of each form used by the reference backend. Everything here is float64.
 
-import type { RetentionForm } from './backend.js';
+import type { RetentionForm } from '../kernels.js';
 
 /** γ_h = 1 − 2^(−5−h) (paper Eq. 8; torchscale's RetNetRelPos). */
 export function retentionGammas(heads: number): number[] {

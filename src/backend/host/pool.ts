@@ -4,8 +4,8 @@
 // ones are taken from here first. The pool holds at most `capacityBytes`; the oldest buffers go first. Memory
 // accounting (MemoryTracker) counts live tensors only; `pooledBytes` is reported beside it.
 
-import type { DType, DataArray } from './dtype.js';
-import { allocArray, bytesPerElement } from './dtype.js';
+import type { DType, DataArray } from '../../tensor/dtype.js';
+import { allocArray, bytesPerElement } from '../../tensor/dtype.js';
 
 // Arrays under 16 KiB are not pooled: V8 allocates them in about 0.4 us or less (a pooled one costs ~0.1 us; a fresh
 // 16 KiB array ~1.2 us, 64 KiB ~3 us). They are made by the typed-array constructor, not over an explicit

@@ -15,7 +15,7 @@ namespace retnet {
 
 namespace {
 
-enum class Work { ParallelForward, ChunkwiseForward, ParallelBackward, ChunkwiseBackward };
+using Work = codes::RetentionWork;
 
 // Floats of scratch one head needs (T: the longest sequence).
 int64_t workspacePerHead(Work w, int64_t T, int64_t K, int64_t V, int64_t C) {
@@ -467,13 +467,13 @@ static Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionStep", RetentionStep);
 
-// retentionWorkspace(kernel, B, H, T, K, V, C) -> floats of workspace the kernel needs (kernel 0..3: parallel
-// forward, chunkwise forward, parallel backward, chunkwise backward; B: the sequences of a forward call).
+// retentionWorkspace(kernel, B, H, T, K, V, C) -> floats of workspace the kernel needs (kernel a
+// codes::RetentionWork; B: the sequences of a forward call).
 static Napi::Value RetentionWorkspace(const Napi::CallbackInfo& info) {
   int64_t floats = 0;
   Napi::Value r = guard(info, [&] {
     int64_t kind = dim(info, 0, "kernel");
-    if (kind > 3) throw ArgError{"retentionWorkspace: kernel must be 0..3"};
+    if (kind >= codes::kRetentionWorkCount) throw ArgError{"retentionWorkspace: unknown kernel kind"};
     int64_t B = dim(info, 1, "B"), H = dim(info, 2, "H"), T = dim(info, 3, "T"), K = dim(info, 4, "K"),
             V = dim(info, 5, "V"), C = dim(info, 6, "C");
     floats = workSlots(B * H) * workspacePerHead(static_cast<Work>(kind), T, K, V, C);

@@ -61,4 +61,4 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 
 static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return retnet::Init(env, exports); }
 
-NODE_API_MODULE(retnet_native, InitAddon)
+NODE_API_MODULE(retnet_cpu, InitAddon)

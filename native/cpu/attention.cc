@@ -24,7 +24,7 @@ namespace {
 // took 312 ms.
 constexpr int64_t kTile = 64;
 
-enum class Work { NaiveForward, NaiveBackward, FlashForward, FlashBackward, Decode };
+using Work = codes::AttentionWork;
 
 int64_t blocks(int64_t T) { return (T + kTile - 1) / kTile; }
 
@@ -326,13 +326,13 @@ static Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("attentionDecode", AttentionDecode);
 
-// attentionWorkspace(kernel, B, H, T, V) -> floats of workspace the kernel needs (kernel 0..4: naive forward, naive
-// backward, flash forward, flash backward, decode with T = cache capacity).
+// attentionWorkspace(kernel, B, H, T, V) -> floats of workspace the kernel needs (kernel a codes::AttentionWork; T is
+// the cache capacity for Decode).
 static Napi::Value AttentionWorkspace(const Napi::CallbackInfo& info) {
   int64_t floats = 0;
   Napi::Value r = guard(info, [&] {
     int64_t kind = dim(info, 0, "kernel");
-    if (kind > 4) throw ArgError{"attentionWorkspace: kernel must be 0..4"};
+    if (kind >= codes::kAttentionWorkCount) throw ArgError{"attentionWorkspace: unknown kernel kind"};
     int64_t B = dim(info, 1, "B"), H = dim(info, 2, "H"), T = dim(info, 3, "T"), V = dim(info, 4, "V");
     Work w = static_cast<Work>(kind);
     floats = workSlots(workItems(w, B, H, T)) * workspacePerItem(w, T, V);

@@ -8,13 +8,13 @@
 
 namespace retnet {
 
-// binary(op, a, b, out, n, m): out[i] = a[i] (op) b[i % m]; op 0 = add, 1 = mul. m divides n (b is a shape suffix).
+// binary(op, a, b, out, n, m): out[i] = a[i] (op) b[i % m], op a codes::BinaryOp. m divides n (b is a shape suffix).
 static Napi::Value Binary(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     int64_t op = dim(info, 0, "op");
     auto a = f32(info, 1, "a"), b = f32(info, 2, "b"), out = f32(info, 3, "out");
     int64_t n = dim(info, 4, "n"), m = dim(info, 5, "m");
-    if (op > 1) throw ArgError{"binary: op must be 0 (add) or 1 (mul)"};
+    if (op >= codes::kBinaryOpCount) throw ArgError{"binary: unknown op"};
     if (n > 0 && (m == 0 || n % m != 0)) throw ArgError{"binary: broadcast length must divide the length"};
     require(a, n, "binary", "a");
     require(b, m, "binary", "b");
@@ -26,7 +26,7 @@ static Napi::Value Binary(const Napi::CallbackInfo& info) {
     for (int64_t r = 0; r < rows; r++) {
       const float* x = pa + r * m;
       float* y = po + r * m;
-      if (op == 0)
+      if (op == static_cast<int64_t>(codes::BinaryOp::Add))
         for (int64_t j = 0; j < m; j++) y[j] = x[j] + pb[j];
       else
         for (int64_t j = 0; j < m; j++) y[j] = x[j] * pb[j];
@@ -101,24 +101,24 @@ static Napi::Value SumRows(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("sumRows", SumRows);
 
-enum Activation : int64_t { kGelu = 0, kSilu = 1, kRelu = 2 };
+using Act = codes::Activation;
 
 static inline float act(int64_t kind, float x) {
-  switch (kind) {
-    case kGelu: return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f));
-    case kSilu: return x / (1.0f + std::exp(-x));
+  switch (static_cast<Act>(kind)) {
+    case Act::Gelu: return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f));
+    case Act::Silu: return x / (1.0f + std::exp(-x));
     default: return x > 0.0f ? x : 0.0f;
   }
 }
 
 static inline float actGrad(int64_t kind, float x) {
-  switch (kind) {
-    case kGelu: {
+  switch (static_cast<Act>(kind)) {
+    case Act::Gelu: {
       float cdf = 0.5f * (1.0f + std::erf(x * 0.70710678118654752f));
       float pdf = 0.39894228040143268f * std::exp(-0.5f * x * x);
       return cdf + x * pdf;
     }
-    case kSilu: {
+    case Act::Silu: {
       float s = 1.0f / (1.0f + std::exp(-x));
       return s * (1.0f + x * (1.0f - s));
     }
@@ -126,13 +126,13 @@ static inline float actGrad(int64_t kind, float x) {
   }
 }
 
-// activation(kind, x, out, n): kind 0 = GELU (erf), 1 = SiLU, 2 = ReLU.
+// activation(kind, x, out, n): kind a codes::Activation (GELU with erf, SiLU, ReLU).
 static Napi::Value Activation(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     int64_t kind = dim(info, 0, "kind");
     auto x = f32(info, 1, "x"), out = f32(info, 2, "out");
     int64_t n = dim(info, 3, "n");
-    if (kind > 2) throw ArgError{"activation: unknown kind"};
+    if (kind >= codes::kActivationCount) throw ArgError{"activation: unknown kind"};
     require(x, n, "activation", "x");
     require(out, n, "activation", "out");
     const float* px = x.data;
@@ -149,7 +149,7 @@ static Napi::Value ActivationBackward(const Napi::CallbackInfo& info) {
     int64_t kind = dim(info, 0, "kind");
     auto x = f32(info, 1, "x"), g = f32(info, 2, "g"), dx = f32(info, 3, "dx");
     int64_t n = dim(info, 4, "n");
-    if (kind > 2) throw ArgError{"activationBackward: unknown kind"};
+    if (kind >= codes::kActivationCount) throw ArgError{"activationBackward: unknown kind"};
     require(x, n, "activationBackward", "x");
     require(g, n, "activationBackward", "g");
     require(dx, n, "activationBackward", "dx");

@@ -1,57 +1,46 @@
-// The native backend: float32 kernels in the C++ addon (OpenBLAS GEMMs, OpenMP loops). Outputs are allocated here
-// as typed arrays, so memory accounting is the same as the reference backend's.
+// The cpu device's kernels: float32 in the C++ addon (OpenBLAS GEMMs, OpenMP loops; native/cpu/). Outputs are
+// allocated here as typed arrays on the cpu device, so memory accounting is the same as the reference device's.
 
-import { ShapeError } from '../errors.js';
-import type { DType } from '../tensor/dtype.js';
-import { type Tensor, shapeSize } from '../tensor/tensor.js';
-import type { NativeAddon } from './addon.js';
+import { ShapeError } from '../../errors.js';
+import type { DType } from '../../tensor/dtype.js';
+import { type Tensor, shapeSize } from '../../tensor/tensor.js';
+import type { HostDevice } from '../host/device.js';
 import type {
   ActivationKind,
   AdamWParams,
   AttentionAlgorithm,
-  Backend,
   BinaryOp,
+  Kernels,
   RetentionForm,
   RetentionRun,
   RotaryPairs,
   RetentionState,
-} from './backend.js';
-import { CpuBackend } from './cpu.js';
+} from '../kernels.js';
+import { type CpuAddon, ACTIVATION, ATTENTION_WORK, BINARY_OP, RETENTION_WORK } from './addon.js';
 
-const ACTIVATION_CODE: Record<ActivationKind, number> = {
-  gelu: 0,
-  silu: 1,
-  relu: 2,
-};
+export class CpuKernels implements Omit<Kernels, 'cast'> {
+  constructor(
+    private readonly device: HostDevice,
+    readonly addon: CpuAddon,
+  ) {}
 
-export class NativeBackend extends CpuBackend implements Backend {
-  readonly name = 'native' as const;
-
-  constructor(readonly addon: NativeAddon) {
-    super();
+  private f32(t: Tensor): Float32Array {
+    return this.device.float(t) as Float32Array;
   }
 
-  supportsDType(dtype: DType): boolean {
-    return dtype === 'float32' || dtype === 'int32';
-  }
-
-  f32(t: Tensor): Float32Array {
-    return this.float(t) as Float32Array;
-  }
-
-  i32(t: Tensor): Int32Array {
-    return this.raw(t) as Int32Array;
+  private i32(t: Tensor): Int32Array {
+    return this.device.raw(t) as Int32Array;
   }
 
   /** The storage as 4-byte words: layout kernels move int32 and float32 alike, as bit patterns. */
   private words(t: Tensor): Float32Array {
-    const a = this.raw(t);
+    const a = this.device.raw(t);
     return a instanceof Float32Array ? a : new Float32Array(a.buffer, a.byteOffset, a.length);
   }
 
   /** A zero-filled output, for kernels that accumulate into it (+=) or that are not audited for full writes. */
   private like(shape: readonly number[]): { t: Tensor; d: Float32Array } {
-    const t = this.zeros(shape, 'float32');
+    const t = this.device.zeros(shape, 'float32');
     return { t, d: this.f32(t) };
   }
 
@@ -61,7 +50,7 @@ export class NativeBackend extends CpuBackend implements Backend {
    * some element fails there.
    */
   private output(shape: readonly number[], dtype: DType = 'float32'): { t: Tensor; d: Float32Array } {
-    const t = this.wrap(this.alloc(dtype, shapeSize(shape), false), shape, dtype);
+    const t = this.device.empty(shape, dtype);
     return { t, d: this.words(t) };
   }
 
@@ -86,7 +75,7 @@ export class NativeBackend extends CpuBackend implements Backend {
 
   binary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
     const { t, d } = this.output(a.shape);
-    this.addon.binary(op === 'add' ? 0 : 1, this.f32(a), this.f32(b), d, a.size, b.size);
+    this.addon.binary(BINARY_OP[op], this.f32(a), this.f32(b), d, a.size, b.size);
     return t;
   }
 
@@ -105,13 +94,13 @@ export class NativeBackend extends CpuBackend implements Backend {
 
   activation(kind: ActivationKind, x: Tensor): Tensor {
     const { t, d } = this.output(x.shape);
-    this.addon.activation(ACTIVATION_CODE[kind], this.f32(x), d, x.size);
+    this.addon.activation(ACTIVATION[kind], this.f32(x), d, x.size);
     return t;
   }
 
   activationBackward(kind: ActivationKind, x: Tensor, g: Tensor): Tensor {
     const { t, d } = this.output(x.shape);
-    this.addon.activationBackward(ACTIVATION_CODE[kind], this.f32(x), this.f32(g), d, x.size);
+    this.addon.activationBackward(ACTIVATION[kind], this.f32(x), this.f32(g), d, x.size);
     return t;
   }
 
@@ -126,7 +115,7 @@ export class NativeBackend extends CpuBackend implements Backend {
     const { rows, cols } = this.rowsOf(x);
     const y = this.output(x.shape);
     const rstd = this.output([rows]);
-    const wd = w ? this.f32(w) : NativeBackend.EMPTY;
+    const wd = w ? this.f32(w) : CpuKernels.EMPTY;
     this.addon.rmsNorm(this.f32(x), wd, y.d, rstd.d, rows, cols, eps, w !== null);
     return { y: y.t, rstd: rstd.t };
   }
@@ -135,9 +124,9 @@ export class NativeBackend extends CpuBackend implements Backend {
     const { rows, cols } = this.rowsOf(x);
     const dx = this.output(x.shape);
     const dw = w ? this.like(w.shape) : null;
-    const wd = w ? this.f32(w) : NativeBackend.EMPTY;
+    const wd = w ? this.f32(w) : CpuKernels.EMPTY;
     this.addon.rmsNormBackward(
-      this.f32(x), wd, this.f32(rstd), this.f32(g), dx.d, dw ? dw.d : NativeBackend.EMPTY, rows, cols, w !== null,
+      this.f32(x), wd, this.f32(rstd), this.f32(g), dx.d, dw ? dw.d : CpuKernels.EMPTY, rows, cols, w !== null,
     ); // prettier-ignore
     return { dx: dx.t, dw: dw ? dw.t : null };
   }
@@ -215,7 +204,7 @@ export class NativeBackend extends CpuBackend implements Backend {
 
   permute(x: Tensor, perm: readonly number[]): Tensor {
     const outShape = perm.map((p) => x.shape[p]!);
-    if (x.rank > 8) throw new ShapeError(`permute: rank ${x.rank} exceeds the native limit of 8`);
+    if (x.rank > 8) throw new ShapeError(`permute: rank ${x.rank} exceeds the cpu kernel's limit of 8`);
     const out = this.output(outShape, x.dtype);
     this.addon.permute(this.words(x), out.d, Int32Array.from(x.shape), Int32Array.from(perm));
     return out.t;
@@ -241,8 +230,8 @@ export class NativeBackend extends CpuBackend implements Backend {
     ); // prettier-ignore
   }
 
-  dropoutMask(shape: readonly number[], p: number, seed: number, rowSize: number): Tensor {
-    const out = this.like(shape);
+  dropoutMask(x: Tensor, p: number, seed: number, rowSize: number): Tensor {
+    const out = this.output(x.shape);
     this.addon.dropoutMask(out.d, out.t.size, rowSize, p, seed >>> 0);
     return out.t;
   }
@@ -252,7 +241,15 @@ export class NativeBackend extends CpuBackend implements Backend {
   }
 
   /** Scratch for a retention kernel, as a tensor so that memory accounting counts it while the kernel runs. */
-  private workspace(kernel: number, B: number, H: number, T: number, K: number, V: number, C: number) {
+  private workspace(
+    kernel: (typeof RETENTION_WORK)[keyof typeof RETENTION_WORK],
+    B: number,
+    H: number,
+    T: number,
+    K: number,
+    V: number,
+    C: number,
+  ) {
     return this.like([this.addon.retentionWorkspace(kernel, B, H, T, K, V, C)]);
   }
 
@@ -270,7 +267,15 @@ export class NativeBackend extends CpuBackend implements Backend {
     const o = this.like([B, T, H, V]);
     const r = this.like([B, H, T]);
     const final = run.returnFinalState ? { state: this.like([N, H, K, V]), scale: this.like([N, H]) } : null;
-    const ws = this.workspace(form === 'parallel' ? 0 : 1, N, H, T, K, V, run.chunkSize);
+    const ws = this.workspace(
+      form === 'parallel' ? RETENTION_WORK.parallelForward : RETENTION_WORK.chunkwiseForward,
+      N,
+      H,
+      T,
+      K,
+      V,
+      run.chunkSize,
+    );
     const none = new Float32Array(0);
     const args = [
       this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), o.d, r.d, ws.d,
@@ -300,7 +305,15 @@ export class NativeBackend extends CpuBackend implements Backend {
     const dq = this.like(q.shape);
     const dk = this.like(k.shape);
     const dv = this.like(v.shape);
-    const ws = this.workspace(form === 'parallel' ? 2 : 3, B, H, T, K, V, chunkSize);
+    const ws = this.workspace(
+      form === 'parallel' ? RETENTION_WORK.parallelBackward : RETENTION_WORK.chunkwiseBackward,
+      B,
+      H,
+      T,
+      K,
+      V,
+      chunkSize,
+    );
     const args = [
       this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), this.f32(r), this.f32(dO),
       dq.d, dk.d, dv.d, ws.d, B, H, T, K, V,
@@ -338,8 +351,14 @@ export class NativeBackend extends CpuBackend implements Backend {
     return y.t;
   }
 
-  /** Scratch for an attention kernel (0..4: naive/flash forward/backward, decode), counted while the kernel runs. */
-  private attentionWorkspace(kernel: number, B: number, H: number, T: number, V: number) {
+  /** Scratch for an attention kernel, counted while the kernel runs. */
+  private attentionWorkspace(
+    kernel: (typeof ATTENTION_WORK)[keyof typeof ATTENTION_WORK],
+    B: number,
+    H: number,
+    T: number,
+    V: number,
+  ) {
     return this.like([this.addon.attentionWorkspace(kernel, B, H, T, V)]);
   }
 
@@ -353,7 +372,7 @@ export class NativeBackend extends CpuBackend implements Backend {
       return { o: o.t, stats: p.t };
     }
     const lse = this.like([B, H, T]);
-    const ws = this.attentionWorkspace(2, B, H, T, V);
+    const ws = this.attentionWorkspace(ATTENTION_WORK.flashForward, B, H, T, V);
     this.addon.attentionFlash(this.f32(q), this.f32(k), this.f32(v), o.d, lse.d, ws.d, B, H, T, K, V);
     ws.t.dispose();
     return { o: o.t, stats: lse.t };
@@ -373,7 +392,13 @@ export class NativeBackend extends CpuBackend implements Backend {
     const dq = this.like(q.shape);
     const dk = this.like(k.shape);
     const dv = this.like(v.shape);
-    const ws = this.attentionWorkspace(algorithm === 'naive' ? 1 : 3, B, H, T, V);
+    const ws = this.attentionWorkspace(
+      algorithm === 'naive' ? ATTENTION_WORK.naiveBackward : ATTENTION_WORK.flashBackward,
+      B,
+      H,
+      T,
+      V,
+    );
     const [fq, fk, fv, fs, fg] = [this.f32(q), this.f32(k), this.f32(v), this.f32(stats), this.f32(dO)];
     if (algorithm === 'naive')
       this.addon.attentionNaiveBackward(fq, fk, fv, fs, fg, dq.d, dk.d, dv.d, ws.d, B, H, T, K, V);
@@ -386,7 +411,7 @@ export class NativeBackend extends CpuBackend implements Backend {
     const [B, H, C, K] = kCache.shape as [number, number, number, number];
     const V = vCache.shape[3]!;
     const o = this.like([B, H, V]);
-    const ws = this.attentionWorkspace(4, B, H, C, V);
+    const ws = this.attentionWorkspace(ATTENTION_WORK.decode, B, H, C, V);
     this.addon.attentionDecode(
       this.f32(q), this.f32(kCache), this.f32(vCache), Int32Array.from(lengths), o.d, ws.d, B, H, C, K, V,
     ); // prettier-ignore

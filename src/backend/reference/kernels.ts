@@ -1,23 +1,24 @@
-// The reference backend: every kernel as a plain TypeScript loop, in float64 arithmetic, stored in the tensor's
-// dtype (float32 or float64). It is the definition the native backend is tested against, and the backend that
-// reproduces torchscale's float64 vectors. Clarity over speed.
+// The reference kernels: every kernel as a plain TypeScript loop, in float64 arithmetic, stored in the tensor's
+// dtype (float32 or float64). They are the definition the other devices' kernels are tested against, the kernels
+// that reproduce torchscale's float64 vectors, and the fallback of a device that lacks a kernel. Clarity over speed.
+// They run on any host device's tensors and allocate their outputs on the inputs' device.
 
-import { BackendError } from '../errors.js';
-import type { DType, FloatArray } from '../tensor/dtype.js';
-import { type Tensor, shapeSize } from '../tensor/tensor.js';
+import { BackendError } from '../../errors.js';
+import type { DataArray, FloatArray } from '../../tensor/dtype.js';
+import { type Tensor, shapeSize } from '../../tensor/tensor.js';
+import type { HostDevice } from '../host/device.js';
 import type {
   ActivationKind,
   AdamWParams,
   AttentionAlgorithm,
-  Backend,
   BinaryOp,
+  Kernels,
   RetentionForm,
   RetentionRun,
   RotaryPairs,
   RetentionState,
-} from './backend.js';
+} from '../kernels.js';
 import { backwardHead, forwardHead, headLayout, sequences } from './retention-math.js';
-import { CpuBackend } from './cpu.js';
 
 /** u of row `row` for `seed` (murmur3's fmix32 of seed ⊕ row·golden ratio), uniform in [0, 1); native's too. */
 export function dropoutUniform(seed: number, row: number): number {
@@ -127,15 +128,19 @@ function attentionSoftmax(
   return lse;
 }
 
-export class ReferenceBackend extends CpuBackend implements Backend {
-  readonly name = 'reference' as const;
+const host = (t: Tensor) => t.device as HostDevice;
 
-  supportsDType(_dtype: DType): boolean {
-    return true;
+export class ReferenceKernels implements Omit<Kernels, 'cast'> {
+  private raw(t: Tensor): DataArray {
+    return host(t).raw(t);
+  }
+
+  private float(t: Tensor): FloatArray {
+    return host(t).float(t);
   }
 
   private out(shape: readonly number[], like: Tensor): { t: Tensor; d: FloatArray } {
-    const t = this.zeros(shape, like.dtype);
+    const t = host(like).zeros(shape, like.dtype);
     return { t, d: this.float(t) };
   }
 
@@ -422,7 +427,7 @@ export class ReferenceBackend extends CpuBackend implements Backend {
       s *= x.shape[d]!;
     }
     const outShape = perm.map((p) => x.shape[p]!);
-    const out = this.alloc(x.dtype, x.size);
+    const out = host(x).alloc(x.dtype, x.size);
     const X = this.raw(x);
     const idx = new Array<number>(rank).fill(0);
     for (let o = 0; o < x.size; o++) {
@@ -434,7 +439,7 @@ export class ReferenceBackend extends CpuBackend implements Backend {
         idx[d] = 0;
       }
     }
-    return this.wrap(out, outShape, x.dtype);
+    return host(x).wrap(out, outShape, x.dtype);
   }
 
   copyBlocks(
@@ -468,9 +473,8 @@ export class ReferenceBackend extends CpuBackend implements Backend {
     }
   }
 
-  dropoutMask(shape: readonly number[], p: number, seed: number, rowSize: number, dtype: DType): Tensor {
-    const t = this.zeros(shape, dtype);
-    const M = this.float(t);
+  dropoutMask(x: Tensor, p: number, seed: number, rowSize: number): Tensor {
+    const { t, d: M } = this.out(x.shape, x);
     const keep = 1 / (1 - p);
     for (let e = 0, row = 0; e < M.length; e += rowSize, row++)
       M.fill(dropoutUniform(seed, row) >= p ? keep : 0, e, e + rowSize);

@@ -1,0 +1,46 @@
+// The device contract: where a tensor's elements live. A device allocates and frees storage, moves elements between
+// the host and itself, and counts the bytes it holds; it computes nothing. Computation is the kernel table's
+// (kernels.ts): kernels are registered per (kernel, device) and a device may implement any subset of them.
+//
+// A device that keeps its memory elsewhere (a GPU) implements the same methods: `read` may then be slow or
+// unsupported (it throws), and `readAsync` is the path generation and the server use; host devices answer both at
+// once. Freeing is `tensor.dispose()` (it releases the storage, which returns the memory to the device).
+
+import type { DType, DataArray } from '../tensor/dtype.js';
+import type { MemoryTracker } from '../tensor/memory.js';
+import type { Tensor } from '../tensor/tensor.js';
+import type { Kernels } from './kernels.js';
+
+/** Device names: the two host devices here, and room for others (a cuda or webgpu device registers its own). */
+export type DeviceName = 'reference' | 'cpu' | (string & {});
+
+export interface Device {
+  readonly name: DeviceName;
+  /** Exact bytes of live storage on this device, and their peak. */
+  readonly memory: MemoryTracker;
+  /** The dtypes this device stores. */
+  readonly dtypes: readonly DType[];
+  /** True when the storage is host memory that `read` returns without a transfer. */
+  readonly host: boolean;
+  supportsDType(dtype: DType): boolean;
+
+  /** A zero-filled tensor. */
+  zeros(shape: readonly number[], dtype: DType): Tensor;
+  /** A tensor whose every element the caller overwrites (its initial contents are arbitrary). */
+  empty(shape: readonly number[], dtype: DType): Tensor;
+  /** A tensor holding a copy of `data` (converted to dtype). */
+  fromData(data: ArrayLike<number>, shape: readonly number[], dtype: DType): Tensor;
+  /** A host copy of the tensor's values. */
+  read(t: Tensor): DataArray;
+  /** The same, without blocking on a device that computes asynchronously. */
+  readAsync(t: Tensor): Promise<DataArray>;
+  /** In place: overwrites the tensor's elements with `data` (same length), converting to its dtype. */
+  write(t: Tensor, data: ArrayLike<number>): void;
+  /** In place: dst[dstOffset, +length) = src[srcOffset, +length), elements of one dtype on this device. */
+  copy(src: Tensor, srcOffset: number, dst: Tensor, dstOffset: number, length: number): void;
+  /** A tensor of another shape sharing the storage (a reshape); the storage lives until both are disposed. */
+  view(t: Tensor, shape: readonly number[]): Tensor;
+
+  /** The kernel table's resolved kernels for this device, per dispatch dtype (kept here for one-lookup dispatch). */
+  readonly resolved: Partial<Record<DType, Kernels>>;
+}

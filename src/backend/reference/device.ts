@@ -1,0 +1,23 @@
+// The reference device: host typed arrays of every dtype, with the reference kernels (plain TypeScript loops in
+// float64 arithmetic). It is also the device whose kernels another device falls back to (kernels.ts).
+
+import { HostDevice, hostCast } from '../host/device.js';
+import { registerKernels, setReferenceDevice } from '../kernels.js';
+import { ReferenceKernels } from './kernels.js';
+
+let device: HostDevice | null = null;
+
+export function referenceDevice(): HostDevice {
+  device ??= new HostDevice('reference', ['float32', 'float64', 'int32']);
+  return device;
+}
+
+registerKernels('reference', ['float32', 'float64', 'int32'], hostCast);
+const kernels = new ReferenceKernels();
+registerKernels('reference', ['float32', 'float64'], kernels);
+// The layout kernels move elements of any dtype.
+registerKernels('reference', ['int32'], {
+  permute: kernels.permute.bind(kernels),
+  copyBlocks: kernels.copyBlocks.bind(kernels),
+});
+setReferenceDevice(referenceDevice);
