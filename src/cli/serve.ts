@@ -4,7 +4,16 @@
 import { basename, resolve } from 'node:path';
 
 import { LOG_LEVELS, startServer } from '../server/server.js';
-import { type Command, UsageError, choiceFlag, intFlag, parseFlags } from './command.js';
+import {
+  type Command,
+  UsageError,
+  choiceFlag,
+  intFlag,
+  parseFlags,
+  WEIGHTS_FLAG,
+  WEIGHTS_USAGE,
+  weightsFlag,
+} from './command.js';
 import { loadForGeneration } from './generate.js';
 
 export const serveCommand: Command = {
@@ -13,7 +22,7 @@ export const serveCommand: Command = {
   usage:
     'retnet serve --model DIR [--port N] [--host H] [--api-key K] [--model-id NAME] [--max-body-bytes N] ' +
     '[--max-prompt-tokens N] [--max-tokens N] [--max-active N] [--max-queued N] [--shutdown-grace-ms N] ' +
-    `[--log-level ${LOG_LEVELS.join('|')}]  ` +
+    `[--log-level ${LOG_LEVELS.join('|')}] ${WEIGHTS_USAGE}  ` +
     '(the key may also come from RETNET_API_KEY)',
   async run(argv) {
     const { values } = parseFlags('serve', argv, {
@@ -29,6 +38,7 @@ export const serveCommand: Command = {
       'max-queued': { type: 'string' },
       'shutdown-grace-ms': { type: 'string' },
       'log-level': { type: 'string' },
+      ...WEIGHTS_FLAG,
     });
     if (!values.model) throw new UsageError('serve: --model DIR is required');
     const int = (flag: keyof typeof values, fallback: number, min = 1, max?: number) =>
@@ -36,7 +46,7 @@ export const serveCommand: Command = {
     const apiKey = values['api-key'] ?? process.env.RETNET_API_KEY;
     if (apiKey === '') throw new UsageError('serve: the API key must not be empty');
     const graceMs = int('shutdown-grace-ms', 5000, 0);
-    const { model, tokenizer } = loadForGeneration(values.model);
+    const { model, tokenizer } = loadForGeneration(values.model, weightsFlag('serve', values.weights));
     const server = await startServer(model, tokenizer, {
       modelId: values['model-id'] ?? basename(resolve(values.model)),
       host: values.host ?? '127.0.0.1',
