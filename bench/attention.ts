@@ -15,7 +15,6 @@ import type { Device } from '../src/backend/device.js';
 import type { AttentionAlgorithm } from '../src/backend/kernels.js';
 import { getBackend, referenceBackend, threadCount } from '../src/backend/index.js';
 import { backward, noGrad } from '../src/autograd/tape.js';
-import { intFlag, parseFlags } from '../src/cli/command.js';
 import { attentionDecode, causalAttention } from '../src/ops/attention.js';
 import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
@@ -177,23 +176,18 @@ async function timeDecode(B: number, C: number, H: number, K: number, quick: boo
   };
 }
 
-export async function attentionSuite(argv: string[]): Promise<void> {
-  const { values } = parseFlags('bench attention', argv, {
-    quick: { type: 'boolean' },
-    lengths: { type: 'string' },
-    batch: { type: 'string' },
-    heads: { type: 'string' },
-    'head-dim': { type: 'string' },
-  });
-  const quick = values.quick === true;
-  const B = intFlag('bench attention', 'batch', values.batch, 1);
-  const H = intFlag('bench attention', 'heads', values.heads, 8);
-  const K = intFlag('bench attention', 'head-dim', values['head-dim'], 64);
-  const lengths = values.lengths
-    ? values.lengths.split(',').map((v) => intFlag('bench attention', 'lengths', v, 0))
-    : quick
-      ? [256, 512, 1024]
-      : [256, 512, 1024, 2048, 4096];
+export async function attentionSuite(values: {
+  quick: boolean;
+  lengths: number[] | undefined;
+  batch: number;
+  heads: number;
+  'head-dim': number;
+}): Promise<void> {
+  const quick = values.quick;
+  const B = values.batch;
+  const H = values.heads;
+  const K = values['head-dim'];
+  const lengths = values.lengths ? values.lengths : quick ? [256, 512, 1024] : [256, 512, 1024, 2048, 4096];
 
   const checks = validate().map((r) => ({ kind: 'validation', ...r }));
   printTable('validation (B=2 T=150 H=3 K=64, float32, o and gradients)', checks, [

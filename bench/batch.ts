@@ -3,7 +3,6 @@
 // nearly flat as the batch grows). The same measurement as the decode suite (bench/decode.ts: synthetic contexts,
 // the two architectures in turns), swept over the batch instead of the length.
 
-import { parseFlags } from '../src/cli/command.js';
 import { retnetPreset } from '../src/models/retnet/config.js';
 import { DECODE_PRESET, DECODE_VOCAB, decodeModels, disposeModels, measureDecodePoints } from './decode.js';
 import {
@@ -42,15 +41,14 @@ const COLUMNS: Column[] = [
   { key: 'other_load', header: 'other load', digits: 2 },
 ];
 
-export async function batchSuite(argv: string[]): Promise<void> {
-  const { values } = parseFlags('bench batch', argv, { quick: { type: 'boolean' }, report: { type: 'boolean' } });
-  const quick = values.quick === true;
+export async function batchSuite(values: { quick: boolean; report: boolean }): Promise<void> {
+  const quick = values.quick;
   const length = quick ? 512 : 2048;
   const batches = quick ? [1, 4, 16] : [1, 2, 4, 8, 16, 32, 64];
   const timing: Partial<TimingOptions> = quick
     ? { warmup: 2, minTimeMs: 1000, minSamples: 3, sampleTargetMs: 30 }
     : { warmup: 3, minTimeMs: 30000, minSamples: 9, sampleTargetMs: 60 };
-  const { path, file } = await suiteResults('batch', { report: values.report === true, quick }, async () => {
+  const { path, file } = await suiteResults('batch', { report: values.report, quick }, async () => {
     const models = decodeModels(DECODE_PRESET, DECODE_VOCAB);
     try {
       process.stderr.write(`batch: batches ${batches.join(', ')} at context ${length}, in turns\n`);

@@ -6,7 +6,6 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { parseFlags } from '../src/cli/command.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
 import { type PrepareOptions, prepareData } from '../src/train/data.js';
 import { type BenchRecord, cpuCounters, otherLoad, printTable, writeResults } from './lib.js';
@@ -17,10 +16,9 @@ function timed<T>(fn: () => T): { value: T; s: number } {
   return { value, s: (performance.now() - t0) / 1000 };
 }
 
-export async function dataSuite(argv: string[]): Promise<void> {
-  const { values } = parseFlags('bench data', argv, { quick: { type: 'boolean' } });
+export async function dataSuite(values: { quick: boolean }): Promise<void> {
   const tokenizers: [string, PrepareOptions['tokenizer']][] = [['bytes', new ByteTokenizer()]];
-  if (values.quick !== true) tokenizers.push(['bpe-4096', { bpeVocabSize: 4096 }]);
+  if (!values.quick) tokenizers.push(['bpe-4096', { bpeVocabSize: 4096 }]);
   const work = mkdtempSync(join(tmpdir(), 'retnet-bench-data-'));
   const records: BenchRecord[] = [];
   try {

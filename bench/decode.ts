@@ -13,7 +13,6 @@
 
 import { noGrad } from '../src/autograd/tape.js';
 import { getBackend } from '../src/backend/index.js';
-import { parseFlags } from '../src/cli/command.js';
 import type { CausalLM, DecodeState } from '../src/models/lm.js';
 import { type Arch, createModel } from '../src/models/registry.js';
 import { RetNetModel } from '../src/models/retnet/model.js';
@@ -241,15 +240,14 @@ const COLUMNS = [
 
 export const decodeSeries = (r: BenchRecord) => `${r.arch} B=${r.batch}`;
 
-export async function decodeSuite(argv: string[]): Promise<void> {
-  const { values } = parseFlags('bench decode', argv, { quick: { type: 'boolean' }, report: { type: 'boolean' } });
-  const quick = values.quick === true;
+export async function decodeSuite(values: { quick: boolean; report: boolean }): Promise<void> {
+  const quick = values.quick;
   const lengths = quick ? [512, 2048] : [512, 1024, 2048, 4096, 8192, 16384];
   const batches = [1, 8];
   const timing: Partial<TimingOptions> = quick
     ? { warmup: 2, minTimeMs: 1000, minSamples: 3, sampleTargetMs: 30 }
     : { warmup: 3, minTimeMs: 30000, minSamples: 9, sampleTargetMs: 60 };
-  const { path, file } = await suiteResults('decode', { report: values.report === true, quick }, async () => {
+  const { path, file } = await suiteResults('decode', { report: values.report, quick }, async () => {
     const models = decodeModels(DECODE_PRESET, DECODE_VOCAB);
     const records: BenchRecord[] = [];
     try {

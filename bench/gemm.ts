@@ -17,7 +17,6 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Readable, Writable } from 'node:stream';
 
-import { intFlag, parseFlags } from '../src/cli/command.js';
 import { noGrad } from '../src/autograd/tape.js';
 import { packageRoot } from '../src/backend/cpu/load.js';
 import { getBackend } from '../src/backend/index.js';
@@ -376,19 +375,12 @@ function report(records: BenchRecord[]): void {
   }
 }
 
-function parseSizes(value: string | undefined): number[] | null {
-  if (value === undefined) return null;
-  return value.split(',').map((v) => intFlag('gemm', 'sizes', v, 0, 1, 16384));
-}
-
-export async function gemmSuite(argv: string[]): Promise<void> {
-  const { values } = parseFlags('gemm', argv, {
-    quick: { type: 'boolean' },
-    sizes: { type: 'string' },
-    // Internal: measure one pass and print its records as JSON (the parent's second pass).
-    child: { type: 'boolean' },
-  });
-  const s = settings(values.quick ?? false, parseSizes(values.sizes));
+export async function gemmSuite(values: {
+  quick: boolean;
+  sizes: number[] | undefined;
+  child: boolean;
+}): Promise<void> {
+  const s = settings(values.quick, values.sizes ?? null);
   if (values.child) {
     process.stdout.write(`${JSON.stringify(await measurePass(s))}\n`);
     return;
@@ -396,7 +388,8 @@ export async function gemmSuite(argv: string[]): Promise<void> {
   const records = await measurePass(s);
   if (process.env.OPENBLAS_CORETYPE !== undefined) {
     progress('second pass with OPENBLAS_CORETYPE unset (child process)');
-    records.push(...childPass('gemm', [...argv, '--child'], { OPENBLAS_CORETYPE: undefined }));
+    const args = [...(values.quick ? ['--quick'] : []), ...(values.sizes ? ['--sizes', values.sizes.join(',')] : [])];
+    records.push(...childPass('gemm', [...args, '--child'], { OPENBLAS_CORETYPE: undefined }));
   }
   report(records);
   const { path } = writeResults('gemm', records);

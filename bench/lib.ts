@@ -2,7 +2,7 @@
 // JSON result file (bench/results/<suite>.json). Field names of records carry their units (`gflops`, `us_per_call`,
 // `gb_per_s`, `ms_median`), so a result file reads without this code.
 //
-// A suite is `async (argv) => void` listed in bench/run.ts: it parses its flags (parseFlags from src/cli/command.ts),
+// A suite is an async function of its parsed flags, declared in bench/suites.ts (its flag table and summary),
 // times with `measure` / `measureEach`, prints with `printTable` and ends with `writeResults(name, records)`. Record
 // `other_load` (cpuCounters before and after, then otherLoad) beside timings: the machines are often shared, and a
 // figure taken while other processes ran is not a ceiling.
@@ -10,7 +10,7 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { availableParallelism, totalmem } from 'node:os';
-import { extname, join, relative } from 'node:path';
+import { extname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 
@@ -321,12 +321,18 @@ export function resultFile(
   };
 }
 
+let root = resolve('runs', 'bench');
+
 /**
- * Where results, charts and BENCHMARKS.md go: the package root, or RETNET_BENCH_ROOT (tests run suites into a
- * temporary folder so that they never touch the committed results).
+ * Where results, charts and BENCHMARKS.md go (as bench/results/SUITE.* and BENCHMARKS.md inside it): the suite's
+ * --out folder, or the package root with --save (bench/suites.ts sets it before a suite runs).
  */
 export function outputRoot(): string {
-  return process.env.RETNET_BENCH_ROOT ?? packageRoot();
+  return root;
+}
+
+export function setOutputRoot(dir: string): void {
+  root = dir;
 }
 
 /** Writes bench/results/<suite>.json (atomically, under the output root) and returns its path and contents. */

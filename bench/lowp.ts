@@ -19,7 +19,6 @@ import { fileURLToPath } from 'node:url';
 import { noGrad } from '../src/autograd/tape.js';
 import { packageRoot } from '../src/backend/cpu/load.js';
 import { cpuBackend, threadCount } from '../src/backend/index.js';
-import { parseFlags } from '../src/cli/command.js';
 import { createModel } from '../src/models/registry.js';
 import type { RetNetModel } from '../src/models/retnet/model.js';
 import { WEIGHT_FORMATS, type WeightFormat } from '../src/quant/formats.js';
@@ -202,10 +201,9 @@ const COLUMNS: Column[] = [
   { key: 'other_load', header: 'other load', digits: 2 },
 ];
 
-export async function lowpSuite(argv: string[]): Promise<void> {
-  const { values } = parseFlags('bench lowp', argv, { quick: { type: 'boolean' }, models: { type: 'string' } });
-  const quick = values.quick === true;
-  const names = (values.models ?? (quick ? 'base' : 'base,1.3B')).split(',');
+export async function lowpSuite(values: { quick: boolean; models: string[] | undefined }): Promise<void> {
+  const quick = values.quick;
+  const names = values.models ?? (quick ? ['base'] : ['base', '1.3B']);
   for (const n of names) if (!SHAPES[n]) throw new BenchFailure(`bench lowp: unknown model '${n}' (base, 1.3B)`);
   const be = cpuBackend();
   if (!be) throw new BenchFailure('bench lowp: needs the cpu device (the native addon)');

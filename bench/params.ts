@@ -1,21 +1,33 @@
 // `node --import tsx bench/params.ts [--vocab 50257]`: the Transformer presets against the RetNet presets they are
 // matched to (src/models/transformer/config.ts, matchRetNetShape): shapes and both parameter counts, with and without
 // the embeddings. Counts are exact formulas, checked here against built models for the CPU presets. Prints a table
-// and writes bench/results/params.json.
+// and writes runs/bench/bench/results/params.json.
 
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { packageRoot } from '../src/backend/cpu/load.js';
-import { intFlag, parseFlags } from '../src/cli/command.js';
+import { defineCommand, int } from '../src/cli/command.js';
 import { writeFileAtomic } from '../src/io/atomic.js';
 import { RETNET_PRESETS, retnetParameterCount, retnetPreset } from '../src/models/retnet/config.js';
 import { RetNetModel } from '../src/models/retnet/model.js';
 import { transformerParameterCount, transformerPreset } from '../src/models/transformer/config.js';
 import { TransformerModel } from '../src/models/transformer/model.js';
+import { outputRoot } from './lib.js';
 
-const { values } = parseFlags('bench params', process.argv.slice(2), { vocab: { type: 'string' } });
-const vocabSize = intFlag('bench params', 'vocab', values.vocab, 50257);
+let vocabSize = 0;
+const args = defineCommand({
+  name: 'bench/params.ts',
+  summary: 'the parameter-matched presets',
+  flags: { vocab: int('vocabulary size', { min: 1, max: 2 ** 24, default: 50257 }) },
+  async run({ values }) {
+    vocabSize = values.vocab;
+    return 0;
+  },
+});
+await args.run(process.argv.slice(2)).catch((e: Error) => {
+  process.stderr.write(`${e.message}\n`);
+  process.exit(2);
+});
 
 const rows = Object.keys(RETNET_PRESETS).map((name) => {
   const r = retnetPreset(name, { vocabSize });
@@ -55,7 +67,7 @@ process.stdout.write(
 process.stdout.write(`${line(columns)}\n${line(widths.map((w) => '-'.repeat(w)))}\n`);
 for (const r of cells) process.stdout.write(`${line(r)}\n`);
 
-const dir = join(packageRoot(), 'bench', 'results');
+const dir = join(outputRoot(), 'bench', 'results');
 mkdirSync(dir, { recursive: true });
 const path = join(dir, 'params.json');
 writeFileAtomic(path, `${JSON.stringify({ suite: 'params', vocabSize, rows }, null, 2)}\n`);

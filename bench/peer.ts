@@ -13,7 +13,6 @@ import { join } from 'node:path';
 import { backward } from '../src/autograd/tape.js';
 import { packageRoot } from '../src/backend/cpu/load.js';
 import { threadCount } from '../src/backend/index.js';
-import { parseFlags } from '../src/cli/command.js';
 import { createModel } from '../src/models/registry.js';
 import type { RetNetConfig } from '../src/models/retnet/config.js';
 import type { RetNetModel } from '../src/models/retnet/model.js';
@@ -153,9 +152,8 @@ const COLUMNS: Column[] = [
   { key: 'other_load', header: 'other load', digits: 2 },
 ];
 
-export async function peerSuite(argv: string[]): Promise<void> {
-  const { values } = parseFlags('bench peer', argv, { quick: { type: 'boolean' } });
-  const quick = values.quick === true;
+export async function peerSuite(values: { quick: boolean }): Promise<void> {
+  const quick = values.quick;
   const shape: PeerShape = quick
     ? { preset: 'small', vocab: 4096, seq: 128, batch: 2, steps: 2, decode: 16 }
     : { preset: 'base', vocab: 4096, seq: 512, batch: 4, steps: 3, decode: 64 };

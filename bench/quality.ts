@@ -6,7 +6,6 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { parseFlags } from '../src/cli/command.js';
 import { readCurves, renderCurves } from '../src/cli/plot.js';
 import { DEFAULT_CACHE } from '../src/cli/train.js';
 import { saveModelDir } from '../src/io/model-dir.js';
@@ -63,9 +62,8 @@ const COLUMNS: Column[] = [
   { key: 'other_load', header: 'other load', digits: 2 },
 ];
 
-export async function qualitySuite(argv: string[]): Promise<void> {
-  const { values } = parseFlags('bench quality', argv, { quick: { type: 'boolean' } });
-  const s = settings(values.quick === true);
+export async function qualitySuite(values: { quick: boolean }): Promise<void> {
+  const s = settings(values.quick);
   const c = s.config;
   const log = (line: string) => process.stderr.write(`quality: ${line}\n`);
   const data = prepareData({ source: 'brown', tokenizer: new ByteTokenizer(), cacheDir: DEFAULT_CACHE(), log });

@@ -1,58 +1,128 @@
 // The benchmark suites, one module each, run by `retnet bench SUITE` (src/cli/bench.ts) and `npm run bench -- SUITE`
-// (bench/run.ts). Each prints its tables, writes bench/results/<SUITE>.json (see bench/lib.ts) and, for the paper's
-// claims, a chart and its section of BENCHMARKS.md (bench/report.ts); it throws when a measured point failed.
+// (bench/run.ts). Each declares its flags here and prints its tables; it writes SUITE.json (see bench/lib.ts) and, for
+// the paper's claims, a chart and its section of BENCHMARKS.md (bench/report.ts) under the output folder: `--out`
+// (default runs/bench/), or with `--save` the committed results of the repository. It throws when a point failed.
 
-export interface Suite {
-  summary: string;
-  run(argv: string[]): Promise<void>;
+import { resolve } from 'node:path';
+
+import { packageRoot } from '../src/backend/cpu/load.js';
+import {
+  type Command,
+  type FlagValues,
+  type Flags,
+  UsageError,
+  bool,
+  defineCommand,
+  int,
+  intItem,
+  list,
+  text,
+} from '../src/cli/command.js';
+import { setOutputRoot } from './lib.js';
+
+const quick = bool('a smaller configuration, in under two minutes');
+const report = bool('redraw the chart and section from the saved JSON, without measuring');
+
+/** Where every suite writes. Committed results change only with --save (and never from a --quick run). */
+const OUTPUT_FLAGS = {
+  out: text('the folder for SUITE.json, charts and BENCHMARKS.md sections (the repository layout inside)', {
+    placeholder: 'dir',
+    default: 'runs/bench',
+    nonEmpty: true,
+  }),
+  save: bool("write the repository's committed results (bench/results/, BENCHMARKS.md); full runs only"),
+};
+
+function suite<F extends Flags>(
+  name: string,
+  summary: string,
+  flags: F,
+  run: (values: FlagValues<F>) => Promise<void>,
+): Command {
+  const all = { ...flags, ...OUTPUT_FLAGS };
+  return defineCommand({
+    name,
+    summary,
+    flags: all,
+    async run({ values, given }) {
+      const v = values as unknown as FlagValues<typeof OUTPUT_FLAGS> & { quick?: boolean };
+      if (v.save && v.quick) throw new UsageError(`bench ${name}: --save keeps full runs only; leave out --quick`);
+      if (v.save && given('out')) throw new UsageError(`bench ${name}: --save and --out name two places; give one`);
+      setOutputRoot(v.save ? packageRoot() : resolve(v.out));
+      await run(values);
+      return 0;
+    },
+  });
 }
 
 // Suites load on demand: a run imports only the one it needs.
-export const suites: Record<string, Suite> = {
-  decode: {
-    summary: 'decode latency, tokens/s and memory vs context length: RetNet recurrent vs Transformer KV cache',
-    run: async (argv) => (await import('./decode.js')).decodeSuite(argv),
-  },
-  batch: {
-    summary: 'decode latency and tokens/s vs batch size at a fixed context: RetNet vs Transformer',
-    run: async (argv) => (await import('./batch.js')).batchSuite(argv),
-  },
-  train: {
-    summary: 'training-step tokens/s, peak memory and MFU vs length: RetNet parallel/chunkwise vs Transformer',
-    run: async (argv) => (await import('./train.js')).trainSuite(argv),
-  },
-  quality: {
-    summary: 'validation perplexity of RetNet vs a parameter-matched Transformer trained alike on Brown, loss curves',
-    run: async (argv) => (await import('./quality.js')).qualitySuite(argv),
-  },
-  peer: {
-    summary: 'our RetNet vs the same RetNet in PyTorch on the CPU: training-step and decode tokens/s',
-    run: async (argv) => (await import('./peer.js')).peerSuite(argv),
-  },
-  lowp: {
-    summary: 'decode with f32/bf16/int8/q4 weights vs the memory bound and PyTorch [--models base,1.3B]',
-    run: async (argv) => (await import('./lowp.js')).lowpSuite(argv),
-  },
-  data: {
-    summary: 'tokenising Brown into shards (bytes, BPE 4096): cold and reused',
-    run: async (argv) => (await import('./data.js')).dataSuite(argv),
-  },
-  generate: {
-    summary: 'generate() prefill/decode tokens/s by batch; HTTP server tokens/s, time to first token, loop blocking',
-    run: async (argv) => (await import('./generate.js')).generateSuite(argv),
-  },
-  attention: {
-    summary: 'attention kernels: validation, naive vs flash fwd/fwd+bwd by length, KV-cache decode kernel',
-    run: async (argv) => (await import('./attention.js')).attentionSuite(argv),
-  },
-  gemm: {
-    summary: 'GEMM GFLOP/s vs OpenBLAS from C, tiny-op overhead, copy bandwidth [--sizes 256,1024]',
-    run: async (argv) => (await import('./gemm.js')).gemmSuite(argv),
-  },
-};
-
-export function suitesUsage(command: string): string {
-  const width = Math.max(...Object.keys(suites).map((n) => n.length));
-  const lines = Object.entries(suites).map(([name, s]) => `  ${name.padEnd(width)}  ${s.summary}`);
-  return `usage: ${command} SUITE [--quick] [flags]\nsuites:\n${lines.join('\n')}\n`;
-}
+export const suites: Command[] = [
+  suite(
+    'decode',
+    'decode latency, tokens/s and memory vs context length: RetNet recurrent vs Transformer KV cache',
+    { quick, report },
+    async (v) => (await import('./decode.js')).decodeSuite(v),
+  ),
+  suite(
+    'batch',
+    'decode latency and tokens/s vs batch size at a fixed context: RetNet vs Transformer',
+    { quick, report },
+    async (v) => (await import('./batch.js')).batchSuite(v),
+  ),
+  suite(
+    'train',
+    'training-step tokens/s, peak memory and MFU vs length: RetNet parallel/chunkwise vs Transformer',
+    { quick, report },
+    async (v) => (await import('./train.js')).trainSuite(v),
+  ),
+  suite(
+    'quality',
+    'validation perplexity of RetNet vs a parameter-matched Transformer trained alike on Brown, loss curves',
+    { quick },
+    async (v) => (await import('./quality.js')).qualitySuite(v),
+  ),
+  suite(
+    'peer',
+    'our RetNet vs the same RetNet in PyTorch on the CPU: training-step and decode tokens/s',
+    { quick },
+    async (v) => (await import('./peer.js')).peerSuite(v),
+  ),
+  suite(
+    'lowp',
+    'decode with f32/bf16/int8/q4 weights vs the memory bound and PyTorch',
+    { quick, models: list('models to measure (base, 1.3B)', (s) => s, { placeholder: 'names', maxItems: 2 }) },
+    async (v) => (await import('./lowp.js')).lowpSuite(v),
+  ),
+  suite('data', 'tokenising Brown into shards (bytes, BPE 4096): cold and reused', { quick }, async (v) =>
+    (await import('./data.js')).dataSuite(v),
+  ),
+  suite(
+    'generate',
+    'generate() prefill/decode tokens/s by batch; HTTP server tokens/s, time to first token, loop blocking',
+    { quick, 'prefill-only': bool('only the prefill-interference measurement') },
+    async (v) => (await import('./generate.js')).generateSuite(v),
+  ),
+  suite(
+    'attention',
+    'attention kernels: validation, naive vs flash fwd/fwd+bwd by length, KV-cache decode kernel',
+    {
+      quick,
+      lengths: list('sequence and cache lengths', intItem(1, 65536), { placeholder: 'ints', maxItems: 64 }),
+      batch: int('batch size', { min: 1, max: 256, default: 1 }),
+      heads: int('heads', { min: 1, max: 256, default: 8 }),
+      'head-dim': int('head dimension', { min: 1, max: 1024, default: 64 }),
+    },
+    async (v) => (await import('./attention.js')).attentionSuite(v),
+  ),
+  suite(
+    'gemm',
+    'GEMM GFLOP/s vs OpenBLAS from C, tiny-op overhead, copy bandwidth',
+    {
+      quick,
+      sizes: list('square GEMM sizes', intItem(1, 16384), { placeholder: 'ints', maxItems: 64 }),
+      // Internal: measure one pass and print its records as JSON (the parent's second pass).
+      child: { ...bool('internal: one pass, records as JSON on stdout'), hidden: true },
+    },
+    async (v) => (await import('./gemm.js')).gemmSuite(v),
+  ),
+];

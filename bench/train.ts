@@ -20,7 +20,6 @@
 import { backward, noGrad } from '../src/autograd/tape.js';
 import { getBackend } from '../src/backend/index.js';
 import { matmul } from '../src/ops/index.js';
-import { parseFlags } from '../src/cli/command.js';
 import type { CausalLM } from '../src/models/lm.js';
 import { createModel } from '../src/models/registry.js';
 import type { RetNetConfig } from '../src/models/retnet/config.js';
@@ -387,11 +386,10 @@ const COLUMNS: Column[] = [
   { key: 'other_load', header: 'other load', digits: 2 },
 ];
 
-export async function trainSuite(argv: string[]): Promise<void> {
-  const { values } = parseFlags('bench train', argv, { quick: { type: 'boolean' }, report: { type: 'boolean' } });
-  const quick = values.quick === true;
+export async function trainSuite(values: { quick: boolean; report: boolean }): Promise<void> {
+  const quick = values.quick;
   const s = settings(quick);
-  const { path, file } = await suiteResults('train', { report: values.report === true, quick }, () => measureTrain(s));
+  const { path, file } = await suiteResults('train', { report: values.report, quick }, () => measureTrain(s));
   const records = file.records;
   printTable(
     `Training step (forward + backward), ${s.preset} preset with ${s.layers} layers, batch ${s.batch}`,

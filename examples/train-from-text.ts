@@ -4,7 +4,7 @@
 //
 // Without a file it trains on this repository's own documentation (README.md and docs/*.md).
 
-import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -40,7 +40,7 @@ const tokenizer = new ByteTokenizer();
 // Tokenise once into shards; a second run on the same file reuses them.
 const data = prepareData({ source: textFile, tokenizer, cacheDir: join(work, 'shards'), valFraction: 0.1 });
 const model = createModel('retnet', 'tiny', { vocabSize: tokenizer.vocabSize }, { seed: 1 });
-const outDir = values.out ?? join(work, 'model');
+const outDir = values.out ?? join('runs', 'train-from-text');
 
 const result = await train({
   model,
@@ -52,3 +52,4 @@ const result = await train({
 const val = evaluate((ids) => model.forward(ids), model, new ShardReader(data.dir, data.manifest, 'val'), 8, 64, 8);
 console.log(JSON.stringify({ steps: result.step, trainLoss: result.trainLoss, valPpl: val?.ppl ?? null, outDir }));
 model.dispose();
+rmSync(work, { recursive: true, force: true }); // the text and its shards; the model stays in outDir

@@ -268,17 +268,21 @@ describe('bench peer and the CLI', () => {
     );
   });
 
-  it('retnet bench lists the suites and rejects unknown ones', () => {
+  it('retnet bench lists the suites, rejects unknown ones and --quick --save', () => {
     const cli = (args: string[]) =>
       spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'src', 'cli', 'run.ts'), 'bench', ...args], {
         encoding: 'utf8',
       });
-    const list = cli(['--list']);
+    const list = cli(['--help']);
     assert.equal(list.status, 0, list.stderr);
     for (const s of ['decode', 'batch', 'train', 'quality', 'peer', 'gemm', 'attention', 'generate', 'data'])
       assert.match(list.stdout, new RegExp(`\\n  ${s} `));
     const bad = cli(['nope']);
     assert.equal(bad.status, 2);
-    assert.match(bad.stderr, /unknown suite 'nope'/);
+    assert.match(bad.stderr, /unknown command 'nope'/);
+    // Committed results change only when asked, and never from a --quick run.
+    const quickSave = cli(['train', '--quick', '--save']);
+    assert.equal(quickSave.status, 2);
+    assert.match(quickSave.stderr, /--save keeps full runs only; leave out --quick/);
   });
 });

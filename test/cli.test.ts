@@ -45,7 +45,7 @@ describe('retnet CLI', () => {
     assert.match(unknown.stderr, /unknown command 'frobnicate'/);
     const flag = cli(['info', '--colour']);
     assert.equal(flag.code, 2);
-    assert.match(flag.stderr, /Unknown option '--colour'/);
+    assert.match(flag.stderr, /retnet info: unknown option '--colour'/);
     assert.equal(cli(['--help']).code, 0);
   });
 });

@@ -1,8 +1,7 @@
 // The data pipeline: sources, bad-data reports with file and line, the deterministic split, shards + manifest and
 // their reuse, and the streaming batch sampler with a serialisable position.
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
@@ -11,11 +10,12 @@ import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
 import { brownFiles, untagSentence } from '../src/train/brown.js';
 import { BatchSampler, ShardReader, prepareData, sequentialBatches, type PreparedData } from '../src/train/data.js';
 import { DataError, SEGMENT_CHARS, readSegments } from '../src/train/sources.js';
+import { tempDir } from './temp.js';
 
 const bytes = new ByteTokenizer();
 
 function tmp(): string {
-  return mkdtempSync(join(tmpdir(), 'retnet-data-'));
+  return tempDir('retnet-data-');
 }
 
 /** Numbered lines of text, `n` of them. */

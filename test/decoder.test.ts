@@ -1,19 +1,11 @@
 // The decoder trunk: what both architectures get from it (activation dropout, the DeepNet init gain, the rotary table
-// cache, the arch table) and the --form/--chunk-size parser next to the RetNet config.
+// cache, the arch table).
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { noGrad } from '../src/autograd/tape.js';
-import { ConfigError } from '../src/errors.js';
 import { ARCHS, ARCH_TABLE, createModel, modelConfigJSON, modelFromConfig } from '../src/models/registry.js';
-import {
-  CLI_FORMS,
-  RETENTION_FORMS,
-  RETNET_DEFAULTS,
-  type RetNetConfig,
-  parseFormFlags,
-  validateRetNetConfig,
-} from '../src/models/retnet/config.js';
+import { RETNET_DEFAULTS, type RetNetConfig, validateRetNetConfig } from '../src/models/retnet/config.js';
 import { RetNetModel } from '../src/models/retnet/model.js';
 import { TransformerModel } from '../src/models/transformer/model.js';
 import { tidy } from '../src/tensor/scope.js';
@@ -100,30 +92,5 @@ describe('decoder trunk', () => {
       back.dispose();
     }
     assert.throws(() => modelFromConfig({ arch: 'mamba' }, 'c.json'), /c.json: unknown arch "mamba"/);
-  });
-});
-
-describe('--form and --chunk-size', () => {
-  const base = { chunkwiseRecurrent: false, chunkSize: 512 };
-
-  it('default to the config', () => {
-    assert.deepEqual(parseFormFlags('eval', {}, base, RETENTION_FORMS), { form: 'parallel', chunkSize: 512 });
-    assert.deepEqual(parseFormFlags('eval', {}, { chunkwiseRecurrent: true, chunkSize: 9 }, RETENTION_FORMS), {
-      form: 'chunkwise',
-      chunkSize: 9,
-    });
-    assert.deepEqual(parseFormFlags('logits', { form: 'recurrent', 'chunk-size': '7' }, base, CLI_FORMS), {
-      form: 'recurrent',
-      chunkSize: 7,
-    });
-  });
-
-  it('reject bad values naming the command and the flag', () => {
-    assert.throws(
-      () => parseFormFlags('train', { form: 'recurrent' }, base, RETENTION_FORMS),
-      (e: Error) => e instanceof ConfigError && /train: --form must be one of parallel, chunkwise/.test(e.message),
-    );
-    for (const bad of ['0', '-3', '2.5', 'x', ''])
-      assert.throws(() => parseFormFlags('eval', { 'chunk-size': bad }, base, RETENTION_FORMS), /--chunk-size must be/);
   });
 });

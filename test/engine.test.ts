@@ -1,8 +1,7 @@
 // Engine behaviour beyond single kernels: error messages, memory accounting, scopes, the tape, AdamW, the RNG and
 // safetensors I/O.
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
@@ -16,6 +15,7 @@ import { BufferPool } from '../src/backend/host/pool.js';
 import { Rng } from '../src/tensor/random.js';
 import { keep, tidy } from '../src/tensor/scope.js';
 import { assertClose, nat, randomTensor, ref } from './helpers.js';
+import { tempDir } from './temp.js';
 import { kernelsOf } from '../src/backend/kernels.js';
 
 describe('errors name the op and the shapes', () => {
@@ -256,7 +256,7 @@ describe('Rng', () => {
 });
 
 describe('safetensors', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'retnet-st-'));
+  const dir = tempDir('retnet-st-');
 
   it('round-trips F64, F32 and I32 with metadata, written atomically', () => {
     const path = join(dir, 'a.safetensors');

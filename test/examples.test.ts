@@ -4,6 +4,8 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
+import { tempDir } from './temp.js';
+
 const ROOT = join(import.meta.dirname, '..');
 
 function example(file: string, ...args: string[]) {
@@ -18,7 +20,7 @@ function example(file: string, ...args: string[]) {
 
 describe('examples', () => {
   it('train-from-text trains and reports a validation perplexity', () => {
-    const out = example('train-from-text.ts', '--steps', '8');
+    const out = example('train-from-text.ts', '--steps', '8', '--out', join(tempDir('retnet-example-out-'), 'model'));
     const last = JSON.parse(out.trim().split('\n').pop()!) as { steps: number; valPpl: number };
     assert.equal(last.steps, 8);
     assert.ok(Number.isFinite(last.valPpl) && last.valPpl > 1);

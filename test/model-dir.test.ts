@@ -1,8 +1,7 @@
 // Model directories (config.json + model.safetensors + tokenizer.json) and the `retnet logits` contract.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
@@ -14,6 +13,7 @@ import { RetNetModel } from '../src/models/retnet/model.js';
 import { tidy } from '../src/tensor/scope.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
 import { assertClose, nat, ref } from './helpers.js';
+import { tempDir } from './temp.js';
 
 const ROOT = join(import.meta.dirname, '..');
 const VECTORS = join(ROOT, '..', 'shared', 'torchscale-vectors');
@@ -27,7 +27,7 @@ function cli(...args: string[]) {
 }
 
 function torchscaleDir(name: string): string {
-  const dir = mkdtempSync(join(tmpdir(), 'retnet-ts-'));
+  const dir = tempDir('retnet-ts-');
   copyFileSync(join(VECTORS, `config_${name}.json`), join(dir, 'config.json'));
   copyFileSync(join(VECTORS, `weights_${name}.safetensors`), join(dir, 'model.safetensors'));
   return dir;
@@ -36,7 +36,7 @@ function torchscaleDir(name: string): string {
 describe('model directory', () => {
   it('save then load gives the same logits, with the tokenizer and torchscale buffers', () => {
     const model = createModel('retnet', 'tiny', { vocabSize: 259, layers: 1 }, { backend: nat(), seed: 3 });
-    const dir = mkdtempSync(join(tmpdir(), 'retnet-md-'));
+    const dir = tempDir('retnet-md-');
     saveModelDir(dir, model, new ByteTokenizer());
     const { model: back, tokenizer } = loadModelDir(dir, { backend: nat() });
     assert.ok(tokenizer instanceof ByteTokenizer);
@@ -98,7 +98,7 @@ describe('model directory', () => {
 describe('Transformer model directory', () => {
   it('save then load gives the same logits; retnet logits runs it and rejects --form', () => {
     const model = createModel('transformer', 'tiny', { vocabSize: 40, layers: 1 }, { backend: nat(), seed: 5 });
-    const dir = mkdtempSync(join(tmpdir(), 'retnet-tf-'));
+    const dir = tempDir('retnet-tf-');
     saveModelDir(dir, model);
     const { model: back } = loadModelDir(dir, { backend: nat() });
     assert.equal(back.arch, 'transformer');
@@ -152,12 +152,24 @@ describe('retnet logits', () => {
     const dir = torchscaleDir('dev_default');
     const cases: [string[], RegExp][] = [
       [['--model', dir], /--tokens is required/],
-      [['--model', dir, '--tokens', '1,x'], /--tokens entry 1 \('x'\) is not a non-negative integer/],
+      [
+        ['--model', dir, '--tokens', '1,x'],
+        /'--tokens <ids>' argument '1,x' is invalid\. item 1 \('x'\): expected an integer/,
+      ],
       [['--model', dir, '--tokens', '1,80'], /token 80 at position 1 is outside the vocabulary \[0, 80\)/],
-      [['--model', dir, '--tokens', '1', '--form', 'sideways'], /--form must be one of parallel, recurrent, chunkwise/],
-      [['--model', dir, '--tokens', '1', '--dtype', 'int8'], /--dtype must be one of float32, float64/],
-      [['--model', dir, '--tokens', '1', '--chunk-size', '0'], /--chunk-size must be an integer/],
-      [['--tokens', '1'], /--model DIR is required/],
+      [
+        ['--model', dir, '--tokens', '1', '--form', 'sideways'],
+        /'--form <parallel\|recurrent\|chunkwise>' argument 'sideways' is invalid/,
+      ],
+      [
+        ['--model', dir, '--tokens', '1', '--dtype', 'int8'],
+        /argument 'int8' is invalid\. expected one of float32, float64/,
+      ],
+      [
+        ['--model', dir, '--tokens', '1', '--chunk-size', '0'],
+        /'--chunk-size <int>' argument '0' is invalid\. expected an integer in \[1, 8192\]/,
+      ],
+      [['--tokens', '1'], /retnet logits: --model is required/],
       [['--model', join(dir, 'missing'), '--tokens', '1'], /model directory does not exist/],
     ];
     for (const [args, re] of cases) {

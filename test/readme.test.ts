@@ -2,10 +2,10 @@
 // step count reduced. The README cannot drift from what works.
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
+import { tempDir } from './temp.js';
 
 const ROOT = join(import.meta.dirname, '..');
 
@@ -30,7 +30,7 @@ describe('README', () => {
   });
 
   it('the first command works on a clean copy (demo with 3 steps)', { timeout: 600_000 }, () => {
-    const copy = join(mkdtempSync(join(tmpdir(), 'retnet-readme-')), 'retnet');
+    const copy = join(tempDir('retnet-readme-'), 'retnet');
     const files = execFileSync('git', ['ls-files', '-z'], { cwd: ROOT, encoding: 'utf8' }).split('\0').filter(Boolean);
     for (const f of files) {
       if (!existsSync(join(ROOT, f))) continue; // deleted in the working tree

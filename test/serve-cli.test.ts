@@ -2,8 +2,6 @@
 // equals the library's, the server prints its URL once ready and exits cleanly on SIGTERM mid-stream.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
@@ -12,6 +10,7 @@ import { generate } from '../src/generate/generate.js';
 import { loadModelDir, saveModelDir } from '../src/io/model-dir.js';
 import { createModel } from '../src/models/registry.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
+import { tempDir } from './temp.js';
 
 const ROOT = join(import.meta.dirname, '..');
 const RUN = [join(ROOT, 'src', 'cli', 'run.ts')];
@@ -27,9 +26,9 @@ describe('retnet generate / serve', () => {
   let dir: string;
   let bare: string;
   before(() => {
-    dir = mkdtempSync(join(tmpdir(), 'retnet-gen-'));
+    dir = tempDir('retnet-gen-');
     saveModelDir(dir, createModel('retnet', 'tiny', tiny, { seed: 4 }), new ByteTokenizer());
-    bare = mkdtempSync(join(tmpdir(), 'retnet-gen-bare-'));
+    bare = tempDir('retnet-gen-bare-');
     saveModelDir(bare, createModel('retnet', 'tiny', tiny, { seed: 4 }));
   });
 
@@ -58,10 +57,10 @@ describe('retnet generate / serve', () => {
   it('generate reports bad usage and a model without a tokenizer in one line', () => {
     const noModel = cli('generate', '--prompt', 'x');
     assert.equal(noModel.code, 2);
-    assert.match(noModel.stderr, /--model DIR is required/);
+    assert.match(noModel.stderr, /retnet generate: --model is required/);
     const badTemp = cli('generate', '--model', dir, '--prompt', 'x', '--temperature=-1');
     assert.equal(badTemp.code, 2);
-    assert.match(badTemp.stderr, /--temperature must be a number in \[0, Infinity\], got '-1'/);
+    assert.match(badTemp.stderr, /'--temperature <number>' argument '-1' is invalid\. expected a number in \[0, 100\]/);
     const noTok = cli('generate', '--model', bare, '--prompt', 'x');
     assert.equal(noTok.code, 1);
     assert.match(noTok.stderr, /no tokenizer\.json/);

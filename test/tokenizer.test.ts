@@ -1,9 +1,8 @@
 // Tokenizers: the byte tokenizer and the trained byte-level BPE round-trip arbitrary Unicode; BPE training is
 // deterministic, honours the vocabulary size, and the pure-JS encoder agrees with the Rust library it was trained by.
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
@@ -12,6 +11,7 @@ import { Rng } from '../src/tensor/random.js';
 import { BpeTokenizer, byteLevelAlphabet, trainBpe } from '../src/tokenizer/bpe.js';
 import { loadTokenizer } from '../src/tokenizer/load.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
+import { tempDir } from './temp.js';
 
 // Code point ranges a random string draws from: ASCII, Latin-1, Greek, combining marks, CJK, emoji (astral plane),
 // odd whitespace, and characters outside the Basic Multilingual Plane.
@@ -36,7 +36,7 @@ const CORPUS = Array.from(
 ).join('\n');
 
 function corpusFile(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'retnet-tok-'));
+  const dir = tempDir('retnet-tok-');
   const path = join(dir, 'corpus.txt');
   writeFileSync(path, CORPUS);
   return path;

@@ -2,15 +2,15 @@
 // file, an interrupted run resumed to the same weights as an uninterrupted one, eval's JSON line, plots, bad input.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
 import { Rng } from '../src/tensor/random.js';
+import { tempDir } from './temp.js';
 
 const ROOT = join(import.meta.dirname, '..');
-const dir = mkdtempSync(join(tmpdir(), 'retnet-cli-train-'));
+const dir = tempDir('retnet-cli-train-');
 const cache = join(dir, 'cache');
 
 function cli(...args: string[]) {

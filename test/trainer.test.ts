@@ -1,8 +1,7 @@
 // The trainer on a tiny test model: schedules, AdamW against a float64 reference, gradient accumulation, exact
 // resume (bit for bit), stopping on non-finite loss or gradients, crash-safe checkpoints, metrics and progress output.
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
@@ -32,12 +31,13 @@ import { assertClose, ref } from './helpers.js';
 import { TinyLM, writeParameters } from './tiny-lm.js';
 import { TransformerModel } from '../src/models/transformer/model.js';
 import { transformerPreset } from '../src/models/transformer/config.js';
+import { tempDir } from './temp.js';
 
 const be = getBackend();
 const tokenizer = new ByteTokenizer();
 
 function tmp(): string {
-  return mkdtempSync(join(tmpdir(), 'retnet-train-'));
+  return tempDir('retnet-train-');
 }
 
 /** A small corpus of varied lines, prepared once with the byte tokenizer. */

@@ -11,10 +11,12 @@ import { type CpuDevice, createCpuDevice } from './cpu/device.js';
 import { loadAddon } from './cpu/load.js';
 import type { Device } from './device.js';
 import type { HostDevice } from './host/device.js';
+import { loadCudaAddon } from './cuda/addon.js';
+import { type CudaDevice, createCudaDevice } from './cuda/device.js';
 import { referenceDevice } from './reference/device.js';
 
 /** The devices RETNET_BACKEND and `getBackend` name; 'native' is the deprecated alias of 'cpu'. */
-export type BackendName = 'cpu' | 'reference' | 'native';
+export type BackendName = 'cpu' | 'reference' | 'cuda' | 'native';
 
 let cpu: CpuDevice | null | undefined;
 let cpuError: string | null = null;
@@ -42,6 +44,21 @@ export function cpuUnavailableReason(): string | null {
   return cpuError;
 }
 
+let cuda: CudaDevice | null | undefined;
+
+/** The cuda device, or null when its addon is not built or no CUDA device is present (see `cudaUnavailableReason`). */
+export function cudaBackend(): CudaDevice | null {
+  if (cuda === undefined) {
+    const { addon } = loadCudaAddon();
+    cuda = addon ? createCudaDevice(addon) : null;
+  }
+  return cuda;
+}
+
+export function cudaUnavailableReason(): string | null {
+  return loadCudaAddon().error;
+}
+
 /** Threads for cpu kernels: RETNET_THREADS, else the number of cores. */
 export function threadCount(): number {
   const env = process.env.RETNET_THREADS;
@@ -51,7 +68,7 @@ export function threadCount(): number {
   return n;
 }
 
-function canonical(name: string, where: string): 'cpu' | 'reference' {
+function canonical(name: string, where: string): 'cpu' | 'reference' | 'cuda' {
   if (name === 'native') {
     if (!deprecationSaid) {
       deprecationSaid = true;
@@ -59,13 +76,19 @@ function canonical(name: string, where: string): 'cpu' | 'reference' {
     }
     return 'cpu';
   }
-  if (name === 'cpu' || name === 'reference') return name;
-  throw new BackendError(`${where} must be 'cpu' or 'reference', got '${name}'`);
+  if (name === 'cpu' || name === 'reference' || name === 'cuda') return name;
+  throw new BackendError(`${where} must be 'cpu', 'reference' or 'cuda', got '${name}'`);
 }
 
 export function getBackend(name?: BackendName): Device {
   if (name !== undefined) {
-    if (canonical(name, 'the backend') === 'reference') return referenceBackend();
+    const which = canonical(name, 'the backend');
+    if (which === 'reference') return referenceBackend();
+    if (which === 'cuda') {
+      const c = cudaBackend();
+      if (!c) throw new BackendError(`the cuda device is unavailable: ${cudaUnavailableReason()}`);
+      return c;
+    }
     const b = cpuBackend();
     if (!b) throw new BackendError(`the cpu device is unavailable: ${cpuError}`);
     return b;
@@ -82,7 +105,12 @@ export function getBackend(name?: BackendName): Device {
     current = referenceBackend();
     if (!warned) {
       warned = true;
-      process.stderr.write(`retnet: using the reference backend (${cpuError})\n`);
+      // Loud and once: everything still works, but training and generation run tens of times slower.
+      process.stderr.write(
+        `retnet: using the reference backend (${cpuError}); the native cpu backend is many times faster. ` +
+          'Fix: install OpenBLAS, g++ and make (Debian: apt-get install libopenblas-dev g++ make) and run ' +
+          "'npm rebuild retnet'; 'retnet info' shows the state\n",
+      );
     }
   }
   return current;

@@ -14,9 +14,9 @@ import { RetNetModel } from '../models/retnet/model.js';
 import { tidy } from '../tensor/scope.js';
 import { ByteTokenizer } from '../tokenizer/tokenizer.js';
 import { brownFiles, brownText } from '../train/brown.js';
-import { type Command, UsageError, intFlag, numberFlag, parseFlags } from './command.js';
+import { UsageError, bool, choice, defineCommand, int, num, text } from './command.js';
 import { formatStats, generateText, loadForGeneration } from './generate.js';
-import { trainCommand } from './train.js';
+import { checkBatchTokens, trainCommand } from './train.js';
 
 const MARKER = 'demo.json';
 
@@ -72,36 +72,33 @@ function sampleText(): string {
   return text.slice(0, 400);
 }
 
-export const demoCommand: Command = {
+export const demoCommand = defineCommand({
   name: 'demo',
   summary: 'train a small RetNet on the Brown corpus, check the three forms, generate (no flags needed)',
-  usage:
-    'retnet demo [--steps N] [--preset tiny|small|base] [--out DIR] [--seq-len N] [--batch N] [--lr X] [--seed N] ' +
-    '[--prompt TEXT] [--max-tokens N]',
-  async run(argv) {
-    const { values } = parseFlags('demo', argv, {
-      steps: { type: 'string' },
-      preset: { type: 'string' },
-      out: { type: 'string' },
-      'seq-len': { type: 'string' },
-      batch: { type: 'string' },
-      lr: { type: 'string' },
-      seed: { type: 'string' },
-      prompt: { type: 'string' },
-      'max-tokens': { type: 'string' },
-    });
-    const steps = intFlag('demo', 'steps', values.steps, 400);
-    const seqLen = intFlag('demo', 'seq-len', values['seq-len'], 128, 2);
-    const batch = intFlag('demo', 'batch', values.batch, 16);
-    const lr = numberFlag('demo', 'lr', values.lr, 3e-3, Number.MIN_VALUE);
-    const seed = intFlag('demo', 'seed', values.seed, 0, 0);
-    const maxTokens = intFlag('demo', 'max-tokens', values['max-tokens'], 200);
-    const preset = values.preset ?? 'tiny';
-    const out = resolve(values.out ?? join('runs', 'demo'));
-    // The demo owns its output directory: a previous demo run there is replaced, anything else is left alone.
+  flags: {
+    steps: int('training steps', { min: 1, max: 1e6, default: 400 }),
+    preset: choice('the model size', ['tiny', 'small', 'base'] as const, { default: 'tiny' }),
+    out: text('the run directory it leaves', { placeholder: 'dir', default: join('runs', 'demo'), nonEmpty: true }),
+    force: bool("replace --out when it holds an earlier demo's run"),
+    'seq-len': int('tokens per sequence', { min: 2, max: 65536, default: 128 }),
+    batch: int('sequences per batch', { min: 1, max: 4096, default: 16 }),
+    lr: num('peak learning rate', { min: 1e-9, max: 10, default: 3e-3 }),
+    seed: int('seeds the model, the data order and the sampler', { min: 0, max: 2 ** 32 - 1, default: 0 }),
+    prompt: text('the start of the generated text', { default: 'The jury said ' }),
+    'max-tokens': int('tokens to generate', { min: 1, max: 2 ** 20, default: 200 }),
+  },
+  async run({ values }) {
+    const { steps, preset, batch, lr, seed } = values;
+    const seqLen = values['seq-len'];
+    const maxTokens = values['max-tokens'];
+    checkBatchTokens('demo', batch, seqLen);
+    const out = resolve(values.out);
+    // An earlier run is never replaced silently: --force replaces an earlier demo's, anything else is left alone.
     if (existsSync(out) && readdirSync(out).length > 0) {
       if (!existsSync(join(out, MARKER)))
         throw new UsageError(`demo: ${out} exists and was not written by the demo; pass another --out`);
+      if (!values.force)
+        throw new UsageError(`demo: ${out} holds an earlier demo run; pass --force to replace it, or another --out`);
       rmSync(out, { recursive: true, force: true });
     }
     const say = (s: string) => process.stdout.write(`${s}\n`);
@@ -131,7 +128,7 @@ export const demoCommand: Command = {
       throw new RetnetError(`demo: the forms disagree by more than ${tolerance}; this is a bug`);
 
     say('\n== 3/4 a continuation, streamed (chunkwise prefill, then recurrent decoding)');
-    const prompt = values.prompt ?? 'The jury said ';
+    const prompt = values.prompt;
     const { model, tokenizer } = loadForGeneration(out);
     process.stdout.write(prompt);
     const stats = await generateText(
@@ -146,12 +143,12 @@ export const demoCommand: Command = {
 
     say('\n== 4/4 the model directory is ready');
     say(`  ${out}`);
-    say(`  retnet generate --model ${out} --prompt "The jury said" --max-tokens 100`);
-    say(`  retnet serve --model ${out} --port 8080`);
-    say(`  retnet eval --model ${out} --data brown`);
+    say(`  npx retnet generate --model ${out} --prompt "The jury said" --max-tokens 100`);
+    say(`  npx retnet serve --model ${out} --port 8080`);
+    say(`  npx retnet eval --model ${out} --data brown`);
     return 0;
   },
-};
+});
 
 function resolveDir(dir: string): string {
   mkdirSync(dir, { recursive: true });

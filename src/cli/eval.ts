@@ -8,72 +8,62 @@ import { join, resolve } from 'node:path';
 
 import { FormatError } from '../errors.js';
 import { loadModelDir } from '../io/model-dir.js';
-import { RETENTION_FORMS } from '../models/retnet/config.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { ShardReader, prepareData } from '../train/data.js';
 import { evaluate } from '../train/evaluate.js';
-import {
-  type Command,
-  UsageError,
-  choiceFlag,
-  intFlag,
-  numberFlag,
-  parseFlags,
-  WEIGHTS_FLAG,
-  WEIGHTS_USAGE,
-  weightsFlag,
-  formFlags,
-} from './command.js';
-import { DATA_FLAGS, DEFAULT_CACHE, type RunSettings } from './train.js';
+import { UsageError, WEIGHTS_FLAG, choice, defineCommand, int, text } from './command.js';
+import { DATA_FLAGS, DEFAULT_CACHE, type RunSettings, checkBatchTokens } from './train.js';
 
 const SPLITS = ['val', 'train', 'all'] as const;
 
-export const evalCommand: Command = {
+export const evalCommand = defineCommand({
   name: 'eval',
   summary: 'print the loss and perplexity of a model on data (JSON line with "loss" and "ppl")',
-  usage:
-    'retnet eval --model DIR --data PATH|brown [--split val|train|all --seq-len N --batch N --max-batches N ' +
-    '--form parallel|chunkwise --chunk-size N --val-fraction X --jsonl-field NAME --skip-bad-data --cache DIR] ' +
-    WEIGHTS_USAGE,
-  async run(argv) {
-    const { values: v } = parseFlags('eval', argv, {
-      ...DATA_FLAGS,
-      model: { type: 'string' },
-      split: { type: 'string' },
-      'max-batches': { type: 'string' },
-      ...WEIGHTS_FLAG,
-    });
-    if (!v.model) throw new UsageError('eval: --model DIR is required');
-    if (!v.data) throw new UsageError('eval: --data PATH|brown is required');
+  flags: {
+    model: text('the model directory', { placeholder: 'dir', required: true, nonEmpty: true }),
+    ...DATA_FLAGS,
+    data: text(DATA_FLAGS.data.help, { placeholder: 'path|brown', required: true, nonEmpty: true }),
+    split: choice('which split to evaluate', SPLITS, { default: 'val' }),
+    ...WEIGHTS_FLAG,
+    'max-batches': int('stop after this many batches', { min: 1, max: Number.MAX_SAFE_INTEGER, defaultHelp: 'all' }),
+  },
+  epilog:
+    'Flags not given take the settings the model was trained with (DIR/run.json): --seq-len, --batch,\n' +
+    '--val-fraction, --jsonl-field, --skip-bad-data, --cache; a RetNet evaluates in the form it was configured with.',
+  async run({ values: v, given }) {
     const dir = resolve(v.model);
     const runPath = join(dir, 'run.json');
     const run = existsSync(runPath) ? (JSON.parse(readFileSync(runPath, 'utf8')) as RunSettings) : null;
-    const split = choiceFlag('eval', 'split', v.split, SPLITS, 'val');
-    const seqLen = intFlag('eval', 'seq-len', v['seq-len'], run?.train.seqLen ?? 128);
-    const batch = intFlag('eval', 'batch', v.batch, run?.train.batch ?? 8);
-    const maxBatches = intFlag('eval', 'max-batches', v['max-batches'], Number.MAX_SAFE_INTEGER);
-    const valFraction = numberFlag('eval', 'val-fraction', v['val-fraction'], run?.data.valFraction ?? 0.01, 0, 0.5);
+    const split = v.split;
+    const seqLen = given('seq-len') ? v['seq-len'] : (run?.train.seqLen ?? v['seq-len']);
+    const batch = given('batch') ? v.batch : (run?.train.batch ?? v.batch);
+    checkBatchTokens('eval', batch, seqLen);
+    const maxBatches = v['max-batches'] ?? Number.MAX_SAFE_INTEGER;
+    const valFraction = given('val-fraction') ? v['val-fraction'] : (run?.data.valFraction ?? v['val-fraction']);
     if (split !== 'all' && valFraction === 0)
       throw new UsageError(`eval: --split ${split} needs a validation fraction above 0 (or use --split all)`);
 
-    const { model, tokenizer } = loadModelDir(dir, { weights: weightsFlag('eval', v.weights) });
+    const { model, tokenizer } = loadModelDir(dir, { weights: v.weights });
     if (!tokenizer)
       throw new FormatError(`${dir}: no tokenizer.json; eval needs the tokenizer the model was trained with`);
     let forward = (ids: Tensor) => model.forward(ids);
     if (model instanceof RetNetModel) {
-      const pass = formFlags('eval', v, model.config, RETENTION_FORMS);
-      forward = (ids) => model.forward(ids, pass);
-    } else if (v.form !== undefined || v['chunk-size'] !== undefined)
+      const form = given('form') ? v.form : model.config.chunkwiseRecurrent ? 'chunkwise' : 'parallel';
+      const chunkSize = given('chunk-size') ? v['chunk-size'] : model.config.chunkSize;
+      forward = (ids) => model.forward(ids, { form, chunkSize });
+    } else if (given('form') || given('chunk-size')) {
+      model.dispose();
       throw new UsageError(`eval: --form and --chunk-size apply to RetNet models, not to a ${model.arch}`);
+    }
 
     const data = prepareData({
       source: v.data === 'brown' ? 'brown' : resolve(v.data),
       tokenizer,
       cacheDir: resolve(v.cache ?? run?.data.cacheDir ?? DEFAULT_CACHE()),
       valFraction: split === 'all' ? 0 : valFraction,
-      jsonlField: v['jsonl-field'] ?? run?.data.jsonlField ?? 'text',
-      onBadData: (v['skip-bad-data'] ?? run?.data.skipBadData) ? 'skip' : 'reject',
+      jsonlField: given('jsonl-field') ? v['jsonl-field'] : (run?.data.jsonlField ?? v['jsonl-field']),
+      onBadData: v['skip-bad-data'] || run?.data.skipBadData ? 'skip' : 'reject',
       log: (line) => process.stderr.write(`${line}\n`),
     });
     const reader = new ShardReader(data.dir, data.manifest, split === 'val' ? 'val' : 'train');
@@ -92,4 +82,4 @@ export const evalCommand: Command = {
       model.dispose();
     }
   },
-};
+});

@@ -1,6 +1,8 @@
 // `retnet generate`: streams the continuation of a prompt to stdout as it is produced, and reports prefill and decode
 // speed on stderr. `--temperature 0` is greedy and deterministic.
 
+import { readFileSync, statSync } from 'node:fs';
+
 import { ConfigError } from '../errors.js';
 import { generate } from '../generate/generate.js';
 import type { SamplingOptions } from '../generate/sampler.js';
@@ -8,25 +10,22 @@ import type { CausalLM } from '../models/lm.js';
 import { loadModelDir } from '../io/model-dir.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { WeightFormat } from '../quant/formats.js';
-import {
-  type Command,
-  UsageError,
-  WEIGHTS_FLAG,
-  WEIGHTS_USAGE,
-  intFlag,
-  numberFlag,
-  parseFlags,
-  weightsFlag,
-} from './command.js';
+import { UsageError, WEIGHTS_FLAG, bool, defineCommand, int, num, text } from './command.js';
 
 /** Loads a model directory for generation, which needs its tokenizer (weights: as `--weights`). */
-export function loadForGeneration(dir: string, weights?: WeightFormat): { model: CausalLM; tokenizer: Tokenizer } {
-  const { model, tokenizer } = loadModelDir(dir, { weights });
+export function loadForGeneration(
+  dir: string,
+  weights?: WeightFormat,
+): { model: CausalLM; tokenizer: Tokenizer; chatTemplate?: string } {
+  const loaded = loadModelDir(dir, { weights });
+  const { model, tokenizer } = loaded;
   if (!tokenizer) {
     model.dispose();
     throw new ConfigError(`${dir}: no tokenizer.json; generation needs the tokenizer the model was trained with`);
   }
-  return { model, tokenizer };
+  // tokenizer_config.json's chat_template, once the model-directory loader reads it.
+  const { chatTemplate } = loaded as { chatTemplate?: unknown };
+  return { model, tokenizer, ...(typeof chatTemplate === 'string' ? { chatTemplate } : {}) };
 }
 
 export interface GenerateTextOptions {
@@ -92,49 +91,81 @@ export async function generateText(
   throw new Error('generate ended without an end event');
 }
 
-export const generateCommand: Command = {
+/** The largest prompt read from a file or stdin. */
+const MAX_PROMPT_BYTES = 16 * 2 ** 20;
+
+/** The prompt: --prompt, else --prompt-file (`-` is stdin), else stdin when it is not a terminal. */
+async function readPrompt(prompt: string | undefined, file: string | undefined): Promise<string> {
+  if (prompt !== undefined && file !== undefined)
+    throw new UsageError('generate: give --prompt or --prompt-file, not both');
+  if (prompt !== undefined) return prompt;
+  if (file === undefined && process.stdin.isTTY)
+    throw new UsageError('generate: give --prompt TEXT, --prompt-file FILE, or the prompt on stdin');
+  let bytes: Buffer;
+  if (file !== undefined && file !== '-') {
+    try {
+      if (statSync(file).size > MAX_PROMPT_BYTES) throw new UsageError(`generate: ${file} is over 16 MiB`);
+      bytes = readFileSync(file);
+    } catch (e) {
+      if (e instanceof UsageError) throw e;
+      throw new UsageError(`generate: cannot read --prompt-file ${file}: ${(e as Error).message}`);
+    }
+  } else {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of process.stdin) {
+      size += (chunk as Buffer).length;
+      if (size > MAX_PROMPT_BYTES) throw new UsageError('generate: the prompt on stdin is over 16 MiB');
+      chunks.push(chunk as Buffer);
+    }
+    bytes = Buffer.concat(chunks);
+  }
+  const text = new TextDecoder('utf-8', { fatal: false }).decode(bytes);
+  if (text.includes('\uFFFD'))
+    throw new UsageError(`generate: the prompt ${file ? `in ${file} ` : ''}is not valid UTF-8`);
+  return text;
+}
+
+export const generateCommand = defineCommand({
   name: 'generate',
   summary: 'stream the continuation of a prompt (speed on stderr)',
-  usage:
-    'retnet generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] ' +
-    `[--repetition-penalty R] [--seed S] [--stop STRING] [--ignore-eos] ${WEIGHTS_USAGE}`,
-  async run(argv) {
-    const { values } = parseFlags('generate', argv, {
-      model: { type: 'string' },
-      prompt: { type: 'string' },
-      'max-tokens': { type: 'string' },
-      temperature: { type: 'string' },
-      'top-p': { type: 'string' },
-      'top-k': { type: 'string' },
-      'repetition-penalty': { type: 'string' },
-      seed: { type: 'string' },
-      stop: { type: 'string' },
-      'ignore-eos': { type: 'boolean' },
-      ...WEIGHTS_FLAG,
-    });
-    if (!values.model) throw new UsageError('generate: --model DIR is required');
-    if (values.prompt === undefined) throw new UsageError('generate: --prompt TEXT is required');
+  flags: {
+    model: text('the model directory', { placeholder: 'dir', required: true, nonEmpty: true }),
+    prompt: text('the prompt'),
+    'prompt-file': text('read the prompt from a file (- for stdin); without either, stdin is read', {
+      placeholder: 'file',
+      nonEmpty: true,
+    }),
+    'max-tokens': int('tokens to generate at most', { min: 1, max: 2 ** 20, default: 128 }),
+    temperature: num('sampling temperature; 0 is greedy', { min: 0, max: 100, default: 1 }),
+    'top-p': num('nucleus sampling: the smallest set of tokens with this probability', {
+      min: 1e-6,
+      max: 1,
+      default: 1,
+    }),
+    'top-k': int('sample from the k most likely tokens; 0: all', { min: 0, max: 2 ** 24, default: 0 }),
+    'repetition-penalty': num('divides the logits of tokens already seen', { min: 1e-3, max: 100, default: 1 }),
+    seed: int('seeds the sampler', { min: 0, max: 2 ** 32 - 1, defaultHelp: 'random' }),
+    stop: text('stop when the text contains this string'),
+    'ignore-eos': bool('keep generating past the end-of-text token'),
+    ...WEIGHTS_FLAG,
+  },
+  async run({ values }) {
     const sampling: SamplingOptions = {
-      temperature: numberFlag('generate', 'temperature', values.temperature, 1, 0),
-      topP: numberFlag('generate', 'top-p', values['top-p'], 1, Number.MIN_VALUE, 1),
-      topK: intFlag('generate', 'top-k', values['top-k'], 0, 0),
-      repetitionPenalty: numberFlag(
-        'generate',
-        'repetition-penalty',
-        values['repetition-penalty'],
-        1,
-        Number.MIN_VALUE,
-      ),
+      temperature: values.temperature,
+      topP: values['top-p'],
+      topK: values['top-k'],
+      repetitionPenalty: values['repetition-penalty'],
     };
-    if (values.seed !== undefined) sampling.seed = intFlag('generate', 'seed', values.seed, 0, 0, 2 ** 32 - 1);
+    if (values.seed !== undefined) sampling.seed = values.seed;
     const opts: GenerateTextOptions = {
-      prompt: values.prompt,
-      maxTokens: intFlag('generate', 'max-tokens', values['max-tokens'], 128),
+      prompt: await readPrompt(values.prompt, values['prompt-file']),
+      maxTokens: values['max-tokens'],
       sampling,
       stop: values.stop === undefined || values.stop === '' ? [] : [values.stop],
-      ignoreEos: values['ignore-eos'] ?? false,
+      ignoreEos: values['ignore-eos'],
     };
-    const { model, tokenizer } = loadForGeneration(values.model, weightsFlag('generate', values.weights));
+    const { model, tokenizer } = loadForGeneration(values.model, values.weights);
     // Ctrl-C ends the generation cleanly (the text so far and the speed line are still printed).
     const interrupt = new AbortController();
     const onSigint = () => interrupt.abort();
@@ -151,4 +182,4 @@ export const generateCommand: Command = {
     }
     return 0;
   },
-};
+});

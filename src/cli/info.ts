@@ -1,27 +1,43 @@
 // `retnet info`: which backend is in use, the BLAS library and its core type, threads, the addon's build flags and
-// the kernels each device implements.
+// the kernels each device implements; the GPU, driver and CUDA toolkit when the cuda device is present.
 
 import {
   cpuBackend,
   cpuInfo,
   cpuUnavailableReason,
+  cudaBackend,
+  cudaUnavailableReason,
   getBackend,
   referenceBackend,
   threadCount,
 } from '../backend/index.js';
+import type { CudaInfo } from '../backend/cuda/addon.js';
 import { implementedKernels } from '../backend/kernels.js';
-import type { Command } from './command.js';
-import { parseFlags } from './command.js';
+import { bool, defineCommand } from './command.js';
 
-export const infoCommand: Command = {
+/** The GPU, its driver and the toolkit the cuda addon was built with (versions as major.minor). */
+function cudaSummary(i: CudaInfo) {
+  const version = (v: number) => `${Math.floor(v / 1000)}.${Math.floor((v % 1000) / 10)}`;
+  return {
+    gpu: i.name,
+    computeCapability: i.computeCapability,
+    memoryGiB: +(i.memoryBytes / 2 ** 30).toFixed(1),
+    driverCuda: version(i.driver),
+    runtime: version(i.runtime),
+    cublas: i.cublas,
+    compiledFor: i.compiledFor,
+  };
+}
+
+export const infoCommand = defineCommand({
   name: 'info',
   summary: 'print the backend, BLAS library, core type, threads, addon build flags and kernels per device',
-  usage: 'retnet info [--json]',
-  async run(argv) {
-    const { values } = parseFlags('info', argv, { json: { type: 'boolean' } });
+  flags: { json: bool('print one JSON object') },
+  async run({ values }) {
     const backend = getBackend();
     const native = cpuInfo();
-    const devices = [referenceBackend(), cpuBackend()].filter((d) => d !== null);
+    const cuda = cudaBackend();
+    const devices = [referenceBackend(), cpuBackend(), cuda].filter((d) => d !== null);
     const report = {
       backend: backend.name,
       cpuAddon: native ? 'loaded' : `unavailable: ${cpuUnavailableReason()}`,
@@ -41,6 +57,7 @@ export const infoCommand: Command = {
             avx512: native.avx512,
           }
         : null,
+      cuda: cuda ? cudaSummary(cuda.info()) : `unavailable: ${cudaUnavailableReason()}`,
       node: process.version,
       kernels: Object.fromEntries(devices.map((d) => [d.name, implementedKernels(d.name)])),
     };
@@ -62,4 +79,4 @@ export const infoCommand: Command = {
     }
     return 0;
   },
-};
+});

@@ -4,32 +4,12 @@
 import { getBackend } from '../backend/index.js';
 import { noGrad } from '../autograd/tape.js';
 import { loadModelDir } from '../io/model-dir.js';
-import type { CliForm } from '../models/retnet/config.js';
+import { SIZE_BOUNDS } from '../models/bounds.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { tidy } from '../tensor/scope.js';
-import {
-  type Command,
-  UsageError,
-  choiceFlag,
-  parseFlags,
-  WEIGHTS_FLAG,
-  WEIGHTS_USAGE,
-  weightsFlag,
-  formFlags,
-} from './command.js';
+import { UsageError, WEIGHTS_FLAG, choice, defineCommand, int, intItem, list, text } from './command.js';
 
-const FORMS = ['parallel', 'recurrent', 'chunkwise'] as const satisfies readonly CliForm[];
-
-function parseTokens(text: string | undefined): number[] {
-  if (text === undefined || text.trim() === '')
-    throw new UsageError('logits: --tokens is required (e.g. --tokens 3,1,4)');
-  return text.split(',').map((s, i) => {
-    const n = Number(s.trim());
-    if (s.trim() === '' || !Number.isInteger(n) || n < 0)
-      throw new UsageError(`logits: --tokens entry ${i} ('${s}') is not a non-negative integer`);
-    return n;
-  });
-}
+const FORMS = ['parallel', 'recurrent', 'chunkwise'] as const;
 
 /**
  * Streams `{"logits": [[...], ...]}` to stdout a few rows per write, so the cost is linear in the number of values and
@@ -51,27 +31,30 @@ function writeRows(flat: ArrayLike<number>, rows: number, V: number): void {
   process.stdout.write(pending.join(''));
 }
 
-export const logitsCommand: Command = {
+export const logitsCommand = defineCommand({
   name: 'logits',
   summary: 'print the logits of a token sequence as JSON ({"logits": [[...], ...]})',
-  usage:
-    'retnet logits --model DIR --tokens 3,1,4 [--form parallel|recurrent|chunkwise] [--chunk-size N] [--dtype float32|float64] ' +
-    WEIGHTS_USAGE,
-  async run(argv) {
-    const { values } = parseFlags('logits', argv, {
-      model: { type: 'string' },
-      tokens: { type: 'string' },
-      form: { type: 'string' },
-      'chunk-size': { type: 'string' },
-      dtype: { type: 'string' },
-      ...WEIGHTS_FLAG,
-    });
-    if (!values.model) throw new UsageError('logits: --model DIR is required');
-    const tokens = parseTokens(values.tokens);
-    const dtype = choiceFlag('logits', 'dtype', values.dtype, ['float32', 'float64'] as const, 'float32');
+  flags: {
+    model: text('the model directory', { placeholder: 'dir', required: true, nonEmpty: true }),
+    tokens: {
+      ...list('token ids, comma-separated', intItem(0, 2 ** 31 - 1), { placeholder: 'ids', maxItems: 2 ** 20 }),
+      required: true,
+    },
+    form: choice('RetNet only: the form of the pass', FORMS, { default: 'parallel' }),
+    'chunk-size': int('RetNet only: the chunk size of the chunkwise form', {
+      min: 1,
+      max: SIZE_BOUNDS.chunkSize,
+      defaultHelp: "the model's",
+    }),
+    ...WEIGHTS_FLAG,
+    dtype: choice('float64 runs on the reference backend', ['float32', 'float64'] as const, { default: 'float32' }),
+  },
+  async run({ values, given }) {
+    const tokens = values.tokens!;
+    const dtype = values.dtype;
     // float64 runs on the reference backend, the only one that holds it.
     const backend = dtype === 'float64' ? getBackend('reference') : getBackend();
-    const weights = weightsFlag('logits', values.weights);
+    const weights = values.weights;
     if (weights && dtype !== 'float32')
       throw new UsageError(`logits: --weights ${weights} computes in float32; leave out --dtype ${dtype}`);
     const { model } = loadModelDir(values.model, { backend, dtype, weights });
@@ -81,7 +64,8 @@ export const logitsCommand: Command = {
     const V = model.vocabSize;
     let flat: ArrayLike<number>;
     if (model instanceof RetNetModel) {
-      const { form, chunkSize } = formFlags('logits', values, model.config, FORMS);
+      const form = values.form;
+      const chunkSize = values['chunk-size'] ?? model.config.chunkSize;
       if (form === 'recurrent') {
         const state = model.emptyState(1);
         const out = new Float64Array(tokens.length * V);
@@ -98,7 +82,7 @@ export const logitsCommand: Command = {
         );
       }
     } else {
-      if (values.form !== undefined || values['chunk-size'] !== undefined)
+      if (given('form') || given('chunk-size'))
         throw new UsageError(`logits: --form and --chunk-size apply to RetNet models, not to a ${model.arch}`);
       flat = noGrad(() => tidy(() => model.forward(backend.fromData(tokens, [1, tokens.length], 'int32')).data()));
     }
@@ -106,4 +90,4 @@ export const logitsCommand: Command = {
     writeRows(flat, tokens.length, V);
     return 0;
   },
-};
+});

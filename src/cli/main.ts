@@ -1,19 +1,26 @@
-// `retnet <command> [flags]`: dispatches to the subcommands. Errors of the library (RetnetError), of the command line
-// and of the filesystem (ENOSPC, EROFS, ...) print as one line on stderr; anything else is a bug and prints its stack.
+// `retnet <command> [flags]`: dispatches to the subcommands. Errors of the command line (exit code 2), of the library
+// (RetnetError, exit code 1) and of the filesystem (ENOSPC, EROFS, ..., exit code 1) print as one line on stderr;
+// anything else is a bug and prints its stack.
 
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { Command as Commander, CommanderError } from 'commander';
+
+import { packageRoot } from '../backend/cpu/load.js';
 import { RetnetError, describeSystemError } from '../errors.js';
 import { benchCommand } from './bench.js';
-import { type Command, UsageError } from './command.js';
+import { type Command, UsageError, configure } from './command.js';
 import { demoCommand } from './demo.js';
+import { evalCommand } from './eval.js';
 import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
-import { evalCommand } from './eval.js';
 import { logitsCommand } from './logits.js';
 import { plotCommand } from './plot.js';
 import { serveCommand } from './serve.js';
 import { trainCommand } from './train.js';
 
-const commands: Command[] = [
+export const commands: Command[] = [
   demoCommand,
   infoCommand,
   trainCommand,
@@ -25,37 +32,33 @@ const commands: Command[] = [
   benchCommand,
 ];
 
-function help(): string {
-  const width = Math.max(...commands.map((c) => c.name.length));
-  return [
-    'usage: retnet <command> [flags]',
-    '',
-    ...commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
-    '',
-    'retnet <command> --help shows the flags of a command.',
-  ].join('\n');
+export function version(): string {
+  return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
+}
+
+/** The whole command line as one Commander program; each command's action stores its exit code in `result`. */
+export function program(result: { code: number }): Commander {
+  const p = configure(new Commander('retnet'))
+    .description('RetNet for TypeScript/Node: train, evaluate, generate, serve, benchmark')
+    .version(version(), '-V, --version', 'print the version')
+    .addHelpText('after', '\nretnet <command> --help lists the flags of a command, their types and defaults.');
+  for (const c of commands) p.addCommand(c.build(result));
+  return p;
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const [name, ...rest] = argv;
-  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
-    process.stdout.write(`${help()}\n`);
-    return name === undefined ? 2 : 0;
-  }
-  const command = commands.find((c) => c.name === name);
-  if (!command) {
-    process.stderr.write(`retnet: unknown command '${name}'\n\n${help()}\n`);
-    return 2;
-  }
-  if (rest.includes('--help') || rest.includes('-h')) {
-    process.stdout.write(`usage: ${command.usage}\n`);
-    return 0;
-  }
+  const result = { code: 0 };
   try {
-    return await command.run(rest);
+    await program(result).parseAsync(argv, { from: 'user' });
+    return result.code;
   } catch (e) {
+    // Commander has printed its message (an unknown command or flag with a suggestion, a bad value, or the help).
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    const name = argv[0];
     if (e instanceof UsageError) {
-      process.stderr.write(`retnet ${e.message}\nusage: ${command.usage}\n`);
+      // The message starts with the command it is about ('train: ...', 'bench decode: ...').
+      const where = /^([a-z][a-z ]*):/.exec(e.message)?.[1] ?? name;
+      process.stderr.write(`retnet ${e.message}\n(retnet ${where} --help lists its flags)\n`);
       return 2;
     }
     if (e instanceof RetnetError) {

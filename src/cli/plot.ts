@@ -9,7 +9,8 @@ import type { Spec } from 'vega';
 
 import { FormatError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
-import { type Command, UsageError, parseFlags } from './command.js';
+import { importOptional } from '../optional.js';
+import { UsageError, defineCommand, list, text } from './command.js';
 
 export interface CurvePoint {
   run: string;
@@ -128,9 +129,9 @@ export function curvesSpec(points: readonly CurvePoint[], title: string): Spec {
 
 /** Renders a Vega specification to an SVG string and PNG bytes (at twice the size, for sharp text). */
 export async function renderSpec(spec: Spec): Promise<{ svg: string; png: Buffer }> {
-  // Loaded here, not at startup: every other command would pay for the charting libraries.
-  const vega = await import('vega');
-  const { Resvg } = await import('@resvg/resvg-js');
+  // Loaded here, not at startup (optional dependencies: every other command would pay for them).
+  const vega = await importOptional<typeof import('vega')>('vega');
+  const { Resvg } = await importOptional<typeof import('@resvg/resvg-js')>('@resvg/resvg-js');
   const view = new vega.View(vega.parse(spec), { renderer: 'none' });
   const svg = await view.toSVG();
   view.finalize();
@@ -148,26 +149,28 @@ export function renderCurves(points: readonly CurvePoint[], title: string): Prom
   return renderSpec(curvesSpec(points, title));
 }
 
-export const plotCommand: Command = {
+export const plotCommand = defineCommand({
   name: 'plot',
   summary: 'draw training and validation loss curves of one or more runs to SVG and PNG',
-  usage: 'retnet plot RUN_DIR [RUN_DIR...] [--out PATH_WITHOUT_EXTENSION] [--labels A,B,...] [--title TEXT]',
-  async run(argv) {
-    const { values, positionals } = parseFlags(
-      'plot',
-      argv,
-      { out: { type: 'string' }, labels: { type: 'string' }, title: { type: 'string' } },
-      true,
-    );
-    if (positionals.length === 0) throw new UsageError('plot: give at least one RUN_DIR');
-    const labels = values.labels?.split(',') ?? positionals.map((d) => basename(resolve(d)));
+  flags: {
+    out: text('the chart files, without extension (.svg and .png are added)', {
+      placeholder: 'path',
+      defaultHelp: 'RUN_DIR/curves of the first run',
+      nonEmpty: true,
+    }),
+    labels: list('one name per run for the legend', (s) => s, { placeholder: 'a,b,...', maxItems: 64 }),
+    title: text('the chart title', { default: 'Loss by step' }),
+  },
+  args: [{ name: '<run-dir...>', help: 'training run directories (holding metrics.jsonl)' }],
+  async run({ values, positionals }) {
+    const labels = values.labels ?? positionals.map((d) => basename(resolve(d)));
     if (labels.length !== positionals.length)
       throw new UsageError(`plot: --labels has ${labels.length} names for ${positionals.length} runs`);
     if (new Set(labels).size !== labels.length)
       throw new UsageError(`plot: the runs need distinct labels (got ${labels.join(', ')}); pass --labels`);
     const points = positionals.flatMap((dir, i) => readCurves(dir, labels[i]!));
     const out = resolve(values.out ?? join(positionals[0]!, 'curves'));
-    const { svg, png } = await renderCurves(points, values.title ?? 'Loss by step');
+    const { svg, png } = await renderCurves(points, values.title);
     writeFileAtomic(`${out}.svg`, svg);
     writeFileAtomic(`${out}.png`, png);
     process.stdout.write(
@@ -175,4 +178,4 @@ export const plotCommand: Command = {
     );
     return 0;
   },
-};
+});

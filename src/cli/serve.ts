@@ -1,63 +1,116 @@
-// `retnet serve`: the OpenAI-compatible completions server for a model directory. Prints the URL once it listens;
-// SIGTERM (or Ctrl-C) lets generations in flight finish for a grace period, cancels the rest and exits 0.
+// `retnet serve`: the OpenAI-compatible server (completions, chat completions) for a model directory. Prints the
+// URL once it listens; SIGTERM (or Ctrl-C) lets generations in flight finish for a grace period, cancels the rest and exits 0.
 
+import { lookup } from 'node:dns/promises';
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { basename, resolve } from 'node:path';
 
+import { InvalidArgumentError } from 'commander';
+
+import { RetnetError } from '../errors.js';
+import { PREFILL_CHUNK } from '../generate/scheduler.js';
 import { LOG_LEVELS, startServer } from '../server/server.js';
-import {
-  type Command,
-  UsageError,
-  choiceFlag,
-  intFlag,
-  parseFlags,
-  WEIGHTS_FLAG,
-  WEIGHTS_USAGE,
-  weightsFlag,
-} from './command.js';
+import { type Flag, UsageError, WEIGHTS_FLAG, bool, choice, defineCommand, int, list, text } from './command.js';
 import { loadForGeneration } from './generate.js';
 
-export const serveCommand: Command = {
+const HOSTNAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i;
+
+/** --host: an IP address or a host name (a name of digits and dots is a mistyped IPv4 address). */
+const hostFlag: Flag<string> = {
+  ...text('the address to listen on: an IP address or a host name', { placeholder: 'host', default: '127.0.0.1' }),
+  parse: (raw) => {
+    if (isIP(raw) !== 0) return raw;
+    if (!HOSTNAME.test(raw) || /^[\d.]+$/.test(raw))
+      throw new InvalidArgumentError(`expected an IP address (127.0.0.1, ::1, 0.0.0.0) or a host name, got '${raw}'`);
+    return raw;
+  },
+};
+
+export const serveCommand = defineCommand({
   name: 'serve',
-  summary: 'serve a model over HTTP: OpenAI /v1/completions (streaming or not), /v1/models, /health',
-  usage:
-    'retnet serve --model DIR [--port N] [--host H] [--api-key K] [--model-id NAME] [--max-body-bytes N] ' +
-    '[--max-prompt-tokens N] [--max-tokens N] [--max-active N] [--max-queued N] [--shutdown-grace-ms N] ' +
-    `[--log-level ${LOG_LEVELS.join('|')}] ${WEIGHTS_USAGE}  ` +
-    '(the key may also come from RETNET_API_KEY)',
-  async run(argv) {
-    const { values } = parseFlags('serve', argv, {
-      model: { type: 'string' },
-      port: { type: 'string' },
-      host: { type: 'string' },
-      'api-key': { type: 'string' },
-      'model-id': { type: 'string' },
-      'max-body-bytes': { type: 'string' },
-      'max-prompt-tokens': { type: 'string' },
-      'max-tokens': { type: 'string' },
-      'max-active': { type: 'string' },
-      'max-queued': { type: 'string' },
-      'shutdown-grace-ms': { type: 'string' },
-      'log-level': { type: 'string' },
-      ...WEIGHTS_FLAG,
-    });
-    if (!values.model) throw new UsageError('serve: --model DIR is required');
-    const int = (flag: keyof typeof values, fallback: number, min = 1, max?: number) =>
-      intFlag('serve', flag, values[flag] as string | undefined, fallback, min, max);
-    const apiKey = values['api-key'] ?? process.env.RETNET_API_KEY;
-    if (apiKey === '') throw new UsageError('serve: the API key must not be empty');
-    const graceMs = int('shutdown-grace-ms', 5000, 0);
-    const { model, tokenizer } = loadForGeneration(values.model, weightsFlag('serve', values.weights));
+  summary:
+    'serve a model over HTTP: OpenAI /v1/completions and /v1/chat/completions (streaming or not), /v1/models, ' +
+    '/tokenize, /detokenize, /metrics, /health',
+  flags: {
+    model: text('the model directory', { placeholder: 'dir', required: true, nonEmpty: true }),
+    port: int('the TCP port; 0 picks a free one', { min: 0, max: 65535, default: 8000 }),
+    host: hostFlag,
+    'api-key': text('require "Authorization: Bearer KEY" on /v1/*', {
+      placeholder: 'key',
+      env: 'RETNET_API_KEY',
+      nonEmpty: true,
+    }),
+    'model-id': text('the model name in /v1/models and responses', { placeholder: 'name', defaultHelp: "DIR's name" }),
+    'max-body-bytes': int('largest request body; larger get 413', { min: 1, max: 2 ** 30, default: 1 << 20 }),
+    'max-prompt-tokens': int('longest prompt in tokens', { min: 1, max: 2 ** 24, default: 2048 }),
+    'max-tokens': int('largest max_tokens of a request', { min: 1, max: 2 ** 24, default: 2048 }),
+    'max-active': int('most sequences decoding at once', { min: 1, max: 4096, default: 16 }),
+    'max-queued': int('most requests waiting for a decoding slot (0: none wait); beyond, 429', {
+      min: 0,
+      max: 65536,
+      default: 64,
+    }),
+    'shutdown-grace-ms': int('on SIGTERM, how long requests in flight may finish', {
+      min: 0,
+      max: 3_600_000,
+      default: 5000,
+    }),
+    'prefill-chunk': int('most prompt tokens in one prefill call', { min: 1, max: 1 << 20, default: PREFILL_CHUNK }),
+    strict: bool('reject request fields this server does not implement'),
+    cors: list(
+      "allowed browser origins, such as http://localhost:3000 (or '*')",
+      (o) => {
+        if (o !== '*' && !/^https?:\/\/[^/\s]+$/.test(o)) throw new Error(`expected an origin or '*', got '${o}'`);
+        return o;
+      },
+      { placeholder: 'origins', maxItems: 64 },
+    ),
+    'chat-template': text('a chat template file', { placeholder: 'file', defaultHelp: "the model directory's" }),
+    ...WEIGHTS_FLAG,
+    'log-level': choice('request logs on stderr; stack traces only at debug', LOG_LEVELS, { default: 'info' }),
+  },
+  async run({ values }) {
+    const host = values.host;
+    // A name that does not resolve is a typo: say so before loading the model.
+    if (isIP(host) === 0)
+      await lookup(host).catch((e: NodeJS.ErrnoException) => {
+        throw new UsageError(`serve: --host '${host}' does not resolve (${e.code ?? e.message})`);
+      });
+    const graceMs = values['shutdown-grace-ms'];
+    let templateFile: string | undefined;
+    if (values['chat-template'] !== undefined)
+      try {
+        templateFile = readFileSync(values['chat-template'], 'utf8');
+      } catch (e) {
+        throw new UsageError(`serve: --chat-template ${values['chat-template']}: ${(e as Error).message}`);
+      }
+    const { model, tokenizer, chatTemplate } = loadForGeneration(values.model, values.weights);
     const server = await startServer(model, tokenizer, {
       modelId: values['model-id'] ?? basename(resolve(values.model)),
-      host: values.host ?? '127.0.0.1',
-      port: int('port', 8000, 0, 65535),
-      apiKey,
-      maxBodyBytes: int('max-body-bytes', 1 << 20),
-      maxPromptTokens: int('max-prompt-tokens', 2048),
-      maxTokens: int('max-tokens', 2048),
-      maxActive: int('max-active', 16),
-      maxQueued: int('max-queued', 64, 0),
-      logLevel: choiceFlag('serve', 'log-level', values['log-level'], LOG_LEVELS, 'info'),
+      host,
+      port: values.port,
+      apiKey: values['api-key'],
+      maxBodyBytes: values['max-body-bytes'],
+      maxPromptTokens: values['max-prompt-tokens'],
+      maxTokens: values['max-tokens'],
+      maxActive: values['max-active'],
+      maxQueued: values['max-queued'],
+      prefillChunk: values['prefill-chunk'],
+      strict: values.strict,
+      corsOrigins: values.cors,
+      chatTemplate: templateFile ?? chatTemplate,
+      logLevel: values['log-level'],
+    }).catch((e: NodeJS.ErrnoException) => {
+      model.dispose();
+      const why: Record<string, string> = {
+        EADDRINUSE: 'the port is in use (choose another --port)',
+        EACCES: 'permission denied (ports below 1024 need privileges)',
+        EADDRNOTAVAIL: 'the address is not one of this machine (check --host)',
+      };
+      if (e.code !== undefined && e.code in why)
+        throw new RetnetError(`cannot listen on ${host}:${values.port}: ${why[e.code]}`);
+      throw e;
     });
     process.stdout.write(`retnet serve: listening on ${server.url}\n`);
     const signal = await new Promise<string>((done) => {
@@ -69,4 +122,4 @@ export const serveCommand: Command = {
     model.dispose();
     return 0;
   },
-};
+});

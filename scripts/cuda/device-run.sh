@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs on the device machine (the device tool's `run`, from the root of the checkout, with .cuda-carry carried; see
+# carry.sh): unpacks Node and the tree, finds cuBLAS in PyTorch's nvidia packages, then runs the stages named:
+#   info      nvidia-smi, the addon's view of the GPU
+#   test      test/cuda.test.ts (the op suite and the sequence kernels against the reference backend)
+#   sanitize  the same under compute-sanitizer memcheck
+#   bench     bench/cuda/kernels.ts (quick: bench-quick)
+#   peer      bench/cuda/peer.py (fla chunk_retention, PyTorch SDPA, the ceilings)
+#   curve     bench/cuda/train-curve.ts (the first training steps on the reference and cuda devices)
+# Logs and JSON go to $OUT (the device tool brings them back).
+set -uo pipefail
+carry=$(pwd)/.cuda-carry
+out=${OUT:-/tmp/out}
+mkdir -p "$out" /tmp/rn
+cd /tmp/rn
+[ -x node ] || { xz -dc "$carry/node.xz" >node && chmod +x node; }
+rm -rf tree && tar xJf "$carry/tree.tar.xz"
+[ -f "$carry/fla.tar.xz" ] && { rm -rf fla && mkdir fla && tar xJf "$carry/fla.tar.xz" -C fla; }
+cublas=$(python3 - <<'PY'
+import glob, os, torch
+base = os.path.join(os.path.dirname(torch.__file__), "..")
+hits = glob.glob(os.path.join(base, "nvidia", "**", "libcublas.so.13"), recursive=True)
+print(os.path.dirname(os.path.realpath(hits[0])) if hits else "")
+PY
+)
+export LD_LIBRARY_PATH="$cublas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+node=/tmp/rn/node
+cd tree
+for stage in "$@"; do
+  echo "=== $stage ($(date -u +%T))"
+  case $stage in
+    info)
+      nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/info.txt"
+      $node -e "const a=require('./build/Release/retnet_cuda.node');console.log(a.available()??JSON.stringify(a.info()))" | tee -a "$out/info.txt"
+      echo "cublas: $cublas" | tee -a "$out/info.txt"
+      ;;
+    test) $node --test --test-reporter=spec dist/test/cuda.test.js 2>&1 | tee "$out/test.log" | tail -40 ;;
+    sanitize)
+      timeout ${SANITIZE_TIMEOUT:-300} compute-sanitizer --tool memcheck --print-limit 20 $node dist/test/cuda.test.js >"$out/sanitize.log" 2>&1
+      echo "compute-sanitizer exit $?"; grep -E "ERROR SUMMARY|^# (pass|fail)" "$out/sanitize.log" | tail -5
+      ;;
+    bench) $node dist/bench/cuda/kernels.js --out "$out/cuda-kernels.json" 2>&1 | tee "$out/bench.log" ;;
+    bench-quick) $node dist/bench/cuda/kernels.js --quick --out "$out/cuda-kernels-quick.json" 2>&1 | tee "$out/bench.log" ;;
+    peer) PYTHONUNBUFFERED=1 FLA_PATH=/tmp/rn/fla python3 bench/cuda/peer.py "$out/cuda-peer.json" 2>&1 | tee "$out/peer.log" | tail -30 ;;
+    curve) $node dist/bench/cuda/train-curve.js --devices reference,cuda --steps 20 --out "$out/cuda-train-curve.json" 2>&1 | tee "$out/curve.log" | cut -c1-600 ;;
+    *) echo "unknown stage $stage" ;;
+  esac
+done

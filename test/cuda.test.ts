@@ -1,0 +1,211 @@
+// The cuda device against the reference backend: the op-case table (forward values and gradients, float32) and the
+// kernels the models use beyond it, at shapes that span several chunks and warps. Skipped, saying why, where no CUDA
+// device or addon is present (CI); scripts/cuda/device-run.sh runs it on a GPU.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { backward } from '../src/autograd/tape.js';
+import { cudaBackend, cudaUnavailableReason } from '../src/backend/index.js';
+import { kernels } from '../src/backend/kernels.js';
+import { retentionGammas } from '../src/backend/reference/retention-math.js';
+import type { Device } from '../src/backend/device.js';
+import { mul, sum } from '../src/ops/math.js';
+import { Rng } from '../src/tensor/random.js';
+import { tidy } from '../src/tensor/scope.js';
+import type { Tensor } from '../src/tensor/tensor.js';
+import { assertClose, randomData, ref } from './helpers.js';
+import { buildInputs, opCases } from './op-cases.js';
+
+const cuda = cudaBackend();
+const skip = cuda ? false : `no cuda device: ${cudaUnavailableReason()}`;
+if (cuda) cuda.poison = true;
+
+function run(be: Device, c: (typeof opCases)[number], specs: Parameters<typeof buildInputs>[2], seed: number) {
+  const inputs = buildInputs(be, new Rng(seed), specs, 'float32');
+  const out = tidy(() => {
+    const y = c.f(inputs);
+    const w = be.fromData(randomData(new Rng(seed + 1), y.size), y.shape, 'float32');
+    if (y.requiresGrad) backward(sum(mul(y, w)));
+    return y.data();
+  });
+  const grads = inputs.map((t: Tensor) => (t.grad ? t.grad.data() : null));
+  for (const t of inputs) t.dispose();
+  return { out, grads };
+}
+
+describe('cuda kernels equal the reference backend (float32, op cases)', { skip }, () => {
+  for (const c of opCases) {
+    it(c.name, () => {
+      const tol = c.tol ?? 2e-6;
+      c.variants.forEach((specs, v) => {
+        const seed = 2000 + 17 * v;
+        const r = run(ref, c, specs, seed);
+        const n = run(cuda!, c, specs, seed);
+        assertClose(n.out, r.out, tol, `${c.name} variant ${v} forward`);
+        r.grads.forEach((g, k) => {
+          if (g) assertClose(n.grads[k]!, g, tol * 5, `${c.name} variant ${v} gradient ${k}`);
+        });
+      });
+    });
+  }
+});
+
+const R = kernels(ref, 'float32');
+const G = cuda ? kernels(cuda, 'float32') : R;
+
+/** The same random tensors on both devices. */
+function pair(rng: Rng, shape: number[], scale = 1): [Tensor, Tensor] {
+  const d = randomData(
+    rng,
+    shape.reduce((a, b) => a * b, 1),
+    scale,
+  );
+  return [ref.fromData(d, shape, 'float32'), cuda!.fromData(d, shape, 'float32')];
+}
+
+describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
+  // q, k: [B, T, H, K]; v: [B, T, H, V]. T spans several 64-row chunks with a short last one.
+  const shapes = [
+    { B: 1, T: 200, H: 2, K: 32, V: 48, C: 64, scale: 0.3 },
+    { B: 2, T: 131, H: 3, K: 64, V: 64, C: 32, scale: 2 },
+    { B: 1, T: 96, H: 1, K: 128, V: 128, C: 64, scale: 0.5 },
+  ];
+  for (const s of shapes) {
+    const label = `B${s.B} T${s.T} H${s.H} K${s.K} V${s.V} C${s.C}`;
+    it(`retention forward (parallel, chunkwise) and backward, ${label}`, () => {
+      const rng = new Rng(7);
+      const [q, qc] = pair(rng, [s.B, s.T, s.H, s.K], s.scale);
+      const [k, kc] = pair(rng, [s.B, s.T, s.H, s.K], s.scale);
+      const [v, vc] = pair(rng, [s.B, s.T, s.H, s.V], s.scale);
+      const [g, gc] = pair(rng, [s.B, s.T, s.H, s.V]);
+      const gammas = retentionGammas(s.H);
+      for (const [form, normalize] of [
+        ['parallel', true],
+        ['chunkwise', true],
+        ['chunkwise', false],
+      ] as const) {
+        const run = { chunkSize: s.C, normalize, initialState: null, segments: null, returnFinalState: false };
+        const a = R.retentionForward(form, q, k, v, gammas, run);
+        const b = G.retentionForward(form, qc, kc, vc, gammas, run);
+        assertClose(b.o.data(), a.o.data(), 2e-5, `${form} o`);
+        assertClose(b.r.data(), a.r.data(), 2e-5, `${form} r`);
+        const da = R.retentionBackward(form, q, k, v, gammas, a.r, g, s.C);
+        const db = G.retentionBackward(form, qc, kc, vc, gammas, b.r, gc, s.C);
+        for (const x of ['dq', 'dk', 'dv'] as const) assertClose(db[x].data(), da[x].data(), 2e-5, `${form} ${x}`);
+      }
+    });
+    it(`attention forward and backward (naive, flash), ${label}`, () => {
+      const rng = new Rng(8);
+      const [q, qc] = pair(rng, [s.B, s.T, s.H, s.K]);
+      const [k, kc] = pair(rng, [s.B, s.T, s.H, s.K]);
+      const [v, vc] = pair(rng, [s.B, s.T, s.H, s.V]);
+      const [g, gc] = pair(rng, [s.B, s.T, s.H, s.V]);
+      for (const alg of ['naive', 'flash'] as const) {
+        const a = R.attentionForward(alg, q, k, v);
+        const b = G.attentionForward(alg, qc, kc, vc);
+        assertClose(b.o.data(), a.o.data(), 2e-5, `${alg} o`);
+        assertClose(b.stats.data(), a.stats.data(), 2e-5, `${alg} stats`);
+        const da = R.attentionBackward(alg, q, k, v, a.o, a.stats, g);
+        const db = G.attentionBackward(alg, qc, kc, vc, b.o, b.stats, gc);
+        for (const x of ['dq', 'dk', 'dv'] as const) assertClose(db[x].data(), da[x].data(), 2e-5, `${alg} ${x}`);
+      }
+    });
+  }
+
+  it('retention step and state; attention decode', () => {
+    const rng = new Rng(9);
+    const [B, T, H, K, V] = [3, 37, 4, 64, 96];
+    const gammas = retentionGammas(H);
+    const [k, kc] = pair(rng, [B, T, H, K], 0.5);
+    const [v, vc] = pair(rng, [B, T, H, V], 0.5);
+    for (const normalize of [true, false]) {
+      // The state after T positions, as the forward kernel returns it.
+      const run = { chunkSize: 8, normalize, initialState: null, segments: null, returnFinalState: true };
+      const a = R.retentionForward('chunkwise', k, k, v, gammas, run).finalState!;
+      const b = G.retentionForward('chunkwise', kc, kc, vc, gammas, run).finalState!;
+      assertClose(b.state.data(), a.state.data(), 2e-5, `state (normalize ${normalize})`);
+      assertClose(b.scale.data(), a.scale.data(), 2e-6, 'scale');
+      for (let step = 0; step < 3; step++) {
+        const [q1, q1c] = pair(rng, [B, H, K]);
+        const [k1, k1c] = pair(rng, [B, H, K]);
+        const [v1, v1c] = pair(rng, [B, H, V]);
+        const oa = R.retentionStep(q1, k1, v1, a.state, a.scale, gammas, normalize);
+        const ob = G.retentionStep(q1c, k1c, v1c, b.state, b.scale, gammas, normalize);
+        assertClose(ob.data(), oa.data(), 2e-5, `step ${step} o`);
+        assertClose(b.state.data(), a.state.data(), 2e-5, `step ${step} state`);
+      }
+    }
+    const C = 300;
+    const [q, qc] = pair(rng, [B, H, K]);
+    const [kk, kkc] = pair(rng, [B, H, C, K]);
+    const [vv, vvc] = pair(rng, [B, H, C, V]);
+    const lengths = [1, 157, 300];
+    assertClose(G.attentionDecode(qc, kkc, vvc, lengths).data(), R.attentionDecode(q, kk, vv, lengths).data(),
+      2e-5, 'decode'); // prettier-ignore
+  });
+
+  it('rotary in halves (the fla variant) and interleaved pairs', () => {
+    const rng = new Rng(11);
+    const [x, xc] = pair(rng, [2, 9, 3, 8]);
+    const [c, cc] = pair(rng, [9, 8]);
+    const [sn, snc] = pair(rng, [9, 8]);
+    for (const pairs of ['halves', 'interleaved'] as const)
+      for (const inverse of [false, true])
+        assertClose(G.rotary(xc, cc, snc, pairs, inverse).data(), R.rotary(x, c, sn, pairs, inverse).data(), 2e-6,
+          `rotary ${pairs} ${inverse}`); // prettier-ignore
+  });
+
+  it('GEMM shapes: batched, shared right operand, transposes, K = 0', () => {
+    const rng = new Rng(10);
+    for (const [ta, tb, batch, M, N, K, shared] of [
+      [false, false, 3, 33, 17, 65, false],
+      [true, false, 2, 8, 129, 31, false],
+      [false, true, 4, 5, 6, 7, true],
+      [true, true, 1, 64, 64, 64, false],
+      [false, false, 2, 3, 4, 0, false],
+    ] as const) {
+      const [a, ac] = pair(rng, [batch, ta ? K : M, ta ? M : K]);
+      const bShape = tb ? [N, K] : [K, N];
+      const [b, bc] = pair(rng, shared ? bShape : [batch, ...bShape]);
+      assertClose(G.matmul(ac, bc, ta, tb).data(), R.matmul(a, b, ta, tb).data(), 2e-5,
+        `matmul ${ta} ${tb} ${batch}x${M}x${N}x${K}`); // prettier-ignore
+    }
+  });
+});
+
+describe('cuda device memory and errors', { skip }, () => {
+  it('accounts every live tensor exactly and returns its block to the cache', () => {
+    const be = cuda!;
+    const before = be.memory.current;
+    const t = be.zeros([1000, 3], 'float32');
+    assert.equal(be.memory.current - before, 12000);
+    const live = be.deviceMemory().liveBytes;
+    t.dispose();
+    assert.equal(be.memory.current, before);
+    assert.equal(live - be.deviceMemory().liveBytes, 12288); // 12000 rounded up to the 512-byte granule
+  });
+
+  it('reads asynchronously', async () => {
+    const be = cuda!;
+    const t = be.fromData([1, 2, 3.5], [3], 'float32');
+    assert.deepEqual(Array.from(await be.readAsync(t)), [1, 2, 3.5]);
+    t.dispose();
+  });
+
+  it('rejects out-of-range ids with the position', () => {
+    const be = cuda!;
+    const table = be.zeros([4, 2], 'float32');
+    const ids = be.fromData([0, 3, 4], [3], 'int32');
+    assert.throws(() => G.embedding(table, ids), /token id 4 at position 2 is outside the vocabulary \[0, 4\)/);
+  });
+
+  it('rejects a kernel call whose buffer is too small', () => {
+    const be = cuda!;
+    const x = be.zeros([1000], 'float32');
+    const out = be.zeros([10], 'float32'); // one 512-byte block
+    assert.throws(
+      () => be.addon.scale(be.ptr(x), be.ptr(out), 2, 1000),
+      /out: the device buffer holds 512 bytes from there, 4000 needed/,
+    );
+  });
+});
