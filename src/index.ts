@@ -1,6 +1,15 @@
-// The public API of retnet.
+// The public API of retnet: the portable core (no Node built-ins: it bundles for a browser). On Node the package
+// entry is src/node.ts, which adds the cpu device and the parts that need Node (files, training data, the server).
 export * from './errors.js';
-export type { DType } from './tensor/dtype.js';
+export {
+  type DType,
+  type QuantizedDType,
+  DTYPE_NAMES,
+  bytesPerElement,
+  storageBytes,
+  toSafetensorsDType,
+  fromSafetensorsDType,
+} from './tensor/dtype.js';
 export { Tensor } from './tensor/tensor.js';
 export { MemoryTracker } from './tensor/memory.js';
 export { tidy, keep } from './tensor/scope.js';
@@ -18,31 +27,18 @@ export {
   type ActivationKind,
   type AdamWParams,
 } from './backend/kernels.js';
-export { getBackend, setBackend, cpuInfo, cpuUnavailableReason, type BackendName } from './backend/index.js';
+export {
+  getBackend,
+  setBackend,
+  registerDevice,
+  deviceUnavailableReason,
+  type BackendName,
+  type DeviceLoader,
+} from './backend/select.js';
 export * from './ops/index.js';
 export { ByteTokenizer, type Tokenizer } from './tokenizer/tokenizer.js';
-export { BpeTokenizer, trainBpe } from './tokenizer/bpe.js';
-export { loadTokenizer } from './tokenizer/load.js';
-export { DataError, type DataProblem } from './train/sources.js';
-export {
-  prepareData,
-  BatchSampler,
-  ShardReader,
-  type Manifest,
-  type PrepareOptions,
-  type PreparedData,
-} from './train/data.js';
 export { AdamW, type AdamWConfig } from './train/optimizer.js';
 export { learningRate, type LrSchedule, type DecayKind } from './train/schedule.js';
-export { evaluate, type EvalResult } from './train/evaluate.js';
-export {
-  train,
-  trainConfig,
-  TrainingError,
-  type TrainConfig,
-  type TrainOptions,
-  type TrainResult,
-} from './train/trainer.js';
 export type { CausalLM, DecodeState } from './models/lm.js';
 export {
   ARCHS,
@@ -52,7 +48,6 @@ export {
   type Arch,
   type ModelOptions,
 } from './models/registry.js';
-export { loadModelDir, saveModelDir, type LoadOptions } from './io/model-dir.js';
 export { WEIGHT_FORMATS, type WeightFormat, quantize, dequantize } from './quant/formats.js';
 export { quantizeModel, weightBytes } from './quant/model.js';
 export { LowpWeight, lowpLinear } from './quant/linear.js';
@@ -70,5 +65,3 @@ export { TransformerModel } from './models/transformer/model.js';
 export { generate, type GenerateOptions } from './generate/generate.js';
 export type { GenerationRequest, GenerationEvent, FinishReason } from './generate/sequence.js';
 export type { SamplingOptions } from './generate/sampler.js';
-export { startServer, type ServerOptions, type RunningServer } from './server/server.js';
-export { readSafetensors, writeSafetensors } from './io/safetensors.js';

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { getBackend, referenceBackend } from '../src/backend/index.js';
 import type { Device } from '../src/backend/device.js';
 import type { CpuDevice } from '../src/backend/cpu/device.js';
+import type { HostDevice } from '../src/backend/host/device.js';
 import type { DType } from '../src/tensor/dtype.js';
 import { Rng } from '../src/tensor/random.js';
 import { backward } from '../src/autograd/tape.js';
@@ -24,6 +25,12 @@ export function nat(): Device {
   const be = getBackend('cpu') as CpuDevice;
   be.pool.poison = true;
   return be;
+}
+
+/** A device by name for the op suite (RETNET_TEST_DEVICE): 'cpu' is `nat()`, with its pool poisoned. */
+export function testDevice(name: string): Device {
+  if (name === 'cpu' || name === 'native') return nat();
+  return name === 'reference' ? ref : getBackend(name);
 }
 
 export function randomData(rng: Rng, n: number, scale = 1): Float64Array {
@@ -85,7 +92,8 @@ export function checkGradients(
   const tol = opts.tol ?? 1e-6;
   const rng = new Rng(opts.seed ?? 99);
   const out0 = tidy(() => f(inputs).shape);
-  const weights = ref.fromData(randomData(rng, shapeSize(out0)), out0, 'float64');
+  const dev = inputs[0]!.device;
+  const weights = dev.fromData(randomData(rng, shapeSize(out0)), out0, 'float64');
   const objective = () => tidy(() => sum(mul(f(inputs), weights)).item());
   for (const t of inputs) {
     t.grad?.dispose();
@@ -99,15 +107,20 @@ export function checkGradients(
     if (!t.requiresGrad) continue;
     assert.ok(t.grad, `${what}: input ${k} received no gradient`);
     const analytic = t.grad.data();
-    const data = ref.raw(t) as Float64Array;
+    // Perturbed in place: through the storage on a host device, else by writing the whole tensor.
+    const data = dev.host ? ((dev as HostDevice).raw(t) as Float64Array) : Float64Array.from(dev.read(t));
+    const set = (i: number, x: number) => {
+      data[i] = x;
+      if (!dev.host) dev.write(t, data);
+    };
     const numeric = new Float64Array(data.length);
     for (let i = 0; i < data.length; i++) {
       const v = data[i]!;
-      data[i] = v + h;
+      set(i, v + h);
       const up = objective();
-      data[i] = v - h;
+      set(i, v - h);
       const down = objective();
-      data[i] = v;
+      set(i, v);
       numeric[i] = (up - down) / (2 * h);
     }
     assertClose(analytic, numeric, tol, `${what}: gradient of input ${k}`);

@@ -1,4 +1,5 @@
-// Multi-scale retention kernels (paper §2.1-2.2; torchscale's parallel, chunkwise and recurrent forms, spec §5).
+// Multi-scale retention kernels (paper §2.1-2.2; torchscale/architecture/retnet.py, MultiScaleRetention's
+// parallel_forward, chunk_recurrent_forward and recurrent_forward).
 // Layouts are time-major, as the projections produce them: q, k [B, T, H, K]; v, o [B, T, H, V]; r [B, H, T];
 // state [B, H, K, V]; scale [B, H]. One head's rows are strided (stride H·K or H·V), which BLAS takes as a leading
 // dimension, so no permute is ever needed. Scratch memory is a caller-provided workspace (see retentionWorkspace) so
@@ -147,7 +148,7 @@ Run runArgs(const Napi::CallbackInfo& info, size_t at, size_t normalizeAt, const
 }  // namespace
 
 // retentionParallel(q, k, v, gammas, o, r, workspace, initState, initScale, finalState, finalScale, segments, B, H,
-// T, K, V, normalize): the parallel form (spec §5a) of every sequence, continuing its initial state: with
+// T, K, V, normalize): the parallel form (torchscale's parallel_forward) of every sequence, continuing its initial state: with
 // Ŝ(n) = s₀γ^(n+1) + S(n), A = (q kᵀ) ⊙ Γ / sqrt(Ŝ), c = clamp(Σ|A|, 1, 5e4), o = (A v + γ^(n+1) q Z₀ / sqrt(Ŝ)) / c;
 // without normalisation Ŝ = c = 1. gammas: Float64Array [H].
 static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
@@ -215,7 +216,7 @@ static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
 RETNET_KERNEL("retentionParallel", RetentionParallel);
 
 // retentionChunkwise(q, k, v, gammas, o, r, workspace, initState, initScale, finalState, finalScale, segments, B, H,
-// T, K, V, normalize, C): the chunkwise form (spec §5c) of every sequence, parallel inside each chunk of C positions
+// T, K, V, normalize, C): the chunkwise form (torchscale's chunk_recurrent_forward) of every sequence, parallel inside each chunk of C positions
 // from the sequence start and recurrent across chunks through the K×V state, which starts at Z₀ / S(C−1). A last
 // chunk shorter than C gives exactly the outputs of torchscale's zero padding; a continuation at a multiple of C is
 // the same computation as one pass. Without normalisation every factor is 1.
@@ -424,7 +425,7 @@ static Napi::Value RetentionBackwardChunkwise(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionBackwardChunkwise", RetentionBackwardChunkwise);
 
-// retentionStep(q, k, v, gammas, state, scale, o, B, H, K, V, normalize): one recurrent step (spec §5b) for q, k
+// retentionStep(q, k, v, gammas, state, scale, o, B, H, K, V, normalize): one recurrent step (recurrent_forward) for q, k
 // [B, H, K] and v, o [B, H, V] (one position of the [B, T, H, *] layout), in place on state and scale; scale 0 marks
 // an empty state, so the first step needs no special case. Without normalisation S' = γS + kᵀv (fla's RetNet).
 static Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
@@ -485,7 +486,7 @@ RETNET_KERNEL("retentionWorkspace", RetentionWorkspace);
 
 // rotary(x, cos, sin, y, B, T, H, K, perBatch, halves, inverse): rotation of pairs (a, b) of each head by the angle
 // at index a of the tables [T, K] (shared by the batch) or [B, T, K] (per row). Pairs are interleaved (2j, 2j+1)
-// (torchscale's theta_shift, spec §4) or, with halves, (i, i+K/2) (fla's rotate_half, fla-spec §4.3).
+// (torchscale's theta_shift) or, with halves, (i, i+K/2) (fla's rotate_half, fla-spec §4.3).
 static Napi::Value Rotary(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto x = f32(info, 0, "x"), c = f32(info, 1, "cos"), s = f32(info, 2, "sin"), y = f32(info, 3, "y");

@@ -6,7 +6,7 @@
 // unsupported (it throws), and `readAsync` is the path generation and the server use; host devices answer both at
 // once. Freeing is `tensor.dispose()` (it releases the storage, which returns the memory to the device).
 
-import type { DType, DataArray } from '../tensor/dtype.js';
+import type { DType, DataArray, ValueArray } from '../tensor/dtype.js';
 import type { MemoryTracker } from '../tensor/memory.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { Kernels } from './kernels.js';
@@ -28,12 +28,16 @@ export interface Device {
   zeros(shape: readonly number[], dtype: DType): Tensor;
   /** A tensor whose every element the caller overwrites (its initial contents are arbitrary). */
   empty(shape: readonly number[], dtype: DType): Tensor;
-  /** A tensor holding a copy of `data` (converted to dtype). */
+  /** A tensor holding a copy of `data` (converted to dtype: rounded for bfloat16/float16, quantized by rows). */
   fromData(data: ArrayLike<number>, shape: readonly number[], dtype: DType): Tensor;
-  /** A host copy of the tensor's values. */
-  read(t: Tensor): DataArray;
+  /** A tensor over a host copy of `data` as it is stored (raw bfloat16/float16 bits, a quantized format's bytes). */
+  fromStorage(data: DataArray, shape: readonly number[], dtype: DType): Tensor;
+  /** A host copy of the tensor's values (bfloat16, float16 and quantized formats read back as float32). */
+  read(t: Tensor): ValueArray;
   /** The same, without blocking on a device that computes asynchronously. */
-  readAsync(t: Tensor): Promise<DataArray>;
+  readAsync(t: Tensor): Promise<ValueArray>;
+  /** A host copy of the storage array as it is stored (see fromStorage). */
+  readStorage(t: Tensor): DataArray;
   /** In place: overwrites the tensor's elements with `data` (same length), converting to its dtype. */
   write(t: Tensor, data: ArrayLike<number>): void;
   /** In place: dst[dstOffset, +length) = src[srcOffset, +length), elements of one dtype on this device. */

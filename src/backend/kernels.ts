@@ -12,7 +12,7 @@
 // in `KERNEL_INFO[name].inPlace`.
 
 import { DTypeError } from '../errors.js';
-import { type DType, computeDType, dtypeInfo } from '../tensor/dtype.js';
+import { type DType, computeDType, dtypeKind } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { Device, DeviceName } from './device.js';
 
@@ -88,14 +88,6 @@ export interface Kernels {
   // Normalisation over the last dim; statistics are [rows].
   rmsNorm(x: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor };
   rmsNormBackward(x: Tensor, w: Tensor | null, rstd: Tensor, g: Tensor): { dx: Tensor; dw: Tensor | null };
-  layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): { y: Tensor; mean: Tensor; rstd: Tensor };
-  layerNormBackward(
-    x: Tensor,
-    w: Tensor,
-    mean: Tensor,
-    rstd: Tensor,
-    g: Tensor,
-  ): { dx: Tensor; dw: Tensor; db: Tensor };
 
   softmax(x: Tensor): Tensor;
   softmaxBackward(y: Tensor, g: Tensor): Tensor;
@@ -207,8 +199,13 @@ export interface Kernels {
 
 export type KernelName = keyof Kernels;
 
-/** Per kernel: the argument positions it modifies in place (a fallback copies those back). */
-export const KERNEL_INFO: Record<KernelName, { inPlace: readonly number[] }> = {
+/**
+ * Per kernel: the argument positions it modifies in place (a fallback copies those back), and the results that are
+ * statistics kept for the backward kernel (row factors, log-sum-exps): a kernel computed through a cast leaves those
+ * in the compute dtype, since rounding them to 16 bits costs the backward far more than their storage saves (flash
+ * attention's log-sum-exp in bfloat16 gave gradients 10% off).
+ */
+export const KERNEL_INFO: Record<KernelName, { inPlace: readonly number[]; stats?: readonly string[] }> = {
   cast: { inPlace: [] },
   matmul: { inPlace: [] },
   binary: { inPlace: [] },
@@ -216,13 +213,11 @@ export const KERNEL_INFO: Record<KernelName, { inPlace: readonly number[] }> = {
   sumToShape: { inPlace: [] },
   activation: { inPlace: [] },
   activationBackward: { inPlace: [] },
-  rmsNorm: { inPlace: [] },
+  rmsNorm: { inPlace: [], stats: ['rstd'] },
   rmsNormBackward: { inPlace: [] },
-  layerNorm: { inPlace: [] },
-  layerNormBackward: { inPlace: [] },
   softmax: { inPlace: [] },
   softmaxBackward: { inPlace: [] },
-  crossEntropy: { inPlace: [] },
+  crossEntropy: { inPlace: [], stats: ['lse'] },
   crossEntropyBackward: { inPlace: [] },
   embedding: { inPlace: [] },
   embeddingBackward: { inPlace: [] },
@@ -231,11 +226,11 @@ export const KERNEL_INFO: Record<KernelName, { inPlace: readonly number[] }> = {
   adamw: { inPlace: [0, 2, 3] },
   sumSquares: { inPlace: [] },
   dropoutMask: { inPlace: [] },
-  retentionForward: { inPlace: [] },
+  retentionForward: { inPlace: [], stats: ['r'] },
   retentionBackward: { inPlace: [] },
   retentionStep: { inPlace: [3, 4] },
   rotary: { inPlace: [] },
-  attentionForward: { inPlace: [] },
+  attentionForward: { inPlace: [], stats: ['stats'] },
   attentionBackward: { inPlace: [] },
   attentionDecode: { inPlace: [] },
 };
@@ -337,23 +332,24 @@ function isTensor(x: unknown): x is Tensor {
 }
 
 /** Applies f to every tensor of a kernel result (a tensor, an object of tensors or nulls, a number, nothing). */
-function mapResult(result: unknown, f: (t: Tensor) => Tensor): unknown {
+function mapResult(result: unknown, f: (t: Tensor, key?: string) => Tensor): unknown {
   if (isTensor(result)) return f(result);
   if (typeof result !== 'object' || result === null) return result;
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(result)) out[k] = isTensor(v) ? f(v) : v;
+  for (const [k, v] of Object.entries(result)) out[k] = isTensor(v) ? f(v, k) : v;
   return out;
 }
 
 /** Case 2: cast the dispatch-dtype tensors to the compute dtype, run that kernel, cast the results back. */
 function viaCast(name: KernelName, device: Device, dtype: DType, compute: DType): AnyKernel {
-  const backTo = dtypeInfo(dtype).kind === 'float' ? dtype : null;
+  const backTo = dtypeKind(dtype) === 'float' ? dtype : null;
+  const stats = new Set(KERNEL_INFO[name].stats ?? []);
   return (...args: Args) => {
     const cast = kernels(device, dtype).cast;
     const copies = args.map((a) => (isTensor(a) && a.dtype === dtype ? cast(a, compute) : a));
     const fn = kernels(device, compute)[name] as AnyKernel;
-    const result = mapResult((fn as (...a: Args) => unknown)(...copies), (t) => {
-      if (backTo === null || t.dtype !== compute) return t;
+    const result = mapResult((fn as (...a: Args) => unknown)(...copies), (t, key) => {
+      if (backTo === null || t.dtype !== compute || (key !== undefined && stats.has(key))) return t;
       const back = kernels(device, compute).cast(t, backTo);
       t.dispose();
       return back;

@@ -3,7 +3,7 @@
 // row one token through the recurrent form. Between steps the loop yields to the event loop, so the longest time it
 // holds the thread is one model call.
 
-import { setImmediate as nextMacrotask } from 'node:timers/promises';
+import { nextMacrotask } from './macrotask.js';
 
 import type { CausalLM } from '../models/lm.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';

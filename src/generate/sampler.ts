@@ -4,8 +4,6 @@
 // penalties and a per-token logit bias. Each sequence has its own seeded Rng, so a seeded request gives the same text
 // whatever else is in the batch. Also the log-probabilities a client may ask for (logSoftmaxTop).
 
-import { randomInt } from 'node:crypto';
-
 import { ConfigError } from '../errors.js';
 import { Rng } from '../tensor/random.js';
 
@@ -50,7 +48,7 @@ export function samplingSettings(opts: SamplingOptions = {}, where = 'sampling')
     frequencyPenalty: opts.frequencyPenalty ?? 0,
     logitBias: opts.logitBias ?? new Map(),
     minP: opts.minP ?? 0,
-    seed: opts.seed ?? randomInt(2 ** 32 - 1),
+    seed: opts.seed ?? globalThis.crypto.getRandomValues(new Uint32Array(1))[0]!,
   };
   const finite = (v: number) => typeof v === 'number' && Number.isFinite(v);
   check(finite(s.temperature) && s.temperature >= 0, `${where}.temperature`, 'a number >= 0', s.temperature);

@@ -8,7 +8,7 @@
 // else it decodes as a batch of its own). Between model calls the loop yields to the event loop, so HTTP keeps being
 // served while generation runs.
 
-import { setImmediate as nextMacrotask } from 'node:timers/promises';
+import { nextMacrotask } from './macrotask.js';
 
 import { ConfigError, RetnetError } from '../errors.js';
 import type { CausalLM, DecodeState } from '../models/lm.js';

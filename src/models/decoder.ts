@@ -7,7 +7,7 @@
 
 import type { Device } from '../backend/device.js';
 import { type ActivationKind, kernelsOf } from '../backend/kernels.js';
-import { getBackend } from '../backend/index.js';
+import { getBackend } from '../backend/select.js';
 import { gradEnabled, noGrad } from '../autograd/tape.js';
 import { ShapeError } from '../errors.js';
 import { add, scale } from '../ops/math.js';

@@ -1,14 +1,14 @@
 // The layers shared by RetNet and the Transformer baseline. Names follow torchscale / PyTorch so that state_dict keys
 // line up: Linear.weight is [out, in], RMSNorm.weight is [D].
 
-import { getBackend } from '../backend/index.js';
+import { getBackend } from '../backend/select.js';
 import type { Device } from '../backend/device.js';
 import type { ActivationKind } from '../backend/kernels.js';
 import type { DType } from '../tensor/dtype.js';
 import type { Rng } from '../tensor/random.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { linear, mul } from '../ops/math.js';
-import { activation, dropout, embedding, layerNorm, rmsNorm } from '../ops/nn.js';
+import { activation, dropout, embedding, rmsNorm } from '../ops/nn.js';
 import { ShapeError } from '../errors.js';
 import { type LowpWeight, lowpLinear } from '../quant/linear.js';
 import { Module } from './module.js';
@@ -110,25 +110,6 @@ export class RMSNorm extends Module {
 
   forward(x: Tensor): Tensor {
     return rmsNorm(x, this.weight, this.eps);
-  }
-}
-
-export class LayerNorm extends Module {
-  readonly weight: Tensor;
-  readonly bias: Tensor;
-
-  constructor(
-    dim: number,
-    readonly eps: number,
-    opts: ParamOptions,
-  ) {
-    super();
-    this.weight = this.param('weight', constant([dim], 1, opts));
-    this.bias = this.param('bias', constant([dim], 0, opts));
-  }
-
-  forward(x: Tensor): Tensor {
-    return layerNorm(x, this.weight, this.bias, this.eps);
   }
 }
 

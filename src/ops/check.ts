@@ -3,7 +3,7 @@
 
 import type { Device } from '../backend/device.js';
 import { BackendError, DTypeError, ShapeError, formatShape } from '../errors.js';
-import type { DType } from '../tensor/dtype.js';
+import { type DType, dtypeKind } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
 
 /** The common device of the inputs (also checks none is disposed). */
@@ -17,7 +17,7 @@ export function deviceOf(op: string, ...ts: Tensor[]): Device {
 }
 
 export function expectFloat(op: string, what: string, t: Tensor): void {
-  if (t.dtype === 'int32') throw new DTypeError(`${op}: ${what} must be a float tensor, got int32`);
+  if (dtypeKind(t.dtype) !== 'float') throw new DTypeError(`${op}: ${what} must be a float tensor, got ${t.dtype}`);
 }
 
 export function expectDType(op: string, what: string, t: Tensor, dtype: DType): void {
@@ -35,13 +35,6 @@ export function sameShape(a: readonly number[], b: readonly number[]): boolean {
 export function expectShape(op: string, what: string, t: Tensor, shape: readonly number[]): void {
   if (!sameShape(t.shape, shape))
     throw new ShapeError(`${op}: ${what} has shape ${formatShape(t.shape)}, expected ${formatShape(shape)}`);
-}
-
-export function expectRank(op: string, what: string, t: Tensor, min: number, max = min): void {
-  if (t.rank < min || t.rank > max)
-    throw new ShapeError(
-      `${op}: ${what} must have rank ${min === max ? min : `${min}..${max}`}, got ${formatShape(t.shape)}`,
-    );
 }
 
 /** True when `suffix` equals the trailing dims of `shape`. */

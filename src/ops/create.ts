@@ -1,7 +1,7 @@
 // Tensor creation on the default backend (or one passed in the options).
 
 import type { Device } from '../backend/device.js';
-import { getBackend } from '../backend/index.js';
+import { getBackend } from '../backend/select.js';
 import type { DType } from '../tensor/dtype.js';
 import type { Rng } from '../tensor/random.js';
 import { type Tensor, checkShape, shapeSize } from '../tensor/tensor.js';

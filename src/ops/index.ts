@@ -5,7 +5,6 @@ export {
   dropout,
   embedding,
   gelu,
-  layerNorm,
   relu,
   rmsNorm,
   silu,

@@ -1,7 +1,8 @@
 // Arithmetic ops: add and mul (with suffix broadcasting), scale, sum, matmul and linear.
 
 import { needsGrad, record } from '../autograd/tape.js';
-import { ShapeError, formatShape } from '../errors.js';
+import { DTypeError, ShapeError, formatShape } from '../errors.js';
+import { isQuantized } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { deviceOf, expectFloat, isSuffix, sameDType, sameShape } from './check.js';
 import { kernels } from '../backend/kernels.js';
@@ -128,12 +129,21 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   return y;
 }
 
-/** y = x wᵀ + b, PyTorch's nn.Linear layout. x: [..., in], w: [out, in], b: [out] or null. One tape node. */
+/**
+ * y = x wᵀ + b, PyTorch's nn.Linear layout. x: [..., in], w: [out, in], b: [out] or null. One tape node. w may be a
+ * quantized weight (x then float32; the product dispatches on w's dtype, and w takes no gradient).
+ */
 export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
   const be = deviceOf('linear', x, w, ...(b ? [b] : []));
   const kern = kernels(be, x.dtype);
   expectFloat('linear', 'x', x);
-  sameDType('linear', x, w);
+  const quantized = isQuantized(w.dtype);
+  if (!quantized) sameDType('linear', x, w);
+  else if (x.dtype !== 'float32' || w.requiresGrad)
+    throw new DTypeError(
+      `linear: a ${w.dtype} weight takes float32 inputs and no gradient (got ${x.dtype}${w.requiresGrad ? ', requiresGrad' : ''})`,
+    );
+  const wk = quantized ? kernels(be, w.dtype) : kern;
   if (w.rank !== 2 || x.rank < 1 || x.shape[x.rank - 1] !== w.shape[1])
     throw new ShapeError(
       `linear: input ${formatShape(x.shape)} does not fit weight ${formatShape(w.shape)} ([out, in])`,
@@ -143,7 +153,7 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
   const [out, inp] = w.shape as [number, number];
   const rows = x.size / inp || 0;
   const x2 = be.view(x, [rows, inp]); // x2: [R, in]
-  const xw = kern.matmul(x2, w, false, true); // [R, out]
+  const xw = wk.matmul(x2, w, false, true); // [R, out]
   const y2 = b ? kern.binary('add', xw, b) : xw;
   if (b) xw.dispose();
   const y = be.view(y2, [...x.shape.slice(0, -1), out]);
@@ -152,7 +162,7 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
   if (needsGrad(x, w, b))
     record('linear', b ? [x, w, b] : [x, w], [y], ([g]) => {
       const g2 = be.view(g!, [rows, out]);
-      const gx = x.requiresGrad ? kern.matmul(g2, w, false, false) : null; // [R, in]
+      const gx = x.requiresGrad ? wk.matmul(g2, w, false, false) : null; // [R, in]
       const dx = gx ? be.view(gx, x.shape) : null;
       gx?.dispose();
       let dw: Tensor | null = null;

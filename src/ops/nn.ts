@@ -47,27 +47,6 @@ export function rmsNorm(x: Tensor, w: Tensor | null, eps: number): Tensor {
   return y;
 }
 
-/** LayerNorm over the last dim with weight and bias. */
-export function layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): Tensor {
-  const be = deviceOf('layerNorm', x, w, b);
-  const kern = kernels(be, x.dtype);
-  expectFloat('layerNorm', 'x', x);
-  const d = lastDim('layerNorm', x);
-  expectShape('layerNorm', 'weight', w, [d]);
-  expectShape('layerNorm', 'bias', b, [d]);
-  const { y, mean, rstd } = kern.layerNorm(x, w, b, eps);
-  if (needsGrad(x, w, b))
-    record('layerNorm', [x, w, b], [y], ([g]) => {
-      const { dx, dw, db } = kern.layerNormBackward(x, w, mean, rstd, g!);
-      return [dx, dw, db];
-    });
-  else {
-    mean.dispose();
-    rstd.dispose();
-  }
-  return y;
-}
-
 /** Softmax over the last dim. */
 export function softmax(x: Tensor): Tensor {
   const be = deviceOf('softmax', x);

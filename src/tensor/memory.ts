@@ -25,8 +25,4 @@ export class MemoryTracker {
   resetPeak(): void {
     this.peak = this.current;
   }
-
-  snapshot(): { current: number; peak: number; storages: number } {
-    return { current: this.current, peak: this.peak, storages: this.storages };
-  }
 }

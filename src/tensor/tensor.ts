@@ -4,7 +4,7 @@
 
 import type { Device } from '../backend/device.js';
 import { DisposedError, ShapeError, formatShape } from '../errors.js';
-import type { DType, DataArray } from './dtype.js';
+import type { DType, ValueArray } from './dtype.js';
 import { trackTensor } from './scope.js';
 import type { Storage } from './storage.js';
 
@@ -73,12 +73,12 @@ export class Tensor {
   }
 
   /** A host copy of the elements (synchronous: for the host devices; see `dataAsync`). */
-  data(): DataArray {
+  data(): ValueArray {
     return this.device.read(this);
   }
 
   /** A host copy of the elements, without blocking on a device that computes asynchronously. */
-  dataAsync(): Promise<DataArray> {
+  dataAsync(): Promise<ValueArray> {
     return this.device.readAsync(this);
   }
 

@@ -109,7 +109,7 @@ export interface TrainOptions {
   /** The run directory: the model directory, metrics.jsonl and checkpoints/. */
   outDir: string;
   config: TrainConfig;
-  /** ids int32 [B, T] -> logits [B, T, V]. Default: model.forward (its form is the model config's; tests wrap it). */
+  /** ids int32 [B, T] -> logits [B, T, V]. Default: model.forward. */
   forward?: (ids: Tensor) => Tensor;
   /** Writes the model directory files into a folder (the CLI passes io/model-dir's saveModelDir). */
   writeModel: (dir: string) => void;

@@ -1,14 +1,18 @@
-// The cpu device: host typed arrays (float32 and int32) with the kernels of the C++ addon (native/cpu/, OpenBLAS and
-// OpenMP). Node-only: the addon is a Node-API module.
+// The cpu device: host typed arrays with the kernels of the C++ addon (native/cpu/, OpenBLAS and OpenMP), float32.
+// It also stores bfloat16, float16 and the quantized weight formats, which compute through a cast to float32 unless
+// a kernel for them is registered. Node-only: the addon is a Node-API module.
 
+import { DTYPE_NAMES } from '../../tensor/dtype.js';
 import { HostDevice, hostCast } from '../host/device.js';
 import { registerKernels } from '../kernels.js';
 import type { CpuAddon } from './addon.js';
 import { CpuKernels } from './kernels.js';
 
+const CPU_DTYPES = DTYPE_NAMES.filter((d) => d !== 'float64');
+
 export class CpuDevice extends HostDevice {
   constructor(readonly addon: CpuAddon) {
-    super('cpu', ['float32', 'int32']);
+    super('cpu', CPU_DTYPES);
   }
 }
 
@@ -16,7 +20,7 @@ export class CpuDevice extends HostDevice {
 export function createCpuDevice(addon: CpuAddon): CpuDevice {
   const device = new CpuDevice(addon);
   const k = new CpuKernels(device, addon);
-  registerKernels('cpu', ['float32', 'int32'], hostCast);
+  registerKernels('cpu', CPU_DTYPES, hostCast);
   registerKernels('cpu', ['float32'], k);
   // The layout kernels move 4-byte words, int32 and float32 alike.
   registerKernels('cpu', ['int32'], { permute: k.permute.bind(k), copyBlocks: k.copyBlocks.bind(k) });

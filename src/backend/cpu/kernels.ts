@@ -131,32 +131,6 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
     return { dx: dx.t, dw: dw ? dw.t : null };
   }
 
-  layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): { y: Tensor; mean: Tensor; rstd: Tensor } {
-    const { rows, cols } = this.rowsOf(x);
-    const y = this.output(x.shape);
-    const mean = this.output([rows]);
-    const rstd = this.output([rows]);
-    this.addon.layerNorm(this.f32(x), this.f32(w), this.f32(b), y.d, mean.d, rstd.d, rows, cols, eps);
-    return { y: y.t, mean: mean.t, rstd: rstd.t };
-  }
-
-  layerNormBackward(
-    x: Tensor,
-    w: Tensor,
-    mean: Tensor,
-    rstd: Tensor,
-    g: Tensor,
-  ): { dx: Tensor; dw: Tensor; db: Tensor } {
-    const { rows, cols } = this.rowsOf(x);
-    const dx = this.output(x.shape);
-    const dw = this.like(w.shape);
-    const db = this.like(w.shape);
-    this.addon.layerNormBackward(
-      this.f32(x), this.f32(w), this.f32(mean), this.f32(rstd), this.f32(g), dx.d, dw.d, db.d, rows, cols,
-    ); // prettier-ignore
-    return { dx: dx.t, dw: dw.t, db: db.t };
-  }
-
   softmax(x: Tensor): Tensor {
     const { rows, cols } = this.rowsOf(x);
     const { t, d } = this.output(x.shape);

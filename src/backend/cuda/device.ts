@@ -4,7 +4,7 @@
 // `deviceMemory()` reports what the allocator holds beside them (its rounding to 512-byte blocks, its cache).
 
 import { BackendError, DTypeError } from '../../errors.js';
-import type { DType, DataArray } from '../../tensor/dtype.js';
+import type { DType, DataArray, ValueArray } from '../../tensor/dtype.js';
 import { allocArray, bytesPerElement } from '../../tensor/dtype.js';
 import { MemoryTracker } from '../../tensor/memory.js';
 import type { Storage } from '../../tensor/storage.js';
@@ -129,16 +129,25 @@ export class CudaDevice implements Device {
     return t;
   }
 
-  read(t: Tensor): DataArray {
-    const out = allocArray(t.dtype, t.size);
+  read(t: Tensor): ValueArray {
+    const out = allocArray(t.dtype, t.size) as ValueArray;
     if (t.size > 0) this.addon.read(this.ptr(t), out);
     return out;
   }
 
   /** The values without blocking the event loop while the device finishes. */
-  async readAsync(t: Tensor): Promise<DataArray> {
+  async readAsync(t: Tensor): Promise<ValueArray> {
     const buf = await this.addon.readAsync(this.ptr(t), t.storage.byteLength);
     return t.dtype === 'int32' ? new Int32Array(buf) : new Float32Array(buf);
+  }
+
+  /** float32 and int32 are stored as they are, so the storage array is the values. */
+  readStorage(t: Tensor): DataArray {
+    return this.read(t);
+  }
+
+  fromStorage(data: DataArray, shape: readonly number[], dtype: DType): Tensor {
+    return this.fromData(data, shape, dtype);
   }
 
   write(t: Tensor, data: ArrayLike<number>): void {

@@ -5,7 +5,7 @@
 // accounting (MemoryTracker) counts live tensors only; `pooledBytes` is reported beside it.
 
 import type { DType, DataArray } from '../../tensor/dtype.js';
-import { allocArray, bytesPerElement } from '../../tensor/dtype.js';
+import { allocArray, arrayBytes, arrayOver } from '../../tensor/dtype.js';
 
 // Arrays under 16 KiB are not pooled: V8 allocates them in about 0.4 us or less (a pooled one costs ~0.1 us; a fresh
 // 16 KiB array ~1.2 us, 64 KiB ~3 us). They are made by the typed-array constructor, not over an explicit
@@ -30,28 +30,24 @@ export class BufferPool {
   constructor(readonly capacityBytes: number) {}
 
   /**
-   * An array of `size` elements of dtype: zero-filled, or with `zeroed` false arbitrary contents, for a kernel that
-   * writes every element (a recycled buffer then skips the fill).
+   * A storage array of dtype with `length` entries (elements; bytes for a quantized format): zero-filled, or with
+   * `zeroed` false arbitrary contents, for a kernel that writes every element (a recycled buffer then skips the fill).
    */
-  take(dtype: DType, size: number, zeroed = true): DataArray {
-    const bytes = size * bytesPerElement(dtype);
+  take(dtype: DType, length: number, zeroed = true): DataArray {
+    const bytes = length * arrayBytes(dtype);
     const buffer = bytes >= MIN_POOLED_BYTES ? this.free.get(bytes)?.values().next().value : undefined;
     let out: DataArray;
     if (buffer) {
       this.hits++;
       this.remove(buffer);
-      out =
-        dtype === 'float32'
-          ? new Float32Array(buffer)
-          : dtype === 'int32'
-            ? new Int32Array(buffer)
-            : new Float64Array(buffer);
+      out = arrayOver(dtype, buffer);
       if (zeroed) out.fill(0);
     } else {
       if (bytes >= MIN_POOLED_BYTES) this.misses++;
-      out = allocArray(dtype, size);
+      out = allocArray(dtype, length);
     }
-    if (!zeroed && this.poison) out.fill(dtype === 'int32' ? -1 : NaN);
+    // NaN for float arrays, -1 for int32, all bits set for the 16-bit and byte formats (NaN for bfloat16/float16).
+    if (!zeroed && this.poison) out.fill(out instanceof Float32Array || out instanceof Float64Array ? NaN : -1);
     return out;
   }
 
@@ -77,12 +73,5 @@ export class BufferPool {
     this.free.get(buffer.byteLength)!.delete(buffer);
     this.order.delete(buffer);
     this.pooledBytes -= buffer.byteLength;
-  }
-
-  /** Drops every cached buffer (they are then garbage). */
-  clear(): void {
-    this.free.clear();
-    this.order.clear();
-    this.pooledBytes = 0;
   }
 }

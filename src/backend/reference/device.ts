@@ -1,6 +1,8 @@
 // The reference device: host typed arrays of every dtype, with the reference kernels (plain TypeScript loops in
-// float64 arithmetic). It is also the device whose kernels another device falls back to (kernels.ts).
+// float64 arithmetic, for float32 and float64 tensors; the other dtypes compute through a cast to float32). It is also
+// the device whose kernels another device falls back to (kernels.ts).
 
+import { DTYPE_NAMES } from '../../tensor/dtype.js';
 import { HostDevice, hostCast } from '../host/device.js';
 import { registerKernels, setReferenceDevice } from '../kernels.js';
 import { ReferenceKernels } from './kernels.js';
@@ -8,11 +10,11 @@ import { ReferenceKernels } from './kernels.js';
 let device: HostDevice | null = null;
 
 export function referenceDevice(): HostDevice {
-  device ??= new HostDevice('reference', ['float32', 'float64', 'int32']);
+  device ??= new HostDevice('reference', DTYPE_NAMES);
   return device;
 }
 
-registerKernels('reference', ['float32', 'float64', 'int32'], hostCast);
+registerKernels('reference', DTYPE_NAMES, hostCast);
 const kernels = new ReferenceKernels();
 registerKernels('reference', ['float32', 'float64'], kernels);
 // The layout kernels move elements of any dtype.

@@ -258,72 +258,6 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
     return { dx, dw: dwT ? dwT.t : null };
   }
 
-  layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): { y: Tensor; mean: Tensor; rstd: Tensor } {
-    const { rows, cols } = this.rowsOf(x);
-    const { t: y, d: Y } = this.out(x.shape, x);
-    const { t: mean, d: Mn } = this.out([rows], x);
-    const { t: rstd, d: R } = this.out([rows], x);
-    const X = this.float(x);
-    const W = this.float(w);
-    const B = this.float(b);
-    for (let r = 0; r < rows; r++) {
-      let m = 0;
-      for (let j = 0; j < cols; j++) m += X[r * cols + j]!;
-      m /= cols;
-      let v = 0;
-      for (let j = 0; j < cols; j++) v += (X[r * cols + j]! - m) ** 2;
-      v /= cols;
-      const s = 1 / Math.sqrt(v + eps);
-      Mn[r] = m;
-      R[r] = s;
-      for (let j = 0; j < cols; j++) Y[r * cols + j] = (X[r * cols + j]! - m) * s * W[j]! + B[j]!;
-    }
-    return { y, mean, rstd };
-  }
-
-  layerNormBackward(
-    x: Tensor,
-    w: Tensor,
-    mean: Tensor,
-    rstd: Tensor,
-    g: Tensor,
-  ): { dx: Tensor; dw: Tensor; db: Tensor } {
-    const { rows, cols } = this.rowsOf(x);
-    const { t: dx, d: DX } = this.out(x.shape, x);
-    const { t: dw, d: DW } = this.out(w.shape, w);
-    const { t: db, d: DB } = this.out(w.shape, w);
-    const X = this.float(x);
-    const W = this.float(w);
-    const Mn = this.float(mean);
-    const R = this.float(rstd);
-    const G = this.float(g);
-    const aw = new Float64Array(cols);
-    const ab = new Float64Array(cols);
-    for (let r = 0; r < rows; r++) {
-      const m = Mn[r]!;
-      const s = R[r]!;
-      let sumG = 0;
-      let sumGX = 0;
-      for (let j = 0; j < cols; j++) {
-        const i = r * cols + j;
-        const gh = G[i]! * W[j]!;
-        const xh = (X[i]! - m) * s;
-        sumG += gh;
-        sumGX += gh * xh;
-        aw[j] += G[i]! * xh;
-        ab[j] += G[i]!;
-      }
-      for (let j = 0; j < cols; j++) {
-        const i = r * cols + j;
-        const xh = (X[i]! - m) * s;
-        DX[i] = s * (G[i]! * W[j]! - sumG / cols - (xh * sumGX) / cols);
-      }
-    }
-    DW.set(aw);
-    DB.set(ab);
-    return { dx, dw, db };
-  }
-
   softmax(x: Tensor): Tensor {
     const { rows, cols } = this.rowsOf(x);
     const { t, d: Y } = this.out(x.shape, x);
@@ -427,7 +361,7 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
       s *= x.shape[d]!;
     }
     const outShape = perm.map((p) => x.shape[p]!);
-    const out = host(x).alloc(x.dtype, x.size);
+    const out = host(x).alloc(x.dtype, outShape);
     const X = this.raw(x);
     const idx = new Array<number>(rank).fill(0);
     for (let o = 0; o < x.size; o++) {

@@ -1,4 +1,5 @@
-// Retention math shared by the backends' reference code: the decay sums and per-head constants of spec §3/§5, and
+// Retention math shared by the backends' reference code: the decay sums and per-head constants of torchscale's
+// RetNetRelPos and MultiScaleRetention (torchscale/architecture/retnet.py), and
 // the plain-loop definition of each form used by the reference backend. Everything here is float64.
 
 import type { RetentionForm } from '../kernels.js';
@@ -91,7 +92,7 @@ export interface HeadStart {
 }
 
 /**
- * One sequence of one head in the parallel (spec §5a) or chunkwise (§5c) form, continuing `start` (null: empty),
+ * One sequence of one head in the parallel (torchscale's parallel_forward) or chunkwise (chunk_recurrent_forward) form, continuing `start` (null: empty),
  * writing o and r; returns the raw state and decay sum after the sequence. `normalize` false drops every normaliser
  * (fla's RetNet): o_n = U_n, r_n = 1. With normalisation and a start, the decay sums continue the start's
  * (Ŝ(n) = s₀γ^(n+1) + S(n)) and U_n gains γ^(n+1) q_n Z₀; an empty start gives torchscale's forms exactly.

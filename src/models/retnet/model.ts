@@ -4,7 +4,7 @@
 // the recurrent form from a DecodeState whose size depends only on the config.
 
 import type { Device } from '../../backend/device.js';
-import { getBackend } from '../../backend/index.js';
+import { getBackend } from '../../backend/select.js';
 import { retentionGammas } from '../../backend/reference/retention-math.js';
 import { type RetentionForm, type RotaryPairs, kernelsOf } from '../../backend/kernels.js';
 import { gradEnabled, noGrad } from '../../autograd/tape.js';

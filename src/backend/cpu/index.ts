@@ -1,0 +1,52 @@
+// The cpu device on Node: loads the addon at first use and registers the device with the selection (select.ts).
+// RETNET_THREADS sets the thread count of the cpu kernels and OpenBLAS (default: all cores).
+
+import { availableParallelism } from 'node:os';
+
+import { BackendError } from '../../errors.js';
+import { registerDevice } from '../select.js';
+import type { CpuAddonInfo } from './addon.js';
+import { type CpuDevice, createCpuDevice } from './device.js';
+import { loadAddon } from './load.js';
+
+let cpu: CpuDevice | null | undefined;
+let cpuError: string | null = null;
+
+/** The cpu device, or null when its addon is unavailable (see `cpuUnavailableReason`). */
+export function cpuBackend(): CpuDevice | null {
+  if (cpu === undefined) {
+    const { addon, error } = loadAddon();
+    cpuError = error;
+    cpu = addon ? createCpuDevice(addon) : null;
+    if (cpu) cpu.addon.setThreads(threadCount());
+  }
+  return cpu;
+}
+
+export function cpuUnavailableReason(): string | null {
+  cpuBackend();
+  return cpuError;
+}
+
+/** Threads for cpu kernels: RETNET_THREADS, else the number of cores. */
+export function threadCount(): number {
+  const env = process.env.RETNET_THREADS;
+  if (env === undefined || env === '') return availableParallelism();
+  const n = Number(env);
+  if (!Number.isInteger(n) || n < 1) throw new BackendError(`RETNET_THREADS must be a positive integer, got '${env}'`);
+  return n;
+}
+
+export function cpuInfo(): CpuAddonInfo | null {
+  return cpuBackend()?.addon.info() ?? null;
+}
+
+// Why the cpu device is unavailable, with the fix: the fallback still works, but training and generation run tens
+// of times slower, so the one line says so loudly.
+registerDevice(
+  'cpu',
+  () =>
+    cpuBackend() ??
+    `${cpuError}; the native cpu backend is many times faster. Fix: install OpenBLAS, g++ and make (Debian: ` +
+      "apt-get install libopenblas-dev g++ make) and run 'npm rebuild retnet'; 'retnet info' shows the state",
+);
