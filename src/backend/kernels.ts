@@ -78,11 +78,11 @@ export interface Kernels {
   sumToShape(g: Tensor, shape: readonly number[]): Tensor;
   activation(kind: ActivationKind, x: Tensor): Tensor;
   /**
-   * An inverted-dropout mask of x's shape and dtype (x's values are not read): each row of `rowSize` elements is
-   * 1/(1−p) where u ≥ p, else 0, with u = fmix32(seed ⊕ row·0x9E3779B9) / 2³² (a counter-based generator: the same
-   * mask for a seed on every device).
+   * Inverted dropout with a seeded counter-based mask: y = x ⊙ m, where each row of `rowSize` elements of m is
+   * 1/(1−p) when u ≥ p, else 0, with u = fmix32(seed ⊕ row·0x9E3779B9) / 2³² — the same mask for a seed on every
+   * device, so the backward pass is this kernel again on the gradient and no mask is stored.
    */
-  dropoutMask(x: Tensor, p: number, seed: number, rowSize: number): Tensor;
+  dropout(x: Tensor, p: number, seed: number, rowSize: number): Tensor;
   activationBackward(kind: ActivationKind, x: Tensor, g: Tensor): Tensor;
 
   // Normalisation over the last dim; statistics are [rows].
@@ -225,7 +225,7 @@ export const KERNEL_INFO: Record<KernelName, { inPlace: readonly number[]; stats
   copyBlocks: { inPlace: [3] },
   adamw: { inPlace: [0, 2, 3] },
   sumSquares: { inPlace: [] },
-  dropoutMask: { inPlace: [] },
+  dropout: { inPlace: [] },
   retentionForward: { inPlace: [], stats: ['r'] },
   retentionBackward: { inPlace: [] },
   retentionStep: { inPlace: [3, 4] },
@@ -331,13 +331,26 @@ function isTensor(x: unknown): x is Tensor {
   return typeof x === 'object' && x !== null && (x as { isTensor?: boolean }).isTensor === true;
 }
 
-/** Applies f to every tensor of a kernel result (a tensor, an object of tensors or nulls, a number, nothing). */
-function mapResult(result: unknown, f: (t: Tensor, key?: string) => Tensor): unknown {
+/**
+ * Applies f to every tensor of a kernel result (a tensor, an object of tensors or nulls — one level of nesting, as
+ * retentionForward's finalState —, a number, nothing); `key` is the top-level field.
+ */
+function mapResult(result: unknown, f: (t: Tensor, key?: string) => Tensor, depth = 0): unknown {
   if (isTensor(result)) return f(result);
-  if (typeof result !== 'object' || result === null) return result;
+  if (typeof result !== 'object' || result === null || depth > 1) return result;
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(result)) out[k] = isTensor(v) ? f(v, k) : v;
+  for (const [k, v] of Object.entries(result))
+    out[k] = isTensor(v) ? f(v, depth === 0 ? k : undefined) : mapResult(v, f, depth + 1);
   return out;
+}
+
+/** Replaces the tensors of an argument (itself, or one level inside an array or a plain object) by `f`'s copies. */
+function mapArg(a: unknown, f: (t: Tensor) => Tensor): unknown {
+  if (isTensor(a)) return f(a);
+  if (Array.isArray(a)) return a.map((x) => (isTensor(x) ? f(x) : x));
+  if (typeof a === 'object' && a !== null && Object.getPrototypeOf(a) === Object.prototype)
+    return Object.fromEntries(Object.entries(a).map(([k, v]) => [k, mapArg(v, f)]));
+  return a;
 }
 
 /** Case 2: cast the dispatch-dtype tensors to the compute dtype, run that kernel, cast the results back. */
@@ -346,7 +359,15 @@ function viaCast(name: KernelName, device: Device, dtype: DType, compute: DType)
   const stats = new Set(KERNEL_INFO[name].stats ?? []);
   return (...args: Args) => {
     const cast = kernels(device, dtype).cast;
-    const copies = args.map((a) => (isTensor(a) && a.dtype === dtype ? cast(a, compute) : a));
+    const made: Tensor[] = [];
+    const copies = args.map((a) =>
+      mapArg(a, (t) => {
+        if (t.dtype !== dtype) return t;
+        const c = cast(t, compute);
+        made.push(c);
+        return c;
+      }),
+    );
     const fn = kernels(device, compute)[name] as AnyKernel;
     const result = mapResult((fn as (...a: Args) => unknown)(...copies), (t, key) => {
       if (backTo === null || t.dtype !== compute || (key !== undefined && stats.has(key))) return t;
@@ -363,7 +384,7 @@ function viaCast(name: KernelName, device: Device, dtype: DType, compute: DType)
         back.dispose();
       }
     }
-    copies.forEach((c, i) => c !== args[i] && (c as Tensor).dispose());
+    for (const c of made) c.dispose();
     return result;
   };
 }

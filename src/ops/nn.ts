@@ -139,11 +139,10 @@ export function dropout(x: Tensor, p: number, rng: Rng, perRow = false): Tensor 
   const kern = kernels(be, x.dtype);
   expectFloat('dropout', 'x', x);
   if (!(p >= 0 && p < 1)) throw new ShapeError(`dropout: probability ${p} is not in [0, 1)`);
-  // One 32-bit seed per mask from the caller's generator (host); the mask itself comes from a seeded kernel.
+  // One 32-bit seed per mask from the caller's generator (host); the seeded kernel rebuilds the mask in backward.
   const rowSize = perRow && x.rank > 0 ? Math.max(1, x.size / (x.shape[0] || 1)) : 1;
-  const m = kern.dropoutMask(x, p, rng.nextU32(), rowSize);
-  const y = kern.binary('mul', x, m);
-  if (needsGrad(x)) record('dropout', [x], [y], ([g]) => [kern.binary('mul', g!, m)]);
-  else m.dispose();
+  const seed = rng.nextU32();
+  const y = kern.dropout(x, p, seed, rowSize);
+  if (needsGrad(x)) record('dropout', [x], [y], ([g]) => [kernels(be, g!.dtype).dropout(g!, p, seed, rowSize)]);
   return y;
 }

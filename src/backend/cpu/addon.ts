@@ -76,7 +76,7 @@ export interface CpuAddon {
   ): void;
   /** Σ x² over every element of every array (one call for the global gradient norm). */
   sumSquares(xs: F32[]): number;
-  dropoutMask(out: F32, n: number, rowSize: number, p: number, seed: number): void;
+  dropout(x: F32, out: F32, n: number, rowSize: number, p: number, seed: number): void;
   // prettier-ignore
   retentionParallel(
     q: F32, k: F32, v: F32, gammas: F64, o: F32, r: F32, ws: F32, initState: F32, initScale: F32, finalState: F32,

@@ -204,9 +204,9 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
     ); // prettier-ignore
   }
 
-  dropoutMask(x: Tensor, p: number, seed: number, rowSize: number): Tensor {
+  dropout(x: Tensor, p: number, seed: number, rowSize: number): Tensor {
     const out = this.output(x.shape);
-    this.addon.dropoutMask(out.d, out.t.size, rowSize, p, seed >>> 0);
+    this.addon.dropout(this.f32(x), out.d, out.t.size, rowSize, p, seed >>> 0);
     return out.t;
   }
 

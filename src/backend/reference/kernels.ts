@@ -407,11 +407,14 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
     }
   }
 
-  dropoutMask(x: Tensor, p: number, seed: number, rowSize: number): Tensor {
-    const { t, d: M } = this.out(x.shape, x);
+  dropout(x: Tensor, p: number, seed: number, rowSize: number): Tensor {
+    const { t, d: Y } = this.out(x.shape, x);
+    const X = this.float(x);
     const keep = 1 / (1 - p);
-    for (let e = 0, row = 0; e < M.length; e += rowSize, row++)
-      M.fill(dropoutUniform(seed, row) >= p ? keep : 0, e, e + rowSize);
+    for (let e = 0, row = 0; e < X.length; e += rowSize, row++) {
+      const m = dropoutUniform(seed, row) >= p ? keep : 0;
+      for (let i = e; i < Math.min(e + rowSize, X.length); i++) Y[i] = X[i]! * m;
+    }
     return t;
   }
 
