@@ -3,7 +3,8 @@
 // directories, safetensors files and the server.
 export * from './index.js';
 export { cpuInfo, cpuUnavailableReason, threadCount } from './backend/index.js';
-export { BpeTokenizer, trainBpe } from './tokenizer/bpe.js';
+export { trainBpe } from './tokenizer/bpe.js';
+export { HfTokenizer, type TokenizerContext } from './tokenizer/hf.js';
 export { loadTokenizer } from './tokenizer/load.js';
 export { DataError, type DataProblem } from './train/sources.js';
 export {
@@ -23,6 +24,20 @@ export {
   type TrainOptions,
   type TrainResult,
 } from './train/trainer.js';
-export { loadModelDir, saveModelDir, type LoadOptions } from './io/model-dir.js';
+export {
+  loadModelDir,
+  saveModelDir,
+  readTokenizerFile,
+  type LoadedModelDir,
+  type LoadOptions,
+  type GenerationDefaults,
+} from './io/model-dir.js';
 export { startServer, type ServerOptions, type RunningServer } from './server/server.js';
-export { readSafetensors, writeSafetensors } from './io/safetensors.js';
+export {
+  readSafetensors,
+  writeSafetensors,
+  SafetensorsReader,
+  Weights,
+  type LoadedTensor,
+  type TensorToSave,
+} from './io/safetensors.js';

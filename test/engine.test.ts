@@ -1,13 +1,10 @@
-// Engine behaviour beyond single kernels: error messages, memory accounting, scopes, the tape, AdamW, the RNG and
-// safetensors I/O.
+// Engine behaviour beyond single kernels: error messages, memory accounting, scopes, the tape, AdamW and the RNG
+// (safetensors I/O: safetensors.test.ts).
 import assert from 'node:assert/strict';
-import { readdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
 import { backward, noGrad, tapeLength } from '../src/autograd/tape.js';
-import { DisposedError, DTypeError, FormatError, ShapeError, BackendError } from '../src/errors.js';
-import { parseSafetensors, readSafetensors, serializeSafetensors, writeSafetensors } from '../src/io/safetensors.js';
+import { DisposedError, DTypeError, ShapeError, BackendError } from '../src/errors.js';
 import { add, linear, matmul, mul, sum } from '../src/ops/math.js';
 import { crossEntropy, embedding, rmsNorm } from '../src/ops/nn.js';
 import { reshape } from '../src/ops/shape.js';
@@ -15,7 +12,6 @@ import { BufferPool } from '../src/backend/host/pool.js';
 import { Rng } from '../src/tensor/random.js';
 import { keep, tidy } from '../src/tensor/scope.js';
 import { assertClose, nat, randomTensor, ref } from './helpers.js';
-import { tempDir } from './temp.js';
 import { kernelsOf } from '../src/backend/kernels.js';
 
 describe('errors name the op and the shapes', () => {
@@ -252,87 +248,6 @@ describe('Rng', () => {
     assert.deepEqual([c.uniform(), c.normal()], next);
     assert.notEqual(new Rng(1).nextU32(), new Rng(2).nextU32());
     assert.throws(() => c.setState([1, 2]), /four 32-bit unsigned integers/);
-  });
-});
-
-describe('safetensors', () => {
-  const dir = tempDir('retnet-st-');
-
-  it('round-trips F64, F32 and I32 with metadata, written atomically', () => {
-    const path = join(dir, 'a.safetensors');
-    const tensors = new Map([
-      ['w', { dtype: 'F32' as const, shape: [2, 3], data: [1, 2, 3, 4, 5, 6.5] }],
-      ['d', { dtype: 'F64' as const, shape: [2], data: [Math.PI, -1e-300] }],
-      ['i', { dtype: 'I32' as const, shape: [0], data: [] }],
-    ]);
-    writeSafetensors(path, tensors, { note: 'x' });
-    const back = readSafetensors(path);
-    assert.deepEqual(back.metadata, { note: 'x' });
-    assert.deepEqual(Array.from(back.tensors.get('w')!.data), [1, 2, 3, 4, 5, 6.5]);
-    assert.deepEqual(Array.from(back.tensors.get('d')!.data), [Math.PI, -1e-300]);
-    assert.deepEqual(back.tensors.get('i')!.shape, [0]);
-    assert.deepEqual(readdirSync(dir), ['a.safetensors'], 'no temporary file is left behind');
-  });
-
-  it('decodes F16 and BF16', () => {
-    const header = JSON.stringify({
-      h: { dtype: 'F16', shape: [3], data_offsets: [0, 6] },
-      b: { dtype: 'BF16', shape: [2], data_offsets: [6, 10] },
-    });
-    const data = Buffer.alloc(10);
-    data.writeUInt16LE(0x3c00, 0); // 1.0
-    data.writeUInt16LE(0xc000, 2); // -2.0
-    data.writeUInt16LE(0x0001, 4); // 2^-24
-    data.writeUInt16LE(0x3fc0, 6); // 1.5
-    data.writeUInt16LE(0xc2f7, 8); // -123.5
-    const len = Buffer.alloc(8);
-    len.writeBigUInt64LE(BigInt(header.length));
-    const f = parseSafetensors(Buffer.concat([len, Buffer.from(header), data]), 'mem');
-    assert.deepEqual(Array.from(f.tensors.get('h')!.data), [1, -2, 2 ** -24]);
-    assert.deepEqual(Array.from(f.tensors.get('b')!.data), [1.5, -123.5]);
-  });
-
-  it('rejects malformed files with the file and tensor named', () => {
-    const good = Buffer.concat(
-      serializeSafetensors(new Map([['w', { dtype: 'F32' as const, shape: [2], data: [1, 2] }]])),
-    );
-    assert.throws(
-      () => parseSafetensors(good.subarray(0, 4), 'f.st'),
-      (e: Error) => e instanceof FormatError && /f.st: not a safetensors file/.test(e.message),
-    );
-    assert.throws(
-      () => parseSafetensors(good.subarray(0, good.length - 1), 'f.st'),
-      /f.st: tensor 'w': data_offsets \[0, 8\] lie outside/,
-    );
-    const bad = (h: object) => {
-      const j = Buffer.from(JSON.stringify(h));
-      const l = Buffer.alloc(8);
-      l.writeBigUInt64LE(BigInt(j.length));
-      return Buffer.concat([l, j, Buffer.alloc(16)]);
-    };
-    assert.throws(
-      () => parseSafetensors(bad({ w: { dtype: 'Q4', shape: [1], data_offsets: [0, 1] } }), 'f.st'),
-      /tensor 'w': unsupported dtype "Q4"/,
-    );
-    assert.throws(
-      () => parseSafetensors(bad({ w: { dtype: 'F32', shape: [3], data_offsets: [0, 8] } }), 'f.st'),
-      /8 bytes of data for shape \[3\] of F32 \(need 12\)/,
-    );
-    assert.throws(
-      () =>
-        parseSafetensors(
-          bad({
-            a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] },
-            b: { dtype: 'F32', shape: [2], data_offsets: [4, 12] },
-          }),
-          'f.st',
-        ),
-      /'a' and 'b' overlap/,
-    );
-    const path = join(dir, 'junk.safetensors');
-    writeFileSync(path, 'not json at all, definitely');
-    assert.throws(() => readSafetensors(path), /junk.safetensors: header length .* exceeds the file/);
-    assert.throws(() => readSafetensors(join(dir, 'missing.safetensors')), /missing.safetensors: cannot read/);
   });
 });
 

@@ -47,7 +47,7 @@ const VOCAB = config.vocab_size as number;
 
 function want(name: string): Float64Array {
   const t = expected.get(name);
-  assert.ok(t, `expected.safetensors has no '${name}'`);
+  assert.ok(t?.data instanceof Float64Array, `expected.safetensors has no F64 '${name}'`);
   return t.data;
 }
 
@@ -98,6 +98,7 @@ function forwardLogits(model: RetNetModel, ids: number[][], opts: Parameters<Ret
 const COPIES = [
   { name: 'F64', dir: DEV },
   { name: 'BF16', dir: join(DEV, 'bf16') },
+  { name: 'sharded BF16', dir: join(DEV, 'sharded') },
 ];
 
 for (const [backendName, dtype, tol] of [

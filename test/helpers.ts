@@ -127,3 +127,19 @@ export function checkGradients(
   }
   weights.dispose();
 }
+
+// Code point ranges a random string draws from: ASCII, Latin-1, Greek, combining marks, CJK, emoji (astral plane),
+// odd whitespace, and characters outside the Basic Multilingual Plane.
+const RANGES: [number, number][] = [
+  [0x20, 0x7e], [0x09, 0x0a], [0xa0, 0xff], [0x370, 0x3ff], [0x300, 0x36f], [0x4e00, 0x4fff],
+  [0x1f300, 0x1f6ff], [0x2000, 0x200f], [0x3000, 0x3000], [0x10000, 0x1000f], [0xe000, 0xe0ff],
+]; // prettier-ignore
+
+export function randomUnicode(rng: Rng, length: number): string {
+  let s = '';
+  for (let i = 0; i < length; i++) {
+    const [lo, hi] = RANGES[rng.int(RANGES.length)]!;
+    s += String.fromCodePoint(lo + rng.int(hi - lo + 1));
+  }
+  return s;
+}

@@ -8,22 +8,55 @@ import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 
 import { writeFileAtomic } from '../io/atomic.js';
-import { loadModelDir, saveModelDir } from '../io/model-dir.js';
+import { loadModelDir, readTokenizerFile, saveModelDir } from '../io/model-dir.js';
 import { ARCHS, type Arch, createModel } from '../models/registry.js';
 import { SIZE_BOUNDS } from '../models/bounds.js';
 import { RETNET_PRESETS, retnetPreset } from '../models/retnet/config.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { transformerPreset } from '../models/transformer/config.js';
 import { ConfigError } from '../errors.js';
-import { ByteTokenizer } from '../tokenizer/tokenizer.js';
+import { ByteTokenizer, type Tokenizer } from '../tokenizer/tokenizer.js';
 import { latestCheckpoint } from '../train/checkpoint.js';
 import { prepareData } from '../train/data.js';
 import { DECAY_KINDS } from '../train/schedule.js';
 import { TRAIN_DEFAULTS, type TrainConfig, train, trainConfig } from '../train/trainer.js';
-import { type FlagValues, type Parsed, UsageError, bool, choice, defineCommand, int, num, text } from './command.js';
+import { InvalidArgumentError } from 'commander';
+
+import {
+  type Flag,
+  type FlagValues,
+  type Parsed,
+  UsageError,
+  bool,
+  choice,
+  defineCommand,
+  int,
+  num,
+  text,
+} from './command.js';
 
 const FORMS = ['parallel', 'chunkwise'] as const;
 const TOKENIZERS = ['bytes', 'bpe'] as const;
+
+/** --tokenizer: bytes, bpe, or an existing tokenizer.json to reuse (kept as an absolute path in run.json). */
+function tokenizerFlag(): Flag<string> {
+  return {
+    placeholder: 'bytes|bpe|FILE',
+    help: 'byte-level, a byte-level BPE trained on the training split, or an existing tokenizer.json to reuse',
+    parse: (raw) => {
+      if ((TOKENIZERS as readonly string[]).includes(raw)) return raw;
+      if (!existsSync(raw))
+        throw new InvalidArgumentError(`expected ${TOKENIZERS.join(', ')} or a tokenizer.json file, got '${raw}'`);
+      return resolve(raw);
+    },
+    default: 'bytes',
+  };
+}
+
+/** The tokenizer of a run that does not train one: the byte tokenizer or a tokenizer.json file. */
+function fixedTokenizer(kind: string): Tokenizer {
+  return kind === 'bytes' ? new ByteTokenizer() : readTokenizerFile(kind);
+}
 
 /** Everything a run was started with, saved as run.json. */
 export interface RunSettings {
@@ -34,7 +67,8 @@ export interface RunSettings {
   chunkSize: number | null;
   data: {
     source: string;
-    tokenizer: (typeof TOKENIZERS)[number];
+    /** bytes, bpe (trained on the training split), or the absolute path of an existing tokenizer.json. */
+    tokenizer: string;
     /** BPE vocabulary size. */
     vocab: number;
     valFraction: number;
@@ -110,9 +144,7 @@ const FLAGS = {
   }),
   'keep-checkpoints': int('checkpoints kept', { min: 1, max: 1000, default: D.keepCheckpoints }),
   'log-every': int('a log line every N steps when not on a terminal', { min: 1, max: MAX_STEPS, default: D.logEvery }),
-  tokenizer: choice('byte-level, or a byte-level BPE trained on the training split', TOKENIZERS, {
-    default: 'bytes',
-  }),
+  tokenizer: tokenizerFlag(),
   vocab: int('BPE vocabulary size', { min: 259, max: 65536, default: 4096 }),
 };
 
@@ -211,7 +243,7 @@ function settingsFromFlags(p: Parsed<typeof FLAGS>, base: RunSettings | null): R
 
 /** Checks the model settings against the model's own rules before any data is read (the vocabulary comes later). */
 function checkModelSettings(s: RunSettings): void {
-  const vocabSize = s.data.tokenizer === 'bpe' ? s.data.vocab : new ByteTokenizer().vocabSize;
+  const vocabSize = s.data.tokenizer === 'bpe' ? s.data.vocab : fixedTokenizer(s.data.tokenizer).vocabSize;
   try {
     if (s.arch === 'retnet')
       retnetPreset(s.preset, { vocabSize, chunkwiseRecurrent: s.form === 'chunkwise', chunkSize: s.chunkSize! });
@@ -280,7 +312,7 @@ export const trainCommand = defineCommand({
     const d = settings.data;
     const data = prepareData({
       source: d.source,
-      tokenizer: d.tokenizer === 'bpe' ? { bpeVocabSize: d.vocab } : new ByteTokenizer(),
+      tokenizer: d.tokenizer === 'bpe' ? { bpeVocabSize: d.vocab } : fixedTokenizer(d.tokenizer),
       cacheDir: d.cacheDir,
       valFraction: d.valFraction,
       jsonlField: d.jsonlField,

@@ -4,9 +4,10 @@
 import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
-export function writeFileAtomic(path: string, chunks: Uint8Array | string | readonly (Uint8Array | string)[]): void {
+/** `chunks` may be a generator: each chunk is written before the next is made, so a large file never sits in memory. */
+export function writeFileAtomic(path: string, chunks: Uint8Array | string | Iterable<Uint8Array | string>): void {
   const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${Date.now()}`);
-  const parts = Array.isArray(chunks) ? chunks : [chunks];
+  const parts = typeof chunks === 'string' || chunks instanceof Uint8Array ? [chunks] : chunks;
   let fd = -1;
   try {
     fd = openSync(tmp, 'w');

@@ -87,6 +87,8 @@ export interface DecoderOptions {
   dtype?: DType;
   /** Seed of the initial weights, then of the dropout masks while training. */
   seed?: number;
+  /** false: parameters start as zeros, not random draws (a checkpoint fills them next). Default true. */
+  init?: boolean;
 }
 
 /** How an architecture names and builds its mixer. */
@@ -208,7 +210,7 @@ export abstract class Decoder<M extends Module & Mixer<S, P>, S extends TrunkSta
     const c = trunk;
     this.backend = opts.backend ?? getBackend();
     this.dtype = opts.dtype ?? 'float32';
-    const p: ParamOptions = { backend: this.backend, dtype: this.dtype };
+    const p: ParamOptions = { backend: this.backend, dtype: this.dtype, init: opts.init };
     const rng = new Rng(opts.seed ?? 0);
     this.rng = rng;
     const table = () => normal([c.vocabSize, c.embedDim], rng, c.embedDim ** -0.5, p);

@@ -3,7 +3,6 @@
 
 import type { Device } from '../backend/device.js';
 import { ConfigError } from '../errors.js';
-import type { TensorToSave } from '../io/safetensors.js';
 import type { DType } from '../tensor/dtype.js';
 import type { CausalLM } from './lm.js';
 import {
@@ -11,16 +10,16 @@ import {
   type RetNetConfig,
   retnetConfigFromJSON,
   retnetConfigToJSON,
+  retnetParameterCount,
   retnetPreset,
 } from './retnet/config.js';
 import { RetNetModel } from './retnet/model.js';
-import { retnetAngles } from '../nn/rotary.js';
-import { retentionGammas } from '../backend/reference/retention-math.js';
 import { flaConfigFromJSON, flaConfigToJSON, isFlaConfig } from './retnet/fla.js';
 import {
   type TransformerConfig,
   transformerConfigFromJSON,
   transformerConfigToJSON,
+  transformerParameterCount,
   transformerPreset,
 } from './transformer/config.js';
 import { TransformerModel } from './transformer/model.js';
@@ -29,6 +28,8 @@ export interface ModelOptions {
   backend?: Device;
   dtype?: DType;
   seed?: number;
+  /** false: parameters start as zeros, not random draws (the loader fills them from a checkpoint). Default true. */
+  init?: boolean;
 }
 
 /** What the project knows of one architecture: its config's on-disk form, its presets, and how to build it. */
@@ -42,23 +43,10 @@ export interface ArchEntry<C> {
   build(config: C, opts: ModelOptions): CausalLM;
   /** The model's config when the model is of this architecture, else null. */
   configOf(model: CausalLM): C | null;
-  /** Tensors saved beside the parameters (persistent buffers another implementation expects); ignored on load. */
-  buffers(config: C): Map<string, TensorToSave>;
-  isBuffer(name: string): boolean;
+  /** Exact parameter count of a config (tied tensors once), without building the model. */
+  parameterCount(config: C): number;
   /** Whether a config object without "arch" is this architecture's. */
   recognises(obj: Record<string, unknown>): boolean;
-}
-
-/** Buffers torchscale keeps in its state_dict (persistent, so `load_state_dict(strict=True)` needs them). */
-function torchscaleBuffers(c: RetNetConfig): Map<string, TensorToSave> {
-  const H = c.heads;
-  const K = c.embedDim / H;
-  // torchscale computes both in float32; store them as it would.
-  const f32 = (xs: ArrayLike<number>) => Array.from(Float32Array.from(xs));
-  return new Map<string, TensorToSave>([
-    ['retnet_rel_pos.angle', { dtype: 'F32', shape: [K], data: f32(retnetAngles(K)) }],
-    ['retnet_rel_pos.decay', { dtype: 'F32', shape: [H], data: f32(retentionGammas(H).map(Math.log)) }],
-  ]);
 }
 
 const retnet: ArchEntry<RetNetConfig> = {
@@ -72,8 +60,7 @@ const retnet: ArchEntry<RetNetConfig> = {
   preset: (name, overrides) => retnetPreset(name, overrides as Partial<RetNetConfig> & { vocabSize: number }),
   build: (c, opts) => new RetNetModel(c, opts),
   configOf: (m) => (m instanceof RetNetModel ? m.config : null),
-  buffers: (c) => (c.format === 'torchscale' ? torchscaleBuffers(c) : new Map()),
-  isBuffer: (name) => name.startsWith('retnet_rel_pos.'),
+  parameterCount: retnetParameterCount,
   // torchscale's own config.json has no "arch"; fla's has model_type "retnet".
   recognises: (obj) => isFlaConfig(obj) || 'decoder_retention_heads' in obj,
 };
@@ -85,8 +72,7 @@ const transformer: ArchEntry<TransformerConfig> = {
   preset: (name, overrides) => transformerPreset(name, overrides as Partial<TransformerConfig> & { vocabSize: number }),
   build: (c, opts) => new TransformerModel(c, opts),
   configOf: (m) => (m instanceof TransformerModel ? m.config : null),
-  buffers: () => new Map(),
-  isBuffer: () => false,
+  parameterCount: transformerParameterCount,
   recognises: () => false,
 };
 
@@ -127,30 +113,35 @@ export function modelConfigJSON(model: CausalLM): Record<string, unknown> {
   return entry.toJSON(config);
 }
 
-/** Tensors a model directory saves beside the parameters (the arch's persistent buffers). */
-export function modelBuffers(model: CausalLM): Map<string, TensorToSave> {
-  const { entry, config } = modelEntry(model);
-  return entry.buffers(config);
-}
-
-/** Whether a tensor name in a weights file is one of the arch's buffers (ignored on load). */
-export function isModelBuffer(model: CausalLM, name: string): boolean {
-  return archEntry(model.arch, 'model').isBuffer(name);
-}
-
 /** The architecture of a config object: its "arch", else the one that recognises its keys (torchscale's or fla's RetNet), else HF's "model_type". */
-function archOf(config: Record<string, unknown>, source: string): ArchEntry<unknown> {
-  if (config.arch !== undefined) return archEntry(config.arch, source);
-  const found = ARCHS.find((a) => ARCH_TABLE[a].recognises(config));
-  if (found !== undefined) return ARCH_TABLE[found] as ArchEntry<unknown>;
-  if (config.model_type !== undefined) return archEntry(config.model_type, source); // HF's name for it
-  throw new ConfigError(`${source}: no "arch" field and no torchscale RetNet keys`);
+function archOf(config: Record<string, unknown>, source: string): Arch {
+  const named = config.arch ?? ARCHS.find((a) => ARCH_TABLE[a].recognises(config)) ?? config.model_type; // HF's name
+  if (named === undefined) throw new ConfigError(`${source}: no "arch" field and no torchscale RetNet keys`);
+  archEntry(named, source);
+  return named as Arch;
+}
+
+/** A parsed config: the architecture and its validated config. */
+export type ModelSpec = { arch: 'retnet'; config: RetNetConfig } | { arch: 'transformer'; config: TransformerConfig };
+
+/** Parses and validates a config object (e.g. a parsed config.json) without building anything. */
+export function parseModelConfig(config: unknown, source: string): ModelSpec {
+  if (config === null || typeof config !== 'object' || Array.isArray(config))
+    throw new ConfigError(`${source}: expected a JSON object`);
+  const arch = archOf(config as Record<string, unknown>, source);
+  return { arch, config: archEntry(arch, source).fromJSON(config, source) } as ModelSpec;
+}
+
+/** Number of scalar parameters the spec's model holds (tied tensors once), computed without building it. */
+export function specParameterCount(spec: ModelSpec): number {
+  return archEntry(spec.arch, 'model').parameterCount(spec.config);
+}
+
+export function buildModel(spec: ModelSpec, opts: ModelOptions = {}): CausalLM {
+  return archEntry(spec.arch, 'model').build(spec.config, opts);
 }
 
 /** Builds a model from a config object (e.g. a parsed config.json). */
 export function modelFromConfig(config: unknown, source: string, opts: ModelOptions = {}): CausalLM {
-  if (config === null || typeof config !== 'object' || Array.isArray(config))
-    throw new ConfigError(`${source}: expected a JSON object`);
-  const entry = archOf(config as Record<string, unknown>, source);
-  return entry.build(entry.fromJSON(config, source), opts);
+  return buildModel(parseModelConfig(config, source), opts);
 }

@@ -17,10 +17,13 @@ import { Module } from './module.js';
 export interface ParamOptions {
   backend?: Device;
   dtype?: DType;
+  /** false: zeros instead of the initialiser's draws (the values come from a checkpoint next). Default true. */
+  init?: boolean;
 }
 
 function fill(shape: number[], opts: ParamOptions, sample: () => number): Tensor {
   const be = opts.backend ?? getBackend();
+  if (opts.init === false) return be.zeros(shape, opts.dtype ?? 'float32');
   const n = shape.reduce((a, b) => a * b, 1);
   const data = new Float64Array(n);
   for (let i = 0; i < n; i++) data[i] = sample();

@@ -7,18 +7,18 @@
 //   binding only exposes `train(files)` with the model's default trainer (vocabulary 30000, no special tokens, only
 //   the bytes seen in the corpus), so we train with that and cut the result down: BPE training is greedy, the target
 //   size only decides when to stop, so the first N merges of a longer run are exactly the merges of a run to N.
-// - encoding and decoding: `@huggingface/tokenizers` (pure JS, synchronous), because the Rust binding's encode and
-//   decode return Promises and the Tokenizer interface is synchronous. Tests check both libraries give the same ids.
+// - encoding and decoding: HfTokenizer (hf.ts, on `@huggingface/tokenizers`: pure JS, synchronous), because the Rust
+//   binding's encode and decode return Promises and the Tokenizer interface is synchronous. Tests check both
+//   libraries give the same ids.
 
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
-
-import { ConfigError, FormatError } from '../errors.js';
+import { ConfigError } from '../errors.js';
 import { requireOptional } from '../optional.js';
-import { BYTE_SPECIAL_TOKENS, specialTokensJSON, type Tokenizer } from './tokenizer.js';
+import { HfTokenizer } from './hf.js';
+import { BYTE_SPECIAL_TOKENS, specialTokensJSON } from './tokenizer.js';
 
 /** GPT-2's byte-to-character table: printable Latin-1 bytes stand for themselves, the rest move to U+0100 and up. */
 export function byteLevelAlphabet(): string[] {
@@ -31,76 +31,13 @@ export function byteLevelAlphabet(): string[] {
 
 const BYTE_LEVEL = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true };
 
-interface BpeModelJSON {
-  type: 'BPE';
-  vocab: Record<string, number>;
-  merges: [string, string][] | string[];
-}
-
-interface TokenizerJSON {
-  added_tokens?: { id: number; content: string; special?: boolean }[];
-  model?: { type?: string } & Partial<BpeModelJSON>;
-}
-
-export class BpeTokenizer implements Tokenizer {
-  readonly vocabSize: number;
-  readonly eosId: number;
-  /** Number of merges (the vocabulary less the 256 bytes and the special tokens). */
-  readonly merges: number;
-  private readonly hf: HfTokenizer;
-
-  /** Loads a byte-level BPE tokenizer.json; `source` names it in errors. */
-  constructor(
-    private readonly json: string,
-    source: string,
-  ) {
-    let obj: TokenizerJSON;
-    try {
-      obj = JSON.parse(json) as TokenizerJSON;
-    } catch (e) {
-      throw new FormatError(`${source}: not valid JSON (${(e as Error).message})`);
-    }
-    const model = obj.model;
-    if (model?.type !== 'BPE' || typeof model.vocab !== 'object' || !Array.isArray(model.merges))
-      throw new FormatError(`${source}: expected a BPE model with "vocab" and "merges"`);
-    const ids = [...Object.values(model.vocab), ...(obj.added_tokens ?? []).map((t) => t.id)];
-    if (ids.some((id) => !Number.isInteger(id) || id < 0))
-      throw new FormatError(`${source}: token ids must be non-negative integers`);
-    this.vocabSize = Math.max(...ids) + 1;
-    const eos = obj.added_tokens?.find((t) => t.content === BYTE_SPECIAL_TOKENS[0]);
-    if (!eos) throw new FormatError(`${source}: no '${BYTE_SPECIAL_TOKENS[0]}' token among added_tokens`);
-    this.eosId = eos.id;
-    this.merges = model.merges.length;
-    try {
-      this.hf = new HfTokenizer(obj, {});
-    } catch (e) {
-      throw new FormatError(`${source}: cannot build the tokenizer (${(e as Error).message})`);
-    }
-  }
-
-  encode(text: string): number[] {
-    return this.hf.encode(text, { add_special_tokens: false }).ids;
-  }
-
-  /** Special tokens decode to their text ("<|endoftext|>"); ids outside the vocabulary are dropped, as ByteTokenizer. */
-  decode(ids: readonly number[]): string {
-    const known = ids.filter((id) => Number.isInteger(id) && id >= 0 && id < this.vocabSize);
-    if (known.length === 0) return '';
-    return this.hf.decode(known, { skip_special_tokens: false, clean_up_tokenization_spaces: false });
-  }
-
-  toJSON(): string {
-    return this.json;
-  }
-}
-
 type NativeTokenizers = typeof import('tokenizers');
 
 /**
  * Trains a byte-level BPE with `vocabSize` ids (256 bytes + merges + 3 special tokens) on the text files given.
  * The result can be smaller when the corpus runs out of pairs to merge. Deterministic for the same files.
  */
-export function trainBpe(files: readonly string[], vocabSize: number): BpeTokenizer {
+export function trainBpe(files: readonly string[], vocabSize: number): HfTokenizer {
   const minimum = 256 + BYTE_SPECIAL_TOKENS.length;
   if (!Number.isInteger(vocabSize) || vocabSize < minimum)
     throw new ConfigError(`BPE vocabulary size must be an integer >= ${minimum} (256 bytes + special tokens)`);
@@ -150,5 +87,5 @@ export function trainBpe(files: readonly string[], vocabSize: number): BpeTokeni
       merges,
     },
   };
-  return new BpeTokenizer(JSON.stringify(json), 'trained BPE');
+  return new HfTokenizer(JSON.stringify(json), 'trained BPE');
 }

@@ -1,20 +1,19 @@
-// Loads a tokenizer from its tokenizer.json text: the byte tokenizer's own JSON or a Hugging Face byte-level BPE.
+// Loads a tokenizer from its tokenizer.json text: the byte tokenizer's own JSON, or any Hugging Face tokenizer.json
+// (with tokenizer_config.json / special_tokens_map.json when a model directory has them).
 
 import { FormatError } from '../errors.js';
-import { BpeTokenizer } from './bpe.js';
+import { HfTokenizer, type TokenizerContext } from './hf.js';
 import { ByteTokenizer, type Tokenizer } from './tokenizer.js';
 
-export function loadTokenizer(json: string, source: string): Tokenizer {
-  let obj: { model?: { type?: string } };
+export function loadTokenizer(json: string, source: string, ctx: TokenizerContext = {}): Tokenizer {
+  let obj: unknown;
   try {
-    obj = JSON.parse(json) as typeof obj;
+    obj = JSON.parse(json);
   } catch (e) {
     throw new FormatError(`${source}: not valid JSON (${(e as Error).message})`);
   }
-  const type = obj.model?.type;
-  if (type === 'retnet-bytes') return new ByteTokenizer();
-  if (type === 'BPE') return new BpeTokenizer(json, source);
-  throw new FormatError(
-    `${source}: unsupported tokenizer model type ${JSON.stringify(type)} (expected retnet-bytes or BPE)`,
-  );
+  const model = obj !== null && typeof obj === 'object' ? (obj as { model?: unknown }).model : undefined;
+  if (model !== null && typeof model === 'object' && (model as { type?: unknown }).type === 'retnet-bytes')
+    return new ByteTokenizer();
+  return new HfTokenizer(json, source, ctx);
 }

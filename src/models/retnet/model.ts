@@ -30,6 +30,8 @@ export interface RetNetOptions {
   dtype?: DType;
   /** Seed of the initial weights. */
   seed?: number;
+  /** false: parameters start as zeros (a checkpoint fills them next). */
+  init?: boolean;
 }
 
 export interface ForwardOptions {
@@ -556,7 +558,7 @@ export class RetNetModel extends Module implements CausalLM {
     const c = config;
     this.backend = opts.backend ?? getBackend();
     this.dtype = opts.dtype ?? 'float32';
-    const p: ParamOptions = { backend: this.backend, dtype: this.dtype };
+    const p: ParamOptions = { backend: this.backend, dtype: this.dtype, init: opts.init };
     const rng = new Rng(opts.seed ?? 0);
     this.rng = rng;
     this.embedTokens = this.child(
