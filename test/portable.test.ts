@@ -54,6 +54,11 @@ describe('portable core', () => {
     assert.ok(Array.from(logits.data()).every(Number.isFinite));
   });
 
+  it('src/web.ts (retnet/web) bundles for the browser without any Node built-in', async () => {
+    const { builtins } = await bundle('web.ts');
+    assert.deepEqual(builtins, [], `Node built-ins in the browser entry:\n${builtins.join('\n')}`);
+  });
+
   it('the check sees the built-ins of the Node-only entry', async () => {
     const { builtins } = await bundle('node.ts');
     assert.ok(
