@@ -84,8 +84,9 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
         ['chunkwise', true],
         ['chunkwise', false],
       ] as const) {
-        const a = R.retentionForward(form, q, k, v, gammas, s.C, normalize);
-        const b = G.retentionForward(form, qc, kc, vc, gammas, s.C, normalize);
+        const run = { chunkSize: s.C, normalize, initialState: null, segments: null, returnFinalState: false };
+        const a = R.retentionForward(form, q, k, v, gammas, run);
+        const b = G.retentionForward(form, qc, kc, vc, gammas, run);
         assertClose(b.o.data(), a.o.data(), 2e-5, `${form} o`);
         assertClose(b.r.data(), a.r.data(), 2e-5, `${form} r`);
         const da = R.retentionBackward(form, q, k, v, gammas, a.r, g, s.C);
@@ -118,8 +119,10 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
     const [k, kc] = pair(rng, [B, T, H, K], 0.5);
     const [v, vc] = pair(rng, [B, T, H, V], 0.5);
     for (const normalize of [true, false]) {
-      const a = R.retentionState(k, v, gammas, normalize);
-      const b = G.retentionState(kc, vc, gammas, normalize);
+      // The state after T positions, as the forward kernel returns it.
+      const run = { chunkSize: 8, normalize, initialState: null, segments: null, returnFinalState: true };
+      const a = R.retentionForward('chunkwise', k, k, v, gammas, run).finalState!;
+      const b = G.retentionForward('chunkwise', kc, kc, vc, gammas, run).finalState!;
       assertClose(b.state.data(), a.state.data(), 2e-5, `state (normalize ${normalize})`);
       assertClose(b.scale.data(), a.scale.data(), 2e-6, 'scale');
       for (let step = 0; step < 3; step++) {

@@ -219,8 +219,19 @@ describe('AdamW kernel', () => {
     const expected = data.reduce((s, x) => s + Math.fround(x) ** 2, 0);
     for (const be of [ref, nat()]) {
       const t = be.fromData(data, [data.length], 'float32');
-      assert.ok(Math.abs(kernelsOf(t).sumSquares(t) - expected) < 1e-6 * expected);
+      assert.ok(Math.abs(kernelsOf(t).sumSquares([t]) - expected) < 1e-6 * expected);
+      const [a, b] = [
+        be.fromData(data.slice(0, 7), [7], 'float32'),
+        be.fromData(data.slice(7), [data.length - 7], 'float32'),
+      ];
+      assert.ok(
+        Math.abs(kernelsOf(t).sumSquares([a, b]) - expected) < 1e-6 * expected,
+        'one call over several tensors',
+      );
+      assert.equal(kernelsOf(t).sumSquares([]), 0);
       t.dispose();
+      a.dispose();
+      b.dispose();
     }
   });
 });

@@ -3,7 +3,7 @@
 
 import type { Device } from '../src/backend/device.js';
 import type { DType } from '../src/tensor/dtype.js';
-import type { Rng } from '../src/tensor/random.js';
+import { Rng } from '../src/tensor/random.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import * as ops from '../src/ops/index.js';
 import { randomData } from './helpers.js';
@@ -256,6 +256,67 @@ export const opCases: OpCase[] = [
     tol: 1e-5,
     gradCheck: false,
   },
+  // State-carrying retention over packed segments (inference only): o, the final states and their scales, flattened.
+  ...[
+    { form: 'parallel' as const, chunkSize: 0, normalize: true },
+    { form: 'chunkwise' as const, chunkSize: 3, normalize: true },
+    { form: 'parallel' as const, chunkSize: 0, normalize: false },
+    { form: 'chunkwise' as const, chunkSize: 2, normalize: false },
+  ].map(({ form, chunkSize, normalize }): OpCase => {
+    const state = (N: number, H: number, K: number, V: number) => [
+      f([N, H, K, V], { grad: false, scale: 2 }),
+      f([N, H], { grad: false, positive: true, scale: 3 }),
+    ];
+    const segmentsOf: Record<number, number[]> = { 11: [4, 0, 7], 1: [1], 0: [0, 0], 9: [9] };
+    return {
+      name: `retention ${form}${chunkSize ? ` C=${chunkSize}` : ''}${normalize ? '' : ', un-normalised'}: initial state, final state, segments`,
+      variants: [
+        [
+          f([1, 11, 2, 4], { grad: false }),
+          f([1, 11, 2, 4], { grad: false }),
+          f([1, 11, 2, 3], { grad: false }),
+          ...state(3, 2, 4, 3),
+        ],
+        [
+          f([1, 1, 1, 2], { grad: false }),
+          f([1, 1, 1, 2], { grad: false }),
+          f([1, 1, 1, 1], { grad: false }),
+          ...state(1, 1, 2, 1),
+        ],
+        [
+          f([1, 0, 2, 2], { grad: false }),
+          f([1, 0, 2, 2], { grad: false }),
+          f([1, 0, 2, 3], { grad: false }),
+          ...state(2, 2, 2, 3),
+        ],
+        [
+          f([1, 9, 3, 2], { grad: false }),
+          f([1, 9, 3, 2], { grad: false }),
+          f([1, 9, 3, 5], { grad: false }),
+          ...state(1, 3, 2, 5),
+        ],
+      ],
+      f: ([q, k, v, s, scale]) => {
+        const { o, finalState } = ops.retentionForward(form, q!, k!, v!, retentionGammas(q!.shape[2]!), {
+          chunkSize,
+          normalize,
+          initialState: { state: s!, scale: scale! },
+          returnFinalState: true,
+          segments: segmentsOf[q!.shape[1]!]!,
+        });
+        const flat = (t: Tensor) => ops.reshape(t, [t.size]);
+        return ops.concat([flat(o), flat(finalState!.state), flat(finalState!.scale)], 0);
+      },
+      tol: 1e-5,
+      gradCheck: false,
+    };
+  }),
+  // Dropout masks come from a seeded counter-based kernel: the same seed gives the same mask on every device.
+  ...[false, true].map((perRow): OpCase => ({
+    name: `dropout${perRow ? ' per row' : ''} (seeded mask kernel)`,
+    variants: [[f([3, 5, 7])], [f([1])], [f([0, 4])]],
+    f: ([x]) => ops.dropout(x!, 0.4, new Rng(11), perRow),
+  })),
   ...(['interleaved', 'halves'] as const).map((pairs): OpCase => ({
     name: `rotary ${pairs}`,
     variants: [
@@ -292,6 +353,7 @@ export function buildInputs(be: Device, rng: Rng, specs: InputSpec[], dtype: DTy
     }
     const n = s.shape.reduce((a, b) => a * b, 1);
     const data = randomData(rng, n, s.scale ?? 1);
+    if (s.positive) data.forEach((x, i) => (data[i] = Math.abs(x)));
     const t = be.fromData(data, s.shape, dtype);
     t.requiresGrad = s.grad ?? false;
     return t;

@@ -88,11 +88,23 @@ for (const { B, H, T, D } of shapes) {
   const gammas = retentionGammas(H);
   const C = 64;
   const fwd = time(() => {
-    const { o, r } = kern.retentionForward('chunkwise', q, k, v, gammas, C, true);
+    const { o, r } = kern.retentionForward('chunkwise', q, k, v, gammas, {
+      chunkSize: C,
+      normalize: true,
+      initialState: null,
+      segments: null,
+      returnFinalState: false,
+    });
     o.dispose();
     r.dispose();
   });
-  const { o, r } = kern.retentionForward('chunkwise', q, k, v, gammas, C, true);
+  const { o, r } = kern.retentionForward('chunkwise', q, k, v, gammas, {
+    chunkSize: C,
+    normalize: true,
+    initialState: null,
+    segments: null,
+    returnFinalState: false,
+  });
   const bwd = time(() => {
     const d = kern.retentionBackward('chunkwise', q, k, v, gammas, r, g, C);
     d.dq.dispose();

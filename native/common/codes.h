@@ -11,8 +11,8 @@ constexpr int64_t kBinaryOpCount = 2;
 enum class Activation : int64_t { Gelu = 0, Silu = 1, Relu = 2 };
 constexpr int64_t kActivationCount = 3;
 
-enum class RetentionWork : int64_t { ParallelForward = 0, ChunkwiseForward = 1, ParallelBackward = 2, ChunkwiseBackward = 3, State = 4 };
-constexpr int64_t kRetentionWorkCount = 5;
+enum class RetentionWork : int64_t { ParallelForward = 0, ChunkwiseForward = 1, ParallelBackward = 2, ChunkwiseBackward = 3 };
+constexpr int64_t kRetentionWorkCount = 4;
 
 enum class AttentionWork : int64_t { NaiveForward = 0, NaiveBackward = 1, FlashForward = 2, FlashBackward = 3, Decode = 4 };
 constexpr int64_t kAttentionWorkCount = 5;

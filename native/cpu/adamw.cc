@@ -1,6 +1,7 @@
 // Optimizer kernels: the fused AdamW step (decoupled weight decay, Loshchilov & Hutter 2019) and the sum of squares
 // used for global-norm gradient clipping.
 #include <cmath>
+#include <vector>
 
 #include "common.h"
 
@@ -42,18 +43,29 @@ static Napi::Value AdamW(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("adamw", AdamW);
 
-// sumSquares(x, n) -> number (accumulated in double).
+// sumSquares(xs) -> number: Σ x² over every element of every Float32Array of the array xs, accumulated in double
+// (the global gradient norm² in one call: the optimizer reads one number per step, not one per parameter).
 static Napi::Value SumSquares(const Napi::CallbackInfo& info) {
   double total = 0;
   Napi::Value r = guard(info, [&] {
-    auto x = f32(info, 0, "x");
-    int64_t n = dim(info, 1, "n");
-    require(x, n, "sumSquares", "x");
-    const float* px = x.data;
-    double s = 0;
+    if (info.Length() < 1 || !info[0].IsArray()) throw ArgError{"sumSquares: argument 0 (xs) must be an array"};
+    auto list = info[0].As<Napi::Array>();
+    std::vector<Span<float>> xs;
+    for (uint32_t j = 0; j < list.Length(); j++) {
+      Napi::Value x = list.Get(j);
+      if (!x.IsTypedArray() || x.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+        throw ArgError{"sumSquares: every entry of xs must be a Float32Array"};
+      auto a = x.As<Napi::Float32Array>();
+      xs.push_back({a.Data(), a.ElementLength()});
+    }
+    for (const auto& x : xs) {
+      const float* px = x.data;
+      int64_t n = static_cast<int64_t>(x.length);
+      double s = 0;
 #pragma omp parallel for if (n > kParallelGrain) reduction(+ : s) schedule(static)
-    for (int64_t i = 0; i < n; i++) s += static_cast<double>(px[i]) * px[i];
-    total = s;
+      for (int64_t i = 0; i < n; i++) s += static_cast<double>(px[i]) * px[i];
+      total += s;
+    }
   });
   if (info.Env().IsExceptionPending()) return r;
   return Napi::Number::New(info.Env(), total);

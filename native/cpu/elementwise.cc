@@ -1,6 +1,8 @@
 // Elementwise kernels: add/mul with suffix broadcasting, scaling, the reduction that undoes broadcasting, and the
 // activations (exact erf GELU as torchscale's F.gelu, SiLU/swish) with their derivatives.
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "common.h"
 
@@ -32,6 +34,39 @@ static Napi::Value Binary(const Napi::CallbackInfo& info) {
   });
 }
 RETNET_KERNEL("binary", Binary);
+
+// dropout(x, out, n, rowSize, p, seed): inverted dropout with a seeded counter-based mask, out = x ⊙ m: row
+// i = e / rowSize of element e keeps (m = 1/(1−p)) when u_i = fmix32(seed ^ i·0x9E3779B9) / 2³² ≥ p, else m = 0. The
+// same function as the reference kernel's, so a seed gives the same mask on every device (and backward is this
+// kernel on the gradient).
+static Napi::Value Dropout(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    auto x = f32(info, 0, "x"), out = f32(info, 1, "out");
+    int64_t n = dim(info, 2, "n"), rowSize = dim(info, 3, "rowSize");
+    double p = num(info, 4, "p");
+    uint32_t seed = static_cast<uint32_t>(num(info, 5, "seed"));
+    if (rowSize < 1) throw ArgError{"dropout: rowSize must be at least 1"};
+    if (!(p >= 0 && p < 1)) throw ArgError{"dropout: p must lie in [0, 1)"};
+    require(x, n, "dropout", "x");
+    require(out, n, "dropout", "out");
+    float keep = static_cast<float>(1.0 / (1.0 - p));
+    const float* px = x.data;
+    float* po = out.data;
+    int64_t rows = (n + rowSize - 1) / rowSize;
+#pragma omp parallel for if (n > kParallelGrain) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+      uint32_t h = seed ^ (static_cast<uint32_t>(r) * 0x9E3779B9u);
+      h ^= h >> 16;
+      h *= 0x85EBCA6Bu;
+      h ^= h >> 13;
+      h *= 0xC2B2AE35u;
+      h ^= h >> 16;
+      float m = static_cast<double>(h) * 0x1p-32 >= p ? keep : 0.0f;
+      for (int64_t e = r * rowSize, end = std::min(n, e + rowSize); e < end; e++) po[e] = px[e] * m;
+    }
+  });
+}
+RETNET_KERNEL("dropout", Dropout);
 
 // scale(a, out, alpha, n): out = alpha * a.
 static Napi::Value Scale(const Napi::CallbackInfo& info) {

@@ -5,9 +5,7 @@
 // dimension, so no permute is ever needed. Scratch memory is a caller-provided workspace (see retentionWorkspace) so
 // that the engine's memory accounting includes it.
 // Every form computes o_n = r_n · U_n, U_n = Σ_{m≤n} γ^(n−m) (q_n·k_m) v_m, with a detached per-row factor r_n, so
-// the backward kernels take r and differentiate U only (docs/retention.md). Each forward kernel takes a `normalize`
-// flag: false drops torchscale's normalisers (r_n = 1, state S_t = γ S_{t−1} + k_tᵀ v_t: fla's retention,
-// fla-spec §4.3), where every form is the same function.
+// the backward kernels take r and differentiate U only (docs/retention.md).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -20,15 +18,14 @@ namespace {
 
 using Work = codes::RetentionWork;
 
-// Floats of scratch one head needs.
+// Floats of scratch one head needs (T: the longest sequence).
 int64_t workspacePerHead(Work w, int64_t T, int64_t K, int64_t V, int64_t C) {
   int64_t c = std::max<int64_t>(1, std::min(C, T));
   switch (w) {
-    case Work::ParallelForward: return T * T;
+    case Work::ParallelForward: return T * T + K * V + T * V + T * K;
     case Work::ChunkwiseForward: return c * c + 2 * c * V + K * V;
     case Work::ParallelBackward: return T * V + T * T;
     case Work::ChunkwiseBackward: return T * V + c * c + 2 * K * V + 2 * c * K + c * V;
-    case Work::State: return T * K;
   }
   return 0;
 }
@@ -41,11 +38,11 @@ std::vector<double> powers(double gamma, int64_t n) {
   return p;
 }
 
-// sqrt(S(i)), S(i) = Σ_{t≤i} γ^t, for i in [0, n); all 1 without normalisation.
-std::vector<double> sqrtDecaySums(const std::vector<double>& pw, int64_t n, bool normalize) {
-  std::vector<double> s(n, 1.0);
+// sqrt(S(i)), S(i) = Σ_{t≤i} γ^t, for i in [0, n).
+std::vector<double> sqrtDecaySums(const std::vector<double>& pw, int64_t n) {
+  std::vector<double> s(n);
   double acc = 0;
-  for (int64_t i = 0; i < n && normalize; i++) {
+  for (int64_t i = 0; i < n; i++) {
     acc += pw[i];
     s[i] = std::sqrt(acc);
   }
@@ -80,82 +77,194 @@ Sequence sequenceArgs(const Napi::CallbackInfo& info, size_t dimsAt, const Span<
   return s;
 }
 
+// One sequence of a forward call: a batch row, or a packed segment of row 0 (positions [start, start + length)).
+struct Seq {
+  int64_t b, start, length;
+};
+
+// The state-carrying part of a forward call (docs/retention.md): the sequences, the initial state (raw Z = S̃·sqrt(s)
+// when normalising) and where the final states go. Empty arrays mean "none".
+struct Run {
+  std::vector<Seq> seqs;
+  bool normalize;
+  Span<float> initState, initScale, finalState, finalScale;
+  bool hasInit() const { return initState.length > 0; }
+  bool hasFinal() const { return finalState.length > 0; }
+  // Offsets of sequence n's head h: rows of a [B, T, H, W] tensor and of r [B, H, T].
+  int64_t row(const Sequence& s, int64_t n, int64_t h, int64_t W) const {
+    return ((seqs[n].b * s.T + seqs[n].start) * s.H + h) * W;
+  }
+  int64_t rrow(const Sequence& s, int64_t n, int64_t h) const { return (seqs[n].b * s.H + h) * s.T + seqs[n].start; }
+  // Z₀ of item nh into Z [K, V], times `factor`; zeros without an initial state. Returns s₀.
+  double start(int64_t nh, int64_t KV, float* Z, double factor) const {
+    if (!hasInit()) {
+      std::fill(Z, Z + KV, 0.0f);
+      return 0;
+    }
+    double s0 = initScale.data[nh];
+    double f = factor * (normalize ? std::sqrt(s0) : 1.0);
+    for (int64_t e = 0; e < KV; e++) Z[e] = static_cast<float>(initState.data[nh * KV + e] * f);
+    return s0;
+  }
+  // Writes the final state of item nh from the raw Z and its decay sum sEnd.
+  void finish(int64_t nh, int64_t KV, const float* Z, double sEnd) const {
+    double div = normalize && sEnd > 0 ? std::sqrt(sEnd) : 1.0;
+    for (int64_t e = 0; e < KV; e++) finalState.data[nh * KV + e] = static_cast<float>(Z[e] / div);
+    finalScale.data[nh] = static_cast<float>(sEnd);
+  }
+};
+
+// Reads the run arguments at `at`: initState, initScale, finalState, finalScale (f32, empty = none), segments (f64
+// lengths, empty = one sequence per row) and normalize; checks them against the call's shape.
+Run runArgs(const Napi::CallbackInfo& info, size_t at, size_t normalizeAt, const Sequence& s, const char* kernel) {
+  Run run{{}, flag(info, normalizeAt, "normalize"), f32(info, at, "initState"), f32(info, at + 1, "initScale"),
+          f32(info, at + 2, "finalState"), f32(info, at + 3, "finalScale")};
+  auto seg = f64(info, at + 4, "segments");
+  if (seg.length == 0) {
+    for (int64_t b = 0; b < s.B; b++) run.seqs.push_back({b, 0, s.T});
+  } else {
+    if (s.B != 1) throw ArgError{std::string(kernel) + ": segments need a batch of one row"};
+    int64_t start = 0;
+    for (size_t i = 0; i < seg.length; i++) {
+      double n = seg.data[i];
+      if (!(n >= 0 && n == std::floor(n))) throw ArgError{std::string(kernel) + ": segment lengths must be integers >= 0"};
+      run.seqs.push_back({0, start, static_cast<int64_t>(n)});
+      start += static_cast<int64_t>(n);
+    }
+    if (start != s.T) throw ArgError{std::string(kernel) + ": segment lengths must sum to T"};
+  }
+  int64_t NH = static_cast<int64_t>(run.seqs.size()) * s.H;
+  if (run.hasInit()) {
+    require(run.initState, NH * s.K * s.V, kernel, "initState");
+    require(run.initScale, NH, kernel, "initScale");
+  }
+  if (run.hasFinal()) {
+    require(run.finalState, NH * s.K * s.V, kernel, "finalState");
+    require(run.finalScale, NH, kernel, "finalScale");
+  }
+  return run;
+}
+
 }  // namespace
 
-// retentionParallel(q, k, v, gammas, o, r, workspace, B, H, T, K, V, normalize): the parallel form (torchscale's parallel_forward).
-// gammas: Float64Array [H].
+// retentionParallel(q, k, v, gammas, o, r, workspace, initState, initScale, finalState, finalScale, segments, B, H,
+// T, K, V, normalize): the parallel form (torchscale's parallel_forward) of every sequence, continuing its initial state: with
+// Ŝ(n) = s₀γ^(n+1) + S(n), A = (q kᵀ) ⊙ Γ / sqrt(Ŝ), c = clamp(Σ|A|, 1, 5e4), o = (A v + γ^(n+1) q Z₀ / sqrt(Ŝ)) / c;
+// without normalisation Ŝ = c = 1. gammas: Float64Array [H].
 static Napi::Value RetentionParallel(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
     auto g = f64(info, 3, "gammas");
     auto o = f32(info, 4, "o"), r = f32(info, 5, "r"), ws = f32(info, 6, "workspace");
-    Sequence s = sequenceArgs(info, 7, g, "retentionParallel");
-    bool normalize = flag(info, 12, "normalize");
-    int64_t BH = s.B * s.H, T = s.T, K = s.K, V = s.V, ldk = s.H * K, ldv = s.H * V;
+    Sequence s = sequenceArgs(info, 12, g, "retentionParallel");
+    Run run = runArgs(info, 7, 17, s, "retentionParallel");
+    int64_t H = s.H, T = s.T, K = s.K, V = s.V, ldk = s.H * K, ldv = s.H * V;
+    int64_t NH = static_cast<int64_t>(run.seqs.size()) * H;
     int64_t per = workspacePerHead(Work::ParallelForward, T, K, V, 1);
-    requireWorkspace(ws, BH, per, "retentionParallel");
-    for (auto* t : {&q, &k}) require(*t, BH * T * K, "retentionParallel", "q/k");
-    for (auto* t : {&v, &o}) require(*t, BH * T * V, "retentionParallel", "v/o");
-    require(r, BH * T, "retentionParallel", "r");
-    forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
-      auto pw = powers(s.gammas[bh % s.H], T);
-      auto sq = sqrtDecaySums(pw, T, normalize);
-      float* A = scratch.take(T * T);
-      const float *qh = q.data + s.head(bh, K), *kh = k.data + s.head(bh, K), *vh = v.data + s.head(bh, V);
-      gemm(false, true, T, T, K, 1.0f, qh, ldk, kh, ldk, 0.0f, A, T);
-      for (int64_t n = 0; n < T; n++) {
-        float* row = A + n * T;
+    requireWorkspace(ws, NH, per, "retentionParallel");
+    for (auto* t : {&q, &k}) require(*t, s.B * T * H * K, "retentionParallel", "q/k");
+    for (auto* t : {&v, &o}) require(*t, s.B * T * H * V, "retentionParallel", "v/o");
+    require(r, s.B * H * T, "retentionParallel", "r");
+    forEachItem(NH, ws.data, per, [&](int64_t nh, Carve scratch) {
+      int64_t n = nh / H, h = nh % H, L = run.seqs[n].length;
+      auto pw = powers(s.gammas[h], L + 1);
+      float *A = scratch.take(L * L), *Z = scratch.take(K * V), *cross = scratch.take(L * V);
+      float* scaled = scratch.take(L * K);
+      double s0 = run.start(nh, K * V, Z, 1.0);
+      std::vector<double> sq(L), c(L);
+      double acc = 0;
+      for (int64_t i = 0; i < L; i++) {
+        acc += pw[i];
+        sq[i] = run.normalize ? std::sqrt(s0 * pw[i + 1] + acc) : 1.0;
+      }
+      int64_t ok = run.row(s, n, h, K), ov = run.row(s, n, h, V), orr = run.rrow(s, n, h);
+      const float *qh = q.data + ok, *kh = k.data + ok, *vh = v.data + ov;
+      float* oh = o.data + ov;
+      gemm(false, true, L, L, K, 1.0f, qh, ldk, kh, ldk, 0.0f, A, L);
+      for (int64_t i = 0; i < L; i++) {
+        float* row = A + i * L;
         double abs = 0;
-        for (int64_t m = 0; m <= n; m++) {
-          row[m] = static_cast<float>(row[m] * pw[n - m] / sq[n]);
+        for (int64_t m = 0; m <= i; m++) {
+          row[m] = static_cast<float>(row[m] * pw[i - m] / sq[i]);
           abs += std::fabs(row[m]);
         }
-        double c = normalize ? std::min(std::max(abs, 1.0), 5e4) : 1.0;
-        float inv = static_cast<float>(1.0 / c);
-        for (int64_t m = 0; m <= n; m++) row[m] *= inv;
-        for (int64_t m = n + 1; m < T; m++) row[m] = 0.0f;
-        r.data[bh * T + n] = static_cast<float>(1.0 / (sq[n] * c));
+        c[i] = run.normalize ? std::min(std::max(abs, 1.0), 5e4) : 1.0;
+        float inv = static_cast<float>(1.0 / c[i]);
+        for (int64_t m = 0; m <= i; m++) row[m] *= inv;
+        for (int64_t m = i + 1; m < L; m++) row[m] = 0.0f;
+        r.data[orr + i] = static_cast<float>(1.0 / (sq[i] * c[i]));
       }
-      gemm(false, false, T, V, T, 1.0f, A, T, vh, ldv, 0.0f, o.data + s.head(bh, V), ldv);
+      gemm(false, false, L, V, L, 1.0f, A, L, vh, ldv, 0.0f, oh, ldv);
+      if (run.hasInit()) {  // o_i += γ^(i+1) q_i Z₀ / (sqrt(Ŝ(i)) c_i)
+        gemm(false, false, L, V, K, 1.0f, qh, ldk, Z, V, 0.0f, cross, V);
+        for (int64_t i = 0; i < L; i++) {
+          float w = static_cast<float>(pw[i + 1] / (sq[i] * c[i]));
+          for (int64_t y = 0; y < V; y++) oh[i * ldv + y] += w * cross[i * V + y];
+        }
+      }
+      if (!run.hasFinal()) return;
+      // Z = γ^L Z₀ + Σ_m γ^(L−1−m) k_mᵀ v_m.
+      for (int64_t m = 0; m < L; m++) {
+        float w = static_cast<float>(pw[L - 1 - m]);
+        for (int64_t x = 0; x < K; x++) scaled[m * K + x] = kh[m * ldk + x] * w;
+      }
+      gemm(true, false, K, V, L, 1.0f, scaled, K, vh, ldv, static_cast<float>(pw[L]), Z, V);
+      run.finish(nh, K * V, Z, s0 * pw[L] + acc);
     });
   });
 }
 RETNET_KERNEL("retentionParallel", RetentionParallel);
 
-// retentionChunkwise(q, k, v, gammas, o, r, workspace, B, H, T, K, V, C, normalize): the chunkwise form (chunk_recurrent_forward), parallel
-// inside each chunk of C positions and recurrent across chunks through the K×V state. A last chunk shorter than C
-// gives exactly the outputs of torchscale's zero padding.
+// retentionChunkwise(q, k, v, gammas, o, r, workspace, initState, initScale, finalState, finalScale, segments, B, H,
+// T, K, V, normalize, C): the chunkwise form (torchscale's chunk_recurrent_forward) of every sequence, parallel inside each chunk of C positions
+// from the sequence start and recurrent across chunks through the K×V state, which starts at Z₀ / S(C−1). A last
+// chunk shorter than C gives exactly the outputs of torchscale's zero padding; a continuation at a multiple of C is
+// the same computation as one pass. Without normalisation every factor is 1.
 static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
     auto g = f64(info, 3, "gammas");
     auto o = f32(info, 4, "o"), r = f32(info, 5, "r"), ws = f32(info, 6, "workspace");
-    Sequence s = sequenceArgs(info, 7, g, "retentionChunkwise");
-    int64_t C = dim(info, 12, "chunkSize");
+    Sequence s = sequenceArgs(info, 12, g, "retentionChunkwise");
+    Run run = runArgs(info, 7, 17, s, "retentionChunkwise");
+    int64_t C = dim(info, 18, "chunkSize");
     if (C < 1) throw ArgError{"retentionChunkwise: chunk size must be at least 1"};
-    bool normalize = flag(info, 13, "normalize");
-    int64_t BH = s.B * s.H, T = s.T, K = s.K, V = s.V, ldk = s.H * K, ldv = s.H * V;
+    int64_t H = s.H, T = s.T, K = s.K, V = s.V, ldk = s.H * K, ldv = s.H * V;
+    int64_t NH = static_cast<int64_t>(run.seqs.size()) * H;
     int64_t per = workspacePerHead(Work::ChunkwiseForward, T, K, V, C);
-    requireWorkspace(ws, BH, per, "retentionChunkwise");
-    for (auto* t : {&q, &k}) require(*t, BH * T * K, "retentionChunkwise", "q/k");
-    for (auto* t : {&v, &o}) require(*t, BH * T * V, "retentionChunkwise", "v/o");
-    require(r, BH * T, "retentionChunkwise", "r");
+    requireWorkspace(ws, NH, per, "retentionChunkwise");
+    for (auto* t : {&q, &k}) require(*t, s.B * T * H * K, "retentionChunkwise", "q/k");
+    for (auto* t : {&v, &o}) require(*t, s.B * T * H * V, "retentionChunkwise", "v/o");
+    require(r, s.B * H * T, "retentionChunkwise", "r");
     int64_t Cw = std::max<int64_t>(1, std::min(C, T));  // chunk rows that can exist
-    forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
-      auto pw = powers(s.gammas[bh % s.H], C + 1);
-      auto sq = sqrtDecaySums(pw, C, normalize);
-      double SC = sq[C - 1] * sq[C - 1];
+    forEachItem(NH, ws.data, per, [&](int64_t nh, Carve scratch) {
+      int64_t n = nh / H, h = nh % H, Tn = run.seqs[n].length;
+      auto pw = powers(s.gammas[h], C + 1);
+      auto sq = sqrtDecaySums(pw, C);
+      double SC = run.normalize ? sq[C - 1] * sq[C - 1] : 1.0;
+      if (!run.normalize) std::fill(sq.begin(), sq.end(), 1.0);
       float *A = scratch.take(Cw * Cw), *cross = scratch.take(Cw * V), *vd = scratch.take(Cw * V);
-      float* Z = scratch.take(K * V);  // un-normalised cross-chunk state [K, V]
-      std::fill(Z, Z + K * V, 0.0f);
-      double sigma = 1;
-      const float *qh = q.data + s.head(bh, K), *kh = k.data + s.head(bh, K), *vh = v.data + s.head(bh, V);
-      float* oh = o.data + s.head(bh, V);
+      float* Z = scratch.take(K * V);  // cross-chunk state Z_raw / S(C−1), [K, V]
+      double s0 = run.start(nh, K * V, Z, 1.0 / SC);
+      auto colMax = [&] {
+        double sigma = 1;
+        for (int64_t y = 0; y < V; y++) {
+          double col = 0;
+          for (int64_t x = 0; x < K; x++) col += std::fabs(Z[x * V + y]);
+          sigma = std::max(sigma, col);
+        }
+        return sigma;
+      };
+      double sigma = run.normalize && run.hasInit() ? colMax() : 1;
+      int64_t ok = run.row(s, n, h, K), ov = run.row(s, n, h, V), orr = run.rrow(s, n, h);
+      const float *qh = q.data + ok, *kh = k.data + ok, *vh = v.data + ov;
+      float* oh = o.data + ov;
       std::vector<double> m(Cw);
-      for (int64_t s0 = 0; s0 < T; s0 += C) {
-        int64_t L = std::min(C, T - s0);
-        const float *qc = qh + s0 * ldk, *kc = kh + s0 * ldk, *vc = vh + s0 * ldv;
-        float* oc = oh + s0 * ldv;
+      bool rawZ = false;  // whether Z already holds the raw final state
+      for (int64_t s0c = 0; s0c < Tn; s0c += C) {
+        int64_t L = std::min(C, Tn - s0c);
+        const float *qc = qh + s0c * ldk, *kc = kh + s0c * ldk, *vc = vh + s0c * ldv;
+        float* oc = oh + s0c * ldv;
         gemm(false, true, L, L, K, 1.0f, qc, ldk, kc, ldk, 0.0f, A, L);
         for (int64_t i = 0; i < L; i++) {
           float* row = A + i * L;
@@ -165,8 +274,8 @@ static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
             abs += std::fabs(row[j]);
           }
           for (int64_t j = i + 1; j < L; j++) row[j] = 0.0f;
-          m[i] = normalize ? std::max(std::max(abs, 1.0), sigma) : 1.0;
-          r.data[bh * T + s0 + i] = static_cast<float>(1.0 / (sq[i] * m[i]));
+          m[i] = run.normalize ? std::max(std::max(abs, 1.0), sigma) : 1.0;
+          r.data[orr + s0c + i] = static_cast<float>(1.0 / (sq[i] * m[i]));
         }
         gemm(false, false, L, V, L, 1.0f, A, L, vc, ldv, 0.0f, oc, ldv);  // inner: [L, V]
         gemm(false, false, L, V, K, 1.0f, qc, ldk, Z, V, 0.0f, cross, V);  // q Z: [L, V]
@@ -175,20 +284,29 @@ static Napi::Value RetentionChunkwise(const Napi::CallbackInfo& info) {
           for (int64_t y = 0; y < V; y++)
             oc[i * ldv + y] = static_cast<float>((oc[i * ldv + y] + qd * cross[i * V + y]) / m[i]);
         }
-        if (s0 + L >= T) break;  // the final state is not needed
-        // Z = γ^C Z + Σ_j k_jᵀ v_j γ^(C−1−j) / S(C−1)
+        bool last = s0c + L >= Tn;
+        if (last && !run.hasFinal()) break;  // the final state is not needed
+        // Z = γ^C Z + Σ_j k_jᵀ v_j γ^(C−1−j) / S(C−1); after the last chunk the raw state γ^L Z_raw + Σ_j γ^(L−1−j) k_jᵀ v_j.
+        double scaleW = last ? 1.0 : 1.0 / SC;
+        int64_t E = last ? L : C;
         for (int64_t j = 0; j < L; j++) {
-          float w = static_cast<float>(pw[C - 1 - j] / SC);
+          float w = static_cast<float>(pw[E - 1 - j] * scaleW);
           for (int64_t y = 0; y < V; y++) vd[j * V + y] = vc[j * ldv + y] * w;
         }
-        gemm(true, false, K, V, L, 1.0f, kc, ldk, vd, V, static_cast<float>(pw[C]), Z, V);
-        sigma = 1;
-        for (int64_t y = 0; y < V && normalize; y++) {
-          double col = 0;
-          for (int64_t x = 0; x < K; x++) col += std::fabs(Z[x * V + y]);
-          sigma = std::max(sigma, col);
+        float beta = static_cast<float>(last ? SC * pw[L] : pw[C]);
+        gemm(true, false, K, V, L, 1.0f, kc, ldk, vd, V, beta, Z, V);
+        if (last) {
+          rawZ = true;
+          break;
         }
+        if (run.normalize) sigma = colMax();
       }
+      if (!run.hasFinal()) return;
+      if (!rawZ)  // no rows: the state is the start
+        for (int64_t e = 0; e < K * V; e++) Z[e] = static_cast<float>(Z[e] * SC);
+      double acc = 0;
+      for (int64_t t = 0; t < Tn; t++) acc += std::exp(std::log(s.gammas[h]) * static_cast<double>(t));
+      run.finish(nh, K * V, Z, s0 * std::exp(std::log(s.gammas[h]) * static_cast<double>(Tn)) + acc);
     });
   });
 }
@@ -309,7 +427,7 @@ RETNET_KERNEL("retentionBackwardChunkwise", RetentionBackwardChunkwise);
 
 // retentionStep(q, k, v, gammas, state, scale, o, B, H, K, V, normalize): one recurrent step (recurrent_forward) for q, k
 // [B, H, K] and v, o [B, H, V] (one position of the [B, T, H, *] layout), in place on state and scale; scale 0 marks
-// an empty state, so the first step needs no special case. Without normalisation S' = γ S + kᵀv (scale still counts).
+// an empty state, so the first step needs no special case. Without normalisation S' = γS + kᵀv (fla's RetNet).
 static Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto q = f32(info, 0, "q"), k = f32(info, 1, "k"), v = f32(info, 2, "v");
@@ -350,47 +468,8 @@ static Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionStep", RetentionStep);
 
-// retentionState(k, v, gammas, state, scale, workspace, B, H, T, K, V, normalize): the recurrent state after T
-// positions (to continue a parallel or chunkwise prefill recurrently): S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s),
-// s = Σ_{t<T} γ^t (without normalisation, the same sum without the 1/sqrt(s)).
-static Napi::Value RetentionState(const Napi::CallbackInfo& info) {
-  return guard(info, [&] {
-    auto k = f32(info, 0, "k"), v = f32(info, 1, "v");
-    auto g = f64(info, 2, "gammas");
-    auto st = f32(info, 3, "state"), sc = f32(info, 4, "scale"), ws = f32(info, 5, "workspace");
-    Sequence s = sequenceArgs(info, 6, g, "retentionState");
-    bool normalize = flag(info, 11, "normalize");
-    int64_t BH = s.B * s.H, T = s.T, K = s.K, V = s.V, ldk = s.H * K, ldv = s.H * V;
-    int64_t per = workspacePerHead(Work::State, T, K, V, 1);
-    requireWorkspace(ws, BH, per, "retentionState");
-    require(k, BH * T * K, "retentionState", "k");
-    require(v, BH * T * V, "retentionState", "v");
-    require(st, BH * K * V, "retentionState", "state");
-    require(sc, BH, "retentionState", "scale");
-    forEachItem(BH, ws.data, per, [&](int64_t bh, Carve scratch) {
-      if (T == 0) {
-        sc.data[bh] = 0.0f;
-        std::fill(st.data + bh * K * V, st.data + (bh + 1) * K * V, 0.0f);
-        return;
-      }
-      auto pw = powers(s.gammas[bh % s.H], T);
-      double total = 0;
-      for (int64_t t = 0; t < T; t++) total += pw[t];
-      float* scaled = scratch.take(T * K);
-      const float *kh = k.data + s.head(bh, K), *vh = v.data + s.head(bh, V);
-      for (int64_t m = 0; m < T; m++) {
-        float w = static_cast<float>(normalize ? pw[T - 1 - m] / std::sqrt(total) : pw[T - 1 - m]);
-        for (int64_t x = 0; x < K; x++) scaled[m * K + x] = kh[m * ldk + x] * w;
-      }
-      gemm(true, false, K, V, T, 1.0f, scaled, K, vh, ldv, 0.0f, st.data + bh * K * V, V);
-      sc.data[bh] = static_cast<float>(total);
-    });
-  });
-}
-RETNET_KERNEL("retentionState", RetentionState);
-
 // retentionWorkspace(kernel, B, H, T, K, V, C) -> floats of workspace the kernel needs (kernel a
-// codes::RetentionWork).
+// codes::RetentionWork; B: the sequences of a forward call).
 static Napi::Value RetentionWorkspace(const Napi::CallbackInfo& info) {
   int64_t floats = 0;
   Napi::Value r = guard(info, [&] {

@@ -26,6 +26,30 @@ export type RetentionForm = 'parallel' | 'chunkwise';
 export type RotaryPairs = 'interleaved' | 'halves';
 export type AttentionAlgorithm = 'naive' | 'flash';
 
+/** A retention state per sequence: state [N, H, K, V] and its decay sum scale [N, H] (0: empty). */
+export interface RetentionState {
+  state: Tensor;
+  scale: Tensor;
+}
+
+/**
+ * How a retention call runs (docs/retention.md). A sequence is a batch row, or with `segments` one of the packed
+ * sequences of a batch of one row (fla's cu_seqlens, as lengths summing to T).
+ */
+export interface RetentionRun {
+  /** Chunk size of the chunkwise form. */
+  chunkSize: number;
+  /**
+   * torchscale's normalisers (the state carries S̃ = Z/sqrt(s), Z = Σ_m γ^(n−m) k_mᵀ v_m), or none (fla's RetNet:
+   * o = q S, S_t = γ S_{t−1} + k_tᵀ v_t, r = 1; the state is Z itself). Without them every form is the same function.
+   */
+  normalize: boolean;
+  /** The state each sequence continues ([N, H, K, V], [N, H]); null: empty states. */
+  initialState: RetentionState | null;
+  segments: readonly number[] | null;
+  returnFinalState: boolean;
+}
+
 export interface AdamWParams {
   lr: number;
   beta1: number;
@@ -53,6 +77,12 @@ export interface Kernels {
   /** Sums g over its leading dims down to `shape`, a suffix of g's shape (the gradient of a broadcast). */
   sumToShape(g: Tensor, shape: readonly number[]): Tensor;
   activation(kind: ActivationKind, x: Tensor): Tensor;
+  /**
+   * Inverted dropout with a seeded counter-based mask: y = x ⊙ m, where each row of `rowSize` elements of m is
+   * 1/(1−p) when u ≥ p, else 0, with u = fmix32(seed ⊕ row·0x9E3779B9) / 2³² — the same mask for a seed on every
+   * device, so the backward pass is this kernel again on the gradient and no mask is stored.
+   */
+  dropout(x: Tensor, p: number, seed: number, rowSize: number): Tensor;
   activationBackward(kind: ActivationKind, x: Tensor, g: Tensor): Tensor;
 
   // Normalisation over the last dim; statistics are [rows].
@@ -86,7 +116,8 @@ export interface Kernels {
 
   // Optimizer (in place on param, m, v).
   adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, p: AdamWParams): void;
-  sumSquares(x: Tensor): number;
+  /** Σ x² over every element of every tensor, in one call (the global gradient norm²). */
+  sumSquares(xs: readonly Tensor[]): number;
 
   // Retention (RetNet's multi-scale retention, per head h with decay gammas[h]; see docs/retention.md and
   // torchscale/architecture/retnet.py, MultiScaleRetention). Time-major layouts, as projections produce them:
@@ -95,16 +126,18 @@ export interface Kernels {
   // per-row factor r_n, which is detached (torchscale detaches its normalisers), so one backward serves all forms.
   // `normalize` false drops the normalisers (r_n = 1; states S_t = γ S_{t−1} + k_tᵀ v_t): fla's retention
   // (fla/layers/multiscale_retention.py), the same function in every form.
-  /** o: [B, T, H, V]; r: [B, H, T] (the row factors, kept for backward). chunkSize is used by 'chunkwise'. */
+  /**
+   * o: [B, T, H, V]; r: [B, H, T] (the row factors, kept for backward); with `run.returnFinalState`, the state after
+   * each sequence. See RetentionRun for states, segments and the un-normalised mode.
+   */
   retentionForward(
     form: RetentionForm,
     q: Tensor,
     k: Tensor,
     v: Tensor,
     gammas: readonly number[],
-    chunkSize: number,
-    normalize: boolean,
-  ): { o: Tensor; r: Tensor };
+    run: RetentionRun,
+  ): { o: Tensor; r: Tensor; finalState: RetentionState | null };
   /** Gradients of o = r ⊙ U for dO: [B, T, H, V]. 'chunkwise' never materialises a T×T matrix. */
   retentionBackward(
     form: RetentionForm,
@@ -131,11 +164,6 @@ export interface Kernels {
     gammas: readonly number[],
     normalize: boolean,
   ): Tensor;
-  /**
-   * The recurrent state after consuming k, v: [B, T, H, *]: S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s), s = Σ_{t<T} γ^t
-   * (without normalisation, S is the plain sum).
-   */
-  retentionState(k: Tensor, v: Tensor, gammas: readonly number[], normalize: boolean): { state: Tensor; scale: Tensor };
   /**
    * Rotation of pairs (a, b) of each head, x: [B, T, H, K]: y_a = x_a c − x_b s, y_b = x_b c + x_a s, with c, s read
    * at index a of the cos/sin tables [T, K] or [B, T, K]. 'interleaved': (a, b) = (2j, 2j+1) (torchscale's
@@ -197,10 +225,10 @@ export const KERNEL_INFO: Record<KernelName, { inPlace: readonly number[]; stats
   copyBlocks: { inPlace: [3] },
   adamw: { inPlace: [0, 2, 3] },
   sumSquares: { inPlace: [] },
+  dropout: { inPlace: [] },
   retentionForward: { inPlace: [], stats: ['r'] },
   retentionBackward: { inPlace: [] },
   retentionStep: { inPlace: [3, 4] },
-  retentionState: { inPlace: [] },
   rotary: { inPlace: [] },
   attentionForward: { inPlace: [], stats: ['stats'] },
   attentionBackward: { inPlace: [] },
@@ -303,13 +331,26 @@ function isTensor(x: unknown): x is Tensor {
   return typeof x === 'object' && x !== null && (x as { isTensor?: boolean }).isTensor === true;
 }
 
-/** Applies f to every tensor of a kernel result (a tensor, an object of tensors or nulls, a number, nothing). */
-function mapResult(result: unknown, f: (t: Tensor, key?: string) => Tensor): unknown {
+/**
+ * Applies f to every tensor of a kernel result (a tensor, an object of tensors or nulls — one level of nesting, as
+ * retentionForward's finalState —, a number, nothing); `key` is the top-level field.
+ */
+function mapResult(result: unknown, f: (t: Tensor, key?: string) => Tensor, depth = 0): unknown {
   if (isTensor(result)) return f(result);
-  if (typeof result !== 'object' || result === null) return result;
+  if (typeof result !== 'object' || result === null || depth > 1) return result;
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(result)) out[k] = isTensor(v) ? f(v, k) : v;
+  for (const [k, v] of Object.entries(result))
+    out[k] = isTensor(v) ? f(v, depth === 0 ? k : undefined) : mapResult(v, f, depth + 1);
   return out;
+}
+
+/** Replaces the tensors of an argument (itself, or one level inside an array or a plain object) by `f`'s copies. */
+function mapArg(a: unknown, f: (t: Tensor) => Tensor): unknown {
+  if (isTensor(a)) return f(a);
+  if (Array.isArray(a)) return a.map((x) => (isTensor(x) ? f(x) : x));
+  if (typeof a === 'object' && a !== null && Object.getPrototypeOf(a) === Object.prototype)
+    return Object.fromEntries(Object.entries(a).map(([k, v]) => [k, mapArg(v, f)]));
+  return a;
 }
 
 /** Case 2: cast the dispatch-dtype tensors to the compute dtype, run that kernel, cast the results back. */
@@ -318,7 +359,15 @@ function viaCast(name: KernelName, device: Device, dtype: DType, compute: DType)
   const stats = new Set(KERNEL_INFO[name].stats ?? []);
   return (...args: Args) => {
     const cast = kernels(device, dtype).cast;
-    const copies = args.map((a) => (isTensor(a) && a.dtype === dtype ? cast(a, compute) : a));
+    const made: Tensor[] = [];
+    const copies = args.map((a) =>
+      mapArg(a, (t) => {
+        if (t.dtype !== dtype) return t;
+        const c = cast(t, compute);
+        made.push(c);
+        return c;
+      }),
+    );
     const fn = kernels(device, compute)[name] as AnyKernel;
     const result = mapResult((fn as (...a: Args) => unknown)(...copies), (t, key) => {
       if (backTo === null || t.dtype !== compute || (key !== undefined && stats.has(key))) return t;
@@ -335,7 +384,7 @@ function viaCast(name: KernelName, device: Device, dtype: DType, compute: DType)
         back.dispose();
       }
     }
-    copies.forEach((c, i) => c !== args[i] && (c as Tensor).dispose());
+    for (const c of made) c.dispose();
     return result;
   };
 }

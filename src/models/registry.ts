@@ -6,6 +6,7 @@ import { ConfigError } from '../errors.js';
 import type { DType } from '../tensor/dtype.js';
 import type { CausalLM } from './lm.js';
 import {
+  RETNET_PRESETS,
   type RetNetConfig,
   retnetConfigFromJSON,
   retnetConfigToJSON,
@@ -23,15 +24,68 @@ import {
 } from './transformer/config.js';
 import { TransformerModel } from './transformer/model.js';
 
-export type Arch = 'retnet' | 'transformer';
-export const ARCHS: readonly Arch[] = ['retnet', 'transformer'];
-
 export interface ModelOptions {
   backend?: Device;
   dtype?: DType;
   seed?: number;
   /** false: parameters start as zeros, not random draws (the loader fills them from a checkpoint). Default true. */
   init?: boolean;
+}
+
+/** What the project knows of one architecture: its config's on-disk form, its presets, and how to build it. */
+export interface ArchEntry<C> {
+  /** A config from a config.json object (`source` names the file in errors). */
+  fromJSON(obj: unknown, source: string): C;
+  toJSON(config: C): Record<string, unknown>;
+  presets: readonly string[];
+  /** A validated config of a preset with `overrides` (vocabSize required). */
+  preset(name: string, overrides: { vocabSize: number } & Record<string, unknown>): C;
+  build(config: C, opts: ModelOptions): CausalLM;
+  /** The model's config when the model is of this architecture, else null. */
+  configOf(model: CausalLM): C | null;
+  /** Exact parameter count of a config (tied tensors once), without building the model. */
+  parameterCount(config: C): number;
+  /** Whether a config object without "arch" is this architecture's. */
+  recognises(obj: Record<string, unknown>): boolean;
+}
+
+const retnet: ArchEntry<RetNetConfig> = {
+  // Two on-disk forms: torchscale's keys (ours) and fla's (HF's retnet config.json).
+  fromJSON: (obj, source) =>
+    isFlaConfig(obj as Record<string, unknown>)
+      ? flaConfigFromJSON(obj as Record<string, unknown>, source)
+      : retnetConfigFromJSON(obj, source),
+  toJSON: (c) => (c.format === 'fla' ? flaConfigToJSON(c) : retnetConfigToJSON(c)),
+  presets: Object.keys(RETNET_PRESETS),
+  preset: (name, overrides) => retnetPreset(name, overrides as Partial<RetNetConfig> & { vocabSize: number }),
+  build: (c, opts) => new RetNetModel(c, opts),
+  configOf: (m) => (m instanceof RetNetModel ? m.config : null),
+  parameterCount: retnetParameterCount,
+  // torchscale's own config.json has no "arch"; fla's has model_type "retnet".
+  recognises: (obj) => isFlaConfig(obj) || 'decoder_retention_heads' in obj,
+};
+
+const transformer: ArchEntry<TransformerConfig> = {
+  fromJSON: transformerConfigFromJSON,
+  toJSON: transformerConfigToJSON,
+  presets: Object.keys(RETNET_PRESETS), // parameter-matched to the RetNet presets
+  preset: (name, overrides) => transformerPreset(name, overrides as Partial<TransformerConfig> & { vocabSize: number }),
+  build: (c, opts) => new TransformerModel(c, opts),
+  configOf: (m) => (m instanceof TransformerModel ? m.config : null),
+  parameterCount: transformerParameterCount,
+  recognises: () => false,
+};
+
+/** The architectures by name (the "arch" of a config.json). */
+export const ARCH_TABLE = { retnet, transformer } as const;
+export type Arch = keyof typeof ARCH_TABLE;
+export const ARCHS = Object.keys(ARCH_TABLE) as Arch[];
+
+/** The entry of an architecture name; a ConfigError naming `source` for an unknown one. */
+export function archEntry(arch: unknown, source: string): ArchEntry<unknown> {
+  if (typeof arch !== 'string' || !Object.hasOwn(ARCH_TABLE, arch))
+    throw new ConfigError(`${source}: unknown arch ${JSON.stringify(arch)} (expected one of ${ARCHS.join(', ')})`);
+  return ARCH_TABLE[arch as Arch] as ArchEntry<unknown>;
 }
 
 /** A fresh model of a preset. `overrides` may change any config field (vocabSize is required). */
@@ -41,35 +95,30 @@ export function createModel(
   overrides: { vocabSize: number } & Record<string, unknown>,
   opts: ModelOptions = {},
 ): CausalLM {
-  switch (arch) {
-    case 'retnet':
-      return new RetNetModel(retnetPreset(preset, overrides as Partial<RetNetConfig> & { vocabSize: number }), opts);
-    case 'transformer':
-      return new TransformerModel(
-        transformerPreset(preset, overrides as Partial<TransformerConfig> & { vocabSize: number }),
-        opts,
-      );
-    default:
-      throw new ConfigError(`unknown architecture '${String(arch)}' (expected one of ${ARCHS.join(', ')})`);
-  }
+  const entry = archEntry(arch, 'createModel');
+  return entry.build(entry.preset(preset, overrides), opts);
+}
+
+/** The entry and config of a model. */
+function modelEntry(model: CausalLM): { entry: ArchEntry<unknown>; config: unknown } {
+  const entry = archEntry(model.arch, 'model');
+  const config = entry.configOf(model);
+  if (config === null) throw new ConfigError(`unsupported model architecture '${model.arch}'`);
+  return { entry, config };
 }
 
 /** The config.json object of a model (the inverse of modelFromConfig): fla's keys for a RetNet in fla's format. */
 export function modelConfigJSON(model: CausalLM): Record<string, unknown> {
-  if (model instanceof RetNetModel)
-    return model.config.format === 'fla' ? flaConfigToJSON(model.config) : retnetConfigToJSON(model.config);
-  if (model instanceof TransformerModel) return transformerConfigToJSON(model.config);
-  throw new ConfigError(`unsupported model architecture '${model.arch}'`);
+  const { entry, config } = modelEntry(model);
+  return entry.toJSON(config);
 }
 
-/** The architecture named by a config object: "arch" or HF's "model_type" if present, else torchscale's RetNet keys. */
+/** The architecture of a config object: its "arch", else the one that recognises its keys (torchscale's or fla's RetNet), else HF's "model_type". */
 function archOf(config: Record<string, unknown>, source: string): Arch {
-  const arch =
-    config.arch ?? (isFlaConfig(config) || 'decoder_retention_heads' in config ? 'retnet' : config.model_type);
-  if (arch === undefined) throw new ConfigError(`${source}: no "arch" field and no torchscale RetNet keys`);
-  if (!ARCHS.includes(arch as Arch))
-    throw new ConfigError(`${source}: unknown arch ${JSON.stringify(arch)} (expected one of ${ARCHS.join(', ')})`);
-  return arch as Arch;
+  const named = config.arch ?? ARCHS.find((a) => ARCH_TABLE[a].recognises(config)) ?? config.model_type; // HF's name
+  if (named === undefined) throw new ConfigError(`${source}: no "arch" field and no torchscale RetNet keys`);
+  archEntry(named, source);
+  return named as Arch;
 }
 
 /** A parsed config: the architecture and its validated config. */
@@ -79,26 +128,17 @@ export type ModelSpec = { arch: 'retnet'; config: RetNetConfig } | { arch: 'tran
 export function parseModelConfig(config: unknown, source: string): ModelSpec {
   if (config === null || typeof config !== 'object' || Array.isArray(config))
     throw new ConfigError(`${source}: expected a JSON object`);
-  switch (archOf(config as Record<string, unknown>, source)) {
-    case 'retnet':
-      return {
-        arch: 'retnet',
-        config: isFlaConfig(config as Record<string, unknown>)
-          ? flaConfigFromJSON(config as Record<string, unknown>, source)
-          : retnetConfigFromJSON(config, source),
-      };
-    case 'transformer':
-      return { arch: 'transformer', config: transformerConfigFromJSON(config, source) };
-  }
+  const arch = archOf(config as Record<string, unknown>, source);
+  return { arch, config: archEntry(arch, source).fromJSON(config, source) } as ModelSpec;
 }
 
 /** Number of scalar parameters the spec's model holds (tied tensors once), computed without building it. */
 export function specParameterCount(spec: ModelSpec): number {
-  return spec.arch === 'retnet' ? retnetParameterCount(spec.config) : transformerParameterCount(spec.config);
+  return archEntry(spec.arch, 'model').parameterCount(spec.config);
 }
 
 export function buildModel(spec: ModelSpec, opts: ModelOptions = {}): CausalLM {
-  return spec.arch === 'retnet' ? new RetNetModel(spec.config, opts) : new TransformerModel(spec.config, opts);
+  return archEntry(spec.arch, 'model').build(spec.config, opts);
 }
 
 /** Builds a model from a config object (e.g. a parsed config.json). */

@@ -8,7 +8,8 @@ import type { DType } from '../tensor/dtype.js';
 import type { Rng } from '../tensor/random.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { linear, mul } from '../ops/math.js';
-import { activation, embedding, rmsNorm } from '../ops/nn.js';
+import { activation, dropout, embedding, rmsNorm } from '../ops/nn.js';
+import { ShapeError } from '../errors.js';
 import { type LowpWeight, lowpLinear } from '../quant/linear.js';
 import { Module } from './module.js';
 
@@ -36,8 +37,8 @@ export function xavierUniform(shape: [number, number], rng: Rng, gain: number, o
 }
 
 /** PyTorch's default nn.Linear init: U(-1/sqrt(fanIn), 1/sqrt(fanIn)). */
-export function linearDefault(shape: [number, number], rng: Rng, opts: ParamOptions): Tensor {
-  const a = 1 / Math.sqrt(shape[1]);
+export function linearDefault(shape: [number, number], rng: Rng, opts: ParamOptions, gain = 1): Tensor {
+  const a = gain / Math.sqrt(shape[1]);
   return fill(shape, opts, () => (2 * rng.uniform() - 1) * a);
 }
 
@@ -115,14 +116,28 @@ export class RMSNorm extends Module {
   }
 }
 
+export interface GLUOptions {
+  /** torchscale's gated FFN fc2(act(fc1 x) ⊙ gate x); false gives the paper's fc2(act(fc1 x)) (no gate weight). */
+  gated: boolean;
+  /** Multiplies the initial fc1 and fc2 weights (DeepNet's (8L)^-¼; the gate is not scaled). Default 1. */
+  gain?: number;
+  /** Dropout on the activations before fc2 while training (torchscale's activation_dropout). Default 0. */
+  activationDropout?: number;
+  /** Draws the activation-dropout masks; required when activationDropout > 0. */
+  rng?: Rng;
+}
+
 /**
- * torchscale's GLU feed-forward (gate_linear_unit.py): fc2(act(fc1 x) ⊙ gate x), all bias-free. With act = gelu this is
+ * torchscale's feed-forward (gate_linear_unit.py, and feedforward_network.py without a gate), bias-free:
+ * fc2(dropout(act(fc1 x) ⊙ gate x)), or fc2(dropout(act(fc1 x))) when not gated. With act = gelu and a gate this is
  * GeGLU (exact erf GELU), with swish SwiGLU.
  */
 export class GLU extends Module {
   readonly fc1: Linear;
   readonly fc2: Linear;
-  readonly gate: Linear;
+  readonly gate: Linear | null;
+  private readonly activationDropout: number;
+  private readonly rng: Rng | null;
 
   constructor(
     embedDim: number,
@@ -130,36 +145,24 @@ export class GLU extends Module {
     readonly act: ActivationKind,
     rng: Rng,
     opts: ParamOptions,
+    glu: GLUOptions,
   ) {
     super();
-    this.fc1 = this.child('fc1', new Linear(linearDefault([ffnDim, embedDim], rng, opts)));
-    this.fc2 = this.child('fc2', new Linear(linearDefault([embedDim, ffnDim], rng, opts)));
-    this.gate = this.child('gate', new Linear(linearDefault([ffnDim, embedDim], rng, opts)));
+    const gain = glu.gain ?? 1;
+    // Drawn in this order (fc1, fc2, gate) so that a seed gives the same weights as before the gate became optional.
+    this.fc1 = this.child('fc1', new Linear(linearDefault([ffnDim, embedDim], rng, opts, gain)));
+    this.fc2 = this.child('fc2', new Linear(linearDefault([embedDim, ffnDim], rng, opts, gain)));
+    this.gate = glu.gated ? this.child('gate', new Linear(linearDefault([ffnDim, embedDim], rng, opts))) : null;
+    this.activationDropout = glu.activationDropout ?? 0;
+    this.rng = glu.rng ?? null;
+    if (this.activationDropout > 0 && !this.rng)
+      throw new ShapeError('GLU: activationDropout > 0 needs an rng for its masks');
   }
 
   forward(x: Tensor): Tensor {
-    return this.fc2.forward(mul(activation(this.act, this.fc1.forward(x)), this.gate.forward(x)));
-  }
-}
-
-/** The paper's FFN without a gate: fc2(act(fc1 x)), bias-free (RetNetConfig.glu = false). */
-export class FeedForward extends Module {
-  readonly fc1: Linear;
-  readonly fc2: Linear;
-
-  constructor(
-    embedDim: number,
-    ffnDim: number,
-    readonly act: ActivationKind,
-    rng: Rng,
-    opts: ParamOptions,
-  ) {
-    super();
-    this.fc1 = this.child('fc1', new Linear(linearDefault([ffnDim, embedDim], rng, opts)));
-    this.fc2 = this.child('fc2', new Linear(linearDefault([embedDim, ffnDim], rng, opts)));
-  }
-
-  forward(x: Tensor): Tensor {
-    return this.fc2.forward(activation(this.act, this.fc1.forward(x)));
+    const a = activation(this.act, this.fc1.forward(x));
+    let h = this.gate ? mul(a, this.gate.forward(x)) : a;
+    if (this.training && this.activationDropout > 0) h = dropout(h, this.activationDropout, this.rng!);
+    return this.fc2.forward(h);
   }
 }

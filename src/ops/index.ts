@@ -13,5 +13,6 @@ export {
 } from './nn.js';
 export { concat, permute, reshape, slice, transpose } from './shape.js';
 export { full, ones, randn, tensor, uniform, zeros, type CreateOptions } from './create.js';
-export { retention, retentionState, retentionStep, rotary, type RetentionOptions } from './retention.js';
+export { retention, retentionForward, retentionStep, type RetentionOptions, type RetentionState } from './retention.js';
+export { rotary } from './rotary.js';
 export { attentionDecode, causalAttention, type AttentionOptions } from './attention.js';

@@ -61,6 +61,18 @@ export function softmax(x: Tensor): Tensor {
 export interface CrossEntropyOptions {
   /** Targets equal to this are skipped (PyTorch's default, -100). */
   ignoreIndex?: number;
+  /**
+   * How many targets are not ignoreIndex, when the caller counts them on its host copy of the batch (the trainer
+   * does); otherwise they are read back from the device and counted here.
+   */
+  count?: number;
+}
+
+/** Targets that are not ignoreIndex. */
+export function countTargets(targets: ArrayLike<number>, ignoreIndex = -100): number {
+  let count = 0;
+  for (let i = 0; i < targets.length; i++) if (targets[i] !== ignoreIndex) count++;
+  return count;
 }
 
 /**
@@ -79,17 +91,19 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
   const logits2 = be.view(logits, [N, V]);
   const targets1 = be.view(targets, [N]);
   const { loss, lse } = kern.crossEntropy(logits2, targets1, ignoreIndex);
-  const ids = be.read(targets1);
-  let count = 0;
-  for (let i = 0; i < N; i++) if (ids[i] !== ignoreIndex) count++;
+  const count = opts.count ?? countTargets(be.read(targets1), ignoreIndex);
+  if (!Number.isInteger(count) || count < 0 || count > N)
+    throw new ShapeError(`crossEntropy: count ${count} of non-ignored targets is not in [0, ${N}]`);
   const total = kern.sumToShape(loss, []);
   loss.dispose();
   const y = kern.scale(total, count > 0 ? 1 / count : 0);
   total.dispose();
   if (needsGrad(logits))
     record('crossEntropy', [logits], [y], ([g]) => {
-      const perRow = (g!.item() * (count > 0 ? 1 : 0)) / Math.max(count, 1);
-      const gRows = be.fromData(new Array<number>(N).fill(perRow), [N], logits.dtype);
+      // g: [] stays on the device; each row's gradient is g / count (the kernel zeroes the ignored rows).
+      const perRow = be.fromData(new Array<number>(N).fill(count > 0 ? 1 / count : 0), [N], logits.dtype);
+      const gRows = kern.binary('mul', perRow, g!);
+      perRow.dispose();
       const d2 = kern.crossEntropyBackward(logits2, targets1, lse, gRows, ignoreIndex);
       gRows.dispose();
       const dx = be.view(d2, logits.shape);
@@ -125,15 +139,10 @@ export function dropout(x: Tensor, p: number, rng: Rng, perRow = false): Tensor 
   const kern = kernels(be, x.dtype);
   expectFloat('dropout', 'x', x);
   if (!(p >= 0 && p < 1)) throw new ShapeError(`dropout: probability ${p} is not in [0, 1)`);
-  const mask = new Float64Array(x.size);
-  const rowSize = perRow && x.rank > 0 ? x.size / (x.shape[0] || 1) : 1;
-  for (let i = 0; i < x.size; i += rowSize) {
-    const keep = rng.uniform() >= p ? 1 / (1 - p) : 0;
-    mask.fill(keep, i, i + rowSize);
-  }
-  const m = be.fromData(mask, x.shape, x.dtype);
-  const y = kern.binary('mul', x, m);
-  if (needsGrad(x)) record('dropout', [x], [y], ([g]) => [kern.binary('mul', g!, m)]);
-  else m.dispose();
+  // One 32-bit seed per mask from the caller's generator (host); the seeded kernel rebuilds the mask in backward.
+  const rowSize = perRow && x.rank > 0 ? Math.max(1, x.size / (x.shape[0] || 1)) : 1;
+  const seed = rng.nextU32();
+  const y = kern.dropout(x, p, seed, rowSize);
+  if (needsGrad(x)) record('dropout', [x], [y], ([g]) => [kernels(be, g!.dtype).dropout(g!, p, seed, rowSize)]);
   return y;
 }

@@ -1,19 +1,33 @@
-// Retention ops (RetNet's multi-scale retention core and its rotary positions). The normalisers of each form are
-// detached (as in torchscale), so the gradient is that of the un-normalised retention scaled by the saved row factors.
+// Retention ops (RetNet's multi-scale retention core). The normalisers of each form are detached (as in torchscale),
+// so the gradient is that of the un-normalised retention scaled by the saved row factors. The kernels carry state as
+// fla's and ggml's do: a call may continue a state per sequence, return the state after each sequence, and take
+// packed sequences of different lengths (docs/retention.md).
 
-import type { RetentionForm, RotaryPairs } from '../backend/kernels.js';
+import { type RetentionForm, type RetentionState, kernels } from '../backend/kernels.js';
 import { needsGrad, record } from '../autograd/tape.js';
-import { ShapeError, formatShape } from '../errors.js';
+import { RetnetError, ShapeError, formatShape } from '../errors.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { deviceOf, expectFloat, expectShape, sameDType } from './check.js';
-import { kernels } from '../backend/kernels.js';
+
+export type { RetentionState } from '../backend/kernels.js';
 
 export interface RetentionOptions {
-  form: RetentionForm;
   /** Chunk size of the chunkwise form (any positive size; it need not divide T). */
   chunkSize?: number;
-  /** torchscale's normalisers (default true); false: fla's plain retention, the same function in every form. */
+  /** torchscale's normalisers (default true); false: fla's plain retention o = q S, the same function in every form. */
   normalize?: boolean;
+  /**
+   * The state each sequence continues: state [N, H, K, V] and scale [N, H] (a RetNet decode state's layer), N the
+   * batch or the number of segments. Not differentiable: the call must run without gradients.
+   */
+  initialState?: RetentionState | null;
+  /** Also return the state after each sequence ([N, H, K, V], [N, H]). */
+  returnFinalState?: boolean;
+  /**
+   * Lengths of packed sequences along T (fla's cu_seqlens, as lengths): q, k, v are [1, T, H, *] with sequence i at
+   * positions [Σ_{j<i} len_j, Σ_{j≤i} len_j); each starts from its own state. Not differentiable.
+   */
+  segments?: readonly number[] | null;
 }
 
 function checkGammas(op: string, gammas: readonly number[], H: number): void {
@@ -22,53 +36,85 @@ function checkGammas(op: string, gammas: readonly number[], H: number): void {
 }
 
 /**
- * Multi-scale retention in the parallel (paper Eq. 5) or chunkwise (Eq. 7) form, with torchscale's normalisations.
- * q, k: [B, T, H, K] (rotated; k scaled by K^-0.5), v: [B, T, H, V], gammas: [H]. Returns o: [B, T, H, V].
+ * Multi-scale retention in the parallel (paper Eq. 5) or chunkwise (Eq. 7) form, with torchscale's normalisations
+ * unless `normalize` is false. q, k: [B, T, H, K] (rotated; k scaled by K^-0.5), v: [B, T, H, V], gammas: [H].
+ * Returns o: [B, T, H, V] and, with `returnFinalState`, the state after each sequence.
  */
-export function retention(q: Tensor, k: Tensor, v: Tensor, gammas: readonly number[], opts: RetentionOptions): Tensor {
-  const be = deviceOf('retention', q, k, v);
+export function retentionForward(
+  form: RetentionForm,
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  gammas: readonly number[],
+  opts: RetentionOptions = {},
+): { o: Tensor; finalState: RetentionState | null } {
+  const op = 'retention';
+  const be = deviceOf(op, q, k, v);
   const kern = kernels(be, q.dtype);
-  expectFloat('retention', 'q', q);
-  sameDType('retention', q, k);
-  sameDType('retention', q, v);
-  if (q.rank !== 4) throw new ShapeError(`retention: q must be [B, T, H, K], got ${formatShape(q.shape)}`);
-  const [B, T, H] = q.shape as [number, number, number];
-  expectShape('retention', 'k', k, q.shape);
+  expectFloat(op, 'q', q);
+  sameDType(op, q, k);
+  sameDType(op, q, v);
+  if (q.rank !== 4) throw new ShapeError(`${op}: q must be [B, T, H, K], got ${formatShape(q.shape)}`);
+  const [B, T, H, K] = q.shape as [number, number, number, number];
+  expectShape(op, 'k', k, q.shape);
   if (v.rank !== 4 || v.shape[0] !== B || v.shape[1] !== T || v.shape[2] !== H)
-    throw new ShapeError(`retention: v must be [${B}, ${T}, ${H}, V], got ${formatShape(v.shape)}`);
-  checkGammas('retention', gammas, H);
+    throw new ShapeError(`${op}: v must be [${B}, ${T}, ${H}, V], got ${formatShape(v.shape)}`);
+  const V = v.shape[3]!;
+  checkGammas(op, gammas, H);
+  if (form !== 'parallel' && form !== 'chunkwise')
+    throw new ShapeError(`${op}: form must be 'parallel' or 'chunkwise', got ${JSON.stringify(form)}`);
   const chunkSize = opts.chunkSize ?? 0;
-  if (opts.form === 'chunkwise' && (!Number.isInteger(chunkSize) || chunkSize < 1))
-    throw new ShapeError(`retention: the chunkwise form needs a positive integer chunkSize, got ${opts.chunkSize}`);
-  const { o, r } = kern.retentionForward(opts.form, q, k, v, gammas, chunkSize, opts.normalize ?? true);
-  if (needsGrad(q, k, v))
-    record(`retention.${opts.form}`, [q, k, v], [o], ([g]) => {
-      const { dq, dk, dv } = kern.retentionBackward(opts.form, q, k, v, gammas, r, g!, chunkSize);
+  if (form === 'chunkwise' && (!Number.isInteger(chunkSize) || chunkSize < 1))
+    throw new ShapeError(`${op}: the chunkwise form needs a positive integer chunkSize, got ${opts.chunkSize}`);
+  const segments = opts.segments ?? null;
+  if (segments) {
+    if (B !== 1) throw new ShapeError(`${op}: packed segments need a batch of one row, got q ${formatShape(q.shape)}`);
+    if (segments.some((n) => !Number.isInteger(n) || n < 0))
+      throw new ShapeError(`${op}: segment lengths must be non-negative integers, got [${segments.join(', ')}]`);
+    const total = segments.reduce((a, n) => a + n, 0);
+    if (total !== T) throw new ShapeError(`${op}: segment lengths sum to ${total}, but T is ${T}`);
+  }
+  const N = segments ? segments.length : B;
+  const initialState = opts.initialState ?? null;
+  if (initialState) {
+    deviceOf(op, q, initialState.state, initialState.scale);
+    sameDType(op, q, initialState.state);
+    sameDType(op, q, initialState.scale);
+    expectShape(op, 'initialState.state', initialState.state, [N, H, K, V]);
+    expectShape(op, 'initialState.scale', initialState.scale, [N, H]);
+  }
+  const differentiable = needsGrad(q, k, v);
+  if (differentiable && (initialState || segments))
+    throw new RetnetError(
+      `${op}: training through ${initialState ? 'an initial state' : 'packed segments'} is not supported; ` +
+        'run it without gradients (noGrad), or train on whole sequences',
+    );
+  const normalize = opts.normalize ?? true;
+  const { o, r, finalState } = kern.retentionForward(form, q, k, v, gammas, {
+    chunkSize,
+    normalize,
+    initialState,
+    segments,
+    returnFinalState: opts.returnFinalState === true,
+  });
+  if (differentiable)
+    record(`retention.${form}`, [q, k, v], [o], ([g]) => {
+      const { dq, dk, dv } = kern.retentionBackward(form, q, k, v, gammas, r, g!, chunkSize);
       return [dq, dk, dv];
     });
   else r.dispose();
-  return o;
+  return { o, finalState };
 }
 
-/**
- * Rotates pairs of x: [B, T, H, K] by per-position angles: cos, sin are [T, K] (shared by the batch) or [B, T, K] (per
- * row, for decoding rows at different positions). `pairs`: interleaved (x[2j], x[2j+1]) as torchscale's theta_shift,
- * or halves (x[i], x[i+K/2]) as fla's rotate_half; the tables hold each pair's angle at its first element's index.
- */
-export function rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs = 'interleaved'): Tensor {
-  const be = deviceOf('rotary', x, cos, sin);
-  const kern = kernels(be, x.dtype);
-  expectFloat('rotary', 'x', x);
-  sameDType('rotary', x, cos);
-  if (x.rank !== 4 || x.shape[3]! % 2 !== 0)
-    throw new ShapeError(`rotary: x must be [B, T, H, K] with even K, got ${formatShape(x.shape)}`);
-  const [B, T, , K] = x.shape as [number, number, number, number];
-  const table = cos.rank === 3 ? [B, T, K] : [T, K];
-  expectShape('rotary', 'cos', cos, table);
-  expectShape('rotary', 'sin', sin, table);
-  const y = kern.rotary(x, cos, sin, pairs, false);
-  if (needsGrad(x)) record('rotary', [x], [y], ([g]) => [kern.rotary(g!, cos, sin, pairs, true)]);
-  return y;
+/** retentionForward's output alone, for whole sequences from empty states (differentiable). */
+export function retention(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  gammas: readonly number[],
+  opts: { form: RetentionForm; chunkSize?: number; normalize?: boolean },
+): Tensor {
+  return retentionForward(opts.form, q, k, v, gammas, opts).o;
 }
 
 /**
@@ -84,8 +130,7 @@ export function retentionStep(
   gammas: readonly number[],
   normalize = true,
 ): Tensor {
-  const be = deviceOf('retentionStep', q, k, v, state, scale);
-  const kern = kernels(be, q.dtype);
+  const kern = kernels(deviceOf('retentionStep', q, k, v, state, scale), q.dtype);
   if (q.rank !== 3) throw new ShapeError(`retentionStep: q must be [B, H, K], got ${formatShape(q.shape)}`);
   const [B, H, K] = q.shape as [number, number, number];
   expectShape('retentionStep', 'k', k, q.shape);
@@ -95,19 +140,4 @@ export function retentionStep(
   expectShape('retentionStep', 'scale', scale, [B, H]);
   checkGammas('retentionStep', gammas, H);
   return kern.retentionStep(q, k, v, state, scale, gammas, normalize);
-}
-
-/** The recurrent state after k: [B, T, H, K], v: [B, T, H, V] (inference only; `normalize` as retentionStep). */
-export function retentionState(
-  k: Tensor,
-  v: Tensor,
-  gammas: readonly number[],
-  normalize = true,
-): { state: Tensor; scale: Tensor } {
-  const be = deviceOf('retentionState', k, v);
-  const kern = kernels(be, k.dtype);
-  if (k.rank !== 4 || v.rank !== 4 || k.shape.slice(0, 3).some((d, i) => d !== v.shape[i]))
-    throw new ShapeError(`retentionState: k ${formatShape(k.shape)} and v ${formatShape(v.shape)} do not match`);
-  checkGammas('retentionState', gammas, k.shape[2]!);
-  return kern.retentionState(k, v, gammas, normalize);
 }

@@ -2,7 +2,7 @@
 
 import { noGrad } from '../autograd/tape.js';
 import type { CausalLM } from '../models/lm.js';
-import { crossEntropy } from '../ops/nn.js';
+import { countTargets, crossEntropy } from '../ops/nn.js';
 import { tidy } from '../tensor/scope.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { type Batch, type ShardReader, sequentialBatches } from './data.js';
@@ -40,7 +40,7 @@ export function evaluate(
       tidy(() => {
         const { ids, targets } = batchTensors(model, b, seqLen);
         // crossEntropy is the mean over the batch; weight it by the batch's token count.
-        sum += crossEntropy(forward(ids), targets).item() * b.rows * seqLen;
+        sum += crossEntropy(forward(ids), targets, { count: countTargets(b.targets) }).item() * b.rows * seqLen;
         tokens += b.rows * seqLen;
       });
   });

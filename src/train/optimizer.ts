@@ -50,10 +50,20 @@ export class AdamW {
     }
   }
 
-  /** The global L2 norm of all gradients (parameters without a gradient count as zero). */
+  /**
+   * The global L2 norm of all gradients (parameters without a gradient count as zero): one fused kernel call per
+   * device, so a step reads one number from the device here, not one per parameter.
+   */
   gradNorm(): number {
+    const byDevice = new Map<Device, Tensor[]>();
+    for (const s of this.slots)
+      if (s.param.grad) {
+        const list = byDevice.get(s.param.device) ?? [];
+        list.push(s.param.grad);
+        byDevice.set(s.param.device, list);
+      }
     let sum = 0;
-    for (const s of this.slots) if (s.param.grad) sum += kernelsOf(s.param).sumSquares(s.param.grad);
+    for (const grads of byDevice.values()) sum += kernelsOf(grads[0]!).sumSquares(grads);
     return Math.sqrt(sum);
   }
 

@@ -9,11 +9,11 @@
 import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { backward } from '../autograd/tape.js';
+import { backward, noGrad } from '../autograd/tape.js';
 import { RetnetError } from '../errors.js';
 import type { CausalLM } from '../models/lm.js';
-import { crossEntropy } from '../ops/nn.js';
-import { scale } from '../ops/math.js';
+import { countTargets, crossEntropy } from '../ops/nn.js';
+import { add, scale } from '../ops/math.js';
 import { tidy } from '../tensor/scope.js';
 import type { Tensor } from '../tensor/tensor.js';
 import {
@@ -138,6 +138,10 @@ export interface TrainResult {
 /**
  * Forward and backward over the micro-batches of one step: the gradients (added to the parameters' .grad) are those of
  * the mean of the micro-batch losses. Returns that mean.
+ *
+ * Host round trips: one, the read of the summed loss after the last micro-batch. Target counts come from the host
+ * batch and the loss scaling 1/accum stays on the device; a non-finite loss is found after the backward passes
+ * (whose gradients the caller then drops).
  */
 export function accumulateGradients(
   model: CausalLM,
@@ -145,16 +149,27 @@ export function accumulateGradients(
   batches: readonly Batch[],
   T: number,
 ): number {
-  let total = 0;
-  for (const batch of batches)
-    total += tidy(() => {
-      const { ids, targets } = batchTensors(model, batch, T);
-      const loss = crossEntropy(forward(ids), targets);
-      const value = loss.item();
-      if (Number.isFinite(value)) backward(scale(loss, 1 / batches.length));
-      return value;
-    });
-  return total / batches.length;
+  const total = tidy(() => {
+    let sum: Tensor | null = null;
+    for (const batch of batches) {
+      const loss = tidy(() => {
+        const { ids, targets } = batchTensors(model, batch, T);
+        const l = crossEntropy(forward(ids), targets, { count: countTargets(batch.targets) });
+        backward(scale(l, 1 / batches.length));
+        return noGrad(() => scale(l, 1)); // detached copy: the tape is done with l
+      });
+      const next: Tensor = sum ? noGrad(() => add(sum!, loss)) : loss;
+      if (sum) {
+        sum.dispose();
+        loss.dispose();
+      }
+      sum = next;
+    }
+    return sum!;
+  });
+  const value = total.item(); // the step's one read of the loss
+  total.dispose();
+  return value / batches.length;
 }
 
 /** Rewrites the metrics log without the records past `step` (a resumed run repeats those steps). */

@@ -13,7 +13,6 @@ export const RETENTION_WORK = {
   chunkwiseForward: 1,
   parallelBackward: 2,
   chunkwiseBackward: 3,
-  state: 4,
 } as const;
 /** Which attention kernel a workspace size is asked for (attentionWorkspace). */
 export const ATTENTION_WORK = {
@@ -75,16 +74,19 @@ export interface CpuAddon {
     param: F32, grad: F32, m: F32, v: F32, n: number, lr: number, beta1: number, beta2: number, eps: number,
     weightDecay: number, step: number, gradScale: number,
   ): void;
-  sumSquares(x: F32, n: number): number;
+  /** Σ x² over every element of every array (one call for the global gradient norm). */
+  sumSquares(xs: F32[]): number;
+  dropout(x: F32, out: F32, n: number, rowSize: number, p: number, seed: number): void;
   // prettier-ignore
   retentionParallel(
-    q: F32, k: F32, v: F32, gammas: F64, o: F32, r: F32, ws: F32, B: number, H: number, T: number, K: number,
-    V: number, normalize: boolean,
+    q: F32, k: F32, v: F32, gammas: F64, o: F32, r: F32, ws: F32, initState: F32, initScale: F32, finalState: F32,
+    finalScale: F32, segments: F64, B: number, H: number, T: number, K: number, V: number, normalize: boolean,
   ): void;
   // prettier-ignore
   retentionChunkwise(
-    q: F32, k: F32, v: F32, gammas: F64, o: F32, r: F32, ws: F32, B: number, H: number, T: number, K: number,
-    V: number, C: number, normalize: boolean,
+    q: F32, k: F32, v: F32, gammas: F64, o: F32, r: F32, ws: F32, initState: F32, initScale: F32, finalState: F32,
+    finalScale: F32, segments: F64, B: number, H: number, T: number, K: number, V: number, normalize: boolean,
+    C: number,
   ): void;
   // prettier-ignore
   retentionBackwardParallel(
@@ -100,11 +102,6 @@ export interface CpuAddon {
   retentionStep(
     q: F32, k: F32, v: F32, gammas: F64, state: F32, scale: F32, o: F32, B: number, H: number, K: number, V: number,
     normalize: boolean,
-  ): void;
-  // prettier-ignore
-  retentionState(
-    k: F32, v: F32, gammas: F64, state: F32, scale: F32, ws: F32, B: number, H: number, T: number, K: number,
-    V: number, normalize: boolean,
   ): void;
   /** Floats of scratch the retention kernel `kind` needs. */
   // prettier-ignore

@@ -12,7 +12,9 @@ import type {
   BinaryOp,
   Kernels,
   RetentionForm,
+  RetentionRun,
   RotaryPairs,
+  RetentionState,
 } from '../kernels.js';
 import { type CpuAddon, ACTIVATION, ATTENTION_WORK, BINARY_OP, RETENTION_WORK } from './addon.js';
 
@@ -202,8 +204,14 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
     ); // prettier-ignore
   }
 
-  sumSquares(x: Tensor): number {
-    return this.addon.sumSquares(this.f32(x), x.size);
+  dropout(x: Tensor, p: number, seed: number, rowSize: number): Tensor {
+    const out = this.output(x.shape);
+    this.addon.dropout(this.f32(x), out.d, out.t.size, rowSize, p, seed >>> 0);
+    return out.t;
+  }
+
+  sumSquares(xs: readonly Tensor[]): number {
+    return this.addon.sumSquares(xs.map((x) => this.f32(x)));
   }
 
   /** Scratch for a retention kernel, as a tensor so that memory accounting counts it while the kernel runs. */
@@ -225,27 +233,35 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
     k: Tensor,
     v: Tensor,
     gammas: readonly number[],
-    chunkSize: number,
-    normalize: boolean,
-  ): { o: Tensor; r: Tensor } {
+    run: RetentionRun,
+  ): { o: Tensor; r: Tensor; finalState: RetentionState | null } {
     const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
+    const N = run.segments ? run.segments.length : B;
     const o = this.like([B, T, H, V]);
     const r = this.like([B, H, T]);
+    const final = run.returnFinalState ? { state: this.like([N, H, K, V]), scale: this.like([N, H]) } : null;
     const ws = this.workspace(
       form === 'parallel' ? RETENTION_WORK.parallelForward : RETENTION_WORK.chunkwiseForward,
-      B,
+      N,
       H,
       T,
       K,
       V,
-      chunkSize,
+      run.chunkSize,
     );
-    const args = [this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), o.d, r.d, ws.d] as const;
-    if (form === 'parallel') this.addon.retentionParallel(...args, B, H, T, K, V, normalize);
-    else this.addon.retentionChunkwise(...args, B, H, T, K, V, chunkSize, normalize);
+    const none = new Float32Array(0);
+    const args = [
+      this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), o.d, r.d, ws.d,
+      run.initialState ? this.f32(run.initialState.state) : none,
+      run.initialState ? this.f32(run.initialState.scale) : none,
+      final ? final.state.d : none, final ? final.scale.d : none,
+      Float64Array.from(run.segments ?? []), B, H, T, K, V, run.normalize,
+    ] as const; // prettier-ignore
+    if (form === 'parallel') this.addon.retentionParallel(...args);
+    else this.addon.retentionChunkwise(...args, run.chunkSize);
     ws.t.dispose();
-    return { o: o.t, r: r.t };
+    return { o: o.t, r: r.t, finalState: final ? { state: final.state.t, scale: final.scale.t } : null };
   }
 
   retentionBackward(
@@ -299,35 +315,6 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
       B, H, K, V, normalize,
     ); // prettier-ignore
     return o.t;
-  }
-
-  retentionState(
-    k: Tensor,
-    v: Tensor,
-    gammas: readonly number[],
-    normalize: boolean,
-  ): { state: Tensor; scale: Tensor } {
-    const [B, T, H, K] = k.shape as [number, number, number, number];
-    const V = v.shape[3]!;
-    const state = this.like([B, H, K, V]);
-    const scale = this.like([B, H]);
-    const ws = this.workspace(RETENTION_WORK.state, B, H, T, K, V, 1);
-    this.addon.retentionState(
-      this.f32(k),
-      this.f32(v),
-      Float64Array.from(gammas),
-      state.d,
-      scale.d,
-      ws.d,
-      B,
-      H,
-      T,
-      K,
-      V,
-      normalize,
-    );
-    ws.t.dispose();
-    return { state: state.t, scale: scale.t };
   }
 
   rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs, inverse: boolean): Tensor {

@@ -13,6 +13,8 @@ import type {
   BinaryOp,
   Kernels,
   RetentionForm,
+  RetentionRun,
+  RetentionState,
   RotaryPairs,
 } from '../kernels.js';
 import { ACTIVATION, ATTENTION_WORK, BINARY_OP, RETENTION_WORK } from '../cpu/addon.js';
@@ -21,7 +23,8 @@ import type { CudaDevice } from './device.js';
 // The chunk the parallel form's backward runs with (its gradient is the chunkwise one; the chunk sets only speed).
 const PARALLEL_BACKWARD_CHUNK = 64;
 
-export class CudaKernels implements Kernels {
+// dropout has no cuda kernel yet: the kernel table runs the reference one through a host copy.
+export class CudaKernels implements Omit<Kernels, 'dropout'> {
   constructor(private readonly d: CudaDevice) {}
 
   private out(shape: readonly number[], dtype: DType = 'float32'): Tensor {
@@ -251,8 +254,11 @@ export class CudaKernels implements Kernels {
     ); // prettier-ignore
   }
 
-  sumSquares(x: Tensor): number {
-    return this.d.addon.sumSquares(this.f32(x), x.size);
+  sumSquares(xs: readonly Tensor[]): number {
+    // One addon call per tensor (no fused multi-tensor kernel on this device yet).
+    let s = 0;
+    for (const x of xs) s += this.d.addon.sumSquares(this.f32(x), x.size);
+    return s;
   }
 
   /** Scratch for a kernel, as a tensor so that memory accounting counts it while the kernel runs. */
@@ -266,9 +272,15 @@ export class CudaKernels implements Kernels {
     k: Tensor,
     v: Tensor,
     gammas: readonly number[],
-    chunkSize: number,
-    normalize: boolean,
-  ): { o: Tensor; r: Tensor } {
+    run: RetentionRun,
+  ): { o: Tensor; r: Tensor; finalState: RetentionState | null } {
+    const { chunkSize, normalize } = run;
+    // This device's kernels start from an empty state and take whole batch rows; the state after them comes from
+    // its retentionState kernel.
+    if (run.initialState || run.segments)
+      throw new BackendError(
+        `retentionForward on cuda: ${run.initialState ? 'an initial state' : 'packed segments'} is not supported yet`,
+      );
     const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
     const o = this.out([B, T, H, V]);
@@ -278,7 +290,7 @@ export class CudaKernels implements Kernels {
     this.d.addon.retentionForward(f, this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas),
       this.d.ptr(o), this.d.ptr(r), this.d.ptr(ws), B, H, T, K, V, chunkSize, normalize); // prettier-ignore
     ws.dispose();
-    return { o, r };
+    return { o, r, finalState: run.returnFinalState ? this.retentionState(k, v, gammas, normalize) : null };
   }
 
   retentionBackward(

@@ -14,9 +14,22 @@ import type {
   BinaryOp,
   Kernels,
   RetentionForm,
+  RetentionRun,
   RotaryPairs,
+  RetentionState,
 } from '../kernels.js';
-import { backwardHead, chunkwiseHead, decaySums, headLayout, parallelHead } from './retention-math.js';
+import { backwardHead, forwardHead, headLayout, sequences } from './retention-math.js';
+
+/** u of row `row` for `seed` (murmur3's fmix32 of seed ⊕ row·golden ratio), uniform in [0, 1); native's too. */
+export function dropoutUniform(seed: number, row: number): number {
+  let h = (seed ^ Math.imul(row, 0x9e3779b9)) >>> 0;
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b) >>> 0;
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35) >>> 0;
+  h ^= h >>> 16;
+  return (h >>> 0) * 2 ** -32;
+}
 
 const SQRT1_2 = Math.SQRT1_2;
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
@@ -394,10 +407,23 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
     }
   }
 
-  sumSquares(x: Tensor): number {
+  dropout(x: Tensor, p: number, seed: number, rowSize: number): Tensor {
+    const { t, d: Y } = this.out(x.shape, x);
     const X = this.float(x);
+    const keep = 1 / (1 - p);
+    for (let e = 0, row = 0; e < X.length; e += rowSize, row++) {
+      const m = dropoutUniform(seed, row) >= p ? keep : 0;
+      for (let i = e; i < Math.min(e + rowSize, X.length); i++) Y[i] = X[i]! * m;
+    }
+    return t;
+  }
+
+  sumSquares(xs: readonly Tensor[]): number {
     let s = 0;
-    for (let i = 0; i < X.length; i++) s += X[i]! * X[i]!;
+    for (const x of xs) {
+      const X = this.float(x);
+      for (let i = 0; i < X.length; i++) s += X[i]! * X[i]!;
+    }
     return s;
   }
 
@@ -407,9 +433,8 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
     k: Tensor,
     v: Tensor,
     gammas: readonly number[],
-    chunkSize: number,
-    normalize: boolean,
-  ): { o: Tensor; r: Tensor } {
+    run: RetentionRun,
+  ): { o: Tensor; r: Tensor; finalState: RetentionState | null } {
     const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
     const { t: o, d: O } = this.out([B, T, H, V], q);
@@ -417,14 +442,31 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
     const Q = this.float(q);
     const Kk = this.float(k);
     const Vv = this.float(v);
-    for (let b = 0; b < B; b++)
-      for (let h = 0; h < H; h++) {
-        const layout = headLayout(b, h, T, H, K, V);
-        // Without normalisation every form is the same function: the reference computes its definition.
-        if (form === 'parallel' || !normalize) parallelHead(Q, Kk, Vv, O, R, layout, gammas[h]!, normalize);
-        else chunkwiseHead(Q, Kk, Vv, O, R, layout, gammas[h]!, chunkSize);
-      }
-    return { o, r };
+    const seqs = sequences(B, T, run.segments);
+    const N = seqs.length;
+    const final = run.returnFinalState ? { state: this.out([N, H, K, V], q), scale: this.out([N, H], q) } : null;
+    const S0 = run.initialState ? this.float(run.initialState.state) : null;
+    const s0 = run.initialState ? this.float(run.initialState.scale) : null;
+    seqs.forEach(({ b, start, length }, i) =>
+      gammas.forEach((gamma, h) => {
+        const nh = i * H + h;
+        // The kernels work on the raw state Z; a normalised state is S̃ = Z / sqrt(s).
+        const unscale = (s: number) => (run.normalize ? Math.sqrt(s) : 1);
+        const begin = S0
+          ? {
+              Z: Float64Array.from(S0.subarray(nh * K * V, (nh + 1) * K * V), (x) => x * unscale(s0![nh]!)),
+              s: s0![nh]!,
+            }
+          : null;
+        const layout = headLayout(b, h, T, H, K, V, start, length);
+        const end = forwardHead(form, Q, Kk, Vv, O, R, layout, gamma, run.chunkSize, run.normalize, begin);
+        if (!final) return;
+        const div = end.s > 0 ? unscale(end.s) : 1;
+        for (let e = 0; e < K * V; e++) final.state.d[nh * K * V + e] = end.Z[e]! / div;
+        final.scale.d[nh] = end.s;
+      }),
+    );
+    return { o, r, finalState: final ? { state: final.state.t, scale: final.scale.t } : null };
   }
 
   retentionBackward(
@@ -487,35 +529,6 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
         }
       }
     return o;
-  }
-
-  retentionState(
-    k: Tensor,
-    v: Tensor,
-    gammas: readonly number[],
-    normalize: boolean,
-  ): { state: Tensor; scale: Tensor } {
-    const [B, T, H, K] = k.shape as [number, number, number, number];
-    const V = v.shape[3]!;
-    const { t: state, d: St } = this.out([B, H, K, V], k);
-    const { t: scale, d: Sc } = this.out([B, H], k);
-    const Kk = this.float(k);
-    const Vv = this.float(v);
-    for (let b = 0; b < B; b++)
-      for (let h = 0; h < H; h++) {
-        const bh = b * H + h;
-        if (T === 0) continue;
-        const { qo, ldk, vo, ldv } = headLayout(b, h, T, H, K, V);
-        const lambda = Math.log(gammas[h]!);
-        const s = decaySums(gammas[h]!, T)[T - 1]!;
-        Sc[bh] = s;
-        for (let m = 0; m < T; m++) {
-          const w = Math.exp(lambda * (T - 1 - m)) / (normalize ? Math.sqrt(s) : 1);
-          for (let x = 0; x < K; x++)
-            for (let y = 0; y < V; y++) St[bh * K * V + x * V + y] += w * Kk[qo + m * ldk + x]! * Vv[vo + m * ldv + y]!;
-        }
-      }
-    return { state, scale };
   }
 
   rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs, inverse: boolean): Tensor {

@@ -15,19 +15,12 @@ import { tidy, keep } from '../../tensor/scope.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import { add, mul, scale } from '../../ops/math.js';
 import { activation, dropout, rmsNorm, silu } from '../../ops/nn.js';
-import { retention, retentionState, retentionStep, rotary } from '../../ops/retention.js';
+import { type RetentionState, retentionForward, retentionStep } from '../../ops/retention.js';
+import { rotary } from '../../ops/rotary.js';
 import { concat, reshape, slice } from '../../ops/shape.js';
 import { Module } from '../../nn/module.js';
-import {
-  Embedding,
-  FeedForward,
-  GLU,
-  Linear,
-  RMSNorm,
-  normal,
-  xavierUniform,
-  type ParamOptions,
-} from '../../nn/layers.js';
+import { Embedding, GLU, Linear, RMSNorm, normal, xavierUniform, type ParamOptions } from '../../nn/layers.js';
+import { release } from '../decoder.js';
 import type { CausalLM, DecodeState } from '../lm.js';
 import { type RetNetConfig, headDims, validateRetNetConfig } from './config.js';
 import { flaParamName, splitFusedGateProj } from './fla.js';
@@ -121,11 +114,6 @@ function scatterRows(rows: readonly Tensor[], padding: Padding, T: number): Tens
   );
   release(...pieces);
   return out;
-}
-
-/** Frees an intermediate that no tape node needs (inference), leaving graph members to their scope. */
-export function release(...ts: Tensor[]): void {
-  for (const t of ts) if (!t.requiresGrad) t.dispose();
 }
 
 /**
@@ -291,12 +279,19 @@ export class MultiScaleRetention extends Module {
     chunkSize: number,
     capture: boolean,
     padding: Padding | null = null,
+    initial: RetentionState | null = null,
   ): { y: Tensor; state: { state: Tensor; scale: Tensor } | null } {
     const { q, k, v } = this.qkv(x, cos, sin);
-    const run = (q: Tensor, k: Tensor, v: Tensor) => ({
-      o: retention(q, k, v, this.gammas, { form, chunkSize, normalize: this.normalize }),
-      state: capture ? retentionState(k, v, this.gammas, this.normalize) : null,
-    });
+    // The forward kernel walks the state: with `capture` it also returns the state after the last position.
+    const run = (q: Tensor, k: Tensor, v: Tensor) => {
+      const r = retentionForward(form, q, k, v, this.gammas, {
+        chunkSize,
+        normalize: this.normalize,
+        initialState: initial,
+        returnFinalState: capture,
+      });
+      return { o: r.o, state: r.finalState };
+    };
     let o: Tensor;
     let state: { state: Tensor; scale: Tensor } | null;
     if (!padding) ({ o, state } = run(q, k, v));
@@ -353,7 +348,7 @@ export class MultiScaleRetention extends Module {
 export class RetNetLayer extends Module {
   readonly retention: MultiScaleRetention;
   readonly retentionLayerNorm: RMSNorm;
-  readonly ffn: GLU | FeedForward;
+  readonly ffn: GLU;
   readonly finalLayerNorm: RMSNorm;
   /** DeepNet residual scale α = (2L)^¼, else 1. */
   readonly alpha: number;
@@ -372,19 +367,14 @@ export class RetNetLayer extends Module {
     const act = c.activation === 'swish' ? 'silu' : c.activation;
     this.ffn = this.child(
       'ffn',
-      c.glu ? new GLU(c.embedDim, c.ffnDim, act, rng, opts) : new FeedForward(c.embedDim, c.ffnDim, act, rng, opts),
+      new GLU(c.embedDim, c.ffnDim, act, rng, opts, {
+        gated: c.glu,
+        // DeepNet init: fc1/fc2 (and out_proj/v_proj above) scaled by (8L)^-¼ at initialisation; the gate is not.
+        gain: c.deepnorm ? (8 * c.layers) ** -0.25 : 1,
+        activationDropout: c.activationDropout,
+        rng,
+      }),
     );
-    if (c.deepnorm) {
-      // DeepNet init: fc1/fc2 (and out_proj/v_proj above) scaled by (8L)^-¼; the GLU gate is not.
-      const beta = (8 * c.layers) ** -0.25;
-      for (const lin of [this.ffn.fc1, this.ffn.fc2]) {
-        const w = lin.weight;
-        w.device.write(
-          w,
-          Array.from(w.data(), (x) => x * beta),
-        );
-      }
-    }
     this.finalLayerNorm = this.child('final_layer_norm', new RMSNorm(c.embedDim, c.normEps, opts));
   }
 
@@ -525,6 +515,14 @@ export class RetNetDecodeState implements DecodeState {
     other.dispose();
   }
 
+  /** Replaces layer l's state and scale (kept; the old ones are disposed). */
+  replace(l: number, state: Tensor, scaleT: Tensor): void {
+    this.states[l]!.dispose();
+    this.scales[l]!.dispose();
+    this.states[l] = keep(state);
+    this.scales[l] = keep(scaleT);
+  }
+
   dispose(): void {
     for (const t of [...this.states, ...this.scales]) t.dispose();
   }
@@ -654,17 +652,26 @@ export class RetNetModel extends Module implements CausalLM {
     capture: boolean,
     padding: Padding | null = null,
     inputs: Tensor[] | null = null,
+    start: { position: number; states: RetentionState[] } | null = null,
   ): { x: Tensor; states: { state: Tensor; scale: Tensor }[] } {
     const [B, T] = ids.shape as [number, number];
+    const from = start?.position ?? 0;
     const { cos, sin } = padding
       ? rotaryTables(this.backend, this.dtype, this.angles, padding.positions, true, B)
-      : rotaryTables(this.backend, this.dtype, this.angles, [...Array(T).keys()], false);
+      : rotaryTables(
+          this.backend,
+          this.dtype,
+          this.angles,
+          [...Array(T).keys()].map((t) => from + t),
+          false,
+        );
     let x = this.embed(ids);
     const states: { state: Tensor; scale: Tensor }[] = [];
-    for (const layer of this.layers) {
+    for (const [l, layer] of this.layers.entries()) {
       inputs?.push(x);
       const next = layer.run(x, (normed) => {
-        const { y, state } = layer.retention.forward(normed, cos, sin, form, chunkSize, capture, padding);
+        const initial = start?.states[l] ?? null;
+        const { y, state } = layer.retention.forward(normed, cos, sin, form, chunkSize, capture, padding, initial);
         if (state) states.push(state);
         return y;
       });
@@ -753,21 +760,39 @@ export class RetNetModel extends Module implements CausalLM {
     return state;
   }
 
-  /** Prefills each prompt with the chunkwise form (or `opts.form`) and returns the last logits [B, V] and the state. */
+  /**
+   * Prefills each prompt with the chunkwise form (or `opts.form`) and returns the last logits [B, V] and the state.
+   * With `opts.state`, row b's prompt continues row b of that state (e.g. the next piece of a long prompt: chunked
+   * prefill), which is advanced in place and returned.
+   */
   prefill(
     prompts: readonly (readonly number[])[],
-    opts: ForwardOptions = {},
+    opts: ForwardOptions & { state?: DecodeState } = {},
   ): { logits: Tensor; state: RetNetDecodeState } {
     const form = opts.form ?? 'chunkwise';
     const chunkSize = opts.chunkSize ?? this.config.chunkSize;
     for (const [i, p] of prompts.entries())
       if (p.length === 0) throw new ShapeError(`prefill: prompt ${i} is empty (every prompt needs at least one token)`);
-    return noGrad(() =>
+    const given = opts.state;
+    if (given && !(given instanceof RetNetDecodeState && given.states.length === this.layers.length))
+      throw new ShapeError('RetNet.prefill: the state is not a state of this RetNet');
+    if (given && given.batch !== prompts.length)
+      throw new ShapeError(`prefill: ${prompts.length} prompts for a state of ${given.batch} rows`);
+    const result = noGrad(() =>
       tidy(() => {
         const lastLogits: Tensor[] = [];
-        const perPrompt = prompts.map((p) => {
+        const perPrompt = prompts.map((p, b) => {
           const ids = this.backend.fromData(p, [1, p.length], 'int32');
-          const { x, states } = this.runLayers(ids, form, chunkSize, true);
+          const start = given
+            ? {
+                position: given.positions[b]!,
+                states: given.states.map((st, l) => ({
+                  state: slice(st, 0, b, b + 1),
+                  scale: slice(given.scales[l]!, 0, b, b + 1),
+                })),
+              }
+            : null;
+          const { x, states } = this.runLayers(ids, form, chunkSize, true, null, null, start);
           const last = slice(x, 1, p.length - 1, p.length); // [1, 1, D]
           lastLogits.push(reshape(this.head(last), [1, this.vocabSize]));
           return states;
@@ -779,14 +804,15 @@ export class RetNetModel extends Module implements CausalLM {
               0,
             ),
           );
-        const state = new RetNetDecodeState(
-          join((s) => s.state),
-          join((s) => s.scale),
-          prompts.map((p) => p.length),
-        );
-        return { logits: concat(lastLogits, 0), state };
+        const positions = prompts.map((p, b) => (given?.positions[b] ?? 0) + p.length);
+        return { logits: concat(lastLogits, 0), states: join((s) => s.state), scales: join((s) => s.scale), positions };
       }),
     );
+    if (!given)
+      return { logits: result.logits, state: new RetNetDecodeState(result.states, result.scales, result.positions) };
+    result.states.forEach((t, l) => given.replace(l, t, result.scales[l]!));
+    given.positions = result.positions;
+    return { logits: result.logits, state: given };
   }
 
   /**

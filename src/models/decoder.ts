@@ -1,0 +1,375 @@
+// The decoder trunk every architecture shares (torchscale's RetNetDecoder / a pre-norm Transformer decoder): token
+// embedding (optionally scaled and normed), L blocks of a token mixer and a feed-forward with residuals, a final
+// RMSNorm and the output projection (tied to the embedding or not), the rotary tables, the dropout generator, and
+// the skeletons of forward, prefill and step. An architecture supplies only its mixer (retention, attention) and its
+// decode state. Parameter names are torchscale's state_dict keys: `embed_tokens`, `layers.<l>.<mixer>`,
+// `layers.<l>.<mixer norm>`, `layers.<l>.ffn`, `layers.<l>.final_layer_norm`, `layer_norm`, `output_projection`.
+
+import type { Device } from '../backend/device.js';
+import { type ActivationKind, kernelsOf } from '../backend/kernels.js';
+import { getBackend } from '../backend/select.js';
+import { gradEnabled, noGrad } from '../autograd/tape.js';
+import { ShapeError } from '../errors.js';
+import { add, scale } from '../ops/math.js';
+import { dropout } from '../ops/nn.js';
+import { reshape } from '../ops/shape.js';
+import { Module } from '../nn/module.js';
+import { Embedding, GLU, Linear, RMSNorm, normal, type ParamOptions } from '../nn/layers.js';
+import { Rotary, type RotaryTables } from '../nn/rotary.js';
+import type { DType } from '../tensor/dtype.js';
+import { Rng } from '../tensor/random.js';
+import { tidy } from '../tensor/scope.js';
+import type { Tensor } from '../tensor/tensor.js';
+import type { CausalLM, DecodeState } from './lm.js';
+
+/** The trunk's hyper-parameters; each architecture's config maps onto them. */
+export interface TrunkConfig {
+  vocabSize: number;
+  /** D: model width. */
+  embedDim: number;
+  layers: number;
+  ffnDim: number;
+  activation: ActivationKind;
+  /** Gated feed-forward fc2(act(fc1 x) ⊙ gate x), or fc2(act(fc1 x)). */
+  glu: boolean;
+  normEps: number;
+  /** Pre-norm (x + f(norm(x))) or post-norm (norm(x + f(x))) blocks; pre-norm adds the final norm. */
+  normalizeBefore: boolean;
+  /** Multiply the embeddings by sqrt(D). */
+  scaleEmbedding: boolean;
+  /** RMSNorm on the embeddings. */
+  layernormEmbedding: boolean;
+  /** DeepNet residual scaling α = (2L)^¼ and the feed-forward init gain (8L)^-¼. */
+  deepnorm: boolean;
+  /** Dropout on the embeddings and each residual branch while training. */
+  dropout: number;
+  /** Dropout on the feed-forward's hidden activations while training. */
+  activationDropout: number;
+  /** Stochastic depth: layer l drops its branches with probability dropPathRate · l / (L − 1). */
+  dropPathRate: number;
+  tiedEmbeddings: boolean;
+}
+
+/** The decode state every architecture's state extends: the trunk advances `positions`. */
+export interface TrunkState extends DecodeState {
+  positions: number[];
+}
+
+/**
+ * A layer's token mixer. `P` is the architecture's pass options (RetNet: form and chunk size; Transformer: the
+ * attention algorithm), `S` its decode state.
+ */
+export interface Mixer<S extends TrunkState, P> {
+  /** Full sequences: x [B, T, D] with the tables of positions 0..T−1 -> [B, T, D]. Differentiable. */
+  forward(x: Tensor, rope: RotaryTables, pass: P): Tensor;
+  /**
+   * Prefill of layer l: x holds the prompts in the architecture's prefill layout (`packed`: [1, ΣT, D], prompt b's
+   * tokens after prompt b−1's, tables at each token's position; padded: [B, max T, D]); leaves layer l's part of
+   * the state after each prompt in `state`.
+   */
+  prefill(x: Tensor, rope: RotaryTables, pass: P, state: S, layer: number, lengths: readonly number[]): Tensor;
+  /** One step of every row: x [B, 1, D] with per-row tables [B, 1, K]; advances layer l of the state in place. */
+  step(x: Tensor, rope: RotaryTables, state: S, layer: number): Tensor;
+}
+
+/** Frees an intermediate that no tape node needs (inference), leaving graph members to their scope. */
+export function release(...ts: Tensor[]): void {
+  for (const t of ts) if (!t.requiresGrad) t.dispose();
+}
+
+/** Frees tables the caller owns (not the Rotary cache's) once no tape node can need them. */
+function releaseTables(rope: RotaryTables): void {
+  if (rope.owned && !gradEnabled()) release(rope.cos, rope.sin);
+}
+
+export interface DecoderOptions {
+  backend?: Device;
+  dtype?: DType;
+  /** Seed of the initial weights, then of the dropout masks while training. */
+  seed?: number;
+  /** false: parameters start as zeros, not random draws (a checkpoint fills them next). Default true. */
+  init?: boolean;
+}
+
+/** How an architecture names and builds its mixer. */
+export interface MixerSpec<M> {
+  /** Parameter prefix of the mixer and of its norm (torchscale: `retention`, `retention_layer_norm`). */
+  name: string;
+  normName: string;
+  /** Builds layer l's mixer; it draws its initial weights from rng (before the layer's feed-forward). */
+  build(layer: number, rng: Rng, opts: ParamOptions): M;
+  /** Rotary angles θ of a head [K]. */
+  angles: Float64Array;
+}
+
+/** One block: mixer and feed-forward with their norms, dropout, drop path and the residual scale. */
+export class DecoderLayer<M extends Module> extends Module {
+  readonly mixer: M;
+  readonly mixerNorm: RMSNorm;
+  readonly ffn: GLU;
+  readonly finalLayerNorm: RMSNorm;
+  /** DeepNet residual scale α = (2L)^¼, else 1. */
+  readonly alpha: number;
+  private readonly dropPath: number;
+
+  constructor(
+    readonly config: TrunkConfig,
+    readonly index: number,
+    spec: MixerSpec<M>,
+    private readonly rng: Rng,
+    opts: ParamOptions,
+  ) {
+    super();
+    const c = config;
+    this.alpha = c.deepnorm ? (2 * c.layers) ** 0.25 : 1;
+    this.dropPath = c.layers > 1 ? (c.dropPathRate * index) / (c.layers - 1) : 0;
+    this.mixer = this.child(spec.name, spec.build(index, rng, opts));
+    this.mixerNorm = this.child(spec.normName, new RMSNorm(c.embedDim, c.normEps, opts));
+    this.ffn = this.child(
+      'ffn',
+      new GLU(c.embedDim, c.ffnDim, c.activation, rng, opts, {
+        gated: c.glu,
+        // DeepNet init: fc1/fc2 (and the mixer's value and output projections) scaled by (8L)^-¼; the gate is not.
+        gain: c.deepnorm ? (8 * c.layers) ** -0.25 : 1,
+        activationDropout: c.activationDropout,
+        rng,
+      }),
+    );
+    this.finalLayerNorm = this.child('final_layer_norm', new RMSNorm(c.embedDim, c.normEps, opts));
+  }
+
+  /** Dropout, drop path and α·residual + branch, as torchscale orders them. */
+  private residual(residual: Tensor, h: Tensor): Tensor {
+    let branch = h;
+    if (this.training) {
+      if (this.config.dropout > 0) branch = dropout(branch, this.config.dropout, this.rng);
+      if (this.dropPath > 0) branch = dropout(branch, this.dropPath, this.rng, true);
+    }
+    const base = this.alpha === 1 ? residual : scale(residual, this.alpha);
+    const out = add(base, branch);
+    if (base !== residual) release(base);
+    release(branch);
+    if (branch !== h) release(h);
+    return out;
+  }
+
+  /** The block around one mixer call (full sequence, prefill or step); x: [B, T, D] -> [B, T, D]. */
+  run(x: Tensor, mix: (normed: Tensor) => Tensor): Tensor {
+    const pre = this.config.normalizeBefore;
+    const normed = pre ? this.mixerNorm.forward(x) : x;
+    const h = mix(normed);
+    if (normed !== x) release(normed);
+    let x1 = this.residual(x, h);
+    if (!pre) {
+      const n = this.mixerNorm.forward(x1);
+      release(x1);
+      x1 = n;
+    }
+    const normed2 = pre ? this.finalLayerNorm.forward(x1) : x1;
+    const f = this.ffn.forward(normed2);
+    if (normed2 !== x1) release(normed2);
+    let x2 = this.residual(x1, f);
+    release(x1);
+    if (!pre) {
+      const n = this.finalLayerNorm.forward(x2);
+      release(x2);
+      x2 = n;
+    }
+    return x2;
+  }
+}
+
+export abstract class Decoder<M extends Module & Mixer<S, P>, S extends TrunkState, P>
+  extends Module
+  implements CausalLM
+{
+  abstract readonly arch: CausalLM['arch'];
+  readonly embedTokens: Embedding;
+  readonly layernormEmbedding: RMSNorm | null;
+  readonly layers: DecoderLayer<M>[];
+  readonly layerNorm: RMSNorm | null;
+  readonly outputProjection: Linear;
+  readonly backend: Device;
+  readonly dtype: DType;
+  protected readonly rotary: Rotary;
+  /** Draws the initial weights, then the dropout masks (training only). */
+  private readonly rng: Rng;
+
+  /**
+   * Prefill layout: packed (the prompts one after another in one row of ΣT tokens, for mixers that take sequence
+   * lengths) or padded (B rows right-padded to the longest prompt; a fresh state only).
+   */
+  protected abstract readonly packedPrefill: boolean;
+
+  constructor(
+    private readonly trunk: TrunkConfig,
+    spec: MixerSpec<M>,
+    opts: DecoderOptions,
+  ) {
+    super();
+    const c = trunk;
+    this.backend = opts.backend ?? getBackend();
+    this.dtype = opts.dtype ?? 'float32';
+    const p: ParamOptions = { backend: this.backend, dtype: this.dtype, init: opts.init };
+    const rng = new Rng(opts.seed ?? 0);
+    this.rng = rng;
+    const table = () => normal([c.vocabSize, c.embedDim], rng, c.embedDim ** -0.5, p);
+    this.embedTokens = this.child('embed_tokens', new Embedding(table()));
+    this.layernormEmbedding = c.layernormEmbedding
+      ? this.child('layernorm_embedding', new RMSNorm(c.embedDim, c.normEps, p))
+      : null;
+    this.layers = Array.from({ length: c.layers }, (_, i) =>
+      this.child(`layers.${i}`, new DecoderLayer(c, i, spec, rng, p)),
+    );
+    this.layerNorm = c.normalizeBefore ? this.child('layer_norm', new RMSNorm(c.embedDim, c.normEps, p)) : null;
+    this.outputProjection = this.child(
+      'output_projection',
+      new Linear(c.tiedEmbeddings ? this.embedTokens.weight : table()),
+    );
+    this.rotary = new Rotary(spec.angles, this.backend, this.dtype);
+  }
+
+  get vocabSize(): number {
+    return this.trunk.vocabSize;
+  }
+
+  /** The pass options of a call: the given ones over the config's defaults. */
+  protected abstract passOptions(opts: Partial<P>, purpose: 'forward' | 'prefill'): P;
+  /** An empty state of `batch` rows at position 0. */
+  abstract emptyState(batch: number): S;
+  /** `state` as this architecture's state (throws naming `op` if it is not), made ready for one more position. */
+  protected abstract stepState(state: DecodeState, op: string): S;
+
+  /** The state of the generator behind dropout masks (the trainer saves it so a resumed run continues exactly). */
+  rngState(): number[] {
+    return this.rng.getState();
+  }
+
+  setRngState(state: readonly number[]): void {
+    this.rng.setState(state);
+  }
+
+  private embed(ids: Tensor): Tensor {
+    const c = this.trunk;
+    let x = this.embedTokens.forward(ids);
+    if (c.scaleEmbedding) {
+      const s = scale(x, Math.sqrt(c.embedDim));
+      release(x);
+      x = s;
+    }
+    if (this.layernormEmbedding) {
+      const n = this.layernormEmbedding.forward(x);
+      release(x);
+      x = n;
+    }
+    if (this.training && c.dropout > 0) x = dropout(x, c.dropout, this.rng);
+    return x;
+  }
+
+  private head(x: Tensor): Tensor {
+    const normed = this.layerNorm ? this.layerNorm.forward(x) : x;
+    if (normed !== x) release(x);
+    const logits = this.outputProjection.forward(normed);
+    release(normed);
+    return logits;
+  }
+
+  /** Hidden states [B, T, D] of ids int32 [B, T], each layer mixing through `mix`. */
+  private hidden(ids: Tensor, mix: (layer: DecoderLayer<M>, l: number, normed: Tensor) => Tensor): Tensor {
+    let x = this.embed(ids);
+    this.layers.forEach((layer, l) => {
+      const next = layer.run(x, (normed) => mix(layer, l, normed));
+      release(x);
+      x = next;
+    });
+    return x;
+  }
+
+  /** ids int32 [B, T] -> logits [B, T, V]. Differentiable. */
+  forward(ids: Tensor, opts: Partial<P> = {}): Tensor {
+    if (ids.dtype !== 'int32' || ids.rank !== 2)
+      throw new ShapeError(`${this.arch}: token ids must be int32 [B, T], got ${ids.toString()}`);
+    const pass = this.passOptions(opts, 'forward');
+    const rope = this.rotary.prefix(ids.shape[1]!);
+    return this.head(this.hidden(ids, (layer, _l, normed) => layer.mixer.forward(normed, rope, pass)));
+  }
+
+  /**
+   * Consumes one prompt per row (each at least one token) and returns the logits after each prompt's last token
+   * [B, V] and the state after it. With `opts.state`, the prompts continue that state (row b's prompt follows what
+   * row b consumed, e.g. the next piece of a long prompt) and it is advanced in place and returned. Not differentiable.
+   */
+  prefill(
+    prompts: readonly (readonly number[])[],
+    opts: Partial<P> & { state?: DecodeState } = {},
+  ): { logits: Tensor; state: S } {
+    for (const [i, p] of prompts.entries())
+      if (p.length === 0) throw new ShapeError(`prefill: prompt ${i} is empty (every prompt needs at least one token)`);
+    const B = prompts.length;
+    const { state: given, ...rest } = opts;
+    const pass = this.passOptions(rest as Partial<P>, 'prefill');
+    if (given && given.batch !== B) throw new ShapeError(`prefill: ${B} prompts for a state of ${given.batch} rows`);
+    const state = given ? this.stepState(given, 'prefill') : this.emptyState(B);
+    const lengths = prompts.map((p) => p.length);
+    const D = this.trunk.embedDim;
+    const logits = noGrad(() =>
+      tidy(() => {
+        let ids: Tensor;
+        let rope: RotaryTables;
+        let lastRow: (b: number) => number; // the row of x, seen as [rows, D], after prompt b
+        if (this.packedPrefill) {
+          const flat = prompts.flat();
+          ids = this.backend.fromData(flat, [1, flat.length], 'int32');
+          rope = this.rotary.at(
+            prompts.flatMap((p, b) => p.map((_, j) => state.positions[b]! + j)),
+            false,
+          );
+          const ends: number[] = [];
+          lengths.reduce((end, n) => (ends.push(end + n - 1), end + n), 0);
+          lastRow = (b) => ends[b]!;
+        } else {
+          if (state.positions.some((p) => p !== 0))
+            throw new ShapeError(`prefill: a ${this.arch} prefill starts from an empty state (no opts.state)`);
+          const T = Math.max(...lengths);
+          const padded = new Int32Array(B * T); // padding: token 0
+          prompts.forEach((p, b) => padded.set(p, b * T));
+          ids = this.backend.fromData(padded, [B, T], 'int32');
+          rope = this.rotary.at([...Array(T).keys()], false); // owned: generation leaves no tables behind
+          lastRow = (b) => b * T + lengths[b]! - 1;
+        }
+        const x = this.hidden(ids, (layer, l, normed) => layer.mixer.prefill(normed, rope, pass, state, l, lengths));
+        releaseTables(rope);
+        const last = this.backend.zeros([B, 1, D], this.dtype);
+        for (let b = 0; b < B; b++) kernelsOf(x).copyBlocks(x, lastRow(b) * D, 0, last, b * D, 0, 1, D);
+        release(x);
+        return reshape(this.head(last), [B, this.vocabSize]);
+      }),
+    );
+    state.positions = state.positions.map((p, b) => p + lengths[b]!);
+    return { logits, state };
+  }
+
+  /** One step for every row: tokens [B] -> logits [B, V]; advances the state in place. */
+  step(tokens: readonly number[], given: DecodeState): Tensor {
+    const state = this.stepState(given, 'step');
+    if (tokens.length !== state.batch)
+      throw new ShapeError(`${this.arch}.step: ${tokens.length} tokens for a state of ${state.batch} rows`);
+    const logits = noGrad(() =>
+      tidy(() => {
+        const B = tokens.length;
+        const ids = this.backend.fromData(tokens, [B, 1], 'int32');
+        const rope = this.rotary.at(state.positions, true);
+        const x = this.hidden(ids, (layer, l, normed) => layer.mixer.step(normed, rope, state, l));
+        releaseTables(rope);
+        return reshape(this.head(x), [B, this.vocabSize]);
+      }),
+    );
+    state.positions = state.positions.map((p) => p + 1);
+    return logits;
+  }
+
+  override dispose(): void {
+    this.rotary.clear();
+    super.dispose();
+  }
+}
