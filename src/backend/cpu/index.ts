@@ -51,6 +51,7 @@ registerDevice(
   'cpu',
   () =>
     cpuBackend() ??
-    `${cpuError}; the native cpu backend is many times faster. Fix: install OpenBLAS, g++ and make (Debian: ` +
-      "apt-get install libopenblas-dev g++ make) and run 'npm rebuild retnet'; 'retnet info' shows the state",
+    `${cpuError}; the native cpu backend is many times faster. Fix: linux-x64 (glibc 2.34+) installs a prebuilt ` +
+      'addon; elsewhere install a C++ compiler, make, pkg-config and OpenBLAS (Debian: apt-get install g++ make ' +
+      "python3 pkg-config libopenblas-dev) and run 'npm rebuild retnet'; 'retnet info' shows the state",
 );
