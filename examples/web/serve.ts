@@ -2,9 +2,9 @@
 // it prints (WebGPU needs a secure context, which localhost is). Without DIR it serves the tiny demo model with
 // untrained (seeded random) weights, which generates noise but exercises everything. The page's script is bundled
 // with the library here by esbuild; the model directory is served under /model/.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 
 import { build } from 'esbuild';
 
@@ -15,7 +15,12 @@ import { type RunningStatic, startStaticServer } from '../../src/web/serve.js';
 
 const HERE = import.meta.dirname;
 
-/** An ES module bundle of `entry` for the browser (esbuild), as text. */
+const NODE_MODULE_SHIM = resolve(HERE, '..', '..', 'src', 'web', 'node-module-shim.ts');
+
+/**
+ * An ES module bundle of `entry` for the browser (esbuild), as text. node:module, which the tokenizer uses for its lazy
+ * require on Node, becomes src/web/node-module-shim.ts; any other Node built-in fails the build.
+ */
 export async function bundleForBrowser(entry: string, minify = false): Promise<string> {
   const result = await build({
     entryPoints: [entry],
@@ -25,6 +30,12 @@ export async function bundleForBrowser(entry: string, minify = false): Promise<s
     minify,
     write: false,
     logLevel: 'silent',
+    plugins: [
+      {
+        name: 'node-module-shim',
+        setup: (b) => b.onResolve({ filter: /^node:module$/ }, () => ({ path: NODE_MODULE_SHIM })),
+      },
+    ],
   });
   return result.outputFiles[0]!.text;
 }
@@ -52,7 +63,12 @@ export async function serveWeb(modelDir: string | null, port = 0): Promise<Runni
   );
 }
 
-if (process.argv[1] && resolve(process.argv[1]) === resolve(HERE, 'serve.ts')) {
+if (process.argv[1] && resolve(process.argv[1]) === resolve(HERE, 'serve.ts') && process.argv[2] === '--build') {
+  // npm run build:web: the retnet/web bundle into dist/web/ (package.json's exports["./web"]).
+  const out = resolve(HERE, '..', '..', 'dist', 'web', 'retnet.js');
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(out, await bundleForBrowser(resolve(HERE, '..', '..', 'src', 'web.ts')));
+} else if (process.argv[1] && resolve(process.argv[1]) === resolve(HERE, 'serve.ts')) {
   const [given, port] = process.argv.slice(2);
   let dir = given;
   if (!dir) {
