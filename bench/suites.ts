@@ -76,6 +76,17 @@ export const suites: Command[] = [
     async (v) => (await import('./train.js')).trainSuite(v),
   ),
   suite(
+    'trainmem',
+    'where a training step keeps its memory: live bytes per op and token, step peak; RetNet chunkwise vs flash',
+    {
+      quick,
+      length: int('sequence length (default 8192; --quick 256)', { min: 1, max: 65536 }),
+      layers: int('layers (default 12; --quick 2)', { min: 1, max: 64 }),
+      steps: int('steps of each variant to time in turns (0: memory only)', { min: 0, max: 100, default: 0 }),
+    },
+    async (v) => (await import('./trainmem.js')).trainMemSuite(v),
+  ),
+  suite(
     'quality',
     'validation perplexity of RetNet vs a parameter-matched Transformer trained alike on Brown, loss curves',
     { quick },
