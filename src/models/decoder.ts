@@ -8,7 +8,7 @@
 import type { Device } from '../backend/device.js';
 import { type ActivationKind, kernelsOf } from '../backend/kernels.js';
 import { getBackend } from '../backend/select.js';
-import { gradEnabled, noGrad } from '../autograd/tape.js';
+import { gradEnabled, noGrad, release } from '../autograd/tape.js';
 import { ShapeError } from '../errors.js';
 import { add, scale } from '../ops/math.js';
 import { dropout } from '../ops/nn.js';
@@ -72,10 +72,8 @@ export interface Mixer<S extends TrunkState, P> {
   step(x: Tensor, rope: RotaryTables, state: S, layer: number): Tensor;
 }
 
-/** Frees an intermediate that no tape node needs (inference), leaving graph members to their scope. */
-export function release(...ts: Tensor[]): void {
-  for (const t of ts) if (!t.requiresGrad) t.dispose();
-}
+/** Frees intermediates the model is done with (the tape keeps what a backward needs: autograd/tape.ts). */
+export { release };
 
 /** Frees tables the caller owns (not the Rotary cache's) once no tape node can need them. */
 function releaseTables(rope: RotaryTables): void {

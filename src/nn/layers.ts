@@ -7,6 +7,7 @@ import type { ActivationKind } from '../backend/kernels.js';
 import type { DType } from '../tensor/dtype.js';
 import type { Rng } from '../tensor/random.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { release } from '../autograd/tape.js';
 import { linear, mul } from '../ops/math.js';
 import { activation, dropout, embedding, rmsNorm } from '../ops/nn.js';
 import { ShapeError } from '../errors.js';
@@ -160,9 +161,22 @@ export class GLU extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    const a = activation(this.act, this.fc1.forward(x));
-    let h = this.gate ? mul(a, this.gate.forward(x)) : a;
-    if (this.training && this.activationDropout > 0) h = dropout(h, this.activationDropout, this.rng!);
-    return this.fc2.forward(h);
+    const u = this.fc1.forward(x);
+    const a = activation(this.act, u);
+    release(u);
+    let h = a;
+    if (this.gate) {
+      const gate = this.gate.forward(x);
+      h = mul(a, gate);
+      release(a, gate);
+    }
+    if (this.training && this.activationDropout > 0) {
+      const dropped = dropout(h, this.activationDropout, this.rng!);
+      release(h);
+      h = dropped;
+    }
+    const y = this.fc2.forward(h);
+    release(h);
+    return y;
   }
 }

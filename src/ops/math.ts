@@ -24,10 +24,16 @@ export function add(a: Tensor, b: Tensor): Tensor {
   checkBroadcast('add', a, b);
   const y = kern.binary('add', a, b);
   if (needsGrad(a, b))
-    record('add', [a, b], [y], ([g]) => [
-      a.requiresGrad ? be.view(g!, a.shape) : null,
-      b.requiresGrad ? (sameShape(a.shape, b.shape) ? be.view(g!, b.shape) : kern.sumToShape(g!, b.shape)) : null,
-    ]);
+    record(
+      'add',
+      [a, b],
+      [y],
+      ([g]) => [
+        a.requiresGrad ? be.view(g!, a.shape) : null,
+        b.requiresGrad ? (sameShape(a.shape, b.shape) ? be.view(g!, b.shape) : kern.sumToShape(g!, b.shape)) : null,
+      ],
+      { saved: [] },
+    );
   return y;
 }
 
@@ -38,15 +44,21 @@ export function mul(a: Tensor, b: Tensor): Tensor {
   checkBroadcast('mul', a, b);
   const y = kern.binary('mul', a, b);
   if (needsGrad(a, b))
-    record('mul', [a, b], [y], ([g]) => {
-      let db: Tensor | null = null;
-      if (b.requiresGrad) {
-        const ga = kern.binary('mul', g!, a);
-        db = sameShape(a.shape, b.shape) ? ga : kern.sumToShape(ga, b.shape);
-        if (db !== ga) ga.dispose();
-      }
-      return [a.requiresGrad ? kern.binary('mul', g!, b) : null, db];
-    });
+    record(
+      'mul',
+      [a, b],
+      [y],
+      ([g]) => {
+        let db: Tensor | null = null;
+        if (b.requiresGrad) {
+          const ga = kern.binary('mul', g!, a);
+          db = sameShape(a.shape, b.shape) ? ga : kern.sumToShape(ga, b.shape);
+          if (db !== ga) ga.dispose();
+        }
+        return [a.requiresGrad ? kern.binary('mul', g!, b) : null, db];
+      },
+      { saved: [a, b], recompute: () => kern.binary('mul', a, b) },
+    );
   return y;
 }
 
@@ -56,7 +68,7 @@ export function scale(a: Tensor, alpha: number): Tensor {
   const kern = kernels(be, a.dtype);
   expectFloat('scale', 'a', a);
   const y = kern.scale(a, alpha);
-  if (needsGrad(a)) record('scale', [a], [y], ([g]) => [kern.scale(g!, alpha)]);
+  if (needsGrad(a)) record('scale', [a], [y], ([g]) => [kern.scale(g!, alpha)], { saved: [] });
   return y;
 }
 
@@ -67,12 +79,18 @@ export function sum(a: Tensor): Tensor {
   expectFloat('sum', 'a', a);
   const y = kern.sumToShape(a, []);
   if (needsGrad(a))
-    record('sum', [a], [y], ([g]) => {
-      const zeros = be.zeros(a.shape, a.dtype);
-      const dx = kern.binary('add', zeros, g!);
-      zeros.dispose();
-      return [dx];
-    });
+    record(
+      'sum',
+      [a],
+      [y],
+      ([g]) => {
+        const zeros = be.zeros(a.shape, a.dtype);
+        const dx = kern.binary('add', zeros, g!);
+        zeros.dispose();
+        return [dx];
+      },
+      { saved: [] },
+    );
   return y;
 }
 
@@ -160,20 +178,26 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
   y2.dispose();
   x2.dispose();
   if (needsGrad(x, w, b))
-    record('linear', b ? [x, w, b] : [x, w], [y], ([g]) => {
-      const g2 = be.view(g!, [rows, out]);
-      const gx = x.requiresGrad ? wk.matmul(g2, w, false, false) : null; // [R, in]
-      const dx = gx ? be.view(gx, x.shape) : null;
-      gx?.dispose();
-      let dw: Tensor | null = null;
-      if (w.requiresGrad) {
-        const xr = be.view(x, [rows, inp]);
-        dw = kern.matmul(g2, xr, true, false); // [out, in]
-        xr.dispose();
-      }
-      const db = b?.requiresGrad ? kern.sumToShape(g2, [out]) : null;
-      g2.dispose();
-      return b ? [dx, dw, db] : [dx, dw];
-    });
+    record(
+      'linear',
+      b ? [x, w, b] : [x, w],
+      [y],
+      ([g]) => {
+        const g2 = be.view(g!, [rows, out]);
+        const gx = x.requiresGrad ? wk.matmul(g2, w, false, false) : null; // [R, in]
+        const dx = gx ? be.view(gx, x.shape) : null;
+        gx?.dispose();
+        let dw: Tensor | null = null;
+        if (w.requiresGrad) {
+          const xr = be.view(x, [rows, inp]);
+          dw = kern.matmul(g2, xr, true, false); // [out, in]
+          xr.dispose();
+        }
+        const db = b?.requiresGrad ? kern.sumToShape(g2, [out]) : null;
+        g2.dispose();
+        return b ? [dx, dw, db] : [dx, dw];
+      },
+      { saved: [x, w] },
+    );
   return y;
 }

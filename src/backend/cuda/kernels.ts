@@ -23,8 +23,8 @@ import type { CudaDevice } from './device.js';
 // The chunk the parallel form's backward runs with (its gradient is the chunkwise one; the chunk sets only speed).
 const PARALLEL_BACKWARD_CHUNK = 64;
 
-// dropout has no cuda kernel yet: the kernel table runs the reference one through a host copy.
-export class CudaKernels implements Omit<Kernels, 'dropout'> {
+// dropout and the gated norm have no cuda kernels yet: the kernel table runs the reference ones through a host copy.
+export class CudaKernels implements Omit<Kernels, 'dropout' | 'gatedRmsNorm' | 'gatedRmsNormBackward'> {
   constructor(private readonly d: CudaDevice) {}
 
   private out(shape: readonly number[], dtype: DType = 'float32'): Tensor {

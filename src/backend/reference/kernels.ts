@@ -258,6 +258,66 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
     return { dx, dw: dwT ? dwT.t : null };
   }
 
+  gatedRmsNorm(x: Tensor, gate: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor } {
+    const { rows, cols } = this.rowsOf(x);
+    const { t: y, d: Y } = this.out(x.shape, x);
+    const { t: rstd, d: R } = this.out([rows], x);
+    const X = this.float(x);
+    const Z = this.float(gate);
+    const W = w ? this.float(w) : null;
+    for (let r = 0; r < rows; r++) {
+      let ss = 0;
+      for (let j = 0; j < cols; j++) ss += X[r * cols + j]! ** 2;
+      const s = 1 / Math.sqrt(ss / cols + eps);
+      R[r] = s;
+      for (let j = 0; j < cols; j++) {
+        const i = r * cols + j;
+        Y[i] = X[i]! * s * (W ? W[j]! : 1) * activationValue('silu', Z[i]!);
+      }
+    }
+    return { y, rstd };
+  }
+
+  gatedRmsNormBackward(
+    x: Tensor,
+    gate: Tensor,
+    w: Tensor | null,
+    rstd: Tensor,
+    g: Tensor,
+  ): { dx: Tensor; dgate: Tensor; dw: Tensor | null } {
+    // y = n ⊙ silu(z), n = x·rstd·w: dz = g ⊙ n ⊙ silu'(z); n's gradient g ⊙ silu(z) goes through the RMSNorm
+    // backward (rmsNormBackward's formula with that gradient).
+    const { rows, cols } = this.rowsOf(x);
+    const { t: dx, d: DX } = this.out(x.shape, x);
+    const { t: dgate, d: DZ } = this.out(x.shape, x);
+    const dwT = w ? this.out(w.shape, w) : null;
+    const X = this.float(x);
+    const Z = this.float(gate);
+    const G = this.float(g);
+    const R = this.float(rstd);
+    const W = w ? this.float(w) : null;
+    const dwAcc = new Float64Array(cols);
+    const gn = new Float64Array(cols);
+    for (let r = 0; r < rows; r++) {
+      const s = R[r]!;
+      let dot = 0;
+      for (let j = 0; j < cols; j++) {
+        const i = r * cols + j;
+        gn[j] = G[i]! * activationValue('silu', Z[i]!);
+        dot += gn[j]! * (W ? W[j]! : 1) * X[i]!;
+        DZ[i] = G[i]! * X[i]! * s * (W ? W[j]! : 1) * activationDerivative('silu', Z[i]!);
+      }
+      const c = (s * s * s * dot) / cols;
+      for (let j = 0; j < cols; j++) {
+        const i = r * cols + j;
+        DX[i] = s * gn[j]! * (W ? W[j]! : 1) - c * X[i]!;
+        dwAcc[j] += gn[j]! * X[i]! * s;
+      }
+    }
+    if (dwT) dwT.d.set(dwAcc);
+    return { dx, dgate, dw: dwT ? dwT.t : null };
+  }
+
   softmax(x: Tensor): Tensor {
     const { rows, cols } = this.rowsOf(x);
     const { t, d: Y } = this.out(x.shape, x);

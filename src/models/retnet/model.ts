@@ -13,8 +13,8 @@ import type { DType } from '../../tensor/dtype.js';
 import { Rng, tiledNormal } from '../../tensor/random.js';
 import { tidy, keep } from '../../tensor/scope.js';
 import type { Tensor } from '../../tensor/tensor.js';
-import { add, mul, scale } from '../../ops/math.js';
-import { activation, dropout, rmsNorm, silu } from '../../ops/nn.js';
+import { add, scale } from '../../ops/math.js';
+import { activation, dropout, gatedRmsNorm, rmsNorm } from '../../ops/nn.js';
 import { type RetentionState, retentionForward, retentionStep } from '../../ops/retention.js';
 import { rotary } from '../../ops/rotary.js';
 import { concat, reshape, slice } from '../../ops/shape.js';
@@ -247,23 +247,26 @@ export class MultiScaleRetention extends Module {
     return { q, k, v };
   }
 
-  /** The output: out_proj(silu(g) ⊙ groupnorm(o)) (or out_proj(groupnorm(o)) without the gate), o: [B, T, H, V]. */
+  /**
+   * The output: out_proj(silu(g) ⊙ groupnorm(o)) (or out_proj(groupnorm(o)) without the gate), o: [B, T, H, V]. The
+   * gated norm is one op (per head, over V) that keeps only o and g for its backward.
+   */
   private output(x: Tensor, o: Tensor): Tensor {
     const [B, T, H, V] = o.shape as [number, number, number, number];
-    const normed = rmsNorm(o, this.groupNorm?.weight ?? null, this.config.normEps); // per head, over V
+    const w = this.groupNorm?.weight ?? null;
+    let normed: Tensor;
+    if (this.gProj) {
+      const gFlat = this.gProj.forward(x); // [B, T, H·V]
+      const g = reshape(gFlat, [B, T, H, V]);
+      release(gFlat);
+      normed = gatedRmsNorm(o, g, w, this.config.normEps);
+      release(g);
+    } else normed = rmsNorm(o, w, this.config.normEps);
     release(o);
     const flat = reshape(normed, [B, T, H * V]);
     release(normed);
-    let gated = flat;
-    if (this.gProj) {
-      const g = this.gProj.forward(x);
-      const gate = silu(g);
-      release(g);
-      gated = mul(gate, flat);
-      release(gate, flat);
-    }
-    const y = this.outProj.forward(gated);
-    release(gated);
+    const y = this.outProj.forward(flat);
+    release(flat);
     return y;
   }
 
