@@ -12,12 +12,15 @@ import {
   type Flags,
   UsageError,
   bool,
+  choice,
   defineCommand,
   int,
   intItem,
+  num,
   list,
   text,
 } from '../src/cli/command.js';
+import { WEIGHT_FORMATS } from '../src/quant/formats.js';
 import { setOutputRoot } from './lib.js';
 
 const quick = bool('a smaller configuration, in under two minutes');
@@ -74,6 +77,17 @@ export const suites: Command[] = [
     'training-step tokens/s, peak memory and MFU vs length: RetNet parallel/chunkwise vs Transformer',
     { quick, report },
     async (v) => (await import('./train.js')).trainSuite(v),
+  ),
+  suite(
+    'budget',
+    'decode tokens/s at the largest batch that fits a memory budget (Figure 6): 357M RetNet vs Transformer',
+    {
+      quick,
+      report,
+      budget: num('the memory budget in GiB (default 8; --quick 0.09)', { min: 0.01, max: 1024 }),
+      weights: choice('weight format', WEIGHT_FORMATS, { default: 'bf16' }),
+    },
+    async (v) => (await import('./budget.js')).budgetSuite(v),
   ),
   suite(
     'trainmem',
