@@ -340,7 +340,19 @@ describe('bench peer and the CLI', () => {
       });
     const list = cli(['--help']);
     assert.equal(list.status, 0, list.stderr);
-    for (const s of ['decode', 'batch', 'train', 'quality', 'peer', 'gemm', 'attention', 'generate', 'data'])
+    for (const s of [
+      'decode',
+      'batch',
+      'train',
+      'quality',
+      'peer',
+      'gemm',
+      'attention',
+      'generate',
+      'data',
+      'budget',
+      'trainmem',
+    ])
       assert.match(list.stdout, new RegExp(`\\n  ${s} `));
     const bad = cli(['nope']);
     assert.equal(bad.status, 2);
