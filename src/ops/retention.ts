@@ -92,8 +92,9 @@ export function retentionForward(
   const normalize = opts.normalize ?? true;
   const run = { chunkSize, normalize, initialState, segments, returnFinalState: opts.returnFinalState === true };
   const { o, r, finalState } = kern.retentionForward(form, q, k, v, gammas, run);
-  // o is [B, T, H, V] (V = 2K in RetNet) and only the gated norm after it reads it: recomputing it from q, k, v
-  // (which the backward keeps anyway) costs one more forward pass of the kernel and frees V floats per head and token.
+  // o is [B, T, H, V] (V = 2K in RetNet) and only the gated norm after it reads it: in the chunkwise form,
+  // recomputing it from q, k, v (which the backward keeps anyway) costs one more linear-time pass of the kernel and
+  // frees V floats per head and token. The parallel form's pass is quadratic in T, so there o is kept.
   const recompute = () => {
     const again = kern.retentionForward(form, q, k, v, gammas, { ...run, returnFinalState: false });
     again.r.dispose();
@@ -109,7 +110,7 @@ export function retentionForward(
         r.dispose();
         return [dq, dk, dv];
       },
-      { saved: [q, k, v], recompute },
+      { saved: [q, k, v], recompute: form === 'chunkwise' ? recompute : undefined },
     );
   else r.dispose();
   return { o, finalState };
