@@ -41,6 +41,10 @@ export const suites: Record<string, Suite> = {
     summary: 'attention kernels: validation, naive vs flash fwd/fwd+bwd by length, KV-cache decode kernel',
     run: async (argv) => (await import('./attention.js')).attentionSuite(argv),
   },
+  pretrained: {
+    summary: 'a pretrained fla RetNet at 1.3B (random-weight stand-in unless --model DIR): load time, peak RSS, decode',
+    run: async (argv) => (await import('./pretrained.js')).pretrainedSuite(argv),
+  },
   gemm: {
     summary: 'GEMM GFLOP/s vs OpenBLAS from C, tiny-op overhead, copy bandwidth [--sizes 256,1024]',
     run: async (argv) => (await import('./gemm.js')).gemmSuite(argv),
