@@ -77,16 +77,17 @@ class RetNet(torch.nn.Module):
     @torch.no_grad()
     def step(self, tokens, pos, states, scales):
         B = tokens.shape[0]
-        cos, sin = rotary_tables(torch.tensor([pos]), self.k)
         x = self.embed(tokens)  # [B, D]
+        cos, sin = (t.to(x.dtype) for t in rotary_tables(torch.tensor([pos]), self.k))
+        gammas = self.gammas.to(x.dtype)
         for i, b in enumerate(self.blocks):
             h = self.rms(x, b.n1)
             q = rotate(b.q(h).view(B, self.h, self.k), cos, sin)
             k = rotate((b.kp(h) * self.k**-0.5).view(B, self.h, self.k), cos, sin)
             v = b.vp(h).view(B, self.h, self.v)
             prev = scales[i]
-            scales[i] = prev * self.gammas + 1
-            decay = (prev.sqrt() * self.gammas / scales[i].sqrt())[None, :, None, None]
+            scales[i] = prev * gammas + 1
+            decay = (prev.sqrt() * gammas / scales[i].sqrt())[None, :, None, None]
             states[i] = states[i] * decay + (k.unsqueeze(-1) * v.unsqueeze(-2)) / scales[i].sqrt()[None, :, None, None]
             o = self.rms(torch.einsum("bhk,bhkv->bhv", q, states[i])).reshape(B, -1)
             x = x + b.o(F.silu(b.g(h)) * o)
@@ -98,10 +99,14 @@ def main():
     p = argparse.ArgumentParser()
     for name in ("vocab", "d", "dv", "heads", "ffn", "layers", "seq", "batch", "steps", "decode", "threads"):
         p.add_argument(f"--{name}", type=int, required=True)
+    # bench/lowp.ts: decoding only (--steps 0), in float32 or bfloat16, with --decode-batch rows per step
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--decode-batch", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = RetNet(a.vocab, a.d, a.dv, a.heads, a.ffn, a.layers)
+    dtype = getattr(torch, a.dtype)
+    model = RetNet(a.vocab, a.d, a.dv, a.heads, a.ffn, a.layers).to(dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, a.vocab, (a.batch, a.seq))
     targets = torch.randint(0, a.vocab, (a.batch, a.seq))
@@ -112,15 +117,18 @@ def main():
         loss.backward()
         opt.step()
 
-    train_step()  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(a.steps):
-        train_step()
-    train_s = (time.perf_counter() - t0) / a.steps
+    train_s = None
+    if a.steps > 0:
+        train_step()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(a.steps):
+            train_step()
+        train_s = (time.perf_counter() - t0) / a.steps
 
-    states = [torch.zeros(1, a.heads, a.d // a.heads, a.dv // a.heads) for _ in range(a.layers)]
-    scales = [torch.zeros(a.heads) for _ in range(a.layers)]
-    token = torch.tensor([1])
+    B = a.decode_batch
+    states = [torch.zeros(B, a.heads, a.d // a.heads, a.dv // a.heads, dtype=dtype) for _ in range(a.layers)]
+    scales = [torch.zeros(a.heads, dtype=dtype) for _ in range(a.layers)]
+    token = torch.ones(B, dtype=torch.long)
     for pos in range(8):  # warm-up
         model.step(token, pos, states, scales)
     t0 = time.perf_counter()
@@ -131,10 +139,12 @@ def main():
     print(json.dumps({
         "torch_version": torch.__version__,
         "threads": a.threads,
+        "dtype": a.dtype,
+        "decode_batch": B,
         "train_step_s": train_s,
-        "train_tokens_per_s": a.batch * a.seq / train_s,
+        "train_tokens_per_s": a.batch * a.seq / train_s if train_s else None,
         "decode_ms_per_token": decode_s * 1e3,
-        "decode_tokens_per_s": 1 / decode_s,
+        "decode_tokens_per_s": B / decode_s,
     }))
 
 

@@ -29,6 +29,10 @@ export const suites: Record<string, Suite> = {
     summary: 'our RetNet vs the same RetNet in PyTorch on the CPU: training-step and decode tokens/s',
     run: async (argv) => (await import('./peer.js')).peerSuite(argv),
   },
+  lowp: {
+    summary: 'decode with f32/bf16/int8/q4 weights vs the memory bound and PyTorch [--models base,1.3B]',
+    run: async (argv) => (await import('./lowp.js')).lowpSuite(argv),
+  },
   data: {
     summary: 'tokenising Brown into shards (bytes, BPE 4096): cold and reused',
     run: async (argv) => (await import('./data.js')).dataSuite(argv),

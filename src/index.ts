@@ -52,7 +52,10 @@ export {
   type Arch,
   type ModelOptions,
 } from './models/registry.js';
-export { loadModelDir, saveModelDir } from './io/model-dir.js';
+export { loadModelDir, saveModelDir, type LoadOptions } from './io/model-dir.js';
+export { WEIGHT_FORMATS, type WeightFormat, quantize, dequantize } from './quant/formats.js';
+export { quantizeModel, weightBytes } from './quant/model.js';
+export { LowpWeight, lowpLinear } from './quant/linear.js';
 export {
   type RetNetConfig,
   RETNET_PRESETS,

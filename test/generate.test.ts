@@ -8,18 +8,18 @@ import { noGrad } from '../src/autograd/tape.js';
 import { ConfigError } from '../src/errors.js';
 import { DecodeBatch } from '../src/generate/batch.js';
 import { generate } from '../src/generate/generate.js';
-import { Scheduler } from '../src/generate/scheduler.js';
-import { Sampler, argmax, samplingSettings } from '../src/generate/sampler.js';
+import { STEP_PREFILL_COST, Scheduler } from '../src/generate/scheduler.js';
+import { Sampler, argmax, logSoftmaxTop, samplingSettings } from '../src/generate/sampler.js';
 import { Sequence, type GenerationEvent, type GenerationRequest } from '../src/generate/sequence.js';
 import { IncrementalDetokenizer, StopMatcher } from '../src/generate/text.js';
-import type { CausalLM } from '../src/models/lm.js';
+import type { CausalLM, DecodeState } from '../src/models/lm.js';
 import { createModel } from '../src/models/registry.js';
 import type { RetNetModel } from '../src/models/retnet/model.js';
 import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
 import { assertClose, ref } from './helpers.js';
-import { ScriptedLM, ToyLM } from './toy-lm.js';
+import { ContinuingToyLM, ScriptedLM, ToyLM } from './toy-lm.js';
 
 const tok = new ByteTokenizer();
 const utf8 = (s: string) => Array.from(new TextEncoder().encode(s));
@@ -145,6 +145,45 @@ describe('sampler', () => {
     assert.ok(Math.abs(f[0]! - softmax([1, 0.5])[0]!) < 0.01);
   });
 
+  it('presence and frequency penalties subtract once and per occurrence of generated tokens', () => {
+    const counts = new Map([[0, 3]]);
+    // Token 0 was generated 3 times: its logit 2 becomes 2 − 0.5 − 3·0.2 = 0.9 < 1.
+    assert.equal(
+      sampler({ temperature: 0, presencePenalty: 0.5, frequencyPenalty: 0.2 }).sample([2, 1], new Set(), counts),
+      1,
+    );
+    assert.equal(
+      sampler({ temperature: 0, presencePenalty: 0.5, frequencyPenalty: 0.1 }).sample([2, 1], new Set(), counts),
+      0,
+    );
+    const f = frequencies(sampler({ presencePenalty: 1, seed: 3 }), [1, 1], 40000);
+    assert.ok(Math.abs(f[0]! - 0.5) < 0.01, 'no counts, no penalty');
+  });
+
+  it('logit bias shifts logits; min-p drops tokens less likely than min_p times the likeliest', () => {
+    assert.equal(sampler({ temperature: 0, logitBias: new Map([[2, 5]]) }).sample([2, 1, -2]), 2);
+    const probs = [0.5, 0.3, 0.15, 0.05];
+    // min_p 0.25: the threshold is 0.125, so 0.05 goes and the rest keep their proportions.
+    const f = frequencies(sampler({ minP: 0.25, seed: 8 }), probs.map(Math.log), 40000);
+    assert.equal(f[3], 0);
+    assert.ok(Math.abs(f[0]! - 0.5 / 0.95) < 0.01 && Math.abs(f[2]! - 0.15 / 0.95) < 0.01, JSON.stringify(f));
+    assert.deepEqual(frequencies(sampler({ minP: 0.7, seed: 8 }), probs.map(Math.log), 100), [1, 0, 0, 0]);
+  });
+
+  it('logSoftmaxTop: the log-probability and the k likeliest, ties by lower id', () => {
+    const logits = [1, 3, 3, -1];
+    const z = Math.log(logits.reduce((a, x) => a + Math.exp(x), 0));
+    const r = logSoftmaxTop(logits, 0, 2);
+    assert.ok(Math.abs(r.logprob - (1 - z)) < 1e-12);
+    assert.deepEqual(
+      r.top.map((t) => t.token),
+      [1, 2],
+    );
+    assert.ok(Math.abs(r.top[0]!.logprob - (3 - z)) < 1e-12);
+    assert.deepEqual(logSoftmaxTop(logits, 3, 0).top, []);
+    assert.equal(logSoftmaxTop(logits, 3, 10).top.length, 4);
+  });
+
   it('is reproducible from its seed', () => {
     const draw = (seed: number) =>
       Array.from(
@@ -164,6 +203,8 @@ describe('sampler', () => {
     assert.throws(() => samplingSettings({ topP: 0 }), /topP must be a number in \(0, 1\]/);
     assert.throws(() => samplingSettings({ repetitionPenalty: 0 }), /repetitionPenalty/);
     assert.throws(() => samplingSettings({ seed: -3 }), ConfigError);
+    assert.throws(() => samplingSettings({ minP: 2 }), /minP must be a number in \[0, 1\]/);
+    assert.throws(() => samplingSettings({ presencePenalty: NaN }), /presencePenalty must be a finite number/);
   });
 });
 
@@ -421,7 +462,8 @@ describe('generate', () => {
         { prompt: 'ok', maxNewTokens: 1 },
         { prompt: 'x', maxNewTokens: 4, ...r } as GenerationRequest,
       ]);
-    assert.throws(bad({ maxNewTokens: 0 }), /requests\[1\]\.maxNewTokens must be an integer >= 1, got 0/);
+    assert.throws(bad({ maxNewTokens: -1 }), /requests\[1\]\.maxNewTokens must be an integer >= 0, got -1/);
+    assert.throws(bad({ logprobs: 21 }), /requests\[1\]\.logprobs must be an integer in \[0, 20\], got 21/);
     assert.throws(bad({ prompt: [] }), /requests\[1\]\.prompt is an empty list/);
     assert.throws(bad({ prompt: [3, 999] }), /requests\[1\]\.prompt token 1 \(999\) is not an id .* \[0, 259\)/);
     assert.throws(bad({ stop: [''] }), /requests\[1\]\.stop must be an array of non-empty strings/);
@@ -441,9 +483,9 @@ describe('generate', () => {
 describe('scheduler', () => {
   for (const [name, makeModel, steps] of [
     ['into one batch (state.append)', () => new ToyLM(tok.vocabSize, 4, ref), 7],
-    ['as batches of their own (no state.append)', () => new ScriptedLM(tok.vocabSize, utf8('abc'), ref), 4 + 7 + 2 + 5],
+    ['as batches of their own (no state.append)', () => new ScriptedLM(tok.vocabSize, utf8('abc'), ref), 7 + 5],
   ] as const)
-    it(`prefills each request alone, decodes them ${name}, and yields between model calls`, async () => {
+    it(`prefills requests admitted together in one call, decodes them ${name}, and yields between model calls`, async () => {
       const model: CausalLM = makeModel();
       const { log, calls, stop } = watchModelCalls(model);
       const before = ref.memory.current;
@@ -459,15 +501,77 @@ describe('scheduler', () => {
       const late = drain(scheduler.submit(request(6)));
       assert.deepEqual(await Promise.all([...first, late]), [5, 8, 3, 6]);
       stop();
-      // Joined, the rows share the steps: 7 after the prefills for the longest (8 tokens), and the late one (6 tokens)
-      // arrives within its first two. Apart, each request takes maxNewTokens − 1 steps of its own.
-      assert.deepEqual(calls().slice(0, 3), ['prefill 1', 'prefill 1', 'prefill 1']);
-      assert.equal(calls().filter((c) => c === 'prefill 1').length, 4);
+      // The three submitted together are prefilled in one call and decode as one batch: 7 steps for the longest (8
+      // tokens). The late one (6 tokens) has a prefill of its own and, joined, arrives within the first batch's steps;
+      // apart, it takes its own 5.
+      assert.deepEqual(calls()[0], 'prefill 3');
+      assert.deepEqual(
+        calls().filter((c) => c.startsWith('prefill')),
+        ['prefill 3', 'prefill 1'],
+      );
       assert.equal(calls().filter((c) => c.startsWith('step')).length, steps);
       if (name.startsWith('into')) assert.ok(calls().includes('step 4'), 'all four rows in one step');
       assertTurnsBetweenCalls(log);
       assert.equal(scheduler.activeCount, 0);
       assert.equal(ref.memory.current, before);
+    });
+
+  for (const continuing of [true, false])
+    it(`prefills a long prompt in pieces between the decode steps of the running batch (${continuing ? 'prefill continues a state' : 'pieces fed through step()'}); the tokens do not change`, async () => {
+      const model = continuing ? new ContinuingToyLM(tok.vocabSize, 4, ref) : new ToyLM(tok.vocabSize, 4, ref);
+      // The calls as the scheduler makes them: prefill (rows, tokens, continued?) and step (rows).
+      const calls: string[] = [];
+      const prefill = model.prefill.bind(model) as ContinuingToyLM['prefill'];
+      const step = model.step.bind(model);
+      let inPrefill = false;
+      model.prefill = (prompts: readonly (readonly number[])[], opts: { state?: DecodeState } = {}) => {
+        calls.push(`prefill ${prompts.map((p) => p.length).join('+')}${opts.state ? ' (continued)' : ''}`);
+        inPrefill = true;
+        try {
+          return prefill(prompts, opts);
+        } finally {
+          inPrefill = false;
+        }
+      };
+      model.step = (tokens, state) => {
+        if (!inPrefill) calls.push(`step ${tokens.length}`);
+        return step(tokens, state);
+      };
+      const before = ref.memory.current;
+      const scheduler = new Scheduler(model, tok, { maxActive: 4, maxQueued: 4, prefillChunk: 8 });
+      const tokens = async (events: AsyncIterable<GenerationEvent>) => {
+        const out: number[] = [];
+        for await (const e of events) if (e.type === 'token') out.push(e.token);
+        return out;
+      };
+      const long = 'a long prompt of thirty-one toks';
+      const greedy = { temperature: 0 };
+      // Two rows decoding (steps of 2), so that a piece fed through step() (1 row) shows apart from them.
+      const running = ['x', 'y'].map((prompt) =>
+        tokens(scheduler.submit({ prompt, maxNewTokens: 30, ignoreEos: true })),
+      );
+      while (!calls.includes('step 2')) await new Promise((resolve) => setImmediate(resolve));
+      const late = await tokens(scheduler.submit({ prompt: long, maxNewTokens: 5, ignoreEos: true, sampling: greedy }));
+      await Promise.all(running);
+      assert.equal(ref.memory.current, before, 'every piece state freed');
+      const at = calls.indexOf('step 2');
+      // 32 tokens: a fresh prefill of 8, then the other 24 in pieces, each followed by a decode step of the two
+      // running rows (of all three after the last). A continuing prefill takes pieces of 8 in one call; step() takes
+      // 8 / STEP_PREFILL_COST tokens (at least 1) per piece, one call each.
+      const size = continuing ? 8 : Math.max(1, Math.floor(8 / STEP_PREFILL_COST));
+      const expected = ['prefill 8', 'step 2'];
+      for (let done = 8; done < 32; done += size) {
+        expected.push(...(continuing ? [`prefill ${size} (continued)`] : Array<string>(size).fill('step 1')));
+        expected.push(done + size < 32 ? 'step 2' : 'step 3');
+      }
+      assert.deepEqual(calls.slice(at + 1, at + 1 + expected.length), expected);
+      const alone = await collect(
+        generate(new ToyLM(tok.vocabSize, 4, ref), tok, [
+          { prompt: long, maxNewTokens: 5, ignoreEos: true, sampling: greedy },
+        ]),
+        1,
+      );
+      assert.deepEqual(late, alone[0]!.tokens);
     });
 
   it('a failing model call fails the streams it was serving and leaves the scheduler usable', async () => {

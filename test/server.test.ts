@@ -6,34 +6,18 @@ import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { generate } from '../src/generate/generate.js';
-import { createModel } from '../src/models/registry.js';
 import { type RunningServer, type ServerOptions, startServer } from '../src/server/server.js';
 import type { CausalLM } from '../src/models/lm.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
 import { ref } from './helpers.js';
-import { ScriptedLM } from './toy-lm.js';
+import { ScriptedLM, tinyServingModel } from './toy-lm.js';
 
 const tok = new ByteTokenizer();
 const utf8 = (s: string) => Array.from(new TextEncoder().encode(s));
 const SCRIPT = 'Grüße, 世界! 🙂 The end. ';
 
-function retnet(): CausalLM {
-  return createModel(
-    'retnet',
-    'tiny',
-    { vocabSize: tok.vocabSize, embedDim: 16, valueDim: 32, ffnDim: 32, heads: 2, layers: 2 },
-    { backend: ref, dtype: 'float64', seed: 2 },
-  );
-}
-
-function transformer(): CausalLM {
-  return createModel(
-    'transformer',
-    'tiny',
-    { vocabSize: tok.vocabSize, embedDim: 16, ffnDim: 32, heads: 2, layers: 2 },
-    { backend: ref, dtype: 'float64', seed: 2 },
-  );
-}
+const retnet = () => tinyServingModel('retnet');
+const transformer = () => tinyServingModel('transformer');
 
 /** A scripted model that counts its decode steps. */
 function scripted(): ScriptedLM & { steps: number } {
@@ -190,7 +174,7 @@ describe('server: completions', () => {
     await expectError(r, 415, /Content-Type/);
     const cases: [unknown, RegExp, string][] = [
       [{}, /'prompt': required/, 'prompt'],
-      [{ prompt: 3 }, /'prompt': expected a string or a non-empty array of strings/, 'prompt'],
+      [{ prompt: 3 }, /'prompt': expected a string, a non-empty array of strings, an array of token ids/, 'prompt'],
       [{ prompt: [] }, /'prompt'/, 'prompt'],
       [{ prompt: 'a', max_tokens: 0 }, /'max_tokens': expected an integer in \[1, 100\], got 0/, 'max_tokens'],
       [{ prompt: 'a', max_tokens: 2.5 }, /'max_tokens'/, 'max_tokens'],
@@ -202,9 +186,18 @@ describe('server: completions', () => {
       [{ prompt: 'a', stop: [''] }, /'stop'/, 'stop'],
       [{ prompt: 'a', stream: 'yes' }, /'stream': expected true or false/, 'stream'],
       [{ prompt: 'a', stream_options: { include_usage: true } }, /only allowed with "stream": true/, 'stream_options'],
-      [{ prompt: 'a', n: 2 }, /'n': not supported/, 'n'],
-      [{ prompt: 'a', logprobs: 3 }, /'logprobs': not supported/, 'logprobs'],
-      [{ prompt: 'a', temprature: 1 }, /'temprature': unknown field/, 'temprature'],
+      [{ prompt: 'a', n: 0 }, /'n': expected an integer in \[1, 16\], got 0/, 'n'],
+      [{ prompt: 'a', n: 17 }, /'n': expected an integer in \[1, 16\]/, 'n'],
+      [{ prompt: 'a', best_of: 3 }, /'best_of': only best_of = n/, 'best_of'],
+      [{ prompt: 'a', logprobs: 21 }, /'logprobs': expected an integer in \[0, 20\]/, 'logprobs'],
+      [{ prompt: 'a', max_tokens: 0, echo: false }, /'max_tokens': expected an integer in \[1, 100\]/, 'max_tokens'],
+      [{ prompt: 'a', min_p: 1.5 }, /'min_p'/, 'min_p'],
+      [{ prompt: 'a', presence_penalty: 3 }, /'presence_penalty': expected a number in \[-2, 2\]/, 'presence_penalty'],
+      [{ prompt: 'a', logit_bias: { x: 1 } }, /'logit_bias': key "x" is not a token id/, 'logit_bias'],
+      [{ prompt: 'a', logit_bias: { 300: 1 } }, /'logit_bias': key "300" .*\[0, 259\)/, 'logit_bias'],
+      [{ prompt: 'a', logit_bias: { 3: 101 } }, /'logit_bias': the bias of token 3 .*\[-100, 100\]/, 'logit_bias'],
+      [{ prompt: [1, 2, 999] }, /'prompt': prompt\[2\] = 999 is not a token id/, 'prompt'],
+      [{ prompt: [[1], []] }, /'prompt': expected a string/, 'prompt'],
     ];
     for (const [body, message, param] of cases) await expectError(await post(server, body), 400, message, param);
     await expectError(await post(server, { model: 'gpt-4', prompt: 'a' }), 404, /'gpt-4' does not exist/, 'model');

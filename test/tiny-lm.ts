@@ -30,7 +30,7 @@ export class TinyLM extends Module implements CausalLM {
     readonly dim: number,
     readonly dropoutRate: number,
     seed: number,
-    backend: Device,
+    readonly backend: Device,
   ) {
     super();
     const opts = { backend, dtype: 'float32' as const };

@@ -15,6 +15,8 @@ import type { DType } from '../src/tensor/dtype.js';
 import { Rng } from '../src/tensor/random.js';
 import { keep, tidy } from '../src/tensor/scope.js';
 import type { Tensor } from '../src/tensor/tensor.js';
+import { createModel } from '../src/models/registry.js';
+import { ref } from './helpers.js';
 
 class RunningSumState implements DecodeState {
   constructor(
@@ -202,4 +204,46 @@ export class ScriptedLM extends Module implements CausalLM {
     state.positions = state.positions.map((p) => p + 1);
     return this.logits(state.positions.map((p, r) => p - state.starts[r]!));
   }
+}
+
+/**
+ * A ToyLM whose prefill can continue a state (`opts.state`: each row's prompt follows what it consumed), as the
+ * scheduler's piecewise prefill expects: the running sum just keeps growing.
+ */
+export class ContinuingToyLM extends ToyLM {
+  readonly continuesPrefill = true;
+
+  override prefill(
+    prompts: readonly (readonly number[])[],
+    opts: { state?: DecodeState } = {},
+  ): { logits: Tensor; state: DecodeState } {
+    const given = opts.state;
+    if (!given) return super.prefill(prompts);
+    if (!(given instanceof RunningSumState) || given.batch !== prompts.length)
+      throw new ShapeError('ContinuingToyLM.prefill: state and prompts do not match');
+    // Feed each piece token by token through step(): the same sums, whatever the split.
+    let logits: Tensor | null = null;
+    const longest = Math.max(...prompts.map((p) => p.length));
+    if (prompts.some((p) => p.length !== longest))
+      throw new ShapeError('ContinuingToyLM.prefill: continued pieces must have one length');
+    for (let j = 0; j < longest; j++) {
+      logits?.dispose();
+      logits = this.step(
+        prompts.map((p) => p[j]!),
+        given,
+      );
+    }
+    return { logits: logits!, state: given };
+  }
+}
+
+/** The small float64 RetNet and Transformer the server tests serve, on the byte tokenizer's vocabulary (259). */
+export function tinyServingModel(arch: 'retnet' | 'transformer'): CausalLM {
+  const dims = arch === 'retnet' ? { embedDim: 16, valueDim: 32, ffnDim: 32 } : { embedDim: 16, ffnDim: 32 };
+  return createModel(
+    arch,
+    'tiny',
+    { vocabSize: 259, ...dims, heads: 2, layers: 2 },
+    { backend: ref, dtype: 'float64', seed: 2 },
+  );
 }

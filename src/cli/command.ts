@@ -3,6 +3,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 import { RetnetError } from '../errors.js';
+import { WEIGHT_FORMATS, type WeightFormat } from '../quant/formats.js';
 
 export interface Command {
   name: string;
@@ -34,6 +35,18 @@ export function parseFlags<T extends FlagSpec>(
   } catch (e) {
     throw new UsageError(`${command}: ${(e as Error).message}`);
   }
+}
+
+/** `--weights f32|bf16|int8|q4` (generate, serve, eval, logits): the format every Linear's weight is converted to at
+ * load (src/quant); absent, the weights stay as the checkpoint loads them. */
+export const WEIGHTS_FLAG = { weights: { type: 'string' } } as const;
+export const WEIGHTS_USAGE = `[--weights ${WEIGHT_FORMATS.join('|')}]`;
+
+export function weightsFlag(command: string, value: string | undefined): WeightFormat | undefined {
+  if (value === undefined) return undefined;
+  if (!(WEIGHT_FORMATS as readonly string[]).includes(value))
+    throw new UsageError(`${command}: --weights must be one of ${WEIGHT_FORMATS.join(', ')}, got '${value}'`);
+  return value as WeightFormat;
 }
 
 /** Parses a flag value as an integer within [min, max]. */

@@ -12,7 +12,17 @@ import { RetNetModel } from '../models/retnet/model.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { ShardReader, prepareData } from '../train/data.js';
 import { evaluate } from '../train/evaluate.js';
-import { type Command, UsageError, choiceFlag, intFlag, numberFlag, parseFlags } from './command.js';
+import {
+  type Command,
+  UsageError,
+  choiceFlag,
+  intFlag,
+  numberFlag,
+  parseFlags,
+  WEIGHTS_FLAG,
+  WEIGHTS_USAGE,
+  weightsFlag,
+} from './command.js';
 import { DATA_FLAGS, DEFAULT_CACHE, type RunSettings } from './train.js';
 
 const SPLITS = ['val', 'train', 'all'] as const;
@@ -22,13 +32,15 @@ export const evalCommand: Command = {
   summary: 'print the loss and perplexity of a model on data (JSON line with "loss" and "ppl")',
   usage:
     'retnet eval --model DIR --data PATH|brown [--split val|train|all --seq-len N --batch N --max-batches N ' +
-    '--form parallel|chunkwise --chunk-size N --val-fraction X --jsonl-field NAME --skip-bad-data --cache DIR]',
+    '--form parallel|chunkwise --chunk-size N --val-fraction X --jsonl-field NAME --skip-bad-data --cache DIR] ' +
+    WEIGHTS_USAGE,
   async run(argv) {
     const { values: v } = parseFlags('eval', argv, {
       ...DATA_FLAGS,
       model: { type: 'string' },
       split: { type: 'string' },
       'max-batches': { type: 'string' },
+      ...WEIGHTS_FLAG,
     });
     if (!v.model) throw new UsageError('eval: --model DIR is required');
     if (!v.data) throw new UsageError('eval: --data PATH|brown is required');
@@ -43,7 +55,7 @@ export const evalCommand: Command = {
     if (split !== 'all' && valFraction === 0)
       throw new UsageError(`eval: --split ${split} needs a validation fraction above 0 (or use --split all)`);
 
-    const { model, tokenizer } = loadModelDir(dir);
+    const { model, tokenizer } = loadModelDir(dir, { weights: weightsFlag('eval', v.weights) });
     if (!tokenizer)
       throw new FormatError(`${dir}: no tokenizer.json; eval needs the tokenizer the model was trained with`);
     let forward = (ids: Tensor) => model.forward(ids);

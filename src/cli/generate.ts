@@ -7,16 +7,32 @@ import type { SamplingOptions } from '../generate/sampler.js';
 import type { CausalLM } from '../models/lm.js';
 import { loadModelDir } from '../io/model-dir.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
-import { type Command, UsageError, intFlag, numberFlag, parseFlags } from './command.js';
+import type { WeightFormat } from '../quant/formats.js';
+import {
+  type Command,
+  UsageError,
+  WEIGHTS_FLAG,
+  WEIGHTS_USAGE,
+  intFlag,
+  numberFlag,
+  parseFlags,
+  weightsFlag,
+} from './command.js';
 
-/** Loads a model directory for generation, which needs its tokenizer. */
-export function loadForGeneration(dir: string): { model: CausalLM; tokenizer: Tokenizer } {
-  const { model, tokenizer } = loadModelDir(dir);
+/** Loads a model directory for generation, which needs its tokenizer (weights: as `--weights`). */
+export function loadForGeneration(
+  dir: string,
+  weights?: WeightFormat,
+): { model: CausalLM; tokenizer: Tokenizer; chatTemplate?: string } {
+  const loaded = loadModelDir(dir, { weights });
+  const { model, tokenizer } = loaded;
   if (!tokenizer) {
     model.dispose();
     throw new ConfigError(`${dir}: no tokenizer.json; generation needs the tokenizer the model was trained with`);
   }
-  return { model, tokenizer };
+  // tokenizer_config.json's chat_template, once the model-directory loader reads it.
+  const { chatTemplate } = loaded as { chatTemplate?: unknown };
+  return { model, tokenizer, ...(typeof chatTemplate === 'string' ? { chatTemplate } : {}) };
 }
 
 export interface GenerateTextOptions {
@@ -87,7 +103,7 @@ export const generateCommand: Command = {
   summary: 'stream the continuation of a prompt (speed on stderr)',
   usage:
     'retnet generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] ' +
-    '[--repetition-penalty R] [--seed S] [--stop STRING] [--ignore-eos]',
+    `[--repetition-penalty R] [--seed S] [--stop STRING] [--ignore-eos] ${WEIGHTS_USAGE}`,
   async run(argv) {
     const { values } = parseFlags('generate', argv, {
       model: { type: 'string' },
@@ -100,6 +116,7 @@ export const generateCommand: Command = {
       seed: { type: 'string' },
       stop: { type: 'string' },
       'ignore-eos': { type: 'boolean' },
+      ...WEIGHTS_FLAG,
     });
     if (!values.model) throw new UsageError('generate: --model DIR is required');
     if (values.prompt === undefined) throw new UsageError('generate: --prompt TEXT is required');
@@ -123,7 +140,7 @@ export const generateCommand: Command = {
       stop: values.stop === undefined || values.stop === '' ? [] : [values.stop],
       ignoreEos: values['ignore-eos'] ?? false,
     };
-    const { model, tokenizer } = loadForGeneration(values.model);
+    const { model, tokenizer } = loadForGeneration(values.model, weightsFlag('generate', values.weights));
     // Ctrl-C ends the generation cleanly (the text so far and the speed line are still printed).
     const interrupt = new AbortController();
     const onSigint = () => interrupt.abort();

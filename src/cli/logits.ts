@@ -7,7 +7,16 @@ import { loadModelDir } from '../io/model-dir.js';
 import { SIZE_BOUNDS } from '../models/bounds.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { tidy } from '../tensor/scope.js';
-import { type Command, UsageError, choiceFlag, intFlag, parseFlags } from './command.js';
+import {
+  type Command,
+  UsageError,
+  choiceFlag,
+  intFlag,
+  parseFlags,
+  WEIGHTS_FLAG,
+  WEIGHTS_USAGE,
+  weightsFlag,
+} from './command.js';
 
 const FORMS = ['parallel', 'recurrent', 'chunkwise'] as const;
 
@@ -46,7 +55,8 @@ export const logitsCommand: Command = {
   name: 'logits',
   summary: 'print the logits of a token sequence as JSON ({"logits": [[...], ...]})',
   usage:
-    'retnet logits --model DIR --tokens 3,1,4 [--form parallel|recurrent|chunkwise] [--chunk-size N] [--dtype float32|float64]',
+    'retnet logits --model DIR --tokens 3,1,4 [--form parallel|recurrent|chunkwise] [--chunk-size N] [--dtype float32|float64] ' +
+    WEIGHTS_USAGE,
   async run(argv) {
     const { values } = parseFlags('logits', argv, {
       model: { type: 'string' },
@@ -54,13 +64,17 @@ export const logitsCommand: Command = {
       form: { type: 'string' },
       'chunk-size': { type: 'string' },
       dtype: { type: 'string' },
+      ...WEIGHTS_FLAG,
     });
     if (!values.model) throw new UsageError('logits: --model DIR is required');
     const tokens = parseTokens(values.tokens);
     const dtype = choiceFlag('logits', 'dtype', values.dtype, ['float32', 'float64'] as const, 'float32');
     // float64 runs on the reference backend, the only one that holds it.
     const backend = dtype === 'float64' ? getBackend('reference') : getBackend();
-    const { model } = loadModelDir(values.model, { backend, dtype });
+    const weights = weightsFlag('logits', values.weights);
+    if (weights && dtype !== 'float32')
+      throw new UsageError(`logits: --weights ${weights} computes in float32; leave out --dtype ${dtype}`);
+    const { model } = loadModelDir(values.model, { backend, dtype, weights });
     for (const [i, t] of tokens.entries())
       if (t >= model.vocabSize)
         throw new UsageError(`logits: token ${t} at position ${i} is outside the vocabulary [0, ${model.vocabSize})`);

@@ -1,7 +1,8 @@
 // Choosing the next token from one row of logits: greedy (temperature 0), or a draw from the softmax at a temperature,
-// restricted to the k most likely tokens (top-k) and/or the smallest set holding probability p (top-p, nucleus), after
-// a repetition penalty. Each sequence has its own seeded Rng, so a seeded request gives the same text whatever else
-// is in the batch.
+// restricted to the k most likely tokens (top-k), to those at least min-p times as likely as the likeliest (min-p)
+// and/or to the smallest set holding probability p (top-p, nucleus), after the repetition, presence and frequency
+// penalties and a per-token logit bias. Each sequence has its own seeded Rng, so a seeded request gives the same text
+// whatever else is in the batch. Also the log-probabilities a client may ask for (logSoftmaxTop).
 
 import { randomInt } from 'node:crypto';
 
@@ -20,6 +21,14 @@ export interface SamplingOptions {
    * divided by r, a negative one multiplied by r, so r > 1 discourages repeats. 1 is off. Default 1.
    */
   repetitionPenalty?: number;
+  /** Subtracted once from the logit of every token already generated (OpenAI's presence_penalty). Default 0. */
+  presencePenalty?: number;
+  /** Subtracted from a token's logit once per time it was generated (OpenAI's frequency_penalty). Default 0. */
+  frequencyPenalty?: number;
+  /** Added to the logits of the given token ids (OpenAI's logit_bias; -100 about bans a token). Default none. */
+  logitBias?: ReadonlyMap<number, number>;
+  /** Keep only tokens whose probability is at least minP times the likeliest one's; 0 keeps all. Default 0. */
+  minP?: number;
   /** Seed of this sequence's random draws; a random seed when absent. */
   seed?: number;
 }
@@ -37,6 +46,10 @@ export function samplingSettings(opts: SamplingOptions = {}, where = 'sampling')
     topK: opts.topK ?? 0,
     topP: opts.topP ?? 1,
     repetitionPenalty: opts.repetitionPenalty ?? 1,
+    presencePenalty: opts.presencePenalty ?? 0,
+    frequencyPenalty: opts.frequencyPenalty ?? 0,
+    logitBias: opts.logitBias ?? new Map(),
+    minP: opts.minP ?? 0,
     seed: opts.seed ?? randomInt(2 ** 32 - 1),
   };
   const finite = (v: number) => typeof v === 'number' && Number.isFinite(v);
@@ -49,6 +62,14 @@ export function samplingSettings(opts: SamplingOptions = {}, where = 'sampling')
     'a number > 0',
     s.repetitionPenalty,
   );
+  for (const key of ['presencePenalty', 'frequencyPenalty'] as const)
+    check(finite(s[key]), `${where}.${key}`, 'a finite number', s[key]);
+  for (const [token, bias] of s.logitBias)
+    check(Number.isInteger(token) && token >= 0 && finite(bias), `${where}.logitBias`, 'token id -> finite number', [
+      token,
+      bias,
+    ]);
+  check(finite(s.minP) && s.minP >= 0 && s.minP <= 1, `${where}.minP`, 'a number in [0, 1]', s.minP);
   check(
     Number.isInteger(s.seed) && s.seed >= 0 && s.seed < 2 ** 32,
     `${where}.seed`,
@@ -74,23 +95,36 @@ export class Sampler {
     this.rng = new Rng(settings.seed);
   }
 
-  /** The next token for one row of logits [V]; `seen` holds the tokens the repetition penalty applies to. */
-  sample(logits: ArrayLike<number>, seen: ReadonlySet<number>): number {
-    const { temperature, topK, topP, repetitionPenalty } = this.settings;
+  /**
+   * The next token for one row of logits [V]. `seen` holds the tokens the repetition penalty applies to (prompt and
+   * output), `counts` how often each token was generated (presence and frequency penalties).
+   */
+  sample(
+    logits: ArrayLike<number>,
+    seen: ReadonlySet<number> = new Set(),
+    counts: ReadonlyMap<number, number> = new Map(),
+  ): number {
+    const { temperature, topK, topP, minP, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias } =
+      this.settings;
     let scores: ArrayLike<number> = logits;
-    if (repetitionPenalty !== 1) {
-      const penalised = Float64Array.from(logits);
-      for (const t of seen)
-        if (t < penalised.length)
-          penalised[t] = penalised[t]! > 0 ? penalised[t]! / repetitionPenalty : penalised[t]! * repetitionPenalty;
-      scores = penalised;
+    const penalties = presencePenalty !== 0 || frequencyPenalty !== 0;
+    if (repetitionPenalty !== 1 || penalties || logitBias.size > 0) {
+      const adjusted = Float64Array.from(logits);
+      if (repetitionPenalty !== 1)
+        for (const t of seen)
+          if (t < adjusted.length)
+            adjusted[t] = adjusted[t]! > 0 ? adjusted[t]! / repetitionPenalty : adjusted[t]! * repetitionPenalty;
+      if (penalties)
+        for (const [t, c] of counts) if (t < adjusted.length) adjusted[t]! -= presencePenalty + c * frequencyPenalty;
+      for (const [t, bias] of logitBias) if (t < adjusted.length) adjusted[t]! += bias;
+      scores = adjusted;
     }
     if (temperature === 0) return argmax(scores);
 
     // Candidates: every token, or the most likely first when top-k / top-p needs an order (ties by lower id).
     const V = scores.length;
     let ids: number[] = Array.from({ length: V }, (_, i) => i);
-    const truncate = (topK > 0 && topK < V) || topP < 1;
+    const truncate = (topK > 0 && topK < V) || topP < 1 || minP > 0;
     if (truncate) {
       ids.sort((a, b) => scores[b]! - scores[a]! || a - b);
       if (topK > 0 && topK < V) ids = ids.slice(0, topK);
@@ -99,6 +133,13 @@ export class Sampler {
     let max = -Infinity;
     for (const i of ids) if (scores[i]! > max) max = scores[i]!;
     const probs = ids.map((i) => Math.exp((scores[i]! - max) / temperature));
+    if (minP > 0) {
+      // ids are sorted, so probs[0] is the likeliest (its scaled probability is exp(0) = 1).
+      let keepN = 1;
+      while (keepN < probs.length && probs[keepN]! >= minP) keepN++;
+      ids = ids.slice(0, keepN);
+      probs.length = keepN;
+    }
     let total = probs.reduce((a, b) => a + b, 0);
     if (topP < 1) {
       // ids are sorted by probability: keep the shortest prefix whose mass reaches topP (at least one token).
@@ -116,4 +157,38 @@ export class Sampler {
     }
     return ids[ids.length - 1]!; // u landed on the rounding remainder of `total`
   }
+}
+
+/** A token's log-probability, and the likeliest alternatives at its position when asked for. */
+export interface TokenLogprob {
+  token: number;
+  logprob: number;
+  /** The `k` likeliest tokens there, most likely first (ties by lower id). */
+  top: { token: number; logprob: number }[];
+}
+
+/**
+ * The model's log-probability of `token` under the log-softmax of one row of logits [V] (the model's own
+ * distribution: before penalties, bias and temperature), and the k likeliest tokens with theirs.
+ */
+export function logSoftmaxTop(logits: ArrayLike<number>, token: number, k: number): TokenLogprob {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i]! > max) max = logits[i]!;
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i]! - max);
+  const logZ = max + Math.log(sum);
+  // The k largest by insertion into a short sorted list: k is at most 20, V up to ~10^5.
+  const top: number[] = [];
+  for (let i = 0; i < logits.length && k > 0; i++) {
+    if (top.length === k && logits[i]! <= logits[top[k - 1]!]!) continue;
+    let at = top.length;
+    while (at > 0 && logits[top[at - 1]!]! < logits[i]!) at--;
+    top.splice(at, 0, i);
+    if (top.length > k) top.pop();
+  }
+  return {
+    token,
+    logprob: logits[token]! - logZ,
+    top: top.map((t) => ({ token: t, logprob: logits[t]! - logZ })),
+  };
 }

@@ -4,13 +4,13 @@
 
 import { ConfigError } from '../errors.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
-import { type SamplingOptions, Sampler, samplingSettings } from './sampler.js';
+import { type SamplingOptions, Sampler, type TokenLogprob, logSoftmaxTop, samplingSettings } from './sampler.js';
 import { IncrementalDetokenizer, StopMatcher } from './text.js';
 
 export interface GenerationRequest {
   /** Text (encoded with the tokenizer) or token ids. An empty text starts from the end-of-text token. */
   prompt: string | readonly number[];
-  /** The most tokens to generate (>= 1). */
+  /** The most tokens to generate (0: none; the prompt alone is scored, see promptLogprobs). */
   maxNewTokens: number;
   sampling?: SamplingOptions;
   /** Generation ends before the first occurrence of any of these strings, which is not part of the output. */
@@ -19,7 +19,14 @@ export interface GenerationRequest {
   ignoreEos?: boolean;
   /** Cancels this sequence alone. */
   signal?: AbortSignal;
+  /** Each token event carries the token's log-probability and this many likeliest alternatives (0-20). */
+  logprobs?: number;
+  /** The sequence's first event carries every prompt token's log-probability and this many alternatives (0-20). */
+  promptLogprobs?: number;
 }
+
+/** The most alternatives a token's log-probability may come with. */
+export const MAX_TOP_LOGPROBS = 20;
 
 /** 'stop': end-of-text token or a stop string; 'length': maxNewTokens reached; 'abort': cancelled. */
 export type FinishReason = 'stop' | 'length' | 'abort';
@@ -31,7 +38,14 @@ export interface TokenEvent {
   index: number;
   token: number;
   text: string;
+  /** When the request asked for logprobs. */
+  logprob?: TokenLogprob;
+  /** On a sequence's first event, when the request asked for promptLogprobs. */
+  promptLogprobs?: PromptLogprobs;
 }
+
+/** The log-probability of each prompt token given the ones before (null for the first token). */
+export type PromptLogprobs = (TokenLogprob | null)[];
 
 /** The sequence is finished; `text` is the last of its text (held back until now). */
 export interface EndEvent {
@@ -41,6 +55,8 @@ export interface EndEvent {
   finishReason: FinishReason;
   promptTokens: number;
   completionTokens: number;
+  /** On a sequence's first event, when the request asked for promptLogprobs. */
+  promptLogprobs?: PromptLogprobs;
 }
 
 export type GenerationEvent = TokenEvent | EndEvent;
@@ -59,6 +75,13 @@ export class Sequence {
   private readonly stops: StopMatcher;
   /** Tokens the repetition penalty applies to (prompt and output); empty when the penalty is off. */
   private readonly seen = new Set<number>();
+  /** How often each token was generated (presence and frequency penalties); empty when they are off. */
+  private readonly counts = new Map<number, number>();
+  private readonly penalised: boolean;
+  readonly logprobs: number | undefined;
+  readonly promptLogprobs: number | undefined;
+  /** Scored prompt logprobs, until the first event takes them. */
+  private scored: PromptLogprobs | undefined;
   readonly signal: AbortSignal | undefined;
   completionTokens = 0;
   /** The token to feed at the next step. */
@@ -74,8 +97,15 @@ export class Sequence {
     where = 'request',
   ) {
     const { prompt, maxNewTokens, stop = [] } = request;
-    if (!Number.isInteger(maxNewTokens) || maxNewTokens < 1)
-      throw new ConfigError(`${where}.maxNewTokens must be an integer >= 1, got ${String(maxNewTokens)}`);
+    if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0)
+      throw new ConfigError(`${where}.maxNewTokens must be an integer >= 0, got ${String(maxNewTokens)}`);
+    for (const key of ['logprobs', 'promptLogprobs'] as const) {
+      const k = request[key];
+      if (k !== undefined && (!Number.isInteger(k) || k < 0 || k > MAX_TOP_LOGPROBS))
+        throw new ConfigError(`${where}.${key} must be an integer in [0, ${MAX_TOP_LOGPROBS}], got ${String(k)}`);
+    }
+    this.logprobs = request.logprobs;
+    this.promptLogprobs = request.promptLogprobs;
     if (!Array.isArray(stop) || stop.some((s) => typeof s !== 'string' || s === ''))
       throw new ConfigError(`${where}.stop must be an array of non-empty strings`);
     if (typeof prompt !== 'string' && !Array.isArray(prompt))
@@ -91,6 +121,7 @@ export class Sequence {
     const settings = samplingSettings(request.sampling, `${where}.sampling`);
     this.sampler = new Sampler(settings);
     if (settings.repetitionPenalty !== 1) for (const t of this.promptIds) this.seen.add(t);
+    this.penalised = settings.presencePenalty !== 0 || settings.frequencyPenalty !== 0;
     this.maxNewTokens = maxNewTokens;
     this.ignoreEos = request.ignoreEos ?? false;
     this.detokenizer = new IncrementalDetokenizer(tokenizer);
@@ -98,16 +129,46 @@ export class Sequence {
     this.signal = request.signal;
   }
 
+  /** Whether it generates nothing (maxNewTokens 0): it ends right after its prompt (and its prompt logprobs). */
+  get promptOnly(): boolean {
+    return this.maxNewTokens === 0;
+  }
+
+  /** Scores the prompt from logits [T, V] of its positions (row j predicts token j + 1), for the first event. */
+  scorePrompt(logits: Float32Array | Float64Array, V: number, vocabLimit: number): void {
+    const k = this.promptLogprobs ?? 0;
+    this.scored = this.promptIds.map((token, j) =>
+      j === 0 ? null : logSoftmaxTop(logits.subarray((j - 1) * V, (j - 1) * V + vocabLimit), token, k),
+    );
+  }
+
+  /** The prompt logprobs for the first event (once). */
+  private takeScored(): { promptLogprobs?: PromptLogprobs } {
+    const promptLogprobs = this.scored;
+    this.scored = undefined;
+    return promptLogprobs ? { promptLogprobs } : {};
+  }
+
+  /** Ends a prompt-only sequence (maxNewTokens 0) with finish reason 'length'. */
+  finishPromptOnly(): EndEvent {
+    return this.end('length', '');
+  }
+
   /** Picks the next token from its logits row [V] and returns its event, plus the end event when it finishes. */
   next(logits: ArrayLike<number>): GenerationEvent[] {
-    const token = this.sampler.sample(logits, this.seen);
+    const token = this.sampler.sample(logits, this.seen, this.counts);
     if (this.sampler.settings.repetitionPenalty !== 1) this.seen.add(token);
+    if (this.penalised) this.counts.set(token, (this.counts.get(token) ?? 0) + 1);
+    const logprob = this.logprobs === undefined ? undefined : logSoftmaxTop(logits, token, this.logprobs);
     this.lastToken = token;
     this.completionTokens++;
     if (token === this.tokenizer.eosId && !this.ignoreEos)
-      return [{ type: 'token', index: this.index, token, text: '' }, this.end('stop', this.flush().text)];
+      return [
+        { type: 'token', index: this.index, token, text: '', logprob, ...this.takeScored() },
+        this.end('stop', this.flush().text),
+      ];
     const { text, stopped } = this.stops.push(this.detokenizer.push(token));
-    const event: TokenEvent = { type: 'token', index: this.index, token, text };
+    const event: TokenEvent = { type: 'token', index: this.index, token, text, logprob, ...this.takeScored() };
     if (stopped) return [event, this.end('stop', '')];
     if (this.completionTokens < this.maxNewTokens) return [event];
     const rest = this.flush();
@@ -134,6 +195,7 @@ export class Sequence {
       finishReason,
       promptTokens: this.promptIds.length,
       completionTokens: this.completionTokens,
+      ...this.takeScored(),
     };
   }
 }

@@ -9,6 +9,8 @@ import { retentionGammas } from '../backend/reference/retention-math.js';
 import { FormatError } from '../errors.js';
 import type { CausalLM } from '../models/lm.js';
 import { type ModelOptions, modelConfigJSON, modelFromConfig } from '../models/registry.js';
+import type { WeightFormat } from '../quant/formats.js';
+import { quantizeModel } from '../quant/model.js';
 import { RetNetModel, rotaryAngles } from '../models/retnet/model.js';
 import { loadTokenizer } from '../tokenizer/load.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
@@ -54,8 +56,16 @@ export function readJSON(path: string): unknown {
   }
 }
 
-/** Loads a model directory. Tensors of F64/F32/F16/BF16 load into the requested dtype (default float32). */
-export function loadModelDir(dir: string, opts: ModelOptions = {}): { model: CausalLM; tokenizer: Tokenizer | null } {
+export interface LoadOptions extends ModelOptions {
+  /** Converts every Linear's weight to this format after loading (src/quant/model.ts; `--weights`). */
+  weights?: WeightFormat;
+}
+
+/**
+ * Loads a model directory. Tensors of F64/F32/F16/BF16 load into the requested dtype (default float32); with
+ * `weights`, every Linear is then quantised to that format.
+ */
+export function loadModelDir(dir: string, opts: LoadOptions = {}): { model: CausalLM; tokenizer: Tokenizer | null } {
   if (!existsSync(dir)) throw new FormatError(`${dir}: model directory does not exist`);
   const configPath = join(dir, 'config.json');
   const weightsPath = join(dir, 'model.safetensors');
@@ -63,6 +73,7 @@ export function loadModelDir(dir: string, opts: ModelOptions = {}): { model: Cau
   const model = modelFromConfig(readJSON(configPath), configPath, { ...opts, backend: opts.backend ?? getBackend() });
   const { tensors } = readSafetensors(weightsPath);
   model.loadValues(tensors, weightsPath, (name) => name.startsWith('retnet_rel_pos.'));
+  if (opts.weights) quantizeModel(model, opts.weights);
   const tokPath = join(dir, 'tokenizer.json');
   const tokenizer = existsSync(tokPath) ? loadTokenizer(readFileSync(tokPath, 'utf8'), tokPath) : null;
   return { model, tokenizer };

@@ -1,6 +1,7 @@
 // The interface every language model of the project implements (RetNet and the Transformer baseline), so that the
 // trainer, generation, server and benchmarks work on either.
 
+import type { Device } from '../backend/device.js';
 import type { Module } from '../nn/module.js';
 import type { Tensor } from '../tensor/tensor.js';
 
@@ -24,6 +25,8 @@ export interface DecodeState {
 export interface CausalLM extends Module {
   readonly arch: 'retnet' | 'transformer';
   readonly vocabSize: number;
+  /** Where its weights live (and token-id tensors for forward are made). */
+  readonly backend: Device;
   /** ids int32 [B, T] -> logits [B, T, V]. Differentiable. */
   forward(ids: Tensor): Tensor;
   /**

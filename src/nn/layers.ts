@@ -9,6 +9,7 @@ import type { Rng } from '../tensor/random.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { linear, mul } from '../ops/math.js';
 import { activation, embedding, layerNorm, rmsNorm } from '../ops/nn.js';
+import { type LowpWeight, lowpLinear } from '../quant/linear.js';
 import { Module } from './module.js';
 
 /** Where parameters are created and how. */
@@ -49,6 +50,8 @@ export function constant(shape: number[], value: number, opts: ParamOptions): Te
 export class Linear extends Module {
   readonly weight: Tensor;
   readonly bias: Tensor | null;
+  /** The weight in a low-precision format once `useLowp` has replaced the float one (inference only). */
+  lowp: LowpWeight | null = null;
 
   /** weight: [out, in]; bias: [out]. */
   constructor(weight: Tensor, bias: Tensor | null = null) {
@@ -57,8 +60,23 @@ export class Linear extends Module {
     this.bias = bias ? this.param('bias', bias) : null;
   }
 
+  /**
+   * Replaces the float weight by `w` (src/quant/model.ts quantizeModel): the parameter leaves the tree, and the
+   * caller disposes the float tensor unless another module shares it (tied embeddings).
+   */
+  useLowp(w: LowpWeight): void {
+    this.lowp?.dispose();
+    this.lowp = w;
+    this.dropParam('weight');
+  }
+
   forward(x: Tensor): Tensor {
-    return linear(x, this.weight, this.bias);
+    return this.lowp ? lowpLinear(x, this.lowp, this.bias) : linear(x, this.weight, this.bias);
+  }
+
+  override dispose(): void {
+    super.dispose();
+    this.lowp?.dispose();
   }
 }
 

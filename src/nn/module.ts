@@ -26,6 +26,18 @@ export abstract class Module {
     return m;
   }
 
+  /** Removes a parameter from the tree (the caller owns the tensor from then on); src/quant uses it. */
+  protected dropParam(name: string): void {
+    this.ownParams.delete(name);
+  }
+
+  /** This module and every descendant, with their dotted names ('' for this one). */
+  namedModules(prefix = ''): [string, Module][] {
+    const out: [string, Module][] = [[prefix.replace(/\.$/, ''), this]];
+    for (const [n, m] of this.children) out.push(...m.namedModules(`${prefix}${n}.`));
+    return out;
+  }
+
   namedParameters(prefix = ''): [string, Tensor][] {
     const out: [string, Tensor][] = [];
     for (const [n, t] of this.ownParams) out.push([prefix + n, t]);

@@ -1,0 +1,303 @@
+// Development harness for the low-precision decode kernels (native/cpu/lowp.h), in the manner of llm.c's dev/cuda:
+// every variant is validated against a float64 reference on the same inputs, then timed streaming weights from
+// memory. The shipped kernels are the winners; the losing variants live only here, with their measured times, so
+// the choice can be rerun:
+//   cd native/cpu && g++ -std=c++17 -O3 -fopenmp -I. ../../bench/lowp_kernels.cc lowp.cc lowp_avx2.cc lowp_avx512.cc
+//       workers.cc -o /tmp/lowp_kernels   (one line)
+//   /tmp/lowp_kernels [FORMAT|all] [B] [threads]
+// Variants: FORMAT/ISA for each shipped ISA the CPU has, plus bf16/widen (8 weights widened to float32 at a time,
+// instead of 16 split into even and odd elements) and int8/cvt-f32 (each int8 weight converted to float32
+// and multiplied with float32 x, instead of x quantised to int16). Timing: B rows of x against a set of [N, K]
+// matrices whose bytes add up to at least 256 MiB (more than the caches), called in turn, so every call streams its
+// weights from memory as a decode step does. GB/s counts weight bytes (and scales) read per second.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "lowp.h"
+
+using namespace retnet::lowp;
+
+namespace dev {
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace {
+#include "lowp_kernels.inc"
+#undef LOWP_DOT2
+#undef LOWP_DOTU8
+// The losing int8 variant: int8 → int32 → float32 per 8 weights, FMA with float32 x.
+struct LoadI8 {
+  const int8_t* w;
+  int64_t ld;
+  __m256 operator()(int64_t n, int64_t k) const {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + n * ld + k))));
+  }
+  float one(int64_t n, int64_t k) const { return w[n * ld + k]; }
+};
+}  // namespace
+void bf16WidenRows(const Weights& w, const float* x, int64_t B, float* y, int64_t ldy, int64_t n0, int64_t n1) {
+  floatRows(LoadBF16{static_cast<const uint16_t*>(w.data), w.K}, w.K, x, B, y, ldy, n0, n1);
+}
+void int8CvtRows(const Weights& w, const float* x, int64_t B, float* y, int64_t ldy, int64_t n0, int64_t n1) {
+  floatRows(LoadI8{static_cast<const int8_t*>(w.data), w.K}, w.K, x, B, y, ldy, n0, n1);
+  const float* s = static_cast<const float*>(w.scales);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t n = n0; n < n1; n++) y[b * ldy + n] *= s[n];
+}
+#pragma GCC pop_options
+}  // namespace dev
+
+// A matrix in one format, quantised from float32 values as src/backend/reference defines it.
+struct Matrix {
+  Format f;
+  int64_t N, K;
+  std::vector<float> f32;
+  std::vector<uint16_t> u16;  // bf16 data, or q4 scales
+  std::vector<int8_t> i8;
+  std::vector<uint8_t> u8;
+  std::vector<float> rowScale;
+  Weights weights() const {
+    switch (f) {
+      case Format::f32: return {f, N, K, f32.data(), nullptr};
+      case Format::bf16: return {f, N, K, u16.data(), nullptr};
+      case Format::int8: return {f, N, K, i8.data(), rowScale.data()};
+      case Format::q4: return {f, N, K, u8.data(), u16.data()};
+    }
+    return {};
+  }
+  int64_t bytes() const {
+    return f32.size() * 4 + u16.size() * 2 + i8.size() + u8.size() + rowScale.size() * 4;
+  }
+};
+
+static Matrix quantise(Format f, int64_t N, int64_t K, const std::vector<float>& w) {
+  Matrix m{f, N, K, {}, {}, {}, {}, {}};
+  if (f == Format::f32) m.f32 = w;
+  if (f == Format::bf16) {
+    m.u16.resize(N * K);
+    for (int64_t i = 0; i < N * K; i++) m.u16[i] = toBF16(w[i]);
+  }
+  if (f == Format::int8) {
+    m.i8.resize(N * K);
+    m.rowScale.resize(N);
+    for (int64_t n = 0; n < N; n++) {
+      float amax = 0;
+      for (int64_t k = 0; k < K; k++) amax = std::fmax(amax, std::fabs(w[n * K + k]));
+      float s = amax / 127.0f;
+      m.rowScale[n] = s;
+      for (int64_t k = 0; k < K; k++)
+        m.i8[n * K + k] = s == 0 ? 0 : static_cast<int8_t>(std::fmax(-127, std::fmin(127, std::nearbyint(w[n * K + k] / s))));
+    }
+  }
+  if (f == Format::q4) {
+    int64_t Kp = q4PaddedK(K), nb = Kp / 32;
+    m.u8.assign(N * Kp / 2, 0);
+    m.u16.assign(N * nb, 0);
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t j = 0; j < nb; j++) {
+        float big = 0;
+        for (int64_t i = 0; i < 32; i++) {
+          int64_t k = j * 32 + i;
+          float v = k < K ? w[n * K + k] : 0.0f;
+          if (std::fabs(v) > std::fabs(big)) big = v;
+        }
+        uint16_t dh = toF16(big / -8.0f);
+        float d = fromF16(dh);
+        m.u16[n * nb + j] = dh;
+        for (int64_t i = 0; i < 32; i++) {
+          int64_t k = j * 32 + i;
+          float v = k < K ? w[n * K + k] : 0.0f;
+          int u = d == 0 ? 8 : static_cast<int>(std::fmax(0, std::fmin(15, std::nearbyint(v / d) + 8)));
+          uint8_t& byte = m.u8[n * Kp / 2 + j * 16 + (i & 15)];
+          byte |= i < 16 ? u : u << 4;
+        }
+      }
+  }
+  return m;
+}
+
+// Dequantised weight (the reference's definition).
+static double weightAt(const Matrix& m, int64_t n, int64_t k) {
+  switch (m.f) {
+    case Format::f32: return m.f32[n * m.K + k];
+    case Format::bf16: return fromBF16(m.u16[n * m.K + k]);
+    case Format::int8: return static_cast<double>(m.rowScale[n]) * m.i8[n * m.K + k];
+    case Format::q4: {
+      int64_t Kp = q4PaddedK(m.K), j = k / 32, i = k % 32;
+      uint8_t byte = m.u8[n * Kp / 2 + j * 16 + (i & 15)];
+      int u = i < 16 ? byte & 15 : byte >> 4;
+      return static_cast<double>(fromF16(m.u16[n * (Kp / 32) + j])) * (u - 8);
+    }
+  }
+  return 0;
+}
+
+static const char* formatName(Format f) {
+  const char* names[] = {"f32", "bf16", "int8", "q4"};
+  return names[static_cast<int>(f)];
+}
+
+struct Variant {
+  std::string name;
+  Format f;
+  Isa isa;
+  bool cvt;  // a variant of this file (dev::bf16WidenRows, dev::int8CvtRows)
+};
+
+// LOWP_OMP=1: the rows split statically over an OpenMP parallel region instead of lowp.cc's claimed chunks.
+static const bool kOmp = getenv("LOWP_OMP") && std::string(getenv("LOWP_OMP")) == "1";
+
+static void runVariant(const Variant& v, const Matrix& m, const float* x, int64_t B, float* y, void* ws, int threads) {
+  Weights w = m.weights();
+  if (!v.cvt && kOmp && v.isa == Isa::avx2) {
+    isa_avx2::prepare(v.f, x, B, m.K, ws);
+#pragma omp parallel num_threads(threads)
+    {
+      int i = omp_get_thread_num(), nt = omp_get_num_threads();
+      isa_avx2::rows(w, x, ws, B, y, m.N, m.N * i / nt / 8 * 8, i == nt - 1 ? m.N : m.N * (i + 1) / nt / 8 * 8);
+    }
+    return;
+  }
+  if (!v.cvt) return gemv(w, x, B, y, m.N, ws, v.isa, threads);
+#pragma omp parallel num_threads(threads)
+  {
+    int i = omp_get_thread_num(), nt = omp_get_num_threads();
+    auto rows = v.f == Format::bf16 ? dev::bf16WidenRows : dev::int8CvtRows;
+    rows(w, x, B, y, m.N, m.N * i / nt, m.N * (i + 1) / nt);
+  }
+}
+
+// Validation on odd shapes, against the bound each variant promises (lowp.h): |y − ref| ≤ Σ_k |W_nk| · e_k + float32
+// rounding (K·2⁻²⁴ Σ|x W|), with e_k the quantisation error allowed for x_k: half a step of its block's scale
+// (max|x| / 65534 for int16, / 254 for int8), 2⁻¹⁶|x_k| for the bf16 hi/lo split, 0 where x stays float32.
+static bool validate(const Variant& v, int64_t N, int64_t K, int64_t B, std::mt19937& rng) {
+  std::normal_distribution<float> nd(0, 1);
+  std::vector<float> wf(N * K), x(B * K);
+  for (auto& e : wf) e = nd(rng);
+  for (auto& e : x) e = nd(rng);
+  Matrix m = quantise(v.f, N, K, wf);
+  std::vector<float> y(B * N, NAN);
+  std::vector<char> ws(workspaceBytes(v.f, v.isa, B, K) + 64);
+  void* wsp = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(ws.data()) + 63) / 64 * 64);
+  runVariant(v, m, x.data(), B, y.data(), wsp, 2);
+  double qmax = v.cvt || v.isa == Isa::scalar ? 0 : v.f == Format::int8 ? 32767 : v.f == Format::q4 ? 127 : 0;
+  double worst = 0;  // largest error / allowed error
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t n = 0; n < N; n++) {
+      double ref = 0, mag = 0, allowed = 0;
+      for (int64_t k = 0; k < K; k++) {
+        double wk = weightAt(m, n, k), xk = x[b * K + k];
+        ref += wk * xk;
+        mag += std::fabs(wk * xk);
+        double e = 0;
+        if (qmax > 0) {
+          double amax = 0;
+          for (int64_t j = k / 32 * 32; j < std::min(K, k / 32 * 32 + 32); j++) amax = std::fmax(amax, std::fabs(x[b * K + j]));
+          e = amax / (2 * qmax);
+        } else if (v.isa == Isa::avx512bf16) {
+          e = std::ldexp(std::fabs(xk), -16);
+        }
+        allowed += std::fabs(wk) * e;
+      }
+      allowed += mag * (K + 2) * std::ldexp(1.0, -24) + 1e-30;
+      double r = std::fabs(y[b * N + n] - ref) / allowed;
+      if (!(r <= worst)) worst = std::isnan(r) ? INFINITY : r;
+    }
+  bool ok = worst <= 1;
+  printf("  validate %-18s N=%-4lld K=%-4lld B=%-2lld error / allowed %.3f %s\n", v.name.c_str(), (long long)N,
+         (long long)K, (long long)B, worst, ok ? "ok" : "FAILED");
+  return ok;
+}
+
+static double cpuMs() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static double nowMs() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+int main(int argc, char** argv) {
+  std::string which = argc > 1 ? argv[1] : "all";
+  int64_t B = argc > 2 ? atoll(argv[2]) : 1;
+  int threads = argc > 3 ? atoi(argv[3]) : 2;
+  std::vector<Variant> vs;
+  for (Format f : {Format::f32, Format::bf16, Format::int8, Format::q4}) {
+    if (which != "all" && which != formatName(f)) continue;
+    for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512bf16, Isa::avx512vnni})
+      if (hasVariant(f, isa)) {
+        std::string name = std::string(formatName(f)) + "/" + isaName(isa);
+        if (!cpuHas(isa)) {
+          printf("skip %s: this CPU lacks %s\n", name.c_str(), isaName(isa));
+          continue;
+        }
+        vs.push_back({name, f, isa, false});
+      }
+    if (f == Format::int8) vs.push_back({"int8/cvt-f32", f, Isa::avx2, true});
+    if (f == Format::bf16) vs.push_back({"bf16/widen", f, Isa::avx2, true});
+  }
+  std::mt19937 rng(1);
+  bool ok = true;
+  for (auto& v : vs)
+    for (auto s : std::vector<std::array<int64_t, 3>>{{1, 1, 1}, {7, 33, 3}, {13, 100, 1}, {37, 64, 16}, {9, 257, 5},
+                                                      {64, 512, 2}})
+      ok = validate(v, s[0], s[1], s[2], rng) && ok;
+  // Timing: 2048 x 2048 matrices, enough of them for 256 MiB of float32 (the other formats read fewer bytes).
+  // LOWP_RESIDENT=1: one 256 x 2048 matrix read again and again from the caches, to time the arithmetic alone.
+  const bool resident = getenv("LOWP_RESIDENT") && std::string(getenv("LOWP_RESIDENT")) == "1";
+  const int64_t N = resident ? 256 : 2048, K = 2048, count = resident ? 1 : (256ll << 20) / (N * K * 4);
+  const int reps = resident ? 200 : 5;
+  std::vector<float> x(B * K), y(B * N);
+  for (auto& e : x) e = std::normal_distribution<float>(0, 1)(rng);
+  std::vector<char> ws(1 << 20);
+  void* wsp = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(ws.data()) + 63) / 64 * 64);
+  std::vector<float> wf(N * K);
+  for (auto& e : wf) e = std::normal_distribution<float>(0, 1)(rng);
+  {  // the read ceiling: 256 MiB streamed
+    std::vector<char> big(256ll << 20, 1);
+    for (int t = 1; t <= threads; t++) {
+      double best = 1e30;
+      for (int rep = 0; rep < 8; rep++) {
+        double t0 = nowMs();
+        volatile float s = streamRead(big.data(), big.size(), t);
+        (void)s;
+        best = std::fmin(best, nowMs() - t0);
+      }
+      printf("read ceiling, %d thread(s): %.1f GB/s\n", t, big.size() / (best * 1e6));
+    }
+  }
+  for (auto& v : vs) {
+    if (v.isa == Isa::scalar) continue;
+    std::vector<Matrix> ms;
+    for (int64_t i = 0; i < count; i++) ms.push_back(quantise(v.f, N, K, wf));
+    int64_t bytes = ms[0].bytes();
+    for (int t = 1; t <= threads; t++) {
+      std::vector<double> per, cpu;
+      for (int rep = 0; rep < reps; rep++) {
+        double t0 = nowMs(), c0 = cpuMs();
+        for (auto& m : ms) runVariant(v, m, x.data(), B, y.data(), wsp, t);
+        per.push_back((nowMs() - t0) / count);
+        cpu.push_back((cpuMs() - c0) / count);
+      }
+      std::sort(per.begin(), per.end());
+      std::sort(cpu.begin(), cpu.end());
+      printf("%-14s B=%-2lld threads=%d  %.3f ms/matrix (best %.3f)  %.1f GB/s (best %.1f)", v.name.c_str(),
+             (long long)B, t, per[reps / 2], per[0], bytes / (per[reps / 2] * 1e6), bytes / (per[0] * 1e6));
+      if (t == 1) printf("  on-CPU %.3f ms: %.1f GB/s", cpu[0], bytes / (cpu[0] * 1e6));
+      printf("\n");
+    }
+  }
+  return ok ? 0 : 1;
+}

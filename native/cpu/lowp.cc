@@ -1,0 +1,243 @@
+// Dispatch, threading and the portable (scalar) variant of native/cpu/lowp.h.
+#include "lowp.h"
+
+#include "workers.h"
+
+#include <cmath>
+#include <cstring>
+#include <initializer_list>
+#include <vector>
+
+namespace retnet::lowp {
+
+uint16_t toBF16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // NaN stays (quiet) NaN
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+float fromBF16(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+float fromF16(uint16_t h) {
+  uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
+  if (exp == 0x1f) {
+    u = sign | 0x7f800000u | (man << 13);
+  } else if (exp != 0) {
+    u = sign | ((exp + 112) << 23) | (man << 13);
+  } else if (man == 0) {
+    u = sign;
+  } else {  // subnormal: value man · 2⁻²⁴
+    float f = std::ldexp(static_cast<float>(man), -24);
+    return sign ? -f : f;
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+uint16_t toF16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return sign | 0x7e00u;                // NaN
+  if (a >= 0x477ff000u) return sign | 0x7c00u;               // rounds to ≥ 65520: infinity
+  if (a < 0x38800000u) {                                     // below 2⁻¹⁴: subnormal (or zero), units of 2⁻²⁴
+    float m = std::fabs(f) * 16777216.0f;                    // exact: a power-of-two scaling
+    return sign | static_cast<uint16_t>(std::nearbyint(m));  // nearest even; 1024 becomes the smallest normal
+  }
+  uint32_t r = a + 0xfffu + ((a >> 13) & 1u);                // round the 13 dropped bits to nearest even
+  return sign | static_cast<uint16_t>((r - 0x38000000u) >> 13);
+}
+
+const char* isaName(Isa isa) {
+  switch (isa) {
+    case Isa::best: return "best";
+    case Isa::scalar: return "scalar";
+    case Isa::avx2: return "avx2";
+    case Isa::avx512bf16: return "avx512bf16";
+    case Isa::avx512vnni: return "avx512vnni";
+  }
+  return "?";
+}
+
+bool cpuHas(Isa isa) {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl");
+  switch (isa) {
+    case Isa::scalar: return true;
+    case Isa::avx2: return avx2;
+    case Isa::avx512bf16: return avx512 && __builtin_cpu_supports("avx512bf16");
+    case Isa::avx512vnni: return avx512 && __builtin_cpu_supports("avx512vnni");
+    case Isa::best: return true;
+  }
+  return false;
+#else
+  return isa == Isa::scalar || isa == Isa::best;
+#endif
+}
+
+bool hasVariant(Format f, Isa isa) {
+  switch (isa) {
+    case Isa::scalar:
+    case Isa::avx2: return true;
+    case Isa::avx512bf16: return f == Format::bf16;
+    case Isa::avx512vnni: return f == Format::int8 || f == Format::q4;
+    case Isa::best: return true;
+  }
+  return false;
+}
+
+Isa bestIsa(Format f) {
+  for (Isa isa : {Isa::avx512bf16, Isa::avx512vnni, Isa::avx2})
+    if (hasVariant(f, isa) && cpuHas(isa)) return isa;
+  return Isa::scalar;
+}
+
+namespace {
+
+// The portable variant: each weight dequantised to float32, products in float32 (no x quantisation).
+float weightAt(const Weights& w, int64_t n, int64_t k) {
+  switch (w.format) {
+    case Format::f32: return static_cast<const float*>(w.data)[n * w.K + k];
+    case Format::bf16: return fromBF16(static_cast<const uint16_t*>(w.data)[n * w.K + k]);
+    case Format::int8:
+      return static_cast<const float*>(w.scales)[n] * static_cast<const int8_t*>(w.data)[n * w.K + k];
+    case Format::q4: {
+      int64_t Kp = q4PaddedK(w.K), j = k / kQ4Block, i = k % kQ4Block;
+      uint8_t byte = static_cast<const uint8_t*>(w.data)[n * (Kp / 2) + j * 16 + (i & 15)];
+      int u = i < 16 ? byte & 15 : byte >> 4;
+      return fromF16(static_cast<const uint16_t*>(w.scales)[n * (Kp / kQ4Block) + j]) * static_cast<float>(u - 8);
+    }
+  }
+  return 0.0f;
+}
+
+void scalarRows(const Weights& w, const float* x, int64_t B, float* y, int64_t ldy, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; n++)
+    for (int64_t b = 0; b < B; b++) {
+      float s = 0.0f;
+      for (int64_t k = 0; k < w.K; k++) s += weightAt(w, n, k) * x[b * w.K + k];
+      y[b * ldy + n] = s;
+    }
+}
+
+int64_t preparedBytes(Format f, Isa isa, int64_t B, int64_t K) {
+  switch (isa) {
+    case Isa::avx2: return isa_avx2::preparedBytes(f, B, K);
+    case Isa::avx512vnni: return isa_avx512vnni::preparedBytes(f, B, K);
+    case Isa::avx512bf16: return isa_avx512bf16::preparedBytes(f, B, K);
+    default: return 0;
+  }
+}
+
+// Weight bytes per unit of work handed to a thread (a product below twice this runs on the calling thread alone).
+constexpr int64_t kChunkBytes = 128 << 10;
+
+}  // namespace
+
+int64_t workspaceBytes(Format f, Isa isa, int64_t B, int64_t K) {
+  return preparedBytes(f, isa == Isa::best ? bestIsa(f) : isa, B, K);
+}
+
+void gemv(const Weights& w, const float* x, int64_t B, float* y, int64_t ldy, void* workspace, Isa isa, int threads) {
+  if (isa == Isa::best) isa = bestIsa(w.format);
+  if (w.N == 0 || B == 0) return;
+  if (w.K == 0) {
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t n = 0; n < w.N; n++) y[b * ldy + n] = 0.0f;
+    return;
+  }
+  using RowsFn = void (*)(const Weights&, const float*, const void*, int64_t, float*, int64_t, int64_t, int64_t);
+  RowsFn rows = nullptr;
+  switch (isa) {
+    case Isa::avx2:
+      isa_avx2::prepare(w.format, x, B, w.K, workspace);
+      rows = isa_avx2::rows;
+      break;
+    case Isa::avx512vnni:
+      isa_avx512vnni::prepare(w.format, x, B, w.K, workspace);
+      rows = isa_avx512vnni::rows;
+      break;
+    case Isa::avx512bf16:
+      isa_avx512bf16::prepare(w.format, x, B, w.K, workspace);
+      rows = isa_avx512bf16::rows;
+      break;
+    default: break;
+  }
+  // Chunks of whole 8-row tiles, about 128 KiB of weights each (at most 64), claimed by the threads in turn.
+  int64_t bytesPerRow = w.format == Format::f32 ? 4 * w.K : w.format == Format::bf16 ? 2 * w.K : w.K;
+  int64_t tiles = (w.N + 7) / 8, chunks = w.N * bytesPerRow / kChunkBytes;
+  chunks = chunks < 1 ? 1 : chunks > 64 ? 64 : chunks > tiles ? tiles : chunks;
+  workers::forChunks(chunks, threads, [&](int64_t c) {
+    int64_t n0 = tiles * c / chunks * 8, n1 = tiles * (c + 1) / chunks * 8;
+    if (n1 > w.N) n1 = w.N;
+    if (n0 >= n1) return;
+    if (rows)
+      rows(w, x, workspace, B, y, ldy, n0, n1);
+    else
+      scalarRows(w, x, B, y, ldy, n0, n1);
+  });
+}
+
+void dequantRows(const Weights& w, int64_t n0, int64_t n1, float* out, int threads) {
+  const int64_t K = w.K, Kp = q4PaddedK(K);
+  workers::forChunks(n1 - n0, threads, [&](int64_t i) {
+    int64_t n = n0 + i;
+    float* o = out + i * K;
+    switch (w.format) {
+      case Format::f32: std::memcpy(o, static_cast<const float*>(w.data) + n * K, 4 * K); break;
+      case Format::bf16: {
+        const uint16_t* r = static_cast<const uint16_t*>(w.data) + n * K;
+        for (int64_t k = 0; k < K; k++) o[k] = fromBF16(r[k]);
+        break;
+      }
+      case Format::int8: {
+        const int8_t* r = static_cast<const int8_t*>(w.data) + n * K;
+        float s = static_cast<const float*>(w.scales)[n];
+        for (int64_t k = 0; k < K; k++) o[k] = s * static_cast<float>(r[k]);
+        break;
+      }
+      case Format::q4: {
+        const uint8_t* r = static_cast<const uint8_t*>(w.data) + n * (Kp / 2);
+        const uint16_t* d = static_cast<const uint16_t*>(w.scales) + n * (Kp / kQ4Block);
+        for (int64_t j = 0; j * kQ4Block < K; j++) {
+          float dj = fromF16(d[j]);
+          for (int64_t i2 = 0; i2 < kQ4Block && j * kQ4Block + i2 < K; i2++) {
+            uint8_t byte = r[j * 16 + (i2 & 15)];
+            int u = i2 < 16 ? byte & 15 : byte >> 4;
+            o[j * kQ4Block + i2] = dj * static_cast<float>(u - 8);
+          }
+        }
+        break;
+      }
+    }
+  });
+}
+
+float streamRead(const void* data, int64_t bytes, int threads) {
+  const char* p = static_cast<const char*>(data);
+  int64_t lines = bytes / 64, chunks = bytes / kChunkBytes < 1 ? 1 : bytes / kChunkBytes;
+  std::vector<float> sums(chunks, 0.0f);
+  workers::forChunks(chunks, threads, [&](int64_t c) {
+    int64_t b0 = lines * c / chunks * 64, b1 = c == chunks - 1 ? bytes : lines * (c + 1) / chunks * 64;
+    if (cpuHas(Isa::avx2)) {
+      sums[c] = isa_avx2::readSum(p + b0, b1 - b0);
+    } else {
+      for (int64_t i = b0; i < b1; i++) sums[c] += static_cast<float>(p[i]);
+    }
+  });
+  float total = 0.0f;
+  for (float s : sums) total += s;
+  return total;
+}
+
+}  // namespace retnet::lowp

@@ -1,0 +1,145 @@
+// Node-API bindings of the low-precision products (lowp.h) and the read-bandwidth probe the lowp benchmark uses.
+//   lowpGemv(format, isa, N, K, B, W, scales, x, y, workspace)
+//       y [B, N] = x [B, K] · Wᵀ for W in `format` (lowp.h codes: 0 f32, 1 bf16, 2 int8, 3 q4) with the variant `isa`
+//       (-1: the fastest this CPU has). W, scales: typed arrays over the stored bytes (scales empty for f32/bf16).
+//   lowpWorkspace(format, isa, B, K) -> bytes of workspace lowpGemv needs (a Uint8Array of at least that many).
+//   lowpVariants() -> {format: [isa names this CPU can run]}, lowpBest() -> {format: isa name}
+//   streamRead(bytes: Uint8Array, threads) -> a float depending on every byte (time it for GB/s).
+// Threads: the count setThreads chose (omp_get_max_threads), through the chunk-claiming pool of workers.h.
+#include <string>
+
+#include "common.h"
+#include "lowp.h"
+
+namespace retnet {
+namespace {
+
+struct Bytes {
+  const uint8_t* data;
+  size_t length;
+};
+
+Bytes bytesOf(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (i >= info.Length() || !info[i].IsTypedArray())
+    throw ArgError{std::string("argument ") + std::to_string(i) + " (" + what + ") must be a typed array"};
+  auto a = info[i].As<Napi::TypedArray>();
+  return {static_cast<const uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset(), a.ByteLength()};
+}
+
+lowp::Format formatOf(const Napi::CallbackInfo& info, size_t i) {
+  int64_t f = dim(info, i, "format");
+  if (f > 3) throw ArgError{"lowpGemv: format must be 0 (f32), 1 (bf16), 2 (int8) or 3 (q4), got " + std::to_string(f)};
+  return static_cast<lowp::Format>(f);
+}
+
+lowp::Isa isaOf(const Napi::CallbackInfo& info, size_t i, lowp::Format f) {
+  double v = num(info, i, "isa");
+  if (v == -1) return lowp::Isa::best;
+  if (v != 0 && v != 1 && v != 2 && v != 3) throw ArgError{"lowp: isa must be -1, 0, 1, 2 or 3"};
+  auto isa = static_cast<lowp::Isa>(static_cast<int>(v));
+  if (!lowp::hasVariant(f, isa))
+    throw ArgError{std::string("lowp: no ") + lowp::isaName(isa) + " variant for this format"};
+  if (!lowp::cpuHas(isa)) throw ArgError{std::string("lowp: this CPU cannot run the ") + lowp::isaName(isa) + " variant"};
+  return isa;
+}
+
+// The weight of a call: W and its scales (arguments i, i + 1), checked against the bytes the format needs.
+lowp::Weights weightsOf(const Napi::CallbackInfo& info, size_t i, lowp::Format f, int64_t N, int64_t K,
+                        const char* kernel) {
+  Bytes w = bytesOf(info, i, "W"), s = bytesOf(info, i + 1, "scales");
+  int64_t Kp = lowp::q4PaddedK(K), data = 0, scales = 0;
+  switch (f) {
+    case lowp::Format::f32: data = 4 * N * K; break;
+    case lowp::Format::bf16: data = 2 * N * K; break;
+    case lowp::Format::int8: data = N * K, scales = 4 * N; break;
+    case lowp::Format::q4: data = N * Kp / 2, scales = 2 * N * (Kp / lowp::kQ4Block); break;
+  }
+  if (static_cast<int64_t>(w.length) != data || static_cast<int64_t>(s.length) != scales)
+    throw ArgError{std::string(kernel) + ": W holds " + std::to_string(w.length) + " bytes and scales " +
+                   std::to_string(s.length) + ", a [" + std::to_string(N) + ", " + std::to_string(K) +
+                   "] weight needs " + std::to_string(data) + " and " + std::to_string(scales)};
+  return {f, N, K, w.data, s.length > 0 ? s.data : nullptr};
+}
+
+Napi::Value LowpGemv(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    lowp::Format f = formatOf(info, 0);
+    lowp::Isa isa = isaOf(info, 1, f);
+    int64_t N = dim(info, 2, "N"), K = dim(info, 3, "K"), B = dim(info, 4, "B");
+    lowp::Weights wt = weightsOf(info, 5, f, N, K, "lowpGemv");
+    auto x = f32(info, 7, "x"), y = f32(info, 8, "y");
+    Bytes ws = bytesOf(info, 9, "workspace");
+    require(x, B * K, "lowpGemv", "x");
+    require(y, B * N, "lowpGemv", "y");
+    int64_t need = lowp::workspaceBytes(f, isa, B, K);
+    if (static_cast<int64_t>(ws.length) < need)
+      throw ArgError{"lowpGemv: workspace holds " + std::to_string(ws.length) + " bytes, needs " + std::to_string(need)};
+    lowp::gemv(wt, x.data, B, y.data, N, const_cast<uint8_t*>(ws.data), isa, omp_get_max_threads());
+  });
+}
+RETNET_KERNEL("lowpGemv", LowpGemv);
+
+// lowpDequant(format, N, K, W, scales, n0, n1, out): rows [n0, n1) of W as float32 into out [(n1 − n0)·K].
+Napi::Value LowpDequant(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    lowp::Format f = formatOf(info, 0);
+    int64_t N = dim(info, 1, "N"), K = dim(info, 2, "K");
+    lowp::Weights wt = weightsOf(info, 3, f, N, K, "lowpDequant");
+    int64_t n0 = dim(info, 5, "n0"), n1 = dim(info, 6, "n1");
+    auto out = f32(info, 7, "out");
+    if (n0 > n1 || n1 > N) throw ArgError{"lowpDequant: rows [n0, n1) out of range"};
+    require(out, (n1 - n0) * K, "lowpDequant", "out");
+    lowp::dequantRows(wt, n0, n1, out.data, omp_get_max_threads());
+  });
+}
+RETNET_KERNEL("lowpDequant", LowpDequant);
+
+Napi::Value LowpWorkspace(const Napi::CallbackInfo& info) {
+  int64_t bytes = 0;
+  Napi::Value r = guard(info, [&] {
+    lowp::Format f = formatOf(info, 0);
+    bytes = lowp::workspaceBytes(f, isaOf(info, 1, f), dim(info, 2, "B"), dim(info, 3, "K"));
+  });
+  return info.Env().IsExceptionPending() ? r : Napi::Number::New(info.Env(), static_cast<double>(bytes));
+}
+RETNET_KERNEL("lowpWorkspace", LowpWorkspace);
+
+const char* kFormatNames[] = {"f32", "bf16", "int8", "q4"};
+
+Napi::Value LowpVariants(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  for (int fi = 0; fi < 4; fi++) {
+    auto f = static_cast<lowp::Format>(fi);
+    Napi::Array a = Napi::Array::New(env);
+    uint32_t n = 0;
+    for (lowp::Isa isa : {lowp::Isa::scalar, lowp::Isa::avx2, lowp::Isa::avx512bf16, lowp::Isa::avx512vnni})
+      if (lowp::hasVariant(f, isa) && lowp::cpuHas(isa)) a.Set(n++, Napi::String::New(env, lowp::isaName(isa)));
+    o.Set(kFormatNames[fi], a);
+  }
+  return o;
+}
+RETNET_KERNEL("lowpVariants", LowpVariants);
+
+Napi::Value LowpBest(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  for (int fi = 0; fi < 4; fi++)
+    o.Set(kFormatNames[fi], Napi::String::New(env, lowp::isaName(lowp::bestIsa(static_cast<lowp::Format>(fi)))));
+  return o;
+}
+RETNET_KERNEL("lowpBest", LowpBest);
+
+Napi::Value StreamRead(const Napi::CallbackInfo& info) {
+  float s = 0.0f;
+  Napi::Value r = guard(info, [&] {
+    Bytes b = bytesOf(info, 0, "bytes");
+    int64_t t = dim(info, 1, "threads");
+    s = lowp::streamRead(b.data, static_cast<int64_t>(b.length), t < 1 ? 1 : static_cast<int>(t));
+  });
+  return info.Env().IsExceptionPending() ? r : Napi::Number::New(info.Env(), s);
+}
+RETNET_KERNEL("streamRead", StreamRead);
+
+}  // namespace
+}  // namespace retnet
