@@ -82,12 +82,13 @@ export async function pretrainedSuite(argv: string[]): Promise<void> {
   let written: BenchRecord = {};
   let scratch: string | null = null;
   if (dir === undefined) {
+    const tokenizer = mistralTokenizer(); // before the scratch directory, which an error would leave behind
     scratch = mkdtempSync(join(tmpdir(), 'retnet-bench-pretrained-'));
     dir = join(scratch, quick ? 'retnet-fla-standin-2L' : 'retnet-fla-standin-1.3B');
     const shape = quick ? { ...FLA_1_3B, num_hidden_layers: 2 } : FLA_1_3B;
     process.stderr.write(`pretrained: writing the random-weight stand-in to ${dir}\n`);
     const t0 = performance.now();
-    const info = writeFlaStandIn(dir, shape, { shards: 2, seed: 1, tokenizer: mistralTokenizer() });
+    const info = writeFlaStandIn(dir, shape, { shards: 2, seed: 1, tokenizer });
     written = { write_s: (performance.now() - t0) / 1000, checkpoint_gib: info.bytes / GIB };
   } else if (!existsSync(dir)) throw new Error(`bench pretrained: --model ${dir} does not exist`);
   try {
