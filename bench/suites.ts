@@ -17,6 +17,7 @@ import {
   intItem,
   list,
   text,
+  WEIGHTS_FLAG,
 } from '../src/cli/command.js';
 import { setOutputRoot } from './lib.js';
 
@@ -113,6 +114,22 @@ export const suites: Command[] = [
       'head-dim': int('head dimension', { min: 1, max: 1024, default: 64 }),
     },
     async (v) => (await import('./attention.js')).attentionSuite(v),
+  ),
+  suite(
+    'pretrained',
+    'a pretrained fla RetNet at 1.3B (random-weight stand-in unless --model DIR): load time, peak RSS, decode',
+    {
+      quick,
+      model: text('a model directory to measure instead of the stand-in', { placeholder: 'dir', nonEmpty: true }),
+      tokens: int('tokens to decode', { min: 2, max: 100000 }),
+      ...WEIGHTS_FLAG,
+      keep: bool('keep the written stand-in (its folder is printed)'),
+      child: {
+        ...text('internal: measure this directory once, record as JSON on stdout', { placeholder: 'dir' }),
+        hidden: true,
+      },
+    },
+    async (v) => (await import('./pretrained.js')).pretrainedSuite(v),
   ),
   suite(
     'gemm',
