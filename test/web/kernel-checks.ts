@@ -143,16 +143,15 @@ function cases(): Case[] {
       const tag = `${normalize ? '' : ' not normalised'} [${B},${Tn},${H},${K},${V}]`;
       for (const [label, form, C] of forms)
         out.push({
-          name: `retention ${label}${tag}`,
+          name: `retention ${label} with the final state${tag}`,
           inputs: qkv,
-          run: (k, [q, kk, v]) => Object.values(k.retentionForward(form, q!, kk!, v!, gammas, C, normalize)),
+          run: (k, [q, kk, v]) => {
+            const run = { chunkSize: C, normalize, initialState: null, segments: null, returnFinalState: true };
+            const { o, r, finalState } = k.retentionForward(form, q!, kk!, v!, gammas, run);
+            return [o, r, finalState!.state, finalState!.scale];
+          },
         });
       out.push(
-        {
-          name: `retentionState${tag}`,
-          inputs: qkv.slice(1),
-          run: (k, [kk, v]) => Object.values(k.retentionState(kk!, v!, gammas, normalize)),
-        },
         {
           name: `retentionStep${tag}`,
           inputs: [T([B, H, K]), T([B, H, K]), T([B, H, V]), T([B, H, K, V], 0.5), U([B, H], 0, 6)],

@@ -6,7 +6,15 @@
 import { BackendError, ShapeError } from '../../errors.js';
 import type { DType } from '../../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../../tensor/tensor.js';
-import type { ActivationKind, BinaryOp, Kernels, RetentionForm, RotaryPairs } from '../kernels.js';
+import type {
+  ActivationKind,
+  BinaryOp,
+  Kernels,
+  RetentionForm,
+  RetentionRun,
+  RetentionState,
+  RotaryPairs,
+} from '../kernels.js';
 import { decaySums } from '../reference/retention-math.js';
 import type { WebGpuDevice } from './device.js';
 import * as wgsl from './shaders.js';
@@ -38,7 +46,6 @@ export type WebGpuKernelName =
   | 'copyBlocks'
   | 'retentionForward'
   | 'retentionStep'
-  | 'retentionState'
   | 'rotary';
 
 export class WebGpuKernels implements Pick<Kernels, WebGpuKernelName> {
@@ -202,14 +209,20 @@ export class WebGpuKernels implements Pick<Kernels, WebGpuKernelName> {
     k: Tensor,
     v: Tensor,
     gammas: readonly number[],
-    chunkSize: number,
-    normalize: boolean,
-  ): { o: Tensor; r: Tensor } {
+    run: RetentionRun,
+  ): { o: Tensor; r: Tensor; finalState: RetentionState | null } {
+    const { chunkSize, normalize } = run;
+    if (run.initialState || run.segments)
+      throw new BackendError(
+        `retentionForward: the webgpu device does not run ${run.initialState ? 'an initial state' : 'packed segments'} ` +
+          'yet (a prompt continued from a state, or packed sequences); prefill from an empty state does',
+      );
     const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
     const o = this.out([B, T, H, V]);
     const r = this.out([B, H, T]);
-    if (B * H * T === 0) return { o, r };
+    const finalState = run.returnFinalState ? this.finalState(k, v, gammas, normalize) : null;
+    if (B * H * T === 0) return { o, r, finalState };
     // The parallel form is one chunk of the whole sequence, with its clamp; unnormalised, every form is one function.
     const C = form === 'parallel' ? T : Math.min(chunkSize, T);
     if (!(C >= 1)) throw new ShapeError(`retentionForward: chunk size ${chunkSize} must be at least 1`);
@@ -230,7 +243,7 @@ export class WebGpuKernels implements Pick<Kernels, WebGpuKernelName> {
       [B * H],
     );
     for (const t of [tabT, Z, A]) t.dispose();
-    return { o, r };
+    return { o, r, finalState };
   }
 
   retentionStep(
@@ -259,12 +272,8 @@ export class WebGpuKernels implements Pick<Kernels, WebGpuKernelName> {
     return o;
   }
 
-  retentionState(
-    k: Tensor,
-    v: Tensor,
-    gammas: readonly number[],
-    normalize: boolean,
-  ): { state: Tensor; scale: Tensor } {
+  /** The state after k, v from an empty state (retentionForward's finalState). */
+  private finalState(k: Tensor, v: Tensor, gammas: readonly number[], normalize: boolean): RetentionState {
     const [B, T, H, K] = k.shape as [number, number, number, number];
     const V = v.shape[3]!;
     const n = B * H * K * V;
