@@ -8,7 +8,8 @@ import { copyFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { writeFileAtomic } from '../src/io/atomic.js';
-import { type TensorToSave, WEIGHTS_INDEX, toBf16, writeSafetensors } from '../src/io/safetensors.js';
+import { type TensorToSave, WEIGHTS_INDEX, writeSafetensors } from '../src/io/safetensors.js';
+import { encoded } from '../src/tensor/dtype.js';
 import { flaConfigFromJSON, flaConfigToJSON, flaParameterShapes } from '../src/models/retnet/fla.js';
 import { Rng } from '../src/tensor/random.js';
 
@@ -57,7 +58,7 @@ function draw(name: string, shape: readonly number[], rng: Rng): Uint16Array {
       x[i] = ((z >>> 0) / 2 ** 31 - 1) * a;
     }
   }
-  return toBf16(x);
+  return encoded('bfloat16', x, shape) as Uint16Array;
 }
 
 /**

@@ -2,7 +2,8 @@
 // CPU can run against the reference product on odd shapes (variants the CPU lacks are skipped with the reason
 // logged), and whole models with quantised weights against their float32 selves, torchscale's vectors included.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
@@ -10,8 +11,10 @@ import { backward, noGrad } from '../src/autograd/tape.js';
 import type { CpuDevice } from '../src/backend/cpu/device.js';
 import { LOWP_FORMAT, lowpAddon, weightParts } from '../src/backend/cpu/lowp.js';
 import type { Device } from '../src/backend/device.js';
-import { loadModelDir } from '../src/io/model-dir.js';
-import { readSafetensors } from '../src/io/safetensors.js';
+import { FLA_1_3B, writeFlaStandIn } from '../bench/standin.js';
+import { QUANTIZED_KEY, loadModelDir } from '../src/io/model-dir.js';
+import { type TensorToSave, readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
+import type { CausalLM } from '../src/models/lm.js';
 import { modelFromConfig } from '../src/models/registry.js';
 import type { RetNetModel } from '../src/models/retnet/model.js';
 import { linear, sum } from '../src/ops/math.js';
@@ -29,6 +32,10 @@ import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import { assertClose, nat, randomData, ref } from './helpers.js';
+import { tempDir } from './temp.js';
+
+const ROOT = join(import.meta.dirname, '..');
+const CLI = join(ROOT, 'src', 'cli', 'run.ts');
 
 /** A weight [N, K] held in `format` on a device. */
 function weight(be: Device, format: WeightFormat, values: ArrayLike<number>, N: number, K: number): Tensor {
@@ -359,3 +366,114 @@ describe('models with low-precision weights', () => {
     }
   });
 });
+
+describe('stored and quantized checkpoints', () => {
+  // A tiny fla-shaped stand-in: BF16 weights in two shards, HF directory (bench/standin.ts).
+  const shape = { ...FLA_1_3B, vocab_size: 300, hidden_size: 64, num_hidden_layers: 2, num_heads: 2 };
+  const work = tempDir('retnet-lowp-ckpt-');
+  const src = join(work, 'bf16');
+  writeFlaStandIn(src, shape, { shards: 2, seed: 6, tokenizer: null });
+  const tokens = [1, 17, 250, 3, 99, 42, 7];
+  const logitsOf = (model: CausalLM) =>
+    noGrad(() => tidy(() => model.forward(nat().fromData(tokens, [1, tokens.length], 'int32')).data()));
+
+  it('a BF16 checkpoint loads without widening: Linear and Embedding weights keep the bytes as read', () => {
+    const be = nat();
+    const before = be.memory.current;
+    const { model } = loadModelDir(src, { backend: be });
+    const dtypes = new Map<string, string>();
+    for (const [n, t] of model.namedParameters()) dtypes.set(n, t.dtype);
+    assert.equal(dtypes.get('model.embeddings.weight'), 'bfloat16');
+    assert.equal(dtypes.get('model.layers.0.attn.q_proj.weight'), 'bfloat16');
+    assert.equal(dtypes.get('lm_head.weight'), 'bfloat16');
+    assert.equal(dtypes.get('model.norm.weight'), 'float32', 'norm gains widen (they are tiny)');
+    // Exactly the file's bytes, plus 2 more bytes per norm gain: the device's accounting, nothing else held.
+    const files = readSafetensorsBytes(src);
+    const norms = model.namedParameters().filter(([, t]) => t.dtype === 'float32');
+    const normValues = norms.reduce((a, [, t]) => a + t.size, 0);
+    assert.equal(weightBytes(model), files + 2 * normValues);
+    assert.equal(be.memory.current - before, weightBytes(model), 'no float32 copy left behind');
+    // The values are the file's: the same logits as the widened load, to float32 summation order.
+    const kept = logitsOf(model);
+    model.dispose();
+    const widened = loadModelDir(src, { backend: be, weights: 'f32' }).model;
+    for (const [, t] of widened.namedParameters()) assert.equal(t.dtype, 'float32');
+    assertClose(kept, logitsOf(widened), 1e-5, 'bf16 as read vs widened to float32');
+    widened.dispose();
+  });
+
+  for (const format of ['int8', 'q4', 'bf16', 'f16'] as const)
+    it(`retnet quantize --weights ${format}: the copy loads alone and gives the same logits, bit for bit`, () => {
+      const out = join(work, `out-${format}`);
+      const r = spawnSync(
+        process.execPath,
+        ['--import', 'tsx', CLI, 'quantize', '--model', src, '--weights', format, '--out', out],
+        { encoding: 'utf8', cwd: ROOT },
+      );
+      assert.equal(r.status, 0, r.stderr);
+      const direct = loadModelDir(src, { backend: nat(), weights: format }).model;
+      const saved = loadModelDir(out, { backend: nat() }).model;
+      const a = new Map(direct.namedParameters());
+      for (const [n, t] of saved.namedParameters()) {
+        assert.equal(t.dtype, a.get(n)!.dtype, `${n} dtype`);
+        assert.deepEqual(nat().readStorage(t), nat().readStorage(a.get(n)!), `${n} stored bytes`);
+      }
+      assert.deepEqual(logitsOf(saved), logitsOf(direct));
+      assert.equal(weightBytes(saved), weightBytes(direct));
+      const meta = readSafetensors(join(out, 'model.safetensors')).metadata;
+      if (format === 'int8' || format === 'q4') {
+        const named = JSON.parse(meta[QUANTIZED_KEY]!) as Record<string, string>;
+        assert.equal(named['model.layers.1.mlp.down_proj.weight'], format);
+      } else assert.equal(meta[QUANTIZED_KEY], undefined);
+      direct.dispose();
+      saved.dispose();
+    });
+
+  it('bad quantized checkpoints: missing scales, wrong shapes and unknown formats name the file and tensor', () => {
+    const good = join(work, 'out-q4');
+    const file = join(good, 'model.safetensors');
+    const { tensors, metadata } = readSafetensors(file);
+    const rewrite = (name: string, edit: (m: Map<string, TensorToSave>, meta: Record<string, string>) => void) => {
+      const dir = join(work, name);
+      mkdirSync(dir, { recursive: true });
+      for (const f of ['config.json']) copyFileSync(join(good, f), join(dir, f));
+      const m = new Map<string, TensorToSave>();
+      for (const [n, t] of tensors) m.set(n, { dtype: t.dtype as TensorToSave['dtype'], shape: t.shape, data: t.data });
+      const meta = { ...metadata };
+      edit(m, meta);
+      writeSafetensors(join(dir, 'model.safetensors'), m, meta);
+      return dir;
+    };
+    const w = 'model.layers.0.attn.q_proj.weight';
+    const noScales = rewrite('no-scales', (m) => m.delete(`${w}.scales`));
+    assert.throws(() => loadModelDir(noScales), new RegExp(`missing tensors ${w.replace(/\./g, '\\.')}\\.scales`));
+    const badShape = rewrite('bad-shape', (m) => {
+      const s = m.get(`${w}.scales`)!;
+      m.set(`${w}.scales`, { ...s, shape: [s.shape[0]! / 2, s.shape[1]! * 2] });
+    });
+    assert.throws(
+      () => loadModelDir(badShape),
+      /model\.safetensors: tensor 'model\.layers\.0\.attn\.q_proj\.weight\.scales' is F16 \[32, 4\]; a q4 weight \[64, 64\] stores its scales as F16 \[64, 2\]/,
+    );
+    const unknown = rewrite('unknown', (_, meta) => {
+      meta[QUANTIZED_KEY] = JSON.stringify({ ...JSON.parse(meta[QUANTIZED_KEY]!), [w]: 'q3' });
+    });
+    assert.throws(
+      () => loadModelDir(unknown),
+      /model\.safetensors: __metadata__ 'retnet\.quantized' gives tensor 'model\.layers\.0\.attn\.q_proj\.weight' the format "q3", not a quantized one \(expected int8, q4\)/,
+    );
+    const stray = rewrite('stray', (_, meta) => {
+      meta[QUANTIZED_KEY] = JSON.stringify({ ...JSON.parse(meta[QUANTIZED_KEY]!), 'model.norm.weight': 'int8' });
+    });
+    assert.throws(() => loadModelDir(stray), /missing tensors model\.norm\.weight\.scales, model\.norm\.weight\.codes/);
+  });
+});
+
+/** Bytes of the tensors of a model directory's safetensors files (the data sections). */
+function readSafetensorsBytes(dir: string): number {
+  let bytes = 0;
+  for (const f of readdirSync(dir).filter((x) => x.endsWith('.safetensors')))
+    for (const [, t] of readSafetensors(join(dir, f)).tensors)
+      bytes += t.shape.reduce((a, b) => a * b, 1) * (t.dtype === 'BF16' || t.dtype === 'F16' ? 2 : 4);
+  return bytes;
+}

@@ -23,7 +23,11 @@ export function weightFormatOf(dtype: DType): WeightFormat | null {
   return WEIGHT_FORMATS.find((f) => WEIGHT_DTYPES[f] === dtype) ?? null;
 }
 
+export function isWeightFormat(s: string): s is WeightFormat {
+  return (WEIGHT_FORMATS as readonly string[]).includes(s);
+}
+
 export function parseWeightFormat(s: string, what = '--weights'): WeightFormat {
-  if ((WEIGHT_FORMATS as readonly string[]).includes(s)) return s as WeightFormat;
+  if (isWeightFormat(s)) return s;
   throw new FormatError(`${what}: unknown weight format '${s}' (expected ${WEIGHT_FORMATS.join(', ')})`);
 }
