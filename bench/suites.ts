@@ -19,6 +19,7 @@ import {
   text,
   WEIGHTS_FLAG,
 } from '../src/cli/command.js';
+import { parseWeightFormat } from '../src/quant/formats.js';
 import { setOutputRoot } from './lib.js';
 
 const quick = bool('a smaller configuration, in under two minutes');
@@ -91,7 +92,18 @@ export const suites: Command[] = [
   suite(
     'lowp',
     'decode with f32/bf16/int8/q4 weights vs the memory bound and PyTorch',
-    { quick, models: list('models to measure (base, 1.3B)', (s) => s, { placeholder: 'names', maxItems: 2 }) },
+    {
+      quick,
+      models: list('models to measure (base, 1.3B)', (s) => s, { placeholder: 'names', maxItems: 2 }),
+      model: text('a model directory to measure instead (decode only: no peer, no quality run)', {
+        placeholder: 'dir',
+        nonEmpty: true,
+      }),
+      formats: list('weight formats to measure (decode only)', (s) => parseWeightFormat(s), {
+        placeholder: 'formats',
+        maxItems: 5,
+      }),
+    },
     async (v) => (await import('./lowp.js')).lowpSuite(v),
   ),
   suite('data', 'tokenising Brown into shards (bytes, BPE 4096): cold and reused', { quick }, async (v) =>
