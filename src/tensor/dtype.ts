@@ -153,23 +153,22 @@ const QINT4: QuantFormat = {
     const nb = Kp / Q4_BLOCK;
     const scales = new Uint16Array(out.buffer, out.byteOffset, rows * nb);
     const codes = out.subarray(2 * rows * nb);
-    codes.fill(0);
-    const f = Math.fround;
+    const block = new Float32Array(Q4_BLOCK); // the block's values in float32, zeros past the row's end
     for (let r = 0; r < rows; r++)
       for (let j = 0; j < nb; j++) {
-        const at = (i: number) => {
-          const k = j * Q4_BLOCK + i;
-          return k < cols ? f(values[r * cols + k]!) : 0;
-        };
+        const k0 = j * Q4_BLOCK;
+        const n = Math.max(0, Math.min(Q4_BLOCK, cols - k0));
         let m = 0;
-        for (let i = 0; i < Q4_BLOCK; i++) if (Math.abs(at(i)) > Math.abs(m)) m = at(i);
+        for (let i = 0; i < Q4_BLOCK; i++) {
+          block[i] = i < n ? values[r * cols + k0 + i]! : 0;
+          if (Math.abs(block[i]!) > Math.abs(m)) m = block[i]!;
+        }
         const dh = toFloat16(m / -8);
         const d = fromFloat16(dh);
         scales[r * nb + j] = dh;
-        for (let i = 0; i < Q4_BLOCK; i++) {
-          const u = d === 0 ? 8 : Math.max(0, Math.min(15, roundEven(at(i) / d) + 8));
-          codes[r * (Kp / 2) + j * 16 + (i & 15)]! |= i < 16 ? u : u << 4;
-        }
+        const code = (v: number) => (d === 0 ? 8 : Math.max(0, Math.min(15, roundEven(v / d) + 8)));
+        const at = r * (Kp / 2) + j * 16;
+        for (let i = 0; i < 16; i++) codes[at + i] = code(block[i]!) | (code(block[i + 16]!) << 4);
       }
   },
   dequantize(src, rows, cols, out) {
