@@ -5,10 +5,21 @@
 // checks the file's structure first, so a malformed one gets a message instead of a TypeError deep in the library,
 // and takes the special tokens and the BOS/EOS policy from the file, tokenizer_config.json and special_tokens_map.json.
 
-import { Tokenizer as Pipeline } from '@huggingface/tokenizers';
+import { createRequire } from 'node:module';
+
+import type { Tokenizer as Pipeline } from '@huggingface/tokenizers';
 
 import { FormatError } from '../errors.js';
 import type { Tokenizer } from './tokenizer.js';
+
+// The library loads with the first HfTokenizer (its CommonJS build, synchronously), not with `import 'retnet'`:
+// byte-level models never need it.
+let PipelineClass: typeof Pipeline | undefined;
+function pipelineClass(): typeof Pipeline {
+  PipelineClass ??= (createRequire(import.meta.url)('@huggingface/tokenizers') as { Tokenizer: typeof Pipeline })
+    .Tokenizer;
+  return PipelineClass;
+}
 
 /** Largest vocabulary accepted (the largest public ones are ~256k); bounds every table built from the file. */
 export const MAX_VOCAB = 1 << 24;
@@ -44,6 +55,9 @@ export class HfTokenizer implements Tokenizer {
   readonly eosId: number;
   /** The beginning-of-text id, null when the tokenizer has none. */
   readonly bosId: number | null;
+  /** The text of the end-of-text and beginning-of-text tokens (chat templates write them: `eos_token`). */
+  readonly eosToken: string;
+  readonly bosToken: string | null;
   /** Special tokens by content (from added_tokens with special: true). */
   readonly specialTokens: ReadonlyMap<string, number>;
   private readonly pipeline: Pipeline;
@@ -82,28 +96,32 @@ export class HfTokenizer implements Tokenizer {
     const map = ctx.specialTokensMap ?? {};
     try {
       const extra = Array.isArray(config.additional_special_tokens) ? config.additional_special_tokens : [];
-      this.pipeline = new Pipeline(obj, { ...config, additional_special_tokens: extra.map(tokenText).filter(Boolean) });
+      this.pipeline = new (pipelineClass())(obj, {
+        ...config,
+        additional_special_tokens: extra.map(tokenText).filter(Boolean),
+      });
     } catch (e) {
       throw new FormatError(`${source}: cannot build the tokenizer (${(e as Error).message})`);
     }
-    const idOf = (role: string): number | null => {
-      const named = tokenText(config[`${role}_token`]) ?? tokenText(map[`${role}_token`]);
-      if (named === null) return null;
-      const id = this.pipeline.token_to_id(named);
-      if (id === undefined)
+    /** The role's token text as the config names it, checked to be a token. */
+    const named = (role: string): string | null => {
+      const text = tokenText(config[`${role}_token`]) ?? tokenText(map[`${role}_token`]);
+      if (text !== null && this.pipeline.token_to_id(text) === undefined)
         throw new FormatError(
-          `${source}: ${role}_token ${JSON.stringify(named)} (from the tokenizer config) is not a token`,
+          `${source}: ${role}_token ${JSON.stringify(text)} (from the tokenizer config) is not a token`,
         );
-      return id;
+      return text;
     };
-    const eos = idOf('eos') ?? EOS_NAMES.map((n) => this.specialTokens.get(n)).find((id) => id !== undefined) ?? null;
+    const eos = named('eos') ?? EOS_NAMES.find((n) => this.specialTokens.has(n)) ?? null;
     if (eos === null)
       throw new FormatError(
         `${source}: no end-of-text token: set eos_token in tokenizer_config.json or add one of ${EOS_NAMES.join(', ')} ` +
           `to added_tokens`,
       );
-    this.eosId = eos;
-    this.bosId = idOf('bos') ?? this.specialTokens.get('<s>') ?? null;
+    this.eosToken = eos;
+    this.eosId = this.pipeline.token_to_id(eos)!;
+    this.bosToken = named('bos') ?? (this.specialTokens.has('<s>') ? '<s>' : null);
+    this.bosId = this.bosToken === null ? null : this.pipeline.token_to_id(this.bosToken)!;
     const flag = (key: string): boolean | null => {
       const v = config[key];
       if (v === undefined || v === null) return null;
