@@ -6,6 +6,7 @@
 
 import { Command as Commander, CommanderError, InvalidArgumentError, Option } from 'commander';
 
+import { setBackend } from '../backend/select.js';
 import { RetnetError } from '../errors.js';
 import { WEIGHT_FORMATS } from '../quant/formats.js';
 
@@ -173,6 +174,18 @@ export const WEIGHTS_FLAG = {
   }),
 };
 
+/**
+ * `--device` (train, generate, serve, eval, logits, the bench suites): the device every model and tensor of the
+ * command is made on, applied by defineCommand before the command runs (the same choice as RETNET_BACKEND).
+ */
+export const DEVICE_FLAG = {
+  device: text('the device to compute on: cpu, cuda, reference, or another registered one', {
+    placeholder: 'name',
+    nonEmpty: true,
+    defaultHelp: 'cpu when its addon loads, else reference',
+  }),
+};
+
 /** What a command's `run` receives: the flag values (defaults applied), positionals, and which flags were given. */
 export interface Parsed<F extends Flags> {
   values: FlagValues<F>;
@@ -275,6 +288,8 @@ export function defineCommand<F extends Flags>(spec: CommandSpec<F>): Command {
       for (const [name, flag] of Object.entries(spec.flags))
         if (flag.required && values[name] === undefined)
           cmd.error(`error: --${name} is required`, { code: 'retnet.missingFlag', exitCode: 2 });
+      const device = (values as { device?: unknown }).device;
+      if ('device' in spec.flags && typeof device === 'string') setBackend(device);
       result.code = await run({ values, positionals: cmd.args, given });
     });
     return c;

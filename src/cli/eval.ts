@@ -12,7 +12,7 @@ import { RetNetModel } from '../models/retnet/model.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { ShardReader, prepareData } from '../train/data.js';
 import { evaluate } from '../train/evaluate.js';
-import { UsageError, WEIGHTS_FLAG, choice, defineCommand, int, text } from './command.js';
+import { DEVICE_FLAG, UsageError, WEIGHTS_FLAG, choice, defineCommand, int, text } from './command.js';
 import { DATA_FLAGS, DEFAULT_CACHE, type RunSettings, checkBatchTokens } from './train.js';
 
 const SPLITS = ['val', 'train', 'all'] as const;
@@ -26,6 +26,7 @@ export const evalCommand = defineCommand({
     data: text(DATA_FLAGS.data.help, { placeholder: 'path|brown', required: true, nonEmpty: true }),
     split: choice('which split to evaluate', SPLITS, { default: 'val' }),
     ...WEIGHTS_FLAG,
+    ...DEVICE_FLAG,
     'max-batches': int('stop after this many batches', { min: 1, max: Number.MAX_SAFE_INTEGER, defaultHelp: 'all' }),
   },
   epilog:

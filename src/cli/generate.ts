@@ -10,7 +10,7 @@ import type { CausalLM } from '../models/lm.js';
 import { loadModelDir } from '../io/model-dir.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { WeightFormat } from '../quant/formats.js';
-import { UsageError, WEIGHTS_FLAG, bool, defineCommand, int, num, text } from './command.js';
+import { DEVICE_FLAG, UsageError, WEIGHTS_FLAG, bool, defineCommand, int, num, text } from './command.js';
 
 /** Loads a model directory for generation, which needs its tokenizer (weights: as `--weights`). */
 export function loadForGeneration(
@@ -149,6 +149,7 @@ export const generateCommand = defineCommand({
     stop: text('stop when the text contains this string'),
     'ignore-eos': bool('keep generating past the end-of-text token'),
     ...WEIGHTS_FLAG,
+    ...DEVICE_FLAG,
   },
   async run({ values }) {
     const sampling: SamplingOptions = {

@@ -7,7 +7,7 @@ import { loadModelDir } from '../io/model-dir.js';
 import { SIZE_BOUNDS } from '../models/bounds.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { tidy } from '../tensor/scope.js';
-import { UsageError, WEIGHTS_FLAG, choice, defineCommand, int, intItem, list, text } from './command.js';
+import { DEVICE_FLAG, UsageError, WEIGHTS_FLAG, choice, defineCommand, int, intItem, list, text } from './command.js';
 
 const FORMS = ['parallel', 'recurrent', 'chunkwise'] as const;
 
@@ -47,6 +47,7 @@ export const logitsCommand = defineCommand({
       defaultHelp: "the model's",
     }),
     ...WEIGHTS_FLAG,
+    ...DEVICE_FLAG,
     dtype: choice('float64 runs on the reference backend', ['float32', 'float64'] as const, { default: 'float32' }),
   },
   async run({ values, given }) {

@@ -23,6 +23,7 @@ import { TRAIN_DEFAULTS, type TrainConfig, train, trainConfig } from '../train/t
 import { InvalidArgumentError } from 'commander';
 
 import {
+  DEVICE_FLAG,
   type Flag,
   type FlagValues,
   type Parsed,
@@ -121,6 +122,7 @@ export const DATA_FLAGS = {
 
 const FLAGS = {
   ...DATA_FLAGS,
+  ...DEVICE_FLAG,
   arch: choice('the architecture', ARCHS, { default: 'retnet' }),
   preset: choice('the model size', Object.keys(RETNET_PRESETS), { default: 'tiny' }),
   steps: int('optimizer steps', { min: 1, max: MAX_STEPS }),
