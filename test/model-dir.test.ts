@@ -83,7 +83,7 @@ describe('model directory', () => {
     );
     assert.throws(
       () => loadModelDir(dir, { backend: nat() }),
-      /tensor 'layers.0.retention.k_proj.weight' has shape \[48, 47\], the model expects \[48, 48\]/,
+      /tensor 'layers.0.retention.k_proj.weight' has shape \[48, 47\], the model that .*config.json describes expects \[48, 48\]/,
     );
     edit((m) => m.set('layers.9.extra', { dtype: 'F64', shape: [1], data: [0] }));
     assert.throws(() => loadModelDir(dir, { backend: nat() }), /unexpected tensors layers.9.extra/);

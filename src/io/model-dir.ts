@@ -374,16 +374,19 @@ function fill(
   const params = model.namedParameters();
   const files = weights.readers.map((r) => r.path).join(', ');
   const missing = params.filter(([n]) => !weights.entry(n)).map(([n]) => n);
-  if (missing.length > 0) throw new FormatError(`${files}: missing tensors ${missing.join(', ')}`);
+  const built = `the model that ${configPath} describes`;
+  if (missing.length > 0)
+    throw new FormatError(`${files}: missing tensors ${missing.join(', ')} (${built} has them; do the files match?)`);
   const known = new Set(params.map(([n]) => n));
   const extra = weights.names().filter((n) => !known.has(n) && !isTorchscaleBuffer(n));
-  if (extra.length > 0) throw new FormatError(`${files}: unexpected tensors ${extra.join(', ')}`);
+  if (extra.length > 0)
+    throw new FormatError(`${files}: unexpected tensors ${extra.join(', ')} (${built} has none; do the files match?)`);
   const firstName = new Map<Tensor, string>();
   for (const [n, t] of params) {
     const e = weights.entry(n)!;
     if (e.shape.length !== t.shape.length || e.shape.some((d, i) => d !== t.shape[i]))
       throw new ShapeError(
-        `${weights.fileOf(n)}: tensor '${n}' has shape ${formatShape(e.shape)}, the model expects ${formatShape(t.shape)}`,
+        `${weights.fileOf(n)}: tensor '${n}' has shape ${formatShape(e.shape)}, ${built} expects ${formatShape(t.shape)}`,
       );
     const v = weights.read(n);
     if (!allowNonFinite) {

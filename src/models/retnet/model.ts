@@ -538,6 +538,8 @@ export class RetNetDecodeState implements DecodeState {
 
 export class RetNetModel extends Module implements CausalLM {
   readonly arch = 'retnet' as const;
+  /** prefill(prompts, {state}) continues a state: the scheduler prefills long prompts in pieces with it. */
+  readonly continuesPrefill = true as const;
   readonly embedTokens: Embedding;
   readonly layernormEmbedding: RMSNorm | null;
   readonly layers: RetNetLayer[];
