@@ -5,6 +5,7 @@
 #   test      test/cuda.test.ts (the op suite and the sequence kernels against the reference backend)
 #   vectors   the torchscale and fla vectors through models on the cuda device (their tests' cuda suites)
 #   cli       train a tiny model, then generate from it, with --device cuda
+#   suites    the decode, batch and train bench suites (--quick) on the cuda device; their JSON copied to $OUT
 #   sanitize  the same under compute-sanitizer memcheck
 #   bench     bench/cuda/kernels.ts (quick: bench-quick)
 #   peer      bench/cuda/peer.py (fla chunk_retention, PyTorch SDPA, the ceilings)
@@ -47,6 +48,14 @@ for stage in "$@"; do
       { $node dist/src/cli/run.js train --data /tmp/rn/data.txt --preset tiny --steps 20 --out /tmp/rn/run --device cuda &&
         $node dist/src/cli/run.js generate --model /tmp/rn/run --prompt "The state" --max-tokens 32 --device cuda; } \
         2>&1 | tee "$out/cli.log" | tail -12
+      ;;
+    suites)
+      for s in decode batch train; do
+        timeout ${SUITE_TIMEOUT:-170} $node dist/src/cli/run.js bench $s --quick --device cuda --out /tmp/rn/suites \
+          >"$out/suite-$s.log" 2>&1
+        echo "bench $s: exit $?"; tail -c 2500 "$out/suite-$s.log"
+        cp /tmp/rn/suites/bench/results/$s*.json "$out/" 2>/dev/null
+      done
       ;;
     sanitize)
       timeout ${SANITIZE_TIMEOUT:-300} compute-sanitizer --tool memcheck --print-limit 20 $node dist/test/cuda.test.js >"$out/sanitize.log" 2>&1
