@@ -408,12 +408,11 @@ namespace {
 // ---- chunkwise retention on bf16 tensor cores (opt-in: RetentionRun/Backward `tensorCores`) ----
 // The same computation as the float32 kernels above for K = V = 128, C = 64 and T a multiple of 64 (other shapes
 // take the float32 kernels): every product on WMMA 16×16×16 tiles with bf16 operands (rounded from the float32
-// inputs when they are staged in shared memory) and float32 accumulation; states accumulate across chunks in float32
-// and are stored as bf16 for the chunk kernels. Relative error about 1e-3 (bf16 operands), so it is opt-in.
-// Three kernels: tcStateKernel (the states entering each chunk, one block per (b·H + h, 64 value columns), walking the
-// chunks in order and keeping its 128×64 slice of the state in accumulators; forward it also reduces σ),
-// tcOutputKernel (o and r per chunk) and tcGradKernel (dq, dk, dv per chunk). Row strides of the staged tiles are
-// padded by 8 elements, so that the tile loads do not all hit the same shared-memory banks.
+// inputs when they are staged in shared memory) and float32 accumulation; the states entering the chunks are float32
+// (rounded to bf16 as the chunk kernels stage them). Relative error about 1e-3 (bf16 operands), so it is opt-in.
+// Kernels: tcLocalKernel (each chunk's local state, all chunks at once) followed by the float32 scan and σ kernels
+// above, tcOutputKernel (o and r per chunk) and tcGradKernel (dq, dk, dv per chunk). Row strides of the staged tiles
+// are padded by 8 elements, so that the tile loads do not all hit the same shared-memory banks.
 namespace tc {
 
 using namespace nvcuda;
@@ -455,62 +454,40 @@ __device__ __forceinline__ void mmaRun(Acc& acc, const bf16* a, int lda, int aSt
   }
 }
 
-// Reverse false: S_c (S_0 = 0, S_{c+1} = γ^C S_c + Σ_j γ^(C−j) k_jᵀ v_j) into slots [BH, nC, K, V] as bf16, and
-// σ_c's column maximum (as float bits, atomicMax; sigmaBits zeroed first, null: not wanted). Reverse: R_c from the
-// last chunk down, R_{c−1} = γ^C R_c + Σ_j γ^(j+1) q_jᵀ (r_j dO_j). Grid (BH, V / kSlice), 8 warps; warp w holds
-// rows 16w.. of the block's 128 × kSlice slice. Measured (bench/cuda/NOTES.md): slices of 64 columns gave 64 blocks
-// for 132 SMs at B 2, H 16; slices of 32 give 128.
-constexpr int kSlice = 32, kTiles = kSlice / 16, LDY = kSlice + 8, LDS = kSlice + 4;
+// The local state of chunk c, Δ_c = Σ_j w_j X_jᵀ Y_j [K, V] in float32, written to slot c + 1 (forward: X = k, Y = v,
+// w_j = γ^(C−j)) or c − 1 (Reverse: X = q, Y = r ⊙ dO, w_j = γ^(j+1)), as the float32 localStateKernel does; the
+// float32 scanKernel then makes the states. Grid (BH, nC), 8 warps; warp w computes rows 16w.. of Δ. Measured
+// (bench/cuda/NOTES.md): walking the chunks in order in one block per (head, 32 columns) with the state in
+// accumulators took 0.83 ms a pass at B 2 H 16 T 8192, 128 dependent steps each waiting on its loads.
 template <bool Reverse>
-__global__ void __launch_bounds__(256) tcStateKernel(const float* X, const float* Y, const float* rY, Heads hs,
-                                                     bf16* slots, unsigned* sigmaBits, int64_t H, int64_t T,
-                                                     int64_t nC) {
+__global__ void __launch_bounds__(256) tcLocalKernel(const float* X, const float* Y, const float* rY, Heads hs,
+                                                     float* slots, int64_t H, int64_t T, int64_t nC) {
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* Xs = reinterpret_cast<bf16*>(smem);  // [C, LD]: the chunk's X rows, weighted
-  bf16* Ys = Xs + C * LD;                    // [C, LDY]: its Y rows, this block's columns
-  float* St = reinterpret_cast<float*>(Ys + C * LDY);  // [D, LDS]: the state slice, for the bf16 copy and σ
-  int64_t bh = blockIdx.x, y0 = blockIdx.y * kSlice, P = H * D;
-  float lambda = hs.lambda[bh % H], decay = dpow(lambda, static_cast<float>(C));
+  bf16* Ys = Xs + C * LD;                    // [C, LD]: its Y rows
+  int64_t bh = blockIdx.x, c = blockIdx.y, c0 = c * C, P = H * D;
+  int64_t dst = Reverse ? c - 1 : c + 1;
+  if (dst < 0 || dst >= nC) return;
+  float lambda = hs.lambda[bh % H];
   int warp = threadIdx.x >> 5;
-  Acc acc[kTiles];
-  for (auto& a : acc) wmma::fill_fragment(a, 0.0f);
-  const float* Xb = X + rowAt(bh, H, T, 0, D);
-  const float* Yb = Y + rowAt(bh, H, T, 0, D) + y0;
-  for (int64_t i = 0; i < nC; i++) {
-    int64_t c = Reverse ? nC - 1 - i : i, c0 = c * C;
-    for (int t = 0; t < kTiles; t++)
-      wmma::store_matrix_sync(St + warp * 16 * LDS + t * 16, acc[t], LDS, wmma::mem_row_major);
-    __syncthreads();
-    bf16* out = slots + (bh * nC + c) * D * D + y0;
-    for (int e = threadIdx.x; e < D * kSlice; e += blockDim.x) {
-      int x = e / kSlice, y = e % kSlice;
-      out[x * D + y] = __float2bfloat16(St[x * LDS + y]);
-    }
-    if (sigmaBits && threadIdx.x < kSlice) {
-      float col = 0;
-      for (int x = 0; x < D; x++) col += fabsf(St[x * LDS + threadIdx.x]);
-      for (int w = 16; w > 0; w >>= 1) col = fmaxf(col, __shfl_xor_sync(0xffffffffu, col, w));
-      if ((threadIdx.x & 31) == 0) atomicMax(sigmaBits + bh * nC + c, __float_as_uint(col));
-    }
-    if (i == nC - 1) break;
-    stage<D, LD>(Xs, Xb + c0 * P, P, C, [&](int j) {
-      return dpow(lambda, static_cast<float>(Reverse ? j + 1 : C - j));
-    });
-    stage<kSlice, LDY>(Ys, Yb + c0 * P, P, C, [&](int j) { return rY ? rY[bh * T + c0 + j] : 1.0f; });
-    __syncthreads();
-    for (int t = 0; t < kTiles; t++) {
-      for (int e = 0; e < acc[t].num_elements; e++) acc[t].x[e] *= decay;
-      // Δ[x, y] = Σ_j X[j, x] Y[j, y]: A = Xᵀ (column-major view of Xs), B = Ys.
-      mmaRun<FragAT, FragB>(acc[t], Xs + warp * 16, LD, LD, Ys + t * 16, LDY, LDY, C);
-    }
-    __syncthreads();
+  stage<D, LD>(Xs, X + rowAt(bh, H, T, c0, D), P, C,
+               [&](int j) { return dpow(lambda, static_cast<float>(Reverse ? j + 1 : C - j)); });
+  stage<D, LD>(Ys, Y + rowAt(bh, H, T, c0, D), P, C, [&](int j) { return rY ? rY[bh * T + c0 + j] : 1.0f; });
+  __syncthreads();
+  float* out = slots + (bh * nC + dst) * D * D + warp * 16 * D;
+  for (int t = 0; t < D / 16; t++) {
+    Acc a;
+    wmma::fill_fragment(a, 0.0f);
+    // Δ[x, y] = Σ_j X[j, x] Y[j, y]: A = Xᵀ (column-major view of Xs), B = Ys.
+    mmaRun<FragAT, FragB>(a, Xs + warp * 16, LD, LD, Ys + t * 16, LD, LD, C);
+    wmma::store_matrix_sync(out + t * 16, a, D, wmma::mem_row_major);
   }
 }
 
 // o and r of chunk c (grid (BH, nC), 8 warps): A = Q Kᵀ with γ^(i−j)/sq_i below the diagonal, den_i = max(Σ_j |A_ij|,
 // 1, σ_c), o = (A / den) V + (γ^i / (sq_i den_i)) Q S_c. normalize false: sq = den = 1, r = 1.
 __global__ void __launch_bounds__(256) tcOutputKernel(const float* q, const float* k, const float* v,
-                                                      const bf16* slots, const unsigned* sigmaBits, Heads hs,
+                                                      const float* slots, const float* sigmas, Heads hs,
                                                       float* o, float* r, int64_t H, int64_t T, int64_t nC,
                                                       bool normalize) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -529,11 +506,7 @@ __global__ void __launch_bounds__(256) tcOutputKernel(const float* q, const floa
   stage<D, LD>(Qs, qb, P, C, one);
   stage<D, LD>(Ks, k + rowAt(bh, H, T, c0, D), P, C, one);
   stage<D, LD>(Vs, v + rowAt(bh, H, T, c0, D), P, C, one);
-  const bf16* S = slots + (bh * nC + c) * D * D;
-  for (int e = threadIdx.x; e < D * D / 8; e += blockDim.x) {
-    int x = e / (D / 8), y = (e % (D / 8)) * 8;
-    *reinterpret_cast<uint4*>(Ss + x * LD + y) = *reinterpret_cast<const uint4*>(S + x * D + y);
-  }
+  stage<D, LD>(Ss, slots + (bh * nC + c) * D * D, D, D, one);
   __syncthreads();
   {  // A: warp w computes rows 16(w/2).., columns 32(w%2)..
     int i0 = (warp >> 1) * 16;
@@ -546,9 +519,7 @@ __global__ void __launch_bounds__(256) tcOutputKernel(const float* q, const floa
     }
   }
   __syncthreads();
-  float sigma = normalize ? fmaxf(1.0f, __uint_as_float(sigmaBits[bh * nC + c]) /
-                                            (expf(lambda) * decaySum(lambda, static_cast<float>(C))))
-                          : 1.0f;
+  float sigma = normalize ? sigmas[bh * nC + c] : 1.0f;
   for (int i = warp; i < C; i += kWarps) {
     float sq = normalize ? sqrtf(decaySum(lambda, static_cast<float>(i + 1))) : 1.0f;
     float a0 = lane <= i ? Af[i * LDF + lane] * dpow(lambda, static_cast<float>(i - lane)) / sq : 0.0f;
@@ -582,7 +553,7 @@ __global__ void __launch_bounds__(256) tcOutputKernel(const float* q, const floa
 // dq, dk, dv of chunk c (grid (BH, nC), 8 warps), with G = r ⊙ dO, M = (G Vᵀ) ∘ Γ, N = (Q Kᵀ) ∘ Γ (Γ_ij = γ^(i−j),
 // j ≤ i): dq = M K + γ^i G Sᵀ, dk = Mᵀ Q + γ^(C−1−i) V Rᵀ, dv = Nᵀ G + γ^(C−1−i) K R.
 __global__ void __launch_bounds__(256) tcGradKernel(const float* q, const float* k, const float* v, const float* r,
-                                                    const float* dO, const bf16* Sslots, const bf16* Rslots,
+                                                    const float* dO, const float* Sslots, const float* Rslots,
                                                     Heads hs, float* dq, float* dk, float* dv, int64_t H, int64_t T,
                                                     int64_t nC) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -612,13 +583,8 @@ __global__ void __launch_bounds__(256) tcGradKernel(const float* q, const float*
   stage<D, LD>(Vs, vb, P, C, one);
   stage<D, LD>(Gs, gb, P, C, [&](int i) { return rc[i]; });
   stage<D, LD>(Vd, vb, P, C, tail);
-  const bf16* S = Sslots + (bh * nC + c) * D * D;
-  const bf16* R = Rslots + (bh * nC + c) * D * D;
-  for (int e = threadIdx.x; e < D * D / 8; e += blockDim.x) {
-    int x = e / (D / 8), y = (e % (D / 8)) * 8;
-    *reinterpret_cast<uint4*>(Ss + x * LD + y) = *reinterpret_cast<const uint4*>(S + x * D + y);
-    *reinterpret_cast<uint4*>(Rs + x * LD + y) = *reinterpret_cast<const uint4*>(R + x * D + y);
-  }
+  stage<D, LD>(Ss, Sslots + (bh * nC + c) * D * D, D, D, one);
+  stage<D, LD>(Rs, Rslots + (bh * nC + c) * D * D, D, D, one);
   __syncthreads();
   {  // M (warps 0-3) and N (warps 4-7): warp w computes rows 16(w%4).., all 64 columns.
     bool isN = warp >= 4;
@@ -664,7 +630,7 @@ __global__ void __launch_bounds__(256) tcGradKernel(const float* q, const float*
   }
 }
 
-constexpr size_t kStateSmem = (C * LD + C * LDY) * sizeof(bf16) + D * LDS * sizeof(float);
+constexpr size_t kLocalSmem = 2 * C * LD * sizeof(bf16);
 constexpr size_t kOutputSmem = (3 * C * LD + D * LD + C * LDC) * sizeof(bf16) + (C * LDF + C) * sizeof(float);
 constexpr size_t kGradSmem = (5 * C * LD + 2 * D * LD + 2 * C * LDC) * sizeof(bf16) + 2 * C * LDF * sizeof(float);
 static_assert(C * LDF * sizeof(float) >= C * LD * sizeof(bf16), "γ^i G and γ^(C−1−i) K reuse M's and N's floats");
@@ -676,25 +642,32 @@ bool tensorCoreShape(Dims d, int64_t C) {
   return d.K == tc::D && d.V == tc::D && C == tc::C && d.T > 0 && d.T % tc::C == 0;
 }
 
+// The states entering each chunk (float32 [BH, nC, K, V]): local states on tensor cores, then the float32 scan.
 template <bool Reverse>
-void tcStates(const float* X, const float* Y, const float* rY, const Heads& hs, tc::bf16* slots, unsigned* sigma,
-              Dims d) {
+void tcStates(const float* X, const float* Y, const float* rY, const Heads& hs, float* slots, Dims d) {
   int64_t nC = d.T / tc::C;
-  smemOrThrow(tc::kStateSmem, "retention (tensor cores)", reinterpret_cast<const void*>(tc::tcStateKernel<Reverse>));
-  tc::tcStateKernel<Reverse><<<dim3(static_cast<unsigned>(d.B * d.H), tc::D / tc::kSlice), 256, tc::kStateSmem,
-                                stream()>>>(
-      X, Y, rY, hs, slots, sigma, d.H, d.T, nC);
-  checkLaunch("retention states (tensor cores)");
+  smemOrThrow(tc::kLocalSmem, "retention (tensor cores)", reinterpret_cast<const void*>(tc::tcLocalKernel<Reverse>));
+  tc::tcLocalKernel<Reverse><<<dim3(static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(nC)), 256, tc::kLocalSmem,
+                               stream()>>>(X, Y, rY, hs, slots, d.H, d.T, nC);
+  checkLaunch("retention local states (tensor cores)");
+  dim3 sg(static_cast<unsigned>((d.K * d.V + kThreads - 1) / kThreads), static_cast<unsigned>(d.B * d.H));
+  scanKernel<Reverse><<<sg, kThreads, 0, stream()>>>(slots, hs, d.H, d.K * d.V, tc::C, nC,
+                                                     SeqArgs{0, d.T, nullptr, nullptr}, false);
+  checkLaunch("retention scan");
 }
 
-// Chunkwise forward on tensor cores; ws as the float32 kernel's (larger), used as bf16 states then σ's bits.
+// Chunkwise forward on tensor cores; ws as the float32 kernel's: the states, then σ.
 void tcForward(const float* q, const float* k, const float* v, const Heads& hs, float* o, float* r, float* ws, Dims d,
                bool normalize) {
   int64_t nC = d.T / tc::C, BH = d.B * d.H;
-  auto* slots = reinterpret_cast<tc::bf16*>(ws);
-  auto* sigma = reinterpret_cast<unsigned*>(ws + BH * nC * tc::D * tc::D / 2);
-  check(cudaMemsetAsync(sigma, 0, BH * nC * sizeof(unsigned), stream()), "cudaMemsetAsync");
-  tcStates<false>(k, v, nullptr, hs, slots, sigma, d);
+  float* slots = ws;
+  float* sigma = ws + BH * nC * tc::D * tc::D;
+  tcStates<false>(k, v, nullptr, hs, slots, d);
+  if (normalize) {
+    sigmaKernel<<<dim3(static_cast<unsigned>(BH), static_cast<unsigned>(nC)), kThreads, 0, stream()>>>(
+        slots, hs, sigma, d.H, d.K, d.V, tc::C, nC);
+    checkLaunch("retention sigma");
+  }
   smemOrThrow(tc::kOutputSmem, "retention (tensor cores)", reinterpret_cast<const void*>(tc::tcOutputKernel));
   tc::tcOutputKernel<<<dim3(static_cast<unsigned>(BH), static_cast<unsigned>(nC)), 256, tc::kOutputSmem, stream()>>>(
       q, k, v, slots, sigma, hs, o, r, d.H, d.T, nC, normalize);
@@ -782,10 +755,10 @@ void retentionBackward(const float* q, const float* k, const float* v, const dou
   Heads hs = headsOf(gammas, d.H);
   if (tensorCores && tensorCoreShape(d, C)) {
     int64_t nC = d.T / tc::C, BH = d.B * d.H;
-    auto* S = reinterpret_cast<tc::bf16*>(ws);
-    tc::bf16* R = S + BH * nC * tc::D * tc::D;
-    tcStates<false>(k, v, nullptr, hs, S, nullptr, d);
-    tcStates<true>(q, dO, r, hs, R, nullptr, d);
+    float* S = ws;
+    float* R = S + BH * nC * tc::D * tc::D;
+    tcStates<false>(k, v, nullptr, hs, S, d);
+    tcStates<true>(q, dO, r, hs, R, d);
     smemOrThrow(tc::kGradSmem, "retention backward (tensor cores)", reinterpret_cast<const void*>(tc::tcGradKernel));
     tc::tcGradKernel<<<dim3(static_cast<unsigned>(BH), static_cast<unsigned>(nC)), 256, tc::kGradSmem, stream()>>>(
         q, k, v, r, dO, S, R, hs, dq, dk, dv, d.H, d.T, nC);
