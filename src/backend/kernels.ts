@@ -395,9 +395,11 @@ function viaHost(name: KernelName, device: Device, ref: Device, dtype: DType): A
   return (...args: Args) => {
     if (!said.has(key)) {
       said.add(key);
-      globalThis.process?.stderr?.write(
-        `retnet: the ${device.name} device has no ${name} kernel for ${dtype}; running the reference kernel through a host copy\n`,
-      );
+      const line = `retnet: the ${device.name} device has no ${name} kernel for ${dtype}; running the reference kernel through a host copy`;
+      // A browser has no stderr: its console shows the line instead.
+      const stderr = globalThis.process?.stderr;
+      if (stderr) stderr.write(`${line}\n`);
+      else console.warn(line);
     }
     const copies = args.map((a) => (isTensor(a) ? ref.fromData(device.read(a), a.shape, a.dtype) : a));
     const fn = kernels(ref, dtype)[name] as (...a: Args) => unknown;

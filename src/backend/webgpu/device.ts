@@ -1,0 +1,377 @@
+/// <reference types="@webgpu/types" />
+// The webgpu device: tensors in GPUBuffers, for browsers (portable: no Node built-ins). Kernels (kernels.ts) are
+// recorded into one command encoder and submitted together when something needs the results: a read, a write from
+// the host, or a full parameter arena. Reads are asynchronous (`readAsync`, through mapAsync on a staging buffer);
+// `read` works only for tensors whose contents the host already knows (fresh zeros, token ids given by the host) and
+// otherwise throws, naming readAsync.
+//
+// Ordering. Everything reaches the GPU in one queue order: queue.writeBuffer runs at the queue timeline before the
+// commands of the next submit, so every host write first submits what is pending (a buffer from the pool may still be
+// read by a recorded kernel of its previous owner).
+//
+// Memory. The MemoryTracker counts each live tensor's element bytes, as on the host devices. Freed buffers go to a
+// pool keyed by their (16-byte rounded) size, so a generation, whose steps allocate the same shapes each token,
+// reuses buffers instead of creating them; `gpu()` reports the buffers created, reused and held beside the tensors.
+
+import { BackendError, DTypeError, formatShape } from '../../errors.js';
+import type { DType, DataArray, ValueArray } from '../../tensor/dtype.js';
+import { MemoryTracker } from '../../tensor/memory.js';
+import type { Storage } from '../../tensor/storage.js';
+import { Tensor, checkShape, shapeSize } from '../../tensor/tensor.js';
+import type { Device } from '../device.js';
+import type { Kernels } from '../kernels.js';
+
+/** Bytes of uniform parameters each dispatch gets (minUniformBufferOffsetAlignment is at most 256). */
+const PARAM_SLOT = 256;
+/** Dispatches recorded before a submit is forced (the size of the parameter arena). */
+const PARAM_SLOTS = 1024;
+
+/** The GPU memory behind a tensor; returned to the device's pool when the last reference goes. */
+export class GpuStorage implements Storage {
+  readonly byteLength: number;
+  private refs = 1;
+  private buf: GPUBuffer | null;
+
+  constructor(
+    readonly dtype: DType,
+    readonly size: number,
+    buffer: GPUBuffer,
+    private readonly device: WebGpuDevice,
+    /** What the host knows of the contents: 'zero' (fresh zeros), the values it wrote (token ids), or nothing. */
+    public known: 'zero' | Int32Array | null,
+  ) {
+    this.byteLength = size * 4;
+    this.buf = buffer;
+    device.memory.allocated(this.byteLength);
+  }
+
+  get released(): boolean {
+    return this.buf === null;
+  }
+
+  get buffer(): GPUBuffer {
+    if (this.buf === null) throw new Error('storage used after release');
+    return this.buf;
+  }
+
+  retain(): void {
+    this.refs++;
+  }
+
+  release(): void {
+    if (this.buf === null || --this.refs > 0) return;
+    this.device.reclaim(this.buf);
+    this.buf = null;
+    this.device.memory.released(this.byteLength);
+  }
+}
+
+/** What the GPU side holds, beyond the tensors' own bytes. */
+export interface GpuMemory {
+  /** Buffers created so far, and pool hits (a buffer reused instead of created). */
+  created: number;
+  reused: number;
+  /** Bytes of every live GPUBuffer: tensors (rounded up to 16 bytes), the pool, staging and parameter buffers. */
+  bytes: number;
+  /** Bytes of freed buffers kept in the pool. */
+  pooled: number;
+}
+
+export interface WebGpuInfo {
+  vendor: string;
+  architecture: string;
+  description: string;
+  /** Adapter features (shader-f16, subgroups, ...). */
+  features: string[];
+}
+
+export class WebGpuDevice implements Device {
+  readonly name = 'webgpu';
+  readonly memory = new MemoryTracker();
+  readonly dtypes: readonly DType[] = ['float32', 'int32'];
+  readonly host = false;
+  readonly resolved: Partial<Record<DType, Kernels>> = {};
+  /** Validation and out-of-memory errors the GPU reported (asynchronously); tests check it stays empty. */
+  readonly errors: string[] = [];
+  /** Largest pool, in bytes (freed buffers beyond it are destroyed). */
+  poolCapacity = 256 * 2 ** 20;
+
+  private readonly pool = new Map<number, GPUBuffer[]>();
+  private readonly staging = new Map<number, GPUBuffer[]>();
+  private readonly stats = { created: 0, reused: 0, bytes: 0, pooled: 0 };
+  private readonly pipelines = new Map<string, GPUComputePipeline>();
+  private readonly params: GPUBuffer;
+  private readonly paramHost = new ArrayBuffer(PARAM_SLOT * PARAM_SLOTS);
+  private paramsUsed = 0;
+  private encoder: GPUCommandEncoder | null = null;
+  private pass: GPUComputePassEncoder | null = null;
+
+  constructor(
+    readonly gpu: GPUDevice,
+    readonly info: WebGpuInfo,
+  ) {
+    this.params = this.createBuffer(PARAM_SLOT * PARAM_SLOTS, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
+    gpu.addEventListener('uncapturederror', (e) => {
+      const msg = (e as GPUUncapturedErrorEvent).error.message;
+      this.errors.push(msg);
+      console.error(`retnet webgpu: ${msg}`);
+    });
+  }
+
+  supportsDType(dtype: DType): boolean {
+    return dtype === 'float32' || dtype === 'int32';
+  }
+
+  gpuMemory(): GpuMemory {
+    return { ...this.stats };
+  }
+
+  // ---- buffers ----
+
+  private createBuffer(bytes: number, usage: number): GPUBuffer {
+    const max = this.gpu.limits.maxBufferSize;
+    if (bytes > max)
+      throw new BackendError(`webgpu: a buffer of ${bytes} bytes exceeds this adapter's maxBufferSize (${max})`);
+    this.stats.created++;
+    this.stats.bytes += bytes;
+    return this.gpu.createBuffer({ size: bytes, usage });
+  }
+
+  private destroy(buf: GPUBuffer): void {
+    this.flush(); // a recorded command may still use it
+    this.stats.bytes -= buf.size;
+    buf.destroy();
+  }
+
+  /** A storage buffer of at least `bytes`, from the pool when one of that size is free. */
+  private take(bytes: number): GPUBuffer {
+    const size = Math.max(16, Math.ceil(bytes / 16) * 16);
+    const free = this.pool.get(size);
+    const buf = free?.pop();
+    if (buf) {
+      this.stats.reused++;
+      this.stats.pooled -= size;
+      return buf;
+    }
+    return this.createBuffer(size, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST);
+  }
+
+  /** Called by a storage on release. */
+  reclaim(buf: GPUBuffer): void {
+    if (this.stats.pooled + buf.size > this.poolCapacity) return this.destroy(buf);
+    let list = this.pool.get(buf.size);
+    if (!list) this.pool.set(buf.size, (list = []));
+    list.push(buf);
+    this.stats.pooled += buf.size;
+  }
+
+  /** Destroys the pooled buffers (their memory goes back to the GPU). */
+  trimPool(): void {
+    for (const list of this.pool.values()) for (const b of list.splice(0)) this.destroy(b);
+    for (const list of this.staging.values()) for (const b of list.splice(0)) this.destroy(b);
+    this.stats.pooled = 0;
+  }
+
+  // ---- tensors ----
+
+  private make(shape: readonly number[], dtype: DType, known: GpuStorage['known'], what: string): Tensor {
+    checkShape(shape, what);
+    if (!this.supportsDType(dtype))
+      throw new DTypeError(`${what}: the webgpu device does not hold ${dtype} tensors (float32 and int32 only)`);
+    const size = shapeSize(shape);
+    return new Tensor(this, new GpuStorage(dtype, size, this.take(size * 4), this, known), shape, dtype);
+  }
+
+  storageOf(t: Tensor): GpuStorage {
+    if (t.device !== this) throw new BackendError(`webgpu device: tensor ${t.toString()} belongs to another device`);
+    return t.storage as GpuStorage;
+  }
+
+  /** The tensor's buffer, for binding; `written` marks its contents as no longer known to the host. */
+  buffer(t: Tensor, written = false): GPUBuffer {
+    const s = this.storageOf(t);
+    if (written) s.known = null;
+    return s.buffer;
+  }
+
+  empty(shape: readonly number[], dtype: DType): Tensor {
+    return this.make(shape, dtype, null, 'empty');
+  }
+
+  zeros(shape: readonly number[], dtype: DType): Tensor {
+    const t = this.make(shape, dtype, 'zero', 'zeros');
+    if (t.size > 0) this.encode().clearBuffer(this.buffer(t), 0, t.size * 4);
+    return t;
+  }
+
+  fromData(data: ArrayLike<number>, shape: readonly number[], dtype: DType): Tensor {
+    checkShape(shape, 'fromData');
+    const n = shapeSize(shape);
+    if (data.length !== n)
+      throw new BackendError(`fromData: ${data.length} values given for shape ${formatShape(shape)} (${n} elements)`);
+    const host = this.hostArray(dtype, data, 'fromData');
+    const t = this.make(shape, dtype, host instanceof Int32Array ? host : null, 'fromData');
+    this.upload(t, host);
+    return t;
+  }
+
+  fromStorage(data: DataArray, shape: readonly number[], dtype: DType): Tensor {
+    return this.fromData(data, shape, dtype);
+  }
+
+  private hostArray(dtype: DType, data: ArrayLike<number>, what: string): Float32Array | Int32Array {
+    if (dtype !== 'int32') return Float32Array.from(data);
+    const out = new Int32Array(data.length);
+    for (let i = 0; i < data.length; i++) {
+      const v = data[i]!;
+      if (!Number.isInteger(v)) throw new DTypeError(`${what}: int32 tensor given non-integer value ${v} at ${i}`);
+      out[i] = v;
+    }
+    return out;
+  }
+
+  private upload(t: Tensor, host: Float32Array | Int32Array): void {
+    if (t.size === 0) return;
+    this.flush();
+    this.gpu.queue.writeBuffer(this.buffer(t), 0, host.buffer, host.byteOffset, host.byteLength);
+  }
+
+  /** Only for contents the host knows; GPU results are read with readAsync. */
+  read(t: Tensor): ValueArray {
+    const known = this.storageOf(t).known;
+    if (known === 'zero') return t.dtype === 'int32' ? new Int32Array(t.size) : new Float32Array(t.size);
+    if (known) return known.slice();
+    throw new BackendError(
+      `webgpu: ${t.toString()} lives in GPU memory, which a browser reads only asynchronously: use ` +
+        `await tensor.dataAsync() (device.readAsync); a kernel the webgpu device lacks cannot run through the ` +
+        `reference kernel's host copy on computed tensors for the same reason`,
+    );
+  }
+
+  async readAsync(t: Tensor): Promise<ValueArray> {
+    const bytes = t.size * 4;
+    const out = t.dtype === 'int32' ? new Int32Array(t.size) : new Float32Array(t.size);
+    if (bytes === 0) return out;
+    const size = Math.ceil(bytes / 16) * 16;
+    const staging =
+      this.staging.get(size)?.pop() ?? this.createBuffer(size, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    this.encode().copyBufferToBuffer(this.buffer(t), 0, staging, 0, bytes);
+    this.flush();
+    await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+    new Uint8Array(out.buffer).set(new Uint8Array(staging.getMappedRange(0, bytes)));
+    staging.unmap();
+    let list = this.staging.get(size);
+    if (!list) this.staging.set(size, (list = []));
+    list.push(staging);
+    return out;
+  }
+
+  readStorage(t: Tensor): DataArray {
+    return this.read(t);
+  }
+
+  write(t: Tensor, data: ArrayLike<number>): void {
+    if (data.length !== t.size)
+      throw new BackendError(`write: ${data.length} values given for ${t.toString()} (${t.size} elements)`);
+    const host = this.hostArray(t.dtype, data, 'write');
+    this.storageOf(t).known = host instanceof Int32Array ? host : null;
+    this.upload(t, host);
+  }
+
+  copy(src: Tensor, srcOffset: number, dst: Tensor, dstOffset: number, length: number): void {
+    if (src.dtype !== dst.dtype) throw new DTypeError(`copy: dtypes differ (${src.dtype} and ${dst.dtype})`);
+    if (srcOffset < 0 || dstOffset < 0 || srcOffset + length > src.size || dstOffset + length > dst.size)
+      throw new BackendError(
+        `copy: range [${srcOffset}, +${length}) of ${src.toString()} to [${dstOffset}, +${length}) of ${dst.toString()} is out of bounds`,
+      );
+    if (length === 0) return;
+    const s = this.buffer(src);
+    const d = this.buffer(dst, true);
+    if (s === d) {
+      // copyBufferToBuffer cannot copy within one buffer: go through a temporary.
+      const tmp = this.take(length * 4);
+      this.encode().copyBufferToBuffer(s, srcOffset * 4, tmp, 0, length * 4);
+      this.encode().copyBufferToBuffer(tmp, 0, d, dstOffset * 4, length * 4);
+      this.reclaim(tmp);
+    } else this.encode().copyBufferToBuffer(s, srcOffset * 4, d, dstOffset * 4, length * 4);
+  }
+
+  view(t: Tensor, shape: readonly number[]): Tensor {
+    const storage = this.storageOf(t);
+    storage.retain();
+    return new Tensor(this, storage, shape, t.dtype);
+  }
+
+  // ---- commands ----
+
+  /** The open command encoder, outside any compute pass (for copies and clears). */
+  private encode(): GPUCommandEncoder {
+    if (this.pass) {
+      this.pass.end();
+      this.pass = null;
+    }
+    this.encoder ??= this.gpu.createCommandEncoder();
+    return this.encoder;
+  }
+
+  /** Submits everything recorded so far. */
+  flush(): void {
+    if (!this.encoder) return;
+    if (this.pass) this.pass.end();
+    this.pass = null;
+    if (this.paramsUsed > 0)
+      this.gpu.queue.writeBuffer(this.params, 0, this.paramHost, 0, this.paramsUsed * PARAM_SLOT);
+    this.gpu.queue.submit([this.encoder.finish()]);
+    this.encoder = null;
+    this.paramsUsed = 0;
+  }
+
+  /** Resolves when the GPU has finished everything submitted (after a flush). */
+  async finish(): Promise<void> {
+    this.flush();
+    await this.gpu.queue.onSubmittedWorkDone();
+  }
+
+  pipeline(key: string, code: () => string): GPUComputePipeline {
+    let p = this.pipelines.get(key);
+    if (!p) {
+      const module = this.gpu.createShaderModule({ code: code(), label: key });
+      p = this.gpu.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label: key });
+      this.pipelines.set(key, p);
+    }
+    return p;
+  }
+
+  /**
+   * Records one dispatch: `params` fill the shader's uniform struct at binding 0 in order (each 4 bytes: 'u' u32,
+   * 'i' i32, 'f' f32), `buffers` are bindings 1, 2, ... in order.
+   */
+  dispatch(
+    pipeline: GPUComputePipeline,
+    params: readonly (readonly ['u' | 'i' | 'f', number])[],
+    buffers: readonly GPUBuffer[],
+    groups: readonly [number, number?, number?],
+  ): void {
+    if (params.length * 4 > PARAM_SLOT) throw new Error('webgpu: too many parameters for one dispatch');
+    if (this.paramsUsed === PARAM_SLOTS) this.flush();
+    const slot = this.paramsUsed++;
+    const view = new DataView(this.paramHost, slot * PARAM_SLOT, PARAM_SLOT);
+    params.forEach(([kind, v], i) => {
+      if (kind === 'f') view.setFloat32(i * 4, v, true);
+      else if (kind === 'i') view.setInt32(i * 4, v, true);
+      else view.setUint32(i * 4, v, true);
+    });
+    const bindGroup = this.gpu.createBindGroup({
+      layout: pipeline.getBindGroupLayout(0),
+      entries: [
+        { binding: 0, resource: { buffer: this.params, offset: slot * PARAM_SLOT, size: PARAM_SLOT } },
+        ...buffers.map((buffer, i) => ({ binding: i + 1, resource: { buffer } })),
+      ],
+    });
+    this.encoder ??= this.gpu.createCommandEncoder();
+    this.pass ??= this.encoder.beginComputePass();
+    this.pass.setPipeline(pipeline);
+    this.pass.setBindGroup(0, bindGroup);
+    this.pass.dispatchWorkgroups(groups[0], groups[1] ?? 1, groups[2] ?? 1);
+  }
+}

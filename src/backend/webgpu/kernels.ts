@@ -1,0 +1,299 @@
+// The webgpu device's kernels (float32; layout kernels for int32 too): the inference path of RetNet and the
+// Transformer's products. Each validates what the op above it does not (ids the host knows), allocates its outputs on
+// the device and records one or a few dispatches (WGSL in shaders.ts). Kernels left out here (backward kernels,
+// optimizer, attention) resolve through the kernel table's fallback.
+
+import { BackendError, ShapeError } from '../../errors.js';
+import type { DType } from '../../tensor/dtype.js';
+import { type Tensor, shapeSize } from '../../tensor/tensor.js';
+import type {
+  ActivationKind,
+  BinaryOp,
+  Kernels,
+  RetentionForm,
+  RetentionRun,
+  RetentionState,
+  RotaryPairs,
+} from '../kernels.js';
+import { decaySums } from '../reference/retention-math.js';
+import type { WebGpuDevice } from './device.js';
+import * as wgsl from './shaders.js';
+
+const u = (v: number) => ['u', v] as const;
+const f = (v: number) => ['f', v] as const;
+
+/** Workgroups for n invocations of `per` each, on a 2-D grid (65535 per dimension). */
+function grid(n: number, per = 256): [number, number] {
+  const groups = Math.max(1, Math.ceil(n / per));
+  const x = Math.min(groups, 65535);
+  return [x, Math.ceil(groups / x)];
+}
+
+const ACTIVATIONS: Record<ActivationKind, number> = { gelu: 0, silu: 1, relu: 2 };
+
+/** The parallel form's clamp of the row sums (torchscale's parallel_forward); the chunkwise form has none. */
+const PARALLEL_CLAMP = 5e4;
+
+export type WebGpuKernelName =
+  | 'cast'
+  | 'matmul'
+  | 'binary'
+  | 'scale'
+  | 'activation'
+  | 'rmsNorm'
+  | 'softmax'
+  | 'embedding'
+  | 'copyBlocks'
+  | 'retentionForward'
+  | 'retentionStep'
+  | 'rotary';
+
+export class WebGpuKernels implements Pick<Kernels, WebGpuKernelName> {
+  constructor(private readonly d: WebGpuDevice) {}
+
+  private run(
+    name: keyof typeof wgsl,
+    params: readonly (readonly ['u' | 'i' | 'f', number])[],
+    tensors: readonly Tensor[],
+    written: readonly Tensor[],
+    groups: readonly [number, number?, number?],
+  ): void {
+    const buffers = [...tensors.map((t) => this.d.buffer(t)), ...written.map((t) => this.d.buffer(t, true))];
+    this.d.dispatch(
+      this.d.pipeline(name, () => wgsl[name]),
+      params,
+      buffers,
+      groups,
+    );
+  }
+
+  private out(shape: readonly number[], dtype: DType = 'float32'): Tensor {
+    return this.d.empty(shape, dtype);
+  }
+
+  /** A float32 tensor of host values, for per-head tables (from the pool: no allocation once warm). */
+  private table(values: ArrayLike<number>): Tensor {
+    return this.d.fromData(values, [values.length], 'float32');
+  }
+
+  cast(t: Tensor, dtype: DType): Tensor {
+    if (!this.d.supportsDType(dtype))
+      throw new BackendError(`cast: the webgpu device holds float32 and int32 tensors, not ${dtype}`);
+    const y = this.out(t.shape, dtype);
+    if (t.size === 0) return y;
+    if (t.dtype === dtype) this.d.copy(t, 0, y, 0, t.size);
+    else this.run('CAST', [u(t.size), u(dtype === 'int32' ? 0 : 1)], [t], [y], grid(t.size));
+    return y;
+  }
+
+  matmul(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
+    const ra = a.rank;
+    const M = transA ? a.shape[ra - 1]! : a.shape[ra - 2]!;
+    const K = transA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
+    const N = transB ? b.shape[b.rank - 2]! : b.shape[b.rank - 1]!;
+    const batch = shapeSize(a.shape.slice(0, -2));
+    const y = this.out([...a.shape.slice(0, -2), M, N]);
+    if (y.size === 0) return y;
+    if (K === 0) {
+      y.dispose();
+      return this.d.zeros([...a.shape.slice(0, -2), M, N], 'float32');
+    }
+    if (batch > 65535) throw new ShapeError(`matmul: ${batch} batch entries exceed the webgpu grid (65535)`);
+    this.run(
+      'MATMUL',
+      [u(M), u(N), u(K), u(transA ? 1 : 0), u(transB ? 1 : 0), u(b.rank > 2 ? 1 : 0)],
+      [a, b],
+      [y],
+      [Math.ceil(N / 16), Math.ceil(M / 16), batch],
+    );
+    return y;
+  }
+
+  binary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
+    const y = this.out(a.shape);
+    if (a.size > 0) this.run('BINARY', [u(a.size), u(b.size), u(op === 'add' ? 0 : 1)], [a, b], [y], grid(a.size));
+    return y;
+  }
+
+  scale(a: Tensor, alpha: number): Tensor {
+    const y = this.out(a.shape);
+    if (a.size > 0) this.run('SCALE', [u(a.size), f(alpha)], [a], [y], grid(a.size));
+    return y;
+  }
+
+  activation(kind: ActivationKind, x: Tensor): Tensor {
+    const y = this.out(x.shape);
+    if (x.size > 0) this.run('ACTIVATION', [u(x.size), u(ACTIVATIONS[kind])], [x], [y], grid(x.size));
+    return y;
+  }
+
+  private rows(x: Tensor): { rows: number; cols: number } {
+    const cols = x.shape[x.rank - 1] ?? 1;
+    return { rows: cols === 0 ? 0 : x.size / cols, cols };
+  }
+
+  rmsNorm(x: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor } {
+    const { rows, cols } = this.rows(x);
+    const y = this.out(x.shape);
+    const rstd = this.out([rows]);
+    if (rows > 0) this.run('RMSNORM', [u(rows), u(cols), u(w ? 1 : 0), f(eps)], [x, w ?? x], [y, rstd], grid(rows, 1));
+    return { y, rstd };
+  }
+
+  softmax(x: Tensor): Tensor {
+    const { rows, cols } = this.rows(x);
+    const y = this.out(x.shape);
+    if (rows > 0) this.run('SOFTMAX', [u(rows), u(cols)], [x], [y], grid(rows, 1));
+    return y;
+  }
+
+  embedding(table: Tensor, ids: Tensor): Tensor {
+    const [V, D] = table.shape as [number, number];
+    const known = this.d.storageOf(ids).known;
+    if (known instanceof Int32Array) {
+      const bad = known.findIndex((id) => id < 0 || id >= V);
+      if (bad >= 0) throw new ShapeError(`embedding: token id ${known[bad]} at ${bad} is outside [0, ${V})`);
+    }
+    const y = this.out([...ids.shape, D]);
+    if (y.size > 0) this.run('EMBEDDING', [u(ids.size), u(D), u(V)], [table, ids], [y], grid(y.size));
+    return y;
+  }
+
+  copyBlocks(
+    src: Tensor,
+    srcOff: number,
+    srcStride: number,
+    dst: Tensor,
+    dstOff: number,
+    dstStride: number,
+    blocks: number,
+    len: number,
+  ): void {
+    const n = blocks * len;
+    if (n === 0) return;
+    if (this.d.buffer(src) === this.d.buffer(dst)) {
+      // One buffer cannot be bound for reading and writing at once: copy the source first.
+      const copy = this.out(src.shape, src.dtype);
+      this.d.copy(src, 0, copy, 0, src.size);
+      this.copyBlocks(copy, srcOff, srcStride, dst, dstOff, dstStride, blocks, len);
+      copy.dispose();
+      return;
+    }
+    this.run(
+      'COPY_BLOCKS',
+      [u(srcOff), u(srcStride), u(dstOff), u(dstStride), u(blocks), u(len)],
+      [src],
+      [dst],
+      grid(n),
+    );
+  }
+
+  rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs, inverse: boolean): Tensor {
+    const [B, T, H, K] = x.shape as [number, number, number, number];
+    const y = this.out(x.shape);
+    const n = (B * T * H * K) / 2;
+    if (n > 0)
+      this.run(
+        'ROTARY',
+        [u(B), u(T), u(H), u(K), u(cos.rank === 3 ? 1 : 0), u(pairs === 'halves' ? 1 : 0), f(inverse ? -1 : 1)],
+        [x, cos, sin],
+        [y],
+        grid(n),
+      );
+    return y;
+  }
+
+  retentionForward(
+    form: RetentionForm,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    gammas: readonly number[],
+    run: RetentionRun,
+  ): { o: Tensor; r: Tensor; finalState: RetentionState | null } {
+    const { chunkSize, normalize } = run;
+    if (run.initialState || run.segments)
+      throw new BackendError(
+        `retentionForward: the webgpu device does not run ${run.initialState ? 'an initial state' : 'packed segments'} ` +
+          'yet (a prompt continued from a state, or packed sequences); prefill from an empty state does',
+      );
+    const [B, T, H, K] = q.shape as [number, number, number, number];
+    const V = v.shape[3]!;
+    const o = this.out([B, T, H, V]);
+    const r = this.out([B, H, T]);
+    const finalState = run.returnFinalState ? this.finalState(k, v, gammas, normalize) : null;
+    if (B * H * T === 0) return { o, r, finalState };
+    // The parallel form is one chunk of the whole sequence, with its clamp; unnormalised, every form is one function.
+    const C = form === 'parallel' ? T : Math.min(chunkSize, T);
+    if (!(C >= 1)) throw new ShapeError(`retentionForward: chunk size ${chunkSize} must be at least 1`);
+    if (B * H > 65535) throw new ShapeError(`retentionForward: ${B * H} (batch × heads) exceed the webgpu grid`);
+    const tab = new Float64Array(H * (C + 1));
+    gammas.forEach((g, h) => {
+      tab[h * (C + 1)] = Math.log(g);
+      tab.set(decaySums(g, C), h * (C + 1) + 1);
+    });
+    const tabT = this.table(tab);
+    const Z = this.out([B * H * K * V]);
+    const A = this.out([B * H * C * C]);
+    this.run(
+      'RETENTION_CHUNK',
+      [u(T), u(H), u(K), u(V), u(C), u(normalize ? 1 : 0), f(form === 'parallel' ? PARALLEL_CLAMP : 3.4e38)],
+      [q, k, v, tabT],
+      [o, r, Z, A],
+      [B * H],
+    );
+    for (const t of [tabT, Z, A]) t.dispose();
+    return { o, r, finalState };
+  }
+
+  retentionStep(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    state: Tensor,
+    scale: Tensor,
+    gammas: readonly number[],
+    normalize: boolean,
+  ): Tensor {
+    const [B, H, K] = q.shape as [number, number, number];
+    const V = v.shape[2]!;
+    const o = this.out([B, H, V]);
+    if (B * H === 0) return o;
+    if (B * H > 65535) throw new ShapeError(`retentionStep: ${B * H} (batch × heads) exceed the webgpu grid`);
+    const g = this.table(gammas);
+    this.run(
+      'RETENTION_STEP',
+      [u(B), u(H), u(K), u(V), u(normalize ? 1 : 0)],
+      [q, k, v, g],
+      [state, scale, o],
+      [B * H],
+    );
+    g.dispose();
+    return o;
+  }
+
+  /** The state after k, v from an empty state (retentionForward's finalState). */
+  private finalState(k: Tensor, v: Tensor, gammas: readonly number[], normalize: boolean): RetentionState {
+    const [B, T, H, K] = k.shape as [number, number, number, number];
+    const V = v.shape[3]!;
+    const n = B * H * K * V;
+    const state = this.out([B, H, K, V]);
+    if (n === 0) return { state, scale: this.d.zeros([B, H], 'float32') };
+    const scale = this.out([B, H]);
+    const tab = new Float64Array(2 * H);
+    gammas.forEach((g, h) => {
+      tab[2 * h] = Math.log(g);
+      tab[2 * h + 1] = T > 0 ? decaySums(g, T)[T - 1]! : 0;
+    });
+    const tabT = this.table(tab);
+    this.run(
+      'RETENTION_STATE',
+      [u(B), u(T), u(H), u(K), u(V), u(normalize ? 1 : 0)],
+      [k, v, tabT],
+      [state, scale],
+      grid(n),
+    );
+    tabT.dispose();
+    return { state, scale };
+  }
+}

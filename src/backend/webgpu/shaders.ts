@@ -1,0 +1,441 @@
+// WGSL sources of the webgpu kernels, float32 (a 16-bit storage variant would need the adapter's shader-f16, which
+// SwiftShader, the adapter CI runs on, lacks). Binding 0 is each shader's uniform struct P (filled in field order by
+// WebGpuDevice.dispatch); bindings 1.. are storage buffers in the order the kernel passes them. Elementwise shaders
+// run 256 invocations per workgroup on a 2-D grid of workgroups (a dimension holds at most 65535), flattened by `flat`.
+
+const FLAT = /* wgsl */ `
+fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 { return (wid.y * nwg.x + wid.x) * 256u + lid; }`;
+
+const ELEMENTWISE_ARGS = /* wgsl */ `@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32`;
+
+/** C[b] = op(A[b]) op(B[b]), 16×16 output tiles through workgroup memory; B shared by the batch when bBatched = 0. */
+export const MATMUL = /* wgsl */ `
+struct P { M: u32, N: u32, K: u32, transA: u32, transB: u32, bBatched: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> A: array<f32>;
+@group(0) @binding(2) var<storage, read> Bm: array<f32>;
+@group(0) @binding(3) var<storage, read_write> C: array<f32>;
+var<workgroup> As: array<array<f32, 16>, 16>;
+var<workgroup> Bs: array<array<f32, 16>, 16>;
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let row = wid.y * 16u + lid.y;
+  let col = wid.x * 16u + lid.x;
+  let ao = wid.z * p.M * p.K;
+  let bo = select(0u, wid.z * p.K * p.N, p.bBatched == 1u);
+  var acc = 0.0;
+  for (var t = 0u; t < p.K; t += 16u) {
+    let ka = t + lid.x;
+    var av = 0.0;
+    if (row < p.M && ka < p.K) {
+      if (p.transA == 1u) { av = A[ao + ka * p.M + row]; } else { av = A[ao + row * p.K + ka]; }
+    }
+    As[lid.y][lid.x] = av;
+    let kb = t + lid.y;
+    var bv = 0.0;
+    if (col < p.N && kb < p.K) {
+      if (p.transB == 1u) { bv = Bm[bo + col * p.K + kb]; } else { bv = Bm[bo + kb * p.N + col]; }
+    }
+    Bs[lid.y][lid.x] = bv;
+    workgroupBarrier();
+    for (var i = 0u; i < 16u; i++) { acc += As[lid.y][i] * Bs[i][lid.x]; }
+    workgroupBarrier();
+  }
+  if (row < p.M && col < p.N) { C[wid.z * p.M * p.N + row * p.N + col] = acc; }
+}`;
+
+/** out[i] = a[i] + b[i % m] (op 0) or a[i] · b[i % m] (op 1). */
+export const BINARY = /* wgsl */ `
+struct P { n: u32, m: u32, op: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> o: array<f32>;
+${FLAT}
+@compute @workgroup_size(256)
+fn main(${ELEMENTWISE_ARGS}) {
+  let i = flat(wid, nwg, lid);
+  if (i >= p.n) { return; }
+  let y = b[i % p.m];
+  if (p.op == 0u) { o[i] = a[i] + y; } else { o[i] = a[i] * y; }
+}`;
+
+/** out[i] = α · a[i]. */
+export const SCALE = /* wgsl */ `
+struct P { n: u32, alpha: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read_write> o: array<f32>;
+${FLAT}
+@compute @workgroup_size(256)
+fn main(${ELEMENTWISE_ARGS}) {
+  let i = flat(wid, nwg, lid);
+  if (i < p.n) { o[i] = p.alpha * a[i]; }
+}`;
+
+/**
+ * gelu (kind 0, the exact erf form), silu (1), relu (2). WGSL has no erf: erfc through the Chebyshev fit of
+ * Numerical Recipes' erfcc (fractional error below 1.2e-7 everywhere), i.e. float32 accuracy.
+ */
+export const ACTIVATION = /* wgsl */ `
+struct P { n: u32, kind: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> o: array<f32>;
+${FLAT}
+fn erf(v: f32) -> f32 {
+  let z = abs(v);
+  let t = 1.0 / (1.0 + 0.5 * z);
+  let r = t * exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 +
+    t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
+  return select(r - 1.0, 1.0 - r, v >= 0.0);
+}
+@compute @workgroup_size(256)
+fn main(${ELEMENTWISE_ARGS}) {
+  let i = flat(wid, nwg, lid);
+  if (i >= p.n) { return; }
+  let v = x[i];
+  if (p.kind == 0u) { o[i] = 0.5 * v * (1.0 + erf(v * 0.70710678118654752)); }
+  else if (p.kind == 1u) { o[i] = v / (1.0 + exp(-v)); }
+  else { o[i] = max(v, 0.0); }
+}`;
+
+/** One workgroup per row (rows on a 2-D grid): y = x · rstd · w, rstd = 1/sqrt(mean(x²) + eps). */
+export const RMSNORM = /* wgsl */ `
+struct P { rows: u32, cols: u32, hasW: u32, eps: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> rstd: array<f32>;
+var<workgroup> part: array<f32, 64>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let r = wid.y * nwg.x + wid.x;
+  let live = r < p.rows;
+  let base = r * p.cols;
+  var ss = 0.0;
+  if (live) { for (var j = lid; j < p.cols; j += 64u) { let v = x[base + j]; ss += v * v; } }
+  part[lid] = ss;
+  workgroupBarrier();
+  for (var s = 32u; s > 0u; s >>= 1u) {
+    if (lid < s) { part[lid] += part[lid + s]; }
+    workgroupBarrier();
+  }
+  if (!live) { return; }
+  let k = 1.0 / sqrt(part[0] / f32(p.cols) + p.eps);
+  if (lid == 0u) { rstd[r] = k; }
+  for (var j = lid; j < p.cols; j += 64u) {
+    var g = 1.0;
+    if (p.hasW == 1u) { g = w[j]; }
+    y[base + j] = x[base + j] * k * g;
+  }
+}`;
+
+/** One workgroup per row: the softmax over the last dim. */
+export const SOFTMAX = /* wgsl */ `
+struct P { rows: u32, cols: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+var<workgroup> part: array<f32, 64>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let r = wid.y * nwg.x + wid.x;
+  let live = r < p.rows;
+  let base = r * p.cols;
+  var mx = -3.4e38;
+  if (live) { for (var j = lid; j < p.cols; j += 64u) { mx = max(mx, x[base + j]); } }
+  part[lid] = mx;
+  workgroupBarrier();
+  for (var s = 32u; s > 0u; s >>= 1u) {
+    if (lid < s) { part[lid] = max(part[lid], part[lid + s]); }
+    workgroupBarrier();
+  }
+  let m = part[0];
+  workgroupBarrier();
+  var sum = 0.0;
+  if (live) { for (var j = lid; j < p.cols; j += 64u) { sum += exp(x[base + j] - m); } }
+  part[lid] = sum;
+  workgroupBarrier();
+  for (var s = 32u; s > 0u; s >>= 1u) {
+    if (lid < s) { part[lid] += part[lid + s]; }
+    workgroupBarrier();
+  }
+  if (!live) { return; }
+  let inv = 1.0 / part[0];
+  for (var j = lid; j < p.cols; j += 64u) { y[base + j] = exp(x[base + j] - m) * inv; }
+}`;
+
+/** out[i, :] = table[ids[i], :]; an id outside [0, V) gives a zero row (the kernel checks ids the host knows). */
+export const EMBEDDING = /* wgsl */ `
+struct P { n: u32, D: u32, V: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> table: array<f32>;
+@group(0) @binding(2) var<storage, read> ids: array<i32>;
+@group(0) @binding(3) var<storage, read_write> o: array<f32>;
+${FLAT}
+@compute @workgroup_size(256)
+fn main(${ELEMENTWISE_ARGS}) {
+  let e = flat(wid, nwg, lid);
+  if (e >= p.n * p.D) { return; }
+  let id = ids[e / p.D];
+  var v = 0.0;
+  if (id >= 0 && u32(id) < p.V) { v = table[u32(id) * p.D + e % p.D]; }
+  o[e] = v;
+}`;
+
+/** dst[dstOff + b·dstStride + j] = src[srcOff + b·srcStride + j] for b < blocks, j < len (any 4-byte dtype). */
+export const COPY_BLOCKS = /* wgsl */ `
+struct P { srcOff: u32, srcStride: u32, dstOff: u32, dstStride: u32, blocks: u32, len: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> src: array<u32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<u32>;
+${FLAT}
+@compute @workgroup_size(256)
+fn main(${ELEMENTWISE_ARGS}) {
+  let e = flat(wid, nwg, lid);
+  if (e >= p.blocks * p.len) { return; }
+  let b = e / p.len;
+  let j = e % p.len;
+  dst[p.dstOff + b * p.dstStride + j] = src[p.srcOff + b * p.srcStride + j];
+}`;
+
+/** float32 ↔ int32 (mode 0: f32 → i32, truncating; 1: i32 → f32). */
+export const CAST = /* wgsl */ `
+struct P { n: u32, mode: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<u32>;
+@group(0) @binding(2) var<storage, read_write> o: array<u32>;
+${FLAT}
+@compute @workgroup_size(256)
+fn main(${ELEMENTWISE_ARGS}) {
+  let i = flat(wid, nwg, lid);
+  if (i >= p.n) { return; }
+  if (p.mode == 0u) { o[i] = bitcast<u32>(i32(bitcast<f32>(x[i]))); }
+  else { o[i] = bitcast<u32>(f32(bitcast<i32>(x[i]))); }
+}`;
+
+/**
+ * Rotary, one invocation per pair of x: [B, T, H, K]: (a, b) = (2j, 2j+1) or (j, j+K/2) (halves = 1); cos/sin
+ * [T, K] or [B, T, K] (perBatch = 1), read at a; sign −1 rotates backwards.
+ */
+export const ROTARY = /* wgsl */ `
+struct P { B: u32, T: u32, H: u32, K: u32, perBatch: u32, halves: u32, sign: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> cs: array<f32>;
+@group(0) @binding(3) var<storage, read> sn: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+${FLAT}
+@compute @workgroup_size(256)
+fn main(${ELEMENTWISE_ARGS}) {
+  let e = flat(wid, nwg, lid);
+  let half = p.K / 2u;
+  if (e >= p.B * p.T * p.H * half) { return; }
+  let j = e % half;
+  let row = e / half;                 // (b·T + n)·H + h
+  let bn = row / p.H;                 // b·T + n
+  var table = (bn % p.T) * p.K;
+  if (p.perBatch == 1u) { table = bn * p.K; }
+  var a = 2u * j;
+  var off = 1u;
+  if (p.halves == 1u) { a = j; off = half; }
+  let base = row * p.K;
+  let c = cs[table + a];
+  let s = p.sign * sn[table + a];
+  let x0 = x[base + a];
+  let x1 = x[base + a + off];
+  y[base + a] = x0 * c - x1 * s;
+  y[base + a + off] = x1 * c + x0 * s;
+}`;
+
+/**
+ * One recurrent step, one workgroup per (b, h): S' = S·decay + kᵀv·inv, o = q S', then scale' = scale·γ + 1
+ * (normalize: decay = sqrt(s)γ/sqrt(s'), inv = 1/sqrt(s'); else decay = γ, inv = 1). In place on S and scale.
+ */
+export const RETENTION_STEP = /* wgsl */ `
+struct P { B: u32, H: u32, K: u32, V: u32, normalize: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<f32>;
+@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(4) var<storage, read> gammas: array<f32>;
+@group(0) @binding(5) var<storage, read_write> S: array<f32>;
+@group(0) @binding(6) var<storage, read_write> scale: array<f32>;
+@group(0) @binding(7) var<storage, read_write> o: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let bh = wid.x;
+  let g = gammas[bh % p.H];
+  let prev = scale[bh];
+  let next = prev * g + 1.0;
+  var decay = g;
+  var inv = 1.0;
+  if (p.normalize == 1u) { decay = sqrt(prev) * g / sqrt(next); inv = 1.0 / sqrt(next); }
+  for (var y = lid; y < p.V; y += 64u) {
+    let vy = v[bh * p.V + y] * inv;
+    var acc = 0.0;
+    for (var x = 0u; x < p.K; x++) {
+      let e = (bh * p.K + x) * p.V + y;
+      let s = S[e] * decay + k[bh * p.K + x] * vy;
+      S[e] = s;
+      acc += q[bh * p.K + x] * s;
+    }
+    o[bh * p.V + y] = acc;
+  }
+  storageBarrier();
+  workgroupBarrier();
+  if (lid == 0u) { scale[bh] = next; }
+}`;
+
+/**
+ * The state after k, v: [B, T, H, *], one invocation per state element: S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s) (or
+ * the plain sum), s = Σ_{t<T} γ^t. tab holds per head (ln γ, s), computed on the host in float64.
+ */
+export const RETENTION_STATE = /* wgsl */ `
+struct P { B: u32, T: u32, H: u32, K: u32, V: u32, normalize: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> k: array<f32>;
+@group(0) @binding(2) var<storage, read> v: array<f32>;
+@group(0) @binding(3) var<storage, read> tab: array<f32>;
+@group(0) @binding(4) var<storage, read_write> S: array<f32>;
+@group(0) @binding(5) var<storage, read_write> scale: array<f32>;
+${FLAT}
+@compute @workgroup_size(256)
+fn main(${ELEMENTWISE_ARGS}) {
+  let e = flat(wid, nwg, lid);
+  if (e >= p.B * p.H * p.K * p.V) { return; }
+  let y = e % p.V;
+  let x = (e / p.V) % p.K;
+  let bh = e / (p.K * p.V);
+  let h = bh % p.H;
+  let b = bh / p.H;
+  let lam = tab[2u * h];
+  let s = tab[2u * h + 1u];
+  var w0 = 1.0;
+  if (p.normalize == 1u) { w0 = 1.0 / sqrt(s); }
+  var acc = 0.0;
+  for (var m = 0u; m < p.T; m++) {
+    let row = (b * p.T + m) * p.H + h;
+    acc += exp(lam * f32(p.T - 1u - m)) * k[row * p.K + x] * v[row * p.V + y];
+  }
+  S[e] = acc * w0;
+  if (x == 0u && y == 0u) { scale[bh] = select(0.0, s, p.T > 0u); }
+}`;
+
+/**
+ * Retention over a sequence in chunks of C, one workgroup per (b, h) walking the chunks in order: torchscale's
+ * chunk_recurrent_forward (normalize = 1; the parallel form is the same kernel with C = T and the 5e4 clamp, hi) or,
+ * without normalisation, fla's plain chunk recurrence (every form the same function). Per chunk: the intra-chunk
+ * scores A [C, C] (scratch), each row's factor r = 1/(sqrt(S_i)·max(clamp(Σ|A_ij|, 1, hi), σ)), the outputs
+ * (inner + q·Z·qd)·r·sqrt(S_i), then the cross-chunk state Z [K, V] (scratch) and σ = max(1, max_y Σ_x |Z_xy|).
+ * tab holds per head [ln γ, S_0 … S_{C−1}] (decay sums, from the host in float64).
+ */
+export const RETENTION_CHUNK = /* wgsl */ `
+struct P { T: u32, H: u32, K: u32, V: u32, C: u32, normalize: u32, hi: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k: array<f32>;
+@group(0) @binding(3) var<storage, read> v: array<f32>;
+@group(0) @binding(4) var<storage, read> tab: array<f32>;
+@group(0) @binding(5) var<storage, read_write> o: array<f32>;
+@group(0) @binding(6) var<storage, read_write> r: array<f32>;
+@group(0) @binding(7) var<storage, read_write> Z: array<f32>;
+@group(0) @binding(8) var<storage, read_write> A: array<f32>;
+var<workgroup> red: array<f32, 256>;
+var<workgroup> sigma: f32;
+fn sq(t0: u32, i: u32) -> f32 { if (p.normalize == 1u) { return sqrt(tab[t0 + 1u + i]); } return 1.0; }
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let bh = wid.x;
+  let h = bh % p.H;
+  let b = bh / p.H;
+  let t0 = h * (p.C + 1u);
+  let lam = tab[t0];
+  var SC = 1.0;
+  if (p.normalize == 1u) { SC = tab[t0 + p.C]; }
+  let zo = bh * p.K * p.V;
+  let ao = bh * p.C * p.C;
+  for (var e = lid; e < p.K * p.V; e += 256u) { Z[zo + e] = 0.0; }
+  if (lid == 0u) { sigma = 1.0; }
+  storageBarrier();
+  workgroupBarrier();
+  for (var s0 = 0u; s0 < p.T; s0 += p.C) {
+    let L = min(p.C, p.T - s0);
+    // Scores A_ij = (q_i · k_j) γ^(i−j) / sqrt(S_i), j ≤ i.
+    for (var e = lid; e < L * L; e += 256u) {
+      let i = e / L;
+      let j = e % L;
+      if (j <= i) {
+        let qi = ((b * p.T + s0 + i) * p.H + h) * p.K;
+        let kj = ((b * p.T + s0 + j) * p.H + h) * p.K;
+        var dot = 0.0;
+        for (var x = 0u; x < p.K; x++) { dot += q[qi + x] * k[kj + x]; }
+        A[ao + i * p.C + j] = dot * exp(lam * f32(i - j)) / sq(t0, i);
+      }
+    }
+    storageBarrier();
+    workgroupBarrier();
+    let sg = sigma;
+    for (var i = lid; i < L; i += 256u) {
+      var m = 1.0;
+      if (p.normalize == 1u) {
+        var abs_sum = 0.0;
+        for (var j = 0u; j <= i; j++) { abs_sum += abs(A[ao + i * p.C + j]); }
+        m = max(clamp(abs_sum, 1.0, p.hi), sg);
+      }
+      r[bh * p.T + s0 + i] = 1.0 / (sq(t0, i) * m);
+    }
+    storageBarrier();
+    workgroupBarrier();
+    for (var e = lid; e < L * p.V; e += 256u) {
+      let i = e / p.V;
+      let y = e % p.V;
+      var inner = 0.0;
+      for (var j = 0u; j <= i; j++) { inner += A[ao + i * p.C + j] * v[((b * p.T + s0 + j) * p.H + h) * p.V + y]; }
+      var cross = 0.0;
+      if (s0 > 0u) {
+        let qi = ((b * p.T + s0 + i) * p.H + h) * p.K;
+        for (var x = 0u; x < p.K; x++) { cross += q[qi + x] * Z[zo + x * p.V + y]; }
+        cross *= exp(lam * f32(i + 1u)) * SC / sq(t0, i);
+      }
+      let ri = r[bh * p.T + s0 + i];
+      o[((b * p.T + s0 + i) * p.H + h) * p.V + y] = (inner + cross) * ri * sq(t0, i);
+    }
+    if (s0 + p.C < p.T) {
+      storageBarrier();
+      workgroupBarrier();
+      let decayC = exp(lam * f32(p.C));
+      for (var e = lid; e < p.K * p.V; e += 256u) {
+        let x = e / p.V;
+        let y = e % p.V;
+        var z = Z[zo + e] * decayC;
+        for (var j = 0u; j < L; j++) {
+          let row = (b * p.T + s0 + j) * p.H + h;
+          z += k[row * p.K + x] * v[row * p.V + y] * exp(lam * f32(p.C - 1u - j)) / SC;
+        }
+        Z[zo + e] = z;
+      }
+      storageBarrier();
+      workgroupBarrier();
+      var mx = 0.0;
+      for (var y = lid; y < p.V; y += 256u) {
+        var col = 0.0;
+        for (var x = 0u; x < p.K; x++) { col += abs(Z[zo + x * p.V + y]); }
+        mx = max(mx, col);
+      }
+      red[lid] = mx;
+      workgroupBarrier();
+      for (var s = 128u; s > 0u; s >>= 1u) {
+        if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
+        workgroupBarrier();
+      }
+      if (lid == 0u) { sigma = max(1.0, red[0]); }
+      workgroupBarrier();
+    }
+  }
+}`;

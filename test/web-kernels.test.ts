@@ -1,0 +1,50 @@
+// The webgpu device's kernels in headless chromium (SwiftShader's WebGPU adapter) against the reference kernels on the
+// same inputs, in the page: 1e-4 relative to max(1, max |reference|), float32. Also: the buffer pool absorbs repeated
+// allocations, and no GPU validation error was reported.
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+
+import { type OpenPage, ROOT, browserSkip, bundle, openPage } from './browser.js';
+import type { CheckResult } from './web/kernel-checks.js';
+
+const skip = browserSkip();
+
+describe('webgpu kernels in chromium', { skip }, () => {
+  let page: OpenPage;
+  before(async () => {
+    const code = await bundle(join(ROOT, 'test', 'web', 'kernel-checks.ts'));
+    page = await openPage({
+      routes: {
+        '/': { type: 'text/html', body: '<!doctype html><script type="module" src="/checks.js"></script>' },
+        '/checks.js': { type: 'text/javascript', body: code },
+      },
+    });
+    await page.page.waitForFunction(() => 'retnetTest' in window);
+  });
+  after(async () => page?.close());
+
+  it('every kernel matches the reference kernel (1e-4 relative, float32)', async () => {
+    const { results, errors } = (await page.page.evaluate(() => window.retnetTest.kernelChecks!())) as {
+      results: CheckResult[];
+      errors: string[];
+    };
+    assert.deepEqual(errors, [], page.logs.join('\n'));
+    assert.ok(results.length > 100, `only ${results.length} checks ran`);
+    const bad = results.filter((r) => !(r.err <= 1e-4));
+    assert.deepEqual(
+      bad.map((r) => `${r.name} ${r.shapes}: ${r.err}`),
+      [],
+    );
+  });
+
+  it('repeated allocations reuse pooled buffers', async () => {
+    const r = (await page.page.evaluate(() => window.retnetTest.poolCheck!())) as {
+      first: number;
+      later: number;
+      memory: number;
+    };
+    assert.equal(r.later, 0, `20 more rounds created ${r.later} buffers`);
+    assert.equal(r.memory, 0, 'tensor bytes left after every tensor was disposed');
+  });
+});

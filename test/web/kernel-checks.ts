@@ -1,0 +1,251 @@
+// Runs in the page (bundled by test/web-kernels.test.ts): every webgpu kernel against the reference kernel on the same
+// float32 inputs, over shape variants with odd sizes and size 1. Each check returns the largest difference relative to
+// max(1, max |reference|), over the kernel's results and the arguments it modifies in place.
+
+import type { Device } from '../../src/backend/device.js';
+import { type Kernels, kernels } from '../../src/backend/kernels.js';
+import { referenceBackend } from '../../src/backend/select.js';
+import { retentionGammas } from '../../src/backend/reference/retention-math.js';
+import { requestWebGpu } from '../../src/backend/webgpu/index.js';
+import type { WebGpuDevice } from '../../src/backend/webgpu/device.js';
+import type { DType } from '../../src/tensor/dtype.js';
+import { Rng } from '../../src/tensor/random.js';
+import type { Tensor } from '../../src/tensor/tensor.js';
+
+/** An input: random floats (normal × scale, or uniform in [lo, hi)), int ids below `limit`, or given values. */
+type Input =
+  | { shape: number[]; scale?: number; lo?: number; hi?: number }
+  | { shape: number[]; ids: number }
+  | { shape: number[]; values: number[] };
+
+interface Case {
+  name: string;
+  inputs: Input[];
+  /** Calls the kernel; returns the tensors to compare (results, then in-place arguments). */
+  run: (k: Kernels, x: Tensor[]) => Tensor[];
+}
+
+export interface CheckResult {
+  name: string;
+  err: number;
+  shapes: string;
+}
+
+const T = (shape: number[], scale = 1): Input => ({ shape, scale });
+const U = (shape: number[], lo: number, hi: number): Input => ({ shape, lo, hi });
+
+function cases(): Case[] {
+  const out: Case[] = [];
+  for (const [M, K, N] of [
+    [1, 1, 1],
+    [3, 5, 7],
+    [17, 33, 19],
+    [40, 1, 3],
+  ] as const)
+    for (const [ta, tb] of [
+      [false, false],
+      [true, false],
+      [false, true],
+      [true, true],
+    ] as const)
+      out.push({
+        name: `matmul ${M}x${K}x${N}${ta ? ' transA' : ''}${tb ? ' transB' : ''}`,
+        inputs: [T(ta ? [K, M] : [M, K]), T(tb ? [N, K] : [K, N])],
+        run: (k, [a, b]) => [k.matmul(a!, b!, ta, tb)],
+      });
+  out.push(
+    {
+      name: 'matmul batched',
+      inputs: [T([2, 3, 5]), T([2, 5, 4])],
+      run: (k, [a, b]) => [k.matmul(a!, b!, false, false)],
+    },
+    { name: 'matmul shared b', inputs: [T([3, 2, 5]), T([4, 5])], run: (k, [a, b]) => [k.matmul(a!, b!, false, true)] },
+    { name: 'add broadcast', inputs: [T([2, 3, 7]), T([7])], run: (k, [a, b]) => [k.binary('add', a!, b!)] },
+    { name: 'add size 1', inputs: [T([1]), T([1])], run: (k, [a, b]) => [k.binary('add', a!, b!)] },
+    { name: 'mul broadcast', inputs: [T([2, 3, 7]), T([3, 7])], run: (k, [a, b]) => [k.binary('mul', a!, b!)] },
+    { name: 'mul scalar', inputs: [T([5, 3]), T([])], run: (k, [a, b]) => [k.binary('mul', a!, b!)] },
+    { name: 'scale', inputs: [T([3, 301])], run: (k, [a]) => [k.scale(a!, -1.75)] },
+    { name: 'scale size 1', inputs: [T([1])], run: (k, [a]) => [k.scale(a!, 3)] },
+  );
+  for (const kind of ['gelu', 'silu', 'relu'] as const)
+    out.push(
+      { name: kind, inputs: [T([5, 77], 3)], run: (k, [x]) => [k.activation(kind, x!)] },
+      { name: `${kind} size 1`, inputs: [T([1], 2)], run: (k, [x]) => [k.activation(kind, x!)] },
+    );
+  for (const shape of [
+    [3, 7],
+    [1, 1],
+    [2, 3, 65],
+    [5, 200],
+  ])
+    out.push(
+      {
+        name: `rmsNorm with weight [${shape}]`,
+        inputs: [T(shape), U([shape[shape.length - 1]!], 0.5, 1.5)],
+        run: (k, [x, w]) => Object.values(k.rmsNorm(x!, w!, 1e-6)),
+      },
+      {
+        name: `rmsNorm without weight [${shape}]`,
+        inputs: [T(shape)],
+        run: (k, [x]) => Object.values(k.rmsNorm(x!, null, 1e-5)),
+      },
+      { name: `softmax [${shape}]`, inputs: [T(shape, 4)], run: (k, [x]) => [k.softmax(x!)] },
+    );
+  out.push(
+    { name: 'embedding', inputs: [T([11, 5]), { shape: [2, 3], ids: 11 }], run: (k, [t, i]) => [k.embedding(t!, i!)] },
+    { name: 'embedding 1x1', inputs: [T([1, 1]), { shape: [1], ids: 1 }], run: (k, [t, i]) => [k.embedding(t!, i!)] },
+    {
+      name: 'copyBlocks',
+      inputs: [T([5, 6]), T([4, 9])],
+      run: (k, [s, d]) => (k.copyBlocks(s!, 1, 6, d!, 2, 9, 3, 4), [d!]),
+    },
+    {
+      name: 'cast float32 -> int32 -> float32',
+      inputs: [T([3, 7], 50)],
+      run: (k, [x]) => {
+        const i = k.cast(x!, 'int32');
+        const back = k.cast(i, 'float32');
+        i.dispose();
+        return [back];
+      },
+    },
+  );
+  for (const pairs of ['interleaved', 'halves'] as const)
+    for (const inverse of [false, true])
+      for (const [B, Tn, H, K, perRow] of [
+        [2, 5, 3, 6, false],
+        [1, 1, 1, 2, false],
+        [3, 1, 2, 8, true],
+        [2, 4, 1, 4, true],
+      ] as const)
+        out.push({
+          name: `rotary ${pairs}${inverse ? ' inverse' : ''} [${B},${Tn},${H},${K}]${perRow ? ' per row' : ''}`,
+          inputs: [T([B, Tn, H, K]), U(perRow ? [B, Tn, K] : [Tn, K], -1, 1), U(perRow ? [B, Tn, K] : [Tn, K], -1, 1)],
+          run: (k, [x, c, s]) => [k.rotary(x!, c!, s!, pairs, inverse)],
+        });
+  const shapes = [
+    [2, 7, 3, 4, 5],
+    [1, 1, 1, 2, 1],
+    [1, 33, 2, 8, 6],
+  ] as const;
+  for (const normalize of [true, false])
+    for (const [B, Tn, H, K, V] of shapes) {
+      const gammas = retentionGammas(H);
+      // Scaled inputs make the row sums exceed 1, so the normalisers (clamp, σ) are active.
+      const qkv = [T([B, Tn, H, K], 2), T([B, Tn, H, K], 2), T([B, Tn, H, V], 2)];
+      const forms: [string, 'parallel' | 'chunkwise', number][] = [
+        ['parallel', 'parallel', 0],
+        ['chunkwise C=1', 'chunkwise', 1],
+        ['chunkwise C=3', 'chunkwise', 3],
+        ['chunkwise C=8', 'chunkwise', 8],
+        ['chunkwise C=T', 'chunkwise', Tn],
+      ];
+      const tag = `${normalize ? '' : ' not normalised'} [${B},${Tn},${H},${K},${V}]`;
+      for (const [label, form, C] of forms)
+        out.push({
+          name: `retention ${label} with the final state${tag}`,
+          inputs: qkv,
+          run: (k, [q, kk, v]) => {
+            const run = { chunkSize: C, normalize, initialState: null, segments: null, returnFinalState: true };
+            const { o, r, finalState } = k.retentionForward(form, q!, kk!, v!, gammas, run);
+            return [o, r, finalState!.state, finalState!.scale];
+          },
+        });
+      out.push(
+        {
+          name: `retentionStep${tag}`,
+          inputs: [T([B, H, K]), T([B, H, K]), T([B, H, V]), T([B, H, K, V], 0.5), U([B, H], 0, 6)],
+          run: (k, [q, kk, v, s, sc]) => [k.retentionStep(q!, kk!, v!, s!, sc!, gammas, normalize), s!, sc!],
+        },
+        {
+          name: `retentionStep from empty${tag}`,
+          inputs: [
+            T([B, H, K]),
+            T([B, H, K]),
+            T([B, H, V]),
+            { shape: [B, H, K, V], values: [] },
+            { shape: [B, H], values: [] },
+          ],
+          run: (k, [q, kk, v, s, sc]) => [k.retentionStep(q!, kk!, v!, s!, sc!, gammas, normalize), s!, sc!],
+        },
+      );
+    }
+  return out;
+}
+
+function values(rng: Rng, spec: Input): { data: number[]; dtype: DType } {
+  const n = spec.shape.reduce((a, b) => a * b, 1);
+  if ('ids' in spec) return { data: Array.from({ length: n }, () => rng.int(spec.ids)), dtype: 'int32' };
+  if ('values' in spec)
+    return { data: spec.values.length === n ? spec.values : new Array<number>(n).fill(0), dtype: 'float32' };
+  const { scale = 1, lo, hi } = spec;
+  return {
+    data: Array.from({ length: n }, () => (lo !== undefined ? lo + (hi! - lo) * rng.uniform() : scale * rng.normal())),
+    dtype: 'float32',
+  };
+}
+
+/** max |a − b| / max(1, max |b|). */
+function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) return Infinity;
+  let scale = 1;
+  let worst = 0;
+  for (let i = 0; i < b.length; i++) scale = Math.max(scale, Math.abs(b[i]!));
+  for (let i = 0; i < b.length; i++) {
+    const d = Math.abs(a[i]! - b[i]!);
+    worst = Number.isNaN(d) ? Infinity : Math.max(worst, d);
+  }
+  return worst / scale;
+}
+
+export async function kernelChecks(): Promise<{ results: CheckResult[]; errors: string[] }> {
+  const gpu = await requestWebGpu();
+  if (typeof gpu === 'string') throw new Error(gpu);
+  const ref = referenceBackend();
+  const results: CheckResult[] = [];
+  for (const [i, c] of cases().entries()) {
+    const rng = new Rng(100 + i);
+    const specs = c.inputs.map((s) => values(rng, s));
+    const on = async (d: Device) => {
+      const xs = c.inputs.map((s, j) => d.fromData(specs[j]!.data, s.shape, specs[j]!.dtype));
+      const outs = c.run(kernels(d, 'float32'), xs);
+      const read = await Promise.all(outs.map((t) => t.dataAsync()));
+      for (const t of new Set([...outs, ...xs])) t.dispose();
+      return read;
+    };
+    const want = await on(ref);
+    const got = await on(gpu);
+    const err = Math.max(...want.map((w, j) => relErr(got[j]!, w)));
+    results.push({ name: c.name, err, shapes: c.inputs.map((s) => `[${s.shape.join(',')}]`).join(' ') });
+  }
+  return { results, errors: [...gpu.errors] };
+}
+
+/** Buffers created over a run of allocations that repeat (as a generation's steps do): the pool must absorb them. */
+export async function poolCheck(): Promise<{ first: number; later: number; memory: number }> {
+  const gpu = (await requestWebGpu()) as WebGpuDevice;
+  const k = kernels(gpu, 'float32');
+  const x = gpu.fromData(new Float32Array(64).fill(1), [4, 16], 'float32');
+  const round = async () => {
+    const y = k.scale(x, 2);
+    const z = k.activation('silu', y);
+    await z.dataAsync();
+    y.dispose();
+    z.dispose();
+  };
+  const before = gpu.gpuMemory().created;
+  await round();
+  const first = gpu.gpuMemory().created - before;
+  const mid = gpu.gpuMemory().created;
+  for (let i = 0; i < 20; i++) await round();
+  const later = gpu.gpuMemory().created - mid;
+  x.dispose();
+  return { first, later, memory: gpu.memory.current };
+}
+
+declare global {
+  interface Window {
+    retnetTest: Record<string, () => Promise<unknown>>;
+  }
+}
+window.retnetTest = { kernelChecks, poolCheck };
