@@ -406,6 +406,28 @@ describe('generate', () => {
     assert.ok(out[3]!.text.startsWith(`${text}${text}`));
   });
 
+  it("eosIds replace the end-of-text token: any of them ends the sequence, the tokenizer's alone then does not", async () => {
+    const script = [...utf8('ab'), tok.eosId, ...utf8('c'), 7, ...utf8('de')];
+    const model = new ScriptedLM(tok.vocabSize, script, ref);
+    const out = await collect(
+      generate(model, tok, [
+        { prompt: 'x', maxNewTokens: 20 },
+        { prompt: 'x', maxNewTokens: 20, eosIds: [7] },
+        { prompt: 'x', maxNewTokens: 20, eosIds: [7, tok.eosId] },
+      ]),
+      3,
+    );
+    assert.deepEqual(
+      out.map((o) => [o.text, o.tokens.length]),
+      [
+        ['ab', 3],
+        ['abc', 5], // the tokenizer's end-of-text decodes to nothing
+        ['ab', 3],
+      ],
+    );
+    assert.throws(() => generate(model, tok, [{ prompt: 'x', maxNewTokens: 1, eosIds: [tok.vocabSize] }]), /eosIds/);
+  });
+
   it('a signal cancels every sequence; a request signal cancels its own; breaking out frees the state', async () => {
     const before = ref.memory.current;
     const all = new AbortController();
@@ -573,6 +595,33 @@ describe('scheduler', () => {
       );
       assert.deepEqual(late, alone[0]!.tokens);
     });
+
+  it('RetNet continues a state in prefill: a long prompt prefilled in pieces by the scheduler decodes as alone', async () => {
+    const model = createModel(
+      'retnet',
+      'tiny',
+      { vocabSize: tok.vocabSize, embedDim: 16, valueDim: 32, ffnDim: 32, heads: 2, layers: 2, chunkSize: 4 },
+      { backend: ref, dtype: 'float64', seed: 9 },
+    ) as RetNetModel;
+    assert.equal(model.continuesPrefill, true);
+    const prefills: number[][] = [];
+    const prefill = model.prefill.bind(model);
+    model.prefill = (prompts, opts = {}) => {
+      prefills.push(prompts.map((p) => p.length));
+      return prefill(prompts, opts);
+    };
+    const long = 'a prompt of thirty-seven bytes, or so';
+    const request = { prompt: long, maxNewTokens: 6, ignoreEos: true, sampling: { temperature: 0 } };
+    const scheduler = new Scheduler(model, tok, { maxActive: 4, maxQueued: 4, prefillChunk: 8 });
+    const pieces: number[] = [];
+    for await (const e of scheduler.submit(request)) if (e.type === 'token') pieces.push(e.token);
+    assert.deepEqual(prefills, [[8], [8], [8], [8], [long.length - 32]], 'one prefill call per piece');
+    prefills.length = 0;
+    const alone = await collect(generate(model, tok, [request]), 1);
+    assert.deepEqual(prefills, [[long.length]]);
+    assert.deepEqual(pieces, alone[0]!.tokens);
+    model.dispose();
+  });
 
   it('a failing model call fails the streams it was serving and leaves the scheduler usable', async () => {
     const model = new ToyLM(tok.vocabSize, 4, ref);

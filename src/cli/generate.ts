@@ -8,24 +8,42 @@ import { generate } from '../generate/generate.js';
 import type { SamplingOptions } from '../generate/sampler.js';
 import type { CausalLM } from '../models/lm.js';
 import { loadModelDir } from '../io/model-dir.js';
+import { HfTokenizer } from '../tokenizer/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
+import type { TemplateTokens } from '../server/chat.js';
 import type { WeightFormat } from '../quant/formats.js';
 import { UsageError, WEIGHTS_FLAG, bool, defineCommand, int, num, text } from './command.js';
 
+/** What generation needs from a model directory. */
+export interface LoadedForGeneration {
+  model: CausalLM;
+  tokenizer: Tokenizer;
+  /** The ids that end a generation: generation_config.json's eos_token_id(s) and the tokenizer's end-of-text. */
+  eosIds: number[];
+  /** tokenizer_config.json's chat_template, when it has one. */
+  chatTemplate?: string;
+  /** The special-token texts chat templates write (`bos_token`, `eos_token`). */
+  templateTokens: TemplateTokens;
+}
+
 /** Loads a model directory for generation, which needs its tokenizer (weights: as `--weights`). */
-export function loadForGeneration(
-  dir: string,
-  weights?: WeightFormat,
-): { model: CausalLM; tokenizer: Tokenizer; chatTemplate?: string } {
-  const loaded = loadModelDir(dir, { weights });
-  const { model, tokenizer } = loaded;
+export function loadForGeneration(dir: string, weights?: WeightFormat): LoadedForGeneration {
+  const { model, tokenizer, generation, chatTemplate } = loadModelDir(dir, { weights });
   if (!tokenizer) {
     model.dispose();
     throw new ConfigError(`${dir}: no tokenizer.json; generation needs the tokenizer the model was trained with`);
   }
-  // tokenizer_config.json's chat_template, once the model-directory loader reads it.
-  const { chatTemplate } = loaded as { chatTemplate?: unknown };
-  return { model, tokenizer, ...(typeof chatTemplate === 'string' ? { chatTemplate } : {}) };
+  const eosIds = [...new Set([...generation.eosTokenIds, tokenizer.eosId])];
+  const bad = eosIds.find((id) => id >= model.vocabSize);
+  if (bad !== undefined) {
+    model.dispose();
+    throw new ConfigError(`${dir}: eos_token_id ${bad} is not an id of the model's vocabulary [0, ${model.vocabSize})`);
+  }
+  const templateTokens: TemplateTokens =
+    tokenizer instanceof HfTokenizer
+      ? { eos_token: tokenizer.eosToken, ...(tokenizer.bosToken === null ? {} : { bos_token: tokenizer.bosToken }) }
+      : {};
+  return { model, tokenizer, eosIds, templateTokens, ...(chatTemplate === null ? {} : { chatTemplate }) };
 }
 
 export interface GenerateTextOptions {
@@ -34,6 +52,8 @@ export interface GenerateTextOptions {
   sampling: SamplingOptions;
   stop?: string[];
   ignoreEos?: boolean;
+  /** The ids that end the generation (default: the tokenizer's end-of-text). */
+  eosIds?: readonly number[];
   signal?: AbortSignal;
 }
 
@@ -72,6 +92,7 @@ export async function generateText(
     sampling: opts.sampling,
     stop: opts.stop,
     ignoreEos: opts.ignoreEos,
+    eosIds: opts.eosIds,
   };
   const start = performance.now();
   let first = -1;
@@ -165,13 +186,13 @@ export const generateCommand = defineCommand({
       stop: values.stop === undefined || values.stop === '' ? [] : [values.stop],
       ignoreEos: values['ignore-eos'],
     };
-    const { model, tokenizer } = loadForGeneration(values.model, values.weights);
+    const { model, tokenizer, eosIds } = loadForGeneration(values.model, values.weights);
     // Ctrl-C ends the generation cleanly (the text so far and the speed line are still printed).
     const interrupt = new AbortController();
     const onSigint = () => interrupt.abort();
     process.once('SIGINT', onSigint);
     try {
-      const stats = await generateText(model, tokenizer, { ...opts, signal: interrupt.signal }, (t) =>
+      const stats = await generateText(model, tokenizer, { ...opts, eosIds, signal: interrupt.signal }, (t) =>
         process.stdout.write(t),
       );
       if (process.stdout.isTTY) process.stdout.write('\n'); // piped output is exactly the generated text

@@ -85,7 +85,7 @@ export const serveCommand = defineCommand({
       } catch (e) {
         throw new UsageError(`serve: --chat-template ${values['chat-template']}: ${(e as Error).message}`);
       }
-    const { model, tokenizer, chatTemplate } = loadForGeneration(values.model, values.weights);
+    const { model, tokenizer, chatTemplate, templateTokens, eosIds } = loadForGeneration(values.model, values.weights);
     const server = await startServer(model, tokenizer, {
       modelId: values['model-id'] ?? basename(resolve(values.model)),
       host,
@@ -100,6 +100,8 @@ export const serveCommand = defineCommand({
       strict: values.strict,
       corsOrigins: values.cors,
       chatTemplate: templateFile ?? chatTemplate,
+      templateTokens,
+      eosIds,
       logLevel: values['log-level'],
     }).catch((e: NodeJS.ErrnoException) => {
       model.dispose();

@@ -15,8 +15,13 @@ export interface GenerationRequest {
   sampling?: SamplingOptions;
   /** Generation ends before the first occurrence of any of these strings, which is not part of the output. */
   stop?: readonly string[];
-  /** Keep going after the end-of-text token (it is then an ordinary token). */
+  /** Keep going after an end-of-text token (it is then an ordinary token). */
   ignoreEos?: boolean;
+  /**
+   * The ids that end generation (default: the tokenizer's eosId). A model directory's generation_config.json may list
+   * several; `loadForGeneration` returns them with the tokenizer's.
+   */
+  eosIds?: readonly number[];
   /** Cancels this sequence alone. */
   signal?: AbortSignal;
   /** Each token event carries the token's log-probability and this many likeliest alternatives (0-20). */
@@ -71,6 +76,7 @@ export class Sequence {
   private readonly sampler: Sampler;
   private readonly maxNewTokens: number;
   private readonly ignoreEos: boolean;
+  private readonly eosIds: ReadonlySet<number>;
   private readonly detokenizer: IncrementalDetokenizer;
   private readonly stops: StopMatcher;
   /** Tokens the repetition penalty applies to (prompt and output); empty when the penalty is off. */
@@ -92,7 +98,7 @@ export class Sequence {
   constructor(
     readonly index: number,
     request: GenerationRequest,
-    private readonly tokenizer: Tokenizer,
+    tokenizer: Tokenizer,
     vocabSize: number,
     where = 'request',
   ) {
@@ -124,6 +130,10 @@ export class Sequence {
     this.penalised = settings.presencePenalty !== 0 || settings.frequencyPenalty !== 0;
     this.maxNewTokens = maxNewTokens;
     this.ignoreEos = request.ignoreEos ?? false;
+    const eosIds = request.eosIds ?? [tokenizer.eosId];
+    if (!Array.isArray(eosIds) || eosIds.some((t) => !Number.isInteger(t) || t < 0 || t >= vocabSize))
+      throw new ConfigError(`${where}.eosIds must be ids of the model's vocabulary [0, ${vocabSize})`);
+    this.eosIds = new Set(eosIds);
     this.detokenizer = new IncrementalDetokenizer(tokenizer);
     this.stops = new StopMatcher(stop);
     this.signal = request.signal;
@@ -162,7 +172,7 @@ export class Sequence {
     const logprob = this.logprobs === undefined ? undefined : logSoftmaxTop(logits, token, this.logprobs);
     this.lastToken = token;
     this.completionTokens++;
-    if (token === this.tokenizer.eosId && !this.ignoreEos)
+    if (this.eosIds.has(token) && !this.ignoreEos)
       return [
         { type: 'token', index: this.index, token, text: '', logprob, ...this.takeScored() },
         this.end('stop', this.flush().text),

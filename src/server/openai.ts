@@ -323,7 +323,9 @@ export function parseChatRequest(
   const top = number(b, 'top_logprobs', 0, MAX_LOGPROBS, true);
   if (top !== null && !logprobs) throw bad('top_logprobs', 'only allowed with "logprobs": true');
   const text = render(messages(b.messages));
-  const prompt = { ids: encodeChecked(encodePrompt(text, tokenizer), limits, 'messages'), text };
+  // The template writes the special tokens it wants (bos_token ...): encoding adds none of its own.
+  const ids = text === '' ? encodePrompt(text, tokenizer) : tokenizer.encode(text, { special: false });
+  const prompt = { ids: encodeChecked(ids, limits, 'messages'), text };
   return { ...c, prompts: [prompt], logprobs: logprobs ? (top ?? 0) : undefined, echo: false, ignored };
 }
 

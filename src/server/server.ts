@@ -76,6 +76,8 @@ export interface ServerOptions {
   chatTemplate?: string;
   /** bos_token / eos_token strings for the chat template. */
   templateTokens?: TemplateTokens;
+  /** The ids that end a generation (default: the tokenizer's end-of-text; `loadForGeneration` gives a directory's). */
+  eosIds?: readonly number[];
   /** pino level of the request log (default 'info': one line per request and response; 'silent' for none). */
   logLevel?: LogLevel;
   /** Where the log's JSON lines go (default stderr). */
@@ -233,13 +235,15 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
   app.post('/tokenize', async (request) => {
     const b = (request.body ?? {}) as Record<string, unknown>;
     checkModel(b, opts.modelId);
-    let text: string;
-    if (typeof b.prompt === 'string') text = b.prompt;
+    let tokens: number[];
+    if (typeof b.prompt === 'string') tokens = tokenizer.encode(b.prompt);
     else if (Array.isArray(b.messages))
-      text = parseChatRequest(b, opts.modelId, tokenizer, vocabSize, { ...limits, strict: false }, render).prompts[0]!
-        .text;
+      // The ids a chat completion would prefill (the template's own special tokens, none added).
+      tokens = [
+        ...parseChatRequest(b, opts.modelId, tokenizer, vocabSize, { ...limits, strict: false }, render).prompts[0]!
+          .ids,
+      ];
     else throw new ApiError(400, "'prompt': required (a string), or 'messages' (a chat to render)", 'prompt');
-    const tokens = tokenizer.encode(text);
     return { tokens, count: tokens.length, max_model_len: limits.maxPromptTokens };
   });
 
@@ -362,6 +366,7 @@ export async function startServer(model: CausalLM, tokenizer: Tokenizer, opts: S
               sampling: job.sampling,
               stop: job.stop,
               ignoreEos: job.ignoreEos,
+              eosIds: opts.eosIds,
               signal: disconnect.signal,
               logprobs: job.logprobs,
               promptLogprobs: job.echo ? job.logprobs : undefined,

@@ -44,6 +44,9 @@ export class HfTokenizer implements Tokenizer {
   readonly eosId: number;
   /** The beginning-of-text id, null when the tokenizer has none. */
   readonly bosId: number | null;
+  /** The text of the end-of-text and beginning-of-text tokens (chat templates write them: `eos_token`). */
+  readonly eosToken: string;
+  readonly bosToken: string | null;
   /** Special tokens by content (from added_tokens with special: true). */
   readonly specialTokens: ReadonlyMap<string, number>;
   private readonly pipeline: Pipeline;
@@ -86,24 +89,25 @@ export class HfTokenizer implements Tokenizer {
     } catch (e) {
       throw new FormatError(`${source}: cannot build the tokenizer (${(e as Error).message})`);
     }
-    const idOf = (role: string): number | null => {
-      const named = tokenText(config[`${role}_token`]) ?? tokenText(map[`${role}_token`]);
-      if (named === null) return null;
-      const id = this.pipeline.token_to_id(named);
-      if (id === undefined)
+    /** The role's token text as the config names it, checked to be a token. */
+    const named = (role: string): string | null => {
+      const text = tokenText(config[`${role}_token`]) ?? tokenText(map[`${role}_token`]);
+      if (text !== null && this.pipeline.token_to_id(text) === undefined)
         throw new FormatError(
-          `${source}: ${role}_token ${JSON.stringify(named)} (from the tokenizer config) is not a token`,
+          `${source}: ${role}_token ${JSON.stringify(text)} (from the tokenizer config) is not a token`,
         );
-      return id;
+      return text;
     };
-    const eos = idOf('eos') ?? EOS_NAMES.map((n) => this.specialTokens.get(n)).find((id) => id !== undefined) ?? null;
+    const eos = named('eos') ?? EOS_NAMES.find((n) => this.specialTokens.has(n)) ?? null;
     if (eos === null)
       throw new FormatError(
         `${source}: no end-of-text token: set eos_token in tokenizer_config.json or add one of ${EOS_NAMES.join(', ')} ` +
           `to added_tokens`,
       );
-    this.eosId = eos;
-    this.bosId = idOf('bos') ?? this.specialTokens.get('<s>') ?? null;
+    this.eosToken = eos;
+    this.eosId = this.pipeline.token_to_id(eos)!;
+    this.bosToken = named('bos') ?? (this.specialTokens.has('<s>') ? '<s>' : null);
+    this.bosId = this.bosToken === null ? null : this.pipeline.token_to_id(this.bosToken)!;
     const flag = (key: string): boolean | null => {
       const v = config[key];
       if (v === undefined || v === null) return null;

@@ -6,7 +6,11 @@ export interface Tokenizer {
   readonly vocabSize: number;
   /** End-of-text id, appended between documents and used as a stop token. */
   readonly eosId: number;
-  encode(text: string): number[];
+  /**
+   * The ids of a text, with the special tokens the tokenizer adds around a sequence (a BOS, say) unless `special` is
+   * false, as for a chat template's output, which already holds them.
+   */
+  encode(text: string, opts?: { special?: boolean }): number[];
   /** Decodes ids to text; bytes that do not form complete UTF-8 characters decode to U+FFFD. */
   decode(ids: readonly number[]): string;
   /** The Hugging Face tokenizer.json text describing this tokenizer. */
@@ -33,7 +37,8 @@ export class ByteTokenizer implements Tokenizer {
   readonly eosId = 256;
   private readonly encoder = new TextEncoder();
 
-  encode(text: string): number[] {
+  /** Bytes; it adds no special tokens, so `special` changes nothing. */
+  encode(text: string, _opts?: { special?: boolean }): number[] {
     return Array.from(this.encoder.encode(text));
   }
 

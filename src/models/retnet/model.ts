@@ -336,6 +336,8 @@ export class RetNetDecodeState implements TrunkState {
 export class RetNetModel extends Decoder<MultiScaleRetention, RetNetDecodeState, RetNetPass> {
   readonly arch = 'retnet' as const;
   protected readonly packedPrefill = true;
+  /** prefill(prompts, {state}) continues a state: the scheduler prefills long prompts in pieces with it. */
+  readonly continuesPrefill = true as const;
 
   constructor(
     readonly config: RetNetConfig,
