@@ -2,8 +2,9 @@
 // embedding (optionally scaled and normed), L blocks of a token mixer and a feed-forward with residuals, a final
 // RMSNorm and the output projection (tied to the embedding or not), the rotary tables, the dropout generator, and
 // the skeletons of forward (with padding masks), hiddenStates, prefill and step (with masked rows). An architecture
-// supplies only its mixer (retention, attention), its decode state and its pass options. Parameter names are torchscale's state_dict keys: `embed_tokens`, `layers.<l>.<mixer>`,
-// `layers.<l>.<mixer norm>`, `layers.<l>.ffn`, `layers.<l>.final_layer_norm`, `layer_norm`, `output_projection`.
+// supplies only its mixer (retention, attention), its decode state and its pass options. Parameter names are
+// torchscale's state_dict keys: `embed_tokens`, `layers.<l>.<mixer>`, `layers.<l>.<mixer norm>`, `layers.<l>.ffn`,
+// `layers.<l>.final_layer_norm`, `layer_norm`, `output_projection`.
 
 import type { Device } from '../backend/device.js';
 import { type ActivationKind, kernelsOf } from '../backend/kernels.js';
