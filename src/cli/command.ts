@@ -8,6 +8,7 @@ import { Command as Commander, CommanderError, InvalidArgumentError, Option } fr
 
 import { RetnetError } from '../errors.js';
 import { SIZE_BOUNDS } from '../models/bounds.js';
+import { RETNET_DEFAULTS, configuredForm } from '../models/retnet/config.js';
 import { WEIGHT_FORMATS } from '../quant/formats.js';
 
 /** A user error on the command line: printed as one line with a pointer to the command's help, exit code 2. */
@@ -181,11 +182,13 @@ export const WEIGHTS_FLAG = {
  */
 export function formFlags<const F extends string>(forms: readonly F[]) {
   return {
-    form: choice('RetNet only: the retention form of the pass', forms, { defaultHelp: "the model's" }),
+    form: choice('RetNet only: the retention form of the pass', forms, {
+      defaultHelp: `the model config's (a new RetNet: ${configuredForm(RETNET_DEFAULTS)})`,
+    }),
     'chunk-size': int('RetNet only: the chunk size of the chunkwise form', {
       min: 1,
       max: SIZE_BOUNDS.chunkSize,
-      defaultHelp: "the model's",
+      defaultHelp: `the model config's (a new RetNet: ${RETNET_DEFAULTS.chunkSize})`,
     }),
   };
 }
