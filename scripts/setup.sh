@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs what a fresh Debian machine lacks for retnet, then the npm dependencies (which builds the native addon
-# through node-gyp and compiles the TypeScript). Safe to run again.
+# Installs what a fresh Debian machine lacks for retnet and its tests (patchelf: test/install.test.ts bundles the
+# prebuilt addon), then the npm dependencies (which builds the native addon through node-gyp and compiles the
+# TypeScript). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libopenblas-dev g++ make python3 pkg-config fonts-dejavu-core; do
+for pkg in libopenblas-dev g++ make python3 pkg-config patchelf fonts-dejavu-core; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -32,7 +32,7 @@ export {
   type LoadOptions,
   type GenerationDefaults,
 } from './io/model-dir.js';
-export { startServer, type ServerOptions, type RunningServer } from './server/server.js';
+export { startServer, type ServerOptions, type RunningServer } from './server/start.js';
 export {
   readSafetensors,
   writeSafetensors,

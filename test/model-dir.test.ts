@@ -41,7 +41,7 @@ describe('model directory', () => {
     const { model: back, tokenizer } = loadModelDir(dir, { backend: nat() });
     assert.ok(tokenizer instanceof ByteTokenizer);
     const ids = [5, 200, 17, 3];
-    const run = (m: typeof model) => noGrad(() => tidy(() => m.forward(nat().fromData(ids, [1, 4], 'int32')).data()));
+    const run = (m: typeof back) => noGrad(() => tidy(() => m.forward(nat().fromData(ids, [1, 4], 'int32')).data()));
     assertClose(run(back), run(model), 0, 'logits after reload');
     const saved = readSafetensors(join(dir, 'model.safetensors')).tensors;
     assert.deepEqual(saved.get('retnet_rel_pos.decay')!.shape, [2]);
@@ -103,7 +103,7 @@ describe('Transformer model directory', () => {
     const { model: back } = loadModelDir(dir, { backend: nat() });
     assert.equal(back.arch, 'transformer');
     const ids = [1, 2, 3];
-    const run = (m: typeof model) => noGrad(() => tidy(() => m.forward(nat().fromData(ids, [1, 3], 'int32')).data()));
+    const run = (m: typeof back) => noGrad(() => tidy(() => m.forward(nat().fromData(ids, [1, 3], 'int32')).data()));
     const expected = run(model);
     assertClose(run(back), expected, 0, 'logits after reload');
     const r = cli('logits', '--model', dir, '--tokens', '1,2,3');

@@ -37,15 +37,13 @@ static Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("threads", Napi::Number::New(env, omp_get_max_threads()));
   o.Set("openmp", Napi::Number::New(env, _OPENMP));
   o.Set("compiler", Napi::String::New(env, __VERSION__));
-#ifdef __AVX512F__
-  o.Set("avx512", Napi::Boolean::New(env, true));
+  // Which build of binding.gyp this is (baseline or avx2), and what the CPU has (CPUID through libgcc): the loader
+  // (src/backend/cpu/load.ts) loads the avx2 build when x86-64-v3 is there.
+  o.Set("variant", Napi::String::New(env, RETNET_CPU_VARIANT));
+#if defined(__x86_64__)
+  o.Set("cpuX86_64V3", Napi::Boolean::New(env, __builtin_cpu_supports("x86-64-v3")));
 #else
-  o.Set("avx512", Napi::Boolean::New(env, false));
-#endif
-#ifdef __AVX2__
-  o.Set("avx2", Napi::Boolean::New(env, true));
-#else
-  o.Set("avx2", Napi::Boolean::New(env, false));
+  o.Set("cpuX86_64V3", Napi::Boolean::New(env, false));
 #endif
   return o;
 }

@@ -50,11 +50,11 @@ export const infoCommand = defineCommand({
       OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? null,
       addonBuild: native
         ? {
+            path: native.path,
+            variant: native.variant,
+            cpuX86_64V3: native.cpuX86_64V3,
             compiler: `g++ ${native.compiler}`,
-            flags: '-O3 -march=native -fopenmp',
             openmp: native.openmp,
-            avx2: native.avx2,
-            avx512: native.avx512,
           }
         : null,
       cuda: cuda ? cudaSummary(cuda.info()) : `unavailable: ${cudaUnavailableReason()}`,

@@ -89,14 +89,20 @@ export function archEntry(arch: unknown, source: string): ArchEntry<unknown> {
 }
 
 /** A fresh model of a preset. `overrides` may change any config field (vocabSize is required). */
-export function createModel(
-  arch: Arch,
+export function createModel<A extends Arch>(
+  arch: A,
   preset: string,
   overrides: { vocabSize: number } & Record<string, unknown>,
   opts: ModelOptions = {},
-): CausalLM {
+): ArchModels[A] {
   const entry = archEntry(arch, 'createModel');
-  return entry.build(entry.preset(preset, overrides), opts);
+  return entry.build(entry.preset(preset, overrides), opts) as ArchModels[A];
+}
+
+/** The model class of each architecture: `createModel('retnet', …)` is a RetNetModel (forward takes its options). */
+export interface ArchModels {
+  retnet: RetNetModel;
+  transformer: TransformerModel;
 }
 
 /** The entry and config of a model. */

@@ -5,10 +5,21 @@
 // checks the file's structure first, so a malformed one gets a message instead of a TypeError deep in the library,
 // and takes the special tokens and the BOS/EOS policy from the file, tokenizer_config.json and special_tokens_map.json.
 
-import { Tokenizer as Pipeline } from '@huggingface/tokenizers';
+import { createRequire } from 'node:module';
+
+import type { Tokenizer as Pipeline } from '@huggingface/tokenizers';
 
 import { FormatError } from '../errors.js';
 import type { Tokenizer } from './tokenizer.js';
+
+// The library loads with the first HfTokenizer (its CommonJS build, synchronously), not with `import 'retnet'`:
+// byte-level models never need it.
+let PipelineClass: typeof Pipeline | undefined;
+function pipelineClass(): typeof Pipeline {
+  PipelineClass ??= (createRequire(import.meta.url)('@huggingface/tokenizers') as { Tokenizer: typeof Pipeline })
+    .Tokenizer;
+  return PipelineClass;
+}
 
 /** Largest vocabulary accepted (the largest public ones are ~256k); bounds every table built from the file. */
 export const MAX_VOCAB = 1 << 24;
@@ -85,7 +96,10 @@ export class HfTokenizer implements Tokenizer {
     const map = ctx.specialTokensMap ?? {};
     try {
       const extra = Array.isArray(config.additional_special_tokens) ? config.additional_special_tokens : [];
-      this.pipeline = new Pipeline(obj, { ...config, additional_special_tokens: extra.map(tokenText).filter(Boolean) });
+      this.pipeline = new (pipelineClass())(obj, {
+        ...config,
+        additional_special_tokens: extra.map(tokenText).filter(Boolean),
+      });
     } catch (e) {
       throw new FormatError(`${source}: cannot build the tokenizer (${(e as Error).message})`);
     }

@@ -148,6 +148,8 @@ export interface CpuAddonInfo {
   threads: number;
   openmp: number;
   compiler: string;
-  avx512: boolean;
-  avx2: boolean;
+  /** The build of binding.gyp: 'baseline' (x86-64, or the architecture's default) or 'avx2' (x86-64-v3). */
+  variant: 'baseline' | 'avx2';
+  /** Whether the CPU has x86-64-v3 (AVX2, FMA, F16C, BMI2), the instructions the avx2 build may use. */
+  cpuX86_64V3: boolean;
 }

@@ -11,12 +11,14 @@ import { loadAddon } from './load.js';
 
 let cpu: CpuDevice | null | undefined;
 let cpuError: string | null = null;
+let cpuPath: string | null = null;
 
 /** The cpu device, or null when its addon is unavailable (see `cpuUnavailableReason`). */
 export function cpuBackend(): CpuDevice | null {
   if (cpu === undefined) {
-    const { addon, error } = loadAddon();
+    const { addon, error, path } = loadAddon();
     cpuError = error;
+    cpuPath = path;
     cpu = addon ? createCpuDevice(addon) : null;
     if (cpu) cpu.addon.setThreads(threadCount());
   }
@@ -37,8 +39,10 @@ export function threadCount(): number {
   return n;
 }
 
-export function cpuInfo(): CpuAddonInfo | null {
-  return cpuBackend()?.addon.info() ?? null;
+/** The addon's build facts, and the file it was loaded from (a prebuilt binary under prebuilds/, or a source build). */
+export function cpuInfo(): (CpuAddonInfo & { path: string }) | null {
+  const addon = cpuBackend()?.addon;
+  return addon ? { ...addon.info(), path: cpuPath! } : null;
 }
 
 // Why the cpu device is unavailable, with the fix: the fallback still works, but training and generation run tens
@@ -47,6 +51,7 @@ registerDevice(
   'cpu',
   () =>
     cpuBackend() ??
-    `${cpuError}; the native cpu backend is many times faster. Fix: install OpenBLAS, g++ and make (Debian: ` +
-      "apt-get install libopenblas-dev g++ make) and run 'npm rebuild retnet'; 'retnet info' shows the state",
+    `${cpuError}; the native cpu backend is many times faster. Fix: linux-x64 (glibc 2.34+) installs a prebuilt ` +
+      'addon; elsewhere install a C++ compiler, make, pkg-config and OpenBLAS (Debian: apt-get install g++ make ' +
+      "python3 pkg-config libopenblas-dev) and run 'npm rebuild retnet'; 'retnet info' shows the state",
 );
