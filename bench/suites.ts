@@ -17,7 +17,9 @@ import {
   intItem,
   list,
   text,
+  WEIGHTS_FLAG,
 } from '../src/cli/command.js';
+import { parseWeightFormat } from '../src/quant/formats.js';
 import { setOutputRoot } from './lib.js';
 
 const quick = bool('a smaller configuration, in under two minutes');
@@ -90,7 +92,18 @@ export const suites: Command[] = [
   suite(
     'lowp',
     'decode with f32/bf16/int8/q4 weights vs the memory bound and PyTorch',
-    { quick, models: list('models to measure (base, 1.3B)', (s) => s, { placeholder: 'names', maxItems: 2 }) },
+    {
+      quick,
+      models: list('models to measure (base, 1.3B)', (s) => s, { placeholder: 'names', maxItems: 2 }),
+      model: text('a model directory to measure instead (decode only: no peer, no quality run)', {
+        placeholder: 'dir',
+        nonEmpty: true,
+      }),
+      formats: list('weight formats to measure (decode only)', (s) => parseWeightFormat(s), {
+        placeholder: 'formats',
+        maxItems: 5,
+      }),
+    },
     async (v) => (await import('./lowp.js')).lowpSuite(v),
   ),
   suite('data', 'tokenising Brown into shards (bytes, BPE 4096): cold and reused', { quick }, async (v) =>
@@ -113,6 +126,22 @@ export const suites: Command[] = [
       'head-dim': int('head dimension', { min: 1, max: 1024, default: 64 }),
     },
     async (v) => (await import('./attention.js')).attentionSuite(v),
+  ),
+  suite(
+    'pretrained',
+    'a pretrained fla RetNet at 1.3B (random-weight stand-in unless --model DIR): load time, peak RSS, decode',
+    {
+      quick,
+      model: text('a model directory to measure instead of the stand-in', { placeholder: 'dir', nonEmpty: true }),
+      tokens: int('tokens to decode', { min: 2, max: 100000 }),
+      ...WEIGHTS_FLAG,
+      keep: bool('keep the written stand-in (its folder is printed)'),
+      child: {
+        ...text('internal: measure this directory once, record as JSON on stdout', { placeholder: 'dir' }),
+        hidden: true,
+      },
+    },
+    async (v) => (await import('./pretrained.js')).pretrainedSuite(v),
   ),
   suite(
     'gemm',

@@ -28,14 +28,28 @@ import {
 } from '../models/registry.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { retnetAngles } from '../nn/rotary.js';
-import type { WeightFormat } from '../quant/formats.js';
+import type { Device } from '../backend/device.js';
+import { HostDevice } from '../backend/host/device.js';
+import { Embedding, Linear } from '../nn/layers.js';
+import { WEIGHT_DTYPES, WEIGHT_FORMATS, type WeightFormat, isWeightFormat, weightFormatOf } from '../quant/formats.js';
 import { quantizeModel } from '../quant/model.js';
+import {
+  type DType,
+  type QuantPart,
+  type QuantizedDType,
+  arrayOver,
+  decode,
+  isQuantized,
+  quantParts,
+  storageBytes,
+  toSafetensorsDType,
+} from '../tensor/dtype.js';
 import type { TokenizerContext } from '../tokenizer/hf.js';
 import { loadTokenizer } from '../tokenizer/load.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { writeFileAtomic } from './atomic.js';
-import { type LoadedTensor, type TensorToSave, Weights, tensorValues, writeSafetensors } from './safetensors.js';
+import { type TensorToSave, Weights, tensorValues, writeSafetensors } from './safetensors.js';
 
 /** Buffers torchscale keeps in its state_dict (persistent, so `load_state_dict(strict=True)` needs them). */
 function torchscaleBuffers(model: RetNetModel): Map<string, TensorToSave> {
@@ -51,17 +65,53 @@ function torchscaleBuffers(model: RetNetModel): Map<string, TensorToSave> {
 const LOADER_KEYS = new Set(['torch_dtype', 'dtype', 'transformers_version', 'architectures', '_name_or_path']);
 const isTorchscaleBuffer = (name: string) => name.startsWith('retnet_rel_pos.');
 
-/** Writes config.json, model.safetensors (atomically) and tokenizer.json (when given) into dir. */
+/**
+ * The metadata key of a checkpoint with quantized weights: a JSON object naming the format of each (`{"<name>":
+ * "q4"}`), whose bytes are stored as `<name>.scales` and `<name>.codes` (the parts of src/tensor/dtype.ts).
+ */
+export const QUANTIZED_KEY = 'retnet.quantized';
+
+/**
+ * Writes config.json, model.safetensors (atomically) and tokenizer.json (when given) into dir. Every parameter is
+ * written as held: float32/float64, bfloat16/float16 as their bits, quantized weights as their scales and codes (named
+ * in the metadata under QUANTIZED_KEY), so the directory loads again without the float checkpoint.
+ */
 export function saveModelDir(dir: string, model: CausalLM, tokenizer?: Tokenizer): void {
   mkdirSync(dir, { recursive: true });
   const tensors = new Map<string, TensorToSave>();
-  for (const [name, t] of model.namedParameters())
-    tensors.set(name, { dtype: t.dtype === 'float64' ? 'F64' : 'F32', shape: t.shape, data: t.data() });
+  const quantized: Record<string, string> = {};
+  for (const [name, t] of model.namedParameters()) {
+    if (isQuantized(t.dtype)) {
+      const bytes = t.device.readStorage(t) as Uint8Array;
+      for (const part of quantParts(t.dtype, t.shape))
+        tensors.set(`${name}.${part.name}`, {
+          dtype: part.dtype,
+          shape: part.shape,
+          data:
+            part.dtype === 'F32' || part.dtype === 'F16'
+              ? partArray(bytes, part)
+              : bytes.subarray(part.offset, part.offset + part.bytes),
+        });
+      quantized[name] = weightFormatOf(t.dtype)!;
+      continue;
+    }
+    const st = toSafetensorsDType(t.dtype) as TensorToSave['dtype'];
+    const bits = t.dtype === 'bfloat16' || t.dtype === 'float16';
+    tensors.set(name, { dtype: st, shape: t.shape, data: bits ? t.device.readStorage(t) : t.data() });
+  }
   if (model instanceof RetNetModel && model.config.format === 'torchscale')
     for (const [n, t] of torchscaleBuffers(model)) tensors.set(n, t);
-  writeSafetensors(join(dir, 'model.safetensors'), tensors, { format: 'pt', arch: model.arch });
+  const metadata: Record<string, string> = { format: 'pt', arch: model.arch };
+  if (Object.keys(quantized).length > 0) metadata[QUANTIZED_KEY] = JSON.stringify(quantized);
+  writeSafetensors(join(dir, 'model.safetensors'), tensors, metadata);
   if (tokenizer) writeFileAtomic(join(dir, 'tokenizer.json'), tokenizer.toJSON());
   writeFileAtomic(join(dir, 'config.json'), `${JSON.stringify(modelConfigJSON(model), null, 2)}\n`);
+}
+
+/** A part of a quantized tensor's bytes as its float array (float32 values, or float16 bits). */
+function partArray(bytes: Uint8Array, part: QuantPart): Float32Array | Uint16Array {
+  const copy = bytes.slice(part.offset, part.offset + part.bytes);
+  return part.dtype === 'F32' ? new Float32Array(copy.buffer) : new Uint16Array(copy.buffer);
 }
 
 /** A JSON file; numbers that overflow to ±Infinity (1e400) are rejected with their key path. */
@@ -133,7 +183,13 @@ export interface LoadedModelDir {
 export interface LoadOptions extends Omit<ModelOptions, 'init' | 'seed'> {
   /** Accept NaN/Inf weights (default false: rejected with the tensor's name). */
   allowNonFinite?: boolean;
-  /** Converts every Linear's weight to this format after loading (src/quant/model.ts; `--weights`). */
+  /**
+   * The format every Linear's weight is held in (src/quant; `--weights`). Default: as the checkpoint holds them —
+   * under a float32 model the BF16/F16 weights of Linear and Embedding modules keep their 16-bit bytes as read
+   * (widening them would double the memory and halve decode speed for no accuracy: the products compute in float32
+   * on the exact values either way), quantized weights stay quantized, the rest is float32. 'f32' widens everything.
+   * A format of its own converts after loading (from the 16-bit values where the file holds those).
+   */
   weights?: WeightFormat;
 }
 
@@ -244,16 +300,6 @@ function keyFor(config: Record<string, unknown>, candidates: string[]): string {
   return candidates.find((k) => k in config) ?? candidates[0]!;
 }
 
-function nonFiniteIndex(t: LoadedTensor): number {
-  if (t.bits) {
-    const expMask = t.dtype === 'BF16' ? 0x7f80 : 0x7c00;
-    return t.bits.findIndex((b) => (b & expMask) === expMask);
-  }
-  if (t.data instanceof Float64Array || t.data instanceof Float32Array)
-    return t.data.findIndex((x) => !Number.isFinite(x));
-  return -1;
-}
-
 /**
  * Loads a model directory (either layout; see the top of this file). Tensors of F64/F32/F16/BF16 load into the
  * requested dtype (default float32). Everything is checked against everything else before the model exists.
@@ -285,7 +331,13 @@ export function loadModelDir(dir: string, opts: LoadOptions = {}): LoadedModelDi
     // is then bounded by the checkpoint's own size.
     const names = weights.names();
     const stored = names.filter((n) => !isTorchscaleBuffer(n));
-    const held = stored.reduce((a, n) => a + weights.entry(n)!.shape.reduce((x, y) => x * y, 1), 0);
+    // Quantized weights count their codes (two per byte for q4).
+    const held = stored.reduce((a, n) => {
+      const count = weights.entry(n)!.shape.reduce((x, y) => x * y, 1);
+      return (
+        a + (n.endsWith('.scales') ? 0 : n.endsWith('.codes') && weights.entry(n)!.dtype === 'U8' ? 2 * count : count)
+      );
+    }, 0);
     const wanted = specParameterCount(spec);
     if (wanted > 2 * held) throw new ShapeError(sizeMismatch(spec, config, configPath, weights, stored, wanted, held));
     if (spec.arch === 'retnet' && names.some(isTorchscaleBuffer)) checkTorchscaleBuffers(spec.config, weights, config);
@@ -293,7 +345,9 @@ export function loadModelDir(dir: string, opts: LoadOptions = {}): LoadedModelDi
     // 2. Allocate (no random init) and fill tensor by tensor.
     const model = buildModel(spec, { ...opts, backend: opts.backend ?? getBackend(), init: false });
     try {
-      fill(model, weights, opts.allowNonFinite ?? false, config, configPath);
+      // Weights stay in the checkpoint's 16-bit dtype unless a format is asked for (see LoadOptions.weights).
+      const keep16 = opts.weights !== 'f32';
+      fill(model, weights, { allowNonFinite: opts.allowNonFinite ?? false, keep16 }, config, configPath);
       if (opts.weights) quantizeModel(model, opts.weights);
     } catch (e) {
       model.dispose();
@@ -364,45 +418,172 @@ function checkTorchscaleBuffers(
     );
 }
 
-/** Copies every parameter from the files, one tensor in memory at a time. */
+/** The quantized weights a checkpoint names in its metadata (QUANTIZED_KEY), with their dtypes. */
+function quantizedWeights(weights: Weights): Map<string, QuantizedDType> {
+  const out = new Map<string, QuantizedDType>();
+  for (const r of weights.readers) {
+    const text = r.metadata[QUANTIZED_KEY];
+    if (text === undefined) continue;
+    let map: unknown;
+    try {
+      map = JSON.parse(text);
+    } catch (e) {
+      throw new FormatError(`${r.path}: __metadata__ '${QUANTIZED_KEY}' is not valid JSON (${(e as Error).message})`);
+    }
+    if (map === null || typeof map !== 'object' || Array.isArray(map))
+      throw new FormatError(`${r.path}: __metadata__ '${QUANTIZED_KEY}' must be an object of tensor name -> format`);
+    for (const [name, format] of Object.entries(map)) {
+      const dtype = typeof format === 'string' && isWeightFormat(format) ? WEIGHT_DTYPES[format] : null;
+      if (dtype === null || !isQuantized(dtype)) {
+        const formats = WEIGHT_FORMATS.filter((f) => isQuantized(WEIGHT_DTYPES[f]));
+        throw new FormatError(
+          `${r.path}: __metadata__ '${QUANTIZED_KEY}' gives tensor '${name}' the format ${JSON.stringify(format)}, ` +
+            `not a quantized one (expected ${formats.join(', ')})`,
+        );
+      }
+      out.set(name, dtype);
+    }
+  }
+  return out;
+}
+
+/** The names a checkpoint stores a quantized weight under (src/tensor/dtype.ts's parts). */
+const partNames = (name: string, dtype: QuantizedDType, shape: readonly number[]) =>
+  quantParts(dtype, shape).map((p) => `${name}.${p.name}`);
+
+/**
+ * A tensor of dtype and shape whose stored bytes `read` fills: straight into the storage of a host device, else
+ * through one host buffer.
+ */
+function storedTensor(
+  device: Device,
+  dtype: DType,
+  shape: readonly number[],
+  read: (into: Uint8Array) => void,
+): Tensor {
+  if (device instanceof HostDevice) {
+    const t = device.empty(shape, dtype);
+    const a = device.raw(t);
+    read(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+    return t;
+  }
+  const bytes = new Uint8Array(storageBytes(dtype, shape));
+  read(bytes);
+  return device.fromStorage(arrayOver(dtype, bytes.buffer), shape, dtype);
+}
+
+/** A quantized weight read from its parts, each checked for its dtype and shape (and finite scales). */
+function readQuantized(
+  weights: Weights,
+  name: string,
+  dtype: QuantizedDType,
+  shape: readonly number[],
+  device: Device,
+  allowNonFinite: boolean,
+): Tensor {
+  const parts = quantParts(dtype, shape);
+  for (const part of parts) {
+    const n = `${name}.${part.name}`;
+    const e = weights.entry(n)!;
+    if (e.dtype !== part.dtype || e.shape.length !== part.shape.length || e.shape.some((d, i) => d !== part.shape[i]))
+      throw new ShapeError(
+        `${weights.fileOf(n)}: tensor '${n}' is ${e.dtype} ${formatShape(e.shape)}; a ${weightFormatOf(dtype)} weight ` +
+          `${formatShape(shape)} stores its ${part.name} as ${part.dtype} ${formatShape(part.shape)}`,
+      );
+  }
+  const t = storedTensor(device, dtype, shape, (into) => {
+    for (const part of parts)
+      weights.readInto(`${name}.${part.name}`, into.subarray(part.offset, part.offset + part.bytes));
+    if (allowNonFinite) return;
+    const scales = parts.find((p) => p.name === 'scales')!;
+    const bytes = into.slice(scales.offset, scales.offset + scales.bytes);
+    const values =
+      scales.dtype === 'F32'
+        ? new Float32Array(bytes.buffer)
+        : decode('float16', new Uint16Array(bytes.buffer), scales.shape);
+    const i = (values as Float32Array).findIndex((x) => !Number.isFinite(x));
+    if (i >= 0)
+      throw new FormatError(
+        `${weights.fileOf(`${name}.scales`)}: tensor '${name}.scales' holds a non-finite scale (${values[i]}) at flat ` +
+          `index ${i} (pass allowNonFinite to load it anyway)`,
+      );
+  });
+  return t;
+}
+
+/** The Linear and Embedding modules holding each tensor as their weight. */
+function weightHolders(model: CausalLM): Map<Tensor, (Linear | Embedding)[]> {
+  const out = new Map<Tensor, (Linear | Embedding)[]>();
+  for (const [, m] of model.namedModules())
+    if (m instanceof Linear || m instanceof Embedding) out.set(m.weight, [...(out.get(m.weight) ?? []), m]);
+  return out;
+}
+
+interface FillOptions {
+  allowNonFinite: boolean;
+  /** Keep BF16/F16 tensors of Linear and Embedding weights as read (under a float32 model). */
+  keep16: boolean;
+}
+
+/**
+ * Copies every parameter from the files, one tensor in memory at a time. Quantized weights (named in the metadata)
+ * and, with keep16, the 16-bit weights of Linear and Embedding modules are read straight into tensors of their own
+ * dtype, which take the place of the float32 parameters built for them.
+ */
 function fill(
   model: CausalLM,
   weights: Weights,
-  allowNonFinite: boolean,
+  opts: FillOptions,
   config: Record<string, unknown>,
   configPath: string,
 ): void {
   const params = model.namedParameters();
   const files = weights.readers.map((r) => r.path).join(', ');
-  const missing = params.filter(([n]) => !weights.entry(n)).map(([n]) => n);
   const built = `the model that ${configPath} describes`;
+  const quantized = quantizedWeights(weights);
+  for (const name of quantized.keys())
+    if (!params.some(([n]) => n === name))
+      throw new FormatError(`${files}: __metadata__ '${QUANTIZED_KEY}' names '${name}', which ${built} does not have`);
+  const stored = (n: string, t: Tensor) => {
+    const q = quantized.get(n);
+    return q ? partNames(n, q, t.shape) : [n];
+  };
+  const missing = params.flatMap(([n, t]) => stored(n, t).filter((s) => !weights.entry(s)));
   if (missing.length > 0)
     throw new FormatError(`${files}: missing tensors ${missing.join(', ')} (${built} has them; do the files match?)`);
-  const known = new Set(params.map(([n]) => n));
+  const known = new Set(params.flatMap(([n, t]) => stored(n, t)));
   const extra = weights.names().filter((n) => !known.has(n) && !isTorchscaleBuffer(n));
   if (extra.length > 0)
     throw new FormatError(`${files}: unexpected tensors ${extra.join(', ')} (${built} has none; do the files match?)`);
+
+  const holders = weightHolders(model);
+  const originals = new Set<Tensor>();
+  const hold = (t: Tensor, nt: Tensor, only?: typeof Linear) => {
+    for (const m of holders.get(t) ?? []) if ((!only || m instanceof only) && m.weight === t) m.setWeight(nt);
+    originals.add(t);
+  };
+  // Quantized weights first (a head tied to the embedding may be quantized while the table is not).
+  for (const [n, t] of params) {
+    const q = quantized.get(n);
+    if (!q) continue;
+    if (!(holders.get(t) ?? []).some((m) => m instanceof Linear))
+      throw new FormatError(
+        `${weights.fileOf(`${n}.codes`)}: '${n}' is stored quantized, but only Linear weights can be`,
+      );
+    hold(t, readQuantized(weights, n, q, t.shape, t.device, opts.allowNonFinite), Linear);
+  }
   const firstName = new Map<Tensor, string>();
   for (const [n, t] of params) {
+    if (quantized.has(n)) continue;
     const e = weights.entry(n)!;
     if (e.shape.length !== t.shape.length || e.shape.some((d, i) => d !== t.shape[i]))
       throw new ShapeError(
         `${weights.fileOf(n)}: tensor '${n}' has shape ${formatShape(e.shape)}, ${built} expects ${formatShape(t.shape)}`,
       );
-    const v = weights.read(n);
-    if (!allowNonFinite) {
-      const i = nonFiniteIndex(v);
-      if (i >= 0)
-        throw new FormatError(
-          `${weights.fileOf(n)}: tensor '${n}' holds a non-finite value (${tensorValues(v)[i]}) at flat index ${i} ` +
-            `(pass allowNonFinite to load it anyway)`,
-        );
-    }
-    const values = tensorValues(v);
     const first = firstName.get(t);
     if (first !== undefined) {
       // A tensor shared under two names (tied embeddings): the file's copies must agree, else the config is wrong.
-      const firstValues = tensorValues(weights.read(first));
+      const [values, firstValues] = [tensorValues(weights.read(n)), tensorValues(weights.read(first))];
       if (values.some((x, i) => x !== firstValues[i]))
         throw new ConfigError(
           `${configPath}: ${keyFor(config, ['tie_word_embeddings', 'share_decoder_input_output_embed', 'tiedEmbeddings'])} ` +
@@ -411,6 +592,40 @@ function fill(
       continue;
     }
     firstName.set(t, n);
-    t.device.write(t, values);
+    const dtype16 = e.dtype === 'BF16' ? 'bfloat16' : e.dtype === 'F16' ? 'float16' : null;
+    if (opts.keep16 && dtype16 && t.dtype === 'float32' && holders.has(t)) {
+      const nt = storedTensor(t.device, dtype16, t.shape, (into) => {
+        weights.readInto(n, into);
+        if (!opts.allowNonFinite)
+          checkFinite(weights, n, new Uint16Array(into.buffer, into.byteOffset, t.size), e.dtype);
+      });
+      hold(t, nt);
+      continue;
+    }
+    const v = weights.read(n);
+    if (!opts.allowNonFinite) checkFinite(weights, n, v.bits ?? v.data, e.dtype);
+    t.device.write(t, tensorValues(v));
   }
+  // The float32 tensors built for weights now held otherwise (untouched zeros: no resident memory) go.
+  const live = new Set(model.parameters());
+  for (const t of originals) if (!live.has(t)) t.dispose();
+}
+
+/** A tensor's stored values must be finite (16-bit patterns checked by their exponent bits). */
+function checkFinite(weights: Weights, n: string, data: ArrayLike<number>, dtype: string): void {
+  let i = -1;
+  if (data instanceof Uint16Array) {
+    const expMask = dtype === 'BF16' ? 0x7f80 : 0x7c00;
+    i = data.findIndex((b) => (b & expMask) === expMask);
+  } else if (data instanceof Float64Array || data instanceof Float32Array)
+    i = data.findIndex((x) => !Number.isFinite(x));
+  if (i < 0) return;
+  const value =
+    data instanceof Uint16Array
+      ? decode(dtype === 'BF16' ? 'bfloat16' : 'float16', data.subarray(i, i + 1), [1])[0]
+      : data[i];
+  throw new FormatError(
+    `${weights.fileOf(n)}: tensor '${n}' holds a non-finite value (${value}) at flat index ${i} ` +
+      `(pass allowNonFinite to load it anyway)`,
+  );
 }

@@ -15,6 +15,7 @@ import { endianness } from 'node:os';
 import { basename, join } from 'node:path';
 
 import { FormatError } from '../errors.js';
+import { decode, encoded } from '../tensor/dtype.js';
 import { writeFileAtomic } from './atomic.js';
 
 export type SafetensorsDType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
@@ -308,6 +309,16 @@ export class SafetensorsReader {
     return readEntry(this.src, this.header, e);
   }
 
+  /** Reads one tensor's stored bytes into `into` (exactly its size): straight into a tensor's storage, no copy. */
+  readInto(name: string, into: Uint8Array): void {
+    const e = this.header.entries.get(name);
+    if (!e) throw new FormatError(`${this.path}: no tensor '${name}'`);
+    if (this.fd < 0) throw new FormatError(`${this.path}: reader is closed`);
+    if (into.length !== e.end - e.begin)
+      throw new FormatError(`${this.path}: tensor '${name}' holds ${e.end - e.begin} bytes, ${into.length} asked`);
+    this.src.read(this.header.dataStart + e.begin, into);
+  }
+
   close(): void {
     if (this.fd >= 0) closeSync(this.fd);
     this.fd = -1;
@@ -349,102 +360,21 @@ export function readSafetensors(path: string): SafetensorsFile {
   });
 }
 
-// --- 16-bit floats ------------------------------------------------------------------------------------------------
-
-/** float32 values of BF16 bit patterns (exact: a bfloat16 is the top half of a float32). */
-export function bf16ToFloat32(bits: Uint16Array, out = new Float32Array(bits.length)): Float32Array {
-  const u = new Uint32Array(out.buffer, out.byteOffset, out.length);
-  for (let i = 0; i < bits.length; i++) u[i] = bits[i]! << 16;
-  return out;
-}
-
-let halfTable: Float32Array | null = null;
-
-/** float32 values of F16 bit patterns (exact), through a 65536-entry table. */
-export function f16ToFloat32(bits: Uint16Array, out = new Float32Array(bits.length)): Float32Array {
-  if (!halfTable) {
-    halfTable = new Float32Array(65536);
-    for (let h = 0; h < 65536; h++) {
-      const sign = h & 0x8000 ? -1 : 1;
-      const exp = (h >> 10) & 0x1f;
-      const frac = h & 0x3ff;
-      halfTable[h] =
-        exp === 0
-          ? sign * frac * 2 ** -24
-          : exp === 31
-            ? frac
-              ? NaN
-              : sign * Infinity
-            : sign * (1 + frac / 1024) * 2 ** (exp - 15);
-    }
-  }
-  for (let i = 0; i < bits.length; i++) out[i] = halfTable[bits[i]!]!;
-  return out;
-}
-
-function roundHalfEven(v: number): number {
-  const f = Math.floor(v);
-  const d = v - f;
-  return d > 0.5 || (d === 0.5 && f % 2 === 1) ? f + 1 : f;
-}
-
-/**
- * The bit pattern of the binary float with `ebits` exponent and `mbits` mantissa bits nearest to x (round half to
- * even, once, from the float64 value; subnormals; overflow to infinity). F16 is (5, 10), BF16 is (8, 7).
- */
-export function encodeMinifloat(x: number, ebits: number, mbits: number): number {
-  const bias = (1 << (ebits - 1)) - 1;
-  const expMask = (1 << ebits) - 1;
-  const sign = x < 0 || Object.is(x, -0) ? 1 << (ebits + mbits) : 0;
-  if (Number.isNaN(x)) return (expMask << mbits) | (1 << (mbits - 1));
-  const a = Math.abs(x);
-  const minNormal = 2 ** (1 - bias);
-  if (a < minNormal) return sign | roundHalfEven(a / 2 ** (1 - bias - mbits)); // may round up to the smallest normal
-  if (a === Infinity) return sign | (expMask << mbits);
-  let e = Math.floor(Math.log2(a));
-  if (2 ** e > a) e--;
-  else if (2 ** (e + 1) <= a) e++;
-  let m = roundHalfEven((a / 2 ** e - 1) * 2 ** mbits);
-  if (m === 2 ** mbits) {
-    m = 0;
-    e++;
-  }
-  if (e + bias >= expMask) return sign | (expMask << mbits);
-  return sign | ((e + bias) << mbits) | m;
-}
-
-/** BF16 patterns of values (float32 input rounds from its bits; other input rounds once from float64). */
-export function toBf16(values: ArrayLike<number>): Uint16Array {
-  const out = new Uint16Array(values.length);
-  if (values instanceof Float32Array) {
-    const u = new Uint32Array(values.buffer, values.byteOffset, values.length);
-    for (let i = 0; i < u.length; i++) {
-      const b = u[i]!;
-      out[i] = (b & 0x7fffffff) > 0x7f800000 ? (b >>> 16) | 0x40 : (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
-    }
-  } else for (let i = 0; i < values.length; i++) out[i] = encodeMinifloat(values[i]!, 8, 7);
-  return out;
-}
-
-export function toF16(values: ArrayLike<number>): Uint16Array {
-  const out = new Uint16Array(values.length);
-  for (let i = 0; i < values.length; i++) out[i] = encodeMinifloat(values[i]!, 5, 10);
-  return out;
-}
-
 /** The values of a loaded tensor as numbers: F16/BF16 decoded to float32 (exact), everything else as stored. */
 export function tensorValues(t: LoadedTensor): NumericArray {
-  if (t.dtype === 'BF16') return bf16ToFloat32(t.bits);
-  if (t.dtype === 'F16') return f16ToFloat32(t.bits);
-  return t.data!;
+  if (t.bits) return decode(t.dtype === 'BF16' ? 'bfloat16' : 'float16', t.bits, t.shape) as Float32Array;
+  return t.data;
 }
 
 // --- writing ------------------------------------------------------------------------------------------------------
 
 export interface TensorToSave {
-  dtype: 'F64' | 'F32' | 'F16' | 'BF16' | 'I32';
+  dtype: 'F64' | 'F32' | 'F16' | 'BF16' | 'I32' | 'I8' | 'U8';
   shape: readonly number[];
-  /** Values (rounded to the dtype), or for F16/BF16 a Uint16Array of bit patterns taken as they are. */
+  /**
+   * Values (rounded to the dtype), or for F16/BF16 a Uint16Array of bit patterns and for I8/U8 a Uint8Array of bytes
+   * (a quantized weight's parts), taken as they are.
+   */
   data: ArrayLike<number>;
 }
 
@@ -460,8 +390,9 @@ function tensorBytes(name: string, t: TensorToSave): Uint8Array {
     case 'F64': arr = t.data instanceof Float64Array ? t.data : Float64Array.from(t.data); break;
     case 'F32': arr = t.data instanceof Float32Array ? t.data : Float32Array.from(t.data); break;
     case 'I32': arr = t.data instanceof Int32Array ? t.data : Int32Array.from(t.data); break;
-    case 'BF16': arr = bits ?? toBf16(t.data); break;
-    case 'F16': arr = bits ?? toF16(t.data); break;
+    case 'I8': case 'U8': arr = t.data instanceof Uint8Array ? t.data : Uint8Array.from(t.data); break;
+    case 'BF16': arr = bits ?? encoded('bfloat16', t.data, t.shape); break;
+    case 'F16': arr = bits ?? encoded('float16', t.data, t.shape); break;
   } // prettier-ignore
   return new Uint8Array(arr.buffer, arr.byteOffset, arr.byteLength);
 }
@@ -597,6 +528,12 @@ export class Weights {
     const r = this.where.get(name);
     if (!r) throw new FormatError(`${this.fileOf(name)}: no tensor '${name}'`);
     return r.read(name);
+  }
+
+  readInto(name: string, into: Uint8Array): void {
+    const r = this.where.get(name);
+    if (!r) throw new FormatError(`${this.fileOf(name)}: no tensor '${name}'`);
+    r.readInto(name, into);
   }
 
   close(): void {

@@ -2,8 +2,8 @@
 
 import { needsGrad, record } from '../autograd/tape.js';
 import { DTypeError, ShapeError, formatShape } from '../errors.js';
-import { isQuantized } from '../tensor/dtype.js';
-import type { Tensor } from '../tensor/tensor.js';
+import { computeDType, isQuantized } from '../tensor/dtype.js';
+import { type Tensor, shapeSize } from '../tensor/tensor.js';
 import { deviceOf, expectFloat, isSuffix, sameDType, sameShape } from './check.js';
 import { kernels } from '../backend/kernels.js';
 
@@ -130,20 +130,21 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
 }
 
 /**
- * y = x wᵀ + b, PyTorch's nn.Linear layout. x: [..., in], w: [out, in], b: [out] or null. One tape node. w may be a
- * quantized weight (x then float32; the product dispatches on w's dtype, and w takes no gradient).
+ * y = x wᵀ + b, PyTorch's nn.Linear layout. x: [..., in], w: [out, in], b: [out] or null. One tape node. w may be
+ * held in a storage dtype (bfloat16, float16, qint8, qint4) under float32 x: the product dispatches on w's dtype
+ * (the native low-precision kernels on the cpu device), and w takes no gradient.
  */
 export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
   const be = deviceOf('linear', x, w, ...(b ? [b] : []));
   const kern = kernels(be, x.dtype);
   expectFloat('linear', 'x', x);
-  const quantized = isQuantized(w.dtype);
-  if (!quantized) sameDType('linear', x, w);
-  else if (x.dtype !== 'float32' || w.requiresGrad)
+  const stored = w.dtype !== x.dtype && (isQuantized(w.dtype) || computeDType(w.dtype) === x.dtype);
+  if (!stored) sameDType('linear', x, w);
+  if ((isQuantized(w.dtype) || stored) && (x.dtype !== 'float32' || w.requiresGrad))
     throw new DTypeError(
       `linear: a ${w.dtype} weight takes float32 inputs and no gradient (got ${x.dtype}${w.requiresGrad ? ', requiresGrad' : ''})`,
     );
-  const wk = quantized ? kernels(be, w.dtype) : kern;
+  const wk = stored ? kernels(be, w.dtype) : kern;
   if (w.rank !== 2 || x.rank < 1 || x.shape[x.rank - 1] !== w.shape[1])
     throw new ShapeError(
       `linear: input ${formatShape(x.shape)} does not fit weight ${formatShape(w.shape)} ([out, in])`,
@@ -151,7 +152,7 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
   if (b && (b.rank !== 1 || b.shape[0] !== w.shape[0]))
     throw new ShapeError(`linear: bias ${formatShape(b.shape)} does not fit weight ${formatShape(w.shape)}`);
   const [out, inp] = w.shape as [number, number];
-  const rows = x.size / inp || 0;
+  const rows = shapeSize(x.shape.slice(0, -1));
   const x2 = be.view(x, [rows, inp]); // x2: [R, in]
   const xw = wk.matmul(x2, w, false, true); // [R, out]
   const y2 = b ? kern.binary('add', xw, b) : xw;

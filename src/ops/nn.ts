@@ -2,7 +2,8 @@
 
 import type { ActivationKind } from '../backend/kernels.js';
 import { needsGrad, record } from '../autograd/tape.js';
-import { ShapeError, formatShape } from '../errors.js';
+import { DTypeError, ShapeError, formatShape } from '../errors.js';
+import type { DType } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { deviceOf, expectDType, expectFloat, expectShape, sameDType } from './check.js';
 import { kernels } from '../backend/kernels.js';
@@ -118,13 +119,24 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
   return y;
 }
 
-/** Rows of table [V, D] picked by int32 ids [...] -> [..., D]. */
-export function embedding(table: Tensor, ids: Tensor): Tensor {
+/**
+ * Rows of table [V, D] picked by int32 ids [...] -> [..., D], in `dtype` (default the table's: a bfloat16 table under
+ * a float32 model gives float32 rows, converted after the lookup; no gradient then).
+ */
+export function embedding(table: Tensor, ids: Tensor, dtype: DType = table.dtype): Tensor {
   const be = deviceOf('embedding', table, ids);
   const kern = kernels(be, table.dtype);
   expectFloat('embedding', 'table', table);
   expectDType('embedding', 'ids', ids, 'int32');
   if (table.rank !== 2) throw new ShapeError(`embedding: table must be [V, D], got ${formatShape(table.shape)}`);
+  if (dtype !== table.dtype) {
+    if (needsGrad(table))
+      throw new DTypeError(`embedding: a ${table.dtype} table read as ${dtype} takes no gradient (train in ${dtype})`);
+    const rows = kern.embedding(table, ids);
+    const y = kern.cast(rows, dtype);
+    rows.dispose();
+    return y;
+  }
   const y = kern.embedding(table, ids);
   if (needsGrad(table)) record('embedding', [table], [y], ([g]) => [kern.embeddingBackward(g!, ids, table.shape[0]!)]);
   return y;
