@@ -12,14 +12,16 @@ import {
   type Flags,
   UsageError,
   bool,
+  choice,
   defineCommand,
   int,
   intItem,
+  num,
   list,
   text,
   WEIGHTS_FLAG,
 } from '../src/cli/command.js';
-import { parseWeightFormat } from '../src/quant/formats.js';
+import { WEIGHT_FORMATS, parseWeightFormat } from '../src/quant/formats.js';
 import { setOutputRoot } from './lib.js';
 
 const quick = bool('a smaller configuration, in under two minutes');
@@ -76,6 +78,28 @@ export const suites: Command[] = [
     'training-step tokens/s, peak memory and MFU vs length: RetNet parallel/chunkwise vs Transformer',
     { quick, report },
     async (v) => (await import('./train.js')).trainSuite(v),
+  ),
+  suite(
+    'budget',
+    'decode tokens/s at the largest batch that fits a memory budget (Figure 6): 357M RetNet vs Transformer',
+    {
+      quick,
+      report,
+      budget: num('the memory budget in GiB (default 8; --quick 0.09)', { min: 0.01, max: 1024 }),
+      weights: choice('weight format', WEIGHT_FORMATS, { default: 'bf16' }),
+    },
+    async (v) => (await import('./budget.js')).budgetSuite(v),
+  ),
+  suite(
+    'trainmem',
+    'where a training step keeps its memory: live bytes per op and token, step peak; RetNet chunkwise vs flash',
+    {
+      quick,
+      length: int('sequence length (default 8192; --quick 256)', { min: 1, max: 65536 }),
+      layers: int('layers (default 12; --quick 2)', { min: 1, max: 64 }),
+      steps: int('steps of each variant to time in turns (0: memory only)', { min: 0, max: 100, default: 0 }),
+    },
+    async (v) => (await import('./trainmem.js')).trainMemSuite(v),
   ),
   suite(
     'quality',

@@ -55,6 +55,11 @@ export function tapeLength(): number {
   return tape.length;
 }
 
+/** The nodes on the tape, oldest first (diagnostics: bench trainmem attributes live memory to the ops). */
+export function tapeNodes(): readonly { op: string; inputs: readonly Tensor[]; outputs: readonly Tensor[] }[] {
+  return tape;
+}
+
 /** Drops every node: a forward pass that will not be differentiated leaves nothing behind. */
 export function clearTape(): void {
   tape = [];
