@@ -8,6 +8,8 @@ import { Command as Commander, CommanderError, InvalidArgumentError, Option } fr
 
 import { setBackend } from '../backend/select.js';
 import { RetnetError } from '../errors.js';
+import { SIZE_BOUNDS } from '../models/bounds.js';
+import { RETNET_DEFAULTS, configuredForm } from '../models/retnet/config.js';
 import { WEIGHT_FORMATS } from '../quant/formats.js';
 
 /** A user error on the command line: printed as one line with a pointer to the command's help, exit code 2. */
@@ -185,6 +187,24 @@ export const DEVICE_FLAG = {
     defaultHelp: 'cpu when its addon loads, else reference',
   }),
 };
+
+/**
+ * `--form` and `--chunk-size` (train, eval, logits): a RetNet's retention form for full-sequence passes (of `forms`,
+ * what the command can run) and the chunk size of the chunkwise form. Not given, the model's config decides
+ * (chunkwise_recurrent, recurrent_chunk_size; a new model: RetNetConfig's defaults).
+ */
+export function formFlags<const F extends string>(forms: readonly F[]) {
+  return {
+    form: choice('RetNet only: the retention form of the pass', forms, {
+      defaultHelp: `the model config's (a new RetNet: ${configuredForm(RETNET_DEFAULTS)})`,
+    }),
+    'chunk-size': int('RetNet only: the chunk size of the chunkwise form', {
+      min: 1,
+      max: SIZE_BOUNDS.chunkSize,
+      defaultHelp: `the model config's (a new RetNet: ${RETNET_DEFAULTS.chunkSize})`,
+    }),
+  };
+}
 
 /** What a command's `run` receives: the flag values (defaults applied), positionals, and which flags were given. */
 export interface Parsed<F extends Flags> {
