@@ -8,6 +8,7 @@ import { resolve } from 'node:path';
 import { packageRoot } from '../src/backend/cpu/load.js';
 import {
   type Command,
+  DEVICE_FLAG,
   type FlagValues,
   type Flags,
   UsageError,
@@ -43,7 +44,7 @@ function suite<F extends Flags>(
   flags: F,
   run: (values: FlagValues<F>) => Promise<void>,
 ): Command {
-  const all = { ...flags, ...OUTPUT_FLAGS };
+  const all = { ...flags, ...OUTPUT_FLAGS, ...DEVICE_FLAG };
   return defineCommand({
     name,
     summary,

@@ -182,7 +182,7 @@ describe('bench decode: synthetic contexts and one measured point', () => {
       const empty = m.retnet.emptyState(3);
       assert.equal(s.bytes(), empty.bytes());
       assert.deepEqual(s.positions, [100, 100, 100]);
-      const g = m.retnet.layers[0]!.retention.gammas;
+      const g = m.retnet.layers[0]!.mixer.gammas;
       const scale = s.scales[0]!.data();
       g.forEach((gamma, h) => assert.ok(Math.abs(scale[h]! - (1 - gamma ** 100) / (1 - gamma)) < 1e-3));
       m.retnet.step([1, 2, 3], s).dispose();

@@ -45,6 +45,6 @@ describe('webgpu kernels in chromium', { skip }, () => {
       memory: number;
     };
     assert.equal(r.later, 0, `20 more rounds created ${r.later} buffers`);
-    assert.equal(r.memory, 0, 'tensor bytes left after every tensor was disposed');
+    assert.equal(r.memory, 0, 'tensor bytes left after every tensor of the rounds was disposed');
   });
 });

@@ -26,7 +26,8 @@ import {
   parseModelConfig,
   specParameterCount,
 } from '../models/registry.js';
-import { RetNetModel, rotaryAngles } from '../models/retnet/model.js';
+import { RetNetModel } from '../models/retnet/model.js';
+import { retnetAngles } from '../nn/rotary.js';
 import type { Device } from '../backend/device.js';
 import { HostDevice } from '../backend/host/device.js';
 import { Embedding, Linear } from '../nn/layers.js';
@@ -57,7 +58,7 @@ function torchscaleBuffers(model: RetNetModel): Map<string, TensorToSave> {
   // torchscale computes both in float32; store them as it would.
   const f32 = (xs: ArrayLike<number>) => Array.from(Float32Array.from(xs));
   return new Map<string, TensorToSave>([
-    ['retnet_rel_pos.angle', { dtype: 'F32', shape: [K], data: f32(rotaryAngles(K)) }],
+    ['retnet_rel_pos.angle', { dtype: 'F32', shape: [K], data: f32(retnetAngles(K)) }],
     ['retnet_rel_pos.decay', { dtype: 'F32', shape: [H], data: f32(retentionGammas(H).map(Math.log)) }],
   ]);
 }

@@ -32,7 +32,13 @@ export interface RunningStatic {
 }
 
 function fileIn(dir: string, rest: string): string | null {
-  const path = normalize(join(dir, decodeURIComponent(rest)));
+  let name: string;
+  try {
+    name = decodeURIComponent(rest);
+  } catch {
+    return null; // a malformed %-escape names no file
+  }
+  const path = normalize(join(dir, name));
   if (path !== normalize(dir) && !path.startsWith(normalize(dir) + sep)) return null;
   try {
     return statSync(path).isFile() ? path : null;

@@ -6,8 +6,9 @@
 // otherwise throws, naming readAsync.
 //
 // Ordering. Everything reaches the GPU in one queue order: queue.writeBuffer runs at the queue timeline before the
-// commands of the next submit, so every host write first submits what is pending (a buffer from the pool may still be
-// read by a recorded kernel of its previous owner).
+// commands of the next submit. So a host write into a tensor first submits what is pending (a recorded kernel may
+// still read it), and a new tensor with host data (token ids, rotary tables) takes a pooled buffer released before the
+// last submit, which no unsubmitted command can touch: a generation step then submits once, at its read.
 //
 // Memory. The MemoryTracker counts each live tensor's element bytes, as on the host devices. Freed buffers go to a
 // pool keyed by their (16-byte rounded) size, so a generation, whose steps allocate the same shapes each token,
@@ -96,7 +97,9 @@ export class WebGpuDevice implements Device {
   /** Largest pool, in bytes (freed buffers beyond it are destroyed). */
   poolCapacity = 256 * 2 ** 20;
 
-  private readonly pool = new Map<number, GPUBuffer[]>();
+  /** Freed buffers by size, with the submit count when each was freed. */
+  private readonly pool = new Map<number, { buf: GPUBuffer; freed: number }[]>();
+  private submits = 0;
   private readonly staging = new Map<number, GPUBuffer[]>();
   private readonly stats = { created: 0, reused: 0, bytes: 0, pooled: 0 };
   private readonly pipelines = new Map<string, GPUComputePipeline>();
@@ -143,12 +146,17 @@ export class WebGpuDevice implements Device {
     buf.destroy();
   }
 
-  /** A storage buffer of at least `bytes`, from the pool when one of that size is free. */
-  private take(bytes: number): GPUBuffer {
+  /**
+   * A storage buffer of at least `bytes`, from the pool when one of that size is free; `clean`: only one freed before
+   * the last submit (for a host write without a submit: see Ordering above).
+   */
+  private take(bytes: number, clean = false): GPUBuffer {
     const size = Math.max(16, Math.ceil(bytes / 16) * 16);
-    const free = this.pool.get(size);
-    const buf = free?.pop();
-    if (buf) {
+    const free = this.pool.get(size) ?? [];
+    let at = free.length - 1;
+    if (clean) while (at >= 0 && free[at]!.freed === this.submits) at--;
+    if (at >= 0) {
+      const { buf } = free.splice(at, 1)[0]!;
       this.stats.reused++;
       this.stats.pooled -= size;
       return buf;
@@ -161,25 +169,31 @@ export class WebGpuDevice implements Device {
     if (this.stats.pooled + buf.size > this.poolCapacity) return this.destroy(buf);
     let list = this.pool.get(buf.size);
     if (!list) this.pool.set(buf.size, (list = []));
-    list.push(buf);
+    list.push({ buf, freed: this.submits });
     this.stats.pooled += buf.size;
   }
 
   /** Destroys the pooled buffers (their memory goes back to the GPU). */
   trimPool(): void {
-    for (const list of this.pool.values()) for (const b of list.splice(0)) this.destroy(b);
+    for (const list of this.pool.values()) for (const { buf } of list.splice(0)) this.destroy(buf);
     for (const list of this.staging.values()) for (const b of list.splice(0)) this.destroy(b);
     this.stats.pooled = 0;
   }
 
   // ---- tensors ----
 
-  private make(shape: readonly number[], dtype: DType, known: GpuStorage['known'], what: string): Tensor {
+  private make(
+    shape: readonly number[],
+    dtype: DType,
+    known: GpuStorage['known'],
+    what: string,
+    clean = false,
+  ): Tensor {
     checkShape(shape, what);
     if (!this.supportsDType(dtype))
       throw new DTypeError(`${what}: the webgpu device does not hold ${dtype} tensors (float32 and int32 only)`);
     const size = shapeSize(shape);
-    return new Tensor(this, new GpuStorage(dtype, size, this.take(size * 4), this, known), shape, dtype);
+    return new Tensor(this, new GpuStorage(dtype, size, this.take(size * 4, clean), this, known), shape, dtype);
   }
 
   storageOf(t: Tensor): GpuStorage {
@@ -210,8 +224,8 @@ export class WebGpuDevice implements Device {
     if (data.length !== n)
       throw new BackendError(`fromData: ${data.length} values given for shape ${formatShape(shape)} (${n} elements)`);
     const host = this.hostArray(dtype, data, 'fromData');
-    const t = this.make(shape, dtype, host instanceof Int32Array ? host : null, 'fromData');
-    this.upload(t, host);
+    const t = this.make(shape, dtype, host instanceof Int32Array ? host : null, 'fromData', true);
+    if (n > 0) this.gpu.queue.writeBuffer(this.buffer(t), 0, host.buffer, host.byteOffset, host.byteLength);
     return t;
   }
 
@@ -228,12 +242,6 @@ export class WebGpuDevice implements Device {
       out[i] = v;
     }
     return out;
-  }
-
-  private upload(t: Tensor, host: Float32Array | Int32Array): void {
-    if (t.size === 0) return;
-    this.flush();
-    this.gpu.queue.writeBuffer(this.buffer(t), 0, host.buffer, host.byteOffset, host.byteLength);
   }
 
   /** Only for contents the host knows; GPU results are read with readAsync. */
@@ -275,7 +283,9 @@ export class WebGpuDevice implements Device {
       throw new BackendError(`write: ${data.length} values given for ${t.toString()} (${t.size} elements)`);
     const host = this.hostArray(t.dtype, data, 'write');
     this.storageOf(t).known = host instanceof Int32Array ? host : null;
-    this.upload(t, host);
+    if (t.size === 0) return;
+    this.flush(); // a recorded kernel may still read t
+    this.gpu.queue.writeBuffer(this.buffer(t), 0, host.buffer, host.byteOffset, host.byteLength);
   }
 
   copy(src: Tensor, srcOffset: number, dst: Tensor, dstOffset: number, length: number): void {
@@ -322,6 +332,7 @@ export class WebGpuDevice implements Device {
     if (this.paramsUsed > 0)
       this.gpu.queue.writeBuffer(this.params, 0, this.paramHost, 0, this.paramsUsed * PARAM_SLOT);
     this.gpu.queue.submit([this.encoder.finish()]);
+    this.submits++;
     this.encoder = null;
     this.paramsUsed = 0;
   }

@@ -45,6 +45,37 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   if (row < p.M && col < p.N) { C[wid.z * p.M * p.N + row * p.N + col] = acc; }
 }`;
 
+/**
+ * The same product with one invocation per output element and no workgroup memory: for few rows (decoding), where
+ * the tiled kernel's barriers cost more than they save (see ROWS_MATMUL_BELOW in kernels.ts).
+ */
+export const MATMUL_ROWS = /* wgsl */ `
+struct P { M: u32, N: u32, K: u32, transA: u32, transB: u32, bBatched: u32, batch: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> A: array<f32>;
+@group(0) @binding(2) var<storage, read> Bm: array<f32>;
+@group(0) @binding(3) var<storage, read_write> C: array<f32>;
+${FLAT}
+@compute @workgroup_size(256)
+fn main(${ELEMENTWISE_ARGS}) {
+  let e = flat(wid, nwg, lid);
+  if (e >= p.batch * p.M * p.N) { return; }
+  let col = e % p.N;
+  let row = (e / p.N) % p.M;
+  let z = e / (p.M * p.N);
+  let ao = z * p.M * p.K;
+  let bo = select(0u, z * p.K * p.N, p.bBatched == 1u);
+  var acc = 0.0;
+  for (var t = 0u; t < p.K; t++) {
+    var av: f32;
+    var bv: f32;
+    if (p.transA == 1u) { av = A[ao + t * p.M + row]; } else { av = A[ao + row * p.K + t]; }
+    if (p.transB == 1u) { bv = Bm[bo + col * p.K + t]; } else { bv = Bm[bo + t * p.N + col]; }
+    acc += av * bv;
+  }
+  C[e] = acc;
+}`;
+
 /** out[i] = a[i] + b[i % m] (op 0) or a[i] · b[i % m] (op 1). */
 export const BINARY = /* wgsl */ `
 struct P { n: u32, m: u32, op: u32 }
