@@ -61,14 +61,14 @@ export function weightBytes(model: CausalLM): number {
 }
 
 /** One decode step at exactly the state's current positions (set back afterwards); returns nothing. */
-function stepInPlace(model: CausalLM, state: DecodeState & { positions: number[] }, tokens: number[]): void {
+export function stepInPlace(model: CausalLM, state: DecodeState & { positions: number[] }, tokens: number[]): void {
   const positions = state.positions;
   model.step(tokens, state).dispose();
   state.positions = positions;
 }
 
 /** Bytes a step allocates on top of what is live before it (the state and weights are live already). */
-function stepWorkspace(model: CausalLM, state: DecodeState & { positions: number[] }, tokens: number[]): number {
+export function stepWorkspace(model: CausalLM, state: DecodeState & { positions: number[] }, tokens: number[]): number {
   const memory = getBackend().memory;
   const before = memory.current;
   memory.resetPeak();

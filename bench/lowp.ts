@@ -1,6 +1,6 @@
 // `retnet bench lowp [--quick] [--models base,1.3B]`: decoding with low-precision weights (issue 13).
 //
-// For each model and weight format (f32, bf16, int8, q4: src/quant) the decode step's ms/token and tokens/s at batch
+// For each model and weight format (f32, bf16, f16, int8, q4: src/quant) the decode step's ms/token and tokens/s at batch
 // 1 and 8, the resident weight bytes from the engine's accounting, and the bound = weight bytes / the read bandwidth
 // measured in the same run (native/cpu/lowp.h streamRead, in turns with the decode steps, same threads). Batch 1 is
 // measured with 1 thread and with all threads, so the default can be checked to be the faster. The peer is PyTorch
@@ -13,16 +13,17 @@
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { extname, join } from 'node:path';
+import { basename, extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { noGrad } from '../src/autograd/tape.js';
 import { packageRoot } from '../src/backend/cpu/load.js';
 import { cpuBackend, threadCount } from '../src/backend/index.js';
 import { createModel } from '../src/models/registry.js';
-import type { RetNetModel } from '../src/models/retnet/model.js';
+import { RetNetModel } from '../src/models/retnet/model.js';
+import { loadModelDir } from '../src/io/model-dir.js';
 import { WEIGHT_FORMATS, type WeightFormat } from '../src/quant/formats.js';
-import { lowpAddon } from '../src/quant/linear.js';
+import { lowpAddon } from '../src/backend/cpu/lowp.js';
 import { quantizeModel, weightBytes } from '../src/quant/model.js';
 import {
   BenchFailure,
@@ -41,6 +42,8 @@ interface Shape {
   name: string;
   preset: string;
   overrides: { vocabSize: number; valueDim?: number; ffnDim?: number; heads?: number };
+  /** A model directory to load instead (`--model DIR`: the 1.3B stand-in of `bench pretrained --keep`). */
+  dir?: string;
 }
 
 const SHAPES: Record<string, Shape> = {
@@ -55,14 +58,22 @@ const GOAL_INT8_VS_TORCH_F32 = 3;
 const GOAL_BF16_VS_TORCH_BF16 = 1;
 const GOAL_Q4_13B_TOKENS = 15;
 
-function buildModel(s: Shape): RetNetModel {
-  return createModel('retnet', s.preset, s.overrides, { seed: 1 }) as RetNetModel;
+/** The model in `format`: loaded from its directory in that format, or built with random weights and converted. */
+function buildModel(s: Shape, format: WeightFormat): RetNetModel {
+  if (s.dir) {
+    const { model } = loadModelDir(s.dir, { weights: format });
+    if (!(model instanceof RetNetModel)) throw new BenchFailure(`bench lowp: ${s.dir} is not a RetNet`);
+    return model;
+  }
+  const model = createModel('retnet', s.preset, s.overrides, { seed: 1 }) as RetNetModel;
+  quantizeModel(model, format);
+  return model;
 }
 
 /** Median and best ms of one decode step at batch B, taking turns with a read of `probe` (GB/s alongside). */
 async function measure(model: RetNetModel, B: number, probe: Uint8Array, quick: boolean) {
   const be = cpuBackend()!;
-  const addon = lowpAddon(be);
+  const addon = lowpAddon(be.addon);
   const threads = threadCount();
   const state = model.emptyState(B);
   const tokens = Array.from({ length: B }, (_, i) => (i * 7) % model.vocabSize);
@@ -116,7 +127,7 @@ function torchDecode(s: Shape, model: RetNetModel, B: number, dtype: 'float32' |
 // Quality: a model trained on Brown (bytes) by `retnet train`, its validation perplexity by `retnet eval` with each
 // --weights format. The goals of issue 13: bf16 within 0.5% of float32, int8 within 1%, q4 within 5%.
 
-const QUALITY_GOAL: Record<WeightFormat, number> = { f32: 0, bf16: 0.005, int8: 0.01, q4: 0.05 };
+const QUALITY_GOAL: Record<WeightFormat, number> = { f32: 0, bf16: 0.005, f16: 0.005, int8: 0.01, q4: 0.05 };
 
 function cli(args: string[]): string {
   const runner = fileURLToPath(new URL(`../src/cli/run${extname(fileURLToPath(import.meta.url))}`, import.meta.url));
@@ -201,10 +212,24 @@ const COLUMNS: Column[] = [
   { key: 'other_load', header: 'other load', digits: 2 },
 ];
 
-export async function lowpSuite(values: { quick: boolean; models: string[] | undefined }): Promise<void> {
+export interface LowpFlags {
+  quick: boolean;
+  models: string[] | undefined;
+  model: string | undefined;
+  formats: WeightFormat[] | undefined;
+}
+
+export async function lowpSuite(values: LowpFlags): Promise<void> {
   const quick = values.quick;
-  const names = values.models ?? (quick ? ['base'] : ['base', '1.3B']);
-  for (const n of names) if (!SHAPES[n]) throw new BenchFailure(`bench lowp: unknown model '${n}' (base, 1.3B)`);
+  const names = values.model ? ['dir'] : (values.models ?? (quick ? ['base'] : ['base', '1.3B']));
+  const shapes: Record<string, Shape> = values.model
+    ? { dir: { name: basename(values.model), preset: '', overrides: { vocabSize: 0 }, dir: values.model } }
+    : SHAPES;
+  for (const n of names) if (!shapes[n]) throw new BenchFailure(`bench lowp: unknown model '${n}' (base, 1.3B)`);
+  const formats = values.formats ?? WEIGHT_FORMATS;
+  // A directory of its own (--model) or a subset of formats is a measurement of decode alone: no peer, no quality
+  // run, no BENCHMARKS.md section.
+  const partial = values.model !== undefined || values.formats !== undefined;
   const be = cpuBackend();
   if (!be) throw new BenchFailure('bench lowp: needs the cpu device (the native addon)');
   const torchVersion = checkTorch();
@@ -213,11 +238,10 @@ export async function lowpSuite(values: { quick: boolean; models: string[] | und
   const records: BenchRecord[] = [];
   const peers = new Map<string, { f32: number; bf16: number }>();
   for (const name of names) {
-    const shape = SHAPES[name]!;
-    for (const format of WEIGHT_FORMATS) {
-      process.stderr.write(`lowp: ${name} ${format}: building and quantising\n`);
-      const model = buildModel(shape);
-      quantizeModel(model, format);
+    const shape = shapes[name]!;
+    for (const format of formats) {
+      process.stderr.write(`lowp: ${shape.name} ${format}: building and quantising\n`);
+      const model = buildModel(shape, format);
       const bytes = weightBytes(model);
       const threadSet = threads > 1 ? [1, threads] : [1];
       for (const B of BATCHES)
@@ -227,7 +251,7 @@ export async function lowpSuite(values: { quick: boolean; models: string[] | und
           be.addon.setThreads(threads);
           const bound = bytes / (m.gbps * 1e6);
           records.push({
-            model: name,
+            model: shape.name,
             format,
             batch: B,
             threads: t,
@@ -246,7 +270,7 @@ export async function lowpSuite(values: { quick: boolean; models: string[] | und
           });
         }
       // the peer once per model, on the f32 pass's heels (its weights are the same shapes)
-      if (format === 'f32')
+      if (format === 'f32' && !partial)
         for (const B of BATCHES) {
           process.stderr.write(`lowp: ${name}: PyTorch ${torchVersion}, batch ${B}\n`);
           const f32 = torchDecode(shape, model, B, 'float32', quick ? 8 : 32);
@@ -263,7 +287,7 @@ export async function lowpSuite(values: { quick: boolean; models: string[] | und
       }
   }
   printTable(`lowp: decode with low-precision weights (${threads} threads default)`, records, COLUMNS);
-  const quality = qualityRecords(quick);
+  const quality = partial ? [] : qualityRecords(quick);
   printTable('lowp: validation perplexity by weight format', quality, QUALITY_COLUMNS);
   const findings = judge(records, threads);
   for (const q of quality)
@@ -277,16 +301,16 @@ export async function lowpSuite(values: { quick: boolean; models: string[] | und
     }
   records.push(...quality);
   for (const f of findings) process.stdout.write(`- ${f}\n`);
-  const { path, file } = writeResults(quick ? 'lowp.quick' : 'lowp', records);
+  const { path, file } = writeResults(quick ? 'lowp.quick' : partial ? 'lowp.partial' : 'lowp', records);
   process.stdout.write(`\nwrote ${path}\n`);
-  if (quick) return;
+  if (quick || partial) return;
   updateBenchmarksMd(
     'lowp',
     sectionMarkdown({
       title: 'Low-precision weights: decode against the memory bound',
       intro:
-        'Every Linear (projections, FFN, head) in f32, bf16, int8 (one scale per output row) or q4 (blocks of 32, ' +
-        'float16 scale; src/quant/formats.ts), activations and state float32. One decode step per sample; the read ' +
+        'Every Linear (projections, FFN, head) in f32, bf16, f16, int8 (one scale per output row) or q4 (blocks of ' +
+        '32, float16 scale; the dtypes of src/tensor/dtype.ts), activations and state float32. One decode step per sample; the read ' +
         'bandwidth is a streaming read of 512 MiB through the same worker pool, timed in turns with the steps; ' +
         'bound = resident weight bytes (engine accounting) / its best rate. PyTorch (Debian python3-torch ' +
         `${torchVersion}, bench/peer_torch.py) decodes the same shapes in float32 and bfloat16 with the same threads. ` +

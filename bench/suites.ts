@@ -8,16 +8,21 @@ import { resolve } from 'node:path';
 import { packageRoot } from '../src/backend/cpu/load.js';
 import {
   type Command,
+  DEVICE_FLAG,
   type FlagValues,
   type Flags,
   UsageError,
   bool,
+  choice,
   defineCommand,
   int,
   intItem,
+  num,
   list,
   text,
+  WEIGHTS_FLAG,
 } from '../src/cli/command.js';
+import { WEIGHT_FORMATS, parseWeightFormat } from '../src/quant/formats.js';
 import { setOutputRoot } from './lib.js';
 
 const quick = bool('a smaller configuration, in under two minutes');
@@ -39,7 +44,7 @@ function suite<F extends Flags>(
   flags: F,
   run: (values: FlagValues<F>) => Promise<void>,
 ): Command {
-  const all = { ...flags, ...OUTPUT_FLAGS };
+  const all = { ...flags, ...OUTPUT_FLAGS, ...DEVICE_FLAG };
   return defineCommand({
     name,
     summary,
@@ -76,6 +81,28 @@ export const suites: Command[] = [
     async (v) => (await import('./train.js')).trainSuite(v),
   ),
   suite(
+    'budget',
+    'decode tokens/s at the largest batch that fits a memory budget (Figure 6): 357M RetNet vs Transformer',
+    {
+      quick,
+      report,
+      budget: num('the memory budget in GiB (default 8; --quick 0.09)', { min: 0.01, max: 1024 }),
+      weights: choice('weight format', WEIGHT_FORMATS, { default: 'bf16' }),
+    },
+    async (v) => (await import('./budget.js')).budgetSuite(v),
+  ),
+  suite(
+    'trainmem',
+    'where a training step keeps its memory: live bytes per op and token, step peak; RetNet chunkwise vs flash',
+    {
+      quick,
+      length: int('sequence length (default 8192; --quick 256)', { min: 1, max: 65536 }),
+      layers: int('layers (default 12; --quick 2)', { min: 1, max: 64 }),
+      steps: int('steps of each variant to time in turns (0: memory only)', { min: 0, max: 100, default: 0 }),
+    },
+    async (v) => (await import('./trainmem.js')).trainMemSuite(v),
+  ),
+  suite(
     'quality',
     'validation perplexity of RetNet vs a parameter-matched Transformer trained alike on Brown, loss curves',
     { quick },
@@ -90,7 +117,18 @@ export const suites: Command[] = [
   suite(
     'lowp',
     'decode with f32/bf16/int8/q4 weights vs the memory bound and PyTorch',
-    { quick, models: list('models to measure (base, 1.3B)', (s) => s, { placeholder: 'names', maxItems: 2 }) },
+    {
+      quick,
+      models: list('models to measure (base, 1.3B)', (s) => s, { placeholder: 'names', maxItems: 2 }),
+      model: text('a model directory to measure instead (decode only: no peer, no quality run)', {
+        placeholder: 'dir',
+        nonEmpty: true,
+      }),
+      formats: list('weight formats to measure (decode only)', (s) => parseWeightFormat(s), {
+        placeholder: 'formats',
+        maxItems: 5,
+      }),
+    },
     async (v) => (await import('./lowp.js')).lowpSuite(v),
   ),
   suite(
@@ -119,6 +157,22 @@ export const suites: Command[] = [
       'head-dim': int('head dimension', { min: 1, max: 1024, default: 64 }),
     },
     async (v) => (await import('./attention.js')).attentionSuite(v),
+  ),
+  suite(
+    'pretrained',
+    'a pretrained fla RetNet at 1.3B (random-weight stand-in unless --model DIR): load time, peak RSS, decode',
+    {
+      quick,
+      model: text('a model directory to measure instead of the stand-in', { placeholder: 'dir', nonEmpty: true }),
+      tokens: int('tokens to decode', { min: 2, max: 100000 }),
+      ...WEIGHTS_FLAG,
+      keep: bool('keep the written stand-in (its folder is printed)'),
+      child: {
+        ...text('internal: measure this directory once, record as JSON on stdout', { placeholder: 'dir' }),
+        hidden: true,
+      },
+    },
+    async (v) => (await import('./pretrained.js')).pretrainedSuite(v),
   ),
   suite(
     'gemm',

@@ -48,9 +48,8 @@ export {
   type Arch,
   type ModelOptions,
 } from './models/registry.js';
-export { WEIGHT_FORMATS, type WeightFormat, quantize, dequantize } from './quant/formats.js';
+export { WEIGHT_DTYPES, WEIGHT_FORMATS, type WeightFormat } from './quant/formats.js';
 export { quantizeModel, weightBytes } from './quant/model.js';
-export { LowpWeight, lowpLinear } from './quant/linear.js';
 export {
   type RetNetConfig,
   RETNET_PRESETS,

@@ -10,6 +10,8 @@ import { describe, it } from 'node:test';
 import { DECODE_VOCAB, FORM, decodeModels, disposeModels, flatness, measureDecodePoints } from '../bench/decode.js';
 import { BenchFailure, checkRecords, commandLine, failOnFailedRecords } from '../bench/lib.js';
 import { checkTorch, peerArgs } from '../bench/peer.js';
+import { budgetSettings, largestBatch, measureBudget } from '../bench/budget.js';
+import { MEM_VARIANTS, measureTrainMem } from '../bench/trainmem.js';
 import { markdownTable, panelsSpec, replaceSection } from '../bench/report.js';
 import {
   VARIANTS,
@@ -101,6 +103,69 @@ describe('bench train: FLOP counting and memory prediction', () => {
   });
 });
 
+describe('bench trainmem and budget', () => {
+  it('trainmem attributes the live memory after the forward pass to ops and reports the step peak', async () => {
+    const records = await measureTrainMem({ preset: 'tiny', layers: 1, vocab: 64, chunkSize: 8, length: 24, steps: 1 });
+    checkRecords('trainmem', records);
+    for (const variant of MEM_VARIANTS) {
+      const ops = records.filter((r) => r.variant === variant && r.kind === 'op');
+      const step = records.find((r) => r.variant === variant && r.kind === 'step')!;
+      // The groups (op outputs and the statistics beside them) add up to what is live after the forward pass.
+      const sum = ops.reduce((n, r) => n + (r.bytes as number), 0);
+      assert.equal(sum, step.bytes, variant);
+      assert.ok(
+        ops.some((r) => (r.group as string).startsWith('linear → 64')),
+        `${variant}: the logits are live`,
+      );
+      assert.ok((step.peak_bytes as number) > (step.weight_bytes as number) + (step.bytes as number) / 2);
+      assert.ok((step.tokens_per_s as number) > 0);
+    }
+  });
+
+  it('largestBatch fits weights + state + workspace linear in the batch under the budget', () => {
+    const one = { state: 100, workspace: 10 };
+    const two = { state: 200, workspace: 12 };
+    // B rows: 1000 + 100·B + 10 + 2·(B − 1) ≤ 2000 → B ≤ 9.
+    assert.deepEqual(largestBatch(1000, one, two, 2000, 64), { batch: 9, predicted: 1000 + 900 + 10 + 16 });
+    assert.equal(largestBatch(1000, one, two, 2000, 4).batch, 4);
+    assert.equal(largestBatch(1000, one, two, 1000, 64).batch, 0);
+  });
+
+  it('a tiny budget run picks each largest batch within the budget and sweeps the batch', async () => {
+    const records = await measureBudget({
+      ...budgetSettings(true, 1 / 1024, 'f32'),
+      shape: { embedDim: 32, layers: 2, heads: 2, valueDim: 64, ffnDim: 64 },
+      vocab: 64,
+      lengths: [32, 128],
+      batches: [1, 2],
+      batchLength: 128,
+      maxBatch: 16,
+      samples: 1,
+    });
+    checkRecords('budget', records);
+    const largest = records.filter((r) => r.sweep === 'largest batch');
+    assert.equal(largest.length, 4);
+    for (const r of largest) {
+      assert.equal(r.status, 'ok', JSON.stringify(r));
+      assert.ok((r.decode_memory_bytes as number) <= 2 ** 20);
+    }
+    // A KV cache grows with the context, so the Transformer fits fewer rows at 128 than at 32; RetNet's state does not.
+    const batchOf = (arch: string, length: number) =>
+      largest.find((r) => r.arch === arch && r.length === length)!.batch;
+    assert.ok((batchOf('transformer', 128) as number) < (batchOf('transformer', 32) as number));
+    assert.equal(batchOf('retnet', 128), batchOf('retnet', 32));
+    assert.deepEqual(
+      records.filter((r) => r.sweep === 'batch').map((r) => [r.arch, r.batch]),
+      [
+        ['retnet', 1],
+        ['retnet', 2],
+        ['transformer', 1],
+        ['transformer', 2],
+      ],
+    );
+  });
+});
+
 describe('bench decode: synthetic contexts and one measured point', () => {
   it('tiledNormal fills n values from a repeated block', () => {
     const a = tiledNormal(new Rng(1), 200000, 2);
@@ -117,7 +182,7 @@ describe('bench decode: synthetic contexts and one measured point', () => {
       const empty = m.retnet.emptyState(3);
       assert.equal(s.bytes(), empty.bytes());
       assert.deepEqual(s.positions, [100, 100, 100]);
-      const g = m.retnet.layers[0]!.retention.gammas;
+      const g = m.retnet.layers[0]!.mixer.gammas;
       const scale = s.scales[0]!.data();
       g.forEach((gamma, h) => assert.ok(Math.abs(scale[h]! - (1 - gamma ** 100) / (1 - gamma)) < 1e-3));
       m.retnet.step([1, 2, 3], s).dispose();
@@ -275,7 +340,19 @@ describe('bench peer and the CLI', () => {
       });
     const list = cli(['--help']);
     assert.equal(list.status, 0, list.stderr);
-    for (const s of ['decode', 'batch', 'train', 'quality', 'peer', 'gemm', 'attention', 'generate', 'data'])
+    for (const s of [
+      'decode',
+      'batch',
+      'train',
+      'quality',
+      'peer',
+      'gemm',
+      'attention',
+      'generate',
+      'data',
+      'budget',
+      'trainmem',
+    ])
       assert.match(list.stdout, new RegExp(`\\n  ${s} `));
     const bad = cli(['nope']);
     assert.equal(bad.status, 2);

@@ -131,6 +131,18 @@ describe('help and errors', () => {
     assert.equal(existsSync(out), false);
   });
 
+  it('--device: an unknown name lists the known ones; an unavailable device says why; no stack trace', () => {
+    const unknown = cli(['logits', '--model', '/nonexistent', '--tokens', '1', '--device', 'bogus']);
+    assert.equal(unknown.code, 1);
+    assert.match(unknown.stderr, /retnet logits: the backend must be one of reference, cpu, cuda.*, got 'bogus'/);
+    const unavailable = cli(['logits', '--model', '/nonexistent', '--tokens', '1', '--device', 'cuda']);
+    if (!existsSync(join(ROOT, 'build', 'Release', 'retnet_cuda.node'))) {
+      assert.equal(unavailable.code, 1);
+      assert.match(unavailable.stderr, /the cuda device is unavailable: /);
+    }
+    for (const r of [unknown, unavailable]) assert.doesNotMatch(r.stderr, /\n\s+at /);
+  });
+
   it("serve: --port '' is not a random port, and a mistyped --host is a clear error", () => {
     const port = cli(['serve', '--model', '/nonexistent', '--port', '']);
     assert.equal(port.code, 2);

@@ -1,5 +1,5 @@
 // The decoder trunk: what both architectures get from it (activation dropout, the DeepNet init gain, the rotary table
-// cache, the arch table).
+// cache, padding masks and masked steps, hidden states, the arch table).
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
@@ -92,5 +92,78 @@ describe('decoder trunk', () => {
       back.dispose();
     }
     assert.throws(() => modelFromConfig({ arch: 'mamba' }, 'c.json'), /c.json: unknown arch "mamba"/);
+  });
+
+  it('gives every arch padding masks, masked steps and hidden states', () => {
+    const rows = [
+      [5, 3, 8, 1, 9],
+      [4, 6],
+    ];
+    const layouts = [
+      [0, 1, 1, 1, 1, 1],
+      [1, 0, 1, 0, 0, 0],
+    ];
+    const ids = layouts.map((m, b) => {
+      let j = 0;
+      return m.map((x) => (x ? rows[b]![j++]! : 0));
+    });
+    const V = 40;
+    for (const arch of ARCHS) {
+      const m = createModel(
+        arch,
+        'tiny',
+        { vocabSize: V, layers: 2, embedDim: 16, heads: 2 },
+        {
+          backend: ref,
+          dtype: 'float64',
+          seed: 4,
+        },
+      ) as RetNetModel | TransformerModel;
+      const tensor = (x: number[][]) => m.backend.fromData(x.flat(), [x.length, x[0]!.length], 'int32');
+      const forward = (x: number[][], mask?: number[][]) =>
+        noGrad(() => tidy(() => Float64Array.from(m.forward(tensor(x), { mask }).data())));
+      const got = forward(ids, layouts);
+      const alone = rows.map((r) => forward([r]));
+      // The masked step: the same logits at real positions; padded steps leave state and position alone.
+      const state = m.emptyState(2);
+      const stepped: Float64Array[] = [new Float64Array(0), new Float64Array(0)];
+      for (let t = 0; t < 6; t++) {
+        const mask = layouts.map((l) => l[t]!);
+        const d = noGrad(() =>
+          tidy(() =>
+            Float64Array.from(
+              m
+                .step(
+                  ids.map((r) => r[t]!),
+                  state,
+                  mask,
+                )
+                .data(),
+            ),
+          ),
+        );
+        mask.forEach((x, b) => {
+          if (x) stepped[b] = Float64Array.from([...stepped[b]!, ...d.subarray(b * V, (b + 1) * V)]);
+        });
+      }
+      assert.deepEqual(state.positions, [5, 2]);
+      state.dispose();
+      layouts.forEach((l, b) => {
+        const picked = l.flatMap((x, t) => (x ? [...got.subarray((b * 6 + t) * V, (b * 6 + t + 1) * V)] : []));
+        const want = alone[b]!;
+        const err = (a: ArrayLike<number>) => Math.max(...Array.from(want, (w, i) => Math.abs(a[i]! - w)));
+        assert.ok(err(picked) < 1e-12, `${arch} masked forward, row ${b}: ${err(picked)}`);
+        // A step normalises as the recurrent form does: compare with torchscale's forms loosely (eps 1e-6).
+        assert.ok(err(stepped[b]!) < 1e-4, `${arch} masked steps, row ${b}: ${err(stepped[b]!)}`);
+      });
+      const hidden = m.hiddenStates(tensor(ids), { mask: layouts });
+      assert.equal(hidden.layers.length, 3, 'the embeddings, the input of layer 1, the output of layer 2');
+      for (const h of [...hidden.layers, hidden.final]) {
+        assert.deepEqual(h.shape, [2, 6, 16]);
+        h.dispose();
+      }
+      assert.throws(() => forward(ids, [[1]]), /mask has 1 rows for a batch of 2/);
+      m.dispose();
+    }
   });
 });

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { backward, noGrad, tapeLength } from '../src/autograd/tape.js';
+import { backward, noGrad, release, tapeLength } from '../src/autograd/tape.js';
 import { DisposedError, DTypeError, ShapeError, BackendError } from '../src/errors.js';
 import { add, linear, matmul, mul, sum } from '../src/ops/math.js';
 import { crossEntropy, embedding, rmsNorm } from '../src/ops/nn.js';
@@ -164,6 +164,59 @@ describe('autograd tape', () => {
     const first = w.grad.data();
     tidy(() => backward(sum(linear(randomTensor(be, new Rng(8), [2, 3]), w))));
     assert.ok(Math.abs(w.grad.data()[0]! - first[0]!) > 0);
+    w.dispose();
+  });
+
+  it('release frees what no backward reads and recomputes what it can, with the same gradients', () => {
+    for (const be of [ref, nat()]) {
+      const rng = new Rng(10);
+      const w = randomTensor(be, rng, [6, 5], { requiresGrad: true });
+      const nw = randomTensor(be, rng, [6], { requiresGrad: true });
+      const x = randomTensor(be, rng, [4, 5]);
+      // h = x wᵀ (read by no backward: add reads no input), n = rmsNorm(h + h) (recomputable, read by mul's
+      // backward), m = n ⊙ n; the loss Σ m.
+      const run = (early: boolean) =>
+        tidy(() => {
+          const before = be.memory.current;
+          const h = linear(x, w);
+          const h2 = add(h, h);
+          if (early) release(h);
+          const n = rmsNorm(h2, nw, 1e-6);
+          if (early) release(h2);
+          const m = mul(n, n);
+          if (early) release(n);
+          const held = be.memory.current - before;
+          backward(sum(m));
+          return held;
+        });
+      const kept = run(false);
+      const gw = w.grad!.toArray();
+      const gn = nw.grad!.toArray();
+      w.grad!.dispose();
+      w.grad = null;
+      nw.grad!.dispose();
+      nw.grad = null;
+      const freed = run(true);
+      // h (4·6 floats: add reads no input) and n (recomputed for mul's backward) are gone; h2 and m stay.
+      assert.equal(kept - freed, 2 * 4 * 6 * 4, `${be.name}: bytes freed early`);
+      assert.deepEqual(w.grad!.toArray(), gw, `${be.name}: dw with recomputation`);
+      assert.deepEqual(nw.grad!.toArray(), gn, `${be.name}: dnorm with recomputation`);
+      for (const t of [w, nw, x]) t.dispose();
+      assert.equal(tapeLength(), 0);
+    }
+  });
+
+  it('a scope forgets nodes whose outputs were released before it ended', () => {
+    const be = nat();
+    const w = randomTensor(be, new Rng(11), [3, 3], { requiresGrad: true });
+    const base = be.memory.current;
+    tidy(() => {
+      const a = mul(w, w);
+      const b = rmsNorm(a, null, 1e-6);
+      release(a, b);
+    });
+    assert.equal(tapeLength(), 0);
+    assert.equal(be.memory.current, base);
     w.dispose();
   });
 

@@ -28,7 +28,8 @@ import { RetNetModel } from '../src/models/retnet/model.js';
 import type { DType } from '../src/tensor/dtype.js';
 import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
-import { nat, ref } from './helpers.js';
+import { deviceUnavailableReason } from '../src/backend/index.js';
+import { ref, testDevice } from './helpers.js';
 
 const DEV = join(import.meta.dirname, '..', '..', 'shared', 'fla-vectors', 'dev');
 
@@ -104,10 +105,13 @@ const COPIES = [
 for (const [backendName, dtype, tol] of [
   ['reference', 'float64', 1e-10],
   ['native', 'float32', 1e-4],
+  ['cuda', 'float32', 1e-4],
 ] as const) {
-  const be = (): Device => (backendName === 'reference' ? ref : nat());
+  const be = (): Device => testDevice(backendName);
+  // cuda: skipped where no GPU is present (CI); scripts/cuda/device-run.sh runs it on one.
+  const skip = backendName === 'cuda' && (deviceUnavailableReason('cuda') ?? false);
   for (const copy of COPIES)
-    describe(`fla vectors, ${copy.name} checkpoint, ${backendName} backend, ${dtype} (tol ${tol})`, () => {
+    describe(`fla vectors, ${copy.name} checkpoint, ${backendName} backend, ${dtype} (tol ${tol})`, { skip }, () => {
       const load = () => loadModelDir(copy.dir, { backend: be(), dtype: dtype as DType }).model as RetNetModel;
       const check = (t: { diagnostic(s: string): void }, what: string, err: number) => {
         t.diagnostic(`${what}: ${err.toExponential(2)}`);

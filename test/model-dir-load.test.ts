@@ -11,7 +11,8 @@ import { after, describe, it } from 'node:test';
 
 import { ConfigError, FormatError, ShapeError } from '../src/errors.js';
 import { loadModelDir, saveModelDir } from '../src/io/model-dir.js';
-import { type TensorToSave, WEIGHTS_INDEX, readSafetensors, toBf16, writeSafetensors } from '../src/io/safetensors.js';
+import { type TensorToSave, WEIGHTS_INDEX, readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
+import { encoded } from '../src/tensor/dtype.js';
 import { createModel } from '../src/models/registry.js';
 import { Rng } from '../src/tensor/random.js';
 import { HfTokenizer } from '../src/tokenizer/hf.js';
@@ -57,7 +58,7 @@ describe('Hugging Face style directories', () => {
     let total = 0;
     params.forEach(([name, t], i) => {
       const file = `model-0000${(i % 3) + 1}-of-00003.safetensors`;
-      shards[i % 3]!.set(name, { dtype: 'BF16', shape: t.shape, data: toBf16(Float32Array.from(t.data())) });
+      shards[i % 3]!.set(name, { dtype: 'BF16', shape: t.shape, data: encoded('bfloat16', t.data(), t.shape) });
       weightMap[name] = file;
       total += t.size * 2;
     });
@@ -93,7 +94,7 @@ describe('Hugging Face style directories', () => {
     const back = new Map(loaded.model.namedParameters());
     for (const [name, t] of params) {
       const want = Array.from(
-        toBf16(Float32Array.from(t.data())),
+        encoded('bfloat16', t.data(), t.shape) as Uint16Array,
         (b) => new Float32Array(new Uint32Array([b << 16]).buffer)[0],
       );
       assert.deepEqual(Array.from(back.get(name)!.data()), want, name);

@@ -165,6 +165,23 @@ export const opCases: OpCase[] = [
     f: ([x]) => ops.rmsNorm(x!, null, 1e-6),
   },
   {
+    name: 'gatedRmsNorm with weight',
+    variants: [
+      [f([2, 3, 5, 7]), f([2, 3, 5, 7], { scale: 3 }), f([7])],
+      [f([1, 1]), f([1, 1]), f([1])],
+      [f([0, 5]), f([0, 5]), f([5])],
+    ],
+    f: ([x, z, w]) => ops.gatedRmsNorm(x!, z!, w!, 1e-6),
+  },
+  {
+    name: 'gatedRmsNorm without weight',
+    variants: [
+      [f([3, 4, 9]), f([3, 4, 9], { scale: 3 })],
+      [f([1]), f([1])],
+    ],
+    f: ([x, z]) => ops.gatedRmsNorm(x!, z!, null, 1e-6),
+  },
+  {
     name: 'softmax',
     variants: [[f([4, 13], { scale: 3 })], [f([1, 1])], [f([0, 3])]],
     f: ([x]) => ops.softmax(x!),

@@ -19,17 +19,13 @@ import { after, describe, it } from 'node:test';
 import { FormatError } from '../src/errors.js';
 import {
   SafetensorsReader,
-  bf16ToFloat32,
-  encodeMinifloat,
-  f16ToFloat32,
   parseSafetensors,
   readSafetensors,
   serializeSafetensors,
-  toBf16,
-  toF16,
+  tensorValues,
   writeSafetensors,
 } from '../src/io/safetensors.js';
-import { Rng } from '../src/tensor/random.js';
+import { fromBFloat16, fromFloat16, toBFloat16, toFloat16 } from '../src/tensor/dtype.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'retnet-st-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -77,45 +73,26 @@ describe('safetensors', () => {
     rmSync(path);
   });
 
-  it('decodes F16 and BF16 patterns exactly', () => {
-    assert.deepEqual(Array.from(f16ToFloat32(Uint16Array.of(0x3c00, 0xc000, 0x0001, 0x7c00, 0x8000))), [
-      1,
-      -2,
-      2 ** -24,
-      Infinity,
-      -0,
-    ]);
-    assert.ok(Number.isNaN(f16ToFloat32(Uint16Array.of(0x7e00))[0]));
-    assert.deepEqual(Array.from(bf16ToFloat32(Uint16Array.of(0x3fc0, 0xc2f7))), [1.5, -123.5]);
-  });
-
-  it('encodes to F16/BF16 by rounding once to nearest even', () => {
-    // Every finite F16 and every BF16 pattern encodes back to itself.
-    const all = new Uint16Array(65536).map((_, i) => i);
-    const half = f16ToFloat32(all);
-    const brain = bf16ToFloat32(all);
-    for (let h = 0; h < 65536; h++) {
-      if (!Number.isNaN(half[h])) assert.equal(encodeMinifloat(half[h]!, 5, 10), h, `F16 0x${h.toString(16)}`);
-      if (!Number.isNaN(brain[h])) assert.equal(encodeMinifloat(brain[h]!, 8, 7), h, `BF16 0x${h.toString(16)}`);
-    }
-    // Halfway cases go to the even neighbour; just above halfway goes up; overflow gives infinity.
-    assert.equal(toF16([1 + 2 ** -11])[0], 0x3c00);
-    assert.equal(toF16([1 + 3 * 2 ** -11])[0], 0x3c02);
-    assert.equal(toF16([1 + 2 ** -11 + 2 ** -30])[0], 0x3c01);
-    assert.equal(toF16([65520])[0], 0x7c00);
-    assert.equal(toF16([2 ** -25])[0], 0, 'half the smallest subnormal rounds to even (zero)');
-    assert.equal(toF16([-(2 ** -14 - 2 ** -25)])[0], 0x8400, 'rounds up into the smallest normal');
-    assert.equal(toBf16([1 + 2 ** -8])[0], 0x3f80);
-    assert.equal(toBf16([1 + 3 * 2 ** -8])[0], 0x3f82);
-    // The float32 fast path agrees with the generic one (float32 inputs round once either way).
-    const rng = new Rng(3);
-    const xs = Float32Array.from({ length: 20000 }, (_, i) =>
-      i % 7 === 0 ? bf16ToFloat32(Uint16Array.of(i))[0]! + 2 ** -20 : rng.normal() * 10 ** ((i % 60) - 30),
+  it('writes F16/BF16 values rounded to nearest even by the dtype table, and reads them back exactly', () => {
+    const path = join(dir, 'sixteen.safetensors');
+    const xs = [1 + 2 ** -11, 1 + 3 * 2 ** -11, 65520, 2 ** -25, -1.5];
+    writeSafetensors(
+      path,
+      new Map([
+        ['h', { dtype: 'F16' as const, shape: [5], data: xs }],
+        ['b', { dtype: 'BF16' as const, shape: [5], data: xs }],
+      ]),
     );
-    const fast = toBf16(xs);
-    const slow = toBf16(Array.from(xs));
-    assert.deepEqual(Array.from(fast), Array.from(slow));
-    assert.equal(toBf16(Float32Array.of(NaN))[0]! & 0x7fc0, 0x7fc0, 'NaN stays NaN');
+    const back = readSafetensors(path).tensors;
+    assert.deepEqual(
+      Array.from(back.get('h')!.data),
+      xs.map((x) => fromFloat16(toFloat16(x))),
+    );
+    assert.deepEqual(
+      Array.from(back.get('b')!.data),
+      xs.map((x) => fromBFloat16(toBFloat16(x))),
+    );
+    rmSync(path);
   });
 
   it('streams the data: serializeSafetensors yields the header, then one chunk per tensor', () => {
@@ -207,7 +184,7 @@ describe('safetensors', () => {
     try {
       const t = r.read('tail');
       assert.equal(t.dtype, 'BF16');
-      assert.deepEqual(Array.from(bf16ToFloat32(t.bits!)), [1, 2, -3]);
+      assert.deepEqual(Array.from(tensorValues(t)), [1, 2, -3]);
       assert.equal(r.header.entries.get('pad')!.end, pad);
     } finally {
       r.close();

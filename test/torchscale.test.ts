@@ -12,7 +12,8 @@ import { RetNetModel } from '../src/models/retnet/model.js';
 import { noGrad } from '../src/autograd/tape.js';
 import type { DType } from '../src/tensor/dtype.js';
 import { tidy } from '../src/tensor/scope.js';
-import { assertClose, nat, ref } from './helpers.js';
+import { deviceUnavailableReason } from '../src/backend/index.js';
+import { assertClose, testDevice } from './helpers.js';
 
 const VECTORS = join(import.meta.dirname, '..', '..', 'shared', 'torchscale-vectors');
 
@@ -43,9 +44,12 @@ function recurrentLogits(model: RetNetModel, tokens: number[]): Float64Array {
 for (const [backendName, dtype, tol] of [
   ['reference', 'float64', 1e-9],
   ['native', 'float32', 1e-4],
+  ['cuda', 'float32', 1e-4],
 ] as const) {
-  describe(`torchscale vectors, ${backendName} backend, ${dtype} (tol ${tol})`, () => {
-    const be = () => (backendName === 'reference' ? ref : nat());
+  // cuda: skipped where no GPU is present (CI); scripts/cuda/device-run.sh runs it on one.
+  const skip = backendName === 'cuda' && (deviceUnavailableReason('cuda') ?? false);
+  describe(`torchscale vectors, ${backendName} backend, ${dtype} (tol ${tol})`, { skip }, () => {
+    const be = () => testDevice(backendName);
     for (const name of ['dev_default', 'dev_options']) {
       it(`${name}: parallel, chunkwise and recurrent logits`, () => {
         const { model, tokens, expected, chunks } = loadCase(name, be(), dtype);

@@ -87,44 +87,58 @@ for (const { B, H, T, D } of shapes) {
   const g = random([B, T, H, D]);
   const gammas = retentionGammas(H);
   const C = 64;
-  const fwd = time(() => {
-    const { o, r } = kern.retentionForward('chunkwise', q, k, v, gammas, {
-      chunkSize: C,
-      normalize: true,
-      initialState: null,
-      segments: null,
-      returnFinalState: false,
-    });
-    o.dispose();
-    r.dispose();
-  });
-  const { o, r } = kern.retentionForward('chunkwise', q, k, v, gammas, {
-    chunkSize: C,
-    normalize: true,
-    initialState: null,
-    segments: null,
-    returnFinalState: false,
-  });
-  const bwd = time(() => {
-    const d = kern.retentionBackward('chunkwise', q, k, v, gammas, r, g, C);
-    d.dq.dispose();
-    d.dk.dispose();
-    d.dv.dispose();
-  });
-  o.dispose();
-  r.dispose();
-  record({
-    what: 'retention_chunkwise',
-    dtype: 'float32',
-    B,
-    H,
-    T,
-    D,
-    C,
-    fwd_ms: fwd,
-    bwd_ms: bwd,
-    fwd_bwd_ms: fwd + bwd,
-  });
+  // float32 kernels, then the bf16 tensor-core ones (be.bf16Retention), each normalised (torchscale) and not (fla's
+  // chunk_retention, the peer); the tensor-core outputs' relative error ‖x − x₃₂‖ / ‖x‖ against the float32 kernels.
+  const rel = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+    let num = 0;
+    let den = 0;
+    for (let i = 0; i < b.length; i++) {
+      num += (a[i]! - b[i]!) ** 2;
+      den += b[i]! ** 2;
+    }
+    return Math.sqrt(num / den);
+  };
+  for (const normalize of [true, false]) {
+    let base: Record<'o' | 'dq' | 'dv', ArrayLike<number>> | null = null;
+    for (const tc of [false, true]) {
+      be.bf16Retention = tc;
+      const run = { chunkSize: C, normalize, initialState: null, segments: null, returnFinalState: false };
+      const fwd = time(() => {
+        const { o, r } = kern.retentionForward('chunkwise', q, k, v, gammas, run);
+        o.dispose();
+        r.dispose();
+      });
+      const { o, r } = kern.retentionForward('chunkwise', q, k, v, gammas, run);
+      const bwd = time(() => {
+        const d = kern.retentionBackward('chunkwise', q, k, v, gammas, r, g, C);
+        d.dq.dispose();
+        d.dk.dispose();
+        d.dv.dispose();
+      });
+      const d = kern.retentionBackward('chunkwise', q, k, v, gammas, r, g, C);
+      const got = { o: o.data(), dq: d.dq.data(), dv: d.dv.data() };
+      for (const t of [o, r, d.dq, d.dk, d.dv]) t.dispose();
+      const err = base
+        ? { rel_err_o: rel(got.o, base.o), rel_err_dq: rel(got.dq, base.dq), rel_err_dv: rel(got.dv, base.dv) }
+        : {};
+      base ??= got;
+      record({
+        what: 'retention_chunkwise',
+        dtype: tc ? 'bf16 tensor cores (float32 in/out)' : 'float32',
+        normalize,
+        B,
+        H,
+        T,
+        D,
+        C,
+        fwd_ms: fwd,
+        bwd_ms: bwd,
+        fwd_bwd_ms: fwd + bwd,
+        ...err,
+      });
+    }
+  }
+  be.bf16Retention = false;
   const afwd = time(
     () => {
       const f = kern.attentionForward('flash', q, k, v);

@@ -109,6 +109,7 @@ float weightAt(const Weights& w, int64_t n, int64_t k) {
   switch (w.format) {
     case Format::f32: return static_cast<const float*>(w.data)[n * w.K + k];
     case Format::bf16: return fromBF16(static_cast<const uint16_t*>(w.data)[n * w.K + k]);
+    case Format::f16: return fromF16(static_cast<const uint16_t*>(w.data)[n * w.K + k]);
     case Format::int8:
       return static_cast<const float*>(w.scales)[n] * static_cast<const int8_t*>(w.data)[n * w.K + k];
     case Format::q4: {
@@ -174,7 +175,7 @@ void gemv(const Weights& w, const float* x, int64_t B, float* y, int64_t ldy, vo
     default: break;
   }
   // Chunks of whole 8-row tiles, about 128 KiB of weights each (at most 64), claimed by the threads in turn.
-  int64_t bytesPerRow = w.format == Format::f32 ? 4 * w.K : w.format == Format::bf16 ? 2 * w.K : w.K;
+  int64_t bytesPerRow = w.format == Format::f32 ? 4 * w.K : w.format == Format::bf16 || w.format == Format::f16 ? 2 * w.K : w.K;
   int64_t tiles = (w.N + 7) / 8, chunks = w.N * bytesPerRow / kChunkBytes;
   chunks = chunks < 1 ? 1 : chunks > 64 ? 64 : chunks > tiles ? tiles : chunks;
   workers::forChunks(chunks, threads, [&](int64_t c) {
@@ -198,6 +199,11 @@ void dequantRows(const Weights& w, int64_t n0, int64_t n1, float* out, int threa
       case Format::bf16: {
         const uint16_t* r = static_cast<const uint16_t*>(w.data) + n * K;
         for (int64_t k = 0; k < K; k++) o[k] = fromBF16(r[k]);
+        break;
+      }
+      case Format::f16: {
+        const uint16_t* r = static_cast<const uint16_t*>(w.data) + n * K;
+        for (int64_t k = 0; k < K; k++) o[k] = fromF16(r[k]);
         break;
       }
       case Format::int8: {

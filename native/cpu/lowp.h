@@ -2,9 +2,10 @@
 // with W [N, K] (a Linear's [out, in]) stored in one of four formats and x, y in float32. Reading W is what a decode
 // step costs, so each format's kernel is written to stream its bytes at the memory's rate (docs/kernels.md).
 //
-// Formats (the TypeScript reference backend, src/backend/reference, is their definition):
+// Formats (the dtypes of src/tensor/dtype.ts are their definition: float32, bfloat16, float16, qint8, qint4):
 //   f32   W as float32 [N, K].
 //   bf16  W as bfloat16 bits [N, K] (the top half of a float32, rounded to nearest even).
+//   f16   W as float16 bits [N, K] (converted with F16C, then as f32).
 //   int8  q int8 [N, K] and one float32 scale per output row: W[n, k] = s[n] · q[n, k], s = max|W[n, :]| / 127.
 //   q4    blocks of 32 along K, K padded with zero weights to Kp = a multiple of 64: per block a float16 scale d and
 //         32 4-bit values u in [0, 15], W = d · (u − 8), d = (the block's value of largest magnitude) / −8, so that
@@ -30,7 +31,7 @@
 
 namespace retnet::lowp {
 
-enum class Format : int { f32 = 0, bf16 = 1, int8 = 2, q4 = 3 };
+enum class Format : int { f32 = 0, bf16 = 1, int8 = 2, q4 = 3, f16 = 4 };
 
 // Instruction sets a kernel may be built for. Every format has avx2 and scalar; bf16 has avx512bf16, int8 and q4
 // have avx512vnni. `best` picks the fastest the CPU has.
@@ -53,7 +54,7 @@ inline int64_t q4PaddedK(int64_t K) { return (K + kQ4RowAlign - 1) / kQ4RowAlign
 struct Weights {
   Format format;
   int64_t N, K;
-  const void* data;     // f32: float[N·K]; bf16: uint16[N·K]; int8: int8[N·K]; q4: uint8[N·Kp/2]
+  const void* data;     // f32: float[N·K]; bf16, f16: uint16[N·K]; int8: int8[N·K]; q4: uint8[N·Kp/2]
   const void* scales;   // int8: float[N]; q4: uint16 (float16 bits)[N·Kp/32]
 };
 

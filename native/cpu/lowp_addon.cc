@@ -1,6 +1,6 @@
 // Node-API bindings of the low-precision products (lowp.h) and the read-bandwidth probe the lowp benchmark uses.
 //   lowpGemv(format, isa, N, K, B, W, scales, x, y, workspace)
-//       y [B, N] = x [B, K] · Wᵀ for W in `format` (lowp.h codes: 0 f32, 1 bf16, 2 int8, 3 q4) with the variant `isa`
+//       y [B, N] = x [B, K] · Wᵀ for W in `format` (lowp.h codes: 0 f32, 1 bf16, 2 int8, 3 q4, 4 f16) with the variant `isa`
 //       (-1: the fastest this CPU has). W, scales: typed arrays over the stored bytes (scales empty for f32/bf16).
 //   lowpWorkspace(format, isa, B, K) -> bytes of workspace lowpGemv needs (a Uint8Array of at least that many).
 //   lowpVariants() -> {format: [isa names this CPU can run]}, lowpBest() -> {format: isa name}
@@ -28,7 +28,8 @@ Bytes bytesOf(const Napi::CallbackInfo& info, size_t i, const char* what) {
 
 lowp::Format formatOf(const Napi::CallbackInfo& info, size_t i) {
   int64_t f = dim(info, i, "format");
-  if (f > 3) throw ArgError{"lowpGemv: format must be 0 (f32), 1 (bf16), 2 (int8) or 3 (q4), got " + std::to_string(f)};
+  if (f > 4)
+    throw ArgError{"lowp: format must be 0 (f32), 1 (bf16), 2 (int8), 3 (q4) or 4 (f16), got " + std::to_string(f)};
   return static_cast<lowp::Format>(f);
 }
 
@@ -50,7 +51,8 @@ lowp::Weights weightsOf(const Napi::CallbackInfo& info, size_t i, lowp::Format f
   int64_t Kp = lowp::q4PaddedK(K), data = 0, scales = 0;
   switch (f) {
     case lowp::Format::f32: data = 4 * N * K; break;
-    case lowp::Format::bf16: data = 2 * N * K; break;
+    case lowp::Format::bf16:
+    case lowp::Format::f16: data = 2 * N * K; break;
     case lowp::Format::int8: data = N * K, scales = 4 * N; break;
     case lowp::Format::q4: data = N * Kp / 2, scales = 2 * N * (Kp / lowp::kQ4Block); break;
   }
@@ -104,12 +106,12 @@ Napi::Value LowpWorkspace(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("lowpWorkspace", LowpWorkspace);
 
-const char* kFormatNames[] = {"f32", "bf16", "int8", "q4"};
+const char* kFormatNames[] = {"f32", "bf16", "int8", "q4", "f16"};
 
 Napi::Value LowpVariants(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
-  for (int fi = 0; fi < 4; fi++) {
+  for (int fi = 0; fi < 5; fi++) {
     auto f = static_cast<lowp::Format>(fi);
     Napi::Array a = Napi::Array::New(env);
     uint32_t n = 0;
@@ -124,7 +126,7 @@ RETNET_KERNEL("lowpVariants", LowpVariants);
 Napi::Value LowpBest(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
-  for (int fi = 0; fi < 4; fi++)
+  for (int fi = 0; fi < 5; fi++)
     o.Set(kFormatNames[fi], Napi::String::New(env, lowp::isaName(lowp::bestIsa(static_cast<lowp::Format>(fi)))));
   return o;
 }

@@ -41,6 +41,9 @@ void rows(const Weights& w, const float* x, const void* px, int64_t B, float* y,
     case Format::f32:
       floatRows(LoadF32{static_cast<const float*>(w.data), w.K}, w.K, x, B, y, ldy, n0, n1);
       break;
+    case Format::f16:
+      floatRows(LoadF16{static_cast<const uint16_t*>(w.data), w.K}, w.K, x, B, y, ldy, n0, n1);
+      break;
     case Format::bf16:
       bf16Rows(static_cast<const uint16_t*>(w.data), w.K, x, px, B, y, ldy, n0, n1);
       break;

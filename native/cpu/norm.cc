@@ -16,6 +16,67 @@ static void reducePartials(const std::vector<std::vector<double>>& partial, floa
   }
 }
 
+static inline double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
+
+// y = x * rstd * w (w null: 1), times silu(z) where a gate z is given (RetNet's gated per-head norm), rows split
+// across threads.
+static void normRows(const float* px, const float* pw, const float* pz, float* py, float* pr, int64_t rows,
+                     int64_t cols, double eps) {
+#pragma omp parallel for if (rows * cols > kParallelGrain) schedule(static)
+  for (int64_t r = 0; r < rows; r++) {
+    const float* xr = px + r * cols;
+    float* yr = py + r * cols;
+    double ss = 0;
+    for (int64_t j = 0; j < cols; j++) ss += static_cast<double>(xr[j]) * xr[j];
+    float s = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(cols > 0 ? cols : 1) + eps));
+    pr[r] = s;
+    for (int64_t j = 0; j < cols; j++) {
+      float n = xr[j] * s * (pw ? pw[j] : 1.0f);
+      if (pz) {
+        double z = pz[r * cols + j];
+        n = static_cast<float>(n * z * sigmoid(z));
+      }
+      yr[j] = n;
+    }
+  }
+}
+
+// The backward of normRows: with a gate, the gradient reaching the norm is g * silu(z) and dz = g * n * silu'(z),
+// both recomputed from x, rstd and z. dx = rstd * (h*w - x * rstd^2 * mean(h*w*x)) for that gradient h, and
+// dw += sum_rows h * x * rstd.
+static void normRowsBackward(const float* px, const float* pw, const float* pz, const float* pr, const float* pg,
+                             float* pdx, float* pdz, float* pdw, int64_t rows, int64_t cols) {
+  int threads = omp_get_max_threads();
+  std::vector<std::vector<double>> partial(pdw ? threads : 0, std::vector<double>(cols, 0.0));
+#pragma omp parallel if (rows * cols > kParallelGrain)
+  {
+    double* acc = pdw ? partial[omp_get_thread_num()].data() : nullptr;
+    std::vector<double> h(cols);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+      const float *xr = px + r * cols, *gr = pg + r * cols;
+      float* dr = pdx + r * cols;
+      double s = pr[r], dot = 0;
+      for (int64_t j = 0; j < cols; j++) {
+        double wj = pw ? pw[j] : 1.0, hj = gr[j];
+        if (pz) {
+          double z = pz[r * cols + j], sg = sigmoid(z);
+          pdz[r * cols + j] = static_cast<float>(hj * xr[j] * s * wj * sg * (1.0 + z * (1.0 - sg)));
+          hj *= z * sg;
+        }
+        h[j] = hj;
+        dot += hj * wj * xr[j];
+      }
+      double c = s * s * s * dot / static_cast<double>(cols);
+      for (int64_t j = 0; j < cols; j++) {
+        dr[j] = static_cast<float>(s * h[j] * (pw ? pw[j] : 1.0f) - c * xr[j]);
+        if (acc) acc[j] += h[j] * xr[j] * s;
+      }
+    }
+  }
+  if (pdw) reducePartials(partial, pdw, cols);
+}
+
 // rmsNorm(x, w, y, rstd, rows, cols, eps, hasWeight): y = x / sqrt(mean(x^2) + eps) * w; rstd saved for backward.
 static Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
@@ -27,27 +88,12 @@ static Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
     require(y, rows * cols, "rmsNorm", "y");
     require(rstd, rows, "rmsNorm", "rstd");
     if (hasWeight) require(w, cols, "rmsNorm", "w");
-    const float *px = x.data, *pw = w.data;
-    float *py = y.data, *pr = rstd.data;
-#pragma omp parallel for if (rows * cols > kParallelGrain) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-      const float* xr = px + r * cols;
-      float* yr = py + r * cols;
-      double ss = 0;
-      for (int64_t j = 0; j < cols; j++) ss += static_cast<double>(xr[j]) * xr[j];
-      float s = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(cols > 0 ? cols : 1) + eps));
-      pr[r] = s;
-      if (hasWeight)
-        for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] * s * pw[j];
-      else
-        for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] * s;
-    }
+    normRows(x.data, hasWeight ? w.data : nullptr, nullptr, y.data, rstd.data, rows, cols, eps);
   });
 }
 RETNET_KERNEL("rmsNorm", RmsNorm);
 
-// rmsNormBackward(x, w, rstd, g, dx, dw, rows, cols, hasWeight): dx = rstd * (g*w - x * rstd^2 * mean(g*w*x)),
-// dw += sum_rows g * x * rstd.
+// rmsNormBackward(x, w, rstd, g, dx, dw, rows, cols, hasWeight)
 static Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     auto x = f32(info, 0, "x"), w = f32(info, 1, "w"), rstd = f32(info, 2, "rstd"), g = f32(info, 3, "g");
@@ -62,31 +108,51 @@ static Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
       require(w, cols, "rmsNormBackward", "w");
       require(dw, cols, "rmsNormBackward", "dw");
     }
-    const float *px = x.data, *pw = w.data, *pr = rstd.data, *pg = g.data;
-    float* pdx = dx.data;
-    int threads = omp_get_max_threads();
-    std::vector<std::vector<double>> partial(hasWeight ? threads : 0, std::vector<double>(cols, 0.0));
-#pragma omp parallel if (rows * cols > kParallelGrain)
-    {
-      double* acc = hasWeight ? partial[omp_get_thread_num()].data() : nullptr;
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < rows; r++) {
-        const float *xr = px + r * cols, *gr = pg + r * cols;
-        float* dr = pdx + r * cols;
-        double s = pr[r], dot = 0;
-        for (int64_t j = 0; j < cols; j++) dot += static_cast<double>(gr[j]) * (hasWeight ? pw[j] : 1.0f) * xr[j];
-        double c = s * s * s * dot / static_cast<double>(cols);
-        for (int64_t j = 0; j < cols; j++) {
-          double gh = static_cast<double>(gr[j]) * (hasWeight ? pw[j] : 1.0f);
-          dr[j] = static_cast<float>(s * gh - c * xr[j]);
-          if (hasWeight) acc[j] += static_cast<double>(gr[j]) * xr[j] * s;
-        }
-      }
-    }
-    if (hasWeight) reducePartials(partial, dw.data, cols);
+    normRowsBackward(x.data, hasWeight ? w.data : nullptr, nullptr, rstd.data, g.data, dx.data, nullptr,
+                     hasWeight ? dw.data : nullptr, rows, cols);
   });
 }
 RETNET_KERNEL("rmsNormBackward", RmsNormBackward);
 
+// gatedRmsNorm(x, z, w, y, rstd, rows, cols, eps, hasWeight): y = rmsNorm(x, w) * silu(z).
+static Napi::Value GatedRmsNorm(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    auto x = f32(info, 0, "x"), z = f32(info, 1, "gate"), w = f32(info, 2, "w"), y = f32(info, 3, "y");
+    auto rstd = f32(info, 4, "rstd");
+    int64_t rows = dim(info, 5, "rows"), cols = dim(info, 6, "cols");
+    double eps = num(info, 7, "eps");
+    bool hasWeight = flag(info, 8, "hasWeight");
+    require(x, rows * cols, "gatedRmsNorm", "x");
+    require(z, rows * cols, "gatedRmsNorm", "gate");
+    require(y, rows * cols, "gatedRmsNorm", "y");
+    require(rstd, rows, "gatedRmsNorm", "rstd");
+    if (hasWeight) require(w, cols, "gatedRmsNorm", "w");
+    normRows(x.data, hasWeight ? w.data : nullptr, z.data, y.data, rstd.data, rows, cols, eps);
+  });
+}
+RETNET_KERNEL("gatedRmsNorm", GatedRmsNorm);
+
+// gatedRmsNormBackward(x, z, w, rstd, g, dx, dz, dw, rows, cols, hasWeight)
+static Napi::Value GatedRmsNormBackward(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    auto x = f32(info, 0, "x"), z = f32(info, 1, "gate"), w = f32(info, 2, "w"), rstd = f32(info, 3, "rstd");
+    auto g = f32(info, 4, "g"), dx = f32(info, 5, "dx"), dz = f32(info, 6, "dgate"), dw = f32(info, 7, "dw");
+    int64_t rows = dim(info, 8, "rows"), cols = dim(info, 9, "cols");
+    bool hasWeight = flag(info, 10, "hasWeight");
+    require(x, rows * cols, "gatedRmsNormBackward", "x");
+    require(z, rows * cols, "gatedRmsNormBackward", "gate");
+    require(g, rows * cols, "gatedRmsNormBackward", "g");
+    require(dx, rows * cols, "gatedRmsNormBackward", "dx");
+    require(dz, rows * cols, "gatedRmsNormBackward", "dgate");
+    require(rstd, rows, "gatedRmsNormBackward", "rstd");
+    if (hasWeight) {
+      require(w, cols, "gatedRmsNormBackward", "w");
+      require(dw, cols, "gatedRmsNormBackward", "dw");
+    }
+    normRowsBackward(x.data, hasWeight ? w.data : nullptr, z.data, rstd.data, g.data, dx.data, dz.data,
+                     hasWeight ? dw.data : nullptr, rows, cols);
+  });
+}
+RETNET_KERNEL("gatedRmsNormBackward", GatedRmsNormBackward);
 
 }  // namespace retnet

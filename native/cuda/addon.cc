@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -584,30 +585,56 @@ Napi::Value RetentionWorkspace(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionWorkspace", RetentionWorkspace);
 
-// retentionForward(work ParallelForward | ChunkwiseForward, q, k, v, gammas, o, r, ws, B, H, T, K, V, C, normalize):
-// without normalisation every form is the parallel one (o = U, r = 1), as on the reference device.
+// A device pointer argument that may be 0 (none); otherwise with room for n floats.
+float* optional(const Napi::CallbackInfo& info, size_t i, const char* what, int64_t n) {
+  return num(info, i, what) == 0 ? nullptr : f(info, i, what, n);
+}
+
+// retentionForward(work ParallelForward | ChunkwiseForward, q, k, v, gammas, o, r, ws, initState, initScale,
+// finalState, finalScale, segments, B, H, T, K, V, C, normalize, tensorCores): the state pointers 0 for none,
+// segments a Float64Array of lengths (empty: one sequence per batch row).
 Napi::Value RetentionForward(const Napi::CallbackInfo& info) {
   return run(info, [&] {
     int64_t form = dim(info, 0, "work");
     if (form != code(RetentionWork::ParallelForward) && form != code(RetentionWork::ChunkwiseForward))
       throw ArgError{"retentionForward: work must be a forward kernel"};
-    Dims d = dims(info, 8);
-    int64_t C = dim(info, 13, "C");
-    if (form == 1 && C < 1) throw ArgError{"retention: chunk size must be at least 1"};
+    Dims d = dims(info, 13);
+    int64_t C = dim(info, 18, "C");
+    bool chunkwise = form == code(RetentionWork::ChunkwiseForward);
+    if (chunkwise && C < 1) throw ArgError{"retention: chunk size must be at least 1"};
     auto g = gammas(info, 4, d.H, "retention");
-    int64_t nq = d.B * d.T * d.H * d.K, nv = d.B * d.T * d.H * d.V;
+    cuda::RetentionRun rr{nullptr, nullptr, nullptr, nullptr, {}, flag(info, 19, "normalize"),
+                          flag(info, 20, "tensorCores")};
+    auto seg = f64(info, 12, "segments");
+    if (seg.length > 0) {
+      if (d.B != 1) throw ArgError{"retentionForward: segments need a batch of one row"};
+      int64_t total = 0;
+      for (size_t i = 0; i < seg.length; i++) {
+        double n = seg.data[i];
+        if (!(n >= 0 && n == std::floor(n))) throw ArgError{"retentionForward: segment lengths must be integers >= 0"};
+        rr.segments.push_back(static_cast<int64_t>(n));
+        total += static_cast<int64_t>(n);
+      }
+      if (total != d.T) throw ArgError{"retentionForward: segment lengths must sum to T"};
+    }
+    int64_t N = rr.segments.empty() ? d.B : static_cast<int64_t>(rr.segments.size());
+    int64_t nq = d.B * d.T * d.H * d.K, nv = d.B * d.T * d.H * d.V, nState = N * d.H * d.K * d.V;
+    rr.initState = optional(info, 8, "initState", nState);
+    rr.initScale = optional(info, 9, "initScale", N * d.H);
+    rr.finalState = optional(info, 10, "finalState", nState);
+    rr.finalScale = optional(info, 11, "finalScale", N * d.H);
+    if (!rr.initState != !rr.initScale || !rr.finalState != !rr.finalScale)
+      throw ArgError{"retentionForward: a state and its scale come together"};
     int64_t ws = cuda::retentionWorkspace(static_cast<int>(form), d, C);
     const float *q = f(info, 1, "q", nq), *k = f(info, 2, "k", nq), *v = f(info, 3, "v", nv);
     float *o = f(info, 5, "o", nv), *r = f(info, 6, "r", d.B * d.H * d.T), *w = f(info, 7, "workspace", ws);
-    bool normalize = flag(info, 14, "normalize");
-    if (form == code(RetentionWork::ParallelForward) || !normalize)
-      cuda::retentionParallel(q, k, v, g.data(), o, r, w, d, normalize);
-    else cuda::retentionChunkwise(q, k, v, g.data(), o, r, w, d, C);
+    cuda::retentionForward(chunkwise, q, k, v, g.data(), o, r, w, d, C, rr);
   });
 }
 RETNET_KERNEL("retentionForward", RetentionForward);
 
-// retentionBackward(q, k, v, gammas, r, dO, dq, dk, dv, ws, B, H, T, K, V, C): every form's gradient, chunkwise.
+// retentionBackward(q, k, v, gammas, r, dO, dq, dk, dv, ws, B, H, T, K, V, C, tensorCores): every form's gradient,
+// chunkwise.
 Napi::Value RetentionBackward(const Napi::CallbackInfo& info) {
   return run(info, [&] {
     Dims d = dims(info, 10);
@@ -617,7 +644,8 @@ Napi::Value RetentionBackward(const Napi::CallbackInfo& info) {
     cuda::retentionBackward(f(info, 0, "q", nq), f(info, 1, "k", nq), f(info, 2, "v", nv), g.data(),
                             f(info, 4, "r", d.B * d.H * d.T), f(info, 5, "dO", nv), f(info, 6, "dq", nq),
                             f(info, 7, "dk", nq), f(info, 8, "dv", nv),
-                            f(info, 9, "workspace", cuda::retentionWorkspace(static_cast<int>(RetentionWork::ChunkwiseBackward), d, C)), d, C);
+                            f(info, 9, "workspace", cuda::retentionWorkspace(static_cast<int>(RetentionWork::ChunkwiseBackward), d, C)), d, C,
+                            flag(info, 16, "tensorCores"));
   });
 }
 RETNET_KERNEL("retentionBackward", RetentionBackward);
@@ -634,7 +662,7 @@ Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionStep", RetentionStep);
 
-// retentionState(k, v, gammas, state, scale, B, H, T, K, V, normalize): outputs zero-filled by the caller.
+// retentionState(k, v, gammas, state, scale, B, H, T, K, V, normalize): writes every element of state and scale.
 Napi::Value RetentionState(const Napi::CallbackInfo& info) {
   return run(info, [&] {
     Dims d = dims(info, 5);

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace retnet::cuda {
 
@@ -100,13 +101,27 @@ struct Dims {
 };
 // Scratch floats each kernel needs (callers allocate it, so the engine's accounting sees it).
 int64_t retentionWorkspace(int kernel, Dims d, int64_t C);
-// normalize false (the fla variant): no normalisers, o = U and r = 1.
-void retentionParallel(const float* q, const float* k, const float* v, const double* gammas, float* o, float* r,
-                       float* ws, Dims d, bool normalize);
-void retentionChunkwise(const float* q, const float* k, const float* v, const double* gammas, float* o, float* r,
-                        float* ws, Dims d, int64_t C);
+// The state-carrying part of a forward call (docs/retention.md): the states the sequences continue (S̃₀ [N, H, K, V],
+// s₀ [N, H]; null: empty), where the states after them go (null: not asked for), the packed segments of a batch of
+// one row (lengths summing to T; empty: one sequence per batch row), and normalize false (the fla variant: no
+// normalisers, o = U and r = 1).
+struct RetentionRun {
+  const float* initState;
+  const float* initScale;
+  float* finalState;
+  float* finalScale;
+  std::vector<int64_t> segments;
+  bool normalize;
+  // The chunkwise products on bf16 tensor cores (float32 accumulation) where the shape allows (K = V = 128, C = 64,
+  // whole chunks, no initial state or segments); else the float32 kernels.
+  bool tensorCores;
+};
+// The parallel (chunkwise false) or chunkwise form.
+void retentionForward(bool chunkwise, const float* q, const float* k, const float* v, const double* gammas, float* o,
+                      float* r, float* ws, Dims d, int64_t C, const RetentionRun& run);
 void retentionBackward(const float* q, const float* k, const float* v, const double* gammas, const float* r,
-                       const float* dO, float* dq, float* dk, float* dv, float* ws, Dims d, int64_t C);
+                       const float* dO, float* dq, float* dk, float* dv, float* ws, Dims d, int64_t C,
+                       bool tensorCores);
 void retentionStep(const float* q, const float* k, const float* v, const double* gammas, float* state, float* scale,
                    float* o, int64_t B, int64_t H, int64_t K, int64_t V, bool normalize);
 void retentionState(const float* k, const float* v, const double* gammas, float* state, float* scale, float* ws,

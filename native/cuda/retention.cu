@@ -15,6 +15,9 @@
 //  dv_m = Σ_{n∈c,n≥m} γ^(n−m)(q_n·k_m) G_n + γ^(c1−1−m) k_m R_c.
 // The parallel form's backward is the chunkwise one (the same function of q, k, v, r). Decay powers are exp(e·ln γ)
 // in float64 per head, as torchscale builds its masks, then rounded to float32.
+#include <cuda_bf16.h>
+#include <mma.h>
+
 #include <cmath>
 #include <vector>
 
@@ -44,9 +47,23 @@ __device__ __forceinline__ float dpow(float lambda, float e) { return expf(lambd
 // 2^-5 of 1, so 1 − expf(λ) would lose a third of the float's digits).
 __device__ __forceinline__ float decaySum(float lambda, float n) { return expm1f(lambda * n) / expm1f(lambda); }
 
-// Offset of row t of head (b, h) in a [B, T, H, W] tensor.
+// Offset of row t of head (b, h) in a [B, T, H, W] tensor (T: the tensor's rows per batch row, its stride).
 __device__ __forceinline__ int64_t rowAt(int64_t bh, int64_t H, int64_t T, int64_t t, int64_t W) {
   return (((bh / H) * T + t) * H + bh % H) * W;
+}
+
+// A forward launch covers one sequence per batch row: rows [start, start + T) of each row of tensors with `stride`
+// rows (T = stride, start = 0 without segments; one launch per packed segment with them). Z0 is the raw state the
+// sequences continue (S̃₀·sqrt(s₀) when normalising), read from the initial state S̃₀ [B, H, K, V] and s₀ [B, H].
+struct SeqArgs {
+  int64_t start, stride;
+  const float* init;       // S̃₀ or null (empty states)
+  const float* initScale;  // s₀
+};
+
+// Z0[bh, e] (e = x·V + y): the raw initial state.
+__device__ __forceinline__ float rawInit(const SeqArgs& s, int64_t bh, int64_t KV, int64_t e, bool normalize) {
+  return s.init[bh * KV + e] * (normalize ? sqrtf(s.initScale[bh]) : 1.0f);
 }
 
 // ---- recurrent step: one block per (b, h), one thread per value column y ----
@@ -75,18 +92,21 @@ __global__ void stepKernel(const float* q, const float* k, const float* v, Heads
 // absolute row sum c at the end, so no buffer grows with T.
 constexpr int kParallelThreads = 128, kParallelTile = 256, kParallelCols = 4;
 
+// With an initial state the decay sums continue s₀ (Ŝ(n) = s₀γ^(n+1) + S(n)) and U_n gains γ^(n+1) q_n Z0.
 __global__ void parallelKernel(const float* q, const float* k, const float* v, Heads hs, float* o, float* r,
-                               int64_t H, int64_t T, int64_t K, int64_t V, bool normalize) {
+                               int64_t H, int64_t T, int64_t K, int64_t V, bool normalize, SeqArgs sa) {
   __shared__ float A[kParallelTile];
-  int64_t bh = blockIdx.x, n = blockIdx.y;
+  int64_t bh = blockIdx.x, n = blockIdx.y, P = sa.stride;
   float lambda = hs.lambda[bh % H];
-  float sq = normalize ? sqrtf(decaySum(lambda, static_cast<float>(n + 1))) : 1.0f;
-  const float* qn = q + rowAt(bh, H, T, n, K);
+  float s0 = sa.init ? sa.initScale[bh] : 0.0f;
+  float sq = normalize ? sqrtf(s0 * dpow(lambda, static_cast<float>(n + 1)) + decaySum(lambda, static_cast<float>(n + 1)))
+                       : 1.0f;
+  const float* qn = q + rowAt(bh, H, P, sa.start + n, K);
   float abs = 0, acc[kParallelCols] = {0, 0, 0, 0};
   for (int64_t m0 = 0; m0 <= n; m0 += kParallelTile) {
     int64_t len = min(static_cast<int64_t>(kParallelTile), n + 1 - m0);
     for (int64_t t = threadIdx.x; t < len; t += blockDim.x) {
-      const float* km = k + rowAt(bh, H, T, m0 + t, K);
+      const float* km = k + rowAt(bh, H, P, sa.start + m0 + t, K);
       float dot = 0;
       for (int64_t x = 0; x < K; x++) dot += qn[x] * km[x];
       float a = dot * dpow(lambda, static_cast<float>(n - m0 - t)) / sq;
@@ -99,19 +119,24 @@ __global__ void parallelKernel(const float* q, const float* k, const float* v, H
       int64_t y = threadIdx.x + c * int64_t(kParallelThreads);
       if (y >= V) continue;
       float s = 0;
-      for (int64_t t = 0; t < len; t++) s += A[t] * v[rowAt(bh, H, T, m0 + t, V) + y];
+      for (int64_t t = 0; t < len; t++) s += A[t] * v[rowAt(bh, H, P, sa.start + m0 + t, V) + y];
       acc[c] += s;
     }
     __syncthreads();
   }
   abs = blockSum(abs);
   float cl = normalize ? fminf(fmaxf(abs, 1.0f), 5e4f) : 1.0f;
+  float qd = dpow(lambda, static_cast<float>(n + 1)) / sq;
 #pragma unroll
   for (int c = 0; c < kParallelCols; c++) {
     int64_t y = threadIdx.x + c * int64_t(kParallelThreads);
-    if (y < V) o[rowAt(bh, H, T, n, V) + y] = acc[c] / cl;
+    if (y >= V) continue;
+    float cross = 0;
+    if (sa.init)
+      for (int64_t x = 0; x < K; x++) cross += qn[x] * rawInit(sa, bh, K * V, x * V + y, normalize);
+    o[rowAt(bh, H, P, sa.start + n, V) + y] = (acc[c] + qd * cross) / cl;
   }
-  if (threadIdx.x == 0) r[bh * T + n] = 1.0f / (sq * cl);
+  if (threadIdx.x == 0) r[bh * P + sa.start + n] = 1.0f / (sq * cl);
 }
 
 // ---- chunk-local state: Δ[x, y] = Σ_{j<L} w_j X_j[x] Y_j[y] (rY_j scales Y_j when given), written to slot dst ----
@@ -120,7 +145,7 @@ __global__ void parallelKernel(const float* q, const float* k, const float* v, H
 // One block per (b·H + h, chunk, 32-row slab of x); rows of the chunk staged through shared memory.
 template <bool Reverse, bool Transposed>
 __global__ void localStateKernel(const float* X, const float* Y, const float* rY, Heads hs, float* slots, int64_t H,
-                                 int64_t T, int64_t K, int64_t V, int64_t C, int64_t nC) {
+                                 int64_t T, int64_t K, int64_t V, int64_t C, int64_t nC, int64_t start, int64_t P) {
   extern __shared__ float sm[];
   int64_t bh = blockIdx.x, c = blockIdx.y, x0 = blockIdx.z * 32;
   int64_t dst = Reverse ? c - 1 : c + 1;
@@ -132,11 +157,11 @@ __global__ void localStateKernel(const float* X, const float* Y, const float* rY
   for (int64_t e = threadIdx.x; e < L * 32; e += blockDim.x) {
     int64_t j = e / 32, x = e % 32;
     float w = dpow(lambda, Reverse ? static_cast<float>(j + 1) : static_cast<float>(C - j));
-    Xs[e] = x < xs ? X[rowAt(bh, H, T, c0 + j, K) + x0 + x] * w : 0.0f;
+    Xs[e] = x < xs ? X[rowAt(bh, H, P, start + c0 + j, K) + x0 + x] * w : 0.0f;
   }
   for (int64_t e = threadIdx.x; e < L * V; e += blockDim.x) {
     int64_t j = e / V, y = e % V;
-    Ys[e] = Y[rowAt(bh, H, T, c0 + j, V) + y] * (rY ? rY[bh * T + c0 + j] : 1.0f);
+    Ys[e] = Y[rowAt(bh, H, P, start + c0 + j, V) + y] * (rY ? rY[bh * P + start + c0 + j] : 1.0f);
   }
   __syncthreads();
   float* out = slots + (bh * nC + dst) * K * V;
@@ -149,23 +174,27 @@ __global__ void localStateKernel(const float* X, const float* Y, const float* rY
   }
 }
 
-// In place over slots [BH, nC, K, V]: forward S_0 = 0, S_c = γ^C S_{c−1} + Δ_c; reverse from the last slot down.
+// In place over slots [BH, nC, K, V]: forward S_0 = γ Z0 (0 without an initial state: sa.init null; given only in
+// the [K, V] layout), S_c = γ^C S_{c−1} + Δ_c; reverse from the last slot down, starting from 0.
 template <bool Reverse>
-__global__ void scanKernel(float* slots, Heads hs, int64_t H, int64_t KV, int64_t C, int64_t nC) {
+__global__ void scanKernel(float* slots, Heads hs, int64_t H, int64_t KV, int64_t C, int64_t nC, SeqArgs sa,
+                           bool normalize) {
   int64_t bh = blockIdx.y;
   int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (e >= KV) return;
-  float decay = dpow(hs.lambda[bh % H], static_cast<float>(C));
+  float lambda = hs.lambda[bh % H], decay = dpow(lambda, static_cast<float>(C));
   float* s = slots + bh * nC * KV + e;
+  float first = sa.init ? expf(lambda) * rawInit(sa, bh, KV, e, normalize) : 0.0f;
   float acc = 0;
   for (int64_t i = 0; i < nC; i++) {
     int64_t c = Reverse ? nC - 1 - i : i;
-    acc = i == 0 ? 0.0f : acc * decay + s[c * KV];
+    acc = i == 0 ? first : acc * decay + s[c * KV];
     s[c * KV] = acc;
   }
 }
 
-// σ_c = max(1, max_y Σ_x |S_c[x, y]| / (γ Σ_{t<C} γ^t)), one block per (bh, c).
+// σ_c = max(1, max_y Σ_x |S_c[x, y]| / (γ Σ_{t<C} γ^t)), one block per (bh, c). C is the chunk size asked for, also
+// where a sequence shorter than it runs as one chunk (its S_0 is the initial state's).
 __global__ void sigmaKernel(const float* slots, Heads hs, float* sigma, int64_t H, int64_t K, int64_t V, int64_t C,
                             int64_t nC) {
   int64_t bh = blockIdx.x, c = blockIdx.y;
@@ -185,7 +214,7 @@ __global__ void sigmaKernel(const float* slots, Heads hs, float* sigma, int64_t 
 // ---- chunk outputs (forward): one block per (bh, chunk) ----
 __global__ void chunkOutputKernel(const float* q, const float* k, const float* v, const float* slots,
                                   const float* sigma, Heads hs, float* o, float* r, int64_t H, int64_t T, int64_t K,
-                                  int64_t V, int64_t C, int64_t nC) {
+                                  int64_t V, int64_t C, int64_t nC, int64_t start, int64_t P) {
   extern __shared__ float sm[];
   int64_t bh = blockIdx.x, c = blockIdx.y, c0 = c * C, L = min(C, T - c0);
   float lambda = hs.lambda[bh % H];
@@ -196,12 +225,12 @@ __global__ void chunkOutputKernel(const float* q, const float* k, const float* v
   float* den = As + C * C;  // [C]: m_i = max(a_i, σ_c)
   for (int64_t e = threadIdx.x; e < L * K; e += blockDim.x) {
     int64_t j = e / K, x = e % K;
-    Qs[e] = q[rowAt(bh, H, T, c0 + j, K) + x];
-    Ks[e] = k[rowAt(bh, H, T, c0 + j, K) + x];
+    Qs[e] = q[rowAt(bh, H, P, start + c0 + j, K) + x];
+    Ks[e] = k[rowAt(bh, H, P, start + c0 + j, K) + x];
   }
   for (int64_t e = threadIdx.x; e < L * V; e += blockDim.x) {
     int64_t j = e / V, y = e % V;
-    Vs[e] = v[rowAt(bh, H, T, c0 + j, V) + y];
+    Vs[e] = v[rowAt(bh, H, P, start + c0 + j, V) + y];
   }
   __syncthreads();
   for (int64_t e = threadIdx.x; e < L * L; e += blockDim.x) {
@@ -226,7 +255,7 @@ __global__ void chunkOutputKernel(const float* q, const float* k, const float* v
       float sq = sqrtf(decaySum(lambda, static_cast<float>(i + 1)));
       float m = fmaxf(fmaxf(s, 1.0f), sig);
       den[i] = m;
-      r[bh * T + c0 + i] = 1.0f / (sq * m);
+      r[bh * P + start + c0 + i] = 1.0f / (sq * m);
     }
   }
   __syncthreads();
@@ -238,7 +267,7 @@ __global__ void chunkOutputKernel(const float* q, const float* k, const float* v
     for (int64_t x = 0; x < K; x++) cross += Qs[i * K + x] * S[x * V + y];
     float sq = sqrtf(decaySum(lambda, static_cast<float>(i + 1)));
     // inner is U's intra-chunk part over sqrt(S_i) already (A holds the 1/sq); the cross part γ^i q_n S_c gets it here.
-    o[rowAt(bh, H, T, c0 + i, V) + y] = (inner + cross * dpow(lambda, static_cast<float>(i)) / sq) / den[i];
+    o[rowAt(bh, H, P, start + c0 + i, V) + y] = (inner + cross * dpow(lambda, static_cast<float>(i)) / sq) / den[i];
   }
 }
 
@@ -304,19 +333,22 @@ __global__ void chunkGradKernel(const float* q, const float* k, const float* v, 
   }
 }
 
-// The state after T rows for the recurrent form: S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s), s = Σ_{t<T} γ^t.
+// The state after T rows for the recurrent form: Z = γ^T Z0 + Σ_m γ^(T−1−m) k_mᵀ v_m, s = s₀γ^T + Σ_{t<T} γ^t,
+// written as S̃ = Z / sqrt(s) when normalising (Z where s = 0: the empty state). Writes every element.
 __global__ void stateKernel(const float* k, const float* v, Heads hs, float* state, float* scale, int64_t H,
-                            int64_t T, int64_t K, int64_t V, bool normalize) {
-  int64_t bh = blockIdx.x, x = blockIdx.y;
+                            int64_t T, int64_t K, int64_t V, bool normalize, SeqArgs sa) {
+  int64_t bh = blockIdx.x, x = blockIdx.y, P = sa.stride;
   float lambda = hs.lambda[bh % H];
-  float s = decaySum(lambda, static_cast<float>(T));
-  float inv = normalize ? 1.0f / sqrtf(s) : 1.0f;
+  float gT = dpow(lambda, static_cast<float>(T));
+  float s = (sa.init ? sa.initScale[bh] * gT : 0.0f) + decaySum(lambda, static_cast<float>(T));
+  float inv = normalize && s > 0 ? 1.0f / sqrtf(s) : 1.0f;
   if (x == 0 && threadIdx.x == 0) scale[bh] = s;
   if (x >= K) return;
   for (int64_t y = threadIdx.x; y < V; y += blockDim.x) {
-    float acc = 0;
+    float acc = sa.init ? gT * rawInit(sa, bh, K * V, x * V + y, normalize) : 0.0f;
     for (int64_t m = 0; m < T; m++)
-      acc += dpow(lambda, static_cast<float>(T - 1 - m)) * k[rowAt(bh, H, T, m, K) + x] * v[rowAt(bh, H, T, m, V) + y];
+      acc += dpow(lambda, static_cast<float>(T - 1 - m)) * k[rowAt(bh, H, P, sa.start + m, K) + x] *
+             v[rowAt(bh, H, P, sa.start + m, V) + y];
     state[(bh * K + x) * V + y] = acc * inv;
   }
 }
@@ -337,25 +369,26 @@ size_t smemOrThrow(size_t bytes, const char* kernel, const void* fn) {
 
 template <bool Reverse, bool Transposed>
 void localStates(dim3 grid, size_t bytes, const float* X, const float* Y, const float* rY, const Heads& hs,
-                 float* slots, Dims d, int64_t C, int64_t nC) {
+                 float* slots, Dims d, int64_t C, int64_t nC, const SeqArgs& sa) {
   smemOrThrow(bytes, "retention", reinterpret_cast<const void*>(localStateKernel<Reverse, Transposed>));
   localStateKernel<Reverse, Transposed>
-      <<<grid, kThreads, bytes, stream()>>>(X, Y, rY, hs, slots, d.H, d.T, d.K, d.V, C, nC);
+      <<<grid, kThreads, bytes, stream()>>>(X, Y, rY, hs, slots, d.H, d.T, d.K, d.V, C, nC, sa.start, sa.stride);
 }
 
+// The states entering each chunk (forward: S_c from k, v and the initial state; reverse: R_c from q, r ⊙ dO).
 void states(const float* X, const float* Y, const float* rY, const Heads& hs, float* slots, Dims d, int64_t C,
-            bool reverse, bool transposed) {
+            bool reverse, bool transposed, const SeqArgs& sa, bool normalize) {
   int64_t nC = chunks(d.T, C);
   dim3 grid(static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(nC), static_cast<unsigned>((d.K + 31) / 32));
   size_t bytes = (C * 32 + C * d.V) * sizeof(float);
-  if (reverse && transposed) localStates<true, true>(grid, bytes, X, Y, rY, hs, slots, d, C, nC);
-  else if (reverse) localStates<true, false>(grid, bytes, X, Y, rY, hs, slots, d, C, nC);
-  else if (transposed) localStates<false, true>(grid, bytes, X, Y, rY, hs, slots, d, C, nC);
-  else localStates<false, false>(grid, bytes, X, Y, rY, hs, slots, d, C, nC);
+  if (reverse && transposed) localStates<true, true>(grid, bytes, X, Y, rY, hs, slots, d, C, nC, sa);
+  else if (reverse) localStates<true, false>(grid, bytes, X, Y, rY, hs, slots, d, C, nC, sa);
+  else if (transposed) localStates<false, true>(grid, bytes, X, Y, rY, hs, slots, d, C, nC, sa);
+  else localStates<false, false>(grid, bytes, X, Y, rY, hs, slots, d, C, nC, sa);
   checkLaunch("retention local states");
   dim3 sg(static_cast<unsigned>((d.K * d.V + kThreads - 1) / kThreads), static_cast<unsigned>(d.B * d.H));
-  if (reverse) scanKernel<true><<<sg, kThreads, 0, stream()>>>(slots, hs, d.H, d.K * d.V, C, nC);
-  else scanKernel<false><<<sg, kThreads, 0, stream()>>>(slots, hs, d.H, d.K * d.V, C, nC);
+  if (reverse) scanKernel<true><<<sg, kThreads, 0, stream()>>>(slots, hs, d.H, d.K * d.V, C, nC, sa, normalize);
+  else scanKernel<false><<<sg, kThreads, 0, stream()>>>(slots, hs, d.H, d.K * d.V, C, nC, sa, normalize);
   checkLaunch("retention scan");
 }
 
@@ -370,49 +403,378 @@ int64_t retentionWorkspace(int kernel, Dims d, int64_t C) {
   return kernel == 1 ? slots + bh * nC : 3 * slots;
 }
 
-void retentionParallel(const float* q, const float* k, const float* v, const double* gammas, float* o, float* r,
-                       float*, Dims d, bool normalize) {
-  if (d.B * d.H * d.T == 0) return;
-  if (d.V > kParallelThreads * kParallelCols)
-    throw CudaError("retention (parallel): value dims up to 512 on cuda, got " + std::to_string(d.V));
-  Heads hs = headsOf(gammas, d.H);
-  dim3 grid(static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(d.T));
-  parallelKernel<<<grid, kParallelThreads, 0, stream()>>>(q, k, v, hs, o, r, d.H, d.T, d.K, d.V, normalize);
-  checkLaunch("retention (parallel)");
+namespace {
+
+// ---- chunkwise retention on bf16 tensor cores (opt-in: RetentionRun/Backward `tensorCores`) ----
+// The same computation as the float32 kernels above for K = V = 128, C = 64 and T a multiple of 64 (other shapes
+// take the float32 kernels): every product on WMMA 16×16×16 tiles with bf16 operands (rounded from the float32
+// inputs when they are staged in shared memory) and float32 accumulation; the states entering the chunks are float32
+// (rounded to bf16 as the chunk kernels stage them). Relative error about 1e-3 (bf16 operands), so it is opt-in.
+// Kernels: tcLocalKernel (each chunk's local state, all chunks at once) followed by the float32 scan and σ kernels
+// above, tcOutputKernel (o and r per chunk) and tcGradKernel (dq, dk, dv per chunk). Row strides of the staged tiles
+// are padded by 8 elements, so that the tile loads do not all hit the same shared-memory banks.
+namespace tc {
+
+using namespace nvcuda;
+using bf16 = __nv_bfloat16;
+constexpr int C = 64, D = 128, LD = D + 8, LDC = C + 8, LDF = C + 4, kWarps = 8;
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
+using FragAT = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major>;
+using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
+using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
+using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// Stages rows [0, rows) × [0, cols) of a float32 matrix (row stride ld) as bf16 into dst (row stride LDst), each row
+// times scale(row) — float4 loads, all threads of the block.
+template <int Cols, int LDst, typename Scale>
+__device__ __forceinline__ void stage(bf16* dst, const float* src, int64_t ld, int rows, Scale scale) {
+  constexpr int Q = Cols / 4;
+  for (int e = threadIdx.x; e < rows * Q; e += blockDim.x) {
+    int i = e / Q, x = (e % Q) * 4;
+    float4 f = *reinterpret_cast<const float4*>(src + i * ld + x);
+    float s = scale(i);
+    bf16* d = dst + i * LDst + x;
+    d[0] = __float2bfloat16(f.x * s);
+    d[1] = __float2bfloat16(f.y * s);
+    d[2] = __float2bfloat16(f.z * s);
+    d[3] = __float2bfloat16(f.w * s);
+  }
 }
 
-void retentionChunkwise(const float* q, const float* k, const float* v, const double* gammas, float* o, float* r,
-                        float* ws, Dims d, int64_t C) {
-  if (d.B * d.H * d.T == 0) return;
-  Heads hs = headsOf(gammas, d.H);
-  C = clampChunk(C, d.T);
-  int64_t nC = chunks(d.T, C);
+// acc += A[16 rows at a, inner n] · B[inner n, 16 cols at b] with the layouts the fragment types say.
+template <typename FA, typename FB>
+__device__ __forceinline__ void mmaRun(Acc& acc, const bf16* a, int lda, int aStep, const bf16* b, int ldb, int bStep,
+                                       int n) {
+  FA fa;
+  FB fb;
+  for (int kk = 0; kk < n; kk += 16) {
+    wmma::load_matrix_sync(fa, a + kk * aStep, lda);
+    wmma::load_matrix_sync(fb, b + kk * bStep, ldb);
+    wmma::mma_sync(acc, fa, fb, acc);
+  }
+}
+
+// The local state of chunk c, Δ_c = Σ_j w_j X_jᵀ Y_j [K, V] in float32, written to slot c + 1 (forward: X = k, Y = v,
+// w_j = γ^(C−j)) or c − 1 (Reverse: X = q, Y = r ⊙ dO, w_j = γ^(j+1)), as the float32 localStateKernel does; the
+// float32 scanKernel then makes the states. Grid (BH, nC), 8 warps; warp w computes rows 16w.. of Δ. Measured
+// (bench/cuda/NOTES.md): walking the chunks in order in one block per (head, 32 columns) with the state in
+// accumulators took 0.83 ms a pass at B 2 H 16 T 8192, 128 dependent steps each waiting on its loads.
+template <bool Reverse>
+__global__ void __launch_bounds__(256) tcLocalKernel(const float* X, const float* Y, const float* rY, Heads hs,
+                                                     float* slots, int64_t H, int64_t T, int64_t nC) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* Xs = reinterpret_cast<bf16*>(smem);  // [C, LD]: the chunk's X rows, weighted
+  bf16* Ys = Xs + C * LD;                    // [C, LD]: its Y rows
+  int64_t bh = blockIdx.x, c = blockIdx.y, c0 = c * C, P = H * D;
+  int64_t dst = Reverse ? c - 1 : c + 1;
+  if (dst < 0 || dst >= nC) return;
+  float lambda = hs.lambda[bh % H];
+  int warp = threadIdx.x >> 5;
+  stage<D, LD>(Xs, X + rowAt(bh, H, T, c0, D), P, C,
+               [&](int j) { return dpow(lambda, static_cast<float>(Reverse ? j + 1 : C - j)); });
+  stage<D, LD>(Ys, Y + rowAt(bh, H, T, c0, D), P, C, [&](int j) { return rY ? rY[bh * T + c0 + j] : 1.0f; });
+  __syncthreads();
+  float* out = slots + (bh * nC + dst) * D * D + warp * 16 * D;
+  for (int t = 0; t < D / 16; t++) {
+    Acc a;
+    wmma::fill_fragment(a, 0.0f);
+    // Δ[x, y] = Σ_j X[j, x] Y[j, y]: A = Xᵀ (column-major view of Xs), B = Ys.
+    mmaRun<FragAT, FragB>(a, Xs + warp * 16, LD, LD, Ys + t * 16, LD, LD, C);
+    wmma::store_matrix_sync(out + t * 16, a, D, wmma::mem_row_major);
+  }
+}
+
+// o and r of chunk c (grid (BH, nC), 8 warps): A = Q Kᵀ with γ^(i−j)/sq_i below the diagonal, den_i = max(Σ_j |A_ij|,
+// 1, σ_c), o = (A / den) V + (γ^i / (sq_i den_i)) Q S_c. normalize false: sq = den = 1, r = 1.
+__global__ void __launch_bounds__(256) tcOutputKernel(const float* q, const float* k, const float* v,
+                                                      const float* slots, const float* sigmas, Heads hs,
+                                                      float* o, float* r, int64_t H, int64_t T, int64_t nC,
+                                                      bool normalize) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [C, LD], later Q scaled by γ^i / (sq_i den_i)
+  bf16* Ks = Qs + C * LD;
+  bf16* Vs = Ks + C * LD;
+  bf16* Ss = Vs + C * LD;                     // [D, LD]
+  bf16* Ab = Ss + D * LD;                     // [C, LDC]
+  float* Af = reinterpret_cast<float*>(Ab + C * LDC);  // [C, LDF]
+  float* den = Af + C * LDF;                           // [C]
+  int64_t bh = blockIdx.x, c = blockIdx.y, c0 = c * C, P = H * D;
+  float lambda = hs.lambda[bh % H];
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const float* qb = q + rowAt(bh, H, T, c0, D);
+  auto one = [](int) { return 1.0f; };
+  stage<D, LD>(Qs, qb, P, C, one);
+  stage<D, LD>(Ks, k + rowAt(bh, H, T, c0, D), P, C, one);
+  stage<D, LD>(Vs, v + rowAt(bh, H, T, c0, D), P, C, one);
+  stage<D, LD>(Ss, slots + (bh * nC + c) * D * D, D, D, one);
+  __syncthreads();
+  {  // A: warp w computes rows 16(w/2).., columns 32(w%2)..
+    int i0 = (warp >> 1) * 16;
+    for (int t = 0; t < 2; t++) {
+      int j0 = (warp & 1) * 32 + t * 16;
+      Acc a;
+      wmma::fill_fragment(a, 0.0f);
+      mmaRun<FragA, FragBT>(a, Qs + i0 * LD, LD, 1, Ks + j0 * LD, LD, 1, D);
+      wmma::store_matrix_sync(Af + i0 * LDF + j0, a, LDF, wmma::mem_row_major);
+    }
+  }
+  __syncthreads();
+  float sigma = normalize ? sigmas[bh * nC + c] : 1.0f;
+  for (int i = warp; i < C; i += kWarps) {
+    float sq = normalize ? sqrtf(decaySum(lambda, static_cast<float>(i + 1))) : 1.0f;
+    float a0 = lane <= i ? Af[i * LDF + lane] * dpow(lambda, static_cast<float>(i - lane)) / sq : 0.0f;
+    float a1 = lane + 32 <= i ? Af[i * LDF + lane + 32] * dpow(lambda, static_cast<float>(i - lane - 32)) / sq : 0.0f;
+    float s = fabsf(a0) + fabsf(a1);
+    for (int w = 16; w > 0; w >>= 1) s += __shfl_xor_sync(0xffffffffu, s, w);
+    float m = normalize ? fmaxf(fmaxf(s, 1.0f), sigma) : 1.0f;
+    Ab[i * LDC + lane] = __float2bfloat16(a0 / m);
+    Ab[i * LDC + lane + 32] = __float2bfloat16(a1 / m);
+    if (lane == 0) {
+      den[i] = dpow(lambda, static_cast<float>(i)) / (sq * m);
+      r[bh * T + c0 + i] = normalize ? 1.0f / (sq * m) : 1.0f;
+    }
+  }
+  __syncthreads();
+  stage<D, LD>(Qs, qb, P, C, [&](int i) { return den[i]; });
+  __syncthreads();
+  {  // o: warp w computes rows 16(w/2).., columns 64(w%2)..
+    int i0 = (warp >> 1) * 16;
+    for (int t = 0; t < 4; t++) {
+      int y0 = (warp & 1) * 64 + t * 16;
+      Acc a;
+      wmma::fill_fragment(a, 0.0f);
+      mmaRun<FragA, FragB>(a, Ab + i0 * LDC, LDC, 1, Vs + y0, LD, LD, C);
+      mmaRun<FragA, FragB>(a, Qs + i0 * LD, LD, 1, Ss + y0, LD, LD, D);
+      wmma::store_matrix_sync(o + rowAt(bh, H, T, c0 + i0, D) + y0, a, static_cast<unsigned>(P), wmma::mem_row_major);
+    }
+  }
+}
+
+// dq, dk, dv of chunk c (grid (BH, nC), 8 warps), with G = r ⊙ dO, M = (G Vᵀ) ∘ Γ, N = (Q Kᵀ) ∘ Γ (Γ_ij = γ^(i−j),
+// j ≤ i): dq = M K + γ^i G Sᵀ, dk = Mᵀ Q + γ^(C−1−i) V Rᵀ, dv = Nᵀ G + γ^(C−1−i) K R.
+__global__ void __launch_bounds__(256) tcGradKernel(const float* q, const float* k, const float* v, const float* r,
+                                                    const float* dO, const float* Sslots, const float* Rslots,
+                                                    Heads hs, float* dq, float* dk, float* dv, int64_t H, int64_t T,
+                                                    int64_t nC) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [C, LD] each
+  bf16* Ks = Qs + C * LD;
+  bf16* Vs = Ks + C * LD;
+  bf16* Gs = Vs + C * LD;
+  bf16* Vd = Gs + C * LD;  // γ^(C−1−i) V
+  bf16* Ss = Vd + C * LD;  // [D, LD] each
+  bf16* Rs = Ss + D * LD;
+  bf16* Mb = Rs + D * LD;  // [C, LDC] each
+  bf16* Nb = Mb + C * LDC;
+  float* Mf = reinterpret_cast<float*>(Nb + C * LDC);  // [C, LDF] each; later γ^i G and γ^(C−1−i) K as [C, LD] bf16
+  float* Nf = Mf + C * LDF;
+  bf16* Gd = reinterpret_cast<bf16*>(Mf);
+  bf16* Kd = reinterpret_cast<bf16*>(Nf);
+  int64_t bh = blockIdx.x, c = blockIdx.y, c0 = c * C, P = H * D;
+  float lambda = hs.lambda[bh % H];
+  int warp = threadIdx.x >> 5;
+  const float* rc = r + bh * T + c0;
+  const float *qb = q + rowAt(bh, H, T, c0, D), *kb = k + rowAt(bh, H, T, c0, D);
+  const float *vb = v + rowAt(bh, H, T, c0, D), *gb = dO + rowAt(bh, H, T, c0, D);
+  auto one = [](int) { return 1.0f; };
+  auto tail = [&](int i) { return dpow(lambda, static_cast<float>(C - 1 - i)); };
+  stage<D, LD>(Qs, qb, P, C, one);
+  stage<D, LD>(Ks, kb, P, C, one);
+  stage<D, LD>(Vs, vb, P, C, one);
+  stage<D, LD>(Gs, gb, P, C, [&](int i) { return rc[i]; });
+  stage<D, LD>(Vd, vb, P, C, tail);
+  stage<D, LD>(Ss, Sslots + (bh * nC + c) * D * D, D, D, one);
+  stage<D, LD>(Rs, Rslots + (bh * nC + c) * D * D, D, D, one);
+  __syncthreads();
+  {  // M (warps 0-3) and N (warps 4-7): warp w computes rows 16(w%4).., all 64 columns.
+    bool isN = warp >= 4;
+    int i0 = (warp & 3) * 16;
+    const bf16* A = isN ? Qs : Gs;
+    const bf16* B = isN ? Ks : Vs;
+    float* F = isN ? Nf : Mf;
+    for (int t = 0; t < 4; t++) {
+      Acc a;
+      wmma::fill_fragment(a, 0.0f);
+      mmaRun<FragA, FragBT>(a, A + i0 * LD, LD, 1, B + t * 16 * LD, LD, 1, D);
+      wmma::store_matrix_sync(F + i0 * LDF + t * 16, a, LDF, wmma::mem_row_major);
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < C * C; e += blockDim.x) {
+    int i = e / C, j = e % C;
+    float d = j <= i ? dpow(lambda, static_cast<float>(i - j)) : 0.0f;
+    Mb[i * LDC + j] = __float2bfloat16(Mf[i * LDF + j] * d);
+    Nb[i * LDC + j] = __float2bfloat16(Nf[i * LDF + j] * d);
+  }
+  __syncthreads();
+  stage<D, LD>(Gd, gb, P, C, [&](int i) { return rc[i] * dpow(lambda, static_cast<float>(i)); });
+  stage<D, LD>(Kd, kb, P, C, tail);
+  __syncthreads();
+  // Each output [C, D]: warp w computes rows 16(w/2).., columns 64(w%2)..
+  int i0 = (warp >> 1) * 16;
+  for (int t = 0; t < 4; t++) {
+    int x0 = (warp & 1) * 64 + t * 16;
+    Acc a;
+    wmma::fill_fragment(a, 0.0f);
+    mmaRun<FragA, FragB>(a, Mb + i0 * LDC, LDC, 1, Ks + x0, LD, LD, C);         // M K
+    mmaRun<FragA, FragBT>(a, Gd + i0 * LD, LD, 1, Ss + x0 * LD, LD, 1, D);      // γ^i G Sᵀ
+    wmma::store_matrix_sync(dq + rowAt(bh, H, T, c0 + i0, D) + x0, a, static_cast<unsigned>(P), wmma::mem_row_major);
+    wmma::fill_fragment(a, 0.0f);
+    mmaRun<FragAT, FragB>(a, Mb + i0, LDC, LDC, Qs + x0, LD, LD, C);           // Mᵀ Q
+    mmaRun<FragA, FragBT>(a, Vd + i0 * LD, LD, 1, Rs + x0 * LD, LD, 1, D);      // γ^(C−1−i) V Rᵀ
+    wmma::store_matrix_sync(dk + rowAt(bh, H, T, c0 + i0, D) + x0, a, static_cast<unsigned>(P), wmma::mem_row_major);
+    wmma::fill_fragment(a, 0.0f);
+    mmaRun<FragAT, FragB>(a, Nb + i0, LDC, LDC, Gs + x0, LD, LD, C);           // Nᵀ G
+    mmaRun<FragA, FragB>(a, Kd + i0 * LD, LD, 1, Rs + x0, LD, LD, D);           // γ^(C−1−i) K R
+    wmma::store_matrix_sync(dv + rowAt(bh, H, T, c0 + i0, D) + x0, a, static_cast<unsigned>(P), wmma::mem_row_major);
+  }
+}
+
+constexpr size_t kLocalSmem = 2 * C * LD * sizeof(bf16);
+constexpr size_t kOutputSmem = (3 * C * LD + D * LD + C * LDC) * sizeof(bf16) + (C * LDF + C) * sizeof(float);
+constexpr size_t kGradSmem = (5 * C * LD + 2 * D * LD + 2 * C * LDC) * sizeof(bf16) + 2 * C * LDF * sizeof(float);
+static_assert(C * LDF * sizeof(float) >= C * LD * sizeof(bf16), "γ^i G and γ^(C−1−i) K reuse M's and N's floats");
+
+}  // namespace tc
+
+// The tensor-core kernels take this call: K = V = 128, chunk 64, whole chunks, no initial state or segments.
+bool tensorCoreShape(Dims d, int64_t C) {
+  return d.K == tc::D && d.V == tc::D && C == tc::C && d.T > 0 && d.T % tc::C == 0;
+}
+
+// The states entering each chunk (float32 [BH, nC, K, V]): local states on tensor cores, then the float32 scan.
+template <bool Reverse>
+void tcStates(const float* X, const float* Y, const float* rY, const Heads& hs, float* slots, Dims d) {
+  int64_t nC = d.T / tc::C;
+  smemOrThrow(tc::kLocalSmem, "retention (tensor cores)", reinterpret_cast<const void*>(tc::tcLocalKernel<Reverse>));
+  tc::tcLocalKernel<Reverse><<<dim3(static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(nC)), 256, tc::kLocalSmem,
+                               stream()>>>(X, Y, rY, hs, slots, d.H, d.T, nC);
+  checkLaunch("retention local states (tensor cores)");
+  dim3 sg(static_cast<unsigned>((d.K * d.V + kThreads - 1) / kThreads), static_cast<unsigned>(d.B * d.H));
+  scanKernel<Reverse><<<sg, kThreads, 0, stream()>>>(slots, hs, d.H, d.K * d.V, tc::C, nC,
+                                                     SeqArgs{0, d.T, nullptr, nullptr}, false);
+  checkLaunch("retention scan");
+}
+
+// Chunkwise forward on tensor cores; ws as the float32 kernel's: the states, then σ.
+void tcForward(const float* q, const float* k, const float* v, const Heads& hs, float* o, float* r, float* ws, Dims d,
+               bool normalize) {
+  int64_t nC = d.T / tc::C, BH = d.B * d.H;
   float* slots = ws;
-  float* sigma = ws + d.B * d.H * nC * d.K * d.V;
-  states(k, v, nullptr, hs, slots, d, C, false, false);
-  sigmaKernel<<<dim3(static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(nC)), kThreads, 0, stream()>>>(
-      slots, hs, sigma, d.H, d.K, d.V, C, nC);
-  checkLaunch("retention sigma");
-  size_t bytes = (2 * C * d.K + C * d.V + C * C + C) * sizeof(float);
-  smemOrThrow(bytes, "retention (chunkwise)", reinterpret_cast<const void*>(chunkOutputKernel));
-  chunkOutputKernel<<<dim3(static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(nC)), kThreads, bytes,
-                      stream()>>>(q, k, v, slots, sigma, hs, o, r, d.H, d.T, d.K, d.V, C, nC);
-  checkLaunch("retention (chunkwise)");
+  float* sigma = ws + BH * nC * tc::D * tc::D;
+  tcStates<false>(k, v, nullptr, hs, slots, d);
+  if (normalize) {
+    sigmaKernel<<<dim3(static_cast<unsigned>(BH), static_cast<unsigned>(nC)), kThreads, 0, stream()>>>(
+        slots, hs, sigma, d.H, d.K, d.V, tc::C, nC);
+    checkLaunch("retention sigma");
+  }
+  smemOrThrow(tc::kOutputSmem, "retention (tensor cores)", reinterpret_cast<const void*>(tc::tcOutputKernel));
+  tc::tcOutputKernel<<<dim3(static_cast<unsigned>(BH), static_cast<unsigned>(nC)), 256, tc::kOutputSmem, stream()>>>(
+      q, k, v, slots, sigma, hs, o, r, d.H, d.T, nC, normalize);
+  checkLaunch("retention (chunkwise, tensor cores)");
+}
+
+
+// The states after each sequence of the launch (every element of finalState and finalScale).
+void finalStates(const float* k, const float* v, const Heads& hs, Dims d, bool normalize, const SeqArgs& sa,
+                 float* finalState, float* finalScale) {
+  if (d.B * d.H == 0) return;
+  stateKernel<<<dim3(static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(std::max<int64_t>(d.K, 1))), 128, 0,
+                stream()>>>(k, v, hs, finalState, finalScale, d.H, d.T, d.K, d.V, normalize, sa);
+  checkLaunch("retention state");
+}
+
+// One launch's sequences (see SeqArgs), both forms: o, r and, when asked for, the states after them.
+void forwardSequences(bool chunkwise, const float* q, const float* k, const float* v, const Heads& hs, float* o,
+                      float* r, float* ws, Dims d, int64_t C, bool normalize, const SeqArgs& sa, float* finalState,
+                      float* finalScale) {
+  int64_t BH = d.B * d.H;
+  if (BH > 0 && d.T > 0 && !chunkwise) {
+    if (d.V > kParallelThreads * kParallelCols)
+      throw CudaError("retention (parallel): value dims up to 512 on cuda, got " + std::to_string(d.V));
+    dim3 grid(static_cast<unsigned>(BH), static_cast<unsigned>(d.T));
+    parallelKernel<<<grid, kParallelThreads, 0, stream()>>>(q, k, v, hs, o, r, d.H, d.T, d.K, d.V, normalize, sa);
+    checkLaunch("retention (parallel)");
+  } else if (BH > 0 && d.T > 0) {
+    int64_t Cn = C;  // the normalisers' chunk (sigma) even where the sequence is shorter
+    C = clampChunk(C, d.T);
+    int64_t nC = chunks(d.T, C);
+    float* slots = ws;
+    float* sigma = ws + BH * nC * d.K * d.V;
+    states(k, v, nullptr, hs, slots, d, C, false, false, sa, normalize);
+    sigmaKernel<<<dim3(static_cast<unsigned>(BH), static_cast<unsigned>(nC)), kThreads, 0, stream()>>>(
+        slots, hs, sigma, d.H, d.K, d.V, Cn, nC);
+    checkLaunch("retention sigma");
+    size_t bytes = (2 * C * d.K + C * d.V + C * C + C) * sizeof(float);
+    smemOrThrow(bytes, "retention (chunkwise)", reinterpret_cast<const void*>(chunkOutputKernel));
+    chunkOutputKernel<<<dim3(static_cast<unsigned>(BH), static_cast<unsigned>(nC)), kThreads, bytes, stream()>>>(
+        q, k, v, slots, sigma, hs, o, r, d.H, d.T, d.K, d.V, C, nC, sa.start, sa.stride);
+    checkLaunch("retention (chunkwise)");
+  }
+  if (finalState) finalStates(k, v, hs, d, normalize, sa, finalState, finalScale);
+}
+
+}  // namespace
+
+void retentionForward(bool chunkwise, const float* q, const float* k, const float* v, const double* gammas, float* o,
+                      float* r, float* ws, Dims d, int64_t C, const RetentionRun& run) {
+  Heads hs = headsOf(gammas, d.H);
+  // Without normalisation every form is the same function; the parallel kernel computes it in float32, the
+  // chunkwise tensor-core kernels in bf16 (when asked for).
+  bool asked = chunkwise;
+  chunkwise = chunkwise && run.normalize;
+  if (run.tensorCores && (asked || !run.normalize) && !run.initState && run.segments.empty() &&
+      tensorCoreShape(d, C) && d.B * d.H > 0) {
+    tcForward(q, k, v, hs, o, r, ws, d, run.normalize);
+    if (run.finalState)
+      finalStates(k, v, hs, d, run.normalize, SeqArgs{0, d.T, nullptr, nullptr}, run.finalState, run.finalScale);
+    return;
+  }
+  if (run.segments.empty()) {
+    SeqArgs sa{0, d.T, run.initState, run.initScale};
+    forwardSequences(chunkwise, q, k, v, hs, o, r, ws, d, C, run.normalize, sa, run.finalState, run.finalScale);
+    return;
+  }
+  // Packed segments of one batch row: one launch per segment, reusing the workspace (the stream orders them).
+  int64_t start = 0, KV = d.K * d.V;
+  for (size_t i = 0; i < run.segments.size(); i++) {
+    int64_t n = run.segments[i], nh = static_cast<int64_t>(i) * d.H;
+    SeqArgs sa{start, d.T, run.initState ? run.initState + nh * KV : nullptr,
+               run.initScale ? run.initScale + nh : nullptr};
+    forwardSequences(chunkwise, q, k, v, hs, o, r, ws, Dims{1, d.H, n, d.K, d.V}, C, run.normalize, sa,
+                     run.finalState ? run.finalState + nh * KV : nullptr,
+                     run.finalScale ? run.finalScale + nh : nullptr);
+    start += n;
+  }
 }
 
 void retentionBackward(const float* q, const float* k, const float* v, const double* gammas, const float* r,
-                       const float* dO, float* dq, float* dk, float* dv, float* ws, Dims d, int64_t C) {
+                       const float* dO, float* dq, float* dk, float* dv, float* ws, Dims d, int64_t C,
+                       bool tensorCores) {
   if (d.B * d.H * d.T == 0) return;
   Heads hs = headsOf(gammas, d.H);
+  if (tensorCores && tensorCoreShape(d, C)) {
+    int64_t nC = d.T / tc::C, BH = d.B * d.H;
+    float* S = ws;
+    float* R = S + BH * nC * tc::D * tc::D;
+    tcStates<false>(k, v, nullptr, hs, S, d);
+    tcStates<true>(q, dO, r, hs, R, d);
+    smemOrThrow(tc::kGradSmem, "retention backward (tensor cores)", reinterpret_cast<const void*>(tc::tcGradKernel));
+    tc::tcGradKernel<<<dim3(static_cast<unsigned>(BH), static_cast<unsigned>(nC)), 256, tc::kGradSmem, stream()>>>(
+        q, k, v, r, dO, S, R, hs, dq, dk, dv, d.H, d.T, nC);
+    checkLaunch("retention backward (tensor cores)");
+    return;
+  }
   C = clampChunk(C, d.T);
   int64_t nC = chunks(d.T, C);
   // Sᵀ and Rᵀ for dq and dk (read along x: coalesced), R for dv (read along y). Measured (v1 → v2, bench/cuda/NOTES.md):
   // reading S and R along x in the [K, V] layout cost about half of the backward.
   int64_t slots = d.B * d.H * nC * d.K * d.V;
   float *ST = ws, *R = ws + slots, *RT = ws + 2 * slots;
-  states(k, v, nullptr, hs, ST, d, C, false, true);
-  states(q, dO, r, hs, R, d, C, true, false);
-  states(q, dO, r, hs, RT, d, C, true, true);
+  SeqArgs whole{0, d.T, nullptr, nullptr};
+  states(k, v, nullptr, hs, ST, d, C, false, true, whole, false);
+  states(q, dO, r, hs, R, d, C, true, false, whole, false);
+  states(q, dO, r, hs, RT, d, C, true, true, whole, false);
   size_t bytes = (2 * C * d.K + 2 * C * d.V + 2 * C * C) * sizeof(float);
   smemOrThrow(bytes, "retention backward", reinterpret_cast<const void*>(chunkGradKernel));
   chunkGradKernel<<<dim3(static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(nC)), kThreads, bytes, stream()>>>(
@@ -431,11 +793,8 @@ void retentionStep(const float* q, const float* k, const float* v, const double*
 
 void retentionState(const float* k, const float* v, const double* gammas, float* state, float* scale, float*, Dims d,
                     bool normalize) {
-  if (d.B * d.H == 0 || d.T == 0) return;  // the zeroed outputs are the empty state (scale 0)
-  Heads hs = headsOf(gammas, d.H);
-  stateKernel<<<dim3(static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(std::max<int64_t>(d.K, 1))), 128, 0, stream()>>>(
-      k, v, hs, state, scale, d.H, d.T, d.K, d.V, normalize);
-  checkLaunch("retention state");
+  if (d.B * d.H == 0) return;
+  finalStates(k, v, headsOf(gammas, d.H), d, normalize, SeqArgs{0, d.T, nullptr, nullptr}, state, scale);
 }
 
 }  // namespace retnet::cuda

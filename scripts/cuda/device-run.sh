@@ -3,6 +3,9 @@
 # carry.sh): unpacks Node and the tree, finds cuBLAS in PyTorch's nvidia packages, then runs the stages named:
 #   info      nvidia-smi, the addon's view of the GPU
 #   test      test/cuda.test.ts (the op suite and the sequence kernels against the reference backend)
+#   vectors   the torchscale and fla vectors through models on the cuda device (their tests' cuda suites)
+#   cli       train a tiny model, then generate from it, with --device cuda
+#   suites    the decode, batch and train bench suites (--quick) on the cuda device; their JSON copied to $OUT
 #   sanitize  the same under compute-sanitizer memcheck
 #   bench     bench/cuda/kernels.ts (quick: bench-quick)
 #   peer      bench/cuda/peer.py (fla chunk_retention, PyTorch SDPA, the ceilings)
@@ -15,6 +18,7 @@ mkdir -p "$out" /tmp/rn
 cd /tmp/rn
 [ -x node ] || { xz -dc "$carry/node.xz" >node && chmod +x node; }
 rm -rf tree && tar xJf "$carry/tree.tar.xz"
+[ -f "$carry/shared.tar.xz" ] && tar xJf "$carry/shared.tar.xz"
 [ -f "$carry/fla.tar.xz" ] && { rm -rf fla && mkdir fla && tar xJf "$carry/fla.tar.xz" -C fla; }
 cublas=$(python3 - <<'PY'
 import glob, os, torch
@@ -35,6 +39,24 @@ for stage in "$@"; do
       echo "cublas: $cublas" | tee -a "$out/info.txt"
       ;;
     test) $node --test --test-reporter=spec dist/test/cuda.test.js 2>&1 | tee "$out/test.log" | tail -40 ;;
+    vectors)
+      $node --test --test-reporter=spec --test-name-pattern="cuda backend" dist/test/torchscale.test.js \
+        dist/test/fla.test.js 2>&1 | tee "$out/vectors.log" | grep -vE "^ +(﹣|-) .*# SKIP" | tail -40
+      ;;
+    cli)
+      head -c 200000 shared/fla-vectors/README.md shared/torchscale-vectors/*.json >/tmp/rn/data.txt
+      { $node dist/src/cli/run.js train --data /tmp/rn/data.txt --preset tiny --steps 20 --out /tmp/rn/run --device cuda &&
+        $node dist/src/cli/run.js generate --model /tmp/rn/run --prompt "The state" --max-tokens 32 --device cuda; } \
+        2>&1 | tee "$out/cli.log" | tail -12
+      ;;
+    suites)
+      for s in decode batch train; do
+        timeout ${SUITE_TIMEOUT:-170} $node dist/src/cli/run.js bench $s --quick --device cuda --out /tmp/rn/suites \
+          >"$out/suite-$s.log" 2>&1
+        echo "bench $s: exit $?"; tail -c 2500 "$out/suite-$s.log"
+        cp /tmp/rn/suites/bench/results/$s*.json "$out/" 2>/dev/null
+      done
+      ;;
     sanitize)
       timeout ${SANITIZE_TIMEOUT:-300} compute-sanitizer --tool memcheck --print-limit 20 $node dist/test/cuda.test.js >"$out/sanitize.log" 2>&1
       echo "compute-sanitizer exit $?"; grep -E "ERROR SUMMARY|^# (pass|fail)" "$out/sanitize.log" | tail -5

@@ -9,15 +9,30 @@ import { kernelsOf } from '../backend/kernels.js';
 
 export type BackwardFn = (grads: (Tensor | null)[]) => (Tensor | null)[];
 
+/** What a node keeps for its backward beyond the identity of its inputs and outputs. */
+export interface SavedTensors {
+  /** The tensors its backward reads (default: all inputs and outputs). Others may be freed once their owner is done. */
+  saved?: Tensor[];
+  /**
+   * Recomputes the node's single output from the saved tensors (a cheap elementwise or norm kernel): such an output
+   * is freed as soon as its owner releases it, and recomputed when a later node's backward needs it.
+   */
+  recompute?: () => Tensor;
+}
+
 interface TapeNode {
   op: string;
   inputs: Tensor[];
   outputs: Tensor[];
   backward: BackwardFn;
+  saved: Tensor[];
+  recompute: (() => Tensor) | null;
 }
 
 let tape: TapeNode[] = [];
 let gradDepthDisabled = 0;
+/** The node that produced each recomputable output (its recompute reads that node's saved tensors). */
+const producers = new WeakMap<Tensor, TapeNode>();
 
 /** True while ops record on the tape (not inside `noGrad`). */
 export function gradEnabled(): boolean {
@@ -41,13 +56,78 @@ export function needsGrad(...inputs: (Tensor | null | undefined)[]): boolean {
   return false;
 }
 
-/** Appends a node; marks the outputs as requiring gradients. Call only when `needsGrad(...)` is true. */
-export function record(op: string, inputs: Tensor[], outputs: Tensor[], backward: BackwardFn): void {
+/**
+ * Appends a node; marks the outputs as requiring gradients. Call only when `needsGrad(...)` is true. `keep.saved`
+ * lists what the backward reads (default: every input and output), so that the rest can be freed early; see
+ * `release`.
+ */
+export function record(
+  op: string,
+  inputs: Tensor[],
+  outputs: Tensor[],
+  backward: BackwardFn,
+  keep: SavedTensors = {},
+): void {
   for (const o of outputs) {
     o.requiresGrad = true;
     o.fromOp = true;
   }
-  tape.push({ op, inputs, outputs, backward });
+  const saved = [...new Set(keep.saved ?? [...inputs, ...outputs])];
+  for (const t of saved) t.tapeRefs++;
+  const node: TapeNode = { op, inputs, outputs, backward, saved, recompute: keep.recompute ?? null };
+  if (node.recompute) {
+    if (outputs.length !== 1) throw new RetnetError(`record: ${op} recomputes one output, it has ${outputs.length}`);
+    producers.set(outputs[0]!, node);
+  }
+  tape.push(node);
+}
+
+/** Whether t's producer can recompute it (SavedTensors.recompute) while its backward has yet to run. */
+export function recomputable(t: Tensor): boolean {
+  return producers.has(t);
+}
+
+/** Frees t if its owner released it and no node keeps it for a backward that has yet to run. */
+function freeIfUnneeded(t: Tensor): void {
+  if (t.released && t.tapeRefs === 0) t.drop();
+}
+
+/** A node is done (its backward ran, or it left the tape): what it kept may go. */
+function retire(node: TapeNode): void {
+  for (const t of node.saved) {
+    t.tapeRefs--;
+    freeIfUnneeded(t);
+  }
+  for (const o of node.outputs) producers.delete(o);
+}
+
+/**
+ * Frees intermediates their owner (model code) is done with. Outside the graph (no gradient) a tensor is disposed at
+ * once. A graph member keeps its place in the graph (its identity routes gradients) but loses its storage: at once
+ * when no recorded node reads it in its backward or it can be recomputed (SavedTensors.recompute), else when the last
+ * node that reads it has run its backward. So a training step holds only what its backward needs.
+ */
+export function release(...ts: Tensor[]): void {
+  for (const t of ts) {
+    if (!t.requiresGrad) {
+      if (t.tapeRefs === 0) t.dispose();
+      else t.released = true;
+      continue;
+    }
+    if (!t.fromOp || t.disposed) continue; // a leaf (parameter) belongs to its module
+    t.released = true;
+    if (t.tapeRefs === 0 || producers.has(t)) t.drop();
+  }
+}
+
+/** Gives a dropped tensor its values back by rerunning its producer's recompute (after its own saved tensors). */
+function materialize(t: Tensor): void {
+  if (!t.dropped) return;
+  const node = producers.get(t);
+  if (!node)
+    throw new RetnetError(`backward: a tensor of shape ${formatShape(t.shape)} was freed and cannot be recomputed`);
+  for (const s of node.saved) materialize(s);
+  t.refill(noGrad(node.recompute!));
 }
 
 /** Number of nodes on the tape (for tests and diagnostics). */
@@ -55,14 +135,26 @@ export function tapeLength(): number {
   return tape.length;
 }
 
-/** Drops every node: a forward pass that will not be differentiated leaves nothing behind. */
-export function clearTape(): void {
-  tape = [];
+/** The nodes on the tape, oldest first (diagnostics: bench trainmem attributes live memory to the ops). */
+export function tapeNodes(): readonly { op: string; inputs: readonly Tensor[]; outputs: readonly Tensor[] }[] {
+  return tape;
 }
 
-// Nodes whose outputs a scope disposed can never take part in a backward pass.
+/** Drops every node: a forward pass that will not be differentiated leaves nothing behind. */
+export function clearTape(): void {
+  const nodes = tape;
+  tape = [];
+  nodes.forEach(retire);
+}
+
+// Nodes whose outputs a scope disposed (not merely dropped by the tape) can never take part in a backward pass.
 onScopeExit(() => {
-  if (tape.length > 0) tape = tape.filter((n) => !n.outputs.some((o) => o.disposed));
+  if (tape.length === 0) return;
+  const dead = (n: TapeNode) => n.outputs.some((o) => o.disposed && !o.dropped);
+  const gone = tape.filter(dead);
+  if (gone.length === 0) return;
+  tape = tape.filter((n) => !dead(n));
+  gone.forEach(retire);
 });
 
 /**
@@ -97,8 +189,13 @@ export function backward(loss: Tensor, seed?: Tensor): void {
   for (let i = nodes.length - 1; i >= 0; i--) {
     const node = nodes[i]!;
     const outGrads = node.outputs.map((o) => grads.get(o) ?? null);
-    if (outGrads.every((g) => g === null)) continue;
+    if (outGrads.every((g) => g === null)) {
+      retire(node);
+      continue;
+    }
+    for (const t of node.saved) materialize(t);
     const inGrads = node.backward(outGrads);
+    retire(node);
     for (const o of node.outputs) {
       const g = grads.get(o);
       if (g) release(g);

@@ -88,6 +88,18 @@ export interface Kernels {
   // Normalisation over the last dim; statistics are [rows].
   rmsNorm(x: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor };
   rmsNormBackward(x: Tensor, w: Tensor | null, rstd: Tensor, g: Tensor): { dx: Tensor; dw: Tensor | null };
+  /**
+   * RetNet's gated per-head norm in one pass: y = rmsNorm(x, w) ⊙ silu(gate), gate the shape of x. The backward
+   * recomputes the normalised x and the gate's swish from x, rstd and gate (nothing else is stored).
+   */
+  gatedRmsNorm(x: Tensor, gate: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor };
+  gatedRmsNormBackward(
+    x: Tensor,
+    gate: Tensor,
+    w: Tensor | null,
+    rstd: Tensor,
+    g: Tensor,
+  ): { dx: Tensor; dgate: Tensor; dw: Tensor | null };
 
   softmax(x: Tensor): Tensor;
   softmaxBackward(y: Tensor, g: Tensor): Tensor;
@@ -215,6 +227,8 @@ export const KERNEL_INFO: Record<KernelName, { inPlace: readonly number[]; stats
   activationBackward: { inPlace: [] },
   rmsNorm: { inPlace: [], stats: ['rstd'] },
   rmsNormBackward: { inPlace: [] },
+  gatedRmsNorm: { inPlace: [], stats: ['rstd'] },
+  gatedRmsNormBackward: { inPlace: [] },
   softmax: { inPlace: [] },
   softmaxBackward: { inPlace: [] },
   crossEntropy: { inPlace: [], stats: ['lse'] },

@@ -6,7 +6,10 @@
 
 import { Command as Commander, CommanderError, InvalidArgumentError, Option } from 'commander';
 
+import { setBackend } from '../backend/select.js';
 import { RetnetError } from '../errors.js';
+import { SIZE_BOUNDS } from '../models/bounds.js';
+import { RETNET_DEFAULTS, configuredForm } from '../models/retnet/config.js';
 import { WEIGHT_FORMATS } from '../quant/formats.js';
 
 /** A user error on the command line: printed as one line with a pointer to the command's help, exit code 2. */
@@ -173,6 +176,36 @@ export const WEIGHTS_FLAG = {
   }),
 };
 
+/**
+ * `--device` (train, generate, serve, eval, logits, the bench suites): the device every model and tensor of the
+ * command is made on, applied by defineCommand before the command runs (the same choice as RETNET_BACKEND).
+ */
+export const DEVICE_FLAG = {
+  device: text('the device to compute on: cpu, cuda, reference, or another registered one', {
+    placeholder: 'name',
+    nonEmpty: true,
+    defaultHelp: 'cpu when its addon loads, else reference',
+  }),
+};
+
+/**
+ * `--form` and `--chunk-size` (train, eval, logits): a RetNet's retention form for full-sequence passes (of `forms`,
+ * what the command can run) and the chunk size of the chunkwise form. Not given, the model's config decides
+ * (chunkwise_recurrent, recurrent_chunk_size; a new model: RetNetConfig's defaults).
+ */
+export function formFlags<const F extends string>(forms: readonly F[]) {
+  return {
+    form: choice('RetNet only: the retention form of the pass', forms, {
+      defaultHelp: `the model config's (a new RetNet: ${configuredForm(RETNET_DEFAULTS)})`,
+    }),
+    'chunk-size': int('RetNet only: the chunk size of the chunkwise form', {
+      min: 1,
+      max: SIZE_BOUNDS.chunkSize,
+      defaultHelp: `the model config's (a new RetNet: ${RETNET_DEFAULTS.chunkSize})`,
+    }),
+  };
+}
+
 /** What a command's `run` receives: the flag values (defaults applied), positionals, and which flags were given. */
 export interface Parsed<F extends Flags> {
   values: FlagValues<F>;
@@ -275,6 +308,8 @@ export function defineCommand<F extends Flags>(spec: CommandSpec<F>): Command {
       for (const [name, flag] of Object.entries(spec.flags))
         if (flag.required && values[name] === undefined)
           cmd.error(`error: --${name} is required`, { code: 'retnet.missingFlag', exitCode: 2 });
+      const device = (values as { device?: unknown }).device;
+      if ('device' in spec.flags && typeof device === 'string') setBackend(device);
       result.code = await run({ values, positionals: cmd.args, given });
     });
     return c;

@@ -12,8 +12,8 @@ import { RetNetModel } from '../models/retnet/model.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { ShardReader, prepareData } from '../train/data.js';
 import { evaluate } from '../train/evaluate.js';
-import { UsageError, WEIGHTS_FLAG, choice, defineCommand, int, text } from './command.js';
-import { DATA_FLAGS, DEFAULT_CACHE, type RunSettings, checkBatchTokens } from './train.js';
+import { DEVICE_FLAG, UsageError, WEIGHTS_FLAG, choice, defineCommand, int, text } from './command.js';
+import { DATA_FLAGS, DEFAULT_CACHE, FORM_FLAGS, type RunSettings, checkBatchTokens } from './train.js';
 
 const SPLITS = ['val', 'train', 'all'] as const;
 
@@ -23,9 +23,11 @@ export const evalCommand = defineCommand({
   flags: {
     model: text('the model directory', { placeholder: 'dir', required: true, nonEmpty: true }),
     ...DATA_FLAGS,
+    ...FORM_FLAGS,
     data: text(DATA_FLAGS.data.help, { placeholder: 'path|brown', required: true, nonEmpty: true }),
     split: choice('which split to evaluate', SPLITS, { default: 'val' }),
     ...WEIGHTS_FLAG,
+    ...DEVICE_FLAG,
     'max-batches': int('stop after this many batches', { min: 1, max: Number.MAX_SAFE_INTEGER, defaultHelp: 'all' }),
   },
   epilog:
@@ -48,11 +50,9 @@ export const evalCommand = defineCommand({
     if (!tokenizer)
       throw new FormatError(`${dir}: no tokenizer.json; eval needs the tokenizer the model was trained with`);
     let forward = (ids: Tensor) => model.forward(ids);
-    if (model instanceof RetNetModel) {
-      const form = given('form') ? v.form : model.config.chunkwiseRecurrent ? 'chunkwise' : 'parallel';
-      const chunkSize = given('chunk-size') ? v['chunk-size'] : model.config.chunkSize;
-      forward = (ids) => model.forward(ids, { form, chunkSize });
-    } else if (given('form') || given('chunk-size')) {
+    if (model instanceof RetNetModel)
+      forward = (ids) => model.forward(ids, { form: v.form, chunkSize: v['chunk-size'] });
+    else if (given('form') || given('chunk-size')) {
       model.dispose();
       throw new UsageError(`eval: --form and --chunk-size apply to RetNet models, not to a ${model.arch}`);
     }

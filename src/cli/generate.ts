@@ -12,7 +12,7 @@ import { HfTokenizer } from '../tokenizer/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { TemplateTokens } from '../server/chat.js';
 import type { WeightFormat } from '../quant/formats.js';
-import { UsageError, WEIGHTS_FLAG, bool, defineCommand, int, num, text } from './command.js';
+import { DEVICE_FLAG, UsageError, WEIGHTS_FLAG, bool, defineCommand, int, num, text } from './command.js';
 
 /** What generation needs from a model directory. */
 export interface LoadedForGeneration {
@@ -170,6 +170,7 @@ export const generateCommand = defineCommand({
     stop: text('stop when the text contains this string'),
     'ignore-eos': bool('keep generating past the end-of-text token'),
     ...WEIGHTS_FLAG,
+    ...DEVICE_FLAG,
   },
   async run({ values }) {
     const sampling: SamplingOptions = {

@@ -4,12 +4,19 @@
 import { getBackend } from '../backend/index.js';
 import { noGrad } from '../autograd/tape.js';
 import { loadModelDir } from '../io/model-dir.js';
-import { SIZE_BOUNDS } from '../models/bounds.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { tidy } from '../tensor/scope.js';
-import { UsageError, WEIGHTS_FLAG, choice, defineCommand, int, intItem, list, text } from './command.js';
-
-const FORMS = ['parallel', 'recurrent', 'chunkwise'] as const;
+import {
+  DEVICE_FLAG,
+  UsageError,
+  WEIGHTS_FLAG,
+  choice,
+  defineCommand,
+  formFlags,
+  intItem,
+  list,
+  text,
+} from './command.js';
 
 /**
  * Streams `{"logits": [[...], ...]}` to stdout a few rows per write, so the cost is linear in the number of values and
@@ -40,13 +47,9 @@ export const logitsCommand = defineCommand({
       ...list('token ids, comma-separated', intItem(0, 2 ** 31 - 1), { placeholder: 'ids', maxItems: 2 ** 20 }),
       required: true,
     },
-    form: choice('RetNet only: the form of the pass', FORMS, { default: 'parallel' }),
-    'chunk-size': int('RetNet only: the chunk size of the chunkwise form', {
-      min: 1,
-      max: SIZE_BOUNDS.chunkSize,
-      defaultHelp: "the model's",
-    }),
+    ...formFlags(['parallel', 'recurrent', 'chunkwise']),
     ...WEIGHTS_FLAG,
+    ...DEVICE_FLAG,
     dtype: choice('float64 runs on the reference backend', ['float32', 'float64'] as const, { default: 'float32' }),
   },
   async run({ values, given }) {
@@ -64,8 +67,7 @@ export const logitsCommand = defineCommand({
     const V = model.vocabSize;
     let flat: ArrayLike<number>;
     if (model instanceof RetNetModel) {
-      const form = values.form;
-      const chunkSize = values['chunk-size'] ?? model.config.chunkSize;
+      const { form, 'chunk-size': chunkSize } = values;
       if (form === 'recurrent') {
         const state = model.emptyState(1);
         const out = new Float64Array(tokens.length * V);

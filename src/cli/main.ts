@@ -17,6 +17,7 @@ import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
 import { logitsCommand } from './logits.js';
 import { plotCommand } from './plot.js';
+import { quantizeCommand } from './quantize.js';
 import { serveCommand } from './serve.js';
 import { trainCommand } from './train.js';
 
@@ -28,6 +29,7 @@ export const commands: Command[] = [
   generateCommand,
   serveCommand,
   logitsCommand,
+  quantizeCommand,
   plotCommand,
   benchCommand,
 ];

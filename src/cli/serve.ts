@@ -11,7 +11,18 @@ import { InvalidArgumentError } from 'commander';
 import { RetnetError } from '../errors.js';
 import { PREFILL_CHUNK } from '../generate/scheduler.js';
 import { LOG_LEVELS, startServer } from '../server/server.js';
-import { type Flag, UsageError, WEIGHTS_FLAG, bool, choice, defineCommand, int, list, text } from './command.js';
+import {
+  type Flag,
+  DEVICE_FLAG,
+  UsageError,
+  WEIGHTS_FLAG,
+  bool,
+  choice,
+  defineCommand,
+  int,
+  list,
+  text,
+} from './command.js';
 import { loadForGeneration } from './generate.js';
 
 const HOSTNAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i;
@@ -68,6 +79,7 @@ export const serveCommand = defineCommand({
     ),
     'chat-template': text('a chat template file', { placeholder: 'file', defaultHelp: "the model directory's" }),
     ...WEIGHTS_FLAG,
+    ...DEVICE_FLAG,
     'log-level': choice('request logs on stderr; stack traces only at debug', LOG_LEVELS, { default: 'info' }),
   },
   async run({ values }) {

@@ -10,8 +10,8 @@ import { dirname, join, resolve } from 'node:path';
 import { writeFileAtomic } from '../io/atomic.js';
 import { loadModelDir, readTokenizerFile, saveModelDir } from '../io/model-dir.js';
 import { ARCHS, type Arch, createModel } from '../models/registry.js';
-import { SIZE_BOUNDS } from '../models/bounds.js';
-import { RETNET_PRESETS, retnetPreset } from '../models/retnet/config.js';
+import { PRESETS } from '../models/presets.js';
+import { RETNET_DEFAULTS, configuredForm, retnetPreset } from '../models/retnet/config.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { transformerPreset } from '../models/transformer/config.js';
 import { ConfigError } from '../errors.js';
@@ -23,6 +23,7 @@ import { TRAIN_DEFAULTS, type TrainConfig, train, trainConfig } from '../train/t
 import { InvalidArgumentError } from 'commander';
 
 import {
+  DEVICE_FLAG,
   type Flag,
   type FlagValues,
   type Parsed,
@@ -30,6 +31,7 @@ import {
   bool,
   choice,
   defineCommand,
+  formFlags,
   int,
   num,
   text,
@@ -111,18 +113,17 @@ export const DATA_FLAGS = {
   }),
   'seq-len': int('tokens per sequence', { min: 1, max: 65536, default: D.seqLen }),
   batch: int('sequences per micro-batch', { min: 1, max: 4096, default: D.batch }),
-  form: choice('RetNet only: the form of the full-sequence pass', FORMS, { default: 'parallel' }),
-  'chunk-size': int('RetNet only: the chunk size of the chunkwise form', {
-    min: 1,
-    max: SIZE_BOUNDS.chunkSize,
-    default: 64,
-  }),
 };
+
+/** The forms a training or evaluation pass runs (shared with `retnet eval`). */
+export const FORM_FLAGS = formFlags(FORMS);
 
 const FLAGS = {
   ...DATA_FLAGS,
+  ...DEVICE_FLAG,
+  ...FORM_FLAGS,
   arch: choice('the architecture', ARCHS, { default: 'retnet' }),
-  preset: choice('the model size', Object.keys(RETNET_PRESETS), { default: 'tiny' }),
+  preset: choice('the model size', Object.keys(PRESETS), { default: 'tiny' }),
   steps: int('optimizer steps', { min: 1, max: MAX_STEPS }),
   out: text('the run directory (also a model directory)', { placeholder: 'dir', required: true, nonEmpty: true }),
   resume: bool('continue the run in --out exactly where its last checkpoint left off'),
@@ -206,8 +207,9 @@ function settingsFromFlags(p: Parsed<typeof FLAGS>, base: RunSettings | null): R
   return {
     arch,
     preset: pick('preset', base?.preset),
-    form: isRetNet ? pick('form', base?.form ?? undefined) : null,
-    chunkSize: isRetNet ? pick('chunk-size', base?.chunkSize ?? undefined) : null,
+    // Not given (nor saved): RetNetConfig's defaults, kept in run.json as what the run trains with.
+    form: isRetNet ? (pick('form', base?.form ?? undefined) ?? configuredForm(RETNET_DEFAULTS)) : null,
+    chunkSize: isRetNet ? (pick('chunk-size', base?.chunkSize ?? undefined) ?? RETNET_DEFAULTS.chunkSize) : null,
     data: {
       source: base !== null && !given('data') ? data : data === 'brown' ? 'brown' : resolve(data),
       tokenizer: pick('tokenizer', d?.tokenizer),

@@ -19,7 +19,10 @@ import { retentionGammas } from '../backend/reference/retention-math.js';
 import { FormatError } from '../errors.js';
 import type { CausalLM } from '../models/lm.js';
 import { modelConfigJSON } from '../models/registry.js';
-import { RetNetModel, rotaryAngles } from '../models/retnet/model.js';
+import { RetNetModel } from '../models/retnet/model.js';
+import { retnetAngles } from '../nn/rotary.js';
+import { weightFormatOf } from '../quant/formats.js';
+import { type QuantPart, isQuantized, quantParts, toSafetensorsDType } from '../tensor/dtype.js';
 import type { TokenizerContext } from '../tokenizer/hf.js';
 import { loadTokenizer } from '../tokenizer/load.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
@@ -27,6 +30,7 @@ import { writeFileAtomic } from './atomic.js';
 import {
   type GenerationDefaults,
   type LoadOptions,
+  QUANTIZED_KEY,
   buildCheckpointModel,
   chatTemplateOf,
   checkTokenizerFits,
@@ -36,7 +40,7 @@ import {
 } from './model-load.js';
 import { type TensorToSave, openWeights, writeSafetensors } from './safetensors.js';
 
-export type { GenerationDefaults, LoadOptions } from './model-load.js';
+export { type GenerationDefaults, type LoadOptions, QUANTIZED_KEY } from './model-load.js';
 
 /** Buffers torchscale keeps in its state_dict (persistent, so `load_state_dict(strict=True)` needs them). */
 function torchscaleBuffers(model: RetNetModel): Map<string, TensorToSave> {
@@ -45,22 +49,52 @@ function torchscaleBuffers(model: RetNetModel): Map<string, TensorToSave> {
   // torchscale computes both in float32; store them as it would.
   const f32 = (xs: ArrayLike<number>) => Array.from(Float32Array.from(xs));
   return new Map<string, TensorToSave>([
-    ['retnet_rel_pos.angle', { dtype: 'F32', shape: [K], data: f32(rotaryAngles(K)) }],
+    ['retnet_rel_pos.angle', { dtype: 'F32', shape: [K], data: f32(retnetAngles(K)) }],
     ['retnet_rel_pos.decay', { dtype: 'F32', shape: [H], data: f32(retentionGammas(H).map(Math.log)) }],
   ]);
 }
 
-/** Writes config.json, model.safetensors (atomically) and tokenizer.json (when given) into dir. */
+/**
+ * Writes config.json, model.safetensors (atomically) and tokenizer.json (when given) into dir. Every parameter is
+ * written as held: float32/float64, bfloat16/float16 as their bits, quantized weights as their scales and codes (named
+ * in the metadata under QUANTIZED_KEY), so the directory loads again without the float checkpoint.
+ */
 export function saveModelDir(dir: string, model: CausalLM, tokenizer?: Tokenizer): void {
   mkdirSync(dir, { recursive: true });
   const tensors = new Map<string, TensorToSave>();
-  for (const [name, t] of model.namedParameters())
-    tensors.set(name, { dtype: t.dtype === 'float64' ? 'F64' : 'F32', shape: t.shape, data: t.data() });
+  const quantized: Record<string, string> = {};
+  for (const [name, t] of model.namedParameters()) {
+    if (isQuantized(t.dtype)) {
+      const bytes = t.device.readStorage(t) as Uint8Array;
+      for (const part of quantParts(t.dtype, t.shape))
+        tensors.set(`${name}.${part.name}`, {
+          dtype: part.dtype,
+          shape: part.shape,
+          data:
+            part.dtype === 'F32' || part.dtype === 'F16'
+              ? partArray(bytes, part)
+              : bytes.subarray(part.offset, part.offset + part.bytes),
+        });
+      quantized[name] = weightFormatOf(t.dtype)!;
+      continue;
+    }
+    const st = toSafetensorsDType(t.dtype) as TensorToSave['dtype'];
+    const bits = t.dtype === 'bfloat16' || t.dtype === 'float16';
+    tensors.set(name, { dtype: st, shape: t.shape, data: bits ? t.device.readStorage(t) : t.data() });
+  }
   if (model instanceof RetNetModel && model.config.format === 'torchscale')
     for (const [n, t] of torchscaleBuffers(model)) tensors.set(n, t);
-  writeSafetensors(join(dir, 'model.safetensors'), tensors, { format: 'pt', arch: model.arch });
+  const metadata: Record<string, string> = { format: 'pt', arch: model.arch };
+  if (Object.keys(quantized).length > 0) metadata[QUANTIZED_KEY] = JSON.stringify(quantized);
+  writeSafetensors(join(dir, 'model.safetensors'), tensors, metadata);
   if (tokenizer) writeFileAtomic(join(dir, 'tokenizer.json'), tokenizer.toJSON());
   writeFileAtomic(join(dir, 'config.json'), `${JSON.stringify(modelConfigJSON(model), null, 2)}\n`);
+}
+
+/** A part of a quantized tensor's bytes as its float array (float32 values, or float16 bits). */
+function partArray(bytes: Uint8Array, part: QuantPart): Float32Array | Uint16Array {
+  const copy = bytes.slice(part.offset, part.offset + part.bytes);
+  return part.dtype === 'F32' ? new Float32Array(copy.buffer) : new Uint16Array(copy.buffer);
 }
 
 /** A JSON file; numbers that overflow to ±Infinity (1e400) are rejected with their key path. */

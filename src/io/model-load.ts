@@ -3,7 +3,8 @@
 // then, with the checkpoint's headers open, the parameter count the config implies must agree with what the
 // checkpoint holds, so a config that contradicts the weights (decoder_layers 65536 over a 2-layer file) fails in
 // milliseconds; then the model is allocated without a random initialisation and filled tensor by tensor
-// (`buildCheckpointModel`), each tensor checked for its shape and for non-finite values.
+// (`buildCheckpointModel`), each tensor checked for its shape and for non-finite values: BF16/F16 weights held as read
+// (where the device holds them), quantized weights (`<name>.scales`/`<name>.codes`) read back checked.
 
 import { getBackend } from '../backend/select.js';
 import { ConfigError, FormatError, ShapeError, formatShape } from '../errors.js';
@@ -15,14 +16,32 @@ import {
   parseModelConfig,
   specParameterCount,
 } from '../models/registry.js';
-import type { WeightFormat } from '../quant/formats.js';
+import type { Device } from '../backend/device.js';
+import { HostDevice } from '../backend/host/device.js';
+import { Embedding, Linear } from '../nn/layers.js';
+import { WEIGHT_DTYPES, WEIGHT_FORMATS, type WeightFormat, isWeightFormat, weightFormatOf } from '../quant/formats.js';
 import { quantizeModel } from '../quant/model.js';
+import {
+  type DType,
+  type QuantizedDType,
+  arrayOver,
+  decode,
+  isQuantized,
+  quantParts,
+  storageBytes,
+} from '../tensor/dtype.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { type LoadedTensor, type Weights, tensorValues } from './safetensors-format.js';
+import { type Weights, tensorValues } from './safetensors-format.js';
 
 export const LOADER_KEYS = new Set(['torch_dtype', 'dtype', 'transformers_version', 'architectures', '_name_or_path']);
 export const isTorchscaleBuffer = (name: string) => name.startsWith('retnet_rel_pos.');
+
+/**
+ * The metadata key of a checkpoint with quantized weights: a JSON object naming the format of each (`{"<name>":
+ * "q4"}`), whose bytes are stored as `<name>.scales` and `<name>.codes` (the parts of src/tensor/dtype.ts).
+ */
+export const QUANTIZED_KEY = 'retnet.quantized';
 
 /** JSON text (`path` names it); numbers that overflow to ±Infinity (1e400) are rejected with their key path. */
 export function parseJSON(text: string, path: string): unknown {
@@ -55,7 +74,13 @@ export interface GenerationDefaults {
 export interface LoadOptions extends Omit<ModelOptions, 'init' | 'seed'> {
   /** Accept NaN/Inf weights (default false: rejected with the tensor's name). */
   allowNonFinite?: boolean;
-  /** Converts every Linear's weight to this format after loading (src/quant/model.ts; `--weights`). */
+  /**
+   * The format every Linear's weight is held in (src/quant; `--weights`). Default: as the checkpoint holds them —
+   * under a float32 model the BF16/F16 weights of Linear and Embedding modules keep their 16-bit bytes as read
+   * (widening them would double the memory and halve decode speed for no accuracy: the products compute in float32
+   * on the exact values either way), quantized weights stay quantized, the rest is float32. 'f32' widens everything.
+   * A format of its own converts after loading (from the 16-bit values where the file holds those).
+   */
   weights?: WeightFormat;
 }
 
@@ -166,16 +191,6 @@ function keyFor(config: Record<string, unknown>, candidates: string[]): string {
   return candidates.find((k) => k in config) ?? candidates[0]!;
 }
 
-function nonFiniteIndex(t: LoadedTensor): number {
-  if (t.bits) {
-    const expMask = t.dtype === 'BF16' ? 0x7f80 : 0x7c00;
-    return t.bits.findIndex((b) => (b & expMask) === expMask);
-  }
-  if (t.data instanceof Float64Array || t.data instanceof Float32Array)
-    return t.data.findIndex((x) => !Number.isFinite(x));
-  return -1;
-}
-
 /** tokenizer_config.json's chat_template: a string, or a list of {name, template} (the "default" one is used). */
 export function chatTemplateOf(v: unknown, source: string): string | null {
   if (v === undefined || v === null) return null;
@@ -210,45 +225,172 @@ function checkTorchscaleBuffers(
     );
 }
 
-/** Copies every parameter from the files, one tensor in memory at a time. */
+/** The quantized weights a checkpoint names in its metadata (QUANTIZED_KEY), with their dtypes. */
+function quantizedWeights(weights: Weights): Map<string, QuantizedDType> {
+  const out = new Map<string, QuantizedDType>();
+  for (const r of weights.readers) {
+    const text = r.metadata[QUANTIZED_KEY];
+    if (text === undefined) continue;
+    let map: unknown;
+    try {
+      map = JSON.parse(text);
+    } catch (e) {
+      throw new FormatError(`${r.path}: __metadata__ '${QUANTIZED_KEY}' is not valid JSON (${(e as Error).message})`);
+    }
+    if (map === null || typeof map !== 'object' || Array.isArray(map))
+      throw new FormatError(`${r.path}: __metadata__ '${QUANTIZED_KEY}' must be an object of tensor name -> format`);
+    for (const [name, format] of Object.entries(map)) {
+      const dtype = typeof format === 'string' && isWeightFormat(format) ? WEIGHT_DTYPES[format] : null;
+      if (dtype === null || !isQuantized(dtype)) {
+        const formats = WEIGHT_FORMATS.filter((f) => isQuantized(WEIGHT_DTYPES[f]));
+        throw new FormatError(
+          `${r.path}: __metadata__ '${QUANTIZED_KEY}' gives tensor '${name}' the format ${JSON.stringify(format)}, ` +
+            `not a quantized one (expected ${formats.join(', ')})`,
+        );
+      }
+      out.set(name, dtype);
+    }
+  }
+  return out;
+}
+
+/** The names a checkpoint stores a quantized weight under (src/tensor/dtype.ts's parts). */
+const partNames = (name: string, dtype: QuantizedDType, shape: readonly number[]) =>
+  quantParts(dtype, shape).map((p) => `${name}.${p.name}`);
+
+/**
+ * A tensor of dtype and shape whose stored bytes `read` fills: straight into the storage of a host device, else
+ * through one host buffer.
+ */
+function storedTensor(
+  device: Device,
+  dtype: DType,
+  shape: readonly number[],
+  read: (into: Uint8Array) => void,
+): Tensor {
+  if (device instanceof HostDevice) {
+    const t = device.empty(shape, dtype);
+    const a = device.raw(t);
+    read(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+    return t;
+  }
+  const bytes = new Uint8Array(storageBytes(dtype, shape));
+  read(bytes);
+  return device.fromStorage(arrayOver(dtype, bytes.buffer), shape, dtype);
+}
+
+/** A quantized weight read from its parts, each checked for its dtype and shape (and finite scales). */
+function readQuantized(
+  weights: Weights,
+  name: string,
+  dtype: QuantizedDType,
+  shape: readonly number[],
+  device: Device,
+  allowNonFinite: boolean,
+): Tensor {
+  const parts = quantParts(dtype, shape);
+  for (const part of parts) {
+    const n = `${name}.${part.name}`;
+    const e = weights.entry(n)!;
+    if (e.dtype !== part.dtype || e.shape.length !== part.shape.length || e.shape.some((d, i) => d !== part.shape[i]))
+      throw new ShapeError(
+        `${weights.fileOf(n)}: tensor '${n}' is ${e.dtype} ${formatShape(e.shape)}; a ${weightFormatOf(dtype)} weight ` +
+          `${formatShape(shape)} stores its ${part.name} as ${part.dtype} ${formatShape(part.shape)}`,
+      );
+  }
+  const t = storedTensor(device, dtype, shape, (into) => {
+    for (const part of parts)
+      weights.readInto(`${name}.${part.name}`, into.subarray(part.offset, part.offset + part.bytes));
+    if (allowNonFinite) return;
+    const scales = parts.find((p) => p.name === 'scales')!;
+    const bytes = into.slice(scales.offset, scales.offset + scales.bytes);
+    const values =
+      scales.dtype === 'F32'
+        ? new Float32Array(bytes.buffer)
+        : decode('float16', new Uint16Array(bytes.buffer), scales.shape);
+    const i = (values as Float32Array).findIndex((x) => !Number.isFinite(x));
+    if (i >= 0)
+      throw new FormatError(
+        `${weights.fileOf(`${name}.scales`)}: tensor '${name}.scales' holds a non-finite scale (${values[i]}) at flat ` +
+          `index ${i} (pass allowNonFinite to load it anyway)`,
+      );
+  });
+  return t;
+}
+
+/** The Linear and Embedding modules holding each tensor as their weight. */
+function weightHolders(model: CausalLM): Map<Tensor, (Linear | Embedding)[]> {
+  const out = new Map<Tensor, (Linear | Embedding)[]>();
+  for (const [, m] of model.namedModules())
+    if (m instanceof Linear || m instanceof Embedding) out.set(m.weight, [...(out.get(m.weight) ?? []), m]);
+  return out;
+}
+
+interface FillOptions {
+  allowNonFinite: boolean;
+  /** Keep BF16/F16 tensors of Linear and Embedding weights as read (under a float32 model, on a device holding them). */
+  keep16: boolean;
+}
+
+/**
+ * Copies every parameter from the files, one tensor in memory at a time. Quantized weights (named in the metadata)
+ * and, with keep16, the 16-bit weights of Linear and Embedding modules are read straight into tensors of their own
+ * dtype, which take the place of the float32 parameters built for them.
+ */
 function fill(
   model: CausalLM,
   weights: Weights,
-  allowNonFinite: boolean,
+  opts: FillOptions,
   config: Record<string, unknown>,
   configPath: string,
 ): void {
   const params = model.namedParameters();
   const files = weights.files.join(', ');
-  const missing = params.filter(([n]) => !weights.entry(n)).map(([n]) => n);
   const built = `the model that ${configPath} describes`;
+  const quantized = quantizedWeights(weights);
+  for (const name of quantized.keys())
+    if (!params.some(([n]) => n === name))
+      throw new FormatError(`${files}: __metadata__ '${QUANTIZED_KEY}' names '${name}', which ${built} does not have`);
+  const stored = (n: string, t: Tensor) => {
+    const q = quantized.get(n);
+    return q ? partNames(n, q, t.shape) : [n];
+  };
+  const missing = params.flatMap(([n, t]) => stored(n, t).filter((s) => !weights.entry(s)));
   if (missing.length > 0)
     throw new FormatError(`${files}: missing tensors ${missing.join(', ')} (${built} has them; do the files match?)`);
-  const known = new Set(params.map(([n]) => n));
+  const known = new Set(params.flatMap(([n, t]) => stored(n, t)));
   const extra = weights.names().filter((n) => !known.has(n) && !isTorchscaleBuffer(n));
   if (extra.length > 0)
     throw new FormatError(`${files}: unexpected tensors ${extra.join(', ')} (${built} has none; do the files match?)`);
+
+  const holders = weightHolders(model);
+  const originals = new Set<Tensor>();
+  const hold = (t: Tensor, nt: Tensor, only?: typeof Linear) => {
+    for (const m of holders.get(t) ?? []) if ((!only || m instanceof only) && m.weight === t) m.setWeight(nt);
+    originals.add(t);
+  };
+  // Quantized weights first (a head tied to the embedding may be quantized while the table is not).
+  for (const [n, t] of params) {
+    const q = quantized.get(n);
+    if (!q) continue;
+    if (!(holders.get(t) ?? []).some((m) => m instanceof Linear))
+      throw new FormatError(
+        `${weights.fileOf(`${n}.codes`)}: '${n}' is stored quantized, but only Linear weights can be`,
+      );
+    hold(t, readQuantized(weights, n, q, t.shape, t.device, opts.allowNonFinite), Linear);
+  }
   const firstName = new Map<Tensor, string>();
   for (const [n, t] of params) {
+    if (quantized.has(n)) continue;
     const e = weights.entry(n)!;
     if (e.shape.length !== t.shape.length || e.shape.some((d, i) => d !== t.shape[i]))
       throw new ShapeError(
         `${weights.fileOf(n)}: tensor '${n}' has shape ${formatShape(e.shape)}, ${built} expects ${formatShape(t.shape)}`,
       );
-    const v = weights.read(n);
-    if (!allowNonFinite) {
-      const i = nonFiniteIndex(v);
-      if (i >= 0)
-        throw new FormatError(
-          `${weights.fileOf(n)}: tensor '${n}' holds a non-finite value (${tensorValues(v)[i]}) at flat index ${i} ` +
-            `(pass allowNonFinite to load it anyway)`,
-        );
-    }
-    const values = tensorValues(v);
     const first = firstName.get(t);
     if (first !== undefined) {
       // A tensor shared under two names (tied embeddings): the file's copies must agree, else the config is wrong.
-      const firstValues = tensorValues(weights.read(first));
+      const [values, firstValues] = [tensorValues(weights.read(n)), tensorValues(weights.read(first))];
       if (values.some((x, i) => x !== firstValues[i]))
         throw new ConfigError(
           `${configPath}: ${keyFor(config, ['tie_word_embeddings', 'share_decoder_input_output_embed', 'tiedEmbeddings'])} ` +
@@ -257,8 +399,43 @@ function fill(
       continue;
     }
     firstName.set(t, n);
-    t.device.write(t, values);
+    const dtype16 = e.dtype === 'BF16' ? 'bfloat16' : e.dtype === 'F16' ? 'float16' : null;
+    // A device that holds no tensors of that dtype (cuda, webgpu) gets them widened to float32.
+    if (opts.keep16 && dtype16 && t.dtype === 'float32' && holders.has(t) && t.device.supportsDType(dtype16)) {
+      const nt = storedTensor(t.device, dtype16, t.shape, (into) => {
+        weights.readInto(n, into);
+        if (!opts.allowNonFinite)
+          checkFinite(weights, n, new Uint16Array(into.buffer, into.byteOffset, t.size), e.dtype);
+      });
+      hold(t, nt);
+      continue;
+    }
+    const v = weights.read(n);
+    if (!opts.allowNonFinite) checkFinite(weights, n, v.bits ?? v.data, e.dtype);
+    t.device.write(t, tensorValues(v));
   }
+  // The float32 tensors built for weights now held otherwise (untouched zeros: no resident memory) go.
+  const live = new Set(model.parameters());
+  for (const t of originals) if (!live.has(t)) t.dispose();
+}
+
+/** A tensor's stored values must be finite (16-bit patterns checked by their exponent bits). */
+function checkFinite(weights: Weights, n: string, data: ArrayLike<number>, dtype: string): void {
+  let i = -1;
+  if (data instanceof Uint16Array) {
+    const expMask = dtype === 'BF16' ? 0x7f80 : 0x7c00;
+    i = data.findIndex((b) => (b & expMask) === expMask);
+  } else if (data instanceof Float64Array || data instanceof Float32Array)
+    i = data.findIndex((x) => !Number.isFinite(x));
+  if (i < 0) return;
+  const value =
+    data instanceof Uint16Array
+      ? decode(dtype === 'BF16' ? 'bfloat16' : 'float16', data.subarray(i, i + 1), [1])[0]
+      : data[i];
+  throw new FormatError(
+    `${weights.fileOf(n)}: tensor '${n}' holds a non-finite value (${value}) at flat index ${i} ` +
+      `(pass allowNonFinite to load it anyway)`,
+  );
 }
 
 /** A config.json as parsed and validated, before any weights are read. */
@@ -288,7 +465,7 @@ export function checkpointSpec(raw: unknown, configPath: string): CheckpointSpec
   return { config, spec, modelType, storedDType: storedDType as string | null };
 }
 
-/** The model of a checked config filled from its checkpoint. Tensors of F64/F32/F16/BF16 load into opts.dtype. */
+/** The model of a checked config filled from its checkpoint (dtypes as LoadOptions.weights says). */
 export function buildCheckpointModel(
   { config, spec }: CheckpointSpec,
   configPath: string,
@@ -301,7 +478,13 @@ export function buildCheckpointModel(
   // is then bounded by the checkpoint's own size.
   const names = weights.names();
   const stored = names.filter((n) => !isTorchscaleBuffer(n));
-  const held = stored.reduce((a, n) => a + weights.entry(n)!.shape.reduce((x, y) => x * y, 1), 0);
+  // Quantized weights count their codes (two per byte for q4).
+  const held = stored.reduce((a, n) => {
+    const count = weights.entry(n)!.shape.reduce((x, y) => x * y, 1);
+    return (
+      a + (n.endsWith('.scales') ? 0 : n.endsWith('.codes') && weights.entry(n)!.dtype === 'U8' ? 2 * count : count)
+    );
+  }, 0);
   const wanted = specParameterCount(spec);
   if (wanted > 2 * held) throw new ShapeError(sizeMismatch(spec, config, configPath, weights, stored, wanted, held));
   if (spec.arch === 'retnet' && names.some(isTorchscaleBuffer)) checkTorchscaleBuffers(spec.config, weights, config);
@@ -309,7 +492,9 @@ export function buildCheckpointModel(
   // 2. Allocate (no random init) and fill tensor by tensor.
   const model = buildModel(spec, { ...opts, backend: opts.backend ?? getBackend(), init: false });
   try {
-    fill(model, weights, opts.allowNonFinite ?? false, config, configPath);
+    // Weights stay in the checkpoint's 16-bit dtype unless a format is asked for (see LoadOptions.weights).
+    const keep16 = opts.weights !== 'f32';
+    fill(model, weights, { allowNonFinite: opts.allowNonFinite ?? false, keep16 }, config, configPath);
     if (opts.weights) quantizeModel(model, opts.weights);
   } catch (e) {
     model.dispose();

@@ -7,6 +7,7 @@
 // tensor and the rule. Reading files (positioned reads) and writing are Node's, in safetensors.ts.
 
 import { FormatError } from '../errors.js';
+import { decode } from '../tensor/dtype.js';
 
 export type SafetensorsDType = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
@@ -69,6 +70,39 @@ export interface ByteSource {
 
 export function bufferSource(buf: Uint8Array): ByteSource {
   return { size: buf.length, read: (pos, into) => into.set(buf.subarray(pos, pos + into.length)) };
+}
+
+/**
+ * Bytes received in pieces (a fetched stream's chunks), read where they lie: a file streamed in is held once, as it
+ * arrived, never copied into one buffer (which needs the size up front, or twice the memory while it grows).
+ */
+export function chunkSource(received: readonly Uint8Array[]): ByteSource {
+  const chunks = received.filter((c) => c.length > 0);
+  const starts: number[] = [];
+  let size = 0;
+  for (const c of chunks) {
+    starts.push(size);
+    size += c.length;
+  }
+  return {
+    size,
+    read(pos, into) {
+      let lo = 0;
+      let hi = chunks.length - 1;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1;
+        if (starts[mid]! <= pos) lo = mid;
+        else hi = mid - 1;
+      }
+      for (let i = lo, done = 0; done < into.length; i++) {
+        const c = chunks[i]!;
+        const from = pos + done - starts[i]!;
+        const n = Math.min(c.length - from, into.length - done);
+        into.set(c.subarray(from, from + n), done);
+        done += n;
+      }
+    },
+  };
 }
 
 /** The top-level keys of a JSON object text in order, duplicates kept (JSON.parse keeps only the last). */
@@ -237,35 +271,50 @@ export function readEntry(src: ByteSource, header: SafetensorsHeader, e: TensorE
   return { dtype: e.dtype, shape: e.shape, data };
 }
 
-/** A safetensors file with a checked header whose tensors are read one at a time (from a buffer or a file). */
-export interface TensorFile {
-  readonly path: string;
+/**
+ * A safetensors file with a checked header whose tensors are read one at a time from its byte source (a file with
+ * positioned reads: SafetensorsReader in safetensors.ts; bytes in memory: `bufferSource`, `chunkSource`). Call `close()` when done.
+ */
+export class TensorFile {
   readonly header: SafetensorsHeader;
-  /** Reads one tensor in its stored dtype. */
-  read(name: string): LoadedTensor;
-  close(): void;
-}
-
-/** A safetensors file held in memory (a fetched or picked file). */
-export class BufferTensorFile implements TensorFile {
-  readonly header: SafetensorsHeader;
-  private readonly src: ByteSource;
+  private open = true;
 
   constructor(
-    bytes: Uint8Array,
+    private readonly src: ByteSource,
     readonly path: string,
+    private readonly onClose: () => void = () => {},
   ) {
-    this.src = bufferSource(bytes);
-    this.header = readHeader(this.src, path);
+    this.header = readHeader(src, path);
   }
 
-  read(name: string): LoadedTensor {
+  get metadata(): Record<string, string> {
+    return this.header.metadata;
+  }
+
+  private entryOf(name: string): TensorEntry {
     const e = this.header.entries.get(name);
     if (!e) throw new FormatError(`${this.path}: no tensor '${name}'`);
-    return readEntry(this.src, this.header, e);
+    if (!this.open) throw new FormatError(`${this.path}: reader is closed`);
+    return e;
   }
 
-  close(): void {}
+  /** Reads one tensor in its stored dtype. */
+  read(name: string): LoadedTensor {
+    return readEntry(this.src, this.header, this.entryOf(name));
+  }
+
+  /** Reads one tensor's stored bytes into `into` (exactly its size): straight into a tensor's storage, no copy. */
+  readInto(name: string, into: Uint8Array): void {
+    const e = this.entryOf(name);
+    if (into.length !== e.end - e.begin)
+      throw new FormatError(`${this.path}: tensor '${name}' holds ${e.end - e.begin} bytes, ${into.length} asked`);
+    this.src.read(this.header.dataStart + e.begin, into);
+  }
+
+  close(): void {
+    if (this.open) this.onClose();
+    this.open = false;
+  }
 }
 
 export function valuesOf(t: LoadedTensor): TensorValues {
@@ -281,94 +330,10 @@ export function parseSafetensors(buf: Uint8Array, source: string): SafetensorsFi
   return { tensors, metadata: header.metadata };
 }
 
-// --- 16-bit floats ------------------------------------------------------------------------------------------------
-
-/** float32 values of BF16 bit patterns (exact: a bfloat16 is the top half of a float32). */
-export function bf16ToFloat32(bits: Uint16Array, out = new Float32Array(bits.length)): Float32Array {
-  const u = new Uint32Array(out.buffer, out.byteOffset, out.length);
-  for (let i = 0; i < bits.length; i++) u[i] = bits[i]! << 16;
-  return out;
-}
-
-let halfTable: Float32Array | null = null;
-
-/** float32 values of F16 bit patterns (exact), through a 65536-entry table. */
-export function f16ToFloat32(bits: Uint16Array, out = new Float32Array(bits.length)): Float32Array {
-  if (!halfTable) {
-    halfTable = new Float32Array(65536);
-    for (let h = 0; h < 65536; h++) {
-      const sign = h & 0x8000 ? -1 : 1;
-      const exp = (h >> 10) & 0x1f;
-      const frac = h & 0x3ff;
-      halfTable[h] =
-        exp === 0
-          ? sign * frac * 2 ** -24
-          : exp === 31
-            ? frac
-              ? NaN
-              : sign * Infinity
-            : sign * (1 + frac / 1024) * 2 ** (exp - 15);
-    }
-  }
-  for (let i = 0; i < bits.length; i++) out[i] = halfTable[bits[i]!]!;
-  return out;
-}
-
-function roundHalfEven(v: number): number {
-  const f = Math.floor(v);
-  const d = v - f;
-  return d > 0.5 || (d === 0.5 && f % 2 === 1) ? f + 1 : f;
-}
-
-/**
- * The bit pattern of the binary float with `ebits` exponent and `mbits` mantissa bits nearest to x (round half to
- * even, once, from the float64 value; subnormals; overflow to infinity). F16 is (5, 10), BF16 is (8, 7).
- */
-export function encodeMinifloat(x: number, ebits: number, mbits: number): number {
-  const bias = (1 << (ebits - 1)) - 1;
-  const expMask = (1 << ebits) - 1;
-  const sign = x < 0 || Object.is(x, -0) ? 1 << (ebits + mbits) : 0;
-  if (Number.isNaN(x)) return (expMask << mbits) | (1 << (mbits - 1));
-  const a = Math.abs(x);
-  const minNormal = 2 ** (1 - bias);
-  if (a < minNormal) return sign | roundHalfEven(a / 2 ** (1 - bias - mbits)); // may round up to the smallest normal
-  if (a === Infinity) return sign | (expMask << mbits);
-  let e = Math.floor(Math.log2(a));
-  if (2 ** e > a) e--;
-  else if (2 ** (e + 1) <= a) e++;
-  let m = roundHalfEven((a / 2 ** e - 1) * 2 ** mbits);
-  if (m === 2 ** mbits) {
-    m = 0;
-    e++;
-  }
-  if (e + bias >= expMask) return sign | (expMask << mbits);
-  return sign | ((e + bias) << mbits) | m;
-}
-
-/** BF16 patterns of values (float32 input rounds from its bits; other input rounds once from float64). */
-export function toBf16(values: ArrayLike<number>): Uint16Array {
-  const out = new Uint16Array(values.length);
-  if (values instanceof Float32Array) {
-    const u = new Uint32Array(values.buffer, values.byteOffset, values.length);
-    for (let i = 0; i < u.length; i++) {
-      const b = u[i]!;
-      out[i] = (b & 0x7fffffff) > 0x7f800000 ? (b >>> 16) | 0x40 : (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
-    }
-  } else for (let i = 0; i < values.length; i++) out[i] = encodeMinifloat(values[i]!, 8, 7);
-  return out;
-}
-
-export function toF16(values: ArrayLike<number>): Uint16Array {
-  const out = new Uint16Array(values.length);
-  for (let i = 0; i < values.length; i++) out[i] = encodeMinifloat(values[i]!, 5, 10);
-  return out;
-}
-
 /** The values of a loaded tensor as numbers: F16/BF16 decoded to float32 (exact), everything else as stored. */
 export function tensorValues(t: LoadedTensor): NumericArray {
-  if (t.dtype === 'BF16') return bf16ToFloat32(t.bits);
-  if (t.dtype === 'F16') return f16ToFloat32(t.bits);
-  return t.data!;
+  if (t.bits) return decode(t.dtype === 'BF16' ? 'bfloat16' : 'float16', t.bits, t.shape) as Float32Array;
+  return t.data;
 }
 
 // --- checkpoints: one file or Hugging Face shards ----------------------------------------------------------------
@@ -475,6 +440,12 @@ export class Weights {
     const r = this.where.get(name);
     if (!r) throw new FormatError(`${this.fileOf(name)}: no tensor '${name}'`);
     return r.read(name);
+  }
+
+  readInto(name: string, into: Uint8Array): void {
+    const r = this.where.get(name);
+    if (!r) throw new FormatError(`${this.fileOf(name)}: no tensor '${name}'`);
+    r.readInto(name, into);
   }
 
   close(): void {

@@ -1,37 +1,28 @@
-// The safetensors format (Hugging Face): 8-byte little-endian header length N, N bytes of JSON header mapping each
-// tensor name to {dtype, shape, data_offsets: [begin, end)} relative to the data section (plus an optional
-// "__metadata__" map of strings), then the raw little-endian data. No maintained npm package reads and writes it
-// (the `safetensors` package is a 0.0.1 placeholder), and the format is small, so it is implemented here (the portable half, header checks and decoding, in
-// safetensors-format.ts; this file reads and writes files on Node).
+// The safetensors format (Hugging Face) on Node: files read with positioned reads, and writing. No maintained npm
+// package reads and writes it (the `safetensors` package is a 0.0.1 placeholder), and the format is small, so it is
+// implemented here; the portable half (the header and its checks, decoding, shards) is safetensors-format.ts, which
+// the browser entry reads checkpoints with, and everything in it is exported from here too.
 //
 // Reading is header first, then tensor by tensor with positioned reads, so a file of any size (the public
 // checkpoints are 2.7-5.4 GB) never sits in one Buffer; each tensor comes back in its stored dtype (F16/BF16 as
-// their raw 16-bit patterns) and is decoded only when asked. The header is checked as strictly as the reference
-// implementation does: exact header length, entries with dtype/shape/data_offsets, data sections contiguous from 0
-// with no holes, overlaps or trailing bytes, no duplicate names, string metadata, sizes = product(shape) x dtype size.
-// Every error names the file, the tensor and the rule.
+// their raw 16-bit patterns) and is decoded only when asked, or its bytes go straight into a tensor's storage.
 
 import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { FormatError } from '../errors.js';
+import { encoded } from '../tensor/dtype.js';
 import { writeFileAtomic } from './atomic.js';
 import {
   type ByteSource,
-  type LoadedTensor,
   type SafetensorsFile,
-  type SafetensorsHeader,
-  type TensorFile,
   type TensorValues,
+  TensorFile,
   WEIGHTS_FILE,
   WEIGHTS_INDEX,
   Weights,
-  readEntry,
-  readHeader,
-  toBf16,
-  toF16,
-  valuesOf,
   safetensorsDTypeBytes,
+  valuesOf,
 } from './safetensors-format.js';
 
 export * from './safetensors-format.js';
@@ -59,18 +50,9 @@ function fileSource(fd: number, path: string): ByteSource {
  * An open safetensors file: the checked header, and tensors read one at a time on demand. Call `close()` when done
  * (or use `withSafetensors`).
  */
-export class SafetensorsReader implements TensorFile {
-  readonly header: SafetensorsHeader;
-  private fd: number;
-  private readonly src: ByteSource;
-
-  private constructor(
-    readonly path: string,
-    fd: number,
-  ) {
-    this.fd = fd;
-    this.src = fileSource(fd, path);
-    this.header = readHeader(this.src, path);
+export class SafetensorsReader extends TensorFile {
+  private constructor(path: string, fd: number) {
+    super(fileSource(fd, path), path, () => closeSync(fd));
   }
 
   static open(path: string): SafetensorsReader {
@@ -86,23 +68,6 @@ export class SafetensorsReader implements TensorFile {
       closeSync(fd);
       throw e;
     }
-  }
-
-  get metadata(): Record<string, string> {
-    return this.header.metadata;
-  }
-
-  /** Reads one tensor in its stored dtype. */
-  read(name: string): LoadedTensor {
-    const e = this.header.entries.get(name);
-    if (!e) throw new FormatError(`${this.path}: no tensor '${name}'`);
-    if (this.fd < 0) throw new FormatError(`${this.path}: reader is closed`);
-    return readEntry(this.src, this.header, e);
-  }
-
-  close(): void {
-    if (this.fd >= 0) closeSync(this.fd);
-    this.fd = -1;
   }
 }
 
@@ -127,12 +92,33 @@ export function readSafetensors(path: string): SafetensorsFile {
     return { tensors, metadata: r.metadata };
   });
 }
+
+/** Opens a model directory's weights: model.safetensors, or the shards its model.safetensors.index.json lists. */
+export function openWeights(dir: string): Weights {
+  const indexPath = join(dir, WEIGHTS_INDEX);
+  if (!existsSync(indexPath)) {
+    const path = join(dir, WEIGHTS_FILE);
+    if (!existsSync(path)) throw new FormatError(`${dir}: missing ${path} (or ${indexPath} for shards)`);
+    return Weights.single(SafetensorsReader.open(path));
+  }
+  let index: unknown;
+  try {
+    index = JSON.parse(readFileSync(indexPath, 'utf8'));
+  } catch (e) {
+    throw new FormatError(`${indexPath}: cannot read the shard index (${(e as Error).message})`);
+  }
+  return Weights.fromIndex(index, indexPath, (file) => SafetensorsReader.open(join(dir, file)));
+}
+
 // --- writing ------------------------------------------------------------------------------------------------------
 
 export interface TensorToSave {
-  dtype: 'F64' | 'F32' | 'F16' | 'BF16' | 'I32';
+  dtype: 'F64' | 'F32' | 'F16' | 'BF16' | 'I32' | 'I8' | 'U8';
   shape: readonly number[];
-  /** Values (rounded to the dtype), or for F16/BF16 a Uint16Array of bit patterns taken as they are. */
+  /**
+   * Values (rounded to the dtype), or for F16/BF16 a Uint16Array of bit patterns and for I8/U8 a Uint8Array of bytes
+   * (a quantized weight's parts), taken as they are.
+   */
   data: ArrayLike<number>;
 }
 
@@ -148,8 +134,9 @@ function tensorBytes(name: string, t: TensorToSave): Uint8Array {
     case 'F64': arr = t.data instanceof Float64Array ? t.data : Float64Array.from(t.data); break;
     case 'F32': arr = t.data instanceof Float32Array ? t.data : Float32Array.from(t.data); break;
     case 'I32': arr = t.data instanceof Int32Array ? t.data : Int32Array.from(t.data); break;
-    case 'BF16': arr = bits ?? toBf16(t.data); break;
-    case 'F16': arr = bits ?? toF16(t.data); break;
+    case 'I8': case 'U8': arr = t.data instanceof Uint8Array ? t.data : Uint8Array.from(t.data); break;
+    case 'BF16': arr = bits ?? encoded('bfloat16', t.data, t.shape); break;
+    case 'F16': arr = bits ?? encoded('float16', t.data, t.shape); break;
   } // prettier-ignore
   return new Uint8Array(arr.buffer, arr.byteOffset, arr.byteLength);
 }
@@ -188,21 +175,4 @@ export function writeSafetensors(
   metadata?: Record<string, string>,
 ): void {
   writeFileAtomic(path, serializeSafetensors(tensors, metadata));
-}
-
-/** Opens a model directory's weights: model.safetensors, or the shards its model.safetensors.index.json lists. */
-export function openWeights(dir: string): Weights {
-  const indexPath = join(dir, WEIGHTS_INDEX);
-  if (!existsSync(indexPath)) {
-    const path = join(dir, WEIGHTS_FILE);
-    if (!existsSync(path)) throw new FormatError(`${dir}: missing ${path} (or ${indexPath} for shards)`);
-    return Weights.single(SafetensorsReader.open(path));
-  }
-  let index: unknown;
-  try {
-    index = JSON.parse(readFileSync(indexPath, 'utf8'));
-  } catch (e) {
-    throw new FormatError(`${indexPath}: cannot read the shard index (${(e as Error).message})`);
-  }
-  return Weights.fromIndex(index, indexPath, (file) => SafetensorsReader.open(join(dir, file)));
 }

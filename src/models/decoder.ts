@@ -1,18 +1,19 @@
 // The decoder trunk every architecture shares (torchscale's RetNetDecoder / a pre-norm Transformer decoder): token
 // embedding (optionally scaled and normed), L blocks of a token mixer and a feed-forward with residuals, a final
 // RMSNorm and the output projection (tied to the embedding or not), the rotary tables, the dropout generator, and
-// the skeletons of forward, prefill and step. An architecture supplies only its mixer (retention, attention) and its
-// decode state. Parameter names are torchscale's state_dict keys: `embed_tokens`, `layers.<l>.<mixer>`,
-// `layers.<l>.<mixer norm>`, `layers.<l>.ffn`, `layers.<l>.final_layer_norm`, `layer_norm`, `output_projection`.
+// the skeletons of forward (with padding masks), hiddenStates, prefill and step (with masked rows). An architecture
+// supplies only its mixer (retention, attention), its decode state and its pass options. Parameter names are
+// torchscale's state_dict keys: `embed_tokens`, `layers.<l>.<mixer>`, `layers.<l>.<mixer norm>`, `layers.<l>.ffn`,
+// `layers.<l>.final_layer_norm`, `layer_norm`, `output_projection`.
 
 import type { Device } from '../backend/device.js';
 import { type ActivationKind, kernelsOf } from '../backend/kernels.js';
 import { getBackend } from '../backend/select.js';
-import { gradEnabled, noGrad } from '../autograd/tape.js';
+import { gradEnabled, noGrad, release } from '../autograd/tape.js';
 import { ShapeError } from '../errors.js';
 import { add, scale } from '../ops/math.js';
 import { dropout } from '../ops/nn.js';
-import { reshape } from '../ops/shape.js';
+import { concat, reshape, slice } from '../ops/shape.js';
 import { Module } from '../nn/module.js';
 import { Embedding, GLU, Linear, RMSNorm, normal, type ParamOptions } from '../nn/layers.js';
 import { Rotary, type RotaryTables } from '../nn/rotary.js';
@@ -53,6 +54,11 @@ export interface TrunkConfig {
 /** The decode state every architecture's state extends: the trunk advances `positions`. */
 export interface TrunkState extends DecodeState {
   positions: number[];
+  /**
+   * Saves what a step would change in the given rows and returns the function that puts it back: the rows of a
+   * masked step (padding) keep their state.
+   */
+  keepRows(rows: readonly number[]): () => void;
 }
 
 /**
@@ -60,7 +66,10 @@ export interface TrunkState extends DecodeState {
  * attention algorithm), `S` its decode state.
  */
 export interface Mixer<S extends TrunkState, P> {
-  /** Full sequences: x [B, T, D] with the tables of positions 0..T−1 -> [B, T, D]. Differentiable. */
+  /**
+   * Full sequences: x [B, T, D] with the tables of positions 0..T−1 -> [B, T, D] (a padded batch: each row's real
+   * tokens, [1, n_b, D], one call per row). Differentiable.
+   */
   forward(x: Tensor, rope: RotaryTables, pass: P): Tensor;
   /**
    * Prefill of layer l: x holds the prompts in the architecture's prefill layout (`packed`: [1, ΣT, D], prompt b's
@@ -72,14 +81,81 @@ export interface Mixer<S extends TrunkState, P> {
   step(x: Tensor, rope: RotaryTables, state: S, layer: number): Tensor;
 }
 
-/** Frees an intermediate that no tape node needs (inference), leaving graph members to their scope. */
-export function release(...ts: Tensor[]): void {
-  for (const t of ts) if (!t.requiresGrad) t.dispose();
-}
+/** Frees intermediates the model is done with (the tape keeps what a backward needs: autograd/tape.ts). */
+export { release };
 
 /** Frees tables the caller owns (not the Rotary cache's) once no tape node can need them. */
 function releaseTables(rope: RotaryTables): void {
   if (rope.owned && !gradEnabled()) release(rope.cos, rope.sin);
+}
+
+/**
+ * Options of a full-sequence pass: the architecture's pass options and a padding mask [B][T] (1 = token, 0 = padding;
+ * Hugging Face's attention_mask). Each row's real tokens mix alone, at positions 0, 1, … of that row (a token's
+ * position is the number of real tokens before it), so a row's logits at its real positions equal those of its real
+ * tokens alone, with left, right or inner padding (fla's convention, fla-spec §6). Logits at padded positions are
+ * computed (embedding, norms and feed-forward run there, the mixer gives 0) but mean nothing.
+ */
+export type ForwardOptions<P> = Partial<P> & { mask?: readonly (readonly number[])[] };
+
+/** The real tokens of a padded batch: per row the runs [start, end) of mask 1. */
+export interface Padding {
+  runs: [number, number][][];
+}
+
+/** The padding described by `mask` for B rows of T tokens, or null when every token is real. `op` names the caller. */
+export function paddingOf(mask: readonly (readonly number[])[], B: number, T: number, op: string): Padding | null {
+  if (mask.length !== B) throw new ShapeError(`${op}: mask has ${mask.length} rows for a batch of ${B}`);
+  let padded = false;
+  const runs = mask.map((row, b) => {
+    if (row.length !== T) throw new ShapeError(`${op}: mask row ${b} has ${row.length} entries for ${T} tokens`);
+    const mine: [number, number][] = [];
+    row.forEach((m, t) => {
+      if (m !== 0 && m !== 1) throw new ShapeError(`${op}: mask[${b}][${t}] is ${m}, expected 0 or 1`);
+      if (m === 0) return void (padded = true);
+      const last = mine[mine.length - 1];
+      if (last && last[1] === t) last[1] = t + 1;
+      else mine.push([t, t + 1]);
+    });
+    return mine;
+  });
+  return padded ? { runs } : null;
+}
+
+/** Row b's real tokens of x: [B, T, D] as [1, n_b, D]. */
+function gatherRow(x: Tensor, b: number, runs: readonly [number, number][]): Tensor {
+  const row = slice(x, 0, b, b + 1);
+  if (runs.length === 1 && runs[0]![0] === 0 && runs[0]![1] === x.shape[1]) return row;
+  const parts = runs.map(([s, e]) => slice(row, 1, s, e));
+  const out = parts.length === 1 ? parts[0]! : concat(parts, 1);
+  release(row);
+  if (parts.length > 1) release(...parts);
+  return out;
+}
+
+/** The inverse of gatherRow for every row: rows [1, n_b, D] back into [B, T, D], zeros at padded positions. */
+function scatterRows(rows: readonly Tensor[], padding: Padding, T: number): Tensor {
+  const first = rows[0]!;
+  const D = first.shape[2]!;
+  const pieces: Tensor[] = [];
+  const out = concat(
+    rows.map((r, b) => {
+      const parts: Tensor[] = [];
+      let t = 0;
+      let at = 0;
+      for (const [s, e] of [...padding.runs[b]!, [T, T] as [number, number]]) {
+        if (s > t) parts.push(first.device.zeros([1, s - t, D], first.dtype));
+        if (e > s) parts.push(slice(r, 1, at, at + e - s));
+        at += e - s;
+        t = e;
+      }
+      pieces.push(...parts);
+      return parts.length === 1 ? parts[0]! : concat(parts, 1);
+    }),
+    0,
+  );
+  release(...pieces);
+  return out;
 }
 
 export interface DecoderOptions {
@@ -274,24 +350,73 @@ export abstract class Decoder<M extends Module & Mixer<S, P>, S extends TrunkSta
     return logits;
   }
 
-  /** Hidden states [B, T, D] of ids int32 [B, T], each layer mixing through `mix`. */
-  private hidden(ids: Tensor, mix: (layer: DecoderLayer<M>, l: number, normed: Tensor) => Tensor): Tensor {
+  /**
+   * Hidden states [B, T, D] of ids int32 [B, T], each layer mixing through `mix`; with `inputs`, each layer's input
+   * is kept there (0: the embeddings) rather than freed.
+   */
+  private hidden(
+    ids: Tensor,
+    mix: (layer: DecoderLayer<M>, l: number, normed: Tensor) => Tensor,
+    inputs?: Tensor[],
+  ): Tensor {
     let x = this.embed(ids);
     this.layers.forEach((layer, l) => {
       const next = layer.run(x, (normed) => mix(layer, l, normed));
-      release(x);
+      if (inputs) inputs.push(x);
+      else release(x);
       x = next;
     });
     return x;
   }
 
-  /** ids int32 [B, T] -> logits [B, T, V]. Differentiable. */
-  forward(ids: Tensor, opts: Partial<P> = {}): Tensor {
+  /** The mixer over each row's real tokens alone (positions 0..n_b−1), zeros at padded positions; x: [B, T, D]. */
+  private mixRows(mixer: M, x: Tensor, padding: Padding, pass: P): Tensor {
+    const [, T, D] = x.shape as [number, number, number];
+    const rows = padding.runs.map((runs, b) => {
+      const n = runs.reduce((a, [s, e]) => a + e - s, 0);
+      if (n === 0) return x.device.zeros([1, 0, D], x.dtype);
+      const xb = gatherRow(x, b, runs);
+      const rope = this.rotary.at([...Array(n).keys()], false);
+      const y = mixer.forward(xb, rope, pass);
+      release(xb);
+      releaseTables(rope);
+      return y;
+    });
+    const out = scatterRows(rows, padding, T);
+    release(...rows);
+    return out;
+  }
+
+  /** The last layer's output [B, T, D] of a full-sequence pass over ids int32 [B, T] (see forward). */
+  private sequence(ids: Tensor, opts: ForwardOptions<P>, op: string, inputs?: Tensor[]): Tensor {
     if (ids.dtype !== 'int32' || ids.rank !== 2)
       throw new ShapeError(`${this.arch}: token ids must be int32 [B, T], got ${ids.toString()}`);
-    const pass = this.passOptions(opts, 'forward');
-    const rope = this.rotary.prefix(ids.shape[1]!);
-    return this.head(this.hidden(ids, (layer, _l, normed) => layer.mixer.forward(normed, rope, pass)));
+    const [B, T] = ids.shape as [number, number];
+    const { mask, ...rest } = opts;
+    const pass = this.passOptions(rest as Partial<P>, 'forward');
+    const padding = mask ? paddingOf(mask, B, T, `${this.arch}.${op}`) : null;
+    if (padding)
+      return this.hidden(ids, (layer, _l, normed) => this.mixRows(layer.mixer, normed, padding, pass), inputs);
+    const rope = this.rotary.prefix(T);
+    return this.hidden(ids, (layer, _l, normed) => layer.mixer.forward(normed, rope, pass), inputs);
+  }
+
+  /** ids int32 [B, T] -> logits [B, T, V] (with `opts.mask`, a padded batch: see ForwardOptions). Differentiable. */
+  forward(ids: Tensor, opts: ForwardOptions<P> = {}): Tensor {
+    return this.head(this.sequence(ids, opts, 'forward'));
+  }
+
+  /**
+   * The residual stream of ids [B, T] (opts as forward): the input of each layer (0: the embeddings), the output of
+   * the last layer, and that output after the final norm; each [B, T, D]. Not differentiable.
+   */
+  hiddenStates(ids: Tensor, opts: ForwardOptions<P> = {}): { layers: Tensor[]; final: Tensor } {
+    return noGrad(() => {
+      const layers: Tensor[] = [];
+      const x = this.sequence(ids, opts, 'hiddenStates', layers);
+      layers.push(x);
+      return { layers, final: this.layerNorm ? this.layerNorm.forward(x) : x };
+    });
   }
 
   /**
@@ -349,14 +474,20 @@ export abstract class Decoder<M extends Module & Mixer<S, P>, S extends TrunkSta
     return { logits, state };
   }
 
-  /** One step for every row: tokens [B] -> logits [B, V]; advances the state in place. */
-  step(tokens: readonly number[], given: DecodeState): Tensor {
+  /**
+   * One step for every row: tokens [B] -> logits [B, V]; advances the state in place. `mask` [B] (1 = token,
+   * 0 = padding) marks rows whose token is padding: their state and position stay as they were (their logits mean
+   * nothing).
+   */
+  step(tokens: readonly number[], given: DecodeState, mask?: readonly number[]): Tensor {
     const state = this.stepState(given, 'step');
-    if (tokens.length !== state.batch)
-      throw new ShapeError(`${this.arch}.step: ${tokens.length} tokens for a state of ${state.batch} rows`);
+    const B = tokens.length;
+    if (B !== state.batch) throw new ShapeError(`${this.arch}.step: ${B} tokens for a state of ${state.batch} rows`);
+    if (mask) paddingOf([mask], 1, B, `${this.arch}.step`);
+    const held = mask ? mask.flatMap((m, b) => (m === 0 ? [b] : [])) : [];
+    const restore = held.length > 0 ? state.keepRows(held) : null;
     const logits = noGrad(() =>
       tidy(() => {
-        const B = tokens.length;
         const ids = this.backend.fromData(tokens, [B, 1], 'int32');
         const rope = this.rotary.at(state.positions, true);
         const x = this.hidden(ids, (layer, l, normed) => layer.mixer.step(normed, rope, state, l));
@@ -364,7 +495,8 @@ export abstract class Decoder<M extends Module & Mixer<S, P>, S extends TrunkSta
         return reshape(this.head(x), [B, this.vocabSize]);
       }),
     );
-    state.positions = state.positions.map((p) => p + 1);
+    restore?.();
+    state.positions = state.positions.map((p, b) => (mask?.[b] === 0 ? p : p + 1));
     return logits;
   }
 

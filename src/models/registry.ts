@@ -5,8 +5,8 @@ import type { Device } from '../backend/device.js';
 import { ConfigError } from '../errors.js';
 import type { DType } from '../tensor/dtype.js';
 import type { CausalLM } from './lm.js';
+import { PRESETS } from './presets.js';
 import {
-  RETNET_PRESETS,
   type RetNetConfig,
   retnetConfigFromJSON,
   retnetConfigToJSON,
@@ -56,7 +56,7 @@ const retnet: ArchEntry<RetNetConfig> = {
       ? flaConfigFromJSON(obj as Record<string, unknown>, source)
       : retnetConfigFromJSON(obj, source),
   toJSON: (c) => (c.format === 'fla' ? flaConfigToJSON(c) : retnetConfigToJSON(c)),
-  presets: Object.keys(RETNET_PRESETS),
+  presets: Object.keys(PRESETS),
   preset: (name, overrides) => retnetPreset(name, overrides as Partial<RetNetConfig> & { vocabSize: number }),
   build: (c, opts) => new RetNetModel(c, opts),
   configOf: (m) => (m instanceof RetNetModel ? m.config : null),
@@ -68,7 +68,7 @@ const retnet: ArchEntry<RetNetConfig> = {
 const transformer: ArchEntry<TransformerConfig> = {
   fromJSON: transformerConfigFromJSON,
   toJSON: transformerConfigToJSON,
-  presets: Object.keys(RETNET_PRESETS), // parameter-matched to the RetNet presets
+  presets: Object.keys(PRESETS), // parameter-matched to the RetNet shapes
   preset: (name, overrides) => transformerPreset(name, overrides as Partial<TransformerConfig> & { vocabSize: number }),
   build: (c, opts) => new TransformerModel(c, opts),
   configOf: (m) => (m instanceof TransformerModel ? m.config : null),

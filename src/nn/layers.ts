@@ -7,10 +7,10 @@ import type { ActivationKind } from '../backend/kernels.js';
 import type { DType } from '../tensor/dtype.js';
 import type { Rng } from '../tensor/random.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { release } from '../autograd/tape.js';
 import { linear, mul } from '../ops/math.js';
 import { activation, dropout, embedding, rmsNorm } from '../ops/nn.js';
 import { ShapeError } from '../errors.js';
-import { type LowpWeight, lowpLinear } from '../quant/linear.js';
 import { Module } from './module.js';
 
 /** Where parameters are created and how. */
@@ -50,12 +50,13 @@ export function constant(shape: number[], value: number, opts: ParamOptions): Te
   return fill(shape, opts, () => value);
 }
 
-/** y = x Wᵀ (+ b). Bias-free by default, as every torchscale RetNet projection. */
+/**
+ * y = x Wᵀ (+ b). Bias-free by default, as every torchscale RetNet projection. W may be held in a storage dtype
+ * (bfloat16, float16, qint8, qint4) under a float32 model: linear() then dispatches the product on W's dtype.
+ */
 export class Linear extends Module {
-  readonly weight: Tensor;
+  weight: Tensor;
   readonly bias: Tensor | null;
-  /** The weight in a low-precision format once `useLowp` has replaced the float one (inference only). */
-  lowp: LowpWeight | null = null;
 
   /** weight: [out, in]; bias: [out]. */
   constructor(weight: Tensor, bias: Tensor | null = null) {
@@ -64,37 +65,39 @@ export class Linear extends Module {
     this.bias = bias ? this.param('bias', bias) : null;
   }
 
-  /**
-   * Replaces the float weight by `w` (src/quant/model.ts quantizeModel): the parameter leaves the tree, and the
-   * caller disposes the float tensor unless another module shares it (tied embeddings).
-   */
-  useLowp(w: LowpWeight): void {
-    this.lowp?.dispose();
-    this.lowp = w;
-    this.dropParam('weight');
+  /** Holds the weight as `w` (same shape, e.g. quantized); returns the old tensor (see Module.replaceParam). */
+  setWeight(w: Tensor): Tensor {
+    const old = this.replaceParam('weight', w);
+    this.weight = w;
+    return old;
   }
 
   forward(x: Tensor): Tensor {
-    return this.lowp ? lowpLinear(x, this.lowp, this.bias) : linear(x, this.weight, this.bias);
-  }
-
-  override dispose(): void {
-    super.dispose();
-    this.lowp?.dispose();
+    return linear(x, this.weight, this.bias);
   }
 }
 
+/** A table of rows; they come out in the dtype the table was built in, also after setWeight holds it as bfloat16. */
 export class Embedding extends Module {
-  readonly weight: Tensor;
+  weight: Tensor;
+  private readonly dtype: DType;
 
   constructor(weight: Tensor) {
     super();
     this.weight = this.param('weight', weight);
+    this.dtype = weight.dtype;
+  }
+
+  /** Holds the table as `w` (same shape, another dtype); returns the old tensor (see Module.replaceParam). */
+  setWeight(w: Tensor): Tensor {
+    const old = this.replaceParam('weight', w);
+    this.weight = w;
+    return old;
   }
 
   /** ids int32 [...] -> [..., D] */
   forward(ids: Tensor): Tensor {
-    return embedding(this.weight, ids);
+    return embedding(this.weight, ids, this.dtype);
   }
 }
 
@@ -160,9 +163,22 @@ export class GLU extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    const a = activation(this.act, this.fc1.forward(x));
-    let h = this.gate ? mul(a, this.gate.forward(x)) : a;
-    if (this.training && this.activationDropout > 0) h = dropout(h, this.activationDropout, this.rng!);
-    return this.fc2.forward(h);
+    const u = this.fc1.forward(x);
+    const a = activation(this.act, u);
+    release(u);
+    let h = a;
+    if (this.gate) {
+      const gate = this.gate.forward(x);
+      h = mul(a, gate);
+      release(a, gate);
+    }
+    if (this.training && this.activationDropout > 0) {
+      const dropped = dropout(h, this.activationDropout, this.rng!);
+      release(h);
+      h = dropped;
+    }
+    const y = this.fc2.forward(h);
+    release(h);
+    return y;
   }
 }

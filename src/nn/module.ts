@@ -26,9 +26,23 @@ export abstract class Module {
     return m;
   }
 
-  /** Removes a parameter from the tree (the caller owns the tensor from then on); src/quant uses it. */
-  protected dropParam(name: string): void {
-    this.ownParams.delete(name);
+  /**
+   * Puts `t` in place of the parameter `name` (same shape; src/quant/model.ts holds weights in another dtype this
+   * way). It takes gradients only when its dtype is the old one's: a weight held as bfloat16 or quantized under a
+   * float32 model is for inference. Returns the old tensor, which the caller disposes unless it is used elsewhere.
+   */
+  protected replaceParam(name: string, t: Tensor): Tensor {
+    const old = this.ownParams.get(name);
+    if (!old) throw new FormatError(`replaceParam: no parameter '${name}'`);
+    if (old.shape.length !== t.shape.length || old.shape.some((d, i) => d !== t.shape[i]))
+      throw new ShapeError(
+        `replaceParam: '${name}' is ${formatShape(old.shape)}, the replacement ${formatShape(t.shape)}`,
+      );
+    keep(t);
+    t.requiresGrad = old.requiresGrad && t.dtype === old.dtype;
+    t.name = name;
+    this.ownParams.set(name, t);
+    return old;
   }
 
   /** This module and every descendant, with their dotted names ('' for this one). */

@@ -3,6 +3,7 @@
 // step); tables of arbitrary positions (decoding, prefill continuing a state) are built per call.
 
 import type { Device } from '../backend/device.js';
+import type { RotaryPairs } from '../backend/kernels.js';
 import type { DType } from '../tensor/dtype.js';
 import { keep } from '../tensor/scope.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -15,23 +16,29 @@ export interface RotaryTables {
   owned: boolean;
 }
 
-/** RetNet's θ (torchscale's RetNetRelPos): angle[2j] = angle[2j+1] = 10000^(−j/(K/2−1)) (linspace including 1). */
-export function retnetAngles(K: number): Float64Array {
+/**
+ * The table layout the rotary op reads: pair j's angle `angleOf(j)` at both of its elements; pair j is (2j, 2j+1)
+ * when interleaved (torchscale), (j, j + K/2) for halves (fla's rotate_half).
+ */
+function pairAngles(K: number, pairs: RotaryPairs, angleOf: (j: number) => number): Float64Array {
   const half = K / 2;
   const angles = new Float64Array(K);
   for (let j = 0; j < half; j++) {
-    const a = 1 / 10000 ** (half === 1 ? 0 : j / (half - 1));
-    angles[2 * j] = a;
-    angles[2 * j + 1] = a;
+    const [i0, i1] = pairs === 'halves' ? [j, j + half] : [2 * j, 2 * j + 1];
+    angles[i0] = angles[i1] = angleOf(j);
   }
   return angles;
 }
 
-/** Standard RoPE angles: pair j of a head of K dims turns by θ^(−2j/K) per position (stored for both pair members). */
-export function ropeAngles(K: number, theta: number): Float64Array {
-  const angles = new Float64Array(K);
-  for (let j = 0; j < K / 2; j++) angles[2 * j] = angles[2 * j + 1] = theta ** ((-2 * j) / K);
-  return angles;
+/** RetNet's θ (torchscale's RetNetRelPos): pair j turns by 10000^(−j/(K/2−1)) per position (linspace including 1). */
+export function retnetAngles(K: number, pairs: RotaryPairs = 'interleaved'): Float64Array {
+  const half = K / 2;
+  return pairAngles(K, pairs, (j) => 1 / 10000 ** (half === 1 ? 0 : j / (half - 1)));
+}
+
+/** Standard RoPE angles: pair j of a head of K dims turns by θ^(−2j/K) per position. */
+export function ropeAngles(K: number, theta: number, pairs: RotaryPairs = 'interleaved'): Float64Array {
+  return pairAngles(K, pairs, (j) => theta ** ((-2 * j) / K));
 }
 
 /** Tables kept per sequence length: a run uses one or two lengths; more would only be a leak. */

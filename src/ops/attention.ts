@@ -33,10 +33,17 @@ export function causalAttention(q: Tensor, k: Tensor, v: Tensor, opts: Attention
     throw new ShapeError(`causalAttention: algorithm must be 'naive' or 'flash', got '${String(opts.algorithm)}'`);
   const { o, stats } = kern.attentionForward(opts.algorithm, q, k, v);
   if (needsGrad(q, k, v))
-    record(`attention.${opts.algorithm}`, [q, k, v], [o], ([g]) => {
-      const { dq, dk, dv } = kern.attentionBackward(opts.algorithm, q, k, v, o, stats, g!);
-      return [dq, dk, dv];
-    });
+    record(
+      `attention.${opts.algorithm}`,
+      [q, k, v],
+      [o],
+      ([g]) => {
+        const { dq, dk, dv } = kern.attentionBackward(opts.algorithm, q, k, v, o, stats, g!);
+        stats.dispose();
+        return [dq, dk, dv];
+      },
+      { saved: [q, k, v, o] },
+    );
   else stats.dispose();
   return o;
 }

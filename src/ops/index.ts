@@ -4,6 +4,7 @@ export {
   crossEntropy,
   dropout,
   embedding,
+  gatedRmsNorm,
   gelu,
   relu,
   rmsNorm,

@@ -2,8 +2,8 @@
 
 import { needsGrad, record } from '../autograd/tape.js';
 import { DTypeError, ShapeError, formatShape } from '../errors.js';
-import { isQuantized } from '../tensor/dtype.js';
-import type { Tensor } from '../tensor/tensor.js';
+import { computeDType, isQuantized } from '../tensor/dtype.js';
+import { type Tensor, shapeSize } from '../tensor/tensor.js';
 import { deviceOf, expectFloat, isSuffix, sameDType, sameShape } from './check.js';
 import { kernels } from '../backend/kernels.js';
 
@@ -24,10 +24,16 @@ export function add(a: Tensor, b: Tensor): Tensor {
   checkBroadcast('add', a, b);
   const y = kern.binary('add', a, b);
   if (needsGrad(a, b))
-    record('add', [a, b], [y], ([g]) => [
-      a.requiresGrad ? be.view(g!, a.shape) : null,
-      b.requiresGrad ? (sameShape(a.shape, b.shape) ? be.view(g!, b.shape) : kern.sumToShape(g!, b.shape)) : null,
-    ]);
+    record(
+      'add',
+      [a, b],
+      [y],
+      ([g]) => [
+        a.requiresGrad ? be.view(g!, a.shape) : null,
+        b.requiresGrad ? (sameShape(a.shape, b.shape) ? be.view(g!, b.shape) : kern.sumToShape(g!, b.shape)) : null,
+      ],
+      { saved: [] },
+    );
   return y;
 }
 
@@ -38,15 +44,21 @@ export function mul(a: Tensor, b: Tensor): Tensor {
   checkBroadcast('mul', a, b);
   const y = kern.binary('mul', a, b);
   if (needsGrad(a, b))
-    record('mul', [a, b], [y], ([g]) => {
-      let db: Tensor | null = null;
-      if (b.requiresGrad) {
-        const ga = kern.binary('mul', g!, a);
-        db = sameShape(a.shape, b.shape) ? ga : kern.sumToShape(ga, b.shape);
-        if (db !== ga) ga.dispose();
-      }
-      return [a.requiresGrad ? kern.binary('mul', g!, b) : null, db];
-    });
+    record(
+      'mul',
+      [a, b],
+      [y],
+      ([g]) => {
+        let db: Tensor | null = null;
+        if (b.requiresGrad) {
+          const ga = kern.binary('mul', g!, a);
+          db = sameShape(a.shape, b.shape) ? ga : kern.sumToShape(ga, b.shape);
+          if (db !== ga) ga.dispose();
+        }
+        return [a.requiresGrad ? kern.binary('mul', g!, b) : null, db];
+      },
+      { saved: [a, b], recompute: () => kern.binary('mul', a, b) },
+    );
   return y;
 }
 
@@ -56,7 +68,7 @@ export function scale(a: Tensor, alpha: number): Tensor {
   const kern = kernels(be, a.dtype);
   expectFloat('scale', 'a', a);
   const y = kern.scale(a, alpha);
-  if (needsGrad(a)) record('scale', [a], [y], ([g]) => [kern.scale(g!, alpha)]);
+  if (needsGrad(a)) record('scale', [a], [y], ([g]) => [kern.scale(g!, alpha)], { saved: [] });
   return y;
 }
 
@@ -67,12 +79,18 @@ export function sum(a: Tensor): Tensor {
   expectFloat('sum', 'a', a);
   const y = kern.sumToShape(a, []);
   if (needsGrad(a))
-    record('sum', [a], [y], ([g]) => {
-      const zeros = be.zeros(a.shape, a.dtype);
-      const dx = kern.binary('add', zeros, g!);
-      zeros.dispose();
-      return [dx];
-    });
+    record(
+      'sum',
+      [a],
+      [y],
+      ([g]) => {
+        const zeros = be.zeros(a.shape, a.dtype);
+        const dx = kern.binary('add', zeros, g!);
+        zeros.dispose();
+        return [dx];
+      },
+      { saved: [] },
+    );
   return y;
 }
 
@@ -130,20 +148,21 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
 }
 
 /**
- * y = x wᵀ + b, PyTorch's nn.Linear layout. x: [..., in], w: [out, in], b: [out] or null. One tape node. w may be a
- * quantized weight (x then float32; the product dispatches on w's dtype, and w takes no gradient).
+ * y = x wᵀ + b, PyTorch's nn.Linear layout. x: [..., in], w: [out, in], b: [out] or null. One tape node. w may be
+ * held in a storage dtype (bfloat16, float16, qint8, qint4) under float32 x: the product dispatches on w's dtype
+ * (the native low-precision kernels on the cpu device), and w takes no gradient.
  */
 export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
   const be = deviceOf('linear', x, w, ...(b ? [b] : []));
   const kern = kernels(be, x.dtype);
   expectFloat('linear', 'x', x);
-  const quantized = isQuantized(w.dtype);
-  if (!quantized) sameDType('linear', x, w);
-  else if (x.dtype !== 'float32' || w.requiresGrad)
+  const stored = w.dtype !== x.dtype && (isQuantized(w.dtype) || computeDType(w.dtype) === x.dtype);
+  if (!stored) sameDType('linear', x, w);
+  if ((isQuantized(w.dtype) || stored) && (x.dtype !== 'float32' || w.requiresGrad))
     throw new DTypeError(
       `linear: a ${w.dtype} weight takes float32 inputs and no gradient (got ${x.dtype}${w.requiresGrad ? ', requiresGrad' : ''})`,
     );
-  const wk = quantized ? kernels(be, w.dtype) : kern;
+  const wk = stored ? kernels(be, w.dtype) : kern;
   if (w.rank !== 2 || x.rank < 1 || x.shape[x.rank - 1] !== w.shape[1])
     throw new ShapeError(
       `linear: input ${formatShape(x.shape)} does not fit weight ${formatShape(w.shape)} ([out, in])`,
@@ -151,7 +170,7 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
   if (b && (b.rank !== 1 || b.shape[0] !== w.shape[0]))
     throw new ShapeError(`linear: bias ${formatShape(b.shape)} does not fit weight ${formatShape(w.shape)}`);
   const [out, inp] = w.shape as [number, number];
-  const rows = x.size / inp || 0;
+  const rows = shapeSize(x.shape.slice(0, -1));
   const x2 = be.view(x, [rows, inp]); // x2: [R, in]
   const xw = wk.matmul(x2, w, false, true); // [R, out]
   const y2 = b ? kern.binary('add', xw, b) : xw;
@@ -160,20 +179,26 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
   y2.dispose();
   x2.dispose();
   if (needsGrad(x, w, b))
-    record('linear', b ? [x, w, b] : [x, w], [y], ([g]) => {
-      const g2 = be.view(g!, [rows, out]);
-      const gx = x.requiresGrad ? wk.matmul(g2, w, false, false) : null; // [R, in]
-      const dx = gx ? be.view(gx, x.shape) : null;
-      gx?.dispose();
-      let dw: Tensor | null = null;
-      if (w.requiresGrad) {
-        const xr = be.view(x, [rows, inp]);
-        dw = kern.matmul(g2, xr, true, false); // [out, in]
-        xr.dispose();
-      }
-      const db = b?.requiresGrad ? kern.sumToShape(g2, [out]) : null;
-      g2.dispose();
-      return b ? [dx, dw, db] : [dx, dw];
-    });
+    record(
+      'linear',
+      b ? [x, w, b] : [x, w],
+      [y],
+      ([g]) => {
+        const g2 = be.view(g!, [rows, out]);
+        const gx = x.requiresGrad ? wk.matmul(g2, w, false, false) : null; // [R, in]
+        const dx = gx ? be.view(gx, x.shape) : null;
+        gx?.dispose();
+        let dw: Tensor | null = null;
+        if (w.requiresGrad) {
+          const xr = be.view(x, [rows, inp]);
+          dw = kern.matmul(g2, xr, true, false); // [out, in]
+          xr.dispose();
+        }
+        const db = b?.requiresGrad ? kern.sumToShape(g2, [out]) : null;
+        g2.dispose();
+        return b ? [dx, dw, db] : [dx, dw];
+      },
+      { saved: [x, w] },
+    );
   return y;
 }

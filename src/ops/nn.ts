@@ -2,7 +2,8 @@
 
 import type { ActivationKind } from '../backend/kernels.js';
 import { needsGrad, record } from '../autograd/tape.js';
-import { ShapeError, formatShape } from '../errors.js';
+import { DTypeError, ShapeError, formatShape } from '../errors.js';
+import type { DType } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { deviceOf, expectDType, expectFloat, expectShape, sameDType } from './check.js';
 import { kernels } from '../backend/kernels.js';
@@ -12,7 +13,11 @@ export function activation(kind: ActivationKind, x: Tensor): Tensor {
   const kern = kernels(deviceOf(kind, x), x.dtype);
   expectFloat(kind, 'x', x);
   const y = kern.activation(kind, x);
-  if (needsGrad(x)) record(kind, [x], [y], ([g]) => [kern.activationBackward(kind, x, g!)]);
+  if (needsGrad(x))
+    record(kind, [x], [y], ([g]) => [kern.activationBackward(kind, x, g!)], {
+      saved: [x],
+      recompute: () => kern.activation(kind, x),
+    });
   return y;
 }
 
@@ -39,10 +44,64 @@ export function rmsNorm(x: Tensor, w: Tensor | null, eps: number): Tensor {
   }
   const { y, rstd } = kern.rmsNorm(x, w, eps);
   if (needsGrad(x, w))
-    record('rmsNorm', w ? [x, w] : [x], [y], ([g]) => {
-      const { dx, dw } = kern.rmsNormBackward(x, w, rstd, g!);
-      return w ? [dx, dw] : [dx];
-    });
+    record(
+      'rmsNorm',
+      w ? [x, w] : [x],
+      [y],
+      ([g]) => {
+        const { dx, dw } = kern.rmsNormBackward(x, w, rstd, g!);
+        rstd.dispose();
+        return w ? [dx, dw] : [dx];
+      },
+      {
+        saved: w ? [x, w] : [x],
+        recompute: () => {
+          const again = kern.rmsNorm(x, w, eps);
+          again.rstd.dispose();
+          return again.y;
+        },
+      },
+    );
+  else rstd.dispose();
+  return y;
+}
+
+/**
+ * RetNet's gated per-head norm as one op: rmsNorm(x, w, eps) ⊙ silu(gate), x and gate of one shape [..., V] (the
+ * norm over the last dim). Its backward needs only x, gate and the row factors: the normalised x and the swish are
+ * recomputed there, and the output itself is recomputed when a later backward needs it after its owner released it.
+ */
+export function gatedRmsNorm(x: Tensor, gate: Tensor, w: Tensor | null, eps: number): Tensor {
+  const be = deviceOf('gatedRmsNorm', x, gate, ...(w ? [w] : []));
+  const kern = kernels(be, x.dtype);
+  expectFloat('gatedRmsNorm', 'x', x);
+  sameDType('gatedRmsNorm', x, gate);
+  expectShape('gatedRmsNorm', 'gate', gate, x.shape);
+  const d = lastDim('gatedRmsNorm', x);
+  if (w) {
+    sameDType('gatedRmsNorm', x, w);
+    expectShape('gatedRmsNorm', 'weight', w, [d]);
+  }
+  const { y, rstd } = kern.gatedRmsNorm(x, gate, w, eps);
+  if (needsGrad(x, gate, w))
+    record(
+      'gatedRmsNorm',
+      w ? [x, gate, w] : [x, gate],
+      [y],
+      ([g]) => {
+        const { dx, dgate, dw } = kern.gatedRmsNormBackward(x, gate, w, rstd, g!);
+        rstd.dispose();
+        return w ? [dx, dgate, dw] : [dx, dgate];
+      },
+      {
+        saved: w ? [x, gate, w] : [x, gate],
+        recompute: () => {
+          const again = kern.gatedRmsNorm(x, gate, w, eps);
+          again.rstd.dispose();
+          return again.y;
+        },
+      },
+    );
   else rstd.dispose();
   return y;
 }
@@ -54,7 +113,7 @@ export function softmax(x: Tensor): Tensor {
   expectFloat('softmax', 'x', x);
   lastDim('softmax', x);
   const y = kern.softmax(x);
-  if (needsGrad(x)) record('softmax', [x], [y], ([g]) => [kern.softmaxBackward(y, g!)]);
+  if (needsGrad(x)) record('softmax', [x], [y], ([g]) => [kern.softmaxBackward(y, g!)], { saved: [y] });
   return y;
 }
 
@@ -99,17 +158,23 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
   const y = kern.scale(total, count > 0 ? 1 / count : 0);
   total.dispose();
   if (needsGrad(logits))
-    record('crossEntropy', [logits], [y], ([g]) => {
-      // g: [] stays on the device; each row's gradient is g / count (the kernel zeroes the ignored rows).
-      const perRow = be.fromData(new Array<number>(N).fill(count > 0 ? 1 / count : 0), [N], logits.dtype);
-      const gRows = kern.binary('mul', perRow, g!);
-      perRow.dispose();
-      const d2 = kern.crossEntropyBackward(logits2, targets1, lse, gRows, ignoreIndex);
-      gRows.dispose();
-      const dx = be.view(d2, logits.shape);
-      d2.dispose();
-      return [dx];
-    });
+    record(
+      'crossEntropy',
+      [logits],
+      [y],
+      ([g]) => {
+        // g: [] stays on the device; each row's gradient is g / count (the kernel zeroes the ignored rows).
+        const perRow = be.fromData(new Array<number>(N).fill(count > 0 ? 1 / count : 0), [N], logits.dtype);
+        const gRows = kern.binary('mul', perRow, g!);
+        perRow.dispose();
+        const d2 = kern.crossEntropyBackward(logits2, targets1, lse, gRows, ignoreIndex);
+        gRows.dispose();
+        const dx = be.view(d2, logits.shape);
+        d2.dispose();
+        return [dx];
+      },
+      { saved: [logits2, targets1] },
+    );
   else {
     logits2.dispose();
     targets1.dispose();
@@ -118,15 +183,27 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
   return y;
 }
 
-/** Rows of table [V, D] picked by int32 ids [...] -> [..., D]. */
-export function embedding(table: Tensor, ids: Tensor): Tensor {
+/**
+ * Rows of table [V, D] picked by int32 ids [...] -> [..., D], in `dtype` (default the table's: a bfloat16 table under
+ * a float32 model gives float32 rows, converted after the lookup; no gradient then).
+ */
+export function embedding(table: Tensor, ids: Tensor, dtype: DType = table.dtype): Tensor {
   const be = deviceOf('embedding', table, ids);
   const kern = kernels(be, table.dtype);
   expectFloat('embedding', 'table', table);
   expectDType('embedding', 'ids', ids, 'int32');
   if (table.rank !== 2) throw new ShapeError(`embedding: table must be [V, D], got ${formatShape(table.shape)}`);
+  if (dtype !== table.dtype) {
+    if (needsGrad(table))
+      throw new DTypeError(`embedding: a ${table.dtype} table read as ${dtype} takes no gradient (train in ${dtype})`);
+    const rows = kern.embedding(table, ids);
+    const y = kern.cast(rows, dtype);
+    rows.dispose();
+    return y;
+  }
   const y = kern.embedding(table, ids);
-  if (needsGrad(table)) record('embedding', [table], [y], ([g]) => [kern.embeddingBackward(g!, ids, table.shape[0]!)]);
+  if (needsGrad(table))
+    record('embedding', [table], [y], ([g]) => [kern.embeddingBackward(g!, ids, table.shape[0]!)], { saved: [ids] });
   return y;
 }
 
@@ -143,6 +220,7 @@ export function dropout(x: Tensor, p: number, rng: Rng, perRow = false): Tensor 
   const rowSize = perRow && x.rank > 0 ? Math.max(1, x.size / (x.shape[0] || 1)) : 1;
   const seed = rng.nextU32();
   const y = kern.dropout(x, p, seed, rowSize);
-  if (needsGrad(x)) record('dropout', [x], [y], ([g]) => [kernels(be, g!.dtype).dropout(g!, p, seed, rowSize)]);
+  if (needsGrad(x))
+    record('dropout', [x], [y], ([g]) => [kernels(be, g!.dtype).dropout(g!, p, seed, rowSize)], { saved: [] });
   return y;
 }

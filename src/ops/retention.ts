@@ -90,18 +90,28 @@ export function retentionForward(
         'run it without gradients (noGrad), or train on whole sequences',
     );
   const normalize = opts.normalize ?? true;
-  const { o, r, finalState } = kern.retentionForward(form, q, k, v, gammas, {
-    chunkSize,
-    normalize,
-    initialState,
-    segments,
-    returnFinalState: opts.returnFinalState === true,
-  });
+  const run = { chunkSize, normalize, initialState, segments, returnFinalState: opts.returnFinalState === true };
+  const { o, r, finalState } = kern.retentionForward(form, q, k, v, gammas, run);
+  // o is [B, T, H, V] (V = 2K in RetNet) and only the gated norm after it reads it: in the chunkwise form,
+  // recomputing it from q, k, v (which the backward keeps anyway) costs one more linear-time pass of the kernel and
+  // frees V floats per head and token. The parallel form's pass is quadratic in T, so there o is kept.
+  const recompute = () => {
+    const again = kern.retentionForward(form, q, k, v, gammas, { ...run, returnFinalState: false });
+    again.r.dispose();
+    return again.o;
+  };
   if (differentiable)
-    record(`retention.${form}`, [q, k, v], [o], ([g]) => {
-      const { dq, dk, dv } = kern.retentionBackward(form, q, k, v, gammas, r, g!, chunkSize);
-      return [dq, dk, dv];
-    });
+    record(
+      `retention.${form}`,
+      [q, k, v],
+      [o],
+      ([g]) => {
+        const { dq, dk, dv } = kern.retentionBackward(form, q, k, v, gammas, r, g!, chunkSize);
+        r.dispose();
+        return [dq, dk, dv];
+      },
+      { saved: [q, k, v], recompute: form === 'chunkwise' ? recompute : undefined },
+    );
   else r.dispose();
   return { o, finalState };
 }

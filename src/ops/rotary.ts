@@ -23,6 +23,7 @@ export function rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs =
   expectShape('rotary', 'cos', cos, table);
   expectShape('rotary', 'sin', sin, table);
   const y = kern.rotary(x, cos, sin, pairs, false);
-  if (needsGrad(x)) record('rotary', [x], [y], ([g]) => [kern.rotary(g!, cos, sin, pairs, true)]);
+  if (needsGrad(x))
+    record('rotary', [x], [y], ([g]) => [kern.rotary(g!, cos, sin, pairs, true)], { saved: [cos, sin] });
   return y;
 }

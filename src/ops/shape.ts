@@ -1,6 +1,6 @@
 // Layout ops: reshape (a view), permute/transpose (a copy), slice and concat along one axis (block copies).
 
-import { type BackwardFn, needsGrad, record } from '../autograd/tape.js';
+import { type BackwardFn, needsGrad, record, recomputable } from '../autograd/tape.js';
 import { ShapeError, formatShape } from '../errors.js';
 import { type Tensor, shapeSize } from '../tensor/tensor.js';
 import { deviceOf, normalizeAxis } from './check.js';
@@ -22,7 +22,15 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
       `reshape: cannot reshape ${formatShape(x.shape)} (${x.size} elements) to ${formatShape(shape)}`,
     );
   const y = b.view(x, resolved);
-  if (needsGrad(x)) record('reshape', [x], [y], ([g]) => [b.view(g!, x.shape)]);
+  // A view of a recomputable tensor is recomputable too (free once x has its values), so both can be freed.
+  if (needsGrad(x))
+    record(
+      'reshape',
+      [x],
+      [y],
+      ([g]) => [b.view(g!, x.shape)],
+      recomputable(x) ? { saved: [x], recompute: () => b.view(x, resolved) } : { saved: [] },
+    );
   return y;
 }
 
@@ -38,7 +46,7 @@ export function permute(x: Tensor, perm: readonly number[]): Tensor {
   if (needsGrad(x)) {
     const inverse = new Array<number>(perm.length);
     perm.forEach((p, i) => (inverse[p] = i));
-    record('permute', [x], [y], ([g]) => [kern.permute(g!, inverse)]);
+    record('permute', [x], [y], ([g]) => [kern.permute(g!, inverse)], { saved: [] });
   }
   return y;
 }
@@ -75,11 +83,17 @@ export function slice(x: Tensor, axis: number, start: number, end: number): Tens
   const len = (end - start) * inner;
   kern.copyBlocks(x, start * inner, n * inner, y, 0, len, outer, len);
   if (needsGrad(x))
-    record('slice', [x], [y], ([g]) => {
-      const dx = b.zeros(x.shape, x.dtype);
-      kern.copyBlocks(g!, 0, len, dx, start * inner, n * inner, outer, len);
-      return [dx];
-    });
+    record(
+      'slice',
+      [x],
+      [y],
+      ([g]) => {
+        const dx = b.zeros(x.shape, x.dtype);
+        kern.copyBlocks(g!, 0, len, dx, start * inner, n * inner, outer, len);
+        return [dx];
+      },
+      { saved: [] },
+    );
   return y;
 }
 
@@ -119,7 +133,7 @@ export function concat(xs: readonly Tensor[], axis: number): Tensor {
         kern.copyBlocks(g!, offsets[i]! * inner, total * inner, dx, 0, len, outer, len);
         return dx;
       });
-    record('concat', [...xs], [y], backwardFn);
+    record('concat', [...xs], [y], backwardFn, { saved: [] });
   }
   return y;
 }

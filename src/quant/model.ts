@@ -1,26 +1,34 @@
-// Quantising a model at load: every Linear (projections, FFN, the LM head) gets its weight in a low-precision format;
-// embeddings and norms stay as they are, activations and the decode state stay float32.
+// Holding a model's weights in a low-precision format: every Linear (projections, FFN, the LM head) gets its weight
+// as a tensor of the format's dtype (src/tensor/dtype.ts), so linear() dispatches its product on that dtype and the
+// device's memory accounting counts the stored bytes exactly. Embeddings and norms stay as they are; activations and
+// the decode state stay float32.
 
 import { Linear } from '../nn/layers.js';
 import type { Module } from '../nn/module.js';
+import { kernelsOf } from '../backend/kernels.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { type WeightFormat, quantize } from './formats.js';
-import { LowpWeight } from './linear.js';
+import { WEIGHT_DTYPES, type WeightFormat } from './formats.js';
 
 /**
- * Replaces the float weight of every Linear of `model` by one in `format` and frees the float copy (unless another
- * parameter still uses it: a head tied to the embedding keeps the embedding's table). Returns the number of weights
- * converted.
+ * Puts the weight of every Linear of `model` into `format` and frees the float copy (unless another parameter still
+ * uses it: a head tied to the embedding keeps the embedding's table). Weights already in that dtype stay. Returns the
+ * number of weights converted.
  */
 export function quantizeModel(model: Module, format: WeightFormat): number {
+  const dtype = WEIGHT_DTYPES[format];
   const uses = new Map<Tensor, number>();
   for (const [, t] of model.namedParameters()) uses.set(t, (uses.get(t) ?? 0) + 1);
   let converted = 0;
   for (const [name, m] of model.namedModules()) {
-    if (!(m instanceof Linear) || m.lowp) continue;
+    if (!(m instanceof Linear) || m.weight.dtype === dtype) continue;
     const w = m.weight;
-    const [N, K] = w.shape as [number, number];
-    m.useLowp(new LowpWeight(w.device, quantize(format, w.device.read(w), N, K, `${name}.weight`)));
+    let q: Tensor;
+    try {
+      q = kernelsOf(w).cast(w, dtype);
+    } catch (e) {
+      throw new Error(`quantize ${name}.weight to ${format}: ${(e as Error).message}`);
+    }
+    m.setWeight(q);
     const left = uses.get(w)! - 1;
     uses.set(w, left);
     if (left === 0) w.dispose();
@@ -29,7 +37,7 @@ export function quantizeModel(model: Module, format: WeightFormat): number {
   return converted;
 }
 
-/** Bytes of every weight the model holds: float parameters (each tensor once) and low-precision weights. */
+/** Bytes of every weight the model holds (each tensor once, in its stored dtype: the device's own accounting). */
 export function weightBytes(model: Module): number {
   const seen = new Set<Tensor>();
   let bytes = 0;
@@ -38,6 +46,5 @@ export function weightBytes(model: Module): number {
       seen.add(t);
       bytes += t.storage.byteLength;
     }
-  for (const [, m] of model.namedModules()) if (m instanceof Linear && m.lowp) bytes += m.lowp.bytes;
   return bytes;
 }

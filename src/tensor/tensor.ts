@@ -30,6 +30,12 @@ export class Tensor {
   fromOp = false;
   /** Optional name, used in error messages and checkpoints. */
   name: string | undefined;
+  /** Tape bookkeeping (src/autograd/tape.ts): how many recorded nodes keep this tensor for their backward. */
+  tapeRefs = 0;
+  /** Set by the tape's `release`: the owner is done with it; its storage goes once no node keeps it. */
+  released = false;
+  /** True while the tape has freed the storage of a graph member it can recompute (see tape.ts `materialize`). */
+  dropped = false;
   private storageRef: Storage | null;
 
   constructor(
@@ -63,13 +69,31 @@ export class Tensor {
     return this.storageRef;
   }
 
-  /** Releases the storage (and the gradient). Safe to call twice. */
+  /** Releases the storage (and the gradient). Safe to call twice; a dropped tensor is then gone for good. */
   dispose(): void {
+    this.dropped = false;
     if (this.storageRef === null) return;
     this.storageRef.release();
     this.storageRef = null;
     this.grad?.dispose();
     this.grad = null;
+  }
+
+  /** The tape's: frees the storage but keeps the tensor's place in the graph (it can be refilled by `refill`). */
+  drop(): void {
+    if (this.storageRef === null) return;
+    this.storageRef.release();
+    this.storageRef = null;
+    this.dropped = true;
+  }
+
+  /** The tape's: takes the storage of `from` (the same shape and dtype, recomputed), which is left disposed. */
+  refill(from: Tensor): void {
+    if (!this.dropped || from.storageRef === null || from.size !== this.size || from.dtype !== this.dtype)
+      throw new ShapeError(`tensor: cannot refill ${this.toString()} from ${from.toString()}`);
+    this.storageRef = from.storageRef;
+    from.storageRef = null;
+    this.dropped = false;
   }
 
   /** A host copy of the elements (synchronous: for the host devices; see `dataAsync`). */

@@ -20,7 +20,14 @@ import {
   generationDefaults,
   parseJSON,
 } from '../io/model-load.js';
-import { BufferTensorFile, WEIGHTS_FILE, WEIGHTS_INDEX, Weights, shardFiles } from '../io/safetensors-format.js';
+import {
+  TensorFile,
+  WEIGHTS_FILE,
+  WEIGHTS_INDEX,
+  Weights,
+  bufferSource,
+  shardFiles,
+} from '../io/safetensors-format.js';
 import type { CausalLM } from '../models/lm.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { tidy } from '../tensor/scope.js';
@@ -68,7 +75,7 @@ export class WebModel {
     if (!(m instanceof RetNetModel) && (opts.form !== undefined || opts.chunkSize !== undefined))
       throw new ConfigError(`logits: form and chunkSize apply to RetNet models, not to a ${m.arch}`);
     if (form === 'recurrent') {
-      if (!(m instanceof RetNetModel)) throw new ConfigError('logits: the recurrent form is RetNet\'s');
+      if (!(m instanceof RetNetModel)) throw new ConfigError("logits: the recurrent form is RetNet's");
       const state = m.emptyState(1);
       try {
         const rows: Float32Array[] = [];
@@ -159,12 +166,12 @@ export async function loadModel(source: ModelSource, opts: LoadModelOptions = {}
     weights = Weights.fromIndex(
       index,
       where(WEIGHTS_INDEX),
-      (file) => new BufferTensorFile(shards.get(file)!, where(file)),
+      (file) => new TensorFile(bufferSource(shards.get(file)!), where(file)),
     );
   } else {
     const bytes = await read(WEIGHTS_FILE);
     if (!bytes) throw new FormatError(`${files.where}: missing ${WEIGHTS_FILE} (or ${WEIGHTS_INDEX} for shards)`);
-    weights = Weights.single(new BufferTensorFile(bytes, where(WEIGHTS_FILE)));
+    weights = Weights.single(new TensorFile(bufferSource(bytes), where(WEIGHTS_FILE)));
   }
   const model = buildCheckpointModel(checked, where('config.json'), weights, {
     backend: device,

@@ -90,6 +90,16 @@ function cases(): Case[] {
         inputs: [T(shape)],
         run: (k, [x]) => Object.values(k.rmsNorm(x!, null, 1e-5)),
       },
+      {
+        name: `gatedRmsNorm with weight [${shape}]`,
+        inputs: [T(shape), T(shape, 3), U([shape[shape.length - 1]!], 0.5, 1.5)],
+        run: (k, [x, z, w]) => Object.values(k.gatedRmsNorm(x!, z!, w!, 1e-6)),
+      },
+      {
+        name: `gatedRmsNorm without weight [${shape}]`,
+        inputs: [T(shape), T(shape, 3)],
+        run: (k, [x, z]) => Object.values(k.gatedRmsNorm(x!, z!, null, 1e-5)),
+      },
       { name: `softmax [${shape}]`, inputs: [T(shape, 4)], run: (k, [x]) => [k.softmax(x!)] },
     );
   out.push(

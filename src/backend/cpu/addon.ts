@@ -54,6 +54,15 @@ export interface CpuAddon {
   rmsNormBackward(
     x: F32, w: F32, rstd: F32, g: F32, dx: F32, dw: F32, rows: number, cols: number, hasWeight: boolean,
   ): void;
+  // prettier-ignore
+  gatedRmsNorm(
+    x: F32, gate: F32, w: F32, y: F32, rstd: F32, rows: number, cols: number, eps: number, hasWeight: boolean,
+  ): void;
+  // prettier-ignore
+  gatedRmsNormBackward(
+    x: F32, gate: F32, w: F32, rstd: F32, g: F32, dx: F32, dgate: F32, dw: F32, rows: number, cols: number,
+    hasWeight: boolean,
+  ): void;
   softmax(x: F32, y: F32, rows: number, cols: number): void;
   softmaxBackward(y: F32, g: F32, dx: F32, rows: number, cols: number): void;
   crossEntropy(logits: F32, targets: I32, loss: F32, lse: F32, N: number, V: number, ignoreIndex: number): void;

@@ -131,6 +131,34 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
     return { dx: dx.t, dw: dw ? dw.t : null };
   }
 
+  gatedRmsNorm(x: Tensor, gate: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor } {
+    const { rows, cols } = this.rowsOf(x);
+    const y = this.output(x.shape);
+    const rstd = this.output([rows]);
+    const wd = w ? this.f32(w) : CpuKernels.EMPTY;
+    this.addon.gatedRmsNorm(this.f32(x), this.f32(gate), wd, y.d, rstd.d, rows, cols, eps, w !== null);
+    return { y: y.t, rstd: rstd.t };
+  }
+
+  gatedRmsNormBackward(
+    x: Tensor,
+    gate: Tensor,
+    w: Tensor | null,
+    rstd: Tensor,
+    g: Tensor,
+  ): { dx: Tensor; dgate: Tensor; dw: Tensor | null } {
+    const { rows, cols } = this.rowsOf(x);
+    const dx = this.output(x.shape);
+    const dgate = this.output(x.shape);
+    const dw = w ? this.like(w.shape) : null;
+    const wd = w ? this.f32(w) : CpuKernels.EMPTY;
+    this.addon.gatedRmsNormBackward(
+      this.f32(x), this.f32(gate), wd, this.f32(rstd), this.f32(g), dx.d, dgate.d, dw ? dw.d : CpuKernels.EMPTY,
+      rows, cols, w !== null,
+    ); // prettier-ignore
+    return { dx: dx.t, dgate: dgate.t, dw: dw ? dw.t : null };
+  }
+
   softmax(x: Tensor): Tensor {
     const { rows, cols } = this.rowsOf(x);
     const { t, d } = this.output(x.shape);

@@ -62,6 +62,12 @@ export class CudaDevice implements Device {
   /** TF32 tensor cores for float32 GEMMs (RETNET_CUDA_TF32=1); off by default, so results match float32. */
   tf32 = process.env.RETNET_CUDA_TF32 === '1';
   /**
+   * Chunkwise retention (forward and backward) on bf16 tensor cores with float32 accumulation
+   * (RETNET_CUDA_BF16_RETENTION=1) where the shape allows: K = V = 128, chunk 64, whole chunks, no initial state or
+   * segments; other calls take the float32 kernels. Off by default: bf16 operands give about 1e-3 relative error.
+   */
+  bf16Retention = process.env.RETNET_CUDA_BF16_RETENTION === '1';
+  /**
    * A test aid, as the host pool's: outputs taken without a fill come filled with NaN, so a kernel that leaves an
    * element unwritten shows up instead of reading whatever the recycled block held.
    */

@@ -23,8 +23,8 @@ import type { CudaDevice } from './device.js';
 // The chunk the parallel form's backward runs with (its gradient is the chunkwise one; the chunk sets only speed).
 const PARALLEL_BACKWARD_CHUNK = 64;
 
-// dropout has no cuda kernel yet: the kernel table runs the reference one through a host copy.
-export class CudaKernels implements Omit<Kernels, 'dropout'> {
+// dropout and the gated norm have no cuda kernels yet: the kernel table runs the reference ones through a host copy.
+export class CudaKernels implements Omit<Kernels, 'dropout' | 'gatedRmsNorm' | 'gatedRmsNormBackward'> {
   constructor(private readonly d: CudaDevice) {}
 
   private out(shape: readonly number[], dtype: DType = 'float32'): Tensor {
@@ -274,23 +274,21 @@ export class CudaKernels implements Omit<Kernels, 'dropout'> {
     gammas: readonly number[],
     run: RetentionRun,
   ): { o: Tensor; r: Tensor; finalState: RetentionState | null } {
-    const { chunkSize, normalize } = run;
-    // This device's kernels start from an empty state and take whole batch rows; the state after them comes from
-    // its retentionState kernel.
-    if (run.initialState || run.segments)
-      throw new BackendError(
-        `retentionForward on cuda: ${run.initialState ? 'an initial state' : 'packed segments'} is not supported yet`,
-      );
     const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
+    const N = run.segments ? run.segments.length : B;
     const o = this.out([B, T, H, V]);
     const r = this.out([B, H, T]);
+    const final = run.returnFinalState ? { state: this.out([N, H, K, V]), scale: this.out([N, H]) } : null;
     const f = form === 'parallel' ? RETENTION_WORK.parallelForward : RETENTION_WORK.chunkwiseForward;
-    const ws = this.scratch(this.d.addon.retentionWorkspace(f, B, H, T, K, V, chunkSize));
+    const ws = this.scratch(this.d.addon.retentionWorkspace(f, B, H, T, K, V, run.chunkSize));
+    const init = run.initialState;
     this.d.addon.retentionForward(f, this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas),
-      this.d.ptr(o), this.d.ptr(r), this.d.ptr(ws), B, H, T, K, V, chunkSize, normalize); // prettier-ignore
+      this.d.ptr(o), this.d.ptr(r), this.d.ptr(ws), init ? this.f32(init.state) : 0, init ? this.f32(init.scale) : 0,
+      final ? this.d.ptr(final.state) : 0, final ? this.d.ptr(final.scale) : 0, Float64Array.from(run.segments ?? []),
+      B, H, T, K, V, run.chunkSize, run.normalize, this.d.bf16Retention); // prettier-ignore
     ws.dispose();
-    return { o, r, finalState: run.returnFinalState ? this.retentionState(k, v, gammas, normalize) : null };
+    return { o, r, finalState: final };
   }
 
   retentionBackward(
@@ -312,7 +310,7 @@ export class CudaKernels implements Omit<Kernels, 'dropout'> {
     const ws = this.scratch(this.d.addon.retentionWorkspace(RETENTION_WORK.chunkwiseBackward, B, H, T, K, V, C));
     this.d.addon.retentionBackward(
       this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), this.f32(r), this.f32(dO),
-      this.d.ptr(dq), this.d.ptr(dk), this.d.ptr(dv), this.d.ptr(ws), B, H, T, K, V, C,
+      this.d.ptr(dq), this.d.ptr(dk), this.d.ptr(dv), this.d.ptr(ws), B, H, T, K, V, C, this.d.bf16Retention,
     ); // prettier-ignore
     ws.dispose();
     return { dq, dk, dv };
@@ -343,8 +341,8 @@ export class CudaKernels implements Omit<Kernels, 'dropout'> {
   ): { state: Tensor; scale: Tensor } {
     const [B, T, H, K] = k.shape as [number, number, number, number];
     const V = v.shape[3]!;
-    const state = this.d.zeros([B, H, K, V], 'float32');
-    const scale = this.d.zeros([B, H], 'float32');
+    const state = this.out([B, H, K, V]);
+    const scale = this.out([B, H]);
     this.d.addon.retentionState(this.f32(k), this.f32(v), Float64Array.from(gammas), this.d.ptr(state), this.d.ptr(scale),
       B, H, T, K, V, normalize); // prettier-ignore
     return { state, scale };

@@ -4,6 +4,7 @@
 
 import { DTYPE_NAMES } from '../../tensor/dtype.js';
 import { HostDevice, hostCast } from '../host/device.js';
+import { registerStoredKernels } from '../host/stored.js';
 import { registerKernels, setReferenceDevice } from '../kernels.js';
 import { ReferenceKernels } from './kernels.js';
 
@@ -22,4 +23,6 @@ registerKernels('reference', ['int32'], {
   permute: kernels.permute.bind(kernels),
   copyBlocks: kernels.copyBlocks.bind(kernels),
 });
+// Stored and quantized weights: products through float32 copies (the definition), 16-bit embedding rows as stored.
+registerStoredKernels((dtypes, impl) => registerKernels('reference', dtypes, impl));
 setReferenceDevice(referenceDevice);

@@ -219,43 +219,90 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
   }
 
   rmsNorm(x: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor } {
+    return this.normRows(x, null, w, eps);
+  }
+
+  rmsNormBackward(x: Tensor, w: Tensor | null, rstd: Tensor, g: Tensor): { dx: Tensor; dw: Tensor | null } {
+    const { dx, dw } = this.normRowsBackward(x, null, w, rstd, g);
+    return { dx, dw };
+  }
+
+  gatedRmsNorm(x: Tensor, gate: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor } {
+    return this.normRows(x, gate, w, eps);
+  }
+
+  gatedRmsNormBackward(
+    x: Tensor,
+    gate: Tensor,
+    w: Tensor | null,
+    rstd: Tensor,
+    g: Tensor,
+  ): { dx: Tensor; dgate: Tensor; dw: Tensor | null } {
+    const { dx, dgate, dw } = this.normRowsBackward(x, gate, w, rstd, g);
+    return { dx, dgate: dgate!, dw };
+  }
+
+  /** y = x · rstd · w (w null: 1) per row of the last dim, times silu(gate) where a gate is given. */
+  private normRows(x: Tensor, gate: Tensor | null, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor } {
     const { rows, cols } = this.rowsOf(x);
     const { t: y, d: Y } = this.out(x.shape, x);
     const { t: rstd, d: R } = this.out([rows], x);
     const X = this.float(x);
+    const Z = gate ? this.float(gate) : null;
     const W = w ? this.float(w) : null;
     for (let r = 0; r < rows; r++) {
       let ss = 0;
       for (let j = 0; j < cols; j++) ss += X[r * cols + j]! ** 2;
       const s = 1 / Math.sqrt(ss / cols + eps);
       R[r] = s;
-      for (let j = 0; j < cols; j++) Y[r * cols + j] = X[r * cols + j]! * s * (W ? W[j]! : 1);
+      for (let j = 0; j < cols; j++) {
+        const i = r * cols + j;
+        Y[i] = X[i]! * s * (W ? W[j]! : 1) * (Z ? activationValue('silu', Z[i]!) : 1);
+      }
     }
     return { y, rstd };
   }
 
-  rmsNormBackward(x: Tensor, w: Tensor | null, rstd: Tensor, g: Tensor): { dx: Tensor; dw: Tensor | null } {
+  /**
+   * The backward of normRows. With a gate z, y = n ⊙ silu(z) for n = x·rstd·w: dz = g ⊙ n ⊙ silu'(z), and the norm
+   * receives h = g ⊙ silu(z) (h = g without a gate): dx = rstd·h·w − x·rstd³·Σ(h·w·x)/cols, dw = Σ_rows h·x·rstd.
+   */
+  private normRowsBackward(
+    x: Tensor,
+    gate: Tensor | null,
+    w: Tensor | null,
+    rstd: Tensor,
+    g: Tensor,
+  ): { dx: Tensor; dgate: Tensor | null; dw: Tensor | null } {
     const { rows, cols } = this.rowsOf(x);
     const { t: dx, d: DX } = this.out(x.shape, x);
+    const dz = gate ? this.out(x.shape, x) : null;
     const dwT = w ? this.out(w.shape, w) : null;
     const X = this.float(x);
+    const Z = gate ? this.float(gate) : null;
     const G = this.float(g);
     const R = this.float(rstd);
     const W = w ? this.float(w) : null;
     const dwAcc = new Float64Array(cols);
+    const h = new Float64Array(cols);
     for (let r = 0; r < rows; r++) {
       const s = R[r]!;
       let dot = 0;
-      for (let j = 0; j < cols; j++) dot += G[r * cols + j]! * (W ? W[j]! : 1) * X[r * cols + j]!;
+      for (let j = 0; j < cols; j++) {
+        const i = r * cols + j;
+        h[j] = G[i]! * (Z ? activationValue('silu', Z[i]!) : 1);
+        dot += h[j]! * (W ? W[j]! : 1) * X[i]!;
+        if (Z) dz!.d[i] = G[i]! * X[i]! * s * (W ? W[j]! : 1) * activationDerivative('silu', Z[i]!);
+      }
       const c = (s * s * s * dot) / cols;
       for (let j = 0; j < cols; j++) {
         const i = r * cols + j;
-        DX[i] = s * G[i]! * (W ? W[j]! : 1) - c * X[i]!;
-        dwAcc[j] += G[i]! * X[i]! * s;
+        DX[i] = s * h[j]! * (W ? W[j]! : 1) - c * X[i]!;
+        dwAcc[j] += h[j]! * X[i]! * s;
       }
     }
     if (dwT) dwT.d.set(dwAcc);
-    return { dx, dw: dwT ? dwT.t : null };
+    return { dx, dgate: dz ? dz.t : null, dw: dwT ? dwT.t : null };
   }
 
   softmax(x: Tensor): Tensor {

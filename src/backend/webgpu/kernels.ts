@@ -48,6 +48,7 @@ export type WebGpuKernelName =
   | 'scale'
   | 'activation'
   | 'rmsNorm'
+  | 'gatedRmsNorm'
   | 'softmax'
   | 'embedding'
   | 'copyBlocks'
@@ -148,10 +149,20 @@ export class WebGpuKernels implements Pick<Kernels, WebGpuKernelName> {
   }
 
   rmsNorm(x: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor } {
+    return this.normRows(x, null, w, eps);
+  }
+
+  gatedRmsNorm(x: Tensor, gate: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor } {
+    return this.normRows(x, gate, w, eps);
+  }
+
+  /** y = x · rstd · w (w null: 1) per row of the last dim, times silu(gate) where a gate is given. */
+  private normRows(x: Tensor, gate: Tensor | null, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor } {
     const { rows, cols } = this.rows(x);
     const y = this.out(x.shape);
     const rstd = this.out([rows]);
-    if (rows > 0) this.run('RMSNORM', [u(rows), u(cols), u(w ? 1 : 0), f(eps)], [x, w ?? x], [y, rstd], grid(rows, 1));
+    const params = [u(rows), u(cols), u(w ? 1 : 0), u(gate ? 1 : 0), f(eps)] as const;
+    if (rows > 0) this.run('RMSNORM', params, [x, w ?? x, gate ?? x], [y, rstd], grid(rows, 1));
     return { y, rstd };
   }
 

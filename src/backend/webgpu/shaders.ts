@@ -132,14 +132,17 @@ fn main(${ELEMENTWISE_ARGS}) {
   else { o[i] = max(v, 0.0); }
 }`;
 
-/** One workgroup per row (rows on a 2-D grid): y = x · rstd · w, rstd = 1/sqrt(mean(x²) + eps). */
+/**
+ * One workgroup per row (rows on a 2-D grid): y = x · rstd · w (· silu(gate) when gated), rstd = 1/sqrt(mean(x²) + eps).
+ */
 export const RMSNORM = /* wgsl */ `
-struct P { rows: u32, cols: u32, hasW: u32, eps: f32 }
+struct P { rows: u32, cols: u32, hasW: u32, hasGate: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<storage, read_write> rstd: array<f32>;
+@group(0) @binding(3) var<storage, read> gate: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;
 var<workgroup> part: array<f32, 64>;
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -161,6 +164,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   for (var j = lid; j < p.cols; j += 64u) {
     var g = 1.0;
     if (p.hasW == 1u) { g = w[j]; }
+    if (p.hasGate == 1u) { let z = gate[base + j]; g *= z / (1.0 + exp(-z)); }
     y[base + j] = x[base + j] * k * g;
   }
 }`;

@@ -2,9 +2,10 @@
 // is torchscale's RetNetConfig JSON (snake_case keys, spec §1) plus "arch": "retnet", so torchscale's own config.json
 // loads as it is and ours loads in torchscale.
 
-import type { ActivationKind, RotaryPairs } from '../../backend/kernels.js';
+import type { ActivationKind, RetentionForm, RotaryPairs } from '../../backend/kernels.js';
 import { ConfigError } from '../../errors.js';
 import { checkSize } from '../bounds.js';
+import { PRESETS } from '../presets.js';
 
 export interface RetNetConfig {
   vocabSize: number;
@@ -97,21 +98,8 @@ export const RETNET_DEFAULTS: RetNetConfig = {
   extra: {},
 };
 
-type Shape = Pick<RetNetConfig, 'embedDim' | 'valueDim' | 'heads' | 'ffnDim' | 'layers'>;
-
-/**
- * Presets. The paper's sizes as torchscale configures them (fairseq retnet_xl / retnet_3b / retnet_7b: GLU with value
- * and FFN width ≈ 5/3·d, key head dim 256, about 12·d² parameters per layer, as the paper's allocation), and small
- * CPU sizes with value and FFN width 2d.
- */
-export const RETNET_PRESETS: Record<string, Shape> = {
-  tiny: { embedDim: 128, layers: 2, heads: 2, valueDim: 256, ffnDim: 256 },
-  small: { embedDim: 256, layers: 4, heads: 4, valueDim: 512, ffnDim: 512 },
-  base: { embedDim: 512, layers: 6, heads: 4, valueDim: 1024, ffnDim: 1024 },
-  '1.3B': { embedDim: 2048, layers: 24, heads: 8, valueDim: 3456, ffnDim: 3456 },
-  '2.7B': { embedDim: 2560, layers: 32, heads: 10, valueDim: 4280, ffnDim: 4280 },
-  '6.7B': { embedDim: 4096, layers: 32, heads: 16, valueDim: 6912, ffnDim: 6912 },
-};
+/** RetNet's presets: the shared sizes (../presets.ts) as they are. */
+export const RETNET_PRESETS = PRESETS;
 
 export function retnetPreset(name: string, overrides: Partial<RetNetConfig> & { vocabSize: number }): RetNetConfig {
   const shape = RETNET_PRESETS[name];
@@ -181,6 +169,11 @@ export function validateRetNetConfig(c: RetNetConfig, source = 'RetNetConfig'): 
   if (c.extra === null || typeof c.extra !== 'object' || Array.isArray(c.extra))
     throw new ConfigError(`${source}: extra must be an object of config.json keys`);
   return c;
+}
+
+/** The form of a config's full-sequence passes: chunkwise when chunkwiseRecurrent, else parallel. */
+export function configuredForm(c: Pick<RetNetConfig, 'chunkwiseRecurrent'>): RetentionForm {
+  return c.chunkwiseRecurrent ? 'chunkwise' : 'parallel';
 }
 
 /** Key head dim K and value head dim V. */

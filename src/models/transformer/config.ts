@@ -5,7 +5,7 @@
 import type { AttentionAlgorithm } from '../../backend/kernels.js';
 import { ConfigError } from '../../errors.js';
 import { checkSize } from '../bounds.js';
-import { RETNET_PRESETS, type RetNetConfig } from '../retnet/config.js';
+import { PRESETS, type PresetShape } from '../presets.js';
 
 export interface TransformerConfig {
   vocabSize: number;
@@ -56,9 +56,7 @@ const MAX_HEAD_DIM = 128;
  * counts for every preset). d and L are RetNet's. Heads do not change the count: the Transformer takes RetNet's head
  * count, raised where needed so that the head dim is at most 128 (as GPT-3 1.3B-6.7B and LLaMA).
  */
-export function matchRetNetShape(
-  r: Pick<RetNetConfig, 'embedDim' | 'valueDim' | 'heads' | 'ffnDim' | 'layers'>,
-): Shape {
+export function matchRetNetShape(r: PresetShape): Shape {
   const d = r.embedDim;
   const ffnDim = 8 * Math.round((r.ffnDim + r.valueDim - (2 * d) / 3) / 8);
   let heads = Math.max(r.heads, Math.ceil(d / MAX_HEAD_DIM));
@@ -68,10 +66,10 @@ export function matchRetNetShape(
 
 /** The Transformer shape parameter-matched to the RetNet preset `name` (see matchRetNetShape). */
 export function transformerPresetFor(name: string): Shape {
-  const retnet = RETNET_PRESETS[name];
+  const retnet = PRESETS[name];
   if (!retnet)
     throw new ConfigError(
-      `unknown preset '${name}' (expected one of the RetNet presets ${Object.keys(RETNET_PRESETS).join(', ')})`,
+      `unknown preset '${name}' (expected one of the RetNet presets ${Object.keys(PRESETS).join(', ')})`,
     );
   return matchRetNetShape(retnet);
 }

@@ -14,7 +14,7 @@ import { ropeAngles, type RotaryTables } from '../../nn/rotary.js';
 import { Rng, tiledNormal } from '../../tensor/random.js';
 import { keep } from '../../tensor/scope.js';
 import type { Tensor } from '../../tensor/tensor.js';
-import { Decoder, type DecoderOptions, type Mixer, release } from '../decoder.js';
+import { Decoder, type DecoderOptions, type Mixer, type TrunkState, release } from '../decoder.js';
 import type { DecodeState } from '../lm.js';
 import { type TransformerConfig, validateTransformerConfig } from './config.js';
 import { kernelsOf } from '../../backend/kernels.js';
@@ -36,7 +36,7 @@ const capacityFor = (positions: number) => Math.ceil(positions / CACHE_BLOCK) * 
  * positions [0, positions[b]); entries past that are unused (a batched prefill leaves padding there, which later
  * steps overwrite). Bytes grow linearly with the longest row.
  */
-export class TransformerDecodeState implements DecodeState {
+export class TransformerDecodeState implements TrunkState {
   constructor(
     readonly keys: Tensor[],
     readonly values: Tensor[],
@@ -111,6 +111,14 @@ export class TransformerDecodeState implements DecodeState {
       for (let b = 0; b < B; b++)
         kernelsOf(src).copyBlocks(src, b * H * K, K, cache, b * H * C * K + this.positions[b]! * K, C * K, H, K);
     }
+  }
+
+  /**
+   * Nothing to save: a step writes a padded row's key and value at its position, which stays past the row's end (the
+   * position does not advance) until the row's next real token overwrites it.
+   */
+  keepRows(): () => void {
+    return () => {};
   }
 
   select(rows: readonly number[]): void {
