@@ -257,18 +257,20 @@ export async function fallbackCheck(): Promise<{
   failure: string;
 }> {
   const gpu = (await requestWebGpu()) as WebGpuDevice;
-  const used = ['gatedRmsNorm', 'permute', 'adamw', 'crossEntropy'] as const;
+  const used = ['rmsNormBackward', 'permute', 'adamw', 'crossEntropy'] as const;
   const missing = used.filter((name) => !supports(name, 'webgpu', ['float32']));
   const rng = new Rng(7);
   const randn = (n: number) => Array.from({ length: n }, () => rng.normal());
-  const [X, X2, G, P, Gr, L] = [192, 192, 192, 15, 15, 35].map(randn) as number[][];
+  const [X, X2, G, W, P, Gr, L] = [192, 192, 192, 8, 15, 15, 35].map(randn) as number[][];
   const chain = async (d: Device) => {
     const k = kernels(d, 'float32');
     const x = d.fromData(X!, [4, 6, 8], 'float32');
-    const gate = d.fromData(G!, [4, 6, 8], 'float32');
+    const g = d.fromData(G!, [4, 6, 8], 'float32');
+    const w = d.fromData(W!, [8], 'float32');
     const a = k.scale(x, 1.5); // a webgpu kernel
-    const { y, rstd } = k.gatedRmsNorm(a, gate, null, 1e-6); // a fallback on its result
-    const p = k.permute(y, [1, 0, 2]); // a fallback on a fallback's result
+    const { y, rstd } = k.rmsNorm(a, w, 1e-6); // another
+    const { dx, dw } = k.rmsNormBackward(a, w, rstd, g); // a fallback on their results
+    const p = k.permute(dx, [1, 0, 2]); // a fallback on a fallback's result
     const s = k.activation('silu', p); // a webgpu kernel on a fallback's result
     d.write(x, X2!); // a host write while the fallbacks wait: a must still be 1.5 X
     const b = k.scale(x, 2);
@@ -282,9 +284,9 @@ export async function fallbackCheck(): Promise<{
     const logits = d.fromData(L!, [5, 7], 'float32');
     const targets = d.fromData([0, 6, 3, -100, 1], [5], 'int32');
     const { loss, lse } = k.crossEntropy(logits, targets, -100);
-    const outs = [a, y, rstd, p, s, b, param, m, v, c, loss, lse];
+    const outs = [a, y, rstd, dx, dw!, p, s, b, param, m, v, c, loss, lse];
     const read = await Promise.all(outs.map((t) => t.dataAsync()));
-    for (const t of [x, gate, grad, logits, targets, ...outs]) t.dispose();
+    for (const t of [x, g, w, grad, logits, targets, ...outs]) t.dispose();
     return read;
   };
   const want = await chain(referenceBackend());
