@@ -89,6 +89,30 @@ describe('retnet/web in chromium', { skip: browserSkip() }, () => {
       assertClose(long!, expected.get('logits.long.chunk')!.data, TOL, 'fla long chunkwise');
     });
 
+  for (const [name, url] of [
+    ['the tiny demo model (torchscale normalisation)', '/tiny/'],
+    ['fla dev (no normalisation)', '/fla/'],
+  ])
+    for (const form of ['chunkwise', 'parallel'] as const)
+      it(`${name}, ${form}: a packed multi-prompt prefill and a prefill continuing a state agree on webgpu and cpu`, async () => {
+        // Prompts of 13, 1 and 6 tokens; prompt 0 again in pieces of 5 (5 + 5 + 3), then one step.
+        const prompts = [[5, 17, 9, 33, 2, 8, 41, 7, 7, 19, 3, 60, 12], [11], [4, 4, 90, 23, 1, 6]];
+        const run = (device: 'webgpu' | 'cpu') =>
+          page.page.evaluate(([u, d, p, f]) => window.retnetModel.prefills(u, d, p, 5, f), [
+            url,
+            device,
+            prompts,
+            form,
+          ] as const);
+        const [gpu, cpu] = [await run('webgpu'), await run('cpu')];
+        assert.equal(gpu.packed.length, prompts.length);
+        gpu.packed.forEach((row, b) => assertClose(row, cpu.packed[b]!, TOL, `packed prompt ${b}`));
+        assertClose(gpu.pieces, cpu.pieces, TOL, 'after the pieces');
+        assertClose(gpu.step, cpu.step, TOL, 'the step after the pieces');
+        // Un-normalised, every split is the same function: the pieces give prompt 0's logits as packed.
+        if (url === '/fla/') assertClose(gpu.pieces, gpu.packed[0]!, TOL, 'pieces against the one-call prefill');
+      });
+
   it('greedy generation in the page (webgpu and cpu) equals greedy generation in Node', async () => {
     const want = await nodeGreedy(tiny, PROMPT, NEW_TOKENS);
     assert.equal(want.tokens.length, NEW_TOKENS);

@@ -1,5 +1,7 @@
 // Runs in the page (bundled by test/web-model.test.ts): loads model directories with retnet/web's loadModel and
 // returns logits rows and greedy generations for the test to compare with expected values and with Node.
+import type { RetNetDecodeState, RetNetModel } from '../../src/models/retnet/model.js';
+import type { Tensor } from '../../src/tensor/tensor.js';
 import { type LogitsOptions, loadModel } from '../../src/web.js';
 
 async function logits(
@@ -39,9 +41,45 @@ async function greedy(
   return { tokens, text, created };
 }
 
+/**
+ * RetNet's prefill two ways: the prompts packed into one call (retention with segments), and prompt 0 in pieces of
+ * `piece` tokens, each continuing the state the previous left (retention from an initial state), then one step.
+ * Returns the logits rows after each prompt, after the pieces, and after the step.
+ */
+async function prefills(
+  url: string,
+  device: 'webgpu' | 'cpu',
+  prompts: number[][],
+  piece: number,
+  form: 'parallel' | 'chunkwise',
+): Promise<{ packed: number[][]; pieces: number[]; step: number[] }> {
+  const m = await loadModel(url, { device });
+  const lm = m.model as RetNetModel;
+  const rows = async (t: Tensor) => {
+    const V = t.shape[t.shape.length - 1]!;
+    const flat = Array.from(await t.dataAsync());
+    t.dispose();
+    return Array.from({ length: flat.length / V }, (_, i) => flat.slice(i * V, (i + 1) * V));
+  };
+  const packed = lm.prefill(prompts, { form });
+  packed.state.dispose();
+  const out = { packed: await rows(packed.logits), pieces: [] as number[], step: [] as number[] };
+  const p0 = prompts[0]!;
+  let state: RetNetDecodeState | undefined;
+  for (let at = 0; at < p0.length; at += piece) {
+    const r = lm.prefill([p0.slice(at, at + piece)], { form, state });
+    state = r.state;
+    out.pieces = (await rows(r.logits))[0]!;
+  }
+  out.step = (await rows(lm.step([p0[0]!], state!)))[0]!;
+  state!.dispose();
+  m.dispose();
+  return out;
+}
+
 declare global {
   interface Window {
-    retnetModel: { logits: typeof logits; greedy: typeof greedy };
+    retnetModel: { logits: typeof logits; greedy: typeof greedy; prefills: typeof prefills };
   }
 }
-window.retnetModel = { logits, greedy };
+window.retnetModel = { logits, greedy, prefills };
