@@ -120,7 +120,7 @@ export const suites: Command[] = [
     {
       quick,
       models: list('models to measure (base, 1.3B)', (s) => s, { placeholder: 'names', maxItems: 2 }),
-      model: text('a model directory to measure instead (decode only: no peer, no quality run)', {
+      model: text('a model directory to measure instead (decode and the peer only: no quality run)', {
         placeholder: 'dir',
         nonEmpty: true,
       }),
