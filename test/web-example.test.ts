@@ -1,4 +1,4 @@
-// examples/web in headless chromium: `serveWeb` (what `npm run serve-web -- DIR` runs) serves the page and a model
+// examples/web in headless chromium: `serveWeb` (the page `retnet serve-web DIR` serves, bundled from source) serves it and a model
 // directory; the page loads the model on webgpu, generates greedily, and shows exactly Node's greedy continuation.
 // A screenshot is taken and checked in the page's own decoder: the page is not blank and the output box holds text.
 import assert from 'node:assert/strict';

@@ -1,17 +1,15 @@
-// Serves the example page with a model directory on localhost: `npm run serve-web -- DIR [PORT]`, then open the URL
-// it prints (WebGPU needs a secure context, which localhost is). Without DIR it serves the tiny demo model with
-// untrained (seeded random) weights, which generates noise but exercises everything. The page's script is bundled
-// with the library here by esbuild; the model directory is served under /model/.
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+// The example page's build: `npm run build:web` bundles the library (retnet/web) and the page's script with esbuild
+// into dist/web/, next to index.html; `retnet serve-web DIR` serves those with a model directory under /model/. The
+// tests bundle from source with the same function (serveWeb) and make the tiny demo model (writeDemoModel).
+import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 
 import { build } from 'esbuild';
 
 import { saveModelDir } from '../../src/io/model-dir.js';
 import { createModel } from '../../src/models/registry.js';
 import { ByteTokenizer } from '../../src/tokenizer/tokenizer.js';
-import { type RunningStatic, startStaticServer } from '../../src/web/serve.js';
+import { type RunningStatic, pageSite, startStaticServer } from '../../src/web/serve.js';
 
 const HERE = import.meta.dirname;
 
@@ -48,36 +46,21 @@ export function writeDemoModel(dir: string, seed = 7): void {
   model.dispose();
 }
 
-/** Bundles the page script and serves index.html, app.js and `modelDir` under /model/. */
+/** Bundles the page script from source and serves it with index.html and `modelDir` under /model/ (the tests). */
 export async function serveWeb(modelDir: string | null, port = 0): Promise<RunningStatic> {
   const app = await bundleForBrowser(resolve(HERE, 'app.ts'));
   return startStaticServer(
-    {
-      routes: {
-        '/': { file: resolve(HERE, 'index.html') },
-        '/app.js': { type: 'text/javascript; charset=utf-8', body: app },
-      },
-      dirs: modelDir ? { '/model/': resolve(modelDir) } : {},
-    },
+    pageSite(modelDir, resolve(HERE, 'index.html'), { type: 'text/javascript; charset=utf-8', body: app }),
     port,
   );
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === resolve(HERE, 'serve.ts') && process.argv[2] === '--build') {
-  // npm run build:web: the retnet/web bundle into dist/web/ (package.json's exports["./web"]).
-  const out = resolve(HERE, '..', '..', 'dist', 'web', 'retnet.js');
-  mkdirSync(dirname(out), { recursive: true });
-  writeFileSync(out, await bundleForBrowser(resolve(HERE, '..', '..', 'src', 'web.ts')));
-} else if (process.argv[1] && resolve(process.argv[1]) === resolve(HERE, 'serve.ts')) {
-  const [given, port] = process.argv.slice(2);
-  let dir = given;
-  if (!dir) {
-    dir = mkdtempSync(join(tmpdir(), 'retnet-web-demo-'));
-    writeDemoModel(dir);
-    process.on('SIGINT', () => process.exit(0));
-    process.on('exit', () => rmSync(dir!, { recursive: true, force: true }));
-    process.stdout.write('no model directory given: serving the tiny demo model with untrained weights\n');
-  }
-  const site = await serveWeb(dir, port ? Number(port) : 8080);
-  process.stdout.write(`serving ${resolve(dir)} at ${site.url}/ (the page loads /model/); Ctrl-C stops\n`);
+  // npm run build:web: the retnet/web bundle (package.json's exports["./web"]) and the example page that `retnet
+  // serve-web` serves (index.html, app.js) into dist/web/.
+  const out = resolve(HERE, '..', '..', 'dist', 'web');
+  mkdirSync(out, { recursive: true });
+  writeFileSync(join(out, 'retnet.js'), await bundleForBrowser(resolve(HERE, '..', '..', 'src', 'web.ts')));
+  writeFileSync(join(out, 'app.js'), await bundleForBrowser(resolve(HERE, 'app.ts')));
+  copyFileSync(resolve(HERE, 'index.html'), join(out, 'index.html'));
 }

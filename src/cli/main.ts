@@ -19,6 +19,7 @@ import { logitsCommand } from './logits.js';
 import { plotCommand } from './plot.js';
 import { quantizeCommand } from './quantize.js';
 import { serveCommand } from './serve.js';
+import { serveWebCommand } from './serve-web.js';
 import { trainCommand } from './train.js';
 
 export const commands: Command[] = [
@@ -28,6 +29,7 @@ export const commands: Command[] = [
   evalCommand,
   generateCommand,
   serveCommand,
+  serveWebCommand,
   logitsCommand,
   quantizeCommand,
   plotCommand,

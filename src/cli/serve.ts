@@ -28,7 +28,7 @@ import { loadForGeneration } from './generate.js';
 const HOSTNAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i;
 
 /** --host: an IP address or a host name (a name of digits and dots is a mistyped IPv4 address). */
-const hostFlag: Flag<string> = {
+export const hostFlag: Flag<string> = {
   ...text('the address to listen on: an IP address or a host name', { placeholder: 'host', default: '127.0.0.1' }),
   parse: (raw) => {
     if (isIP(raw) !== 0) return raw;
@@ -37,6 +37,18 @@ const hostFlag: Flag<string> = {
     return raw;
   },
 };
+
+/** Why a server could not listen, as a RetnetError where the cause is the user's (the port, the address). */
+export function listenError(e: NodeJS.ErrnoException, host: string, port: number): Error {
+  const why: Record<string, string> = {
+    EADDRINUSE: 'the port is in use (choose another --port)',
+    EACCES: 'permission denied (ports below 1024 need privileges)',
+    EADDRNOTAVAIL: 'the address is not one of this machine (check --host)',
+  };
+  return e.code !== undefined && e.code in why
+    ? new RetnetError(`cannot listen on ${host}:${port}: ${why[e.code]}`)
+    : e;
+}
 
 export const serveCommand = defineCommand({
   name: 'serve',
@@ -117,14 +129,7 @@ export const serveCommand = defineCommand({
       logLevel: values['log-level'],
     }).catch((e: NodeJS.ErrnoException) => {
       model.dispose();
-      const why: Record<string, string> = {
-        EADDRINUSE: 'the port is in use (choose another --port)',
-        EACCES: 'permission denied (ports below 1024 need privileges)',
-        EADDRNOTAVAIL: 'the address is not one of this machine (check --host)',
-      };
-      if (e.code !== undefined && e.code in why)
-        throw new RetnetError(`cannot listen on ${host}:${values.port}: ${why[e.code]}`);
-      throw e;
+      throw listenError(e, host, values.port);
     });
     process.stdout.write(`retnet serve: listening on ${server.url}\n`);
     const signal = await new Promise<string>((done) => {

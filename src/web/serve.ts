@@ -2,7 +2,7 @@
 // `npm run serve-web`, and the pages the browser tests load. localhost matters: WebGPU exists only in secure contexts,
 // which a page from http://localhost (or 127.0.0.1) is. Paths are resolved inside their folder (no '..' escapes).
 
-import { createReadStream, statSync } from 'node:fs';
+import { createReadStream, realpathSync, statSync } from 'node:fs';
 import { type Server, createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { extname, join, normalize, sep } from 'node:path';
@@ -38,18 +38,33 @@ function fileIn(dir: string, rest: string): string | null {
   } catch {
     return null; // a malformed %-escape names no file
   }
+  const inside = (p: string, d: string) => p === d || p.startsWith(d.endsWith(sep) ? d : d + sep);
   const path = normalize(join(dir, name));
-  if (path !== normalize(dir) && !path.startsWith(normalize(dir) + sep)) return null;
+  if (!inside(path, normalize(dir))) return null;
   try {
+    // A symbolic link inside the folder may point out of it: the real path must be inside the real folder too.
+    if (!inside(realpathSync(path), realpathSync(dir))) return null;
     return statSync(path).isFile() ? path : null;
   } catch {
     return null;
   }
 }
 
-/** Serves `site` on 127.0.0.1 (port 0: any free port). */
-export function startStaticServer(site: StaticSite, port = 0): Promise<RunningStatic> {
+/** The example page's site: index.html at /, its script at /app.js, the model directory's files under /model/. */
+export function pageSite(modelDir: string | null, html: string, app: Route): StaticSite {
+  return {
+    routes: { '/': { file: html }, '/app.js': app },
+    dirs: modelDir ? { '/model/': modelDir } : {},
+  };
+}
+
+/** Serves `site` on `host` (port 0: any free port); only GET and HEAD. */
+export function startStaticServer(site: StaticSite, port = 0, host = '127.0.0.1'): Promise<RunningStatic> {
   const server = createServer((req, res) => {
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { 'content-type': 'text/plain', allow: 'GET, HEAD' }).end(`${req.method} is not served`);
+      return;
+    }
     const path = new URL(req.url ?? '/', 'http://localhost').pathname;
     let route: Route | undefined = site.routes?.[path];
     if (!route)
@@ -77,10 +92,11 @@ export function startStaticServer(site: StaticSite, port = 0): Promise<RunningSt
   });
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, '127.0.0.1', () => {
+    server.listen(port, host, () => {
       const { port: p } = server.address() as AddressInfo;
+      const local = host === '127.0.0.1' || host === 'localhost' || host === '::1';
       resolve({
-        url: `http://localhost:${p}`,
+        url: `http://${local ? 'localhost' : host.includes(':') ? `[${host}]` : host}:${p}`,
         server,
         close: () =>
           new Promise<void>((done) => {
