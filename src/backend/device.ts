@@ -44,6 +44,11 @@ export interface Device {
   copy(src: Tensor, srcOffset: number, dst: Tensor, dstOffset: number, length: number): void;
   /** A tensor of another shape sharing the storage (a reshape); the storage lives until both are disposed. */
   view(t: Tensor, shape: readonly number[]): Tensor;
+  /**
+   * Blocks until every kernel and copy queued on the device has finished. Only devices that compute asynchronously
+   * have it (cuda); on the others work is done when a kernel returns. Timing code calls it around what it times.
+   */
+  synchronize?(): void;
 
   /** The kernel table's resolved kernels for this device, per dispatch dtype (kept here for one-lookup dispatch). */
   readonly resolved: Partial<Record<DType, Kernels>>;
