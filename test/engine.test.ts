@@ -5,7 +5,8 @@ import { describe, it } from 'node:test';
 
 import { backward, noGrad, release, tapeLength } from '../src/autograd/tape.js';
 import { DisposedError, DTypeError, ShapeError, BackendError } from '../src/errors.js';
-import { add, linear, matmul, mul, sum } from '../src/ops/math.js';
+import { add, linear, matmul, mul, scale, sum } from '../src/ops/math.js';
+import { rotary } from '../src/ops/rotary.js';
 import { crossEntropy, embedding, rmsNorm } from '../src/ops/nn.js';
 import { reshape } from '../src/ops/shape.js';
 import { BufferPool } from '../src/backend/host/pool.js';
@@ -202,6 +203,46 @@ describe('autograd tape', () => {
       assert.deepEqual(w.grad!.toArray(), gw, `${be.name}: dw with recomputation`);
       assert.deepEqual(nw.grad!.toArray(), gn, `${be.name}: dnorm with recomputation`);
       for (const t of [w, nw, x]) t.dispose();
+      assert.equal(tapeLength(), 0);
+    }
+  });
+
+  it('a recomputed linear output and its views, scalings and rotations are freed and redone in backward', () => {
+    for (const be of [ref, nat()]) {
+      const rng = new Rng(12);
+      const w = randomTensor(be, rng, [6, 5], { requiresGrad: true });
+      const x = randomTensor(be, rng, [1, 4, 5], { requiresGrad: true });
+      const cos = randomTensor(be, rng, [4, 2]);
+      const sin = randomTensor(be, rng, [4, 2]);
+      // q = rotary(0.5 · reshape(x wᵀ)), read by mul's backward; x is kept by the linear node anyway.
+      const run = (redo: boolean) =>
+        tidy(() => {
+          const before = be.memory.current;
+          const h = linear(x, w, null, redo); // [1, 4, 6]
+          const r = reshape(h, [1, 4, 3, 2]);
+          release(h);
+          const s = scale(r, 0.5);
+          release(r);
+          const q = rotary(s, cos, sin);
+          release(s);
+          const m = mul(q, q);
+          release(q);
+          const held = be.memory.current - before;
+          backward(sum(m));
+          return held;
+        });
+      const kept = run(false);
+      const grads = [w, x].map((t) => t.grad!.toArray());
+      for (const t of [w, x]) {
+        t.grad!.dispose();
+        t.grad = null;
+      }
+      const freed = run(true);
+      // q (4·6 floats) is gone, recomputed through the chain for mul's backward; m stays.
+      assert.equal(kept - freed, 4 * 6 * 4, `${be.name}: bytes freed`);
+      assert.deepEqual(w.grad!.toArray(), grads[0], `${be.name}: dw with recomputation`);
+      assert.deepEqual(x.grad!.toArray(), grads[1], `${be.name}: dx with recomputation`);
+      for (const t of [w, x, cos, sin]) t.dispose();
       assert.equal(tapeLength(), 0);
     }
   });

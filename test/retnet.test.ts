@@ -1,5 +1,6 @@
-// RetNet model: the three forms against each other, chunkwise gradients against parallel ones, prefill then
-// recurrent continuation, flat decode memory, serialisable state, config validation and parameter counts.
+// RetNet model: the three forms against each other, chunkwise gradients against parallel ones and finite
+// differences, prefill then recurrent continuation, flat decode memory, serialisable state, config validation and
+// parameter counts.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
@@ -22,7 +23,7 @@ import { RetNetModel } from '../src/models/retnet/model.js';
 import type { DType } from '../src/tensor/dtype.js';
 import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
-import { assertClose, nat, ref } from './helpers.js';
+import { assertClose, checkGradients, nat, ref } from './helpers.js';
 
 function config(overrides: Partial<RetNetConfig> = {}): RetNetConfig {
   return validateRetNetConfig({
@@ -134,6 +135,22 @@ describe('chunkwise gradients equal parallel gradients', () => {
     const p = gradients(model, tokens, targets, 'parallel', 0);
     const ch = gradients(model, tokens, targets, 'chunkwise', 6);
     p.forEach(([n, g], i) => assertClose(ch[i]![1], g, 2e-3, n));
+    model.dispose();
+  });
+});
+
+describe('gradients against finite differences', () => {
+  it('chunkwise, with the key and gate projections recomputed in backward: the mixer weights (float64)', () => {
+    const c = config({ vocabSize: 7, embedDim: 8, valueDim: 12, heads: 2, ffnDim: 6, layers: 1 });
+    const model = makeModel(c, ref, 'float64', 13);
+    assert.ok(model.layers[0]!.mixer.kProj.recompute && model.layers[0]!.mixer.gProj!.recompute);
+    const ids = ref.fromData([3, 1, 4, 1, 5, 6, 2], [1, 7], 'int32');
+    const params = new Map(model.namedParameters());
+    const checked = ['q_proj', 'k_proj', 'v_proj', 'g_proj', 'out_proj'].map((n) =>
+      params.get(`layers.0.retention.${n}.weight`)!,
+    );
+    checkGradients(() => model.forward(ids, { form: 'chunkwise', chunkSize: 3 }), checked, 'chunkwise model');
+    ids.dispose();
     model.dispose();
   });
 });

@@ -14,10 +14,13 @@ export interface SavedTensors {
   /** The tensors its backward reads (default: all inputs and outputs). Others may be freed once their owner is done. */
   saved?: Tensor[];
   /**
-   * Recomputes the node's single output from the saved tensors (a cheap elementwise or norm kernel): such an output
-   * is freed as soon as its owner releases it, and recomputed when a later node's backward needs it.
+   * Recomputes the node's single output from the saved tensors and `recomputeFrom` (a cheap elementwise or norm
+   * kernel, a view, or a product the caller chose to redo): such an output is freed as soon as its owner releases
+   * it, and recomputed when a later node's backward needs it.
    */
   recompute?: () => Tensor;
+  /** What `recompute` reads beyond `saved`: kept like it, but given its values only when the recompute runs. */
+  recomputeFrom?: Tensor[];
 }
 
 interface TapeNode {
@@ -25,13 +28,16 @@ interface TapeNode {
   inputs: Tensor[];
   outputs: Tensor[];
   backward: BackwardFn;
+  /** What the backward reads (given its values before it runs). */
   saved: Tensor[];
+  /** saved and what the recompute reads: what this node keeps from being freed for good. */
+  kept: Tensor[];
   recompute: (() => Tensor) | null;
 }
 
 let tape: TapeNode[] = [];
 let gradDepthDisabled = 0;
-/** The node that produced each recomputable output (its recompute reads that node's saved tensors). */
+/** The node that produced each recomputable output (its recompute reads what that node keeps). */
 const producers = new WeakMap<Tensor, TapeNode>();
 
 /** True while ops record on the tape (not inside `noGrad`). */
@@ -73,8 +79,9 @@ export function record(
     o.fromOp = true;
   }
   const saved = [...new Set(keep.saved ?? [...inputs, ...outputs])];
-  for (const t of saved) t.tapeRefs++;
-  const node: TapeNode = { op, inputs, outputs, backward, saved, recompute: keep.recompute ?? null };
+  const kept = [...new Set([...saved, ...(keep.recomputeFrom ?? [])])];
+  for (const t of kept) t.tapeRefs++;
+  const node: TapeNode = { op, inputs, outputs, backward, saved, kept, recompute: keep.recompute ?? null };
   if (node.recompute) {
     if (outputs.length !== 1) throw new RetnetError(`record: ${op} recomputes one output, it has ${outputs.length}`);
     producers.set(outputs[0]!, node);
@@ -94,7 +101,7 @@ function freeIfUnneeded(t: Tensor): void {
 
 /** A node is done (its backward ran, or it left the tape): what it kept may go. */
 function retire(node: TapeNode): void {
-  for (const t of node.saved) {
+  for (const t of node.kept) {
     t.tapeRefs--;
     freeIfUnneeded(t);
   }
@@ -120,13 +127,13 @@ export function release(...ts: Tensor[]): void {
   }
 }
 
-/** Gives a dropped tensor its values back by rerunning its producer's recompute (after its own saved tensors). */
+/** Gives a dropped tensor its values back by rerunning its producer's recompute (after what that reads). */
 function materialize(t: Tensor): void {
   if (!t.dropped) return;
   const node = producers.get(t);
   if (!node)
     throw new RetnetError(`backward: a tensor of shape ${formatShape(t.shape)} was freed and cannot be recomputed`);
-  for (const s of node.saved) materialize(s);
+  for (const s of node.kept) materialize(s);
   t.refill(noGrad(node.recompute!));
 }
 

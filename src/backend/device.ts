@@ -50,6 +50,17 @@ export interface Device {
    */
   synchronize?(): void;
 
+  /**
+   * Only on a device whose reads are asynchronous: runs `compute` on the host after everything recorded so far and
+   * before everything recorded later, with the values of `inputs`; its results (one array per tensor, in order) are
+   * written into `outputs`. The kernel table's reference fallback uses it; the tensors stay alive until it has run.
+   */
+  deferHost?(
+    inputs: readonly Tensor[],
+    outputs: readonly Tensor[],
+    compute: (values: ValueArray[]) => ValueArray[],
+  ): void;
+
   /** The kernel table's resolved kernels for this device, per dispatch dtype (kept here for one-lookup dispatch). */
   readonly resolved: Partial<Record<DType, Kernels>>;
 }

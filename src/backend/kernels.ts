@@ -6,13 +6,14 @@
 //   1. the device's own implementation for that dtype, if registered;
 //   2. for a dtype computed in float32 (bfloat16, float16, quantized weights: see dtype.ts), the float32 kernel of
 //      the same device on cast copies, results cast back (quantized results stay float32);
-//   3. the reference device's implementation, through a host copy of the inputs, with one line on stderr;
+//   3. the reference device's implementation, through a host copy of the inputs, with one line on stderr (on a
+//      device with asynchronous reads, webgpu, the device runs it later in its stream order: `Device.deferHost`);
 //   4. otherwise an error naming the kernel, the device and the dtype.
 // Kernels allocate their outputs on the device of their inputs and never modify inputs, except the arguments listed
 // in `KERNEL_INFO[name].inPlace`.
 
 import { DTypeError } from '../errors.js';
-import { type DType, computeDType, dtypeKind } from '../tensor/dtype.js';
+import { type DType, type ValueArray, computeDType, dtypeKind } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { Device, DeviceName } from './device.js';
 
@@ -403,9 +404,15 @@ function viaCast(name: KernelName, device: Device, dtype: DType, compute: DType)
   };
 }
 
-/** Case 3: the reference kernel on host copies of the inputs; results (and in-place arguments) copied back. */
+/**
+ * Case 3: the reference kernel on host copies of the inputs; results (and in-place arguments) copied back. A device
+ * whose reads are asynchronous (webgpu) cannot hand its inputs over now: `deferHost` runs the kernel later, in the
+ * device's stream order.
+ */
 function viaHost(name: KernelName, device: Device, ref: Device, dtype: DType): AnyKernel {
   const key = `${name}/${device.name}/${dtype}`;
+  const fn = (...a: Args): unknown => (kernels(ref, dtype)[name] as (...a: Args) => unknown)(...a);
+  const inPlace = KERNEL_INFO[name].inPlace;
   return (...args: Args) => {
     if (!said.has(key)) {
       said.add(key);
@@ -415,18 +422,80 @@ function viaHost(name: KernelName, device: Device, ref: Device, dtype: DType): A
       if (stderr) stderr.write(`${line}\n`);
       else console.warn(line);
     }
-    const copies = args.map((a) => (isTensor(a) ? ref.fromData(device.read(a), a.shape, a.dtype) : a));
-    const fn = kernels(ref, dtype)[name] as (...a: Args) => unknown;
-    const result = mapResult(fn(...copies), (t) => {
+    if (device.deferHost) return deferredHost(name, device, ref, fn, args);
+    const copies: Tensor[] = [];
+    const hostArgs = args.map((a) =>
+      mapArg(a, (t) => {
+        const c = ref.fromData(device.read(t), t.shape, t.dtype);
+        copies.push(c);
+        return c;
+      }),
+    );
+    const result = mapResult(fn(...hostArgs), (t) => {
       const back = device.fromData(ref.read(t), t.shape, t.dtype);
       t.dispose();
       return back;
     });
-    for (const i of KERNEL_INFO[name].inPlace) {
+    for (const i of inPlace) {
       const orig = args[i];
-      if (isTensor(orig)) device.write(orig, ref.read(copies[i] as Tensor));
+      if (isTensor(orig)) device.write(orig, ref.read(hostArgs[i] as Tensor));
     }
-    for (const c of copies) if (isTensor(c)) c.dispose();
+    for (const c of copies) c.dispose();
     return result;
   };
+}
+
+/**
+ * Case 3 on a device with asynchronous reads. The results are allocated now, with the shapes of a shape pass: the
+ * reference kernel on zeros of the arguments' shapes (a kernel's result shapes depend only on its arguments' shapes
+ * and numbers), which doubles a fallback's host work -- a fallback is the slow path by definition. The device then
+ * runs the reference kernel on the arguments' values after everything recorded before it, writes its results (and
+ * the in-place arguments) into those tensors, and holds back everything recorded later until it has (deferHost).
+ */
+function deferredHost(name: KernelName, device: Device, ref: Device, fn: (...a: Args) => unknown, args: Args): unknown {
+  const inputs: Tensor[] = [];
+  const zeros: Tensor[] = [];
+  const zeroArgs = args.map((a) =>
+    mapArg(a, (t) => {
+      inputs.push(t);
+      const z = ref.zeros(t.shape, t.dtype);
+      zeros.push(z);
+      return z;
+    }),
+  );
+  const outputs: Tensor[] = [];
+  const result = mapResult(fn(...zeroArgs), (t) => {
+    const out = device.empty(t.shape, t.dtype);
+    outputs.push(out);
+    t.dispose();
+    return out;
+  });
+  for (const z of zeros) z.dispose();
+  if (typeof result === 'number')
+    throw new DTypeError(
+      `${name}: the ${device.name} device has no ${name} kernel, and the reference kernel's result is a host number, ` +
+        `which a device with asynchronous reads cannot give synchronously`,
+    );
+  const inPlace = KERNEL_INFO[name].inPlace.map((i) => args[i]).filter(isTensor);
+  device.deferHost!(inputs, [...outputs, ...inPlace], (values) => {
+    const copies: Tensor[] = [];
+    let at = 0;
+    const hostArgs = args.map((a) =>
+      mapArg(a, (t) => {
+        const c = ref.fromData(values[at++]!, t.shape, t.dtype);
+        copies.push(c);
+        return c;
+      }),
+    );
+    const results: ValueArray[] = [];
+    mapResult(fn(...hostArgs), (t) => {
+      results.push(ref.read(t));
+      t.dispose();
+      return t;
+    });
+    for (const i of KERNEL_INFO[name].inPlace) if (isTensor(args[i])) results.push(ref.read(hostArgs[i] as Tensor));
+    for (const c of copies) c.dispose();
+    return results;
+  });
+  return result;
 }

@@ -58,8 +58,15 @@ export class Linear extends Module {
   weight: Tensor;
   readonly bias: Tensor | null;
 
-  /** weight: [out, in]; bias: [out]. */
-  constructor(weight: Tensor, bias: Tensor | null = null) {
+  /**
+   * weight: [out, in]; bias: [out]. `recompute`: while training, the output is recomputed from the input in
+   * backward rather than kept (see the linear op), for layers whose output a later backward reads.
+   */
+  constructor(
+    weight: Tensor,
+    bias: Tensor | null = null,
+    readonly recompute = false,
+  ) {
     super();
     this.weight = this.param('weight', weight);
     this.bias = bias ? this.param('bias', bias) : null;
@@ -73,7 +80,7 @@ export class Linear extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    return linear(x, this.weight, this.bias);
+    return linear(x, this.weight, this.bias, this.recompute);
   }
 }
 

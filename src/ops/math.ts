@@ -1,6 +1,6 @@
 // Arithmetic ops: add and mul (with suffix broadcasting), scale, sum, matmul and linear.
 
-import { needsGrad, record } from '../autograd/tape.js';
+import { needsGrad, record, recomputable } from '../autograd/tape.js';
 import { DTypeError, ShapeError, formatShape } from '../errors.js';
 import { computeDType, isQuantized } from '../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../tensor/tensor.js';
@@ -68,7 +68,12 @@ export function scale(a: Tensor, alpha: number): Tensor {
   const kern = kernels(be, a.dtype);
   expectFloat('scale', 'a', a);
   const y = kern.scale(a, alpha);
-  if (needsGrad(a)) record('scale', [a], [y], ([g]) => [kern.scale(g!, alpha)], { saved: [] });
+  // The backward reads nothing; the scaled copy of a recomputable tensor is recomputable too (as reshape's view).
+  if (needsGrad(a))
+    record('scale', [a], [y], ([g]) => [kern.scale(g!, alpha)], {
+      saved: [],
+      ...(recomputable(a) ? { recomputeFrom: [a], recompute: () => kern.scale(a, alpha) } : {}),
+    });
   return y;
 }
 
@@ -150,9 +155,11 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
 /**
  * y = x wᵀ + b, PyTorch's nn.Linear layout. x: [..., in], w: [out, in], b: [out] or null. One tape node. w may be
  * held in a storage dtype (bfloat16, float16, qint8, qint4) under float32 x: the product dispatches on w's dtype
- * (the native low-precision kernels on the cpu device), and w takes no gradient.
+ * (the native low-precision kernels on the cpu device), and w takes no gradient. With `recompute`, y is not kept for
+ * a later backward once its owner releases it: it is recomputed from x (which this node keeps anyway) when one
+ * reads it, one more product of the same size (out floats per row freed against 2·in·out FLOPs per row).
  */
-export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
+export function linear(x: Tensor, w: Tensor, b: Tensor | null = null, recompute = false): Tensor {
   const be = deviceOf('linear', x, w, ...(b ? [b] : []));
   const kern = kernels(be, x.dtype);
   expectFloat('linear', 'x', x);
@@ -171,13 +178,17 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
     throw new ShapeError(`linear: bias ${formatShape(b.shape)} does not fit weight ${formatShape(w.shape)}`);
   const [out, inp] = w.shape as [number, number];
   const rows = shapeSize(x.shape.slice(0, -1));
-  const x2 = be.view(x, [rows, inp]); // x2: [R, in]
-  const xw = wk.matmul(x2, w, false, true); // [R, out]
-  const y2 = b ? kern.binary('add', xw, b) : xw;
-  if (b) xw.dispose();
-  const y = be.view(y2, [...x.shape.slice(0, -1), out]);
-  y2.dispose();
-  x2.dispose();
+  const product = () => {
+    const x2 = be.view(x, [rows, inp]); // x2: [R, in]
+    const xw = wk.matmul(x2, w, false, true); // [R, out]
+    const y2 = b ? kern.binary('add', xw, b) : xw;
+    if (b) xw.dispose();
+    const y = be.view(y2, [...x.shape.slice(0, -1), out]);
+    y2.dispose();
+    x2.dispose();
+    return y;
+  };
+  const y = product();
   if (needsGrad(x, w, b))
     record(
       'linear',
@@ -198,7 +209,7 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null = null): Tensor {
         g2.dispose();
         return b ? [dx, dw, db] : [dx, dw];
       },
-      { saved: [x, w] },
+      { saved: [x, w], ...(recompute ? { recomputeFrom: b ? [b] : [], recompute: product } : {}) },
     );
   return y;
 }

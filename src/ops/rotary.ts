@@ -2,7 +2,7 @@
 // angles. Used by RetNet (xPos-free rotation of q and k) and the Transformer baseline (RoPE).
 
 import { type RotaryPairs, kernels } from '../backend/kernels.js';
-import { needsGrad, record } from '../autograd/tape.js';
+import { needsGrad, record, recomputable } from '../autograd/tape.js';
 import { ShapeError, formatShape } from '../errors.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { deviceOf, expectFloat, expectShape, sameDType } from './check.js';
@@ -23,7 +23,11 @@ export function rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs =
   expectShape('rotary', 'cos', cos, table);
   expectShape('rotary', 'sin', sin, table);
   const y = kern.rotary(x, cos, sin, pairs, false);
+  // The backward reads only the tables; a rotation of a recomputable tensor is recomputable too (as reshape's view).
   if (needsGrad(x))
-    record('rotary', [x], [y], ([g]) => [kern.rotary(g!, cos, sin, pairs, true)], { saved: [cos, sin] });
+    record('rotary', [x], [y], ([g]) => [kern.rotary(g!, cos, sin, pairs, true)], {
+      saved: [cos, sin],
+      ...(recomputable(x) ? { recomputeFrom: [x], recompute: () => kern.rotary(x, cos, sin, pairs, false) } : {}),
+    });
   return y;
 }

@@ -24,13 +24,10 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   const y = b.view(x, resolved);
   // A view of a recomputable tensor is recomputable too (free once x has its values), so both can be freed.
   if (needsGrad(x))
-    record(
-      'reshape',
-      [x],
-      [y],
-      ([g]) => [b.view(g!, x.shape)],
-      recomputable(x) ? { saved: [x], recompute: () => b.view(x, resolved) } : { saved: [] },
-    );
+    record('reshape', [x], [y], ([g]) => [b.view(g!, x.shape)], {
+      saved: [],
+      ...(recomputable(x) ? { recomputeFrom: [x], recompute: () => b.view(x, resolved) } : {}),
+    });
   return y;
 }
 

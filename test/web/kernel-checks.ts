@@ -3,7 +3,7 @@
 // max(1, max |reference|), over the kernel's results and the arguments it modifies in place.
 
 import type { Device } from '../../src/backend/device.js';
-import { type Kernels, kernels } from '../../src/backend/kernels.js';
+import { type Kernels, kernels, supports } from '../../src/backend/kernels.js';
 import { referenceBackend } from '../../src/backend/select.js';
 import { retentionGammas } from '../../src/backend/reference/retention-math.js';
 import { requestWebGpu } from '../../src/backend/webgpu/index.js';
@@ -245,9 +245,80 @@ export async function poolCheck(): Promise<{ first: number; later: number; memor
   return { first, later, memory: gpu.memory.current - held };
 }
 
+/**
+ * Kernels the webgpu device lacks run on the host in stream order (Device.deferHost): a chain that mixes webgpu
+ * kernels, fallbacks on their results, webgpu kernels on a fallback's results, a host write while a fallback is
+ * pending, and an in-place fallback (adamw), on the reference device and on webgpu; the largest relative difference.
+ */
+export async function fallbackCheck(): Promise<{
+  err: number;
+  missing: string[];
+  hostNumber: string;
+  failure: string;
+}> {
+  const gpu = (await requestWebGpu()) as WebGpuDevice;
+  const used = ['rmsNormBackward', 'permute', 'adamw', 'crossEntropy'] as const;
+  const missing = used.filter((name) => !supports(name, 'webgpu', ['float32']));
+  const rng = new Rng(7);
+  const randn = (n: number) => Array.from({ length: n }, () => rng.normal());
+  const [X, X2, G, W, P, Gr, L] = [192, 192, 192, 8, 15, 15, 35].map(randn) as number[][];
+  const chain = async (d: Device) => {
+    const k = kernels(d, 'float32');
+    const x = d.fromData(X!, [4, 6, 8], 'float32');
+    const g = d.fromData(G!, [4, 6, 8], 'float32');
+    const w = d.fromData(W!, [8], 'float32');
+    const a = k.scale(x, 1.5); // a webgpu kernel
+    const { y, rstd } = k.rmsNorm(a, w, 1e-6); // another
+    const { dx, dw } = k.rmsNormBackward(a, w, rstd, g); // a fallback on their results
+    const p = k.permute(dx, [1, 0, 2]); // a fallback on a fallback's result
+    const s = k.activation('silu', p); // a webgpu kernel on a fallback's result
+    d.write(x, X2!); // a host write while the fallbacks wait: a must still be 1.5 X
+    const b = k.scale(x, 2);
+    const param = d.fromData(P!, [5, 3], 'float32');
+    const grad = d.fromData(Gr!, [5, 3], 'float32');
+    const m = d.zeros([5, 3], 'float32');
+    const v = d.zeros([5, 3], 'float32');
+    const opt = { lr: 0.1, beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0.01, step: 1, gradScale: 1 };
+    k.adamw(param, grad, m, v, opt); // in place
+    const c = k.scale(param, 3); // a webgpu kernel on an in-place fallback's result
+    const logits = d.fromData(L!, [5, 7], 'float32');
+    const targets = d.fromData([0, 6, 3, -100, 1], [5], 'int32');
+    const { loss, lse } = k.crossEntropy(logits, targets, -100);
+    const outs = [a, y, rstd, dx, dw!, p, s, b, param, m, v, c, loss, lse];
+    const read = await Promise.all(outs.map((t) => t.dataAsync()));
+    for (const t of [x, g, w, grad, logits, targets, ...outs]) t.dispose();
+    return read;
+  };
+  const want = await chain(referenceBackend());
+  const got = await chain(gpu);
+  const err = Math.max(...want.map((w, j) => relErr(got[j]!, w)));
+  // A kernel whose result is a host number cannot be deferred; a value error of a deferred kernel reaches readAsync.
+  let hostNumber = '';
+  const t = gpu.fromData([1, 2, 3], [3], 'float32');
+  try {
+    kernels(gpu, 'float32').sumSquares([t]);
+  } catch (e) {
+    hostNumber = (e as Error).message;
+  }
+  // Targets [0, 9] computed on the GPU (so only the real pass sees the 9) for logits of 7 classes.
+  const k = kernels(gpu, 'float32');
+  const made = [gpu.fromData([0, 1], [2], 'float32'), gpu.fromData([0, 8], [2], 'float32')];
+  made.push(k.binary('add', made[0]!, made[1]!));
+  made.push(k.cast(made[2]!, 'int32'), gpu.fromData(new Float32Array(14), [2, 7], 'float32'));
+  const { loss, lse } = k.crossEntropy(made[4]!, made[3]!, -100);
+  let failure = '';
+  try {
+    await loss.dataAsync();
+  } catch (e) {
+    failure = (e as Error).message;
+  }
+  for (const x of [t, loss, lse, ...made]) x.dispose();
+  return { err, missing, hostNumber, failure };
+}
+
 declare global {
   interface Window {
     retnetTest: Record<string, () => Promise<unknown>>;
   }
 }
-window.retnetTest = { kernelChecks, poolCheck };
+window.retnetTest = { kernelChecks, poolCheck, fallbackCheck };

@@ -30,7 +30,11 @@ export function cpuUnavailableReason(): string | null {
   return cpuError;
 }
 
-/** Threads for cpu kernels: RETNET_THREADS, else the number of cores. */
+/**
+ * Threads for cpu kernels: RETNET_THREADS, else the number of cores. Decode included: a `base` q4 decode step at
+ * batch 1 measured 5.25 ms (median of 100) with 2 threads against 6.02 with 1 on this 2-core machine (timing lock,
+ * other sessions' jobs at nice 19; /tmp driver timing model.step, 2026-12-02), and `bench lowp` measures both again.
+ */
 export function threadCount(): number {
   const env = process.env.RETNET_THREADS;
   if (env === undefined || env === '') return availableParallelism();

@@ -9,6 +9,9 @@
 // commands of the next submit. So a host write into a tensor first submits what is pending (a recorded kernel may
 // still read it), and a new tensor with host data (token ids, rotary tables) takes a pooled buffer released before the
 // last submit, which no unsubmitted command can touch: a generation step then submits once, at its read.
+// A kernel this device lacks runs on the host in the same order (`deferHost`): its inputs are copied out after what
+// was submitted before it, and until its results are written back every later queue operation (a submit, a host
+// write, a buffer's destruction) waits in a backlog, run in order once it has; readAsync waits for the backlog.
 //
 // Memory. The MemoryTracker counts each live tensor's element bytes, as on the host devices. Freed buffers go to a
 // pool keyed by their (16-byte rounded) size, so a generation, whose steps allocate the same shapes each token,
@@ -108,6 +111,11 @@ export class WebGpuDevice implements Device {
   private paramsUsed = 0;
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
+  /** Queue operations held back while a deferred host kernel waits for its inputs (see the file comment). */
+  private readonly backlog: (() => void | Promise<void>)[] = [];
+  private draining: Promise<void> | null = null;
+  /** The first error a deferred host kernel threw, given to the next readAsync/finish. */
+  private failure: unknown = null;
 
   constructor(
     readonly gpu: GPUDevice,
@@ -143,7 +151,7 @@ export class WebGpuDevice implements Device {
   private destroy(buf: GPUBuffer): void {
     this.flush(); // a recorded command may still use it
     this.stats.bytes -= buf.size;
-    buf.destroy();
+    this.inOrder(() => buf.destroy());
   }
 
   /**
@@ -225,7 +233,7 @@ export class WebGpuDevice implements Device {
       throw new BackendError(`fromData: ${data.length} values given for shape ${formatShape(shape)} (${n} elements)`);
     const host = this.hostArray(dtype, data, 'fromData');
     const t = this.make(shape, dtype, host instanceof Int32Array ? host : null, 'fromData', true);
-    if (n > 0) this.gpu.queue.writeBuffer(this.buffer(t), 0, host.buffer, host.byteOffset, host.byteLength);
+    if (n > 0) this.writeHost(this.buffer(t), host);
     return t;
   }
 
@@ -251,20 +259,30 @@ export class WebGpuDevice implements Device {
     if (known) return known.slice();
     throw new BackendError(
       `webgpu: ${t.toString()} lives in GPU memory, which a browser reads only asynchronously: use ` +
-        `await tensor.dataAsync() (device.readAsync); a kernel the webgpu device lacks cannot run through the ` +
-        `reference kernel's host copy on computed tensors for the same reason`,
+        `await tensor.dataAsync() (device.readAsync)`,
     );
   }
 
   async readAsync(t: Tensor): Promise<ValueArray> {
+    this.flush();
+    const values = await new Promise<ValueArray>((resolve, reject) =>
+      this.inOrder(() => void this.readSubmitted(t).then(resolve, reject)),
+    );
+    this.throwFailure();
+    return values;
+  }
+
+  /** t's values, after everything already submitted (its copy is submitted at once: call it in queue order). */
+  private async readSubmitted(t: Tensor): Promise<ValueArray> {
     const bytes = t.size * 4;
     const out = t.dtype === 'int32' ? new Int32Array(t.size) : new Float32Array(t.size);
     if (bytes === 0) return out;
     const size = Math.ceil(bytes / 16) * 16;
     const staging =
       this.staging.get(size)?.pop() ?? this.createBuffer(size, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
-    this.encode().copyBufferToBuffer(this.buffer(t), 0, staging, 0, bytes);
-    this.flush();
+    const encoder = this.gpu.createCommandEncoder();
+    encoder.copyBufferToBuffer(this.buffer(t), 0, staging, 0, bytes);
+    this.gpu.queue.submit([encoder.finish()]);
     await staging.mapAsync(GPUMapMode.READ, 0, bytes);
     new Uint8Array(out.buffer).set(new Uint8Array(staging.getMappedRange(0, bytes)));
     staging.unmap();
@@ -285,7 +303,12 @@ export class WebGpuDevice implements Device {
     this.storageOf(t).known = host instanceof Int32Array ? host : null;
     if (t.size === 0) return;
     this.flush(); // a recorded kernel may still read t
-    this.gpu.queue.writeBuffer(this.buffer(t), 0, host.buffer, host.byteOffset, host.byteLength);
+    this.writeHost(this.buffer(t), host);
+  }
+
+  /** queue.writeBuffer in queue order (`host` is the device's own copy: a held write reads it later). */
+  private writeHost(buf: GPUBuffer, host: Float32Array | Int32Array): void {
+    this.inOrder(() => this.gpu.queue.writeBuffer(buf, 0, host.buffer, host.byteOffset, host.byteLength));
   }
 
   copy(src: Tensor, srcOffset: number, dst: Tensor, dstOffset: number, length: number): void {
@@ -329,18 +352,80 @@ export class WebGpuDevice implements Device {
     if (!this.encoder) return;
     if (this.pass) this.pass.end();
     this.pass = null;
-    if (this.paramsUsed > 0)
-      this.gpu.queue.writeBuffer(this.params, 0, this.paramHost, 0, this.paramsUsed * PARAM_SLOT);
-    this.gpu.queue.submit([this.encoder.finish()]);
+    const commands = this.encoder.finish();
+    const bytes = this.paramsUsed * PARAM_SLOT;
+    // A held submit needs its own copy of the parameters: the arena is refilled by what is recorded meanwhile.
+    const params = this.draining ? this.paramHost.slice(0, bytes) : this.paramHost;
+    this.inOrder(() => {
+      if (bytes > 0) this.gpu.queue.writeBuffer(this.params, 0, params, 0, bytes);
+      this.gpu.queue.submit([commands]);
+    });
     this.submits++;
     this.encoder = null;
     this.paramsUsed = 0;
   }
 
-  /** Resolves when the GPU has finished everything submitted (after a flush). */
+  /** Resolves when the GPU has finished everything recorded (a flush, then the backlog, then the queue). */
   async finish(): Promise<void> {
     this.flush();
+    await this.settled();
     await this.gpu.queue.onSubmittedWorkDone();
+  }
+
+  deferHost(
+    inputs: readonly Tensor[],
+    outputs: readonly Tensor[],
+    compute: (values: ValueArray[]) => ValueArray[],
+  ): void {
+    const held = [...inputs, ...outputs].map((t) => this.storageOf(t));
+    for (const s of held) s.retain();
+    for (const t of outputs) this.buffer(t, true);
+    this.flush();
+    this.inOrder(async () => {
+      try {
+        const values = await Promise.all(inputs.map((t) => this.readSubmitted(t)));
+        const results = compute(values);
+        outputs.forEach((t, i) => {
+          const r = results[i]!;
+          const host = t.dtype === 'int32' ? Int32Array.from(r) : Float32Array.from(r);
+          if (host.length > 0) this.gpu.queue.writeBuffer(this.buffer(t), 0, host.buffer, 0, host.byteLength);
+        });
+      } catch (e) {
+        this.failure ??= e;
+      } finally {
+        for (const s of held) s.release();
+      }
+    });
+  }
+
+  /** Runs a queue operation now, or after the held ones while a deferred host kernel is pending. */
+  private inOrder(op: () => void | Promise<void>): void {
+    if (this.draining) {
+      this.backlog.push(op);
+      return;
+    }
+    const pending = op();
+    if (pending) this.draining = this.drain(pending);
+  }
+
+  private async drain(first: Promise<void>): Promise<void> {
+    await first;
+    for (let op = this.backlog.shift(); op; op = this.backlog.shift()) await op();
+    this.draining = null;
+  }
+
+  /** Resolves when the backlog has run; rejects with a deferred host kernel's error. */
+  private async settled(): Promise<void> {
+    while (this.draining) await this.draining;
+    this.throwFailure();
+  }
+
+  /** Throws (once) the error a deferred host kernel threw: its results, and what was computed from them, are void. */
+  private throwFailure(): void {
+    const failure = this.failure;
+    if (failure === null) return;
+    this.failure = null;
+    throw failure;
   }
 
   pipeline(key: string, code: () => string): GPUComputePipeline {
