@@ -11,7 +11,7 @@
 // results to bench/results/lowp.quick.json and no BENCHMARKS.md section.
 
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,9 +19,11 @@ import { fileURLToPath } from 'node:url';
 import { noGrad } from '../src/autograd/tape.js';
 import { packageRoot } from '../src/backend/cpu/load.js';
 import { cpuBackend, threadCount } from '../src/backend/index.js';
-import { createModel } from '../src/models/registry.js';
+import { createModel, modelFromConfig } from '../src/models/registry.js';
 import { RetNetModel } from '../src/models/retnet/model.js';
 import { loadModelDir } from '../src/io/model-dir.js';
+import { readSafetensors } from '../src/io/safetensors.js';
+import { tidy } from '../src/tensor/scope.js';
 import { WEIGHT_FORMATS, type WeightFormat } from '../src/quant/formats.js';
 import { lowpAddon } from '../src/backend/cpu/lowp.js';
 import { quantizeModel, weightBytes } from '../src/quant/model.js';
@@ -104,8 +106,13 @@ async function measure(model: RetNetModel, B: number, probe: Uint8Array, quick: 
   };
 }
 
-function torchDecode(s: Shape, model: RetNetModel, B: number, dtype: 'float32' | 'bfloat16', steps: number): number {
-  const c = model.config;
+function torchDecode(
+  s: Shape,
+  c: RetNetModel['config'],
+  B: number,
+  dtype: 'float32' | 'bfloat16',
+  steps: number,
+): number {
   const args = [
     join(packageRoot(), 'bench', 'peer_torch.py'),
     ...['--vocab', c.vocabSize, '--d', c.embedDim, '--dv', c.valueDim, '--heads', c.heads, '--ffn', c.ffnDim],
@@ -185,6 +192,90 @@ function qualityRecords(quick: boolean): BenchRecord[] {
   }
 }
 
+// Logits of each format against float32 on the reference vectors (/work/shared: torchscale's two random 48/64-wide
+// configs, parallel form and recurrent decode; fla's dev checkpoint, BF16 as stored): max |Δlogit| / max |logit|.
+const SHARED = join(packageRoot(), '..', 'shared');
+
+function vectorRecords(): BenchRecord[] {
+  const be = cpuBackend()!;
+  const out: BenchRecord[] = [];
+  const relError = (got: Float32Array, base: Float32Array) => {
+    let diff = 0;
+    let scale = 0;
+    base.forEach((v, i) => {
+      diff = Math.max(diff, Math.abs(got[i]! - v));
+      scale = Math.max(scale, Math.abs(v));
+    });
+    return diff / scale;
+  };
+  const record = (model: string, form: string, errors: Map<WeightFormat, number>) => {
+    for (const [format, e] of errors)
+      out.push({ model, format, what: 'logits', form, max_logit_error: e, other_load: null });
+  };
+  const torchscale = join(SHARED, 'torchscale-vectors');
+  for (const name of ['dev_default', 'dev_options']) {
+    const configPath = join(torchscale, `config_${name}.json`);
+    if (!existsSync(configPath)) {
+      process.stderr.write(`lowp: logits: ${configPath} not found, torchscale vectors skipped\n`);
+      break;
+    }
+    const config = JSON.parse(readFileSync(configPath, 'utf8')) as Record<string, unknown>;
+    const tokens = JSON.parse(readFileSync(join(torchscale, `tokens_${name}.json`), 'utf8')) as number[];
+    const weights = readSafetensors(join(torchscale, `weights_${name}.safetensors`)).tensors;
+    const logits = (format: WeightFormat, decode: boolean) => {
+      const model = modelFromConfig(config, name, { backend: be, dtype: 'float32' }) as RetNetModel;
+      model.loadValues(weights, name, (n) => n.startsWith('retnet_rel_pos.'));
+      quantizeModel(model, format);
+      const values = noGrad(() =>
+        tidy(() => {
+          if (!decode) return model.forward(be.fromData(tokens, [1, tokens.length], 'int32')).data() as Float32Array;
+          const state = model.emptyState(1);
+          const rows = tokens.map((t) => model.step([t], state).data() as Float32Array);
+          state.dispose();
+          const all = new Float32Array(rows.length * rows[0]!.length);
+          rows.forEach((r, i) => all.set(r, i * r.length));
+          return all;
+        }),
+      );
+      model.dispose();
+      return values;
+    };
+    for (const decode of [false, true]) {
+      const base = logits('f32', decode);
+      const errors = new Map(
+        WEIGHT_FORMATS.filter((f) => f !== 'f32').map((f) => [f, relError(logits(f, decode), base)]),
+      );
+      record(`torchscale ${name}`, decode ? 'recurrent' : 'parallel', errors);
+    }
+  }
+  const dev = join(SHARED, 'fla-vectors', 'dev');
+  if (!existsSync(dev)) process.stderr.write(`lowp: logits: ${dev} not found, fla vectors skipped\n`);
+  else {
+    const tokens = (JSON.parse(readFileSync(join(dev, 'tokens.json'), 'utf8')) as { single_input_ids: number[][] })
+      .single_input_ids[0]!;
+    const logits = (weights?: WeightFormat) => {
+      const { model } = loadModelDir(dev, { backend: be, weights });
+      const values = noGrad(() => tidy(() => model.forward(be.fromData(tokens, [1, tokens.length], 'int32')).data()));
+      model.dispose();
+      return values as Float32Array;
+    };
+    const base = logits('f32');
+    record(
+      'fla dev (BF16 checkpoint)',
+      'parallel',
+      new Map(WEIGHT_FORMATS.filter((f) => f !== 'f32').map((f) => [f, relError(logits(f), base)])),
+    );
+  }
+  return out;
+}
+
+const LOGIT_COLUMNS: Column[] = [
+  { key: 'model' },
+  { key: 'form' },
+  { key: 'format' },
+  { key: 'max_logit_error', header: 'max |Δlogit| / max |logit| vs float32', digits: 4 },
+];
+
 const QUALITY_COLUMNS: Column[] = [
   { key: 'model' },
   { key: 'format' },
@@ -227,8 +318,8 @@ export async function lowpSuite(values: LowpFlags): Promise<void> {
     : SHAPES;
   for (const n of names) if (!shapes[n]) throw new BenchFailure(`bench lowp: unknown model '${n}' (base, 1.3B)`);
   const formats = values.formats ?? WEIGHT_FORMATS;
-  // A directory of its own (--model) or a subset of formats is a measurement of decode alone: no peer, no quality
-  // run, no BENCHMARKS.md section.
+  // A directory of its own (--model) or a subset of formats is a measurement of decode (and the peer) alone: no
+  // quality run, no BENCHMARKS.md section.
   const partial = values.model !== undefined || values.formats !== undefined;
   const be = cpuBackend();
   if (!be) throw new BenchFailure('bench lowp: needs the cpu device (the native addon)');
@@ -239,6 +330,7 @@ export async function lowpSuite(values: LowpFlags): Promise<void> {
   const peers = new Map<string, { f32: number; bf16: number }>();
   for (const name of names) {
     const shape = shapes[name]!;
+    let config: RetNetModel['config'] | null = null;
     for (const format of formats) {
       process.stderr.write(`lowp: ${shape.name} ${format}: building and quantising\n`);
       const model = buildModel(shape, format);
@@ -269,18 +361,18 @@ export async function lowpSuite(values: LowpFlags): Promise<void> {
             other_load: m.load,
           });
         }
-      // the peer once per model, on the f32 pass's heels (its weights are the same shapes)
-      if (format === 'f32' && !partial)
-        for (const B of BATCHES) {
-          process.stderr.write(`lowp: ${name}: PyTorch ${torchVersion}, batch ${B}\n`);
-          const f32 = torchDecode(shape, model, B, 'float32', quick ? 8 : 32);
-          const bf16 = torchDecode(shape, model, B, 'bfloat16', quick || name !== 'base' ? 2 : 4);
-          peers.set(`${name}/${B}`, { f32, bf16 });
-        }
+      config = model.config;
       model.dispose();
     }
+    // the peer once per model, after our formats (the same shapes), also for --model and --formats runs
+    for (const B of BATCHES) {
+      process.stderr.write(`lowp: ${shape.name}: PyTorch ${torchVersion}, batch ${B}\n`);
+      const f32 = torchDecode(shape, config!, B, 'float32', quick ? 8 : 32);
+      const bf16 = torchDecode(shape, config!, B, 'bfloat16', quick || name !== 'base' ? 2 : 4);
+      peers.set(`${name}/${B}`, { f32, bf16 });
+    }
     for (const r of records)
-      if (r.model === name) {
+      if (r.model === shape.name) {
         const p = peers.get(`${name}/${r.batch}`);
         r.peer_tokens_per_s_float32 = p?.f32 ?? null;
         r.peer_tokens_per_s_bfloat16 = p?.bf16 ?? null;
@@ -289,6 +381,8 @@ export async function lowpSuite(values: LowpFlags): Promise<void> {
   printTable(`lowp: decode with low-precision weights (${threads} threads default)`, records, COLUMNS);
   const quality = partial ? [] : qualityRecords(quick);
   printTable('lowp: validation perplexity by weight format', quality, QUALITY_COLUMNS);
+  const logitErrors = partial ? [] : vectorRecords();
+  printTable('lowp: logits of each format against float32 on the reference vectors', logitErrors, LOGIT_COLUMNS);
   const findings = judge(records, threads);
   for (const q of quality)
     if (q.format !== 'f32') {
@@ -299,7 +393,7 @@ export async function lowpSuite(values: LowpFlags): Promise<void> {
           `(${(100 * ch).toFixed(3)}%; goal within ${100 * goal}%: ${Math.abs(ch) <= goal ? 'met' : 'NOT met'})`,
       );
     }
-  records.push(...quality);
+  records.push(...quality, ...logitErrors);
   for (const f of findings) process.stdout.write(`- ${f}\n`);
   const { path, file } = writeResults(quick ? 'lowp.quick' : partial ? 'lowp.partial' : 'lowp', records);
   process.stdout.write(`\nwrote ${path}\n`);
@@ -316,12 +410,14 @@ export async function lowpSuite(values: LowpFlags): Promise<void> {
         `${torchVersion}, bench/peer_torch.py) decodes the same shapes in float32 and bfloat16 with the same threads. ` +
         'Quality: the tiny preset trained on Brown (bytes) by `retnet train`, validation perplexity by `retnet eval ' +
         "--weights FORMAT` (prefill-size products: weights converted to float32 in tiles, so this is the formats' " +
-        "error; the decode kernels' own error is bounded by test/lowp.test.ts).",
+        "error; the decode kernels' own error is bounded by test/lowp.test.ts). Logits: max |Δlogit| / max |logit| " +
+        "of each format against float32 on the reference vectors (../shared: torchscale's two random configs in the " +
+        "parallel and recurrent forms through the native kernels, fla's dev checkpoint).",
       file,
       table: `${markdownTable(
-        records.filter((r) => r.what !== 'quality'),
+        records.filter((r) => r.what !== 'quality' && r.what !== 'logits'),
         COLUMNS,
-      )}\n\n${markdownTable(quality, QUALITY_COLUMNS)}`,
+      )}\n\n${markdownTable(quality, QUALITY_COLUMNS)}\n\n${markdownTable(logitErrors, LOGIT_COLUMNS)}`,
       findings,
       plot: null,
     }),
@@ -342,7 +438,7 @@ function judge(records: BenchRecord[], threads: number): string[] {
     );
   const at = (model: string, format: WeightFormat, batch: number, t: number) =>
     records.find(
-      (r) => r.what !== 'quality' && r.model === model && r.format === format && r.batch === batch && r.threads === t,
+      (r) => r.what === undefined && r.model === model && r.format === format && r.batch === batch && r.threads === t,
     );
   for (const model of new Set(records.map((r) => r.model as string))) {
     for (const format of WEIGHT_FORMATS) {

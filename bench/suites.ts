@@ -120,7 +120,7 @@ export const suites: Command[] = [
     {
       quick,
       models: list('models to measure (base, 1.3B)', (s) => s, { placeholder: 'names', maxItems: 2 }),
-      model: text('a model directory to measure instead (decode only: no peer, no quality run)', {
+      model: text('a model directory to measure instead (decode and the peer only: no quality run)', {
         placeholder: 'dir',
         nonEmpty: true,
       }),
@@ -130,6 +130,12 @@ export const suites: Command[] = [
       }),
     },
     async (v) => (await import('./lowp.js')).lowpSuite(v),
+  ),
+  suite(
+    'web',
+    'retnet/web: bundle size; the tiny demo model in headless chromium (webgpu on SwiftShader, host) and in Node',
+    { quick },
+    async (v) => (await import('./web.js')).webSuite(v),
   ),
   suite('data', 'tokenising Brown into shards (bytes, BPE 4096): cold and reused', { quick }, async (v) =>
     (await import('./data.js')).dataSuite(v),

@@ -38,6 +38,7 @@ export {
   writeSafetensors,
   SafetensorsReader,
   Weights,
+  openWeights,
   type LoadedTensor,
   type TensorToSave,
 } from './io/safetensors.js';

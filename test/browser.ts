@@ -1,51 +1,26 @@
-// Browser tests: Debian's chromium (apt package `chromium`; .ci/run installs it) driven by playwright-core, headless,
-// on pages served from localhost (WebGPU needs a secure context). Nothing downloads a browser. Each page gets a fresh
-// user-data-dir, removed on close with the server.
-//
-// Flags: the closed-network set (without the background-networking ones Chromium keeps connecting out) plus
-// --enable-unsafe-webgpu. That one flag is all WebGPU needs here: Chromium 156 then exposes SwiftShader's adapter
-// (vendor 'google', architecture 'swiftshader'; features include subgroups, not shader-f16). Checked: adding
-// --enable-features=Vulkan, --use-angle=swiftshader or --use-webgpu-adapter=swiftshader gives the same adapter, and
-// about:blank has no navigator.gpu at all (not a secure context), so pages come from http://localhost.
-
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+// Browser tests: Debian's chromium headless through playwright-core (examples/web/chromium.ts has the launcher and
+// why its flags are what they are), on pages served from localhost (WebGPU needs a secure context). Each page gets a
+// fresh profile, removed on close with the server. Also the Node side of the comparisons: the tiny demo model as a
+// model directory, and its greedy generation in Node.
 import { join } from 'node:path';
 
-import { build } from 'esbuild';
-import { type Page, chromium } from 'playwright-core';
+import type { Page } from 'playwright-core';
 
-import { type RunningStatic, type StaticSite, startStaticServer } from '../src/web/serve.js';
-
-export const CHROMIUM = '/usr/bin/chromium';
-export const CHROMIUM_FLAGS = [
-  '--no-sandbox',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--enable-unsafe-webgpu',
-];
+import { chromiumMissing, launchChromium } from '../examples/web/chromium.js';
+import { bundleForBrowser, writeDemoModel } from '../examples/web/serve.js';
+import { generate } from '../src/generate/generate.js';
+import { loadModelDir } from '../src/io/model-dir.js';
+import { type StaticSite, startStaticServer } from '../src/web/serve.js';
+import { tempDir } from './temp.js';
 
 export const ROOT = join(import.meta.dirname, '..');
 
-/** Why browser tests cannot run here, or false when they can (for `it(..., { skip })`). */
+/** Why browser tests cannot run here, or false when they can (for `describe(..., { skip })`). */
 export function browserSkip(): string | false {
-  return existsSync(CHROMIUM) ? false : `${CHROMIUM} is missing (apt-get install chromium; .ci/run does)`;
+  return chromiumMissing() ?? false;
 }
 
-/** An ES module bundle of `entry` for the browser (esbuild), as text. */
-export async function bundle(entry: string): Promise<string> {
-  const result = await build({
-    entryPoints: [entry],
-    bundle: true,
-    platform: 'browser',
-    format: 'esm',
-    write: false,
-    logLevel: 'silent',
-  });
-  return result.outputFiles[0]!.text;
-}
+export const bundle = bundleForBrowser;
 
 export interface OpenPage {
   page: Page;
@@ -57,30 +32,43 @@ export interface OpenPage {
 
 /** Serves `site`, opens `path` in headless chromium and waits for the load event. */
 export async function openPage(site: StaticSite, path = '/'): Promise<OpenPage> {
-  const server: RunningStatic = await startStaticServer(site);
-  const profile = mkdtempSync(join(tmpdir(), 'retnet-chromium-'));
-  const cleanup = async (ctx?: { close(): Promise<void> }) => {
-    await ctx?.close();
+  const server = await startStaticServer(site);
+  let browser: Awaited<ReturnType<typeof launchChromium>> | undefined;
+  const close = async () => {
+    await browser?.close();
     await server.close();
-    rmSync(profile, { recursive: true, force: true });
   };
-  let context;
   try {
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_FLAGS,
-      viewport: { width: 1000, height: 760 },
-    });
-    const page = context.pages()[0] ?? (await context.newPage());
+    browser = await launchChromium();
+    const page = browser.context.pages()[0] ?? (await browser.context.newPage());
     const logs: string[] = [];
     page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
     page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
     await page.goto(server.url + path);
-    const ctx = context;
-    return { page, url: server.url, logs, close: () => cleanup(ctx) };
+    return { page, url: server.url, logs, close };
   } catch (e) {
-    await cleanup(context);
+    await close();
     throw e;
   }
+}
+
+/** The tiny demo model in a temporary model directory (removed at exit). */
+export function tinyModelDir(): string {
+  const dir = tempDir('retnet-web-tiny-');
+  writeDemoModel(dir);
+  return dir;
+}
+
+/** Greedy tokens and text in Node (the default device) for a model directory and prompt. */
+export async function nodeGreedy(dir: string, prompt: string, n: number): Promise<{ tokens: number[]; text: string }> {
+  const { model, tokenizer } = loadModelDir(dir);
+  const tokens: number[] = [];
+  let text = '';
+  for await (const ev of generate(model, tokenizer!, [{ prompt, maxNewTokens: n, sampling: { temperature: 0 } }]))
+    if (ev.type === 'token') {
+      tokens.push(ev.token);
+      text += ev.text;
+    }
+  model.dispose();
+  return { tokens, text };
 }

@@ -7,6 +7,8 @@ import { describe, it } from 'node:test';
 
 import { build } from 'esbuild';
 
+import { bundleForBrowser } from '../examples/web/serve.js';
+
 const ROOT = join(import.meta.dirname, '..');
 const BUILTINS = new Set(builtinModules.flatMap((m) => [m, `node:${m}`]));
 
@@ -52,6 +54,16 @@ describe('portable core', () => {
     assert.deepEqual(logits.shape, [1, 3, 17]);
     assert.equal(logits.device.name, 'reference');
     assert.ok(Array.from(logits.data()).every(Number.isFinite));
+  });
+
+  it('src/web.ts (retnet/web) bundles for the browser: only node:module, which the bundle maps to a shim', async () => {
+    const { builtins } = await bundle('web.ts');
+    assert.deepEqual(
+      builtins.map((b) => b.split(' ')[0]),
+      ['node:module'],
+      `Node built-ins in the browser entry:\n${builtins.join('\n')}`,
+    );
+    assert.ok((await bundleForBrowser(join(ROOT, 'src', 'web.ts'))).includes('retnet/web: '));
   });
 
   it('the check sees the built-ins of the Node-only entry', async () => {

@@ -16,7 +16,9 @@ static void reducePartials(const std::vector<std::vector<double>>& partial, floa
   }
 }
 
-static inline double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
+// In float, as the activation kernel's silu: the double exp made the fused gated norm 2x slower than the unfused
+// rmsNorm, silu and mul it replaced (cpu profile of a small-preset training step, T 256).
+static inline float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
 
 // y = x * rstd * w (w null: 1), times silu(z) where a gate z is given (RetNet's gated per-head norm), rows split
 // across threads.
@@ -33,8 +35,8 @@ static void normRows(const float* px, const float* pw, const float* pz, float* p
     for (int64_t j = 0; j < cols; j++) {
       float n = xr[j] * s * (pw ? pw[j] : 1.0f);
       if (pz) {
-        double z = pz[r * cols + j];
-        n = static_cast<float>(n * z * sigmoid(z));
+        float z = pz[r * cols + j];
+        n *= z * sigmoid(z);
       }
       yr[j] = n;
     }
@@ -60,7 +62,8 @@ static void normRowsBackward(const float* px, const float* pw, const float* pz, 
       for (int64_t j = 0; j < cols; j++) {
         double wj = pw ? pw[j] : 1.0, hj = gr[j];
         if (pz) {
-          double z = pz[r * cols + j], sg = sigmoid(z);
+          float z = pz[r * cols + j];
+          double sg = sigmoid(z);
           pdz[r * cols + j] = static_cast<float>(hj * xr[j] * s * wj * sg * (1.0 + z * (1.0 - sg)));
           hj *= z * sg;
         }

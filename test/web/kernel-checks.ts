@@ -90,6 +90,16 @@ function cases(): Case[] {
         inputs: [T(shape)],
         run: (k, [x]) => Object.values(k.rmsNorm(x!, null, 1e-5)),
       },
+      {
+        name: `gatedRmsNorm with weight [${shape}]`,
+        inputs: [T(shape), T(shape, 3), U([shape[shape.length - 1]!], 0.5, 1.5)],
+        run: (k, [x, z, w]) => Object.values(k.gatedRmsNorm(x!, z!, w!, 1e-6)),
+      },
+      {
+        name: `gatedRmsNorm without weight [${shape}]`,
+        inputs: [T(shape), T(shape, 3)],
+        run: (k, [x, z]) => Object.values(k.gatedRmsNorm(x!, z!, null, 1e-5)),
+      },
       { name: `softmax [${shape}]`, inputs: [T(shape, 4)], run: (k, [x]) => [k.softmax(x!)] },
     );
   out.push(
@@ -152,6 +162,46 @@ function cases(): Case[] {
             return [o, r, finalState!.state, finalState!.scale];
           },
         });
+      // Sequences that continue a state: each batch row, then packed segments (an empty one included) of one row.
+      const segments = Tn === 1 ? [0, 1] : Tn === 7 ? [3, 0, 4] : [5, 1, 0, 27];
+      const packed = [T([1, Tn, H, K], 2), T([1, Tn, H, K], 2), T([1, Tn, H, V], 2)];
+      for (const [label, form, C] of forms) {
+        const stateRun = (segs: number[] | null) => ({
+          chunkSize: C,
+          normalize,
+          segments: segs,
+          returnFinalState: true,
+        });
+        out.push(
+          {
+            name: `retention ${label} from initial states${tag}`,
+            inputs: [...qkv, T([B, H, K, V], 0.5), U([B, H], 0.5, 6)],
+            run: (k, [q, kk, v, st, sc]) => {
+              const run = { ...stateRun(null), initialState: { state: st!, scale: sc! } };
+              const { o, r, finalState } = k.retentionForward(form, q!, kk!, v!, gammas, run);
+              return [o, r, finalState!.state, finalState!.scale];
+            },
+          },
+          {
+            name: `retention ${label} packed segments ${segments.join('+')} from empty states${tag}`,
+            inputs: packed,
+            run: (k, [q, kk, v]) => {
+              const run = { ...stateRun(segments), initialState: null };
+              const { o, r, finalState } = k.retentionForward(form, q!, kk!, v!, gammas, run);
+              return [o, r, finalState!.state, finalState!.scale];
+            },
+          },
+          {
+            name: `retention ${label} packed segments ${segments.join('+')} from initial states${tag}`,
+            inputs: [...packed, T([segments.length, H, K, V], 0.5), U([segments.length, H], 0.5, 6)],
+            run: (k, [q, kk, v, st, sc]) => {
+              const run = { ...stateRun(segments), initialState: { state: st!, scale: sc! } };
+              const { o, r, finalState } = k.retentionForward(form, q!, kk!, v!, gammas, run);
+              return [o, r, finalState!.state, finalState!.scale];
+            },
+          },
+        );
+      }
       out.push(
         {
           name: `retentionStep${tag}`,

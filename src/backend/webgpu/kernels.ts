@@ -48,6 +48,7 @@ export type WebGpuKernelName =
   | 'scale'
   | 'activation'
   | 'rmsNorm'
+  | 'gatedRmsNorm'
   | 'softmax'
   | 'embedding'
   | 'copyBlocks'
@@ -148,10 +149,20 @@ export class WebGpuKernels implements Pick<Kernels, WebGpuKernelName> {
   }
 
   rmsNorm(x: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor } {
+    return this.normRows(x, null, w, eps);
+  }
+
+  gatedRmsNorm(x: Tensor, gate: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor } {
+    return this.normRows(x, gate, w, eps);
+  }
+
+  /** y = x · rstd · w (w null: 1) per row of the last dim, times silu(gate) where a gate is given. */
+  private normRows(x: Tensor, gate: Tensor | null, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor } {
     const { rows, cols } = this.rows(x);
     const y = this.out(x.shape);
     const rstd = this.out([rows]);
-    if (rows > 0) this.run('RMSNORM', [u(rows), u(cols), u(w ? 1 : 0), f(eps)], [x, w ?? x], [y, rstd], grid(rows, 1));
+    const params = [u(rows), u(cols), u(w ? 1 : 0), u(gate ? 1 : 0), f(eps)] as const;
+    if (rows > 0) this.run('RMSNORM', params, [x, w ?? x, gate ?? x], [y, rstd], grid(rows, 1));
     return { y, rstd };
   }
 
@@ -227,37 +238,67 @@ export class WebGpuKernels implements Pick<Kernels, WebGpuKernelName> {
     run: RetentionRun,
   ): { o: Tensor; r: Tensor; finalState: RetentionState | null } {
     const { chunkSize, normalize } = run;
-    if (run.initialState || run.segments)
-      throw new BackendError(
-        `retentionForward: the webgpu device does not run ${run.initialState ? 'an initial state' : 'packed segments'} ` +
-          'yet (a prompt continued from a state, or packed sequences); prefill from an empty state does',
-      );
     const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
     const o = this.out([B, T, H, V]);
     const r = this.out([B, H, T]);
-    const finalState = run.returnFinalState ? this.finalState(k, v, gammas, normalize) : null;
-    if (B * H * T === 0) return { o, r, finalState };
+    // The sequences: each batch row, or the packed segments of row 0.
+    const seqs: [number, number, number][] = [];
+    if (run.segments) run.segments.reduce((at, len) => (seqs.push([0, at, len]), at + len), 0);
+    else for (let b = 0; b < B; b++) seqs.push([b, 0, T]);
+    const N = seqs.length;
+    if (form !== 'parallel' && !(chunkSize >= 1))
+      throw new ShapeError(`retentionForward: chunk size ${chunkSize} must be at least 1`);
+    if (N * H > 65535) throw new ShapeError(`retentionForward: ${N * H} (sequences × heads) exceed the webgpu grid`);
+    if (B * T >= 2 ** 24)
+      throw new ShapeError(`retentionForward: ${B * T} positions exceed the webgpu kernel's 2^24 (float32 indices)`);
+    // W: the states, in and out, then the score scratch; sc: the scales, in and out.
+    const longest = Math.max(1, ...seqs.map((s) => s[2]));
     // The parallel form is one chunk of the whole sequence, with its clamp; unnormalised, every form is one function.
-    const C = form === 'parallel' ? T : Math.min(chunkSize, T);
-    if (!(C >= 1)) throw new ShapeError(`retentionForward: chunk size ${chunkSize} must be at least 1`);
-    if (B * H > 65535) throw new ShapeError(`retentionForward: ${B * H} (batch × heads) exceed the webgpu grid`);
-    const tab = new Float64Array(H * (C + 1));
+    const C = form === 'parallel' ? longest : Math.min(chunkSize, longest);
+    const W = this.out([N * H * (K * V + C * C)]);
+    const sc = run.initialState ? this.out([N, H]) : this.d.zeros([N, H], 'float32');
+    if (run.initialState) {
+      this.d.copy(run.initialState.state, 0, W, 0, N * H * K * V);
+      this.d.copy(run.initialState.scale, 0, sc, 0, N * H);
+    }
+    // tab: per head [ln γ, SC, S_0 … S_{C−1}]; per sequence [b, start, length]; per (sequence, head) S(length − 1).
+    const seqAt = H * (C + 2);
+    const endAt = seqAt + 3 * N;
+    const tab = new Float64Array(endAt + N * H);
     gammas.forEach((g, h) => {
-      tab[h * (C + 1)] = Math.log(g);
-      tab.set(decaySums(g, C), h * (C + 1) + 1);
+      // SC = S(C − 1) of the form's chunk (the chunkwise σ's scale), in closed form: the chunk size may exceed T.
+      const chunk = form === 'parallel' ? C : chunkSize;
+      tab[h * (C + 2)] = Math.log(g);
+      tab[h * (C + 2) + 1] = normalize ? (1 - g ** chunk) / (1 - g) : 1;
+      tab.set(decaySums(g, C), h * (C + 2) + 2);
+    });
+    seqs.forEach((seq, n) => {
+      tab.set(seq, seqAt + 3 * n);
+      gammas.forEach((g, h) => (tab[endAt + n * H + h] = seq[2] > 0 ? decaySums(g, seq[2])[seq[2] - 1]! : 0));
     });
     const tabT = this.table(tab);
-    const Z = this.out([B * H * K * V]);
-    const A = this.out([B * H * C * C]);
-    this.run(
-      'RETENTION_CHUNK',
-      [u(T), u(H), u(K), u(V), u(C), u(normalize ? 1 : 0), f(form === 'parallel' ? PARALLEL_CLAMP : 3.4e38)],
-      [q, k, v, tabT],
-      [o, r, Z, A],
-      [B * H],
-    );
-    for (const t of [tabT, Z, A]) t.dispose();
+    if (N * H > 0)
+      this.run(
+        'RETENTION_CHUNK',
+        [
+          ...[T, H, K, V, C, N, normalize ? 1 : 0, form === 'parallel' ? 1 : 0, run.initialState ? 1 : 0].map(u),
+          u(seqAt),
+          u(endAt),
+          f(form === 'parallel' ? PARALLEL_CLAMP : 3.4e38),
+        ],
+        [q, k, v, tabT],
+        [o, r, W, sc],
+        [N * H],
+      );
+    tabT.dispose();
+    let finalState: RetentionState | null = null;
+    if (run.returnFinalState) {
+      const state = this.out([N, H, K, V]);
+      this.d.copy(W, 0, state, 0, N * H * K * V);
+      finalState = { state, scale: sc };
+    } else sc.dispose();
+    W.dispose();
     return { o, r, finalState };
   }
 
@@ -286,30 +327,5 @@ export class WebGpuKernels implements Pick<Kernels, WebGpuKernelName> {
       [B * H],
     );
     return o;
-  }
-
-  /** The state after k, v from an empty state (retentionForward's finalState). */
-  private finalState(k: Tensor, v: Tensor, gammas: readonly number[], normalize: boolean): RetentionState {
-    const [B, T, H, K] = k.shape as [number, number, number, number];
-    const V = v.shape[3]!;
-    const n = B * H * K * V;
-    const state = this.out([B, H, K, V]);
-    if (n === 0) return { state, scale: this.d.zeros([B, H], 'float32') };
-    const scale = this.out([B, H]);
-    const tab = new Float64Array(2 * H);
-    gammas.forEach((g, h) => {
-      tab[2 * h] = Math.log(g);
-      tab[2 * h + 1] = T > 0 ? decaySums(g, T)[T - 1]! : 0;
-    });
-    const tabT = this.table(tab);
-    this.run(
-      'RETENTION_STATE',
-      [u(B), u(T), u(H), u(K), u(V), u(normalize ? 1 : 0)],
-      [k, v, tabT],
-      [state, scale],
-      grid(n),
-    );
-    tabT.dispose();
-    return { state, scale };
   }
 }

@@ -132,14 +132,17 @@ fn main(${ELEMENTWISE_ARGS}) {
   else { o[i] = max(v, 0.0); }
 }`;
 
-/** One workgroup per row (rows on a 2-D grid): y = x · rstd · w, rstd = 1/sqrt(mean(x²) + eps). */
+/**
+ * One workgroup per row (rows on a 2-D grid): y = x · rstd · w (· silu(gate) when gated), rstd = 1/sqrt(mean(x²) + eps).
+ */
 export const RMSNORM = /* wgsl */ `
-struct P { rows: u32, cols: u32, hasW: u32, eps: f32 }
+struct P { rows: u32, cols: u32, hasW: u32, hasGate: u32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<storage, read_write> rstd: array<f32>;
+@group(0) @binding(3) var<storage, read> gate: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read_write> rstd: array<f32>;
 var<workgroup> part: array<f32, 64>;
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -161,6 +164,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   for (var j = lid; j < p.cols; j += 64u) {
     var g = 1.0;
     if (p.hasW == 1u) { g = w[j]; }
+    if (p.hasGate == 1u) { let z = gate[base + j]; g *= z / (1.0 + exp(-z)); }
     y[base + j] = x[base + j] * k * g;
   }
 }`;
@@ -324,50 +328,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }`;
 
 /**
- * The state after k, v: [B, T, H, *], one invocation per state element: S = Σ_m γ^(T−1−m) k_mᵀ v_m / sqrt(s) (or
- * the plain sum), s = Σ_{t<T} γ^t. tab holds per head (ln γ, s), computed on the host in float64.
- */
-export const RETENTION_STATE = /* wgsl */ `
-struct P { B: u32, T: u32, H: u32, K: u32, V: u32, normalize: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> k: array<f32>;
-@group(0) @binding(2) var<storage, read> v: array<f32>;
-@group(0) @binding(3) var<storage, read> tab: array<f32>;
-@group(0) @binding(4) var<storage, read_write> S: array<f32>;
-@group(0) @binding(5) var<storage, read_write> scale: array<f32>;
-${FLAT}
-@compute @workgroup_size(256)
-fn main(${ELEMENTWISE_ARGS}) {
-  let e = flat(wid, nwg, lid);
-  if (e >= p.B * p.H * p.K * p.V) { return; }
-  let y = e % p.V;
-  let x = (e / p.V) % p.K;
-  let bh = e / (p.K * p.V);
-  let h = bh % p.H;
-  let b = bh / p.H;
-  let lam = tab[2u * h];
-  let s = tab[2u * h + 1u];
-  var w0 = 1.0;
-  if (p.normalize == 1u) { w0 = 1.0 / sqrt(s); }
-  var acc = 0.0;
-  for (var m = 0u; m < p.T; m++) {
-    let row = (b * p.T + m) * p.H + h;
-    acc += exp(lam * f32(p.T - 1u - m)) * k[row * p.K + x] * v[row * p.V + y];
-  }
-  S[e] = acc * w0;
-  if (x == 0u && y == 0u) { scale[bh] = select(0.0, s, p.T > 0u); }
-}`;
-
-/**
- * Retention over a sequence in chunks of C, one workgroup per (b, h) walking the chunks in order: torchscale's
- * chunk_recurrent_forward (normalize = 1; the parallel form is the same kernel with C = T and the 5e4 clamp, hi) or,
- * without normalisation, fla's plain chunk recurrence (every form the same function). Per chunk: the intra-chunk
- * scores A [C, C] (scratch), each row's factor r = 1/(sqrt(S_i)·max(clamp(Σ|A_ij|, 1, hi), σ)), the outputs
- * (inner + q·Z·qd)·r·sqrt(S_i), then the cross-chunk state Z [K, V] (scratch) and σ = max(1, max_y Σ_x |Z_xy|).
- * tab holds per head [ln γ, S_0 … S_{C−1}] (decay sums, from the host in float64).
+ * Retention over sequences in chunks of C, one workgroup per (sequence n, head h) walking its chunks in order:
+ * torchscale's chunk_recurrent_forward (normalize = 1; the parallel form is the same kernel with one chunk per
+ * sequence and the 5e4 clamp, hi) or, without normalisation, fla's plain chunk recurrence (every form the same
+ * function). A sequence is a batch row or a packed segment, and may continue a state (hasStart). Per chunk: the
+ * intra-chunk scores A [C, C], each row's factor r = 1/(sqrt(Ŝ_i)·max(clamp(Σ|A_ij|, 1, hi), σ)), the outputs
+ * (inner + q·Z·γ^(i+1)·SC/sqrt(Ŝ_i))·r·sqrt(Ŝ_i), then the state Z = Z_raw/SC [K, V] and σ = max(1, max_y Σ_x |Z_xy|)
+ * (chunkwise only). Ŝ_i = S_i chunkwise, s₀γ^(i+1) + S_i parallel (docs/retention.md).
+ * W holds [N·H·K·V] states (in: the initial S̃, out: the final S̃) then [N·H·C·C] scores; sc holds the scales (in s₀,
+ * out s_T). tab (float32, from the host in float64) holds per head [ln γ, SC, S_0 … S_{C−1}], from seqAt per sequence
+ * [b, start, length] (exact integers), from endAt per (n, h) S(length − 1).
  */
 export const RETENTION_CHUNK = /* wgsl */ `
-struct P { T: u32, H: u32, K: u32, V: u32, C: u32, normalize: u32, hi: f32 }
+struct P { T: u32, H: u32, K: u32, V: u32, C: u32, N: u32, normalize: u32, parallel: u32, hasStart: u32,
+           seqAt: u32, endAt: u32, hi: f32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
@@ -375,98 +349,126 @@ struct P { T: u32, H: u32, K: u32, V: u32, C: u32, normalize: u32, hi: f32 }
 @group(0) @binding(4) var<storage, read> tab: array<f32>;
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
 @group(0) @binding(6) var<storage, read_write> r: array<f32>;
-@group(0) @binding(7) var<storage, read_write> Z: array<f32>;
-@group(0) @binding(8) var<storage, read_write> A: array<f32>;
+@group(0) @binding(7) var<storage, read_write> W: array<f32>;
+@group(0) @binding(8) var<storage, read_write> sc: array<f32>;
 var<workgroup> red: array<f32, 256>;
 var<workgroup> sigma: f32;
-fn sq(t0: u32, i: u32) -> f32 { if (p.normalize == 1u) { return sqrt(tab[t0 + 1u + i]); } return 1.0; }
+var<workgroup> seqLen: u32;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let bh = wid.x;
-  let h = bh % p.H;
-  let b = bh / p.H;
-  let t0 = h * (p.C + 1u);
+  let nh = wid.x;
+  let h = nh % p.H;
+  let n = nh / p.H;
+  let b = u32(tab[p.seqAt + 3u * n]);
+  let start = u32(tab[p.seqAt + 3u * n + 1u]);
+  if (lid == 0u) { seqLen = u32(tab[p.seqAt + 3u * n + 2u]); }
+  let Tn = workgroupUniformLoad(&seqLen);
+  let t0 = h * (p.C + 2u);
   let lam = tab[t0];
-  var SC = 1.0;
-  if (p.normalize == 1u) { SC = tab[t0 + p.C]; }
-  let zo = bh * p.K * p.V;
-  let ao = bh * p.C * p.C;
-  for (var e = lid; e < p.K * p.V; e += 256u) { Z[zo + e] = 0.0; }
-  if (lid == 0u) { sigma = 1.0; }
+  let SC = tab[t0 + 1u];
+  let zo = nh * p.K * p.V;
+  let ao = p.N * p.H * p.K * p.V + nh * p.C * p.C;
+  let s0 = sc[nh];
+  var sp = 0.0;
+  if (p.parallel == 1u) { sp = s0; }
+  // Z = Z_raw / SC from the start's S̃ = Z_raw / sqrt(s₀) (or Z_raw itself, unnormalised); empty: 0.
+  var w0 = 1.0;
+  if (p.normalize == 1u) { w0 = sqrt(s0) / SC; }
+  for (var e = lid; e < p.K * p.V; e += 256u) {
+    if (p.hasStart == 1u) { W[zo + e] = W[zo + e] * w0; } else { W[zo + e] = 0.0; }
+  }
   storageBarrier();
   workgroupBarrier();
-  for (var s0 = 0u; s0 < p.T; s0 += p.C) {
-    let L = min(p.C, p.T - s0);
-    // Scores A_ij = (q_i · k_j) γ^(i−j) / sqrt(S_i), j ≤ i.
+  for (var c0 = 0u; c0 < Tn; c0 += p.C) {
+    let L = min(p.C, Tn - c0);
+    // σ of the state entering this chunk (chunkwise, normalised).
+    var mx = 0.0;
+    if (p.normalize == 1u && p.parallel == 0u) {
+      for (var y = lid; y < p.V; y += 256u) {
+        var col = 0.0;
+        for (var x = 0u; x < p.K; x++) { col += abs(W[zo + x * p.V + y]); }
+        mx = max(mx, col);
+      }
+    }
+    red[lid] = mx;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+      if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
+      workgroupBarrier();
+    }
+    if (lid == 0u) { sigma = max(1.0, red[0]); }
+    workgroupBarrier();
+    let sg = sigma;
+    // Scores A_ij = (q_i · k_j) γ^(i−j) / sqrt(Ŝ_i), j ≤ i.
     for (var e = lid; e < L * L; e += 256u) {
       let i = e / L;
       let j = e % L;
       if (j <= i) {
-        let qi = ((b * p.T + s0 + i) * p.H + h) * p.K;
-        let kj = ((b * p.T + s0 + j) * p.H + h) * p.K;
+        let qi = ((b * p.T + start + c0 + i) * p.H + h) * p.K;
+        let kj = ((b * p.T + start + c0 + j) * p.H + h) * p.K;
         var dot = 0.0;
         for (var x = 0u; x < p.K; x++) { dot += q[qi + x] * k[kj + x]; }
-        A[ao + i * p.C + j] = dot * exp(lam * f32(i - j)) / sq(t0, i);
+        var sq = 1.0;
+        if (p.normalize == 1u) { sq = sqrt(sp * exp(lam * f32(i + 1u)) + tab[t0 + 2u + i]); }
+        W[ao + i * p.C + j] = dot * exp(lam * f32(i - j)) / sq;
       }
     }
     storageBarrier();
     workgroupBarrier();
-    let sg = sigma;
     for (var i = lid; i < L; i += 256u) {
       var m = 1.0;
+      var sq = 1.0;
       if (p.normalize == 1u) {
+        sq = sqrt(sp * exp(lam * f32(i + 1u)) + tab[t0 + 2u + i]);
         var abs_sum = 0.0;
-        for (var j = 0u; j <= i; j++) { abs_sum += abs(A[ao + i * p.C + j]); }
+        for (var j = 0u; j <= i; j++) { abs_sum += abs(W[ao + i * p.C + j]); }
         m = max(clamp(abs_sum, 1.0, p.hi), sg);
       }
-      r[bh * p.T + s0 + i] = 1.0 / (sq(t0, i) * m);
+      r[(b * p.H + h) * p.T + start + c0 + i] = 1.0 / (sq * m);
     }
     storageBarrier();
     workgroupBarrier();
     for (var e = lid; e < L * p.V; e += 256u) {
       let i = e / p.V;
       let y = e % p.V;
+      var sq = 1.0;
+      if (p.normalize == 1u) { sq = sqrt(sp * exp(lam * f32(i + 1u)) + tab[t0 + 2u + i]); }
       var inner = 0.0;
-      for (var j = 0u; j <= i; j++) { inner += A[ao + i * p.C + j] * v[((b * p.T + s0 + j) * p.H + h) * p.V + y]; }
+      for (var j = 0u; j <= i; j++) {
+        inner += W[ao + i * p.C + j] * v[((b * p.T + start + c0 + j) * p.H + h) * p.V + y];
+      }
       var cross = 0.0;
-      if (s0 > 0u) {
-        let qi = ((b * p.T + s0 + i) * p.H + h) * p.K;
-        for (var x = 0u; x < p.K; x++) { cross += q[qi + x] * Z[zo + x * p.V + y]; }
-        cross *= exp(lam * f32(i + 1u)) * SC / sq(t0, i);
+      if (c0 > 0u || p.hasStart == 1u) {
+        let qi = ((b * p.T + start + c0 + i) * p.H + h) * p.K;
+        for (var x = 0u; x < p.K; x++) { cross += q[qi + x] * W[zo + x * p.V + y]; }
+        cross *= exp(lam * f32(i + 1u)) * SC / sq;
       }
-      let ri = r[bh * p.T + s0 + i];
-      o[((b * p.T + s0 + i) * p.H + h) * p.V + y] = (inner + cross) * ri * sq(t0, i);
+      let ri = r[(b * p.H + h) * p.T + start + c0 + i];
+      o[((b * p.T + start + c0 + i) * p.H + h) * p.V + y] = (inner + cross) * ri * sq;
     }
-    if (s0 + p.C < p.T) {
-      storageBarrier();
-      workgroupBarrier();
-      let decayC = exp(lam * f32(p.C));
-      for (var e = lid; e < p.K * p.V; e += 256u) {
-        let x = e / p.V;
-        let y = e % p.V;
-        var z = Z[zo + e] * decayC;
-        for (var j = 0u; j < L; j++) {
-          let row = (b * p.T + s0 + j) * p.H + h;
-          z += k[row * p.K + x] * v[row * p.V + y] * exp(lam * f32(p.C - 1u - j)) / SC;
-        }
-        Z[zo + e] = z;
+    storageBarrier();
+    workgroupBarrier();
+    // Z = γ^L Z + Σ_j γ^(L−1−j) k_jᵀ v_j / SC: the state after the chunk.
+    let decayL = exp(lam * f32(L));
+    for (var e = lid; e < p.K * p.V; e += 256u) {
+      let x = e / p.V;
+      let y = e % p.V;
+      var z = W[zo + e] * decayL;
+      for (var j = 0u; j < L; j++) {
+        let row = (b * p.T + start + c0 + j) * p.H + h;
+        z += k[row * p.K + x] * v[row * p.V + y] * exp(lam * f32(L - 1u - j)) / SC;
       }
-      storageBarrier();
-      workgroupBarrier();
-      var mx = 0.0;
-      for (var y = lid; y < p.V; y += 256u) {
-        var col = 0.0;
-        for (var x = 0u; x < p.K; x++) { col += abs(Z[zo + x * p.V + y]); }
-        mx = max(mx, col);
-      }
-      red[lid] = mx;
-      workgroupBarrier();
-      for (var s = 128u; s > 0u; s >>= 1u) {
-        if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
-        workgroupBarrier();
-      }
-      if (lid == 0u) { sigma = max(1.0, red[0]); }
-      workgroupBarrier();
+      W[zo + e] = z;
     }
+    storageBarrier();
+    workgroupBarrier();
   }
+  // The final state S̃ = Z_raw / sqrt(s_T) (or Z_raw), s_T = s₀γ^T + S(T − 1).
+  let sT = s0 * exp(lam * f32(Tn)) + tab[p.endAt + nh];
+  var wT = SC;
+  if (p.normalize == 1u && sT > 0.0) { wT = SC / sqrt(sT); }
+  for (var e = lid; e < p.K * p.V; e += 256u) { W[zo + e] = W[zo + e] * wT; }
+  storageBarrier();
+  workgroupBarrier();
+  if (lid == 0u) { sc[nh] = sT; }
 }`;

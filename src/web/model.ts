@@ -1,0 +1,198 @@
+// Loading and running a model directory in a browser: config.json, the safetensors weights (one file or Hugging Face
+// shards, each streamed with progress, then parsed by the project's reader) and tokenizer.json, over fetch or from
+// picked files; the same checks as loadModelDir on Node (src/io/model-load.ts is shared by both). The model runs on the
+// webgpu device or on the host ('cpu' in a browser: the reference device's TypeScript kernels, there being no addon).
+
+import type { Device } from '../backend/device.js';
+import { referenceBackend } from '../backend/select.js';
+import { requestWebGpu } from '../backend/webgpu/index.js';
+import { type WebGpuDevice } from '../backend/webgpu/device.js';
+import { noGrad } from '../autograd/tape.js';
+import { BackendError, ConfigError, FormatError, ShapeError } from '../errors.js';
+import { type GenerateOptions, generate } from '../generate/generate.js';
+import type { GenerationEvent, GenerationRequest } from '../generate/sequence.js';
+import {
+  type GenerationDefaults,
+  type LoadOptions,
+  buildCheckpointModel,
+  checkTokenizerFits,
+  checkpointSpec,
+  generationDefaults,
+  parseJSON,
+} from '../io/model-load.js';
+import {
+  TensorFile,
+  WEIGHTS_FILE,
+  WEIGHTS_INDEX,
+  Weights,
+  bufferSource,
+  shardFiles,
+} from '../io/safetensors-format.js';
+import type { CausalLM } from '../models/lm.js';
+import { RetNetModel } from '../models/retnet/model.js';
+import { tidy } from '../tensor/scope.js';
+import { loadTokenizer } from '../tokenizer/load.js';
+import type { Tokenizer } from '../tokenizer/tokenizer.js';
+import { type LoadProgress, type ModelSource, modelFiles } from './files.js';
+
+export type { LoadProgress, ModelSource } from './files.js';
+
+export interface LoadModelOptions extends Pick<LoadOptions, 'allowNonFinite'> {
+  /** 'webgpu' (default) or 'cpu' (the host: the reference kernels, float32). */
+  device?: 'webgpu' | 'cpu';
+  /** Called as each file's bytes arrive. */
+  onProgress?: (p: LoadProgress) => void;
+  signal?: AbortSignal;
+}
+
+export interface LogitsOptions {
+  /** RetNet's form: 'parallel' (default), 'chunkwise' or 'recurrent' (one step per token). */
+  form?: 'parallel' | 'chunkwise' | 'recurrent';
+  /** The chunkwise form's chunk size (default: the model's). */
+  chunkSize?: number;
+}
+
+/** A loaded model with its tokenizer, on one device. */
+export class WebModel {
+  constructor(
+    readonly model: CausalLM,
+    readonly tokenizer: Tokenizer | null,
+    readonly device: Device,
+    /** config.json as read. */
+    readonly config: Record<string, unknown>,
+    readonly generation: GenerationDefaults,
+  ) {}
+
+  /** The logits rows of one sequence of token ids: one Float32Array of vocabSize per position. */
+  async logits(ids: readonly number[], opts: LogitsOptions = {}): Promise<Float32Array[]> {
+    const m = this.model;
+    const V = m.vocabSize;
+    ids.forEach((t, i) => {
+      if (!Number.isInteger(t) || t < 0 || t >= V)
+        throw new ShapeError(`logits: token ${t} at position ${i} is outside the vocabulary [0, ${V})`);
+    });
+    const form = opts.form ?? 'parallel';
+    if (!(m instanceof RetNetModel) && (opts.form !== undefined || opts.chunkSize !== undefined))
+      throw new ConfigError(`logits: form and chunkSize apply to RetNet models, not to a ${m.arch}`);
+    if (form === 'recurrent') {
+      if (!(m instanceof RetNetModel)) throw new ConfigError("logits: the recurrent form is RetNet's");
+      const state = m.emptyState(1);
+      try {
+        const rows: Float32Array[] = [];
+        for (const t of ids) {
+          const l = m.step([t], state);
+          rows.push(Float32Array.from(await l.dataAsync()));
+          l.dispose();
+        }
+        return rows;
+      } finally {
+        state.dispose();
+      }
+    }
+    const input = this.device.fromData(ids, [1, ids.length], 'int32');
+    const out = noGrad(() =>
+      tidy(() =>
+        m instanceof RetNetModel
+          ? m.forward(input, { form, chunkSize: opts.chunkSize ?? m.config.chunkSize })
+          : m.forward(input),
+      ),
+    );
+    input.dispose();
+    try {
+      const flat = Float32Array.from(await out.dataAsync());
+      return ids.map((_, i) => flat.subarray(i * V, (i + 1) * V));
+    } finally {
+      out.dispose();
+    }
+  }
+
+  /** Streams generations: `generate()` of src/generate with this model and tokenizer (the same requests and events). */
+  generate(requests: readonly GenerationRequest[], opts: GenerateOptions = {}): AsyncGenerator<GenerationEvent> {
+    if (!this.tokenizer)
+      throw new FormatError('generate: the model directory has no tokenizer.json (logits work on token ids alone)');
+    return generate(this.model, this.tokenizer, requests, opts);
+  }
+
+  /** Tensor bytes on the device (exact) and, on webgpu, the GPU buffers behind them. */
+  memory(): { bytes: number; peak: number; gpuBytes: number | null } {
+    const gpu = this.device.name === 'webgpu' ? (this.device as WebGpuDevice).gpuMemory().bytes : null;
+    return { bytes: this.device.memory.current, peak: this.device.memory.peak, gpuBytes: gpu };
+  }
+
+  dispose(): void {
+    this.model.dispose();
+  }
+}
+
+async function pickDevice(name: LoadModelOptions['device'] = 'webgpu'): Promise<Device> {
+  if (name === 'cpu') return referenceBackend();
+  if (name !== 'webgpu') throw new ConfigError(`loadModel: device must be 'webgpu' or 'cpu', got ${String(name)}`);
+  const d = await requestWebGpu();
+  if (typeof d === 'string') throw new BackendError(`loadModel: the webgpu device is unavailable: ${d}`);
+  return d;
+}
+
+/** Loads a model directory (a URL or picked files): config.json, the weights, tokenizer.json when present. */
+export async function loadModel(source: ModelSource, opts: LoadModelOptions = {}): Promise<WebModel> {
+  const files = modelFiles(source);
+  const device = await pickDevice(opts.device);
+  const where = (name: string) => `${files.where}/${name}`.replace(/\/\/(?=[^/]*$)/, '/');
+  const read = (name: string) => files.bytes(name, opts.onProgress, opts.signal);
+  const json = async (name: string): Promise<Record<string, unknown> | null> => {
+    const bytes = await read(name);
+    if (!bytes) return null;
+    const v = parseJSON(new TextDecoder().decode(bytes), where(name));
+    if (v === null || typeof v !== 'object' || Array.isArray(v))
+      throw new FormatError(`${where(name)}: expected a JSON object`);
+    return v as Record<string, unknown>;
+  };
+
+  const configBytes = await read('config.json');
+  if (!configBytes) throw new FormatError(`${files.where}: missing config.json`);
+  const checked = checkpointSpec(
+    parseJSON(new TextDecoder().decode(configBytes), where('config.json')),
+    where('config.json'),
+  );
+  const { config } = checked;
+  const index = await json(WEIGHTS_INDEX);
+  let weights: Weights;
+  if (index) {
+    const shards = new Map<string, Uint8Array>();
+    for (const file of shardFiles(index, where(WEIGHTS_INDEX))) {
+      const bytes = await read(file);
+      if (!bytes) throw new FormatError(`${where(WEIGHTS_INDEX)} names ${file}, which ${files.where} lacks`);
+      shards.set(file, bytes);
+    }
+    weights = Weights.fromIndex(
+      index,
+      where(WEIGHTS_INDEX),
+      (file) => new TensorFile(bufferSource(shards.get(file)!), where(file)),
+    );
+  } else {
+    const bytes = await read(WEIGHTS_FILE);
+    if (!bytes) throw new FormatError(`${files.where}: missing ${WEIGHTS_FILE} (or ${WEIGHTS_INDEX} for shards)`);
+    weights = Weights.single(new TensorFile(bufferSource(bytes), where(WEIGHTS_FILE)));
+  }
+  const model = buildCheckpointModel(checked, where('config.json'), weights, {
+    backend: device,
+    allowNonFinite: opts.allowNonFinite,
+  });
+  try {
+    const tokenizerJSON = await read('tokenizer.json');
+    let tokenizer: Tokenizer | null = null;
+    if (tokenizerJSON) {
+      const ctx = {
+        tokenizerConfig: await json('tokenizer_config.json'),
+        specialTokensMap: await json('special_tokens_map.json'),
+      };
+      tokenizer = loadTokenizer(new TextDecoder().decode(tokenizerJSON), where('tokenizer.json'), ctx);
+      checkTokenizerFits(tokenizer, model, where('tokenizer.json'), where('config.json'), config);
+    }
+    const gen = await json('generation_config.json');
+    const generation = generationDefaults(config, gen, where('config.json'), where('generation_config.json'));
+    return new WebModel(model, tokenizer, device, config, generation);
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
+}
