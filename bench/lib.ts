@@ -14,7 +14,7 @@ import { extname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 
-import { cpuInfo, threadCount } from '../src/backend/index.js';
+import { cpuInfo, getBackend, threadCount } from '../src/backend/index.js';
 import { packageRoot } from '../src/backend/cpu/load.js';
 import { RetnetError } from '../src/errors.js';
 import { writeFileAtomic } from '../src/io/atomic.js';
@@ -178,11 +178,19 @@ export type Batch = (calls: number) => number | Promise<number>;
 
 const now = () => performance.now();
 
-/** A batch of calls of fn, timed with `clock` (ms). */
+/**
+ * A batch of calls of fn, timed with `clock` (ms). On a device that computes asynchronously (cuda) a call returns
+ * once its kernels are queued, so the batch waits for the device before each clock reading: the time is the work's,
+ * not the queueing's (the device is that of tensors made without one, which the suites' `--device` sets).
+ */
 export function batchOf(fn: () => void, clock = now): Batch {
+  const device = getBackend();
+  const sync = () => device.synchronize?.();
   return (calls) => {
+    sync();
     const t0 = clock();
     for (let i = 0; i < calls; i++) fn();
+    sync();
     return clock() - t0;
   };
 }

@@ -174,7 +174,7 @@ function forwardOf(m: Models, variant: Variant, chunkSize: number): (ids: Tensor
 const modelOf = (m: Models, v: Variant): CausalLM => (v.startsWith('retnet') ? m.retnet : m.transformer);
 
 /** One training step without the optimizer: loss, backward, gradients dropped. */
-function trainStep(model: CausalLM, forward: (ids: Tensor) => Tensor, ids: Tensor, targets: Tensor): void {
+export function trainStep(model: CausalLM, forward: (ids: Tensor) => Tensor, ids: Tensor, targets: Tensor): void {
   tidy(() => backward(crossEntropy(forward(ids), targets)));
   model.zeroGrad();
 }

@@ -12,7 +12,7 @@ import type { Device } from '../src/backend/device.js';
 import { mul, sum } from '../src/ops/math.js';
 import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
-import type { Tensor } from '../src/tensor/tensor.js';
+import { type Tensor, shapeSize } from '../src/tensor/tensor.js';
 import { assertClose, randomData, ref } from './helpers.js';
 import { buildInputs, opCases } from './op-cases.js';
 
@@ -69,6 +69,8 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
     { B: 1, T: 200, H: 2, K: 32, V: 48, C: 64, scale: 0.3 },
     { B: 2, T: 131, H: 3, K: 64, V: 64, C: 32, scale: 2 },
     { B: 1, T: 96, H: 1, K: 128, V: 128, C: 64, scale: 0.5 },
+    // Heads past the tiled flash kernels' 128 (the one-warp-per-row kernels), as the 1.3B RetNet's K 256.
+    { B: 1, T: 77, H: 2, K: 160, V: 200, C: 32, scale: 0.3 },
   ];
   for (const s of shapes) {
     const label = `B${s.B} T${s.T} H${s.H} K${s.K} V${s.V} C${s.C}`;
@@ -251,6 +253,13 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
     const lengths = [1, 157, 300];
     assertClose(G.attentionDecode(qc, kkc, vvc, lengths).data(), R.attentionDecode(q, kk, vv, lengths).data(),
       2e-5, 'decode'); // prettier-ignore
+    // Lengths at and around the 256-key split of the device kernel, head dims of the 6.7B model's Transformer.
+    const [q2, q2c] = pair(rng, [3, 2, 256]);
+    const [k2, k2c] = pair(rng, [3, 2, 1030, 256], 0.2);
+    const [v2, v2c] = pair(rng, [3, 2, 1030, 128]);
+    const lengths2 = [256, 257, 1030];
+    assertClose(G.attentionDecode(q2c, k2c, v2c, lengths2).data(), R.attentionDecode(q2, k2, v2, lengths2).data(),
+      2e-5, 'decode at the splits'); // prettier-ignore
   });
 
   it('rotary in halves (the fla variant) and interleaved pairs', () => {
@@ -279,6 +288,74 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
       assertClose(G.matmul(ac, bc, ta, tb).data(), R.matmul(a, b, ta, tb).data(), 2e-5,
         `matmul ${ta} ${tb} ${batch}x${M}x${N}x${K}`); // prettier-ignore
     }
+  });
+});
+
+describe('cuda 16-bit storage and tensor-core products', { skip }, () => {
+  const DT16 = ['bfloat16', 'float16'] as const;
+
+  it('stores bfloat16 and float16 as the host rounds them; device casts round alike', async () => {
+    const be = cuda!;
+    const rng = new Rng(11);
+    for (const dt of DT16) {
+      const d = randomData(rng, 1001, 3);
+      const host = ref.fromData(d, [7, 11, 13], dt);
+      const t = be.fromData(d, [7, 11, 13], dt);
+      assert.equal(t.storage.byteLength, 2002);
+      assert.deepEqual(Array.from(be.readStorage(t)), Array.from(ref.readStorage(host)), `${dt} bits`);
+      assert.deepEqual(Array.from(t.data()), Array.from(host.data()), `${dt} values`);
+      assert.deepEqual(Array.from(await be.readAsync(t)), Array.from(host.data()), `${dt} async`);
+      // float32 -> 16 bits on the device: the same bits as the host's rounding; and back, exactly.
+      const f = be.fromData(d, [7, 11, 13], 'float32');
+      const c = kernels(be, 'float32').cast(f, dt);
+      assert.deepEqual(Array.from(be.readStorage(c)), Array.from(ref.readStorage(host)), `${dt} device cast`);
+      assert.deepEqual(Array.from(kernels(be, dt).cast(c, 'float32').data()), Array.from(host.data()));
+      const z = be.zeros([3], dt); // odd size: filled by words
+      assert.deepEqual(Array.from(z.data()), [0, 0, 0]);
+      // A kernel without a 16-bit implementation runs as float32 on device casts and rounds back.
+      const sum = kernels(be, dt).binary('add', t, t);
+      assert.equal(sum.dtype, dt);
+      assert.deepEqual(Array.from(sum.data()), Array.from(kernels(ref, dt).binary('add', host, host).data()));
+      for (const x of [host, t, f, c, z, sum]) x.dispose();
+    }
+  });
+
+  it('16-bit products: weight products (float32 x 16-bit) and 16-bit pairs against the reference', () => {
+    const be = cuda!;
+    const rng = new Rng(12);
+    for (const dt of DT16)
+      for (const [ta, tb, batch, M, N, K, shared] of [
+        [false, true, 1, 1, 300, 257, true], // a decode step's product: one row, weight [N, K]
+        [false, true, 3, 5, 64, 96, true],
+        [false, false, 2, 33, 17, 65, false],
+        [true, false, 2, 8, 129, 31, false],
+        [false, false, 2, 3, 4, 0, false],
+      ] as const) {
+        const what = `${dt} ${ta} ${tb} ${batch}x${M}x${N}x${K}`;
+        const aShape: number[] = [batch, ta ? K : M, ta ? M : K];
+        const bShape: number[] = shared ? (tb ? [N, K] : [K, N]) : [batch, ...(tb ? [N, K] : [K, N])];
+        const ad = randomData(rng, shapeSize(aShape));
+        const bd = randomData(rng, shapeSize(bShape), 0.1);
+        const b16 = ref.fromData(bd, bShape, dt);
+        const bc = be.fromData(bd, bShape, dt);
+        // x already 16-bit exact: the tensor cores' rounding of x changes nothing, so only the summation order
+        // differs from the reference's float32 product.
+        const aExact = ref.fromData(ref.fromData(ad, aShape, dt).data(), aShape, 'float32');
+        const aExactC = be.fromData(aExact.data(), aShape, 'float32');
+        const y = kernels(be, dt).matmul(aExactC, bc, ta, tb);
+        assert.equal(y.dtype, 'float32');
+        assertClose(y.data(), kernels(ref, dt).matmul(aExact, b16, ta, tb).data(), 2e-5, `${what} exact x`);
+        // Any float32 x: rounded to the weight's dtype first (bfloat16 2^-9 relative per element).
+        const a = ref.fromData(ad, aShape, 'float32');
+        const ac = be.fromData(ad, aShape, 'float32');
+        assertClose(kernels(be, dt).matmul(ac, bc, ta, tb).data(), kernels(ref, dt).matmul(a, b16, ta, tb).data(),
+          dt === 'bfloat16' ? 1e-2 : 2e-3, `${what} float32 x`); // prettier-ignore
+        // Two 16-bit operands: the result rounded to their dtype.
+        const a16 = ref.fromData(ad, aShape, dt);
+        const y16 = kernels(be, dt).matmul(be.fromData(ad, aShape, dt), bc, ta, tb);
+        assert.equal(y16.dtype, dt);
+        assertClose(y16.data(), kernels(ref, dt).matmul(a16, b16, ta, tb).data(), 8e-3, `${what} 16-bit pair`);
+      }
   });
 });
 

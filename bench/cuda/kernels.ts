@@ -1,5 +1,5 @@
 // Timings of the cuda device's kernels (bench/cuda/NOTES.md has the FLOP and byte counts and each version's times):
-// GEMM ceilings (float32, TF32), a device copy, chunkwise retention forward + backward, flash attention forward +
+// GEMM ceilings (float32, TF32, bfloat16), a device copy, chunkwise retention forward + backward, flash attention forward +
 // backward and the recurrent step, at the shapes of the peer run (bench/cuda/peer.py). Every figure is the median
 // of the repeats after a warm-up; each repeat is synchronised (the kernels are asynchronous).
 //   node --import tsx bench/cuda/kernels.ts [--out FILE] [--quick]
@@ -62,8 +62,11 @@ process.stdout.write(`${JSON.stringify(info)}\n`);
     record({ what: tf32 ? 'gemm_tf32' : 'gemm_fp32', n, ms_median: ms, tflops: (2 * n ** 3) / ms / 1e9 });
   }
   be.tf32 = false;
-  a.dispose();
-  b.dispose();
+  // bfloat16 operands on tensor cores, float32 accumulation (the products of bfloat16 weights).
+  const [a16, b16] = [kern.cast(a, 'bfloat16'), kern.cast(b, 'bfloat16')];
+  const ms16 = time(() => kernels(be, 'bfloat16').matmul(a16, b16, false, false).dispose());
+  record({ what: 'gemm_bf16', n, ms_median: ms16, tflops: (2 * n ** 3) / ms16 / 1e9 });
+  for (const t of [a, b, a16, b16]) t.dispose();
   const x = be.empty([2 ** 29], 'float32');
   const y = be.empty([2 ** 29], 'float32');
   const bytes = 2 * 4 * 2 ** 29;

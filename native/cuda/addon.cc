@@ -266,11 +266,14 @@ Napi::Value Convert(const Napi::CallbackInfo& info) {
 
 // ---- kernels ----
 
-// gemm(dtype, transA, transB, M, N, K, alpha, A, lda, strideA, B, ldb, strideB, beta, C, ldc, strideC, batch, tf32)
+// gemm(dtype, transA, transB, M, N, K, alpha, A, lda, strideA, B, ldb, strideB, beta, C, ldc, strideC, batch, tf32,
+//      outDtype): A and B of dtype, C of outDtype (the same, or float32 for 16-bit operands; default: dtype).
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
   return run(info, [&] {
     int64_t dt = dim(info, 0, "dtype");
-    if (dt > 2) throw ArgError{"gemm: dtype codes are 0 (float32), 1 (bfloat16), 2 (float16)"};
+    int64_t odt = info.Length() > 19 ? dim(info, 19, "outDtype") : dt;
+    if (dt > 2 || odt > 2) throw ArgError{"gemm: dtype codes are 0 (float32), 1 (bfloat16), 2 (float16)"};
+    if (odt != dt && odt != 0) throw ArgError{"gemm: the output is of the operands' dtype or float32"};
     bool ta = flag(info, 1, "transA"), tb = flag(info, 2, "transB");
     int64_t M = dim(info, 3, "M"), N = dim(info, 4, "N"), K = dim(info, 5, "K");
     float alpha = static_cast<float>(num(info, 6, "alpha")), beta = static_cast<float>(num(info, 13, "beta"));
@@ -278,17 +281,17 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
     int64_t sB = dim(info, 12, "strideB"), ldc = dim(info, 15, "ldc"), sC = dim(info, 16, "strideC");
     int64_t batch = dim(info, 17, "batch");
     bool tf32 = flag(info, 18, "tf32");
-    int64_t es = dt == 0 ? 4 : 2;
-    // Elements each operand's last batch entry reaches: (rows − 1)·ld + cols.
-    auto extent = [&](int64_t rows, int64_t cols, int64_t ld, int64_t stride) {
+    // Bytes each operand's last batch entry reaches: ((rows − 1)·ld + cols) elements.
+    auto extent = [&](int64_t rows, int64_t cols, int64_t ld, int64_t stride, int64_t es) {
       if (rows == 0 || cols == 0 || batch == 0) return int64_t(0);
       if (ld < cols) throw ArgError{"gemm: a leading dimension is shorter than its row"};
       return ((batch - 1) * stride + (rows - 1) * ld + cols) * es;
     };
-    const void* A = dev(info, 7, "A", extent(ta ? K : M, ta ? M : K, lda, sA));
-    const void* B = dev(info, 10, "B", extent(tb ? N : K, tb ? K : N, ldb, sB));
-    void* C = dev(info, 14, "C", extent(M, N, ldc, sC));
-    cuda::gemm(static_cast<cuda::DType>(dt), ta, tb, M, N, K, alpha, A, std::max<int64_t>(lda, 1), sA, B,
+    int64_t es = dt == 0 ? 4 : 2, eo = odt == 0 ? 4 : 2;
+    const void* A = dev(info, 7, "A", extent(ta ? K : M, ta ? M : K, lda, sA, es));
+    const void* B = dev(info, 10, "B", extent(tb ? N : K, tb ? K : N, ldb, sB, es));
+    void* C = dev(info, 14, "C", extent(M, N, ldc, sC, eo));
+    cuda::gemm(static_cast<cuda::DType>(dt), static_cast<cuda::DType>(odt), ta, tb, M, N, K, alpha, A, std::max<int64_t>(lda, 1), sA, B,
                std::max<int64_t>(ldb, 1), sB, beta, C, std::max<int64_t>(ldc, 1), sC, batch, tf32);
   });
 }
@@ -347,23 +350,49 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
   return run(info, [&] {
     int64_t rows = dim(info, 4, "rows"), cols = dim(info, 5, "cols");
     bool hasW = num(info, 1, "w") != 0;
-    cuda::rmsNorm(f(info, 0, "x", rows * cols), hasW ? f(info, 1, "w", cols) : nullptr, f(info, 2, "y", rows * cols),
-                  f(info, 3, "rstd", rows), rows, cols, static_cast<float>(num(info, 6, "eps")));
+    cuda::rmsNorm(f(info, 0, "x", rows * cols), nullptr, hasW ? f(info, 1, "w", cols) : nullptr,
+                  f(info, 2, "y", rows * cols), f(info, 3, "rstd", rows), rows, cols,
+                  static_cast<float>(num(info, 6, "eps")));
   });
 }
 RETNET_KERNEL("rmsNorm", RmsNorm);
+
+// gatedRmsNorm(x, gate, w | 0, y, rstd, rows, cols, eps)
+Napi::Value GatedRmsNorm(const Napi::CallbackInfo& info) {
+  return run(info, [&] {
+    int64_t rows = dim(info, 5, "rows"), cols = dim(info, 6, "cols");
+    bool hasW = num(info, 2, "w") != 0;
+    cuda::rmsNorm(f(info, 0, "x", rows * cols), f(info, 1, "gate", rows * cols), hasW ? f(info, 2, "w", cols) : nullptr,
+                  f(info, 3, "y", rows * cols), f(info, 4, "rstd", rows), rows, cols,
+                  static_cast<float>(num(info, 7, "eps")));
+  });
+}
+RETNET_KERNEL("gatedRmsNorm", GatedRmsNorm);
 
 // rmsNormBackward(x, w | 0, rstd, g, dx, dw | 0, rows, cols)
 Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
   return run(info, [&] {
     int64_t rows = dim(info, 6, "rows"), cols = dim(info, 7, "cols");
     bool hasW = num(info, 1, "w") != 0;
-    cuda::rmsNormBackward(f(info, 0, "x", rows * cols), hasW ? f(info, 1, "w", cols) : nullptr,
+    cuda::rmsNormBackward(f(info, 0, "x", rows * cols), nullptr, hasW ? f(info, 1, "w", cols) : nullptr,
                           f(info, 2, "rstd", rows), f(info, 3, "g", rows * cols), f(info, 4, "dx", rows * cols),
-                          hasW ? f(info, 5, "dw", cols) : nullptr, rows, cols);
+                          nullptr, hasW ? f(info, 5, "dw", cols) : nullptr, rows, cols);
   });
 }
 RETNET_KERNEL("rmsNormBackward", RmsNormBackward);
+
+// gatedRmsNormBackward(x, gate, w | 0, rstd, g, dx, dgate, dw | 0, rows, cols)
+Napi::Value GatedRmsNormBackward(const Napi::CallbackInfo& info) {
+  return run(info, [&] {
+    int64_t rows = dim(info, 8, "rows"), cols = dim(info, 9, "cols");
+    bool hasW = num(info, 2, "w") != 0;
+    cuda::rmsNormBackward(f(info, 0, "x", rows * cols), f(info, 1, "gate", rows * cols),
+                          hasW ? f(info, 2, "w", cols) : nullptr, f(info, 3, "rstd", rows), f(info, 4, "g", rows * cols),
+                          f(info, 5, "dx", rows * cols), f(info, 6, "dgate", rows * cols),
+                          hasW ? f(info, 7, "dw", cols) : nullptr, rows, cols);
+  });
+}
+RETNET_KERNEL("gatedRmsNormBackward", GatedRmsNormBackward);
 
 // layerNorm(x, w, b, y, mean, rstd, rows, cols, eps)
 Napi::Value LayerNorm(const Napi::CallbackInfo& info) {
@@ -721,14 +750,15 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("attentionBackward", AttentionBackward);
 
-// attentionDecode(q, kCache, vCache, lengths (device int32 [B]), o, B, H, C, K, V)
+// attentionDecode(q, kCache, vCache, lengths (device int32 [B]), o, ws, B, H, C, K, V): ws holds
+// attentionWorkspace(4, B, H, C, K, V) floats.
 Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
   return run(info, [&] {
-    int64_t B = dim(info, 5, "B"), H = dim(info, 6, "H"), C = dim(info, 7, "C"), K = dim(info, 8, "K");
-    int64_t V = dim(info, 9, "V");
+    int64_t B = dim(info, 6, "B"), H = dim(info, 7, "H"), C = dim(info, 8, "C"), K = dim(info, 9, "K");
+    int64_t V = dim(info, 10, "V");
     cuda::attentionDecode(f(info, 0, "q", B * H * K), f(info, 1, "kCache", B * H * C * K),
                           f(info, 2, "vCache", B * H * C * V), ints(info, 3, "lengths", B), f(info, 4, "o", B * H * V),
-                          B, H, C, K, V);
+                          f(info, 5, "ws", cuda::attentionWorkspace(4, cuda::Dims{B, H, C, K, V})), B, H, C, K, V);
   });
 }
 RETNET_KERNEL("attentionDecode", AttentionDecode);

@@ -141,17 +141,18 @@ void emptyCache() {
 // ---- GEMM through cuBLAS ----
 // cuBLAS is column-major: a row-major C = op(A)·op(B) is the column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, i.e. the same call with
 // the operands swapped and M, N exchanged; the row-major leading dimensions pass through unchanged.
-void gemm(DType dt, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
+void gemm(DType dt, DType outDt, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
           int64_t lda, int64_t strideA, const void* B, int64_t ldb, int64_t strideB, float beta, void* C, int64_t ldc,
           int64_t strideC, int64_t batch, bool tf32) {
   if (M == 0 || N == 0 || batch == 0) return;
   cublasHandle_t h = context().blas;
-  cudaDataType_t t = dt == DType::F32 ? CUDA_R_32F : dt == DType::BF16 ? CUDA_R_16BF : CUDA_R_16F;
+  auto type = [](DType d) { return d == DType::F32 ? CUDA_R_32F : d == DType::BF16 ? CUDA_R_16BF : CUDA_R_16F; };
+  cudaDataType_t t = type(dt), tc = type(outDt);
   cublasComputeType_t ct = dt == DType::F32 && tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   cublasOperation_t opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N, opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
   cublasStatus_t s = cublasGemmStridedBatchedEx(
       h, opB, opA, static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &alpha, B, t, static_cast<int>(ldb),
-      strideB, A, t, static_cast<int>(lda), strideA, &beta, C, t, static_cast<int>(ldc), strideC,
+      strideB, A, t, static_cast<int>(lda), strideA, &beta, C, tc, static_cast<int>(ldc), strideC,
       static_cast<int>(batch), ct, CUBLAS_GEMM_DEFAULT);
   if (s != CUBLAS_STATUS_SUCCESS)
     throw CudaError("cublasGemmStridedBatchedEx failed (status " + std::to_string(static_cast<int>(s)) + ", M=" +

@@ -45,8 +45,9 @@ void emptyCache();
 // ---- products (gemm.cu) ----
 enum class DType : int { F32 = 0, BF16 = 1, F16 = 2 };
 // Row-major C[b] = alpha·op(A[b])·op(B[b]) + beta·C[b] over `batch` entries (strides in elements; 0 shares one
-// matrix). fp32 accumulation; tf32 tensor cores for fp32 inputs only when `tf32`.
-void gemm(DType dt, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
+// matrix). A and B are of dtype dt, C of outDt (dt itself, or F32 for 16-bit operands). fp32 accumulation; tf32
+// tensor cores for fp32 inputs only when `tf32`.
+void gemm(DType dt, DType outDt, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
           int64_t lda, int64_t strideA, const void* B, int64_t ldb, int64_t strideB, float beta, void* C, int64_t ldc,
           int64_t strideC, int64_t batch, bool tf32);
 
@@ -64,9 +65,11 @@ void fill(float* x, float value, int64_t n);
 void convert(DType from, const void* x, DType to, void* out, int64_t n);
 
 // ---- normalisation, softmax, losses, embedding, optimizer (norm.cu) ----
-void rmsNorm(const float* x, const float* w, float* y, float* rstd, int64_t rows, int64_t cols, float eps);
-void rmsNormBackward(const float* x, const float* w, const float* rstd, const float* g, float* dx, float* dw,
-                     int64_t rows, int64_t cols);
+// RMSNorm over rows, gated by silu(z) where z is given (RetNet's per-head norm; null: plain RMSNorm). dz with z.
+void rmsNorm(const float* x, const float* z, const float* w, float* y, float* rstd, int64_t rows, int64_t cols,
+             float eps);
+void rmsNormBackward(const float* x, const float* z, const float* w, const float* rstd, const float* g, float* dx,
+                     float* dz, float* dw, int64_t rows, int64_t cols);
 void layerNorm(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, int64_t rows,
                int64_t cols, float eps);
 void layerNormBackward(const float* x, const float* w, const float* mean, const float* rstd, const float* g,
@@ -133,7 +136,13 @@ void attentionNaiveBackward(const float* q, const float* k, const float* v, cons
 void attentionFlash(const float* q, const float* k, const float* v, float* o, float* lse, Dims d);
 void attentionFlashBackward(const float* q, const float* k, const float* v, const float* o, const float* lse,
                             const float* dO, float* dq, float* dk, float* dv, float* ws, Dims d);
-void attentionDecode(const float* q, const float* kc, const float* vc, const int32_t* lengths, float* o, int64_t B,
-                     int64_t H, int64_t C, int64_t K, int64_t V);
+// The tiled flash kernels (flash.cu) for the shapes flashTiled accepts (K, V ≤ 128); backward after D is computed.
+bool flashTiled(Dims d);
+void flashTiledForward(const float* q, const float* k, const float* v, float* o, float* lse, Dims d);
+void flashTiledBackward(const float* q, const float* k, const float* v, const float* lse, const float* dO,
+                        const float* D, float* dq, float* dk, float* dv, Dims d);
+// ws: attentionWorkspace(4, {B, H, T = C, K, V}) floats.
+void attentionDecode(const float* q, const float* kc, const float* vc, const int32_t* lengths, float* o, float* ws,
+                     int64_t B, int64_t H, int64_t C, int64_t K, int64_t V);
 
 }  // namespace retnet::cuda

@@ -12,37 +12,64 @@ namespace {
 
 constexpr int kRowThreads = 256;
 
-__global__ void rmsNormKernel(const float* x, const float* w, float* y, float* rstd, int64_t cols, float eps) {
-  const float* xr = x + blockIdx.x * cols;
+__device__ __forceinline__ float sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+// y = x·rstd·w, times silu(z) where a gate z is given (the gated per-head norm of RetNet).
+__global__ void rmsNormKernel(const float* x, const float* z, const float* w, float* y, float* rstd, int64_t cols,
+                              float eps) {
+  int64_t r = blockIdx.x;
+  const float* xr = x + r * cols;
   float ss = 0;
   for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) ss += xr[j] * xr[j];
   ss = blockSum(ss);
   float s = rsqrtf(ss / static_cast<float>(cols) + eps);
-  if (threadIdx.x == 0) rstd[blockIdx.x] = s;
-  float* yr = y + blockIdx.x * cols;
-  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) yr[j] = xr[j] * s * (w ? w[j] : 1.0f);
+  if (threadIdx.x == 0) rstd[r] = s;
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+    float v = xr[j] * s * (w ? w[j] : 1.0f);
+    if (z) {
+      float zj = z[r * cols + j];
+      v *= zj * sigmoid(zj);
+    }
+    y[r * cols + j] = v;
+  }
 }
 
-__global__ void rmsNormBackwardKernel(const float* x, const float* w, const float* rstd, const float* g, float* dx,
-                                      int64_t cols) {
+// With a gate z (y = n·silu(z), n = x·rstd·w): dz = g·n·silu'(z), and the norm receives h = g·silu(z) (h = g
+// without a gate): dx = rstd·h·w − x·rstd³·Σ(h·w·x)/cols.
+__global__ void rmsNormBackwardKernel(const float* x, const float* z, const float* w, const float* rstd,
+                                      const float* g, float* dx, float* dz, int64_t cols) {
   int64_t r = blockIdx.x;
   const float *xr = x + r * cols, *gr = g + r * cols;
   float s = rstd[r], dot = 0;
-  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) dot += gr[j] * (w ? w[j] : 1.0f) * xr[j];
+  auto h = [&](int64_t j) {
+    if (!z) return gr[j];
+    float zj = z[r * cols + j];
+    return gr[j] * zj * sigmoid(zj);
+  };
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) dot += h(j) * (w ? w[j] : 1.0f) * xr[j];
   dot = blockSum(dot);
   float c = s * s * s * dot / static_cast<float>(cols);
-  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) dx[r * cols + j] = s * gr[j] * (w ? w[j] : 1.0f) - c * xr[j];
+  for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+    float wj = w ? w[j] : 1.0f;
+    dx[r * cols + j] = s * h(j) * wj - c * xr[j];
+    if (z) {
+      float zj = z[r * cols + j], sg = sigmoid(zj);
+      dz[r * cols + j] = gr[j] * xr[j] * s * wj * sg * (1.0f + zj * (1.0f - sg));
+    }
+  }
 }
 
 // out[j] = Σ_r g[r,j]·xhat[r,j] where xhat = (x − mean[r])·rstd[r] (mean null: 0); optional second output Σ_r g[r,j].
-__global__ void columnGradKernel(const float* x, const float* mean, const float* rstd, const float* g, float* dw,
-                                 float* db, int64_t rows, int64_t cols) {
+// With a gate z, g is first multiplied by silu(z) (the gated norm's h).
+__global__ void columnGradKernel(const float* x, const float* mean, const float* rstd, const float* g, const float* z,
+                                 float* dw, float* db, int64_t rows, int64_t cols) {
   __shared__ double pw[8][33], pb[8][33];
   int64_t j = blockIdx.x * 32 + threadIdx.x;
   double sw = 0, sb = 0;
   if (j < cols)
     for (int64_t r = threadIdx.y; r < rows; r += 8) {
       float gi = g[r * cols + j];
+      if (z) gi *= z[r * cols + j] * sigmoid(z[r * cols + j]);
       sw += gi * (x[r * cols + j] - (mean ? mean[r] : 0.0f)) * rstd[r];
       sb += gi;
     }
@@ -207,18 +234,19 @@ unsigned rowsGrid(int64_t rows) { return static_cast<unsigned>(rows); }
 
 }  // namespace
 
-void rmsNorm(const float* x, const float* w, float* y, float* rstd, int64_t rows, int64_t cols, float eps) {
+void rmsNorm(const float* x, const float* z, const float* w, float* y, float* rstd, int64_t rows, int64_t cols,
+             float eps) {
   if (rows == 0) return;
-  rmsNormKernel<<<rowsGrid(rows), kRowThreads, 0, stream()>>>(x, w, y, rstd, cols, eps);
+  rmsNormKernel<<<rowsGrid(rows), kRowThreads, 0, stream()>>>(x, z, w, y, rstd, cols, eps);
   checkLaunch("rmsNorm");
 }
 
-void rmsNormBackward(const float* x, const float* w, const float* rstd, const float* g, float* dx, float* dw,
-                     int64_t rows, int64_t cols) {
-  if (rows > 0) rmsNormBackwardKernel<<<rowsGrid(rows), kRowThreads, 0, stream()>>>(x, w, rstd, g, dx, cols);
+void rmsNormBackward(const float* x, const float* z, const float* w, const float* rstd, const float* g, float* dx,
+                     float* dz, float* dw, int64_t rows, int64_t cols) {
+  if (rows > 0) rmsNormBackwardKernel<<<rowsGrid(rows), kRowThreads, 0, stream()>>>(x, z, w, rstd, g, dx, dz, cols);
   if (dw && cols > 0)
-    columnGradKernel<<<static_cast<unsigned>((cols + 31) / 32), dim3(32, 8), 0, stream()>>>(x, nullptr, rstd, g, dw,
-                                                                                            nullptr, rows, cols);
+    columnGradKernel<<<static_cast<unsigned>((cols + 31) / 32), dim3(32, 8), 0, stream()>>>(x, nullptr, rstd, g, z,
+                                                                                            dw, nullptr, rows, cols);
   checkLaunch("rmsNormBackward");
 }
 
@@ -233,7 +261,7 @@ void layerNormBackward(const float* x, const float* w, const float* mean, const 
                        float* dx, float* dw, float* db, int64_t rows, int64_t cols) {
   if (rows > 0) layerNormBackwardKernel<<<rowsGrid(rows), kRowThreads, 0, stream()>>>(x, w, mean, rstd, g, dx, cols);
   if (cols > 0)
-    columnGradKernel<<<static_cast<unsigned>((cols + 31) / 32), dim3(32, 8), 0, stream()>>>(x, mean, rstd, g, dw, db,
+    columnGradKernel<<<static_cast<unsigned>((cols + 31) / 32), dim3(32, 8), 0, stream()>>>(x, mean, rstd, g, nullptr, dw, db,
                                                                                             rows, cols);
   checkLaunch("layerNormBackward");
 }

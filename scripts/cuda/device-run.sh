@@ -5,16 +5,19 @@
 #   test      test/cuda.test.ts (the op suite and the sequence kernels against the reference backend)
 #   vectors   the torchscale and fla vectors through models on the cuda device (their tests' cuda suites)
 #   cli       train a tiny model, then generate from it, with --device cuda
-#   suites    the decode, batch and train bench suites (--quick) on the cuda device; their JSON copied to $OUT
+#   suites    the decode, batch and train bench suites (--quick; SUITE_FULL=1: full settings) on the cuda device
+#   paper     bench/cuda/paper.js: Figure 6 at 6.7B and Table 4 at 1.3B (PAPER_ARGS: e.g. "--only decode")
 #   sanitize  the same under compute-sanitizer memcheck
 #   bench     bench/cuda/kernels.ts (quick: bench-quick)
 #   peer      bench/cuda/peer.py (fla chunk_retention, PyTorch SDPA, the ceilings)
 #   curve     bench/cuda/train-curve.ts (the first training steps on the reference and cuda devices)
-# Logs and JSON go to $OUT (the device tool brings them back).
+# Logs and JSON go to /tmp/rn/out, packed at the end into $OUT/out.tgz (the device tool brings back 8 files at most).
 set -uo pipefail
 carry=$(pwd)/.cuda-carry
-out=${OUT:-/tmp/out}
+out=/tmp/rn/out
 mkdir -p "$out" /tmp/rn
+# Packed on any exit, also when a stage runs past the call's time.
+trap '[ -n "${OUT:-}" ] && tar czf "$OUT/out.tgz" -C /tmp/rn out' EXIT
 cd /tmp/rn
 [ -x node ] || { xz -dc "$carry/node.xz" >node && chmod +x node; }
 rm -rf tree && tar xJf "$carry/tree.tar.xz"
@@ -51,7 +54,7 @@ for stage in "$@"; do
       ;;
     suites)
       for s in decode batch train; do
-        timeout ${SUITE_TIMEOUT:-170} $node dist/src/cli/run.js bench $s --quick --device cuda --out /tmp/rn/suites \
+        timeout ${SUITE_TIMEOUT:-170} $node dist/src/cli/run.js bench $s $([ -n "${SUITE_FULL:-}" ] || echo --quick) --device cuda --out /tmp/rn/suites \
           >"$out/suite-$s.log" 2>&1
         echo "bench $s: exit $?"; tail -c 2500 "$out/suite-$s.log"
         cp /tmp/rn/suites/bench/results/$s*.json "$out/" 2>/dev/null
@@ -61,6 +64,7 @@ for stage in "$@"; do
       timeout ${SANITIZE_TIMEOUT:-300} compute-sanitizer --tool memcheck --print-limit 20 $node dist/test/cuda.test.js >"$out/sanitize.log" 2>&1
       echo "compute-sanitizer exit $?"; grep -E "ERROR SUMMARY|^# (pass|fail)" "$out/sanitize.log" | tail -5
       ;;
+    paper) $node dist/bench/cuda/paper.js ${PAPER_ARGS:-} --out "$out/cuda-paper.json" 2>&1 | tee "$out/paper.log" | cut -c1-400 ;;
     bench) $node dist/bench/cuda/kernels.js --out "$out/cuda-kernels.json" 2>&1 | tee "$out/bench.log" ;;
     bench-quick) $node dist/bench/cuda/kernels.js --quick --out "$out/cuda-kernels-quick.json" 2>&1 | tee "$out/bench.log" ;;
     peer) PYTHONUNBUFFERED=1 FLA_PATH=/tmp/rn/fla python3 bench/cuda/peer.py "$out/cuda-peer.json" 2>&1 | tee "$out/peer.log" | tail -30 ;;

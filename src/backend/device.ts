@@ -44,6 +44,11 @@ export interface Device {
   copy(src: Tensor, srcOffset: number, dst: Tensor, dstOffset: number, length: number): void;
   /** A tensor of another shape sharing the storage (a reshape); the storage lives until both are disposed. */
   view(t: Tensor, shape: readonly number[]): Tensor;
+  /**
+   * Blocks until every kernel and copy queued on the device has finished. Only devices that compute asynchronously
+   * have it (cuda); on the others work is done when a kernel returns. Timing code calls it around what it times.
+   */
+  synchronize?(): void;
 
   /**
    * Only on a device whose reads are asynchronous: runs `compute` on the host after everything recorded so far and

@@ -39,6 +39,8 @@ export interface CudaAddon {
   activationBackward(...args: Arg[]): void;
   rmsNorm(...args: Arg[]): void;
   rmsNormBackward(...args: Arg[]): void;
+  gatedRmsNorm(...args: Arg[]): void;
+  gatedRmsNormBackward(...args: Arg[]): void;
   layerNorm(...args: Arg[]): void;
   layerNormBackward(...args: Arg[]): void;
   softmax(...args: Arg[]): void;

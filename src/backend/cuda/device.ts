@@ -1,11 +1,14 @@
 // The cuda device: tensors in GPU memory (the addon's caching allocator over cudaMalloc); its kernels (kernels.ts,
 // native/cuda/) are all queued in order on one stream, so only reads wait for the GPU. Node-only (a Node-API addon).
+// Dtypes: float32 and int32, and the 16-bit storage types bfloat16 and float16 (rounded to nearest even on the host
+// as they are written, widened to float32 as they are read; cast() converts on the device), which the products take
+// on tensor cores (kernels.ts) and every other kernel through the kernel table's float32 cast copies.
 // Memory accounting: the MemoryTracker counts each live tensor's element bytes, as on the host devices;
 // `deviceMemory()` reports what the allocator holds beside them (its rounding to 512-byte blocks, its cache).
 
 import { BackendError, DTypeError } from '../../errors.js';
 import type { DType, DataArray, ValueArray } from '../../tensor/dtype.js';
-import { allocArray, bytesPerElement } from '../../tensor/dtype.js';
+import { allocArray, bytesPerElement, decode, encoded } from '../../tensor/dtype.js';
 import { MemoryTracker } from '../../tensor/memory.js';
 import type { Storage } from '../../tensor/storage.js';
 import { Tensor, checkShape, shapeSize } from '../../tensor/tensor.js';
@@ -53,10 +56,12 @@ export class CudaStorage implements Storage {
   }
 }
 
+const CUDA_DTYPES: readonly DType[] = ['float32', 'int32', 'bfloat16', 'float16'];
+
 export class CudaDevice implements Device {
   readonly name = 'cuda';
   readonly memory = new MemoryTracker();
-  readonly dtypes: readonly DType[] = ['float32', 'int32'];
+  readonly dtypes: readonly DType[] = CUDA_DTYPES;
   readonly host = false;
   readonly resolved: Partial<Record<DType, Kernels>> = {};
   /** TF32 tensor cores for float32 GEMMs (RETNET_CUDA_TF32=1); off by default, so results match float32. */
@@ -83,15 +88,19 @@ export class CudaDevice implements Device {
     return this.addon.memory();
   }
 
+  synchronize(): void {
+    this.addon.synchronize();
+  }
+
   supportsDType(dtype: DType): boolean {
-    return dtype === 'float32' || dtype === 'int32';
+    return CUDA_DTYPES.includes(dtype);
   }
 
   // ---- storage ----
 
   private make(shape: readonly number[], dtype: DType): Tensor {
     if (!this.supportsDType(dtype))
-      throw new DTypeError(`tensor: the cuda device does not hold ${dtype} tensors (float32 and int32 only)`);
+      throw new DTypeError(`tensor: the cuda device does not hold ${dtype} tensors (${CUDA_DTYPES.join(', ')} only)`);
     const storage = new CudaStorage(dtype, shapeSize(shape), this.addon, this.memory);
     return new Tensor(this, storage, shape, dtype);
   }
@@ -106,14 +115,19 @@ export class CudaDevice implements Device {
   empty(shape: readonly number[], dtype: DType): Tensor {
     checkShape(shape, 'empty');
     const t = this.make(shape, dtype);
-    if (this.poison && t.size > 0) this.addon.fill(this.ptr(t), NaN, t.size);
+    if (this.poison && t.size > 0)
+      if (bytesPerElement(dtype) === 4) this.addon.fill(this.ptr(t), NaN, t.size);
+      else this.addon.write(this.ptr(t), new Uint16Array(t.size).fill(0x7fc0)); // NaN in bfloat16 and float16 alike
     return t;
   }
 
   zeros(shape: readonly number[], dtype: DType): Tensor {
     checkShape(shape, 'zeros');
     const t = this.make(shape, dtype);
-    if (t.size > 0) this.addon.fill(this.ptr(t), 0, t.size); // 0.0f and int32 0 share the bit pattern
+    // 0.0f, int32 0 and 16-bit zeros share the bit pattern; 16-bit tensors are filled by 4-byte words (the last may
+    // reach past an odd size into the block's 512-byte rounding, which the allocator always adds).
+    const e = bytesPerElement(dtype);
+    if (t.size > 0) this.addon.fill(this.ptr(t), 0, e === 4 ? t.size : Math.ceil(t.size / 2));
     return t;
   }
 
@@ -122,46 +136,44 @@ export class CudaDevice implements Device {
     const n = shapeSize(shape);
     if (data.length !== n)
       throw new BackendError(`fromData: ${data.length} values given for shape [${shape.join(', ')}] (${n} elements)`);
-    const host = allocArray(dtype, n);
-    if (dtype === 'int32')
-      for (let i = 0; i < n; i++) {
-        const v = data[i]!;
-        if (!Number.isInteger(v)) throw new DTypeError(`fromData: int32 tensor given non-integer value ${v} at ${i}`);
-        host[i] = v;
-      }
-    else host.set(data);
-    const t = this.make(shape, dtype);
-    if (n > 0) this.addon.write(this.ptr(t), host);
-    return t;
+    if (!this.supportsDType(dtype)) this.make(shape, dtype); // throws, naming the dtypes held
+    return this.fromStorage(encoded(dtype, data, shape), shape, dtype);
   }
 
   read(t: Tensor): ValueArray {
-    const out = allocArray(t.dtype, t.size) as ValueArray;
-    if (t.size > 0) this.addon.read(this.ptr(t), out);
-    return out;
+    return decode(t.dtype, this.readStorage(t), t.shape);
   }
 
   /** The values without blocking the event loop while the device finishes. */
   async readAsync(t: Tensor): Promise<ValueArray> {
     const buf = await this.addon.readAsync(this.ptr(t), t.storage.byteLength);
-    return t.dtype === 'int32' ? new Int32Array(buf) : new Float32Array(buf);
+    if (t.dtype === 'int32') return new Int32Array(buf);
+    return t.dtype === 'float32' ? new Float32Array(buf) : decode(t.dtype, new Uint16Array(buf), t.shape);
   }
 
-  /** float32 and int32 are stored as they are, so the storage array is the values. */
+  /** The storage array as it is on the device: the values for float32/int32, raw bits for bfloat16/float16. */
   readStorage(t: Tensor): DataArray {
-    return this.read(t);
+    const out = allocArray(t.dtype, t.size);
+    if (t.size > 0) this.addon.read(this.ptr(t), out);
+    return out;
   }
 
   fromStorage(data: DataArray, shape: readonly number[], dtype: DType): Tensor {
-    return this.fromData(data, shape, dtype);
+    checkShape(shape, 'fromStorage');
+    const n = shapeSize(shape);
+    if (data.length !== n || data.BYTES_PER_ELEMENT !== bytesPerElement(dtype))
+      throw new BackendError(
+        `fromStorage: a ${data.constructor.name}[${data.length}] is not the storage of ${dtype} [${shape.join(', ')}]`,
+      );
+    const t = this.make(shape, dtype);
+    if (n > 0) this.addon.write(this.ptr(t), data);
+    return t;
   }
 
   write(t: Tensor, data: ArrayLike<number>): void {
     if (data.length !== t.size)
       throw new BackendError(`write: ${data.length} values given for ${t.toString()} (${t.size} elements)`);
-    const host = allocArray(t.dtype, t.size);
-    host.set(data);
-    if (t.size > 0) this.addon.write(this.ptr(t), host);
+    if (t.size > 0) this.addon.write(this.ptr(t), encoded(t.dtype, data, t.shape));
   }
 
   copy(src: Tensor, srcOffset: number, dst: Tensor, dstOffset: number, length: number): void {
@@ -181,11 +193,15 @@ export class CudaDevice implements Device {
   }
 }
 
-/** The cuda device over a loaded addon, with its kernels registered (float32; the layout kernels for int32 too). */
+/**
+ * The cuda device over a loaded addon, with its kernels registered (float32; casts between every dtype held; the
+ * layout kernels for int32; products for the 16-bit dtypes).
+ */
 export function createCudaDevice(addon: CudaAddon): CudaDevice {
   const device = new CudaDevice(addon);
   const k = new CudaKernels(device);
-  registerKernels('cuda', ['float32', 'int32'], { cast: k.cast.bind(k) });
+  registerKernels('cuda', CUDA_DTYPES, { cast: k.cast.bind(k) });
+  registerKernels('cuda', ['bfloat16', 'float16'], { matmul: k.matmul16.bind(k) });
   registerKernels('cuda', ['float32'], k);
   registerKernels('cuda', ['int32'], { permute: k.permute.bind(k), copyBlocks: k.copyBlocks.bind(k) });
   return device;

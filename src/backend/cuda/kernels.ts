@@ -1,7 +1,9 @@
 // The cuda device's kernels: every kernel of the table in native/cuda/ (GEMMs through cuBLAS, the rest our own),
-// float32 (int32 for the layout kernels). Outputs are device tensors the kernels overwrite entirely; scratch is a
-// device tensor too, so memory accounting sees it while a kernel runs. Kernels missing here (none at present for
-// float32) fall back through the kernel table (kernels.ts) to the reference kernels, visibly.
+// float32 (int32 for the layout kernels; casts and products for bfloat16 and float16 too). Outputs are device tensors
+// the kernels overwrite entirely; scratch is a device tensor too, so memory accounting sees it while a kernel runs.
+// Kernels missing here (dropout for float32; all but the products for the 16-bit dtypes) fall back through
+// the kernel table (kernels.ts): the 16-bit ones to the float32 kernels on device casts, others to the reference
+// kernels, visibly.
 
 import { BackendError, DTypeError, ShapeError } from '../../errors.js';
 import type { DType } from '../../tensor/dtype.js';
@@ -20,11 +22,14 @@ import type {
 import { ACTIVATION, ATTENTION_WORK, BINARY_OP, RETENTION_WORK } from '../cpu/addon.js';
 import type { CudaDevice } from './device.js';
 
+// The addon's float dtype codes (native/cuda/device.h DType).
+const FLOAT_CODE: Partial<Record<DType, number>> = { float32: 0, bfloat16: 1, float16: 2 };
+
 // The chunk the parallel form's backward runs with (its gradient is the chunkwise one; the chunk sets only speed).
 const PARALLEL_BACKWARD_CHUNK = 64;
 
-// dropout and the gated norm have no cuda kernels yet: the kernel table runs the reference ones through a host copy.
-export class CudaKernels implements Omit<Kernels, 'dropout' | 'gatedRmsNorm' | 'gatedRmsNormBackward'> {
+// dropout has no cuda kernel yet: the kernel table runs the reference one through a host copy.
+export class CudaKernels implements Omit<Kernels, 'dropout'> {
   constructor(private readonly d: CudaDevice) {}
 
   private out(shape: readonly number[], dtype: DType = 'float32'): Tensor {
@@ -47,33 +52,64 @@ export class CudaKernels implements Omit<Kernels, 'dropout' | 'gatedRmsNorm' | '
       this.d.copy(t, 0, out, 0, t.size);
       return out;
     }
-    // float32 <-> int32 casts are rare (host-built ids); they go through the host.
-    return this.d.fromData(this.d.read(t), t.shape, dtype);
+    const from = FLOAT_CODE[t.dtype];
+    const to = FLOAT_CODE[dtype];
+    if (from === undefined || to === undefined)
+      // float <-> int32 casts are rare (host-built ids); they go through the host.
+      return this.d.fromData(this.d.read(t), t.shape, dtype);
+    const out = this.d.empty(t.shape, dtype);
+    if (t.size > 0) this.d.addon.convert(from, this.d.ptr(t), to, this.d.ptr(out), t.size);
+    return out;
   }
 
   matmul(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
+    this.f32(a);
+    this.f32(b);
+    return this.gemm(a, b, transA, transB, 'float32');
+  }
+
+  /**
+   * A product with 16-bit operands (bfloat16 or float16) on tensor cores, float32 accumulation: a weight product
+   * (float32 a, 16-bit b: linear() with a stored weight) gives float32, as on the host devices; two 16-bit operands
+   * give their dtype. The tensor cores take both operands in one dtype, so a float32 operand is rounded to the other's
+   * dtype first: unlike the host devices' weight products (which widen the weight), the activation is rounded too,
+   * about 2^-9 relative per element for bfloat16.
+   */
+  matmul16(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
+    const dt = b.dtype === 'bfloat16' || b.dtype === 'float16' ? b.dtype : a.dtype;
+    for (const t of [a, b])
+      if (t.dtype !== dt && t.dtype !== 'float32')
+        throw new DTypeError(`matmul: cannot multiply ${a.dtype} by ${b.dtype} on the cuda device`);
+    const a16 = a.dtype === dt ? a : this.cast(a, dt);
+    const b16 = b.dtype === dt ? b : this.cast(b, dt);
+    const y = this.gemm(a16, b16, transA, transB, a.dtype === 'float32' ? 'float32' : dt);
+    if (a16 !== a) a16.dispose();
+    if (b16 !== b) b16.dispose();
+    return y;
+  }
+
+  /** op(a)·op(b) through cuBLAS, a and b of one dtype, the result in outDtype. Shapes as Kernels.matmul. */
+  private gemm(a: Tensor, b: Tensor, transA: boolean, transB: boolean, outDtype: DType): Tensor {
     const ra = a.rank;
     const M = transA ? a.shape[ra - 1]! : a.shape[ra - 2]!;
     const K = transA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
     const N = transB ? b.shape[b.rank - 2]! : b.shape[b.rank - 1]!;
     const batch = shapeSize(a.shape.slice(0, -2));
-    const out = this.out([...a.shape.slice(0, -2), M, N]);
-    if (out.size === 0) return out;
-    if (K === 0) {
-      this.d.addon.fill(this.d.ptr(out), 0, out.size);
-      return out;
-    }
+    const shape = [...a.shape.slice(0, -2), M, N];
+    if (K === 0 || shapeSize(shape) === 0) return this.d.zeros(shape, outDtype);
+    const out = this.out(shape, outDtype);
+    const [dt, odt] = [FLOAT_CODE[a.dtype]!, FLOAT_CODE[outDtype]!];
     const lda = a.shape[ra - 1]!;
     const ldb = b.shape[b.rank - 1]!;
     if (b.rank === 2 && !transA) {
       // A shared right operand: the batch folds into the rows, one GEMM instead of `batch` small ones.
-      this.d.addon.gemm(0, false, transB, batch * M, N, K, 1, this.f32(a), lda, 0, this.f32(b), ldb, 0,
-        0, this.d.ptr(out), N, 0, 1, this.d.tf32); // prettier-ignore
+      this.d.addon.gemm(dt, false, transB, batch * M, N, K, 1, this.d.ptr(a), lda, 0, this.d.ptr(b), ldb, 0,
+        0, this.d.ptr(out), N, 0, 1, this.d.tf32, odt); // prettier-ignore
       return out;
     }
     const bStride = b.rank > 2 ? K * N : 0;
-    this.d.addon.gemm(0, transA, transB, M, N, K, 1, this.f32(a), lda, M * K, this.f32(b), ldb, bStride,
-      0, this.d.ptr(out), N, M * N, batch, this.d.tf32); // prettier-ignore
+    this.d.addon.gemm(dt, transA, transB, M, N, K, 1, this.d.ptr(a), lda, M * K, this.d.ptr(b), ldb, bStride,
+      0, this.d.ptr(out), N, M * N, batch, this.d.tf32, odt); // prettier-ignore
     return out;
   }
 
@@ -129,6 +165,34 @@ export class CudaKernels implements Omit<Kernels, 'dropout' | 'gatedRmsNorm' | '
       this.f32(x), w ? this.f32(w) : 0, this.f32(rstd), this.f32(g), this.d.ptr(dx), dw ? this.d.ptr(dw) : 0, rows, cols,
     ); // prettier-ignore
     return { dx, dw };
+  }
+
+  gatedRmsNorm(x: Tensor, gate: Tensor, w: Tensor | null, eps: number): { y: Tensor; rstd: Tensor } {
+    const { rows, cols } = this.rowsOf(x);
+    const y = this.out(x.shape);
+    const rstd = this.out([rows]);
+    this.d.addon.gatedRmsNorm(
+      this.f32(x), this.f32(gate), w ? this.f32(w) : 0, this.d.ptr(y), this.d.ptr(rstd), rows, cols, eps,
+    ); // prettier-ignore
+    return { y, rstd };
+  }
+
+  gatedRmsNormBackward(
+    x: Tensor,
+    gate: Tensor,
+    w: Tensor | null,
+    rstd: Tensor,
+    g: Tensor,
+  ): { dx: Tensor; dgate: Tensor; dw: Tensor | null } {
+    const { rows, cols } = this.rowsOf(x);
+    const dx = this.out(x.shape);
+    const dgate = this.out(x.shape);
+    const dw = w ? this.out(w.shape) : null;
+    this.d.addon.gatedRmsNormBackward(
+      this.f32(x), this.f32(gate), w ? this.f32(w) : 0, this.f32(rstd), this.f32(g), this.d.ptr(dx),
+      this.d.ptr(dgate), dw ? this.d.ptr(dw) : 0, rows, cols,
+    ); // prettier-ignore
+    return { dx, dgate, dw };
   }
 
   layerNorm(x: Tensor, w: Tensor, b: Tensor, eps: number): { y: Tensor; mean: Tensor; rstd: Tensor } {
@@ -399,8 +463,10 @@ export class CudaKernels implements Omit<Kernels, 'dropout' | 'gatedRmsNorm' | '
         throw new ShapeError(`attentionDecode: every length must lie in [1, ${C}], got ${n}`);
     const o = this.out([B, H, V]);
     const lens = this.d.fromData(lengths, [B], 'int32');
+    const ws = this.scratch(this.d.addon.attentionWorkspace(ATTENTION_WORK.decode, B, H, C, K, V));
     this.d.addon.attentionDecode(this.f32(q), this.f32(kCache), this.f32(vCache), this.d.ptr(lens), this.d.ptr(o),
-      B, H, C, K, V); // prettier-ignore
+      this.d.ptr(ws), B, H, C, K, V); // prettier-ignore
+    ws.dispose();
     lens.dispose();
     return o;
   }
