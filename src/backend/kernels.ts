@@ -368,6 +368,22 @@ function mapArg(a: unknown, f: (t: Tensor) => Tensor): unknown {
   return a;
 }
 
+/**
+ * The arguments with every tensor in them replaced by make(t) (as far as mapArg reaches, in its order), and the
+ * replacements, for the caller to dispose.
+ */
+function replaceTensors(args: Args, make: (t: Tensor) => Tensor): { args: Args; made: Tensor[] } {
+  const made: Tensor[] = [];
+  const out = args.map((a) =>
+    mapArg(a, (t) => {
+      const c = make(t);
+      made.push(c);
+      return c;
+    }),
+  );
+  return { args: out, made };
+}
+
 /** Case 2: cast the dispatch-dtype tensors to the compute dtype, run that kernel, cast the results back. */
 function viaCast(name: KernelName, device: Device, dtype: DType, compute: DType): AnyKernel {
   const backTo = dtypeKind(dtype) === 'float' ? dtype : null;
@@ -423,13 +439,8 @@ function viaHost(name: KernelName, device: Device, ref: Device, dtype: DType): A
       else console.warn(line);
     }
     if (device.deferHost) return deferredHost(name, device, ref, fn, args);
-    const copies: Tensor[] = [];
-    const hostArgs = args.map((a) =>
-      mapArg(a, (t) => {
-        const c = ref.fromData(device.read(t), t.shape, t.dtype);
-        copies.push(c);
-        return c;
-      }),
+    const { args: hostArgs, made: copies } = replaceTensors(args, (t) =>
+      ref.fromData(device.read(t), t.shape, t.dtype),
     );
     const result = mapResult(fn(...hostArgs), (t) => {
       const back = device.fromData(ref.read(t), t.shape, t.dtype);
@@ -454,15 +465,10 @@ function viaHost(name: KernelName, device: Device, ref: Device, dtype: DType): A
  */
 function deferredHost(name: KernelName, device: Device, ref: Device, fn: (...a: Args) => unknown, args: Args): unknown {
   const inputs: Tensor[] = [];
-  const zeros: Tensor[] = [];
-  const zeroArgs = args.map((a) =>
-    mapArg(a, (t) => {
-      inputs.push(t);
-      const z = ref.zeros(t.shape, t.dtype);
-      zeros.push(z);
-      return z;
-    }),
-  );
+  const { args: zeroArgs, made: zeros } = replaceTensors(args, (t) => {
+    inputs.push(t);
+    return ref.zeros(t.shape, t.dtype);
+  });
   const outputs: Tensor[] = [];
   const result = mapResult(fn(...zeroArgs), (t) => {
     const out = device.empty(t.shape, t.dtype);
@@ -478,15 +484,8 @@ function deferredHost(name: KernelName, device: Device, ref: Device, fn: (...a: 
     );
   const inPlace = KERNEL_INFO[name].inPlace.map((i) => args[i]).filter(isTensor);
   device.deferHost!(inputs, [...outputs, ...inPlace], (values) => {
-    const copies: Tensor[] = [];
     let at = 0;
-    const hostArgs = args.map((a) =>
-      mapArg(a, (t) => {
-        const c = ref.fromData(values[at++]!, t.shape, t.dtype);
-        copies.push(c);
-        return c;
-      }),
-    );
+    const { args: hostArgs, made: copies } = replaceTensors(args, (t) => ref.fromData(values[at++]!, t.shape, t.dtype));
     const results: ValueArray[] = [];
     mapResult(fn(...hostArgs), (t) => {
       results.push(ref.read(t));
