@@ -38,6 +38,7 @@ import { FORM, stepInPlace, stepWorkspace } from './decode.js';
 import {
   type BenchRecord,
   type Column,
+  type Timing,
   batchOf,
   cpuCounters,
   failOnFailedRecords,
@@ -53,7 +54,7 @@ const MIB = 2 ** 20;
 const GIB = 2 ** 30;
 
 type State = DecodeState & { positions: number[] };
-type Synthetic = CausalLM & {
+export type Synthetic = CausalLM & {
   syntheticState(batch: number, length: number, rng: Rng): State;
   readonly config: { embedDim: number; layers: number; heads: number; valueDim?: number };
 };
@@ -71,9 +72,8 @@ export interface BudgetSettings {
   /** The largest batch tried (bounds the time of a step on a CPU). */
   maxBatch: number;
   samples: number;
-  /** The bound's ceilings: an n³ sgemm and a streaming read of this many bytes (see the file comment). */
-  gemmN: number;
-  readBytes: number;
+  /** The cpu bound's ceilings: an n³ sgemm and a streaming read of this many bytes (see the file comment); none: no bound. */
+  ceilings?: { gemmN: number; readBytes: number };
 }
 
 export function budgetSettings(quick: boolean, budgetGiB: number | undefined, weights: WeightFormat): BudgetSettings {
@@ -86,8 +86,7 @@ export function budgetSettings(quick: boolean, budgetGiB: number | undefined, we
         budget: 96 * MIB,
         maxBatch: 64,
         samples: 2,
-        gemmN: 512,
-        readBytes: 64 * MIB,
+        ceilings: { gemmN: 512, readBytes: 64 * MIB },
       }
     : {
         shape: { embedDim: 1024, layers: 24, heads: 4, valueDim: 2048, ffnDim: 2048 },
@@ -97,8 +96,7 @@ export function budgetSettings(quick: boolean, budgetGiB: number | undefined, we
         budget: 8 * GIB,
         maxBatch: 512,
         samples: 3,
-        gemmN: 1024,
-        readBytes: 256 * MIB,
+        ceilings: { gemmN: 1024, readBytes: 256 * MIB },
       };
   return {
     ...base,
@@ -145,13 +143,16 @@ export function stepWork(
 }
 
 /** The two ceilings of the bound (see the file comment), as batches for measureEach, with their figures. */
-function ceilings(s: BudgetSettings): { batches: [() => void, (calls: number) => number]; dispose: () => void } {
+function ceilings(c: { gemmN: number; readBytes: number }): {
+  batches: [() => void, (calls: number) => number];
+  dispose: () => void;
+} {
   const be = cpuBackend();
   if (!be) throw new Error('bench budget: the bound needs the cpu device (its addon did not load)');
-  const n = s.gemmN;
+  const n = c.gemmN;
   const a = be.zeros([n, n], 'float32');
   const b = be.zeros([n, n], 'float32');
-  const probe = new Uint8Array(s.readBytes).fill(1);
+  const probe = new Uint8Array(c.readBytes).fill(1);
   const read = lowpAddon(be.addon);
   const threads = threadCount();
   return {
@@ -167,6 +168,33 @@ function ceilings(s: BudgetSettings): { batches: [() => void, (calls: number) =>
       a.dispose();
       b.dispose();
     },
+  };
+}
+
+/** The bound's fields of a point from the best samples of its ceilings (a ceiling is what the machine can do). */
+function cpuBound(
+  model: Synthetic,
+  batch: number,
+  length: number,
+  stateBytes: number,
+  c: { gemmN: number; readBytes: number },
+  gemm: Timing,
+  read: Timing,
+): BenchRecord {
+  const sgemmGflops = gemmGflops(c.gemmN, gemm.msMin);
+  const readGbps = c.readBytes / (read.msMin * 1e6);
+  const work = stepWork(model, batch, length, stateBytes);
+  const computeMs = work.flops / (sgemmGflops * 1e6);
+  const memoryMs = work.bytes / (readGbps * 1e6);
+  return {
+    step_gflop: work.flops / 1e9,
+    step_bytes: work.bytes,
+    sgemm_gflops: sgemmGflops,
+    read_gbps: readGbps,
+    compute_bound_ms: computeMs,
+    memory_bound_ms: memoryMs,
+    bound_ms_per_token: Math.max(computeMs, memoryMs),
+    bound_tokens_per_s: (batch * 1000) / Math.max(computeMs, memoryMs),
   };
 }
 
@@ -223,19 +251,16 @@ async function measurePoint(
       const workspace = stepWorkspace(model, state, tokens);
       const memory = weights + state.bytes() + workspace;
       if (memory > s.budget && shrink && batch > 1) continue;
-      const ceil = ceilings(s);
+      const step = batchOf(() => stepInPlace(model, state, tokens));
+      const ceil = s.ceilings ? ceilings(s.ceilings) : null;
       const before = cpuCounters();
-      const [t, gemm, read] = await measureEach(
-        [batchOf(() => stepInPlace(model, state, tokens)), batchOf(ceil.batches[0]), ceil.batches[1]],
-        { warmup: 0, minTimeMs: 0, minSamples: s.samples, sampleTargetMs: 0 },
-      ).finally(ceil.dispose);
+      const [t, gemm, read] = await measureEach(ceil ? [step, batchOf(ceil.batches[0]), ceil.batches[1]] : [step], {
+        warmup: 0,
+        minTimeMs: 0,
+        minSamples: s.samples,
+        sampleTargetMs: 0,
+      }).finally(() => ceil?.dispose());
       const load = otherLoad(before, cpuCounters());
-      // The ceilings from their best samples (a ceiling is what the machine can do), the bound from those.
-      const sgemmGflops = gemmGflops(s.gemmN, gemm!.msMin);
-      const readGbps = s.readBytes / (read!.msMin * 1e6);
-      const work = stepWork(model, batch, length, state.bytes());
-      const computeMs = work.flops / (sgemmGflops * 1e6);
-      const memoryMs = work.bytes / (readGbps * 1e6);
       return {
         ...base,
         status: memory <= s.budget ? 'ok' : 'over budget',
@@ -251,14 +276,7 @@ async function measurePoint(
         decode_memory_bytes: memory,
         decode_memory_mib: memory / MIB,
         state_mib: state.bytes() / MIB,
-        step_gflop: work.flops / 1e9,
-        step_bytes: work.bytes,
-        sgemm_gflops: sgemmGflops,
-        read_gbps: readGbps,
-        compute_bound_ms: computeMs,
-        memory_bound_ms: memoryMs,
-        bound_ms_per_token: Math.max(computeMs, memoryMs),
-        bound_tokens_per_s: (batch * 1000) / Math.max(computeMs, memoryMs),
+        ...(s.ceilings ? cpuBound(model, batch, length, state.bytes(), s.ceilings, gemm!, read!) : {}),
         samples: t!.samples,
         other_load: load,
       };
@@ -268,8 +286,12 @@ async function measurePoint(
   }
 }
 
-export async function measureBudget(s: BudgetSettings): Promise<BenchRecord[]> {
-  const models = buildModels(s);
+/**
+ * The points of `s` for both models (RetNet first): the pair of `s`, or `given` (bench/cuda/paper.ts's, with states
+ * built on the device), which stays the caller's to dispose.
+ */
+export async function measureBudget(s: BudgetSettings, given?: Synthetic[]): Promise<BenchRecord[]> {
+  const models = given ?? buildModels(s);
   const records: BenchRecord[] = [];
   try {
     for (const model of models) {
@@ -315,7 +337,7 @@ export async function measureBudget(s: BudgetSettings): Promise<BenchRecord[]> {
       }
     }
   } finally {
-    for (const m of models) m.dispose();
+    if (!given) for (const m of models) m.dispose();
   }
   return records;
 }
@@ -344,7 +366,7 @@ function boundNote(a: BenchRecord, b: BenchRecord, of: 'tokens_per_s' | 'ms_per_
   );
 }
 
-function findings(records: BenchRecord[], s: BudgetSettings): string[] {
+export function findings(records: BenchRecord[], s: BudgetSettings): string[] {
   const out: string[] = [];
   const ok = (r: BenchRecord | undefined): r is BenchRecord => r !== undefined && r.status === 'ok';
   const largest = (arch: string, length: number) =>
