@@ -40,7 +40,7 @@ const MIB = 2 ** 20;
 const GIB = 2 ** 30;
 
 type State = DecodeState & { positions: number[] };
-type Synthetic = CausalLM & { syntheticState(batch: number, length: number, rng: Rng): State };
+export type Synthetic = CausalLM & { syntheticState(batch: number, length: number, rng: Rng): State };
 
 export interface BudgetSettings {
   /** RetNet's shape; the Transformer is matched to it. */
@@ -178,8 +178,12 @@ async function measurePoint(
   }
 }
 
-export async function measureBudget(s: BudgetSettings): Promise<BenchRecord[]> {
-  const models = buildModels(s);
+/**
+ * The points of `s` for both models (RetNet first): the pair of `s`, or `given` (bench/cuda/paper.ts's, with states
+ * built on the device), which stays the caller's to dispose.
+ */
+export async function measureBudget(s: BudgetSettings, given?: Synthetic[]): Promise<BenchRecord[]> {
+  const models = given ?? buildModels(s);
   const records: BenchRecord[] = [];
   try {
     for (const model of models) {
@@ -225,7 +229,7 @@ export async function measureBudget(s: BudgetSettings): Promise<BenchRecord[]> {
       }
     }
   } finally {
-    for (const m of models) m.dispose();
+    if (!given) for (const m of models) m.dispose();
   }
   return records;
 }
@@ -240,7 +244,7 @@ const GOAL_LATENCY_GROWTH = 1.5;
 
 const verdict = (ok: boolean) => (ok ? 'met' : 'NOT met');
 
-function findings(records: BenchRecord[], s: BudgetSettings): string[] {
+export function findings(records: BenchRecord[], s: BudgetSettings): string[] {
   const out: string[] = [];
   const ok = (r: BenchRecord | undefined): r is BenchRecord => r !== undefined && r.status === 'ok';
   const largest = (arch: string, length: number) =>

@@ -34,7 +34,9 @@ namespace dev {
 namespace {
 #include "lowp_kernels.inc"
 #undef LOWP_DOT2
-#undef LOWP_DOTU8
+#undef LOWP_Q4PART
+#undef LOWP_Q4FOLD
+#undef LOWP_Q4WIDEN
 // The losing int8 variant: int8 → int32 → float32 per 8 weights, FMA with float32 x.
 struct LoadI8 {
   const int8_t* w;

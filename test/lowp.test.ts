@@ -208,6 +208,38 @@ describe('low-precision products: every native variant against the reference', (
               );
             }
         }
+        // Blocks the vector quantisers leave to the scalar one: row 0's first 32-block all zero (the rest as usual),
+        // row 1 with an infinity in its second block, which must reach every output of that row.
+        const [N, K] = [10, 96];
+        const x = Float32Array.from(randomData(rng, 2 * K));
+        x.fill(0, 0, 32);
+        x[K + 40] = Infinity;
+        const t = weight(be, format, randomData(rng, N * K), N, K);
+        const w = t.data() as Float32Array;
+        const { data, scales } = weightParts(be, t);
+        const y = new Float32Array(2 * N);
+        addon.lowpGemv(
+          code,
+          all.indexOf(isa),
+          N,
+          K,
+          2,
+          data,
+          scales,
+          x,
+          y,
+          new Uint8Array(addon.lowpWorkspace(code, all.indexOf(isa), 2, K)),
+        );
+        t.dispose();
+        for (let n = 0; n < N; n++) {
+          let want = 0;
+          for (let k = 0; k < K; k++) want += x[k]! * w[n * K + k]!;
+          assert.ok(
+            Math.abs(y[n]! - want) <= allowedError(format, isa, x, w, K, n, 0),
+            `${format}/${isa} zero block: y[0, ${n}]`,
+          );
+          assert.ok(!Number.isFinite(y[N + n]!), `${format}/${isa} infinite x: y[1, ${n}] = ${y[N + n]}`);
+        }
       });
     }
 

@@ -1,9 +1,15 @@
 // The paper's GPU figures at their sizes on the cuda device (issue 18): Figure 6 at 6.7B (decode with bfloat16
 // weights: memory and throughput against the context length 2k-16k at batch 1, latency against the batch 1-8 at
 // 8k) and Table 4 at 1.3B (a training step at 8192 tokens: tokens/s and peak memory of RetNet chunkwise against the
-// Transformer with flash attention). The bench suites (bench/decode.ts, bench/train.ts) measure the same at the CPU
-// sizes; this runs their measurement at the paper's sizes, where only a GPU has the memory and the speed.
-//   node dist/bench/cuda/paper.js [--only decode|train] [--quick] --out FILE
+// Transformer with flash attention). The bench suites (bench/decode.ts, bench/budget.ts, bench/train.ts,
+// bench/trainmem.ts) measure the same at the CPU sizes; this runs their measurement at the paper's sizes, where only a
+// GPU has the memory and the speed.
+//   node dist/bench/cuda/paper.js [--only decode,budget,train,profile] [--budget GiB] [--quick] --out FILE
+// Sections: `decode` Figure 6 at fixed batches; `budget` Figure 6's regime (the paper's 8.4x): each architecture at
+// the largest batch whose decode memory fits `--budget` GiB (default 80, the paper's A100), as `bench budget`;
+// `train` Table 4 with the live memory after the forward pass attributed to the op that produced it, as
+// `bench trainmem`; `profile` the 6.7B RetNet step at batch 1: host enqueue time against the whole step, then one
+// step inside the profiler's range (`ncu --profile-from-start off` lists its kernels).
 //
 // Weights are random (the step's cost depends on shapes, not values), drawn on the device: building 6.7B parameters
 // from the host's generator would take minutes of device time. Every parameter is a tiled copy of one pool of
@@ -24,14 +30,23 @@ import type { CausalLM } from '../../src/models/lm.js';
 import { quantizeModel, weightBytes } from '../../src/quant/model.js';
 import { Rng } from '../../src/tensor/random.js';
 import type { Tensor } from '../../src/tensor/tensor.js';
+import { backward } from '../../src/autograd/tape.js';
+import { crossEntropy } from '../../src/ops/nn.js';
+import { tidy } from '../../src/tensor/scope.js';
 import { type BenchRecord, batchOf, measureEach } from '../lib.js';
-import { type DecodeModels, type DecodePoint, measureDecodePoints } from '../decode.js';
+import { type BudgetSettings, type Synthetic, findings, measureBudget } from '../budget.js';
+import { type DecodeModels, type DecodePoint, measureDecodePoints, stepInPlace } from '../decode.js';
 import { trainStep } from '../train.js';
+import { liveByOp } from '../trainmem.js';
 
 const args = process.argv.slice(2);
 const flag = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1]! : null);
 const outPath = flag('--out');
-const only = flag('--only');
+const SECTIONS = ['decode', 'budget', 'train', 'profile'];
+const only = (flag('--only') ?? 'decode,budget,train').split(',');
+for (const x of only)
+  if (!SECTIONS.includes(x)) throw new Error(`paper: unknown section '${x}' (${SECTIONS.join(', ')})`);
+const budgetGiB = Number(flag('--budget') ?? 80);
 const quick = args.includes('--quick');
 const be = setBackend('cuda') as CudaDevice;
 const records: BenchRecord[] = [];
@@ -94,6 +109,22 @@ function deviceKvState(model: TransformerModel, batch: number, length: number, r
   return state;
 }
 
+/**
+ * RetNetModel.syntheticState with the states filled on the device (a budget-sized batch is ~70 GB of states): the same
+ * shapes, N(0, 1/K) values tiled from a pool, and the decay sums of `length` consumed tokens.
+ */
+function deviceRetNetState(model: RetNetModel, batch: number, length: number, rng: Rng) {
+  const K = model.config.embedDim / model.config.heads;
+  const state = model.emptyState(batch);
+  state.positions = new Array<number>(batch).fill(length);
+  const p = pool(() => rng.normal());
+  for (const t of state.states) fillFrom(p, t, K ** -0.5);
+  p.dispose();
+  const sums = model.layers[0]!.mixer.gammas.map((g) => (1 - g ** length) / (1 - g));
+  for (const t of state.scales) t.device.write(t, Array.from({ length: batch }, () => sums).flat());
+  return state;
+}
+
 function build<A extends Arch>(arch: A, preset: string, seed: number): CausalLM {
   const model = createModel(arch, preset, { vocabSize: VOCAB }, { init: false });
   randomize(model, new Rng(seed));
@@ -104,17 +135,36 @@ function progress(msg: string): void {
   process.stderr.write(`paper: ${msg} (device: ${(be.deviceMemory().reservedBytes / GIB).toFixed(1)} GiB reserved)\n`);
 }
 
-/** Figure 6 at 6.7B. */
-async function decode(): Promise<void> {
-  const preset = quick ? '1.3B' : '6.7B';
-  progress(`decode: building ${preset} RetNet and Transformer`);
+const DECODE_PRESET = quick ? '1.3B' : '6.7B';
+
+/** The decode pair at DECODE_PRESET, bf16 weights, synthetic states built on the device. */
+function decodeModels(): DecodeModels {
+  progress(`decode: building ${DECODE_PRESET} RetNet and Transformer`);
   const models: DecodeModels = {
-    retnet: build('retnet', preset, 1) as RetNetModel,
-    transformer: build('transformer', preset, 2) as TransformerModel,
+    retnet: build('retnet', DECODE_PRESET, 1) as RetNetModel,
+    transformer: build('transformer', DECODE_PRESET, 2) as TransformerModel,
   };
   for (const m of [models.retnet, models.transformer]) quantizeModel(m, 'bf16');
-  const tr = models.transformer;
+  const [re, tr] = [models.retnet, models.transformer];
+  re.syntheticState = (batch, length, rng) => deviceRetNetState(re, batch, length, rng);
   tr.syntheticState = (batch, length, rng) => deviceKvState(tr, batch, length, rng);
+  return models;
+}
+
+function withBound(r: BenchRecord): BenchRecord {
+  const bytes = (r.weight_bytes as number) + (r.state_bytes as number);
+  const boundMs = (bytes / HBM_BYTES_PER_S) * 1e3;
+  return {
+    ...r,
+    weights: 'bf16',
+    hbm_bound_ms: boundMs,
+    over_hbm_bound: r.status === 'ok' ? (r.ms_per_token as number) / boundMs : null,
+  };
+}
+
+/** Figure 6 at 6.7B, fixed batches. */
+async function decode(models: DecodeModels): Promise<void> {
+  const preset = DECODE_PRESET;
   const timing = { warmup: 2, minTimeMs: quick ? 200 : 1000, minSamples: 5, sampleTargetMs: 20 };
   const lengths = quick ? [2048, 8192] : [2048, 4096, 8192, 16384];
   // Each group's states are live together (a 16k KV cache at 6.7B is 17 GiB a row): the length sweep at batch 1,
@@ -126,20 +176,77 @@ async function decode(): Promise<void> {
   for (const points of groups) {
     progress(`decode: ${points.map((p) => `${p.length}x${p.batch}`).join(', ')}`);
     be.addon.emptyCache();
-    for (const r of await measureDecodePoints(models, preset, points, timing)) {
-      const bytes = (r.weight_bytes as number) + (r.state_bytes as number);
-      const boundMs = (bytes / HBM_BYTES_PER_S) * 1e3;
-      log({
-        ...r,
-        weights: 'bf16',
-        hbm_bound_ms: boundMs,
-        over_hbm_bound: r.status === 'ok' ? (r.ms_per_token as number) / boundMs : null,
-      });
-    }
+    for (const r of await measureDecodePoints(models, preset, points, timing))
+      log({ figure: 'figure6', ...withBound(r) });
   }
-  models.retnet.dispose();
-  models.transformer.dispose();
   be.addon.emptyCache();
+}
+
+/**
+ * Figure 6's regime: throughput within a memory budget, each architecture at the largest batch that fits (bench
+ * budget's measurement on the decode pair), then latency against the batch at 8k.
+ */
+async function budget(models: DecodeModels): Promise<void> {
+  const s: BudgetSettings = {
+    shape: models.retnet.config,
+    vocab: VOCAB,
+    weights: 'bf16',
+    budget: budgetGiB * GIB,
+    lengths: quick ? [2048, 8192] : [2048, 8192, 16384],
+    batches: [1, 2, 4, 8],
+    batchLength: 8192,
+    maxBatch: 1024,
+    samples: quick ? 3 : 5,
+  };
+  progress(`budget: ${budgetGiB} GiB`);
+  be.addon.emptyCache();
+  const rs = await measureBudget(s, [models.retnet, models.transformer] as unknown as Synthetic[]);
+  for (const r of rs)
+    log({ figure: 'figure6-budget', model: DECODE_PRESET, ...(r.status === 'ok' ? withBound(r) : r) });
+  for (const g of findings(rs, s)) process.stdout.write(`budget: ${g}\n`);
+  be.addon.emptyCache();
+}
+
+/**
+ * The RetNet step at batch 1, 8k: the host's enqueue time (from a synchronised start until step() returns) against
+ * the whole step (until the device is done), medians of 20, for each architecture; then one RetNet step inside the
+ * profiler's range.
+ */
+function profile(models: DecodeModels): void {
+  for (const model of [models.retnet, models.transformer] as Synthetic[]) {
+    const state = model.syntheticState(1, 8192, new Rng(7));
+    const tokens = [37];
+    for (let i = 0; i < 3; i++) stepInPlace(model, state, tokens);
+    const enqueue: number[] = [];
+    const total: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      be.synchronize();
+      const t0 = performance.now();
+      stepInPlace(model, state, tokens);
+      const t1 = performance.now();
+      be.synchronize();
+      enqueue.push(t1 - t0);
+      total.push(performance.now() - t0);
+    }
+    const median = (x: number[]) => x.sort((a, b) => a - b)[x.length >> 1]!;
+    log({
+      figure: 'step-profile',
+      model: DECODE_PRESET,
+      arch: model.arch,
+      length: 8192,
+      batch: 1,
+      enqueue_ms: median(enqueue),
+      step_ms: median(total),
+      weight_bytes: weightBytes(model),
+      state_bytes: state.bytes(),
+    });
+    if (model.arch === 'retnet') {
+      be.addon.profile(true);
+      stepInPlace(model, state, tokens);
+      be.addon.profile(false);
+    }
+    state.dispose();
+  }
 }
 
 /**
@@ -186,9 +293,24 @@ async function train(): Promise<void> {
       be.addon.synchronize();
       const live = be.memory.current;
       be.memory.resetPeak();
-      step();
+      // As bench trainmem: what the tape holds after the forward pass, by producing op.
+      let afterForward = 0;
+      let groups = new Map<string, { bytes: number; tensors: number }>();
+      tidy(() => {
+        const logits = v.forward(model, ids);
+        afterForward = be.memory.current - live;
+        groups = liveByOp();
+        backward(crossEntropy(logits, targets));
+      });
+      model.zeroGrad();
       be.addon.synchronize();
       const peak = be.memory.peak;
+      const attributed = [...groups.values()].reduce((n, g) => n + g.bytes, 0);
+      for (const [group, g] of [
+        ...groups.entries(),
+        ['saved statistics', { bytes: afterForward - attributed, tensors: 0 }] as const,
+      ].sort((a, b) => b[1].bytes - a[1].bytes))
+        log({ ...base, kind: 'op', group, tensors: g.tensors, gib: g.bytes / GIB, kib_per_token: g.bytes / T / 1024 });
       const [t] = await measureEach([batchOf(step)], {
         warmup: 0,
         minTimeMs: 0,
@@ -203,6 +325,7 @@ async function train(): Promise<void> {
         tokens_per_s: (B * T * 1000) / t!.msMedian,
         // Tensor bytes at the step's peak: weights, their gradients and the activations.
         peak_gib: peak / GIB,
+        after_forward_gib: afterForward / GIB,
         step_gib: (peak - live) / GIB,
         samples: t!.samples,
       });
@@ -218,6 +341,14 @@ async function train(): Promise<void> {
 
 const info = be.info();
 process.stdout.write(`${JSON.stringify(info)}\n`);
-if (only !== 'train') await decode();
-if (only !== 'decode') await train();
+if (only.some((x) => x !== 'train')) {
+  const models = decodeModels();
+  if (only.includes('decode')) await decode(models);
+  if (only.includes('budget')) await budget(models);
+  if (only.includes('profile')) profile(models);
+  models.retnet.dispose();
+  models.transformer.dispose();
+  be.addon.emptyCache();
+}
+if (only.includes('train')) await train();
 if (outPath) writeFileSync(outPath, JSON.stringify({ info, command: `paper ${args.join(' ')}`, records }, null, 1));

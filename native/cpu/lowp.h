@@ -17,11 +17,13 @@
 // weights meet x quantised per block of 32 to int16 (error ≤ max|x_block| / 65534 per element, 2⁸ times finer than
 // bf16) in exact 16-bit integer multiply-adds (pmaddwd; AVX512-VNNI vpdpwssd); q4 weights meet x quantised per block
 // of 32 to int8 (error ≤ max|x_block| / 254, far below the weights' own 4-bit error) in exact 8-bit multiply-adds
-// (pmaddubsw; AVX512-VNNI vpdpbusd). One float FMA per block applies the scales. Measured with bench/lowp_kernels.cc
-// on this Zen 2 machine (one thread, 256 x 2048 weights in cache, so the arithmetic alone): int8 with int16 x 0.058
-// ms against 0.080 converting each weight to float32; q4 with int8 x 0.044 against 0.063 with int16 x; bf16 split into
-// even/odd elements 0.050 against 0.082 widening 8 at a time. From memory every format's arithmetic is then within
-// what two cores read (the harness prints both).
+// (pmaddubsw; AVX512-VNNI vpdpbusd). One float FMA per block (int8) or per 8 blocks (q4) applies the scales; x is
+// quantised 8 values at a time (AVX2), the same values as the scalar definition. Measured with bench/lowp_kernels.cc
+// on this machine (2-core AMD EPYC, family 17h; one thread, 256 x 2048 weights in cache, so the arithmetic alone):
+// int8 with int16 x 0.058 ms against 0.080 converting each weight to float32 (0.057 with x quantised 8 at a time);
+// q4 with int8 x 0.044 against 0.063 with int16 x (0.034 folding 8 blocks per scale FMA, lowp_kernels.inc); bf16
+// split into even/odd elements 0.050 against 0.082 widening 8 at a time. q4 and int8 stay below what two cores read
+// from memory (the harness prints both).
 //
 // Everything here is plain C++ with raw pointers (no Node-API): native/cpu/lowp.cc binds it, and the development
 // harness bench/lowp_kernels.cc times and validates it directly.

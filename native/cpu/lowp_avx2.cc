@@ -15,7 +15,9 @@ namespace {
 
 #include "lowp_kernels.inc"
 #undef LOWP_DOT2
-#undef LOWP_DOTU8
+#undef LOWP_Q4PART
+#undef LOWP_Q4FOLD
+#undef LOWP_Q4WIDEN
 
 }  // namespace
 

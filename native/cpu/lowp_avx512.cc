@@ -20,10 +20,14 @@ namespace retnet::lowp {
 namespace {
 
 #define LOWP_DOT2(a0, b0, a1, b1) _mm256_dpwssd_epi32(_mm256_madd_epi16(a0, b0), a1, b1)
-#define LOWP_DOTU8(a0, b0, a1, b1) _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), a0, b0), a1, b1)
+#define LOWP_Q4PART(lo, x0, hi, x1) _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, x0), hi, x1)
+#define LOWP_Q4FOLD(a, b) _mm256_hadd_epi32(a, b)
+#define LOWP_Q4WIDEN(v) (v)
 #include "lowp_kernels.inc"
 #undef LOWP_DOT2
-#undef LOWP_DOTU8
+#undef LOWP_Q4PART
+#undef LOWP_Q4FOLD
+#undef LOWP_Q4WIDEN
 
 }  // namespace
 

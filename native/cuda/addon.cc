@@ -3,6 +3,7 @@
 // is looked up among the allocator's live blocks and must have room for what the kernel touches, so a bad call is a
 // JavaScript TypeError, never a device fault. Argument order of each function: see its registration comment.
 #include <cublas_v2.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -159,6 +160,16 @@ Napi::Value EmptyCache(const Napi::CallbackInfo& info) { return run(info, [&] { 
 
 Napi::Value Synchronize(const Napi::CallbackInfo& info) {
   return run(info, [&] { cuda::check(cudaStreamSynchronize(cuda::stream()), "cudaStreamSynchronize"); });
+}
+
+// profile(on): starts or stops the profiler's collection range (`ncu --profile-from-start off` profiles only the
+// kernels launched inside it); a no-op when no profiler is attached.
+Napi::Value Profile(const Napi::CallbackInfo& info) {
+  return run(info, [&] {
+    bool on = info.Length() > 0 && info[0].ToBoolean().Value();
+    cuda::check(cudaStreamSynchronize(cuda::stream()), "cudaStreamSynchronize");
+    cuda::check(on ? cudaProfilerStart() : cudaProfilerStop(), "cudaProfilerStart/Stop");
+  });
 }
 
 // The bytes of a typed array argument.
@@ -769,7 +780,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   for (auto& [name, fn] : kernelRegistry()) exports.Set(name, Napi::Function::New(env, fn, name));
   const std::pair<const char*, KernelFn> device[] = {
       {"available", Available}, {"info", Info},     {"alloc", Alloc},         {"free", Free},
-      {"memory", Memory},       {"emptyCache", EmptyCache}, {"synchronize", Synchronize}, {"write", Write},
+      {"memory", Memory},       {"emptyCache", EmptyCache}, {"synchronize", Synchronize}, {"profile", Profile}, {"write", Write},
       {"read", Read},           {"readAsync", ReadAsync},   {"copy", Copy},   {"fill", Fill},
       {"convert", Convert}};
   for (auto& [name, fn] : device) exports.Set(name, Napi::Function::New(env, fn, name));

@@ -6,7 +6,7 @@
 // cudart is linked statically (it loads the driver at run time), cuBLAS dynamically: where cuBLAS lives somewhere
 // other than at build time, put its lib folder on LD_LIBRARY_PATH.
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, realpathSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, realpathSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -124,11 +124,24 @@ jobs.push([
   ],
 ]);
 
+// An object newer than its source and every header it may include is kept (nvcc takes minutes for the set).
+const headers = [src, join(root, 'native', 'common')].flatMap((d) =>
+  readdirSync(d)
+    .filter((f) => f.endsWith('.h'))
+    .map((f) => join(d, f)),
+);
+const newestInput = (file) => Math.max(...[file, ...headers].map((f) => statSync(f).mtimeMs));
+const stale = (job) => {
+  const args = job[1];
+  const [input, output] = [args[args.indexOf('-c') + 1], args[args.indexOf('-o') + 1]];
+  return !existsSync(output) || statSync(output).mtimeMs < newestInput(input);
+};
+
 // A failed build must not fail `npm install`: the cuda device then says the addon is missing.
 try {
   // Two compilations at a time: nvcc is memory-hungry and the CPU machines have two cores.
   const parallel = Math.max(1, Number(process.env.RETNET_CUDA_JOBS ?? 2));
-  const queue = [...jobs];
+  const queue = jobs.filter(stale);
   await Promise.all(
     Array.from({ length: parallel }, async () => {
       for (let job = queue.shift(); job; job = queue.shift()) await exec(...job);

@@ -7,6 +7,7 @@
 #   cli       train a tiny model, then generate from it, with --device cuda
 #   suites    the decode, batch and train bench suites (--quick; SUITE_FULL=1: full settings) on the cuda device
 #   paper     bench/cuda/paper.js: Figure 6 at 6.7B and Table 4 at 1.3B (PAPER_ARGS: e.g. "--only decode")
+#   profile   ncu over one 6.7B decode step at batch 1 of each architecture (paper.js --only profile): kernel times
 #   sanitize  the same under compute-sanitizer memcheck
 #   bench     bench/cuda/kernels.ts (quick: bench-quick)
 #   peer      bench/cuda/peer.py (fla chunk_retention, PyTorch SDPA, the ceilings)
@@ -65,6 +66,12 @@ for stage in "$@"; do
       echo "compute-sanitizer exit $?"; grep -E "ERROR SUMMARY|^# (pass|fail)" "$out/sanitize.log" | tail -5
       ;;
     paper) $node dist/bench/cuda/paper.js ${PAPER_ARGS:-} --out "$out/cuda-paper.json" 2>&1 | tee "$out/paper.log" | cut -c1-400 ;;
+    profile)
+      timeout ${PROFILE_TIMEOUT:-240} ncu --profile-from-start off --clock-control none --metrics gpu__time_duration.sum --csv \
+        $node dist/bench/cuda/paper.js --only profile >"$out/profile.csv" 2>"$out/profile.log"
+      echo "ncu exit $?"; tail -3 "$out/profile.log"
+      python3 scripts/cuda/kernel-times.py "$out/profile.csv" | tee "$out/profile.txt"
+      ;;
     bench) $node dist/bench/cuda/kernels.js --out "$out/cuda-kernels.json" 2>&1 | tee "$out/bench.log" ;;
     bench-quick) $node dist/bench/cuda/kernels.js --quick --out "$out/cuda-kernels-quick.json" 2>&1 | tee "$out/bench.log" ;;
     peer) PYTHONUNBUFFERED=1 FLA_PATH=/tmp/rn/fla python3 bench/cuda/peer.py "$out/cuda-peer.json" 2>&1 | tee "$out/peer.log" | tail -30 ;;

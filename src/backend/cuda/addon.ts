@@ -20,6 +20,8 @@ export interface CudaAddon {
   memory(): CudaMemory;
   emptyCache(): void;
   synchronize(): void;
+  /** Starts or stops the profiler's collection range (ncu --profile-from-start off). */
+  profile(on: boolean): void;
   write(p: Ptr, data: ArrayBufferView): void;
   read(p: Ptr, out: ArrayBufferView): void;
   readAsync(p: Ptr, bytes: number): Promise<ArrayBuffer>;
