@@ -14,9 +14,21 @@
 //
 // Only one state is alive at a time (two budget-sized states would not fit a shared machine next to each other), so
 // the points are timed one after another, not in turns; each records the other processes' load.
+//
+// Each point also carries this machine's bound for its step, from two ceilings measured in turns with its steps (a
+// 1024³ float32 sgemm through the matmul op, and a streaming read of 256 MiB, both with the step's threads):
+// compute = the step's FLOPs (2·B per weight of every product, plus the mixer: RetNet's state update and read-out,
+// 4·d·dv/H per row and layer; attention over the cache, 4·T·d) / the sgemm rate; memory = the bytes the step must
+// move (the stored weights once; RetNet's state read and written back; the Transformer's cache read) / the read rate.
+// The bound is the larger of the two (perfect overlap of arithmetic and reads): no implementation on this machine
+// steps faster, so the ratio of two bounds is the most this machine allows of a goal stated as a ratio.
 
 import { noGrad } from '../src/autograd/tape.js';
+import { cpuBackend, threadCount } from '../src/backend/index.js';
+import { lowpAddon } from '../src/backend/cpu/lowp.js';
 import type { CausalLM, DecodeState } from '../src/models/lm.js';
+import { Linear } from '../src/nn/layers.js';
+import { matmul } from '../src/ops/index.js';
 import { createModel } from '../src/models/registry.js';
 import { matchRetNetShape } from '../src/models/transformer/config.js';
 import type { WeightFormat } from '../src/quant/formats.js';
@@ -26,9 +38,11 @@ import { FORM, stepInPlace, stepWorkspace } from './decode.js';
 import {
   type BenchRecord,
   type Column,
+  type Timing,
   batchOf,
   cpuCounters,
   failOnFailedRecords,
+  gemmGflops,
   measureEach,
   otherLoad,
   printTable,
@@ -40,7 +54,10 @@ const MIB = 2 ** 20;
 const GIB = 2 ** 30;
 
 type State = DecodeState & { positions: number[] };
-export type Synthetic = CausalLM & { syntheticState(batch: number, length: number, rng: Rng): State };
+export type Synthetic = CausalLM & {
+  syntheticState(batch: number, length: number, rng: Rng): State;
+  readonly config: { embedDim: number; layers: number; heads: number; valueDim?: number };
+};
 
 export interface BudgetSettings {
   /** RetNet's shape; the Transformer is matched to it. */
@@ -55,6 +72,8 @@ export interface BudgetSettings {
   /** The largest batch tried (bounds the time of a step on a CPU). */
   maxBatch: number;
   samples: number;
+  /** The cpu bound's ceilings: an n³ sgemm and a streaming read of this many bytes (see the file comment); none: no bound. */
+  ceilings?: { gemmN: number; readBytes: number };
 }
 
 export function budgetSettings(quick: boolean, budgetGiB: number | undefined, weights: WeightFormat): BudgetSettings {
@@ -67,6 +86,7 @@ export function budgetSettings(quick: boolean, budgetGiB: number | undefined, we
         budget: 96 * MIB,
         maxBatch: 64,
         samples: 2,
+        ceilings: { gemmN: 512, readBytes: 64 * MIB },
       }
     : {
         shape: { embedDim: 1024, layers: 24, heads: 4, valueDim: 2048, ffnDim: 2048 },
@@ -76,6 +96,7 @@ export function budgetSettings(quick: boolean, budgetGiB: number | undefined, we
         budget: 8 * GIB,
         maxBatch: 512,
         samples: 3,
+        ceilings: { gemmN: 1024, readBytes: 256 * MIB },
       };
   return {
     ...base,
@@ -91,6 +112,90 @@ function buildModels(s: BudgetSettings): Synthetic[] {
   const models = [r, t] as Synthetic[];
   if (s.weights !== 'f32') for (const m of models) quantizeModel(m, s.weights);
   return models;
+}
+
+/** Elements and stored bytes of the weights of every product a step makes (each Linear's weight, the head's too). */
+function productWeights(model: Synthetic): { elements: number; bytes: number } {
+  let elements = 0;
+  let bytes = 0;
+  for (const [, m] of model.namedModules())
+    if (m instanceof Linear) {
+      elements += m.weight.size;
+      bytes += m.weight.storage.byteLength;
+    }
+  return { elements, bytes };
+}
+
+/** The step's FLOPs and the bytes it must move, for `batch` rows at `length` with a state of `stateBytes`. */
+export function stepWork(
+  model: Synthetic,
+  batch: number,
+  length: number,
+  stateBytes: number,
+): { flops: number; bytes: number } {
+  const w = productWeights(model);
+  const c = model.config;
+  const mixer = model.arch === 'retnet' ? (4 * c.embedDim * c.valueDim!) / c.heads : 4 * length * c.embedDim; // per row, layer
+  const flops = batch * (2 * w.elements + c.layers * mixer);
+  // RetNet reads its state and writes it back; the Transformer reads its cache (the one new row it writes is noise).
+  const bytes = w.bytes + (model.arch === 'retnet' ? 2 : 1) * stateBytes;
+  return { flops, bytes };
+}
+
+/** The two ceilings of the bound (see the file comment), as batches for measureEach, with their figures. */
+function ceilings(c: { gemmN: number; readBytes: number }): {
+  batches: [() => void, (calls: number) => number];
+  dispose: () => void;
+} {
+  const be = cpuBackend();
+  if (!be) throw new Error('bench budget: the bound needs the cpu device (its addon did not load)');
+  const n = c.gemmN;
+  const a = be.zeros([n, n], 'float32');
+  const b = be.zeros([n, n], 'float32');
+  const probe = new Uint8Array(c.readBytes).fill(1);
+  const read = lowpAddon(be.addon);
+  const threads = threadCount();
+  return {
+    batches: [
+      () => noGrad(() => matmul(a, b)).dispose(),
+      (calls: number) => {
+        const t0 = performance.now();
+        for (let i = 0; i < calls; i++) read.streamRead(probe, threads);
+        return performance.now() - t0;
+      },
+    ],
+    dispose: () => {
+      a.dispose();
+      b.dispose();
+    },
+  };
+}
+
+/** The bound's fields of a point from the best samples of its ceilings (a ceiling is what the machine can do). */
+function cpuBound(
+  model: Synthetic,
+  batch: number,
+  length: number,
+  stateBytes: number,
+  c: { gemmN: number; readBytes: number },
+  gemm: Timing,
+  read: Timing,
+): BenchRecord {
+  const sgemmGflops = gemmGflops(c.gemmN, gemm.msMin);
+  const readGbps = c.readBytes / (read.msMin * 1e6);
+  const work = stepWork(model, batch, length, stateBytes);
+  const computeMs = work.flops / (sgemmGflops * 1e6);
+  const memoryMs = work.bytes / (readGbps * 1e6);
+  return {
+    step_gflop: work.flops / 1e9,
+    step_bytes: work.bytes,
+    sgemm_gflops: sgemmGflops,
+    read_gbps: readGbps,
+    compute_bound_ms: computeMs,
+    memory_bound_ms: memoryMs,
+    bound_ms_per_token: Math.max(computeMs, memoryMs),
+    bound_tokens_per_s: (batch * 1000) / Math.max(computeMs, memoryMs),
+  };
 }
 
 function progress(msg: string): void {
@@ -146,13 +251,15 @@ async function measurePoint(
       const workspace = stepWorkspace(model, state, tokens);
       const memory = weights + state.bytes() + workspace;
       if (memory > s.budget && shrink && batch > 1) continue;
+      const step = batchOf(() => stepInPlace(model, state, tokens));
+      const ceil = s.ceilings ? ceilings(s.ceilings) : null;
       const before = cpuCounters();
-      const [t] = await measureEach([batchOf(() => stepInPlace(model, state, tokens))], {
+      const [t, gemm, read] = await measureEach(ceil ? [step, batchOf(ceil.batches[0]), ceil.batches[1]] : [step], {
         warmup: 0,
         minTimeMs: 0,
         minSamples: s.samples,
         sampleTargetMs: 0,
-      });
+      }).finally(() => ceil?.dispose());
       const load = otherLoad(before, cpuCounters());
       return {
         ...base,
@@ -169,6 +276,7 @@ async function measurePoint(
         decode_memory_bytes: memory,
         decode_memory_mib: memory / MIB,
         state_mib: state.bytes() / MIB,
+        ...(s.ceilings ? cpuBound(model, batch, length, state.bytes(), s.ceilings, gemm!, read!) : {}),
         samples: t!.samples,
         other_load: load,
       };
@@ -244,6 +352,20 @@ const GOAL_LATENCY_GROWTH = 1.5;
 
 const verdict = (ok: boolean) => (ok ? 'met' : 'NOT met');
 
+/** "; this machine's bound: X× (...)": the ratio a/b of two points' bounds, what sets each, and a's share of its bound. */
+function boundNote(a: BenchRecord, b: BenchRecord, of: 'tokens_per_s' | 'ms_per_token'): string {
+  if (typeof a.bound_ms_per_token !== 'number' || typeof b.bound_ms_per_token !== 'number') return '';
+  const key = of === 'tokens_per_s' ? 'bound_tokens_per_s' : 'bound_ms_per_token';
+  const ratio = (a[key] as number) / (b[key] as number);
+  const sets = (r: BenchRecord) =>
+    `${r.arch} batch ${r.batch}: ${(r.compute_bound_ms as number) >= (r.memory_bound_ms as number) ? 'arithmetic' : 'memory'}`;
+  return (
+    `; this machine's bound: ${ratio.toFixed(2)}× (${sets(a)}, ${sets(b)}; measured ` +
+    `${((a.bound_ms_per_token as number) / (a.ms_per_token as number)).toFixed(2)} and ` +
+    `${((b.bound_ms_per_token as number) / (b.ms_per_token as number)).toFixed(2)} of their bounds' speed)`
+  );
+}
+
 export function findings(records: BenchRecord[], s: BudgetSettings): string[] {
   const out: string[] = [];
   const ok = (r: BenchRecord | undefined): r is BenchRecord => r !== undefined && r.status === 'ok';
@@ -258,7 +380,8 @@ export function findings(records: BenchRecord[], s: BudgetSettings): string[] {
       `at ${L} within ${(s.budget / GIB).toFixed(2)} GiB: RetNet decodes batch ${r.batch} at ` +
         `${(r.tokens_per_s as number).toFixed(1)} tokens/s, the Transformer batch ${t.batch} at ` +
         `${(t.tokens_per_s as number).toFixed(1)}: ${x.toFixed(2)}× (${xBest.toFixed(2)}× from best times; goal ≥ ` +
-        `${GOAL_THROUGHPUT}×: ${verdict(x >= GOAL_THROUGHPUT)}, ${verdict(xBest >= GOAL_THROUGHPUT)})`,
+        `${GOAL_THROUGHPUT}×: ${verdict(x >= GOAL_THROUGHPUT)}, ${verdict(xBest >= GOAL_THROUGHPUT)})` +
+        boundNote(r, t, 'tokens_per_s'),
     );
   }
   const sweep = (arch: string) => records.filter((x) => x.arch === arch && x.sweep === 'batch' && x.status === 'ok');
@@ -294,7 +417,9 @@ export function findings(records: BenchRecord[], s: BudgetSettings): string[] {
     const gBest = (last.ms_per_token_min as number) / (first.ms_per_token_min as number);
     out.push(
       `${arch} per-token latency at ${L}: batch ${last.batch} takes ${g.toFixed(2)}× batch ${first.batch}'s ` +
-        `(${gBest.toFixed(2)}× from best times)` +
+        `(${gBest.toFixed(2)}× from best times` +
+        boundNote(last, first, 'ms_per_token') +
+        ')' +
         (arch === 'retnet'
           ? ` (goal ≤ ${GOAL_LATENCY_GROWTH}×: ${verdict(g <= GOAL_LATENCY_GROWTH)}, ${verdict(gBest <= GOAL_LATENCY_GROWTH)})`
           : ''),
@@ -319,6 +444,9 @@ const COLUMNS: Column[] = [
   { key: 'tokens_per_s', header: 'tokens/s', digits: 1 },
   { key: 'state_mib', header: 'state MiB', digits: 0 },
   { key: 'decode_memory_mib', header: 'decode memory MiB', digits: 0 },
+  { key: 'bound_ms_per_token', header: 'bound ms/token', digits: 1 },
+  { key: 'sgemm_gflops', header: 'sgemm GFLOP/s', digits: 1 },
+  { key: 'read_gbps', header: 'read GB/s', digits: 1 },
   { key: 'other_load', header: 'other load', digits: 2 },
 ];
 
@@ -373,11 +501,13 @@ export async function budgetSuite(values: {
         `${(s.budget / GIB).toFixed(0)} GiB, at contexts ${s.lengths.join(', ')}; then per-token latency against ` +
         `the batch at ${s.batchLength} (a batch over the budget is listed, not run). Contexts are synthetic as in ` +
         '`bench decode`. Only one state is alive at a time, so points run one after another (not in turns) and ' +
-        'each carries its load. What sets each figure on this CPU: a RetNet step reads the weights once and does ' +
-        '2·N·B FLOPs of matrix products, so past a few rows it is bound by arithmetic (sgemm about 50-100 GFLOP/s ' +
-        'on one core) and its latency grows with the batch; a Transformer step also reads B·2·L·T·d cache values, ' +
-        'so it is bound by memory bandwidth (about 10-20 GB/s here) and its batch by the budget. The paper’s 8.4× ' +
-        'is for a GPU, whose arithmetic per byte of bandwidth keeps a large RetNet batch bound by the weight reads.',
+        'each carries its load. What sets each figure on this CPU: a RetNet step reads the weights once, reads and ' +
+        'writes its state, and does 2·N·B FLOPs of matrix products, so past a few rows it is bound by arithmetic and ' +
+        'its latency grows with the batch; a Transformer step also reads B·2·L·T·d cache values, so it is bound by ' +
+        'memory bandwidth and its batch by the budget. Each point carries this machine’s bound for its step (the ' +
+        'larger of its FLOPs at the sgemm rate and its bytes at the read rate, both measured in turns with it; ' +
+        'bench/budget.ts says how), and the findings compare each ratio with the ratio of the bounds. The paper’s ' +
+        '8.4× is for a GPU, whose arithmetic per byte of bandwidth keeps a large RetNet batch bound by the weight reads.',
       file,
       table: markdownTable(records, COLUMNS),
       findings: goals,

@@ -10,7 +10,7 @@ import { describe, it } from 'node:test';
 import { DECODE_VOCAB, FORM, decodeModels, disposeModels, flatness, measureDecodePoints } from '../bench/decode.js';
 import { BenchFailure, checkRecords, commandLine, failOnFailedRecords } from '../bench/lib.js';
 import { checkTorch, peerArgs } from '../bench/peer.js';
-import { budgetSettings, largestBatch, measureBudget } from '../bench/budget.js';
+import { budgetSettings, largestBatch, measureBudget, stepWork } from '../bench/budget.js';
 import { MEM_VARIANTS, measureTrainMem } from '../bench/trainmem.js';
 import { markdownTable, panelsSpec, replaceSection } from '../bench/report.js';
 import {
@@ -23,8 +23,11 @@ import {
 } from '../bench/train.js';
 import { getBackend } from '../src/backend/index.js';
 import { renderSpec } from '../src/cli/plot.js';
+import { createModel } from '../src/models/registry.js';
 import { retnetParameterCount, retnetPreset } from '../src/models/retnet/config.js';
-import { transformerParameterCount, transformerPreset } from '../src/models/transformer/config.js';
+import { RetNetModel } from '../src/models/retnet/model.js';
+import { TransformerModel } from '../src/models/transformer/model.js';
+import { matchRetNetShape, transformerParameterCount, transformerPreset } from '../src/models/transformer/config.js';
 import { Rng, tiledNormal } from '../src/tensor/random.js';
 
 const ROOT = join(import.meta.dirname, '..');
@@ -143,6 +146,14 @@ describe('bench trainmem and budget', () => {
       samples: 1,
     });
     checkRecords('budget', records);
+    for (const r of records) {
+      // The bound is the larger of the compute and memory times, from the ceilings measured with the point.
+      const [c, m] = [r.compute_bound_ms as number, r.memory_bound_ms as number];
+      assert.ok(c > 0 && m > 0 && (r.sgemm_gflops as number) > 0 && (r.read_gbps as number) > 0, JSON.stringify(r));
+      assert.equal(r.bound_ms_per_token, Math.max(c, m));
+      assert.ok(Math.abs(c - ((r.step_gflop as number) / (r.sgemm_gflops as number)) * 1e3) < 1e-9 * c);
+      assert.ok(Math.abs(m - (r.step_bytes as number) / (r.read_gbps as number) / 1e6) < 1e-9 * m);
+    }
     const largest = records.filter((r) => r.sweep === 'largest batch');
     assert.equal(largest.length, 4);
     for (const r of largest) {
@@ -163,6 +174,29 @@ describe('bench trainmem and budget', () => {
         ['transformer', 2],
       ],
     );
+  });
+});
+
+describe('bench budget: the work of a decode step', () => {
+  it("counts 2·B FLOPs per product weight plus the mixer's, and the bytes each architecture must move", () => {
+    const shape = { embedDim: 16, layers: 2, heads: 2, valueDim: 32, ffnDim: 24 };
+    const r = createModel('retnet', 'base', { vocabSize: 40, ...shape }, { seed: 1 }) as RetNetModel;
+    const t = createModel('transformer', 'base', { vocabSize: 40, ...matchRetNetShape(shape) }) as TransformerModel;
+    try {
+      // Independent of stepWork's walk over the Linear modules: the products' weights from the config.
+      const rp = matmulParameters('retnet', r.config);
+      const tp = matmulParameters('transformer', t.config);
+      const state = 7 * 1024;
+      const rw = stepWork(r, 3, 100, state);
+      assert.equal(rw.flops, 3 * (2 * rp + 2 * ((4 * 16 * 32) / 2)));
+      assert.equal(rw.bytes, 4 * rp + 2 * state);
+      const tw = stepWork(t, 3, 100, state);
+      assert.equal(tw.flops, 3 * (2 * tp + 2 * 4 * 100 * 16));
+      assert.equal(tw.bytes, 4 * tp + state);
+    } finally {
+      r.dispose();
+      t.dispose();
+    }
   });
 });
 
