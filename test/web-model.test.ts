@@ -2,12 +2,13 @@
 // against the expected logits of ../shared (torchscale's dev cases, fla's dev case), 1e-4 relative in float32; and
 // greedy generation in the page equal to greedy generation in Node for the same model directory and prompt.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { readSafetensors } from '../src/io/safetensors.js';
 import { type OpenPage, ROOT, browserSkip, bundle, nodeGreedy, openPage, tinyModelDir } from './browser.js';
+import type { Route } from '../src/web/serve.js';
 import { assertClose } from './helpers.js';
 
 const SHARED = join(ROOT, '..', 'shared');
@@ -19,13 +20,52 @@ const NEW_TOKENS = 24;
 
 type Form = { form: 'parallel' | 'chunkwise' | 'recurrent'; chunkSize?: number };
 
+/** A safetensors file's header and data section, and the file again from an edited header. */
+function splitSafetensors(bytes: Uint8Array): {
+  header: Record<string, { dtype: string; shape: number[] }>;
+  data: Uint8Array;
+} {
+  const len = Number(Buffer.from(bytes).readBigUInt64LE(0));
+  return { header: JSON.parse(Buffer.from(bytes.subarray(8, 8 + len)).toString()), data: bytes.subarray(8 + len) };
+}
+function joinSafetensors(header: unknown, data: Uint8Array): Uint8Array {
+  const json = Buffer.from(JSON.stringify(header));
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  return Buffer.concat([len, json, data]);
+}
+
+/** Broken copies of a checkpoint, one per way a file can be wrong (the test names the message each must give). */
+function badWeights(bytes: Uint8Array) {
+  const edit = (f: (header: Record<string, { dtype: string; shape: number[] }>) => void) => {
+    const { header, data } = splitSafetensors(bytes);
+    f(header);
+    return joinSafetensors(header, data);
+  };
+  // The first 2-D weight of the file (a matrix with two different dims).
+  const matrix = (h: Record<string, { shape: number[] }>) =>
+    Object.keys(h).find((n) => h[n]!.shape?.length === 2 && h[n]!.shape[0] !== h[n]!.shape[1])!;
+  const headerLength = Buffer.from(bytes);
+  headerLength.writeBigUInt64LE(BigInt(bytes.length), 0);
+  return {
+    truncated: bytes.subarray(0, bytes.length - 100),
+    // Sent in chunks with no Content-Length: the stream itself ends early.
+    truncatedStream: [bytes.subarray(0, 1000), bytes.subarray(1000, bytes.length - 100)],
+    headerLength: new Uint8Array(headerLength),
+    trailing: [bytes, new Uint8Array(5)],
+    shape: edit((h) => void h[matrix(h)]!.shape.reverse()),
+    dtype: edit((h) => void (h[matrix(h)]!.dtype = 'I32')),
+    dtypeSize: edit((h) => void (h[matrix(h)]!.dtype = 'F16')),
+  };
+}
+
 describe('retnet/web in chromium', { skip: browserSkip() }, () => {
   let page: OpenPage;
   let tiny: string;
   before(async () => {
     tiny = tinyModelDir();
     const code = await bundle(join(ROOT, 'test', 'web', 'model-checks.ts'));
-    const routes: Record<string, { file: string } | { type: string; body: string }> = {
+    const routes: Record<string, Route> = {
       '/': { type: 'text/html', body: '<!doctype html><script type="module" src="/checks.js"></script>' },
       '/checks.js': { type: 'text/javascript', body: code },
     };
@@ -34,21 +74,48 @@ describe('retnet/web in chromium', { skip: browserSkip() }, () => {
       routes[`/ts/${name}/config.json`] = { file: join(TS, `config_${name}.json`) };
       routes[`/ts/${name}/model.safetensors`] = { file: join(TS, `weights_${name}.safetensors`) };
     }
+    // The tiny model sent in chunks without a Content-Length (its size known only from its header).
+    const tinyBytes = readFileSync(join(tiny, 'model.safetensors'));
+    routes['/tiny-chunked/config.json'] = { file: join(tiny, 'config.json') };
+    routes['/tiny-chunked/model.safetensors'] = {
+      type: 'application/octet-stream',
+      body: Array.from({ length: Math.ceil(tinyBytes.length / 4093) }, (_, i) =>
+        tinyBytes.subarray(i * 4093, (i + 1) * 4093),
+      ),
+    };
+    for (const [name, bytes] of Object.entries(badWeights(tinyBytes))) {
+      routes[`/bad/${name}/config.json`] = { file: join(tiny, 'config.json') };
+      routes[`/bad/${name}/model.safetensors`] = { type: 'application/octet-stream', body: bytes };
+    }
     page = await openPage({ routes, dirs: { '/fla/': FLA, '/tiny/': tiny } });
     await page.page.waitForFunction(() => 'retnetModel' in window);
   });
   after(async () => page?.close());
 
-  const logits = async (url: string, device: string, tokens: number[], forms: Form[]) => {
-    const r = (await page.page.evaluate(([u, d, t, f]) => window.retnetModel.logits(u, d, t, f), [
+  const logits = async (
+    url: string | { url: string; files: string[] },
+    device: string,
+    tokens: number[],
+    forms: Form[],
+  ) => {
+    const r = await page.page.evaluate(([u, d, t, f]) => window.retnetModel.logits(u, d, t, f), [
       url,
       device as 'webgpu' | 'cpu',
       tokens,
       forms,
-    ] as const)) as { rows: number[][][]; errors: string[]; progress: number };
+    ] as const);
     assert.deepEqual(r.errors, [], page.logs.join('\n'));
-    assert.ok(r.progress > 0, 'no progress was reported while loading');
-    return r.rows.map((rows) => rows.flat());
+    // Every file's progress went up only and reached its size.
+    const files = Object.keys(r.progress);
+    assert.ok(
+      files.some((f) => f.endsWith('.safetensors')),
+      `progress named no weights file: ${files.join(', ')}`,
+    );
+    for (const [file, p] of Object.entries(r.progress)) {
+      assert.ok(p.monotone, `${file}: progress went backwards or changed its total`);
+      assert.ok(p.total !== null && p.loaded === p.total, `${file}: progress ended at ${p.loaded} of ${p.total}`);
+    }
+    return { rows: r.rows.map((rows) => rows.flat()), progress: r.progress, weightBytes: r.weightBytes };
   };
 
   for (const device of ['webgpu', 'cpu'])
@@ -63,7 +130,7 @@ describe('retnet/web in chromium', { skip: browserSkip() }, () => {
           ...chunks.map((c): [string, Form] => [`logits.chunk${c}`, { form: 'chunkwise', chunkSize: c }]),
           ['logits.recurrent', { form: 'recurrent' }],
         ];
-        const got = await logits(
+        const { rows: got } = await logits(
           `/ts/${name}/`,
           device,
           tokens,
@@ -72,22 +139,75 @@ describe('retnet/web in chromium', { skip: browserSkip() }, () => {
         forms.forEach(([key], i) => assertClose(got[i]!, expected.get(key)!.data, TOL, `${name} ${device} ${key}`));
       });
 
+  // fla's dev case as stored (F64), in BF16, and in BF16 shards read from picked files (File.stream()).
+  const FLA_COPIES: [string, string | { url: string; files: string[] }][] = [
+    ['F64', '/fla/'],
+    ['BF16', '/fla/bf16/'],
+    [
+      'BF16 shards, picked files',
+      {
+        url: '/fla/sharded/',
+        files: [
+          'config.json',
+          'model.safetensors.index.json',
+          ...[1, 2, 3].map((i) => `model-0000${i}-of-00003.safetensors`),
+        ],
+      },
+    ],
+  ];
   for (const device of ['webgpu', 'cpu'])
-    it(`fla dev on ${device}: every form against fla's logits (1e-4)`, async () => {
-      const ids = JSON.parse(readFileSync(join(FLA, 'tokens.json'), 'utf8')) as {
-        single_input_ids: number[][];
-        long_input_ids: number[][];
-      };
-      const expected = readSafetensors(join(FLA, 'expected.safetensors')).tensors;
-      const forms: Form[] = [{ form: 'parallel' }, { form: 'chunkwise', chunkSize: 16 }, { form: 'recurrent' }];
-      const single = await logits('/fla/', device, ids.single_input_ids[0]!, forms);
-      single.forEach((g, i) =>
-        assertClose(g, expected.get('logits.single')!.data, TOL, `fla single ${forms[i]!.form}`),
-      );
-      // T = 100 > 64: fla's chunk form ran; ours chunkwise with the model's chunk size.
-      const [long] = await logits('/fla/', device, ids.long_input_ids[0]!, [{ form: 'chunkwise' }]);
-      assertClose(long!, expected.get('logits.long.chunk')!.data, TOL, 'fla long chunkwise');
-    });
+    for (const [copy, source] of FLA_COPIES)
+      it(`fla dev (${copy}) on ${device}: every form against fla's logits (1e-4)`, async () => {
+        const ids = JSON.parse(readFileSync(join(FLA, 'tokens.json'), 'utf8')) as {
+          single_input_ids: number[][];
+          long_input_ids: number[][];
+        };
+        const expected = readSafetensors(join(FLA, 'expected.safetensors')).tensors;
+        const forms: Form[] = [{ form: 'parallel' }, { form: 'chunkwise', chunkSize: 16 }, { form: 'recurrent' }];
+        const { rows: single, progress } = await logits(source, device, ids.single_input_ids[0]!, forms);
+        single.forEach((g, i) =>
+          assertClose(g, expected.get('logits.single')!.data, TOL, `fla single ${forms[i]!.form}`),
+        );
+        if (typeof source !== 'string')
+          assert.deepEqual(Object.keys(progress).sort(), [...source.files].sort(), 'each picked file was read');
+        // T = 100 > 64: fla's chunk form ran; ours chunkwise with the model's chunk size.
+        const {
+          rows: [long],
+        } = await logits(source, device, ids.long_input_ids[0]!, [{ form: 'chunkwise' }]);
+        assertClose(long!, expected.get('logits.long.chunk')!.data, TOL, 'fla long chunkwise');
+      });
+
+  it('a checkpoint sent without a Content-Length streams in (its size from its header) and gives the same logits', async () => {
+    const tokens = [5, 17, 9, 33, 2, 8, 41];
+    const want = await logits('/tiny/', 'cpu', tokens, [{ form: 'parallel' }]);
+    const got = await logits('/tiny-chunked/', 'cpu', tokens, [{ form: 'parallel' }]);
+    assert.deepEqual(got.rows, want.rows);
+    const p = got.progress['model.safetensors']!;
+    assert.equal(p.total, statSync(join(tiny, 'model.safetensors')).size);
+    assert.ok(p.events > 10, `the file came in ${p.events} progress events (chunks of 4093 bytes)`);
+  });
+
+  it('bad checkpoints fail to load with errors naming the file and the field', async () => {
+    const expected: Record<keyof ReturnType<typeof badWeights>, RegExp> = {
+      truncated:
+        /^FormatError: \S+\/bad\/truncated\/model\.safetensors: tensor '[^']+': data_offsets \[\d+, \d+\] lie outside the data section/,
+      truncatedStream:
+        /^FormatError: \S+\/bad\/truncatedStream\/model\.safetensors: the file ends at byte \d+, but tensor '[^']+' needs bytes up to \d+/,
+      headerLength:
+        /^FormatError: \S+\/bad\/headerLength\/model\.safetensors: header length \d+ exceeds the file \(\d+ bytes\)/,
+      trailing: /^FormatError: \S+\/bad\/trailing\/model\.safetensors: 5 bytes follow the data section/,
+      shape:
+        /^ShapeError: \S+\/bad\/shape\/model\.safetensors: tensor '([^']+)' has shape \[\d+, \d+\], the model that \S+config\.json describes expects \[\d+, \d+\]/,
+      dtype:
+        /^FormatError: \S+\/bad\/dtype\/model\.safetensors: tensor '[^']+' is stored as I32; the model that \S+ describes holds it in float32/,
+      dtypeSize:
+        /^FormatError: \S+\/bad\/dtypeSize\/model\.safetensors: tensor '[^']+': \d+ bytes of data for shape \[\d+(, \d+)*\] of F16 \(need \d+\)/,
+    };
+    for (const [name, re] of Object.entries(expected)) {
+      const message = await page.page.evaluate((u) => window.retnetModel.loadError(u, 'webgpu'), `/bad/${name}/`);
+      assert.match(message ?? 'it loaded', re, name);
+    }
+  });
 
   for (const [name, url] of [
     ['the tiny demo model (torchscale normalisation)', '/tiny/'],

@@ -2,9 +2,11 @@
 // browser's loadModel in src/web/model.ts both use it). The config is parsed and validated first (`checkpointSpec`);
 // then, with the checkpoint's headers open, the parameter count the config implies must agree with what the
 // checkpoint holds, so a config that contradicts the weights (decoder_layers 65536 over a 2-layer file) fails in
-// milliseconds; then the model is allocated without a random initialisation and filled tensor by tensor
-// (`buildCheckpointModel`), each tensor checked for its shape and for non-finite values: BF16/F16 weights held as read
-// (where the device holds them), quantized weights (`<name>.scales`/`<name>.codes`) read back checked.
+// milliseconds; then the model is allocated without a random initialisation and filled tensor by tensor, each
+// tensor checked for its shape, its dtype and for non-finite values: BF16/F16 weights held as read (where the device
+// holds them), quantized weights (`<name>.scales`/`<name>.codes`) read back checked. The reads come in file order (each
+// file's tensors by offset), served from files by `buildCheckpointModel` (Node) or from streams as the bytes arrive by
+// `streamCheckpointModel` (a browser).
 
 import { getBackend } from '../backend/select.js';
 import { ConfigError, FormatError, ShapeError, formatShape } from '../errors.js';
@@ -32,7 +34,7 @@ import {
 } from '../tensor/dtype.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { type Weights, tensorValues } from './safetensors-format.js';
+import { type TensorEntry, type TensorFile, type Weights, entryBuffer, tensorValues } from './safetensors-format.js';
 
 export const LOADER_KEYS = new Set(['torch_dtype', 'dtype', 'transformers_version', 'architectures', '_name_or_path']);
 export const isTorchscaleBuffer = (name: string) => name.startsWith('retnet_rel_pos.');
@@ -258,38 +260,62 @@ function quantizedWeights(weights: Weights): Map<string, QuantizedDType> {
 const partNames = (name: string, dtype: QuantizedDType, shape: readonly number[]) =>
   quantParts(dtype, shape).map((p) => `${name}.${p.name}`);
 
+/** One tensor's bytes the loader asks for: `entry` of `file`, read into `into` (exactly its stored size). */
+export interface TensorRead {
+  file: TensorFile;
+  entry: TensorEntry;
+  into: Uint8Array;
+}
+
+/** What one stored tensor fills: `into()` gives the bytes to read it into, `done` takes them once read. */
+interface Sink {
+  into(): Uint8Array;
+  done(bytes: Uint8Array): void;
+}
+
 /**
- * A tensor of dtype and shape whose stored bytes `read` fills: straight into the storage of a host device, else
- * through one host buffer.
+ * Sinks for the stored parts of one tensor of dtype and shape (a 16-bit weight: one part; a quantized weight: its
+ * scales and codes), read straight into its storage on a host device, else into one host buffer that goes to the
+ * device once every part is in. `check` sees the whole storage before the tensor is used, `place` gets the tensor
+ * (at once on a host device, so that a failure later disposes it with the model).
  */
-function storedTensor(
+function storedSinks(
   device: Device,
   dtype: DType,
   shape: readonly number[],
-  read: (into: Uint8Array) => void,
-): Tensor {
-  if (device instanceof HostDevice) {
-    const t = device.empty(shape, dtype);
-    const a = device.raw(t);
-    read(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
-    return t;
-  }
-  const bytes = new Uint8Array(storageBytes(dtype, shape));
-  read(bytes);
-  return device.fromStorage(arrayOver(dtype, bytes.buffer), shape, dtype);
+  parts: readonly { name: string; offset: number; bytes: number }[],
+  check: (storage: Uint8Array) => void,
+  place: (t: Tensor) => void,
+): Map<string, Sink> {
+  let storage: Uint8Array | null = null;
+  let left = parts.length;
+  const open = (): Uint8Array => {
+    if (storage) return storage;
+    if (device instanceof HostDevice) {
+      const t = device.empty(shape, dtype);
+      place(t);
+      const a = device.raw(t);
+      return (storage = new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+    }
+    return (storage = new Uint8Array(storageBytes(dtype, shape)));
+  };
+  const sinks = new Map<string, Sink>();
+  for (const p of parts)
+    sinks.set(p.name, {
+      into: () => open().subarray(p.offset, p.offset + p.bytes),
+      done: () => {
+        if (--left > 0) return;
+        check(storage!);
+        if (!(device instanceof HostDevice))
+          place(device.fromStorage(arrayOver(dtype, storage!.buffer as ArrayBuffer), shape, dtype));
+      },
+    });
+  return sinks;
 }
 
-/** A quantized weight read from its parts, each checked for its dtype and shape (and finite scales). */
-function readQuantized(
-  weights: Weights,
-  name: string,
-  dtype: QuantizedDType,
-  shape: readonly number[],
-  device: Device,
-  allowNonFinite: boolean,
-): Tensor {
-  const parts = quantParts(dtype, shape);
-  for (const part of parts) {
+/** A quantized weight's parts must have the dtypes and shapes its format stores. */
+function checkQuantParts(weights: Weights, name: string, dtype: QuantizedDType, shape: readonly number[]): void {
+  for (const part of quantParts(dtype, shape)) {
     const n = `${name}.${part.name}`;
     const e = weights.entry(n)!;
     if (e.dtype !== part.dtype || e.shape.length !== part.shape.length || e.shape.some((d, i) => d !== part.shape[i]))
@@ -298,24 +324,28 @@ function readQuantized(
           `${formatShape(shape)} stores its ${part.name} as ${part.dtype} ${formatShape(part.shape)}`,
       );
   }
-  const t = storedTensor(device, dtype, shape, (into) => {
-    for (const part of parts)
-      weights.readInto(`${name}.${part.name}`, into.subarray(part.offset, part.offset + part.bytes));
-    if (allowNonFinite) return;
-    const scales = parts.find((p) => p.name === 'scales')!;
-    const bytes = into.slice(scales.offset, scales.offset + scales.bytes);
-    const values =
-      scales.dtype === 'F32'
-        ? new Float32Array(bytes.buffer)
-        : decode('float16', new Uint16Array(bytes.buffer), scales.shape);
-    const i = (values as Float32Array).findIndex((x) => !Number.isFinite(x));
-    if (i >= 0)
-      throw new FormatError(
-        `${weights.fileOf(`${name}.scales`)}: tensor '${name}.scales' holds a non-finite scale (${values[i]}) at flat ` +
-          `index ${i} (pass allowNonFinite to load it anyway)`,
-      );
-  });
-  return t;
+}
+
+/** A quantized weight's scales must be finite. */
+function checkScales(
+  weights: Weights,
+  name: string,
+  dtype: QuantizedDType,
+  shape: readonly number[],
+  storage: Uint8Array,
+) {
+  const scales = quantParts(dtype, shape).find((p) => p.name === 'scales')!;
+  const bytes = storage.slice(scales.offset, scales.offset + scales.bytes);
+  const values =
+    scales.dtype === 'F32'
+      ? new Float32Array(bytes.buffer)
+      : decode('float16', new Uint16Array(bytes.buffer), scales.shape);
+  const i = (values as Float32Array).findIndex((x) => !Number.isFinite(x));
+  if (i >= 0)
+    throw new FormatError(
+      `${weights.fileOf(`${name}.scales`)}: tensor '${name}.scales' holds a non-finite scale (${values[i]}) at flat ` +
+        `index ${i} (pass allowNonFinite to load it anyway)`,
+    );
 }
 
 /** The Linear and Embedding modules holding each tensor as their weight. */
@@ -332,18 +362,23 @@ interface FillOptions {
   keep16: boolean;
 }
 
+/** The safetensors dtypes a parameter may be stored in. */
+const FLOAT_STORED = new Set(['F64', 'F32', 'F16', 'BF16']);
+
 /**
- * Copies every parameter from the files, one tensor in memory at a time. Quantized weights (named in the metadata)
+ * Fills every parameter from the files: after checking the headers against the model (names, shapes, dtypes), yields
+ * the reads it needs in file order (each file's tensors by offset, so a stream can serve them as they arrive; the
+ * caller fills `into`, then resumes), one tensor in host memory at a time. Quantized weights (named in the metadata)
  * and, with keep16, the 16-bit weights of Linear and Embedding modules are read straight into tensors of their own
  * dtype, which take the place of the float32 parameters built for them.
  */
-function fill(
+function* fillReads(
   model: CausalLM,
   weights: Weights,
   opts: FillOptions,
   config: Record<string, unknown>,
   configPath: string,
-): void {
+): Generator<TensorRead, void, undefined> {
   const params = model.namedParameters();
   const files = weights.files.join(', ');
   const built = `the model that ${configPath} describes`;
@@ -369,7 +404,9 @@ function fill(
     for (const m of holders.get(t) ?? []) if ((!only || m instanceof only) && m.weight === t) m.setWeight(nt);
     originals.add(t);
   };
-  // Quantized weights first (a head tied to the embedding may be quantized while the table is not).
+  const sinks = new Map<string, Sink>();
+  const add = (more: Map<string, Sink>) => more.forEach((sink, n) => sinks.set(n, sink));
+  // Quantized weights (a head tied to the embedding may be quantized while the table is not).
   for (const [n, t] of params) {
     const q = quantized.get(n);
     if (!q) continue;
@@ -377,9 +414,33 @@ function fill(
       throw new FormatError(
         `${weights.fileOf(`${n}.codes`)}: '${n}' is stored quantized, but only Linear weights can be`,
       );
-    hold(t, readQuantized(weights, n, q, t.shape, t.device, opts.allowNonFinite), Linear);
+    checkQuantParts(weights, n, q, t.shape);
+    const parts = quantParts(q, t.shape).map((p) => ({ ...p, name: `${n}.${p.name}` }));
+    const check = (storage: Uint8Array) => {
+      if (!opts.allowNonFinite) checkScales(weights, n, q, t.shape, storage);
+    };
+    add(storedSinks(t.device, q, t.shape, parts, check, (nt) => hold(t, nt, Linear)));
   }
+  // A tensor shared under two names (tied embeddings): the file's copies must agree, else the config is wrong. The
+  // first copy read waits for the other.
   const firstName = new Map<Tensor, string>();
+  const tiedNames = new Map<Tensor, string[]>();
+  for (const [n, t] of params) if (!quantized.has(n)) tiedNames.set(t, [...(tiedNames.get(t) ?? []), n]);
+  const waiting = new Map<Tensor, { name: string; values: ArrayLike<number> }>();
+  const compareTied = (t: Tensor, n: string, values: ArrayLike<number>) => {
+    if ((tiedNames.get(t) ?? []).length < 2) return;
+    const other = waiting.get(t);
+    if (!other) return void waiting.set(t, { name: n, values });
+    waiting.delete(t);
+    const first = firstName.get(t)!;
+    const second = n === first ? other.name : n;
+    for (let i = 0; i < values.length; i++)
+      if (values[i] !== other.values[i])
+        throw new ConfigError(
+          `${configPath}: ${keyFor(config, ['tie_word_embeddings', 'share_decoder_input_output_embed', 'tiedEmbeddings'])} ` +
+            `is true (ties '${second}' to '${first}'), but ${weights.fileOf(second)} holds different values for them`,
+        );
+  };
   for (const [n, t] of params) {
     if (quantized.has(n)) continue;
     const e = weights.entry(n)!;
@@ -387,33 +448,57 @@ function fill(
       throw new ShapeError(
         `${weights.fileOf(n)}: tensor '${n}' has shape ${formatShape(e.shape)}, ${built} expects ${formatShape(t.shape)}`,
       );
-    const first = firstName.get(t);
-    if (first !== undefined) {
-      // A tensor shared under two names (tied embeddings): the file's copies must agree, else the config is wrong.
-      const [values, firstValues] = [tensorValues(weights.read(n)), tensorValues(weights.read(first))];
-      if (values.some((x, i) => x !== firstValues[i]))
-        throw new ConfigError(
-          `${configPath}: ${keyFor(config, ['tie_word_embeddings', 'share_decoder_input_output_embed', 'tiedEmbeddings'])} ` +
-            `is true (ties '${n}' to '${first}'), but ${weights.fileOf(n)} holds different values for them`,
-        );
+    if (!FLOAT_STORED.has(e.dtype))
+      throw new FormatError(
+        `${weights.fileOf(n)}: tensor '${n}' is stored as ${e.dtype}; ${built} holds it in ${t.dtype} (expected one ` +
+          `of ${[...FLOAT_STORED].join(', ')})`,
+      );
+    const valuesOf16 = (storage: Uint8Array) =>
+      decode(
+        e.dtype === 'BF16' ? 'bfloat16' : 'float16',
+        new Uint16Array(storage.buffer, storage.byteOffset, t.size),
+        t.shape,
+      );
+    if (firstName.has(t)) {
+      // The other copy of a tied tensor: only compared.
+      const buf = entryBuffer(e);
+      sinks.set(n, { into: () => buf.bytes, done: () => compareTied(t, n, tensorValues(buf.tensor())) });
       continue;
     }
     firstName.set(t, n);
     const dtype16 = e.dtype === 'BF16' ? 'bfloat16' : e.dtype === 'F16' ? 'float16' : null;
-    // A device that holds no tensors of that dtype (cuda, webgpu) gets them widened to float32.
+    // A device that holds no tensors of that dtype gets them widened to float32.
     if (opts.keep16 && dtype16 && t.dtype === 'float32' && holders.has(t) && t.device.supportsDType(dtype16)) {
-      const nt = storedTensor(t.device, dtype16, t.shape, (into) => {
-        weights.readInto(n, into);
-        if (!opts.allowNonFinite)
-          checkFinite(weights, n, new Uint16Array(into.buffer, into.byteOffset, t.size), e.dtype);
-      });
-      hold(t, nt);
+      const part = [{ name: n, offset: 0, bytes: e.end - e.begin }];
+      const check = (storage: Uint8Array) => {
+        const bits = new Uint16Array(storage.buffer, storage.byteOffset, t.size);
+        if (!opts.allowNonFinite) checkFinite(weights, n, bits, e.dtype);
+        compareTied(t, n, valuesOf16(storage));
+      };
+      add(storedSinks(t.device, dtype16, t.shape, part, check, (nt) => hold(t, nt)));
       continue;
     }
-    const v = weights.read(n);
-    if (!opts.allowNonFinite) checkFinite(weights, n, v.bits ?? v.data, e.dtype);
-    t.device.write(t, tensorValues(v));
+    const buf = entryBuffer(e);
+    sinks.set(n, {
+      into: () => buf.bytes,
+      done: () => {
+        const v = buf.tensor();
+        if (!opts.allowNonFinite) checkFinite(weights, n, v.bits ?? v.data, e.dtype);
+        const values = tensorValues(v);
+        compareTied(t, n, values);
+        t.device.write(t, values);
+      },
+    });
   }
+
+  for (const file of weights.readers)
+    for (const entry of [...file.header.entries.values()].sort((a, b) => a.begin - b.begin)) {
+      const sink = sinks.get(entry.name);
+      if (!sink) continue; // torchscale's buffers: derived from the config, not read
+      const into = sink.into();
+      yield { file, entry, into };
+      sink.done(into);
+    }
   // The float32 tensors built for weights now held otherwise (untouched zeros: no resident memory) go.
   const live = new Set(model.parameters());
   for (const t of originals) if (!live.has(t)) t.dispose();
@@ -465,13 +550,16 @@ export function checkpointSpec(raw: unknown, configPath: string): CheckpointSpec
   return { config, spec, modelType, storedDType: storedDType as string | null };
 }
 
-/** The model of a checked config filled from its checkpoint (dtypes as LoadOptions.weights says). */
-export function buildCheckpointModel(
+/**
+ * The model of a checked config, allocated (no random init), and the reads that fill it from its checkpoint (dtypes as
+ * LoadOptions.weights says), for a caller to serve: buildCheckpointModel reads them from files, a browser from streams.
+ */
+function startCheckpointModel(
   { config, spec }: CheckpointSpec,
   configPath: string,
   weights: Weights,
-  opts: LoadOptions = {},
-): CausalLM {
+  opts: LoadOptions,
+): { model: CausalLM; reads: Generator<TensorRead, void, undefined> } {
   // 1. Header against config, before anything is allocated. The parameter count the config implies is compared
   // with what the files hold: a config asking for more than twice that (decoder_layers 65536 over 2 layers,
   // vocab_size 1e6 over 300) fails here; closer mismatches are named tensor by tensor in step 2, whose allocation
@@ -489,13 +577,47 @@ export function buildCheckpointModel(
   if (wanted > 2 * held) throw new ShapeError(sizeMismatch(spec, config, configPath, weights, stored, wanted, held));
   if (spec.arch === 'retnet' && names.some(isTorchscaleBuffer)) checkTorchscaleBuffers(spec.config, weights, config);
 
-  // 2. Allocate (no random init) and fill tensor by tensor.
+  // 2. Allocate (no random init); the reads fill it tensor by tensor.
   const model = buildModel(spec, { ...opts, backend: opts.backend ?? getBackend(), init: false });
-  try {
-    // Weights stay in the checkpoint's 16-bit dtype unless a format is asked for (see LoadOptions.weights).
-    const keep16 = opts.weights !== 'f32';
-    fill(model, weights, { allowNonFinite: opts.allowNonFinite ?? false, keep16 }, config, configPath);
+  // Weights stay in the checkpoint's 16-bit dtype unless a format is asked for (see LoadOptions.weights).
+  const fill = { allowNonFinite: opts.allowNonFinite ?? false, keep16: opts.weights !== 'f32' };
+  function* reads(): Generator<TensorRead, void, undefined> {
+    yield* fillReads(model, weights, fill, config, configPath);
     if (opts.weights) quantizeModel(model, opts.weights);
+  }
+  return { model, reads: reads() };
+}
+
+/** The model of a checked config filled from its checkpoint's files (dtypes as LoadOptions.weights says). */
+export function buildCheckpointModel(
+  checked: CheckpointSpec,
+  configPath: string,
+  weights: Weights,
+  opts: LoadOptions = {},
+): CausalLM {
+  const { model, reads } = startCheckpointModel(checked, configPath, weights, opts);
+  try {
+    for (const r of reads) r.file.readInto(r.entry.name, r.into);
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
+  return model;
+}
+
+/**
+ * The same, with the tensors' bytes served by `read` (a browser: each file's stream, the reads coming in file order).
+ */
+export async function streamCheckpointModel(
+  checked: CheckpointSpec,
+  configPath: string,
+  weights: Weights,
+  opts: LoadOptions,
+  read: (r: TensorRead) => Promise<void>,
+): Promise<CausalLM> {
+  const { model, reads } = startCheckpointModel(checked, configPath, weights, opts);
+  try {
+    for (const r of reads) await read(r);
   } catch (e) {
     model.dispose();
     throw e;

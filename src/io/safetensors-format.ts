@@ -61,48 +61,19 @@ const MAX_HEADER = 100_000_000;
 if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1)
   throw new FormatError('safetensors: this reader needs a little-endian machine');
 
-/** Where the bytes come from: a file read with positioned reads, or a buffer (a fetched file, tests). */
+/**
+ * Where the bytes come from: a file read with positioned reads, a buffer (tests, small files), or the header of a file
+ * that streams in (the browser's loader: its tensors arrive through the stream, src/web/files.ts).
+ */
 export interface ByteSource {
-  readonly size: number;
+  /** The file's size; null when not known before the file has streamed in (a transfer without a Content-Length). */
+  readonly size: number | null;
   /** Fills `into` with the bytes at [position, position + into.length). */
   read(position: number, into: Uint8Array): void;
 }
 
 export function bufferSource(buf: Uint8Array): ByteSource {
   return { size: buf.length, read: (pos, into) => into.set(buf.subarray(pos, pos + into.length)) };
-}
-
-/**
- * Bytes received in pieces (a fetched stream's chunks), read where they lie: a file streamed in is held once, as it
- * arrived, never copied into one buffer (which needs the size up front, or twice the memory while it grows).
- */
-export function chunkSource(received: readonly Uint8Array[]): ByteSource {
-  const chunks = received.filter((c) => c.length > 0);
-  const starts: number[] = [];
-  let size = 0;
-  for (const c of chunks) {
-    starts.push(size);
-    size += c.length;
-  }
-  return {
-    size,
-    read(pos, into) {
-      let lo = 0;
-      let hi = chunks.length - 1;
-      while (lo < hi) {
-        const mid = (lo + hi + 1) >> 1;
-        if (starts[mid]! <= pos) lo = mid;
-        else hi = mid - 1;
-      }
-      for (let i = lo, done = 0; done < into.length; i++) {
-        const c = chunks[i]!;
-        const from = pos + done - starts[i]!;
-        const n = Math.min(c.length - from, into.length - done);
-        into.set(c.subarray(from, from + n), done);
-        done += n;
-      }
-    },
-  };
 }
 
 /** The top-level keys of a JSON object text in order, duplicates kept (JSON.parse keeps only the last). */
@@ -131,17 +102,30 @@ function plainObject(v: unknown): v is Record<string, unknown> {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
 }
 
-/** Reads and checks the header of a safetensors byte source; `source` names it in errors. */
-export function readHeader(src: ByteSource, source: string): SafetensorsHeader {
-  if (src.size < 8) throw new FormatError(`${source}: not a safetensors file (${src.size} bytes, need at least 8)`);
-  const lenBytes = new Uint8Array(8);
-  src.read(0, lenBytes);
-  const declared = new DataView(lenBytes.buffer).getBigUint64(0, true);
+/**
+ * The header length a file's first 8 bytes declare, checked against the format's limit and the file's size (when
+ * known): the length of what to read next, bounded before anything is allocated for it.
+ */
+export function headerLength(first8: Uint8Array, size: number | null, source: string): number {
+  const declared = new DataView(first8.buffer, first8.byteOffset, 8).getBigUint64(0, true);
   if (declared > BigInt(MAX_HEADER))
     throw new FormatError(`${source}: header length ${declared} exceeds the format's limit of ${MAX_HEADER} bytes`);
   const headerLen = Number(declared);
-  if (8 + headerLen > src.size)
-    throw new FormatError(`${source}: header length ${headerLen} exceeds the file (${src.size} bytes)`);
+  if (size !== null && 8 + headerLen > size)
+    throw new FormatError(`${source}: header length ${headerLen} exceeds the file (${size} bytes)`);
+  return headerLen;
+}
+
+/**
+ * Reads and checks the header of a safetensors byte source; `source` names it in errors. Of a source of unknown size,
+ * the data section is what the header describes (the stream's reader checks that it ends there).
+ */
+export function readHeader(src: ByteSource, source: string): SafetensorsHeader {
+  if (src.size !== null && src.size < 8)
+    throw new FormatError(`${source}: not a safetensors file (${src.size} bytes, need at least 8)`);
+  const lenBytes = new Uint8Array(8);
+  src.read(0, lenBytes);
+  const headerLen = headerLength(lenBytes, src.size, source);
   const headerBytes = new Uint8Array(headerLen);
   src.read(8, headerBytes);
   let text: string;
@@ -166,7 +150,7 @@ export function readHeader(src: ByteSource, source: string): SafetensorsHeader {
   }
 
   const dataStart = 8 + headerLen;
-  const dataLen = src.size - dataStart;
+  const dataLen = src.size === null ? null : src.size - dataStart;
   const entries = new Map<string, TensorEntry>();
   let metadata: Record<string, string> = {};
   for (const [name, entry] of Object.entries(header)) {
@@ -195,14 +179,14 @@ export function readHeader(src: ByteSource, source: string): SafetensorsHeader {
       );
     at = e.end;
   }
-  if (at > dataLen) {
+  if (dataLen !== null && at > dataLen) {
     const last = ordered[ordered.length - 1]!;
     throw new FormatError(
       `${source}: tensor '${last.name}': data_offsets [${last.begin}, ${last.end}] lie outside the data section ` +
         `(${dataLen} bytes)`,
     );
   }
-  if (at < dataLen)
+  if (dataLen !== null && at < dataLen)
     throw new FormatError(
       `${source}: ${dataLen - at} trailing bytes after the last tensor (data section ${dataLen} bytes, tensors end ` +
         `at ${at}; the header length may be wrong)`,
@@ -252,28 +236,39 @@ function allocStored(dtype: Exclude<SafetensorsDType, 'F16' | 'BF16' | 'I64'>, n
   }
 } // prettier-ignore
 
-export function readEntry(src: ByteSource, header: SafetensorsHeader, e: TensorEntry): LoadedTensor {
+/**
+ * The bytes an entry's stored data goes into (`bytes`, exactly its size), and the tensor they make once filled
+ * (`tensor()`: I64 converted to numbers).
+ */
+export function entryBuffer(e: TensorEntry): { bytes: Uint8Array; tensor: () => LoadedTensor } {
   const n = e.shape.reduce((a, b) => a * b, 1);
-  const pos = header.dataStart + e.begin;
   const bytes = (arr: ArrayBufferView) => new Uint8Array(arr.buffer, arr.byteOffset, arr.byteLength);
   if (e.dtype === 'F16' || e.dtype === 'BF16') {
     const bits = new Uint16Array(n);
-    src.read(pos, bytes(bits));
-    return { dtype: e.dtype, shape: e.shape, bits };
+    return { bytes: bytes(bits), tensor: () => ({ dtype: e.dtype as 'F16' | 'BF16', shape: e.shape, bits }) };
   }
   if (e.dtype === 'I64') {
     const raw = new BigInt64Array(n);
-    src.read(pos, bytes(raw));
-    return { dtype: e.dtype, shape: e.shape, data: Float64Array.from(raw, Number) };
+    return {
+      bytes: bytes(raw),
+      tensor: () => ({ dtype: 'I64', shape: e.shape, data: Float64Array.from(raw, Number) }),
+    };
   }
   const data = allocStored(e.dtype, n);
-  src.read(pos, bytes(data));
-  return { dtype: e.dtype, shape: e.shape, data };
+  const dtype = e.dtype;
+  return { bytes: bytes(data), tensor: () => ({ dtype, shape: e.shape, data }) };
+}
+
+export function readEntry(src: ByteSource, header: SafetensorsHeader, e: TensorEntry): LoadedTensor {
+  const b = entryBuffer(e);
+  src.read(header.dataStart + e.begin, b.bytes);
+  return b.tensor();
 }
 
 /**
  * A safetensors file with a checked header whose tensors are read one at a time from its byte source (a file with
- * positioned reads: SafetensorsReader in safetensors.ts; bytes in memory: `bufferSource`, `chunkSource`). Call `close()` when done.
+ * positioned reads: SafetensorsReader in safetensors.ts; bytes in memory: `bufferSource`; a streamed file's header:
+ * src/web/files.ts). Call `close()` when done.
  */
 export class TensorFile {
   readonly header: SafetensorsHeader;

@@ -1,5 +1,5 @@
 // Loading and running a model directory in a browser: config.json, the safetensors weights (one file or Hugging Face
-// shards, each streamed with progress, then parsed by the project's reader) and tokenizer.json, over fetch or from
+// shards, each streamed with progress into the model's tensors) and tokenizer.json, over fetch or from
 // picked files; the same checks as loadModelDir on Node (src/io/model-load.ts is shared by both). The model runs on the
 // webgpu device or on the host ('cpu' in a browser: the reference device's TypeScript kernels, there being no addon).
 
@@ -14,26 +14,19 @@ import type { GenerationEvent, GenerationRequest } from '../generate/sequence.js
 import {
   type GenerationDefaults,
   type LoadOptions,
-  buildCheckpointModel,
   checkTokenizerFits,
   checkpointSpec,
   generationDefaults,
   parseJSON,
+  streamCheckpointModel,
 } from '../io/model-load.js';
-import {
-  TensorFile,
-  WEIGHTS_FILE,
-  WEIGHTS_INDEX,
-  Weights,
-  bufferSource,
-  shardFiles,
-} from '../io/safetensors-format.js';
+import { type TensorFile, WEIGHTS_FILE, WEIGHTS_INDEX, Weights, shardFiles } from '../io/safetensors-format.js';
 import type { CausalLM } from '../models/lm.js';
 import { RetNetModel } from '../models/retnet/model.js';
 import { tidy } from '../tensor/scope.js';
 import { loadTokenizer } from '../tokenizer/load.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
-import { type LoadProgress, type ModelSource, modelFiles } from './files.js';
+import { type LoadProgress, type ModelSource, type StreamedFile, modelFiles } from './files.js';
 
 export type { LoadProgress, ModelSource } from './files.js';
 
@@ -132,64 +125,101 @@ async function pickDevice(name: LoadModelOptions['device'] = 'webgpu'): Promise<
   return d;
 }
 
-/** Loads a model directory (a URL or picked files): config.json, the weights, tokenizer.json when present. */
+/**
+ * Loads a model directory (a URL or picked files): config.json, the weights, tokenizer.json when present. Each
+ * safetensors file streams in: its header first (checked with the config before the model is allocated), then each
+ * tensor's bytes, as they arrive, into what the model holds it in (the device's tensor, through one host buffer of
+ * that tensor's size), so no file is ever held whole in memory. Shards are opened together (their headers first).
+ */
 export async function loadModel(source: ModelSource, opts: LoadModelOptions = {}): Promise<WebModel> {
   const files = modelFiles(source);
   const device = await pickDevice(opts.device);
+  const open = (name: string) => files.open(name, opts.onProgress, opts.signal);
   const where = (name: string) => `${files.where}/${name}`.replace(/\/\/(?=[^/]*$)/, '/');
-  const read = (name: string) => files.bytes(name, opts.onProgress, opts.signal);
   const json = async (name: string): Promise<Record<string, unknown> | null> => {
-    const bytes = await read(name);
-    if (!bytes) return null;
-    const v = parseJSON(new TextDecoder().decode(bytes), where(name));
+    const f = await open(name);
+    if (!f) return null;
+    const v = parseJSON(new TextDecoder().decode(await f.readAll()), f.where);
     if (v === null || typeof v !== 'object' || Array.isArray(v))
-      throw new FormatError(`${where(name)}: expected a JSON object`);
+      throw new FormatError(`${f.where}: expected a JSON object`);
     return v as Record<string, unknown>;
   };
 
-  const configBytes = await read('config.json');
-  if (!configBytes) throw new FormatError(`${files.where}: missing config.json`);
+  const configFile = await open('config.json');
+  if (!configFile) throw new FormatError(`${files.where}: missing config.json`);
+  const configPath = configFile.where;
   const checked = checkpointSpec(
-    parseJSON(new TextDecoder().decode(configBytes), where('config.json')),
-    where('config.json'),
+    parseJSON(new TextDecoder().decode(await configFile.readAll()), configPath),
+    configPath,
   );
   const { config } = checked;
-  const index = await json(WEIGHTS_INDEX);
-  let weights: Weights;
-  if (index) {
-    const shards = new Map<string, Uint8Array>();
-    for (const file of shardFiles(index, where(WEIGHTS_INDEX))) {
-      const bytes = await read(file);
-      if (!bytes) throw new FormatError(`${where(WEIGHTS_INDEX)} names ${file}, which ${files.where} lacks`);
-      shards.set(file, bytes);
-    }
-    weights = Weights.fromIndex(
-      index,
-      where(WEIGHTS_INDEX),
-      (file) => new TensorFile(bufferSource(shards.get(file)!), where(file)),
-    );
-  } else {
-    const bytes = await read(WEIGHTS_FILE);
-    if (!bytes) throw new FormatError(`${files.where}: missing ${WEIGHTS_FILE} (or ${WEIGHTS_INDEX} for shards)`);
-    weights = Weights.single(new TensorFile(bufferSource(bytes), where(WEIGHTS_FILE)));
-  }
-  const model = buildCheckpointModel(checked, where('config.json'), weights, {
-    backend: device,
-    allowNonFinite: opts.allowNonFinite,
-  });
+  const streams = new Map<TensorFile, StreamedFile>();
+  let model: CausalLM;
   try {
-    const tokenizerJSON = await read('tokenizer.json');
+    const indexFile = await open(WEIGHTS_INDEX);
+    let weights: Weights;
+    const header = async (f: StreamedFile) => {
+      const file = await f.safetensorsHeader();
+      streams.set(file, f);
+      return file;
+    };
+    if (indexFile) {
+      const indexPath = indexFile.where;
+      const index = parseJSON(new TextDecoder().decode(await indexFile.readAll()), indexPath);
+      const shards = new Map<string, TensorFile>();
+      for (const name of shardFiles(index, indexPath)) {
+        const f = await open(name);
+        if (!f) throw new FormatError(`${indexPath} names ${name}, which ${files.where} lacks`);
+        shards.set(name, await header(f));
+      }
+      weights = Weights.fromIndex(index, indexPath, (name) => shards.get(name)!);
+    } else {
+      const f = await open(WEIGHTS_FILE);
+      if (!f) throw new FormatError(`${files.where}: missing ${WEIGHTS_FILE} (or ${WEIGHTS_INDEX} for shards)`);
+      weights = Weights.single(await header(f));
+    }
+    model = await streamCheckpointModel(
+      checked,
+      configPath,
+      weights,
+      { backend: device, allowNonFinite: opts.allowNonFinite },
+      async ({ file, entry, into }) => {
+        const f = streams.get(file)!;
+        const what = `tensor '${entry.name}'`;
+        await f.skipTo(file.header.dataStart + entry.begin, what);
+        await f.readInto(into, what);
+      },
+    );
+    try {
+      // Past the tensors the model does not read (torchscale's buffers) to the end the header gives.
+      for (const [file, f] of streams) {
+        for (const e of [...file.header.entries.values()].sort((a, b) => a.end - b.end))
+          if (file.header.dataStart + e.end > f.position)
+            await f.skipTo(file.header.dataStart + e.end, `tensor '${e.name}'`);
+        await f.expectEnd('the data section');
+        file.close();
+      }
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+  } finally {
+    for (const f of streams.values()) f.cancel();
+  }
+  try {
+    const tokenizerFile = await open('tokenizer.json');
     let tokenizer: Tokenizer | null = null;
-    if (tokenizerJSON) {
+    if (tokenizerFile) {
+      const tokenizerJSON = await tokenizerFile.readAll();
       const ctx = {
         tokenizerConfig: await json('tokenizer_config.json'),
         specialTokensMap: await json('special_tokens_map.json'),
       };
-      tokenizer = loadTokenizer(new TextDecoder().decode(tokenizerJSON), where('tokenizer.json'), ctx);
-      checkTokenizerFits(tokenizer, model, where('tokenizer.json'), where('config.json'), config);
+      tokenizer = loadTokenizer(new TextDecoder().decode(tokenizerJSON), tokenizerFile.where, ctx);
+      checkTokenizerFits(tokenizer, model, tokenizerFile.where, configPath, config);
     }
     const gen = await json('generation_config.json');
-    const generation = generationDefaults(config, gen, where('config.json'), where('generation_config.json'));
+    const generation = generationDefaults(config, gen, configPath, where('generation_config.json'));
     return new WebModel(model, tokenizer, device, config, generation);
   } catch (e) {
     model.dispose();

@@ -15,8 +15,8 @@ const TYPES: Record<string, string> = {
   '.png': 'image/png',
 };
 
-/** One URL's answer: bytes in memory, or a file. */
-export type Route = { body: string | Uint8Array; type: string } | { file: string };
+/** One URL's answer: bytes in memory (a list of chunks: sent one by one, with no Content-Length), or a file. */
+export type Route = { body: string | Uint8Array | readonly Uint8Array[]; type: string } | { file: string };
 
 export interface StaticSite {
   /** Exact URL paths ('/', '/retnet-web.js'). */
@@ -79,7 +79,14 @@ export function startStaticServer(site: StaticSite, port = 0, host = '127.0.0.1'
       return;
     }
     if ('body' in route) {
-      res.writeHead(200, { 'content-type': route.type, 'cache-control': 'no-store' }).end(route.body);
+      const headers = { 'content-type': route.type, 'cache-control': 'no-store' };
+      if (typeof route.body === 'string' || route.body instanceof Uint8Array)
+        res.writeHead(200, { ...headers, 'content-length': String(Buffer.byteLength(route.body)) }).end(route.body);
+      else {
+        res.writeHead(200, headers);
+        for (const chunk of route.body) res.write(chunk);
+        res.end();
+      }
       return;
     }
     const size = statSync(route.file).size;

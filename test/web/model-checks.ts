@@ -2,21 +2,51 @@
 // returns logits rows and greedy generations for the test to compare with expected values and with Node.
 import type { RetNetDecodeState, RetNetModel } from '../../src/models/retnet/model.js';
 import type { Tensor } from '../../src/tensor/tensor.js';
-import { type LogitsOptions, loadModel } from '../../src/web.js';
+import { type LoadProgress, type LogitsOptions, loadModel } from '../../src/web.js';
+
+/** Per file: whether loaded never went down, the last event's loaded and total, and how many events came. */
+export type ProgressSeen = Record<string, { monotone: boolean; loaded: number; total: number | null; events: number }>;
+
+function progressLog(): { onProgress: (p: LoadProgress) => void; seen: ProgressSeen } {
+  const seen: ProgressSeen = {};
+  const onProgress = (p: LoadProgress) => {
+    const s = (seen[p.file] ??= { monotone: true, loaded: 0, total: null, events: 0 });
+    if (p.loaded < s.loaded || (s.total !== null && p.total !== s.total)) s.monotone = false;
+    Object.assign(s, { loaded: p.loaded, total: p.total, events: s.events + 1 });
+  };
+  return { onProgress, seen };
+}
+
+/** A model directory as picked files: each file fetched into a File (loadModel then reads File.stream()). */
+async function pickedFiles(url: string, names: string[]): Promise<File[]> {
+  return Promise.all(names.map(async (n) => new File([await (await fetch(url + n)).blob()], n)));
+}
 
 async function logits(
-  url: string,
+  url: string | { url: string; files: string[] },
   device: 'webgpu' | 'cpu',
   tokens: number[],
   forms: LogitsOptions[],
-): Promise<{ rows: number[][][]; errors: string[]; progress: number }> {
-  let progress = 0;
-  const m = await loadModel(url, { device, onProgress: () => progress++ });
+): Promise<{ rows: number[][][]; errors: string[]; progress: ProgressSeen; weightBytes: number }> {
+  const { onProgress, seen } = progressLog();
+  const source = typeof url === 'string' ? url : await pickedFiles(url.url, url.files);
+  const m = await loadModel(source, { device, onProgress });
   const rows: number[][][] = [];
   for (const opts of forms) rows.push((await m.logits(tokens, opts)).map((r) => Array.from(r)));
+  const weightBytes = m.memory().bytes;
   m.dispose();
   const errors = (m.device as { errors?: string[] }).errors ?? [];
-  return { rows, errors: [...errors], progress };
+  return { rows, errors: [...errors], progress: seen, weightBytes };
+}
+
+/** The message loadModel fails with (null if it loads). */
+async function loadError(url: string, device: 'webgpu' | 'cpu'): Promise<string | null> {
+  try {
+    (await loadModel(url, { device })).dispose();
+    return null;
+  } catch (e) {
+    return `${(e as Error).name}: ${(e as Error).message}`;
+  }
 }
 
 async function greedy(
@@ -79,7 +109,12 @@ async function prefills(
 
 declare global {
   interface Window {
-    retnetModel: { logits: typeof logits; greedy: typeof greedy; prefills: typeof prefills };
+    retnetModel: {
+      logits: typeof logits;
+      loadError: typeof loadError;
+      greedy: typeof greedy;
+      prefills: typeof prefills;
+    };
   }
 }
-window.retnetModel = { logits, greedy, prefills };
+window.retnetModel = { logits, loadError, greedy, prefills };
