@@ -165,6 +165,7 @@ const SHAPES: [number, number, number][] = [
   [0, 5, 1],
   [21, 95, 17], // more rows than a decode batch: the tile + sgemm path
   [300, 40, 33],
+  [1030, 2100, 18], // the tile path on two threads: a part of W's rows each, two tiles (512 + 3 rows) per part
 ];
 
 describe('low-precision products: every native variant against the reference', () => {

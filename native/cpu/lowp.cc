@@ -3,6 +3,9 @@
 
 #include "workers.h"
 
+#include <cblas.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
@@ -189,6 +192,9 @@ void gemv(const Weights& w, const float* x, int64_t B, float* y, int64_t ldy, vo
   });
 }
 
+namespace {
+
+// Rows [n0, n1) of W as float32 into out [(n1 − n0), K].
 void dequantRows(const Weights& w, int64_t n0, int64_t n1, float* out, int threads) {
   const int64_t K = w.K, Kp = q4PaddedK(K);
   workers::forChunks(n1 - n0, threads, [&](int64_t i) {
@@ -227,6 +233,56 @@ void dequantRows(const Weights& w, int64_t n0, int64_t n1, float* out, int threa
       }
     }
   });
+}
+
+// The tiles of tiledProduct. A tile holds up to 4 MiB of float32 rows of W and at least 512 rows: OpenBLAS 0.3.21's
+// sgemm falls off its fast path below that (x [154, 1024] by a [256, 1024] tile: 8.7 GFLOP/s against 30-33 for
+// 512-4096 rows, one thread, /tmp C driver against libopenblas directly). The parts: one per thread while each gets
+// at least a tile's 512 rows.
+struct Tiling {
+  int64_t parts, tileRows;
+};
+Tiling tilingOf(int64_t N, int64_t K, int threads) {
+  constexpr int64_t kTileBytes = 4 << 20, kMinTileRows = 512;
+  int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, N / kMinTileRows));
+  int64_t share = (N + parts - 1) / parts;
+  return {parts, std::max<int64_t>(1, std::min(share, std::max(kMinTileRows, kTileBytes / std::max<int64_t>(1, 4 * K))))};
+}
+
+}  // namespace
+
+int64_t tiledFloats(int64_t N, int64_t K, int threads) {
+  Tiling t = tilingOf(N, K, threads);
+  return t.parts * t.tileRows * K;
+}
+
+// Two one-threaded sgemms on halves of W beat one two-threaded sgemm on all of it, as OpenBLAS splits it: x [154,
+// 1024] by a float32 [4096, 1024]ᵀ at 61 GFLOP/s against 44-48 (2 threads, the C driver above); the bf16 RetNet decode
+// step at batch 154 of bench budget spends most of its time here. OpenBLAS runs one-threaded while the parts do (its
+// thread count is global; the engine calls it from one thread at a time).
+void tiledProduct(const Weights& w, const float* x, int64_t R, float* y, float* tiles, int threads) {
+  const int64_t N = w.N, K = w.K, ld = std::max<int64_t>(1, K);
+  Tiling t = tilingOf(N, K, threads);
+  auto part = [&](int64_t p, int dequantThreads) {
+    int64_t n0 = N * p / t.parts, n1 = N * (p + 1) / t.parts;
+    float* tile = tiles + p * t.tileRows * K;
+    for (int64_t a = n0; a < n1; a += t.tileRows) {
+      int64_t b = std::min(n1, a + t.tileRows);
+      dequantRows(w, a, b, tile, dequantThreads);
+      // y[:, a:b] (leading dimension N) = x [R, K] · tile [b − a, K]ᵀ
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(R), static_cast<int>(b - a),
+                  static_cast<int>(K), 1.0f, x, static_cast<int>(ld), tile, static_cast<int>(ld), 0.0f, y + a,
+                  static_cast<int>(N));
+    }
+  };
+  if (t.parts == 1) {
+    part(0, threads);
+    return;
+  }
+  int blasThreads = openblas_get_num_threads();
+  openblas_set_num_threads(1);
+  workers::forChunks(t.parts, threads, [&](int64_t p) { part(p, 1); });
+  openblas_set_num_threads(blasThreads);
 }
 
 float streamRead(const void* data, int64_t bytes, int threads) {

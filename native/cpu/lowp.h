@@ -67,8 +67,12 @@ int64_t workspaceBytes(Format f, Isa isa, int64_t B, int64_t K);
 // workspace: workspaceBytes(...) bytes (any alignment). isa must satisfy cpuHas (callers check).
 void gemv(const Weights& w, const float* x, int64_t B, float* y, int64_t ldy, void* workspace, Isa isa, int threads);
 
-// Rows [n0, n1) of W as float32 into out [(n1 − n0), K]: the tiles that prefill-size products hand to sgemm.
-void dequantRows(const Weights& w, int64_t n0, int64_t n1, float* out, int threads);
+// y [R, N] = x [R, K] · Wᵀ for more rows of x than the decode kernels take (prefill, large decode batches): W is
+// converted to float32 a tile of rows at a time and each tile's product is an sgemm. On `threads` > 1 threads the
+// rows of W are split into parts, one per thread, each with its own tile in `tiles` and a one-threaded sgemm.
+// tiles: tiledFloats(N, K, threads) floats.
+void tiledProduct(const Weights& w, const float* x, int64_t R, float* y, float* tiles, int threads);
+int64_t tiledFloats(int64_t N, int64_t K, int threads);
 
 // float32 → bfloat16 bits, round to nearest even (NaN stays NaN).
 uint16_t toBF16(float f);

@@ -3,6 +3,8 @@
 //       y [B, N] = x [B, K] · Wᵀ for W in `format` (lowp.h codes: 0 f32, 1 bf16, 2 int8, 3 q4, 4 f16) with the variant `isa`
 //       (-1: the fastest this CPU has). W, scales: typed arrays over the stored bytes (scales empty for f32/bf16).
 //   lowpWorkspace(format, isa, B, K) -> bytes of workspace lowpGemv needs (a Uint8Array of at least that many).
+//   lowpTiled(format, N, K, R, W, scales, x, y, tiles), lowpTiledFloats(N, K): the same product for more rows, through
+//       float32 tiles of W and sgemm (tiles: a Float32Array of lowpTiledFloats floats).
 //   lowpVariants() -> {format: [isa names this CPU can run]}, lowpBest() -> {format: isa name}
 //   streamRead(bytes: Uint8Array, threads) -> a float depending on every byte (time it for GB/s).
 // Threads: the count setThreads chose (omp_get_max_threads), through the chunk-claiming pool of workers.h.
@@ -81,20 +83,32 @@ Napi::Value LowpGemv(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("lowpGemv", LowpGemv);
 
-// lowpDequant(format, N, K, W, scales, n0, n1, out): rows [n0, n1) of W as float32 into out [(n1 − n0)·K].
-Napi::Value LowpDequant(const Napi::CallbackInfo& info) {
+// lowpTiled(format, N, K, R, W, scales, x, y, tiles): y [R, N] = x [R, K] · Wᵀ through float32 tiles and sgemm
+// (lowp.h tiledProduct); tiles: a Float32Array of lowpTiledFloats(N, K) floats.
+Napi::Value LowpTiled(const Napi::CallbackInfo& info) {
   return guard(info, [&] {
     lowp::Format f = formatOf(info, 0);
-    int64_t N = dim(info, 1, "N"), K = dim(info, 2, "K");
-    lowp::Weights wt = weightsOf(info, 3, f, N, K, "lowpDequant");
-    int64_t n0 = dim(info, 5, "n0"), n1 = dim(info, 6, "n1");
-    auto out = f32(info, 7, "out");
-    if (n0 > n1 || n1 > N) throw ArgError{"lowpDequant: rows [n0, n1) out of range"};
-    require(out, (n1 - n0) * K, "lowpDequant", "out");
-    lowp::dequantRows(wt, n0, n1, out.data, omp_get_max_threads());
+    int64_t N = dim(info, 1, "N"), K = dim(info, 2, "K"), R = dim(info, 3, "R");
+    lowp::Weights wt = weightsOf(info, 4, f, N, K, "lowpTiled");
+    auto x = f32(info, 6, "x"), y = f32(info, 7, "y"), tiles = f32(info, 8, "tiles");
+    require(x, R * K, "lowpTiled", "x");
+    require(y, R * N, "lowpTiled", "y");
+    int threads = omp_get_max_threads();
+    require(tiles, lowp::tiledFloats(N, K, threads), "lowpTiled", "tiles");
+    if (R == 0 || N == 0) return;
+    lowp::tiledProduct(wt, x.data, R, y.data, tiles.data, threads);
   });
 }
-RETNET_KERNEL("lowpDequant", LowpDequant);
+RETNET_KERNEL("lowpTiled", LowpTiled);
+
+Napi::Value LowpTiledFloats(const Napi::CallbackInfo& info) {
+  int64_t floats = 0;
+  Napi::Value r = guard(info, [&] {
+    floats = lowp::tiledFloats(dim(info, 0, "N"), dim(info, 1, "K"), omp_get_max_threads());
+  });
+  return info.Env().IsExceptionPending() ? r : Napi::Number::New(info.Env(), static_cast<double>(floats));
+}
+RETNET_KERNEL("lowpTiledFloats", LowpTiledFloats);
 
 Napi::Value LowpWorkspace(const Napi::CallbackInfo& info) {
   int64_t bytes = 0;
