@@ -1,5 +1,6 @@
 // The webgpu device's kernels in headless chromium (SwiftShader's WebGPU adapter) against the reference kernels on the
-// same inputs, in the page: 1e-4 relative to max(1, max |reference|), float32. Also: the buffer pool absorbs repeated
+// same inputs, in the page: 1e-4 relative to max(1, max |reference|) for float32 results, one unit in the last place
+// for results rounded to bfloat16/float16 (exact for lookups and copies); the 16-bit storage bit for bit. Also: the buffer pool absorbs repeated
 // allocations, and no GPU validation error was reported.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -31,11 +32,23 @@ describe('webgpu kernels in chromium', { skip }, () => {
     };
     assert.deepEqual(errors, [], page.logs.join('\n'));
     assert.ok(results.length > 100, `only ${results.length} checks ran`);
-    const bad = results.filter((r) => !(r.err <= 1e-4));
+    assert.ok(results.filter((r) => /bfloat16/.test(r.name)).length > 20, 'the 16-bit weight kernels ran');
+    const bad = results.filter((r) => !(r.err <= r.tol));
     assert.deepEqual(
-      bad.map((r) => `${r.name} ${r.shapes}: ${r.err}`),
+      bad.map((r) => `${r.name} ${r.shapes}: ${r.err} (tolerance ${r.tol})`),
       [],
     );
+  });
+
+  it('16-bit storage (bfloat16, float16 packed two per word) equals the host bit for bit', async () => {
+    const r = (await page.page.evaluate(() => window.retnetTest.storageChecks!())) as {
+      bad: string[];
+      checks: number;
+      errors: string[];
+    };
+    assert.deepEqual(r.errors, [], page.logs.join('\n'));
+    assert.ok(r.checks >= 30, `only ${r.checks} checks ran`);
+    assert.deepEqual(r.bad, []);
   });
 
   it('kernels the device lacks run on the host in stream order, said once each', async () => {

@@ -139,7 +139,8 @@ describe('retnet/web in chromium', { skip: browserSkip() }, () => {
         forms.forEach(([key], i) => assertClose(got[i]!, expected.get(key)!.data, TOL, `${name} ${device} ${key}`));
       });
 
-  // fla's dev case as stored (F64), in BF16, and in BF16 shards read from picked files (File.stream()).
+  // fla's dev case as stored (F64), in BF16, and in BF16 shards read from picked files (File.stream()). Its weights
+  // are bfloat16 values in every copy, so the logits agree within float32's tolerance in 16-bit storage too.
   const FLA_COPIES: [string, string | { url: string; files: string[] }][] = [
     ['F64', '/fla/'],
     ['BF16', '/fla/bf16/'],
@@ -155,6 +156,8 @@ describe('retnet/web in chromium', { skip: browserSkip() }, () => {
       },
     ],
   ];
+  // The F64 copy loads widened to float32; the BF16 copies keep their Linear and Embedding weights in 16 bits.
+  const f32Bytes = new Map<string, number>();
   for (const device of ['webgpu', 'cpu'])
     for (const [copy, source] of FLA_COPIES)
       it(`fla dev (${copy}) on ${device}: every form against fla's logits (1e-4)`, async () => {
@@ -164,7 +167,12 @@ describe('retnet/web in chromium', { skip: browserSkip() }, () => {
         };
         const expected = readSafetensors(join(FLA, 'expected.safetensors')).tensors;
         const forms: Form[] = [{ form: 'parallel' }, { form: 'chunkwise', chunkSize: 16 }, { form: 'recurrent' }];
-        const { rows: single, progress } = await logits(source, device, ids.single_input_ids[0]!, forms);
+        const { rows: single, progress, weightBytes } = await logits(source, device, ids.single_input_ids[0]!, forms);
+        if (copy === 'F64') f32Bytes.set(device, weightBytes);
+        else {
+          const ratio = weightBytes / f32Bytes.get(device)!;
+          assert.ok(ratio > 0.5 && ratio < 0.55, `${copy}: ${weightBytes} bytes of tensors, ${ratio} of float32's`);
+        }
         single.forEach((g, i) =>
           assertClose(g, expected.get('logits.single')!.data, TOL, `fla single ${forms[i]!.form}`),
         );

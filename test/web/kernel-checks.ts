@@ -1,6 +1,8 @@
 // Runs in the page (bundled by test/web-kernels.test.ts): every webgpu kernel against the reference kernel on the same
-// float32 inputs, over shape variants with odd sizes and size 1. Each check returns the largest difference relative to
-// max(1, max |reference|), over the kernel's results and the arguments it modifies in place.
+// inputs (float32, and 16-bit weights for the kernels that read them), over shape variants with odd sizes and size 1.
+// Each check returns the largest difference relative to max(1, max |reference|), over the kernel's results and the
+// arguments it modifies in place, with the tolerance of its result's dtype. The 16-bit storage itself (casts, copies,
+// uploads) is checked bit for bit against the host's encoding (storageChecks).
 
 import type { Device } from '../../src/backend/device.js';
 import { type Kernels, kernels, supports } from '../../src/backend/kernels.js';
@@ -8,19 +10,23 @@ import { referenceBackend } from '../../src/backend/select.js';
 import { retentionGammas } from '../../src/backend/reference/retention-math.js';
 import { requestWebGpu } from '../../src/backend/webgpu/index.js';
 import type { WebGpuDevice } from '../../src/backend/webgpu/device.js';
-import type { DType } from '../../src/tensor/dtype.js';
+import { type DType, decode } from '../../src/tensor/dtype.js';
 import { Rng } from '../../src/tensor/random.js';
 import type { Tensor } from '../../src/tensor/tensor.js';
 
 /** An input: random floats (normal × scale, or uniform in [lo, hi)), int ids below `limit`, or given values. */
 type Input =
-  | { shape: number[]; scale?: number; lo?: number; hi?: number }
+  | { shape: number[]; scale?: number; lo?: number; hi?: number; dtype?: DType }
   | { shape: number[]; ids: number }
   | { shape: number[]; values: number[] };
 
 interface Case {
   name: string;
   inputs: Input[];
+  /** The dtype the kernels are dispatched on (default float32). */
+  dtype?: DType;
+  /** The largest relative difference allowed (default 1e-4: float32 results). */
+  tol?: number;
   /** Calls the kernel; returns the tensors to compare (results, then in-place arguments). */
   run: (k: Kernels, x: Tensor[]) => Tensor[];
 }
@@ -28,32 +34,106 @@ interface Case {
 export interface CheckResult {
   name: string;
   err: number;
+  tol: number;
   shapes: string;
 }
 
 const T = (shape: number[], scale = 1): Input => ({ shape, scale });
+/** Random normal values held in a 16-bit dtype (rounded by the host on either device). */
+const H = (shape: number[], dtype: DType): Input => ({ shape, scale: 1, dtype });
+/** A result rounded to a 16-bit dtype: one unit in its last place, relative (8 and 11 significant bits). */
+const ULP: Partial<Record<DType, number>> = { bfloat16: 2 ** -8, float16: 2 ** -11 };
+
+/**
+ * More kernels that read 16-bit weights (products, embedding; the plain products are in cases()), and two that go
+ * through float32 casts.
+ */
+function cases16(): Case[] {
+  const out: Case[] = [];
+  for (const dt of ['bfloat16', 'float16'] as const) {
+    out.push(
+      {
+        name: `matmul float32 x ${dt} shared b`,
+        inputs: [T([3, 2, 5]), H([4, 5], dt)],
+        dtype: dt,
+        run: (k, [a, b]) => [k.matmul(a!, b!, false, true)],
+      },
+      ...(
+        [
+          [3, 5, 7],
+          [45, 33, 19],
+        ] as const
+      ).map(([M, K, N]): Case => ({
+        name: `matmul ${dt} x ${dt} ${M}x${K}x${N} transB (rounded to ${dt})`,
+        inputs: [H([M, K], dt), H([N, K], dt)],
+        dtype: dt,
+        tol: ULP[dt],
+        run: (k, [a, b]) => [k.matmul(a!, b!, false, true)],
+      })),
+      {
+        name: `embedding ${dt} [11, 5]`,
+        inputs: [H([11, 5], dt), { shape: [2, 3], ids: 11 }],
+        dtype: dt,
+        tol: 0,
+        run: (k, [t, i]) => [k.embedding(t!, i!)],
+      },
+      {
+        name: `embedding ${dt} [7, 4], 3 ids`,
+        inputs: [H([7, 4], dt), { shape: [3], ids: 7 }],
+        dtype: dt,
+        tol: 0,
+        run: (k, [t, i]) => [k.embedding(t!, i!)],
+      },
+      {
+        name: `embedding ${dt} 1x1`,
+        inputs: [H([1, 1], dt), { shape: [1], ids: 1 }],
+        dtype: dt,
+        tol: 0,
+        run: (k, [t, i]) => [k.embedding(t!, i!)],
+      },
+      {
+        name: `softmax ${dt} (through float32)`,
+        inputs: [{ shape: [3, 9], scale: 4, dtype: dt }],
+        dtype: dt,
+        tol: ULP[dt],
+        run: (k, [x]) => [k.softmax(x!)],
+      },
+      {
+        name: `copyBlocks ${dt} (through float32)`,
+        inputs: [H([5, 7], dt), H([4, 9], dt)],
+        dtype: dt,
+        tol: 0,
+        run: (k, [s, d]) => (k.copyBlocks(s!, 1, 7, d!, 2, 9, 3, 5), [d!]),
+      },
+    );
+  }
+  return out;
+}
 const U = (shape: number[], lo: number, hi: number): Input => ({ shape, lo, hi });
 
 function cases(): Case[] {
   const out: Case[] = [];
-  for (const [M, K, N] of [
-    [1, 1, 1],
-    [3, 5, 7],
-    [17, 33, 19],
-    [40, 1, 3],
-    [45, 33, 19],
-  ] as const)
-    for (const [ta, tb] of [
-      [false, false],
-      [true, false],
-      [false, true],
-      [true, true],
+  // Products with b (the weight) in float32 or held in 16 bits, dispatched on b's dtype as linear() does.
+  for (const wd of ['float32', 'bfloat16', 'float16'] as const)
+    for (const [M, K, N] of [
+      [1, 1, 1],
+      [3, 5, 7],
+      [17, 33, 19],
+      [40, 1, 3],
+      [45, 33, 19],
     ] as const)
-      out.push({
-        name: `matmul ${M}x${K}x${N}${ta ? ' transA' : ''}${tb ? ' transB' : ''}`,
-        inputs: [T(ta ? [K, M] : [M, K]), T(tb ? [N, K] : [K, N])],
-        run: (k, [a, b]) => [k.matmul(a!, b!, ta, tb)],
-      });
+      for (const [ta, tb] of [
+        [false, false],
+        [true, false],
+        [false, true],
+        [true, true],
+      ] as const)
+        out.push({
+          name: `matmul${wd === 'float32' ? '' : ` float32 x ${wd}`} ${M}x${K}x${N}${ta ? ' transA' : ''}${tb ? ' transB' : ''}`,
+          inputs: [T(ta ? [K, M] : [M, K]), { shape: tb ? [N, K] : [K, N], dtype: wd }],
+          dtype: wd,
+          run: (k, [a, b]) => [k.matmul(a!, b!, ta, tb)],
+        });
   out.push(
     {
       name: 'matmul batched',
@@ -229,10 +309,10 @@ function values(rng: Rng, spec: Input): { data: number[]; dtype: DType } {
   if ('ids' in spec) return { data: Array.from({ length: n }, () => rng.int(spec.ids)), dtype: 'int32' };
   if ('values' in spec)
     return { data: spec.values.length === n ? spec.values : new Array<number>(n).fill(0), dtype: 'float32' };
-  const { scale = 1, lo, hi } = spec;
+  const { scale = 1, lo, hi, dtype = 'float32' } = spec;
   return {
     data: Array.from({ length: n }, () => (lo !== undefined ? lo + (hi! - lo) * rng.uniform() : scale * rng.normal())),
-    dtype: 'float32',
+    dtype,
   };
 }
 
@@ -254,12 +334,12 @@ export async function kernelChecks(): Promise<{ results: CheckResult[]; errors: 
   if (typeof gpu === 'string') throw new Error(gpu);
   const ref = referenceBackend();
   const results: CheckResult[] = [];
-  for (const [i, c] of cases().entries()) {
+  for (const [i, c] of [...cases(), ...cases16()].entries()) {
     const rng = new Rng(100 + i);
     const specs = c.inputs.map((s) => values(rng, s));
     const on = async (d: Device) => {
       const xs = c.inputs.map((s, j) => d.fromData(specs[j]!.data, s.shape, specs[j]!.dtype));
-      const outs = c.run(kernels(d, 'float32'), xs);
+      const outs = c.run(kernels(d, c.dtype ?? 'float32'), xs);
       const read = await Promise.all(outs.map((t) => t.dataAsync()));
       for (const t of new Set([...outs, ...xs])) t.dispose();
       return read;
@@ -267,9 +347,103 @@ export async function kernelChecks(): Promise<{ results: CheckResult[]; errors: 
     const want = await on(ref);
     const got = await on(gpu);
     const err = Math.max(...want.map((w, j) => relErr(got[j]!, w)));
-    results.push({ name: c.name, err, shapes: c.inputs.map((s) => `[${s.shape.join(',')}]`).join(' ') });
+    const shapes = c.inputs.map((s) => `[${s.shape.join(',')}]`).join(' ');
+    results.push({ name: c.name, err, tol: c.tol ?? 1e-4, shapes });
   }
   return { results, errors: [...gpu.errors] };
+}
+
+/** Float32 values that probe the 16-bit roundings: random bit patterns, ties (both parities), boundaries, specials. */
+function roundingProbes(rng: Rng): Float32Array {
+  const out: number[] = [0, -0, 1, -1, Infinity, -Infinity, NaN, 65504, 65519.99, 65520, -65520, 1e-8, 2 ** -24];
+  out.push(3 * 2 ** -26, 2 ** -25, 2 ** -14, 2 ** -14 - 2 ** -25, 3.4e38, 1e-40, -1e-45);
+  const bits = new Uint32Array(1);
+  const f = new Float32Array(bits.buffer);
+  for (let i = 0; i < 3000; i++) {
+    bits[0] = rng.int(2 ** 16) * 2 ** 16 + rng.int(2 ** 16); // any pattern
+    out.push(f[0]!);
+    bits[0] = rng.int(2 ** 16) * 2 ** 16 + 0x8000; // a bfloat16 tie
+    out.push(f[0]!);
+    // A float16 tie: halfway between two neighbours, normal or subnormal.
+    const h = rng.int(0x7bff);
+    out.push(
+      (decode('float16', new Uint16Array([h]), [1])[0]! + decode('float16', new Uint16Array([h + 1]), [1])[0]!) / 2,
+    );
+    out.push(rng.normal() * 10 ** (rng.int(12) - 8));
+  }
+  return Float32Array.from(out);
+}
+
+/** Same values, NaN equal to NaN and -0 distinct from 0. */
+function mismatches(what: string, got: ArrayLike<number>, want: ArrayLike<number>): string[] {
+  const bad: string[] = [];
+  if (got.length !== want.length) return [`${what}: ${got.length} values, expected ${want.length}`];
+  for (let i = 0; i < want.length && bad.length < 5; i++)
+    if (!Object.is(got[i], want[i])) bad.push(`${what} at ${i}: got ${got[i]}, expected ${want[i]}`);
+  return bad;
+}
+
+/**
+ * The 16-bit storage on webgpu against the host, exactly: every bfloat16 and float16 bit pattern read back as float32,
+ * casts from float32 (rounding probes), to and from int32 and between the two 16-bit dtypes, uploads of values
+ * (rounded by the host), and copies at odd element offsets. Returns the mismatches and how many checks ran.
+ */
+export async function storageChecks(): Promise<{ bad: string[]; checks: number; errors: string[] }> {
+  const gpu = (await requestWebGpu()) as WebGpuDevice;
+  const ref = referenceBackend();
+  const bad: string[] = [];
+  let checks = 0;
+  const rng = new Rng(16);
+  const probes = roundingProbes(rng);
+  const check = async (what: string, make: (d: Device) => Tensor) => {
+    const [g, r] = [make(gpu), make(ref)];
+    bad.push(...mismatches(what, await g.dataAsync(), await r.dataAsync()));
+    g.dispose();
+    r.dispose();
+    checks++;
+  };
+  const all = new Uint16Array(65536).map((_, i) => i);
+  for (const dt of ['bfloat16', 'float16'] as const) {
+    const other = dt === 'bfloat16' ? 'float16' : 'bfloat16';
+    const cast = (d: Device, t: Tensor, to: DType) => {
+      const y = kernels(d, t.dtype).cast(t, to);
+      t.dispose();
+      return y;
+    };
+    await check(`every ${dt} pattern read`, (d) => d.fromStorage(all, [65536], dt));
+    await check(`every ${dt} pattern cast to float32`, (d) => cast(d, d.fromStorage(all, [65536], dt), 'float32'));
+    await check(`float32 cast to ${dt}`, (d) => cast(d, d.fromData(probes, [probes.length], 'float32'), dt));
+    await check(`float32 uploaded as ${dt}`, (d) => d.fromData(probes, [probes.length], dt));
+    // Values that stay finite in both 16-bit dtypes (±Infinity to int32 is each device's own choice).
+    const finite = probes.filter((x) => Math.abs(x) < 65504);
+    await check(`${dt} cast to int32`, (d) => cast(d, d.fromData(finite, [finite.length], dt), 'int32'));
+    const ints = Array.from({ length: 999 }, () => rng.int(2 ** 20) - 2 ** 19);
+    await check(`int32 cast to ${dt}`, (d) => cast(d, d.fromData(ints, [ints.length], 'int32'), dt));
+    await check(`${dt} cast to ${other}`, (d) => cast(d, d.fromStorage(all, [65536], dt), other));
+    // Copies at every parity of offsets and lengths, into a tensor of other values (the halves around them kept).
+    for (const [so, dOff, len] of [
+      [1, 2, 5],
+      [0, 1, 4],
+      [3, 0, 6],
+      [2, 4, 6],
+      [1, 1, 7],
+      [0, 0, 11],
+      [4, 5, 6],
+    ] as const)
+      await check(`${dt} copy of ${len} from ${so} to ${dOff}`, (d) => {
+        const src = d.fromData(probes.subarray(0, 11), [11], dt);
+        const dst = d.fromData(probes.subarray(20, 31), [11], dt);
+        d.copy(src, so, dst, dOff, len);
+        src.dispose();
+        return dst;
+      });
+    await check(`${dt} copy within one tensor`, (d) => {
+      const t = d.fromData(probes.subarray(0, 9), [9], dt);
+      d.copy(t, 1, t, 4, 5);
+      return t;
+    });
+  }
+  return { bad, checks, errors: [...gpu.errors] };
 }
 
 /** Buffers created over a run of allocations that repeat (as a generation's steps do): the pool must absorb them. */
@@ -371,4 +545,4 @@ declare global {
     retnetTest: Record<string, () => Promise<unknown>>;
   }
 }
-window.retnetTest = { kernelChecks, poolCheck, fallbackCheck };
+window.retnetTest = { kernelChecks, storageChecks, poolCheck, fallbackCheck };

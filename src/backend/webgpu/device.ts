@@ -13,22 +13,35 @@
 // was submitted before it, and until its results are written back every later queue operation (a submit, a host
 // write, a buffer's destruction) waits in a backlog, run in order once it has; readAsync waits for the backlog.
 //
+// Dtypes. float32 and int32 take a word per element; bfloat16 and float16 (a 16-bit checkpoint's weights, held as
+// read) two per word (shaders.ts: the kernels that read them unpack them). Host data of a 16-bit tensor goes up as its
+// bits (encoded by the host's rounding), and reads come back as float32 values.
+//
 // Memory. The MemoryTracker counts each live tensor's element bytes, as on the host devices. Freed buffers go to a
 // pool keyed by their (16-byte rounded) size, so a generation, whose steps allocate the same shapes each token,
 // reuses buffers instead of creating them; `gpu()` reports the buffers created, reused and held beside the tensors.
 
 import { BackendError, DTypeError, formatShape } from '../../errors.js';
-import type { DType, DataArray, ValueArray } from '../../tensor/dtype.js';
+import { type DType, type DataArray, type ValueArray, bytesPerElement, decode, encoded } from '../../tensor/dtype.js';
 import { MemoryTracker } from '../../tensor/memory.js';
 import type { Storage } from '../../tensor/storage.js';
 import { Tensor, checkShape, shapeSize } from '../../tensor/tensor.js';
 import type { Device } from '../device.js';
 import type { Kernels } from '../kernels.js';
+import * as wgsl from './shaders.js';
 
 /** Bytes of uniform parameters each dispatch gets (minUniformBufferOffsetAlignment is at most 256). */
 const PARAM_SLOT = 256;
 /** Dispatches recorded before a submit is forced (the size of the parameter arena). */
 const PARAM_SLOTS = 1024;
+
+/** The dtypes the webgpu device holds. */
+export const WEBGPU_DTYPES: readonly DType[] = ['float32', 'int32', 'bfloat16', 'float16'];
+
+const is16 = (dtype: DType) => dtype === 'bfloat16' || dtype === 'float16';
+
+/** Bytes of a write or copy of `bytes`: whole words (queue.writeBuffer and copyBufferToBuffer move multiples of 4). */
+const words = (bytes: number) => Math.ceil(bytes / 4) * 4;
 
 /** The GPU memory behind a tensor; returned to the device's pool when the last reference goes. */
 export class GpuStorage implements Storage {
@@ -44,7 +57,7 @@ export class GpuStorage implements Storage {
     /** What the host knows of the contents: 'zero' (fresh zeros), the values it wrote (token ids), or nothing. */
     public known: 'zero' | Int32Array | null,
   ) {
-    this.byteLength = size * 4;
+    this.byteLength = size * bytesPerElement(dtype);
     this.buf = buffer;
     device.memory.allocated(this.byteLength);
   }
@@ -89,10 +102,25 @@ export interface WebGpuInfo {
   features: string[];
 }
 
+/** Workgroups for n invocations of `per` each, on a 2-D grid (65535 per dimension). */
+export function grid(n: number, per = 256): [number, number] {
+  const groups = Math.max(1, Math.ceil(n / per));
+  const x = Math.min(groups, 65535);
+  return [x, Math.ceil(groups / x)];
+}
+
+/** 16-bit bits with a zero half appended when odd, so that the write is of whole words. */
+function padded(bits: Uint16Array): Uint16Array {
+  if (bits.length % 2 === 0) return bits;
+  const out = new Uint16Array(bits.length + 1);
+  out.set(bits);
+  return out;
+}
+
 export class WebGpuDevice implements Device {
   readonly name = 'webgpu';
   readonly memory = new MemoryTracker();
-  readonly dtypes: readonly DType[] = ['float32', 'int32'];
+  readonly dtypes: readonly DType[] = WEBGPU_DTYPES;
   readonly host = false;
   readonly resolved: Partial<Record<DType, Kernels>> = {};
   /** Validation and out-of-memory errors the GPU reported (asynchronously); tests check it stays empty. */
@@ -130,7 +158,7 @@ export class WebGpuDevice implements Device {
   }
 
   supportsDType(dtype: DType): boolean {
-    return dtype === 'float32' || dtype === 'int32';
+    return WEBGPU_DTYPES.includes(dtype);
   }
 
   gpuMemory(): GpuMemory {
@@ -199,9 +227,12 @@ export class WebGpuDevice implements Device {
   ): Tensor {
     checkShape(shape, what);
     if (!this.supportsDType(dtype))
-      throw new DTypeError(`${what}: the webgpu device does not hold ${dtype} tensors (float32 and int32 only)`);
+      throw new DTypeError(
+        `${what}: the webgpu device does not hold ${dtype} tensors (only ${WEBGPU_DTYPES.join(', ')})`,
+      );
     const size = shapeSize(shape);
-    return new Tensor(this, new GpuStorage(dtype, size, this.take(size * 4, clean), this, known), shape, dtype);
+    const bytes = size * bytesPerElement(dtype);
+    return new Tensor(this, new GpuStorage(dtype, size, this.take(bytes, clean), this, known), shape, dtype);
   }
 
   storageOf(t: Tensor): GpuStorage {
@@ -222,7 +253,7 @@ export class WebGpuDevice implements Device {
 
   zeros(shape: readonly number[], dtype: DType): Tensor {
     const t = this.make(shape, dtype, 'zero', 'zeros');
-    if (t.size > 0) this.encode().clearBuffer(this.buffer(t), 0, t.size * 4);
+    if (t.size > 0) this.encode().clearBuffer(this.buffer(t), 0, words(this.storageOf(t).byteLength));
     return t;
   }
 
@@ -237,11 +268,21 @@ export class WebGpuDevice implements Device {
     return t;
   }
 
+  /** For bfloat16/float16, `data` holds the bits (as a checkpoint stores them); else as fromData. */
   fromStorage(data: DataArray, shape: readonly number[], dtype: DType): Tensor {
-    return this.fromData(data, shape, dtype);
+    if (!is16(dtype)) return this.fromData(data, shape, dtype);
+    checkShape(shape, 'fromStorage');
+    const n = shapeSize(shape);
+    if (data.length !== n)
+      throw new BackendError(`fromStorage: ${data.length} elements given for shape ${formatShape(shape)} (${n})`);
+    const t = this.make(shape, dtype, null, 'fromStorage', true);
+    if (n > 0) this.writeHost(this.buffer(t), padded(Uint16Array.from(data)));
+    return t;
   }
 
-  private hostArray(dtype: DType, data: ArrayLike<number>, what: string): Float32Array | Int32Array {
+  /** The device's own copy of host values for a tensor of dtype: float32/int32 elements, or 16-bit bits padded to words. */
+  private hostArray(dtype: DType, data: ArrayLike<number>, what: string): Float32Array | Int32Array | Uint16Array {
+    if (is16(dtype)) return padded(encoded(dtype, data, [data.length]) as Uint16Array);
     if (dtype !== 'int32') return Float32Array.from(data);
     const out = new Int32Array(data.length);
     for (let i = 0; i < data.length; i++) {
@@ -274,9 +315,14 @@ export class WebGpuDevice implements Device {
 
   /** t's values, after everything already submitted (its copy is submitted at once: call it in queue order). */
   private async readSubmitted(t: Tensor): Promise<ValueArray> {
-    const bytes = t.size * 4;
-    const out = t.dtype === 'int32' ? new Int32Array(t.size) : new Float32Array(t.size);
-    if (bytes === 0) return out;
+    if (t.size === 0) return t.dtype === 'int32' ? new Int32Array(0) : new Float32Array(0);
+    const bytes = words(this.storageOf(t).byteLength);
+    const out =
+      t.dtype === 'int32'
+        ? new Int32Array(t.size)
+        : is16(t.dtype)
+          ? new Uint16Array(bytes / 2)
+          : new Float32Array(t.size);
     const size = Math.ceil(bytes / 16) * 16;
     const staging =
       this.staging.get(size)?.pop() ?? this.createBuffer(size, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
@@ -289,10 +335,11 @@ export class WebGpuDevice implements Device {
     let list = this.staging.get(size);
     if (!list) this.staging.set(size, (list = []));
     list.push(staging);
-    return out;
+    return out instanceof Uint16Array ? decode(t.dtype, out.subarray(0, t.size), t.shape) : out;
   }
 
   readStorage(t: Tensor): DataArray {
+    if (is16(t.dtype) && this.storageOf(t).known === 'zero') return new Uint16Array(t.size);
     return this.read(t);
   }
 
@@ -307,7 +354,7 @@ export class WebGpuDevice implements Device {
   }
 
   /** queue.writeBuffer in queue order (`host` is the device's own copy: a held write reads it later). */
-  private writeHost(buf: GPUBuffer, host: Float32Array | Int32Array): void {
+  private writeHost(buf: GPUBuffer, host: Float32Array | Int32Array | Uint16Array): void {
     this.inOrder(() => this.gpu.queue.writeBuffer(buf, 0, host.buffer, host.byteOffset, host.byteLength));
   }
 
@@ -320,13 +367,37 @@ export class WebGpuDevice implements Device {
     if (length === 0) return;
     const s = this.buffer(src);
     const d = this.buffer(dst, true);
+    const e = bytesPerElement(src.dtype);
+    if (
+      e === 2 &&
+      (srcOffset % 2 !== 0 || dstOffset % 2 !== 0 || (length % 2 !== 0 && dstOffset + length !== dst.size))
+    ) {
+      // Half words: a shader moves them (one buffer cannot be bound for reading and writing: copy the source first).
+      const from = s === d ? this.take(words(src.size * 2)) : s;
+      if (from !== s) this.encode().copyBufferToBuffer(s, 0, from, 0, words(src.size * 2));
+      const n = Math.ceil((dstOffset + length) / 2) - Math.floor(dstOffset / 2);
+      this.dispatch(
+        this.pipeline('COPY16', () => wgsl.COPY16),
+        [
+          ['u', srcOffset],
+          ['u', dstOffset],
+          ['u', length],
+        ],
+        [from, d],
+        [Math.max(1, Math.ceil(n / 256))],
+      );
+      if (from !== s) this.reclaim(from);
+      return;
+    }
+    // Whole words (a 16-bit copy ending at dst's end may carry the padding half after its last element).
+    const bytes = words(length * e);
     if (s === d) {
       // copyBufferToBuffer cannot copy within one buffer: go through a temporary.
-      const tmp = this.take(length * 4);
-      this.encode().copyBufferToBuffer(s, srcOffset * 4, tmp, 0, length * 4);
-      this.encode().copyBufferToBuffer(tmp, 0, d, dstOffset * 4, length * 4);
+      const tmp = this.take(bytes);
+      this.encode().copyBufferToBuffer(s, srcOffset * e, tmp, 0, bytes);
+      this.encode().copyBufferToBuffer(tmp, 0, d, dstOffset * e, bytes);
       this.reclaim(tmp);
-    } else this.encode().copyBufferToBuffer(s, srcOffset * 4, d, dstOffset * 4, length * 4);
+    } else this.encode().copyBufferToBuffer(s, srcOffset * e, d, dstOffset * e, bytes);
   }
 
   view(t: Tensor, shape: readonly number[]): Tensor {
@@ -386,8 +457,7 @@ export class WebGpuDevice implements Device {
         const values = await Promise.all(inputs.map((t) => this.readSubmitted(t)));
         const results = compute(values);
         outputs.forEach((t, i) => {
-          const r = results[i]!;
-          const host = t.dtype === 'int32' ? Int32Array.from(r) : Float32Array.from(r);
+          const host = this.hostArray(t.dtype, results[i]!, 'deferHost');
           if (host.length > 0) this.gpu.queue.writeBuffer(this.buffer(t), 0, host.buffer, 0, host.byteLength);
         });
       } catch (e) {

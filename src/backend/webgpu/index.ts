@@ -4,7 +4,7 @@
 
 import { registerKernels } from '../kernels.js';
 import { registerDevice } from '../select.js';
-import { WebGpuDevice } from './device.js';
+import { WEBGPU_DTYPES, WebGpuDevice } from './device.js';
 import { WebGpuKernels } from './kernels.js';
 
 export { WebGpuDevice, type GpuMemory, type WebGpuInfo } from './device.js';
@@ -43,6 +43,9 @@ async function open(): Promise<WebGpuDevice | string> {
   });
   const k = new WebGpuKernels(d);
   registerKernels('webgpu', ['float32'], k);
-  registerKernels('webgpu', ['float32', 'int32'], { cast: k.cast.bind(k), copyBlocks: k.copyBlocks.bind(k) });
+  registerKernels('webgpu', WEBGPU_DTYPES, { cast: k.cast.bind(k) });
+  registerKernels('webgpu', ['int32'], { copyBlocks: k.copyBlocks.bind(k) });
+  // A 16-bit checkpoint's weights: products and lookups read them packed (the other kernels cast them to float32).
+  registerKernels('webgpu', ['bfloat16', 'float16'], { matmul: k.matmul.bind(k), embedding: k.embedding.bind(k) });
   return d;
 }

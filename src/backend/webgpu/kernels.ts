@@ -1,5 +1,5 @@
-// The webgpu device's kernels (float32; layout kernels for int32 too): the inference path of RetNet and the
-// Transformer's products. Each validates what the op above it does not (ids the host knows), allocates its outputs on
+// The webgpu device's kernels (float32; layout kernels for int32 too; products, embedding and casts for the 16-bit
+// storage dtypes as well): the inference path of RetNet and the Transformer's products. Each validates what the op above it does not (ids the host knows), allocates its outputs on
 // the device and records one or a few dispatches (WGSL in shaders.ts). Kernels left out here (backward kernels,
 // optimizer, attention) resolve through the kernel table's fallback.
 
@@ -17,20 +17,24 @@ import type {
   RotaryPairs,
 } from '../kernels.js';
 import { decaySums } from '../reference/retention-math.js';
-import type { WebGpuDevice } from './device.js';
+import { type WebGpuDevice, grid } from './device.js';
 import * as wgsl from './shaders.js';
 
 const u = (v: number) => ['u', v] as const;
 const f = (v: number) => ['f', v] as const;
 
-/** Workgroups for n invocations of `per` each, on a 2-D grid (65535 per dimension). */
-function grid(n: number, per = 256): [number, number] {
-  const groups = Math.max(1, Math.ceil(n / per));
-  const x = Math.min(groups, 65535);
-  return [x, Math.ceil(groups / x)];
+const ACTIVATIONS: Record<ActivationKind, number> = { gelu: 0, silu: 1, relu: 2 };
+
+/** Storage modes of the shaders that take several dtypes (shaders.ts's DECODE). */
+const MODES: Partial<Record<DType, number>> = { float32: 0, bfloat16: 1, float16: 2, int32: 3 };
+
+function modeOf(t: Tensor, what: string): number {
+  const m = MODES[t.dtype];
+  if (m === undefined) throw new BackendError(`${what}: the webgpu device has no ${t.dtype} tensors`);
+  return m;
 }
 
-const ACTIVATIONS: Record<ActivationKind, number> = { gelu: 0, silu: 1, relu: 2 };
+const is16 = (t: Tensor) => t.dtype === 'bfloat16' || t.dtype === 'float16';
 
 /**
  * Below this many rows a product runs one invocation per output (MATMUL_ROWS) instead of 16×16 tiles. Measured on
@@ -89,15 +93,30 @@ export class WebGpuKernels implements Pick<Kernels, WebGpuKernelName> {
 
   cast(t: Tensor, dtype: DType): Tensor {
     if (!this.d.supportsDType(dtype))
-      throw new BackendError(`cast: the webgpu device holds float32 and int32 tensors, not ${dtype}`);
+      throw new BackendError(`cast: the webgpu device holds ${this.d.dtypes.join(', ')} tensors, not ${dtype}`);
     const y = this.out(t.shape, dtype);
     if (t.size === 0) return y;
     if (t.dtype === dtype) this.d.copy(t, 0, y, 0, t.size);
-    else this.run('CAST', [u(t.size), u(dtype === 'int32' ? 0 : 1)], [t], [y], grid(t.size));
+    else {
+      const outWords = is16(y) ? Math.ceil(t.size / 2) : t.size;
+      this.run('CAST', [u(t.size), u(modeOf(t, 'cast')), u(modeOf(y, 'cast'))], [t], [y], grid(outWords));
+    }
     return y;
   }
 
+  /**
+   * Computed in float32 with a and b in any storage dtype (a 16-bit weight unpacked as it is read); the result is
+   * float32, or rounded to a's dtype when a is 16-bit too (the host devices' throughFloat32).
+   */
   matmul(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
+    const y = this.matmul32(a, b, transA, transB);
+    if (!is16(a)) return y;
+    const back = this.cast(y, a.dtype);
+    y.dispose();
+    return back;
+  }
+
+  private matmul32(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
     const ra = a.rank;
     const M = transA ? a.shape[ra - 1]! : a.shape[ra - 2]!;
     const K = transA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
@@ -110,14 +129,15 @@ export class WebGpuKernels implements Pick<Kernels, WebGpuKernelName> {
       return this.d.zeros([...a.shape.slice(0, -2), M, N], 'float32');
     }
     const flags = [u(transA ? 1 : 0), u(transB ? 1 : 0), u(b.rank > 2 ? 1 : 0)];
+    const modes = [u(modeOf(a, 'matmul')), u(modeOf(b, 'matmul'))];
     if (M < ROWS_MATMUL_BELOW) {
-      this.run('MATMUL_ROWS', [u(M), u(N), u(K), ...flags, u(batch)], [a, b], [y], grid(y.size));
+      this.run('MATMUL_ROWS', [u(M), u(N), u(K), ...flags, ...modes, u(batch)], [a, b], [y], grid(y.size));
       return y;
     }
     if (batch > 65535) throw new ShapeError(`matmul: ${batch} batch entries exceed the webgpu grid (65535)`);
     this.run(
       'MATMUL',
-      [u(M), u(N), u(K), u(transA ? 1 : 0), u(transB ? 1 : 0), u(b.rank > 2 ? 1 : 0)],
+      [u(M), u(N), u(K), ...flags, ...modes],
       [a, b],
       [y],
       [Math.ceil(N / 16), Math.ceil(M / 16), batch],
@@ -180,8 +200,17 @@ export class WebGpuKernels implements Pick<Kernels, WebGpuKernelName> {
       const bad = known.findIndex((id) => id < 0 || id >= V);
       if (bad >= 0) throw new ShapeError(`embedding: token id ${known[bad]} at ${bad} is outside [0, ${V})`);
     }
-    const y = this.out([...ids.shape, D]);
-    if (y.size > 0) this.run('EMBEDDING', [u(ids.size), u(D), u(V)], [table, ids], [y], grid(y.size));
+    // The rows in the table's dtype (a 16-bit table's rows as stored, as on the host devices).
+    const y = this.out([...ids.shape, D], table.dtype);
+    const wide = !is16(table);
+    if (y.size > 0)
+      this.run(
+        'EMBEDDING',
+        [u(ids.size), u(D), u(V), u(wide ? 1 : 0)],
+        [table, ids],
+        [y],
+        grid(wide ? y.size : Math.ceil(y.size / 2)),
+      );
     return y;
   }
 

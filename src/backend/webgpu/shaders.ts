@@ -1,7 +1,14 @@
-// WGSL sources of the webgpu kernels, float32 (a 16-bit storage variant would need the adapter's shader-f16, which
-// SwiftShader, the adapter CI runs on, lacks). Binding 0 is each shader's uniform struct P (filled in field order by
+// WGSL sources of the webgpu kernels. Binding 0 is each shader's uniform struct P (filled in field order by
 // WebGpuDevice.dispatch); bindings 1.. are storage buffers in the order the kernel passes them. Elementwise shaders
 // run 256 invocations per workgroup on a 2-D grid of workgroups (a dimension holds at most 65535), flattened by `flat`.
+//
+// Arithmetic is float32. bfloat16/float16 tensors (the weights of a 16-bit checkpoint) are stored packed, two per u32
+// (element i in the low half of word i/2 when i is even), and unpacked where they are read: the products, the
+// embedding lookup and the casts take any of these storage dtypes. Native f16 (the shader-f16 feature) would serve
+// only float16, only on adapters that have it (SwiftShader, which CI runs on, does not, so such a path could not be
+// tested here), and bfloat16, the dtype of fla's checkpoints, has no WGSL type at all; unpacking with integer ops
+// works on every adapter, halves the weights' memory and bandwidth, and gives the exact values (float16 is decoded by
+// hand rather than with unpack2x16float, whose handling of subnormals WGSL leaves to the implementation).
 
 const FLAT = /* wgsl */ `
 fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 { return (wid.y * nwg.x + wid.x) * 256u + lid; }`;
@@ -9,13 +16,46 @@ fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 { return (wid.y * nwg.x
 const ELEMENTWISE_ARGS = /* wgsl */ `@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_index) lid: u32`;
 
-/** C[b] = op(A[b]) op(B[b]), 16×16 output tiles through workgroup memory; B shared by the batch when bBatched = 0. */
+/** Storage modes of a tensor bound as array<u32>: its dtype (kernels.ts's MODES). */
+const DECODE = /* wgsl */ `
+fn bf16Value(h: u32) -> f32 { return bitcast<f32>(h << 16u); }
+fn f16Value(h: u32) -> f32 {
+  let sign = (h & 0x8000u) << 16u;
+  let e = (h >> 10u) & 0x1fu;
+  let m = h & 0x3ffu;
+  if (e == 0u) { let v = f32(m) * 5.9604644775390625e-8; return select(v, -v, sign != 0u); } // m · 2^-24
+  if (e == 31u) { return bitcast<f32>(sign | 0x7f800000u | (m << 13u)); }
+  return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
+}
+// Element i of a tensor in mode 0 (float32), 1 (bfloat16), 2 (float16) or 3 (int32, as a float), from its words.
+fn half(w: u32, i: u32) -> u32 { return (w >> ((i & 1u) * 16u)) & 0xffffu; }
+fn valueOf(w: u32, i: u32, mode: u32) -> f32 {
+  if (mode == 0u) { return bitcast<f32>(w); }
+  if (mode == 1u) { return bf16Value(half(w, i)); }
+  if (mode == 2u) { return f16Value(half(w, i)); }
+  return f32(bitcast<i32>(w));
+}`;
+
+/** `fn name(i) -> f32`: element i of the array<u32> `arr` in storage mode `mode` (one word per element, or half of one). */
+const loader = (name: string, arr: string, mode: string) => /* wgsl */ `
+fn ${name}(i: u32) -> f32 {
+  if (${mode} == 0u || ${mode} == 3u) { return valueOf(${arr}[i], i, ${mode}); }
+  return valueOf(${arr}[i >> 1u], i, ${mode});
+}`;
+
+/**
+ * C[b] = op(A[b]) op(B[b]) in float32, 16×16 output tiles through workgroup memory; B shared by the batch when
+ * bBatched = 0; A and B in any storage mode (modeA, modeB).
+ */
 export const MATMUL = /* wgsl */ `
-struct P { M: u32, N: u32, K: u32, transA: u32, transB: u32, bBatched: u32 }
+struct P { M: u32, N: u32, K: u32, transA: u32, transB: u32, bBatched: u32, modeA: u32, modeB: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> A: array<f32>;
-@group(0) @binding(2) var<storage, read> Bm: array<f32>;
+@group(0) @binding(1) var<storage, read> A: array<u32>;
+@group(0) @binding(2) var<storage, read> Bm: array<u32>;
 @group(0) @binding(3) var<storage, read_write> C: array<f32>;
+${DECODE}
+${loader('ldA', 'A', 'p.modeA')}
+${loader('ldB', 'Bm', 'p.modeB')}
 var<workgroup> As: array<array<f32, 16>, 16>;
 var<workgroup> Bs: array<array<f32, 16>, 16>;
 @compute @workgroup_size(16, 16)
@@ -29,13 +69,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let ka = t + lid.x;
     var av = 0.0;
     if (row < p.M && ka < p.K) {
-      if (p.transA == 1u) { av = A[ao + ka * p.M + row]; } else { av = A[ao + row * p.K + ka]; }
+      if (p.transA == 1u) { av = ldA(ao + ka * p.M + row); } else { av = ldA(ao + row * p.K + ka); }
     }
     As[lid.y][lid.x] = av;
     let kb = t + lid.y;
     var bv = 0.0;
     if (col < p.N && kb < p.K) {
-      if (p.transB == 1u) { bv = Bm[bo + col * p.K + kb]; } else { bv = Bm[bo + kb * p.N + col]; }
+      if (p.transB == 1u) { bv = ldB(bo + col * p.K + kb); } else { bv = ldB(bo + kb * p.N + col); }
     }
     Bs[lid.y][lid.x] = bv;
     workgroupBarrier();
@@ -50,12 +90,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
  * the tiled kernel's barriers cost more than they save (see ROWS_MATMUL_BELOW in kernels.ts).
  */
 export const MATMUL_ROWS = /* wgsl */ `
-struct P { M: u32, N: u32, K: u32, transA: u32, transB: u32, bBatched: u32, batch: u32 }
+struct P { M: u32, N: u32, K: u32, transA: u32, transB: u32, bBatched: u32, modeA: u32, modeB: u32, batch: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> A: array<f32>;
-@group(0) @binding(2) var<storage, read> Bm: array<f32>;
+@group(0) @binding(1) var<storage, read> A: array<u32>;
+@group(0) @binding(2) var<storage, read> Bm: array<u32>;
 @group(0) @binding(3) var<storage, read_write> C: array<f32>;
 ${FLAT}
+${DECODE}
+${loader('ldA', 'A', 'p.modeA')}
+${loader('ldB', 'Bm', 'p.modeB')}
 @compute @workgroup_size(256)
 fn main(${ELEMENTWISE_ARGS}) {
   let e = flat(wid, nwg, lid);
@@ -69,8 +112,8 @@ fn main(${ELEMENTWISE_ARGS}) {
   for (var t = 0u; t < p.K; t++) {
     var av: f32;
     var bv: f32;
-    if (p.transA == 1u) { av = A[ao + t * p.M + row]; } else { av = A[ao + row * p.K + t]; }
-    if (p.transB == 1u) { bv = Bm[bo + col * p.K + t]; } else { bv = Bm[bo + t * p.N + col]; }
+    if (p.transA == 1u) { av = ldA(ao + t * p.M + row); } else { av = ldA(ao + row * p.K + t); }
+    if (p.transB == 1u) { bv = ldB(bo + col * p.K + t); } else { bv = ldB(bo + t * p.N + col); }
     acc += av * bv;
   }
   C[e] = acc;
@@ -205,22 +248,34 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   for (var j = lid; j < p.cols; j += 64u) { y[base + j] = exp(x[base + j] - m) * inv; }
 }`;
 
-/** out[i, :] = table[ids[i], :]; an id outside [0, V) gives a zero row (the kernel checks ids the host knows). */
+/**
+ * out[i, :] = table[ids[i], :], the rows' bits copied (any storage dtype; wide = 0: 16-bit elements, two per word, one
+ * invocation per output word); an id outside [0, V) gives a zero row (the kernel checks ids the host knows).
+ */
 export const EMBEDDING = /* wgsl */ `
-struct P { n: u32, D: u32, V: u32 }
+struct P { n: u32, D: u32, V: u32, wide: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> table: array<f32>;
+@group(0) @binding(1) var<storage, read> table: array<u32>;
 @group(0) @binding(2) var<storage, read> ids: array<i32>;
-@group(0) @binding(3) var<storage, read_write> o: array<f32>;
+@group(0) @binding(3) var<storage, read_write> o: array<u32>;
 ${FLAT}
+${DECODE}
+fn element(e: u32) -> u32 {
+  let id = ids[e / p.D];
+  if (id < 0 || u32(id) >= p.V) { return 0u; }
+  let at = u32(id) * p.D + e % p.D;
+  if (p.wide == 1u) { return table[at]; }
+  return half(table[at >> 1u], at);
+}
 @compute @workgroup_size(256)
 fn main(${ELEMENTWISE_ARGS}) {
-  let e = flat(wid, nwg, lid);
-  if (e >= p.n * p.D) { return; }
-  let id = ids[e / p.D];
-  var v = 0.0;
-  if (id >= 0 && u32(id) < p.V) { v = table[u32(id) * p.D + e % p.D]; }
-  o[e] = v;
+  let w = flat(wid, nwg, lid);
+  let n = p.n * p.D;
+  if (p.wide == 1u) { if (w < n) { o[w] = element(w); } return; }
+  if (2u * w >= n) { return; }
+  var hi = 0u;
+  if (2u * w + 1u < n) { hi = element(2u * w + 1u); }
+  o[w] = element(2u * w) | (hi << 16u);
 }`;
 
 /** dst[dstOff + b·dstStride + j] = src[srcOff + b·srcStride + j] for b < blocks, j < len (any 4-byte dtype). */
@@ -239,19 +294,82 @@ fn main(${ELEMENTWISE_ARGS}) {
   dst[p.dstOff + b * p.dstStride + j] = src[p.srcOff + b * p.srcStride + j];
 }`;
 
-/** float32 ↔ int32 (mode 0: f32 → i32, truncating; 1: i32 → f32). */
+/**
+ * Any storage dtype to another (modes as in DECODE: 0 float32, 1 bfloat16, 2 float16, 3 int32): one invocation per
+ * output word. To int32 truncates; to bfloat16/float16 rounds to nearest, ties to even, as the host's encode
+ * (src/tensor/dtype.ts): NaN stays NaN, float16 overflows to ±Infinity from 65520 and has subnormals below 2^-14.
+ */
 export const CAST = /* wgsl */ `
-struct P { n: u32, mode: u32 }
+struct P { n: u32, fromMode: u32, toMode: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<u32>;
 @group(0) @binding(2) var<storage, read_write> o: array<u32>;
 ${FLAT}
+${DECODE}
+${loader('load', 'x', 'p.fromMode')}
+fn toBf16(v: f32) -> u32 {
+  let u = bitcast<u32>(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) { return ((u >> 16u) & 0x8000u) | 0x7fc0u; }
+  return (u + 0x7fffu + ((u >> 16u) & 1u)) >> 16u;
+}
+fn toF16(v: f32) -> u32 {
+  let u = bitcast<u32>(v);
+  let sign = (u >> 16u) & 0x8000u;
+  let a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) { return 0x7e00u; }
+  if (a >= 0x477ff000u) { return sign | 0x7c00u; } // 65520 and up
+  let e = a >> 23u;
+  if (a < 0x38800000u) { // below 2^-14: a subnormal, round(|v| · 2^24)
+    if (e < 102u) { return sign; } // below 2^-25
+    let m = (a & 0x7fffffu) | 0x800000u;
+    let shift = 126u - e;
+    let q = m >> shift;
+    let rem = m & ((1u << shift) - 1u);
+    let mid = 1u << (shift - 1u);
+    return sign | (q + select(0u, 1u, rem > mid || (rem == mid && (q & 1u) == 1u)));
+  }
+  let h = ((e - 112u) << 10u) | ((a & 0x7fffffu) >> 13u);
+  let rem = a & 0x1fffu;
+  return sign | (h + select(0u, 1u, rem > 0x1000u || (rem == 0x1000u && (h & 1u) == 1u)));
+}
+fn store(v: f32) -> u32 {
+  if (p.toMode == 0u) { return bitcast<u32>(v); }
+  if (p.toMode == 1u) { return toBf16(v); }
+  if (p.toMode == 2u) { return toF16(v); }
+  return bitcast<u32>(i32(v));
+}
 @compute @workgroup_size(256)
 fn main(${ELEMENTWISE_ARGS}) {
-  let i = flat(wid, nwg, lid);
-  if (i >= p.n) { return; }
-  if (p.mode == 0u) { o[i] = bitcast<u32>(i32(bitcast<f32>(x[i]))); }
-  else { o[i] = bitcast<u32>(f32(bitcast<i32>(x[i]))); }
+  let w = flat(wid, nwg, lid);
+  if (p.toMode == 0u || p.toMode == 3u) { if (w < p.n) { o[w] = store(load(w)); } return; }
+  if (2u * w >= p.n) { return; }
+  var hi = 0u;
+  if (2u * w + 1u < p.n) { hi = store(load(2u * w + 1u)); }
+  o[w] = store(load(2u * w)) | (hi << 16u);
+}`;
+
+/**
+ * 16-bit elements: dst[dstOff + j] = src[srcOff + j] for j < len, one invocation per destination word (halves outside
+ * the range kept), for offsets copyBufferToBuffer cannot take (it moves whole words).
+ */
+export const COPY16 = /* wgsl */ `
+struct P { srcOff: u32, dstOff: u32, len: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> src: array<u32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<u32>;
+${FLAT}
+${DECODE}
+fn pick(at: u32, old: u32) -> u32 {
+  if (at < p.dstOff || at >= p.dstOff + p.len) { return old; }
+  let s = at - p.dstOff + p.srcOff;
+  return half(src[s >> 1u], s);
+}
+@compute @workgroup_size(256)
+fn main(${ELEMENTWISE_ARGS}) {
+  let w = p.dstOff / 2u + flat(wid, nwg, lid);
+  if (2u * w >= p.dstOff + p.len) { return; }
+  let old = dst[w];
+  dst[w] = pick(2u * w, old & 0xffffu) | (pick(2u * w + 1u, old >> 16u) << 16u);
 }`;
 
 /**
