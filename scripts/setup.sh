@@ -24,4 +24,10 @@ if [ "$major" -lt 20 ]; then
 fi
 
 npm ci --no-audit --no-fund
+# test/install.test.ts installs the packed package into an empty folder with --offline, which resolves retnet's
+# dependency ranges from npm's cache; `npm ci` caches the locked tarballs but not the registry metadata that a range
+# resolution reads, so cache it for the locked production dependencies (found missing on a fresh machine, 2026-12-02).
+node -e 'const l = require("./package-lock.json"); const s = new Set();
+for (const [p, e] of Object.entries(l.packages)) if (p && !e.dev && !e.link) s.add(p.slice(p.lastIndexOf("node_modules/") + 13) + "@" + e.version);
+console.log([...s].join("\n"))' | xargs npm cache add --prefer-offline >/dev/null
 node bin/retnet.js info
