@@ -1,5 +1,6 @@
 // Vectorised exp, sigmoid and the normal distribution's CDF/PDF for the elementwise kernels of a training step (the
-// activations, the gated per-head norm, cross-entropy, softmax), eight floats at a time in AVX2 + FMA.
+// activations, the gated per-head norm, cross-entropy, softmax), and the norms' double-precision sums, eight floats
+// at a time in AVX2 + FMA.
 //
 // Dispatch: this header is compiled into both builds of the addon (binding.gyp). The x86-64-v3 build defines
 // __AVX2__ and __FMA__ and gets the vector code; the baseline build (and any other architecture) gets the same
@@ -192,6 +193,32 @@ inline void geluGrad(const float* x, const float* g, float* dx, int64_t n) {
   });
 }
 
+// Σ x², and Σ a b, in double: four double lanes per half block, two chains (a single scalar double chain is bound
+// by the add's latency, ~4 cycles an element).
+inline double sumSquares(const float* x, int64_t n) {
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  v8::blocks(n, [&](int64_t i, __m256i m, bool full) {
+    __m256 v = v8::load(x + i, m, full);
+    __m256d a = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), b = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    lo = _mm256_fmadd_pd(a, a, lo);
+    hi = _mm256_fmadd_pd(b, b, hi);
+  });
+  alignas(32) double d[4];
+  _mm256_store_pd(d, _mm256_add_pd(lo, hi));
+  return (d[0] + d[1]) + (d[2] + d[3]);
+}
+inline double dot(const float* a, const float* b, int64_t n) {
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  v8::blocks(n, [&](int64_t i, __m256i m, bool full) {
+    __m256 u = v8::load(a + i, m, full), v = v8::load(b + i, m, full);
+    lo = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(u)), _mm256_cvtps_pd(_mm256_castps256_ps128(v)), lo);
+    hi = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(u, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), hi);
+  });
+  alignas(32) double d[4];
+  _mm256_store_pd(d, _mm256_add_pd(lo, hi));
+  return (d[0] + d[1]) + (d[2] + d[3]);
+}
+
 #else  // libm per element: the formulas the kernels used before this header (GELU's CDF now through erfc)
 
 inline void expShift(const float* x, float shift, float* y, int64_t n) {
@@ -204,6 +231,16 @@ inline double expShiftSum(const float* x, float shift, int64_t n) {
 }
 inline void sigmoid(const float* z, float* y, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] = 1.0f / (1.0f + std::exp(-z[i]));
+}
+inline double sumSquares(const float* x, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) s += static_cast<double>(x[i]) * x[i];
+  return s;
+}
+inline double dot(const float* a, const float* b, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) s += static_cast<double>(a[i]) * b[i];
+  return s;
 }
 inline void silu(const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] = x[i] / (1.0f + std::exp(-x[i]));
