@@ -2,24 +2,31 @@
 //
 // For each model and weight format (f32, bf16, f16, int8, q4: src/quant) the decode step's ms/token and tokens/s at batch
 // 1 and 8, the resident weight bytes from the engine's accounting, and the bound = weight bytes / the read bandwidth
-// measured in the same run (native/cpu/lowp.h streamRead, in turns with the decode steps, same threads). Batch 1 is
+// measured in the same run (native/cpu/lowp.h streamRead, in turns with the decode steps, same threads). The bytes
+// are those a step moves (stepBytes): every stored weight except the embedding table, of which a step reads only its
+// B rows, plus the retention state read and written back. Batch 1 is
 // measured with 1 thread and with all threads, so the default can be checked to be the faster. The peer is PyTorch
 // (Debian's python3-torch, bench/peer_torch.py) on the same shapes in float32 and bfloat16, run after ours in each
 // round. Models: `base` (the preset), and `1.3B` with fla's retnet-1.3B shapes (D 2048, 24 layers, 8 heads, value
 // width 4096, FFN 2816, vocabulary 32000), random weights built in memory. Quality: validation perplexity on Brown of
-// a model trained by `retnet train`, evaluated by `retnet eval --weights FORMAT`. --quick: `base` only, fewer samples,
-// results to bench/results/lowp.quick.json and no BENCHMARKS.md section.
+// a model trained by `retnet train`, evaluated by `retnet eval --weights FORMAT`; logits of each format against
+// float32 on the reference vectors. --quick: `base` only, fewer samples, results to bench/results/lowp.quick.json and
+// no BENCHMARKS.md section.
+//
+// `--parts decode,peer,quality` (default all three) runs only those parts and merges them into the results already
+// saved (mergeParts): a part's new records replace that part's old ones for the same models (and, for decode, the same
+// formats), so the full suite, ~15 minutes at 1.3B, can be measured as runs of under 8 minutes each.
 
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { basename, extname, join } from 'node:path';
+import { basename, dirname, extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { noGrad } from '../src/autograd/tape.js';
 import { packageRoot } from '../src/backend/cpu/load.js';
 import { cpuBackend, threadCount } from '../src/backend/index.js';
-import { createModel, modelFromConfig } from '../src/models/registry.js';
+import { archEntry, createModel, modelFromConfig, parseModelConfig } from '../src/models/registry.js';
 import { RetNetModel } from '../src/models/retnet/model.js';
 import { loadModelDir } from '../src/io/model-dir.js';
 import { readSafetensors } from '../src/io/safetensors.js';
@@ -27,16 +34,25 @@ import { tidy } from '../src/tensor/scope.js';
 import { WEIGHT_FORMATS, type WeightFormat } from '../src/quant/formats.js';
 import { lowpAddon } from '../src/backend/cpu/lowp.js';
 import { quantizeModel, weightBytes } from '../src/quant/model.js';
+import { Embedding, Linear } from '../src/nn/layers.js';
+import type { Module } from '../src/nn/module.js';
+import type { Tensor } from '../src/tensor/tensor.js';
 import {
   BenchFailure,
   type BenchRecord,
   type Column,
+  type ResultFile,
+  commandLine,
   cpuCounters,
+  describeMachine,
+  gitCommit,
   measureEach,
   otherLoad,
+  outputRoot,
   printTable,
-  writeResults,
+  resultFile,
 } from './lib.js';
+import { writeFileAtomic } from '../src/io/atomic.js';
 import { PYTHON, checkTorch } from './peer.js';
 import { markdownTable, sectionMarkdown, updateBenchmarksMd } from './report.js';
 
@@ -97,9 +113,11 @@ async function measure(model: RetNetModel, B: number, probe: Uint8Array, quick: 
   const before = cpuCounters();
   const [dec, rd] = await measureEach([step, read], timing);
   const load = otherLoad(before, cpuCounters());
+  const stateBytes = state.bytes();
   state.dispose();
   return {
     dec: dec!,
+    stateBytes,
     gbps: probe.byteLength / (rd!.msMin * 1e6),
     gbpsMedian: probe.byteLength / (rd!.msMedian * 1e6),
     load,
@@ -295,6 +313,7 @@ const COLUMNS: Column[] = [
   { key: 'ms_per_token_best', header: 'ms/step (best)', digits: 2 },
   { key: 'tokens_per_s', header: 'tokens/s', digits: 1 },
   { key: 'weight_mib', header: 'weights MiB', digits: 1 },
+  { key: 'step_mib', header: 'moved MiB', digits: 1 },
   { key: 'read_gb_per_s', header: 'read GB/s', digits: 1 },
   { key: 'bound_ms_per_token', header: 'bound ms', digits: 2 },
   { key: 'vs_bound', header: 'best / bound', digits: 2 },
@@ -303,11 +322,170 @@ const COLUMNS: Column[] = [
   { key: 'other_load', header: 'other load', digits: 2 },
 ];
 
+export const LOWP_PARTS = ['decode', 'peer', 'quality'] as const;
+export type LowpPart = (typeof LOWP_PARTS)[number];
+
+/** The part a record belongs to: decode points carry no `what`; the peer's are 'peer'; quality and logits 'quality'. */
+export function partOf(r: BenchRecord): LowpPart {
+  return r.what === 'peer' ? 'peer' : r.what === 'quality' || r.what === 'logits' ? 'quality' : 'decode';
+}
+
+/**
+ * The saved records with a run's records merged in: a fresh record replaces the old ones of its part for the same
+ * model (decode: the same model and format; quality: all of them), the rest stay. Then every decode record gets the
+ * peer's tokens/s of its model and batch (null where the peer has not run). Sorted by part, model, format, batch and
+ * threads, so the table reads the same whatever order the parts ran in.
+ */
+export function mergeParts(saved: readonly BenchRecord[], fresh: readonly BenchRecord[]): BenchRecord[] {
+  const key = (r: BenchRecord) => {
+    const part = partOf(r);
+    return part === 'quality' ? part : part === 'peer' ? `peer/${r.model}` : `decode/${r.model}/${r.format}`;
+  };
+  const replaced = new Set(fresh.map(key));
+  const out = [...saved.filter((r) => !replaced.has(key(r))), ...fresh].map((r) => ({ ...r }));
+  const peer = (model: unknown, batch: unknown, dtype: string) =>
+    out.find((q) => q.what === 'peer' && q.model === model && q.batch === batch && q.dtype === dtype);
+  for (const r of out)
+    if (partOf(r) === 'decode') {
+      r.peer_tokens_per_s_float32 = (peer(r.model, r.batch, 'float32')?.tokens_per_s as number | undefined) ?? null;
+      r.peer_tokens_per_s_bfloat16 = (peer(r.model, r.batch, 'bfloat16')?.tokens_per_s as number | undefined) ?? null;
+    }
+  const models = ['base', '1.3B'];
+  const rank = (v: unknown, order: readonly unknown[]) => (order.includes(v) ? order.indexOf(v) : order.length);
+  const num = (v: unknown) => (typeof v === 'number' ? v : 0);
+  return out
+    .map((r, i) => ({ r, i }))
+    .sort(
+      (a, b) =>
+        rank(partOf(a.r), LOWP_PARTS) - rank(partOf(b.r), LOWP_PARTS) ||
+        rank(a.r.model, models) - rank(b.r.model, models) ||
+        String(a.r.model).localeCompare(String(b.r.model)) ||
+        rank(a.r.format, WEIGHT_FORMATS) - rank(b.r.format, WEIGHT_FORMATS) ||
+        num(a.r.batch) - num(b.r.batch) ||
+        num(a.r.threads) - num(b.r.threads) ||
+        a.i - b.i,
+    )
+    .map(({ r }) => r);
+}
+
+/**
+ * The bytes one decode step of `batch` rows must move: every stored weight once, except an embedding table that no
+ * product uses (a tied head reads it whole), of which the step reads only its `batch` rows; plus the retention state,
+ * read and written back (`stateBytes`: the state of all rows).
+ */
+export function stepBytes(
+  model: Module,
+  batch: number,
+  stateBytes: number,
+): { total: number; weights: number; embeddingRows: number; state: number } {
+  const products = new Set<Tensor>();
+  for (const [, m] of model.namedModules()) if (m instanceof Linear) products.add(m.weight);
+  let table = 0;
+  let rows = 0;
+  for (const [, m] of model.namedModules())
+    if (m instanceof Embedding && !products.has(m.weight)) {
+      const bytes = m.weight.storage.byteLength;
+      table += bytes;
+      rows += Math.min(bytes, (batch * bytes) / m.weight.shape[0]!);
+    }
+  const weights = weightBytes(model) - table + rows;
+  return { total: weights + 2 * stateBytes, weights, embeddingRows: rows, state: 2 * stateBytes };
+}
+
 export interface LowpFlags {
   quick: boolean;
   models: string[] | undefined;
   model: string | undefined;
   formats: WeightFormat[] | undefined;
+  parts: LowpPart[] | undefined;
+}
+
+/** The records already saved in bench/results/NAME.json under the output root (none if there is no such file). */
+function savedRecords(name: string): BenchRecord[] {
+  const path = join(outputRoot(), 'bench', 'results', `${name}.json`);
+  if (!existsSync(path)) return [];
+  const file = JSON.parse(readFileSync(path, 'utf8')) as ResultFile;
+  if (file.suite !== name && file.suite !== 'lowp') throw new BenchFailure(`bench lowp: ${path} is not lowp's`);
+  return file.records;
+}
+
+/** A model's config without building it: from its directory's config.json, or the preset with the overrides. */
+function shapeConfig(s: Shape): RetNetModel['config'] {
+  const spec = s.dir
+    ? parseModelConfig(JSON.parse(readFileSync(join(s.dir, 'config.json'), 'utf8')), s.dir)
+    : { arch: 'retnet' as const, config: archEntry('retnet', 'bench lowp').preset(s.preset, s.overrides) };
+  if (spec.arch !== 'retnet') throw new BenchFailure(`bench lowp: ${s.name} is not a RetNet`);
+  return spec.config as RetNetModel['config'];
+}
+
+async function decodeRecords(shape: Shape, formats: readonly WeightFormat[], quick: boolean): Promise<BenchRecord[]> {
+  const be = cpuBackend()!;
+  const threads = threadCount();
+  const probe = new Uint8Array((quick ? 128 : 512) << 20).fill(1);
+  const records: BenchRecord[] = [];
+  for (const format of formats) {
+    process.stderr.write(`lowp: ${shape.name} ${format}: building and quantising\n`);
+    const model = buildModel(shape, format);
+    const resident = weightBytes(model);
+    const threadSet = threads > 1 ? [1, threads] : [1];
+    for (const B of BATCHES)
+      for (const t of B === 1 ? threadSet : [threads]) {
+        be.addon.setThreads(t);
+        const m = await measure(model, B, probe, quick);
+        be.addon.setThreads(threads);
+        const moved = stepBytes(model, B, m.stateBytes);
+        const bound = moved.total / (m.gbps * 1e6);
+        records.push({
+          model: shape.name,
+          format,
+          batch: B,
+          threads: t,
+          ms_per_token: m.dec.msMedian,
+          ms_per_token_best: m.dec.msMin,
+          tokens_per_s: B / (m.dec.msMedian / 1000),
+          weight_bytes: resident,
+          weight_mib: resident / 2 ** 20,
+          step_bytes: moved.total,
+          step_weight_bytes: moved.weights,
+          step_embedding_bytes: moved.embeddingRows,
+          step_state_bytes: moved.state,
+          step_mib: moved.total / 2 ** 20,
+          read_gb_per_s: m.gbps,
+          read_gb_per_s_median: m.gbpsMedian,
+          bound_ms_per_token: bound,
+          vs_bound: m.dec.msMin / bound,
+          peer_tokens_per_s_float32: null,
+          peer_tokens_per_s_bfloat16: null,
+          other_load: m.load,
+        });
+      }
+    model.dispose();
+  }
+  return records;
+}
+
+function peerRecords(shape: Shape, quick: boolean, torchVersion: string): BenchRecord[] {
+  const config = shapeConfig(shape);
+  const out: BenchRecord[] = [];
+  for (const B of BATCHES)
+    for (const dtype of ['float32', 'bfloat16'] as const) {
+      process.stderr.write(`lowp: ${shape.name}: PyTorch ${torchVersion} ${dtype}, batch ${B}\n`);
+      const steps = dtype === 'float32' ? (quick ? 8 : 32) : quick || shape.name !== 'base' ? 2 : 4;
+      const before = cpuCounters();
+      const tps = torchDecode(shape, config, B, dtype, steps);
+      out.push({
+        model: shape.name,
+        what: 'peer',
+        dtype,
+        batch: B,
+        threads: threadCount(),
+        torch: torchVersion,
+        decode_steps: steps,
+        tokens_per_s: tps,
+        other_load: otherLoad(before, cpuCounters()),
+      });
+    }
+  return out;
 }
 
 export async function lowpSuite(values: LowpFlags): Promise<void> {
@@ -318,110 +496,81 @@ export async function lowpSuite(values: LowpFlags): Promise<void> {
     : SHAPES;
   for (const n of names) if (!shapes[n]) throw new BenchFailure(`bench lowp: unknown model '${n}' (base, 1.3B)`);
   const formats = values.formats ?? WEIGHT_FORMATS;
-  // A directory of its own (--model) or a subset of formats is a measurement of decode (and the peer) alone: no
-  // quality run, no BENCHMARKS.md section.
-  const partial = values.model !== undefined || values.formats !== undefined;
+  // A directory of its own (--model) is a measurement of decode and the peer alone.
+  const parts = new Set<LowpPart>(values.parts ?? (values.model ? ['decode', 'peer'] : LOWP_PARTS));
   const be = cpuBackend();
   if (!be) throw new BenchFailure('bench lowp: needs the cpu device (the native addon)');
-  const torchVersion = checkTorch();
+  const torchVersion = parts.has('peer') ? checkTorch() : '';
   const threads = threadCount();
-  const probe = new Uint8Array((quick ? 128 : 512) << 20).fill(1);
-  const records: BenchRecord[] = [];
-  const peers = new Map<string, { f32: number; bf16: number }>();
+  const command = commandLine();
+  const fresh: BenchRecord[] = [];
   for (const name of names) {
     const shape = shapes[name]!;
-    let config: RetNetModel['config'] | null = null;
-    for (const format of formats) {
-      process.stderr.write(`lowp: ${shape.name} ${format}: building and quantising\n`);
-      const model = buildModel(shape, format);
-      const bytes = weightBytes(model);
-      const threadSet = threads > 1 ? [1, threads] : [1];
-      for (const B of BATCHES)
-        for (const t of B === 1 ? threadSet : [threads]) {
-          be.addon.setThreads(t);
-          const m = await measure(model, B, probe, quick);
-          be.addon.setThreads(threads);
-          const bound = bytes / (m.gbps * 1e6);
-          records.push({
-            model: shape.name,
-            format,
-            batch: B,
-            threads: t,
-            ms_per_token: m.dec.msMedian,
-            ms_per_token_best: m.dec.msMin,
-            tokens_per_s: B / (m.dec.msMedian / 1000),
-            weight_bytes: bytes,
-            weight_mib: bytes / 2 ** 20,
-            read_gb_per_s: m.gbps,
-            read_gb_per_s_median: m.gbpsMedian,
-            bound_ms_per_token: bound,
-            vs_bound: m.dec.msMin / bound,
-            peer_tokens_per_s_float32: null,
-            peer_tokens_per_s_bfloat16: null,
-            other_load: m.load,
-          });
-        }
-      config = model.config;
-      model.dispose();
-    }
-    // the peer once per model, after our formats (the same shapes), also for --model and --formats runs
-    for (const B of BATCHES) {
-      process.stderr.write(`lowp: ${shape.name}: PyTorch ${torchVersion}, batch ${B}\n`);
-      const f32 = torchDecode(shape, config!, B, 'float32', quick ? 8 : 32);
-      const bf16 = torchDecode(shape, config!, B, 'bfloat16', quick || name !== 'base' ? 2 : 4);
-      peers.set(`${name}/${B}`, { f32, bf16 });
-    }
-    for (const r of records)
-      if (r.model === shape.name) {
-        const p = peers.get(`${name}/${r.batch}`);
-        r.peer_tokens_per_s_float32 = p?.f32 ?? null;
-        r.peer_tokens_per_s_bfloat16 = p?.bf16 ?? null;
-      }
+    if (parts.has('decode')) fresh.push(...(await decodeRecords(shape, formats, quick)));
+    // the peer after our formats (the same shapes, the same threads)
+    if (parts.has('peer')) fresh.push(...peerRecords(shape, quick, torchVersion));
   }
-  printTable(`lowp: decode with low-precision weights (${threads} threads default)`, records, COLUMNS);
-  const quality = partial ? [] : qualityRecords(quick);
+  if (parts.has('quality')) fresh.push(...qualityRecords(quick), ...vectorRecords());
+  for (const r of fresh) r.command = command;
+  const fileName = quick ? 'lowp.quick' : 'lowp';
+  const records = mergeParts(savedRecords(fileName), fresh);
+  const decode = records.filter((r) => partOf(r) === 'decode');
+  const quality = records.filter((r) => r.what === 'quality');
+  const logitErrors = records.filter((r) => r.what === 'logits');
+  printTable(`lowp: decode with low-precision weights (${threads} threads default)`, decode, COLUMNS);
   printTable('lowp: validation perplexity by weight format', quality, QUALITY_COLUMNS);
-  const logitErrors = partial ? [] : vectorRecords();
   printTable('lowp: logits of each format against float32 on the reference vectors', logitErrors, LOGIT_COLUMNS);
-  const findings = judge(records, threads);
-  for (const q of quality)
-    if (q.format !== 'f32') {
-      const ch = q.ppl_change as number;
-      const goal = q.goal_ppl_change as number;
-      findings.push(
-        `validation perplexity in ${q.format}: ${(q.val_ppl as number).toFixed(4)} vs ${(q.val_ppl_float32 as number).toFixed(4)} in float32 ` +
-          `(${(100 * ch).toFixed(3)}%; goal within ${100 * goal}%: ${Math.abs(ch) <= goal ? 'met' : 'NOT met'})`,
-      );
-    }
-  records.push(...quality, ...logitErrors);
+  const findings = [...judge(decode, threads), ...qualityFindings(quality)];
   for (const f of findings) process.stdout.write(`- ${f}\n`);
-  const { path, file } = writeResults(quick ? 'lowp.quick' : partial ? 'lowp.partial' : 'lowp', records);
+  // the file names every command whose records it holds
+  const commands = [...new Set(records.map((r) => r.command).filter((c): c is string => typeof c === 'string'))];
+  const file = resultFile(fileName, records, {
+    machine: describeMachine(),
+    commit: gitCommit(),
+    command: commands.join(' ; '),
+  });
+  const path = join(outputRoot(), 'bench', 'results', `${fileName}.json`);
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileAtomic(path, `${JSON.stringify(file, null, 2)}\n`);
   process.stdout.write(`\nwrote ${path}\n`);
-  if (quick || partial) return;
+  if (quick) return;
   updateBenchmarksMd(
     'lowp',
     sectionMarkdown({
       title: 'Low-precision weights: decode against the memory bound',
       intro:
         'Every Linear (projections, FFN, head) in f32, bf16, f16, int8 (one scale per output row) or q4 (blocks of ' +
-        '32, float16 scale; the dtypes of src/tensor/dtype.ts), activations and state float32. One decode step per sample; the read ' +
-        'bandwidth is a streaming read of 512 MiB through the same worker pool, timed in turns with the steps; ' +
-        'bound = resident weight bytes (engine accounting) / its best rate. PyTorch (Debian python3-torch ' +
-        `${torchVersion}, bench/peer_torch.py) decodes the same shapes in float32 and bfloat16 with the same threads. ` +
-        'Quality: the tiny preset trained on Brown (bytes) by `retnet train`, validation perplexity by `retnet eval ' +
-        "--weights FORMAT` (prefill-size products: weights converted to float32 in tiles, so this is the formats' " +
-        "error; the decode kernels' own error is bounded by test/lowp.test.ts). Logits: max |Δlogit| / max |logit| " +
-        "of each format against float32 on the reference vectors (../shared: torchscale's two random configs in the " +
-        "parallel and recurrent forms through the native kernels, fla's dev checkpoint).",
+        '32, float16 scale; the dtypes of src/tensor/dtype.ts), activations and state float32. One decode step per ' +
+        'sample; the read bandwidth is a streaming read of 512 MiB through the same worker pool, timed in turns with ' +
+        'the steps; bound = the bytes a step moves (stored weights less the embedding table, plus the B embedding ' +
+        'rows looked up, plus the retention state read and written) / the best read rate. PyTorch (Debian ' +
+        'python3-torch, bench/peer_torch.py) decodes the same shapes in float32 and bfloat16 with the same threads, ' +
+        'after ours. Quality: the tiny preset trained on Brown (bytes) by `retnet train`, validation perplexity by ' +
+        '`retnet eval --weights FORMAT` (prefill-size products: weights converted to float32 in tiles, so this is the ' +
+        "formats' error; the decode kernels' own error is bounded by test/lowp.test.ts). Logits: max |Δlogit| / max " +
+        "|logit| of each format against float32 on the reference vectors (../shared: torchscale's two random " +
+        "configs in the parallel and recurrent forms through the native kernels, fla's dev checkpoint). The parts " +
+        'ran as separate commands (`--parts`), each under 8 minutes; the command line above lists them.',
       file,
-      table: `${markdownTable(
-        records.filter((r) => r.what !== 'quality' && r.what !== 'logits'),
-        COLUMNS,
-      )}\n\n${markdownTable(quality, QUALITY_COLUMNS)}\n\n${markdownTable(logitErrors, LOGIT_COLUMNS)}`,
+      table: `${markdownTable(decode, COLUMNS)}\n\n${markdownTable(quality, QUALITY_COLUMNS)}\n\n${markdownTable(logitErrors, LOGIT_COLUMNS)}`,
       findings,
       plot: null,
     }),
   );
+}
+
+function qualityFindings(quality: readonly BenchRecord[]): string[] {
+  const out: string[] = [];
+  for (const q of quality)
+    if (q.format !== 'f32') {
+      const ch = q.ppl_change as number;
+      const goal = q.goal_ppl_change as number;
+      out.push(
+        `validation perplexity in ${q.format}: ${(q.val_ppl as number).toFixed(4)} vs ${(q.val_ppl_float32 as number).toFixed(4)} in float32 ` +
+          `(${(100 * ch).toFixed(3)}%; goal within ${100 * goal}%: ${Math.abs(ch) <= goal ? 'met' : 'NOT met'})`,
+      );
+    }
+  return out;
 }
 
 /** Above this share of the CPU used by other processes, the findings say that ratios to the bound do not hold. */

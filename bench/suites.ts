@@ -128,6 +128,15 @@ export const suites: Command[] = [
         placeholder: 'formats',
         maxItems: 5,
       }),
+      parts: list(
+        'parts to run (decode, peer, quality; default all), merged into the saved results',
+        (s) => {
+          // bench/lowp.ts LOWP_PARTS (not imported: that module loads the addon)
+          if (!['decode', 'peer', 'quality'].includes(s)) throw new Error('expected decode, peer or quality');
+          return s as 'decode' | 'peer' | 'quality';
+        },
+        { placeholder: 'parts', maxItems: 3 },
+      ),
     },
     async (v) => (await import('./lowp.js')).lowpSuite(v),
   ),

@@ -363,9 +363,11 @@ function findings(records: BenchRecord[], s: TrainSettings): string[] {
     out.push(
       `peak memory per token of sequence (slope between the two longest lengths): RetNet chunkwise ` +
         `${(sr / 1024).toFixed(0)} KiB, flash-attention Transformer ${(st / 1024).toFixed(0)} KiB; both grow ` +
-        "linearly in T, and RetNet's activations per token are wider (v, g, the retention output and its norm are " +
-        "dv = 2d wide, the Transformer's v and attention output d), which the Transformer's wider FFN does not " +
-        'make up for',
+        'linearly in T' +
+        (sr > st
+          ? ", and RetNet's activations per token are wider (v, g, the retention output and its norm are dv = 2d " +
+            "wide, the Transformer's v and attention output d), which the Transformer's wider FFN does not make up for"
+          : '; what each layer keeps per token is in the "Training memory by op" section (`bench trainmem`)'),
     );
   for (const x of records.filter((x) => x.status === 'skipped' && x.predicted_peak_mib !== undefined))
     out.push(`${x.variant} at ${x.length}: skipped, ${x.reason}`);

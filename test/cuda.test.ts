@@ -262,6 +262,57 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
       2e-5, 'decode at the splits'); // prettier-ignore
   });
 
+  it('retention step at wide heads: value-column tiles, K rows past the unrolled loop, batch rows', () => {
+    const rng = new Rng(19);
+    // 6.7B's head (K 256, V 432: 13.5 tiles of 32 columns) and a K that leaves a remainder after the 64-row steps.
+    for (const [B, H, K, V] of [
+      [2, 3, 256, 432],
+      [3, 2, 100, 33],
+    ] as const)
+      for (const normalize of [true, false]) {
+        const gammas = retentionGammas(H);
+        const [s, sc] = pair(rng, [B, H, K, V], 0.1);
+        const sums = Array.from({ length: B * H }, (_, i) => 1 + 3 * i);
+        const [z, zc] = [ref.fromData(sums, [B, H], 'float32'), cuda!.fromData(sums, [B, H], 'float32')];
+        for (let step = 0; step < 2; step++) {
+          const [q1, q1c] = pair(rng, [B, H, K]);
+          const [k1, k1c] = pair(rng, [B, H, K]);
+          const [v1, v1c] = pair(rng, [B, H, V]);
+          const what = `B ${B} H ${H} K ${K} V ${V} normalize ${normalize} step ${step}`;
+          const oa = R.retentionStep(q1, k1, v1, s, z, gammas, normalize);
+          const ob = G.retentionStep(q1c, k1c, v1c, sc, zc, gammas, normalize);
+          assertClose(ob.data(), oa.data(), 2e-5, `${what} o`);
+          assertClose(sc.data(), s.data(), 2e-5, `${what} state`);
+          assertClose(zc.data(), z.data(), 2e-6, `${what} scale`);
+        }
+      }
+  });
+
+  it('RMSNorm and the gated norm at wide rows: the register kernel (cols % 4 == 0) and the loop kernel', () => {
+    const rng = new Rng(23);
+    for (const [rows, cols] of [
+      [3, 4096],
+      [5, 432],
+      [2, 16384],
+      [2, 16388], // past the register kernel's 16384: the loop kernel
+      [4, 4098],
+    ] as const) {
+      const [x, xc] = pair(rng, [rows, cols]);
+      const [z, zc] = pair(rng, [rows, cols]);
+      const [w, wc] = pair(rng, [cols], 0.5);
+      for (const weight of [true, false]) {
+        const what = `${rows}x${cols} weight ${weight}`;
+        const a = R.rmsNorm(x, weight ? w : null, 1e-6);
+        const b = G.rmsNorm(xc, weight ? wc : null, 1e-6);
+        assertClose(b.y.data(), a.y.data(), 2e-6, `${what} rmsNorm y`);
+        assertClose(b.rstd.data(), a.rstd.data(), 2e-6, `${what} rmsNorm rstd`);
+        const ga = R.gatedRmsNorm(x, z, weight ? w : null, 1e-6);
+        const gb = G.gatedRmsNorm(xc, zc, weight ? wc : null, 1e-6);
+        assertClose(gb.y.data(), ga.y.data(), 2e-6, `${what} gatedRmsNorm y`);
+      }
+    }
+  });
+
   it('rotary in halves (the fla variant) and interleaved pairs', () => {
     const rng = new Rng(11);
     const [x, xc] = pair(rng, [2, 9, 3, 8]);
@@ -325,7 +376,10 @@ describe('cuda 16-bit storage and tensor-core products', { skip }, () => {
     const rng = new Rng(12);
     for (const dt of DT16)
       for (const [ta, tb, batch, M, N, K, shared] of [
-        [false, true, 1, 1, 300, 257, true], // a decode step's product: one row, weight [N, K]
+        [false, true, 1, 1, 300, 257, true], // a decode step's product: one row, weight [N, K] (K odd: cuBLAS)
+        [false, true, 1, 1, 300, 264, true], // the same with K a multiple of 8: the gemv16 kernel
+        [false, true, 2, 4, 77, 1032, true], // 8 rows (gemv16's most), N not a multiple of its 4 rows a warp
+        [false, true, 3, 1, 5, 8, true], // 3 rows, one 16-byte chunk of each weight row
         [false, true, 3, 5, 64, 96, true],
         [false, false, 2, 33, 17, 65, false],
         [true, false, 2, 8, 129, 31, false],
@@ -345,11 +399,24 @@ describe('cuda 16-bit storage and tensor-core products', { skip }, () => {
         const y = kernels(be, dt).matmul(aExactC, bc, ta, tb);
         assert.equal(y.dtype, 'float32');
         assertClose(y.data(), kernels(ref, dt).matmul(aExact, b16, ta, tb).data(), 2e-5, `${what} exact x`);
-        // Any float32 x: rounded to the weight's dtype first (bfloat16 2^-9 relative per element).
         const a = ref.fromData(ad, aShape, 'float32');
         const ac = be.fromData(ad, aShape, 'float32');
-        assertClose(kernels(be, dt).matmul(ac, bc, ta, tb).data(), kernels(ref, dt).matmul(a, b16, ta, tb).data(),
-          dt === 'bfloat16' ? 1e-2 : 2e-3, `${what} float32 x`); // prettier-ignore
+        // Any float32 x keeps its precision, as in the reference (which widens the weight): gemv16 (at most 8 rows,
+        // K a multiple of 8), x as two 16-bit parts (x's error 2^-17 relative in bfloat16), or the weight widened.
+        const expected = kernels(ref, dt).matmul(a, b16, ta, tb).data();
+        assertClose(kernels(be, dt).matmul(ac, bc, ta, tb).data(), expected, 5e-5, `${what} float32 x`);
+        // roundActivations: x rounded to the weight's dtype first (bfloat16 2^-9 relative per element) where more
+        // than gemv16's rows or another K; the rounding must show (so the parts above are not rounded ones).
+        const gemv = !ta && tb && shared && batch * M <= 8 && K % 8 === 0;
+        be.roundActivations = true;
+        const rounded = kernels(be, dt).matmul(ac, bc, ta, tb).data();
+        be.roundActivations = false;
+        assertClose(rounded, expected, gemv ? 5e-5 : dt === 'bfloat16' ? 1e-2 : 2e-3, `${what} rounded x`);
+        if (!gemv && K > 0 && !ta && shared)
+          assert.ok(
+            rounded.some((v, i) => Math.abs(v - expected[i]!) > 1e-4),
+            `${what}: rounding x changed nothing`,
+          );
         // Two 16-bit operands: the result rounded to their dtype.
         const a16 = ref.fromData(ad, aShape, dt);
         const y16 = kernels(be, dt).matmul(be.fromData(ad, aShape, dt), bc, ta, tb);

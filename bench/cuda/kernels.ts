@@ -178,9 +178,16 @@ for (const { B, H, T, D } of shapes) {
   for (const t of [q, k, v, g]) t.dispose();
 }
 
-// The recurrent step, batched over rows: bytes = state read + written (the step's floor), B·H·K·V·4·2.
-for (const Bd of [1, 8]) {
-  const [H, K, V] = [16, 256, 256];
+// The recurrent step, batched over rows: bytes = state read + written (the step's floor), B·H·K·V·4·2. K = V = 256,
+// and the 6.7B model's heads (K 256, V 432) up to a batch whose state (0.9 GB) is 15x the L2.
+for (const [Bd, V] of [
+  [1, 256],
+  [8, 256],
+  [1, 432],
+  [8, 432],
+  [64, 432],
+] as const) {
+  const [H, K] = [16, 256];
   const state = random([Bd, H, K, V], 0.1);
   const scale = be.zeros([Bd, H], 'float32');
   const q = random([Bd, H, K]);
@@ -190,6 +197,26 @@ for (const Bd of [1, 8]) {
   const ms = time(() => kern.retentionStep(q, k, v, state, scale, gammas, true).dispose(), quick ? 5 : 50, 5);
   const bytes = Bd * H * K * V * 4 * 2;
   record({ what: 'retention_step', B: Bd, H, K, V, ms_median: ms, gb_per_s: bytes / ms / 1e6 });
+}
+
+// A decode step's weight product, x [M, 4096] float32 · W [16384, 4096]ᵀ bf16 (128 MB, twice the L2): the gemv16
+// kernel (what linear() takes for M <= 8) against cuBLAS on bf16 x (the cast excluded). bytes = W's.
+{
+  const [N, K] = [16384, 4096];
+  const w = kern.cast(random([N, K], 0.02), 'bfloat16');
+  const k16 = kernels(be, 'bfloat16');
+  for (const M of [1, 2, 8]) {
+    const x = random([M, K]);
+    const x16 = kern.cast(x, 'bfloat16');
+    const bytes = N * K * 2;
+    const msGemv = time(() => k16.matmul(x, w, false, true).dispose(), quick ? 5 : 50, 5);
+    const msBlas = time(() => k16.matmul(x16, w, false, true).dispose(), quick ? 5 : 50, 5);
+    record({ what: 'weight_product', M, N, K, kernel: 'gemv16', ms_median: msGemv, gb_per_s: bytes / msGemv / 1e6 });
+    record({ what: 'weight_product', M, N, K, kernel: 'cublas', ms_median: msBlas, gb_per_s: bytes / msBlas / 1e6 });
+    x.dispose();
+    x16.dispose();
+  }
+  w.dispose();
 }
 
 record({ what: 'device_memory', ...be.deviceMemory() });

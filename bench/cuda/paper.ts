@@ -157,6 +157,8 @@ function withBound(r: BenchRecord): BenchRecord {
   return {
     ...r,
     weights: 'bf16',
+    // Weight products of more than 8 rows: x rounded to bf16 (true) or kept float32 as two bf16 parts (false).
+    round_activations: be.roundActivations,
     hbm_bound_ms: boundMs,
     over_hbm_bound: r.status === 'ok' ? (r.ms_per_token as number) / boundMs : null,
   };

@@ -275,6 +275,15 @@ Napi::Value Convert(const Napi::CallbackInfo& info) {
   });
 }
 
+// split16(x, toDtype, out, n): out [2n] of dtype 1 (bfloat16) or 2 (float16) = hi then lo, x ≈ hi + lo.
+Napi::Value Split16(const Napi::CallbackInfo& info) {
+  return run(info, [&] {
+    int64_t to = dim(info, 1, "to"), n = dim(info, 3, "n");
+    if (to != 1 && to != 2) throw ArgError{"split16: the parts' dtype code is 1 (bfloat16) or 2 (float16)"};
+    cuda::split16(f(info, 0, "x", n), static_cast<cuda::DType>(to), dev(info, 2, "out", 2 * n * 2), n);
+  });
+}
+
 // ---- kernels ----
 
 // gemm(dtype, transA, transB, M, N, K, alpha, A, lda, strideA, B, ldb, strideB, beta, C, ldc, strideC, batch, tf32,
@@ -307,6 +316,25 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   });
 }
 RETNET_KERNEL("gemm", Gemm);
+
+// gemv16(dtype, x, w, y, M, N, K) -> whether it ran: y [M, N] float32 = x [M, K] float32 · w [N, K]ᵀ of dtype
+// (1 bfloat16, 2 float16) when gemv16Fits (M ≤ 8, K a multiple of 8, aligned); false (nothing launched) otherwise.
+Napi::Value Gemv16(const Napi::CallbackInfo& info) {
+  bool ran = false;
+  Napi::Value r = run(info, [&] {
+    int64_t dt = dim(info, 0, "dtype"), M = dim(info, 4, "M"), N = dim(info, 5, "N"), K = dim(info, 6, "K");
+    if (dt != 1 && dt != 2) throw ArgError{"gemv16: the weight's dtype code is 1 (bfloat16) or 2 (float16)"};
+    const float* x = f(info, 1, "x", M * K);
+    const void* w = dev(info, 2, "w", N * K * 2);
+    float* y = f(info, 3, "y", M * N);
+    if (!cuda::gemv16Fits(M, K, x, w)) return;
+    cuda::gemv16(static_cast<cuda::DType>(dt), x, w, y, M, N, K);
+    ran = true;
+  });
+  if (info.Env().IsExceptionPending()) return r;
+  return Napi::Boolean::New(info.Env(), ran);
+}
+RETNET_KERNEL("gemv16", Gemv16);
 
 // binary(op, a, b, out, n, m)
 Napi::Value Binary(const Napi::CallbackInfo& info) {
@@ -782,7 +810,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"available", Available}, {"info", Info},     {"alloc", Alloc},         {"free", Free},
       {"memory", Memory},       {"emptyCache", EmptyCache}, {"synchronize", Synchronize}, {"profile", Profile}, {"write", Write},
       {"read", Read},           {"readAsync", ReadAsync},   {"copy", Copy},   {"fill", Fill},
-      {"convert", Convert}};
+      {"convert", Convert},     {"split16", Split16}};
   for (auto& [name, fn] : device) exports.Set(name, Napi::Function::New(env, fn, name));
   return exports;
 }

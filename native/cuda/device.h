@@ -51,6 +51,12 @@ void gemm(DType dt, DType outDt, bool transA, bool transB, int64_t M, int64_t N,
           int64_t lda, int64_t strideA, const void* B, int64_t ldb, int64_t strideB, float beta, void* C, int64_t ldc,
           int64_t strideC, int64_t batch, bool tf32);
 
+// y [M, N] = x [M, K] · W [N, K]ᵀ for a few float32 rows and a 16-bit weight (gemv.cu): one launch, x not rounded,
+// W streamed once. gemv16Fits says whether the shape and pointers suit it (else the caller takes gemm).
+constexpr int kGemvMaxRows = 8;
+bool gemv16Fits(int64_t M, int64_t K, const void* x, const void* w);
+void gemv16(DType wt, const float* x, const void* w, float* y, int64_t M, int64_t N, int64_t K);
+
 // ---- elementwise, reductions, layout (elementwise.cu) ----
 void binary(int op, const float* a, const float* b, float* out, int64_t n, int64_t m);
 void scale(const float* a, float* out, float alpha, int64_t n);
@@ -63,6 +69,9 @@ void copyBlocks(const uint32_t* src, int64_t srcOff, int64_t srcStride, uint32_t
 void fill(float* x, float value, int64_t n);
 // Conversions between stored dtypes (float32 <-> bfloat16/float16 bit patterns).
 void convert(DType from, const void* x, DType to, void* out, int64_t n);
+// out [2n] of dtype `to` (bfloat16 or float16) = hi, lo with x ≈ hi + lo (hi = x rounded, lo = the rest rounded):
+// a float32 operand as two 16-bit ones, for weight products that keep x's float32 precision on tensor cores.
+void split16(const float* x, DType to, void* out, int64_t n);
 
 // ---- normalisation, softmax, losses, embedding, optimizer (norm.cu) ----
 // RMSNorm over rows, gated by silu(z) where z is given (RetNet's per-head norm; null: plain RMSNorm). dz with z.

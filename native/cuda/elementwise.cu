@@ -115,7 +115,30 @@ __global__ void convertKernel(DType from, const void* x, DType to, void* out, in
   }
 }
 
+// x ≈ hi + lo in the 16-bit dtype `to`: hi = round(x), lo = round(x − hi), written as hi's n values then lo's.
+__global__ void splitKernel(const float* x, DType to, void* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float v = x[i];
+    if (to == DType::BF16) {
+      __nv_bfloat16 hi = __float2bfloat16_rn(v);
+      static_cast<__nv_bfloat16*>(out)[i] = hi;
+      static_cast<__nv_bfloat16*>(out)[n + i] = __float2bfloat16_rn(v - __bfloat162float(hi));
+    } else {
+      __half hi = __float2half_rn(v);
+      static_cast<__half*>(out)[i] = hi;
+      static_cast<__half*>(out)[n + i] = __float2half_rn(v - __half2float(hi));
+    }
+  }
+}
+
 }  // namespace
+
+void split16(const float* x, DType to, void* out, int64_t n) {
+  if (n == 0) return;
+  if (to == DType::F32) throw CudaError("split16: the parts are bfloat16 or float16");
+  splitKernel<<<gridFor(n), kThreads, 0, stream()>>>(x, to, out, n);
+  checkLaunch("split16");
+}
 
 void binary(int op, const float* a, const float* b, float* out, int64_t n, int64_t m) {
   if (n == 0) return;

@@ -34,6 +34,51 @@ __global__ void rmsNormKernel(const float* x, const float* z, const float* w, fl
   }
 }
 
+// The same for rows of cols % 4 == 0 up to kVecRowPer·4·1024 wide (aligned pointers): each thread holds its
+// kVecRowPer float4 of x in registers, so x is read once and every load is issued before the first is used.
+// Session 4's profile of the 6.7B decode step had the kernel above at 11 µs per 4096-wide row (97 a step: 1.05 ms):
+// each thread's 16 loads waited on one another through the loop.
+constexpr int kVecRowPer = 4;
+
+__global__ void rmsNormVecKernel(const float* __restrict__ x, const float* __restrict__ z,
+                                 const float* __restrict__ w, float* __restrict__ y, float* __restrict__ rstd,
+                                 int64_t cols, float eps) {
+  int64_t r = blockIdx.x;
+  int64_t n4 = cols / 4;
+  const float4* xr = reinterpret_cast<const float4*>(x + r * cols);
+  float4 v[kVecRowPer];
+  float ss = 0;
+#pragma unroll
+  for (int p = 0; p < kVecRowPer; p++) {
+    int64_t i = threadIdx.x + static_cast<int64_t>(p) * blockDim.x;
+    v[p] = i < n4 ? xr[i] : make_float4(0, 0, 0, 0);
+  }
+#pragma unroll
+  for (int p = 0; p < kVecRowPer; p++) ss += v[p].x * v[p].x + v[p].y * v[p].y + v[p].z * v[p].z + v[p].w * v[p].w;
+  ss = blockSum(ss);
+  float s = rsqrtf(ss / static_cast<float>(cols) + eps);
+  if (threadIdx.x == 0) rstd[r] = s;
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  const float4* z4 = reinterpret_cast<const float4*>(z ? z + r * cols : nullptr);
+  float4* y4 = reinterpret_cast<float4*>(y + r * cols);
+#pragma unroll
+  for (int p = 0; p < kVecRowPer; p++) {
+    int64_t i = threadIdx.x + static_cast<int64_t>(p) * blockDim.x;
+    if (i >= n4) continue;
+    float4 o = make_float4(v[p].x * s, v[p].y * s, v[p].z * s, v[p].w * s);
+    if (w) {
+      float4 wv = w4[i];
+      o = make_float4(o.x * wv.x, o.y * wv.y, o.z * wv.z, o.w * wv.w);
+    }
+    if (z) {
+      float4 zv = z4[i];
+      o = make_float4(o.x * zv.x * sigmoid(zv.x), o.y * zv.y * sigmoid(zv.y), o.z * zv.z * sigmoid(zv.z),
+                      o.w * zv.w * sigmoid(zv.w));
+    }
+    y4[i] = o;
+  }
+}
+
 // With a gate z (y = n·silu(z), n = x·rstd·w): dz = g·n·silu'(z), and the norm receives h = g·silu(z) (h = g
 // without a gate): dx = rstd·h·w − x·rstd³·Σ(h·w·x)/cols.
 __global__ void rmsNormBackwardKernel(const float* x, const float* z, const float* w, const float* rstd,
@@ -237,6 +282,14 @@ unsigned rowsGrid(int64_t rows) { return static_cast<unsigned>(rows); }
 void rmsNorm(const float* x, const float* z, const float* w, float* y, float* rstd, int64_t rows, int64_t cols,
              float eps) {
   if (rows == 0) return;
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  int64_t n4 = cols / 4, threads = ((n4 + kVecRowPer - 1) / kVecRowPer + 31) / 32 * 32;
+  if (cols > 0 && cols % 4 == 0 && threads <= 1024 && aligned(x) && aligned(y) && (!w || aligned(w)) &&
+      (!z || aligned(z))) {
+    rmsNormVecKernel<<<rowsGrid(rows), static_cast<unsigned>(threads), 0, stream()>>>(x, z, w, y, rstd, cols, eps);
+    checkLaunch("rmsNorm");
+    return;
+  }
   rmsNormKernel<<<rowsGrid(rows), kRowThreads, 0, stream()>>>(x, z, w, y, rstd, cols, eps);
   checkLaunch("rmsNorm");
 }

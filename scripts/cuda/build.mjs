@@ -62,6 +62,7 @@ if (!cublas) skip(`no cuBLAS next to ${cudaHome}, in CUBLAS_HOME or in the nvidi
 
 function nodeHeaders() {
   const candidates = [
+    ...(process.env.RETNET_NODE_INCLUDE ? [process.env.RETNET_NODE_INCLUDE] : []),
     join(dirname(process.execPath), '..', 'include', 'node'),
     '/usr/include/node',
     join(process.env.HOME ?? '', '.cache', 'node-gyp', process.versions.node, 'include', 'node'),

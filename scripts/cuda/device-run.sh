@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Runs on the device machine (the device tool's `run`, from the root of the checkout, with .cuda-carry carried; see
 # carry.sh): unpacks Node and the tree, finds cuBLAS in PyTorch's nvidia packages, then runs the stages named:
+#   build     tsc and the CUDA addon built here from carry-source.sh's sources (over the tree's compiled ones)
 #   info      nvidia-smi, the addon's view of the GPU
 #   test      test/cuda.test.ts (the op suite and the sequence kernels against the reference backend)
 #   vectors   the torchscale and fla vectors through models on the cuda device (their tests' cuda suites)
 #   cli       train a tiny model, then generate from it, with --device cuda
 #   suites    the decode, batch and train bench suites (--quick; SUITE_FULL=1: full settings) on the cuda device
-#   paper     bench/cuda/paper.js: Figure 6 at 6.7B and Table 4 at 1.3B (PAPER_ARGS: e.g. "--only decode")
+#   paper     bench/cuda/paper.js: Figure 6 at 6.7B and Table 4 at 1.3B (PAPER_ARGS: e.g. "--only decode"; PAPER_OUT:
+#             the name of its JSON and log, default cuda-paper)
 #   profile   ncu over one 6.7B decode step at batch 1 of each architecture (paper.js --only profile): kernel times
-#   sanitize  the same under compute-sanitizer memcheck
+#   sanitize  test/cuda.test.ts under compute-sanitizer (SANITIZE_TOOLS, default memcheck)
+#   hostprof  node --cpu-prof over paper.js --only profile: the host's time in the decode steps by function
 #   bench     bench/cuda/kernels.ts (quick: bench-quick)
 #   peer      bench/cuda/peer.py (fla chunk_retention, PyTorch SDPA, the ceilings)
 #   curve     bench/cuda/train-curve.ts (the first training steps on the reference and cuda devices)
@@ -21,7 +24,8 @@ mkdir -p "$out" /tmp/rn
 trap '[ -n "${OUT:-}" ] && tar czf "$OUT/out.tgz" -C /tmp/rn out' EXIT
 cd /tmp/rn
 [ -x node ] || { xz -dc "$carry/node.xz" >node && chmod +x node; }
-rm -rf tree && tar xJf "$carry/tree.tar.xz"
+# RN_KEEP_TREE=1: keep the tree of an earlier invocation (one that ran `build`).
+[ -n "${RN_KEEP_TREE:-}" ] && [ -d tree ] || { rm -rf tree && tar xJf "$carry/tree.tar.xz"; }
 [ -f "$carry/shared.tar.xz" ] && tar xJf "$carry/shared.tar.xz"
 [ -f "$carry/fla.tar.xz" ] && { rm -rf fla && mkdir fla && tar xJf "$carry/fla.tar.xz" -C fla; }
 cublas=$(python3 - <<'PY'
@@ -37,6 +41,15 @@ cd tree
 for stage in "$@"; do
   echo "=== $stage ($(date -u +%T))"
   case $stage in
+    build)
+      # The sources of carry-source.sh over the tree: tsc, then the CUDA addon with this machine's nvcc and cuBLAS.
+      tar xzf "$carry/source.tar.gz" -C /tmp/rn
+      $node node_modules/typescript/bin/tsc -p tsconfig.json >"$out/build.log" 2>&1
+      echo "tsc exit $? (type errors from modules not carried do not stop its output)"
+      rm -rf build/cuda-obj
+      CUBLAS_HOME=${cublas%/lib} RETNET_NODE_INCLUDE=$(pwd)/.node-include RETNET_CUDA_JOBS=16 $node scripts/cuda/build.mjs \
+        2>&1 | tee -a "$out/build.log" | tail -3
+      ;;
     info)
       nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/info.txt"
       $node -e "const a=require('./build/Release/retnet_cuda.node');console.log(a.available()??JSON.stringify(a.info()))" | tee -a "$out/info.txt"
@@ -62,10 +75,20 @@ for stage in "$@"; do
       done
       ;;
     sanitize)
-      timeout ${SANITIZE_TIMEOUT:-300} compute-sanitizer --tool memcheck --print-limit 20 $node dist/test/cuda.test.js >"$out/sanitize.log" 2>&1
-      echo "compute-sanitizer exit $?"; grep -E "ERROR SUMMARY|^# (pass|fail)" "$out/sanitize.log" | tail -5
+      # SANITIZE_TOOLS: compute-sanitizer tools to run in turn (memcheck, racecheck, synccheck, initcheck).
+      for tool in ${SANITIZE_TOOLS:-memcheck}; do
+        timeout ${SANITIZE_TIMEOUT:-300} compute-sanitizer --tool $tool --print-limit 20 $node dist/test/cuda.test.js >"$out/sanitize-$tool.log" 2>&1
+        echo "compute-sanitizer $tool exit $?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^# (tests|pass|fail)" "$out/sanitize-$tool.log" | tail -6
+      done
       ;;
-    paper) $node dist/bench/cuda/paper.js ${PAPER_ARGS:-} --out "$out/cuda-paper.json" 2>&1 | tee "$out/paper.log" | cut -c1-400 ;;
+    hostprof)
+      # The host's time inside the 6.7B decode steps of paper.js --only profile, by function (node --cpu-prof).
+      rm -rf /tmp/rn/prof
+      $node --cpu-prof --cpu-prof-dir=/tmp/rn/prof --cpu-prof-interval 100 dist/bench/cuda/paper.js --only profile >"$out/hostprof.log" 2>&1
+      echo "hostprof exit $?"
+      $node scripts/cuda/cpuprof-top.mjs /tmp/rn/prof/*.cpuprofile stepInPlace 45 | tee "$out/hostprof.txt"
+      ;;
+    paper) $node dist/bench/cuda/paper.js ${PAPER_ARGS:-} --out "$out/${PAPER_OUT:-cuda-paper}.json" 2>&1 | tee "$out/${PAPER_OUT:-cuda-paper}.log" | cut -c1-400 ;;
     profile)
       timeout ${PROFILE_TIMEOUT:-240} ncu --profile-from-start off --clock-control none --metrics gpu__time_duration.sum --csv \
         $node dist/bench/cuda/paper.js --only profile >"$out/profile.csv" 2>"$out/profile.log"

@@ -60,7 +60,7 @@ export function weightParts(device: HostDevice, w: Tensor): { data: ArrayBufferV
 
 /** yd [R, N] = xd [R, K] · Wᵀ by the decode kernels (R ≤ DECODE_ROWS), W [N, K] in `format` as weightParts gives it. */
 export function decodeProduct(
-  device: HostDevice,
+  _device: HostDevice, // (the scratch below replaced a tensor of the device; kept for the callers)
   lowp: LowpAddon,
   format: number,
   isa: number,
@@ -72,11 +72,18 @@ export function decodeProduct(
   xd: Float32Array,
   yd: Float32Array,
 ): void {
-  const bytes = lowp.lowpWorkspace(format, isa, R, K);
-  const scratch = device.zeros([Math.ceil(bytes / 4)], 'int32');
-  const words = device.raw(scratch);
-  lowp.lowpGemv(format, isa, N, K, R, data, scales, xd, yd, new Uint8Array(words.buffer, words.byteOffset, bytes));
-  scratch.dispose();
+  lowp.lowpGemv(format, isa, N, K, R, data, scales, xd, yd, workspace(lowp.lowpWorkspace(format, isa, R, K)));
+}
+
+/**
+ * The prepared copy of x of every decode product, in one buffer that grows to the largest a product has needed (the
+ * native code overwrites every byte it reads, and products run one at a time on this thread): a decode step makes
+ * ~7 products per layer, and a fresh zeroed tensor for each was allocation, zeroing and disposal on the step's path.
+ */
+let scratch = new Uint8Array(0);
+function workspace(bytes: number): Uint8Array {
+  if (scratch.byteLength < bytes) scratch = new Uint8Array(Math.max(bytes, 2 * scratch.byteLength));
+  return scratch;
 }
 
 /**

@@ -28,12 +28,16 @@ export interface CudaAddon {
   copy(dst: Ptr, src: Ptr, bytes: number): void;
   fill(p: Ptr, value: number, n: number): void;
   convert(from: number, x: Ptr, to: number, out: Ptr, n: number): void;
+  /** out [2n] 16-bit (dtype code `to`) = hi then lo with x ≈ hi + lo. */
+  split16(x: Ptr, to: number, out: Ptr, n: number): void;
   crossEntropy(...args: Arg[]): number;
   embedding(...args: Arg[]): number;
   sumSquares(x: Ptr, n: number): number;
   retentionWorkspace(kernel: number, B: number, H: number, T: number, K: number, V: number, C: number): number;
   attentionWorkspace(kernel: number, B: number, H: number, T: number, K: number, V: number): number;
   gemm(...args: Arg[]): void;
+  /** gemv16(dtype, x, w, y, M, N, K): false when the shape does not suit it (nothing ran). */
+  gemv16(...args: Arg[]): boolean;
   binary(...args: Arg[]): void;
   scale(...args: Arg[]): void;
   sumRows(...args: Arg[]): void;

@@ -73,6 +73,13 @@ export class CudaDevice implements Device {
    */
   bf16Retention = process.env.RETNET_CUDA_BF16_RETENTION === '1';
   /**
+   * Weight products (float32 x, 16-bit weight) of more than 8 rows round x to the weight's dtype
+   * (RETNET_CUDA_ROUND_ACTIVATIONS=1): one tensor-core GEMM instead of two parts' (kernels.ts matmul16), about 2^-9
+   * relative error per element of x for bfloat16. Off by default: results then match the host devices' to float32
+   * rounding.
+   */
+  roundActivations = process.env.RETNET_CUDA_ROUND_ACTIVATIONS === '1';
+  /**
    * A test aid, as the host pool's: outputs taken without a fill come filled with NaN, so a kernel that leaves an
    * element unwritten shows up instead of reading whatever the recycled block held.
    */

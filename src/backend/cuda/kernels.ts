@@ -25,6 +25,9 @@ import type { CudaDevice } from './device.js';
 // The addon's float dtype codes (native/cuda/device.h DType).
 const FLOAT_CODE: Partial<Record<DType, number>> = { float32: 0, bfloat16: 1, float16: 2 };
 
+// The most rows of a weight product that take the gemv16 kernel (native/cuda/device.h kGemvMaxRows).
+const GEMV_MAX_ROWS = 8;
+
 // The chunk the parallel form's backward runs with (its gradient is the chunkwise one; the chunk sets only speed).
 const PARALLEL_BACKWARD_CHUNK = 64;
 
@@ -71,21 +74,70 @@ export class CudaKernels implements Omit<Kernels, 'dropout'> {
   /**
    * A product with 16-bit operands (bfloat16 or float16) on tensor cores, float32 accumulation: a weight product
    * (float32 a, 16-bit b: linear() with a stored weight) gives float32, as on the host devices; two 16-bit operands
-   * give their dtype. The tensor cores take both operands in one dtype, so a float32 operand is rounded to the other's
-   * dtype first: unlike the host devices' weight products (which widen the weight), the activation is rounded too,
-   * about 2^-9 relative per element for bfloat16.
+   * give their dtype. A weight product keeps x's float32 precision, as the host devices (which widen the weight) do:
+   * at most 8 rows (decode steps) through gemv16, which reads x as float32; more rows as x = hi + lo, two 16-bit
+   * parts stacked into one tensor-core GEMM of twice the rows, whose halves are added (x's error 2^-17 relative for
+   * bfloat16; the fla vectors' BF16 checkpoints hold 1e-4 on this device only so). With `roundActivations` x is
+   * rounded to the weight's dtype instead (2^-9 relative for bfloat16, half the arithmetic: PyTorch's bf16 regime).
+   * Other layouts with a float32 operand (transposed x, a batch of weights) widen the weight and run in float32.
    */
   matmul16(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
     const dt = b.dtype === 'bfloat16' || b.dtype === 'float16' ? b.dtype : a.dtype;
     for (const t of [a, b])
       if (t.dtype !== dt && t.dtype !== 'float32')
         throw new DTypeError(`matmul: cannot multiply ${a.dtype} by ${b.dtype} on the cuda device`);
+    const rows = this.weightRows(a, b, transA, transB);
+    if (rows) return rows;
+    if (a.dtype === 'float32' && b.dtype !== 'float32' && !this.d.roundActivations) {
+      if (b.rank !== 2 || transA) {
+        const b32 = this.cast(b, 'float32');
+        const y = this.gemm(a, b32, transA, transB, 'float32');
+        b32.dispose();
+        return y;
+      }
+      return this.splitProduct(a, b, transB);
+    }
     const a16 = a.dtype === dt ? a : this.cast(a, dt);
     const b16 = b.dtype === dt ? b : this.cast(b, dt);
     const y = this.gemm(a16, b16, transA, transB, a.dtype === 'float32' ? 'float32' : dt);
     if (a16 !== a) a16.dispose();
     if (b16 !== b) b16.dispose();
     return y;
+  }
+
+  /** x · op(W) for a float32 x [..., K] and a 16-bit W: [hi; lo] · op(W) in one GEMM, then hi·W + lo·W. */
+  private splitProduct(a: Tensor, b: Tensor, transB: boolean): Tensor {
+    const K = a.shape[a.rank - 1]!;
+    const N = transB ? b.shape[0]! : b.shape[1]!;
+    const rows = K === 0 ? 0 : a.size / K;
+    const shape = [...a.shape.slice(0, -1), N];
+    if (rows === 0 || N === 0 || K === 0) return this.d.zeros(shape, 'float32');
+    const parts = this.out([2 * rows, K], b.dtype);
+    this.d.addon.split16(this.d.ptr(a), FLOAT_CODE[b.dtype]!, this.d.ptr(parts), rows * K);
+    const both = this.gemm(parts, b, false, transB, 'float32');
+    parts.dispose();
+    const out = this.out(shape);
+    const p = this.d.ptr(both);
+    this.d.addon.binary(BINARY_OP.add, p, p + rows * N * 4, this.d.ptr(out), rows * N, rows * N);
+    both.dispose();
+    return out;
+  }
+
+  /**
+   * A decode step's weight product, x · Wᵀ with a float32 x of at most GEMV_MAX_ROWS rows and a 16-bit weight
+   * [N, K]: one launch of the addon's gemv16 (x not rounded; W read once), or null where it does not apply.
+   */
+  private weightRows(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor | null {
+    if (a.dtype !== 'float32' || b.dtype === 'float32' || transA || !transB || b.rank !== 2) return null;
+    const K = a.shape[a.rank - 1]!;
+    const rows = a.size / Math.max(K, 1);
+    const N = b.shape[0]!;
+    if (rows < 1 || rows > GEMV_MAX_ROWS || K === 0 || b.shape[1] !== K) return null;
+    const out = this.out([...a.shape.slice(0, -1), N]);
+    if (this.d.addon.gemv16(FLOAT_CODE[b.dtype]!, this.d.ptr(a), this.d.ptr(b), this.d.ptr(out), rows, N, K))
+      return out;
+    out.dispose();
+    return null;
   }
 
   /** op(a)·op(b) through cuBLAS, a and b of one dtype, the result in outDtype. Shapes as Kernels.matmul. */
