@@ -8,8 +8,9 @@ import type { Page } from 'playwright-core';
 
 import { chromiumMissing, launchChromium } from '../examples/web/chromium.js';
 import { bundleForBrowser, writeDemoModel } from '../examples/web/serve.js';
+import { loadForGeneration } from '../src/cli/generate.js';
 import { generate } from '../src/generate/generate.js';
-import { loadModelDir } from '../src/io/model-dir.js';
+import type { GenerationEvent, GenerationRequest } from '../src/generate/sequence.js';
 import { type StaticSite, startStaticServer } from '../src/web/serve.js';
 import { tempDir } from './temp.js';
 
@@ -17,6 +18,8 @@ export const ROOT = join(import.meta.dirname, '..');
 
 /** Why browser tests cannot run here, or false when they can (for `describe(..., { skip })`). */
 export function browserSkip(): string | false {
+  // In CI (.ci/run installs chromium) a missing browser fails the browser tests instead of skipping them.
+  if (process.env.CI) return false;
   return chromiumMissing() ?? false;
 }
 
@@ -59,16 +62,38 @@ export function tinyModelDir(): string {
   return dir;
 }
 
-/** Greedy tokens and text in Node (the default device) for a model directory and prompt. */
-export async function nodeGreedy(dir: string, prompt: string, n: number): Promise<{ tokens: number[]; text: string }> {
-  const { model, tokenizer } = loadModelDir(dir);
+/**
+ * Greedy tokens and text (the token events' and the end event's) in Node (the default device) for a model directory
+ * and prompt, with the directory's end-of-text ids as `retnet generate` takes them.
+ */
+export async function nodeGreedy(
+  dir: string,
+  prompt: string,
+  n: number,
+  ignoreEos = false,
+): Promise<{ tokens: number[]; text: string }> {
   const tokens: number[] = [];
   let text = '';
-  for await (const ev of generate(model, tokenizer!, [{ prompt, maxNewTokens: n, sampling: { temperature: 0 } }]))
-    if (ev.type === 'token') {
-      tokens.push(ev.token);
-      text += ev.text;
-    }
-  model.dispose();
+  for (const ev of await nodeEvents(dir, [{ prompt, maxNewTokens: n, sampling: { temperature: 0 }, ignoreEos }])) {
+    if (ev.type === 'token') tokens.push(ev.token);
+    text += ev.text;
+  }
   return { tokens, text };
+}
+
+/** Every event of Node's generate() for a model directory, requests without eosIds taking the directory's. */
+export async function nodeEvents(dir: string, requests: GenerationRequest[]): Promise<GenerationEvent[]> {
+  const { model, tokenizer, eosIds } = loadForGeneration(dir);
+  const events: GenerationEvent[] = [];
+  try {
+    for await (const ev of generate(
+      model,
+      tokenizer,
+      requests.map((r) => ({ eosIds, ...r })),
+    ))
+      events.push(ev);
+  } finally {
+    model.dispose();
+  }
+  return events;
 }

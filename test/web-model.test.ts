@@ -2,12 +2,14 @@
 // against the expected logits of ../shared (torchscale's dev cases, fla's dev case), 1e-4 relative in float32; and
 // greedy generation in the page equal to greedy generation in Node for the same model directory and prompt.
 import assert from 'node:assert/strict';
-import { readFileSync, statSync } from 'node:fs';
+import { copyFileSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { readSafetensors } from '../src/io/safetensors.js';
-import { type OpenPage, ROOT, browserSkip, bundle, nodeGreedy, openPage, tinyModelDir } from './browser.js';
+import type { GenerationRequest } from '../src/generate/sequence.js';
+import { type OpenPage, ROOT, browserSkip, bundle, nodeEvents, nodeGreedy, openPage, tinyModelDir } from './browser.js';
+import { tempDir } from './temp.js';
 import type { Route } from '../src/web/serve.js';
 import { assertClose } from './helpers.js';
 
@@ -16,7 +18,24 @@ const TS = join(SHARED, 'torchscale-vectors');
 const FLA = join(SHARED, 'fla-vectors', 'dev');
 const TOL = 1e-4;
 const PROMPT = 'The jury said ';
-const NEW_TOKENS = 24;
+const PROMPT2 = 'In the city, ';
+const NEW_TOKENS = 64;
+
+/**
+ * Events equal: every field exactly but log-probabilities (float32 logits from other kernels: 1e-4 absolute); the
+ * alternatives' order may differ only between ties within that tolerance.
+ */
+function sameEvents(got: unknown, expected: unknown, where: string): void {
+  if (typeof expected === 'number' && typeof got === 'number' && !Number.isInteger(expected)) {
+    assert.ok(Math.abs(got - expected) <= 1e-4, `${where}: ${got} vs ${expected}`);
+    return;
+  }
+  if (expected === null || typeof expected !== 'object') return assert.equal(got, expected, where);
+  assert.ok(got !== null && typeof got === 'object', `${where}: ${JSON.stringify(got)}`);
+  const [g, e] = [got as Record<string, unknown>, expected as Record<string, unknown>];
+  assert.deepEqual(Object.keys(g).sort(), Object.keys(e).sort(), `${where}: fields`);
+  for (const k of Object.keys(e)) sameEvents(g[k], e[k], `${where}.${k}`);
+}
 
 type Form = { form: 'parallel' | 'chunkwise' | 'recurrent'; chunkSize?: number };
 
@@ -62,6 +81,7 @@ function badWeights(bytes: Uint8Array) {
 describe('retnet/web in chromium', { skip: browserSkip() }, () => {
   let page: OpenPage;
   let tiny: string;
+  let tinyEos: string;
   before(async () => {
     tiny = tinyModelDir();
     const code = await bundle(join(ROOT, 'test', 'web', 'model-checks.ts'));
@@ -87,10 +107,26 @@ describe('retnet/web in chromium', { skip: browserSkip() }, () => {
       routes[`/bad/${name}/config.json`] = { file: join(tiny, 'config.json') };
       routes[`/bad/${name}/model.safetensors`] = { type: 'application/octet-stream', body: bytes };
     }
-    page = await openPage({ routes, dirs: { '/fla/': FLA, '/tiny/': tiny } });
+    // The package's retnet/web file (package.json's exports["./web"], built by npm run build:web).
+    const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as {
+      exports: Record<string, { default: string }>;
+    };
+    routes['/package/retnet-web.js'] = { file: join(ROOT, pkg.exports['./web']!.default) };
+    // The tiny model again, with a generation_config.json the events test writes.
+    tinyEos = tempDir('retnet-web-tiny-eos-');
+    for (const f of readdirSync(tiny)) copyFileSync(join(tiny, f), join(tinyEos, f));
+    page = await openPage({ routes, dirs: { '/fla/': FLA, '/tiny/': tiny, '/tiny-eos/': tinyEos } });
     await page.page.waitForFunction(() => 'retnetModel' in window);
   });
   after(async () => page?.close());
+
+  /** The page said no kernel fell back to the reference kernels (a line each, the first time; see kernels.ts). */
+  const noFallback = () =>
+    assert.deepEqual(
+      page.logs.filter((l) => /running the reference kernel/.test(l)),
+      [],
+      'webgpu inference used only its own kernels',
+    );
 
   const logits = async (
     url: string | { url: string; files: string[] },
@@ -105,6 +141,7 @@ describe('retnet/web in chromium', { skip: browserSkip() }, () => {
       forms,
     ] as const);
     assert.deepEqual(r.errors, [], page.logs.join('\n'));
+    noFallback();
     // Every file's progress went up only and reached its size.
     const files = Object.keys(r.progress);
     assert.ok(
@@ -185,6 +222,18 @@ describe('retnet/web in chromium', { skip: browserSkip() }, () => {
         assertClose(long!, expected.get('logits.long.chunk')!.data, TOL, 'fla long chunkwise');
       });
 
+  it("the package's built retnet/web file loads the model and gives the logits of the source's bundle", async () => {
+    const tokens = [5, 17, 9, 33, 2, 8, 41];
+    const want = await logits('/tiny/', 'webgpu', tokens, [{ form: 'parallel' }]);
+    const got = await page.page.evaluate(([b, u, t]) => window.retnetModel.bundleLogits(b, u, t), [
+      '/package/retnet-web.js',
+      '/tiny/',
+      tokens,
+    ] as const);
+    assertClose(got.flat(), want.rows[0]!, TOL, 'built bundle against the source bundle');
+    noFallback();
+  });
+
   it('a checkpoint sent without a Content-Length streams in (its size from its header) and gives the same logits', async () => {
     const tokens = [5, 17, 9, 33, 2, 8, 41];
     const want = await logits('/tiny/', 'cpu', tokens, [{ form: 'parallel' }]);
@@ -239,25 +288,87 @@ describe('retnet/web in chromium', { skip: browserSkip() }, () => {
         assertClose(gpu.step, cpu.step, TOL, 'the step after the pieces');
         // Un-normalised, every split is the same function: the pieces give prompt 0's logits as packed.
         if (url === '/fla/') assertClose(gpu.pieces, gpu.packed[0]!, TOL, 'pieces against the one-call prefill');
+        noFallback();
       });
 
-  it('greedy generation in the page (webgpu and cpu) equals greedy generation in Node', async () => {
-    const want = await nodeGreedy(tiny, PROMPT, NEW_TOKENS);
+  it('greedy generation in the page (webgpu and cpu) equals greedy generation in Node; webgpu allocates nothing per token', async () => {
+    const want = await nodeGreedy(tiny, PROMPT, NEW_TOKENS, true);
     assert.equal(want.tokens.length, NEW_TOKENS);
     for (const device of ['webgpu', 'cpu'] as const) {
-      const got = (await page.page.evaluate(([u, d, p, n]) => window.retnetModel.greedy(u, d, p, n), [
+      const got = await page.page.evaluate(([u, d, p, n]) => window.retnetModel.greedy(u, d, p, n), [
         '/tiny/',
         device,
         PROMPT,
         NEW_TOKENS,
-      ] as const)) as { tokens: number[]; text: string; created: number[] };
+      ] as const);
       assert.deepEqual(got.tokens, want.tokens, `${device}: tokens`);
       assert.equal(got.text, want.text, `${device}: text`);
       if (device === 'webgpu') {
-        // After the first few steps the pool serves every buffer: no buffer is created per token.
+        // After the first few steps the pool serves every buffer: no buffer is created per token, and the tensor
+        // bytes live at each token are the same (RetNet's state is fixed-size; nothing a step made is left over) but
+        // at the last, when the finished sequence's state is already freed: the weights alone.
         const late = got.created.slice(4);
+        assert.equal(late.length, NEW_TOKENS - 4);
         assert.equal(late[late.length - 1], late[0], `buffers created per step: ${got.created.join(',')}`);
+        const live = got.live.slice(4, -1);
+        assert.ok(
+          live.every((b) => b === live[0]) && got.live.at(-1)! < live[0]!,
+          `tensor bytes per step: ${got.live.join(',')}`,
+        );
       }
     }
+    noFallback();
+  });
+
+  it("generate() in the page gives Node's events: seeded sampling, logprobs, stop strings, generation_config's eos", async () => {
+    // Node's greedy continuation of PROMPT2 in the tiny model: its end-of-text id for the directory is a token that
+    // appears first at position 5 or later, and a stop string is two characters from the middle of its text.
+    const greedy = await nodeGreedy(tiny, PROMPT2, 40, true);
+    const eos = greedy.tokens.find((t, i) => i >= 5 && greedy.tokens.indexOf(t) === i)!;
+    assert.ok(eos !== undefined, `no new token after position 5 in ${greedy.tokens.join(',')}`);
+    writeFileSync(join(tinyEos, 'generation_config.json'), JSON.stringify({ eos_token_id: eos }));
+    assert.ok(greedy.text.length > 20, `a short text: ${JSON.stringify(greedy.text)}`);
+    const stopAt = Math.floor(greedy.text.length / 2);
+    const requests: GenerationRequest[] = [
+      { prompt: PROMPT2, maxNewTokens: 40, sampling: { temperature: 0 } },
+      {
+        prompt: PROMPT,
+        maxNewTokens: 12,
+        sampling: { temperature: 0.9, topK: 40, topP: 0.9, repetitionPenalty: 1.2, seed: 11 },
+        logprobs: 3,
+        promptLogprobs: 2,
+        ignoreEos: true,
+      },
+      {
+        prompt: PROMPT2,
+        maxNewTokens: 40,
+        sampling: { temperature: 0 },
+        stop: [greedy.text.slice(stopAt, stopAt + 2)],
+        eosIds: [256],
+      },
+      {
+        prompt: [5, 17, 9],
+        maxNewTokens: 8,
+        sampling: { temperature: 0.7, minP: 0.05, presencePenalty: 0.5, frequencyPenalty: 0.3, seed: 3 },
+      },
+    ];
+    const expected = await nodeEvents(tinyEos, requests);
+    // End events come as sequences end; by request:
+    const ends = expected.filter((e) => e.type === 'end').sort((a, b) => a.index - b.index);
+    assert.deepEqual(
+      ends.map((e) => e.finishReason),
+      ['stop', 'length', 'stop', ends[3]!.finishReason],
+      'the eos id and the stop string ended their sequences',
+    );
+    for (const device of ['webgpu', 'cpu'] as const) {
+      const got = await page.page.evaluate(([u, d, r]) => window.retnetModel.events(u, d, r), [
+        '/tiny-eos/',
+        device,
+        requests,
+      ] as const);
+      assert.deepEqual(got.eosIds, [eos, 256], `${device}: the directory's eos ids`);
+      sameEvents(got.events, expected, device);
+    }
+    noFallback();
   });
 });

@@ -62,10 +62,11 @@ $('generate').addEventListener('click', async () => {
       },
     ]);
     for await (const ev of events) {
+      // The end event carries the text held back until then (a partial character or stop string).
+      out.textContent += ev.text;
       if (ev.type !== 'token') continue;
       tokens++;
       if (tokens === 1) first = performance.now();
-      out.textContent += ev.text;
       const decode = tokens > 1 ? ((tokens - 1) * 1000) / (performance.now() - first) : 0;
       const mem = model.memory();
       stats.textContent =

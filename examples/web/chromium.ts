@@ -28,17 +28,23 @@ export function chromiumMissing(): string | null {
 }
 
 /** A headless chromium with a fresh profile; `close()` ends it and removes the profile. */
-export async function launchChromium(): Promise<{ context: BrowserContext; close(): Promise<void> }> {
+export async function launchChromium(): Promise<{ context: BrowserContext; profile: string; close(): Promise<void> }> {
+  const missing = chromiumMissing();
+  if (missing) throw new Error(missing);
   const profile = mkdtempSync(join(tmpdir(), 'retnet-chromium-'));
   try {
     const context = await chromium.launchPersistentContext(profile, {
       executablePath: CHROMIUM,
       headless: true,
       args: CHROMIUM_FLAGS,
+      // Chromium's crash reporter keeps its database under $XDG_CONFIG_HOME/chromium ("Crash Reports"), outside the
+      // profile: pointed into the profile, it goes with it.
+      env: { ...process.env, XDG_CONFIG_HOME: profile },
       viewport: { width: 1000, height: 760 },
     });
     return {
       context,
+      profile,
       close: async () => {
         await context.close();
         rmSync(profile, { recursive: true, force: true });

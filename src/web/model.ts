@@ -54,7 +54,16 @@ export class WebModel {
     /** config.json as read. */
     readonly config: Record<string, unknown>,
     readonly generation: GenerationDefaults,
-  ) {}
+  ) {
+    const ids = tokenizer ? [...generation.eosTokenIds, tokenizer.eosId] : generation.eosTokenIds;
+    this.eosIds = [...new Set(ids)];
+  }
+
+  /**
+   * The ids that end a generation unless a request gives its own: generation_config.json's eos_token_id(s) and the
+   * tokenizer's end-of-text, as `retnet generate` and `retnet serve` take them from a model directory on Node.
+   */
+  readonly eosIds: readonly number[];
 
   /** The logits rows of one sequence of token ids: one Float32Array of vocabSize per position. */
   async logits(ids: readonly number[], opts: LogitsOptions = {}): Promise<Float32Array[]> {
@@ -99,11 +108,15 @@ export class WebModel {
     }
   }
 
-  /** Streams generations: `generate()` of src/generate with this model and tokenizer (the same requests and events). */
+  /**
+   * Streams generations: `generate()` of src/generate with this model and tokenizer (the same requests and events);
+   * a request without `eosIds` ends at the directory's (see eosIds).
+   */
   generate(requests: readonly GenerationRequest[], opts: GenerateOptions = {}): AsyncGenerator<GenerationEvent> {
     if (!this.tokenizer)
       throw new FormatError('generate: the model directory has no tokenizer.json (logits work on token ids alone)');
-    return generate(this.model, this.tokenizer, requests, opts);
+    const withEos = requests.map((r) => (r.eosIds === undefined ? { ...r, eosIds: this.eosIds } : r));
+    return generate(this.model, this.tokenizer, withEos, opts);
   }
 
   /** Tensor bytes on the device (exact) and, on webgpu, the GPU buffers behind them. */
@@ -219,7 +232,14 @@ export async function loadModel(source: ModelSource, opts: LoadModelOptions = {}
       checkTokenizerFits(tokenizer, model, tokenizerFile.where, configPath, config);
     }
     const gen = await json('generation_config.json');
-    const generation = generationDefaults(config, gen, configPath, where('generation_config.json'));
+    const genPath = where('generation_config.json');
+    const generation = generationDefaults(config, gen, configPath, genPath);
+    const bad = generation.eosTokenIds.find((id) => id >= model.vocabSize);
+    if (bad !== undefined)
+      throw new ConfigError(
+        `${files.where}: eos_token_id ${bad} (config.json or generation_config.json) is not an id of the model's ` +
+          `vocabulary [0, ${model.vocabSize})`,
+      );
     return new WebModel(model, tokenizer, device, config, generation);
   } catch (e) {
     model.dispose();

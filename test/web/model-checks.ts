@@ -1,5 +1,6 @@
 // Runs in the page (bundled by test/web-model.test.ts): loads model directories with retnet/web's loadModel and
 // returns logits rows and greedy generations for the test to compare with expected values and with Node.
+import type { GenerationEvent, GenerationRequest } from '../../src/generate/sequence.js';
 import type { RetNetDecodeState, RetNetModel } from '../../src/models/retnet/model.js';
 import type { Tensor } from '../../src/tensor/tensor.js';
 import { type LoadProgress, type LogitsOptions, loadModel } from '../../src/web.js';
@@ -49,26 +50,47 @@ async function loadError(url: string, device: 'webgpu' | 'cpu'): Promise<string 
   }
 }
 
+/**
+ * Every event of one generate() call, as Node's generate() gives them (the test compares them); and per token event
+ * on webgpu the GPU buffers created so far and the tensor bytes live (a decode step allocates nothing new once the
+ * pool is warm, and RetNet's state does not grow).
+ */
+async function events(
+  url: string,
+  device: 'webgpu' | 'cpu',
+  requests: GenerationRequest[],
+): Promise<{ events: GenerationEvent[]; created: number[]; live: number[]; eosIds: number[] }> {
+  const m = await loadModel(url, { device });
+  const out: GenerationEvent[] = [];
+  const created: number[] = [];
+  const live: number[] = [];
+  const gpu = m.device as { gpuMemory?: () => { created: number } };
+  for await (const ev of m.generate(requests)) {
+    out.push(ev);
+    if (ev.type === 'token' && gpu.gpuMemory) {
+      created.push(gpu.gpuMemory().created);
+      live.push(m.device.memory.current);
+    }
+  }
+  const eosIds = [...m.eosIds];
+  m.dispose();
+  return { events: out, created, live, eosIds };
+}
+
 async function greedy(
   url: string,
   device: 'webgpu' | 'cpu',
   prompt: string,
   maxNewTokens: number,
-): Promise<{ tokens: number[]; text: string; created: number[] }> {
-  const m = await loadModel(url, { device });
+): Promise<{ tokens: number[]; text: string; created: number[]; live: number[] }> {
+  const r = await events(url, device, [{ prompt, maxNewTokens, sampling: { temperature: 0 }, ignoreEos: true }]);
   const tokens: number[] = [];
   let text = '';
-  // Buffers created per step: once the pool is warm, a step allocates nothing new.
-  const created: number[] = [];
-  const gpu = m.device as { gpuMemory?: () => { created: number } };
-  for await (const ev of m.generate([{ prompt, maxNewTokens, sampling: { temperature: 0 } }])) {
-    if (ev.type !== 'token') continue;
-    tokens.push(ev.token);
+  for (const ev of r.events) {
+    if (ev.type === 'token') tokens.push(ev.token);
     text += ev.text;
-    if (gpu.gpuMemory) created.push(gpu.gpuMemory().created);
   }
-  m.dispose();
-  return { tokens, text, created };
+  return { tokens, text, created: r.created, live: r.live };
 }
 
 /**
@@ -107,14 +129,28 @@ async function prefills(
   return out;
 }
 
+/**
+ * Logits through a built bundle (the package's `retnet/web` file, served at `bundleUrl`) instead of this page's
+ * own bundle of the source.
+ */
+async function bundleLogits(bundleUrl: string, url: string, tokens: number[]): Promise<number[][]> {
+  const lib = (await import(/* @vite-ignore */ bundleUrl)) as { loadModel: typeof loadModel };
+  const m = await lib.loadModel(url, { device: 'webgpu' });
+  const rows = (await m.logits(tokens)).map((r) => Array.from(r));
+  m.dispose();
+  return rows;
+}
+
 declare global {
   interface Window {
     retnetModel: {
       logits: typeof logits;
       loadError: typeof loadError;
       greedy: typeof greedy;
+      events: typeof events;
+      bundleLogits: typeof bundleLogits;
       prefills: typeof prefills;
     };
   }
 }
-window.retnetModel = { logits, loadError, greedy, prefills };
+window.retnetModel = { logits, loadError, greedy, events, prefills, bundleLogits };
