@@ -511,7 +511,11 @@ export async function lowpSuite(values: LowpFlags): Promise<void> {
     if (parts.has('peer')) fresh.push(...peerRecords(shape, quick, torchVersion));
   }
   if (parts.has('quality')) fresh.push(...qualityRecords(quick), ...vectorRecords());
-  for (const r of fresh) r.command = command;
+  const commit = gitCommit();
+  for (const r of fresh) {
+    r.command = command;
+    r.commit = commit;
+  }
   const fileName = quick ? 'lowp.quick' : 'lowp';
   const records = mergeParts(savedRecords(fileName), fresh);
   const decode = records.filter((r) => partOf(r) === 'decode');
@@ -522,12 +526,15 @@ export async function lowpSuite(values: LowpFlags): Promise<void> {
   printTable('lowp: logits of each format against float32 on the reference vectors', logitErrors, LOGIT_COLUMNS);
   const findings = [...judge(decode, threads), ...qualityFindings(quality)];
   for (const f of findings) process.stdout.write(`- ${f}\n`);
-  // the file names every command whose records it holds
-  const commands = [...new Set(records.map((r) => r.command).filter((c): c is string => typeof c === 'string'))];
+  // the file names every command and commit whose records it holds (records saved before commits were recorded
+  // per record count as unknown)
+  const each = (key: string) => [
+    ...new Set(records.map((r) => (typeof r[key] === 'string' ? (r[key] as string) : 'unknown'))),
+  ];
   const file = resultFile(fileName, records, {
     machine: describeMachine(),
-    commit: gitCommit(),
-    command: commands.join(' ; '),
+    commit: each('commit').join(', '),
+    command: each('command').join(' ; '),
   });
   const path = join(outputRoot(), 'bench', 'results', `${fileName}.json`);
   mkdirSync(dirname(path), { recursive: true });

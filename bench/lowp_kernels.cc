@@ -3,11 +3,11 @@
 // memory. The shipped kernels are the winners; the losing variants live only here, with their measured times, so
 // the choice can be rerun:
 //   cd native/cpu && g++ -std=c++17 -O3 -fopenmp -I. ../../bench/lowp_kernels.cc lowp.cc lowp_avx2.cc lowp_avx512.cc
-//       workers.cc -o /tmp/lowp_kernels   (one line)
+//       workers.cc -o /tmp/lowp_kernels -lopenblas   (one line)
 //   /tmp/lowp_kernels [FORMAT|all] [B] [threads]
 // Variants: FORMAT/ISA for each shipped ISA the CPU has, plus bf16/widen (8 weights widened to float32 at a time,
-// instead of 16 split into even and odd elements) and int8/cvt-f32 (each int8 weight converted to float32
-// and multiplied with float32 x, instead of x quantised to int16). Timing: B rows of x against a set of [N, K]
+// instead of 16 split into even and odd elements), int8/cvt-f32 (each int8 weight converted to float32
+// and multiplied with float32 x, instead of x quantised to int16) and q4/vnni256 (the 256-bit q4 VNNI kernel). Timing: B rows of x against a set of [N, K]
 // matrices whose bytes add up to at least 256 MiB (more than the caches), called in turn, so every call streams its
 // weights from memory as a decode step does. GB/s counts weight bytes (and scales) read per second.
 #include <immintrin.h>
@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "lowp.h"
+#include "workers.h"
 
 using namespace retnet::lowp;
 
@@ -58,6 +59,30 @@ void int8CvtRows(const Weights& w, const float* x, int64_t B, float* y, int64_t 
 }
 #pragma GCC pop_options
 }  // namespace dev
+
+// The losing q4 AVX512-VNNI variant: the 256-bit kernel of lowp_kernels.inc (pairs of blocks, phaddd folds of 8
+// blocks per scale FMA) with vpdpbusd, which lowp_avx512.cc's 512-bit q4x4Tile replaced.
+namespace dev256 {
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
+namespace {
+#define LOWP_DOT2(a0, b0, a1, b1) _mm256_dpwssd_epi32(_mm256_madd_epi16(a0, b0), a1, b1)
+#define LOWP_Q4PART(lo, x0, hi, x1) _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, x0), hi, x1)
+#define LOWP_Q4FOLD(a, b) _mm256_hadd_epi32(a, b)
+#define LOWP_Q4WIDEN(v) (v)
+#include "lowp_kernels.inc"
+#undef LOWP_DOT2
+#undef LOWP_Q4PART
+#undef LOWP_Q4FOLD
+#undef LOWP_Q4WIDEN
+}  // namespace
+int64_t bytes(int64_t B, int64_t K) { return q4Bytes(B, K); }
+void prepare(const float* x, int64_t B, int64_t K, void* px) { q4Prepare(x, B, K, px); }
+void rows(const Weights& w, const void* px, int64_t B, float* y, int64_t ldy, int64_t n0, int64_t n1) {
+  q4Rows(static_cast<const uint8_t*>(w.data), static_cast<const uint16_t*>(w.scales), w.K, px, B, y, ldy, n0, n1);
+}
+#pragma GCC pop_options
+}  // namespace dev256
 
 // A matrix in one format, quantised from float32 values as src/backend/reference defines it.
 struct Matrix {
@@ -154,13 +179,28 @@ struct Variant {
   Format f;
   Isa isa;
   bool cvt;  // a variant of this file (dev::bf16WidenRows, dev::int8CvtRows)
+  bool vnni256 = false;  // dev256: the 256-bit q4 VNNI kernel, through lowp.cc's chunks and pool as gemv runs it
 };
+
+static int64_t wsBytes(const Variant& v, int64_t B, int64_t K) {
+  return v.vnni256 ? dev256::bytes(B, K) : workspaceBytes(v.f, v.isa, B, K);
+}
 
 // LOWP_OMP=1: the rows split statically over an OpenMP parallel region instead of lowp.cc's claimed chunks.
 static const bool kOmp = getenv("LOWP_OMP") && std::string(getenv("LOWP_OMP")) == "1";
 
 static void runVariant(const Variant& v, const Matrix& m, const float* x, int64_t B, float* y, void* ws, int threads) {
   Weights w = m.weights();
+  if (v.vnni256) {  // gemv's split (lowp.cc): chunks of 8-row tiles, ~128 KiB of weights each, at most 64
+    dev256::prepare(x, B, m.K, ws);
+    int64_t tiles = (m.N + 7) / 8, chunks = std::min<int64_t>(std::max<int64_t>(1, m.N * m.K / (128 << 10)), 64);
+    chunks = std::min(chunks, tiles);
+    retnet::workers::forChunks(chunks, threads, [&](int64_t c) {
+      int64_t n0 = tiles * c / chunks * 8, n1 = std::min(m.N, tiles * (c + 1) / chunks * 8);
+      if (n0 < n1) dev256::rows(w, ws, B, y, m.N, n0, n1);
+    });
+    return;
+  }
   if (!v.cvt && kOmp && v.isa == Isa::avx2) {
     isa_avx2::prepare(v.f, x, B, m.K, ws);
 #pragma omp parallel num_threads(threads)
@@ -189,7 +229,7 @@ static bool validate(const Variant& v, int64_t N, int64_t K, int64_t B, std::mt1
   for (auto& e : x) e = nd(rng);
   Matrix m = quantise(v.f, N, K, wf);
   std::vector<float> y(B * N, NAN);
-  std::vector<char> ws(workspaceBytes(v.f, v.isa, B, K) + 64);
+  std::vector<char> ws(wsBytes(v, B, K) + 64);
   void* wsp = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(ws.data()) + 63) / 64 * 64);
   runVariant(v, m, x.data(), B, y.data(), wsp, 2);
   double qmax = v.cvt || v.isa == Isa::scalar ? 0 : v.f == Format::int8 ? 32767 : v.f == Format::q4 ? 127 : 0;
@@ -238,7 +278,7 @@ int main(int argc, char** argv) {
   std::vector<Variant> vs;
   for (Format f : {Format::f32, Format::bf16, Format::int8, Format::q4}) {
     if (which != "all" && which != formatName(f)) continue;
-    for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512bf16, Isa::avx512vnni})
+    for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512bf16, Isa::avx512vnni, Isa::avx512})
       if (hasVariant(f, isa)) {
         std::string name = std::string(formatName(f)) + "/" + isaName(isa);
         if (!cpuHas(isa)) {
@@ -249,6 +289,7 @@ int main(int argc, char** argv) {
       }
     if (f == Format::int8) vs.push_back({"int8/cvt-f32", f, Isa::avx2, true});
     if (f == Format::bf16) vs.push_back({"bf16/widen", f, Isa::avx2, true});
+    if (f == Format::q4 && cpuHas(Isa::avx512vnni)) vs.push_back({"q4/vnni256", f, Isa::avx512vnni, false, true});
   }
   std::mt19937 rng(1);
   bool ok = true;

@@ -172,11 +172,11 @@ describe('low-precision products: every native variant against the reference', (
   const be = nat() as CpuDevice;
   const addon = lowpAddon(be.addon);
   const variants = addon.lowpVariants();
-  const all = ['scalar', 'avx2', 'avx512bf16', 'avx512vnni'];
+  const all = ['scalar', 'avx2', 'avx512bf16', 'avx512vnni', 'avx512'];
   const exists: Record<WeightFormat, string[]> = {
-    f32: ['scalar', 'avx2'],
-    bf16: ['scalar', 'avx2', 'avx512bf16'],
-    f16: ['scalar', 'avx2'],
+    f32: ['scalar', 'avx2', 'avx512'],
+    bf16: ['scalar', 'avx2', 'avx512bf16', 'avx512'],
+    f16: ['scalar', 'avx2', 'avx512'],
     int8: ['scalar', 'avx2', 'avx512vnni'],
     q4: ['scalar', 'avx2', 'avx512vnni'],
   };

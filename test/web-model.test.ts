@@ -133,12 +133,14 @@ describe('retnet/web in chromium', { skip: browserSkip() }, () => {
     device: string,
     tokens: number[],
     forms: Form[],
+    float16Weights?: boolean,
   ) => {
-    const r = await page.page.evaluate(([u, d, t, f]) => window.retnetModel.logits(u, d, t, f), [
+    const r = await page.page.evaluate(([u, d, t, f, h]) => window.retnetModel.logits(u, d, t, f, h), [
       url,
       device as 'webgpu' | 'cpu',
       tokens,
       forms,
+      float16Weights,
     ] as const);
     assert.deepEqual(r.errors, [], page.logs.join('\n'));
     noFallback();
@@ -221,6 +223,25 @@ describe('retnet/web in chromium', { skip: browserSkip() }, () => {
         } = await logits(source, device, ids.long_input_ids[0]!, [{ form: 'chunkwise' }]);
         assertClose(long!, expected.get('logits.long.chunk')!.data, TOL, 'fla long chunkwise');
       });
+
+  it("float16Weights holds a float32 checkpoint's Linear weights in 16 bits on webgpu; the default keeps them float32 without shader-f16", async () => {
+    const tokens = [5, 17, 9, 33, 2, 8, 41];
+    const forms: Form[] = [{ form: 'parallel' }, { form: 'recurrent' }];
+    const stored = await logits('/tiny/', 'webgpu', tokens, forms, false);
+    const asDefault = await logits('/tiny/', 'webgpu', tokens, forms, undefined);
+    const half = await logits('/tiny/', 'webgpu', tokens, forms, true);
+    // SwiftShader has no shader-f16: the default is float32, to the byte and the bit.
+    assert.equal(asDefault.weightBytes, stored.weightBytes);
+    assert.deepEqual(asDefault.rows, stored.rows);
+    assert.ok(half.weightBytes < 0.75 * stored.weightBytes, `${half.weightBytes} vs ${stored.weightBytes} bytes`);
+    half.rows.forEach((row, f) => {
+      const want = stored.rows[f]!;
+      const diff = Math.max(...row.map((x, j) => Math.abs(x - want[j]!)));
+      const scale = Math.max(...want.map(Math.abs));
+      // float16 keeps 11 significant bits: the weights' rounding (2^-12 relative) moves the logits, but only so far
+      assert.ok(diff > 0 && diff < 2e-2 * scale, `${forms[f]!.form}: max |diff| ${diff}, max |logit| ${scale}`);
+    });
+  });
 
   it("the package's built retnet/web file loads the model and gives the logits of the source's bundle", async () => {
     const tokens = [5, 17, 9, 33, 2, 8, 41];

@@ -35,15 +35,18 @@ namespace retnet::lowp {
 
 enum class Format : int { f32 = 0, bf16 = 1, int8 = 2, q4 = 3, f16 = 4 };
 
-// Instruction sets a kernel may be built for. Every format has avx2 and scalar; bf16 has avx512bf16, int8 and q4
-// have avx512vnni. `best` picks the fastest the CPU has.
-enum class Isa : int { best = -1, scalar = 0, avx2 = 1, avx512bf16 = 2, avx512vnni = 3 };
+// Instruction sets a kernel may be built for. Every format has avx2 and scalar; f32, f16 and bf16 have avx512
+// (512-bit float FMAs, AVX-512F/BW/VL), bf16 also avx512bf16, int8 and q4 have avx512vnni. `best` picks the fastest
+// the CPU has (the order of bestIsa, measured).
+enum class Isa : int { best = -1, scalar = 0, avx2 = 1, avx512bf16 = 2, avx512vnni = 3, avx512 = 4 };
 
 const char* isaName(Isa isa);
 // Whether this CPU (and this build) can run the given instruction set.
 bool cpuHas(Isa isa);
-// The variant `gemv` runs for a format when asked for Isa::best.
+// The variant `gemv` runs for a format when asked for Isa::best: bestIsaFor(f, B) for B rows of x (the float
+// formats' choice depends on B), bestIsa(f) that for B > 1.
 Isa bestIsa(Format f);
+Isa bestIsaFor(Format f, int64_t B);
 // Whether a variant exists for the format (independent of the CPU).
 bool hasVariant(Format f, Isa isa);
 
@@ -99,6 +102,11 @@ void prepare(Format f, const float* x, int64_t B, int64_t K, void* px);
 int64_t preparedBytes(Format f, int64_t B, int64_t K);
 void rows(const Weights& w, const float* x, const void* px, int64_t B, float* y, int64_t ldy, int64_t n0, int64_t n1);
 }  // namespace isa_avx512vnni
+namespace isa_avx512 {
+void prepare(Format f, const float* x, int64_t B, int64_t K, void* px);
+int64_t preparedBytes(Format f, int64_t B, int64_t K);
+void rows(const Weights& w, const float* x, const void* px, int64_t B, float* y, int64_t ldy, int64_t n0, int64_t n1);
+}  // namespace isa_avx512
 namespace isa_avx512bf16 {
 void prepare(Format f, const float* x, int64_t B, int64_t K, void* px);
 int64_t preparedBytes(Format f, int64_t B, int64_t K);

@@ -38,7 +38,7 @@ lowp::Format formatOf(const Napi::CallbackInfo& info, size_t i) {
 lowp::Isa isaOf(const Napi::CallbackInfo& info, size_t i, lowp::Format f) {
   double v = num(info, i, "isa");
   if (v == -1) return lowp::Isa::best;
-  if (v != 0 && v != 1 && v != 2 && v != 3) throw ArgError{"lowp: isa must be -1, 0, 1, 2 or 3"};
+  if (v != 0 && v != 1 && v != 2 && v != 3 && v != 4) throw ArgError{"lowp: isa must be -1, 0, 1, 2, 3 or 4"};
   auto isa = static_cast<lowp::Isa>(static_cast<int>(v));
   if (!lowp::hasVariant(f, isa))
     throw ArgError{std::string("lowp: no ") + lowp::isaName(isa) + " variant for this format"};
@@ -129,7 +129,8 @@ Napi::Value LowpVariants(const Napi::CallbackInfo& info) {
     auto f = static_cast<lowp::Format>(fi);
     Napi::Array a = Napi::Array::New(env);
     uint32_t n = 0;
-    for (lowp::Isa isa : {lowp::Isa::scalar, lowp::Isa::avx2, lowp::Isa::avx512bf16, lowp::Isa::avx512vnni})
+    for (lowp::Isa isa :
+         {lowp::Isa::scalar, lowp::Isa::avx2, lowp::Isa::avx512bf16, lowp::Isa::avx512vnni, lowp::Isa::avx512})
       if (lowp::hasVariant(f, isa) && lowp::cpuHas(isa)) a.Set(n++, Napi::String::New(env, lowp::isaName(isa)));
     o.Set(kFormatNames[fi], a);
   }

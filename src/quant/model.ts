@@ -7,20 +7,21 @@ import { Linear } from '../nn/layers.js';
 import type { Module } from '../nn/module.js';
 import { kernelsOf } from '../backend/kernels.js';
 import type { Tensor } from '../tensor/tensor.js';
+import type { DType } from '../tensor/dtype.js';
 import { WEIGHT_DTYPES, type WeightFormat } from './formats.js';
 
 /**
  * Puts the weight of every Linear of `model` into `format` and frees the float copy (unless another parameter still
- * uses it: a head tied to the embedding keeps the embedding's table). Weights already in that dtype stay. Returns the
- * number of weights converted.
+ * uses it: a head tied to the embedding keeps the embedding's table). Weights already in that dtype stay, and with
+ * `from`, so do weights of any other dtype than `from`. Returns the number of weights converted.
  */
-export function quantizeModel(model: Module, format: WeightFormat): number {
+export function quantizeModel(model: Module, format: WeightFormat, from?: DType): number {
   const dtype = WEIGHT_DTYPES[format];
   const uses = new Map<Tensor, number>();
   for (const [, t] of model.namedParameters()) uses.set(t, (uses.get(t) ?? 0) + 1);
   let converted = 0;
   for (const [name, m] of model.namedModules()) {
-    if (!(m instanceof Linear) || m.weight.dtype === dtype) continue;
+    if (!(m instanceof Linear) || m.weight.dtype === dtype || (from !== undefined && m.weight.dtype !== from)) continue;
     const w = m.weight;
     let q: Tensor;
     try {

@@ -23,6 +23,7 @@ import {
 import { type TensorFile, WEIGHTS_FILE, WEIGHTS_INDEX, Weights, shardFiles } from '../io/safetensors-format.js';
 import type { CausalLM } from '../models/lm.js';
 import { RetNetModel } from '../models/retnet/model.js';
+import { quantizeModel } from '../quant/model.js';
 import { tidy } from '../tensor/scope.js';
 import { loadTokenizer } from '../tokenizer/load.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
@@ -33,6 +34,13 @@ export type { LoadProgress, ModelSource } from './files.js';
 export interface LoadModelOptions extends Pick<LoadOptions, 'allowNonFinite'> {
   /** 'webgpu' (default) or 'cpu' (the host: the reference kernels, float32). */
   device?: 'webgpu' | 'cpu';
+  /**
+   * Hold a float32 checkpoint's Linear weights (projections, FFN, head) as float16, packed two per word and computed
+   * in float32 as a 16-bit checkpoint's are: half their memory and bandwidth. Default: on webgpu when the adapter has
+   * `shader-f16` (the float32 kernels keep every other adapter, e.g. SwiftShader, exact). 16-bit checkpoints keep
+   * their weights as stored either way.
+   */
+  float16Weights?: boolean;
   /** Called as each file's bytes arrive. */
   onProgress?: (p: LoadProgress) => void;
   signal?: AbortSignal;
@@ -130,6 +138,11 @@ export class WebModel {
   }
 }
 
+/** Whether the webgpu adapter has the `shader-f16` feature (loadModel's float16Weights default). */
+export function adapterHasShaderF16(device: Pick<WebGpuDevice, 'info'>): boolean {
+  return device.info.features.includes('shader-f16');
+}
+
 async function pickDevice(name: LoadModelOptions['device'] = 'webgpu'): Promise<Device> {
   if (name === 'cpu') return referenceBackend();
   if (name !== 'webgpu') throw new ConfigError(`loadModel: device must be 'webgpu' or 'cpu', got ${String(name)}`);
@@ -219,7 +232,9 @@ export async function loadModel(source: ModelSource, opts: LoadModelOptions = {}
   } finally {
     for (const f of streams.values()) f.cancel();
   }
+  const f16 = opts.float16Weights ?? (device.name === 'webgpu' && adapterHasShaderF16(device as WebGpuDevice));
   try {
+    if (f16) quantizeModel(model, 'f16', 'float32');
     const tokenizerFile = await open('tokenizer.json');
     let tokenizer: Tokenizer | null = null;
     if (tokenizerFile) {

@@ -28,10 +28,11 @@ async function logits(
   device: 'webgpu' | 'cpu',
   tokens: number[],
   forms: LogitsOptions[],
+  float16Weights?: boolean,
 ): Promise<{ rows: number[][][]; errors: string[]; progress: ProgressSeen; weightBytes: number }> {
   const { onProgress, seen } = progressLog();
   const source = typeof url === 'string' ? url : await pickedFiles(url.url, url.files);
-  const m = await loadModel(source, { device, onProgress });
+  const m = await loadModel(source, { device, onProgress, float16Weights });
   const rows: number[][][] = [];
   for (const opts of forms) rows.push((await m.logits(tokens, opts)).map((r) => Array.from(r)));
   const weightBytes = m.memory().bytes;
