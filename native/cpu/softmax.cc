@@ -1,8 +1,10 @@
-// Softmax over the last dimension and the fused log-softmax cross-entropy (the LM loss), forward and backward.
+// Softmax over the last dimension and the fused log-softmax cross-entropy (the LM loss), forward and backward; the
+// exponentials through native/cpu/vmath.h.
 #include <cmath>
 #include <string>
 
 #include "common.h"
+#include "vmath.h"
 
 namespace retnet {
 
@@ -21,11 +23,9 @@ static Napi::Value Softmax(const Napi::CallbackInfo& info) {
       float* yr = py + r * cols;
       float mx = -INFINITY;
       for (int64_t j = 0; j < cols; j++) mx = xr[j] > mx ? xr[j] : mx;
+      vmath::expShift(xr, mx, yr, cols);
       double sum = 0;
-      for (int64_t j = 0; j < cols; j++) {
-        yr[j] = std::exp(xr[j] - mx);
-        sum += yr[j];
-      }
+      for (int64_t j = 0; j < cols; j++) sum += yr[j];
       float inv = static_cast<float>(1.0 / sum);
       for (int64_t j = 0; j < cols; j++) yr[j] *= inv;
     }
@@ -87,9 +87,7 @@ static Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
       const float* xr = px + r * V;
       float mx = -INFINITY;
       for (int64_t j = 0; j < V; j++) mx = xr[j] > mx ? xr[j] : mx;
-      double sum = 0;
-      for (int64_t j = 0; j < V; j++) sum += std::exp(static_cast<double>(xr[j] - mx));
-      double l = mx + std::log(sum);
+      double l = mx + std::log(vmath::expShiftSum(xr, mx, V));
       ps[r] = static_cast<float>(l);
       pl[r] = pt[r] == ignore ? 0.0f : static_cast<float>(l - xr[pt[r]]);
     }
@@ -124,7 +122,8 @@ static Napi::Value CrossEntropyBackward(const Napi::CallbackInfo& info) {
         continue;
       }
       float l = ps[r], gr = pg[r];
-      for (int64_t j = 0; j < V; j++) dr[j] = gr * std::exp(xr[j] - l);
+      vmath::expShift(xr, l, dr, V);
+      for (int64_t j = 0; j < V; j++) dr[j] *= gr;
       dr[pt[r]] -= gr;
     }
   });

@@ -17,7 +17,15 @@
 
 namespace retnet::cuda {
 
+namespace {
+bool lastTriggered = false;  // the one stream is fed from the JavaScript thread only
+}  // namespace
+
+void setTriggered(bool on) { lastTriggered = on; }
+bool triggered() { return lastTriggered; }
+
 void check(cudaError_t e, const char* what) {
+  lastTriggered = false;
   if (e != cudaSuccess) throw CudaError(std::string(what) + ": " + cudaGetErrorString(e));
 }
 
@@ -145,6 +153,7 @@ void gemm(DType dt, DType outDt, bool transA, bool transB, int64_t M, int64_t N,
           int64_t lda, int64_t strideA, const void* B, int64_t ldb, int64_t strideB, float beta, void* C, int64_t ldc,
           int64_t strideC, int64_t batch, bool tf32) {
   if (M == 0 || N == 0 || batch == 0) return;
+  lastTriggered = false;
   cublasHandle_t h = context().blas;
   auto type = [](DType d) { return d == DType::F32 ? CUDA_R_32F : d == DType::BF16 ? CUDA_R_16BF : CUDA_R_16F; };
   cudaDataType_t t = type(dt), tc = type(outDt);

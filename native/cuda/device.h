@@ -20,6 +20,12 @@ struct CudaError : std::runtime_error {
 };
 
 void check(cudaError_t e, const char* what);
+// Whether the last thing queued on the stream was one of our kernels that runs pdlTrigger() (launch.h) and writes
+// only float32 (rmsNorm, binary, activation, gemv16): only then is gemv16 launched dependently, so its early weight
+// loads can never race a kernel or copy that writes 16-bit data. check() (every launch and copy goes through it) and
+// gemm() clear it; those kernels' wrappers set it after their launch.
+void setTriggered(bool on);
+bool triggered();
 // Checks the launch that just happened (a bad configuration shows here, not at the next synchronisation).
 void checkLaunch(const char* kernel);
 

@@ -11,6 +11,7 @@ namespace retnet::cuda {
 namespace {
 
 __global__ void binaryKernel(int op, const float* a, const float* b, float* out, int64_t n, int64_t m) {
+  pdlTrigger();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     float y = b[i % m];
     out[i] = op == 0 ? a[i] + y : a[i] * y;
@@ -64,6 +65,7 @@ __device__ float actGrad(int kind, float x) {
 }
 
 __global__ void activationKernel(int kind, const float* x, float* out, int64_t n) {
+  pdlTrigger();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     out[i] = act(kind, x[i]);
 }
@@ -144,6 +146,7 @@ void binary(int op, const float* a, const float* b, float* out, int64_t n, int64
   if (n == 0) return;
   binaryKernel<<<gridFor(n), kThreads, 0, stream()>>>(op, a, b, out, n, m);
   checkLaunch("binary");
+  setTriggered(true);
 }
 
 void scale(const float* a, float* out, float alpha, int64_t n) {
@@ -168,6 +171,7 @@ void activation(int kind, const float* x, float* out, int64_t n) {
   if (n == 0) return;
   activationKernel<<<gridFor(n), kThreads, 0, stream()>>>(kind, x, out, n);
   checkLaunch("activation");
+  setTriggered(true);
 }
 
 void activationBackward(int kind, const float* x, const float* g, float* dx, int64_t n) {

@@ -8,13 +8,26 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "device.h"
+#include "launch.h"
 
 namespace retnet::cuda {
 
 namespace {
 
 constexpr int kGemvWarps = 8;
+
+// RETNET_CUDA_PDL=0 launches gemv16 plainly (for measuring what the dependent launch gives).
+bool pdlEnabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("RETNET_CUDA_PDL");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
+}
 
 template <typename WT>
 __device__ __forceinline__ void widen(uint32_t u, float& lo, float& hi);
@@ -60,9 +73,13 @@ __device__ __forceinline__ void chunk(const float* __restrict__ x, int64_t K, in
 template <typename WT, int M, int R, int U>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemvKernel(const float* __restrict__ x, const WT* __restrict__ w, float* __restrict__ y, int64_t N, int64_t K) {
+  pdlTrigger();
   int lane = threadIdx.x & 31;
   int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5)) * R;
-  if (n0 >= N) return;
+  if (n0 >= N) {
+    pdlWait();
+    return;
+  }
   const uint4* rows[R];
 #pragma unroll
   for (int r = 0; r < R; r++) rows[r] = reinterpret_cast<const uint4*>(w + min(n0 + r, N - 1) * K);
@@ -72,6 +89,21 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 #pragma unroll
     for (int r = 0; r < R; r++) acc[m][r] = 0;
   int64_t chunks = K / 8, c = lane;
+  // The first U chunks of every row are loaded before pdlWait (W does not depend on the kernels before this one), so
+  // with a dependent launch they overlap the previous kernel's tail; x is read after it.
+  if (c + (U - 1) * 32 < chunks) {
+    uint4 wv[U][R];
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+      for (int r = 0; r < R; r++) wv[u][r] = __ldcs(rows[r] + c + u * 32);
+    pdlWait();
+#pragma unroll
+    for (int u = 0; u < U; u++) chunk<WT, M, R>(x, K, c + u * 32, wv[u], acc);
+    c += U * 32;
+  } else {
+    pdlWait();
+  }
   // U chunks of every row loaded before any is used: U·R 16-byte loads in flight per lane.
   for (; c + (U - 1) * 32 < chunks; c += U * 32) {
     uint4 wv[U][R];
@@ -106,7 +138,19 @@ void launch(const float* x, const void* w, float* y, int64_t N, int64_t K) {
   constexpr int U = M <= 2 ? 4 : M <= 4 ? 2 : 1;
   int64_t warps = (N + R - 1) / R;
   unsigned blocks = static_cast<unsigned>((warps + kGemvWarps - 1) / kGemvWarps);
-  gemvKernel<WT, M, R, U><<<blocks, kGemvWarps * 32, 0, stream()>>>(x, static_cast<const WT*>(w), y, N, K);
+  // A dependent launch (launch.h): the weight loads start while the kernel before finishes.
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(blocks);
+  cfg.blockDim = dim3(kGemvWarps * 32);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream();
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdlEnabled() && triggered() ? 1 : 0;
+  check(cudaLaunchKernelEx(&cfg, gemvKernel<WT, M, R, U>, x, static_cast<const WT*>(w), y, N, K), "gemv16 launch");
+  setTriggered(true);
 }
 
 template <typename WT>
@@ -140,7 +184,6 @@ void gemv16(DType wt, const float* x, const void* w, float* y, int64_t M, int64_
     dispatch<__half>(M, x, w, y, N, K);
   else
     throw CudaError("gemv16: the weight is bfloat16 or float16");
-  checkLaunch("gemv16");
 }
 
 }  // namespace retnet::cuda

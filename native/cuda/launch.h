@@ -14,6 +14,23 @@ inline unsigned gridFor(int64_t n) {
   return static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 132 * 16));
 }
 
+// Programmatic dependent launch (Hopper): a kernel launched by launchDependent may start while the kernel before it
+// on the stream still runs, once that kernel's blocks have all run pdlTrigger() (or ended); it must run pdlWait()
+// before it reads anything an earlier kernel wrote (the wait returns once those kernels are complete and their writes
+// visible). Only gemv16 is launched so (its weight loads do not depend on earlier kernels); the kernels that come
+// before it in a decode step trigger at their start. Both are no-ops where nothing is launched dependently.
+__device__ __forceinline__ void pdlTrigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdlWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // Block-wide sum of one value per thread (blockDim.x a multiple of 32, at most 1024); every thread gets the total.
 template <typename T>
 __device__ T blockSum(T v) {

@@ -43,6 +43,7 @@ constexpr int kVecRowPer = 4;
 __global__ void rmsNormVecKernel(const float* __restrict__ x, const float* __restrict__ z,
                                  const float* __restrict__ w, float* __restrict__ y, float* __restrict__ rstd,
                                  int64_t cols, float eps) {
+  pdlTrigger();
   int64_t r = blockIdx.x;
   int64_t n4 = cols / 4;
   const float4* xr = reinterpret_cast<const float4*>(x + r * cols);
@@ -288,6 +289,7 @@ void rmsNorm(const float* x, const float* z, const float* w, float* y, float* rs
       (!z || aligned(z))) {
     rmsNormVecKernel<<<rowsGrid(rows), static_cast<unsigned>(threads), 0, stream()>>>(x, z, w, y, rstd, cols, eps);
     checkLaunch("rmsNorm");
+    setTriggered(true);
     return;
   }
   rmsNormKernel<<<rowsGrid(rows), kRowThreads, 0, stream()>>>(x, z, w, y, rstd, cols, eps);
