@@ -254,8 +254,10 @@ async function measurePoint(
       const step = batchOf(() => stepInPlace(model, state, tokens));
       const ceil = s.ceilings ? ceilings(s.ceilings) : null;
       const before = cpuCounters();
+      // One untimed call of each batch first: without it the first point of a run measured 1.21x slower than the
+      // same model at the next length (2026-12-02, its sgemm probe 10% slower too), which the flatness goal read.
       const [t, gemm, read] = await measureEach(ceil ? [step, batchOf(ceil.batches[0]), ceil.batches[1]] : [step], {
-        warmup: 0,
+        warmup: 1,
         minTimeMs: 0,
         minSamples: s.samples,
         sampleTargetMs: 0,
