@@ -6,13 +6,18 @@
 // steps from an empty state, then `decode` timed steps (mean). PyTorch runs in its own process, so the two cannot
 // take turns sample by sample; instead they take turns by rounds (ours, PyTorch, ours, PyTorch, ...) and each side
 // reports its best round, so a burst of load from other processes does not decide the ratio.
+//
+// A decode step at batch 1 reads every weight once, so its bound is the weight bytes over the machine's streaming
+// read rate, measured in each round right after our decode (native/cpu/lowp.h streamRead of 256 MiB, same threads):
+// the best read over the best PyTorch rate is the most the decode ratio can reach on this machine.
 
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 
 import { backward } from '../src/autograd/tape.js';
 import { packageRoot } from '../src/backend/cpu/load.js';
-import { threadCount } from '../src/backend/index.js';
+import { cpuBackend, threadCount } from '../src/backend/index.js';
+import { lowpAddon } from '../src/backend/cpu/lowp.js';
 import { createModel } from '../src/models/registry.js';
 import type { RetNetConfig } from '../src/models/retnet/config.js';
 import type { RetNetModel } from '../src/models/retnet/model.js';
@@ -93,6 +98,20 @@ function runTorch(c: RetNetConfig, s: PeerShape, threads: number): PeerResult {
   return r;
 }
 
+/** GB/s of the best of five streaming reads of 256 MiB with `threads` threads (the decode step's bound). */
+function readRate(threads: number): number {
+  const be = cpuBackend();
+  if (!be) throw new BenchFailure('bench peer: the read probe needs the cpu device (its addon did not load)');
+  const probe = new Uint8Array(256 * 2 ** 20).fill(1);
+  let best = Infinity;
+  for (let i = 0; i < 5; i++) {
+    const t0 = performance.now();
+    lowpAddon(be.addon).streamRead(probe, threads);
+    best = Math.min(best, performance.now() - t0);
+  }
+  return probe.byteLength / (best * 1e6);
+}
+
 /** Our side of the protocol on `model`. */
 function runOurs(model: RetNetModel, s: PeerShape): PeerResult {
   const V = model.vocabSize;
@@ -149,6 +168,7 @@ const COLUMNS: Column[] = [
   { key: 'ours_vs_pytorch', header: 'ours / PyTorch', digits: 2 },
   { key: 'ours_rounds', header: 'ours, each round' },
   { key: 'pytorch_rounds', header: 'PyTorch, each round' },
+  { key: 'read_gb_per_s', header: 'read GB/s', digits: 1 },
   { key: 'other_load', header: 'other load', digits: 2 },
 ];
 
@@ -163,11 +183,13 @@ export async function peerSuite(values: { quick: boolean }): Promise<void> {
   const model = createModel('retnet', shape.preset, { vocabSize: shape.vocab }, { seed: 1 }) as RetNetModel;
   const ours: PeerResult[] = [];
   const torch: PeerResult[] = [];
+  const readGbps: number[] = [];
   const before = cpuCounters();
   try {
     for (let r = 0; r < rounds; r++) {
       process.stderr.write(`peer: round ${r + 1} of ${rounds}: ours\n`);
       ours.push(runOurs(model, shape));
+      readGbps.push(readRate(threads));
       process.stderr.write(`peer: round ${r + 1} of ${rounds}: PyTorch ${torchVersion}\n`);
       torch.push(runTorch(model.config, shape, threads));
     }
@@ -202,6 +224,7 @@ export async function peerSuite(values: { quick: boolean }): Promise<void> {
       ours_vs_pytorch: best(ours) / best(torch),
       ours_rounds: ours.map((x) => x[key].toFixed(1)).join(', '),
       pytorch_rounds: torch.map((x) => x[key].toFixed(1)).join(', '),
+      ...(what === 'decode' ? { read_gb_per_s: Math.max(...readGbps) } : {}),
       other_load: load,
     };
   });
@@ -214,14 +237,17 @@ export async function peerSuite(values: { quick: boolean }): Promise<void> {
   const verdict = (r: BenchRecord, goal: number) =>
     `ours / PyTorch = ${(r.ours_vs_pytorch as number).toFixed(2)} (goal ≥ ${goal}: ${(r.ours_vs_pytorch as number) >= goal ? 'met' : 'NOT met'})`;
   // A decode step at batch 1 reads every weight once: the weight bytes times tokens/s is the memory bandwidth each
-  // side reaches, to compare with the machine's (bench gemm measures copies).
+  // side reaches, against the machine's streaming read measured in the same rounds.
   const weightBytes = model.parameterCount() * 4;
-  const gbps = (tokensPerS: number) => ((weightBytes * tokensPerS) / 1e9).toFixed(1);
+  const gbps = (tokensPerS: number) => (weightBytes * tokensPerS) / 1e9;
+  const read = decode.read_gb_per_s as number;
+  const pytorchGbps = gbps(decode.pytorch_tokens_per_s as number);
   const findings = [
     `training step: ${verdict(train, GOAL_TRAIN)}`,
     `decoding: ${verdict(decode, GOAL_DECODE)}; each token reads the ${(weightBytes / 2 ** 20).toFixed(0)} MiB ` +
-      `of weights: ours streams them at ${gbps(decode.ours_tokens_per_s as number)} GB/s, PyTorch at ` +
-      `${gbps(decode.pytorch_tokens_per_s as number)} GB/s`,
+      `of weights: ours streams them at ${gbps(decode.ours_tokens_per_s as number).toFixed(1)} GB/s, PyTorch at ` +
+      `${pytorchGbps.toFixed(1)} GB/s, against a streaming read of ${read.toFixed(1)} GB/s measured in the same ` +
+      `rounds; so on this machine no engine's decode exceeds ${(read / pytorchGbps).toFixed(2)}× PyTorch's`,
   ];
   for (const f of findings) process.stdout.write(`${f}\n`);
   const { path, file } = writeResults('peer', records);
