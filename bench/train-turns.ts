@@ -1,11 +1,11 @@
-// `node --import tsx bench/train-turns.ts --against <checkout> [--length T] [--layers L] [--steps N] [--rounds R]`:
-// the training step time of this checkout against another one (e.g. a built copy of an older commit), RetNet
-// chunkwise (chunk 64) on the `base` preset, batch 1, vocabulary 4096, as `bench train` runs it. The two checkouts
-// take turns, one process each per round (each builds its model, warms up with one step, then times N steps), so
-// load from other processes falls on both alike; the table gives per checkout the median and best step over all
-// rounds, tokens/s from each, and the other processes' load while its steps ran (bench/lib.ts otherLoad, measured in
-// each child over its timed steps; the mean over the rounds). Each child loads its own checkout's sources and native
-// addon; only the measurement code is this file.
+// `node --import tsx bench/train-turns.ts --against <checkout> [--preset P] [--length T] [--layers L] [--steps N]
+// [--rounds R]`: the training step time of this checkout against another one (e.g. a built copy of an older commit),
+// RetNet chunkwise (chunk 64), batch 1, vocabulary 4096, as `bench train` runs it (preset `base`; its --quick run
+// uses `small`, 2 layers, T 256 and 512). The two checkouts take turns, one process each per round (each builds its
+// model, warms up with one step, then times N steps), so load from other processes falls on both alike; the table
+// gives per checkout the median and best step over all rounds, tokens/s from each, and the other processes' load
+// while its steps ran (bench/lib.ts otherLoad, measured in each child over its timed steps; the mean over the
+// rounds). Each child loads its own checkout's sources and native addon; only the measurement code is this file.
 
 import { spawnSync } from 'node:child_process';
 import { resolve } from 'node:path';
@@ -17,6 +17,7 @@ const { values } = parseArgs({
   options: {
     against: { type: 'string' },
     child: { type: 'string' },
+    preset: { type: 'string', default: 'base' },
     length: { type: 'string', default: '2048' },
     layers: { type: 'string', default: '12' },
     steps: { type: 'string', default: '2' },
@@ -48,7 +49,7 @@ async function child(root: string): Promise<void> {
     [1, T],
     'int32',
   );
-  const model = createModel('retnet', 'base', { vocabSize: vocab, layers: int('layers') }, { seed: 1 });
+  const model = createModel('retnet', values.preset, { vocabSize: vocab, layers: int('layers') }, { seed: 1 });
   const step = () => {
     const t0 = performance.now();
     tidy(() => backward(crossEntropy(model.forward(ids, { form: 'chunkwise', chunkSize: 64 }), targets)));
@@ -70,7 +71,7 @@ function parent(against: string): void {
   for (let r = 0; r < int('rounds'); r++)
     roots.forEach((root, i) => {
       const args = ['--import', 'tsx', fileURLToPath(import.meta.url), '--child', root];
-      for (const k of ['length', 'layers', 'steps'] as const) args.push(`--${k}`, String(values[k]));
+      for (const k of ['preset', 'length', 'layers', 'steps'] as const) args.push(`--${k}`, String(values[k]));
       const run = spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8', env: process.env });
       if (run.status !== 0) throw new Error(`train-turns: the step in ${root} failed:\n${run.stderr}`);
       const out = JSON.parse(run.stdout.trim().split('\n').pop()!) as { ms: number[]; load: number | null };
@@ -84,7 +85,7 @@ function parent(against: string): void {
   const T = int('length');
   const mean = (xs: number[]) => (xs.length > 0 ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
   printTable(
-    `RetNet chunkwise training step, base preset, ${values.layers} layers, T = ${T}, batch 1, in turns`,
+    `RetNet chunkwise training step, ${values.preset} preset, ${values.layers} layers, T = ${T}, batch 1, in turns`,
     roots.map((root, i) => ({
       checkout: `${names[i]} (${root})`,
       steps: ms[i]!.length,
