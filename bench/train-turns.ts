@@ -1,11 +1,13 @@
-// `node --import tsx bench/train-turns.ts --against <checkout> [--length T] [--layers L] [--steps N] [--rounds R]`:
-// the training step time of this checkout against another one (e.g. a built copy of an older commit), RetNet
-// chunkwise (chunk 64) on the `base` preset, batch 1, vocabulary 4096, as `bench train` runs it. The two checkouts
-// take turns, one process each per round (each builds its model, warms up with one step, then times N steps), so
-// load from other processes falls on both alike; the table gives per checkout the median and best step over all
-// rounds, tokens/s from each, and the other processes' load while its steps ran (bench/lib.ts otherLoad, measured in
-// each child over its timed steps; the mean over the rounds). Each child loads its own checkout's sources and native
-// addon; only the measurement code is this file.
+// `node --import tsx bench/train-turns.ts --against <checkout> [--preset P] [--length T] [--layers L] [--steps N]
+// [--rounds R] [--trainer] [--accum A]`: the training step time of this checkout against another one (e.g. a built copy of an older commit),
+// RetNet chunkwise (chunk 64), batch 1, vocabulary 4096, as `bench train` runs it (preset `base`; its --quick run
+// uses `small`, 2 layers, T 256 and 512); with `--trainer`, the trainer's whole step instead (src/train/trainer.ts:
+// forward and backward over A micro-batches of batch 1 (accumulateGradients), the global gradient norm and the AdamW
+// update, where issue 11 removed the host round trips). The two checkouts take turns, one process each per round (each builds its
+// model, warms up with one step, then times N steps), so load from other processes falls on both alike; the table
+// gives per checkout the median and best step over all rounds, tokens/s from each, and the other processes' load
+// while its steps ran (bench/lib.ts otherLoad, measured in each child over its timed steps; the mean over the
+// rounds). Each child loads its own checkout's sources and native addon; only the measurement code is this file.
 
 import { spawnSync } from 'node:child_process';
 import { resolve } from 'node:path';
@@ -17,13 +19,16 @@ const { values } = parseArgs({
   options: {
     against: { type: 'string' },
     child: { type: 'string' },
+    preset: { type: 'string', default: 'base' },
     length: { type: 'string', default: '2048' },
     layers: { type: 'string', default: '12' },
     steps: { type: 'string', default: '2' },
     rounds: { type: 'string', default: '3' },
+    trainer: { type: 'boolean', default: false },
+    accum: { type: 'string', default: '1' },
   },
 });
-const int = (name: 'length' | 'layers' | 'steps' | 'rounds') => {
+const int = (name: 'length' | 'layers' | 'steps' | 'rounds' | 'accum') => {
   const n = Number(values[name]);
   if (!Number.isInteger(n) || n < 1)
     throw new Error(`train-turns: --${name} must be a positive integer, got ${values[name]}`);
@@ -38,6 +43,8 @@ async function child(root: string): Promise<void> {
   const { crossEntropy } = await from('src/ops/nn.ts');
   const { tidy } = await from('src/tensor/scope.ts');
   const { getBackend } = await from('src/backend/index.ts');
+  const { accumulateGradients } = await from('src/train/trainer.ts');
+  const { AdamW } = await from('src/train/optimizer.ts');
   const T = int('length');
   const vocab = 4096;
   const be = getBackend();
@@ -48,10 +55,22 @@ async function child(root: string): Promise<void> {
     [1, T],
     'int32',
   );
-  const model = createModel('retnet', 'base', { vocabSize: vocab, layers: int('layers') }, { seed: 1 });
+  const model = createModel('retnet', values.preset, { vocabSize: vocab, layers: int('layers') }, { seed: 1 });
+  const forward = (x: unknown) => model.forward(x, { form: 'chunkwise', chunkSize: 64 });
+  // The trainer's step: micro-batches as the data pipeline gives them (src/train/data.ts Batch), clipping at 1.
+  const batches = Array.from({ length: int('accum') }, () => ({
+    rows: 1,
+    inputs: Int32Array.from(data),
+    targets: Int32Array.from(data, (x) => (x + 1) % vocab),
+  }));
+  const optimizer = values.trainer ? new AdamW(model.namedParameters()) : null;
   const step = () => {
     const t0 = performance.now();
-    tidy(() => backward(crossEntropy(model.forward(ids, { form: 'chunkwise', chunkSize: 64 }), targets)));
+    if (optimizer) {
+      accumulateGradients(model, forward, batches, T);
+      const norm = optimizer.gradNorm();
+      optimizer.update(1e-4, norm > 1 ? 1 / (norm + 1e-6) : 1);
+    } else tidy(() => backward(crossEntropy(forward(ids), targets)));
     model.zeroGrad();
     return performance.now() - t0;
   };
@@ -70,7 +89,8 @@ function parent(against: string): void {
   for (let r = 0; r < int('rounds'); r++)
     roots.forEach((root, i) => {
       const args = ['--import', 'tsx', fileURLToPath(import.meta.url), '--child', root];
-      for (const k of ['length', 'layers', 'steps'] as const) args.push(`--${k}`, String(values[k]));
+      for (const k of ['preset', 'length', 'layers', 'steps', 'accum'] as const) args.push(`--${k}`, String(values[k]));
+      if (values.trainer) args.push('--trainer');
       const run = spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8', env: process.env });
       if (run.status !== 0) throw new Error(`train-turns: the step in ${root} failed:\n${run.stderr}`);
       const out = JSON.parse(run.stdout.trim().split('\n').pop()!) as { ms: number[]; load: number | null };
@@ -82,16 +102,17 @@ function parent(against: string): void {
       );
     });
   const T = int('length');
+  const tokens = T * (values.trainer ? int('accum') : 1); // per step
   const mean = (xs: number[]) => (xs.length > 0 ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
   printTable(
-    `RetNet chunkwise training step, base preset, ${values.layers} layers, T = ${T}, batch 1, in turns`,
+    `RetNet chunkwise ${values.trainer ? `trainer step (${int('accum')} micro-batches, AdamW)` : 'training step'}, ${values.preset} preset, ${values.layers} layers, T = ${T}, batch 1, in turns`,
     roots.map((root, i) => ({
       checkout: `${names[i]} (${root})`,
       steps: ms[i]!.length,
       ms_median: median(ms[i]!),
       ms_best: Math.min(...ms[i]!),
-      tokens_per_s: (T * 1000) / median(ms[i]!),
-      tokens_per_s_best: (T * 1000) / Math.min(...ms[i]!),
+      tokens_per_s: (tokens * 1000) / median(ms[i]!),
+      tokens_per_s_best: (tokens * 1000) / Math.min(...ms[i]!),
       other_load: mean(loads[i]!),
     })),
     [
