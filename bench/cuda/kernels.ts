@@ -2,7 +2,7 @@
 // GEMM ceilings (float32, TF32, bfloat16), a device copy, chunkwise retention forward + backward, flash attention forward +
 // backward and the recurrent step, at the shapes of the peer run (bench/cuda/peer.py). Every figure is the median
 // of the repeats after a warm-up; each repeat is synchronised (the kernels are asynchronous).
-//   node --import tsx bench/cuda/kernels.ts [--out FILE] [--quick]
+//   node --import tsx bench/cuda/kernels.ts [--out FILE] [--quick] [--only ceilings,sequence,step,product]
 import { writeFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 
@@ -16,6 +16,12 @@ import type { Tensor } from '../../src/tensor/tensor.js';
 const args = process.argv.slice(2);
 const outPath = args.includes('--out') ? args[args.indexOf('--out') + 1]! : null;
 const quick = args.includes('--quick');
+// --only: the sections to run (all without it).
+const only = args.includes('--only') ? args[args.indexOf('--only') + 1]!.split(',') : null;
+const runs = (section: string) => only === null || only.includes(section);
+// --tc: of the sequence kernels, only the tensor-core retention ones at the first shape (for ncu: scripts/cuda
+// device-run.sh tcprof).
+const tcOnly = args.includes('--tc');
 const be = getBackend('cuda') as CudaDevice;
 const kern = kernels(be, 'float32');
 const rng = new Rng(1);
@@ -52,7 +58,7 @@ const info = be.info();
 process.stdout.write(`${JSON.stringify(info)}\n`);
 
 // Ceilings.
-{
+if (runs('ceilings')) {
   const n = quick ? 2048 : 8192;
   const a = random([n, n]);
   const b = random([n, n]);
@@ -83,7 +89,7 @@ const shapes = quick
       { B: 2, H: 16, T: 8192, D: 128 },
       { B: 1, H: 16, T: 16384, D: 128 },
     ];
-for (const { B, H, T, D } of shapes) {
+for (const { B, H, T, D } of runs('sequence') ? shapes.slice(0, tcOnly ? 1 : shapes.length) : []) {
   const q = random([B, T, H, D], 0.1);
   const k = random([B, T, H, D], 0.1);
   const v = random([B, T, H, D]);
@@ -103,7 +109,7 @@ for (const { B, H, T, D } of shapes) {
   };
   for (const normalize of [true, false]) {
     let base: Record<'o' | 'dq' | 'dv', ArrayLike<number>> | null = null;
-    for (const tc of [false, true]) {
+    for (const tc of tcOnly ? [true] : [false, true]) {
       be.bf16Retention = tc;
       const run = { chunkSize: C, normalize, initialState: null, segments: null, returnFinalState: false };
       const fwd = time(() => {
@@ -142,6 +148,10 @@ for (const { B, H, T, D } of shapes) {
     }
   }
   be.bf16Retention = false;
+  if (tcOnly) {
+    for (const t of [q, k, v, g]) t.dispose();
+    continue;
+  }
   const afwd = time(
     () => {
       const f = kern.attentionForward('flash', q, k, v);
@@ -180,13 +190,15 @@ for (const { B, H, T, D } of shapes) {
 
 // The recurrent step, batched over rows: bytes = state read + written (the step's floor), B·H·K·V·4·2. K = V = 256,
 // and the 6.7B model's heads (K 256, V 432) up to a batch whose state (0.9 GB) is 15x the L2.
-for (const [Bd, V] of [
-  [1, 256],
-  [8, 256],
-  [1, 432],
-  [8, 432],
-  [64, 432],
-] as const) {
+for (const [Bd, V] of runs('step')
+  ? ([
+      [1, 256],
+      [8, 256],
+      [1, 432],
+      [8, 432],
+      [64, 432],
+    ] as const)
+  : []) {
   const [H, K] = [16, 256];
   const state = random([Bd, H, K, V], 0.1);
   const scale = be.zeros([Bd, H], 'float32');
@@ -201,7 +213,7 @@ for (const [Bd, V] of [
 
 // A decode step's weight product, x [M, 4096] float32 · W [16384, 4096]ᵀ bf16 (128 MB, twice the L2): the gemv16
 // kernel (what linear() takes for M <= 8) against cuBLAS on bf16 x (the cast excluded). bytes = W's.
-{
+if (runs('product')) {
   const [N, K] = [16384, 4096];
   const w = kern.cast(random([N, K], 0.02), 'bfloat16');
   const k16 = kernels(be, 'bfloat16');

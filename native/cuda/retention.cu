@@ -450,12 +450,12 @@ namespace {
 
 // ---- chunkwise retention on bf16 tensor cores (opt-in: RetentionRun/Backward `tensorCores`) ----
 // The same computation as the float32 kernels above for K = V = 128, C = 64 and T a multiple of 64 (other shapes
-// take the float32 kernels): every product on WMMA 16×16×16 tiles with bf16 operands (rounded from the float32
-// inputs when they are staged in shared memory) and float32 accumulation; the states entering the chunks are float32
-// (rounded to bf16 as the chunk kernels stage them). Relative error about 1e-3 (bf16 operands), so it is opt-in.
-// Kernels: tcLocalKernel (each chunk's local state, all chunks at once) followed by the float32 scan and σ kernels
-// above, tcOutputKernel (o and r per chunk) and tcGradKernel (dq, dk, dv per chunk). Row strides of the staged tiles
-// are padded by 8 elements, so that the tile loads do not all hit the same shared-memory banks.
+// take the float32 kernels): the chunk products on WMMA 16×16×16 tiles with bf16 operands (rounded from the float32
+// inputs when they are staged in shared memory) and float32 accumulation; the states carried across chunks in
+// float32 (TF32 products), stored for the chunk kernels as bf16. Relative error about 3e-3 (bf16 operands), so it is
+// opt-in. Kernels: tcScanKernel (the states entering each chunk, and σ), tcOutputKernel (o and r per chunk) and
+// tcGradKernel (dq, dk, dv per chunk). Row strides of the staged tiles are padded by 8 elements, so that the tile
+// loads do not all hit the same shared-memory banks.
 namespace tc {
 
 using namespace nvcuda;
@@ -497,40 +497,148 @@ __device__ __forceinline__ void mmaRun(Acc& acc, const bf16* a, int lda, int aSt
   }
 }
 
-// The local state of chunk c, Δ_c = Σ_j w_j X_jᵀ Y_j [K, V] in float32, written to slot c + 1 (forward: X = k, Y = v,
-// w_j = γ^(C−j)) or c − 1 (Reverse: X = q, Y = r ⊙ dO, w_j = γ^(j+1)), as the float32 localStateKernel does; the
-// float32 scanKernel then makes the states. Grid (BH, nC), 8 warps; warp w computes rows 16w.. of Δ. Measured
-// (bench/cuda/NOTES.md): walking the chunks in order in one block per (head, 32 columns) with the state in
-// accumulators took 0.83 ms a pass at B 2 H 16 T 8192, 128 dependent steps each waiting on its loads.
-template <bool Reverse>
-__global__ void __launch_bounds__(256) tcLocalKernel(const float* X, const float* Y, const float* rY, Heads hs,
-                                                     float* slots, int64_t H, int64_t T, int64_t nC) {
+// The states entering the chunks, one pass: S_c (forward: X = k, Y = v, w_j = γ^(C−j); S_0 = 0, S_{c+1} = γ^C S_c +
+// Σ_j w_j X_jᵀ Y_j) or R_c (Reverse: X = q, Y = r ⊙ dO, w_j = γ^(j+1); R_{nC−1} = 0, R_{c−1} = γ^C R_c + ...), each
+// stored as bf16 [D, D] in slot c for the chunk kernels; with sigma, the forward's max_y Σ_x |S_c[x, y]| (float32,
+// before rounding) by atomicMax into sigma[bh, c] (zeroed before). Grid (D / BV, BH), 8 warps: block = (head, BV
+// value columns), walking the chunks in order with its [D, BV] slice of the state in TF32 WMMA accumulators (warp w:
+// rows 16w..), the next kStages − 1 chunks' raw float32 rows in flight through cp.async while one is used (no
+// conversion pass: the TF32 products read the staged floats). Measured before (bench/cuda/NOTES.md): tc2's walk,
+// which waited on each chunk's loads, 0.83 ms a pass at B 2 H 16 T 8192; tc3's local states of all chunks at once
+// then a float32 scan over [BH, nC, D, D] in global memory, ~0.55 ms a pass.
+constexpr int kStages = 3, LDX = D + 4, kScanThreads = 256;
+template <int BV>
+struct ScanSmem {
+  static constexpr int LDY = BV + 4;  // rows of 16-byte multiples; 32-byte aligned fragment starts (8-row steps)
+  static constexpr int stage = C * LDX + C * LDY + C;  // X rows, Y rows, the rows' weights (floats)
+  static constexpr size_t bytes = (kStages * stage + D * LDY + kScanThreads) * sizeof(float);
+};
+
+__device__ __forceinline__ void cpAsync16(void* dst, const void* src) {
+  unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cpCommit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cpWait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+template <bool Reverse, int BV>
+__global__ void __launch_bounds__(kScanThreads) tcScanKernel(const float* X, const float* Y, const float* rY,
+                                                             Heads hs, bf16* slots, unsigned* sigma, int64_t H,
+                                                             int64_t T, int64_t nC) {
+  using Sm = ScanSmem<BV>;
+  constexpr int LDY = Sm::LDY, NT = BV / 16;
+  using FragXT = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
+  using FragY = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
+  using Acc8 = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
   extern __shared__ __align__(128) unsigned char smem[];
-  bf16* Xs = reinterpret_cast<bf16*>(smem);  // [C, LD]: the chunk's X rows, weighted
-  bf16* Ys = Xs + C * LD;                    // [C, LD]: its Y rows
-  int64_t bh = blockIdx.x, c = blockIdx.y, c0 = c * C, P = H * D;
-  int64_t dst = Reverse ? c - 1 : c + 1;
-  if (dst < 0 || dst >= nC) return;
-  float lambda = hs.lambda[bh % H];
-  int warp = threadIdx.x >> 5;
-  stage<D, LD>(Xs, X + rowAt(bh, H, T, c0, D), P, C,
-               [&](int j) { return dpow(lambda, static_cast<float>(Reverse ? j + 1 : C - j)); });
-  stage<D, LD>(Ys, Y + rowAt(bh, H, T, c0, D), P, C, [&](int j) { return rY ? rY[bh * T + c0 + j] : 1.0f; });
-  __syncthreads();
-  float* out = slots + (bh * nC + dst) * D * D + warp * 16 * D;
-  for (int t = 0; t < D / 16; t++) {
-    Acc a;
-    wmma::fill_fragment(a, 0.0f);
-    // Δ[x, y] = Σ_j X[j, x] Y[j, y]: A = Xᵀ (column-major view of Xs), B = Ys.
-    mmaRun<FragAT, FragB>(a, Xs + warp * 16, LD, LD, Ys + t * 16, LD, LD, C);
-    wmma::store_matrix_sync(out + t * 16, a, D, wmma::mem_row_major);
+  float* ring = reinterpret_cast<float*>(smem);  // kStages × (Xs [C, LDX], Ys [C, LDY], w [C])
+  float* St = ring + kStages * Sm::stage;         // [D, LDY]: the state entering the chunk
+  float* part = St + D * LDY;                     // [kScanThreads / BV, BV]: column sums of |S| over row groups
+  int64_t bh = blockIdx.y, y0 = static_cast<int64_t>(blockIdx.x) * BV, P = H * D;
+  float lambda = hs.lambda[bh % H], decay = dpow(lambda, static_cast<float>(C));
+  int warp = threadIdx.x >> 5, tid = threadIdx.x;
+  const float* Xh = X + rowAt(bh, H, T, 0, D);
+  const float* Yh = Y + rowAt(bh, H, T, 0, D) + y0;
+  // Chunk i of the walk (c = i, or nC − 1 − i in reverse) into its ring stage.
+  auto issue = [&](int64_t i) {
+    if (i < nC) {
+      int64_t c0 = (Reverse ? nC - 1 - i : i) * C;
+      float* Xs = ring + (i % kStages) * Sm::stage;
+      float* Ys = Xs + C * LDX;
+      for (int e = tid; e < C * (D / 4); e += kScanThreads) {
+        int j = e / (D / 4), x = (e % (D / 4)) * 4;
+        cpAsync16(Xs + j * LDX + x, Xh + (c0 + j) * P + x);
+      }
+      for (int e = tid; e < C * (BV / 4); e += kScanThreads) {
+        int j = e / (BV / 4), y = (e % (BV / 4)) * 4;
+        cpAsync16(Ys + j * LDY + y, Yh + (c0 + j) * P + y);
+      }
+      if (Reverse && tid < C / 4) cpAsync16(Ys + C * LDY + tid * 4, rY + bh * T + c0 + tid * 4);
+    }
+    cpCommit();  // an empty group past the end keeps the wait counts uniform
+  };
+  for (int i = 0; i < kStages - 1; i++) issue(i);
+  Acc8 acc[NT];
+#pragma unroll
+  for (int t = 0; t < NT; t++) wmma::fill_fragment(acc[t], 0.0f);
+  constexpr int groups = kScanThreads / BV, rowsPer = D / groups;
+  int col = tid % BV, grp = tid / BV;
+  for (int64_t i = 0; i < nC; i++) {
+    int64_t c = Reverse ? nC - 1 - i : i;
+#pragma unroll
+    for (int t = 0; t < NT; t++) wmma::store_matrix_sync(St + warp * 16 * LDY + t * 16, acc[t], LDY, wmma::mem_row_major);
+    cpWait<kStages - 2>();
+    __syncthreads();  // chunk i staged, St complete, the stage of chunk i − 1 free
+    issue(i + kStages - 1);
+    float* Xs = ring + (i % kStages) * Sm::stage;
+    float* Ys = Xs + C * LDX;
+    // The rows' weights on Y (8 or 16 floats a thread), then S_c out as bf16 and its column sums.
+    for (int e = tid; e < C * BV; e += kScanThreads) {
+      int j = e / BV;
+      float w = dpow(lambda, static_cast<float>(Reverse ? j + 1 : C - j)) * (Reverse ? Ys[C * LDY + j] : 1.0f);
+      Ys[j * LDY + e % BV] *= w;
+    }
+    bf16* out = slots + (bh * nC + c) * D * D + y0 + col;
+    float abs = 0;
+#pragma unroll 8
+    for (int x = grp * rowsPer; x < (grp + 1) * rowsPer; x++) {
+      float s = St[x * LDY + col];
+      out[x * D] = __float2bfloat16(s);
+      abs += fabsf(s);
+    }
+    if (sigma) part[grp * BV + col] = abs;
+    __syncthreads();  // Y weighted, St read, part complete
+    if (sigma && warp == 0) {
+      float m = 0;
+      for (int y = tid; y < BV; y += 32) {
+        float s = 0;
+#pragma unroll
+        for (int g = 0; g < groups; g++) s += part[g * BV + y];
+        m = fmaxf(m, s);
+      }
+      for (int w = 16; w > 0; w >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, w));
+      if (tid == 0) atomicMax(sigma + bh * nC + c, __float_as_uint(m));  // non-negative floats order as integers
+    }
+    if (i + 1 == nC) break;
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+      for (int e = 0; e < acc[t].num_elements; e++) acc[t].x[e] *= decay;
+    // S += Xᵀ Y: A = Xᵀ (column-major view of Xs, rows 16w.. of the state), B = Y.
+    for (int kk = 0; kk < C; kk += 8) {
+      FragXT a;
+      wmma::load_matrix_sync(a, Xs + kk * LDX + warp * 16, LDX);
+#pragma unroll
+      for (int e = 0; e < a.num_elements; e++) a.x[e] = wmma::__float_to_tf32(a.x[e]);
+#pragma unroll
+      for (int t = 0; t < NT; t++) {
+        FragY b;
+        wmma::load_matrix_sync(b, Ys + kk * LDY + t * 16, LDY);
+#pragma unroll
+        for (int e = 0; e < b.num_elements; e++) b.x[e] = wmma::__float_to_tf32(b.x[e]);
+        wmma::mma_sync(acc[t], a, b, acc[t]);
+      }
+    }
+  }
+  cpWait<0>();
+}
+
+// Stages a bf16 [D, D] state into dst [D, LD] (16-byte copies, all threads of the block).
+__device__ __forceinline__ void stageState(bf16* dst, const bf16* src) {
+  constexpr int Q = D / 8;
+  for (int e = threadIdx.x; e < D * Q; e += blockDim.x) {
+    int i = e / Q, x = (e % Q) * 8;
+    *reinterpret_cast<uint4*>(dst + i * LD + x) = *reinterpret_cast<const uint4*>(src + i * D + x);
   }
 }
 
 // o and r of chunk c (grid (BH, nC), 8 warps): A = Q Kᵀ with γ^(i−j)/sq_i below the diagonal, den_i = max(Σ_j |A_ij|,
 // 1, σ_c), o = (A / den) V + (γ^i / (sq_i den_i)) Q S_c. normalize false: sq = den = 1, r = 1.
 __global__ void __launch_bounds__(256) tcOutputKernel(const float* q, const float* k, const float* v,
-                                                      const float* slots, const float* sigmas, Heads hs,
+                                                      const bf16* slots, const unsigned* sigmas, Heads hs,
                                                       float* o, float* r, int64_t H, int64_t T, int64_t nC,
                                                       bool normalize) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -549,7 +657,7 @@ __global__ void __launch_bounds__(256) tcOutputKernel(const float* q, const floa
   stage<D, LD>(Qs, qb, P, C, one);
   stage<D, LD>(Ks, k + rowAt(bh, H, T, c0, D), P, C, one);
   stage<D, LD>(Vs, v + rowAt(bh, H, T, c0, D), P, C, one);
-  stage<D, LD>(Ss, slots + (bh * nC + c) * D * D, D, D, one);
+  stageState(Ss, slots + (bh * nC + c) * D * D);
   __syncthreads();
   {  // A: warp w computes rows 16(w/2).., columns 32(w%2)..
     int i0 = (warp >> 1) * 16;
@@ -562,7 +670,10 @@ __global__ void __launch_bounds__(256) tcOutputKernel(const float* q, const floa
     }
   }
   __syncthreads();
-  float sigma = normalize ? sigmas[bh * nC + c] : 1.0f;
+  // σ_c = max(1, max_y Σ_x |S_c[x, y]| / (γ Σ_{t<C} γ^t)) from the state pass's column-sum maximum.
+  float sigma = normalize ? fmaxf(1.0f, __uint_as_float(sigmas[bh * nC + c]) /
+                                            (expf(lambda) * decaySum(lambda, static_cast<float>(C))))
+                          : 1.0f;
   for (int i = warp; i < C; i += kWarps) {
     float sq = normalize ? sqrtf(decaySum(lambda, static_cast<float>(i + 1))) : 1.0f;
     float a0 = lane <= i ? Af[i * LDF + lane] * dpow(lambda, static_cast<float>(i - lane)) / sq : 0.0f;
@@ -596,7 +707,7 @@ __global__ void __launch_bounds__(256) tcOutputKernel(const float* q, const floa
 // dq, dk, dv of chunk c (grid (BH, nC), 8 warps), with G = r ⊙ dO, M = (G Vᵀ) ∘ Γ, N = (Q Kᵀ) ∘ Γ (Γ_ij = γ^(i−j),
 // j ≤ i): dq = M K + γ^i G Sᵀ, dk = Mᵀ Q + γ^(C−1−i) V Rᵀ, dv = Nᵀ G + γ^(C−1−i) K R.
 __global__ void __launch_bounds__(256) tcGradKernel(const float* q, const float* k, const float* v, const float* r,
-                                                    const float* dO, const float* Sslots, const float* Rslots,
+                                                    const float* dO, const bf16* Sslots, const bf16* Rslots,
                                                     Heads hs, float* dq, float* dk, float* dv, int64_t H, int64_t T,
                                                     int64_t nC) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -626,8 +737,8 @@ __global__ void __launch_bounds__(256) tcGradKernel(const float* q, const float*
   stage<D, LD>(Vs, vb, P, C, one);
   stage<D, LD>(Gs, gb, P, C, [&](int i) { return rc[i]; });
   stage<D, LD>(Vd, vb, P, C, tail);
-  stage<D, LD>(Ss, Sslots + (bh * nC + c) * D * D, D, D, one);
-  stage<D, LD>(Rs, Rslots + (bh * nC + c) * D * D, D, D, one);
+  stageState(Ss, Sslots + (bh * nC + c) * D * D);
+  stageState(Rs, Rslots + (bh * nC + c) * D * D);
   __syncthreads();
   {  // M (warps 0-3) and N (warps 4-7): warp w computes rows 16(w%4).., all 64 columns.
     bool isN = warp >= 4;
@@ -673,7 +784,6 @@ __global__ void __launch_bounds__(256) tcGradKernel(const float* q, const float*
   }
 }
 
-constexpr size_t kLocalSmem = 2 * C * LD * sizeof(bf16);
 constexpr size_t kOutputSmem = (3 * C * LD + D * LD + C * LDC) * sizeof(bf16) + (C * LDF + C) * sizeof(float);
 constexpr size_t kGradSmem = (5 * C * LD + 2 * D * LD + 2 * C * LDC) * sizeof(bf16) + 2 * C * LDF * sizeof(float);
 static_assert(C * LDF * sizeof(float) >= C * LD * sizeof(bf16), "γ^i G and γ^(C−1−i) K reuse M's and N's floats");
@@ -685,38 +795,40 @@ bool tensorCoreShape(Dims d, int64_t C) {
   return d.K == tc::D && d.V == tc::D && C == tc::C && d.T > 0 && d.T % tc::C == 0;
 }
 
-// The states entering each chunk (float32 [BH, nC, K, V]): local states on tensor cores, then the float32 scan.
-template <bool Reverse>
-void tcStates(const float* X, const float* Y, const float* rY, const Heads& hs, float* slots, Dims d) {
+// The states entering each chunk as bf16 [BH, nC, D, D] (one pass, tc::tcScanKernel); sigma (forward, normalising)
+// gets each chunk's column-sum maximum. BV = 32 value columns a block where that makes ≥ 128 blocks (B 2 H 16:
+// 128 for 132 SMs), else 16 (B 1 H 16: 128).
+template <bool Reverse, int BV>
+void tcScanLaunch(const float* X, const float* Y, const float* rY, const Heads& hs, tc::bf16* slots, unsigned* sigma,
+                  Dims d) {
   int64_t nC = d.T / tc::C;
-  smemOrThrow(tc::kLocalSmem, "retention (tensor cores)", reinterpret_cast<const void*>(tc::tcLocalKernel<Reverse>));
-  tc::tcLocalKernel<Reverse><<<dim3(static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(nC)), 256, tc::kLocalSmem,
-                               stream()>>>(X, Y, rY, hs, slots, d.H, d.T, nC);
-  checkLaunch("retention local states (tensor cores)");
-  dim3 sg(static_cast<unsigned>((d.K * d.V + kThreads - 1) / kThreads), static_cast<unsigned>(d.B * d.H));
-  scanKernel<Reverse><<<sg, kThreads, 0, stream()>>>(slots, hs, d.H, d.K * d.V, tc::C, nC,
-                                                     SeqArgs{0, d.T, nullptr, nullptr}, false);
-  checkLaunch("retention scan");
+  auto fn = tc::tcScanKernel<Reverse, BV>;
+  smemOrThrow(tc::ScanSmem<BV>::bytes, "retention states (tensor cores)", reinterpret_cast<const void*>(fn));
+  fn<<<dim3(tc::D / BV, static_cast<unsigned>(d.B * d.H)), tc::kScanThreads, tc::ScanSmem<BV>::bytes, stream()>>>(
+      X, Y, rY, hs, slots, sigma, d.H, d.T, nC);
+  checkLaunch("retention states (tensor cores)");
 }
 
-// Chunkwise forward on tensor cores; ws as the float32 kernel's: the states, then σ.
+template <bool Reverse>
+void tcStates(const float* X, const float* Y, const float* rY, const Heads& hs, tc::bf16* slots, unsigned* sigma,
+              Dims d) {
+  if (sigma) check(cudaMemsetAsync(sigma, 0, d.B * d.H * (d.T / tc::C) * sizeof(unsigned), stream()), "retention");
+  if (d.B * d.H * (tc::D / 32) >= 128) tcScanLaunch<Reverse, 32>(X, Y, rY, hs, slots, sigma, d);
+  else tcScanLaunch<Reverse, 16>(X, Y, rY, hs, slots, sigma, d);
+}
+
+// Chunkwise forward on tensor cores; ws (sized as the float32 kernel's, which is more): the bf16 states, then σ.
 void tcForward(const float* q, const float* k, const float* v, const Heads& hs, float* o, float* r, float* ws, Dims d,
                bool normalize) {
   int64_t nC = d.T / tc::C, BH = d.B * d.H;
-  float* slots = ws;
-  float* sigma = ws + BH * nC * tc::D * tc::D;
-  tcStates<false>(k, v, nullptr, hs, slots, d);
-  if (normalize) {
-    sigmaKernel<<<dim3(static_cast<unsigned>(BH), static_cast<unsigned>(nC)), kThreads, 0, stream()>>>(
-        slots, hs, sigma, d.H, d.K, d.V, tc::C, nC);
-    checkLaunch("retention sigma");
-  }
+  auto* slots = reinterpret_cast<tc::bf16*>(ws);
+  auto* sigma = reinterpret_cast<unsigned*>(ws + BH * nC * tc::D * tc::D / 2);
+  tcStates<false>(k, v, nullptr, hs, slots, normalize ? sigma : nullptr, d);
   smemOrThrow(tc::kOutputSmem, "retention (tensor cores)", reinterpret_cast<const void*>(tc::tcOutputKernel));
   tc::tcOutputKernel<<<dim3(static_cast<unsigned>(BH), static_cast<unsigned>(nC)), 256, tc::kOutputSmem, stream()>>>(
       q, k, v, slots, sigma, hs, o, r, d.H, d.T, nC, normalize);
   checkLaunch("retention (chunkwise, tensor cores)");
 }
-
 
 // The states after each sequence of the launch (every element of finalState and finalScale).
 void finalStates(const float* k, const float* v, const Heads& hs, Dims d, bool normalize, const SeqArgs& sa,
@@ -798,10 +910,10 @@ void retentionBackward(const float* q, const float* k, const float* v, const dou
   Heads hs = headsOf(gammas, d.H);
   if (tensorCores && tensorCoreShape(d, C)) {
     int64_t nC = d.T / tc::C, BH = d.B * d.H;
-    float* S = ws;
-    float* R = S + BH * nC * tc::D * tc::D;
-    tcStates<false>(k, v, nullptr, hs, S, d);
-    tcStates<true>(q, dO, r, hs, R, d);
+    auto* S = reinterpret_cast<tc::bf16*>(ws);
+    tc::bf16* R = S + BH * nC * tc::D * tc::D;
+    tcStates<false>(k, v, nullptr, hs, S, nullptr, d);
+    tcStates<true>(q, dO, r, hs, R, nullptr, d);
     smemOrThrow(tc::kGradSmem, "retention backward (tensor cores)", reinterpret_cast<const void*>(tc::tcGradKernel));
     tc::tcGradKernel<<<dim3(static_cast<unsigned>(BH), static_cast<unsigned>(nC)), 256, tc::kGradSmem, stream()>>>(
         q, k, v, r, dO, S, R, hs, dq, dk, dv, d.H, d.T, nC);

@@ -12,7 +12,8 @@
 #   profile   ncu over one 6.7B decode step at batch 1 of each architecture (paper.js --only profile): kernel times
 #   sanitize  test/cuda.test.ts under compute-sanitizer (SANITIZE_TOOLS, default memcheck)
 #   hostprof  node --cpu-prof over paper.js --only profile: the host's time in the decode steps by function
-#   bench     bench/cuda/kernels.ts (quick: bench-quick)
+#   bench     bench/cuda/kernels.ts (quick: bench-quick; BENCH_ARGS: e.g. "--only sequence")
+#   tcprof    ncu over kernels.ts --only sequence: the tensor-core retention kernels' times (tcprof.txt)
 #   peer      bench/cuda/peer.py (fla chunk_retention, PyTorch SDPA, the ceilings)
 #   curve     bench/cuda/train-curve.ts (the first training steps on the reference and cuda devices)
 # Logs and JSON go to /tmp/rn/out, packed at the end into $OUT/out.tgz (the device tool brings back 8 files at most).
@@ -95,7 +96,13 @@ for stage in "$@"; do
       echo "ncu exit $?"; tail -3 "$out/profile.log"
       python3 scripts/cuda/kernel-times.py "$out/profile.csv" | tee "$out/profile.txt"
       ;;
-    bench) $node dist/bench/cuda/kernels.js --out "$out/cuda-kernels.json" 2>&1 | tee "$out/bench.log" ;;
+    bench) $node dist/bench/cuda/kernels.js ${BENCH_ARGS:-} --out "$out/cuda-kernels.json" 2>&1 | tee "$out/bench.log" ;;
+    tcprof)
+      timeout ${PROFILE_TIMEOUT:-240} ncu --clock-control none --metrics gpu__time_duration.sum --csv -k regex:tc \
+        $node dist/bench/cuda/kernels.js --only sequence --tc >"$out/tcprof.csv" 2>"$out/tcprof.log"
+      echo "ncu exit $?"; tail -3 "$out/tcprof.log"
+      python3 scripts/cuda/kernel-times.py "$out/tcprof.csv" | tee "$out/tcprof.txt"
+      ;;
     bench-quick) $node dist/bench/cuda/kernels.js --quick --out "$out/cuda-kernels-quick.json" 2>&1 | tee "$out/bench.log" ;;
     peer) PYTHONUNBUFFERED=1 FLA_PATH=/tmp/rn/fla python3 bench/cuda/peer.py "$out/cuda-peer.json" 2>&1 | tee "$out/peer.log" | tail -30 ;;
     curve) $node dist/bench/cuda/train-curve.js --devices reference,cuda --steps 20 --out "$out/cuda-train-curve.json" 2>&1 | tee "$out/curve.log" | cut -c1-600 ;;
