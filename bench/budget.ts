@@ -12,8 +12,12 @@
 // at 8k, each batch that fits the budget. Contexts are synthetic as in `bench decode` (a state or cache of the shape
 // a prefill leaves, random values; every step decodes at exactly that length).
 //
-// Only one state is alive at a time (two budget-sized states would not fit a shared machine next to each other), so
-// the points are timed one after another, not in turns; each records the other processes' load.
+// Points take turns (measureEach) wherever their states fit the budget together (turnGroups): RetNet's
+// largest-batch points share one state (its size does not depend on the length), and its batch sweep's states fit
+// beside each other; a Transformer's largest batches fill the budget one at a time, so they run one after another.
+// Timing in turns makes the flatness across lengths and the growth across batches ratios of one run, which the
+// machine's drift (its sgemm read 85-115 GFLOP/s from point to point at no other load, 2026-12-02) falls on alike.
+// Each group records the other processes' load and, in `timed_in_turns`, the points (batch@length) it timed together.
 //
 // Each point also carries this machine's bound for its step, from two ceilings measured in turns with its steps (a
 // 1024³ float32 sgemm through the matmul op, and a streaming read of 256 MiB, both with the step's threads):
@@ -231,66 +235,131 @@ export function largestBatch(
   return { batch: B, predicted: B > 0 ? at(B) : at(1) };
 }
 
+/** A point to time: its batch and length, and the fields of its record known before it is built. */
+interface Planned {
+  record: BenchRecord;
+  batch: number;
+  length: number;
+  /** The predicted bytes of its state and its step's workspace (linear in the batch: largestBatch). */
+  predicted: { state: number; workspace: number };
+  /** Step the batch down until the measured memory fits the budget (the largest-batch sweep). */
+  shrink: boolean;
+}
+
 /**
- * Builds the state of one point and measures its memory; with `shrink`, steps the batch down until the measured
- * memory fits the budget (the prediction is linear, while a KV cache grows in blocks). Then times its steps.
+ * A RetNet state has the same size at every context length (only its positions and its normalisers' values differ,
+ * and a step does the same work whatever they hold), so the points of one batch share one state, its positions set
+ * to each point's length before each of its steps. A KV cache has a length of its own.
  */
-async function measurePoint(
-  model: Synthetic,
-  s: BudgetSettings,
-  base: BenchRecord,
-  wanted: number,
-  length: number,
-  shrink: boolean,
-): Promise<BenchRecord> {
+const stateKey = (model: Synthetic, p: Planned) => (model.arch === 'retnet' ? `${p.batch}` : `${p.batch}@${p.length}`);
+
+/**
+ * Splits one sweep's points into the groups that take turns: consecutive points join a group while the weights, the
+ * group's distinct states and its largest workspace fit the budget together. RetNet's largest-batch points share one
+ * state and its batch sweep at 8k (batches 1-8: 720 MiB of states) fits beside its weights, so both take turns; a
+ * Transformer's largest-batch caches fill the budget one at a time, so those points run one after another.
+ */
+function turnGroups(model: Synthetic, weights: number, planned: Planned[], budget: number): Planned[][] {
+  const groups: Planned[][] = [];
+  for (const p of planned) {
+    const group = groups.at(-1);
+    const joined = group ? [...group, p] : [p];
+    const states = new Map(joined.map((q) => [stateKey(model, q), q.predicted.state]));
+    const workspace = Math.max(...joined.map((q) => q.predicted.workspace));
+    const memory = weights + [...states.values()].reduce((a, b) => a + b, 0) + workspace;
+    if (group && memory <= budget) group.push(p);
+    else groups.push([p]);
+  }
+  return groups;
+}
+
+/**
+ * Builds the states of a group of points and measures each point's memory (weights + its own state + its step's
+ * workspace: what it takes alone). A group with one state and `shrink` steps that state's batch down until the
+ * measured memory fits the budget (the prediction is linear, while a KV cache grows in blocks). Then the group's
+ * steps take turns with the ceilings of the bound (measureEach), so the machine's drift falls on every point alike.
+ */
+async function measurePoints(model: Synthetic, s: BudgetSettings, group: Planned[]): Promise<BenchRecord[]> {
   const weights = weightBytes(model);
-  for (let batch = wanted; ; batch--) {
-    const state = noGrad(() => model.syntheticState(batch, length, new Rng(7)));
-    try {
-      const tokens = Array.from({ length: batch }, (_, i) => (i * 37) % model.vocabSize);
-      const workspace = stepWorkspace(model, state, tokens);
+  const keys = [...new Set(group.map((p) => stateKey(model, p)))];
+  const shrink = keys.length === 1 && group.every((p) => p.shrink);
+  const tokensOf = (batch: number) => Array.from({ length: batch }, (_, i) => (i * 37) % model.vocabSize);
+  const states = new Map<string, State>();
+  try {
+    let points: { p: Planned; batch: number; state: State; workspace: number }[] = [];
+    for (let shift = 0; ; shift++) {
+      for (const key of keys) {
+        const first = group.find((p) => stateKey(model, p) === key)!;
+        states.set(
+          key,
+          noGrad(() => model.syntheticState(first.batch - shift, first.length, new Rng(7))),
+        );
+      }
+      points = group.map((p) => {
+        const batch = p.batch - shift;
+        const state = states.get(stateKey(model, p))!;
+        state.positions = new Array<number>(batch).fill(p.length);
+        return { p, batch, state, workspace: stepWorkspace(model, state, tokensOf(batch)) };
+      });
+      const over = points.some((x) => weights + x.state.bytes() + x.workspace > s.budget);
+      if (!(over && shrink && points[0]!.batch > 1)) break;
+      for (const st of states.values()) st.dispose();
+      states.clear();
+    }
+    const steps = points.map(({ p, batch, state }) => {
+      const tokens = tokensOf(batch);
+      const positions = new Array<number>(batch).fill(p.length);
+      return batchOf(() => {
+        state.positions = positions;
+        stepInPlace(model, state, tokens);
+      });
+    });
+    const ceil = s.ceilings ? ceilings(s.ceilings) : null;
+    const before = cpuCounters();
+    // One untimed call of each batch first: without it the first point of a run measured 1.21x slower than the
+    // same model at the next length (2026-12-02, its sgemm probe 10% slower too), which the flatness goal read.
+    const timings = await measureEach(ceil ? [...steps, batchOf(ceil.batches[0]), ceil.batches[1]] : steps, {
+      warmup: 1,
+      minTimeMs: 0,
+      minSamples: s.samples,
+      sampleTargetMs: 0,
+    }).finally(() => ceil?.dispose());
+    const load = otherLoad(before, cpuCounters());
+    const [gemm, read] = timings.slice(steps.length);
+    const inTurns = points.map((x) => `${x.batch}@${x.p.length}`).join(' ');
+    return points.map(({ p, batch, state, workspace }, i) => {
+      const t = timings[i]!;
       const memory = weights + state.bytes() + workspace;
-      if (memory > s.budget && shrink && batch > 1) continue;
-      const step = batchOf(() => stepInPlace(model, state, tokens));
-      const ceil = s.ceilings ? ceilings(s.ceilings) : null;
-      const before = cpuCounters();
-      // One untimed call of each batch first: without it the first point of a run measured 1.21x slower than the
-      // same model at the next length (2026-12-02, its sgemm probe 10% slower too), which the flatness goal read.
-      const [t, gemm, read] = await measureEach(ceil ? [step, batchOf(ceil.batches[0]), ceil.batches[1]] : [step], {
-        warmup: 1,
-        minTimeMs: 0,
-        minSamples: s.samples,
-        sampleTargetMs: 0,
-      }).finally(() => ceil?.dispose());
-      const load = otherLoad(before, cpuCounters());
       return {
-        ...base,
+        ...p.record,
         status: memory <= s.budget ? 'ok' : 'over budget',
         batch,
-        length,
-        ms_per_token: t!.msMedian,
-        ms_per_token_min: t!.msMin,
-        tokens_per_s: (batch * 1000) / t!.msMedian,
-        tokens_per_s_best: (batch * 1000) / t!.msMin,
+        length: p.length,
+        ms_per_token: t.msMedian,
+        ms_per_token_min: t.msMin,
+        tokens_per_s: (batch * 1000) / t.msMedian,
+        tokens_per_s_best: (batch * 1000) / t.msMin,
         weight_bytes: weights,
         state_bytes: state.bytes(),
         step_workspace_bytes: workspace,
         decode_memory_bytes: memory,
         decode_memory_mib: memory / MIB,
         state_mib: state.bytes() / MIB,
-        ...(s.ceilings ? cpuBound(model, batch, length, state.bytes(), s.ceilings, gemm!, read!) : {}),
-        samples: t!.samples,
+        ...(s.ceilings ? cpuBound(model, batch, p.length, state.bytes(), s.ceilings, gemm!, read!) : {}),
+        timed_in_turns: inTurns,
+        samples: t.samples,
         other_load: load,
       };
-    } finally {
-      state.dispose();
-    }
+    });
+  } finally {
+    for (const st of states.values()) st.dispose();
   }
 }
 
 /**
  * The points of `s` for both models (RetNet first): the pair of `s`, or `given` (bench/cuda/paper.ts's, with states
- * built on the device), which stays the caller's to dispose.
+ * built on the device), which stays the caller's to dispose. Records keep the order of the points (lengths, then
+ * batches); a point over the budget is listed, not run.
  */
 export async function measureBudget(s: BudgetSettings, given?: Synthetic[]): Promise<BenchRecord[]> {
   const models = given ?? buildModels(s);
@@ -306,37 +375,54 @@ export async function measureBudget(s: BudgetSettings, given?: Synthetic[]): Pro
         context: 'synthetic',
       };
       const weights = weightBytes(model);
+      const linear = (one: { state: number; workspace: number }, two: typeof one, B: number) => ({
+        state: one.state + (two.state - one.state) * (B - 1),
+        workspace: one.workspace + (two.workspace - one.workspace) * (B - 1),
+      });
+      // The model's points in order (lengths, then batches): a record already (over the budget) or one to time.
+      const points: (Planned | BenchRecord)[] = [];
+      const largest: Planned[] = [];
       for (const length of s.lengths) {
         const one = pointMemory(model, 1, length);
         const two = pointMemory(model, 2, length);
         const { batch, predicted } = largestBatch(weights, one, two, s.budget, s.maxBatch);
-        const point = { ...base, sweep: 'largest batch', predicted_memory_bytes: predicted };
+        const record = { ...base, sweep: 'largest batch', predicted_memory_bytes: predicted };
         if (batch === 0) {
-          records.push({ ...point, status: 'over budget', batch: 1, length });
+          points.push({ ...record, status: 'over budget', batch: 1, length });
           continue;
         }
-        progress(`${model.arch} at ${length}: batch ${batch} (predicted ${(predicted / GIB).toFixed(2)} GiB)`);
-        records.push(await measurePoint(model, s, point, batch, length, true));
+        largest.push({ record, batch, length, predicted: linear(one, two, batch), shrink: true });
+        points.push(largest.at(-1)!);
       }
+      const sweep: Planned[] = [];
+      const one = pointMemory(model, 1, s.batchLength);
+      const two = pointMemory(model, 2, s.batchLength);
       for (const batch of s.batches) {
-        const one = pointMemory(model, 1, s.batchLength);
-        const two = pointMemory(model, 2, s.batchLength);
-        const fits = largestBatch(weights, one, two, s.budget, batch);
-        const point = { ...base, sweep: 'batch' };
-        if (fits.batch < batch) {
-          const predicted = largestBatch(weights, one, two, Infinity, batch).predicted;
-          records.push({
-            ...point,
+        const record = { ...base, sweep: 'batch' };
+        const predicted = largestBatch(weights, one, two, Infinity, batch).predicted;
+        if (predicted > s.budget)
+          points.push({
+            ...record,
             status: 'over budget',
             batch,
             length: s.batchLength,
             predicted_memory_bytes: predicted,
           });
-          continue;
+        else {
+          sweep.push({ record, batch, length: s.batchLength, predicted: linear(one, two, batch), shrink: false });
+          points.push(sweep.at(-1)!);
         }
-        progress(`${model.arch} at ${s.batchLength}: batch ${batch}`);
-        records.push(await measurePoint(model, s, point, batch, s.batchLength, false));
       }
+      const measured = new Map<Planned, BenchRecord>();
+      for (const group of [
+        ...turnGroups(model, weights, largest, s.budget),
+        ...turnGroups(model, weights, sweep, s.budget),
+      ]) {
+        progress(`${model.arch}: ${group.map((p) => `batch ${p.batch} at ${p.length}`).join(', ')}, in turns`);
+        const rs = await measurePoints(model, s, group);
+        group.forEach((p, i) => measured.set(p, rs[i]!));
+      }
+      for (const p of points) records.push(measured.get(p as Planned) ?? (p as BenchRecord));
     }
   } finally {
     if (!given) for (const m of models) m.dispose();
@@ -502,8 +588,9 @@ export async function budgetSuite(values: {
         `memory (weights + state of the batch + the step's workspace, from the engine's accounting) fits ` +
         `${(s.budget / GIB).toFixed(0)} GiB, at contexts ${s.lengths.join(', ')}; then per-token latency against ` +
         `the batch at ${s.batchLength} (a batch over the budget is listed, not run). Contexts are synthetic as in ` +
-        '`bench decode`. Only one state is alive at a time, so points run one after another (not in turns) and ' +
-        'each carries its load. What sets each figure on this CPU: a RetNet step reads the weights once, reads and ' +
+        '`bench decode`. Points whose states fit the budget together take turns (RetNet’s lengths share one state; ' +
+        'its batch sweep fits side by side), the others run one after another; `timed_in_turns` names each ' +
+        'point’s group, and each group carries its load. What sets each figure on this CPU: a RetNet step reads the weights once, reads and ' +
         'writes its state, and does 2·N·B FLOPs of matrix products, so past a few rows it is bound by arithmetic and ' +
         'its latency grows with the batch; a Transformer step also reads B·2·L·T·d cache values, so it is bound by ' +
         'memory bandwidth and its batch by the budget. Each point carries this machine’s bound for its step (the ' +

@@ -165,6 +165,18 @@ describe('bench trainmem and budget', () => {
       largest.find((r) => r.arch === arch && r.length === length)!.batch;
     assert.ok((batchOf('transformer', 128) as number) < (batchOf('transformer', 32) as number));
     assert.equal(batchOf('retnet', 128), batchOf('retnet', 32));
+    // RetNet's lengths share one state and take turns; each Transformer cache fills the budget alone; both batch
+    // sweeps fit side by side.
+    const turns = (arch: string, sweep: string) =>
+      records.filter((r) => r.arch === arch && r.sweep === sweep).map((r) => r.timed_in_turns);
+    const b = batchOf('retnet', 32);
+    assert.deepEqual(turns('retnet', 'largest batch'), [`${b}@32 ${b}@128`, `${b}@32 ${b}@128`]);
+    assert.deepEqual(turns('transformer', 'largest batch'), [
+      `${batchOf('transformer', 32)}@32`,
+      `${batchOf('transformer', 128)}@128`,
+    ]);
+    assert.deepEqual(turns('retnet', 'batch'), ['1@128 2@128', '1@128 2@128']);
+    assert.deepEqual(turns('transformer', 'batch'), ['1@128 2@128', '1@128 2@128']);
     assert.deepEqual(
       records.filter((r) => r.sweep === 'batch').map((r) => [r.arch, r.batch]),
       [
