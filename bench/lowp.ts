@@ -89,8 +89,11 @@ function buildModel(s: Shape, format: WeightFormat): RetNetModel {
   return model;
 }
 
-/** Median and best ms of one decode step at batch B, taking turns with a read of `probe` (GB/s alongside). */
-async function measure(model: RetNetModel, B: number, probe: ReadProbe, quick: boolean) {
+/**
+ * Median and best ms of one decode step at batch B on `threads` threads (the addon's setting), taking turns with a
+ * read of `probe` on as many (GB/s alongside).
+ */
+async function measure(model: RetNetModel, B: number, threads: number, probe: ReadProbe, quick: boolean) {
   const state = model.emptyState(B);
   const tokens = Array.from({ length: B }, (_, i) => (i * 7) % model.vocabSize);
   const step = (calls: number) => {
@@ -104,7 +107,7 @@ async function measure(model: RetNetModel, B: number, probe: ReadProbe, quick: b
     ? { warmup: 2, minTimeMs: 600, minSamples: 5, sampleTargetMs: 0, turnMs: 0 }
     : { warmup: 3, minTimeMs: 3000, minSamples: 9, sampleTargetMs: 0, turnMs: 0 };
   const before = cpuCounters();
-  const [dec, rd] = await measureEach([step, probe.batch(threadCount())], timing);
+  const [dec, rd] = await measureEach([step, probe.batch(threads)], timing);
   const load = otherLoad(before, cpuCounters());
   const stateBytes = state.bytes();
   state.dispose();
@@ -424,7 +427,7 @@ async function decodeRecords(shape: Shape, formats: readonly WeightFormat[], qui
     for (const B of BATCHES)
       for (const t of B === 1 ? threadSet : [threads]) {
         be.addon.setThreads(t);
-        const m = await measure(model, B, probe, quick);
+        const m = await measure(model, B, t, probe, quick);
         be.addon.setThreads(threads);
         const moved = stepBytes(model, B, m.stateBytes);
         const bound = moved.total / (m.gbps * 1e6);
