@@ -29,7 +29,6 @@
 
 import { noGrad } from '../src/autograd/tape.js';
 import { cpuBackend, threadCount } from '../src/backend/index.js';
-import { lowpAddon } from '../src/backend/cpu/lowp.js';
 import type { CausalLM, DecodeState } from '../src/models/lm.js';
 import { Linear } from '../src/nn/layers.js';
 import { matmul } from '../src/ops/index.js';
@@ -50,6 +49,7 @@ import {
   measureEach,
   otherLoad,
   printTable,
+  readProbe,
   suiteResults,
 } from './lib.js';
 import { markdownTable, sectionMarkdown, updateBenchmarksMd, writePlot } from './report.js';
@@ -156,18 +156,9 @@ function ceilings(c: { gemmN: number; readBytes: number }): {
   const n = c.gemmN;
   const a = be.zeros([n, n], 'float32');
   const b = be.zeros([n, n], 'float32');
-  const probe = new Uint8Array(c.readBytes).fill(1);
-  const read = lowpAddon(be.addon);
-  const threads = threadCount();
+  const read = readProbe(c.readBytes, 'bench budget');
   return {
-    batches: [
-      () => noGrad(() => matmul(a, b)).dispose(),
-      (calls: number) => {
-        const t0 = performance.now();
-        for (let i = 0; i < calls; i++) read.streamRead(probe, threads);
-        return performance.now() - t0;
-      },
-    ],
+    batches: [() => noGrad(() => matmul(a, b)).dispose(), read.batch(threadCount())],
     dispose: () => {
       a.dispose();
       b.dispose();

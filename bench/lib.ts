@@ -14,7 +14,8 @@ import { extname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 
-import { cpuInfo, getBackend, threadCount } from '../src/backend/index.js';
+import { cpuBackend, cpuInfo, getBackend, threadCount } from '../src/backend/index.js';
+import { lowpAddon } from '../src/backend/cpu/lowp.js';
 import { packageRoot } from '../src/backend/cpu/load.js';
 import { RetnetError } from '../src/errors.js';
 import { writeFileAtomic } from '../src/io/atomic.js';
@@ -244,6 +245,34 @@ export function gemmGflops(n: number, ms: number): number {
 /** GB/s (1e9 bytes) moving `bytes` in `ms`. */
 export function gbPerS(bytes: number, ms: number): number {
   return bytes / (ms * 1e6);
+}
+
+/**
+ * The read-bandwidth probe that decode bounds divide by (bench lowp, budget, peer): native/cpu/lowp.h streamRead of
+ * `bytes` bytes, which reads 1 MiB parts as 8 streams side by side (the decode kernels read 4-8 rows side by side; one
+ * stream per thread read a third less on this stop's Intel Xeon). `batch(threads)` is a Batch of reads on that many
+ * threads, for measureEach to run in turns with the steps it bounds; `gbps(ms)` the rate of one read taking `ms`.
+ */
+export interface ReadProbe {
+  bytes: number;
+  batch(threads: number): (calls: number) => number;
+  gbps(ms: number): number;
+}
+
+export function readProbe(bytes: number, suite: string): ReadProbe {
+  const be = cpuBackend();
+  if (!be) throw new BenchFailure(`${suite}: the read probe needs the cpu device (its addon did not load)`);
+  const data = new Uint8Array(bytes).fill(1);
+  const addon = lowpAddon(be.addon);
+  return {
+    bytes,
+    batch: (threads) => (calls) => {
+      const t0 = now();
+      for (let i = 0; i < calls; i++) addon.streamRead(data, threads);
+      return now() - t0;
+    },
+    gbps: (ms) => gbPerS(bytes, ms),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 //
 // For each model and weight format (f32, bf16, f16, int8, q4: src/quant) the decode step's ms/token and tokens/s at batch
 // 1 and 8, the resident weight bytes from the engine's accounting, and the bound = weight bytes / the read bandwidth
-// measured in the same run (native/cpu/lowp.h streamRead, in turns with the decode steps, same threads). The bytes
+// measured in the same run (bench/lib.ts readProbe, in turns with the decode steps, same threads). The bytes
 // are those a step moves (stepBytes): every stored weight except the embedding table, of which a step reads only its
 // B rows, plus the retention state read and written back. Batch 1 is
 // measured with 1 thread and with all threads, so the default can be checked to be the faster. The peer is PyTorch
@@ -32,7 +32,6 @@ import { loadModelDir } from '../src/io/model-dir.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { tidy } from '../src/tensor/scope.js';
 import { WEIGHT_FORMATS, type WeightFormat } from '../src/quant/formats.js';
-import { lowpAddon } from '../src/backend/cpu/lowp.js';
 import { quantizeModel, weightBytes } from '../src/quant/model.js';
 import { Embedding, Linear } from '../src/nn/layers.js';
 import type { Module } from '../src/nn/module.js';
@@ -41,6 +40,7 @@ import {
   BenchFailure,
   type BenchRecord,
   type Column,
+  type ReadProbe,
   type ResultFile,
   commandLine,
   cpuCounters,
@@ -50,6 +50,7 @@ import {
   otherLoad,
   outputRoot,
   printTable,
+  readProbe,
   resultFile,
 } from './lib.js';
 import { writeFileAtomic } from '../src/io/atomic.js';
@@ -88,11 +89,11 @@ function buildModel(s: Shape, format: WeightFormat): RetNetModel {
   return model;
 }
 
-/** Median and best ms of one decode step at batch B, taking turns with a read of `probe` (GB/s alongside). */
-async function measure(model: RetNetModel, B: number, probe: Uint8Array, quick: boolean) {
-  const be = cpuBackend()!;
-  const addon = lowpAddon(be.addon);
-  const threads = threadCount();
+/**
+ * Median and best ms of one decode step at batch B on `threads` threads (the addon's setting), taking turns with a
+ * read of `probe` on as many (GB/s alongside).
+ */
+async function measure(model: RetNetModel, B: number, threads: number, probe: ReadProbe, quick: boolean) {
   const state = model.emptyState(B);
   const tokens = Array.from({ length: B }, (_, i) => (i * 7) % model.vocabSize);
   const step = (calls: number) => {
@@ -102,24 +103,19 @@ async function measure(model: RetNetModel, B: number, probe: Uint8Array, quick: 
     });
     return performance.now() - t0;
   };
-  const read = (calls: number) => {
-    const t0 = performance.now();
-    for (let i = 0; i < calls; i++) addon.streamRead(probe, threads);
-    return performance.now() - t0;
-  };
   const timing = quick
     ? { warmup: 2, minTimeMs: 600, minSamples: 5, sampleTargetMs: 0, turnMs: 0 }
     : { warmup: 3, minTimeMs: 3000, minSamples: 9, sampleTargetMs: 0, turnMs: 0 };
   const before = cpuCounters();
-  const [dec, rd] = await measureEach([step, read], timing);
+  const [dec, rd] = await measureEach([step, probe.batch(threads)], timing);
   const load = otherLoad(before, cpuCounters());
   const stateBytes = state.bytes();
   state.dispose();
   return {
     dec: dec!,
     stateBytes,
-    gbps: probe.byteLength / (rd!.msMin * 1e6),
-    gbpsMedian: probe.byteLength / (rd!.msMedian * 1e6),
+    gbps: probe.gbps(rd!.msMin),
+    gbpsMedian: probe.gbps(rd!.msMedian),
     load,
   };
 }
@@ -421,7 +417,7 @@ function shapeConfig(s: Shape): RetNetModel['config'] {
 async function decodeRecords(shape: Shape, formats: readonly WeightFormat[], quick: boolean): Promise<BenchRecord[]> {
   const be = cpuBackend()!;
   const threads = threadCount();
-  const probe = new Uint8Array((quick ? 128 : 512) << 20).fill(1);
+  const probe = readProbe((quick ? 128 : 512) << 20, 'bench lowp');
   const records: BenchRecord[] = [];
   for (const format of formats) {
     process.stderr.write(`lowp: ${shape.name} ${format}: building and quantising\n`);
@@ -431,7 +427,7 @@ async function decodeRecords(shape: Shape, formats: readonly WeightFormat[], qui
     for (const B of BATCHES)
       for (const t of B === 1 ? threadSet : [threads]) {
         be.addon.setThreads(t);
-        const m = await measure(model, B, probe, quick);
+        const m = await measure(model, B, t, probe, quick);
         be.addon.setThreads(threads);
         const moved = stepBytes(model, B, m.stateBytes);
         const bound = moved.total / (m.gbps * 1e6);
@@ -548,8 +544,8 @@ export async function lowpSuite(values: LowpFlags): Promise<void> {
       intro:
         'Every Linear (projections, FFN, head) in f32, bf16, f16, int8 (one scale per output row) or q4 (blocks of ' +
         '32, float16 scale; the dtypes of src/tensor/dtype.ts), activations and state float32. One decode step per ' +
-        'sample; the read bandwidth is a streaming read of 512 MiB through the same worker pool, timed in turns with ' +
-        'the steps; bound = the bytes a step moves (stored weights less the embedding table, plus the B embedding ' +
+        'sample; the read bandwidth is a read of 512 MiB (1 MiB parts, each as 8 streams side by side: bench/lib.ts ' +
+        'readProbe) through the same worker pool, timed in turns with the steps; bound = the bytes a step moves (stored weights less the embedding table, plus the B embedding ' +
         'rows looked up, plus the retention state read and written) / the best read rate. PyTorch (Debian ' +
         'python3-torch, bench/peer_torch.py) decodes the same shapes in float32 and bfloat16 with the same threads, ' +
         'after ours. Quality: the tiny preset trained on Brown (bytes) by `retnet train`, validation perplexity by ' +

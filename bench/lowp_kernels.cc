@@ -7,9 +7,11 @@
 //   /tmp/lowp_kernels [FORMAT|all] [B] [threads]
 // Variants: FORMAT/ISA for each shipped ISA the CPU has, plus bf16/widen (8 weights widened to float32 at a time,
 // instead of 16 split into even and odd elements), int8/cvt-f32 (each int8 weight converted to float32
-// and multiplied with float32 x, instead of x quantised to int16) and q4/vnni256 (the 256-bit q4 VNNI kernel). Timing: B rows of x against a set of [N, K]
-// matrices whose bytes add up to at least 256 MiB (more than the caches), called in turn, so every call streams its
-// weights from memory as a decode step does. GB/s counts weight bytes (and scales) read per second.
+// and multiplied with float32 x, instead of x quantised to int16) and q4/vnni256 (the 256-bit q4 VNNI kernel). Timing: B rows of x against a set of copies of an
+// [N, K] matrix whose bytes add up to 1 GiB in every format (LOWP_SET_MIB=M: M MiB), called in turn, so every call
+// streams its weights from memory as a decode step does: this stop's Intel Xeon serves up to 64 MiB from its caches
+// (one thread reads 30 GB/s there, 16 from memory), so the 256 MiB of float32 matrices the harness used before were
+// 32 MiB of q4, read from the caches. GB/s counts weight bytes (and scales) read per second.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -61,7 +63,12 @@ void int8CvtRows(const Weights& w, const float* x, int64_t B, float* y, int64_t 
 }  // namespace dev
 
 // The losing q4 AVX512-VNNI variant: the 256-bit kernel of lowp_kernels.inc (pairs of blocks, phaddd folds of 8
-// blocks per scale FMA) with vpdpbusd, which lowp_avx512.cc's 512-bit q4x4Tile replaced.
+// blocks per scale FMA) with vpdpbusd, which lowp_avx512.cc's 512-bit q4x4Tile replaced. On this stop's Intel Xeon
+// (family 6 model 167; timing lock, ms per [2048, 2048] matrix, 1 GiB set, 1 / 2 threads, two runs) it read the same
+// as the 512-bit kernel at B 1 (0.207, 0.202 / 0.131, 0.129 against 0.202, 0.199 / 0.133, 0.131; avx2 0.210 /
+// 0.135) and lost at B 8 (0.620 / 0.358 against 0.542 / 0.330); from a 32 MiB set (the caches) it was 5-10% faster
+// on 2 threads (0.068, 0.065 against 0.071, 0.071). So the 512-bit kernel stays the choice on both CPUs measured; last
+// stop's 9.0 against 14.3 GB/s on this CPU type did not reproduce.
 namespace dev256 {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
@@ -297,10 +304,11 @@ int main(int argc, char** argv) {
     for (auto s : std::vector<std::array<int64_t, 3>>{{1, 1, 1}, {7, 33, 3}, {13, 100, 1}, {37, 64, 16}, {9, 257, 5},
                                                       {64, 512, 2}})
       ok = validate(v, s[0], s[1], s[2], rng) && ok;
-  // Timing: 2048 x 2048 matrices, enough of them for 256 MiB of float32 (the other formats read fewer bytes).
+  // Timing: copies of a 2048 x 2048 matrix, 1 GiB of them in its format (LOWP_SET_MIB=M: M MiB).
   // LOWP_RESIDENT=1: one 256 x 2048 matrix read again and again from the caches, to time the arithmetic alone.
   const bool resident = getenv("LOWP_RESIDENT") && std::string(getenv("LOWP_RESIDENT")) == "1";
-  const int64_t N = resident ? 256 : 2048, K = 2048, count = resident ? 1 : (256ll << 20) / (N * K * 4);
+  const int64_t setBytes = (getenv("LOWP_SET_MIB") ? atoll(getenv("LOWP_SET_MIB")) : 1024) << 20;
+  const int64_t N = resident ? 256 : 2048, K = 2048;
   const int reps = resident ? 200 : 5;
   std::vector<float> x(B * K), y(B * N);
   for (auto& e : x) e = std::normal_distribution<float>(0, 1)(rng);
@@ -308,8 +316,8 @@ int main(int argc, char** argv) {
   void* wsp = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(ws.data()) + 63) / 64 * 64);
   std::vector<float> wf(N * K);
   for (auto& e : wf) e = std::normal_distribution<float>(0, 1)(rng);
-  {  // the read ceiling: 256 MiB streamed
-    std::vector<char> big(256ll << 20, 1);
+  {  // the read ceiling: 1 GiB streamed
+    std::vector<char> big(1ll << 30, 1);
     for (int t = 1; t <= threads; t++) {
       double best = 1e30;
       for (int rep = 0; rep < 8; rep++) {
@@ -323,9 +331,9 @@ int main(int argc, char** argv) {
   }
   for (auto& v : vs) {
     if (v.isa == Isa::scalar) continue;
-    std::vector<Matrix> ms;
-    for (int64_t i = 0; i < count; i++) ms.push_back(quantise(v.f, N, K, wf));
-    int64_t bytes = ms[0].bytes();
+    std::vector<Matrix> ms{quantise(v.f, N, K, wf)};
+    const int64_t bytes = ms[0].bytes(), count = resident ? 1 : (setBytes + bytes - 1) / bytes;
+    while (static_cast<int64_t>(ms.size()) < count) ms.push_back(ms[0]);
     for (int t = 1; t <= threads; t++) {
       std::vector<double> per, cpu;
       for (int rep = 0; rep < reps; rep++) {

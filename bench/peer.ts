@@ -8,7 +8,7 @@
 // reports its best round, so a burst of load from other processes does not decide the ratio.
 //
 // A decode step at batch 1 reads every weight once, so its bound is the weight bytes over the machine's streaming
-// read rate, measured in each round right after our decode (native/cpu/lowp.h streamRead of 256 MiB, same threads):
+// read rate, measured in each round right after our decode (bench/lib.ts readProbe of 256 MiB, same threads):
 // the best read over the best PyTorch rate is the most the decode ratio can reach on this machine.
 
 import { execFileSync } from 'node:child_process';
@@ -16,8 +16,7 @@ import { join } from 'node:path';
 
 import { backward } from '../src/autograd/tape.js';
 import { packageRoot } from '../src/backend/cpu/load.js';
-import { cpuBackend, threadCount } from '../src/backend/index.js';
-import { lowpAddon } from '../src/backend/cpu/lowp.js';
+import { threadCount } from '../src/backend/index.js';
 import { createModel } from '../src/models/registry.js';
 import type { RetNetConfig } from '../src/models/retnet/config.js';
 import type { RetNetModel } from '../src/models/retnet/model.js';
@@ -28,10 +27,12 @@ import {
   BenchFailure,
   type BenchRecord,
   type Column,
+  type ReadProbe,
   cpuCounters,
   failOnFailedRecords,
   otherLoad,
   printTable,
+  readProbe,
   writeResults,
 } from './lib.js';
 import { markdownTable, plural, sectionMarkdown, updateBenchmarksMd, writePlot } from './report.js';
@@ -98,18 +99,12 @@ function runTorch(c: RetNetConfig, s: PeerShape, threads: number): PeerResult {
   return r;
 }
 
-/** GB/s of the best of five streaming reads of 256 MiB with `threads` threads (the decode step's bound). */
-function readRate(threads: number): number {
-  const be = cpuBackend();
-  if (!be) throw new BenchFailure('bench peer: the read probe needs the cpu device (its addon did not load)');
-  const probe = new Uint8Array(256 * 2 ** 20).fill(1);
+/** GB/s of the best of five reads of the probe with `threads` threads (the decode step's bound). */
+function readRate(probe: ReadProbe, threads: number): number {
+  const read = probe.batch(threads);
   let best = Infinity;
-  for (let i = 0; i < 5; i++) {
-    const t0 = performance.now();
-    lowpAddon(be.addon).streamRead(probe, threads);
-    best = Math.min(best, performance.now() - t0);
-  }
-  return probe.byteLength / (best * 1e6);
+  for (let i = 0; i < 5; i++) best = Math.min(best, read(1));
+  return probe.gbps(best);
 }
 
 /** Our side of the protocol on `model`. */
@@ -184,12 +179,13 @@ export async function peerSuite(values: { quick: boolean }): Promise<void> {
   const ours: PeerResult[] = [];
   const torch: PeerResult[] = [];
   const readGbps: number[] = [];
+  const probe = readProbe(256 * 2 ** 20, 'bench peer');
   const before = cpuCounters();
   try {
     for (let r = 0; r < rounds; r++) {
       process.stderr.write(`peer: round ${r + 1} of ${rounds}: ours\n`);
       ours.push(runOurs(model, shape));
-      readGbps.push(readRate(threads));
+      readGbps.push(readRate(probe, threads));
       process.stderr.write(`peer: round ${r + 1} of ${rounds}: PyTorch ${torchVersion}\n`);
       torch.push(runTorch(model.config, shape, threads));
     }

@@ -244,6 +244,22 @@ describe('low-precision products: every native variant against the reference', (
       });
     }
 
+  it('the read probe reads every byte, on 1 and 2 threads, whatever the size', () => {
+    // All zeros sum to 0; four 0xff bytes anywhere make a NaN in the vector part or −4 in the tail, so a byte the
+    // probe skipped would leave the sum 0.
+    for (const bytes of [1, 63, 511, 513, 4097, (1 << 20) + 100, 3 * (1 << 20) + 7])
+      for (const threads of [1, 2]) {
+        const data = new Uint8Array(bytes);
+        assert.equal(addon.streamRead(data, threads), 0, `${bytes} zero bytes`);
+        for (const at of [0, Math.floor(bytes / 3), bytes - 4]) {
+          const p = Math.max(0, at) & ~3;
+          data.fill(0xff, p, Math.min(bytes, p + 4));
+          assert.notEqual(addon.streamRead(data, threads), 0, `${bytes} bytes on ${threads} threads, 0xff at ${p}`);
+          data.fill(0, p, Math.min(bytes, p + 4));
+        }
+      }
+  });
+
   it('linear with a stored weight: native (decode kernels and the tile path) against the reference, every format', () => {
     const rng = new Rng(5);
     for (const format of WEIGHT_FORMATS)

@@ -174,6 +174,43 @@ describe('state-carrying retention: native against the reference (float32)', () 
     }));
 });
 
+describe('recurrent retention steps: native against the reference (float32)', () => {
+  // [B, H, K, V]: size 1, odd sizes, and two above the native kernel's parallel grain (B·H·K·V > 2¹⁵: its rows of
+  // (batch, head) then run on the worker pool), with empty (scale 0) and carried states side by side.
+  const shapes: [number, number, number, number][] = [
+    [1, 1, 1, 1],
+    [2, 3, 5, 7],
+    [3, 5, 37, 211],
+    [1, 8, 64, 129],
+  ];
+  for (const normalize of [true, false])
+    it(`${normalize ? 'normalised' : 'un-normalised'}: four steps on odd shapes update state and scale alike`, () =>
+      tidy(() => {
+        for (const [B, Hs, Ks, Vs] of shapes) {
+          const g = retentionGammas(Hs);
+          const run = (be: Device) => {
+            const rng = new Rng(B * 1000 + Ks);
+            const to32 = (t: Tensor) => be.fromData(t.data(), t.shape, 'float32');
+            const state = to32(randomTensor(ref, rng, [B, Hs, Ks, Vs], { dtype: 'float64' }));
+            const scale = be.fromData(
+              Array.from({ length: B * Hs }, (_, i) => (i % 3 === 0 ? 0 : 1 + i / 4)),
+              [B, Hs],
+              'float32',
+            );
+            const outs: Float32Array[] = [];
+            for (let t = 0; t < 4; t++) {
+              const [q, k] = [0, 1].map(() => to32(randomTensor(ref, rng, [B, Hs, Ks], { dtype: 'float64' })));
+              const v = to32(randomTensor(ref, rng, [B, Hs, Vs], { dtype: 'float64' }));
+              outs.push(retentionStep(q!, k!, v, state, scale, g, normalize).data() as Float32Array);
+            }
+            return [...outs, state.data(), scale.data()];
+          };
+          const want = run(ref);
+          run(nat()).forEach((got, i) => assertClose(got, want[i]!, 1e-5, `[${B}, ${Hs}, ${Ks}, ${Vs}] result ${i}`));
+        }
+      }));
+});
+
 describe('RetNet prefill with state', () => {
   // normEps ~0: the forms differ only where the per-head norm's eps meets their row scales, so all agree to rounding.
   const config = validateRetNetConfig({

@@ -157,6 +157,18 @@ int64_t preparedBytes(Format f, Isa isa, int64_t B, int64_t K) {
 // Weight bytes per unit of work handed to a thread (a product below twice this runs on the calling thread alone).
 constexpr int64_t kChunkBytes = 128 << 10;
 
+// Stored bytes of one row of W (with its scales).
+int64_t rowBytes(Format f, int64_t K) {
+  switch (f) {
+    case Format::f32: return 4 * K;
+    case Format::bf16:
+    case Format::f16: return 2 * K;
+    case Format::int8: return K + 4;
+    case Format::q4: return q4PaddedK(K) / 2 + 2 * (q4PaddedK(K) / kQ4Block);
+  }
+  return K;
+}
+
 }  // namespace
 
 int64_t workspaceBytes(Format f, Isa isa, int64_t B, int64_t K) {
@@ -193,8 +205,7 @@ void gemv(const Weights& w, const float* x, int64_t B, float* y, int64_t ldy, vo
     default: break;
   }
   // Chunks of whole 8-row tiles, about 128 KiB of weights each (at most 64), claimed by the threads in turn.
-  int64_t bytesPerRow = w.format == Format::f32 ? 4 * w.K : w.format == Format::bf16 || w.format == Format::f16 ? 2 * w.K : w.K;
-  int64_t tiles = (w.N + 7) / 8, chunks = w.N * bytesPerRow / kChunkBytes;
+  int64_t tiles = (w.N + 7) / 8, chunks = w.N * rowBytes(w.format, w.K) / kChunkBytes;
   chunks = chunks < 1 ? 1 : chunks > 64 ? 64 : chunks > tiles ? tiles : chunks;
   workers::forChunks(chunks, threads, [&](int64_t c) {
     int64_t n0 = tiles * c / chunks * 8, n1 = tiles * (c + 1) / chunks * 8;
@@ -301,13 +312,14 @@ void tiledProduct(const Weights& w, const float* x, int64_t R, float* y, float* 
 }
 
 float streamRead(const void* data, int64_t bytes, int threads) {
+  constexpr int64_t kPartBytes = 1 << 20;
   const char* p = static_cast<const char*>(data);
-  int64_t lines = bytes / 64, chunks = bytes / kChunkBytes < 1 ? 1 : bytes / kChunkBytes;
-  std::vector<float> sums(chunks, 0.0f);
-  workers::forChunks(chunks, threads, [&](int64_t c) {
-    int64_t b0 = lines * c / chunks * 64, b1 = c == chunks - 1 ? bytes : lines * (c + 1) / chunks * 64;
+  const int64_t parts = bytes / kPartBytes < 1 ? 1 : bytes / kPartBytes;
+  std::vector<float> sums(parts, 0.0f);
+  workers::forChunks(parts, threads, [&](int64_t c) {
+    const int64_t b0 = c * kPartBytes, b1 = c == parts - 1 ? bytes : b0 + kPartBytes;
     if (cpuHas(Isa::avx2)) {
-      sums[c] = isa_avx2::readSum(p + b0, b1 - b0);
+      sums[c] = isa_avx2::readStreams(p + b0, b1 - b0);
     } else {
       for (int64_t i = b0; i < b1; i++) sums[c] += static_cast<float>(p[i]);
     }

@@ -84,8 +84,13 @@ float fromF16(uint16_t h);
 // float32 → float16 bits, round to nearest even (overflow to infinity, NaN stays NaN).
 uint16_t toF16(float f);
 
-// Reads `bytes` of memory on `threads` threads (each a contiguous share) and returns a value depending on all of it,
-// so the reads cannot be optimised away: the read-bandwidth ceiling a decode step is measured against.
+// Reads `bytes` of memory on `threads` threads and returns a value depending on all of it, so the reads cannot be
+// optimised away: the read-bandwidth ceiling a decode step is measured against. The threads claim 1 MiB parts in
+// turn, each read as 8 streams of 128 KiB side by side (as the f32 kernel reads 8 rows side by side): on this stop's
+// 2-core Intel Xeon (family 6 model 167; timing lock, 256 MiB, best of 8) one stream per thread read 10.1 / 19.6 GB/s
+// on 1 / 2 threads, 4 streams 14.3 / 29.2, 8 streams 14.3 / 30.8, 16 streams 14.7 / 30.9 (parts of 128 KiB to 128 MiB
+// within 5% of each other), so the one-stream probe understated what memory delivers by a third. Sizes: that Xeon
+// reads up to 64 MiB from its caches (30 GB/s on one thread), 128 MiB to 1 GiB at 15.4-16.2; the suites read ≥ 256 MiB.
 float streamRead(const void* data, int64_t bytes, int threads);
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -95,7 +100,7 @@ namespace isa_avx2 {
 void prepare(Format f, const float* x, int64_t B, int64_t K, void* px);
 int64_t preparedBytes(Format f, int64_t B, int64_t K);
 void rows(const Weights& w, const float* x, const void* px, int64_t B, float* y, int64_t ldy, int64_t n0, int64_t n1);
-float readSum(const void* data, int64_t bytes);
+float readStreams(const void* data, int64_t bytes);
 }  // namespace isa_avx2
 namespace isa_avx512vnni {
 void prepare(Format f, const float* x, int64_t B, int64_t K, void* px);

@@ -58,20 +58,22 @@ void rows(const Weights& w, const float* x, const void* px, int64_t B, float* y,
   }
 }
 
-// Four independent sums of 32-byte loads (as float32 adds: the values do not matter, only that every byte is read).
-float readSum(const void* data, int64_t bytes) {
+// `bytes` read as 8 streams side by side (8 equal parts, a 64-byte line from each in turn; the last bytes % 512
+// alone), summed as float32 adds: the values do not matter, only that every byte is read.
+float readStreams(const void* data, int64_t bytes) {
   const char* p = static_cast<const char*>(data);
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  int64_t i = 0;
-  for (; i + 128 <= bytes; i += 128) {
-    a0 = _mm256_add_ps(a0, _mm256_loadu_ps(reinterpret_cast<const float*>(p + i)));
-    a1 = _mm256_add_ps(a1, _mm256_loadu_ps(reinterpret_cast<const float*>(p + i + 32)));
-    a2 = _mm256_add_ps(a2, _mm256_loadu_ps(reinterpret_cast<const float*>(p + i + 64)));
-    a3 = _mm256_add_ps(a3, _mm256_loadu_ps(reinterpret_cast<const float*>(p + i + 96)));
-  }
-  float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-  for (; i < bytes; i++) s += static_cast<float>(p[i]);
-  return s;
+  const int64_t part = bytes / 512 * 64;
+  __m256 acc[8];
+  for (int s = 0; s < 8; s++) acc[s] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < part; i += 64)
+    for (int s = 0; s < 8; s++) {
+      const float* q = reinterpret_cast<const float*>(p + s * part + i);
+      acc[s] = _mm256_add_ps(acc[s], _mm256_add_ps(_mm256_loadu_ps(q), _mm256_loadu_ps(q + 8)));
+    }
+  for (int s = 1; s < 8; s++) acc[0] = _mm256_add_ps(acc[0], acc[s]);
+  float sum = hsum(acc[0]);
+  for (int64_t i = 8 * part; i < bytes; i++) sum += static_cast<float>(p[i]);
+  return sum;
 }
 
 }  // namespace isa_avx2

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "heads.h"
+#include "workers.h"
 
 namespace retnet {
 
@@ -445,8 +446,10 @@ static Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
     require(g, H, "retentionStep", "gammas");
     for (int64_t h = 0; h < H; h++)
       if (!(g.data[h] > 0.0 && g.data[h] < 1.0)) throw ArgError{"retentionStep: every decay gamma must lie in (0, 1)"};
-#pragma omp parallel for if (BH * K * V > kParallelGrain) schedule(static)
-    for (int64_t bh = 0; bh < BH; bh++) {
+    // One chunk per (batch row, head) through the decode products' worker pool (workers.h), not an OpenMP region:
+    // its closing barrier waits for a thread the OS has not yet run (issue 13).
+    const int threads = BH * K * V > kParallelGrain ? omp_get_max_threads() : 1;
+    workers::forChunks(BH, threads, [&](int64_t bh) {
       double gamma = g.data[bh % H], prev = sc.data[bh], next = prev * gamma + 1;
       float decay = static_cast<float>(normalize ? std::sqrt(prev) * gamma / std::sqrt(next) : gamma);
       float inv = static_cast<float>(normalize ? 1.0 / std::sqrt(next) : 1.0);
@@ -463,7 +466,7 @@ static Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
           oh[y] += qx * row[y];
         }
       }
-    }
+    });
   });
 }
 RETNET_KERNEL("retentionStep", RetentionStep);

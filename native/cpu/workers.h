@@ -6,7 +6,8 @@
 // step of the `base` model at 110-180 ms with two threads against 25-30 ms with one. Here the work is cut into
 // chunks that threads claim one at a time; the caller claims chunks too and, once none is left, waits only for the
 // chunks another thread has already claimed. A worker that wakes late finds nothing left and sleeps again, so it
-// never delays the caller (bench/lowp_kernels.cc measures the two against each other).
+// never delays the caller (bench/lowp_kernels.cc measures the two against each other). Between jobs a worker spins
+// briefly before it sleeps, so that the next product of a decode step finds it awake (workers.cc kSpin).
 #pragma once
 
 #include <cstdint>
