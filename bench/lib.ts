@@ -249,8 +249,8 @@ export function gbPerS(bytes: number, ms: number): number {
 
 /**
  * The read-bandwidth probe that decode bounds divide by (bench lowp, budget, peer): native/cpu/lowp.h streamRead of
- * `bytes` bytes, which reads 1 MiB parts as 8 streams side by side (the decode kernels read 4-8 rows side by side; one
- * stream per thread read a third less on this stop's Intel Xeon). `batch(threads)` is a Batch of reads on that many
+ * `bytes` bytes, which reads 1 MiB parts as 8 streams side by side (as the f32 kernel reads 8 rows; one stream per
+ * thread read a third less on this stop's Intel Xeon). `batch(threads)` is a Batch of reads on that many
  * threads, for measureEach to run in turns with the steps it bounds; `gbps(ms)` the rate of one read taking `ms`.
  */
 export interface ReadProbe {
