@@ -264,7 +264,8 @@ export function storageLength(dtype: DType, shape: readonly number[]): number {
 
 /** Bytes per entry of the storage array (an element, or a byte of a quantized format). */
 export function arrayBytes(dtype: DType): number {
-  return info(dtype).array.BYTES_PER_ELEMENT;
+  // From `bytes`, not the constructor's BYTES_PER_ELEMENT: ~1 ns against ~4 a call, twice for every tensor made.
+  return info(dtype).bytes ?? 1; // a quantized format's storage is bytes (Uint8Array)
 }
 
 /** Bytes of storage of a tensor of this dtype and shape. */
