@@ -322,10 +322,13 @@ export function kernelsOf(t: Tensor): Kernels {
 
 function resolveTable(device: Device, dtype: DType): Kernels {
   devices.add(device);
-  const out: Record<string, AnyKernel> = {};
-  for (const name of KERNEL_NAMES) out[name] = resolve(name, device, dtype);
-  device.resolved[dtype] = out as unknown as Kernels;
-  return out as unknown as Kernels;
+  // Built in one go (Object.fromEntries), not property by property: V8 turns an object given more than a dozen
+  // properties by computed-key stores into a hash table, and every `kernels(...).name` then pays a dictionary lookup.
+  const out = Object.fromEntries(
+    KERNEL_NAMES.map((name) => [name, resolve(name, device, dtype)]),
+  ) as unknown as Kernels;
+  device.resolved[dtype] = out;
+  return out;
 }
 
 function resolve(name: KernelName, device: Device, dtype: DType): AnyKernel {

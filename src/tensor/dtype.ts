@@ -25,7 +25,7 @@ export type DataArray = Float32Array | Float64Array | Int32Array | Uint16Array |
 /** Values read back from a tensor: its own elements for float32/float64/int32, float32 for the other dtypes. */
 export type ValueArray = Float32Array | Float64Array | Int32Array;
 
-type ArrayCtor = { new (length: number): DataArray; new (buffer: ArrayBuffer): DataArray; BYTES_PER_ELEMENT: number };
+type ArrayCtor = typeof Float32Array | typeof Float64Array | typeof Int32Array | typeof Uint16Array | typeof Uint8Array;
 
 interface DTypeInfo {
   /**
@@ -41,16 +41,18 @@ interface DTypeInfo {
   compute: DType;
   /** The safetensors dtype name, or null where safetensors has none (quantized formats: see QuantFormat.parts). */
   safetensors: string | null;
+  /** The dtype's bit in a set of dtypes (dtypeBit). */
+  bit: number;
 }
 
 const DTYPES: Record<DType, DTypeInfo> = {
-  float32: { kind: 'float', array: Float32Array, bytes: 4, compute: 'float32', safetensors: 'F32' },
-  float64: { kind: 'float', array: Float64Array, bytes: 8, compute: 'float64', safetensors: 'F64' },
-  int32: { kind: 'int', array: Int32Array, bytes: 4, compute: 'int32', safetensors: 'I32' },
-  bfloat16: { kind: 'float', array: Uint16Array, bytes: 2, compute: 'float32', safetensors: 'BF16' },
-  float16: { kind: 'float', array: Uint16Array, bytes: 2, compute: 'float32', safetensors: 'F16' },
-  qint8: { kind: 'quantized', array: Uint8Array, bytes: null, compute: 'float32', safetensors: null },
-  qint4: { kind: 'quantized', array: Uint8Array, bytes: null, compute: 'float32', safetensors: null },
+  float32: { kind: 'float', array: Float32Array, bytes: 4, compute: 'float32', safetensors: 'F32', bit: 1 << 0 },
+  float64: { kind: 'float', array: Float64Array, bytes: 8, compute: 'float64', safetensors: 'F64', bit: 1 << 1 },
+  int32: { kind: 'int', array: Int32Array, bytes: 4, compute: 'int32', safetensors: 'I32', bit: 1 << 2 },
+  bfloat16: { kind: 'float', array: Uint16Array, bytes: 2, compute: 'float32', safetensors: 'BF16', bit: 1 << 3 },
+  float16: { kind: 'float', array: Uint16Array, bytes: 2, compute: 'float32', safetensors: 'F16', bit: 1 << 4 },
+  qint8: { kind: 'quantized', array: Uint8Array, bytes: null, compute: 'float32', safetensors: null, bit: 1 << 5 },
+  qint4: { kind: 'quantized', array: Uint8Array, bytes: null, compute: 'float32', safetensors: null, bit: 1 << 6 },
 };
 
 /** Every dtype, in table order. */
@@ -195,11 +197,31 @@ export function quantParts(dtype: QuantizedDType, shape: readonly number[]): Qua
   return QUANT_FORMATS[dtype].parts(rows, cols);
 }
 
+/**
+ * A dtype's entry of DTYPES. A switch, not `DTYPES[dtype]`: every op asks this several times (its checks, the output's
+ * allocation), and V8 makes a keyed load whose key varies from call to call megamorphic: ~150 instructions a call
+ * against ~30 for the switch (callgrind, a loop over one lookup after every dtype had been seen; bench/tiny-turns.ts
+ * measures what an op costs).
+ */
 function info(dtype: DType): DTypeInfo {
-  const i = DTYPES[dtype];
-  if (i === undefined)
-    throw new DTypeError(`unknown dtype '${String(dtype)}' (expected one of ${DTYPE_NAMES.join(', ')})`);
-  return i;
+  switch (dtype) {
+    case 'float32':
+      return DTYPES.float32;
+    case 'float64':
+      return DTYPES.float64;
+    case 'int32':
+      return DTYPES.int32;
+    case 'bfloat16':
+      return DTYPES.bfloat16;
+    case 'float16':
+      return DTYPES.float16;
+    case 'qint8':
+      return DTYPES.qint8;
+    case 'qint4':
+      return DTYPES.qint4;
+    default:
+      throw new DTypeError(`unknown dtype '${String(dtype)}' (expected one of ${DTYPE_NAMES.join(', ')})`);
+  }
 }
 
 export function dtypeKind(dtype: DType): DTypeInfo['kind'] {
@@ -208,6 +230,11 @@ export function dtypeKind(dtype: DType): DTypeInfo['kind'] {
 
 export function isQuantized(dtype: DType): dtype is QuantizedDType {
   return info(dtype).kind === 'quantized';
+}
+
+/** The dtype's bit: a set of dtypes is the OR of their bits, and a membership test one AND (a Set of names costs more). */
+export function dtypeBit(dtype: DType): number {
+  return info(dtype).bit;
 }
 
 /** Bytes per element of an element dtype; a quantized format has none (its size depends on the shape). */
@@ -237,7 +264,8 @@ export function storageLength(dtype: DType, shape: readonly number[]): number {
 
 /** Bytes per entry of the storage array (an element, or a byte of a quantized format). */
 export function arrayBytes(dtype: DType): number {
-  return info(dtype).array.BYTES_PER_ELEMENT;
+  // From `bytes`, not the constructor's BYTES_PER_ELEMENT: ~1 ns against ~4 a call, twice for every tensor made.
+  return info(dtype).bytes ?? 1; // a quantized format's storage is bytes (Uint8Array)
 }
 
 /** Bytes of storage of a tensor of this dtype and shape. */
@@ -250,14 +278,28 @@ export function computeDType(dtype: DType): DType {
   return info(dtype).compute;
 }
 
+// allocArray and arrayOver name each constructor: V8 allocates a typed array inline when it knows the constructor, and
+// through the generic construct path when it reads it from a table (~240 instructions more a call under callgrind,
+// measured as above).
+
 /** A zero-filled storage array of `length` (see storageLength). */
 export function allocArray(dtype: DType, length: number): DataArray {
-  return new (info(dtype).array)(length);
+  const array = info(dtype).array;
+  if (array === Float32Array) return new Float32Array(length);
+  if (array === Int32Array) return new Int32Array(length);
+  if (array === Float64Array) return new Float64Array(length);
+  if (array === Uint16Array) return new Uint16Array(length);
+  return new array(length); // Uint8Array: the quantized formats
 }
 
 /** A storage array over an existing buffer (the buffer pool's). */
 export function arrayOver(dtype: DType, buffer: ArrayBuffer): DataArray {
-  return new (info(dtype).array)(buffer);
+  const array = info(dtype).array;
+  if (array === Float32Array) return new Float32Array(buffer);
+  if (array === Int32Array) return new Int32Array(buffer);
+  if (array === Float64Array) return new Float64Array(buffer);
+  if (array === Uint16Array) return new Uint16Array(buffer);
+  return new array(buffer); // Uint8Array: the quantized formats
 }
 
 /** The safetensors dtype name of a dtype (null: safetensors has none, as for the quantized formats). */
@@ -324,11 +366,15 @@ export function fromFloat16(bits: number): number {
  * the float formats round to nearest even; quantized formats quantize row by row.
  */
 export function encode(dtype: DType, values: ArrayLike<number>, shape: readonly number[], out: DataArray): void {
+  // The float32/float64 copy here and the conversions in a function of their own: every tensor made from numbers
+  // comes through here, and V8 inlines a function this small into its caller (the whole switch it would not).
+  if (dtype === 'float32' || dtype === 'float64') (out as FloatArray).set(values);
+  else encodeConverting(dtype, values, shape, out);
+}
+
+/** encode for the dtypes whose values are converted (checked integers, rounded 16-bit floats, quantized rows). */
+function encodeConverting(dtype: DType, values: ArrayLike<number>, shape: readonly number[], out: DataArray): void {
   switch (dtype) {
-    case 'float32':
-    case 'float64':
-      (out as FloatArray).set(values);
-      return;
     case 'int32':
       for (let i = 0; i < out.length; i++) {
         const v = values[i]!;

@@ -51,9 +51,12 @@ export class BufferPool {
     return out;
   }
 
-  /** Takes back the array of a released storage: kept when large and the sole user of its buffer. */
-  reclaim(data: DataArray): void {
-    if (data.byteLength >= MIN_POOLED_BYTES && data.byteOffset === 0 && data.byteLength === data.buffer.byteLength)
+  /**
+   * Takes back the array of a released storage, `bytes` long (the storage's count: see HostStorage): kept when large
+   * and the sole user of its buffer.
+   */
+  reclaim(data: DataArray, bytes: number): void {
+    if (bytes >= MIN_POOLED_BYTES && data.byteOffset === 0 && bytes === data.buffer.byteLength)
       this.give(data.buffer as ArrayBuffer);
   }
 
