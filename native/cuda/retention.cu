@@ -19,8 +19,6 @@
 #include <mma.h>
 
 #include <cmath>
-#include <cstdlib>
-#include <string>
 #include <vector>
 
 #include "device.h"
@@ -646,7 +644,7 @@ __device__ __forceinline__ void scanWalk(const float* X, const float* Y, const f
 }
 
 template <bool Reverse, int BV, int Stages>
-__global__ void __launch_bounds__(kScanThreads, Stages == 2 ? 2 : 1) tcScanKernel(const float* X, const float* Y, const float* rY,
+__global__ void __launch_bounds__(kScanThreads) tcScanKernel(const float* X, const float* Y, const float* rY,
                                                              Heads hs, bf16* slots, unsigned* sigma, int64_t H,
                                                              int64_t T, int64_t nC) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -855,18 +853,8 @@ bool tensorCoreShape(Dims d, int64_t C) {
 
 // The states entering each chunk as bf16 [BH, nC, D, D] (one pass, tc::tcScanKernel); sigma (forward, normalising)
 // gets each chunk's column-sum maximum. BV = 32 value columns a block where that makes ≥ 128 blocks (B 2 H 16:
-// 128 for 132 SMs), else 16 (B 1 H 16: 128).
-// VARIANT (measurement only): RETNET_TC_SCAN = serial (tc4), pair (backward walks in one launch, 2 a SM), pair16
-// (pair, and the forward walk at 16 columns with 2 a SM).
-int scanVariant() {
-  static int v = [] {
-    const char* e = std::getenv("RETNET_TC_SCAN");
-    std::string s = e ? e : "pair";
-    return s == "serial" ? 0 : s == "pair" ? 1 : 2;
-  }();
-  return v;
-}
-
+// 128 for 132 SMs), else 16 (B 1 H 16: 128), three stages of prefetch. Measured (stop 27, run 1): 16 columns with two
+// stages (256 blocks at B 2 H 16, two a SM) took the forward 0.81 → 0.82 ms: not better.
 template <bool Reverse, int BV, int Stages>
 void tcScanLaunch(const float* X, const float* Y, const float* rY, const Heads& hs, tc::bf16* slots, unsigned* sigma,
                   Dims d) {
@@ -886,9 +874,7 @@ template <bool Reverse>
 void tcStates(const float* X, const float* Y, const float* rY, const Heads& hs, tc::bf16* slots, unsigned* sigma,
               Dims d) {
   if (sigma) check(cudaMemsetAsync(sigma, 0, d.B * d.H * (d.T / tc::C) * sizeof(unsigned), stream()), "retention");
-  if (scanVariant() == 2 && !Reverse && d.B * d.H * (tc::D / 16) >= 256)
-    tcScanLaunch<Reverse, 16, 2>(X, Y, rY, hs, slots, sigma, d);
-  else if (d.B * d.H * (tc::D / 32) >= 128) tcScanLaunch<Reverse, 32, 3>(X, Y, rY, hs, slots, sigma, d);
+  if (d.B * d.H * (tc::D / 32) >= 128) tcScanLaunch<Reverse, 32, 3>(X, Y, rY, hs, slots, sigma, d);
   else tcScanLaunch<Reverse, 16, 3>(X, Y, rY, hs, slots, sigma, d);
 }
 
@@ -911,13 +897,8 @@ void tcPairLaunch(const float* q, const float* k, const float* v, const float* r
 
 void tcBackwardStates(const float* q, const float* k, const float* v, const float* r, const float* dO,
                       const Heads& hs, tc::bf16* S, tc::bf16* R, Dims d) {
-  if (scanVariant() == 0) {
-    tcBackwardStates(q, k, v, r, dO, hs, S, R, d);
-  } else if (2 * d.B * d.H * (tc::D / 32) >= 256) {
-    tcPairLaunch<32>(q, k, v, r, dO, hs, S, R, d);
-  } else {
-    tcPairLaunch<16>(q, k, v, r, dO, hs, S, R, d);
-  }
+  if (2 * d.B * d.H * (tc::D / 32) >= 256) tcPairLaunch<32>(q, k, v, r, dO, hs, S, R, d);
+  else tcPairLaunch<16>(q, k, v, r, dO, hs, S, R, d);
 }
 
 // Chunkwise forward on tensor cores; ws (sized as the float32 kernel's, which is more): the bf16 states, then σ.
