@@ -467,22 +467,40 @@ using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
 using FragBT = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
 using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
-// Stages rows [0, rows) × [0, cols) of a float32 matrix (row stride ld) as bf16 into dst (row stride LDst), each row
-// times scale(row) — float4 loads, all threads of the block.
-template <int Cols, int LDst, typename Scale>
-__device__ __forceinline__ void stage(bf16* dst, const float* src, int64_t ld, int rows, Scale scale) {
-  constexpr int Q = Cols / 4;
-  for (int e = threadIdx.x; e < rows * Q; e += blockDim.x) {
-    int i = e / Q, x = (e % Q) * 4;
-    float4 f = *reinterpret_cast<const float4*>(src + i * ld + x);
-    float s = scale(i);
-    bf16* d = dst + i * LDst + x;
-    d[0] = __float2bfloat16(f.x * s);
-    d[1] = __float2bfloat16(f.y * s);
-    d[2] = __float2bfloat16(f.z * s);
-    d[3] = __float2bfloat16(f.w * s);
+// A [C, Cols] float32 tile of one chunk in registers, for staging as bf16 in shared memory: thread t holds rows
+// t / Q + n · (kTcThreads / Q) (n < N), columns 4 (t % Q).. (one float4 each), so a warp reads whole rows. All of a
+// tile's loads are issued before any is used. Measured (tc4, bench/cuda/NOTES.md): staging with one float4 load in
+// flight per thread (a loop that converts each load before issuing the next) made the gradient kernel wait on ~50
+// dependent global round trips per chunk, 1.42 ms at B 2 H 16 T 8192.
+constexpr int kTcThreads = 256;
+template <int Cols>
+struct Tile {
+  static constexpr int Q = Cols / 4, N = C * Q / kTcThreads, RowStep = kTcThreads / Q;
+  float4 f[N];
+  __device__ __forceinline__ static int row(int n) { return static_cast<int>(threadIdx.x) / Q + n * RowStep; }
+  __device__ __forceinline__ void load(const float* src, int64_t ld) {
+    int x = (threadIdx.x % Q) * 4;
+#pragma unroll
+    for (int n = 0; n < N; n++) f[n] = *reinterpret_cast<const float4*>(src + row(n) * ld + x);
   }
-}
+  // dst[row, ·] = bf16(tile[row, ·] · scale(n, row)), 8-byte stores (dst row stride LDst).
+  template <int LDst, typename Scale>
+  __device__ __forceinline__ void store(bf16* dst, Scale scale) const {
+    int x = (threadIdx.x % Q) * 4;
+#pragma unroll
+    for (int n = 0; n < N; n++) {
+      float s = scale(n, row(n));
+      __nv_bfloat162 lo = __floats2bfloat162_rn(f[n].x * s, f[n].y * s);
+      __nv_bfloat162 hi = __floats2bfloat162_rn(f[n].z * s, f[n].w * s);
+      uint2 u{*reinterpret_cast<unsigned*>(&lo), *reinterpret_cast<unsigned*>(&hi)};
+      *reinterpret_cast<uint2*>(dst + row(n) * LDst + x) = u;
+    }
+  }
+};
+using RowTile = Tile<D>;
+struct Unscaled {
+  __device__ float operator()(int, int) const { return 1.0f; }
+};
 
 // acc += A[16 rows at a, inner n] · B[inner n, 16 cols at b] with the layouts the fragment types say.
 template <typename FA, typename FB>
@@ -506,12 +524,12 @@ __device__ __forceinline__ void mmaRun(Acc& acc, const bf16* a, int lda, int aSt
 // conversion pass: the TF32 products read the staged floats). Measured before (bench/cuda/NOTES.md): tc2's walk,
 // which waited on each chunk's loads, 0.83 ms a pass at B 2 H 16 T 8192; tc3's local states of all chunks at once
 // then a float32 scan over [BH, nC, D, D] in global memory, ~0.55 ms a pass.
-constexpr int kStages = 3, LDX = D + 4, kScanThreads = 256;
-template <int BV>
+constexpr int LDX = D + 4, kScanThreads = 256;
+template <int BV, int Stages>
 struct ScanSmem {
   static constexpr int LDY = BV + 4;  // rows of 16-byte multiples; 32-byte aligned fragment starts (8-row steps)
   static constexpr int stage = C * LDX + C * LDY + C;  // X rows, Y rows, the rows' weights (floats)
-  static constexpr size_t bytes = (kStages * stage + D * LDY + kScanThreads) * sizeof(float);
+  static constexpr size_t bytes = (Stages * stage + D * LDY + kScanThreads) * sizeof(float);
 };
 
 __device__ __forceinline__ void cpAsync16(void* dst, const void* src) {
@@ -524,20 +542,19 @@ __device__ __forceinline__ void cpWait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
-template <bool Reverse, int BV>
-__global__ void __launch_bounds__(kScanThreads) tcScanKernel(const float* X, const float* Y, const float* rY,
-                                                             Heads hs, bf16* slots, unsigned* sigma, int64_t H,
-                                                             int64_t T, int64_t nC) {
-  using Sm = ScanSmem<BV>;
+template <bool Reverse, int BV, int kStages>
+__device__ __forceinline__ void scanWalk(const float* X, const float* Y, const float* rY, Heads hs, bf16* slots,
+                                         unsigned* sigma, int64_t H, int64_t T, int64_t nC, int64_t bh,
+                                         unsigned char* smem) {
+  using Sm = ScanSmem<BV, kStages>;
   constexpr int LDY = Sm::LDY, NT = BV / 16;
   using FragXT = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
   using FragY = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
   using Acc8 = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
-  extern __shared__ __align__(128) unsigned char smem[];
   float* ring = reinterpret_cast<float*>(smem);  // kStages × (Xs [C, LDX], Ys [C, LDY], w [C])
   float* St = ring + kStages * Sm::stage;         // [D, LDY]: the state entering the chunk
   float* part = St + D * LDY;                     // [kScanThreads / BV, BV]: column sums of |S| over row groups
-  int64_t bh = blockIdx.y, y0 = static_cast<int64_t>(blockIdx.x) * BV, P = H * D;
+  int64_t y0 = static_cast<int64_t>(blockIdx.x) * BV, P = H * D;
   float lambda = hs.lambda[bh % H], decay = dpow(lambda, static_cast<float>(C));
   int warp = threadIdx.x >> 5, tid = threadIdx.x;
   const float* Xh = X + rowAt(bh, H, T, 0, D);
@@ -626,12 +643,33 @@ __global__ void __launch_bounds__(kScanThreads) tcScanKernel(const float* X, con
   cpWait<0>();
 }
 
-// Stages a bf16 [D, D] state into dst [D, LD] (16-byte copies, all threads of the block).
-__device__ __forceinline__ void stageState(bf16* dst, const bf16* src) {
+template <bool Reverse, int BV, int Stages>
+__global__ void __launch_bounds__(kScanThreads) tcScanKernel(const float* X, const float* Y, const float* rY,
+                                                             Heads hs, bf16* slots, unsigned* sigma, int64_t H,
+                                                             int64_t T, int64_t nC) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  scanWalk<Reverse, BV, Stages>(X, Y, rY, hs, slots, sigma, H, T, nC, blockIdx.y, smem);
+}
+
+// The backward's two walks in one launch (blockIdx.z: 0 the states S_c over k, v; 1 the reverse states R_c over
+// q, r ⊙ dO), two stages of prefetch so that two blocks fit on a multiprocessor and each hides the other's waits.
+template <int BV>
+__global__ void __launch_bounds__(kScanThreads, 2) tcScanPairKernel(const float* q, const float* k, const float* v,
+                                                                    const float* r, const float* dO, Heads hs,
+                                                                    bf16* S, bf16* R, int64_t H, int64_t T,
+                                                                    int64_t nC) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  if (blockIdx.z == 0) scanWalk<false, BV, 2>(k, v, nullptr, hs, S, nullptr, H, T, nC, blockIdx.y, smem);
+  else scanWalk<true, BV, 2>(q, dO, r, hs, R, nullptr, H, T, nC, blockIdx.y, smem);
+}
+
+// Copies a bf16 [D, D] state into dst [D, LD] through cp.async (16-byte copies, all threads of the block); the
+// caller commits and waits.
+__device__ __forceinline__ void stateAsync(bf16* dst, const bf16* src) {
   constexpr int Q = D / 8;
-  for (int e = threadIdx.x; e < D * Q; e += blockDim.x) {
+  for (int e = threadIdx.x; e < D * Q; e += kTcThreads) {
     int i = e / Q, x = (e % Q) * 8;
-    *reinterpret_cast<uint4*>(dst + i * LD + x) = *reinterpret_cast<const uint4*>(src + i * D + x);
+    cpAsync16(dst + i * LD + x, src + i * D + x);
   }
 }
 
@@ -653,11 +691,15 @@ __global__ void __launch_bounds__(256) tcOutputKernel(const float* q, const floa
   float lambda = hs.lambda[bh % H];
   int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const float* qb = q + rowAt(bh, H, T, c0, D);
-  auto one = [](int) { return 1.0f; };
-  stage<D, LD>(Qs, qb, P, C, one);
-  stage<D, LD>(Ks, k + rowAt(bh, H, T, c0, D), P, C, one);
-  stage<D, LD>(Vs, v + rowAt(bh, H, T, c0, D), P, C, one);
-  stageState(Ss, slots + (bh * nC + c) * D * D);
+  stateAsync(Ss, slots + (bh * nC + c) * D * D);  // needed only for o: arrives behind A
+  cpCommit();
+  RowTile tq, tk, tv;  // q stays in registers for its second staging (scaled by den)
+  tq.load(qb, P);
+  tk.load(k + rowAt(bh, H, T, c0, D), P);
+  tv.load(v + rowAt(bh, H, T, c0, D), P);
+  tq.store<LD>(Qs, Unscaled{});
+  tk.store<LD>(Ks, Unscaled{});
+  tv.store<LD>(Vs, Unscaled{});
   __syncthreads();
   {  // A: warp w computes rows 16(w/2).., columns 32(w%2)..
     int i0 = (warp >> 1) * 16;
@@ -689,7 +731,8 @@ __global__ void __launch_bounds__(256) tcOutputKernel(const float* q, const floa
     }
   }
   __syncthreads();
-  stage<D, LD>(Qs, qb, P, C, [&](int i) { return den[i]; });
+  tq.store<LD>(Qs, [&](int, int i) { return den[i]; });
+  cpWait<0>();
   __syncthreads();
   {  // o: warp w computes rows 16(w/2).., columns 64(w%2)..
     int i0 = (warp >> 1) * 16;
@@ -730,15 +773,27 @@ __global__ void __launch_bounds__(256) tcGradKernel(const float* q, const float*
   const float* rc = r + bh * T + c0;
   const float *qb = q + rowAt(bh, H, T, c0, D), *kb = k + rowAt(bh, H, T, c0, D);
   const float *vb = v + rowAt(bh, H, T, c0, D), *gb = dO + rowAt(bh, H, T, c0, D);
-  auto one = [](int) { return 1.0f; };
-  auto tail = [&](int i) { return dpow(lambda, static_cast<float>(C - 1 - i)); };
-  stage<D, LD>(Qs, qb, P, C, one);
-  stage<D, LD>(Ks, kb, P, C, one);
-  stage<D, LD>(Vs, vb, P, C, one);
-  stage<D, LD>(Gs, gb, P, C, [&](int i) { return rc[i]; });
-  stage<D, LD>(Vd, vb, P, C, tail);
-  stageState(Ss, Sslots + (bh * nC + c) * D * D);
-  stageState(Rs, Rslots + (bh * nC + c) * D * D);
+  auto tail = [&](int, int i) { return dpow(lambda, static_cast<float>(C - 1 - i)); };
+  stateAsync(Ss, Sslots + (bh * nC + c) * D * D);  // needed only for the last products: arrive behind M and N
+  stateAsync(Rs, Rslots + (bh * nC + c) * D * D);
+  cpCommit();
+  // k and g stay in registers for their second staging (γ^(C−1−i) K, γ^i G) into M's and N's floats.
+  RowTile tk, tg;
+  float rg[RowTile::N];  // r of each row this thread holds
+  {
+    RowTile tq, tv;
+    tq.load(qb, P);
+    tk.load(kb, P);
+    tv.load(vb, P);
+    tg.load(gb, P);
+#pragma unroll
+    for (int n = 0; n < RowTile::N; n++) rg[n] = rc[RowTile::row(n)];
+    tq.store<LD>(Qs, Unscaled{});
+    tk.store<LD>(Ks, Unscaled{});
+    tv.store<LD>(Vs, Unscaled{});
+    tv.store<LD>(Vd, tail);
+    tg.store<LD>(Gs, [&](int n, int) { return rg[n]; });
+  }
   __syncthreads();
   {  // M (warps 0-3) and N (warps 4-7): warp w computes rows 16(w%4).., all 64 columns.
     bool isN = warp >= 4;
@@ -761,8 +816,9 @@ __global__ void __launch_bounds__(256) tcGradKernel(const float* q, const float*
     Nb[i * LDC + j] = __float2bfloat16(Nf[i * LDF + j] * d);
   }
   __syncthreads();
-  stage<D, LD>(Gd, gb, P, C, [&](int i) { return rc[i] * dpow(lambda, static_cast<float>(i)); });
-  stage<D, LD>(Kd, kb, P, C, tail);
+  tg.store<LD>(Gd, [&](int n, int i) { return rg[n] * dpow(lambda, static_cast<float>(i)); });
+  tk.store<LD>(Kd, tail);
+  cpWait<0>();
   __syncthreads();
   // Each output [C, D]: warp w computes rows 16(w/2).., columns 64(w%2)..
   int i0 = (warp >> 1) * 16;
@@ -797,15 +853,20 @@ bool tensorCoreShape(Dims d, int64_t C) {
 
 // The states entering each chunk as bf16 [BH, nC, D, D] (one pass, tc::tcScanKernel); sigma (forward, normalising)
 // gets each chunk's column-sum maximum. BV = 32 value columns a block where that makes ≥ 128 blocks (B 2 H 16:
-// 128 for 132 SMs), else 16 (B 1 H 16: 128).
-template <bool Reverse, int BV>
+// 128 for 132 SMs), else 16 (B 1 H 16: 128), three stages of prefetch. Measured (stop 27, run 1): 16 columns with two
+// stages (256 blocks at B 2 H 16, two a SM) took the forward 0.81 → 0.82 ms: not better.
+template <bool Reverse, int BV, int Stages>
 void tcScanLaunch(const float* X, const float* Y, const float* rY, const Heads& hs, tc::bf16* slots, unsigned* sigma,
                   Dims d) {
   int64_t nC = d.T / tc::C;
-  auto fn = tc::tcScanKernel<Reverse, BV>;
-  smemOrThrow(tc::ScanSmem<BV>::bytes, "retention states (tensor cores)", reinterpret_cast<const void*>(fn));
-  fn<<<dim3(tc::D / BV, static_cast<unsigned>(d.B * d.H)), tc::kScanThreads, tc::ScanSmem<BV>::bytes, stream()>>>(
-      X, Y, rY, hs, slots, sigma, d.H, d.T, nC);
+  auto fn = tc::tcScanKernel<Reverse, BV, Stages>;
+  constexpr size_t bytes = tc::ScanSmem<BV, Stages>::bytes;
+  smemOrThrow(bytes, "retention states (tensor cores)", reinterpret_cast<const void*>(fn));
+  check(cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributePreferredSharedMemoryCarveout,
+                             cudaSharedmemCarveoutMaxShared),
+        "retention states (tensor cores)");
+  fn<<<dim3(tc::D / BV, static_cast<unsigned>(d.B * d.H)), tc::kScanThreads, bytes, stream()>>>(X, Y, rY, hs, slots,
+                                                                                               sigma, d.H, d.T, nC);
   checkLaunch("retention states (tensor cores)");
 }
 
@@ -813,8 +874,31 @@ template <bool Reverse>
 void tcStates(const float* X, const float* Y, const float* rY, const Heads& hs, tc::bf16* slots, unsigned* sigma,
               Dims d) {
   if (sigma) check(cudaMemsetAsync(sigma, 0, d.B * d.H * (d.T / tc::C) * sizeof(unsigned), stream()), "retention");
-  if (d.B * d.H * (tc::D / 32) >= 128) tcScanLaunch<Reverse, 32>(X, Y, rY, hs, slots, sigma, d);
-  else tcScanLaunch<Reverse, 16>(X, Y, rY, hs, slots, sigma, d);
+  if (d.B * d.H * (tc::D / 32) >= 128) tcScanLaunch<Reverse, 32, 3>(X, Y, rY, hs, slots, sigma, d);
+  else tcScanLaunch<Reverse, 16, 3>(X, Y, rY, hs, slots, sigma, d);
+}
+
+// The backward's states S_c and R_c, both walks in one launch (tc::tcScanPairKernel): BV = 32 where that makes
+// ≥ 256 blocks (two a multiprocessor), else 16.
+template <int BV>
+void tcPairLaunch(const float* q, const float* k, const float* v, const float* r, const float* dO, const Heads& hs,
+                  tc::bf16* S, tc::bf16* R, Dims d) {
+  int64_t nC = d.T / tc::C;
+  auto fn = tc::tcScanPairKernel<BV>;
+  constexpr size_t bytes = tc::ScanSmem<BV, 2>::bytes;
+  smemOrThrow(bytes, "retention backward states (tensor cores)", reinterpret_cast<const void*>(fn));
+  check(cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributePreferredSharedMemoryCarveout,
+                             cudaSharedmemCarveoutMaxShared),
+        "retention backward states (tensor cores)");
+  fn<<<dim3(tc::D / BV, static_cast<unsigned>(d.B * d.H), 2), tc::kScanThreads, bytes, stream()>>>(
+      q, k, v, r, dO, hs, S, R, d.H, d.T, nC);
+  checkLaunch("retention backward states (tensor cores)");
+}
+
+void tcBackwardStates(const float* q, const float* k, const float* v, const float* r, const float* dO,
+                      const Heads& hs, tc::bf16* S, tc::bf16* R, Dims d) {
+  if (2 * d.B * d.H * (tc::D / 32) >= 256) tcPairLaunch<32>(q, k, v, r, dO, hs, S, R, d);
+  else tcPairLaunch<16>(q, k, v, r, dO, hs, S, R, d);
 }
 
 // Chunkwise forward on tensor cores; ws (sized as the float32 kernel's, which is more): the bf16 states, then σ.
@@ -912,8 +996,7 @@ void retentionBackward(const float* q, const float* k, const float* v, const dou
     int64_t nC = d.T / tc::C, BH = d.B * d.H;
     auto* S = reinterpret_cast<tc::bf16*>(ws);
     tc::bf16* R = S + BH * nC * tc::D * tc::D;
-    tcStates<false>(k, v, nullptr, hs, S, nullptr, d);
-    tcStates<true>(q, dO, r, hs, R, nullptr, d);
+    tcBackwardStates(q, k, v, r, dO, hs, S, R, d);
     smemOrThrow(tc::kGradSmem, "retention backward (tensor cores)", reinterpret_cast<const void*>(tc::tcGradKernel));
     tc::tcGradKernel<<<dim3(static_cast<unsigned>(BH), static_cast<unsigned>(nC)), 256, tc::kGradSmem, stream()>>>(
         q, k, v, r, dO, S, R, hs, dq, dk, dv, d.H, d.T, nC);
