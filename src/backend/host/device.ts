@@ -89,7 +89,12 @@ export class HostDevice implements Device {
   /** Wraps a storage array from `alloc` (ownership passes to the tensor; its buffer returns to the pool). */
   wrap(data: DataArray, shape: readonly number[], dtype: DType): Tensor {
     this.checkDType(dtype, 'tensor');
-    return new Tensor(this, new HostStorage(dtype, data, shapeSize(shape), this.memory, this.pool), shape, dtype);
+    return this.tensorOver(data, shape, shapeSize(shape), dtype);
+  }
+
+  /** wrap for a caller that has checked the dtype and counted the `size` elements of `shape` already. */
+  private tensorOver(data: DataArray, shape: readonly number[], size: number, dtype: DType): Tensor {
+    return new Tensor(this, new HostStorage(dtype, data, size, this.memory, this.pool), shape, dtype);
   }
 
   private checkDType(dtype: DType, what: string): void {
@@ -132,7 +137,8 @@ export class HostDevice implements Device {
       if (e instanceof DTypeError) throw new DTypeError(`fromData: ${e.message}`);
       throw e;
     }
-    return this.wrap(out, shape, dtype);
+    // Every tensor made from numbers comes here: the dtype and size checked above are not checked again (tiny-turns).
+    return this.tensorOver(out, shape, size, dtype);
   }
 
   /** A tensor over a storage array as it is stored (raw bfloat16/float16 bits, a quantized format's bytes). */
