@@ -730,18 +730,6 @@ Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionStep", RetentionStep);
 
-// retentionState(k, v, gammas, state, scale, B, H, T, K, V, normalize): writes every element of state and scale.
-Napi::Value RetentionState(const Napi::CallbackInfo& info) {
-  return run(info, [&] {
-    Dims d = dims(info, 5);
-    auto g = gammas(info, 2, d.H, "retentionState");
-    int64_t nq = d.B * d.T * d.H * d.K, nv = d.B * d.T * d.H * d.V;
-    cuda::retentionState(f(info, 0, "k", nq), f(info, 1, "v", nv), g.data(), f(info, 3, "state", d.B * d.H * d.K * d.V),
-                         f(info, 4, "scale", d.B * d.H), nullptr, d, flag(info, 10, "normalize"));
-  });
-}
-RETNET_KERNEL("retentionState", RetentionState);
-
 // attentionWorkspace(kernel, B, H, T, K, V) -> floats of scratch
 Napi::Value AttentionWorkspace(const Napi::CallbackInfo& info) {
   int64_t n = 0;

@@ -142,8 +142,6 @@ void retentionBackward(const float* q, const float* k, const float* v, const dou
                        bool tensorCores);
 void retentionStep(const float* q, const float* k, const float* v, const double* gammas, float* state, float* scale,
                    float* o, int64_t B, int64_t H, int64_t K, int64_t V, bool normalize);
-void retentionState(const float* k, const float* v, const double* gammas, float* state, float* scale, float* ws,
-                    Dims d, bool normalize);
 int64_t attentionWorkspace(int kernel, Dims d);
 void attentionNaive(const float* q, const float* k, const float* v, float* o, float* p, Dims d);
 void attentionNaiveBackward(const float* q, const float* k, const float* v, const float* p, const float* dO,

@@ -1036,10 +1036,4 @@ void retentionStep(const float* q, const float* k, const float* v, const double*
   checkLaunch("retention step scale");
 }
 
-void retentionState(const float* k, const float* v, const double* gammas, float* state, float* scale, float*, Dims d,
-                    bool normalize) {
-  if (d.B * d.H == 0) return;
-  finalStates(k, v, headsOf(gammas, d.H), d, normalize, SeqArgs{0, d.T, nullptr, nullptr}, state, scale);
-}
-
 }  // namespace retnet::cuda

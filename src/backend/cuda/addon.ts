@@ -60,7 +60,6 @@ export interface CudaAddon {
   retentionForward(...args: Arg[]): void;
   retentionBackward(...args: Arg[]): void;
   retentionStep(...args: Arg[]): void;
-  retentionState(...args: Arg[]): void;
   attentionForward(...args: Arg[]): void;
   attentionBackward(...args: Arg[]): void;
   attentionDecode(...args: Arg[]): void;

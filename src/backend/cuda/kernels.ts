@@ -449,21 +449,6 @@ export class CudaKernels implements Omit<Kernels, 'dropout'> {
     return o;
   }
 
-  retentionState(
-    k: Tensor,
-    v: Tensor,
-    gammas: readonly number[],
-    normalize: boolean,
-  ): { state: Tensor; scale: Tensor } {
-    const [B, T, H, K] = k.shape as [number, number, number, number];
-    const V = v.shape[3]!;
-    const state = this.out([B, H, K, V]);
-    const scale = this.out([B, H]);
-    this.d.addon.retentionState(this.f32(k), this.f32(v), Float64Array.from(gammas), this.d.ptr(state), this.d.ptr(scale),
-      B, H, T, K, V, normalize); // prettier-ignore
-    return { state, scale };
-  }
-
   rotary(x: Tensor, cos: Tensor, sin: Tensor, pairs: RotaryPairs, inverse: boolean): Tensor {
     const [B, T, H, K] = x.shape as [number, number, number, number];
     const y = this.out(x.shape);
