@@ -384,6 +384,9 @@ describe('cuda 16-bit storage and tensor-core products', { skip }, () => {
         [false, true, 1, 1, 300, 264, true], // the same with K a multiple of 8: the gemv16 kernel
         [false, true, 2, 4, 77, 1032, true], // 8 rows (gemv16's most), N not a multiple of its 4 rows a warp
         [false, true, 3, 1, 5, 8, true], // 3 rows, one 16-byte chunk of each weight row
+        [false, true, 1, 6, 77, 1024, true], // 5-8 rows, K a multiple of 32 (bfloat16: gemvMma), N not a multiple of 16
+        [false, true, 2, 4, 40, 256, true], // 8 rows, one 32-wide K block for each of gemvMma's 8 warps
+        [false, true, 1, 5, 17, 32, true], // one K block: seven of gemvMma's warps have none
         [false, true, 3, 5, 64, 96, true],
         [false, false, 2, 33, 17, 65, false],
         [true, false, 2, 8, 129, 31, false],

@@ -217,7 +217,7 @@ if (runs('product')) {
   const [N, K] = [16384, 4096];
   const w = kern.cast(random([N, K], 0.02), 'bfloat16');
   const k16 = kernels(be, 'bfloat16');
-  for (const M of [1, 2, 8]) {
+  for (const M of [1, 2, 4, 5, 8]) {
     const x = random([M, K]);
     const x16 = kern.cast(x, 'bfloat16');
     const bytes = N * K * 2;

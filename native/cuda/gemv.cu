@@ -10,6 +10,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "device.h"
 #include "launch.h"
@@ -130,15 +131,111 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     }
 }
 
-template <typename WT, int M>
-void launch(const float* x, const void* w, float* y, int64_t N, int64_t K) {
-  // x from L1 per chunk: 2M/R bytes for each byte of W. Run 1 (session 5) at N 16384, K 4096 with R 4, U 2 for M 8:
-  // 1.78 TB/s, against 3.03 at M 1 (R 2, U 4) and cuBLAS's 2.69 at M 8; so R 8 from M 5 (x:W 2:1, as at M 1).
-  constexpr int R = M <= 2 ? 2 : M <= 4 ? 4 : 8;
-  constexpr int U = M <= 2 ? 4 : M <= 4 ? 2 : 1;
-  int64_t warps = (N + R - 1) / R;
-  unsigned blocks = static_cast<unsigned>((warps + kGemvWarps - 1) / kGemvWarps);
-  // A dependent launch (launch.h): the weight loads start while the kernel before finishes.
+// gemvMma (bf16 W, 2-8 rows of x, K a multiple of 32): the same product on tensor cores, for the rows where the
+// FFMA kernel above is bound by its instructions (at M 8: 8 FMAs and an L1 read of x per weight). Block = 16 weight
+// rows (the A tile of mma.m16n8k16), its 8 warps splitting K (warp w takes the 32-wide K blocks w, w + 8, ...) and
+// adding their 16 × 8 partial products in shared memory in a fixed order; x [M ≤ 8, K] is the B tile, as bf16
+// hi + lo parts (x − hi rounded again: 2^-17 relative, as split16), so two products per K step. Each lane loads 16
+// bytes (8 consecutive k) of its two weight rows: as the sum runs over k, A and B take k in the same permuted order
+// (lane t of a quad holds k 8t..8t+7 of the block; logical k 2t, 2t+1, 2t+8, 2t+9 of a 16-step are physical
+// 8t..8t+3, then 8t+4..8t+7 for the second step), so W is read in whole 16-byte pieces.
+constexpr int kMmaUnroll = 4;
+
+__device__ __forceinline__ void mmaBf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack2(__nv_bfloat16 lo, __nv_bfloat16 hi) {
+  return static_cast<uint32_t>(__bfloat16_as_ushort(lo)) | (static_cast<uint32_t>(__bfloat16_as_ushort(hi)) << 16);
+}
+
+// x's four values (k in order) as bf16 hi parts (h0: the first two, h1: the last two) and lo parts.
+__device__ __forceinline__ void splitX(float4 x, uint32_t& h0, uint32_t& h1, uint32_t& l0, uint32_t& l1) {
+  __nv_bfloat16 hx = __float2bfloat16(x.x), hy = __float2bfloat16(x.y), hz = __float2bfloat16(x.z),
+                hw = __float2bfloat16(x.w);
+  h0 = pack2(hx, hy);
+  h1 = pack2(hz, hw);
+  l0 = pack2(__float2bfloat16(x.x - __bfloat162float(hx)), __float2bfloat16(x.y - __bfloat162float(hy)));
+  l1 = pack2(__float2bfloat16(x.z - __bfloat162float(hz)), __float2bfloat16(x.w - __bfloat162float(hw)));
+}
+
+// c += W[rows g, g + 8; 32-wide K block] · x[row g; same block]ᵀ: wa, wb the lane's 8 weights of rows g, g + 8;
+// x0, x1 its 8 values of x.
+__device__ __forceinline__ void mmaBlock(float (&c)[4], uint4 wa, uint4 wb, float4 x0, float4 x1) {
+  uint32_t h0, h1, l0, l1;
+  splitX(x0, h0, h1, l0, l1);
+  mmaBf16(c, wa.x, wb.x, wa.y, wb.y, h0, h1);
+  mmaBf16(c, wa.x, wb.x, wa.y, wb.y, l0, l1);
+  splitX(x1, h0, h1, l0, l1);
+  mmaBf16(c, wa.z, wb.z, wa.w, wb.w, h0, h1);
+  mmaBf16(c, wa.z, wb.z, wa.w, wb.w, l0, l1);
+}
+
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    gemvMmaKernel(const float* __restrict__ x, const __nv_bfloat16* __restrict__ w, float* __restrict__ y, int M,
+                  int64_t N, int64_t K) {
+  pdlTrigger();
+  __shared__ float part[kGemvWarps][16][8];
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  int64_t n0 = static_cast<int64_t>(blockIdx.x) * 16, blocks = K / 32;
+  const uint4* ra = reinterpret_cast<const uint4*>(w + min(n0 + g, N - 1) * K) + t;
+  const uint4* rb = reinterpret_cast<const uint4*>(w + min(n0 + g + 8, N - 1) * K) + t;
+  const float4* xr = reinterpret_cast<const float4*>(x + min(g, M - 1) * K) + 2 * t;
+  float keep = g < M ? 1.0f : 0.0f;  // B's columns past M are zero
+  float c[4] = {0, 0, 0, 0};
+  uint4 wa[kMmaUnroll], wb[kMmaUnroll];
+  auto loadW = [&](int64_t kb) {
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; u++) {
+      int64_t j = kb + u * kGemvWarps;
+      wa[u] = j < blocks ? __ldcs(ra + j * 4) : make_uint4(0, 0, 0, 0);  // streamed: W is read once
+      wb[u] = j < blocks ? __ldcs(rb + j * 4) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  // The first weight loads are issued before pdlWait (W does not depend on the kernels before this one); each later
+  // round's loads are issued before the round before is used.
+  loadW(warp);
+  pdlWait();
+  for (int64_t kb = warp; kb < blocks; kb += kMmaUnroll * kGemvWarps) {
+    float4 x0[kMmaUnroll], x1[kMmaUnroll];
+    uint4 ca[kMmaUnroll], cb[kMmaUnroll];
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; u++) {
+      int64_t j = kb + u * kGemvWarps;
+      float4 zero = make_float4(0, 0, 0, 0);
+      x0[u] = j < blocks ? __ldg(xr + j * 8) : zero;
+      x1[u] = j < blocks ? __ldg(xr + j * 8 + 1) : zero;
+      x0[u] = make_float4(x0[u].x * keep, x0[u].y * keep, x0[u].z * keep, x0[u].w * keep);
+      x1[u] = make_float4(x1[u].x * keep, x1[u].y * keep, x1[u].z * keep, x1[u].w * keep);
+      ca[u] = wa[u];
+      cb[u] = wb[u];
+    }
+    loadW(kb + kMmaUnroll * kGemvWarps);
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; u++) mmaBlock(c, ca[u], cb[u], x0[u], x1[u]);
+  }
+  // c: rows g and g + 8 of the block's 16, columns (x rows) 2t and 2t + 1.
+  part[warp][g][2 * t] = c[0];
+  part[warp][g][2 * t + 1] = c[1];
+  part[warp][g + 8][2 * t] = c[2];
+  part[warp][g + 8][2 * t + 1] = c[3];
+  __syncthreads();
+  if (threadIdx.x < 16 * 8) {
+    int n = threadIdx.x >> 3, m = threadIdx.x & 7;
+    float s = 0;
+#pragma unroll
+    for (int v = 0; v < kGemvWarps; v++) s += part[v][n][m];
+    if (m < M && n0 + n < N) y[m * N + n0 + n] = s;
+  }
+}
+
+// A dependent launch (launch.h): the weight loads start while the kernel before finishes.
+template <typename Kernel, typename... Args>
+void launchDependent(Kernel kernel, unsigned blocks, Args... args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(blocks);
   cfg.blockDim = dim3(kGemvWarps * 32);
@@ -149,12 +246,37 @@ void launch(const float* x, const void* w, float* y, int64_t N, int64_t K) {
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = pdlEnabled() && triggered() ? 1 : 0;
-  check(cudaLaunchKernelEx(&cfg, gemvKernel<WT, M, R, U>, x, static_cast<const WT*>(w), y, N, K), "gemv16 launch");
+  check(cudaLaunchKernelEx(&cfg, kernel, args...), "gemv16 launch");
   setTriggered(true);
+}
+
+template <typename WT, int M>
+void launch(const float* x, const void* w, float* y, int64_t N, int64_t K) {
+  // x from L1 per chunk: 2M/R bytes for each byte of W. Run 1 (session 5) at N 16384, K 4096 with R 4, U 2 for M 8:
+  // 1.78 TB/s, against 3.03 at M 1 (R 2, U 4) and cuBLAS's 2.69 at M 8; so R 8 from M 5 (x:W 2:1, as at M 1).
+  constexpr int R = M <= 2 ? 2 : M <= 4 ? 4 : 8;
+  constexpr int U = M <= 2 ? 4 : M <= 4 ? 2 : 1;
+  int64_t warps = (N + R - 1) / R;
+  unsigned blocks = static_cast<unsigned>((warps + kGemvWarps - 1) / kGemvWarps);
+  launchDependent(gemvKernel<WT, M, R, U>, blocks, x, static_cast<const WT*>(w), y, N, K);
+}
+
+// VARIANT (measurement only): RETNET_GEMV_MMA = the fewest rows that take gemvMma (default 5; 9: never).
+int mmaMinRows() {
+  static const int v = [] {
+    const char* e = std::getenv("RETNET_GEMV_MMA");
+    return e ? std::atoi(e) : 5;
+  }();
+  return v;
 }
 
 template <typename WT>
 void dispatch(int64_t M, const float* x, const void* w, float* y, int64_t N, int64_t K) {
+  if (std::is_same_v<WT, __nv_bfloat16> && M >= mmaMinRows() && M >= 2 && K % 32 == 0) {
+    launchDependent(gemvMmaKernel, static_cast<unsigned>((N + 15) / 16), x, static_cast<const __nv_bfloat16*>(w), y,
+                    static_cast<int>(M), N, K);
+    return;
+  }
   switch (M) {
     case 1: return launch<WT, 1>(x, w, y, N, K);
     case 2: return launch<WT, 2>(x, w, y, N, K);
