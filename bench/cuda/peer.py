@@ -50,8 +50,10 @@ except Exception as e:  # noqa: BLE001 - reported in the results
     fla_error = f"{type(e).__name__}: {e}"
 out["fla_error"] = fla_error
 
-for B, H, T, D in [(2, 16, 8192, 128), (1, 16, 16384, 128)]:
-    for dtype in [torch.bfloat16, torch.float32]:
+# bf16 first at both shapes: fla's Triton kernels compile and autotune on first use (minutes), so a call that runs
+# out of time still has the figures the goals are judged on.
+for dtype in [torch.bfloat16, torch.float32]:
+    for B, H, T, D in [(2, 16, 8192, 128), (1, 16, 16384, 128)]:
         name = str(dtype).replace("torch.", "")
         q = torch.randn(B, T, H, D, device="cuda", dtype=dtype, requires_grad=True)
         k = torch.randn(B, T, H, D, device="cuda", dtype=dtype, requires_grad=True)
