@@ -4,12 +4,13 @@
 // Transformer with flash attention). The bench suites (bench/decode.ts, bench/budget.ts, bench/train.ts,
 // bench/trainmem.ts) measure the same at the CPU sizes; this runs their measurement at the paper's sizes, where only a
 // GPU has the memory and the speed.
-//   node dist/bench/cuda/paper.js [--only decode,budget,train,profile] [--budget GiB] [--quick] --out FILE
+//   node dist/bench/cuda/paper.js [--only decode,budget,train,profile] [--budget GiB] [--profile-batch N] [--quick]
+//     --out FILE
 // Sections: `decode` Figure 6 at fixed batches; `budget` Figure 6's regime (the paper's 8.4x): each architecture at
 // the largest batch whose decode memory fits `--budget` GiB (default 80, the paper's A100), as `bench budget`;
 // `train` Table 4 with the live memory after the forward pass attributed to the op that produced it, as
-// `bench trainmem`; `profile` the 6.7B RetNet step at batch 1: host enqueue time against the whole step, then one
-// step inside the profiler's range (`ncu --profile-from-start off` lists its kernels).
+// `bench trainmem`; `profile` the 6.7B RetNet step at batch 1 (or --profile-batch): host enqueue time against the
+// whole step, then one step inside the profiler's range (`ncu --profile-from-start off` lists its kernels).
 //
 // Weights are random (the step's cost depends on shapes, not values), drawn on the device: building 6.7B parameters
 // from the host's generator would take minutes of device time. Every parameter is a tiled copy of one pool of
@@ -47,6 +48,8 @@ const only = (flag('--only') ?? 'decode,budget,train').split(',');
 for (const x of only)
   if (!SECTIONS.includes(x)) throw new Error(`paper: unknown section '${x}' (${SECTIONS.join(', ')})`);
 const budgetGiB = Number(flag('--budget') ?? 80);
+/** The batch of the profiled steps (`--only profile`). */
+const profileBatch = Number(flag('--profile-batch') ?? 1);
 const quick = args.includes('--quick');
 const be = setBackend('cuda') as CudaDevice;
 const records: BenchRecord[] = [];
@@ -210,14 +213,14 @@ async function budget(models: DecodeModels): Promise<void> {
 }
 
 /**
- * The RetNet step at batch 1, 8k: the host's enqueue time (from a synchronised start until step() returns) against
- * the whole step (until the device is done), medians of 20, for each architecture; then one RetNet step inside the
- * profiler's range.
+ * The RetNet step at 8k, batch 1 (or --profile-batch): the host's enqueue time (from a synchronised start until
+ * step() returns) against the whole step (until the device is done), medians of 20, for each architecture; then one
+ * RetNet step inside the profiler's range.
  */
 function profile(models: DecodeModels): void {
   for (const model of [models.retnet, models.transformer] as Synthetic[]) {
-    const state = model.syntheticState(1, 8192, new Rng(7));
-    const tokens = [37];
+    const state = model.syntheticState(profileBatch, 8192, new Rng(7));
+    const tokens = new Array<number>(profileBatch).fill(37);
     for (let i = 0; i < 3; i++) stepInPlace(model, state, tokens);
     const enqueue: number[] = [];
     const total: number[] = [];
@@ -236,7 +239,7 @@ function profile(models: DecodeModels): void {
       model: DECODE_PRESET,
       arch: model.arch,
       length: 8192,
-      batch: 1,
+      batch: profileBatch,
       enqueue_ms: median(enqueue),
       step_ms: median(total),
       weight_bytes: weightBytes(model),

@@ -9,7 +9,8 @@
 #   suites    the decode, batch and train bench suites (--quick; SUITE_FULL=1: full settings) on the cuda device
 #   paper     bench/cuda/paper.js: Figure 6 at 6.7B and Table 4 at 1.3B (PAPER_ARGS: e.g. "--only decode"; PAPER_OUT:
 #             the name of its JSON and log, default cuda-paper)
-#   profile   ncu over one 6.7B decode step at batch 1 of each architecture (paper.js --only profile): kernel times
+#   profile   ncu over one 6.7B decode step at batch 1 of each architecture (paper.js --only profile; PROFILE_ARGS:
+#             e.g. "--profile-batch 8"): kernel times
 #   sanitize  test/cuda.test.ts under compute-sanitizer (SANITIZE_TOOLS, default memcheck)
 #   hostprof  node --cpu-prof over paper.js --only profile: the host's time in the decode steps by function
 #   bench     bench/cuda/kernels.ts (quick: bench-quick; BENCH_ARGS: e.g. "--only sequence")
@@ -92,7 +93,7 @@ for stage in "$@"; do
     paper) $node dist/bench/cuda/paper.js ${PAPER_ARGS:-} --out "$out/${PAPER_OUT:-cuda-paper}.json" 2>&1 | tee "$out/${PAPER_OUT:-cuda-paper}.log" | cut -c1-400 ;;
     profile)
       timeout ${PROFILE_TIMEOUT:-240} ncu --profile-from-start off --clock-control none --metrics gpu__time_duration.sum --csv \
-        $node dist/bench/cuda/paper.js --only profile >"$out/profile.csv" 2>"$out/profile.log"
+        $node dist/bench/cuda/paper.js --only profile ${PROFILE_ARGS:-} >"$out/profile.csv" 2>"$out/profile.log"
       echo "ncu exit $?"; tail -3 "$out/profile.log"
       python3 scripts/cuda/kernel-times.py "$out/profile.csv" | tee "$out/profile.txt"
       ;;
