@@ -9,6 +9,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -139,8 +140,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 // bytes (8 consecutive k) of its two weight rows: as the sum runs over k, A and B take k in the same permuted order
 // (lane t of a quad holds k 8t..8t+7 of the block; logical k 2t, 2t+1, 2t+8, 2t+9 of a 16-step are physical
 // 8t..8t+3, then 8t+4..8t+7 for the second step), so W is read in whole 16-byte pieces.
-constexpr int kMmaUnroll = 4;
-
 __device__ __forceinline__ void mmaBf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                         uint32_t b1) {
   asm volatile(
@@ -163,69 +162,89 @@ __device__ __forceinline__ void splitX(float4 x, uint32_t& h0, uint32_t& h1, uin
   l1 = pack2(__float2bfloat16(x.z - __bfloat162float(hz)), __float2bfloat16(x.w - __bfloat162float(hw)));
 }
 
-// c += W[rows g, g + 8; 32-wide K block] · x[row g; same block]ᵀ: wa, wb the lane's 8 weights of rows g, g + 8;
-// x0, x1 its 8 values of x.
-__device__ __forceinline__ void mmaBlock(float (&c)[4], uint4 wa, uint4 wb, float4 x0, float4 x1) {
-  uint32_t h0, h1, l0, l1;
+// c[m] += W[rows 16m + g, 16m + g + 8 of the block; 32-wide K block] · x[row g; same block]ᵀ for each of the MT
+// tiles: ca[m][u], cb[m][u] the lane's 8 weights of those rows; x0, x1 its 8 values of x, split once for all tiles.
+template <int MT, int U>
+__device__ __forceinline__ void mmaBlock(float (&c)[MT][4], const uint4 (&ca)[MT][U], const uint4 (&cb)[MT][U], int u,
+                                         float4 x0, float4 x1) {
+  uint32_t h0, h1, l0, l1, h2, h3, l2, l3;
   splitX(x0, h0, h1, l0, l1);
-  mmaBf16(c, wa.x, wb.x, wa.y, wb.y, h0, h1);
-  mmaBf16(c, wa.x, wb.x, wa.y, wb.y, l0, l1);
-  splitX(x1, h0, h1, l0, l1);
-  mmaBf16(c, wa.z, wb.z, wa.w, wb.w, h0, h1);
-  mmaBf16(c, wa.z, wb.z, wa.w, wb.w, l0, l1);
+  splitX(x1, h2, h3, l2, l3);
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+    uint4 wa = ca[m][u], wb = cb[m][u];
+    mmaBf16(c[m], wa.x, wb.x, wa.y, wb.y, h0, h1);
+    mmaBf16(c[m], wa.x, wb.x, wa.y, wb.y, l0, l1);
+    mmaBf16(c[m], wa.z, wb.z, wa.w, wb.w, h2, h3);
+    mmaBf16(c[m], wa.z, wb.z, wa.w, wb.w, l2, l3);
+  }
 }
 
+template <int MT, int U>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemvMmaKernel(const float* __restrict__ x, const __nv_bfloat16* __restrict__ w, float* __restrict__ y, int M,
                   int64_t N, int64_t K) {
   pdlTrigger();
-  __shared__ float part[kGemvWarps][16][8];
+  __shared__ float part[kGemvWarps][16 * MT][8];
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  int64_t n0 = static_cast<int64_t>(blockIdx.x) * 16, blocks = K / 32;
-  const uint4* ra = reinterpret_cast<const uint4*>(w + min(n0 + g, N - 1) * K) + t;
-  const uint4* rb = reinterpret_cast<const uint4*>(w + min(n0 + g + 8, N - 1) * K) + t;
+  int64_t n0 = static_cast<int64_t>(blockIdx.x) * 16 * MT, blocks = K / 32;
+  const uint4* ra[MT];
+  const uint4* rb[MT];
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+    ra[m] = reinterpret_cast<const uint4*>(w + min(n0 + 16 * m + g, N - 1) * K) + t;
+    rb[m] = reinterpret_cast<const uint4*>(w + min(n0 + 16 * m + g + 8, N - 1) * K) + t;
+  }
   const float4* xr = reinterpret_cast<const float4*>(x + min(g, M - 1) * K) + 2 * t;
   float keep = g < M ? 1.0f : 0.0f;  // B's columns past M are zero
-  float c[4] = {0, 0, 0, 0};
-  uint4 wa[kMmaUnroll], wb[kMmaUnroll];
+  float c[MT][4] = {};
+  uint4 wa[MT][U], wb[MT][U];
   auto loadW = [&](int64_t kb) {
 #pragma unroll
-    for (int u = 0; u < kMmaUnroll; u++) {
-      int64_t j = kb + u * kGemvWarps;
-      wa[u] = j < blocks ? __ldcs(ra + j * 4) : make_uint4(0, 0, 0, 0);  // streamed: W is read once
-      wb[u] = j < blocks ? __ldcs(rb + j * 4) : make_uint4(0, 0, 0, 0);
-    }
+    for (int u = 0; u < U; u++)
+#pragma unroll
+      for (int m = 0; m < MT; m++) {
+        int64_t j = kb + u * kGemvWarps;
+        wa[m][u] = j < blocks ? __ldcs(ra[m] + j * 4) : make_uint4(0, 0, 0, 0);  // streamed: W is read once
+        wb[m][u] = j < blocks ? __ldcs(rb[m] + j * 4) : make_uint4(0, 0, 0, 0);
+      }
   };
   // The first weight loads are issued before pdlWait (W does not depend on the kernels before this one); each later
   // round's loads are issued before the round before is used.
   loadW(warp);
   pdlWait();
-  for (int64_t kb = warp; kb < blocks; kb += kMmaUnroll * kGemvWarps) {
-    float4 x0[kMmaUnroll], x1[kMmaUnroll];
-    uint4 ca[kMmaUnroll], cb[kMmaUnroll];
+  for (int64_t kb = warp; kb < blocks; kb += U * kGemvWarps) {
+    float4 x0[U], x1[U];
+    uint4 ca[MT][U], cb[MT][U];
 #pragma unroll
-    for (int u = 0; u < kMmaUnroll; u++) {
+    for (int u = 0; u < U; u++) {
       int64_t j = kb + u * kGemvWarps;
       float4 zero = make_float4(0, 0, 0, 0);
       x0[u] = j < blocks ? __ldg(xr + j * 8) : zero;
       x1[u] = j < blocks ? __ldg(xr + j * 8 + 1) : zero;
       x0[u] = make_float4(x0[u].x * keep, x0[u].y * keep, x0[u].z * keep, x0[u].w * keep);
       x1[u] = make_float4(x1[u].x * keep, x1[u].y * keep, x1[u].z * keep, x1[u].w * keep);
-      ca[u] = wa[u];
-      cb[u] = wb[u];
-    }
-    loadW(kb + kMmaUnroll * kGemvWarps);
 #pragma unroll
-    for (int u = 0; u < kMmaUnroll; u++) mmaBlock(c, ca[u], cb[u], x0[u], x1[u]);
+      for (int m = 0; m < MT; m++) {
+        ca[m][u] = wa[m][u];
+        cb[m][u] = wb[m][u];
+      }
+    }
+    loadW(kb + U * kGemvWarps);
+#pragma unroll
+    for (int u = 0; u < U; u++) mmaBlock<MT>(c, ca, cb, u, x0[u], x1[u]);
   }
-  // c: rows g and g + 8 of the block's 16, columns (x rows) 2t and 2t + 1.
-  part[warp][g][2 * t] = c[0];
-  part[warp][g][2 * t + 1] = c[1];
-  part[warp][g + 8][2 * t] = c[2];
-  part[warp][g + 8][2 * t + 1] = c[3];
+  // c[m]: rows g and g + 8 of the block's m-th 16, columns (x rows) 2t and 2t + 1.
+#pragma unroll
+  for (int m = 0; m < MT; m++) {
+    part[warp][16 * m + g][2 * t] = c[m][0];
+    part[warp][16 * m + g][2 * t + 1] = c[m][1];
+    part[warp][16 * m + g + 8][2 * t] = c[m][2];
+    part[warp][16 * m + g + 8][2 * t + 1] = c[m][3];
+  }
   __syncthreads();
-  if (threadIdx.x < 16 * 8) {
-    int n = threadIdx.x >> 3, m = threadIdx.x & 7;
+  for (int e = threadIdx.x; e < 16 * MT * 8; e += kGemvWarps * 32) {
+    int n = e >> 3, m = e & 7;
     float s = 0;
 #pragma unroll
     for (int v = 0; v < kGemvWarps; v++) s += part[v][n][m];
@@ -270,12 +289,34 @@ int mmaMinRows() {
   return v;
 }
 
+template <int MT, int U>
+void launchMma(int64_t M, const float* x, const void* w, float* y, int64_t N, int64_t K) {
+  launchDependent(gemvMmaKernel<MT, U>, static_cast<unsigned>((N + 16 * MT - 1) / (16 * MT)), x,
+                  static_cast<const __nv_bfloat16*>(w), y, static_cast<int>(M), N, K);
+}
+
+// VARIANT (measurement only): RETNET_GEMV_MMA_SHAPE = MT x U (16-row tiles a block, K blocks in flight a warp).
+int mmaShape() {
+  static const int v = [] {
+    const char* e = std::getenv("RETNET_GEMV_MMA_SHAPE");
+    return e ? std::atoi(e) * 10 + std::atoi(std::strchr(e, 'x') ? std::strchr(e, 'x') + 1 : "4") : 14;
+  }();
+  return v;
+}
+
 template <typename WT>
 void dispatch(int64_t M, const float* x, const void* w, float* y, int64_t N, int64_t K) {
   if (std::is_same_v<WT, __nv_bfloat16> && M >= mmaMinRows() && M >= 2 && K % 32 == 0) {
-    launchDependent(gemvMmaKernel, static_cast<unsigned>((N + 15) / 16), x, static_cast<const __nv_bfloat16*>(w), y,
-                    static_cast<int>(M), N, K);
-    return;
+    switch (mmaShape()) {
+      case 12: return launchMma<1, 2>(M, x, w, y, N, K);
+      case 18: return launchMma<1, 8>(M, x, w, y, N, K);
+      case 21: return launchMma<2, 1>(M, x, w, y, N, K);
+      case 22: return launchMma<2, 2>(M, x, w, y, N, K);
+      case 24: return launchMma<2, 4>(M, x, w, y, N, K);
+      case 41: return launchMma<4, 1>(M, x, w, y, N, K);
+      case 42: return launchMma<4, 2>(M, x, w, y, N, K);
+      default: return launchMma<1, 4>(M, x, w, y, N, K);
+    }
   }
   switch (M) {
     case 1: return launch<WT, 1>(x, w, y, N, K);
