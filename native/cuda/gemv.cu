@@ -9,7 +9,6 @@
 #include <cuda_fp16.h>
 
 #include <cstdlib>
-#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -132,14 +131,20 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     }
 }
 
-// gemvMma (bf16 W, 2-8 rows of x, K a multiple of 32): the same product on tensor cores, for the rows where the
-// FFMA kernel above is bound by its instructions (at M 8: 8 FMAs and an L1 read of x per weight). Block = 16 weight
-// rows (the A tile of mma.m16n8k16), its 8 warps splitting K (warp w takes the 32-wide K blocks w, w + 8, ...) and
-// adding their 16 × 8 partial products in shared memory in a fixed order; x [M ≤ 8, K] is the B tile, as bf16
-// hi + lo parts (x − hi rounded again: 2^-17 relative, as split16), so two products per K step. Each lane loads 16
-// bytes (8 consecutive k) of its two weight rows: as the sum runs over k, A and B take k in the same permuted order
-// (lane t of a quad holds k 8t..8t+7 of the block; logical k 2t, 2t+1, 2t+8, 2t+9 of a 16-step are physical
-// 8t..8t+3, then 8t+4..8t+7 for the second step), so W is read in whole 16-byte pieces.
+// gemvMma (bf16 W, 5-8 rows of x, K a multiple of 32): the same product on tensor cores, for the rows where the
+// FFMA kernel above is bound by its instructions (at M 8: 8 FMAs and an L1 read of x per weight). Block = MT tiles of
+// 16 weight rows (the A tiles of mma.m16n8k16), its 8 warps splitting K (warp w takes the 32-wide K blocks w, w + 8,
+// ..., U of them in flight) and adding their partial products in shared memory in a fixed order; x [M ≤ 8, K] is the
+// B tile, as bf16 hi + lo parts (x − hi rounded again: 2^-17 relative, as split16), so two products per K step, and
+// each split serves the MT tiles. Each lane loads 16 bytes (8 consecutive k) of its two rows of each tile: as the sum
+// runs over k, A and B take k in the same permuted order (lane t of a quad holds k 8t..8t+7 of the block; logical k
+// 2t, 2t+1, 2t+8, 2t+9 of a 16-step are physical 8t..8t+3, then 8t+4..8t+7 for the second step), so W is read in
+// whole 16-byte pieces.
+// MT × U measured at the 6.7B step, batch 8, 8k (stop 28 run 3, ncu-free medians of 20, one call): 1×4 9.18 ms,
+// 1×2 8.81, 1×8 8.94, 2×1 9.31, 2×2 8.28, 2×4 8.71, 4×1 10.35, 4×2 8.88. At N 16384 alone 4×1 and 4×2 streamed
+// fastest (2.68 TB/s against 2.52 for 2×2), but the 4096-row products then have 64 blocks for 132 SMs.
+constexpr int MT = 2, U = 2;
+
 __device__ __forceinline__ void mmaBf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                         uint32_t b1) {
   asm volatile(
@@ -164,7 +169,6 @@ __device__ __forceinline__ void splitX(float4 x, uint32_t& h0, uint32_t& h1, uin
 
 // c[m] += W[rows 16m + g, 16m + g + 8 of the block; 32-wide K block] · x[row g; same block]ᵀ for each of the MT
 // tiles: ca[m][u], cb[m][u] the lane's 8 weights of those rows; x0, x1 its 8 values of x, split once for all tiles.
-template <int MT, int U>
 __device__ __forceinline__ void mmaBlock(float (&c)[MT][4], const uint4 (&ca)[MT][U], const uint4 (&cb)[MT][U], int u,
                                          float4 x0, float4 x1) {
   uint32_t h0, h1, l0, l1, h2, h3, l2, l3;
@@ -180,7 +184,6 @@ __device__ __forceinline__ void mmaBlock(float (&c)[MT][4], const uint4 (&ca)[MT
   }
 }
 
-template <int MT, int U>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemvMmaKernel(const float* __restrict__ x, const __nv_bfloat16* __restrict__ w, float* __restrict__ y, int M,
                   int64_t N, int64_t K) {
@@ -232,7 +235,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     }
     loadW(kb + U * kGemvWarps);
 #pragma unroll
-    for (int u = 0; u < U; u++) mmaBlock<MT>(c, ca, cb, u, x0[u], x1[u]);
+    for (int u = 0; u < U; u++) mmaBlock(c, ca, cb, u, x0[u], x1[u]);
   }
   // c[m]: rows g and g + 8 of the block's m-th 16, columns (x rows) 2t and 2t + 1.
 #pragma unroll
@@ -280,43 +283,16 @@ void launch(const float* x, const void* w, float* y, int64_t N, int64_t K) {
   launchDependent(gemvKernel<WT, M, R, U>, blocks, x, static_cast<const WT*>(w), y, N, K);
 }
 
-// VARIANT (measurement only): RETNET_GEMV_MMA = the fewest rows that take gemvMma (default 5; 9: never).
-int mmaMinRows() {
-  static const int v = [] {
-    const char* e = std::getenv("RETNET_GEMV_MMA");
-    return e ? std::atoi(e) : 5;
-  }();
-  return v;
-}
-
-template <int MT, int U>
-void launchMma(int64_t M, const float* x, const void* w, float* y, int64_t N, int64_t K) {
-  launchDependent(gemvMmaKernel<MT, U>, static_cast<unsigned>((N + 16 * MT - 1) / (16 * MT)), x,
-                  static_cast<const __nv_bfloat16*>(w), y, static_cast<int>(M), N, K);
-}
-
-// VARIANT (measurement only): RETNET_GEMV_MMA_SHAPE = MT x U (16-row tiles a block, K blocks in flight a warp).
-int mmaShape() {
-  static const int v = [] {
-    const char* e = std::getenv("RETNET_GEMV_MMA_SHAPE");
-    return e ? std::atoi(e) * 10 + std::atoi(std::strchr(e, 'x') ? std::strchr(e, 'x') + 1 : "4") : 14;
-  }();
-  return v;
-}
+// gemvMma from 5 rows: at 2 and 4 rows it streamed 2.28 and 2.23 TB/s against the FFMA kernel's 2.52 and 2.50
+// (N 16384, K 4096; stop 28, runs 1-2).
+constexpr int kMmaMinRows = 5;
 
 template <typename WT>
 void dispatch(int64_t M, const float* x, const void* w, float* y, int64_t N, int64_t K) {
-  if (std::is_same_v<WT, __nv_bfloat16> && M >= mmaMinRows() && M >= 2 && K % 32 == 0) {
-    switch (mmaShape()) {
-      case 12: return launchMma<1, 2>(M, x, w, y, N, K);
-      case 18: return launchMma<1, 8>(M, x, w, y, N, K);
-      case 21: return launchMma<2, 1>(M, x, w, y, N, K);
-      case 22: return launchMma<2, 2>(M, x, w, y, N, K);
-      case 24: return launchMma<2, 4>(M, x, w, y, N, K);
-      case 41: return launchMma<4, 1>(M, x, w, y, N, K);
-      case 42: return launchMma<4, 2>(M, x, w, y, N, K);
-      default: return launchMma<1, 4>(M, x, w, y, N, K);
-    }
+  if (std::is_same_v<WT, __nv_bfloat16> && M >= kMmaMinRows && K % 32 == 0) {
+    launchDependent(gemvMmaKernel, static_cast<unsigned>((N + 16 * MT - 1) / (16 * MT)), x,
+                    static_cast<const __nv_bfloat16*>(w), y, static_cast<int>(M), N, K);
+    return;
   }
   switch (M) {
     case 1: return launch<WT, 1>(x, w, y, N, K);
