@@ -25,9 +25,15 @@ fi
 
 npm ci --no-audit --no-fund
 # test/install.test.ts installs the packed package into an empty folder with --offline, which resolves retnet's
-# dependency ranges from npm's cache; `npm ci` caches the locked tarballs but not the registry metadata that a range
-# resolution reads, so cache it for the locked production dependencies (found missing on a fresh machine, 2026-12-02).
-node -e 'const l = require("./package-lock.json"); const s = new Set();
-for (const [p, e] of Object.entries(l.packages)) if (p && !e.dev && !e.link) s.add(p.slice(p.lastIndexOf("node_modules/") + 13) + "@" + e.version);
-console.log([...s].join("\n"))' | xargs npm cache add --prefer-offline >/dev/null
+# dependency ranges afresh from npm's cache (a user's install does not read our lock): the locked tarballs that
+# `npm ci` cached are not enough once a transitive range has a newer release (fastify's fast-json-stringify 7.3.11,
+# 2026-12-03). So install, online, a package with retnet's dependency fields into a scratch folder: that caches the
+# registry metadata and every tarball that the offline install will resolve to.
+deps=$(mktemp -d)
+node -e 'const p = require("./package.json"); const f = ["dependencies", "peerDependencies", "peerDependenciesMeta"];
+const out = { name: "retnet-deps", version: "0.0.0", private: true };
+for (const k of f) if (p[k]) out[k] = p[k];
+require("fs").writeFileSync(process.argv[1] + "/package.json", JSON.stringify(out))' "$deps"
+(cd "$deps" && npm install --ignore-scripts --no-audit --no-fund --package-lock=false >/dev/null)
+rm -rf "$deps"
 node bin/retnet.js info
