@@ -50,6 +50,8 @@ for (const x of only)
 const budgetGiB = Number(flag('--budget') ?? 80);
 /** The batch of the profiled steps (`--only profile`). */
 const profileBatch = Number(flag('--profile-batch') ?? 1);
+if (!Number.isInteger(profileBatch) || profileBatch < 1)
+  throw new Error(`paper: --profile-batch takes a positive whole number, got '${flag('--profile-batch')}'`);
 const quick = args.includes('--quick');
 const be = setBackend('cuda') as CudaDevice;
 const records: BenchRecord[] = [];
