@@ -132,18 +132,18 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 }
 
 // gemvMma (bf16 W, 5-8 rows of x, K a multiple of 32): the same product on tensor cores, for the rows where the
-// FFMA kernel above is bound by its instructions (at M 8: 8 FMAs and an L1 read of x per weight). Block = MT tiles of
-// 16 weight rows (the A tiles of mma.m16n8k16), its 8 warps splitting K (warp w takes the 32-wide K blocks w, w + 8,
-// ..., U of them in flight) and adding their partial products in shared memory in a fixed order; x [M ≤ 8, K] is the
-// B tile, as bf16 hi + lo parts (x − hi rounded again: 2^-17 relative, as split16), so two products per K step, and
-// each split serves the MT tiles. Each lane loads 16 bytes (8 consecutive k) of its two rows of each tile: as the sum
-// runs over k, A and B take k in the same permuted order (lane t of a quad holds k 8t..8t+7 of the block; logical k
-// 2t, 2t+1, 2t+8, 2t+9 of a 16-step are physical 8t..8t+3, then 8t+4..8t+7 for the second step), so W is read in
-// whole 16-byte pieces.
+// FFMA kernel above is bound by its instructions (at M 8: 8 FMAs and an L1 read of x per weight). Block = MT
+// (kMmaTiles) tiles of 16 weight rows (the A tiles of mma.m16n8k16), its 8 warps splitting K (warp w takes the 32-wide
+// K blocks w, w + 8, ..., U = kMmaSteps of them in flight) and adding their partial products in shared memory in a
+// fixed order; x [M ≤ 8, K] is the B tile, as bf16 hi + lo parts (x − hi rounded again: 2^-17 relative, as split16),
+// so two products per K step, and each split serves the MT tiles. Each lane loads 16 bytes (8 consecutive k) of its
+// two rows of each tile: as the sum runs over k, A and B take k in the same permuted order (lane t of a quad holds k
+// 8t..8t+7 of the block; logical k 2t, 2t+1, 2t+8, 2t+9 of a 16-step are physical 8t..8t+3, then 8t+4..8t+7 for the
+// second step), so W is read in whole 16-byte pieces.
 // MT × U measured at the 6.7B step, batch 8, 8k (stop 28 run 3, ncu-free medians of 20, one call): 1×4 9.18 ms,
 // 1×2 8.81, 1×8 8.94, 2×1 9.31, 2×2 8.28, 2×4 8.71, 4×1 10.35, 4×2 8.88. At N 16384 alone 4×1 and 4×2 streamed
 // fastest (2.68 TB/s against 2.52 for 2×2), but the 4096-row products then have 64 blocks for 132 SMs.
-constexpr int MT = 2, U = 2;
+constexpr int kMmaTiles = 2, kMmaSteps = 2;
 
 __device__ __forceinline__ void mmaBf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                         uint32_t b1) {
@@ -169,13 +169,13 @@ __device__ __forceinline__ void splitX(float4 x, uint32_t& h0, uint32_t& h1, uin
 
 // c[m] += W[rows 16m + g, 16m + g + 8 of the block; 32-wide K block] · x[row g; same block]ᵀ for each of the MT
 // tiles: ca[m][u], cb[m][u] the lane's 8 weights of those rows; x0, x1 its 8 values of x, split once for all tiles.
-__device__ __forceinline__ void mmaBlock(float (&c)[MT][4], const uint4 (&ca)[MT][U], const uint4 (&cb)[MT][U], int u,
-                                         float4 x0, float4 x1) {
+__device__ __forceinline__ void mmaBlock(float (&c)[kMmaTiles][4], const uint4 (&ca)[kMmaTiles][kMmaSteps],
+                                         const uint4 (&cb)[kMmaTiles][kMmaSteps], int u, float4 x0, float4 x1) {
   uint32_t h0, h1, l0, l1, h2, h3, l2, l3;
   splitX(x0, h0, h1, l0, l1);
   splitX(x1, h2, h3, l2, l3);
 #pragma unroll
-  for (int m = 0; m < MT; m++) {
+  for (int m = 0; m < kMmaTiles; m++) {
     uint4 wa = ca[m][u], wb = cb[m][u];
     mmaBf16(c[m], wa.x, wb.x, wa.y, wb.y, h0, h1);
     mmaBf16(c[m], wa.x, wb.x, wa.y, wb.y, l0, l1);
@@ -188,25 +188,25 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     gemvMmaKernel(const float* __restrict__ x, const __nv_bfloat16* __restrict__ w, float* __restrict__ y, int M,
                   int64_t N, int64_t K) {
   pdlTrigger();
-  __shared__ float part[kGemvWarps][16 * MT][8];
+  __shared__ float part[kGemvWarps][16 * kMmaTiles][8];
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  int64_t n0 = static_cast<int64_t>(blockIdx.x) * 16 * MT, blocks = K / 32;
-  const uint4* ra[MT];
-  const uint4* rb[MT];
+  int64_t n0 = static_cast<int64_t>(blockIdx.x) * 16 * kMmaTiles, blocks = K / 32;
+  const uint4* ra[kMmaTiles];
+  const uint4* rb[kMmaTiles];
 #pragma unroll
-  for (int m = 0; m < MT; m++) {
+  for (int m = 0; m < kMmaTiles; m++) {
     ra[m] = reinterpret_cast<const uint4*>(w + min(n0 + 16 * m + g, N - 1) * K) + t;
     rb[m] = reinterpret_cast<const uint4*>(w + min(n0 + 16 * m + g + 8, N - 1) * K) + t;
   }
   const float4* xr = reinterpret_cast<const float4*>(x + min(g, M - 1) * K) + 2 * t;
   float keep = g < M ? 1.0f : 0.0f;  // B's columns past M are zero
-  float c[MT][4] = {};
-  uint4 wa[MT][U], wb[MT][U];
+  float c[kMmaTiles][4] = {};
+  uint4 wa[kMmaTiles][kMmaSteps], wb[kMmaTiles][kMmaSteps];
   auto loadW = [&](int64_t kb) {
 #pragma unroll
-    for (int u = 0; u < U; u++)
+    for (int u = 0; u < kMmaSteps; u++)
 #pragma unroll
-      for (int m = 0; m < MT; m++) {
+      for (int m = 0; m < kMmaTiles; m++) {
         int64_t j = kb + u * kGemvWarps;
         wa[m][u] = j < blocks ? __ldcs(ra[m] + j * 4) : make_uint4(0, 0, 0, 0);  // streamed: W is read once
         wb[m][u] = j < blocks ? __ldcs(rb[m] + j * 4) : make_uint4(0, 0, 0, 0);
@@ -216,11 +216,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   // round's loads are issued before the round before is used.
   loadW(warp);
   pdlWait();
-  for (int64_t kb = warp; kb < blocks; kb += U * kGemvWarps) {
-    float4 x0[U], x1[U];
-    uint4 ca[MT][U], cb[MT][U];
+  for (int64_t kb = warp; kb < blocks; kb += kMmaSteps * kGemvWarps) {
+    float4 x0[kMmaSteps], x1[kMmaSteps];
+    uint4 ca[kMmaTiles][kMmaSteps], cb[kMmaTiles][kMmaSteps];
 #pragma unroll
-    for (int u = 0; u < U; u++) {
+    for (int u = 0; u < kMmaSteps; u++) {
       int64_t j = kb + u * kGemvWarps;
       float4 zero = make_float4(0, 0, 0, 0);
       x0[u] = j < blocks ? __ldg(xr + j * 8) : zero;
@@ -228,25 +228,25 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
       x0[u] = make_float4(x0[u].x * keep, x0[u].y * keep, x0[u].z * keep, x0[u].w * keep);
       x1[u] = make_float4(x1[u].x * keep, x1[u].y * keep, x1[u].z * keep, x1[u].w * keep);
 #pragma unroll
-      for (int m = 0; m < MT; m++) {
+      for (int m = 0; m < kMmaTiles; m++) {
         ca[m][u] = wa[m][u];
         cb[m][u] = wb[m][u];
       }
     }
-    loadW(kb + U * kGemvWarps);
+    loadW(kb + kMmaSteps * kGemvWarps);
 #pragma unroll
-    for (int u = 0; u < U; u++) mmaBlock(c, ca, cb, u, x0[u], x1[u]);
+    for (int u = 0; u < kMmaSteps; u++) mmaBlock(c, ca, cb, u, x0[u], x1[u]);
   }
   // c[m]: rows g and g + 8 of the block's m-th 16, columns (x rows) 2t and 2t + 1.
 #pragma unroll
-  for (int m = 0; m < MT; m++) {
+  for (int m = 0; m < kMmaTiles; m++) {
     part[warp][16 * m + g][2 * t] = c[m][0];
     part[warp][16 * m + g][2 * t + 1] = c[m][1];
     part[warp][16 * m + g + 8][2 * t] = c[m][2];
     part[warp][16 * m + g + 8][2 * t + 1] = c[m][3];
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < 16 * MT * 8; e += kGemvWarps * 32) {
+  for (int e = threadIdx.x; e < 16 * kMmaTiles * 8; e += kGemvWarps * 32) {
     int n = e >> 3, m = e & 7;
     float s = 0;
 #pragma unroll
@@ -290,7 +290,7 @@ constexpr int kMmaMinRows = 5;
 template <typename WT>
 void dispatch(int64_t M, const float* x, const void* w, float* y, int64_t N, int64_t K) {
   if (std::is_same_v<WT, __nv_bfloat16> && M >= kMmaMinRows && K % 32 == 0) {
-    launchDependent(gemvMmaKernel, static_cast<unsigned>((N + 16 * MT - 1) / (16 * MT)), x,
+    launchDependent(gemvMmaKernel, static_cast<unsigned>((N + 16 * kMmaTiles - 1) / (16 * kMmaTiles)), x,
                     static_cast<const __nv_bfloat16*>(w), y, static_cast<int>(M), N, K);
     return;
   }
