@@ -161,6 +161,8 @@ const SHAPES: [number, number, number][] = [
   [37, 64, 16],
   [9, 257, 5],
   [64, 512, 2],
+  [45, 130, 1], // batch 1 in row streams (lowp_kernels.inc rowStreams): 8 of 5 rows and 5 left, or 4 of 11 and 1
+  [517, 1000, 1], // several chunks of rows, the last one cut short by N
   [3, 0, 2],
   [0, 5, 1],
   [21, 95, 17], // more rows than a decode batch: the tile + sgemm path

@@ -204,10 +204,10 @@ void gemv(const Weights& w, const float* x, int64_t B, float* y, int64_t ldy, vo
       break;
     default: break;
   }
-  // Chunks of whole 8-row tiles, about 128 KiB of weights each (at most 64), claimed by the threads in turn. A chunk's
-  // rows are read in order: visiting the 8-row tiles of 2 / 4 / 8 parts of a chunk in turn (more streams at once, as
-  // the read probe has) measured slower on this stop's Intel Xeon (bench/lowp_kernels.cc, 1 GiB set, B 1, 2 threads:
-  // q4 20.6 GB/s in order, 19.2 / 17.5 / 16.6; int8 22.0, 21.0 / 20.0 / 21.8).
+  // Chunks of whole 8-row tiles, about 128 KiB of weights each (at most 64), claimed by the threads in turn. Within a
+  // chunk the kernels read R rows as R streams side by side (lowp_kernels.inc rowStreams). Visiting the 8-row tiles of
+  // 2 / 4 / 8 parts of a chunk in turn measured slower on an earlier stop's Intel Xeon (bench/lowp_kernels.cc, 1 GiB
+  // set, B 1, 2 threads: q4 20.6 GB/s in order, 19.2 / 17.5 / 16.6; int8 22.0, 21.0 / 20.0 / 21.8).
   int64_t tiles = (w.N + 7) / 8, chunks = w.N * rowBytes(w.format, w.K) / kChunkBytes;
   chunks = chunks < 1 ? 1 : chunks > 64 ? 64 : chunks > tiles ? tiles : chunks;
   workers::forChunks(chunks, threads, [&](int64_t c) {

@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "lowp.h"
 
@@ -31,6 +32,41 @@ namespace {
 #undef LOWP_Q4PART
 #undef LOWP_Q4FOLD
 #undef LOWP_Q4WIDEN
+
+// The tiles of rows [n0, n1) for B batch rows, as this file's kernels take them: at batch 1 8 row streams (8
+// independent accumulator chains), else 4 row streams by groups of 4, 2 and 1 batch rows; the rows left over one at a
+// time. tile(R, BB, n, rs, b) runs the R × BB tile of rows n + s·rs and batch rows [b, b + BB) (R, BB as
+// std::integral_constant).
+template <class Tile>
+inline void tilesOf(int64_t B, int64_t n0, int64_t n1, const Tile& tile) {
+  using One = std::integral_constant<int, 1>;
+  using Four = std::integral_constant<int, 4>;
+  if (B == 1) {
+    rowStreams<8>(
+        n0, n1, [&](int64_t n, int64_t rs) { tile(std::integral_constant<int, 8>{}, One{}, n, rs, 0); },
+        [&](int64_t n) { tile(One{}, One{}, n, 1, 0); });
+    return;
+  }
+  rowStreams<4>(
+      n0, n1,
+      [&](int64_t n, int64_t rs) {
+        for (int64_t b = 0; b < B;) {
+          if (B - b >= 4) {
+            tile(Four{}, Four{}, n, rs, b);
+            b += 4;
+          } else if (B - b >= 2) {
+            tile(Four{}, std::integral_constant<int, 2>{}, n, rs, b);
+            b += 2;
+          } else {
+            tile(Four{}, One{}, n, rs, b);
+            b += 1;
+          }
+        }
+      },
+      [&](int64_t n) {
+        for (int64_t b = 0; b < B; b++) tile(One{}, One{}, n, 1, b);
+      });
+}
 
 // q4 in 512-bit vectors: 4 blocks (64 bytes of a row, a 128-bit lane per block) per step, their low and high nibbles
 // meeting x in two vpdpbusd (int32 lanes, 4 per block); the block scales are applied per lane, in float32: t = Σ · dx
@@ -102,7 +138,8 @@ inline void q4x4Prepare(const float* x, int64_t B, int64_t K, void* px) {
 // Rows [n, n + R) of y for batch rows [b0, b0 + BB). ldq: bytes of a row (Kp / 2), nbp: blocks of a row (Kp / 32,
 // even: a row's last chunk holds 2 or 4 blocks).
 template <int R, int BB>
-inline void q4x4Tile(const uint8_t* __restrict qs, const uint16_t* __restrict dw, int64_t n, int64_t ldq, int64_t nbp,
+inline void q4x4Tile(const uint8_t* __restrict qs, const uint16_t* __restrict dw, int64_t n, int64_t rs, int64_t ldq,
+                     int64_t nbp,
                      const Q4x4& p, int64_t b0, float* __restrict y, int64_t ldy) {
   const __m512i lo4 = _mm512_set1_epi8(0x0F);
   const __m256i spread = _mm256_setr_epi16(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
@@ -112,10 +149,10 @@ inline void q4x4Tile(const uint8_t* __restrict qs, const uint16_t* __restrict dw
   for (int64_t c = 0; c < p.nc; c++) {
     const bool full = nbp - 4 * c >= 4;
     for (int r = 0; r < R; r++) {
-      const uint8_t* q = qs + (n + r) * ldq + 64 * c;
-      const uint16_t* d = dw + (n + r) * nbp + 4 * c;
-      _mm_prefetch(reinterpret_cast<const char*>(q + R * ldq), _MM_HINT_T0);
-      if ((c & 7) == 0) _mm_prefetch(reinterpret_cast<const char*>(d + R * nbp), _MM_HINT_T0);
+      const uint8_t* q = qs + (n + r * rs) * ldq + 64 * c;
+      const uint16_t* d = dw + (n + r * rs) * nbp + 4 * c;
+      _mm_prefetch(reinterpret_cast<const char*>(q + ldq), _MM_HINT_T0);
+      if ((c & 7) == 0) _mm_prefetch(reinterpret_cast<const char*>(d + nbp), _MM_HINT_T0);
       __m512i v;
       __m128i h;
       if (full) {
@@ -140,31 +177,16 @@ inline void q4x4Tile(const uint8_t* __restrict qs, const uint16_t* __restrict dw
     }
   }
   for (int r = 0; r < R; r++)
-    for (int b = 0; b < BB; b++) y[(b0 + b) * ldy + n + r] = _mm512_reduce_add_ps(acc[r][b]);
+    for (int b = 0; b < BB; b++) y[(b0 + b) * ldy + n + r * rs] = _mm512_reduce_add_ps(acc[r][b]);
 }
 
 inline void q4x4Rows(const uint8_t* qs, const uint16_t* dw, int64_t K, const void* px, int64_t B, float* y,
                      int64_t ldy, int64_t n0, int64_t n1) {
   Q4x4 p = q4x4Layout(const_cast<void*>(px), B, K);
   const int64_t ldq = q4PaddedK(K) / 2, nbp = q4PaddedK(K) / 32;
-  int64_t n = n0;
-  if (B == 1)
-    for (; n + 8 <= n1; n += 8) q4x4Tile<8, 1>(qs, dw, n, ldq, nbp, p, 0, y, ldy);
-  for (; n + 4 <= n1; n += 4)
-    for (int64_t b = 0; b < B;) {
-      if (B - b >= 4) {
-        q4x4Tile<4, 4>(qs, dw, n, ldq, nbp, p, b, y, ldy);
-        b += 4;
-      } else if (B - b >= 2) {
-        q4x4Tile<4, 2>(qs, dw, n, ldq, nbp, p, b, y, ldy);
-        b += 2;
-      } else {
-        q4x4Tile<4, 1>(qs, dw, n, ldq, nbp, p, b, y, ldy);
-        b += 1;
-      }
-    }
-  for (; n < n1; n++)
-    for (int64_t b = 0; b < B; b++) q4x4Tile<1, 1>(qs, dw, n, ldq, nbp, p, b, y, ldy);
+  tilesOf(B, n0, n1, [&](auto r, auto bb, int64_t n, int64_t rs, int64_t b) {
+    q4x4Tile<decltype(r)::value, decltype(bb)::value>(qs, dw, n, rs, ldq, nbp, p, b, y, ldy);
+  });
 }
 
 }  // namespace
@@ -312,8 +334,8 @@ inline __mmask32 mask32(int64_t left) {
   return left >= 32 ? static_cast<__mmask32>(0xffffffffu) : static_cast<__mmask32>((1ull << left) - 1u);
 }
 
-// Each tile fetches the same place in the next tile's rows (R rows on), a line per 64 bytes it reads: the rows are
-// too short for the hardware prefetcher (lowp_kernels.inc prefetchLine).
+// Each tile fetches the same place in the next row of each of its row streams, a line per 64 bytes it reads
+// (lowp_kernels.inc prefetchLine, rowStreams).
 inline void ahead(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
 // x prepared as float32 [B, Kp] (Kp = K rounded up to 32), zeros beyond K; for bf16 each 32-chunk as its 16 even then
@@ -340,8 +362,8 @@ void prepareFloat(Format f, const float* x, int64_t B, int64_t K, float* xp) {
 
 // Rows [n, n + R) of y for batch rows [b0, b0 + BB). f32/f16: 16 columns per step.
 template <int R, int BB, bool F16>
-inline void float16Tile(const void* wv, int64_t K, int64_t n, const float* __restrict xp, int64_t Kp, int64_t b0,
-                        float* __restrict y, int64_t ldy) {
+inline void float16Tile(const void* wv, int64_t K, int64_t n, int64_t rs, const float* __restrict xp, int64_t Kp,
+                        int64_t b0, float* __restrict y, int64_t ldy) {
   __m512 acc[R][BB];
   for (int r = 0; r < R; r++)
     for (int b = 0; b < BB; b++) acc[r][b] = _mm512_setzero_ps();
@@ -350,13 +372,13 @@ inline void float16Tile(const void* wv, int64_t K, int64_t n, const float* __res
     __m512 w[R];
     for (int r = 0; r < R; r++) {
       if (F16) {
-        const uint16_t* wr = static_cast<const uint16_t*>(wv) + (n + r) * K + k;
-        if ((k & 31) == 0) ahead(wr + R * K);
+        const uint16_t* wr = static_cast<const uint16_t*>(wv) + (n + r * rs) * K + k;
+        if ((k & 31) == 0) ahead(wr + K);
         w[r] = _mm512_cvtph_ps(tail ? _mm256_maskz_loadu_epi16(m, wr)
                                     : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr)));
       } else {
-        const float* wr = static_cast<const float*>(wv) + (n + r) * K + k;
-        ahead(wr + R * K);
+        const float* wr = static_cast<const float*>(wv) + (n + r * rs) * K + k;
+        ahead(wr + K);
         w[r] = tail ? _mm512_maskz_loadu_ps(m, wr) : _mm512_loadu_ps(wr);
       }
     }
@@ -369,13 +391,13 @@ inline void float16Tile(const void* wv, int64_t K, int64_t n, const float* __res
   for (; k + 16 <= K; k += 16) step(k, false);
   if (k < K) step(k, true);
   for (int r = 0; r < R; r++)
-    for (int b = 0; b < BB; b++) y[(b0 + b) * ldy + n + r] = _mm512_reduce_add_ps(acc[r][b]);
+    for (int b = 0; b < BB; b++) y[(b0 + b) * ldy + n + r * rs] = _mm512_reduce_add_ps(acc[r][b]);
 }
 
 // bf16: 32 columns per step, the 16 words split into even (shifted left 16) and odd (low half cleared) elements.
 template <int R, int BB>
-inline void bf16Tile512(const uint16_t* __restrict wd, int64_t K, int64_t n, const float* __restrict xp, int64_t Kp,
-                        int64_t b0, float* __restrict y, int64_t ldy) {
+inline void bf16Tile512(const uint16_t* __restrict wd, int64_t K, int64_t n, int64_t rs, const float* __restrict xp,
+                        int64_t Kp, int64_t b0, float* __restrict y, int64_t ldy) {
   const __m512i hiMask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
   __m512 acc[R][BB];
   for (int r = 0; r < R; r++)
@@ -384,8 +406,8 @@ inline void bf16Tile512(const uint16_t* __restrict wd, int64_t K, int64_t n, con
     const __mmask32 m = tail ? mask32(K - k) : static_cast<__mmask32>(0xffffffffu);
     __m512 ev[R], od[R];
     for (int r = 0; r < R; r++) {
-      const uint16_t* wr = wd + (n + r) * K + k;
-      ahead(wr + R * K);
+      const uint16_t* wr = wd + (n + r * rs) * K + k;
+      ahead(wr + K);
       __m512i v = tail ? _mm512_maskz_loadu_epi16(m, wr) : _mm512_loadu_si512(wr);
       ev[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
       od[r] = _mm512_castsi512_ps(_mm512_and_si512(v, hiMask));
@@ -400,18 +422,18 @@ inline void bf16Tile512(const uint16_t* __restrict wd, int64_t K, int64_t n, con
   for (; k + 32 <= K; k += 32) step(k, false);
   if (k < K) step(k, true);
   for (int r = 0; r < R; r++)
-    for (int b = 0; b < BB; b++) y[(b0 + b) * ldy + n + r] = _mm512_reduce_add_ps(acc[r][b]);
+    for (int b = 0; b < BB; b++) y[(b0 + b) * ldy + n + r * rs] = _mm512_reduce_add_ps(acc[r][b]);
 }
 
 template <int R, int BB>
-inline void floatTileOf(Format f, const void* w, int64_t K, int64_t n, const float* xp, int64_t Kp, int64_t b0,
-                        float* y, int64_t ldy) {
+inline void floatTileOf(Format f, const void* w, int64_t K, int64_t n, int64_t rs, const float* xp, int64_t Kp,
+                        int64_t b0, float* y, int64_t ldy) {
   if (f == Format::bf16)
-    bf16Tile512<R, BB>(static_cast<const uint16_t*>(w), K, n, xp, Kp, b0, y, ldy);
+    bf16Tile512<R, BB>(static_cast<const uint16_t*>(w), K, n, rs, xp, Kp, b0, y, ldy);
   else if (f == Format::f16)
-    float16Tile<R, BB, true>(w, K, n, xp, Kp, b0, y, ldy);
+    float16Tile<R, BB, true>(w, K, n, rs, xp, Kp, b0, y, ldy);
   else
-    float16Tile<R, BB, false>(w, K, n, xp, Kp, b0, y, ldy);
+    float16Tile<R, BB, false>(w, K, n, rs, xp, Kp, b0, y, ldy);
 }
 
 }  // namespace
@@ -437,24 +459,9 @@ void rows(const Weights& w, const float*, const void* px, int64_t B, float* y, i
   const int64_t K = w.K, Kp = kp32(K);
   const float* xp = static_cast<const float*>(px);
   const Format f = w.format;
-  int64_t n = n0;
-  if (B == 1)
-    for (; n + 8 <= n1; n += 8) floatTileOf<8, 1>(f, w.data, K, n, xp, Kp, 0, y, ldy);
-  for (; n + 4 <= n1; n += 4)
-    for (int64_t b = 0; b < B;) {
-      if (B - b >= 4) {
-        floatTileOf<4, 4>(f, w.data, K, n, xp, Kp, b, y, ldy);
-        b += 4;
-      } else if (B - b >= 2) {
-        floatTileOf<4, 2>(f, w.data, K, n, xp, Kp, b, y, ldy);
-        b += 2;
-      } else {
-        floatTileOf<4, 1>(f, w.data, K, n, xp, Kp, b, y, ldy);
-        b += 1;
-      }
-    }
-  for (; n < n1; n++)
-    for (int64_t b = 0; b < B; b++) floatTileOf<1, 1>(f, w.data, K, n, xp, Kp, b, y, ldy);
+  tilesOf(B, n0, n1, [&](auto r, auto bb, int64_t n, int64_t rs, int64_t b) {
+    floatTileOf<decltype(r)::value, decltype(bb)::value>(f, w.data, K, n, rs, xp, Kp, b, y, ldy);
+  });
 }
 
 }  // namespace isa_avx512

@@ -7,11 +7,13 @@
 import type { DType, DataArray } from '../../tensor/dtype.js';
 import { allocArray, arrayBytes, arrayOver } from '../../tensor/dtype.js';
 
-// Arrays under 16 KiB are not pooled: V8 allocates them in about 0.4 us or less (a pooled one costs ~0.1 us; a fresh
-// 16 KiB array ~1.2 us, 64 KiB ~3 us). They are made by the typed-array constructor, not over an explicit
-// ArrayBuffer: V8 keeps the smallest inside its heap, ~20x faster than an ArrayBuffer (~25 ns against ~0.5 us), and
-// asking such an array for its `.buffer` would cost ~1 us more.
-const MIN_POOLED_BYTES = 16 * 1024;
+// Arrays under 1 KiB are not pooled. V8 keeps the smallest typed arrays inside its heap (~25 ns against ~0.5 us for an
+// ArrayBuffer), and asking such an array for its `.buffer` would cost ~1 us more. Above that a fresh array costs more
+// than a pooled one: on this stop's AMD EPYC (Node 20, /tmp micro-benchmark of `new Float32Array(n)` against the
+// pool's Map/Set take, fill(0) and give) 1.23 against 0.28 us at 1 KiB, 1.83 / 0.30 at 4 KiB, 2.04 / 0.39 at 8 KiB,
+// 2.64 / 0.48 at 16 KiB. A 1.3B decode step makes ~250 arrays of 8 KiB (D 2048 floats); with the bound at 16 KiB they
+// cost 0.87 ms of the step in allocArray plus 0.8 ms of garbage collection (node --cpu-prof, q4, batch 1).
+const MIN_POOLED_BYTES = 1024;
 
 export class BufferPool {
   /** Free buffers by byte size. */
