@@ -33,41 +33,6 @@ namespace {
 #undef LOWP_Q4FOLD
 #undef LOWP_Q4WIDEN
 
-// The tiles of rows [n0, n1) for B batch rows, as this file's kernels take them: at batch 1 8 row streams (8
-// independent accumulator chains), else 4 row streams by groups of 4, 2 and 1 batch rows; the rows left over one at a
-// time. tile(R, BB, n, rs, b) runs the R × BB tile of rows n + s·rs and batch rows [b, b + BB) (R, BB as
-// std::integral_constant).
-template <class Tile>
-inline void tilesOf(int64_t B, int64_t n0, int64_t n1, const Tile& tile) {
-  using One = std::integral_constant<int, 1>;
-  using Four = std::integral_constant<int, 4>;
-  if (B == 1) {
-    rowStreams<8>(
-        n0, n1, [&](int64_t n, int64_t rs) { tile(std::integral_constant<int, 8>{}, One{}, n, rs, 0); },
-        [&](int64_t n) { tile(One{}, One{}, n, 1, 0); });
-    return;
-  }
-  rowStreams<4>(
-      n0, n1,
-      [&](int64_t n, int64_t rs) {
-        for (int64_t b = 0; b < B;) {
-          if (B - b >= 4) {
-            tile(Four{}, Four{}, n, rs, b);
-            b += 4;
-          } else if (B - b >= 2) {
-            tile(Four{}, std::integral_constant<int, 2>{}, n, rs, b);
-            b += 2;
-          } else {
-            tile(Four{}, One{}, n, rs, b);
-            b += 1;
-          }
-        }
-      },
-      [&](int64_t n) {
-        for (int64_t b = 0; b < B; b++) tile(One{}, One{}, n, 1, b);
-      });
-}
-
 // q4 in 512-bit vectors: 4 blocks (64 bytes of a row, a 128-bit lane per block) per step, their low and high nibbles
 // meeting x in two vpdpbusd (int32 lanes, 4 per block); the block scales are applied per lane, in float32: t = Σ · dx
 // + cx, acc += dw · t, with dx, cx and dw spread over each block's 4 lanes (cx = −8 · dx · Σ xq / 4, so that a block's
@@ -184,7 +149,7 @@ inline void q4x4Rows(const uint8_t* qs, const uint16_t* dw, int64_t K, const voi
                      int64_t ldy, int64_t n0, int64_t n1) {
   Q4x4 p = q4x4Layout(const_cast<void*>(px), B, K);
   const int64_t ldq = q4PaddedK(K) / 2, nbp = q4PaddedK(K) / 32;
-  tilesOf(B, n0, n1, [&](auto r, auto bb, int64_t n, int64_t rs, int64_t b) {
+  tilesOf<8, 4, 4>(B, n0, n1, [&](auto r, auto bb, int64_t n, int64_t rs, int64_t b) {
     q4x4Tile<decltype(r)::value, decltype(bb)::value>(qs, dw, n, rs, ldq, nbp, p, b, y, ldy);
   });
 }
@@ -459,7 +424,7 @@ void rows(const Weights& w, const float*, const void* px, int64_t B, float* y, i
   const int64_t K = w.K, Kp = kp32(K);
   const float* xp = static_cast<const float*>(px);
   const Format f = w.format;
-  tilesOf(B, n0, n1, [&](auto r, auto bb, int64_t n, int64_t rs, int64_t b) {
+  tilesOf<8, 4, 4>(B, n0, n1, [&](auto r, auto bb, int64_t n, int64_t rs, int64_t b) {
     floatTileOf<decltype(r)::value, decltype(bb)::value>(f, w.data, K, n, rs, xp, Kp, b, y, ldy);
   });
 }
