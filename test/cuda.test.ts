@@ -190,11 +190,14 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
       for (let i = 0; i < bits.length; i++) bits[i] = (bits[i]! + 0x7fff + ((bits[i]! >>> 16) & 1)) & 0xffff0000;
       return [ref.fromData(d, shape, 'float32'), be.fromData(d, shape, 'float32')];
     };
-    // [B, T, H]: three chunks over 4 heads (state blocks of 16 value columns), one chunk, and 32 heads (blocks of 32).
+    // [B, T, H]: three chunks over 4 heads (state blocks of 16 value columns, the walks split in three parts of one
+    // chunk), eight chunks over 4 heads (four parts of two chunks), one chunk, and 32 heads (blocks of 32, unsplit).
     for (const [B, T, H, normalize, scale] of [
       [2, 192, 2, true, 0.4],
       [2, 192, 2, true, 2],
       [2, 192, 2, false, 0.3],
+      [1, 512, 4, true, 0.4],
+      [1, 512, 4, false, 0.3],
       [3, 64, 1, true, 0.4],
       [1, 128, 32, true, 0.4],
       [1, 128, 32, false, 0.3],
@@ -213,6 +216,11 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
         assert.ok(rel(b.o.data(), a.o.data()) < 1e-2, `${label}: o ${rel(b.o.data(), a.o.data())}`);
         assert.ok(rel(b.r.data(), a.r.data()) < 1e-3, `${label}: r ${rel(b.r.data(), a.r.data())}`);
         assertClose(b.finalState!.state.data(), a.finalState!.state.data(), 2e-5, `${label}: final state`);
+        if (!normalize) {
+          // Unnormalised, the parallel form is the same function and takes the same kernels.
+          const p = G.retentionForward('parallel', qc, kc, vc, gammas, run);
+          assert.ok(rel(p.o.data(), a.o.data()) < 1e-2, `${label}: parallel o ${rel(p.o.data(), a.o.data())}`);
+        }
         const da = R.retentionBackward('chunkwise', q, k, v, gammas, a.r, g, C);
         // The reference r, so that the backward alone is compared.
         const rc = be.fromData(a.r.data(), a.r.shape, 'float32');

@@ -19,9 +19,11 @@ const quick = args.includes('--quick');
 // --only: the sections to run (all without it).
 const only = args.includes('--only') ? args[args.indexOf('--only') + 1]!.split(',') : null;
 const runs = (section: string) => only === null || only.includes(section);
-// --tc: of the sequence kernels, only the tensor-core retention ones at the first shape (for ncu: scripts/cuda
-// device-run.sh tcprof).
+// --tc [N]: of the sequence kernels, only the tensor-core retention ones at shape N (default 0, the first; for ncu:
+// scripts/cuda device-run.sh tcprof).
 const tcOnly = args.includes('--tc');
+const tcShape =
+  tcOnly && /^\d+$/.test(args[args.indexOf('--tc') + 1] ?? '') ? Number(args[args.indexOf('--tc') + 1]) : 0;
 const be = getBackend('cuda') as CudaDevice;
 const kern = kernels(be, 'float32');
 const rng = new Rng(1);
@@ -89,7 +91,7 @@ const shapes = quick
       { B: 2, H: 16, T: 8192, D: 128 },
       { B: 1, H: 16, T: 16384, D: 128 },
     ];
-for (const { B, H, T, D } of runs('sequence') ? shapes.slice(0, tcOnly ? 1 : shapes.length) : []) {
+for (const { B, H, T, D } of runs('sequence') ? (tcOnly ? shapes.slice(tcShape, tcShape + 1) : shapes) : []) {
   const q = random([B, T, H, D], 0.1);
   const k = random([B, T, H, D], 0.1);
   const v = random([B, T, H, D]);

@@ -640,13 +640,14 @@ Napi::Value Rotary(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("rotary", Rotary);
 
-// retentionWorkspace(kernel, B, H, T, K, V, C) -> floats of scratch
+// retentionWorkspace(kernel, B, H, T, K, V, C, tensorCores) -> floats of scratch
 Napi::Value RetentionWorkspace(const Napi::CallbackInfo& info) {
   int64_t n = 0;
   Napi::Value r = run(info, [&] {
     int64_t kernel = dim(info, 0, "kernel");
     if (kernel >= codes::kRetentionWorkCount) throw ArgError{"retentionWorkspace: unknown kernel"};
-    n = cuda::retentionWorkspace(static_cast<int>(kernel), dims(info, 1), std::max<int64_t>(1, dim(info, 6, "C")));
+    n = cuda::retentionWorkspace(static_cast<int>(kernel), dims(info, 1), std::max<int64_t>(1, dim(info, 6, "C")),
+                                 flag(info, 7, "tensorCores"));
   });
   if (info.Env().IsExceptionPending()) return r;
   return Napi::Number::New(info.Env(), static_cast<double>(n));
@@ -693,7 +694,7 @@ Napi::Value RetentionForward(const Napi::CallbackInfo& info) {
     rr.finalScale = optional(info, 11, "finalScale", N * d.H);
     if (!rr.initState != !rr.initScale || !rr.finalState != !rr.finalScale)
       throw ArgError{"retentionForward: a state and its scale come together"};
-    int64_t ws = cuda::retentionWorkspace(static_cast<int>(form), d, C);
+    int64_t ws = cuda::retentionWorkspace(static_cast<int>(form), d, C, rr.tensorCores);
     const float *q = f(info, 1, "q", nq), *k = f(info, 2, "k", nq), *v = f(info, 3, "v", nv);
     float *o = f(info, 5, "o", nv), *r = f(info, 6, "r", d.B * d.H * d.T), *w = f(info, 7, "workspace", ws);
     cuda::retentionForward(chunkwise, q, k, v, g.data(), o, r, w, d, C, rr);
@@ -709,11 +710,12 @@ Napi::Value RetentionBackward(const Napi::CallbackInfo& info) {
     int64_t C = std::max<int64_t>(1, dim(info, 15, "C"));
     auto g = gammas(info, 3, d.H, "retention backward");
     int64_t nq = d.B * d.T * d.H * d.K, nv = d.B * d.T * d.H * d.V;
+    bool tensorCores = flag(info, 16, "tensorCores");
+    int64_t ws = cuda::retentionWorkspace(static_cast<int>(RetentionWork::ChunkwiseBackward), d, C, tensorCores);
     cuda::retentionBackward(f(info, 0, "q", nq), f(info, 1, "k", nq), f(info, 2, "v", nv), g.data(),
                             f(info, 4, "r", d.B * d.H * d.T), f(info, 5, "dO", nv), f(info, 6, "dq", nq),
-                            f(info, 7, "dk", nq), f(info, 8, "dv", nv),
-                            f(info, 9, "workspace", cuda::retentionWorkspace(static_cast<int>(RetentionWork::ChunkwiseBackward), d, C)), d, C,
-                            flag(info, 16, "tensorCores"));
+                            f(info, 7, "dk", nq), f(info, 8, "dv", nv), f(info, 9, "workspace", ws), d, C,
+                            tensorCores);
   });
 }
 RETNET_KERNEL("retentionBackward", RetentionBackward);

@@ -117,8 +117,9 @@ void rotary(const float* x, const float* cos, const float* sin, float* y, int64_
 struct Dims {
   int64_t B, H, T, K, V;
 };
-// Scratch floats each kernel needs (callers allocate it, so the engine's accounting sees it).
-int64_t retentionWorkspace(int kernel, Dims d, int64_t C);
+// Scratch floats each kernel needs (callers allocate it, so the engine's accounting sees it); tensorCores as the
+// kernel call's.
+int64_t retentionWorkspace(int kernel, Dims d, int64_t C, bool tensorCores);
 // The state-carrying part of a forward call (docs/retention.md): the states the sequences continue (S̃₀ [N, H, K, V],
 // s₀ [N, H]; null: empty), where the states after them go (null: not asked for), the packed segments of a batch of
 // one row (lengths summing to T; empty: one sequence per batch row), and normalize false (the fla variant: no

@@ -444,14 +444,6 @@ void states(const float* X, const float* Y, const float* rY, const Heads& hs, fl
 
 }  // namespace
 
-// Kernels: 0 parallel forward, 1 chunkwise forward, 2 parallel backward, 3 chunkwise backward, 4 state.
-int64_t retentionWorkspace(int kernel, Dims d, int64_t C) {
-  int64_t bh = d.B * d.H;
-  if (kernel == 0 || kernel == 4 || d.T == 0) return 0;
-  C = clampChunk(C, d.T);
-  int64_t nC = chunks(d.T, C), slots = bh * nC * d.K * d.V;
-  return kernel == 1 ? slots + bh * nC : 3 * slots;
-}
 
 namespace {
 
@@ -549,10 +541,18 @@ __device__ __forceinline__ void cpWait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
+// A walk split into parts (WalkPlan): part p walks indices [p·len, min(nC, (p + 1)·len)) from a zero state and stores
+// its states as bf16 in the slots (part 0 the true ones, with σ; a later part its local ones, to which tcJoinKernel
+// adds what entered the part); every part but the last leaves its local state after its last chunk in carry[p, bh].
+struct WalkSplit {
+  int64_t parts, len;
+  float* carry;  // [parts − 1, BH, D, D]
+};
+
 template <bool Reverse, int BV, int kStages>
 __device__ __forceinline__ void scanWalk(const float* X, const float* Y, const float* rY, Heads hs, bf16* slots,
                                          unsigned* sigma, int64_t H, int64_t T, int64_t nC, int64_t bh,
-                                         unsigned char* smem) {
+                                         const WalkSplit& split, int64_t part, unsigned char* smem) {
   using Sm = ScanSmem<BV, kStages>;
   constexpr int LDY = Sm::LDY, NT = BV / 16;
   using FragXT = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
@@ -560,17 +560,20 @@ __device__ __forceinline__ void scanWalk(const float* X, const float* Y, const f
   using Acc8 = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
   float* ring = reinterpret_cast<float*>(smem);  // kStages × (Xs [C, LDX], Ys [C, LDY], w [C])
   float* St = ring + kStages * Sm::stage;         // [D, LDY]: the state entering the chunk
-  float* part = St + D * LDY;                     // [kScanThreads / BV, BV]: column sums of |S| over row groups
-  int64_t y0 = static_cast<int64_t>(blockIdx.x) * BV, P = H * D;
+  float* sums = St + D * LDY;                     // [kScanThreads / BV, BV]: column sums of |S| over row groups
+  int64_t y0 = static_cast<int64_t>(blockIdx.x) * BV, P = H * D, BH = gridDim.y;
+  int64_t i0 = part * split.len, i1 = i0 + split.len < nC ? i0 + split.len : nC;
+  float* carry = part + 1 < split.parts ? split.carry + (part * BH + bh) * D * D : nullptr;
+  if (part > 0) sigma = nullptr;
   float lambda = hs.lambda[bh % H], decay = dpow(lambda, static_cast<float>(C));
   int warp = threadIdx.x >> 5, tid = threadIdx.x;
   const float* Xh = X + rowAt(bh, H, T, 0, D);
   const float* Yh = Y + rowAt(bh, H, T, 0, D) + y0;
   // Chunk i of the walk (c = i, or nC − 1 − i in reverse) into its ring stage.
   auto issue = [&](int64_t i) {
-    if (i < nC) {
+    if (i < i1) {
       int64_t c0 = (Reverse ? nC - 1 - i : i) * C;
-      float* Xs = ring + (i % kStages) * Sm::stage;
+      float* Xs = ring + ((i - i0) % kStages) * Sm::stage;
       float* Ys = Xs + C * LDX;
       for (int e = tid; e < C * (D / 4); e += kScanThreads) {
         int j = e / (D / 4), x = (e % (D / 4)) * 4;
@@ -584,20 +587,20 @@ __device__ __forceinline__ void scanWalk(const float* X, const float* Y, const f
     }
     cpCommit();  // an empty group past the end keeps the wait counts uniform
   };
-  for (int i = 0; i < kStages - 1; i++) issue(i);
+  for (int i = 0; i < kStages - 1; i++) issue(i0 + i);
   Acc8 acc[NT];
 #pragma unroll
   for (int t = 0; t < NT; t++) wmma::fill_fragment(acc[t], 0.0f);
   constexpr int groups = kScanThreads / BV, rowsPer = D / groups;
   int col = tid % BV, grp = tid / BV;
-  for (int64_t i = 0; i < nC; i++) {
+  for (int64_t i = i0; i < i1; i++) {
     int64_t c = Reverse ? nC - 1 - i : i;
 #pragma unroll
     for (int t = 0; t < NT; t++) wmma::store_matrix_sync(St + warp * 16 * LDY + t * 16, acc[t], LDY, wmma::mem_row_major);
     cpWait<kStages - 2>();
     __syncthreads();  // chunk i staged, St complete, the stage of chunk i − 1 free
     issue(i + kStages - 1);
-    float* Xs = ring + (i % kStages) * Sm::stage;
+    float* Xs = ring + ((i - i0) % kStages) * Sm::stage;
     float* Ys = Xs + C * LDX;
     // The rows' weights on Y (8 or 16 floats a thread), then S_c out as bf16 and its column sums.
     for (int e = tid; e < C * BV; e += kScanThreads) {
@@ -613,20 +616,20 @@ __device__ __forceinline__ void scanWalk(const float* X, const float* Y, const f
       out[x * D] = __float2bfloat16(s);
       abs += fabsf(s);
     }
-    if (sigma) part[grp * BV + col] = abs;
-    __syncthreads();  // Y weighted, St read, part complete
+    if (sigma) sums[grp * BV + col] = abs;
+    __syncthreads();  // Y weighted, St read, sums complete
     if (sigma && warp == 0) {
       float m = 0;
       for (int y = tid; y < BV; y += 32) {
         float s = 0;
 #pragma unroll
-        for (int g = 0; g < groups; g++) s += part[g * BV + y];
+        for (int g = 0; g < groups; g++) s += sums[g * BV + y];
         m = fmaxf(m, s);
       }
       for (int w = 16; w > 0; w >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, w));
       if (tid == 0) atomicMax(sigma + bh * nC + c, __float_as_uint(m));  // non-negative floats order as integers
     }
-    if (i + 1 == nC) break;
+    if (i + 1 == i1 && !carry) break;
 #pragma unroll
     for (int t = 0; t < NT; t++)
 #pragma unroll
@@ -647,27 +650,103 @@ __device__ __forceinline__ void scanWalk(const float* X, const float* Y, const f
       }
     }
   }
+  if (carry)  // the part's local state after its last chunk
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+      wmma::store_matrix_sync(carry + warp * 16 * D + y0 + t * 16, acc[t], D, wmma::mem_row_major);
   cpWait<0>();
 }
 
-template <bool Reverse, int BV, int Stages>
-__global__ void __launch_bounds__(kScanThreads) tcScanKernel(const float* X, const float* Y, const float* rY,
-                                                             Heads hs, bf16* slots, unsigned* sigma, int64_t H,
-                                                             int64_t T, int64_t nC) {
+// Grid (D / BV, BH, parts).
+template <int BV, int Stages>
+__global__ void __launch_bounds__(kScanThreads) tcScanKernel(const float* X, const float* Y, Heads hs, bf16* slots,
+                                                             unsigned* sigma, int64_t H, int64_t T, int64_t nC,
+                                                             WalkSplit split) {
   extern __shared__ __align__(128) unsigned char smem[];
-  scanWalk<Reverse, BV, Stages>(X, Y, rY, hs, slots, sigma, H, T, nC, blockIdx.y, smem);
+  scanWalk<false, BV, Stages>(X, Y, nullptr, hs, slots, sigma, H, T, nC, blockIdx.y, split, blockIdx.z, smem);
 }
 
-// The backward's two walks in one launch (blockIdx.z: 0 the states S_c over k, v; 1 the reverse states R_c over
-// q, r ⊙ dO), two stages of prefetch so that two blocks fit on a multiprocessor and each hides the other's waits.
+// The backward's two walks in one launch (blockIdx.z / parts: 0 the states S_c over k, v; 1 the reverse states R_c
+// over q, r ⊙ dO; blockIdx.z % parts the part), two stages of prefetch so that two blocks fit on a multiprocessor
+// and each hides the other's waits.
 template <int BV>
 __global__ void __launch_bounds__(kScanThreads, 2) tcScanPairKernel(const float* q, const float* k, const float* v,
                                                                     const float* r, const float* dO, Heads hs,
                                                                     bf16* S, bf16* R, int64_t H, int64_t T,
-                                                                    int64_t nC) {
+                                                                    int64_t nC, WalkSplit splitS, WalkSplit splitR) {
   extern __shared__ __align__(128) unsigned char smem[];
-  if (blockIdx.z == 0) scanWalk<false, BV, 2>(k, v, nullptr, hs, S, nullptr, H, T, nC, blockIdx.y, smem);
-  else scanWalk<true, BV, 2>(q, dO, r, hs, R, nullptr, H, T, nC, blockIdx.y, smem);
+  int64_t walk = blockIdx.z / splitS.parts, part = blockIdx.z % splitS.parts;
+  if (walk == 0) scanWalk<false, BV, 2>(k, v, nullptr, hs, S, nullptr, H, T, nC, blockIdx.y, splitS, part, smem);
+  else scanWalk<true, BV, 2>(q, dO, r, hs, R, nullptr, H, T, nC, blockIdx.y, splitR, part, smem);
+}
+
+// The true states of a split walk's later parts, in place: S(i) = L(i) + Σ_{q < p} γ^(C (i − (q + 1) len)) carry_q for
+// walk index i in part p (state(i + 1) = γ^C state(i) + U(i), and carry_q is part q's contribution to the state
+// entering part q + 1), L(i) the bf16 local state in slot c (c = i, or nC − 1 − i in reverse); with sigma, σ_c from
+// the float32 sums as scanWalk computes it. Grid (nC − len, BH, walks), 256 threads: thread t owns columns
+// 8 (t % 16) ..+ 8 of rows t / 16 + 16 n. The local states are rounded to bf16 before the join adds to them (relative
+// error at B 1 H 16 T 16384 2.41e-3 → 2.53e-3 for o, 2.63e-3 for dv); measured (stop 29, run 1): keeping them in
+// float32 (twice the bytes written and read) took that shape to 2.65 ms fwd+bwd, no faster than unsplit (2.64).
+struct JoinWalk {
+  bf16* slots;
+  unsigned* sigma;
+  WalkSplit split;
+  bool reverse;
+};
+struct JoinWalks {
+  JoinWalk w[2];
+};
+constexpr int kJoinThreads = 256, kJoinQ = D / 8, kJoinRows = kJoinThreads / kJoinQ;
+__global__ void __launch_bounds__(kJoinThreads) tcJoinKernel(JoinWalks walks, Heads hs, int64_t H, int64_t nC) {
+  __shared__ float colSum[kJoinRows][D];
+  __shared__ float warpMax[kJoinThreads / 32];
+  const JoinWalk& jw = walks.w[blockIdx.z];
+  int64_t len = jw.split.len, bh = blockIdx.y, BH = gridDim.y, i = len + blockIdx.x, p = i / len;
+  int64_t c = jw.reverse ? nC - 1 - i : i;
+  float lambda = hs.lambda[bh % H];
+  float f[3];  // at most 4 parts: carries 0 .. p − 1
+  for (int64_t qq = 0; qq < p; qq++) f[qq] = dpow(lambda, static_cast<float>(C * (i - (qq + 1) * len)));
+  int x0 = threadIdx.x % kJoinQ * 8, row0 = threadIdx.x / kJoinQ;
+  bf16* S = jw.slots + (bh * nC + c) * D * D;
+  float abs[8] = {};
+  for (int row = row0; row < D; row += kJoinRows) {
+    uint4 raw = *reinterpret_cast<const uint4*>(S + row * D + x0);
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+    float s[8];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      float2 t = __bfloat1622float2(h[e]);
+      s[2 * e] = t.x;
+      s[2 * e + 1] = t.y;
+    }
+    for (int64_t qq = 0; qq < p; qq++) {
+      const float* cq = jw.split.carry + (qq * BH + bh) * D * D + row * D + x0;
+      float4 a = *reinterpret_cast<const float4*>(cq), b = *reinterpret_cast<const float4*>(cq + 4);
+      s[0] += f[qq] * a.x, s[1] += f[qq] * a.y, s[2] += f[qq] * a.z, s[3] += f[qq] * a.w;
+      s[4] += f[qq] * b.x, s[5] += f[qq] * b.y, s[6] += f[qq] * b.z, s[7] += f[qq] * b.w;
+    }
+    __nv_bfloat162* o = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 4; e++) o[e] = __floats2bfloat162_rn(s[2 * e], s[2 * e + 1]);
+    *reinterpret_cast<uint4*>(S + row * D + x0) = raw;
+#pragma unroll
+    for (int e = 0; e < 8; e++) abs[e] += fabsf(s[e]);
+  }
+  if (!jw.sigma) return;
+#pragma unroll
+  for (int e = 0; e < 8; e++) colSum[row0][x0 + e] = abs[e];
+  __syncthreads();
+  float m = 0;
+  if (threadIdx.x < D) {
+    for (int g = 0; g < kJoinRows; g++) m += colSum[g][threadIdx.x];
+  }
+  for (int w = 16; w > 0; w >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, w));
+  if (threadIdx.x % 32 == 0) warpMax[threadIdx.x / 32] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kJoinThreads / 32; w++) m = fmaxf(m, warpMax[w]);
+    jw.sigma[bh * nC + c] = __float_as_uint(m);
+  }
 }
 
 // Copies a bf16 [D, D] state into dst [D, LD] through cp.async (16-byte copies, all threads of the block); the
@@ -858,38 +937,81 @@ bool tensorCoreShape(Dims d, int64_t C) {
   return d.K == tc::D && d.V == tc::D && C == tc::C && d.T > 0 && d.T % tc::C == 0;
 }
 
-// The states entering each chunk as bf16 [BH, nC, D, D] (one pass, tc::tcScanKernel); sigma (forward, normalising)
-// gets each chunk's column-sum maximum. BV = 32 value columns a block where that makes ≥ 128 blocks (B 2 H 16:
-// 128 for 132 SMs), else 16 (B 1 H 16: 128), three stages of prefetch. Measured (stop 27, run 1): 16 columns with two
-// stages (256 blocks at B 2 H 16, two a SM) took the forward 0.81 → 0.82 ms: not better.
-template <bool Reverse, int BV, int Stages>
-void tcScanLaunch(const float* X, const float* Y, const float* rY, const Heads& hs, tc::bf16* slots, unsigned* sigma,
-                  Dims d) {
+// How a tensor-core state walk is spread over blocks: BV value columns a block and the walk in `parts` pieces of
+// `len` chunks (tc::WalkSplit). The forward's walk runs three stages of prefetch (one block a multiprocessor) and
+// wants ≥ 128 blocks; the backward's two walks run two stages (two blocks a multiprocessor) and want ≥ 256. BV = 32
+// where the blocks reach that, splitting the walk (up to 4 parts) where they do not, then BV = 16. Measured (stop 29,
+// run 2, bench/cuda/NOTES.md): at B 1 H 16 T 16384 unsplit (blocks of 16 columns walking 256 chunks) 2.56 ms
+// fwd+bwd, split in two (blocks of 32 columns walking 128, as at B 2 H 16 T 8192) 2.32 and 2.33 in the passes
+// around it; the forward's walk 0.65 → 0.41 ms, each join ~0.08 ms.
+struct WalkPlan {
+  int bv;
+  int64_t parts, len;
+};
+WalkPlan walkPlan(Dims d, int64_t walks) {
+  int64_t nC = d.T / tc::C, target = 128 * walks, blocks32 = walks * d.B * d.H * (tc::D / 32);
+  int64_t parts = std::min<int64_t>({4, nC, std::max<int64_t>(1, (target + blocks32 - 1) / blocks32)});
+  int64_t len = (nC + parts - 1) / parts;
+  parts = (nC + len - 1) / len;
+  return {blocks32 * parts >= target ? 32 : 16, parts, len};
+}
+
+// Floats of one split walk's scratch (the carries; none unsplit).
+int64_t splitFloats(Dims d, const WalkPlan& p) { return (p.parts - 1) * d.B * d.H * tc::D * tc::D; }
+
+int64_t tcForwardFloats(Dims d) {
+  int64_t BH = d.B * d.H, nC = d.T / tc::C;
+  return BH * nC * tc::D * tc::D / 2 + splitFloats(d, walkPlan(d, 1)) + BH * nC;  // bf16 states, split, σ
+}
+
+int64_t tcBackwardFloats(Dims d) {
+  int64_t BH = d.B * d.H, nC = d.T / tc::C;
+  return BH * nC * tc::D * tc::D + 2 * splitFloats(d, walkPlan(d, 2));  // S and R as bf16, each walk's split
+}
+
+// The states entering each chunk as bf16 [BH, nC, D, D] (one pass, tc::tcScanKernel, then tc::tcJoinKernel where
+// the walk is split); sigma (forward, normalising) gets each chunk's column-sum maximum. Measured (stop 27, run 1):
+// 16 columns with two stages (256 blocks at B 2 H 16, two a SM) took the forward 0.81 → 0.82 ms: not better than
+// 32 columns with three.
+template <int BV>
+void tcScanLaunch(const float* X, const float* Y, const Heads& hs, tc::bf16* slots, unsigned* sigma, Dims d,
+                  const tc::WalkSplit& split) {
   int64_t nC = d.T / tc::C;
-  auto fn = tc::tcScanKernel<Reverse, BV, Stages>;
-  constexpr size_t bytes = tc::ScanSmem<BV, Stages>::bytes;
+  auto fn = tc::tcScanKernel<BV, 3>;
+  constexpr size_t bytes = tc::ScanSmem<BV, 3>::bytes;
   smemOrThrow(bytes, "retention states (tensor cores)", reinterpret_cast<const void*>(fn));
   check(cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributePreferredSharedMemoryCarveout,
                              cudaSharedmemCarveoutMaxShared),
         "retention states (tensor cores)");
-  fn<<<dim3(tc::D / BV, static_cast<unsigned>(d.B * d.H)), tc::kScanThreads, bytes, stream()>>>(X, Y, rY, hs, slots,
-                                                                                               sigma, d.H, d.T, nC);
+  dim3 grid(tc::D / BV, static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(split.parts));
+  fn<<<grid, tc::kScanThreads, bytes, stream()>>>(X, Y, hs, slots, sigma, d.H, d.T, nC, split);
   checkLaunch("retention states (tensor cores)");
 }
 
-template <bool Reverse>
-void tcStates(const float* X, const float* Y, const float* rY, const Heads& hs, tc::bf16* slots, unsigned* sigma,
-              Dims d) {
-  if (sigma) check(cudaMemsetAsync(sigma, 0, d.B * d.H * (d.T / tc::C) * sizeof(unsigned), stream()), "retention");
-  if (d.B * d.H * (tc::D / 32) >= 128) tcScanLaunch<Reverse, 32, 3>(X, Y, rY, hs, slots, sigma, d);
-  else tcScanLaunch<Reverse, 16, 3>(X, Y, rY, hs, slots, sigma, d);
+// Joins the split walks (count 1 or 2, all with the same plan).
+void tcJoin(const tc::JoinWalks& walks, int count, const Heads& hs, Dims d) {
+  const tc::WalkSplit& s = walks.w[0].split;
+  if (s.parts == 1) return;
+  int64_t nC = d.T / tc::C;
+  dim3 grid(static_cast<unsigned>(nC - s.len), static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(count));
+  tc::tcJoinKernel<<<grid, 256, 0, stream()>>>(walks, hs, d.H, nC);
+  checkLaunch("retention states join (tensor cores)");
 }
 
-// The backward's states S_c and R_c, both walks in one launch (tc::tcScanPairKernel): BV = 32 where that makes
-// ≥ 256 blocks (two a multiprocessor), else 16.
+// The forward's states S_c as bf16 in slots, σ_c in sigma (normalising); split: the walk's scratch.
+void tcStates(const float* k, const float* v, const Heads& hs, tc::bf16* slots, unsigned* sigma, float* split, Dims d) {
+  if (sigma) check(cudaMemsetAsync(sigma, 0, d.B * d.H * (d.T / tc::C) * sizeof(unsigned), stream()), "retention");
+  WalkPlan p = walkPlan(d, 1);
+  tc::WalkSplit s{p.parts, p.len, split};
+  if (p.bv == 32) tcScanLaunch<32>(k, v, hs, slots, sigma, d, s);
+  else tcScanLaunch<16>(k, v, hs, slots, sigma, d, s);
+  tcJoin(tc::JoinWalks{{{slots, sigma, s, false}, {}}}, 1, hs, d);
+}
+
+// The backward's states S_c and R_c, both walks in one launch (tc::tcScanPairKernel), then the joins in one.
 template <int BV>
 void tcPairLaunch(const float* q, const float* k, const float* v, const float* r, const float* dO, const Heads& hs,
-                  tc::bf16* S, tc::bf16* R, Dims d) {
+                  tc::bf16* S, tc::bf16* R, Dims d, const tc::WalkSplit& sS, const tc::WalkSplit& sR) {
   int64_t nC = d.T / tc::C;
   auto fn = tc::tcScanPairKernel<BV>;
   constexpr size_t bytes = tc::ScanSmem<BV, 2>::bytes;
@@ -897,24 +1019,28 @@ void tcPairLaunch(const float* q, const float* k, const float* v, const float* r
   check(cudaFuncSetAttribute(reinterpret_cast<const void*>(fn), cudaFuncAttributePreferredSharedMemoryCarveout,
                              cudaSharedmemCarveoutMaxShared),
         "retention backward states (tensor cores)");
-  fn<<<dim3(tc::D / BV, static_cast<unsigned>(d.B * d.H), 2), tc::kScanThreads, bytes, stream()>>>(
-      q, k, v, r, dO, hs, S, R, d.H, d.T, nC);
+  dim3 grid(tc::D / BV, static_cast<unsigned>(d.B * d.H), static_cast<unsigned>(2 * sS.parts));
+  fn<<<grid, tc::kScanThreads, bytes, stream()>>>(q, k, v, r, dO, hs, S, R, d.H, d.T, nC, sS, sR);
   checkLaunch("retention backward states (tensor cores)");
 }
 
 void tcBackwardStates(const float* q, const float* k, const float* v, const float* r, const float* dO,
-                      const Heads& hs, tc::bf16* S, tc::bf16* R, Dims d) {
-  if (2 * d.B * d.H * (tc::D / 32) >= 256) tcPairLaunch<32>(q, k, v, r, dO, hs, S, R, d);
-  else tcPairLaunch<16>(q, k, v, r, dO, hs, S, R, d);
+                      const Heads& hs, tc::bf16* S, tc::bf16* R, float* split, Dims d) {
+  WalkPlan p = walkPlan(d, 2);
+  tc::WalkSplit sS{p.parts, p.len, split}, sR{p.parts, p.len, split + splitFloats(d, p)};
+  if (p.bv == 32) tcPairLaunch<32>(q, k, v, r, dO, hs, S, R, d, sS, sR);
+  else tcPairLaunch<16>(q, k, v, r, dO, hs, S, R, d, sS, sR);
+  tcJoin(tc::JoinWalks{{{S, nullptr, sS, false}, {R, nullptr, sR, true}}}, 2, hs, d);
 }
 
-// Chunkwise forward on tensor cores; ws (sized as the float32 kernel's, which is more): the bf16 states, then σ.
+// Chunkwise forward on tensor cores; ws (tcForwardFloats): the bf16 states, the walk's split scratch, then σ.
 void tcForward(const float* q, const float* k, const float* v, const Heads& hs, float* o, float* r, float* ws, Dims d,
                bool normalize) {
   int64_t nC = d.T / tc::C, BH = d.B * d.H;
   auto* slots = reinterpret_cast<tc::bf16*>(ws);
-  auto* sigma = reinterpret_cast<unsigned*>(ws + BH * nC * tc::D * tc::D / 2);
-  tcStates<false>(k, v, nullptr, hs, slots, normalize ? sigma : nullptr, d);
+  float* split = ws + BH * nC * tc::D * tc::D / 2;
+  auto* sigma = reinterpret_cast<unsigned*>(split + splitFloats(d, walkPlan(d, 1)));
+  tcStates(k, v, hs, slots, normalize ? sigma : nullptr, split, d);
   smemOrThrow(tc::kOutputSmem, "retention (tensor cores)", reinterpret_cast<const void*>(tc::tcOutputKernel));
   tc::tcOutputKernel<<<dim3(static_cast<unsigned>(BH), static_cast<unsigned>(nC)), 256, tc::kOutputSmem, stream()>>>(
       q, k, v, slots, sigma, hs, o, r, d.H, d.T, nC, normalize);
@@ -964,13 +1090,24 @@ void forwardSequences(bool chunkwise, const float* q, const float* k, const floa
 
 }  // namespace
 
+// Kernels: 0 parallel forward, 1 chunkwise forward, 2 parallel backward, 3 chunkwise backward, 4 state. tensorCores:
+// the call may take the tensor-core kernels (retentionForward decides on more than the shape), so the scratch is
+// the larger of the two paths'.
+int64_t retentionWorkspace(int kernel, Dims d, int64_t C, bool tensorCores) {
+  int64_t bh = d.B * d.H;
+  if (kernel == 0 || kernel == 4 || d.T == 0) return 0;
+  bool tc = tensorCores && tensorCoreShape(d, C) && bh > 0;
+  C = clampChunk(C, d.T);
+  int64_t nC = chunks(d.T, C), slots = bh * nC * d.K * d.V;
+  int64_t floats = kernel == 1 ? slots + bh * nC : 3 * slots;
+  return tc ? std::max(floats, kernel == 1 ? tcForwardFloats(d) : tcBackwardFloats(d)) : floats;
+}
+
 void retentionForward(bool chunkwise, const float* q, const float* k, const float* v, const double* gammas, float* o,
                       float* r, float* ws, Dims d, int64_t C, const RetentionRun& run) {
   Heads hs = headsOf(gammas, d.H);
-  // Without normalisation every form is the same function; the chunkwise kernels compute it as asked (the parallel
-  // kernel's O(T²) took 584 ms for the chunkwise form's 8.9 at B 2 H 16 T 8192 D 128: stop 28, run 2).
-  if (run.tensorCores && (chunkwise || !run.normalize) && !run.initState && run.segments.empty() &&
-      tensorCoreShape(d, C) && d.B * d.H > 0) {
+  if (run.tensorCores && chunkwise && !run.initState && run.segments.empty() && tensorCoreShape(d, C) &&
+      d.B * d.H > 0) {
     tcForward(q, k, v, hs, o, r, ws, d, run.normalize);
     if (run.finalState)
       finalStates(k, v, hs, d, run.normalize, SeqArgs{0, d.T, nullptr, nullptr}, run.finalState, run.finalScale);
@@ -1001,9 +1138,9 @@ void retentionBackward(const float* q, const float* k, const float* v, const dou
   Heads hs = headsOf(gammas, d.H);
   if (tensorCores && tensorCoreShape(d, C)) {
     int64_t nC = d.T / tc::C, BH = d.B * d.H;
-    auto* S = reinterpret_cast<tc::bf16*>(ws);
+    auto* S = reinterpret_cast<tc::bf16*>(ws);  // ws (tcBackwardFloats): S, R as bf16, then the walks' split scratch
     tc::bf16* R = S + BH * nC * tc::D * tc::D;
-    tcBackwardStates(q, k, v, r, dO, hs, S, R, d);
+    tcBackwardStates(q, k, v, r, dO, hs, S, R, ws + BH * nC * tc::D * tc::D, d);
     smemOrThrow(tc::kGradSmem, "retention backward (tensor cores)", reinterpret_cast<const void*>(tc::tcGradKernel));
     tc::tcGradKernel<<<dim3(static_cast<unsigned>(BH), static_cast<unsigned>(nC)), 256, tc::kGradSmem, stream()>>>(
         q, k, v, r, dO, S, R, hs, dq, dk, dv, d.H, d.T, nC);

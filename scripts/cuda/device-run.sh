@@ -14,7 +14,8 @@
 #   sanitize  test/cuda.test.ts under compute-sanitizer (SANITIZE_TOOLS, default memcheck)
 #   hostprof  node --cpu-prof over paper.js --only profile: the host's time in the decode steps by function
 #   bench     bench/cuda/kernels.ts (quick: bench-quick; BENCH_ARGS: e.g. "--only sequence")
-#   tcprof    ncu over kernels.ts --only sequence: the tensor-core retention kernels' times (tcprof.txt)
+#   tcprof    ncu over kernels.ts --only sequence: the tensor-core retention kernels' times (tcprof.txt; TC_SHAPE:
+#             which of its shapes, default 0)
 #   peer      bench/cuda/peer.py (fla chunk_retention, PyTorch SDPA, the ceilings)
 #   curve     bench/cuda/train-curve.ts (the first training steps on the reference and cuda devices)
 # Logs and JSON go to /tmp/rn/out, packed at the end into $OUT/out.tgz (the device tool brings back 8 files at most).
@@ -100,7 +101,7 @@ for stage in "$@"; do
     bench) $node dist/bench/cuda/kernels.js ${BENCH_ARGS:-} --out "$out/cuda-kernels.json" 2>&1 | tee "$out/bench.log" ;;
     tcprof)
       timeout ${PROFILE_TIMEOUT:-240} ncu --clock-control none --metrics gpu__time_duration.sum --csv -k regex:tc \
-        $node dist/bench/cuda/kernels.js --only sequence --tc >"$out/tcprof.csv" 2>"$out/tcprof.log"
+        $node dist/bench/cuda/kernels.js --only sequence --tc ${TC_SHAPE:-0} >"$out/tcprof.csv" 2>"$out/tcprof.log"
       echo "ncu exit $?"; tail -3 "$out/tcprof.log"
       python3 scripts/cuda/kernel-times.py "$out/tcprof.csv" | tee "$out/tcprof.txt"
       ;;

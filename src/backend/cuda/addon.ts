@@ -33,7 +33,9 @@ export interface CudaAddon {
   crossEntropy(...args: Arg[]): number;
   embedding(...args: Arg[]): number;
   sumSquares(x: Ptr, n: number): number;
-  retentionWorkspace(kernel: number, B: number, H: number, T: number, K: number, V: number, C: number): number;
+  retentionWorkspace(
+    kernel: number, B: number, H: number, T: number, K: number, V: number, C: number, tensorCores: boolean,
+  ): number; // prettier-ignore
   attentionWorkspace(kernel: number, B: number, H: number, T: number, K: number, V: number): number;
   gemm(...args: Arg[]): void;
   /** gemv16(dtype, x, w, y, M, N, K): false when the shape does not suit it (nothing ran). */

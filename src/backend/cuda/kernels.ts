@@ -28,8 +28,9 @@ const FLOAT_CODE: Partial<Record<DType, number>> = { float32: 0, bfloat16: 1, fl
 // The most rows of a weight product that take the gemv16 kernel (native/cuda/device.h kGemvMaxRows).
 const GEMV_MAX_ROWS = 8;
 
-// The chunk the parallel form's backward runs with (its gradient is the chunkwise one; the chunk sets only speed).
-const PARALLEL_BACKWARD_CHUNK = 64;
+// The chunk the parallel form runs with where it takes the chunkwise kernels (its backward always, its forward
+// without normalisation): the same function, the chunk sets only speed.
+const PARALLEL_CHUNK = 64;
 
 // dropout has no cuda kernel yet: the kernel table runs the reference one through a host copy.
 export class CudaKernels implements Omit<Kernels, 'dropout'> {
@@ -396,13 +397,17 @@ export class CudaKernels implements Omit<Kernels, 'dropout'> {
     const o = this.out([B, T, H, V]);
     const r = this.out([B, H, T]);
     const final = run.returnFinalState ? { state: this.out([N, H, K, V]), scale: this.out([N, H]) } : null;
-    const f = form === 'parallel' ? RETENTION_WORK.parallelForward : RETENTION_WORK.chunkwiseForward;
-    const ws = this.scratch(this.d.addon.retentionWorkspace(f, B, H, T, K, V, run.chunkSize));
+    // Without normalisation every form is the same function, which the chunkwise kernels compute in O(T C) (the
+    // parallel kernel's O(T²) took 584 ms for the chunkwise kernels' 8.9 at B 2 H 16 T 8192 D 128: stop 28, run 2).
+    const f = form === 'parallel' && run.normalize ? RETENTION_WORK.parallelForward : RETENTION_WORK.chunkwiseForward;
+    const C = form === 'parallel' ? PARALLEL_CHUNK : run.chunkSize;
+    const tc = this.d.bf16Retention;
+    const ws = this.scratch(this.d.addon.retentionWorkspace(f, B, H, T, K, V, C, tc));
     const init = run.initialState;
     this.d.addon.retentionForward(f, this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas),
       this.d.ptr(o), this.d.ptr(r), this.d.ptr(ws), init ? this.f32(init.state) : 0, init ? this.f32(init.scale) : 0,
       final ? this.d.ptr(final.state) : 0, final ? this.d.ptr(final.scale) : 0, Float64Array.from(run.segments ?? []),
-      B, H, T, K, V, run.chunkSize, run.normalize, this.d.bf16Retention); // prettier-ignore
+      B, H, T, K, V, C, run.normalize, tc); // prettier-ignore
     ws.dispose();
     return { o, r, finalState: final };
   }
@@ -419,14 +424,15 @@ export class CudaKernels implements Omit<Kernels, 'dropout'> {
   ): { dq: Tensor; dk: Tensor; dv: Tensor } {
     const [B, T, H, K] = q.shape as [number, number, number, number];
     const V = v.shape[3]!;
-    const C = form === 'parallel' ? PARALLEL_BACKWARD_CHUNK : chunkSize;
+    const C = form === 'parallel' ? PARALLEL_CHUNK : chunkSize;
     const dq = this.out(q.shape);
     const dk = this.out(k.shape);
     const dv = this.out(v.shape);
-    const ws = this.scratch(this.d.addon.retentionWorkspace(RETENTION_WORK.chunkwiseBackward, B, H, T, K, V, C));
+    const tc = this.d.bf16Retention;
+    const ws = this.scratch(this.d.addon.retentionWorkspace(RETENTION_WORK.chunkwiseBackward, B, H, T, K, V, C, tc));
     this.d.addon.retentionBackward(
       this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), this.f32(r), this.f32(dO),
-      this.d.ptr(dq), this.d.ptr(dk), this.d.ptr(dv), this.d.ptr(ws), B, H, T, K, V, C, this.d.bf16Retention,
+      this.d.ptr(dq), this.d.ptr(dk), this.d.ptr(dv), this.d.ptr(ws), B, H, T, K, V, C, tc,
     ); // prettier-ignore
     ws.dispose();
     return { dq, dk, dv };
