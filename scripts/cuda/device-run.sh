@@ -17,6 +17,8 @@
 #   tcprof    ncu over kernels.ts --only sequence: the tensor-core retention kernels' times (tcprof.txt; TC_SHAPE:
 #             which of its shapes, default 0)
 #   peer      bench/cuda/peer.py (fla chunk_retention, PyTorch SDPA, the ceilings)
+#   table4    bench/cuda/table4_torch.py (Table 4's PyTorch reference point: the 1.3B Transformer's training step
+#             with SDPA, float32 and bf16)
 #   curve     bench/cuda/train-curve.ts (the first training steps on the reference and cuda devices)
 # Logs and JSON go to /tmp/rn/out, packed at the end into $OUT/out.tgz (the device tool brings back 8 files at most).
 set -uo pipefail
@@ -106,6 +108,7 @@ for stage in "$@"; do
       python3 scripts/cuda/kernel-times.py "$out/tcprof.csv" | tee "$out/tcprof.txt"
       ;;
     bench-quick) $node dist/bench/cuda/kernels.js --quick --out "$out/cuda-kernels-quick.json" 2>&1 | tee "$out/bench.log" ;;
+    table4) PYTHONUNBUFFERED=1 python3 bench/cuda/table4_torch.py "$out/cuda-table4-torch.json" 2>&1 | tee "$out/table4.log" | tail -5 ;;
     peer) PYTHONUNBUFFERED=1 FLA_PATH=/tmp/rn/fla python3 bench/cuda/peer.py "$out/cuda-peer.json" 2>&1 | tee "$out/peer.log" | tail -30 ;;
     curve) $node dist/bench/cuda/train-curve.js --devices reference,cuda --steps 20 --out "$out/cuda-train-curve.json" 2>&1 | tee "$out/curve.log" | cut -c1-600 ;;
     *) echo "unknown stage $stage" ;;
