@@ -15,6 +15,7 @@ import { type RetentionState, retentionForward, retentionStep } from '../src/ops
 import { concat, reshape, slice } from '../src/ops/shape.js';
 import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
+import type { DType } from '../src/tensor/dtype.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import { assertClose, nat, randomTensor, ref } from './helpers.js';
 
@@ -183,32 +184,68 @@ describe('recurrent retention steps: native against the reference (float32)', ()
     [3, 5, 37, 211],
     [1, 8, 64, 129],
   ];
+  // Four steps from a random state of stateDType on device be: each step's o, then the state and scale after.
+  const steps = (be: Device, shape: [number, number, number, number], normalize: boolean, stateDType: DType) => {
+    const [B, Hs, Ks, Vs] = shape;
+    const g = retentionGammas(Hs);
+    const rng = new Rng(B * 1000 + Ks);
+    const to32 = (t: Tensor) => be.fromData(t.data(), t.shape, 'float32');
+    const state = be.fromData(randomTensor(ref, rng, shape, { dtype: 'float64' }).data(), shape, stateDType);
+    const scale = be.fromData(
+      Array.from({ length: B * Hs }, (_, i) => (i % 3 === 0 ? 0 : 1 + i / 4)),
+      [B, Hs],
+      'float32',
+    );
+    const outs: Float32Array[] = [];
+    for (let t = 0; t < 4; t++) {
+      const [q, k] = [0, 1].map(() => to32(randomTensor(ref, rng, [B, Hs, Ks], { dtype: 'float64' })));
+      const v = to32(randomTensor(ref, rng, [B, Hs, Vs], { dtype: 'float64' }));
+      outs.push(retentionStep(q!, k!, v, state, scale, g, normalize).data() as Float32Array);
+    }
+    assert.equal(state.dtype, stateDType);
+    return { outs, state: state.data(), scale: scale.data() };
+  };
+
   for (const normalize of [true, false])
     it(`${normalize ? 'normalised' : 'un-normalised'}: four steps on odd shapes update state and scale alike`, () =>
       tidy(() => {
-        for (const [B, Hs, Ks, Vs] of shapes) {
-          const g = retentionGammas(Hs);
-          const run = (be: Device) => {
-            const rng = new Rng(B * 1000 + Ks);
-            const to32 = (t: Tensor) => be.fromData(t.data(), t.shape, 'float32');
-            const state = to32(randomTensor(ref, rng, [B, Hs, Ks, Vs], { dtype: 'float64' }));
-            const scale = be.fromData(
-              Array.from({ length: B * Hs }, (_, i) => (i % 3 === 0 ? 0 : 1 + i / 4)),
-              [B, Hs],
-              'float32',
-            );
-            const outs: Float32Array[] = [];
-            for (let t = 0; t < 4; t++) {
-              const [q, k] = [0, 1].map(() => to32(randomTensor(ref, rng, [B, Hs, Ks], { dtype: 'float64' })));
-              const v = to32(randomTensor(ref, rng, [B, Hs, Vs], { dtype: 'float64' }));
-              outs.push(retentionStep(q!, k!, v, state, scale, g, normalize).data() as Float32Array);
-            }
-            return [...outs, state.data(), scale.data()];
-          };
-          const want = run(ref);
-          run(nat()).forEach((got, i) => assertClose(got, want[i]!, 1e-5, `[${B}, ${Hs}, ${Ks}, ${Vs}] result ${i}`));
+        for (const shape of shapes) {
+          const want = steps(ref, shape, normalize, 'float32');
+          const got = steps(nat(), shape, normalize, 'float32');
+          [...got.outs, got.state, got.scale].forEach((x, i) =>
+            assertClose(x, [...want.outs, want.state, want.scale][i]!, 1e-5, `[${shape.join(', ')}] result ${i}`),
+          );
         }
       }));
+
+  // A float16 state: native against reference, both against the float32 state. The two devices may round a sum that
+  // their float32 arithmetic (FMA or not) puts on either side of a float16 tie one step apart: 2^-10 of a value (1e-3
+  // of the state's scale); o within 1e-4. Against the float32 state: float16's rounding, carried over four steps.
+  for (const normalize of [true, false])
+    it(`${normalize ? 'normalised' : 'un-normalised'}: a float16 state, four steps on odd shapes`, () =>
+      tidy(() => {
+        for (const shape of shapes) {
+          const label = `[${shape.join(', ')}]`;
+          const want = steps(ref, shape, normalize, 'float16');
+          const got = steps(nat(), shape, normalize, 'float16');
+          got.outs.forEach((o, i) => assertClose(o, want.outs[i]!, 1e-4, `${label} o ${i}, native vs reference`));
+          assertClose(got.state, want.state, 2 ** -10, `${label} state, native vs reference`);
+          assertClose(got.scale, want.scale, 1e-6, `${label} scale`);
+          const wide = steps(ref, shape, normalize, 'float32');
+          want.outs.forEach((o, i) => assertClose(o, wide.outs[i]!, 4e-3, `${label} o ${i}, float16 vs float32 state`));
+          assertClose(want.state, wide.state, 4e-3, `${label} state, float16 vs float32`);
+        }
+      }));
+
+  it('rejects a state of another dtype, naming it', () => {
+    const x = ref.fromData([1, 2], [1, 1, 2], 'float32');
+    const state = ref.zeros([1, 1, 2, 2], 'bfloat16');
+    const scale = ref.zeros([1, 1], 'float32');
+    assert.throws(
+      () => retentionStep(x, x, x, state, scale, [0.9], true),
+      /retentionStep: state must be float32 \(as q\) or float16, got bfloat16/,
+    );
+  });
 });
 
 describe('RetNet prefill with state', () => {

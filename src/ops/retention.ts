@@ -5,7 +5,7 @@
 
 import { type RetentionForm, type RetentionState, kernels } from '../backend/kernels.js';
 import { needsGrad, record } from '../autograd/tape.js';
-import { RetnetError, ShapeError, formatShape } from '../errors.js';
+import { DTypeError, RetnetError, ShapeError, formatShape } from '../errors.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { deviceOf, expectFloat, expectShape, sameDType } from './check.js';
 
@@ -129,7 +129,9 @@ export function retention(
 
 /**
  * One recurrent retention step (inference only; updates state [B, H, K, V] and scale [B, H] in place); `normalize`
- * false: fla's S' = γS + kᵀv.
+ * false: fla's S' = γS + kᵀv. The state is float32 (as q), or float16 (a 16-bit state, half the bytes a decode step
+ * reads and writes): the step reads it as float32, computes S' and o = q S' in float32 and stores S' rounded to
+ * float16 (round to nearest even). The scale stays float32.
  */
 export function retentionStep(
   q: Tensor,
@@ -148,6 +150,10 @@ export function retentionStep(
     throw new ShapeError(`retentionStep: v must be [${B}, ${H}, V], got ${formatShape(v.shape)}`);
   expectShape('retentionStep', 'state', state, [B, H, K, v.shape[2]!]);
   expectShape('retentionStep', 'scale', scale, [B, H]);
+  if (state.dtype !== q.dtype && state.dtype !== 'float16')
+    throw new DTypeError(`retentionStep: state must be ${q.dtype} (as q) or float16, got ${state.dtype}`);
+  if (scale.dtype !== q.dtype)
+    throw new DTypeError(`retentionStep: scale must be ${q.dtype} (as q), got ${scale.dtype}`);
   checkGammas('retentionStep', gammas, H);
   return kern.retentionStep(q, k, v, state, scale, gammas, normalize);
 }

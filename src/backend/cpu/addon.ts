@@ -107,10 +107,11 @@ export interface CpuAddon {
     q: F32, k: F32, v: F32, gammas: F64, r: F32, dO: F32, dq: F32, dk: F32, dv: F32, ws: F32,
     B: number, H: number, T: number, K: number, V: number, C: number,
   ): void;
+  /** state: float32, or float16 bits (read as float32, stored rounded). */
   // prettier-ignore
   retentionStep(
-    q: F32, k: F32, v: F32, gammas: F64, state: F32, scale: F32, o: F32, B: number, H: number, K: number, V: number,
-    normalize: boolean,
+    q: F32, k: F32, v: F32, gammas: F64, state: F32 | Uint16Array, scale: F32, o: F32, B: number, H: number, K: number,
+    V: number, normalize: boolean,
   ): void;
   /** Floats of scratch the retention kernel `kind` needs. */
   // prettier-ignore

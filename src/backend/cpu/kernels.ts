@@ -361,9 +361,9 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
     const [B, H, K] = q.shape as [number, number, number];
     const V = v.shape[2]!;
     const o = this.like([B, H, V]);
+    const S = state.dtype === 'float16' ? (this.device.raw(state) as Uint16Array) : this.f32(state);
     this.addon.retentionStep(
-      this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), this.f32(state), this.f32(scale), o.d,
-      B, H, K, V, normalize,
+      this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), S, this.f32(scale), o.d, B, H, K, V, normalize,
     ); // prettier-ignore
     return o.t;
   }

@@ -4,7 +4,7 @@
 // They run on any host device's tensors and allocate their outputs on the inputs' device.
 
 import { BackendError } from '../../errors.js';
-import type { DataArray, FloatArray } from '../../tensor/dtype.js';
+import { type DataArray, type FloatArray, fromFloat16, toFloat16 } from '../../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../../tensor/tensor.js';
 import type { HostDevice } from '../host/device.js';
 import type {
@@ -553,7 +553,9 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
     const Q = this.float(q);
     const Kk = this.float(k);
     const Vv = this.float(v);
-    const St = this.float(state);
+    // A float16 state: read as float32, updated in float32, stored back rounded to float16 (o from the float32 S').
+    const bits = state.dtype === 'float16' ? (this.raw(state) as Uint16Array) : null;
+    const St = bits ? Float32Array.from(bits, fromFloat16) : this.float(state);
     const Sc = this.float(scale);
     for (let b = 0; b < B; b++)
       for (let h = 0; h < H; h++) {
@@ -575,6 +577,7 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
           O[bh * V + y] = acc;
         }
       }
+    if (bits) for (let e = 0; e < bits.length; e++) bits[e] = toFloat16(St[e]!);
     return o;
   }
 

@@ -7,7 +7,8 @@
 import { retentionGammas } from '../../backend/reference/retention-math.js';
 import { type RetentionForm, kernelsOf } from '../../backend/kernels.js';
 import { noGrad } from '../../autograd/tape.js';
-import { ShapeError } from '../../errors.js';
+import { DTypeError, ShapeError } from '../../errors.js';
+import type { DType } from '../../tensor/dtype.js';
 import { type Rng, tiledNormal } from '../../tensor/random.js';
 import { tidy, keep } from '../../tensor/scope.js';
 import type { Tensor } from '../../tensor/tensor.js';
@@ -198,12 +199,22 @@ export class MultiScaleRetention extends Module implements Mixer<RetNetDecodeSta
     lengths: readonly number[],
   ): Tensor {
     const fresh = state.positions.every((p) => p === 0);
+    // A 16-bit state (RetNetModel.stateDType) enters and leaves the kernel, which carries states in x's dtype, as
+    // copies in that dtype.
+    const held = state.states[l]!;
+    const wide = held.dtype === x.dtype ? held : kernelsOf(held).cast(held, x.dtype);
     const { y, finalState } = this.mix(x, rope, pass, {
-      initialState: fresh ? null : { state: state.states[l]!, scale: state.scales[l]! },
+      initialState: fresh ? null : { state: wide, scale: state.scales[l]! },
       returnFinalState: true,
       segments: lengths.length > 1 ? lengths : null, // one prompt is the row itself
     });
-    state.replace(l, finalState!.state, finalState!.scale);
+    if (wide !== held) wide.dispose();
+    let next = finalState!.state;
+    if (next.dtype !== held.dtype) {
+      next = kernelsOf(next).cast(next, held.dtype);
+      finalState!.state.dispose();
+    }
+    state.replace(l, next, finalState!.scale);
     return y;
   }
 
@@ -400,14 +411,31 @@ export class RetNetModel extends Decoder<MultiScaleRetention, RetNetDecodeState,
     return state;
   }
 
+  /**
+   * The dtype of the retention states S [B, H, K, V] that decoding keeps (states made after it is set): the model's
+   * dtype (default), or float16, which halves the bytes a decode step reads and writes at a precision cost (each step
+   * computes in float32 and stores S rounded to float16; BENCHMARKS.md has the logit error). The scales [B, H] stay
+   * in the model's dtype.
+   */
+  get stateDType(): DType {
+    return this.stateDTypeValue ?? this.dtype;
+  }
+
+  set stateDType(dtype: DType) {
+    if (dtype !== this.dtype && dtype !== 'float16')
+      throw new DTypeError(`RetNet.stateDType: the state is ${this.dtype} (the model's dtype) or float16, got ${dtype}`);
+    this.stateDTypeValue = dtype;
+  }
+
+  private stateDTypeValue: DType | null = null;
+
   /** An empty state for `batch` rows (positions 0). */
   emptyState(batch: number): RetNetDecodeState {
     const { K, V } = headDims(this.config);
     const H = this.config.heads;
-    const make = (shape: number[]) => this.backend.zeros(shape, this.dtype);
     return new RetNetDecodeState(
-      this.layers.map(() => make([batch, H, K, V])),
-      this.layers.map(() => make([batch, H])),
+      this.layers.map(() => this.backend.zeros([batch, H, K, V], this.stateDType)),
+      this.layers.map(() => this.backend.zeros([batch, H], this.dtype)),
       new Array<number>(batch).fill(0),
     );
   }
