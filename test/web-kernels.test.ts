@@ -33,6 +33,7 @@ describe('webgpu kernels in chromium', { skip }, () => {
     assert.deepEqual(errors, [], page.logs.join('\n'));
     assert.ok(results.length > 100, `only ${results.length} checks ran`);
     assert.ok(results.filter((r) => /bfloat16/.test(r.name)).length > 20, 'the 16-bit weight kernels ran');
+    assert.ok(results.filter((r) => /float16 state/.test(r.name)).length >= 2, 'the float16 state steps ran');
     const bad = results.filter((r) => !(r.err <= r.tol));
     assert.deepEqual(
       bad.map((r) => `${r.name} ${r.shapes}: ${r.err} (tolerance ${r.tol})`),

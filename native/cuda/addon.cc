@@ -720,14 +720,16 @@ Napi::Value RetentionBackward(const Napi::CallbackInfo& info) {
 }
 RETNET_KERNEL("retentionBackward", RetentionBackward);
 
-// retentionStep(q, k, v, gammas, state, scale, o, B, H, K, V, normalize)
+// retentionStep(q, k, v, gammas, state, scale, o, B, H, K, V, normalize, state16): state float32, or float16 bits
+// (state16).
 Napi::Value RetentionStep(const Napi::CallbackInfo& info) {
   return run(info, [&] {
     int64_t B = dim(info, 7, "B"), H = dim(info, 8, "H"), K = dim(info, 9, "K"), V = dim(info, 10, "V");
     auto g = gammas(info, 3, H, "retentionStep");
+    bool state16 = flag(info, 12, "state16");
     cuda::retentionStep(f(info, 0, "q", B * H * K), f(info, 1, "k", B * H * K), f(info, 2, "v", B * H * V), g.data(),
-                        f(info, 4, "state", B * H * K * V), f(info, 5, "scale", B * H), f(info, 6, "o", B * H * V), B,
-                        H, K, V, flag(info, 11, "normalize"));
+                        dev(info, 4, "state", B * H * K * V * (state16 ? 2 : 4)), state16, f(info, 5, "scale", B * H),
+                        f(info, 6, "o", B * H * V), B, H, K, V, flag(info, 11, "normalize"));
   });
 }
 RETNET_KERNEL("retentionStep", RetentionStep);

@@ -141,8 +141,9 @@ void retentionForward(bool chunkwise, const float* q, const float* k, const floa
 void retentionBackward(const float* q, const float* k, const float* v, const double* gammas, const float* r,
                        const float* dO, float* dq, float* dk, float* dv, float* ws, Dims d, int64_t C,
                        bool tensorCores);
-void retentionStep(const float* q, const float* k, const float* v, const double* gammas, float* state, float* scale,
-                   float* o, int64_t B, int64_t H, int64_t K, int64_t V, bool normalize);
+// state: float32, or float16 (state16: read as float32, stored rounded to nearest even).
+void retentionStep(const float* q, const float* k, const float* v, const double* gammas, void* state, bool state16,
+                   float* scale, float* o, int64_t B, int64_t H, int64_t K, int64_t V, bool normalize);
 int64_t attentionWorkspace(int kernel, Dims d);
 void attentionNaive(const float* q, const float* k, const float* v, float* o, float* p, Dims d);
 void attentionNaiveBackward(const float* q, const float* k, const float* v, const float* p, const float* dO,

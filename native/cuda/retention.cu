@@ -16,6 +16,7 @@
 // The parallel form's backward is the chunkwise one (the same function of q, k, v, r). Decay powers are exp(e·ln γ)
 // in float64 per head, as torchscale builds its masks, then rounded to float32.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <mma.h>
 
 #include <cmath>
@@ -73,11 +74,19 @@ __device__ __forceinline__ float rawInit(const SeqArgs& s, int64_t bh, int64_t K
 // the loads may pass the stores), the 8 partial dot products meet in shared memory, and q, k sit in shared memory.
 // The decay sums are read by every block of the head and advanced afterwards by stepScaleKernel: a block cannot
 // write scale[bh] while the head's other blocks may still read it.
+// The state is float32 or float16 (St = __half: read as float32, stored rounded to nearest even; o from the float32
+// values).
 constexpr int kStepCols = 32, kStepGroups = 8, kStepUnroll = 16;
 
+__device__ __forceinline__ float stateLoad(const float& s) { return s; }
+__device__ __forceinline__ float stateLoad(const __half& s) { return __half2float(s); }
+__device__ __forceinline__ void stateStore(float& d, float s) { d = s; }
+__device__ __forceinline__ void stateStore(__half& d, float s) { d = __float2half_rn(s); }
+
+template <typename St>
 __global__ void __launch_bounds__(kStepCols* kStepGroups)
     stepKernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, Heads hs,
-               float* __restrict__ state, const float* __restrict__ scale, float* __restrict__ o, int64_t H, int64_t K,
+               St* __restrict__ state, const float* __restrict__ scale, float* __restrict__ o, int64_t H, int64_t K,
                int64_t V, bool normalize) {
   extern __shared__ float qk[];  // q then k of this head: 2K floats
   __shared__ float part[kStepGroups][kStepCols];
@@ -95,23 +104,23 @@ __global__ void __launch_bounds__(kStepCols* kStepGroups)
   float acc = 0;
   if (y < V) {
     float vy = v[bh * V + y] * inv;
-    float* S = state + bh * K * V + y;
+    St* S = state + bh * K * V + y;
     int64_t x = ty;
     for (; x + (kStepUnroll - 1) * kStepGroups < K; x += kStepUnroll * kStepGroups) {
       float s[kStepUnroll];
 #pragma unroll
-      for (int u = 0; u < kStepUnroll; u++) s[u] = S[(x + u * kStepGroups) * V];
+      for (int u = 0; u < kStepUnroll; u++) s[u] = stateLoad(S[(x + u * kStepGroups) * V]);
 #pragma unroll
       for (int u = 0; u < kStepUnroll; u++) {
         int64_t xu = x + u * kStepGroups;
         s[u] = s[u] * decay + qk[K + xu] * vy;
-        S[xu * V] = s[u];
+        stateStore(S[xu * V], s[u]);
         acc += qk[xu] * s[u];
       }
     }
     for (; x < K; x += kStepGroups) {
-      float s = S[x * V] * decay + qk[K + x] * vy;
-      S[x * V] = s;
+      float s = stateLoad(S[x * V]) * decay + qk[K + x] * vy;
+      stateStore(S[x * V], s);
       acc += qk[x] * s;
     }
   }
@@ -1164,16 +1173,21 @@ void retentionBackward(const float* q, const float* k, const float* v, const dou
   checkLaunch("retention backward");
 }
 
-void retentionStep(const float* q, const float* k, const float* v, const double* gammas, float* state, float* scale,
-                   float* o, int64_t B, int64_t H, int64_t K, int64_t V, bool normalize) {
+void retentionStep(const float* q, const float* k, const float* v, const double* gammas, void* state, bool state16,
+                   float* scale, float* o, int64_t B, int64_t H, int64_t K, int64_t V, bool normalize) {
   if (B * H == 0) return;
   Heads hs = headsOf(gammas, H);
   size_t smem = static_cast<size_t>(2 * K) * sizeof(float);
   if (smem > 48 * 1024) throw CudaError("retention step: head dimension K = " + std::to_string(K) + " over 6144");
   if (V > 0) {
     dim3 grid(static_cast<unsigned>(B * H), static_cast<unsigned>((V + kStepCols - 1) / kStepCols));
-    stepKernel<<<grid, dim3(kStepCols, kStepGroups), smem, stream()>>>(q, k, v, hs, state, scale, o, H, K, V,
-                                                                       normalize);
+    dim3 block(kStepCols, kStepGroups);
+    if (state16)
+      stepKernel<<<grid, block, smem, stream()>>>(q, k, v, hs, static_cast<__half*>(state), scale, o, H, K, V,
+                                                  normalize);
+    else
+      stepKernel<<<grid, block, smem, stream()>>>(q, k, v, hs, static_cast<float*>(state), scale, o, H, K, V,
+                                                  normalize);
     checkLaunch("retention step");
   }
   stepScaleKernel<<<static_cast<unsigned>((B * H + 255) / 256), 256, 0, stream()>>>(hs, scale, B * H, H);

@@ -289,6 +289,20 @@ function cases(): Case[] {
           run: (k, [q, kk, v, s, sc]) => [k.retentionStep(q!, kk!, v!, s!, sc!, gammas, normalize), s!, sc!],
         },
         {
+          // A float16 state (stored back rounded): a sum either device's float32 arithmetic puts on the other side
+          // of a float16 tie lands one unit apart.
+          name: `retentionStep, float16 state${tag}`,
+          inputs: [
+            T([B, H, K]),
+            T([B, H, K]),
+            T([B, H, V]),
+            { shape: [B, H, K, V], scale: 1, dtype: 'float16' },
+            U([B, H], 0, 6),
+          ],
+          run: (k, [q, kk, v, s, sc]) => [k.retentionStep(q!, kk!, v!, s!, sc!, gammas, normalize), s!, sc!],
+          tol: 2 * ULP.float16!,
+        },
+        {
           name: `retentionStep from empty${tag}`,
           inputs: [
             T([B, H, K]),

@@ -450,8 +450,9 @@ export class CudaKernels implements Omit<Kernels, 'dropout'> {
     const [B, H, K] = q.shape as [number, number, number];
     const V = v.shape[2]!;
     const o = this.out([B, H, V]);
-    this.d.addon.retentionStep(this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas), this.f32(state),
-      this.f32(scale), this.d.ptr(o), B, H, K, V, normalize); // prettier-ignore
+    const half = state.dtype === 'float16'; // a 16-bit state (ops/retention.ts)
+    this.d.addon.retentionStep(this.f32(q), this.f32(k), this.f32(v), Float64Array.from(gammas),
+      half ? this.d.ptr(state) : this.f32(state), this.f32(scale), this.d.ptr(o), B, H, K, V, normalize, half); // prettier-ignore
     return o;
   }
 

@@ -340,6 +340,16 @@ export class WebGpuKernels implements Pick<Kernels, WebGpuKernelName> {
     gammas: readonly number[],
     normalize: boolean,
   ): Tensor {
+    if (state.dtype === 'float16') {
+      // A 16-bit state (ops/retention.ts): stepped as a float32 copy, stored back rounded by the cast shader.
+      const wide = this.cast(state, 'float32');
+      const o = this.retentionStep(q, k, v, wide, scale, gammas, normalize);
+      const back = this.cast(wide, 'float16');
+      this.d.copy(back, 0, state, 0, state.size);
+      wide.dispose();
+      back.dispose();
+      return o;
+    }
     const [B, H, K] = q.shape as [number, number, number];
     const V = v.shape[2]!;
     const o = this.out([B, H, V]);
