@@ -33,6 +33,7 @@ import type { CausalLM, DecodeState } from '../src/models/lm.js';
 import { Linear } from '../src/nn/layers.js';
 import { matmul } from '../src/ops/index.js';
 import { createModel } from '../src/models/registry.js';
+import type { RetNetModel } from '../src/models/retnet/model.js';
 import { matchRetNetShape } from '../src/models/transformer/config.js';
 import type { WeightFormat } from '../src/quant/formats.js';
 import { quantizeModel, weightBytes } from '../src/quant/model.js';
@@ -68,6 +69,8 @@ export interface BudgetSettings {
   shape: { embedDim: number; layers: number; heads: number; valueDim: number; ffnDim: number };
   vocab: number;
   weights: WeightFormat;
+  /** RetNet's decode state: float32, or float16 (RetNetModel.stateDType); the Transformer's KV cache stays float32. */
+  state: 'f32' | 'f16';
   budget: number;
   lengths: number[];
   /** Latency against these batch sizes at `batchLength`. */
@@ -80,7 +83,12 @@ export interface BudgetSettings {
   ceilings?: { gemmN: number; readBytes: number };
 }
 
-export function budgetSettings(quick: boolean, budgetGiB: number | undefined, weights: WeightFormat): BudgetSettings {
+export function budgetSettings(
+  quick: boolean,
+  budgetGiB: number | undefined,
+  weights: WeightFormat,
+  state: BudgetSettings['state'] = 'f32',
+): BudgetSettings {
   const base = quick
     ? {
         shape: { embedDim: 256, layers: 4, heads: 4, valueDim: 512, ffnDim: 512 },
@@ -106,6 +114,7 @@ export function budgetSettings(quick: boolean, budgetGiB: number | undefined, we
     ...base,
     vocab: 4096,
     weights,
+    state,
     budget: budgetGiB !== undefined ? budgetGiB * GIB : base.budget,
   };
 }
@@ -115,7 +124,13 @@ function buildModels(s: BudgetSettings): Synthetic[] {
   const t = createModel('transformer', 'base', { vocabSize: s.vocab, ...matchRetNetShape(s.shape) }, { seed: 1 });
   const models = [r, t] as Synthetic[];
   if (s.weights !== 'f32') for (const m of models) quantizeModel(m, s.weights);
+  setStateDType(r as RetNetModel, s.state);
   return models;
+}
+
+/** RetNet's decode state dtype from the settings' `state`. */
+export function setStateDType(model: RetNetModel, state: BudgetSettings['state']): void {
+  model.stateDType = state === 'f16' ? 'float16' : model.dtype;
 }
 
 /** Elements and stored bytes of the weights of every product a step makes (each Linear's weight, the head's too). */
@@ -362,6 +377,7 @@ export async function measureBudget(s: BudgetSettings, given?: Synthetic[]): Pro
         form: FORM[model.arch],
         parameters: model.parameterCount(),
         weights: s.weights,
+        ...(model.arch === 'retnet' ? { state: s.state } : {}),
         budget_bytes: s.budget,
         context: 'synthetic',
       };
@@ -534,8 +550,9 @@ export async function budgetSuite(values: {
   report: boolean;
   budget?: number;
   weights: WeightFormat;
+  state: BudgetSettings['state'];
 }): Promise<void> {
-  const s = budgetSettings(values.quick, values.budget, values.weights);
+  const s = budgetSettings(values.quick, values.budget, values.weights, values.state);
   const { path, file } = await suiteResults('budget', { report: values.report, quick: values.quick }, () =>
     measureBudget(s),
   );
@@ -547,7 +564,7 @@ export async function budgetSuite(values: {
   const series = (r: BenchRecord) => r.arch as string;
   const plot = await writePlot(
     'budget',
-    `Decoding within a ${(s.budget / GIB).toFixed(0)} GiB budget (${s.weights} weights, CPU)`,
+    `Decoding within a ${(s.budget / GIB).toFixed(0)} GiB budget (${s.weights} weights, ${s.state} RetNet state, CPU)`,
     [
       {
         title: 'throughput at the largest batch that fits (tokens/s)',
@@ -575,7 +592,8 @@ export async function budgetSuite(values: {
       intro:
         `RetNet with d = ${sh.embedDim}, ${sh.layers} layers, ${sh.heads} heads, dv = ffn = ${sh.valueDim} and the ` +
         `parameter-matched Transformer (${params.join(', ')} parameters, vocabulary ${s.vocab}), ${s.weights} ` +
-        'weights, decode state and KV cache float32. Each architecture decodes at the largest batch whose decode ' +
+        `weights, RetNet's decode state ${s.state === 'f16' ? 'float16' : 'float32'}, the KV cache float32. ` +
+        'Each architecture decodes at the largest batch whose decode ' +
         `memory (weights + state of the batch + the step's workspace, from the engine's accounting) fits ` +
         `${(s.budget / GIB).toFixed(0)} GiB, at contexts ${s.lengths.join(', ')}; then per-token latency against ` +
         `the batch at ${s.batchLength} (a batch over the budget is listed, not run). Contexts are synthetic as in ` +

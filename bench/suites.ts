@@ -88,6 +88,9 @@ export const suites: Command[] = [
       report,
       budget: num('the memory budget in GiB (default 8; --quick 0.09)', { min: 0.01, max: 1024 }),
       weights: choice('weight format', WEIGHT_FORMATS, { default: 'bf16' }),
+      state: choice("RetNet's decode state (f16: RetNetModel.stateDType float16)", ['f32', 'f16'], {
+        default: 'f32',
+      }),
     },
     async (v) => (await import('./budget.js')).budgetSuite(v),
   ),

@@ -4,8 +4,8 @@
 // Transformer with flash attention). The bench suites (bench/decode.ts, bench/budget.ts, bench/train.ts,
 // bench/trainmem.ts) measure the same at the CPU sizes; this runs their measurement at the paper's sizes, where only a
 // GPU has the memory and the speed.
-//   node dist/bench/cuda/paper.js [--only decode,budget,train,profile] [--budget GiB] [--profile-batch N] [--quick]
-//     --out FILE
+//   node dist/bench/cuda/paper.js [--only decode,budget,train,profile] [--budget GiB] [--profile-batch N]
+//     [--state f32|f16] [--quick] --out FILE
 // Sections: `decode` Figure 6 at fixed batches; `budget` Figure 6's regime (the paper's 8.4x): each architecture at
 // the largest batch whose decode memory fits `--budget` GiB (default 80, the paper's A100), as `bench budget`;
 // `train` Table 4 with the live memory after the forward pass attributed to the op that produced it, as
@@ -23,6 +23,7 @@
 import { writeFileSync } from 'node:fs';
 
 import { setBackend } from '../../src/backend/index.js';
+import { kernelsOf } from '../../src/backend/kernels.js';
 import type { CudaDevice } from '../../src/backend/cuda/device.js';
 import { type Arch, createModel } from '../../src/models/registry.js';
 import type { RetNetModel } from '../../src/models/retnet/model.js';
@@ -35,7 +36,7 @@ import { backward } from '../../src/autograd/tape.js';
 import { crossEntropy } from '../../src/ops/nn.js';
 import { tidy } from '../../src/tensor/scope.js';
 import { type BenchRecord, batchOf, measureEach } from '../lib.js';
-import { type BudgetSettings, type Synthetic, findings, measureBudget } from '../budget.js';
+import { type BudgetSettings, type Synthetic, findings, measureBudget, setStateDType } from '../budget.js';
 import { type DecodeModels, type DecodePoint, measureDecodePoints, stepInPlace } from '../decode.js';
 import { trainStep } from '../train.js';
 import { liveByOp } from '../trainmem.js';
@@ -52,6 +53,10 @@ const budgetGiB = Number(flag('--budget') ?? 80);
 const profileBatch = Number(flag('--profile-batch') ?? 1);
 if (!Number.isInteger(profileBatch) || profileBatch < 1)
   throw new Error(`paper: --profile-batch takes a positive whole number, got '${flag('--profile-batch')}'`);
+/** RetNet's decode state (`--state f16`: float16, RetNetModel.stateDType; the Transformer's KV cache stays float32). */
+const stateFlag = flag('--state') ?? 'f32';
+if (stateFlag !== 'f32' && stateFlag !== 'f16') throw new Error(`paper: --state takes f32 or f16, got '${stateFlag}'`);
+const stateArg: BudgetSettings['state'] = stateFlag;
 const quick = args.includes('--quick');
 const be = setBackend('cuda') as CudaDevice;
 const records: BenchRecord[] = [];
@@ -123,7 +128,18 @@ function deviceRetNetState(model: RetNetModel, batch: number, length: number, rn
   const state = model.emptyState(batch);
   state.positions = new Array<number>(batch).fill(length);
   const p = pool(() => rng.normal());
-  for (const t of state.states) fillFrom(p, t, K ** -0.5);
+  for (const t of state.states) {
+    if (t.dtype === 'float32') {
+      fillFrom(p, t, K ** -0.5);
+      continue;
+    }
+    const wide = be.empty(t.shape, 'float32'); // a 16-bit state: drawn in float32, stored rounded
+    fillFrom(p, wide, K ** -0.5);
+    const half = kernelsOf(wide).cast(wide, t.dtype);
+    be.copy(half, 0, t, 0, t.size);
+    wide.dispose();
+    half.dispose();
+  }
   p.dispose();
   const sums = model.layers[0]!.mixer.gammas.map((g) => (1 - g ** length) / (1 - g));
   for (const t of state.scales) t.device.write(t, Array.from({ length: batch }, () => sums).flat());
@@ -150,6 +166,7 @@ function decodeModels(): DecodeModels {
     transformer: build('transformer', DECODE_PRESET, 2) as TransformerModel,
   };
   for (const m of [models.retnet, models.transformer]) quantizeModel(m, 'bf16');
+  setStateDType(models.retnet, stateArg);
   const [re, tr] = [models.retnet, models.transformer];
   re.syntheticState = (batch, length, rng) => deviceRetNetState(re, batch, length, rng);
   tr.syntheticState = (batch, length, rng) => deviceKvState(tr, batch, length, rng);
@@ -162,6 +179,7 @@ function withBound(r: BenchRecord): BenchRecord {
   return {
     ...r,
     weights: 'bf16',
+    ...(r.arch === 'retnet' ? { state: stateArg } : {}),
     // Weight products of more than 8 rows: x rounded to bf16 (true) or kept float32 as two bf16 parts (false).
     round_activations: be.roundActivations,
     hbm_bound_ms: boundMs,
@@ -198,6 +216,7 @@ async function budget(models: DecodeModels): Promise<void> {
     shape: models.retnet.config,
     vocab: VOCAB,
     weights: 'bf16',
+    state: stateArg,
     budget: budgetGiB * GIB,
     lengths: quick ? [2048, 8192] : [2048, 8192, 16384],
     batches: [1, 2, 4, 8],
