@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { generate } from '../src/generate/generate.js';
 import { loadModelDir, saveModelDir } from '../src/io/model-dir.js';
 import { createModel } from '../src/models/registry.js';
+import type { RetNetModel } from '../src/models/retnet/model.js';
 import { ByteTokenizer } from '../src/tokenizer/tokenizer.js';
 import { tempDir } from './temp.js';
 
@@ -52,6 +53,37 @@ describe('retnet generate / serve', () => {
     assert.equal(a.stdout, expected);
     const seeded = ['generate', '--model', dir, '--prompt', 'x', '--max-tokens', '30', '--seed', '3', '--top-k', '20'];
     assert.equal(cli(...seeded).stdout, cli(...seeded).stdout);
+  });
+
+  it('generate --state f16 decodes with a float16 state as the library does', async () => {
+    const r = cli(
+      'generate',
+      '--model',
+      dir,
+      '--prompt',
+      'Hello',
+      '--max-tokens',
+      '20',
+      '--temperature',
+      '0',
+      '--state',
+      'f16',
+    );
+    assert.equal(r.code, 0, r.stderr);
+    const { model, tokenizer } = loadModelDir(dir);
+    (model as RetNetModel).stateDType = 'float16';
+    let expected = '';
+    for await (const e of generate(model, tokenizer!, [
+      { prompt: 'Hello', maxNewTokens: 20, sampling: { temperature: 0 } },
+    ]))
+      expected += e.text;
+    model.dispose();
+    assert.equal(r.stdout, expected);
+    const transformer = tempDir('retnet-gen-tr-');
+    saveModelDir(transformer, createModel('transformer', 'tiny', { vocabSize: 259 }, { seed: 4 }), new ByteTokenizer());
+    const bad = cli('generate', '--model', transformer, '--prompt', 'x', '--state', 'f16');
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--state f16: .* holds a transformer; a 16-bit decode state is a RetNet's/);
   });
 
   it('generate reports bad usage and a model without a tokenizer in one line', () => {

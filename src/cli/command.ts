@@ -176,6 +176,13 @@ export const WEIGHTS_FLAG = {
   }),
 };
 
+/** `--state` (generate, serve): the dtype of the decode states a RetNet keeps (RetNetModel.stateDType). */
+export const STATE_FLAG = {
+  state: choice("a RetNet's decode state: f16 halves the bytes each sequence holds and a step moves", ['f32', 'f16'], {
+    default: 'f32',
+  }),
+};
+
 /**
  * `--device` (train, generate, serve, eval, logits, the bench suites): the device every model and tensor of the
  * command is made on, applied by defineCommand before the command runs (the same choice as RETNET_BACKEND).

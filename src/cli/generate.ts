@@ -7,12 +7,13 @@ import { ConfigError } from '../errors.js';
 import { generate } from '../generate/generate.js';
 import type { SamplingOptions } from '../generate/sampler.js';
 import type { CausalLM } from '../models/lm.js';
+import { RetNetModel } from '../models/retnet/model.js';
 import { loadModelDir } from '../io/model-dir.js';
 import { HfTokenizer } from '../tokenizer/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 import type { TemplateTokens } from '../server/chat.js';
 import type { WeightFormat } from '../quant/formats.js';
-import { DEVICE_FLAG, UsageError, WEIGHTS_FLAG, bool, defineCommand, int, num, text } from './command.js';
+import { DEVICE_FLAG, STATE_FLAG, UsageError, WEIGHTS_FLAG, bool, defineCommand, int, num, text } from './command.js';
 
 /** What generation needs from a model directory. */
 export interface LoadedForGeneration {
@@ -27,8 +28,19 @@ export interface LoadedForGeneration {
 }
 
 /** Loads a model directory for generation, which needs its tokenizer (weights: as `--weights`). */
-export function loadForGeneration(dir: string, weights?: WeightFormat): LoadedForGeneration {
+export function loadForGeneration(
+  dir: string,
+  weights?: WeightFormat,
+  state: 'f32' | 'f16' = 'f32',
+): LoadedForGeneration {
   const { model, tokenizer, generation, chatTemplate } = loadModelDir(dir, { weights });
+  if (state === 'f16') {
+    if (!(model instanceof RetNetModel)) {
+      model.dispose();
+      throw new UsageError(`--state f16: ${dir} holds a ${model.arch}; a 16-bit decode state is a RetNet's`);
+    }
+    model.stateDType = 'float16';
+  }
   if (!tokenizer) {
     model.dispose();
     throw new ConfigError(`${dir}: no tokenizer.json; generation needs the tokenizer the model was trained with`);
@@ -170,6 +182,7 @@ export const generateCommand = defineCommand({
     stop: text('stop when the text contains this string'),
     'ignore-eos': bool('keep generating past the end-of-text token'),
     ...WEIGHTS_FLAG,
+    ...STATE_FLAG,
     ...DEVICE_FLAG,
   },
   async run({ values }) {
@@ -187,7 +200,7 @@ export const generateCommand = defineCommand({
       stop: values.stop === undefined || values.stop === '' ? [] : [values.stop],
       ignoreEos: values['ignore-eos'],
     };
-    const { model, tokenizer, eosIds } = loadForGeneration(values.model, values.weights);
+    const { model, tokenizer, eosIds } = loadForGeneration(values.model, values.weights, values.state);
     // Ctrl-C ends the generation cleanly (the text so far and the speed line are still printed).
     const interrupt = new AbortController();
     const onSigint = () => interrupt.abort();

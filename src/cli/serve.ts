@@ -14,6 +14,7 @@ import { LOG_LEVELS, startServer } from '../server/server.js';
 import {
   type Flag,
   DEVICE_FLAG,
+  STATE_FLAG,
   UsageError,
   WEIGHTS_FLAG,
   bool,
@@ -91,6 +92,7 @@ export const serveCommand = defineCommand({
     ),
     'chat-template': text('a chat template file', { placeholder: 'file', defaultHelp: "the model directory's" }),
     ...WEIGHTS_FLAG,
+    ...STATE_FLAG,
     ...DEVICE_FLAG,
     'log-level': choice('request logs on stderr; stack traces only at debug', LOG_LEVELS, { default: 'info' }),
   },
@@ -109,7 +111,11 @@ export const serveCommand = defineCommand({
       } catch (e) {
         throw new UsageError(`serve: --chat-template ${values['chat-template']}: ${(e as Error).message}`);
       }
-    const { model, tokenizer, chatTemplate, templateTokens, eosIds } = loadForGeneration(values.model, values.weights);
+    const { model, tokenizer, chatTemplate, templateTokens, eosIds } = loadForGeneration(
+      values.model,
+      values.weights,
+      values.state,
+    );
     const server = await startServer(model, tokenizer, {
       modelId: values['model-id'] ?? basename(resolve(values.model)),
       host,
