@@ -252,6 +252,14 @@ export function gbPerS(bytes: number, ms: number): number {
  * `bytes` bytes, which reads 1 MiB parts as 8 streams side by side (as the f32 kernel reads 8 rows; one stream per
  * thread read a third less on this stop's Intel Xeon). `batch(threads)` is a Batch of reads on that many
  * threads, for measureEach to run in turns with the steps it bounds; `gbps(ms)` the rate of one read taking `ms`.
+ *
+ * What it reads is real, but the machine's rate moves: on this stop's 2-core AMD EPYC (cpuid family 26 model 2, a KVM
+ * guest; timing lock) a 512 MiB read every ~2 s for 40 s (best of 3 each time) took 23.4-32.0 GB/s on 1 thread and
+ * 32.9-57.6 on 2, in windows of a few seconds, with the bytes all ones (as here) and random read within a few % of
+ * each other at every moment (so no merging of the constant pages underneath). The decode products move with it: 400
+ * simulated 1.3B q4 steps (the 193 products on their own weights, 723 MB), each followed by a 2-thread read, grouped
+ * by that read's rate: 25-30 GB/s -> the step's products at 26.8 GB/s (median), 30-35 -> 28.6, 35-40 -> 31.0, 40-45 ->
+ * 33.3, 45-50 -> 35.3. The best read is the machine's best moment, so a bound from it is a tight one.
  */
 export interface ReadProbe {
   bytes: number;

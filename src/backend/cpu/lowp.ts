@@ -72,7 +72,19 @@ export function decodeProduct(
   xd: Float32Array,
   yd: Float32Array,
 ): void {
-  lowp.lowpGemv(format, isa, N, K, R, data, scales, xd, yd, workspace(lowp.lowpWorkspace(format, isa, R, K)));
+  lowp.lowpGemv(format, isa, N, K, R, data, scales, xd, yd, workspace(workspaceBytes(lowp, format, isa, R, K)));
+}
+
+/**
+ * lowpWorkspace's bytes for each (format, isa, rows, K) a product has asked for: the answer depends on nothing else,
+ * and a step asked it once per product (193 native calls a 1.3B step).
+ */
+const workspaceSizes = new Map<number, number>();
+function workspaceBytes(lowp: LowpAddon, format: number, isa: number, R: number, K: number): number {
+  const key = ((K * (DECODE_ROWS + 1) + R) * 8 + isa + 1) * 8 + format;
+  let bytes = workspaceSizes.get(key);
+  if (bytes === undefined) workspaceSizes.set(key, (bytes = lowp.lowpWorkspace(format, isa, R, K)));
+  return bytes;
 }
 
 /**
@@ -95,7 +107,8 @@ export function lowpProduct(device: HostDevice, addon: CpuAddon, x: Tensor, w: T
   const [R, K] = x.shape as [number, number];
   const N = w.shape[0]!;
   const format = LOWP_FORMAT[w.dtype]!;
-  const y = device.zeros([R, N], 'float32');
+  // The decode kernels write every element of y (lowp.h gemv, zeros where K is 0), so it needs no zero fill.
+  const y = R <= DECODE_ROWS ? device.empty([R, N], 'float32') : device.zeros([R, N], 'float32');
   if (R === 0 || N === 0) return y;
   const { data, scales } = weightParts(device, w);
   const xd = device.raw(x) as Float32Array;
