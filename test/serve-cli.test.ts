@@ -33,6 +33,17 @@ describe('retnet generate / serve', () => {
     saveModelDir(bare, createModel('retnet', 'tiny', tiny, { seed: 4 }));
   });
 
+  // The library's greedy text for a prompt (the state in stateDType).
+  const greedy = async (prompt: string, maxNewTokens: number, stateDType: 'float32' | 'float16' = 'float32') => {
+    const { model, tokenizer } = loadModelDir(dir);
+    (model as RetNetModel).stateDType = stateDType;
+    let text = '';
+    for await (const e of generate(model, tokenizer!, [{ prompt, maxNewTokens, sampling: { temperature: 0 } }]))
+      text += e.text;
+    model.dispose();
+    return text;
+  };
+
   it('generate --temperature 0 is greedy, deterministic, equal to the library, and reports speed', async () => {
     const args = ['generate', '--model', dir, '--prompt', 'Hello, wörld', '--max-tokens', '40', '--temperature', '0'];
     const a = cli(...args);
@@ -43,42 +54,15 @@ describe('retnet generate / serve', () => {
       a.stderr,
       /^prefill: 13 tokens in [\d.]+ ms \([\d.]+ tokens\/s\); decode: \d+ tokens in [\d.]+ ms \([\d.]+ tokens\/s\); finish: (length|stop)\n$/,
     );
-    const { model, tokenizer } = loadModelDir(dir);
-    let expected = '';
-    for await (const e of generate(model, tokenizer!, [
-      { prompt: 'Hello, wörld', maxNewTokens: 40, sampling: { temperature: 0 } },
-    ]))
-      expected += e.text;
-    model.dispose();
-    assert.equal(a.stdout, expected);
+    assert.equal(a.stdout, await greedy('Hello, wörld', 40));
     const seeded = ['generate', '--model', dir, '--prompt', 'x', '--max-tokens', '30', '--seed', '3', '--top-k', '20'];
     assert.equal(cli(...seeded).stdout, cli(...seeded).stdout);
   });
 
   it('generate --state f16 decodes with a float16 state as the library does', async () => {
-    const r = cli(
-      'generate',
-      '--model',
-      dir,
-      '--prompt',
-      'Hello',
-      '--max-tokens',
-      '20',
-      '--temperature',
-      '0',
-      '--state',
-      'f16',
-    );
+    const r = cli('generate', '--model', dir, '--prompt', 'Hello', '--max-tokens', '20', '--temperature', '0', '--state', 'f16'); // prettier-ignore
     assert.equal(r.code, 0, r.stderr);
-    const { model, tokenizer } = loadModelDir(dir);
-    (model as RetNetModel).stateDType = 'float16';
-    let expected = '';
-    for await (const e of generate(model, tokenizer!, [
-      { prompt: 'Hello', maxNewTokens: 20, sampling: { temperature: 0 } },
-    ]))
-      expected += e.text;
-    model.dispose();
-    assert.equal(r.stdout, expected);
+    assert.equal(r.stdout, await greedy('Hello', 20, 'float16'));
     const transformer = tempDir('retnet-gen-tr-');
     saveModelDir(transformer, createModel('transformer', 'tiny', { vocabSize: 259 }, { seed: 4 }), new ByteTokenizer());
     const bad = cli('generate', '--model', transformer, '--prompt', 'x', '--state', 'f16');
