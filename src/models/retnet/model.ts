@@ -199,10 +199,10 @@ export class MultiScaleRetention extends Module implements Mixer<RetNetDecodeSta
     lengths: readonly number[],
   ): Tensor {
     const fresh = state.positions.every((p) => p === 0);
-    // A 16-bit state (RetNetModel.stateDType) enters and leaves the kernel, which carries states in x's dtype, as
-    // copies in that dtype.
+    // A 16-bit state (RetNetModel.stateDType) enters (unless empty) and leaves the kernel, which carries states in
+    // x's dtype, as copies in that dtype.
     const held = state.states[l]!;
-    const wide = held.dtype === x.dtype ? held : kernelsOf(held).cast(held, x.dtype);
+    const wide = fresh || held.dtype === x.dtype ? held : kernelsOf(held).cast(held, x.dtype);
     const { y, finalState } = this.mix(x, rope, pass, {
       initialState: fresh ? null : { state: wide, scale: state.scales[l]! },
       returnFinalState: true,
