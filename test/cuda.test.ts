@@ -9,7 +9,9 @@ import { cudaBackend, cudaUnavailableReason } from '../src/backend/index.js';
 import { kernels } from '../src/backend/kernels.js';
 import { retentionGammas } from '../src/backend/reference/retention-math.js';
 import type { Device } from '../src/backend/device.js';
-import { mul, sum } from '../src/ops/math.js';
+import { add, mul, scale, sum } from '../src/ops/math.js';
+import { RETNET_DEFAULTS, validateRetNetConfig } from '../src/models/retnet/config.js';
+import { RetNetModel } from '../src/models/retnet/model.js';
 import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
 import { type Tensor, shapeSize } from '../src/tensor/tensor.js';
@@ -276,12 +278,15 @@ describe('cuda sequence kernels at device-sized shapes', { skip }, () => {
 
   it('retention step at wide heads: value-column tiles, K rows past the unrolled loop, batch rows, float16 states', () => {
     const rng = new Rng(19);
-    // 6.7B's head (K 256, V 432: 13.5 tiles of 32 columns) and a K that leaves a remainder after the 64-row steps.
+    // 6.7B's head (K 256, V 432: 13.5 tiles of 32 columns, 6.75 of a float16 state's 64) and a K that leaves a
+    // remainder after the 64-row steps; odd V (float16: one column a thread) and V 2 (one pair, K rows only in the
+    // remainder loop).
     // A float16 state is stored rounded: a sum that the two devices' float32 arithmetic puts on either side of a
     // float16 tie lands one unit (2^-10 of its scale) apart, and o then within 1e-4.
     for (const [B, H, K, V] of [
       [2, 3, 256, 432],
       [3, 2, 100, 33],
+      [1, 1, 8, 2],
     ] as const)
       for (const stateDType of ['float32', 'float16'] as const)
         for (const normalize of [true, false]) {
@@ -484,5 +489,121 @@ describe('cuda device memory and errors', { skip }, () => {
       () => be.addon.scale(be.ptr(x), be.ptr(out), 2, 1000),
       /out: the device buffer holds 512 bytes from there, 4000 needed/,
     );
+  });
+});
+
+describe('cuda graphs: a decode step replayed as one launch', { skip }, () => {
+  it('replays what was captured on the inputs written since, and holds its intermediates exactly', () => {
+    const be = cuda!;
+    const x = be.fromData([1, 2, 3], [3], 'float32');
+    const before = be.deviceMemory();
+    const live = be.memory.current;
+    const { graph, outputs } = be.capture(() => [tidy(() => add(scale(x, 2), x))]); // 3x; 2x is freed inside
+    const y = outputs[0]!;
+    assert.equal(graph.bytes, 512); // 2x's block: the graph's now
+    assert.equal(be.deviceMemory().graphBytes - before.graphBytes, 512);
+    assert.equal(be.memory.current - live, 12 + 512); // y, and the block the graph holds
+    for (const v of [
+      [1, 2, 3],
+      [-4, 0.5, 10],
+    ]) {
+      be.write(x, v);
+      graph.launch();
+      assert.deepEqual(
+        Array.from(y.data()),
+        v.map((e) => 3 * e),
+      );
+    }
+    graph.dispose();
+    assert.equal(be.deviceMemory().graphBytes, before.graphBytes);
+    assert.equal(be.memory.current - live, 12);
+    assert.throws(() => graph.launch(), /launched after dispose/);
+    y.dispose();
+    x.dispose();
+  });
+
+  it('refuses host reads and writes while capturing, and leaves the device as it was', () => {
+    const be = cuda!;
+    const x = be.fromData([1, 2, 3], [3], 'float32');
+    const before = be.deviceMemory();
+    const live = be.memory.current;
+    const readInside = () =>
+      tidy(() => {
+        scale(x, 2).data();
+        return [];
+      });
+    assert.throws(() => be.capture(readInside), /read: not allowed while a graph is being captured/);
+    assert.throws(() => be.capture(() => (be.write(x, [0, 0, 0]), [])), /write: not allowed while a graph/);
+    assert.equal(be.deviceMemory().graphBytes, before.graphBytes);
+    assert.equal(be.deviceMemory().liveBytes, before.liveBytes);
+    assert.equal(be.memory.current, live);
+    assert.deepEqual(Array.from(tidy(() => scale(x, 2).data())), [2, 4, 6]); // the stream still works
+    x.dispose();
+  });
+
+  const config = validateRetNetConfig({
+    ...RETNET_DEFAULTS,
+    vocabSize: 37,
+    embedDim: 32,
+    valueDim: 48,
+    heads: 2,
+    ffnDim: 40,
+    layers: 2,
+  });
+
+  /** Logits of every step of a decode with rows masked, selected and appended on the way. */
+  function decode(model: RetNetModel, graphs: boolean): { logits: Float32Array[]; graphBytes: number[] } {
+    const be = cuda!;
+    model.stepGraphs = graphs;
+    const { logits: first, state } = model.prefill([
+      [1, 2, 3],
+      [4, 5],
+    ]);
+    first.dispose();
+    const out: Float32Array[] = [];
+    const graphBytes: number[] = [];
+    for (let i = 0; i < 12; i++) {
+      if (i === 6) state.select([1, 0]);
+      if (i === 8) {
+        const more = model.prefill([[7, 8, 9, 10]]).state;
+        state.append!(more);
+      }
+      const tokens = Array.from({ length: state.batch }, (_, b) => (5 * i + 3 * b + 1) % 37);
+      const mask = i === 4 ? tokens.map((_, b) => (b === 0 ? 0 : 1)) : undefined;
+      const l = model.step(tokens, state, mask);
+      out.push(l.data() as Float32Array);
+      l.dispose();
+      graphBytes.push(be.deviceMemory().graphBytes);
+    }
+    state.dispose();
+    return { logits: out, graphBytes };
+  }
+
+  for (const stateDType of ['float32', 'float16'] as const)
+    it(`RetNet decode through graphs equals it kernel by kernel, step for step (${stateDType} state)`, () => {
+      const be = cuda!;
+      const base = be.deviceMemory().graphBytes;
+      const model = new RetNetModel(config, { backend: be, seed: 5 });
+      model.stateDType = stateDType;
+      const eager = decode(model, false);
+      const graphed = decode(model, true);
+      graphed.logits.forEach((l, i) => assert.deepEqual(l, eager.logits[i], `step ${i}`));
+      // Step 0 runs kernel by kernel, step 1 captures; the masked step 4 and the first steps after select (6) and
+      // append (8) run kernel by kernel, and the graph is captured again on the step after each.
+      const used = graphed.graphBytes.map((b) => b > base);
+      assert.deepEqual(used, [false, true, true, true, true, true, false, true, false, true, true, true]);
+      assert.ok(eager.graphBytes.every((b) => b === base));
+      model.dispose();
+      assert.equal(be.deviceMemory().graphBytes, base);
+    });
+
+  it('a step with a token outside the vocabulary is an error naming it', () => {
+    const model = new RetNetModel(config, { backend: cuda!, seed: 5 });
+    const { logits, state } = model.prefill([[1], [2]]);
+    logits.dispose();
+    for (let i = 0; i < 2; i++) model.step([3, 4], state).dispose(); // a graph is in use from the second step
+    assert.throws(() => model.step([3, 37], state), /token 37 of row 1 is outside the vocabulary \[0, 37\)/);
+    state.dispose();
+    model.dispose();
   });
 });

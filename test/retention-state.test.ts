@@ -319,4 +319,18 @@ describe('RetNet prefill with state', () => {
     assert.throws(() => model.prefill([[1]], { state }), /prefill: 1 prompts for a state of 2 rows/);
     state.dispose();
   });
+
+  it('rejects a step token outside the vocabulary, naming it and its row, and leaves the state as it was', () => {
+    const { logits, state } = model.prefill([[1], [2]]);
+    logits.dispose();
+    const before = state.positions.slice();
+    const V = model.vocabSize;
+    for (const bad of [V, -1, 1.5])
+      assert.throws(
+        () => model.step([3, bad], state),
+        new RegExp(`retnet.step: token ${bad} of row 1 is outside the vocabulary \\[0, ${V}\\)`),
+      );
+    assert.deepEqual(state.positions, before);
+    state.dispose();
+  });
 });

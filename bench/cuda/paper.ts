@@ -5,12 +5,14 @@
 // bench/trainmem.ts) measure the same at the CPU sizes; this runs their measurement at the paper's sizes, where only a
 // GPU has the memory and the speed.
 //   node dist/bench/cuda/paper.js [--only decode,budget,train,profile] [--budget GiB] [--profile-batch N]
-//     [--state f32|f16] [--quick] --out FILE
+//     [--state f32|f16] [--graphs on|off] [--quick] --out FILE
 // Sections: `decode` Figure 6 at fixed batches; `budget` Figure 6's regime (the paper's 8.4x): each architecture at
 // the largest batch whose decode memory fits `--budget` GiB (default 80, the paper's A100), as `bench budget`;
 // `train` Table 4 with the live memory after the forward pass attributed to the op that produced it, as
 // `bench trainmem`; `profile` the 6.7B RetNet step at batch 1 (or --profile-batch): host enqueue time against the
-// whole step, then one step inside the profiler's range (`ncu --profile-from-start off` lists its kernels).
+// whole step, RetNet's step replayed as a CUDA graph and kernel by kernel in turns, then one step inside the
+// profiler's range (`ncu --profile-from-start off` lists its kernels). `--graphs off` runs RetNet's decode and budget
+// steps kernel by kernel (RetNetModel.stepGraphs; default on).
 //
 // Weights are random (the step's cost depends on shapes, not values), drawn on the device: building 6.7B parameters
 // from the host's generator would take minutes of device time. Every parameter is a tiled copy of one pool of
@@ -57,6 +59,9 @@ if (!Number.isInteger(profileBatch) || profileBatch < 1)
 const stateFlag = flag('--state') ?? 'f32';
 if (stateFlag !== 'f32' && stateFlag !== 'f16') throw new Error(`paper: --state takes f32 or f16, got '${stateFlag}'`);
 const stateArg: BudgetSettings['state'] = stateFlag;
+const graphsFlag = flag('--graphs') ?? 'on';
+if (graphsFlag !== 'on' && graphsFlag !== 'off')
+  throw new Error(`paper: --graphs takes on or off, got '${graphsFlag}'`);
 const quick = args.includes('--quick');
 const be = setBackend('cuda') as CudaDevice;
 const records: BenchRecord[] = [];
@@ -167,6 +172,7 @@ function decodeModels(): DecodeModels {
   };
   for (const m of [models.retnet, models.transformer]) quantizeModel(m, 'bf16');
   setStateDType(models.retnet, stateArg);
+  models.retnet.stepGraphs = graphsFlag === 'on';
   const [re, tr] = [models.retnet, models.transformer];
   re.syntheticState = (batch, length, rng) => deviceRetNetState(re, batch, length, rng);
   tr.syntheticState = (batch, length, rng) => deviceKvState(tr, batch, length, rng);
@@ -179,7 +185,7 @@ function withBound(r: BenchRecord): BenchRecord {
   return {
     ...r,
     weights: 'bf16',
-    ...(r.arch === 'retnet' ? { state: stateArg } : {}),
+    ...(r.arch === 'retnet' ? { state: stateArg, step_graphs: graphsFlag === 'on' } : {}),
     // Weight products of more than 8 rows: x rounded to bf16 (true) or kept float32 as two bf16 parts (false).
     round_activations: be.roundActivations,
     hbm_bound_ms: boundMs,
@@ -235,37 +241,50 @@ async function budget(models: DecodeModels): Promise<void> {
 
 /**
  * The RetNet step at 8k, batch 1 (or --profile-batch): the host's enqueue time (from a synchronised start until
- * step() returns) against the whole step (until the device is done), medians of 20, for each architecture; then one
- * RetNet step inside the profiler's range.
+ * step() returns) against the whole step (until the device is done), medians of 20, for each architecture, RetNet's
+ * step as a graph and kernel by kernel in turns (sample by sample); then one RetNet step inside the profiler's range.
  */
 function profile(models: DecodeModels): void {
   for (const model of [models.retnet, models.transformer] as Synthetic[]) {
     const state = model.syntheticState(profileBatch, 8192, new Rng(7));
     const tokens = new Array<number>(profileBatch).fill(37);
+    const retnet = model.arch === 'retnet' ? (model as unknown as RetNetModel) : null;
+    // The first step runs kernel by kernel, the second captures the graph.
     for (let i = 0; i < 3; i++) stepInPlace(model, state, tokens);
-    const enqueue: number[] = [];
-    const total: number[] = [];
-    for (let i = 0; i < 20; i++) {
-      be.synchronize();
-      const t0 = performance.now();
-      stepInPlace(model, state, tokens);
-      const t1 = performance.now();
-      be.synchronize();
-      enqueue.push(t1 - t0);
-      total.push(performance.now() - t0);
-    }
+    const variants = retnet ? [true, false] : [false];
+    const enqueue = variants.map((): number[] => []);
+    const total = variants.map((): number[] => []);
+    for (let i = 0; i < 20; i++)
+      variants.forEach((graphs, v) => {
+        if (retnet) retnet.stepGraphs = graphs;
+        be.synchronize();
+        const t0 = performance.now();
+        stepInPlace(model, state, tokens);
+        const t1 = performance.now();
+        be.synchronize();
+        enqueue[v]!.push(t1 - t0);
+        total[v]!.push(performance.now() - t0);
+      });
+    if (retnet) retnet.stepGraphs = graphsFlag === 'on';
     const median = (x: number[]) => x.sort((a, b) => a - b)[x.length >> 1]!;
-    log({
-      figure: 'step-profile',
-      model: DECODE_PRESET,
-      arch: model.arch,
-      length: 8192,
-      batch: profileBatch,
-      enqueue_ms: median(enqueue),
-      step_ms: median(total),
-      weight_bytes: weightBytes(model),
-      state_bytes: state.bytes(),
-    });
+    const bound = ((weightBytes(model) + state.bytes()) / HBM_BYTES_PER_S) * 1e3;
+    variants.forEach((graphs, v) =>
+      log({
+        figure: 'step-profile',
+        model: DECODE_PRESET,
+        arch: model.arch,
+        length: 8192,
+        batch: profileBatch,
+        step_graphs: graphs,
+        enqueue_ms: median(enqueue[v]!),
+        step_ms: median(total[v]!),
+        step_ms_min: Math.min(...total[v]!),
+        hbm_bound_ms: bound,
+        over_hbm_bound: median(total[v]!) / bound,
+        weight_bytes: weightBytes(model),
+        state_bytes: state.bytes(),
+      }),
+    );
     if (model.arch === 'retnet') {
       be.addon.profile(true);
       stepInPlace(model, state, tokens);

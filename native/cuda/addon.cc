@@ -150,6 +150,7 @@ Napi::Value Memory(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("liveBytes", static_cast<double>(s.liveBytes));
   o.Set("cachedBytes", static_cast<double>(s.cachedBytes));
+  o.Set("graphBytes", static_cast<double>(s.graphBytes));
   o.Set("reservedBytes", static_cast<double>(s.reservedBytes));
   o.Set("peakReservedBytes", static_cast<double>(s.peakReserved));
   o.Set("mallocs", static_cast<double>(s.mallocs));
@@ -159,7 +160,36 @@ Napi::Value Memory(const Napi::CallbackInfo& info) {
 Napi::Value EmptyCache(const Napi::CallbackInfo& info) { return run(info, [&] { cuda::emptyCache(); }); }
 
 Napi::Value Synchronize(const Napi::CallbackInfo& info) {
-  return run(info, [&] { cuda::check(cudaStreamSynchronize(cuda::stream()), "cudaStreamSynchronize"); });
+  return run(info, [&] {
+    cuda::requireNotCapturing("synchronize");
+    cuda::check(cudaStreamSynchronize(cuda::stream()), "cudaStreamSynchronize");
+  });
+}
+
+// graphBegin(): what is queued from now on is captured into a graph instead of run (context.cu).
+Napi::Value GraphBegin(const Napi::CallbackInfo& info) {
+  return run(info, [&] { cuda::graphBegin(); });
+}
+
+// graphEnd(keep) -> the graph's id (keep), or 0 with the capture discarded.
+Napi::Value GraphEnd(const Napi::CallbackInfo& info) {
+  int id = 0;
+  Napi::Value r = run(info, [&] { id = cuda::graphEnd(flag(info, 0, "keep")); });
+  if (info.Env().IsExceptionPending()) return r;
+  return Napi::Number::New(info.Env(), id);
+}
+
+// graphLaunch(id): queues one replay of the graph.
+Napi::Value GraphLaunch(const Napi::CallbackInfo& info) {
+  return run(info, [&] { cuda::graphLaunch(static_cast<int>(dim(info, 0, "id"))); });
+}
+
+// graphDestroy(id) -> the bytes of the blocks the graph held, now back in the cache.
+Napi::Value GraphDestroy(const Napi::CallbackInfo& info) {
+  size_t bytes = 0;
+  Napi::Value r = run(info, [&] { bytes = cuda::graphDestroy(static_cast<int>(dim(info, 0, "id"))); });
+  if (info.Env().IsExceptionPending()) return r;
+  return Napi::Number::New(info.Env(), static_cast<double>(bytes));
 }
 
 // profile(on): starts or stops the profiler's collection range (`ncu --profile-from-start off` profiles only the
@@ -167,6 +197,7 @@ Napi::Value Synchronize(const Napi::CallbackInfo& info) {
 Napi::Value Profile(const Napi::CallbackInfo& info) {
   return run(info, [&] {
     bool on = info.Length() > 0 && info[0].ToBoolean().Value();
+    cuda::requireNotCapturing("profile");
     cuda::check(cudaStreamSynchronize(cuda::stream()), "cudaStreamSynchronize");
     cuda::check(on ? cudaProfilerStart() : cudaProfilerStop(), "cudaProfilerStart/Stop");
   });
@@ -184,6 +215,7 @@ std::pair<uint8_t*, size_t> bytesOf(const Napi::CallbackInfo& info, size_t i, co
 // returns (pageable memory), so the array may change afterwards.
 Napi::Value Write(const Napi::CallbackInfo& info) {
   return run(info, [&] {
+    cuda::requireNotCapturing("write");  // a captured copy would read the host array again at every replay
     auto [src, n] = bytesOf(info, 1, "data");
     void* p = dev(info, 0, "pointer", static_cast<int64_t>(n));
     if (n) cuda::check(cudaMemcpyAsync(p, src, n, cudaMemcpyHostToDevice, cuda::stream()), "write");
@@ -193,6 +225,7 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
 // read(pointer, typedArray): device -> host after every queued kernel (a synchronisation).
 Napi::Value Read(const Napi::CallbackInfo& info) {
   return run(info, [&] {
+    cuda::requireNotCapturing("read");
     auto [dst, n] = bytesOf(info, 1, "out");
     void* p = dev(info, 0, "pointer", static_cast<int64_t>(n));
     if (n) cuda::check(cudaMemcpyAsync(dst, p, n, cudaMemcpyDeviceToHost, cuda::stream()), "read");
@@ -237,6 +270,7 @@ class ReadWorker : public Napi::AsyncWorker {
 Napi::Value ReadAsync(const Napi::CallbackInfo& info) {
   ReadWorker* w = nullptr;
   Napi::Value r = run(info, [&] {
+    cuda::requireNotCapturing("readAsync");
     int64_t n = dim(info, 1, "bytes");
     w = new ReadWorker(info.Env(), dev(info, 0, "pointer", n), static_cast<size_t>(n));
   });
@@ -477,6 +511,7 @@ RETNET_KERNEL("softmaxBackward", SoftmaxBackward);
 Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
   int32_t badAt = -1;
   Napi::Value r = run(info, [&] {
+    cuda::requireNotCapturing("crossEntropy");  // its result is read back
     int64_t N = dim(info, 4, "N"), V = dim(info, 5, "V");
     BadIndex bad;
     cuda::crossEntropy(f(info, 0, "logits", N * V), ints(info, 1, "targets", N), f(info, 2, "loss", N),
@@ -505,8 +540,14 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   int32_t badAt = -1;
   Napi::Value r = run(info, [&] {
     int64_t n = dim(info, 3, "n"), D = dim(info, 4, "D"), V = dim(info, 5, "V");
+    const float* table = f(info, 0, "table", V * D);
+    const int32_t* ids = ints(info, 1, "ids", n);
+    float* out = f(info, 2, "out", n * D);
+    // Captured, the ids are checked by whoever writes them before each replay (the kernel still writes NaN rows for
+    // ids out of range, never reading outside the table).
+    if (cuda::capturing()) return cuda::embedding(table, ids, out, n, D, V, nullptr);
     BadIndex bad;
-    cuda::embedding(f(info, 0, "table", V * D), ints(info, 1, "ids", n), f(info, 2, "out", n * D), n, D, V, bad.p);
+    cuda::embedding(table, ids, out, n, D, V, bad.p);
     int32_t v = bad.read();
     badAt = v == INT32_MAX ? -1 : v;
   });
@@ -609,6 +650,7 @@ RETNET_KERNEL("adamw", AdamW);
 Napi::Value SumSquares(const Napi::CallbackInfo& info) {
   double total = 0;
   Napi::Value r = run(info, [&] {
+    cuda::requireNotCapturing("sumSquares");
     int64_t n = dim(info, 1, "n");
     double* acc = static_cast<double*>(cuda::allocate(8));
     try {
@@ -802,7 +844,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"available", Available}, {"info", Info},     {"alloc", Alloc},         {"free", Free},
       {"memory", Memory},       {"emptyCache", EmptyCache}, {"synchronize", Synchronize}, {"profile", Profile}, {"write", Write},
       {"read", Read},           {"readAsync", ReadAsync},   {"copy", Copy},   {"fill", Fill},
-      {"convert", Convert},     {"split16", Split16}};
+      {"convert", Convert},     {"split16", Split16}, {"graphBegin", GraphBegin}, {"graphEnd", GraphEnd},
+      {"graphLaunch", GraphLaunch}, {"graphDestroy", GraphDestroy}};
   for (auto& [name, fn] : device) exports.Set(name, Napi::Function::New(env, fn, name));
   return exports;
 }

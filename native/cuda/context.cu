@@ -51,11 +51,15 @@ Context& context() {
 
 constexpr size_t kGranule = 512;
 
+// The blocks a graph owns: those freed while it was captured (its intermediates), which its replays write.
+using Blocks = std::multimap<size_t, void*>;  // rounded bytes -> block
+
 struct Allocator {
   std::mutex mu;
-  std::map<uintptr_t, size_t> live;                   // block start -> rounded bytes
-  std::multimap<size_t, void*> cached;                 // rounded bytes -> free block
-  size_t liveBytes = 0, cachedBytes = 0, peakReserved = 0, mallocs = 0;
+  std::map<uintptr_t, size_t> live;  // block start -> rounded bytes
+  Blocks cached;                      // free blocks
+  Blocks* capture = nullptr;          // while a graph is captured: the blocks freed since it began
+  size_t liveBytes = 0, cachedBytes = 0, graphBytes = 0, peakReserved = 0, mallocs = 0;
 };
 
 Allocator& allocator() {
@@ -79,15 +83,22 @@ void* allocate(size_t bytes) {
   size_t rounded = (std::max<size_t>(bytes, 1) + kGranule - 1) / kGranule * kGranule;
   std::lock_guard<std::mutex> lock(a.mu);
   void* p = nullptr;
+  // During a capture, a block the capture freed is taken first: replays run the launches in capture order, so it is
+  // free at this point of every replay too.
+  auto own = a.capture ? a.capture->find(rounded) : Blocks::iterator();
   auto it = a.cached.find(rounded);
-  if (it != a.cached.end()) {
+  if (a.capture && own != a.capture->end()) {
+    p = own->second;
+    a.capture->erase(own);
+    a.graphBytes -= rounded;
+  } else if (it != a.cached.end()) {
     p = it->second;
     a.cached.erase(it);
     a.cachedBytes -= rounded;
   } else {
     context();
     cudaError_t e = cudaMalloc(&p, rounded);
-    if (e != cudaSuccess) {
+    if (e != cudaSuccess && !a.capture) {  // cudaFree may synchronise, which a capture must not
       cudaGetLastError();
       freeCached(a);
       e = cudaMalloc(&p, rounded);
@@ -104,7 +115,7 @@ void* allocate(size_t bytes) {
   }
   a.live.emplace(reinterpret_cast<uintptr_t>(p), rounded);
   a.liveBytes += rounded;
-  a.peakReserved = std::max(a.peakReserved, a.liveBytes + a.cachedBytes);
+  a.peakReserved = std::max(a.peakReserved, a.liveBytes + a.cachedBytes + a.graphBytes);
   return p;
 }
 
@@ -117,9 +128,14 @@ void release(void* p) {
   a.live.erase(it);
   a.liveBytes -= bytes;
   // Kernels still queued on the stream may read the block: the next user of a cached block is ordered after them
-  // on the same stream, so reuse is safe without a synchronisation.
-  a.cached.emplace(bytes, p);
-  a.cachedBytes += bytes;
+  // on the same stream, so reuse is safe without a synchronisation. A block freed during a capture is the graph's.
+  if (a.capture) {
+    a.capture->emplace(bytes, p);
+    a.graphBytes += bytes;
+  } else {
+    a.cached.emplace(bytes, p);
+    a.cachedBytes += bytes;
+  }
 }
 
 size_t spanFrom(const void* p) {
@@ -136,14 +152,112 @@ size_t spanFrom(const void* p) {
 MemoryStats memoryStats() {
   Allocator& a = allocator();
   std::lock_guard<std::mutex> lock(a.mu);
-  return {a.liveBytes, a.cachedBytes, a.liveBytes + a.cachedBytes, a.peakReserved, a.mallocs};
+  return {a.liveBytes, a.cachedBytes, a.graphBytes, a.liveBytes + a.cachedBytes + a.graphBytes, a.peakReserved,
+          a.mallocs};
 }
 
 void emptyCache() {
   Allocator& a = allocator();
+  requireNotCapturing("emptyCache");
   check(cudaStreamSynchronize(stream()), "cudaStreamSynchronize");
   std::lock_guard<std::mutex> lock(a.mu);
   freeCached(a);
+}
+
+// ---- graphs ----
+// A decode step is ~650 launches from JavaScript at ~7-11 µs of host time each, more than its kernels take on the
+// device (bench/cuda/NOTES.md, stop 27). Captured once, it is replayed by one cudaGraphLaunch. The capture runs in
+// relaxed mode (cudaMalloc is allowed; nothing frees to the driver during it). Blocks it frees stay the graph's
+// until the graph is destroyed.
+
+namespace {
+struct Graph {
+  cudaGraphExec_t exec;
+  Blocks blocks;
+};
+std::unordered_map<int, Graph> graphs;  // the JavaScript thread only, like the stream
+int nextGraph = 1;
+bool capturingNow = false;
+Blocks captureBlocks;
+
+void returnBlocks(Blocks& blocks) {
+  Allocator& a = allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  for (auto& [bytes, p] : blocks) {
+    a.cached.emplace(bytes, p);
+    a.cachedBytes += bytes;
+    a.graphBytes -= bytes;
+  }
+  blocks.clear();
+}
+}  // namespace
+
+bool capturing() { return capturingNow; }
+
+void requireNotCapturing(const char* what) {
+  if (capturingNow) throw CudaError(std::string(what) + ": not allowed while a graph is being captured");
+}
+
+void graphBegin() {
+  requireNotCapturing("graphBegin");
+  {
+    Allocator& a = allocator();
+    std::lock_guard<std::mutex> lock(a.mu);
+    a.capture = &captureBlocks;
+  }
+  lastTriggered = false;  // the graph's first kernel has no kernel of ours before it
+  cudaError_t e = cudaStreamBeginCapture(stream(), cudaStreamCaptureModeRelaxed);
+  if (e != cudaSuccess) {
+    allocator().capture = nullptr;
+    check(e, "cudaStreamBeginCapture");
+  }
+  capturingNow = true;
+}
+
+int graphEnd(bool keep) {
+  if (!capturingNow) throw CudaError("graphEnd: no graph is being captured");
+  capturingNow = false;
+  cudaGraph_t g = nullptr;
+  cudaError_t ended = cudaStreamEndCapture(stream(), &g);
+  {
+    Allocator& a = allocator();
+    std::lock_guard<std::mutex> lock(a.mu);
+    a.capture = nullptr;
+  }
+  lastTriggered = false;
+  cudaGraphExec_t exec = nullptr;
+  cudaError_t made = ended == cudaSuccess && keep ? cudaGraphInstantiate(&exec, g, 0) : cudaSuccess;
+  if (g) cudaGraphDestroy(g);
+  if (ended != cudaSuccess || made != cudaSuccess || !keep) {
+    cudaGetLastError();
+    returnBlocks(captureBlocks);  // nothing captured ever ran, so nothing queued uses them
+    if (!keep) return 0;
+    check(ended != cudaSuccess ? ended : made, ended != cudaSuccess ? "cudaStreamEndCapture" : "cudaGraphInstantiate");
+  }
+  int id = nextGraph++;
+  graphs.emplace(id, Graph{exec, std::move(captureBlocks)});
+  captureBlocks.clear();
+  return id;
+}
+
+void graphLaunch(int id) {
+  requireNotCapturing("graphLaunch");
+  auto it = graphs.find(id);
+  if (it == graphs.end()) throw CudaError("graphLaunch: no graph " + std::to_string(id));
+  check(cudaGraphLaunch(it->second.exec, stream()), "cudaGraphLaunch");
+}
+
+size_t graphDestroy(int id) {
+  auto it = graphs.find(id);
+  if (it == graphs.end()) return 0;
+  size_t bytes = 0;
+  for (auto& [b, p] : it->second.blocks) bytes += b;
+  // A replay still queued keeps the executable alive until it completes (the driver defers the release); the blocks'
+  // next users are queued after it on the same stream.
+  cudaGraphExecDestroy(it->second.exec);
+  returnBlocks(it->second.blocks);
+  graphs.erase(it);
+  return bytes;
 }
 
 // ---- GEMM through cuBLAS ----

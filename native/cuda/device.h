@@ -36,7 +36,8 @@ void* cublasHandle();
 struct MemoryStats {
   size_t liveBytes;      // bytes of live blocks (what tensors hold, rounded to the allocator's granule)
   size_t cachedBytes;    // freed blocks kept for reuse
-  size_t reservedBytes;  // everything taken from cudaMalloc: live + cached
+  size_t graphBytes;     // blocks held by captured graphs (their intermediates)
+  size_t reservedBytes;  // everything taken from cudaMalloc: live + cached + graph
   size_t peakReserved;
   size_t mallocs;        // cudaMalloc calls so far
 };
@@ -47,6 +48,18 @@ size_t spanFrom(const void* p);
 MemoryStats memoryStats();
 // Returns every cached block to the driver.
 void emptyCache();
+
+// ---- graphs (context.cu) ----
+// graphBegin() starts capturing what is queued on the stream instead of running it; graphEnd(true) ends the capture
+// and returns the graph's id (graphEnd(false) discards it and returns 0); graphLaunch(id) queues one replay;
+// graphDestroy(id) frees it and returns the bytes of the blocks it held. While capturing, nothing may synchronise or
+// copy from host memory (requireNotCapturing throws naming the call).
+void graphBegin();
+int graphEnd(bool keep);
+void graphLaunch(int id);
+size_t graphDestroy(int id);
+bool capturing();
+void requireNotCapturing(const char* what);
 
 // ---- products (gemm.cu) ----
 enum class DType : int { F32 = 0, BF16 = 1, F16 = 2 };
@@ -92,7 +105,8 @@ void layerNormBackward(const float* x, const float* w, const float* mean, const 
 void softmax(const float* x, float* y, int64_t rows, int64_t cols);
 void softmaxBackward(const float* y, const float* g, float* dx, int64_t rows, int64_t cols);
 // Out-of-range targets/ids lower *bad (device int32, set to INT32_MAX first) to the smallest offending position, for
-// the caller to report (their outputs are NaN).
+// the caller to report (their outputs are NaN); embedding's bad may be null (a captured graph: the ids are checked
+// on the host before each replay).
 void crossEntropy(const float* logits, const int32_t* targets, float* loss, float* lse, int64_t N, int64_t V,
                   int32_t ignoreIndex, int32_t* bad);
 void crossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, const float* g, float* dx,

@@ -224,7 +224,7 @@ __global__ void embeddingKernel(const float* table, const int32_t* ids, float* o
   int64_t i = blockIdx.x;
   int32_t id = ids[i];
   if (id < 0 || id >= V) {
-    if (threadIdx.x == 0) atomicMin(bad, static_cast<int32_t>(i));
+    if (threadIdx.x == 0 && bad) atomicMin(bad, static_cast<int32_t>(i));
     for (int64_t j = threadIdx.x; j < D; j += blockDim.x) out[i * D + j] = NAN;
     return;
   }

@@ -14,6 +14,16 @@ import type { Kernels } from './kernels.js';
 /** Device names: the two host devices here, and room for others (a cuda or webgpu device registers its own). */
 export type DeviceName = 'reference' | 'cpu' | (string & {});
 
+/** A recorded sequence of a device's launches (Device.capture), replayed as one. */
+export interface DeviceGraph {
+  /** Queues one replay. */
+  launch(): void;
+  /** Frees the recording and the device memory it held. */
+  dispose(): void;
+  /** Device bytes the recording holds (its intermediates), beyond the tensors fn returned. */
+  readonly bytes: number;
+}
+
 export interface Device {
   readonly name: DeviceName;
   /** Exact bytes of live storage on this device, and their peak. */
@@ -60,6 +70,14 @@ export interface Device {
     outputs: readonly Tensor[],
     compute: (values: ValueArray[]) => ValueArray[],
   ): void;
+
+  /**
+   * Only on a device with graphs (cuda): runs `fn` with the device recording its launches instead of running them,
+   * and returns the recording with fn's outputs (whose values exist only after a replay, which overwrites them).
+   * While recording, nothing may be read or written from the host. The tensors fn reads must stay where they are
+   * while the graph lives; the graph keeps what fn freed. A failed capture throws and leaves nothing behind.
+   */
+  capture?(fn: () => Tensor[]): { graph: DeviceGraph; outputs: Tensor[] };
 
   /** The kernel table's resolved kernels for this device, per dispatch dtype (kept here for one-lookup dispatch). */
   readonly resolved: Partial<Record<DType, Kernels>>;

@@ -20,7 +20,9 @@ import { Rotary, type RotaryTables } from '../nn/rotary.js';
 import type { DType } from '../tensor/dtype.js';
 import { Rng } from '../tensor/random.js';
 import { tidy } from '../tensor/scope.js';
+import type { Storage } from '../tensor/storage.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { StepGraph } from './step-graph.js';
 import type { CausalLM, DecodeState } from './lm.js';
 
 /** The trunk's hyper-parameters; each architecture's config maps onto them. */
@@ -59,6 +61,8 @@ export interface TrunkState extends DecodeState {
    * masked step (padding) keep their state.
    */
   keepRows(rows: readonly number[]): () => void;
+  /** The tensors a step reads or writes in place (what a graph of the step must find where it was). */
+  tensors(): Tensor[];
 }
 
 /**
@@ -276,6 +280,18 @@ export abstract class Decoder<M extends Module & Mixer<S, P>, S extends TrunkSta
    * lengths) or padded (B rows right-padded to the longest prompt; a fresh state only).
    */
   protected abstract readonly packedPrefill: boolean;
+  /**
+   * Whether a step is the same launches at every position (RetNet: the state does not grow; a Transformer's cache
+   * does), so that a device with graphs may replay it as one (step-graph.ts).
+   */
+  protected abstract readonly staticStep: boolean;
+  /**
+   * Replay decode steps as a device graph where the device has them (cuda) and the architecture allows
+   * (`staticStep`); false runs every step kernel by kernel (a graph already captured is kept, and used again when
+   * this is set back, until the state or the weights change or the model is disposed). Results are the same.
+   */
+  stepGraphs = true;
+  private stepGraph: StepGraph | null = null;
 
   constructor(
     private readonly trunk: TrunkConfig,
@@ -484,23 +500,60 @@ export abstract class Decoder<M extends Module & Mixer<S, P>, S extends TrunkSta
     const B = tokens.length;
     if (B !== state.batch) throw new ShapeError(`${this.arch}.step: ${B} tokens for a state of ${state.batch} rows`);
     if (mask) paddingOf([mask], 1, B, `${this.arch}.step`);
+    const checked = this.tokenIds(tokens);
     const held = mask ? mask.flatMap((m, b) => (m === 0 ? [b] : [])) : [];
     const restore = held.length > 0 ? state.keepRows(held) : null;
-    const logits = noGrad(() =>
-      tidy(() => {
-        const ids = this.backend.fromData(tokens, [B, 1], 'int32');
-        const rope = this.rotary.at(state.positions, true);
-        const x = this.hidden(ids, (layer, l, normed) => layer.mixer.step(normed, rope, state, l));
-        releaseTables(rope);
-        return reshape(this.head(x), [B, this.vocabSize]);
-      }),
-    );
+    const body = (ids: Tensor, rope: RotaryTables): Tensor => {
+      const x = this.hidden(ids, (layer, l, normed) => layer.mixer.step(normed, rope, state, l));
+      return reshape(this.head(x), [B, this.vocabSize]);
+    };
+    const graph = held.length === 0 ? this.graphFor() : null;
+    const logits =
+      graph?.step(this.stepKey(state), checked, this.rotary.values(state.positions), body) ??
+      noGrad(() =>
+        tidy(() => {
+          const ids = this.backend.fromData(checked, [B, 1], 'int32');
+          const rope = this.rotary.at(state.positions, true);
+          const out = body(ids, rope);
+          releaseTables(rope);
+          return out;
+        }),
+      );
     restore?.();
     state.positions = state.positions.map((p, b) => (mask?.[b] === 0 ? p : p + 1));
     return logits;
   }
 
+  /** The step graph, made on first use; null where steps run kernel by kernel. */
+  private graphFor(): StepGraph | null {
+    const device = this.backend;
+    if (!this.stepGraphs || !this.staticStep || !device.capture) return null;
+    this.stepGraph ??= new StepGraph(
+      device as Device & Required<Pick<Device, 'capture'>>,
+      this.dtype,
+      this.rotary.angles.length,
+    );
+    return this.stepGraph;
+  }
+
+  /** What a step reads that a graph of it must find where it was: every parameter and the state's tensors. */
+  private stepKey(state: S): Storage[] {
+    return [...this.parameters(), ...state.tensors()].map((t) => t.storage);
+  }
+
+  /** tokens as int32 ids, each checked against the vocabulary (a graph's embedding could not report a bad one). */
+  private tokenIds(tokens: readonly number[]): Int32Array {
+    const V = this.vocabSize;
+    tokens.forEach((t, b) => {
+      if (!Number.isInteger(t) || t < 0 || t >= V)
+        throw new ShapeError(`${this.arch}.step: token ${t} of row ${b} is outside the vocabulary [0, ${V})`);
+    });
+    return Int32Array.from(tokens);
+  }
+
   override dispose(): void {
+    this.stepGraph?.dispose();
+    this.stepGraph = null;
     this.rotary.clear();
     super.dispose();
   }

@@ -53,20 +53,27 @@ export class Rotary {
     private readonly dtype: DType,
   ) {}
 
+  /** The tables' values for the given positions: cos and sin, [N·K] each (position i's row at i·K). */
+  values(positions: readonly number[]): { cos: Float64Array; sin: Float64Array } {
+    const K = this.angles.length;
+    const cos = new Float64Array(positions.length * K);
+    const sin = new Float64Array(positions.length * K);
+    positions.forEach((p, i) => {
+      for (let x = 0; x < K; x++) {
+        cos[i * K + x] = Math.cos(p * this.angles[x]!);
+        sin[i * K + x] = Math.sin(p * this.angles[x]!);
+      }
+    });
+    return { cos, sin };
+  }
+
   /** Tables [N, K] (or [N, 1, K] when `perRow`) for the given positions; owned by the caller. */
   at(positions: readonly number[], perRow: boolean): RotaryTables {
     const K = this.angles.length;
-    const c = new Float64Array(positions.length * K);
-    const s = new Float64Array(positions.length * K);
-    positions.forEach((p, i) => {
-      for (let x = 0; x < K; x++) {
-        c[i * K + x] = Math.cos(p * this.angles[x]!);
-        s[i * K + x] = Math.sin(p * this.angles[x]!);
-      }
-    });
+    const { cos, sin } = this.values(positions);
     const shape = perRow ? [positions.length, 1, K] : [positions.length, K];
     const be = this.backend;
-    return { cos: be.fromData(c, shape, this.dtype), sin: be.fromData(s, shape, this.dtype), owned: true };
+    return { cos: be.fromData(cos, shape, this.dtype), sin: be.fromData(sin, shape, this.dtype), owned: true };
   }
 
   /** Tables [T, K] of positions 0..T−1, from the cache (the caller must not dispose them). */

@@ -20,6 +20,13 @@ export interface CudaAddon {
   memory(): CudaMemory;
   emptyCache(): void;
   synchronize(): void;
+  /** Starts capturing what is queued into a graph (nothing runs until a replay). */
+  graphBegin(): void;
+  /** Ends the capture: the graph's id when `keep`, else 0 (discarded). */
+  graphEnd(keep: boolean): number;
+  graphLaunch(id: number): void;
+  /** Frees the graph; returns the bytes of the blocks it held (back in the cache). */
+  graphDestroy(id: number): number;
   /** Starts or stops the profiler's collection range (ncu --profile-from-start off). */
   profile(on: boolean): void;
   write(p: Ptr, data: ArrayBufferView): void;
@@ -85,7 +92,9 @@ export interface CudaMemory {
   liveBytes: number;
   /** Freed blocks kept for reuse. */
   cachedBytes: number;
-  /** live + cached: everything taken from cudaMalloc. */
+  /** Blocks held by captured graphs: the intermediates their replays write. */
+  graphBytes: number;
+  /** live + cached + graph: everything taken from cudaMalloc. */
   reservedBytes: number;
   peakReservedBytes: number;
   mallocs: number;

@@ -12,7 +12,7 @@ import { allocArray, bytesPerElement, decode, encoded } from '../../tensor/dtype
 import { MemoryTracker } from '../../tensor/memory.js';
 import type { Storage } from '../../tensor/storage.js';
 import { Tensor, checkShape, shapeSize } from '../../tensor/tensor.js';
-import type { Device } from '../device.js';
+import type { Device, DeviceGraph } from '../device.js';
 import { type Kernels, registerKernels } from '../kernels.js';
 import type { CudaAddon, CudaInfo, CudaMemory } from './addon.js';
 import { CudaKernels } from './kernels.js';
@@ -53,6 +53,36 @@ export class CudaStorage implements Storage {
     this.addon.free(this.pointer);
     this.pointer = 0;
     this.tracker.released(this.byteLength);
+  }
+}
+
+/**
+ * A captured CUDA graph: one launch replays every kernel fn queued. The blocks it holds (what fn freed, which its
+ * replays write) count in the device's MemoryTracker while it lives, as live tensors do.
+ */
+class CudaGraph implements DeviceGraph {
+  private id: number;
+
+  constructor(
+    private readonly addon: CudaAddon,
+    private readonly tracker: MemoryTracker,
+    id: number,
+    readonly bytes: number,
+  ) {
+    this.id = id;
+    tracker.allocated(bytes);
+  }
+
+  launch(): void {
+    if (this.id === 0) throw new BackendError('cuda graph: launched after dispose');
+    this.addon.graphLaunch(this.id);
+  }
+
+  dispose(): void {
+    if (this.id === 0) return;
+    this.addon.graphDestroy(this.id);
+    this.tracker.released(this.bytes);
+    this.id = 0;
   }
 }
 
@@ -97,6 +127,27 @@ export class CudaDevice implements Device {
 
   synchronize(): void {
     this.addon.synchronize();
+  }
+
+  /** Device.capture: a CUDA graph of what fn queues (native/cuda/context.cu). A failed capture is discarded. */
+  capture(fn: () => Tensor[]): { graph: DeviceGraph; outputs: Tensor[] } {
+    const before = this.addon.memory().graphBytes;
+    this.addon.graphBegin();
+    let outputs: Tensor[];
+    try {
+      outputs = fn();
+    } catch (e) {
+      this.addon.graphEnd(false);
+      throw e;
+    }
+    let id: number;
+    try {
+      id = this.addon.graphEnd(true);
+    } catch (e) {
+      for (const t of outputs) t.dispose();
+      throw e;
+    }
+    return { graph: new CudaGraph(this.addon, this.memory, id, this.addon.memory().graphBytes - before), outputs };
   }
 
   supportsDType(dtype: DType): boolean {

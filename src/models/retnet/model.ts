@@ -252,8 +252,12 @@ export class RetNetDecodeState implements TrunkState {
 
   bytes(): number {
     let n = 0;
-    for (const t of [...this.states, ...this.scales]) n += t.storage.byteLength;
+    for (const t of this.tensors()) n += t.storage.byteLength;
     return n;
+  }
+
+  tensors(): Tensor[] {
+    return [...this.states, ...this.scales];
   }
 
   keepRows(rows: readonly number[]): () => void {
@@ -355,6 +359,7 @@ export class RetNetDecodeState implements TrunkState {
 export class RetNetModel extends Decoder<MultiScaleRetention, RetNetDecodeState, RetNetPass> {
   readonly arch = 'retnet' as const;
   protected readonly packedPrefill = true;
+  protected readonly staticStep = true;
   /** prefill(prompts, {state}) continues a state: the scheduler prefills long prompts in pieces with it. */
   readonly continuesPrefill = true as const;
 
@@ -423,7 +428,9 @@ export class RetNetModel extends Decoder<MultiScaleRetention, RetNetDecodeState,
 
   set stateDType(dtype: DType) {
     if (dtype !== this.dtype && dtype !== 'float16')
-      throw new DTypeError(`RetNet.stateDType: the state is ${this.dtype} (the model's dtype) or float16, got ${dtype}`);
+      throw new DTypeError(
+        `RetNet.stateDType: the state is ${this.dtype} (the model's dtype) or float16, got ${dtype}`,
+      );
     this.stateDTypeValue = dtype;
   }
 

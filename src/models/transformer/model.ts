@@ -55,8 +55,12 @@ export class TransformerDecodeState implements TrunkState {
 
   bytes(): number {
     let n = 0;
-    for (const t of [...this.keys, ...this.values]) n += t.storage.byteLength;
+    for (const t of this.tensors()) n += t.storage.byteLength;
     return n;
+  }
+
+  tensors(): Tensor[] {
+    return [...this.keys, ...this.values];
   }
 
   /** Copies rows (old indices, in order) into caches of capacity C, keeping each row's first positions. */
@@ -244,6 +248,7 @@ export class SelfAttention extends Module implements Mixer<TransformerDecodeStat
 export class TransformerModel extends Decoder<SelfAttention, TransformerDecodeState, TransformerPass> {
   readonly arch = 'transformer' as const;
   protected readonly packedPrefill = false;
+  protected readonly staticStep = false; // the cache grows: attentionDecode's lengths change every step
 
   constructor(
     readonly config: TransformerConfig,
