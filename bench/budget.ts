@@ -33,7 +33,7 @@ import type { CausalLM, DecodeState } from '../src/models/lm.js';
 import { Linear } from '../src/nn/layers.js';
 import { matmul } from '../src/ops/index.js';
 import { createModel } from '../src/models/registry.js';
-import type { RetNetModel } from '../src/models/retnet/model.js';
+import type { RetNetModel, StateFormat } from '../src/models/retnet/model.js';
 import { matchRetNetShape } from '../src/models/transformer/config.js';
 import type { WeightFormat } from '../src/quant/formats.js';
 import { quantizeModel, weightBytes } from '../src/quant/model.js';
@@ -70,7 +70,7 @@ export interface BudgetSettings {
   vocab: number;
   weights: WeightFormat;
   /** RetNet's decode state: float32, or float16 (RetNetModel.stateDType); the Transformer's KV cache stays float32. */
-  state: 'f32' | 'f16';
+  state: StateFormat;
   budget: number;
   lengths: number[];
   /** Latency against these batch sizes at `batchLength`. */
@@ -124,13 +124,8 @@ function buildModels(s: BudgetSettings): Synthetic[] {
   const t = createModel('transformer', 'base', { vocabSize: s.vocab, ...matchRetNetShape(s.shape) }, { seed: 1 });
   const models = [r, t] as Synthetic[];
   if (s.weights !== 'f32') for (const m of models) quantizeModel(m, s.weights);
-  setStateDType(r as RetNetModel, s.state);
+  (r as RetNetModel).setStateFormat(s.state);
   return models;
-}
-
-/** RetNet's decode state dtype from the settings' `state`. */
-export function setStateDType(model: RetNetModel, state: BudgetSettings['state']): void {
-  model.stateDType = state === 'f16' ? 'float16' : model.dtype;
 }
 
 /** Elements and stored bytes of the weights of every product a step makes (each Linear's weight, the head's too). */

@@ -38,7 +38,7 @@ import { backward } from '../../src/autograd/tape.js';
 import { crossEntropy } from '../../src/ops/nn.js';
 import { tidy } from '../../src/tensor/scope.js';
 import { type BenchRecord, batchOf, measureEach } from '../lib.js';
-import { type BudgetSettings, type Synthetic, findings, measureBudget, setStateDType } from '../budget.js';
+import { type BudgetSettings, type Synthetic, findings, measureBudget } from '../budget.js';
 import { type DecodeModels, type DecodePoint, measureDecodePoints, stepInPlace } from '../decode.js';
 import { trainStep } from '../train.js';
 import { liveByOp } from '../trainmem.js';
@@ -171,7 +171,7 @@ function decodeModels(): DecodeModels {
     transformer: build('transformer', DECODE_PRESET, 2) as TransformerModel,
   };
   for (const m of [models.retnet, models.transformer]) quantizeModel(m, 'bf16');
-  setStateDType(models.retnet, stateArg);
+  models.retnet.setStateFormat(stateArg);
   models.retnet.stepGraphs = graphsFlag === 'on';
   const [re, tr] = [models.retnet, models.transformer];
   re.syntheticState = (batch, length, rng) => deviceRetNetState(re, batch, length, rng);

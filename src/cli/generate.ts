@@ -7,7 +7,7 @@ import { ConfigError } from '../errors.js';
 import { generate } from '../generate/generate.js';
 import type { SamplingOptions } from '../generate/sampler.js';
 import type { CausalLM } from '../models/lm.js';
-import { RetNetModel } from '../models/retnet/model.js';
+import { RetNetModel, type StateFormat } from '../models/retnet/model.js';
 import { loadModelDir } from '../io/model-dir.js';
 import { HfTokenizer } from '../tokenizer/hf.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
@@ -31,7 +31,7 @@ export interface LoadedForGeneration {
 export function loadForGeneration(
   dir: string,
   weights?: WeightFormat,
-  state: 'f32' | 'f16' = 'f32',
+  state: StateFormat = 'f32',
 ): LoadedForGeneration {
   const { model, tokenizer, generation, chatTemplate } = loadModelDir(dir, { weights });
   if (state === 'f16') {
@@ -39,7 +39,7 @@ export function loadForGeneration(
       model.dispose();
       throw new UsageError(`--state f16: ${dir} holds a ${model.arch}; a 16-bit decode state is a RetNet's`);
     }
-    model.stateDType = 'float16';
+    model.setStateFormat(state);
   }
   if (!tokenizer) {
     model.dispose();

@@ -236,6 +236,9 @@ export class MultiScaleRetention extends Module implements Mixer<RetNetDecodeSta
   }
 }
 
+/** A decode state's format as the CLI's `--state` names it (RetNetModel.setStateFormat). */
+export type StateFormat = 'f32' | 'f16';
+
 /** Recurrent decoding state: per layer S [B, H, K, V] and its decay-sum scale [B, H]; size independent of position. */
 export class RetNetDecodeState implements TrunkState {
   constructor(
@@ -424,6 +427,11 @@ export class RetNetModel extends Decoder<MultiScaleRetention, RetNetDecodeState,
    */
   get stateDType(): DType {
     return this.stateDTypeValue ?? this.dtype;
+  }
+
+  /** stateDType by the name the CLI and the benchmarks use: f32 (the model's dtype) or f16. */
+  setStateFormat(format: StateFormat): void {
+    this.stateDType = format === 'f16' ? 'float16' : this.dtype;
   }
 
   set stateDType(dtype: DType) {
