@@ -597,6 +597,44 @@ describe('cuda graphs: a decode step replayed as one launch', { skip }, () => {
       assert.equal(be.deviceMemory().graphBytes, base);
     });
 
+  it("states stepped in turns each keep their graph; a disposed state's graph goes at the next step", () => {
+    const be = cuda!;
+    const base = be.deviceMemory().graphBytes;
+    const model = new RetNetModel(config, { backend: be, seed: 6 });
+    const run = (graphs: boolean) => {
+      model.stepGraphs = graphs;
+      const start = (prompts: number[][]) => {
+        const { logits, state } = model.prefill(prompts);
+        logits.dispose();
+        return state;
+      };
+      const [a, b] = [start([[1, 2]]), start([[3], [4, 5]])];
+      const out: Float32Array[] = [];
+      const step = (s: typeof a, i: number) => {
+        const l = model.step(
+          Array.from({ length: s.batch }, (_, r) => (7 * i + r) % 37),
+          s,
+        );
+        out.push(l.data() as Float32Array);
+        l.dispose();
+      };
+      for (let i = 0; i < 4; i++) for (const s of [a, b]) step(s, i);
+      const both = be.deviceMemory().graphBytes - base;
+      a.dispose();
+      step(b, 4);
+      const one = be.deviceMemory().graphBytes - base;
+      b.dispose();
+      return { out, both, one };
+    };
+    const eager = run(false);
+    const graphed = run(true);
+    graphed.out.forEach((l, i) => assert.deepEqual(l, eager.out[i], `step ${i}`));
+    assert.ok(graphed.one > 0 && graphed.both > graphed.one, `graph bytes ${graphed.both} then ${graphed.one}`);
+    assert.equal(eager.both, 0);
+    model.dispose();
+    assert.equal(be.deviceMemory().graphBytes, base);
+  });
+
   it('a step with a token outside the vocabulary is an error naming it', () => {
     const model = new RetNetModel(config, { backend: cuda!, seed: 5 });
     const { logits, state } = model.prefill([[1], [2]]);

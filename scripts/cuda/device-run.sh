@@ -5,7 +5,8 @@
 #   info      nvidia-smi, the addon's view of the GPU
 #   test      test/cuda.test.ts (the op suite and the sequence kernels against the reference backend)
 #   vectors   the torchscale and fla vectors through models on the cuda device (their tests' cuda suites)
-#   cli       train a tiny model, then generate from it, with --device cuda
+#   cli       train a tiny model, then generate, eval (and on the reference device) and serve two requests at once from it,
+#             with --device cuda
 #   suites    the decode, batch and train bench suites (--quick; SUITE_FULL=1: full settings) on the cuda device
 #   paper     bench/cuda/paper.js: Figure 6 at 6.7B and Table 4 at 1.3B (PAPER_ARGS: e.g. "--only decode"; PAPER_OUT:
 #             the name of its JSON and log, default cuda-paper)
@@ -68,8 +69,25 @@ for stage in "$@"; do
     cli)
       head -c 200000 shared/fla-vectors/README.md shared/torchscale-vectors/*.json >/tmp/rn/data.txt
       { $node dist/src/cli/run.js train --data /tmp/rn/data.txt --preset tiny --steps 20 --out /tmp/rn/run --device cuda &&
-        $node dist/src/cli/run.js generate --model /tmp/rn/run --prompt "The state" --max-tokens 32 --device cuda; } \
+        $node dist/src/cli/run.js generate --model /tmp/rn/run --prompt "The state" --max-tokens 32 --device cuda &&
+        for d in cuda reference; do $node dist/src/cli/run.js eval --model /tmp/rn/run --data /tmp/rn/data.txt --device $d | tail -1; done; } \
         2>&1 | tee "$out/cli.log" | tail -12
+      # serve on the device: two completions at once (one batch, decode steps through the step graph), greedy, then the
+      # same prompts through generate on the reference device for comparison (the tree carries no cpu addon).
+      $node dist/src/cli/run.js serve --model /tmp/rn/run --port 8123 --device cuda >/tmp/rn/serve.log 2>&1 &
+      srv=$!
+      for _ in $(seq 50); do grep -q listening /tmp/rn/serve.log && break; sleep 0.2; done
+      $node -e '
+        const ask = (prompt) => fetch("http://127.0.0.1:8123/v1/completions", { method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ prompt, max_tokens: 24, temperature: 0 }) }).then((r) => r.json());
+        Promise.all([ask("The state"), ask("A decode step")]).then((rs) =>
+          rs.forEach((r) => console.log("serve:", JSON.stringify(r.choices?.[0]?.text ?? r))));' 2>&1 | tee -a "$out/cli.log"
+      kill $srv
+      for p in "The state" "A decode step"; do
+        $node dist/src/cli/run.js generate --model /tmp/rn/run --prompt "$p" --max-tokens 24 --temperature 0 --device reference 2>/dev/null |
+          $node -e 'let s="";process.stdin.on("data",(d)=>s+=d).on("end",()=>console.log("reference generate:", JSON.stringify(s)))'
+      done 2>&1 | tee -a "$out/cli.log"
       ;;
     suites)
       for s in decode batch train; do

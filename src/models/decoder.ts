@@ -22,7 +22,7 @@ import { Rng } from '../tensor/random.js';
 import { tidy } from '../tensor/scope.js';
 import type { Storage } from '../tensor/storage.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { StepGraph } from './step-graph.js';
+import { StepGraphs } from './step-graph.js';
 import type { CausalLM, DecodeState } from './lm.js';
 
 /** The trunk's hyper-parameters; each architecture's config maps onto them. */
@@ -291,7 +291,7 @@ export abstract class Decoder<M extends Module & Mixer<S, P>, S extends TrunkSta
    * this is set back, until the state or the weights change or the model is disposed). Results are the same.
    */
   stepGraphs = true;
-  private stepGraph: StepGraph | null = null;
+  private graphCache: StepGraphs | null = null;
 
   constructor(
     private readonly trunk: TrunkConfig,
@@ -507,7 +507,7 @@ export abstract class Decoder<M extends Module & Mixer<S, P>, S extends TrunkSta
       const x = this.hidden(ids, (layer, l, normed) => layer.mixer.step(normed, rope, state, l));
       return reshape(this.head(x), [B, this.vocabSize]);
     };
-    const graph = held.length === 0 ? this.graphFor() : null;
+    const graph = held.length === 0 ? this.graphCacheFor() : null;
     const logits =
       graph?.step(this.stepKey(state), checked, this.rotary.values(state.positions), body) ??
       noGrad(() =>
@@ -524,16 +524,16 @@ export abstract class Decoder<M extends Module & Mixer<S, P>, S extends TrunkSta
     return logits;
   }
 
-  /** The step graph, made on first use; null where steps run kernel by kernel. */
-  private graphFor(): StepGraph | null {
+  /** The step graphs, made on first use; null where steps run kernel by kernel. */
+  private graphCacheFor(): StepGraphs | null {
     const device = this.backend;
     if (!this.stepGraphs || !this.staticStep || !device.capture) return null;
-    this.stepGraph ??= new StepGraph(
+    this.graphCache ??= new StepGraphs(
       device as Device & Required<Pick<Device, 'capture'>>,
       this.dtype,
       this.rotary.angles.length,
     );
-    return this.stepGraph;
+    return this.graphCache;
   }
 
   /** What a step reads that a graph of it must find where it was: every parameter and the state's tensors. */
@@ -552,8 +552,8 @@ export abstract class Decoder<M extends Module & Mixer<S, P>, S extends TrunkSta
   }
 
   override dispose(): void {
-    this.stepGraph?.dispose();
-    this.stepGraph = null;
+    this.graphCache?.dispose();
+    this.graphCache = null;
     this.rotary.clear();
     super.dispose();
   }
