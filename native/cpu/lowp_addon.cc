@@ -22,10 +22,22 @@ struct Bytes {
 };
 
 Bytes bytesOf(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  if (i >= info.Length() || !info[i].IsTypedArray())
+  TypedArg a;
+  if (!typedArg(info, i, &a))
     throw ArgError{std::string("argument ") + std::to_string(i) + " (" + what + ") must be a typed array"};
-  auto a = info[i].As<Napi::TypedArray>();
-  return {static_cast<const uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset(), a.ByteLength()};
+  size_t size = 1;
+  switch (a.type) {
+    case napi_int8_array:
+    case napi_uint8_array:
+    case napi_uint8_clamped_array: size = 1; break;
+    case napi_int16_array:
+    case napi_uint16_array: size = 2; break;
+    case napi_int32_array:
+    case napi_uint32_array:
+    case napi_float32_array: size = 4; break;
+    default: size = 8; break;  // float64, bigint64, biguint64
+  }
+  return {static_cast<const uint8_t*>(a.data), a.length * size};
 }
 
 lowp::Format formatOf(const Napi::CallbackInfo& info, size_t i) {

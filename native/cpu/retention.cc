@@ -459,11 +459,8 @@ struct StateArg {
   size_t length;
 };
 static StateArg stateArg(const Napi::CallbackInfo& info, size_t i) {
-  if (i < info.Length() && info[i].IsTypedArray() &&
-      info[i].As<Napi::TypedArray>().TypedArrayType() == napi_uint16_array) {
-    auto a = info[i].As<Napi::Uint16Array>();
-    return {nullptr, a.Data(), a.ElementLength()};
-  }
+  TypedArg t;
+  if (typedArg(info, i, &t) && t.type == napi_uint16_array) return {nullptr, static_cast<uint16_t*>(t.data), t.length};
   auto a = f32(info, i, "state (a Float32Array, or a Uint16Array of float16 bits)");
   return {a.data, nullptr, a.length};
 }
