@@ -547,8 +547,7 @@ static Napi::Value Rotary(const Napi::CallbackInfo& info) {
     require(s, (perBatch ? B : 1) * T * K, "rotary", "sin");
     float sign = inverse ? -1.0f : 1.0f;
     const int64_t offset = halves ? K / 2 : 1, step = halves ? 1 : 2;
-#pragma omp parallel for if (B * T * H * K > kParallelGrain) schedule(static)
-    for (int64_t bt = 0; bt < B * T; bt++) {
+    parallelFor(B * T, B * T * H * K > kParallelGrain, [&](int64_t bt) {
       int64_t table = (perBatch ? bt : bt % T) * K;
       for (int64_t h = 0; h < H; h++) {
         const float* xr = x.data + (bt * H + h) * K;
@@ -561,7 +560,7 @@ static Napi::Value Rotary(const Napi::CallbackInfo& info) {
           yr[a + offset] = x1 * cv + x0 * sv;
         }
       }
-    }
+    });
   });
 }
 RETNET_KERNEL("rotary", Rotary);
