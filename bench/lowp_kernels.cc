@@ -199,9 +199,13 @@ static const bool kOmp = getenv("LOWP_OMP") && std::string(getenv("LOWP_OMP")) =
 
 static void runVariant(const Variant& v, const Matrix& m, const float* x, int64_t B, float* y, void* ws, int threads) {
   Weights w = m.weights();
-  if (v.vnni256) {  // gemv's split (lowp.cc): chunks of 8-row tiles, ~128 KiB of weights each, at most 64
+  if (v.vnni256) {  // gemv's split (lowp.cc): chunks of 8-row tiles, ~512 KiB of weights each (two of at least
+                    // 128 KiB below 1 MiB), at most 64
     dev256::prepare(x, B, m.K, ws);
-    int64_t tiles = (m.N + 7) / 8, chunks = std::min<int64_t>(std::max<int64_t>(1, m.N * m.K / (128 << 10)), 64);
+    const int64_t bytes = m.N * m.K / 2;
+    int64_t tiles = (m.N + 7) / 8,
+            chunks = std::min<int64_t>(
+                std::max<int64_t>(1, std::max(bytes / (512 << 10), std::min<int64_t>(bytes / (128 << 10), 2))), 64);
     chunks = std::min(chunks, tiles);
     retnet::workers::forChunks(chunks, threads, [&](int64_t c) {
       int64_t n0 = tiles * c / chunks * 8, n1 = std::min(m.N, tiles * (c + 1) / chunks * 8);
