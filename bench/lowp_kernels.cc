@@ -5,6 +5,7 @@
 //   cd native/cpu && g++ -std=c++17 -O3 -fopenmp -I. ../../bench/lowp_kernels.cc lowp.cc lowp_avx2.cc lowp_avx512.cc
 //       workers.cc -o /tmp/lowp_kernels -lopenblas   (one line)
 //   /tmp/lowp_kernels [FORMAT|all] [B] [threads]
+// LOWP_SHARED=1 times gemvShared (a layer's q, k, v, g in one call) against gemv product by product instead.
 // Variants: FORMAT/ISA for each shipped ISA the CPU has, plus bf16/widen (8 weights widened to float32 at a time,
 // instead of 16 split into even and odd elements), int8/cvt-f32 (each int8 weight converted to float32
 // and multiplied with float32 x, instead of x quantised to int16) and q4/vnni256 (the 256-bit q4 VNNI kernel). Timing: B rows of x against a set of copies of an
@@ -198,9 +199,13 @@ static const bool kOmp = getenv("LOWP_OMP") && std::string(getenv("LOWP_OMP")) =
 
 static void runVariant(const Variant& v, const Matrix& m, const float* x, int64_t B, float* y, void* ws, int threads) {
   Weights w = m.weights();
-  if (v.vnni256) {  // gemv's split (lowp.cc): chunks of 8-row tiles, ~128 KiB of weights each, at most 64
+  if (v.vnni256) {  // gemv's split (lowp.cc): chunks of 8-row tiles, ~512 KiB of weights each (two of at least
+                    // 128 KiB below 1 MiB), at most 64
     dev256::prepare(x, B, m.K, ws);
-    int64_t tiles = (m.N + 7) / 8, chunks = std::min<int64_t>(std::max<int64_t>(1, m.N * m.K / (128 << 10)), 64);
+    const int64_t bytes = m.N * m.K / 2;
+    int64_t tiles = (m.N + 7) / 8,
+            chunks = std::min<int64_t>(
+                std::max<int64_t>(1, std::max(bytes / (512 << 10), std::min<int64_t>(bytes / (128 << 10), 2))), 64);
     chunks = std::min(chunks, tiles);
     retnet::workers::forChunks(chunks, threads, [&](int64_t c) {
       int64_t n0 = tiles * c / chunks * 8, n1 = std::min(m.N, tiles * (c + 1) / chunks * 8);
@@ -328,6 +333,45 @@ int main(int argc, char** argv) {
       }
       printf("read ceiling, %d thread(s): %.1f GB/s\n", t, big.size() / (best * 1e6));
     }
+  }
+  // LOWP_SHARED=1: a 1.3B layer's q, k, v, g projections ([2048, 2048] twice, [4096, 2048] twice, one x) as one
+  // gemvShared call against four gemv calls, in turns, on copies adding up to the set's bytes: ms per group of four.
+  if (getenv("LOWP_SHARED") && std::string(getenv("LOWP_SHARED")) == "1") {
+    const int64_t Ns[4] = {2048, 2048, 4096, 4096};
+    for (auto& v : vs) {
+      if (v.isa == Isa::scalar || v.cvt || v.vnni256) continue;
+      std::vector<float> big(4096 * K);
+      for (auto& e : big) e = std::normal_distribution<float>(0, 1)(rng);
+      std::vector<Matrix> proto;
+      int64_t groupBytes = 0;
+      for (int64_t N4 : Ns) {
+        proto.push_back(quantise(v.f, N4, K, big));  // the first N4 rows of big
+        groupBytes += proto.back().bytes();
+      }
+      const int64_t groups = std::max<int64_t>(1, setBytes / groupBytes);
+      std::vector<std::array<Matrix, 4>> set(groups, {proto[0], proto[1], proto[2], proto[3]});
+      std::vector<float> ys(B * 4096 * 4);
+      float* yp[4] = {ys.data(), ys.data() + B * 4096, ys.data() + 2 * B * 4096, ys.data() + 3 * B * 4096};
+      std::vector<double> shared, separate;
+      for (int t = 0; t < 2 * reps; t++) {
+        const bool one = (t % 2 == 0) == (t / 2 % 2 == 0);  // ABBA
+        double t0 = nowMs();
+        for (auto& g : set) {
+          Weights w[4] = {g[0].weights(), g[1].weights(), g[2].weights(), g[3].weights()};
+          if (one)
+            gemvShared(w, 4, x.data(), B, yp, wsp, v.isa, threads);
+          else
+            for (int i = 0; i < 4; i++) gemv(w[i], x.data(), B, yp[i], Ns[i], wsp, v.isa, threads);
+        }
+        (one ? shared : separate).push_back((nowMs() - t0) / groups);
+      }
+      std::sort(shared.begin(), shared.end());
+      std::sort(separate.begin(), separate.end());
+      printf("%-14s B=%-2lld threads=%d  q,k,v,g shared %.3f ms (best %.3f), separate %.3f (best %.3f): %.3fx, %.1f GB/s\n",
+             v.name.c_str(), (long long)B, threads, shared[reps / 2], shared[0], separate[reps / 2], separate[0],
+             shared[reps / 2] / separate[reps / 2], groupBytes / (shared[reps / 2] * 1e6));
+    }
+    return ok ? 0 : 1;
   }
   for (auto& v : vs) {
     if (v.isa == Isa::scalar) continue;

@@ -17,7 +17,7 @@ import { type TensorToSave, readSafetensors, writeSafetensors } from '../src/io/
 import type { CausalLM } from '../src/models/lm.js';
 import { modelFromConfig } from '../src/models/registry.js';
 import type { RetNetModel } from '../src/models/retnet/model.js';
-import { linear, sum } from '../src/ops/math.js';
+import { add, linear, linearShared, sum } from '../src/ops/math.js';
 import { WEIGHT_DTYPES, WEIGHT_FORMATS, type WeightFormat, parseWeightFormat } from '../src/quant/formats.js';
 import { quantizeModel, weightBytes } from '../src/quant/model.js';
 import {
@@ -293,6 +293,90 @@ describe('low-precision products: every native variant against the reference', (
             );
           }
       }
+  });
+
+  it('shared products (lowpGemvShared, linearShared): each weight as its own product, every format and variant', () => {
+    const rng = new Rng(13);
+    // [K, rows of x, the weights' N]: odd K, an empty weight among others, several chunks, more than 8 weights, and
+    // more rows than a decode batch (product by product through the tile path)
+    const groups: [number, number, number[]][] = [
+      [33, 1, [7, 1, 13]],
+      [100, 3, [64, 0, 45]],
+      [257, 16, [9, 37]],
+      [1000, 1, [517, 8, 1030, 3]],
+      [64, 2, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]],
+      [0, 2, [3, 5]],
+      [95, 17, [21, 300]],
+    ];
+    for (const format of WEIGHT_FORMATS) {
+      const code = LOWP_FORMAT[WEIGHT_DTYPES[format]]!;
+      for (const [K, R, Ns] of groups) {
+        const xd = randomData(rng, R * K);
+        const wds = Ns.map((N) => randomData(rng, N * K));
+        // the native call against lowpGemv on each weight, for every variant this CPU has: the same bits
+        if (R <= 16)
+          for (const isa of variants[format]!) {
+            const x = Float32Array.from(xd);
+            const ts = wds.map((wd, i) => weight(be, format, wd, Ns[i]!, K));
+            const ws = new Uint8Array(addon.lowpWorkspace(code, all.indexOf(isa), R, K) + 5).subarray(5);
+            const args: (number | ArrayBufferView)[] = [code, all.indexOf(isa), K, R, x, ws];
+            const ys = Ns.map((N) => new Float32Array(R * N).fill(NaN));
+            ts.forEach((t, i) => {
+              const { data, scales } = weightParts(be, t);
+              args.push(Ns[i]!, data, scales, ys[i]!);
+            });
+            addon.lowpGemvShared(...args);
+            ts.forEach((t, i) => {
+              const { data, scales } = weightParts(be, t);
+              const one = new Float32Array(R * Ns[i]!).fill(NaN);
+              addon.lowpGemv(code, all.indexOf(isa), Ns[i]!, K, R, data, scales, x, one, ws);
+              assert.deepEqual(ys[i], one, `${format}/${isa} K ${K} x ${R} rows: weight ${i} [${Ns[i]}, ${K}]`);
+              t.dispose();
+            });
+          }
+        // the op: on the cpu device the same values as linear() weight by weight; on the reference device too
+        for (const b of [be, ref])
+          tidy(() => {
+            const x = b.fromData(xd, [R, K], 'float32');
+            const ws = wds.map((wd, i) => weight(b, format, wd, Ns[i]!, K));
+            const shared = noGrad(() => linearShared(x, ws));
+            ws.forEach((w, i) => {
+              assert.deepEqual(shared[i]!.shape, [R, Ns[i]]);
+              assert.deepEqual(shared[i]!.data(), linear(x, w).data(), `${b.name} linearShared ${format} weight ${i}`);
+            });
+          });
+      }
+    }
+  });
+
+  it('linearShared: the gradient as through linear() one by one; bad calls named', () => {
+    const rng = new Rng(9);
+    const [xd, w1, w2] = [randomData(rng, 3 * 40), randomData(rng, 6 * 40), randomData(rng, 5 * 40)];
+    const gradOf = (f: (x: Tensor, a: Tensor, b: Tensor) => Tensor[]) =>
+      tidy(() => {
+        const x = be.fromData(xd, [3, 40], 'float32');
+        x.requiresGrad = true;
+        const [a, b] = f(x, be.fromData(w1, [6, 40], 'float32'), be.fromData(w2, [5, 40], 'float32'));
+        backward(add(sum(a!), sum(b!)));
+        return x.grad!.data();
+      });
+    assertClose(
+      gradOf((x, a, b) => linearShared(x, [a, b])),
+      gradOf((x, a, b) => [linear(x, a), linear(x, b)]),
+      1e-6,
+      'dL/dx',
+    );
+    tidy(() => {
+      const x = be.fromData(xd, [3, 40], 'float32');
+      assert.throws(
+        () => noGrad(() => linearShared(x, [be.fromData(w1, [6, 40], 'float32'), be.zeros([2, 39], 'float32')])),
+        /linearShared: input \[3, 40\] does not fit weight \[2, 39\]/,
+      );
+    });
+    assert.throws(
+      () => addon.lowpGemvShared(0, -1, 2, 1, new Float32Array(2), new Uint8Array(64), 2, new Float32Array(4)),
+      /lowpGemvShared: after the workspace come \(N, W, scales, y\) for each weight/,
+    );
   });
 
   it('the gradient of x flows through a stored weight; the weight itself takes none', () => {

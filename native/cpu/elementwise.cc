@@ -23,15 +23,14 @@ static Napi::Value Binary(const Napi::CallbackInfo& info) {
     const float *pa = a.data, *pb = b.data;
     float* po = out.data;
     int64_t rows = m == 0 ? 0 : n / m;
-#pragma omp parallel for if (n > kParallelGrain) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
+    parallelFor(rows, n > kParallelGrain, [&](int64_t r) {
       const float* x = pa + r * m;
       float* y = po + r * m;
       if (op == static_cast<int64_t>(codes::BinaryOp::Add))
         for (int64_t j = 0; j < m; j++) y[j] = x[j] + pb[j];
       else
         for (int64_t j = 0; j < m; j++) y[j] = x[j] * pb[j];
-    }
+    });
   });
 }
 RETNET_KERNEL("binary", Binary);
@@ -79,8 +78,7 @@ static Napi::Value Scale(const Napi::CallbackInfo& info) {
     require(out, n, "scale", "out");
     const float* pa = a.data;
     float* po = out.data;
-#pragma omp parallel for if (n > kParallelGrain) schedule(static)
-    for (int64_t i = 0; i < n; i++) po[i] = alpha * pa[i];
+    parallelFor(n, n > kParallelGrain, [&](int64_t i) { po[i] = alpha * pa[i]; });
   });
 }
 RETNET_KERNEL("scale", Scale);
@@ -124,8 +122,7 @@ static Napi::Value Activation(const Napi::CallbackInfo& info) {
     const float* px = x.data;
     float* po = out.data;
     int64_t blocks = (n + kActBlock - 1) / kActBlock;
-#pragma omp parallel for if (n > kParallelGrain / 4) schedule(static)
-    for (int64_t b = 0; b < blocks; b++) {
+    parallelFor(blocks, n > kParallelGrain / 4, [&](int64_t b) {
       int64_t i = b * kActBlock, len = std::min(kActBlock, n - i);
       switch (static_cast<Act>(kind)) {
         case Act::Gelu: vmath::gelu(px + i, po + i, len); break;
@@ -133,7 +130,7 @@ static Napi::Value Activation(const Napi::CallbackInfo& info) {
         default:
           for (int64_t j = i; j < i + len; j++) po[j] = px[j] > 0.0f ? px[j] : 0.0f;
       }
-    }
+    });
   });
 }
 RETNET_KERNEL("activation", Activation);

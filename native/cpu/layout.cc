@@ -36,8 +36,7 @@ static Napi::Value Permute(const Napi::CallbackInfo& info) {
     int64_t inner = outShape[rank - 1], innerStride = srcStride[rank - 1], rows = n / inner;
     const float* px = x.data;
     float* po = out.data;
-#pragma omp parallel for if (n > kParallelGrain) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
+    parallelFor(rows, n > kParallelGrain, [&](int64_t r) {
       // Decompose the output row index into coordinates of the leading output axes.
       int64_t rem = r, src = 0;
       for (int d = rank - 2; d >= 0; d--) {
@@ -50,7 +49,7 @@ static Napi::Value Permute(const Napi::CallbackInfo& info) {
         std::memcpy(o, px + src, sizeof(float) * inner);
       else
         for (int64_t j = 0; j < inner; j++) o[j] = px[src + j * innerStride];
-    }
+    });
   });
 }
 RETNET_KERNEL("permute", Permute);
@@ -69,8 +68,8 @@ static Napi::Value CopyBlocks(const Napi::CallbackInfo& info) {
     require(dst, dO + (blocks - 1) * ds + len, "copyBlocks", "dst");
     const float* ps = src.data;
     float* pd = dst.data;
-#pragma omp parallel for if (blocks * len > kParallelGrain) schedule(static)
-    for (int64_t b = 0; b < blocks; b++) std::memcpy(pd + dO + b * ds, ps + so + b * ss, sizeof(float) * len);
+    parallelFor(blocks, blocks * len > kParallelGrain,
+                [&](int64_t b) { std::memcpy(pd + dO + b * ds, ps + so + b * ss, sizeof(float) * len); });
   });
 }
 RETNET_KERNEL("copyBlocks", CopyBlocks);

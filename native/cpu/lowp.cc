@@ -158,8 +158,13 @@ int64_t preparedBytes(Format f, Isa isa, int64_t B, int64_t K) {
   }
 }
 
-// Weight bytes per unit of work handed to a thread (a product below twice this runs on the calling thread alone).
-constexpr int64_t kChunkBytes = 128 << 10;
+// Weight bytes per unit of work handed to a thread: kChunkBytes, or for a product of under 2 · kChunkBytes two chunks
+// of at least kMinChunkBytes (a product below 2 · kMinChunkBytes runs on the calling thread alone). Chunks of 512
+// KiB against 128 KiB (one process alternating them, bench/lowp_kernels.cc LOWP_SHARED=1: a 1.3B layer's q, k, v, g
+// from a 1 GiB set, B 1, 2 threads, this 2-core Zen 5, timing lock): q4/avx512vnni 0.364 against 0.408 ms per group
+// (1.12x), int8/avx512vnni 0.622 against 0.651 (1.05x); 1 MiB as 512 KiB (1.12x, 1.04x); 32 KiB slower (0.97x
+// both). Each chunk starts its row streams afresh (lowp_kernels.inc rowStreams), so longer streams read faster.
+constexpr int64_t kChunkBytes = 512 << 10, kMinChunkBytes = 128 << 10;
 
 // Stored bytes of one row of W (with its scales).
 int64_t rowBytes(Format f, int64_t K) {
@@ -179,50 +184,88 @@ int64_t workspaceBytes(Format f, Isa isa, int64_t B, int64_t K) {
   return preparedBytes(f, isa == Isa::best ? bestIsaFor(f, B) : isa, B, K);
 }
 
-void gemv(const Weights& w, const float* x, int64_t B, float* y, int64_t ldy, void* workspace, Isa isa, int threads) {
-  if (isa == Isa::best) isa = bestIsaFor(w.format, B);
-  if (w.N == 0 || B == 0) return;
-  if (w.K == 0) {
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t n = 0; n < w.N; n++) y[b * ldy + n] = 0.0f;
+namespace {
+
+// gemv and gemvShared. ldy: y's row stride for one product (gemv), -1: each y_i's own N_i.
+void products(const Weights* ws, int64_t count, const float* x, int64_t B, float* const* ys, void* workspace, Isa isa,
+              int threads, int64_t ldy) {
+  if (count <= 0 || B == 0) return;
+  const Format f = ws[0].format;
+  const int64_t K = ws[0].K;
+  if (isa == Isa::best) isa = bestIsaFor(f, B);
+  if (K == 0) {
+    for (int64_t i = 0; i < count; i++)
+      for (int64_t b = 0; b < B; b++)
+        for (int64_t n = 0; n < ws[i].N; n++) ys[i][b * (ldy < 0 ? ws[i].N : ldy) + n] = 0.0f;
     return;
   }
   using RowsFn = void (*)(const Weights&, const float*, const void*, int64_t, float*, int64_t, int64_t, int64_t);
   RowsFn rows = nullptr;
   switch (isa) {
     case Isa::avx2:
-      isa_avx2::prepare(w.format, x, B, w.K, workspace);
+      isa_avx2::prepare(f, x, B, K, workspace);
       rows = isa_avx2::rows;
       break;
     case Isa::avx512vnni:
-      isa_avx512vnni::prepare(w.format, x, B, w.K, workspace);
+      isa_avx512vnni::prepare(f, x, B, K, workspace);
       rows = isa_avx512vnni::rows;
       break;
     case Isa::avx512bf16:
-      isa_avx512bf16::prepare(w.format, x, B, w.K, workspace);
+      isa_avx512bf16::prepare(f, x, B, K, workspace);
       rows = isa_avx512bf16::rows;
       break;
     case Isa::avx512:
-      isa_avx512::prepare(w.format, x, B, w.K, workspace);
+      isa_avx512::prepare(f, x, B, K, workspace);
       rows = isa_avx512::rows;
       break;
     default: break;
   }
-  // Chunks of whole 8-row tiles, about 128 KiB of weights each (at most 64), claimed by the threads in turn. Within a
-  // chunk the kernels read R rows as R streams side by side (lowp_kernels.inc rowStreams). Visiting the 8-row tiles of
-  // 2 / 4 / 8 parts of a chunk in turn measured slower on an earlier stop's Intel Xeon (bench/lowp_kernels.cc, 1 GiB
-  // set, B 1, 2 threads: q4 20.6 GB/s in order, 19.2 / 17.5 / 16.6; int8 22.0, 21.0 / 20.0 / 21.8).
-  int64_t tiles = (w.N + 7) / 8, chunks = w.N * rowBytes(w.format, w.K) / kChunkBytes;
-  chunks = chunks < 1 ? 1 : chunks > 64 ? 64 : chunks > tiles ? tiles : chunks;
-  workers::forChunks(chunks, threads, [&](int64_t c) {
-    int64_t n0 = tiles * c / chunks * 8, n1 = tiles * (c + 1) / chunks * 8;
+  // Chunks of whole 8-row tiles, about kChunkBytes of weights each (at most 64 per product), claimed by the threads in
+  // turn; the chunks of product i follow those of product i − 1 (first[i] is its first). Within a chunk the kernels
+  // read R rows as R streams side by side (lowp_kernels.inc rowStreams). Visiting the 8-row tiles of 2 / 4 / 8 parts
+  // of a chunk in turn measured slower on an earlier stop's Intel Xeon (bench/lowp_kernels.cc, 1 GiB set, B 1, 2
+  // threads: q4 20.6 GB/s in order, 19.2 / 17.5 / 16.6; int8 22.0, 21.0 / 20.0 / 21.8).
+  constexpr int64_t kMaxShared = 8;
+  int64_t stack[kMaxShared + 1];
+  std::vector<int64_t> heap;
+  int64_t* first = stack;
+  if (count > kMaxShared) {
+    heap.resize(count + 1);
+    first = heap.data();
+  }
+  first[0] = 0;
+  for (int64_t i = 0; i < count; i++) {
+    const Weights& w = ws[i];
+    const int64_t bytes = w.N * rowBytes(f, K);
+    int64_t tiles = (w.N + 7) / 8, chunks = std::max(bytes / kChunkBytes, std::min<int64_t>(bytes / kMinChunkBytes, 2));
+    chunks = w.N == 0 ? 0 : chunks < 1 ? 1 : chunks > 64 ? 64 : chunks > tiles ? tiles : chunks;
+    first[i + 1] = first[i] + chunks;
+  }
+  workers::forChunks(first[count], threads, [&](int64_t c) {
+    int64_t i = 0;
+    while (c >= first[i + 1]) i++;
+    const Weights& w = ws[i];
+    const int64_t chunks = first[i + 1] - first[i], j = c - first[i], tiles = (w.N + 7) / 8;
+    int64_t n0 = tiles * j / chunks * 8, n1 = tiles * (j + 1) / chunks * 8;
     if (n1 > w.N) n1 = w.N;
     if (n0 >= n1) return;
+    const int64_t ld = ldy < 0 ? w.N : ldy;
     if (rows)
-      rows(w, x, workspace, B, y, ldy, n0, n1);
+      rows(w, x, workspace, B, ys[i], ld, n0, n1);
     else
-      scalarRows(w, x, B, y, ldy, n0, n1);
+      scalarRows(w, x, B, ys[i], ld, n0, n1);
   });
+}
+
+}  // namespace
+
+void gemv(const Weights& w, const float* x, int64_t B, float* y, int64_t ldy, void* workspace, Isa isa, int threads) {
+  products(&w, 1, x, B, &y, workspace, isa, threads, ldy);
+}
+
+void gemvShared(const Weights* ws, int64_t count, const float* x, int64_t B, float* const* ys, void* workspace, Isa isa,
+                int threads) {
+  products(ws, count, x, B, ys, workspace, isa, threads, -1);
 }
 
 namespace {

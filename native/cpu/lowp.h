@@ -70,6 +70,13 @@ int64_t workspaceBytes(Format f, Isa isa, int64_t B, int64_t K);
 // workspace: workspaceBytes(...) bytes (any alignment). isa must satisfy cpuHas (callers check).
 void gemv(const Weights& w, const float* x, int64_t B, float* y, int64_t ldy, void* workspace, Isa isa, int threads);
 
+// The products of several weights with the same x (a layer's q, k, v and g projections; the FFN's fc1 and gate):
+// y_i[b·N_i + n] = Σ_k x[b·K + k] W_i[n, k] for i < count, every W_i of one format and K. x is prepared once and the
+// chunks of all the products go to the threads as one job, so the threads wake once and none waits at the end of
+// each product for the other's last chunk. workspace: workspaceBytes(format, isa, B, K) bytes, as for one product.
+void gemvShared(const Weights* ws, int64_t count, const float* x, int64_t B, float* const* ys, void* workspace, Isa isa,
+                int threads);
+
 // y [R, N] = x [R, K] · Wᵀ for more rows of x than the decode kernels take (prefill, large decode batches): W is
 // converted to float32 a tile of rows at a time and each tile's product is an sgemm. On `threads` > 1 threads the
 // rows of W are split into parts, one per thread, each with its own tile in `tiles` and a one-threaded sgemm.

@@ -2,6 +2,9 @@
 //   lowpGemv(format, isa, N, K, B, W, scales, x, y, workspace)
 //       y [B, N] = x [B, K] · Wᵀ for W in `format` (lowp.h codes: 0 f32, 1 bf16, 2 int8, 3 q4, 4 f16) with the variant `isa`
 //       (-1: the fastest this CPU has). W, scales: typed arrays over the stored bytes (scales empty for f32/bf16).
+//   lowpGemvShared(format, isa, K, B, x, workspace, N_0, W_0, scales_0, y_0, N_1, W_1, scales_1, y_1, ...)
+//       y_i [B, N_i] = x [B, K] · W_iᵀ for weights of one format and K sharing x (lowp.h gemvShared: x prepared once,
+//       one job for the threads). workspace: lowpWorkspace(format, isa, B, K) bytes, as for one product.
 //   lowpWorkspace(format, isa, B, K) -> bytes of workspace lowpGemv needs (a Uint8Array of at least that many).
 //   lowpTiled(format, N, K, R, W, scales, x, y, tiles), lowpTiledFloats(N, K): the same product for more rows, through
 //       float32 tiles of W and sgemm (tiles: a Float32Array of lowpTiledFloats floats).
@@ -9,6 +12,7 @@
 //   streamRead(bytes: Uint8Array, threads) -> a float depending on every byte (time it for GB/s).
 // Threads: the count setThreads chose (omp_get_max_threads), through the chunk-claiming pool of workers.h.
 #include <string>
+#include <vector>
 
 #include "common.h"
 #include "lowp.h"
@@ -22,10 +26,22 @@ struct Bytes {
 };
 
 Bytes bytesOf(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  if (i >= info.Length() || !info[i].IsTypedArray())
+  TypedArg a;
+  if (!typedArg(info, i, &a))
     throw ArgError{std::string("argument ") + std::to_string(i) + " (" + what + ") must be a typed array"};
-  auto a = info[i].As<Napi::TypedArray>();
-  return {static_cast<const uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset(), a.ByteLength()};
+  size_t size = 1;
+  switch (a.type) {
+    case napi_int8_array:
+    case napi_uint8_array:
+    case napi_uint8_clamped_array: size = 1; break;
+    case napi_int16_array:
+    case napi_uint16_array: size = 2; break;
+    case napi_int32_array:
+    case napi_uint32_array:
+    case napi_float32_array: size = 4; break;
+    default: size = 8; break;  // float64, bigint64, biguint64
+  }
+  return {static_cast<const uint8_t*>(a.data), a.length * size};
 }
 
 lowp::Format formatOf(const Napi::CallbackInfo& info, size_t i) {
@@ -82,6 +98,37 @@ Napi::Value LowpGemv(const Napi::CallbackInfo& info) {
   });
 }
 RETNET_KERNEL("lowpGemv", LowpGemv);
+
+Napi::Value LowpGemvShared(const Napi::CallbackInfo& info) {
+  return guard(info, [&] {
+    lowp::Format f = formatOf(info, 0);
+    lowp::Isa isa = isaOf(info, 1, f);
+    int64_t K = dim(info, 2, "K"), B = dim(info, 3, "B");
+    auto x = f32(info, 4, "x");
+    Bytes ws = bytesOf(info, 5, "workspace");
+    require(x, B * K, "lowpGemvShared", "x");
+    if (info.Length() < 10 || (info.Length() - 6) % 4 != 0)
+      throw ArgError{"lowpGemvShared: after the workspace come (N, W, scales, y) for each weight, at least one"};
+    const int64_t count = static_cast<int64_t>(info.Length() - 6) / 4;
+    std::vector<lowp::Weights> wts;
+    std::vector<float*> ys;
+    for (int64_t i = 0; i < count; i++) {
+      const size_t at = 6 + 4 * static_cast<size_t>(i);
+      int64_t N = dim(info, at, "N");
+      wts.push_back(weightsOf(info, at + 1, f, N, K, "lowpGemvShared"));
+      auto y = f32(info, at + 3, "y");
+      require(y, B * N, "lowpGemvShared", "y");
+      ys.push_back(y.data);
+    }
+    int64_t need = lowp::workspaceBytes(f, isa, B, K);
+    if (static_cast<int64_t>(ws.length) < need)
+      throw ArgError{"lowpGemvShared: workspace holds " + std::to_string(ws.length) + " bytes, needs " +
+                     std::to_string(need)};
+    lowp::gemvShared(wts.data(), count, x.data, B, ys.data(), const_cast<uint8_t*>(ws.data), isa,
+                     omp_get_max_threads());
+  });
+}
+RETNET_KERNEL("lowpGemvShared", LowpGemvShared);
 
 // lowpTiled(format, N, K, R, W, scales, x, y, tiles): y [R, N] = x [R, K] · Wᵀ through float32 tiles and sgemm
 // (lowp.h tiledProduct); tiles: a Float32Array of lowpTiledFloats(N, K) floats.

@@ -22,23 +22,29 @@ static void reducePartials(const std::vector<std::vector<double>>& partial, floa
 // (not into y, which may be x's storage).
 static void normRows(const float* px, const float* pw, const float* pz, float* py, float* pr, int64_t rows,
                      int64_t cols, double eps) {
-#pragma omp parallel if (rows * cols > kParallelGrain)
+  const auto row = [&](int64_t r, float* gate) {
+    const float* xr = px + r * cols;
+    float* yr = py + r * cols;
+    double ss = vmath::sumSquares(xr, cols);
+    float s = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(cols > 0 ? cols : 1) + eps));
+    pr[r] = s;
+    if (pz) {
+      vmath::silu(pz + r * cols, gate, cols);
+      for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] * s * (pw ? pw[j] : 1.0f) * gate[j];
+    } else {
+      for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] * s * (pw ? pw[j] : 1.0f);
+    }
+  };
+  if (rows * cols <= kParallelGrain) {  // on this thread, outside any OpenMP region (common.h parallelFor)
+    std::vector<float> gate(pz ? cols : 0);
+    for (int64_t r = 0; r < rows; r++) row(r, gate.data());
+    return;
+  }
+#pragma omp parallel
   {
     std::vector<float> gate(pz ? cols : 0);
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-      const float* xr = px + r * cols;
-      float* yr = py + r * cols;
-      double ss = vmath::sumSquares(xr, cols);
-      float s = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(cols > 0 ? cols : 1) + eps));
-      pr[r] = s;
-      if (pz) {
-        vmath::silu(pz + r * cols, gate.data(), cols);
-        for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] * s * (pw ? pw[j] : 1.0f) * gate[j];
-      } else {
-        for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] * s * (pw ? pw[j] : 1.0f);
-      }
-    }
+    for (int64_t r = 0; r < rows; r++) row(r, gate.data());
   }
 }
 

@@ -463,11 +463,8 @@ struct StateArg {
   size_t length;
 };
 static StateArg stateArg(const Napi::CallbackInfo& info, size_t i) {
-  if (i < info.Length() && info[i].IsTypedArray() &&
-      info[i].As<Napi::TypedArray>().TypedArrayType() == napi_uint16_array) {
-    auto a = info[i].As<Napi::Uint16Array>();
-    return {nullptr, a.Data(), a.ElementLength()};
-  }
+  TypedArg t;
+  if (typedArg(info, i, &t) && t.type == napi_uint16_array) return {nullptr, static_cast<uint16_t*>(t.data), t.length};
   auto a = f32(info, i, "state (a Float32Array, or a Uint16Array of float16 bits)");
   return {a.data, nullptr, a.length};
 }
@@ -554,8 +551,7 @@ static Napi::Value Rotary(const Napi::CallbackInfo& info) {
     require(s, (perBatch ? B : 1) * T * K, "rotary", "sin");
     float sign = inverse ? -1.0f : 1.0f;
     const int64_t offset = halves ? K / 2 : 1, step = halves ? 1 : 2;
-#pragma omp parallel for if (B * T * H * K > kParallelGrain) schedule(static)
-    for (int64_t bt = 0; bt < B * T; bt++) {
+    parallelFor(B * T, B * T * H * K > kParallelGrain, [&](int64_t bt) {
       int64_t table = (perBatch ? bt : bt % T) * K;
       for (int64_t h = 0; h < H; h++) {
         const float* xr = x.data + (bt * H + h) * K;
@@ -568,7 +564,7 @@ static Napi::Value Rotary(const Napi::CallbackInfo& info) {
           yr[a + offset] = x1 * cv + x0 * sv;
         }
       }
-    }
+    });
   });
 }
 RETNET_KERNEL("rotary", Rotary);

@@ -71,6 +71,12 @@ export interface Kernels {
   // Products. a: [..., M, K] ([..., K, M] if transA); b: [..., K, N] ([..., N, K] if transB) with the same leading
   // dims as a, or rank 2 (shared by every batch entry). Result [..., M, N].
   matmul(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor;
+  /**
+   * The products of several weights with one input: x [R, K] · wᵢᵀ for each wᵢ [Nᵢ, K] (one dtype, the dispatch
+   * dtype) -> [R, Nᵢ] each, the same values as matmul(x, wᵢ, false, true) one by one (a decode step's q, k, v and g
+   * projections; the FFN's fc1 and gate). A device may read x once and run them as one job.
+   */
+  matmulShared(x: Tensor, ws: readonly Tensor[]): Tensor[];
 
   // Elementwise. b's shape is a suffix of a's (broadcast over the leading dims).
   binary(op: BinaryOp, a: Tensor, b: Tensor): Tensor;
@@ -221,6 +227,7 @@ export type KernelName = keyof Kernels;
 export const KERNEL_INFO: Record<KernelName, { inPlace: readonly number[]; stats?: readonly string[] }> = {
   cast: { inPlace: [] },
   matmul: { inPlace: [] },
+  matmulShared: { inPlace: [] },
   binary: { inPlace: [] },
   scale: { inPlace: [] },
   sumToShape: { inPlace: [] },
@@ -350,11 +357,12 @@ function isTensor(x: unknown): x is Tensor {
 }
 
 /**
- * Applies f to every tensor of a kernel result (a tensor, an object of tensors or nulls — one level of nesting, as
- * retentionForward's finalState —, a number, nothing); `key` is the top-level field.
+ * Applies f to every tensor of a kernel result (a tensor, an array of tensors, an object of tensors or nulls — one
+ * level of nesting, as retentionForward's finalState —, a number, nothing); `key` is the top-level field.
  */
 function mapResult(result: unknown, f: (t: Tensor, key?: string) => Tensor, depth = 0): unknown {
   if (isTensor(result)) return f(result);
+  if (Array.isArray(result) && depth === 0) return result.map((t: unknown) => (isTensor(t) ? f(t) : t));
   if (typeof result !== 'object' || result === null || depth > 1) return result;
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(result))

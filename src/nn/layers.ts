@@ -7,8 +7,8 @@ import type { ActivationKind } from '../backend/kernels.js';
 import type { DType } from '../tensor/dtype.js';
 import type { Rng } from '../tensor/random.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { release } from '../autograd/tape.js';
-import { linear, mul } from '../ops/math.js';
+import { needsGrad, release } from '../autograd/tape.js';
+import { linear, linearShared, mul } from '../ops/math.js';
 import { activation, dropout, embedding, rmsNorm } from '../ops/nn.js';
 import { ShapeError } from '../errors.js';
 import { Module } from './module.js';
@@ -82,6 +82,16 @@ export class Linear extends Module {
   forward(x: Tensor): Tensor {
     return linear(x, this.weight, this.bias, this.recompute);
   }
+}
+
+/**
+ * Each layer's forward(x), for Linears that read the same x: through linearShared (one native job on the cpu
+ * device) when none has a bias and no gradient is wanted, else layer by layer (keeping each one's `recompute`).
+ */
+export function sharedForward(x: Tensor, layers: readonly Linear[]): Tensor[] {
+  const ws = layers.map((l) => l.weight);
+  if (layers.some((l) => l.bias !== null) || needsGrad(x, ...ws)) return layers.map((l) => l.forward(x));
+  return linearShared(x, ws);
 }
 
 /** A table of rows; they come out in the dtype the table was built in, also after setWeight holds it as bfloat16. */
@@ -170,12 +180,15 @@ export class GLU extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    const u = this.fc1.forward(x);
-    const a = activation(this.act, u);
-    release(u);
+    // fc1 and the gate read the same x: one call (sharedForward) when no gradient is wanted; while training, the
+    // gate's product after the activation, as before (the tape's order, and what is alive at once)
+    const shared = this.gate !== null && !needsGrad(x, this.fc1.weight, this.gate.weight);
+    const [u, early] = shared ? sharedForward(x, [this.fc1, this.gate!]) : [this.fc1.forward(x), null];
+    const a = activation(this.act, u!);
+    release(u!);
     let h = a;
     if (this.gate) {
-      const gate = this.gate.forward(x);
+      const gate = early ?? this.gate.forward(x);
       h = mul(a, gate);
       release(a, gate);
     }

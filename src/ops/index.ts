@@ -1,4 +1,4 @@
-export { add, linear, matmul, mul, scale, sum, type MatmulOptions } from './math.js';
+export { add, linear, linearShared, matmul, mul, scale, sum, type MatmulOptions } from './math.js';
 export {
   activation,
   crossEntropy,

@@ -5,7 +5,7 @@ import { DTypeError, ShapeError, formatShape } from '../errors.js';
 import { computeDType, isQuantized } from '../tensor/dtype.js';
 import { type Tensor, shapeSize } from '../tensor/tensor.js';
 import { deviceOf, expectFloat, isSuffix, sameDType, sameShape } from './check.js';
-import { kernels } from '../backend/kernels.js';
+import { kernels, supports } from '../backend/kernels.js';
 
 function checkBroadcast(op: string, a: Tensor, b: Tensor): void {
   expectFloat(op, 'a', a);
@@ -152,6 +152,24 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   return y;
 }
 
+/** The checks of linear (op: its name in errors); whether w is held in a storage dtype (stored or quantized). */
+function checkLinear(op: string, x: Tensor, w: Tensor, b: Tensor | null): boolean {
+  expectFloat(op, 'x', x);
+  const stored = w.dtype !== x.dtype && (isQuantized(w.dtype) || computeDType(w.dtype) === x.dtype);
+  if (!stored) sameDType(op, x, w);
+  if ((isQuantized(w.dtype) || stored) && (x.dtype !== 'float32' || w.requiresGrad))
+    throw new DTypeError(
+      `${op}: a ${w.dtype} weight takes float32 inputs and no gradient (got ${x.dtype}${w.requiresGrad ? ', requiresGrad' : ''})`,
+    );
+  if (w.rank !== 2 || x.rank < 1 || x.shape[x.rank - 1] !== w.shape[1])
+    throw new ShapeError(
+      `${op}: input ${formatShape(x.shape)} does not fit weight ${formatShape(w.shape)} ([out, in])`,
+    );
+  if (b && (b.rank !== 1 || b.shape[0] !== w.shape[0]))
+    throw new ShapeError(`${op}: bias ${formatShape(b.shape)} does not fit weight ${formatShape(w.shape)}`);
+  return stored;
+}
+
 /**
  * y = x wᵀ + b, PyTorch's nn.Linear layout. x: [..., in], w: [out, in], b: [out] or null. One tape node. w may be
  * held in a storage dtype (bfloat16, float16, qint8, qint4) under float32 x: the product dispatches on w's dtype
@@ -162,20 +180,8 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
 export function linear(x: Tensor, w: Tensor, b: Tensor | null = null, recompute = false): Tensor {
   const be = deviceOf('linear', x, w, ...(b ? [b] : []));
   const kern = kernels(be, x.dtype);
-  expectFloat('linear', 'x', x);
-  const stored = w.dtype !== x.dtype && (isQuantized(w.dtype) || computeDType(w.dtype) === x.dtype);
-  if (!stored) sameDType('linear', x, w);
-  if ((isQuantized(w.dtype) || stored) && (x.dtype !== 'float32' || w.requiresGrad))
-    throw new DTypeError(
-      `linear: a ${w.dtype} weight takes float32 inputs and no gradient (got ${x.dtype}${w.requiresGrad ? ', requiresGrad' : ''})`,
-    );
+  const stored = checkLinear('linear', x, w, b);
   const wk = stored ? kernels(be, w.dtype) : kern;
-  if (w.rank !== 2 || x.rank < 1 || x.shape[x.rank - 1] !== w.shape[1])
-    throw new ShapeError(
-      `linear: input ${formatShape(x.shape)} does not fit weight ${formatShape(w.shape)} ([out, in])`,
-    );
-  if (b && (b.rank !== 1 || b.shape[0] !== w.shape[0]))
-    throw new ShapeError(`linear: bias ${formatShape(b.shape)} does not fit weight ${formatShape(w.shape)}`);
   const [out, inp] = w.shape as [number, number];
   const rows = shapeSize(x.shape.slice(0, -1));
   const product = () => {
@@ -212,4 +218,34 @@ export function linear(x: Tensor, w: Tensor, b: Tensor | null = null, recompute 
       { saved: [x, w], ...(recompute ? { recomputeFrom: b ? [b] : [], recompute: product } : {}) },
     );
   return y;
+}
+
+/**
+ * linear(x, wᵢ) for several weights [Nᵢ, in] of one dtype with no bias (a decode step's q, k, v and g projections;
+ * the FFN's fc1 and gate): the same values, through the kernel table's matmulShared, which may read x once and run
+ * the products as one job. Where a gradient is wanted, or the device has no matmulShared of its own, it is linear()
+ * weight by weight.
+ */
+export function linearShared(x: Tensor, ws: readonly Tensor[]): Tensor[] {
+  const be = deviceOf('linearShared', x, ...ws);
+  const w0 = ws[0];
+  if (
+    w0 === undefined ||
+    needsGrad(x, ...ws) ||
+    x.rank < 1 ||
+    ws.some((w) => w.dtype !== w0.dtype) ||
+    !supports('matmulShared', be.name, [w0.dtype])
+  )
+    return ws.map((w) => linear(x, w));
+  for (const w of ws) checkLinear('linearShared', x, w, null);
+  const inp = w0.shape[1]!;
+  const rows = shapeSize(x.shape.slice(0, -1));
+  const x2 = be.view(x, [rows, inp]);
+  const ys = kernels(be, w0.dtype).matmulShared(x2, ws);
+  x2.dispose();
+  return ys.map((y2, i) => {
+    const y = be.view(y2, [...x.shape.slice(0, -1), ws[i]!.shape[0]!]);
+    y2.dispose();
+    return y;
+  });
 }

@@ -17,7 +17,7 @@ import type {
   RetentionState,
 } from '../kernels.js';
 import { type CpuAddon, ACTIVATION, ATTENTION_WORK, BINARY_OP, RETENTION_WORK } from './addon.js';
-import { DECODE_ROWS, LOWP_FORMAT, NO_SCALES, decodeProduct, lowpAddon } from './lowp.js';
+import { DECODE_ROWS, LOWP_FORMAT, NO_SCALES, decodeProduct, lowpAddon, sharedProduct } from './lowp.js';
 
 export class CpuKernels implements Omit<Kernels, 'cast'> {
   constructor(
@@ -94,6 +94,10 @@ export class CpuKernels implements Omit<Kernels, 'cast'> {
       this.f32(b), 0, ldb, bStride, 0, d, 0, Math.max(1, N), M * N, batch,
     ); // prettier-ignore
     return t;
+  }
+
+  matmulShared(x: Tensor, ws: readonly Tensor[]): Tensor[] {
+    return sharedProduct(this.device, this.addon, x, ws);
   }
 
   binary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {

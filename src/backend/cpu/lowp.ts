@@ -10,7 +10,7 @@ import { type DType, isQuantized, quantParts } from '../../tensor/dtype.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import type { HostDevice } from '../host/device.js';
 import { throughFloat32 } from '../host/stored.js';
-import type { Kernels } from '../kernels.js';
+import { type Kernels, kernelsOf } from '../kernels.js';
 import type { CpuAddon } from './addon.js';
 
 /** Rows of x up to which the decode kernels run (the decode batch, 1 to 16). */
@@ -31,6 +31,7 @@ type Args = (number | ArrayBufferView)[];
 /** The functions of native/cpu/lowp_addon.cc (see there for the argument order). */
 export interface LowpAddon {
   lowpGemv(...args: Args): void;
+  lowpGemvShared(...args: Args): void;
   lowpTiled(...args: Args): void;
   lowpTiledFloats(N: number, K: number): number;
   lowpWorkspace(format: number, isa: number, B: number, K: number): number;
@@ -124,9 +125,41 @@ export function lowpProduct(device: HostDevice, addon: CpuAddon, x: Tensor, w: T
   return y;
 }
 
+/**
+ * ys[i] [R, Nᵢ] = x [R, K] · wsᵢᵀ (the kernel table's matmulShared) for x float32 and weights of one dtype (float32
+ * or a lowp dtype): one native call of the decode kernels (lowp.h gemvShared: x prepared once, one job for the
+ * threads) when R ≤ DECODE_ROWS and every weight is [Nᵢ, K]; product by product otherwise.
+ */
+export function sharedProduct(device: HostDevice, addon: CpuAddon, x: Tensor, ws: readonly Tensor[]): Tensor[] {
+  const [R, K] = x.shape as [number, number];
+  const dtype = ws[0]?.dtype;
+  const format = dtype === undefined ? undefined : LOWP_FORMAT[dtype];
+  const fits =
+    format !== undefined &&
+    x.dtype === 'float32' &&
+    x.rank === 2 &&
+    R > 0 &&
+    R <= DECODE_ROWS &&
+    ws.every((w) => w.dtype === dtype && w.rank === 2 && w.shape[1] === K);
+  if (!fits) return ws.map((w) => kernelsOf(w).matmul(x, w, false, true));
+  const lowp = lowpAddon(addon);
+  const ys: Tensor[] = [];
+  const args: Args = [format, -1, K, R, device.raw(x), workspace(workspaceBytes(lowp, format, -1, R, K))];
+  for (const w of ws) {
+    const N = w.shape[0]!;
+    const y = device.empty([R, N], 'float32');
+    ys.push(y);
+    const { data, scales } = weightParts(device, w);
+    args.push(N, data, scales, device.raw(y));
+  }
+  lowp.lowpGemvShared(...args);
+  return ys;
+}
+
 /** The cpu matmul for a weight dtype: native for x float32 · Wᵀ with W rank 2, through float32 copies otherwise. */
-export function lowpKernels(device: HostDevice, addon: CpuAddon): Pick<Kernels, 'matmul'> {
+export function lowpKernels(device: HostDevice, addon: CpuAddon): Pick<Kernels, 'matmul' | 'matmulShared'> {
   return {
+    matmulShared: (x: Tensor, ws: readonly Tensor[]) => sharedProduct(device, addon, x, ws),
     matmul(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
       if (a.dtype === 'float32' && b.rank === 2 && a.rank === 2 && !transA && transB && b.dtype !== 'float32')
         return lowpProduct(device, addon, a, b);

@@ -32,8 +32,9 @@ const GEMV_MAX_ROWS = 8;
 // without normalisation): the same function, the chunk sets only speed.
 const PARALLEL_CHUNK = 64;
 
-// dropout has no cuda kernel yet: the kernel table runs the reference one through a host copy.
-export class CudaKernels implements Omit<Kernels, 'dropout'> {
+// dropout has no cuda kernel yet: the kernel table runs the reference one through a host copy. matmulShared neither
+// (a decode-step fusion of the cpu device): linearShared runs linear weight by weight where the device lacks it.
+export class CudaKernels implements Omit<Kernels, 'dropout' | 'matmulShared'> {
   constructor(private readonly d: CudaDevice) {}
 
   private out(shape: readonly number[], dtype: DType = 'float32'): Tensor {

@@ -50,8 +50,11 @@ function embedding16(table: Tensor, ids: Tensor): Tensor {
   return out;
 }
 
-/** What both host devices register: `matmul` for every stored weight dtype, `embedding` for the 16-bit ones. */
+/** What both host devices register: `matmul` (and `matmulShared`, product by product) for every stored weight dtype, `embedding` for the 16-bit ones. */
 export function registerStoredKernels(register: (dtypes: DType[], impl: Partial<Kernels>) => void): void {
-  register(STORED_WEIGHT_DTYPES, { matmul: throughFloat32 });
+  register(STORED_WEIGHT_DTYPES, {
+    matmul: throughFloat32,
+    matmulShared: (x, ws) => ws.map((w) => kernels(w.device, w.dtype).matmul(x, w, false, true)),
+  });
   register(['bfloat16', 'float16'], { embedding: embedding16 });
 }

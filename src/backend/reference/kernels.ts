@@ -172,6 +172,10 @@ export class ReferenceKernels implements Omit<Kernels, 'cast'> {
     return t;
   }
 
+  matmulShared(x: Tensor, ws: readonly Tensor[]): Tensor[] {
+    return ws.map((w) => this.matmul(x, w, false, true));
+  }
+
   binary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
     const { t, d: o } = this.out(a.shape, a);
     const A = this.float(a);

@@ -18,7 +18,7 @@ import { type RetentionOptions, type RetentionState, retentionForward, retention
 import { rotary } from '../../ops/rotary.js';
 import { concat, reshape, slice } from '../../ops/shape.js';
 import { Module } from '../../nn/module.js';
-import { Linear, RMSNorm, xavierUniform, type ParamOptions } from '../../nn/layers.js';
+import { Linear, RMSNorm, sharedForward, xavierUniform, type ParamOptions } from '../../nn/layers.js';
 import { type RotaryTables, retnetAngles, ropeAngles } from '../../nn/rotary.js';
 import {
   Decoder,
@@ -112,7 +112,12 @@ export class MultiScaleRetention extends Module implements Mixer<RetNetDecodeSta
    * q, k, v of x: [B, T, D] as [B, T, H, K] (feature-mapped, rotated; the K^-½ factor on k, or on q in fla's
    * format) and [B, T, H, V].
    */
-  private qkv(x: Tensor, cos: Tensor, sin: Tensor): { q: Tensor; k: Tensor; v: Tensor } {
+  private qkv(
+    x: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    given: [Tensor, Tensor, Tensor] | null = null,
+  ): { q: Tensor; k: Tensor; v: Tensor } {
     const [B, T] = x.shape as [number, number];
     const c = this.config;
     const Hkv = c.kvHeads;
@@ -133,9 +138,9 @@ export class MultiScaleRetention extends Module implements Mixer<RetNetDecodeSta
       }
       return t;
     };
-    const q = heads(this.qProj.forward(x), c.heads, 'q');
-    const k = this.repeatHeads(heads(this.kProj.forward(x), Hkv, 'k'));
-    const vFlat = this.vProj.forward(x);
+    const q = heads(given?.[0] ?? this.qProj.forward(x), c.heads, 'q');
+    const k = this.repeatHeads(heads(given?.[1] ?? this.kProj.forward(x), Hkv, 'k'));
+    const vFlat = given?.[2] ?? this.vProj.forward(x);
     const v = this.repeatHeads(reshape(vFlat, [B, T, Hkv, this.V]));
     release(vFlat);
     return { q, k, v };
@@ -145,12 +150,12 @@ export class MultiScaleRetention extends Module implements Mixer<RetNetDecodeSta
    * The output: out_proj(silu(g) ⊙ groupnorm(o)) (or out_proj(groupnorm(o)) without the gate), o: [B, T, H, V]. The
    * gated norm is one op (per head, over V) that keeps only o and g for its backward.
    */
-  private output(x: Tensor, o: Tensor): Tensor {
+  private output(x: Tensor, o: Tensor, given: Tensor | null = null): Tensor {
     const [B, T, H, V] = o.shape as [number, number, number, number];
     const w = this.groupNorm?.weight ?? null;
     let normed: Tensor;
     if (this.gProj) {
-      const gFlat = this.gProj.forward(x); // [B, T, H·V]
+      const gFlat = given ?? this.gProj.forward(x); // [B, T, H·V]
       const g = reshape(gFlat, [B, T, H, V]);
       release(gFlat);
       normed = gatedRmsNorm(o, g, w, this.config.normEps);
@@ -222,7 +227,15 @@ export class MultiScaleRetention extends Module implements Mixer<RetNetDecodeSta
   step(x: Tensor, rope: RotaryTables, state: RetNetDecodeState, l: number): Tensor {
     const B = x.shape[0]!;
     const H = this.config.heads;
-    const { q, k, v } = this.qkv(x, rope.cos, rope.sin); // [B, 1, H, *]
+    // The four projections of x in one call (sharedForward: one native job on the cpu device; the gate computed
+    // before the retention instead of after)
+    const [qf, kf, vf, gf] = sharedForward(x, [
+      this.qProj,
+      this.kProj,
+      this.vProj,
+      ...(this.gProj ? [this.gProj] : []),
+    ]);
+    const { q, k, v } = this.qkv(x, rope.cos, rope.sin, [qf!, kf!, vf!]); // [B, 1, H, *]
     const o = retentionStep(
       reshape(q, [B, H, this.K]),
       reshape(k, [B, H, this.K]),
@@ -232,7 +245,7 @@ export class MultiScaleRetention extends Module implements Mixer<RetNetDecodeSta
       this.gammas,
       this.normalize,
     ); // [B, H, V]
-    return this.output(x, reshape(o, [B, 1, H, this.V]));
+    return this.output(x, reshape(o, [B, 1, H, this.V]), gf ?? null);
   }
 }
 
