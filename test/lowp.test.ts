@@ -30,6 +30,7 @@ import {
 } from '../src/tensor/dtype.js';
 import { Rng } from '../src/tensor/random.js';
 import { tidy } from '../src/tensor/scope.js';
+import { Linear, SHARED_ROWS, sharedForward } from '../src/nn/layers.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import { assertClose, nat, randomData, ref } from './helpers.js';
 import { tempDir } from './temp.js';
@@ -371,6 +372,31 @@ describe('low-precision products: every native variant against the reference', (
       assert.throws(
         () => noGrad(() => linearShared(x, [be.fromData(w1, [6, 40], 'float32'), be.zeros([2, 39], 'float32')])),
         /linearShared: input \[3, 40\] does not fit weight \[2, 39\]/,
+      );
+    });
+    // sharedForward: a decode step's rows only, no bias, no gradient (null: the caller runs the layers its own way)
+    tidy(() => {
+      const layers = [new Linear(be.fromData(w1, [6, 40], 'float32')), new Linear(be.fromData(w2, [5, 40], 'float32'))];
+      const at = (rows: number) => be.fromData(randomData(rng, rows * 40), [1, rows, 40], 'float32');
+      const ys = noGrad(() => sharedForward(at(SHARED_ROWS), layers));
+      assert.deepEqual(
+        ys?.map((y) => y.shape),
+        [
+          [1, SHARED_ROWS, 6],
+          [1, SHARED_ROWS, 5],
+        ],
+      );
+      assert.equal(
+        noGrad(() => sharedForward(at(SHARED_ROWS + 1), layers)),
+        null,
+      );
+      const x = at(2);
+      x.requiresGrad = true;
+      assert.equal(sharedForward(x, layers), null);
+      const biased = new Linear(be.fromData(w2, [5, 40], 'float32'), be.zeros([5], 'float32'));
+      assert.equal(
+        noGrad(() => sharedForward(at(2), [layers[0]!, biased])),
+        null,
       );
     });
     assert.throws(

@@ -85,12 +85,21 @@ export class Linear extends Module {
 }
 
 /**
- * Each layer's forward(x), for Linears that read the same x: through linearShared (one native job on the cpu
- * device) when none has a bias and no gradient is wanted, else layer by layer (keeping each one's `recompute`).
+ * Rows of x up to which sharedForward runs: a decode step's (the cpu device's decode products take up to 16 rows,
+ * backend/cpu/lowp.ts DECODE_ROWS). Beyond, the products gain nothing from sharing x, and computing them together
+ * would hold all their outputs at once where the callers' own order holds fewer (a prefill's [T, ffn] activations).
  */
-export function sharedForward(x: Tensor, layers: readonly Linear[]): Tensor[] {
+export const SHARED_ROWS = 16;
+
+/**
+ * Each layer's forward(x), for Linears that read the same x, through linearShared (one native job on the cpu
+ * device); null where that does not apply — a layer with a bias, a gradient wanted (each layer's own forward keeps
+ * its `recompute`), more than SHARED_ROWS rows of x — and the caller runs the layers its own way.
+ */
+export function sharedForward(x: Tensor, layers: readonly Linear[]): Tensor[] | null {
   const ws = layers.map((l) => l.weight);
-  if (layers.some((l) => l.bias !== null) || needsGrad(x, ...ws)) return layers.map((l) => l.forward(x));
+  if (layers.some((l) => l.bias !== null) || needsGrad(x, ...ws) || x.size / x.shape[x.rank - 1]! > SHARED_ROWS)
+    return null;
   return linearShared(x, ws);
 }
 
@@ -180,10 +189,10 @@ export class GLU extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    // fc1 and the gate read the same x: one call (sharedForward) when no gradient is wanted; while training, the
-    // gate's product after the activation, as before (the tape's order, and what is alive at once)
-    const shared = this.gate !== null && !needsGrad(x, this.fc1.weight, this.gate.weight);
-    const [u, early] = shared ? sharedForward(x, [this.fc1, this.gate!]) : [this.fc1.forward(x), null];
+    // fc1 and the gate read the same x: one call where sharedForward applies (decoding); otherwise (training,
+    // prefill) the gate's product after the activation (the tape's order, and fewer [T, ffn] tensors at once)
+    const shared = this.gate ? sharedForward(x, [this.fc1, this.gate]) : null;
+    const [u, early] = shared ?? [this.fc1.forward(x), null];
     const a = activation(this.act, u!);
     release(u!);
     let h = a;

@@ -227,15 +227,10 @@ export class MultiScaleRetention extends Module implements Mixer<RetNetDecodeSta
   step(x: Tensor, rope: RotaryTables, state: RetNetDecodeState, l: number): Tensor {
     const B = x.shape[0]!;
     const H = this.config.heads;
-    // The four projections of x in one call (sharedForward: one native job on the cpu device; the gate computed
-    // before the retention instead of after)
-    const [qf, kf, vf, gf] = sharedForward(x, [
-      this.qProj,
-      this.kProj,
-      this.vProj,
-      ...(this.gProj ? [this.gProj] : []),
-    ]);
-    const { q, k, v } = this.qkv(x, rope.cos, rope.sin, [qf!, kf!, vf!]); // [B, 1, H, *]
+    // The four projections of x in one call where sharedForward applies (one native job on the cpu device; the gate
+    // computed before the retention instead of after), else each where it is used
+    const shared = sharedForward(x, [this.qProj, this.kProj, this.vProj, ...(this.gProj ? [this.gProj] : [])]);
+    const { q, k, v } = this.qkv(x, rope.cos, rope.sin, shared ? [shared[0]!, shared[1]!, shared[2]!] : null);
     const o = retentionStep(
       reshape(q, [B, H, this.K]),
       reshape(k, [B, H, this.K]),
@@ -245,7 +240,7 @@ export class MultiScaleRetention extends Module implements Mixer<RetNetDecodeSta
       this.gammas,
       this.normalize,
     ); // [B, H, V]
-    return this.output(x, reshape(o, [B, 1, H, this.V]), gf ?? null);
+    return this.output(x, reshape(o, [B, 1, H, this.V]), shared?.[3] ?? null);
   }
 }
 
