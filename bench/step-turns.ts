@@ -1,13 +1,12 @@
-// `RETNET_THREADS=N node --import tsx bench/step-turns.ts [--against <dir of an addon build>] [--rounds R]`: the cpu
-// device's recurrent step kernel (retentionStep) at the budget model's heads (bench/budget.ts: 4 heads, K 256, V 512,
-// 24 layers), batch 1 and 8, float32 and float16 states: first validated against the reference backend on an odd
-// shape (each state dtype), then timed, one call stepping all 24 layers' states (as a decode step does: the states do
-// not fit a cache), in turns with the same kernel of another build (`--against`: a folder holding retnet_cpu.node and
-// avx2/retnet_cpu_avx2.node, e.g. a copy of build/Release from before a change) loaded into this process, and with a
-// streaming read of as many bytes as the states (bench/lib.ts readProbe). Prints ms and GB/s of state read + written.
+// `RETNET_THREADS=N node --import tsx bench/step-turns.ts [--rounds R]`: the cpu device's recurrent step kernel
+// (retentionStep) at the budget model's heads (bench/budget.ts: 4 heads, K 256, V 512, 24 layers), batch 1 and 8,
+// float32 and float16 states: first validated against the reference backend on an odd shape (each state dtype), then
+// timed, one call stepping all 24 layers' states (as a decode step does: the states do not fit a cache), in turns with
+// a streaming read of as many bytes as the states read and write (bench/lib.ts readProbe). Prints ms and GB/s of
+// state read + written. To compare two builds, run it in alternating processes with RETNET_ADDON naming each build's
+// retnet_cpu.node (its avx2/ build beside it): two builds loaded into one process spin their worker pools against
+// each other (issue 13, stop 30), so their figures there are not the kernels'.
 
-import { createRequire } from 'node:module';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { cpuBackend, referenceBackend, threadCount } from '../src/backend/index.js';
@@ -19,7 +18,6 @@ import { type Batch, cpuCounters, describeMachine, measureEach, otherLoad, print
 
 const { values } = parseArgs({
   options: {
-    against: { type: 'string' },
     rounds: { type: 'string', default: '3' },
   },
 });
@@ -31,14 +29,7 @@ const be = cpuBackend();
 if (!be) throw new Error('step-turns: the cpu device did not load');
 
 type StepFn = (...args: unknown[]) => void;
-const mine = (be.addon as unknown as { retentionStep: StepFn }).retentionStep;
-let theirs: StepFn | null = null;
-if (values.against) {
-  const require = createRequire(import.meta.url);
-  const avx2 = be.addon.info().variant === 'avx2';
-  const path = join(values.against, avx2 ? 'avx2/retnet_cpu_avx2.node' : 'retnet_cpu.node');
-  theirs = (require(path) as { retentionStep: StepFn }).retentionStep;
-}
+const retentionStep = (be.addon as unknown as { retentionStep: StepFn }).retentionStep;
 
 // ---- validation: the native kernel against the reference, one odd shape per state dtype ----
 {
@@ -97,8 +88,7 @@ for (const dtype of ['float32', 'float16'] as const)
     const stateBytes = L * n * (dtype === 'float32' ? 4 : 2);
     const probe = readProbe(2 * stateBytes, 'step-turns');
     const variants: [string, Batch][] = [
-      ['this build', step(mine)],
-      ...(theirs ? [['--against', step(theirs)] as [string, Batch]] : []),
+      ['step', step(retentionStep)],
       ['read', probe.batch(threads)],
     ];
     for (let r = 0; r < rounds; r++) {

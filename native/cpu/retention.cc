@@ -435,9 +435,10 @@ RETNET_KERNEL("retentionBackwardChunkwise", RetentionBackwardChunkwise);
 // float32 loop below does for a float32 row. 8 columns at a time with F16C in the avx2 build (binding.gyp); the
 // baseline build, for CPUs without AVX2, converts one element at a time.
 // Rows are walked one after another (each row read and written once, o accumulated in L1): a version in tiles of 32
-// columns that kept o in registers while walking the K rows (a 2 KiB stride) ran at half the speed at the budget
-// model's heads on this stop's 2-core Zen 5 (`bench/step-turns.ts`, 2 threads, float16 state, batch 8: 26-27 GB/s of
-// state read + written against 53-54 for the row walk, which runs above a streaming read of as many bytes, 40).
+// columns that kept o in registers while walking the K rows (a 1-2 KiB stride) ran at half the speed at the budget
+// model's heads on stop 30's 2-core Zen 5 (`bench/step-turns.ts`, 2 threads, the two builds in alternating processes,
+// batch 8: float16 state 23-30 GB/s of state read + written against 59-61 for the row walk, float32 46-48 against 58-59;
+// the streaming read of as many bytes 44-67 in the same runs).
 static void stepRow16(uint16_t* row, const float* v, float decay, float kx, float qx, float* o, int64_t V) {
   int64_t y = 0;
 #if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
