@@ -8,7 +8,7 @@
 // figure taken while other processes ran is not a ceiling.
 
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, realpathSync } from 'node:fs';
 import { availableParallelism, totalmem } from 'node:os';
 import { extname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -343,9 +343,13 @@ export function checkRecords(suite: string, records: readonly BenchRecord[]): vo
 /** Environment variables that change what a benchmark measures; a command line shows those that are set. */
 const SETTINGS_ENV = ['RETNET_THREADS', 'OPENBLAS_CORETYPE', 'OMP_WAIT_POLICY'];
 
-/** The command that produced this run, as one would type it again (paths relative to the package root). */
+/**
+ * The command that produced this run, as one would type it again (paths relative to the package root). The script
+ * is named by its real path: `npx retnet` runs bin/retnet.js through a link in npm's cache.
+ */
 export function commandLine(argv = process.argv, execArgv = process.execArgv, env = process.env): string {
-  const script = argv[1] ? relative(packageRoot(), argv[1]) : '';
+  const path = argv[1] && existsSync(argv[1]) ? realpathSync(argv[1]) : argv[1];
+  const script = path ? relative(packageRoot(), path) : '';
   const settings = SETTINGS_ENV.filter((k) => env[k] !== undefined).map((k) => `${k}=${env[k]}`);
   return [...settings, 'node', ...execArgv, script, ...argv.slice(2)].join(' ');
 }

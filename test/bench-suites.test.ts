@@ -4,6 +4,8 @@
 // the PyTorch peer's arguments and its missing-torch error, and the `retnet bench` command.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
@@ -351,6 +353,17 @@ describe('bench reports', () => {
       commandLine(argv, ['--import', 'tsx'], { RETNET_THREADS: '1', HOME: '/root' }),
       'RETNET_THREADS=1 node --import tsx bench/run.ts decode --quick',
     );
+    // npx runs the bin through a link in its cache: the line names the file the link leads to.
+    const dir = mkdtempSync(join(tmpdir(), 'retnet-cmd-'));
+    try {
+      symlinkSync(join(ROOT, 'bin', 'retnet.js'), join(dir, 'retnet'));
+      assert.equal(
+        commandLine(['/usr/bin/node', join(dir, 'retnet'), 'bench', 'budget', '--save'], [], {}),
+        'node bin/retnet.js bench budget --save',
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('failed records make the suite fail after writing', () => {
